@@ -1,0 +1,160 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const CAP: usize = 1024;
+
+fn ring(cap: usize) -> (Producer, Consumer) {
+    let place = RingPlace { header: 0, data: 1024, capacity: cap, data_bell: 512, room_bell: None };
+    let seg = Arc::new(Segment::create("ring-test", 1024 + cap).unwrap());
+    (Producer::new(seg.clone(), place, true).unwrap(), Consumer::new(seg, place, false).unwrap())
+}
+
+fn h(tag: u32, seq: u64) -> FrameHeader {
+    FrameHeader { tag, job: 7, seq, aux: seq * 3 }
+}
+
+fn recv_all(c: &mut Consumer) -> Vec<(FrameHeader, Vec<u8>)> {
+    let mut out = Vec::new();
+    c.drain(usize::MAX, |h, a, b| out.push((*h, [a, b].concat())));
+    out
+}
+
+fn keep_going() -> bool {
+    true
+}
+
+#[test]
+fn empty_ring_has_nothing() {
+    let (_p, mut c) = ring(CAP);
+    assert!(!c.has_data());
+    assert!(recv_all(&mut c).is_empty());
+}
+
+#[test]
+fn messages_keep_order_headers_and_bytes() {
+    let (mut p, mut c) = ring(CAP);
+    for i in 0..5u64 {
+        assert!(p.try_send(&h(1, i), &vec![i as u8; i as usize * 3]).unwrap());
+    }
+    let got = recv_all(&mut c);
+    assert_eq!(got.len(), 5);
+    for (i, (hh, body)) in got.iter().enumerate() {
+        assert_eq!(*hh, h(1, i as u64));
+        assert_eq!(*body, vec![i as u8; i * 3]);
+    }
+}
+
+#[test]
+fn full_ring_refuses_then_accepts_after_drain() {
+    let (mut p, mut c) = ring(CAP);
+    let body = [9u8; 100];
+    let mut sent = 0;
+    while p.try_send(&h(2, sent), &body).unwrap() {
+        sent += 1;
+    }
+    // 100 bytes pad to 104, plus a 32-byte header: 136 per frame; 1024 / 136 = 7.
+    assert_eq!(sent, 7);
+    assert_eq!(recv_all(&mut c).len(), 7);
+    assert!(p.try_send(&h(2, 0), &body).unwrap());
+}
+
+#[test]
+fn wrap_around_splits_payload_but_not_content() {
+    let (mut p, mut c) = ring(CAP);
+    // Walk the write position round the ring many times with odd sizes.
+    for round in 0..500u64 {
+        let len = (round as usize * 37) % 200;
+        let body: Vec<u8> = (0..len).map(|i| (i as u64 + round) as u8).collect();
+        assert!(p.try_send(&h(3, round), &body).unwrap());
+        let got = recv_all(&mut c);
+        assert_eq!(got, vec![(h(3, round), body)]);
+    }
+}
+
+#[test]
+fn oversized_message_streams_through_a_small_ring() {
+    let (mut p, mut c) = ring(CAP);
+    let big: Vec<u8> = (0..50_000u32).map(|i| (i * 7) as u8).collect();
+    assert!(!p.try_send(&h(4, 1), &big).unwrap(), "try_send never fragments");
+    let mut got = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = Some(Instant::now() + Duration::from_secs(10));
+            while got.is_empty() {
+                c.wait(deadline, &mut keep_going).unwrap();
+                got.extend(recv_all(&mut c));
+            }
+        });
+        p.send(&h(4, 1), &big, Some(Instant::now() + Duration::from_secs(10)), &mut keep_going)
+            .unwrap();
+    });
+    assert_eq!(got, vec![(h(4, 1), big)]);
+}
+
+#[test]
+fn abandoned_fragmented_send_is_dropped_by_the_consumer() {
+    let (mut p, mut c) = ring(CAP);
+    let big = vec![1u8; 5000];
+    // Nobody drains: the send times out after some fragments went out.
+    let err = p.send(&h(5, 1), &big, Some(Instant::now() + Duration::from_millis(20)), &mut keep_going);
+    assert!(matches!(err, Err(Error::Timeout)));
+    assert!(recv_all(&mut c).is_empty(), "no half message is delivered");
+    p.send(&h(5, 2), b"next", None, &mut keep_going).unwrap();
+    assert_eq!(recv_all(&mut c), vec![(h(5, 2), b"next".to_vec())]);
+}
+
+#[test]
+fn poll_can_stop_a_wait() {
+    let (_p, c) = ring(CAP);
+    let mut calls = 0;
+    let mut stop_second = || {
+        calls += 1;
+        calls < 2
+    };
+    let err = c.wait(None, &mut stop_second);
+    assert!(matches!(err, Err(Error::Interrupted)));
+}
+
+#[test]
+fn wait_times_out_on_an_empty_ring() {
+    let (_p, c) = ring(CAP);
+    let t = Instant::now();
+    let err = c.wait(Some(t + Duration::from_millis(30)), &mut keep_going);
+    assert!(matches!(err, Err(Error::Timeout)));
+}
+
+#[test]
+fn reserved_tags_and_bad_capacities_are_refused() {
+    let (mut p, _c) = ring(CAP);
+    assert!(matches!(p.try_send(&h(MAX_TAG + 1, 0), b""), Err(Error::Invalid(_))));
+    let seg = Arc::new(Segment::create("ring-test", 4096).unwrap());
+    let place = RingPlace { header: 0, data: 1024, capacity: 1000, data_bell: 512, room_bell: None };
+    assert!(matches!(Producer::new(seg, place, true), Err(Error::Invalid(_))));
+}
+
+#[test]
+fn threads_stress_every_byte_arrives() {
+    let (mut p, mut c) = ring(4096);
+    const N: u64 = 20_000;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut next = 0u64;
+            while next < N {
+                c.wait(None, &mut keep_going).unwrap();
+                c.drain(usize::MAX, |hh, a, b| {
+                    assert_eq!(hh.seq, next);
+                    let body = [a, b].concat();
+                    assert_eq!(body.len(), (next % 300) as usize);
+                    assert!(body.iter().all(|&x| x == next as u8));
+                    next += 1;
+                });
+            }
+        });
+        for i in 0..N {
+            let body = vec![i as u8; (i % 300) as usize];
+            p.send(&h(6, i), &body, None, &mut keep_going).unwrap();
+        }
+    });
+}

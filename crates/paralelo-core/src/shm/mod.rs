@@ -1,0 +1,4 @@
+//! Shared memory: segments backed by memfd, mapped once and kept mapped.
+mod segment;
+
+pub use segment::Segment;

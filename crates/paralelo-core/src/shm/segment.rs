@@ -1,0 +1,71 @@
+#![allow(unsafe_code)]
+//! A memfd mapped shared and read-write. Everything placed in it is plain data (`#[repr(C)]`,
+//! fixed width, offsets never pointers), so any process that maps the same fd sees the same
+//! layout.
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::{sys, Error, Result};
+
+/// A shared memory segment. Cloning the fd (or passing it to a child) shares the memory;
+/// the memory is freed once the last fd and mapping are gone.
+pub struct Segment {
+    fd: OwnedFd,
+    map: MmapRaw,
+}
+
+impl Segment {
+    /// Creates a zero-filled segment of `len` bytes.
+    pub fn create(name: &str, len: usize) -> Result<Self> {
+        if len == 0 {
+            return Err(Error::Invalid("a segment cannot be empty".into()));
+        }
+        let fd = sys::memfd::create(name, len as u64)?;
+        Self::map(fd, len)
+    }
+
+    /// Maps a segment another process created and passed to us.
+    pub fn open(fd: BorrowedFd<'_>) -> Result<Self> {
+        let fd = fd.try_clone_to_owned().map_err(|e| Error::os("dup", e))?;
+        let len = rustix::fs::fstat(&fd).map_err(|e| Error::os("fstat", e))?.st_size as usize;
+        if len == 0 {
+            return Err(Error::BadLayout { what: "segment (it is empty)" });
+        }
+        Self::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> Result<Self> {
+        // MmapRaw, never a &mut [u8]: other processes write this memory behind our back.
+        let map = MmapOptions::new().len(len).map_raw(&fd).map_err(|e| Error::os("mmap", e))?;
+        Ok(Segment { fd, map })
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// A pointer `offset` bytes into the mapping, for a `T` that must fit and be aligned.
+    /// Dereferencing it is the caller's business; the pointer is valid while `self` lives.
+    pub fn at<T>(&self, offset: usize) -> Result<*mut T> {
+        let size = std::mem::size_of::<T>();
+        if offset.checked_add(size).is_none_or(|end| end > self.len()) {
+            return Err(Error::BadLayout { what: "segment (too small for its layout)" });
+        }
+        // SAFETY: offset + size <= len, so the result stays inside the mapping.
+        let ptr = unsafe { self.map.as_mut_ptr().add(offset) };
+        if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
+            return Err(Error::BadLayout { what: "segment (misaligned field)" });
+        }
+        Ok(ptr.cast())
+    }
+}
+

@@ -1,0 +1,64 @@
+//! The one door for waits: release the GIL, wait in slices, re-attach between slices so
+//! Ctrl-C (and any other signal handler) runs, and map the engine's error.
+use std::time::{Duration, Instant};
+
+use paralelo_core::{Error, Poll};
+use pyo3::prelude::*;
+
+use crate::errors::to_py;
+
+/// Turns a Python timeout (seconds, `None` for ever) into a deadline.
+pub(crate) fn deadline(timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_nan() || t < 0.0 => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "timeout must be a non-negative number of seconds or None, not {t}"
+        ))),
+        Some(t) => Ok(Some(Instant::now() + Duration::from_secs_f64(t.min(1e9)))),
+    }
+}
+
+/// Runs `wait` with the GIL released. `wait` gets the deadline and a poll that re-attaches
+/// to check for signals; an exception raised by a signal handler ends the wait and is
+/// returned as is.
+pub(crate) fn blocking<T: Send>(
+    py: Python<'_>,
+    timeout: Option<f64>,
+    wait: impl FnOnce(Option<Instant>, Poll<'_>) -> paralelo_core::Result<T> + Send,
+) -> PyResult<T> {
+    let deadline = deadline(timeout)?;
+    let mut raised: Option<PyErr> = None;
+    let out = py.detach(|| {
+        let mut poll = || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => true,
+                Err(e) => {
+                    raised = Some(e);
+                    false
+                }
+            })
+        };
+        wait(deadline, &mut poll)
+    });
+    match out {
+        Ok(v) => Ok(v),
+        Err(Error::Interrupted) => Err(raised.unwrap_or_else(|| to_py(Error::Interrupted))),
+        Err(e) => Err(to_py(e)),
+    }
+}
+
+/// Messages drained without the GIL: one buffer, and where each payload lies in it.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub bytes: Vec<u8>,
+    pub items: Vec<(usize, paralelo_core::FrameHeader, std::ops::Range<usize>)>,
+}
+
+impl Batch {
+    pub(crate) fn push(&mut self, slot: usize, h: &paralelo_core::FrameHeader, a: &[u8], b: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(a);
+        self.bytes.extend_from_slice(b);
+        self.items.push((slot, *h, start..self.bytes.len()));
+    }
+}

@@ -1,0 +1,20 @@
+//! paralelo._native: thin PyO3 bindings over `paralelo-core`. Every call that can block
+//! goes through [`door::blocking`]; every engine error becomes a Python exception in
+//! [`errors`].
+use pyo3::prelude::*;
+
+mod door;
+mod errors;
+mod hub;
+mod port;
+mod process;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<hub::PyHub>()?;
+    m.add_class::<port::PyPort>()?;
+    m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;
+    m.add("MAX_TAG", paralelo_core::MAX_TAG)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! `_native.Port`: a worker's end of one hub slot.
+use std::os::fd::BorrowedFd;
+
+use paralelo_core::{FrameHeader, Port};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use crate::door::{self, Batch};
+use crate::errors::to_py;
+
+/// A worker's view of its slot: tasks in, results out.
+#[pyclass(name = "Port", module = "paralelo._native", frozen)]
+pub(crate) struct PyPort {
+    inner: Port,
+}
+
+#[pymethods]
+impl PyPort {
+    /// Attaches to `slot` of the hub whose memfd is `fd` (the fd is duplicated).
+    #[new]
+    fn new(fd: i32, slot: usize) -> PyResult<Self> {
+        if fd < 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!("bad fd {fd}")));
+        }
+        // SAFETY: `Port::open` only duplicates the fd during this call; an invalid fd makes
+        // that dup fail with EBADF, reported as OSError.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        Ok(PyPort { inner: Port::open(fd, slot).map_err(to_py)? })
+    }
+
+    /// Waits up to `timeout` seconds for tasks, then returns up to `max` waiting messages as
+    /// `(tag, job, seq, aux, payload)` tuples; `[]` when the time ran out.
+    #[pyo3(signature = (timeout = None, max = 4096))]
+    fn recv<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+        max: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let batch = door::blocking(py, timeout, |deadline, poll| {
+            let mut batch = Batch::default();
+            if self.inner.drain_tasks(max, |h, a, b| batch.push(0, h, a, b)) == 0 {
+                match self.inner.wait_tasks(deadline, poll) {
+                    Ok(()) => {}
+                    Err(paralelo_core::Error::Timeout) => return Ok(batch),
+                    Err(e) => return Err(e),
+                }
+                self.inner.drain_tasks(max, |h, a, b| batch.push(0, h, a, b));
+            }
+            Ok(batch)
+        })?;
+        let out = PyList::empty(py);
+        for (_, h, range) in &batch.items {
+            let payload = PyBytes::new(py, &batch.bytes[range.clone()]);
+            out.append(PyTuple::new(
+                py,
+                [
+                    h.tag.into_pyobject(py)?.into_any(),
+                    h.job.into_pyobject(py)?.into_any(),
+                    h.seq.into_pyobject(py)?.into_any(),
+                    h.aux.into_pyobject(py)?.into_any(),
+                    payload.into_any(),
+                ],
+            )?)?;
+        }
+        Ok(out)
+    }
+
+    /// Sends a result message, waiting for room (GIL released) up to `timeout` seconds.
+    #[pyo3(signature = (tag, job, seq, aux, payload, timeout = None))]
+    fn send(
+        &self,
+        py: Python<'_>,
+        tag: u32,
+        job: u64,
+        seq: u64,
+        aux: u64,
+        payload: &[u8],
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
+        let h = FrameHeader { tag, job, seq, aux };
+        if self.inner.try_send(&h, payload).map_err(to_py)? {
+            return Ok(());
+        }
+        door::blocking(py, timeout, |deadline, poll| self.inner.send(&h, payload, deadline, poll))
+    }
+
+    /// Records the message being executed (so the parent knows it if this process dies).
+    fn set_current(&self, job: u64, seq: u64) {
+        self.inner.set_current(job, seq);
+    }
+}

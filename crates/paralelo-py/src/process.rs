@@ -1,0 +1,11 @@
+//! Process lifetime helpers that the standard library lacks.
+use pyo3::prelude::*;
+use rustix::process::{set_parent_process_death_signal, Signal};
+
+/// Asks the kernel to SIGKILL this process when the thread that forked it exits, so that
+/// a worker never outlives its parent, even when the parent is SIGKILLed.
+#[pyfunction]
+pub(crate) fn die_with_parent() -> PyResult<()> {
+    set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("prctl(PR_SET_PDEATHSIG): {e}")))
+}

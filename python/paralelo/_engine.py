@@ -1,0 +1,502 @@
+"""The parent's engine: worker slots, dispatch, adaptive chunking, crash handling.
+
+One collector thread per engine waits (GIL released, in Rust) for results from every
+worker and for room in task rings; posting a task never blocks. A job hands out units
+(one message each: a chunk of a map, or one call); the engine keeps each worker's queue
+just long enough that it never idles, measured in time rather than count.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import select
+import signal
+import threading
+import weakref
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator
+
+import cloudpickle
+
+from . import _native, _zygote
+from ._errors import WorkerLostError
+from ._protocol import (
+    BYE,
+    CALL,
+    DROP,
+    ERR,
+    EXIT,
+    FUNC,
+    INIT,
+    INIT_ERR,
+    OK,
+    PROTOCOL,
+    TASK,
+    load_error,
+)
+
+RING_BYTES = 1 << 20
+#: Keep this much work queued per worker beyond what it runs, so it never waits for us.
+QUEUE_SECONDS = 0.002
+#: An adaptive chunk aims to take this long in a worker: long enough to amortise the
+#: ≈ 30 µs a message costs end to end, short enough to balance load.
+CHUNK_SECONDS = 0.002
+MAX_INFLIGHT = 256
+#: How often the collector checks worker liveness when no results arrive.
+LIVENESS_SECONDS = 0.05
+
+_job_ids = itertools.count(1)
+
+
+class Unit:
+    """One message's worth of work: a chunk of a map job, or one call."""
+
+    __slots__ = ("job", "seq", "tag", "payload", "start", "count")
+
+    def __init__(self, job: Job, seq: int, tag: int, payload: bytes, start: int = 0, count: int = 1):
+        self.job, self.seq, self.tag, self.payload = job, seq, tag, payload
+        self.start, self.count = start, count
+
+
+class Job:
+    """Work the engine dispatches. Subclasses produce units and receive their outcomes;
+    every method is called with the engine lock held."""
+
+    func_payload: bytes | None = None
+
+    def __init__(self) -> None:
+        self.id = next(_job_ids)
+        self.requeued: deque[Unit] = deque()
+        self.finished = False
+        self.outstanding = 0  # units sent and not yet answered (kept by the engine)
+
+    def next_unit(self) -> Unit | None:
+        """The next unit to send, or None if there is none now."""
+        raise NotImplementedError
+
+    def has_more(self) -> bool:
+        """Whether units may still come (now or once a lazy consumer makes room)."""
+        raise NotImplementedError
+
+    def unit_seconds(self) -> float | None:
+        """Estimated worker time of one unit, or None when unknown yet."""
+        return None
+
+    def done(self, unit: Unit, ok: bool, value: Any, elapsed_ns: int) -> None:
+        raise NotImplementedError
+
+    def fail(self, exc: BaseException) -> None:
+        """Fails the whole job (pool broken or terminated)."""
+        raise NotImplementedError
+
+    def lost(self, unit: Unit, exc: BaseException) -> None:
+        """The worker running `unit` died."""
+        self.done(unit, False, exc, 0)
+
+
+class CallJob(Job):
+    """One function call: apply_async or submit. `on_done(ok, value)` gets the outcome."""
+
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict, on_done: Callable[[bool, Any], None],
+                 on_start: Callable[[], bool] | None = None):
+        super().__init__()
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.on_done, self.on_start = on_done, on_start
+        self.sent = False
+
+    def next_unit(self) -> Unit | None:
+        if self.requeued:
+            return self.requeued.popleft()
+        if self.sent:
+            return None
+        self.sent = True
+        if self.on_start is not None and not self.on_start():
+            self.finished = True  # cancelled before it ran
+            return None
+        try:
+            payload = cloudpickle.dumps((self.fn, self.args, self.kwargs), PROTOCOL)
+        except BaseException as e:  # noqa: BLE001 - reported to the caller
+            self.done(None, False, e, 0)  # type: ignore[arg-type]
+            return None
+        return Unit(self, 0, CALL, payload)
+
+    def has_more(self) -> bool:
+        return bool(self.requeued) or not self.sent
+
+    def done(self, unit: Unit, ok: bool, value: Any, elapsed_ns: int) -> None:
+        self.finished = True
+        self.on_done(ok, value)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.finished:
+            self.finished = True
+            self.on_done(False, exc)
+
+
+class MapJob(Job):
+    """`fn` over an iterable, in chunks; `sink` receives each chunk's outcome in any order
+    as `sink.chunk(start, count, ok, values_or_exc)`, `sink.end(total)` once the input is
+    done, `sink.fail(exc)` if the job fails as a whole. With `hold`, at most that many
+    units are out beyond `sink.consumed_units()` (lazy imap)."""
+
+    def __init__(self, engine: Engine, fn: Callable, iterable: Iterable, star: bool,
+                 chunksize: int | None, sink: Any, hold: int | None = None):
+        super().__init__()
+        self.func_payload = cloudpickle.dumps((fn, star), PROTOCOL)
+        self.engine = engine
+        self.it: Iterator = iter(iterable)
+        try:
+            self.total: int | None = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            self.total = None
+        self.chunksize = chunksize
+        self.sink = sink
+        self.hold = hold
+        self.sent_items = 0
+        self.seq = 0
+        self.input_done = False
+        self.busy_ns = 0
+        self.measured_items = 0
+
+    def _size(self) -> int:
+        if self.chunksize:
+            return self.chunksize
+        workers = self.engine.processes
+        if self.measured_items == 0:
+            # Not measured yet: start small, grow as units go out.
+            return min(1 << self.seq, 64)
+        per_item = self.busy_ns / self.measured_items / 1e9
+        n = int(CHUNK_SECONDS / max(per_item, 1e-9))
+        if self.total is not None:
+            # Guided: leave enough pieces at the end to balance the workers.
+            n = min(n, -(-(self.total - self.sent_items) // (4 * workers)))
+        return max(1, n)
+
+    def next_unit(self) -> Unit | None:
+        if self.requeued:
+            return self.requeued.popleft()
+        if self.input_done or self.finished:
+            return None
+        if self.hold is not None and self.seq - self.sink.consumed_units() > self.hold:
+            return None  # the consumer is behind: hold the input back
+        n = self._size()
+        try:
+            items = list(itertools.islice(self.it, n))
+        except BaseException as e:  # noqa: BLE001 - the input itself raised
+            self.input_done = True
+            self.finished = True
+            self.sink.fail(e)
+            return None
+        if not items:
+            self.input_done = True
+            self.sink.end(self.sent_items)
+            return None
+        try:
+            payload = pickle.dumps(items, PROTOCOL)
+        except BaseException as e:  # noqa: BLE001 - an argument cannot be pickled
+            payload = None
+            err = e
+        unit = Unit(self, self.seq, TASK, payload or b"", self.sent_items, len(items))
+        self.seq += 1
+        self.sent_items += len(items)
+        if len(items) < n:
+            self.input_done = True
+            self.sink.end(self.sent_items)
+        if payload is None:
+            self.sink.chunk(unit.start, unit.count, False, err)
+            return self.next_unit()
+        return unit
+
+    def has_more(self) -> bool:
+        return bool(self.requeued) or not (self.input_done or self.finished)
+
+    def unit_seconds(self) -> float | None:
+        if self.measured_items == 0:
+            return None
+        return self.busy_ns / self.measured_items / 1e9 * self._size()
+
+    def done(self, unit: Unit, ok: bool, value: Any, elapsed_ns: int) -> None:
+        if ok:
+            self.busy_ns += elapsed_ns
+            self.measured_items += unit.count
+        self.sink.chunk(unit.start, unit.count, ok, value)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.finished:
+            self.finished = True
+            self.sink.fail(exc)
+
+
+class Slot:
+    """One worker process and what it holds."""
+
+    __slots__ = ("index", "pid", "pidfd", "inflight", "loaded", "alive")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid = 0
+        self.pidfd = -1
+        self.inflight: dict[tuple[int, int], Unit] = {}
+        self.loaded: set[int] = set()
+        self.alive = False
+
+
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+class Engine:
+    """Worker processes on a hub, fed by jobs. Thread-safe."""
+
+    def __init__(self, processes: int, initializer: Callable | None = None, initargs: tuple = (),
+                 maxtasks: int | None = None) -> None:
+        self.processes = processes
+        self.lock = threading.RLock()
+        self.hub = _native.Hub(processes, RING_BYTES)
+        self.init_payload = cloudpickle.dumps((initializer, tuple(initargs), maxtasks or 0), PROTOCOL)
+        self.jobs: dict[int, Job] = {}
+        self.active: deque[Job] = deque()
+        self.slots = [Slot(i) for i in range(processes)]
+        self.closing = False  # no new jobs; workers exit once idle
+        self.broken: BaseException | None = None
+        self.exits_sent = False
+        self.zygote = _zygote.get()
+        for slot in self.slots:
+            self._start(slot)
+        self.thread = threading.Thread(target=self._collect, name="paralelo-collector", daemon=True)
+        self.thread.start()
+        _engines.add(self)
+
+    # -- workers -------------------------------------------------------------
+
+    def _start(self, slot: Slot) -> None:
+        slot.pid, slot.pidfd = self.zygote.spawn(self.hub.fd, slot.index)
+        slot.alive = True
+        slot.loaded = set()
+        self.hub.post(slot.index, INIT, 0, 0, 0, self.init_payload)
+
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.slots if s.alive]
+
+    # -- dispatch ------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        with self.lock:
+            if self.broken is not None:
+                raise self.broken
+            if self.closing:
+                raise ValueError("Pool not running")
+            self.jobs[job.id] = job
+            self.active.append(job)
+            self._pump()
+
+    def kick(self) -> None:
+        """Dispatches again (a lazy job's consumer made room)."""
+        with self.lock:
+            self._pump()
+
+    def _limit(self, job: Job) -> int:
+        t = job.unit_seconds()
+        if t is None:
+            return 2
+        return min(MAX_INFLIGHT, 1 + int(QUEUE_SECONDS / max(t, 1e-7)))
+
+    def _pump(self) -> None:
+        if self.broken is not None:
+            return
+        live = [s for s in self.slots if s.alive]
+        while live and self.active:
+            slot = min(live, key=lambda s: len(s.inflight))
+            unit = self._next_unit(slot)
+            if unit is None:
+                return
+            self._send(slot, unit)
+
+    def _next_unit(self, slot: Slot) -> Unit | None:
+        for job in list(self.active):
+            if len(slot.inflight) >= self._limit(job):
+                return None  # first come, first served: no overtaking a full queue
+            unit = job.next_unit()
+            if unit is not None:
+                return unit
+            if not job.has_more():
+                self.active.remove(job)
+                self._maybe_forget(job)
+        return None
+
+    def _send(self, slot: Slot, unit: Unit) -> None:
+        job = unit.job
+        if job.func_payload is not None and job.id not in slot.loaded:
+            self.hub.post(slot.index, FUNC, job.id, 0, 0, job.func_payload)
+            slot.loaded.add(job.id)
+        self.hub.post(slot.index, unit.tag, job.id, unit.seq, 0, unit.payload)
+        slot.inflight[(job.id, unit.seq)] = unit
+        job.outstanding += 1
+
+    def _maybe_forget(self, job: Job) -> None:
+        """Drops a job that will send and receive nothing more (and its function in workers)."""
+        if job.outstanding or (job.has_more() and not job.finished) or job.id not in self.jobs:
+            return
+        del self.jobs[job.id]
+        if job in self.active:
+            self.active.remove(job)
+        if job.func_payload is not None:
+            for s in self.slots:
+                if s.alive and job.id in s.loaded:
+                    s.loaded.discard(job.id)
+                    self.hub.post(s.index, DROP, job.id, 0, 0, b"")
+
+    # -- results ---------------------------------------------------------------
+
+    def _collect(self) -> None:
+        recv = self.hub.recv
+        while True:
+            msgs = recv(LIVENESS_SECONDS)
+            with self.lock:
+                for slot_i, tag, job_id, seq, aux, payload in msgs:
+                    self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
+                if not msgs:
+                    self._check_liveness()
+                self._pump()
+                if self.closing and not self.jobs and not self.exits_sent:
+                    self.exits_sent = True
+                    for s in self.slots:
+                        if s.alive:
+                            self.hub.post(s.index, EXIT, 0, 0, 0, b"")
+                if self.closing and not any(s.alive for s in self.slots):
+                    break
+        for s in self.slots:
+            if s.pidfd >= 0:
+                os.close(s.pidfd)
+                s.pidfd = -1
+
+    def _handle(self, slot: Slot, tag: int, job_id: int, seq: int, aux: int, payload: bytes) -> None:
+        if tag == OK or tag == ERR:
+            unit = slot.inflight.pop((job_id, seq), None)
+            if unit is None:
+                return
+            job = unit.job
+            job.outstanding -= 1
+            if tag == OK:
+                try:
+                    ok, value = True, pickle.loads(payload)
+                except BaseException as e:  # noqa: BLE001
+                    ok, value = False, e
+            else:
+                ok, value = False, load_error(payload)
+            job.done(unit, ok, value, aux)
+            if not job.outstanding:
+                self._maybe_forget(job)
+        elif tag == BYE:
+            self._retire(slot, None)
+        elif tag == INIT_ERR:
+            exc = load_error(payload)
+            err = _broken("a worker's initializer raised an exception")
+            err.__cause__ = exc
+            self._break(err)
+
+    def _check_liveness(self) -> None:
+        fds = [s.pidfd for s in self.slots if s.alive]
+        if not fds:
+            return
+        p = select.poll()
+        for fd in fds:
+            p.register(fd, select.POLLIN)
+        dead = {fd for fd, _ in p.poll(0)}
+        if not dead:
+            return
+        # A dying worker may have sent results first: take them before judging.
+        for slot_i, tag, job_id, seq, aux, payload in self.hub.recv(0):
+            self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
+        for s in self.slots:
+            if s.alive and s.pidfd in dead:
+                self._retire(s, _exit_description(s.pid))
+
+    def _retire(self, slot: Slot, death: str | None) -> None:
+        """The worker in `slot` is gone (death given) or leaving after maxtasks (None):
+        fail what it was running, hand back what it had not started, start another."""
+        running = self.hub.current(slot.index) if death is not None else (0, 0)
+        slot.alive = False
+        units = list(slot.inflight.values())
+        slot.inflight.clear()
+        self.hub.reset_slot(slot.index)
+        os.close(slot.pidfd)
+        slot.pidfd = -1
+        for unit in units:
+            unit.job.outstanding -= 1
+            if death is not None and (unit.job.id, unit.seq) == running:
+                unit.job.lost(unit, WorkerLostError(
+                    f"the worker process (pid {slot.pid}) running this task died: {death}"))
+                self._maybe_forget(unit.job)
+            else:
+                unit.job.requeued.appendleft(unit)
+                if unit.job not in self.active:
+                    self.active.appendleft(unit.job)
+        if not self.closing or self.jobs:
+            if self.broken is None:
+                self._start(slot)
+
+    def _break(self, err: BaseException) -> None:
+        self.broken = err
+        for job in list(self.jobs.values()):
+            job.fail(err)
+        self.jobs.clear()
+        self.active.clear()
+        self._kill_all()
+        self.closing = True
+
+    def _kill_all(self) -> None:
+        for s in self.slots:
+            if s.alive:
+                try:
+                    signal.pidfd_send_signal(s.pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    # -- shutdown ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """No new jobs; workers exit once the current ones are done."""
+        with self.lock:
+            self.closing = True
+        self.hub.wake()
+
+    def terminate(self, exc: BaseException | None = None) -> None:
+        """Stops everything now: unfinished jobs fail with `exc` (if given), workers are
+        killed."""
+        with self.lock:
+            self.closing = True
+            if exc is not None:
+                for job in list(self.jobs.values()):
+                    job.fail(exc)
+            self.jobs.clear()
+            self.active.clear()
+            self._kill_all()
+        self.hub.wake()
+
+    def join(self, timeout: float | None = None) -> None:
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
+
+
+def _broken(msg: str) -> BaseException:
+    from concurrent.futures.process import BrokenProcessPool
+
+    return BrokenProcessPool(msg)
+
+
+def _exit_description(pid: int) -> str:
+    # The zygote reaps workers, so the exit status is not ours to read; say what we know.
+    return "it exited or was killed unexpectedly"
+
+
+def _shutdown_all() -> None:
+    for engine in list(_engines):
+        engine.terminate()
+        engine.join(5)
+
+
+import atexit  # noqa: E402
+
+atexit.register(_shutdown_all)

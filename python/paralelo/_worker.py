@@ -1,0 +1,113 @@
+"""The worker loop: runs in each worker process, forked by the zygote."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+from time import perf_counter_ns
+
+import cloudpickle
+
+from . import _native
+from ._protocol import (
+    BYE,
+    CALL,
+    DROP,
+    ERR,
+    EXIT,
+    FUNC,
+    INIT,
+    INIT_ERR,
+    OK,
+    PROTOCOL,
+    TASK,
+    dump_error,
+)
+
+
+def serve(fd: int, slot: int) -> None:
+    """Attaches to ``slot`` of the hub in memfd ``fd`` and runs messages until EXIT."""
+    # Ctrl-C goes to the whole process group; the parent decides what happens to workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    port = _native.Port(fd, slot)
+    os.close(fd)
+    funcs: dict[int, tuple] = {}
+    loads, dumps = pickle.loads, pickle.dumps
+    send, recv, set_current = port.send, port.recv, port.set_current
+    maxtasks = 0
+    done = 0
+    while True:
+        for tag, job, seq, _aux, payload in recv(None):
+            if tag == TASK:
+                fn, star = funcs[job]
+                set_current(job, seq)
+                t0 = perf_counter_ns()
+                try:
+                    if star is None:  # the function itself failed to unpickle here
+                        raise fn
+                    items = loads(payload)
+                    out = [fn(*a) for a in items] if star else [fn(a) for a in items]
+                    data, rtag = dumps(out, PROTOCOL), OK
+                except BaseException as e:  # noqa: BLE001 - every failure goes back
+                    data, rtag = dump_error(e), ERR
+                send(rtag, job, seq, perf_counter_ns() - t0, data)
+            elif tag == CALL:
+                set_current(job, seq)
+                t0 = perf_counter_ns()
+                try:
+                    fn, args, kwargs = loads(payload)
+                    data, rtag = dumps(fn(*args, **kwargs), PROTOCOL), OK
+                except BaseException as e:  # noqa: BLE001
+                    data, rtag = dump_error(e), ERR
+                send(rtag, job, seq, perf_counter_ns() - t0, data)
+            elif tag == FUNC:
+                try:
+                    funcs[job] = loads(payload)
+                except BaseException as e:  # noqa: BLE001 - reported by each of its tasks
+                    funcs[job] = (e, None)
+                continue
+            elif tag == DROP:
+                funcs.pop(job, None)
+                continue
+            elif tag == INIT:
+                initializer, initargs, maxtasks = loads(payload)
+                if initializer is not None:
+                    try:
+                        initializer(*initargs)
+                    except BaseException as e:  # noqa: BLE001
+                        send(INIT_ERR, 0, 0, 0, dump_error(e))
+                        return
+                continue
+            elif tag == EXIT:
+                return
+            else:
+                raise RuntimeError(f"paralelo worker: unknown message tag {tag}")
+            set_current(0, 0)
+            done += 1
+            if maxtasks and done >= maxtasks:
+                send(BYE, 0, 0, done, b"")
+                return
+
+
+def main(fd: int, slot: int) -> None:
+    """Entry point in a freshly forked worker; never returns."""
+    code = 0
+    try:
+        serve(fd, slot)
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+# cloudpickle is imported here so forked workers have it loaded already.
+__all__ = ["main", "serve", "cloudpickle"]

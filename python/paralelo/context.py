@@ -1,0 +1,79 @@
+"""multiprocessing's context functions, for code written against multiprocessing.
+
+paralelo has one way to start workers (forked from a single-threaded zygote, see
+``_zygote``), which is safe wherever ``spawn`` is and as fast as ``fork``. The start
+method names are accepted and reported so that code choosing one keeps running.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+_METHODS = ("fork", "spawn", "forkserver")
+_method: str | None = None
+
+
+def _check(method: str | None) -> None:
+    if method is not None and method not in _METHODS:
+        raise ValueError(f"cannot find context for {method!r}")
+
+
+class Context:
+    """What ``get_context()`` returns: the library's classes under one roof."""
+
+    def __init__(self, method: str | None = None) -> None:
+        _check(method)
+        self._method = method
+
+    def get_start_method(self, allow_none: bool = False) -> str | None:
+        return self._method or get_start_method(allow_none)
+
+    def cpu_count(self) -> int:
+        return cpu_count()
+
+    def Pool(self, processes: int | None = None, initializer: Any = None, initargs: Any = (),
+             maxtasksperchild: int | None = None) -> Any:
+        from .pool import Pool
+
+        return Pool(processes, initializer, initargs, maxtasksperchild, context=self)
+
+    @property
+    def TimeoutError(self) -> type:
+        from ._errors import TimeoutError
+
+        return TimeoutError
+
+
+def get_context(method: str | None = None) -> Context:
+    """A context; ``method`` is one of 'fork', 'spawn', 'forkserver' or None."""
+    return Context(method)
+
+
+def get_start_method(allow_none: bool = False) -> str | None:
+    """The start method set with ``set_start_method``, else 'forkserver' (what paralelo's
+    zygote is); with ``allow_none``, None if none was set."""
+    if _method is None and allow_none:
+        return None
+    return _method or "forkserver"
+
+
+def set_start_method(method: str | None, force: bool = False) -> None:
+    """Records the start method, as multiprocessing does (RuntimeError if already set)."""
+    global _method
+    if _method is not None and not force:
+        raise RuntimeError("context has already been set")
+    _check(method)
+    _method = method
+
+
+def get_all_start_methods() -> list[str]:
+    return list(_METHODS)
+
+
+def cpu_count() -> int:
+    """The number of CPUs in the system, as ``multiprocessing.cpu_count``."""
+    n = os.cpu_count()
+    if n is None:
+        raise NotImplementedError("cannot determine number of cpus")
+    return n

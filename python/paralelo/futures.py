@@ -1,0 +1,107 @@
+"""paralelo.ProcessPoolExecutor: concurrent.futures' process pool on paralelo's engine."""
+
+from __future__ import annotations
+
+import concurrent.futures as _cf
+import threading
+import time
+import weakref
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable, Iterator
+
+from . import _engine
+from .pool import IMapIterator, _default_processes
+
+
+class ProcessPoolExecutor(_cf.Executor):
+    """A ``concurrent.futures.Executor`` running calls in worker processes.
+
+    ``submit`` returns a standard ``concurrent.futures.Future``, so ``as_completed``,
+    ``wait``, ``asyncio.wrap_future`` and ``loop.run_in_executor`` work unchanged.
+    Functions travel by value (cloudpickle): lambdas and closures work. A worker that dies
+    fails only the task it ran (``WorkerLostError``, a ``BrokenProcessPool``); the
+    executor replaces it and stays usable.
+    """
+
+    def __init__(self, max_workers: int | None = None, mp_context: Any = None,
+                 initializer: Callable | None = None, initargs: tuple = (), *,
+                 max_tasks_per_child: int | None = None) -> None:
+        if max_workers is None:
+            max_workers = _default_processes()
+        elif not isinstance(max_workers, int) or max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        self._max_workers = max_workers
+        self._engine = _engine.Engine(max_workers, initializer, tuple(initargs), max_tasks_per_child)
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._pending: weakref.WeakSet[Future] = weakref.WeakSet()
+        self._finalizer = weakref.finalize(self, self._engine.terminate)
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        """Schedules ``fn(*args, **kwargs)``; returns its Future."""
+        with self._shutdown_lock:
+            if self._engine.broken is not None:
+                raise _cf.process.BrokenProcessPool(str(self._engine.broken))
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: Future = Future()
+
+            def on_done(ok: bool, value: Any) -> None:
+                if future.done():
+                    return
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+            self._pending.add(future)
+            self._engine.submit(_engine.CallJob(fn, args, kwargs, on_done, future.set_running_or_notify_cancel))
+            return future
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int | None = None) -> Iterator:
+        """``map(fn, *iterables)`` in parallel; results in order, lazily. ``timeout``
+        counts from this call; ``chunksize=None`` picks chunk sizes adaptively."""
+        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+            raise ValueError("chunksize must be >= 1.")
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            end = None if timeout is None else time.monotonic() + timeout
+            it = IMapIterator(self._engine, ordered=True)
+            job = _engine.MapJob(self._engine, fn, list(zip(*iterables)), True, chunksize, it)
+            it.job = job
+            self._engine.submit(job)
+        return _results(it, job, self._engine, end)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stops accepting work; with ``cancel_futures``, cancels what has not started;
+        with ``wait``, returns once everything is done and the workers have exited."""
+        with self._shutdown_lock:
+            self._shutdown = True
+        if cancel_futures:
+            for f in list(self._pending):
+                f.cancel()
+        self._engine.close()
+        if wait:
+            self._engine.join()
+
+
+def _results(it: IMapIterator, job: _engine.MapJob, engine: _engine.Engine, end: float | None) -> Iterator:
+    try:
+        while True:
+            try:
+                yield it.next(None if end is None else max(0.0, end - time.monotonic()))
+            except StopIteration:
+                return
+    finally:
+        if not job.finished:  # the caller stopped early: do not run the rest
+            with engine.lock:
+                job.finished = True

@@ -1,0 +1,369 @@
+"""paralelo.Pool: multiprocessing.Pool's API (plus reduce and map_reduce) on paralelo's engine."""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import weakref
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator
+
+from . import _engine
+from ._errors import TimeoutError
+
+_MISSING = object()
+
+
+def _default_processes() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class AsyncResult:
+    """The result of an ``apply_async`` call, as in multiprocessing."""
+
+    def __init__(self, callback: Callable | None = None, error_callback: Callable | None = None) -> None:
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success: bool | None = None
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        """Whether the call has finished."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Whether the call finished without raising; ValueError if not ready yet."""
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return bool(self._success)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Waits until the result is ready or ``timeout`` seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The result; re-raises the worker's exception; ``paralelo.TimeoutError`` if not
+        ready within ``timeout`` seconds."""
+        self._event.wait(timeout)
+        if not self._event.is_set():
+            raise TimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    def _set(self, ok: bool, value: Any) -> None:
+        if self._event.is_set():
+            return
+        self._success, self._value = ok, value
+        try:
+            if ok and self._callback is not None:
+                self._callback(value)
+            elif not ok and self._error_callback is not None:
+                self._error_callback(value)
+        finally:
+            self._event.set()
+
+
+ApplyResult = AsyncResult
+
+
+class MapResult(AsyncResult):
+    """The result of ``map_async``/``starmap_async``: a list, in input order."""
+
+    def __init__(self, callback: Callable | None = None, error_callback: Callable | None = None) -> None:
+        super().__init__(callback, error_callback)
+        self._chunks: list[tuple[int, list]] = []
+        self._got = 0
+        self._total: int | None = None
+
+    # sink protocol (called by the engine with its lock held)
+    def chunk(self, start: int, count: int, ok: bool, values: Any) -> None:
+        if not ok:
+            self._set(False, values)
+            return
+        self._chunks.append((start, values))
+        self._got += count
+        self._finish_if_done()
+
+    def end(self, total: int) -> None:
+        self._total = total
+        self._finish_if_done()
+
+    def fail(self, exc: BaseException) -> None:
+        self._set(False, exc)
+
+    def consumed_units(self) -> int:
+        return 0
+
+    def _finish_if_done(self) -> None:
+        if self._total is None or self._got != self._total or self._event.is_set():
+            return
+        self._chunks.sort(key=lambda c: c[0])
+        out: list = []
+        for _, values in self._chunks:
+            out.extend(values)
+        self._chunks = []
+        self._set(True, out)
+
+
+class IMapIterator:
+    """Results of ``imap``/``imap_unordered`` (and ``Executor.map``) as they arrive."""
+
+    def __init__(self, engine: _engine.Engine, ordered: bool) -> None:
+        self._engine = engine
+        self._ordered = ordered
+        self._cond = threading.Condition(threading.Lock())
+        self._ready: dict[int, tuple[int, bool, Any]] = {}
+        self._arrived: deque[tuple[int, bool, Any]] = deque()
+        self._next_start = 0
+        self._yielded = 0
+        self._units_taken = 0
+        self._total: int | None = None
+        self._failure: BaseException | None = None
+        self._buffer: deque = deque()
+        self.job: _engine.MapJob | None = None
+
+    # sink protocol (called by the engine with its lock held)
+    def chunk(self, start: int, count: int, ok: bool, values: Any) -> None:
+        with self._cond:
+            if self._ordered:
+                self._ready[start] = (count, ok, values)
+            else:
+                self._arrived.append((count, ok, values))
+            self._cond.notify()
+
+    def end(self, total: int) -> None:
+        with self._cond:
+            self._total = total
+            self._cond.notify()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            self._failure = exc
+            self._cond.notify()
+
+    def consumed_units(self) -> int:
+        return self._units_taken
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return self.next()
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next result; ``paralelo.TimeoutError`` if none comes within ``timeout``."""
+        if self._buffer:
+            return self._buffer.popleft()
+        with self._cond:
+            while True:
+                got = self._take()
+                if got is not None:
+                    break
+                if self._total is not None and self._yielded >= self._total:
+                    raise StopIteration
+                if self._failure is not None:
+                    failure, self._failure = self._failure, None
+                    self._total = self._yielded  # nothing comes after a failed input
+                    raise failure
+                if not self._cond.wait(timeout):
+                    raise TimeoutError
+        count, ok, values = got
+        self._yielded += count
+        self._units_taken += 1
+        if self.job is not None and self.job.hold is not None:
+            self._engine.kick()
+        if not ok:
+            raise values
+        self._buffer.extend(values)
+        return self._buffer.popleft()
+
+    def _take(self) -> tuple[int, bool, Any] | None:
+        if self._ordered:
+            got = self._ready.pop(self._next_start, None)
+            if got is not None:
+                self._next_start += got[0]
+            return got
+        return self._arrived.popleft() if self._arrived else None
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """Results of ``imap_unordered``, in completion order."""
+
+
+def _check_chunksize(chunksize: int | None) -> None:
+    if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+        raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+
+
+def _fold(function: Callable, block: list) -> Any:
+    return functools.reduce(function, block)
+
+
+def _map_fold(map_function: Callable, reduce_function: Callable, block: list) -> Any:
+    return functools.reduce(reduce_function, map(map_function, block))
+
+
+class Pool:
+    """A pool of worker processes with the API of ``multiprocessing.Pool``.
+
+    Functions travel by value (cloudpickle), so lambdas, closures and functions defined in
+    ``__main__`` work. ``chunksize=None`` (the default everywhere) picks chunk sizes from
+    measured task durations. Adds ``reduce`` and ``map_reduce``.
+    """
+
+    def __init__(self, processes: int | None = None, initializer: Callable | None = None,
+                 initargs: Iterable = (), maxtasksperchild: int | None = None, context: Any = None) -> None:
+        if processes is None:
+            processes = _default_processes()
+        if not isinstance(processes, int) or processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        self._processes = processes
+        self._engine = _engine.Engine(processes, initializer, tuple(initargs), maxtasksperchild)
+        self._state = "RUN"
+        self._finalizer = weakref.finalize(self, self._engine.terminate)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
+
+    def _check_running(self) -> None:
+        if self._state != "RUN":
+            raise ValueError("Pool not running")
+
+    # -- single calls -----------------------------------------------------------
+
+    def apply(self, func: Callable, args: tuple = (), kwds: dict | None = None) -> Any:
+        """Calls ``func(*args, **kwds)`` in a worker and returns its result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func: Callable, args: tuple = (), kwds: dict | None = None,
+                    callback: Callable | None = None, error_callback: Callable | None = None) -> AsyncResult:
+        """Starts ``func(*args, **kwds)`` in a worker; returns an AsyncResult."""
+        self._check_running()
+        result = AsyncResult(callback, error_callback)
+        self._engine.submit(_engine.CallJob(func, tuple(args), dict(kwds or {}), result._set))
+        return result
+
+    # -- maps -------------------------------------------------------------------
+
+    def _map_async(self, func: Callable, iterable: Iterable, star: bool, chunksize: int | None,
+                   callback: Callable | None, error_callback: Callable | None) -> MapResult:
+        self._check_running()
+        _check_chunksize(chunksize)
+        result = MapResult(callback, error_callback)
+        self._engine.submit(_engine.MapJob(self._engine, func, iterable, star, chunksize, result))
+        return result
+
+    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
+        """``[func(x) for x in iterable]``, computed in parallel, in order."""
+        return self._map_async(func, iterable, False, chunksize, None, None).get()
+
+    def map_async(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
+                  callback: Callable | None = None, error_callback: Callable | None = None) -> MapResult:
+        """Like ``map``, returning an AsyncResult."""
+        return self._map_async(func, iterable, False, chunksize, callback, error_callback)
+
+    def starmap(self, func: Callable, iterable: Iterable[Iterable], chunksize: int | None = None) -> list:
+        """``[func(*args) for args in iterable]``, in parallel, in order."""
+        return self._map_async(func, iterable, True, chunksize, None, None).get()
+
+    def starmap_async(self, func: Callable, iterable: Iterable[Iterable], chunksize: int | None = None,
+                      callback: Callable | None = None, error_callback: Callable | None = None) -> MapResult:
+        """Like ``starmap``, returning an AsyncResult."""
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback)
+
+    def _imap(self, func: Callable, iterable: Iterable, chunksize: int | None, ordered: bool,
+              star: bool = False) -> IMapIterator:
+        self._check_running()
+        _check_chunksize(chunksize)
+        it = (IMapIterator if ordered else IMapUnorderedIterator)(self._engine, ordered)
+        hold = 2 * _engine.MAX_INFLIGHT * self._processes + 64
+        job = _engine.MapJob(self._engine, func, iterable, star, chunksize, it, hold=hold)
+        it.job = job
+        self._engine.submit(job)
+        return it
+
+    def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> IMapIterator:
+        """Lazy ``map``: yields results in order as they come. Reads the input only as
+        fast as results are consumed (a bounded number ahead)."""
+        return self._imap(func, iterable, chunksize, True)
+
+    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> IMapIterator:
+        """Like ``imap``, yielding results in the order they finish."""
+        return self._imap(func, iterable, chunksize, False)
+
+    # -- reductions ---------------------------------------------------------------
+
+    def reduce(self, function: Callable, iterable: Iterable, initializer: Any = _MISSING) -> Any:
+        """``functools.reduce(function, iterable[, initializer])`` as a parallel tree.
+
+        ``function`` must be associative; the order of operands is kept (so string
+        concatenation comes out right), but it need not be commutative.
+        """
+        self._check_running()
+        items = list(iterable)
+        if initializer is not _MISSING:
+            items.insert(0, initializer)
+        if not items:
+            raise TypeError("reduce() of empty iterable with no initial value")
+        fold = functools.partial(_fold, function)
+        while len(items) > 1:
+            pieces = 2 * self._processes if len(items) > 4 * self._processes else self._processes
+            size = max(2, -(-len(items) // pieces))
+            blocks = [items[i:i + size] for i in range(0, len(items), size)]
+            items = self.map(fold, blocks, chunksize=1)
+        return items[0]
+
+    def map_reduce(self, map_function: Callable, reduce_function: Callable, iterable: Iterable,
+                   initializer: Any = _MISSING, chunksize: int | None = None) -> Any:
+        """``reduce(reduce_function, map(map_function, iterable)[, initializer])``: each
+        worker maps and folds its own blocks; the partial results are tree-reduced."""
+        self._check_running()
+        items = list(iterable)
+        if not items:
+            if initializer is _MISSING:
+                raise TypeError("reduce() of empty iterable with no initial value")
+            return initializer
+        size = chunksize or max(1, -(-len(items) // (4 * self._processes)))
+        blocks = [items[i:i + size] for i in range(0, len(items), size)]
+        partials = self.map(functools.partial(_map_fold, map_function, reduce_function), blocks, chunksize=1)
+        return self.reduce(reduce_function, partials, initializer)
+
+    # -- lifetime -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """No more tasks; workers exit once the submitted ones are done."""
+        if self._state == "RUN":
+            self._state = "CLOSE"
+            self._engine.close()
+
+    def terminate(self) -> None:
+        """Stops the workers now; unfinished results fail with an error instead of hanging."""
+        self._state = "TERMINATE"
+        self._engine.terminate(RuntimeError("the pool was terminated before this task finished"))
+        self._engine.join()
+
+    def join(self) -> None:
+        """Waits for the workers to exit; call ``close`` or ``terminate`` first."""
+        if self._state == "RUN":
+            raise ValueError("Pool is still running")
+        self._engine.join()
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
