@@ -76,7 +76,11 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             end = None if timeout is None else time.monotonic() + timeout
             it = IMapIterator(self._engine, ordered=True)
-            job = _engine.MapJob(self._engine, fn, list(zip(*iterables)), True, chunksize, it)
+            # Like the standard executor, the input is read now; one iterable needs no tuples.
+            if len(iterables) == 1:
+                job = _engine.MapJob(self._engine, fn, list(iterables[0]), False, chunksize, it)
+            else:
+                job = _engine.MapJob(self._engine, fn, list(zip(*iterables)), True, chunksize, it)
             it.job = job
             self._engine.submit(job)
         return _results(it, job, self._engine, end)
