@@ -159,19 +159,19 @@ class MapJob(Job):
         self.input_done = False
         self.busy_ns = 0
         self.measured_items = 0
+        self.held = False  # next_unit refused because the consumer is behind
+        self.size = 1 if chunksize is None else chunksize
 
     def _size(self) -> int:
         if self.chunksize:
             return self.chunksize
-        workers = self.engine.processes
         if self.measured_items == 0:
             # Not measured yet: start small, grow as units go out.
             return min(1 << self.seq, 64)
-        per_item = self.busy_ns / self.measured_items / 1e9
-        n = int(CHUNK_SECONDS / max(per_item, 1e-9))
+        n = self.size
         if self.total is not None:
             # Guided: leave enough pieces at the end to balance the workers.
-            n = min(n, -(-(self.total - self.sent_items) // (4 * workers)))
+            n = min(n, -(-(self.total - self.sent_items) // (4 * self.engine.processes)))
         return max(1, n)
 
     def next_unit(self) -> Unit | None:
@@ -180,7 +180,9 @@ class MapJob(Job):
         if self.input_done or self.finished:
             return None
         if self.hold is not None and self.seq - self.sink.consumed_units() > self.hold:
-            return None  # the consumer is behind: hold the input back
+            self.held = True  # the consumer is behind: hold the input back
+            return None
+        self.held = False
         n = self._size()
         try:
             items = list(itertools.islice(self.it, n))
@@ -215,12 +217,15 @@ class MapJob(Job):
     def unit_seconds(self) -> float | None:
         if self.measured_items == 0:
             return None
-        return self.busy_ns / self.measured_items / 1e9 * self._size()
+        return self.per_item * self.size
 
     def done(self, unit: Unit, ok: bool, value: Any, elapsed_ns: int) -> None:
         if ok:
             self.busy_ns += elapsed_ns
             self.measured_items += unit.count
+            self.per_item = self.busy_ns / self.measured_items / 1e9
+            if not self.chunksize:
+                self.size = max(1, int(CHUNK_SECONDS / max(self.per_item, 1e-9)))
         self.sink.chunk(unit.start, unit.count, ok, value)
 
     def fail(self, exc: BaseException) -> None:
@@ -303,26 +308,36 @@ class Engine:
         return min(MAX_INFLIGHT, 1 + int(QUEUE_SECONDS / max(t, 1e-7)))
 
     def _pump(self) -> None:
-        if self.broken is not None:
+        """Tops up every live worker's queue, one unit per worker per round."""
+        if self.broken is not None or not self.active:
             return
         live = [s for s in self.slots if s.alive]
-        while live and self.active:
-            slot = min(live, key=lambda s: len(s.inflight))
-            unit = self._next_unit(slot)
-            if unit is None:
+        limit = self._limit(self.active[0])
+        while live:
+            live.sort(key=lambda s: len(s.inflight))
+            sent = False
+            for slot in live:
+                if len(slot.inflight) >= limit:
+                    break
+                unit = self._next_unit()
+                if unit is None:
+                    return
+                self._send(slot, unit)
+                sent = True
+            if not sent:
                 return
-            self._send(slot, unit)
 
-    def _next_unit(self, slot: Slot) -> Unit | None:
-        for job in list(self.active):
-            if len(slot.inflight) >= self._limit(job):
-                return None  # first come, first served: no overtaking a full queue
+    def _next_unit(self) -> Unit | None:
+        active = self.active
+        while active:
+            job = active[0]
             unit = job.next_unit()
             if unit is not None:
                 return unit
-            if not job.has_more():
-                self.active.remove(job)
-                self._maybe_forget(job)
+            if job.has_more():
+                return None  # first come, first served: a held-back job keeps its turn
+            active.popleft()
+            self._maybe_forget(job)
         return None
 
     def _send(self, slot: Slot, unit: Unit) -> None:

@@ -84,7 +84,8 @@ def serve(fd: int, slot: int) -> None:
                 return
             else:
                 raise RuntimeError(f"paralelo worker: unknown message tag {tag}")
-            set_current(0, 0)
+            # No set_current(0, 0): a stale entry names an answered task, which the parent
+            # no longer holds, so it blames nothing.
             done += 1
             if maxtasks and done >= maxtasks:
                 send(BYE, 0, 0, done, b"")

@@ -176,7 +176,7 @@ class IMapIterator:
         count, ok, values = got
         self._yielded += count
         self._units_taken += 1
-        if self.job is not None and self.job.hold is not None:
+        if self.job is not None and self.job.held:
             self._engine.kick()
         if not ok:
             raise values
