@@ -1,0 +1,111 @@
+"""Shared fixtures: a paralelo Pool and ProcessPoolExecutor per test, and a check that
+no test leaves worker processes behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+
+import pytest
+
+import paralelo
+
+#: How long a test's processes get to exit after it ends before they count as leaked.
+LEAK_GRACE_SECONDS = 5.0
+
+
+def _live_processes() -> dict[int, list[int]]:
+    """ppid -> [pid] for every process that is not a zombie."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+        except OSError:  # it exited while we looked
+            continue
+        # "pid (comm) state ppid ..."; comm may itself contain spaces and parentheses.
+        fields = data.rsplit(b")", 1)[-1].split()
+        if len(fields) < 2 or fields[0] in (b"Z", b"X"):
+            continue
+        children[int(fields[1])].append(int(entry))
+    return children
+
+
+def descendants(root: int | None = None) -> set[int]:
+    """Pids of the live processes whose parent chain leads to ``root`` (default: us)."""
+    root = os.getpid() if root is None else root
+    children = _live_processes()
+    out: set[int] = set()
+    stack = [root]
+    while stack:
+        for pid in children.get(stack.pop(), ()):
+            if pid not in out:
+                out.add(pid)
+                stack.append(pid)
+    return out
+
+
+def _long_lived_helpers() -> set[int]:
+    """Helper processes started once per test process and meant to live as long as it:
+    paralelo's zygote, and multiprocessing's forkserver and resource tracker."""
+    pids: set[int] = set()
+    from paralelo import _zygote
+
+    if _zygote._zygote is not None:
+        pids.add(_zygote._zygote.pid)
+    try:
+        from multiprocessing import forkserver
+
+        pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+        if pid:
+            pids.add(pid)
+    except Exception:  # noqa: BLE001 - private details of the stdlib; best effort
+        pass
+    try:
+        from multiprocessing import resource_tracker
+
+        pid = getattr(resource_tracker._resource_tracker, "_pid", None)
+        if pid:
+            pids.add(pid)
+    except Exception:  # noqa: BLE001
+        pass
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes():
+    """Fails the test if it leaves processes behind (workers that never exited).
+
+    Processes that existed before the test (e.g. a module-scoped pool's workers, set up
+    before this function-scoped fixture) and the long-lived helpers are allowed.
+    """
+    before = descendants()
+    yield
+    deadline = time.monotonic() + LEAK_GRACE_SECONDS
+    while True:
+        leaked = descendants() - before - _long_lived_helpers()
+        if not leaked or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"processes left running after the test: {sorted(leaked)}"
+
+
+@pytest.fixture
+def pool():
+    p = paralelo.Pool(2)
+    try:
+        yield p
+    finally:
+        p.terminate()
+
+
+@pytest.fixture
+def executor():
+    ex = paralelo.ProcessPoolExecutor(2)
+    try:
+        yield ex
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)

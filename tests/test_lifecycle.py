@@ -1,0 +1,129 @@
+"""Nothing outlives the program: workers, the zygote and shared memory are gone after a
+normal exit without cleanup, after SIGKILL of the parent, and after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    import paralelo
+    from paralelo import _zygote
+
+    pool = paralelo.Pool(2)
+    assert pool.map(abs, [-1, -2, -3]) == [1, 2, 3]
+    ex = paralelo.ProcessPoolExecutor(2)
+    assert ex.submit(abs, -4).result(timeout=30) == 4
+    pids = pool._engine.pids() + ex._engine.pids() + [_zygote.get().pid]
+    print(json.dumps(pids), flush=True)
+    how = sys.argv[1]
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "busy":
+        pool.apply_async(time.sleep, (60,))
+        time.sleep(60)
+    # "exit": leave without closing anything
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pids: list[int], seconds: float = 10.0) -> list[int]:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        left = [p for p in pids if _alive(p)]
+        if not left:
+            return []
+        time.sleep(0.02)
+    return [p for p in pids if _alive(p)]
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.parametrize("how", ["exit", "kill", "busy"])
+def test_no_process_or_segment_outlives_the_parent(how: str) -> None:
+    before = _shm()
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, how], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = json.loads(proc.stdout.readline())
+        assert len(pids) == 5
+        if how == "busy":
+            assert all(_alive(p) for p in pids)
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert _wait_gone(pids) == [], "worker or zygote processes outlived their parent"
+    assert _shm() - before == set(), "shared memory left in /dev/shm"
+
+
+def test_ctrl_c_interrupts_a_wait_and_the_program_exits_cleanly() -> None:
+    code = textwrap.dedent(
+        """
+        import json, time, paralelo
+        pool = paralelo.Pool(2)
+        r = pool.apply_async(time.sleep, (60,))
+        print(json.dumps(pool._engine.pids()), flush=True)
+        try:
+            r.get()
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = json.loads(proc.stdout.readline())
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "interrupted" in out
+    assert proc.returncode == 0
+    assert _wait_gone(pids) == []
+
+
+def test_pool_made_from_a_threaded_parent_uses_an_exec_zygote() -> None:
+    """With threads already running, paralelo must not fork the parent: the zygote is
+    started with exec, and the pool works the same."""
+    code = textwrap.dedent(
+        """
+        import threading, time, paralelo
+        from paralelo import _zygote
+        stop = threading.Event()
+        t = threading.Thread(target=stop.wait)
+        t.start()
+        with paralelo.Pool(2) as pool:
+            assert pool.map(lambda x: x * 2, range(100)) == [x * 2 for x in range(100)]
+        z = _zygote.get()
+        print(type(getattr(z, "_proc", None)).__name__)
+        stop.set()
+        t.join()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "Popen"
