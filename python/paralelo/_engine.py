@@ -14,6 +14,7 @@ import pickle
 import select
 import signal
 import threading
+import time
 import weakref
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
@@ -43,6 +44,9 @@ QUEUE_SECONDS = 0.002
 #: An adaptive chunk aims to take this long in a worker: long enough to amortise the
 #: ≈ 30 µs a message costs end to end, short enough to balance load.
 CHUNK_SECONDS = 0.002
+#: Near the end of a map, chunks shrink (guided scheduling) but not below this much work:
+#: a smaller chunk costs more in messages than it can save in balance.
+MIN_CHUNK_SECONDS = 0.0002
 MAX_INFLIGHT = 256
 #: How often the collector checks worker liveness when no results arrive.
 LIVENESS_SECONDS = 0.05
@@ -160,7 +164,7 @@ class MapJob(Job):
         self.busy_ns = 0
         self.measured_items = 0
         self.held = False  # next_unit refused because the consumer is behind
-        self.size = 1 if chunksize is None else chunksize
+        self.size = self.min_size = 1 if chunksize is None else chunksize
 
     def _size(self) -> int:
         if self.chunksize:
@@ -171,7 +175,7 @@ class MapJob(Job):
         n = self.size
         if self.total is not None:
             # Guided: leave enough pieces at the end to balance the workers.
-            n = min(n, -(-(self.total - self.sent_items) // (4 * self.engine.processes)))
+            n = min(n, max(self.min_size, -(-(self.total - self.sent_items) // (2 * self.engine.processes))))
         return max(1, n)
 
     def next_unit(self) -> Unit | None:
@@ -208,6 +212,9 @@ class MapJob(Job):
             self.sink.end(self.sent_items)
         if payload is None:
             self.sink.chunk(unit.start, unit.count, False, err)
+            if self.sink.stops_on_error:
+                self.finished = True
+                return None
             return self.next_unit()
         return unit
 
@@ -220,12 +227,15 @@ class MapJob(Job):
         return self.per_item * self.size
 
     def done(self, unit: Unit, ok: bool, value: Any, elapsed_ns: int) -> None:
+        if not ok and self.sink.stops_on_error:
+            self.finished = True  # the whole map failed: do not run the rest
         if ok:
             self.busy_ns += elapsed_ns
             self.measured_items += unit.count
             self.per_item = self.busy_ns / self.measured_items / 1e9
             if not self.chunksize:
                 self.size = max(1, int(CHUNK_SECONDS / max(self.per_item, 1e-9)))
+                self.min_size = max(1, int(MIN_CHUNK_SECONDS / max(self.per_item, 1e-9)))
         self.sink.chunk(unit.start, unit.count, ok, value)
 
     def fail(self, exc: BaseException) -> None:
@@ -266,6 +276,7 @@ class Engine:
         self.closing = False  # no new jobs; workers exit once idle
         self.broken: BaseException | None = None
         self.exits_sent = False
+        self.pid = os.getpid()
         self.zygote = _zygote.get()
         for slot in self.slots:
             self._start(slot)
@@ -287,6 +298,8 @@ class Engine:
     # -- dispatch ------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
+        if os.getpid() != self.pid:
+            raise RuntimeError("a paralelo pool cannot be used from a child process forked after it was made")
         with self.lock:
             if self.broken is not None:
                 raise self.broken
@@ -365,14 +378,32 @@ class Engine:
     # -- results ---------------------------------------------------------------
 
     def _collect(self) -> None:
+        try:
+            self._collect_loop()
+        except BaseException as e:  # noqa: BLE001 - a bug here must fail callers, not hang them
+            err = _broken(f"paralelo's collector thread failed: {e!r}")
+            err.__cause__ = e
+            with self.lock:
+                self._break(err)
+        finally:
+            for s in self.slots:
+                if s.pidfd >= 0:
+                    os.close(s.pidfd)
+                    s.pidfd = -1
+
+    def _collect_loop(self) -> None:
         recv = self.hub.recv
+        next_check = time.monotonic() + LIVENESS_SECONDS
         while True:
             msgs = recv(LIVENESS_SECONDS)
             with self.lock:
                 for slot_i, tag, job_id, seq, aux, payload in msgs:
                     self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
-                if not msgs:
+                # Check liveness when idle, and at least every LIVENESS_SECONDS while busy:
+                # a dead worker's queue must not wait for the others to finish.
+                if not msgs or time.monotonic() >= next_check:
                     self._check_liveness()
+                    next_check = time.monotonic() + LIVENESS_SECONDS
                 self._pump()
                 if self.closing and not self.jobs and not self.exits_sent:
                     self.exits_sent = True
@@ -381,10 +412,6 @@ class Engine:
                             self.hub.post(s.index, EXIT, 0, 0, 0, b"")
                 if self.closing and not any(s.alive for s in self.slots):
                     break
-        for s in self.slots:
-            if s.pidfd >= 0:
-                os.close(s.pidfd)
-                s.pidfd = -1
 
     def _handle(self, slot: Slot, tag: int, job_id: int, seq: int, aux: int, payload: bytes) -> None:
         if tag == OK or tag == ERR:
@@ -448,9 +475,13 @@ class Engine:
                 unit.job.requeued.appendleft(unit)
                 if unit.job not in self.active:
                     self.active.appendleft(unit.job)
-        if not self.closing or self.jobs:
-            if self.broken is None:
+        if (not self.closing or self.jobs) and self.broken is None:
+            try:
                 self._start(slot)
+            except OSError as e:
+                err = _broken(f"cannot start a replacement worker: {e}")
+                err.__cause__ = e
+                self._break(err)
 
     def _break(self, err: BaseException) -> None:
         self.broken = err
@@ -475,6 +506,11 @@ class Engine:
         """No new jobs; workers exit once the current ones are done."""
         with self.lock:
             self.closing = True
+            # Like multiprocessing, finish lazily read inputs even if nobody consumes them.
+            for job in self.active:
+                if isinstance(job, MapJob):
+                    job.hold = None
+            self._pump()
         self.hub.wake()
 
     def terminate(self, exc: BaseException | None = None) -> None:

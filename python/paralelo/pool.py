@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import traceback
 import weakref
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
@@ -31,6 +32,7 @@ class AsyncResult:
         self._error_callback = error_callback
         self._success: bool | None = None
         self._value: Any = None
+        self._pool: Any = None  # keeps a temporary pool alive while its result is pending
 
     def ready(self) -> bool:
         """Whether the call has finished."""
@@ -65,6 +67,8 @@ class AsyncResult:
                 self._callback(value)
             elif not ok and self._error_callback is not None:
                 self._error_callback(value)
+        except Exception:  # a failing callback must not take the pool down
+            traceback.print_exc()
         finally:
             self._event.set()
 
@@ -74,6 +78,8 @@ ApplyResult = AsyncResult
 
 class MapResult(AsyncResult):
     """The result of ``map_async``/``starmap_async``: a list, in input order."""
+
+    stops_on_error = True  # the first failed chunk fails the whole map
 
     def __init__(self, callback: Callable | None = None, error_callback: Callable | None = None) -> None:
         super().__init__(callback, error_callback)
@@ -114,6 +120,8 @@ class MapResult(AsyncResult):
 class IMapIterator:
     """Results of ``imap``/``imap_unordered`` (and ``Executor.map``) as they arrive."""
 
+    stops_on_error = False  # a failed chunk raises at its place; the rest still come
+
     def __init__(self, engine: _engine.Engine, ordered: bool) -> None:
         self._engine = engine
         self._ordered = ordered
@@ -127,6 +135,7 @@ class IMapIterator:
         self._failure: BaseException | None = None
         self._buffer: deque = deque()
         self.job: _engine.MapJob | None = None
+        self._pool: Any = None
 
     # sink protocol (called by the engine with its lock held)
     def chunk(self, start: int, count: int, ok: bool, values: Any) -> None:
@@ -250,6 +259,7 @@ class Pool:
         """Starts ``func(*args, **kwds)`` in a worker; returns an AsyncResult."""
         self._check_running()
         result = AsyncResult(callback, error_callback)
+        result._pool = self  # a result keeps its pool alive, as in multiprocessing
         self._engine.submit(_engine.CallJob(func, tuple(args), dict(kwds or {}), result._set))
         return result
 
@@ -260,6 +270,7 @@ class Pool:
         self._check_running()
         _check_chunksize(chunksize)
         result = MapResult(callback, error_callback)
+        result._pool = self
         self._engine.submit(_engine.MapJob(self._engine, func, iterable, star, chunksize, result))
         return result
 
@@ -286,6 +297,7 @@ class Pool:
         self._check_running()
         _check_chunksize(chunksize)
         it = (IMapIterator if ordered else IMapUnorderedIterator)(self._engine, ordered)
+        it._pool = self
         hold = 2 * _engine.MAX_INFLIGHT * self._processes + 64
         job = _engine.MapJob(self._engine, func, iterable, star, chunksize, it, hold=hold)
         it.job = job
