@@ -143,7 +143,8 @@ class MapJob(Job):
     """`fn` over an iterable, in chunks; `sink` receives each chunk's outcome in any order
     as `sink.chunk(start, count, ok, values_or_exc)`, `sink.end(total)` once the input is
     done, `sink.fail(exc)` if the job fails as a whole. With `hold`, at most that many
-    units are out beyond `sink.consumed_units()` (lazy imap)."""
+    items (or four chunks per worker, if more) are read beyond `sink.consumed_items()`
+    (lazy imap). An input that raises calls `sink.input_failed(position, exc)`."""
 
     def __init__(self, engine: Engine, fn: Callable, iterable: Iterable, star: bool,
                  chunksize: int | None, sink: Any, hold: int | None = None):
@@ -183,7 +184,9 @@ class MapJob(Job):
             return self.requeued.popleft()
         if self.input_done or self.finished:
             return None
-        if self.hold is not None and self.seq - self.sink.consumed_units() > self.hold:
+        if self.hold is not None and self.sent_items - self.sink.consumed_items() > max(
+            self.hold, 4 * self.engine.processes * self.size
+        ):
             self.held = True  # the consumer is behind: hold the input back
             return None
         self.held = False
@@ -192,8 +195,7 @@ class MapJob(Job):
             items = list(itertools.islice(self.it, n))
         except BaseException as e:  # noqa: BLE001 - the input itself raised
             self.input_done = True
-            self.finished = True
-            self.sink.fail(e)
+            self.sink.input_failed(self.sent_items, e)
             return None
         if not items:
             self.input_done = True
@@ -439,21 +441,23 @@ class Engine:
             self._break(err)
 
     def _check_liveness(self) -> None:
-        fds = [s.pidfd for s in self.slots if s.alive]
-        if not fds:
+        by_fd = {s.pidfd: s for s in self.slots if s.alive}
+        if not by_fd:
             return
         p = select.poll()
-        for fd in fds:
+        for fd in by_fd:
             p.register(fd, select.POLLIN)
-        dead = {fd for fd, _ in p.poll(0)}
+        # Name the dead by (slot, pid) now: handling messages below may retire a worker and
+        # start a replacement whose pidfd reuses a number we just polled.
+        dead = [(by_fd[fd], by_fd[fd].pid) for fd, _ in p.poll(0)]
         if not dead:
             return
         # A dying worker may have sent results first: take them before judging.
         for slot_i, tag, job_id, seq, aux, payload in self.hub.recv(0):
             self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
-        for s in self.slots:
-            if s.alive and s.pidfd in dead:
-                self._retire(s, _exit_description(s.pid))
+        for slot, pid in dead:
+            if slot.alive and slot.pid == pid:
+                self._retire(slot, _exit_description(pid))
 
     def _retire(self, slot: Slot, death: str | None) -> None:
         """The worker in `slot` is gone (death given) or leaving after maxtasks (None):

@@ -31,18 +31,22 @@ def dump_error(exc: BaseException) -> bytes:
     that names it when it cannot be pickled."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     tb = f'\n"""\n{tb}"""'
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
     try:
-        return pickle.dumps((exc, tb), PROTOCOL)
+        inner = pickle.dumps(exc, PROTOCOL)
     except Exception:
-        err = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-        return pickle.dumps((err, tb), PROTOCOL)
+        inner = pickle.dumps(RemoteError(name), PROTOCOL)
+    # The exception is pickled inside: if it cannot be rebuilt in the parent, the traceback
+    # and its name still arrive.
+    return pickle.dumps((inner, tb, name), PROTOCOL)
 
 
 def load_error(payload: bytes) -> BaseException:
     """The exception a worker sent, with its traceback text as ``__cause__``."""
+    inner, tb, name = pickle.loads(payload)
     try:
-        exc, tb = pickle.loads(payload)
+        exc = pickle.loads(inner)
     except Exception as e:  # the exception type cannot be rebuilt here
-        exc, tb = RemoteError(f"an exception from a worker could not be unpickled: {e!r}"), ""
+        exc = RemoteError(f"{name} (the exception could not be unpickled here: {e!r})")
     exc.__cause__ = RemoteTraceback(tb)
     return exc

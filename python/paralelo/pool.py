@@ -103,7 +103,10 @@ class MapResult(AsyncResult):
     def fail(self, exc: BaseException) -> None:
         self._set(False, exc)
 
-    def consumed_units(self) -> int:
+    def input_failed(self, position: int, exc: BaseException) -> None:
+        self._set(False, exc)
+
+    def consumed_items(self) -> int:
         return 0
 
     def _finish_if_done(self) -> None:
@@ -130,9 +133,9 @@ class IMapIterator:
         self._arrived: deque[tuple[int, bool, Any]] = deque()
         self._next_start = 0
         self._yielded = 0
-        self._units_taken = 0
         self._total: int | None = None
         self._failure: BaseException | None = None
+        self._input_failure: BaseException | None = None
         self._buffer: deque = deque()
         self.job: _engine.MapJob | None = None
         self._pool: Any = None
@@ -156,8 +159,15 @@ class IMapIterator:
             self._failure = exc
             self._cond.notify()
 
-    def consumed_units(self) -> int:
-        return self._units_taken
+    def input_failed(self, position: int, exc: BaseException) -> None:
+        # Raised in its place: after the results of the items read before it.
+        with self._cond:
+            self._total = position
+            self._input_failure = exc
+            self._cond.notify()
+
+    def consumed_items(self) -> int:
+        return self._yielded
 
     def __iter__(self) -> IMapIterator:
         return self
@@ -175,6 +185,9 @@ class IMapIterator:
                 if got is not None:
                     break
                 if self._total is not None and self._yielded >= self._total:
+                    if self._input_failure is not None:
+                        failure, self._input_failure = self._input_failure, None
+                        raise failure
                     raise StopIteration
                 if self._failure is not None:
                     failure, self._failure = self._failure, None
@@ -184,7 +197,6 @@ class IMapIterator:
                     raise TimeoutError
         count, ok, values = got
         self._yielded += count
-        self._units_taken += 1
         if self.job is not None and self.job.held:
             self._engine.kick()
         if not ok:

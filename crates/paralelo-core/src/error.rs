@@ -14,6 +14,13 @@ pub enum Error {
     /// A segment handed to us does not hold the layout this build expects.
     #[error("shared segment is not a paralelo {what} (bad magic or layout version)")]
     BadLayout { what: &'static str },
+    /// A ring holds a frame that does not fit in what its producer published: the other
+    /// process wrote outside the protocol (a memory-corrupting crash, or a foreign writer).
+    #[error("corrupt ring: a {len}-byte frame in {published} published bytes")]
+    Corrupt { len: usize, published: u64 },
+    /// A worker slot's result ring is corrupt; the worker in it must be replaced.
+    #[error("worker slot {slot}: {detail}")]
+    CorruptSlot { slot: usize, detail: String },
     /// An argument is out of range (slot index, capacity, ...).
     #[error("{0}")]
     Invalid(String),

@@ -14,7 +14,7 @@ const CAPACITY: usize = 16 * 1024;
 /// Message `i`'s payload: sizes sweep 0..=70 KB (many larger than a fragment, CAPACITY / 4),
 /// contents depend on index and position so any misplaced byte shows.
 fn payload(i: u64) -> Vec<u8> {
-    let len = if i % 97 == 0 { 70_000 } else { ((i * 7919) % 1500) as usize };
+    let len = if i.is_multiple_of(97) { 70_000 } else { ((i * 7919) % 1500) as usize };
     (0..len).map(|j| (j as u64).wrapping_mul(31).wrapping_add(i) as u8).collect()
 }
 
@@ -32,7 +32,7 @@ fn child_worker() {
     while next < MESSAGES {
         port.wait_tasks(deadline, &mut keep_going).expect("tasks arrive");
         let mut got = Vec::new();
-        port.drain_tasks(usize::MAX, |h, a, b| got.push((*h, [a, b].concat())));
+        port.drain_tasks(usize::MAX, |h, a, b| got.push((*h, [a, b].concat()))).expect("intact ring");
         for (h, body) in got {
             assert_eq!(h.seq, next, "messages arrive in order");
             assert_eq!(body, payload(next), "message {next} arrives intact");
@@ -77,7 +77,8 @@ fn every_byte_crosses_two_processes_both_ways() {
             assert_eq!(h.aux as usize, want.len());
             assert_eq!([a, b].concat(), want, "reply {received} intact");
             received += 1;
-        });
+        })
+        .expect("intact ring");
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success(), "worker process failed: {status}");
         }

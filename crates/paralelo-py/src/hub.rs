@@ -55,14 +55,14 @@ impl PyHub {
         let batch = door::blocking(py, timeout, |deadline, poll| {
             let mut batch = Batch::default();
             self.inner.flush()?;
-            if self.inner.drain_results(|s, h, a, b| batch.push(s, h, a, b)) == 0 {
+            if self.inner.drain_results(|s, h, a, b| batch.push(s, h, a, b))? == 0 {
                 match self.inner.wait_results(deadline, poll) {
                     Ok(()) => {}
                     Err(paralelo_core::Error::Timeout) => return Ok(batch),
                     Err(e) => return Err(e),
                 }
                 self.inner.flush()?;
-                self.inner.drain_results(|s, h, a, b| batch.push(s, h, a, b));
+                self.inner.drain_results(|s, h, a, b| batch.push(s, h, a, b))?;
             }
             Ok(batch)
         })?;

@@ -39,13 +39,13 @@ impl PyPort {
     ) -> PyResult<Bound<'py, PyList>> {
         let batch = door::blocking(py, timeout, |deadline, poll| {
             let mut batch = Batch::default();
-            if self.inner.drain_tasks(max, |h, a, b| batch.push(0, h, a, b)) == 0 {
+            if self.inner.drain_tasks(max, |h, a, b| batch.push(0, h, a, b))? == 0 {
                 match self.inner.wait_tasks(deadline, poll) {
                     Ok(()) => {}
                     Err(paralelo_core::Error::Timeout) => return Ok(batch),
                     Err(e) => return Err(e),
                 }
-                self.inner.drain_tasks(max, |h, a, b| batch.push(0, h, a, b));
+                self.inner.drain_tasks(max, |h, a, b| batch.push(0, h, a, b))?;
             }
             Ok(batch)
         })?;
@@ -68,6 +68,7 @@ impl PyPort {
 
     /// Sends a result message, waiting for room (GIL released) up to `timeout` seconds.
     #[pyo3(signature = (tag, job, seq, aux, payload, timeout = None))]
+    #[allow(clippy::too_many_arguments)] // mirrors the frame header, field by field
     fn send(
         &self,
         py: Python<'_>,

@@ -289,13 +289,19 @@ impl Hub {
     }
 
     /// Hands every complete result message now waiting to `f(slot, header, part1, part2)`.
-    pub fn drain_results(&self, mut f: impl FnMut(usize, &FrameHeader, &[u8], &[u8])) -> usize {
+    /// A corrupt result ring is reported with its slot: [`Error::CorruptSlot`].
+    pub fn drain_results(
+        &self,
+        mut f: impl FnMut(usize, &FrameHeader, &[u8], &[u8]),
+    ) -> Result<usize> {
         let mut results = lock(&self.results);
         let mut n = 0;
         for (slot, c) in results.iter_mut().enumerate() {
-            n += c.drain(usize::MAX, |h, a, b| f(slot, h, a, b));
+            n += c
+                .drain(usize::MAX, |h, a, b| f(slot, h, a, b))
+                .map_err(|e| Error::CorruptSlot { slot, detail: e.to_string() })?;
         }
-        n
+        Ok(n)
     }
 
     /// Empties both rings of `slot` for a new worker. Only sound once the old worker is
@@ -355,7 +361,11 @@ impl Port {
     }
 
     /// Hands up to `max` complete task messages now waiting to `f(header, part1, part2)`.
-    pub fn drain_tasks(&self, max: usize, f: impl FnMut(&FrameHeader, &[u8], &[u8])) -> usize {
+    pub fn drain_tasks(
+        &self,
+        max: usize,
+        f: impl FnMut(&FrameHeader, &[u8], &[u8]),
+    ) -> Result<usize> {
         lock(&self.tasks).drain(max, f)
     }
 

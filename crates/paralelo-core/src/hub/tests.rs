@@ -23,14 +23,14 @@ fn tasks_reach_their_slot_and_results_come_back_tagged_with_it() {
     }
     for (slot, p) in ports.iter().enumerate() {
         let mut got = Vec::new();
-        p.drain_tasks(10, |h, a, b| got.push((h.seq, [a, b].concat())));
+        p.drain_tasks(10, |h, a, b| got.push((h.seq, [a, b].concat()))).unwrap();
         assert_eq!(got, vec![(slot as u64, vec![slot as u8; 10])]);
         p.send(&FrameHeader { tag: 2, job: 9, seq: slot as u64, aux: 5 }, b"ok", None, &mut keep_going)
             .unwrap();
     }
     hub.wait_results(Some(Instant::now() + Duration::from_secs(5)), &mut keep_going).unwrap();
     let mut got = Vec::new();
-    hub.drain_results(|slot, h, a, _| got.push((slot, h.seq, a.to_vec())));
+    hub.drain_results(|slot, h, a, _| got.push((slot, h.seq, a.to_vec()))).unwrap();
     assert_eq!(got, vec![(0, 0, b"ok".to_vec()), (1, 1, b"ok".to_vec()), (2, 2, b"ok".to_vec())]);
 }
 
@@ -44,7 +44,7 @@ fn current_task_is_visible_and_reset_clears_a_slot() {
     hub.reset_slot(0).unwrap();
     assert_eq!(hub.current(0).unwrap(), (0, 0));
     let p = port(&hub, 0);
-    assert_eq!(p.drain_tasks(10, |_, _, _| {}), 0, "a reset slot has no old tasks");
+    assert_eq!(p.drain_tasks(10, |_, _, _| {}).unwrap(), 0, "a reset slot has no old tasks");
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn wait_on_results_wakes_when_a_worker_thread_answers() {
         });
         hub.wait_results(Some(Instant::now() + Duration::from_secs(5)), &mut keep_going).unwrap();
     });
-    assert_eq!(hub.drain_results(|slot, _, _, _| assert_eq!(slot, 1)), 1);
+    assert_eq!(hub.drain_results(|slot, _, _, _| assert_eq!(slot, 1)).unwrap(), 1);
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn posting_never_blocks_and_the_outbox_drains_as_the_worker_reads() {
             while got.len() < 3 {
                 p.wait_tasks(Some(Instant::now() + Duration::from_secs(10)), &mut keep_going)
                     .unwrap();
-                p.drain_tasks(usize::MAX, |h, a, b| got.push((h.seq, [a, b].concat())));
+                p.drain_tasks(usize::MAX, |h, a, b| got.push((h.seq, [a, b].concat()))).unwrap();
             }
         });
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -100,4 +100,23 @@ fn posting_never_blocks_and_the_outbox_drains_as_the_worker_reads() {
         }
     });
     assert_eq!(got, (0..3).map(|s| (s, big.clone())).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_garbage_frame_is_reported_not_read_past_the_ring() {
+    let hub = Hub::create(1, 4096).unwrap();
+    let p = port(&hub, 0);
+    p.send(&FrameHeader { tag: 1, ..Default::default() }, b"fine", None, &mut keep_going).unwrap();
+    // A misbehaving worker scribbles a huge length over the frame it published.
+    let seg = Segment::open(
+        // SAFETY: the hub keeps its fd open for the whole test.
+        unsafe { BorrowedFd::borrow_raw(hub.raw_fd()) },
+    )
+    .unwrap();
+    let data = HubLayout { slots: 1, capacity: 4096 }.results(0).data;
+    let len = seg.at::<u32>(data).unwrap();
+    // SAFETY: `len` points at the first frame's length word inside the mapping.
+    unsafe { len.write_volatile(1 << 30) };
+    let err = hub.drain_results(|_, _, _, _| panic!("nothing valid to deliver")).unwrap_err();
+    assert!(matches!(err, Error::CorruptSlot { slot: 0, .. }), "{err}");
 }

@@ -387,19 +387,30 @@ impl Consumer {
     /// Hands every complete message now in the ring to `f` as (header, first part, second
     /// part): the payload is the two parts concatenated (the second is non-empty when it
     /// wraps round the ring's end). Returns how many messages were handed over; stops early
-    /// after `max` messages.
-    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&FrameHeader, &[u8], &[u8])) -> usize {
+    /// after `max` messages. A frame that does not fit in what was published means the
+    /// other process wrote garbage: [`Error::Corrupt`], and nothing past it is read.
+    pub fn drain(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&FrameHeader, &[u8], &[u8]),
+    ) -> Result<usize> {
         let hdr = self.mem.header();
         // Acquire: pairs with the producer's Release store of `head`.
         let head = hdr.head.load(Ordering::Acquire);
         let mut delivered = 0;
         let mut pos = self.tail;
         while pos != head && delivered < max {
-            // SAFETY: [pos, head) is published and not yet released by us.
             let (len, fh) = {
+                // SAFETY: [pos, head) is published and not yet released by us, and a whole
+                // frame header precedes `head` (frames are published whole).
                 let (a, b) = unsafe { self.mem.read_at(pos, FRAME_HEADER) };
                 decode(a, b)
             };
+            if head - pos < FRAME_HEADER as u64 + padded(len) || head - pos > self.mem.cap {
+                self.tail = pos;
+                hdr.tail.store(pos, Ordering::Release);
+                return Err(Error::Corrupt { len, published: head - pos });
+            }
             let body = pos + FRAME_HEADER as u64;
             // SAFETY: as above; the payload lies before `head` because the producer
             // publishes whole frames.
@@ -434,7 +445,7 @@ impl Consumer {
                 self.mem.room_bell().ring();
             }
         }
-        delivered
+        Ok(delivered)
     }
 
     /// Waits until data is published (see [`Doorbell::wait_until`]).

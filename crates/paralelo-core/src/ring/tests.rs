@@ -17,7 +17,7 @@ fn h(tag: u32, seq: u64) -> FrameHeader {
 
 fn recv_all(c: &mut Consumer) -> Vec<(FrameHeader, Vec<u8>)> {
     let mut out = Vec::new();
-    c.drain(usize::MAX, |h, a, b| out.push((*h, [a, b].concat())));
+    c.drain(usize::MAX, |h, a, b| out.push((*h, [a, b].concat()))).unwrap();
     out
 }
 
@@ -149,7 +149,8 @@ fn threads_stress_every_byte_arrives() {
                     assert_eq!(body.len(), (next % 300) as usize);
                     assert!(body.iter().all(|&x| x == next as u8));
                     next += 1;
-                });
+                })
+                .unwrap();
             }
         });
         for i in 0..N {
