@@ -102,9 +102,11 @@ def _results(it: IMapIterator, job: _engine.MapJob, engine: _engine.Engine, end:
     try:
         while True:
             try:
-                yield it.next(None if end is None else max(0.0, end - time.monotonic()))
+                first = it.next(None if end is None else max(0.0, end - time.monotonic()))
             except StopIteration:
                 return
+            yield first
+            yield from it._current  # the rest of what arrived with it: no waiting
     finally:
         if not job.finished:  # the caller stopped early: do not run the rest
             with engine.lock:

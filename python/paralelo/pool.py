@@ -14,6 +14,7 @@ from . import _engine
 from ._errors import TimeoutError
 
 _MISSING = object()
+_END = object()
 
 
 def _default_processes() -> int:
@@ -136,7 +137,7 @@ class IMapIterator:
         self._total: int | None = None
         self._failure: BaseException | None = None
         self._input_failure: BaseException | None = None
-        self._buffer: deque = deque()
+        self._current: Iterator = iter(())
         self.job: _engine.MapJob | None = None
         self._pool: Any = None
 
@@ -169,20 +170,31 @@ class IMapIterator:
     def consumed_items(self) -> int:
         return self._yielded
 
-    def __iter__(self) -> IMapIterator:
-        return self
+    def __iter__(self) -> Iterator:
+        # A generator over the same state: `yield from` hands out each chunk at C speed.
+        return self._each()
+
+    def _each(self) -> Iterator:
+        while True:
+            try:
+                first = self.next()
+            except StopIteration:
+                return
+            yield first
+            yield from self._current
 
     def __next__(self) -> Any:
         return self.next()
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result; ``paralelo.TimeoutError`` if none comes within ``timeout``."""
-        if self._buffer:
-            return self._buffer.popleft()
+        value = next(self._current, _END)
+        if value is not _END:
+            return value
         with self._cond:
             while True:
-                got = self._take()
-                if got is not None:
+                ok, values = self._take()
+                if values:
                     break
                 if self._total is not None and self._yielded >= self._total:
                     if self._input_failure is not None:
@@ -191,26 +203,40 @@ class IMapIterator:
                     raise StopIteration
                 if self._failure is not None:
                     failure, self._failure = self._failure, None
-                    self._total = self._yielded  # nothing comes after a failed input
+                    self._total = self._yielded  # nothing comes after a failed job
                     raise failure
                 if not self._cond.wait(timeout):
                     raise TimeoutError
-        count, ok, values = got
-        self._yielded += count
         if self.job is not None and self.job.held:
             self._engine.kick()
         if not ok:
-            raise values
-        self._buffer.extend(values)
-        return self._buffer.popleft()
+            raise values[0]
+        self._current = iter(values)
+        return next(self._current)
 
-    def _take(self) -> tuple[int, bool, Any] | None:
-        if self._ordered:
-            got = self._ready.pop(self._next_start, None)
-            if got is not None:
-                self._next_start += got[0]
-            return got
-        return self._arrived.popleft() if self._arrived else None
+    def _take(self) -> tuple[bool, list]:
+        """Every result that is next in line now, up to the first failed chunk:
+        `(True, values)`, or `(False, [exception])` when a failed chunk is next."""
+        out: list = []
+        while True:
+            if self._ordered:
+                got = self._ready.get(self._next_start)
+            else:
+                got = self._arrived[0] if self._arrived else None
+            if got is None:
+                return True, out
+            count, ok, values = got
+            if not ok and out:
+                return True, out  # the failure waits for its turn
+            if self._ordered:
+                del self._ready[self._next_start]
+                self._next_start += count
+            else:
+                self._arrived.popleft()
+            self._yielded += count
+            if not ok:
+                return False, [values]
+            out += values
 
 
 class IMapUnorderedIterator(IMapIterator):
