@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use paralelo_core::{Error, Poll};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::errors::to_py;
 
@@ -61,4 +62,42 @@ impl Batch {
         self.bytes.extend_from_slice(b);
         self.items.push((slot, *h, start..self.bytes.len()));
     }
+}
+
+/// The receive side of both ends: drains what is waiting; if nothing is, waits (GIL
+/// released) and drains again. Returns `(slot, tag, job, seq, aux, payload)` tuples, or
+/// without `slot` when `with_slot` is false; `[]` when the time ran out.
+pub(crate) fn receive<'py>(
+    py: Python<'py>,
+    timeout: Option<f64>,
+    with_slot: bool,
+    drain: impl Fn(&mut Batch) -> paralelo_core::Result<usize> + Sync,
+    wait: impl Fn(Option<Instant>, Poll<'_>) -> paralelo_core::Result<()> + Sync,
+) -> PyResult<Bound<'py, PyList>> {
+    let batch = blocking(py, timeout, |deadline, poll| {
+        let mut batch = Batch::default();
+        if drain(&mut batch)? == 0 {
+            match wait(deadline, poll) {
+                Ok(()) => {}
+                Err(Error::Timeout) => return Ok(batch),
+                Err(e) => return Err(e),
+            }
+            drain(&mut batch)?;
+        }
+        Ok(batch)
+    })?;
+    let out = PyList::empty(py);
+    for (slot, h, range) in &batch.items {
+        let mut fields = Vec::with_capacity(6);
+        if with_slot {
+            fields.push(slot.into_pyobject(py)?.into_any());
+        }
+        fields.push(h.tag.into_pyobject(py)?.into_any());
+        fields.push(h.job.into_pyobject(py)?.into_any());
+        fields.push(h.seq.into_pyobject(py)?.into_any());
+        fields.push(h.aux.into_pyobject(py)?.into_any());
+        fields.push(PyBytes::new(py, &batch.bytes[range.clone()]).into_any());
+        out.append(PyTuple::new(py, fields)?)?;
+    }
+    Ok(out)
 }

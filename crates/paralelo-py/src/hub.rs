@@ -1,7 +1,7 @@
 //! `_native.Hub`: the parent's end of a worker hub.
 use paralelo_core::{FrameHeader, Hub};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::PyList;
 
 use crate::door::{self, Batch};
 use crate::errors::to_py;
@@ -52,36 +52,13 @@ impl PyHub {
     /// only outboxes moved on). Flushes outboxes as a side effect.
     #[pyo3(signature = (timeout = None))]
     fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyList>> {
-        let batch = door::blocking(py, timeout, |deadline, poll| {
-            let mut batch = Batch::default();
+        let drain = |batch: &mut Batch| {
             self.inner.flush()?;
-            if self.inner.drain_results(|s, h, a, b| batch.push(s, h, a, b))? == 0 {
-                match self.inner.wait_results(deadline, poll) {
-                    Ok(()) => {}
-                    Err(paralelo_core::Error::Timeout) => return Ok(batch),
-                    Err(e) => return Err(e),
-                }
-                self.inner.flush()?;
-                self.inner.drain_results(|s, h, a, b| batch.push(s, h, a, b))?;
-            }
-            Ok(batch)
-        })?;
-        let out = PyList::empty(py);
-        for (slot, h, range) in &batch.items {
-            let payload = PyBytes::new(py, &batch.bytes[range.clone()]);
-            out.append(PyTuple::new(
-                py,
-                [
-                    slot.into_pyobject(py)?.into_any(),
-                    h.tag.into_pyobject(py)?.into_any(),
-                    h.job.into_pyobject(py)?.into_any(),
-                    h.seq.into_pyobject(py)?.into_any(),
-                    h.aux.into_pyobject(py)?.into_any(),
-                    payload.into_any(),
-                ],
-            )?)?;
-        }
-        Ok(out)
+            self.inner.drain_results(|s, h, a, b| batch.push(s, h, a, b))
+        };
+        door::receive(py, timeout, true, drain, |deadline, poll| {
+            self.inner.wait_results(deadline, poll)
+        })
     }
 
     /// `(job, seq)` of the message the worker in `slot` is executing; `(0, 0)` when idle.

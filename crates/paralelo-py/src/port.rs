@@ -3,7 +3,7 @@ use std::os::fd::BorrowedFd;
 
 use paralelo_core::{FrameHeader, Port};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::PyList;
 
 use crate::door::{self, Batch};
 use crate::errors::to_py;
@@ -37,33 +37,11 @@ impl PyPort {
         timeout: Option<f64>,
         max: usize,
     ) -> PyResult<Bound<'py, PyList>> {
-        let batch = door::blocking(py, timeout, |deadline, poll| {
-            let mut batch = Batch::default();
-            if self.inner.drain_tasks(max, |h, a, b| batch.push(0, h, a, b))? == 0 {
-                match self.inner.wait_tasks(deadline, poll) {
-                    Ok(()) => {}
-                    Err(paralelo_core::Error::Timeout) => return Ok(batch),
-                    Err(e) => return Err(e),
-                }
-                self.inner.drain_tasks(max, |h, a, b| batch.push(0, h, a, b))?;
-            }
-            Ok(batch)
-        })?;
-        let out = PyList::empty(py);
-        for (_, h, range) in &batch.items {
-            let payload = PyBytes::new(py, &batch.bytes[range.clone()]);
-            out.append(PyTuple::new(
-                py,
-                [
-                    h.tag.into_pyobject(py)?.into_any(),
-                    h.job.into_pyobject(py)?.into_any(),
-                    h.seq.into_pyobject(py)?.into_any(),
-                    h.aux.into_pyobject(py)?.into_any(),
-                    payload.into_any(),
-                ],
-            )?)?;
-        }
-        Ok(out)
+        let drain =
+            |batch: &mut Batch| self.inner.drain_tasks(max, |h, a, b| batch.push(0, h, a, b));
+        door::receive(py, timeout, false, drain, |deadline, poll| {
+            self.inner.wait_tasks(deadline, poll)
+        })
     }
 
     /// Sends a result message, waiting for room (GIL released) up to `timeout` seconds.
