@@ -127,3 +127,20 @@ def test_pool_made_from_a_threaded_parent_uses_an_exec_zygote() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "Popen"
+
+
+def test_waiting_inside_a_callback_raises_instead_of_deadlocking() -> None:
+    import paralelo
+
+    errors: list[BaseException] = []
+    with paralelo.Pool(2) as pool:
+
+        def callback(_: object) -> None:
+            try:
+                pool.apply(abs, (-1,))
+            except RuntimeError as e:
+                errors.append(e)
+
+        pool.apply_async(abs, (-2,), callback=callback).get(timeout=30)
+        assert pool.apply(abs, (-3,)) == 3
+    assert len(errors) == 1 and "callback" in str(errors[0])

@@ -47,12 +47,14 @@ class AsyncResult:
 
     def wait(self, timeout: float | None = None) -> None:
         """Waits until the result is ready or ``timeout`` seconds pass."""
-        self._event.wait(timeout)
+        if not self._event.is_set():
+            _not_in_callback(self._pool)
+            self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> Any:
         """The result; re-raises the worker's exception; ``paralelo.TimeoutError`` if not
         ready within ``timeout`` seconds."""
-        self._event.wait(timeout)
+        self.wait(timeout)
         if not self._event.is_set():
             raise TimeoutError
         if self._success:
@@ -75,6 +77,13 @@ class AsyncResult:
 
 
 ApplyResult = AsyncResult
+
+
+def _not_in_callback(pool: Any) -> None:
+    # Callbacks run on the pool's collector thread, the one that delivers results: waiting
+    # there for another result would wait for ever.
+    if pool is not None and threading.current_thread() is pool._engine.thread:
+        raise RuntimeError("cannot wait for a pool's results inside one of its callbacks")
 
 
 class MapResult(AsyncResult):
@@ -205,6 +214,7 @@ class IMapIterator:
                     failure, self._failure = self._failure, None
                     self._total = self._yielded  # nothing comes after a failed job
                     raise failure
+                _not_in_callback(self._pool)
                 if not self._cond.wait(timeout):
                     raise TimeoutError
         if self.job is not None and self.job.held:
