@@ -3,7 +3,11 @@ no test leaves worker processes behind."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from collections import defaultdict
 
@@ -109,3 +113,32 @@ def executor():
         yield ex
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
+
+
+class Isolated:
+    """Runs a Python snippet in a fresh interpreter (with faulthandler on), for behaviour
+    that can crash the process running it: a crash then fails one test instead of
+    killing the whole test session."""
+
+    def __call__(self, code: str, *args: object, timeout: float = 40) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    @staticmethod
+    def result(proc: subprocess.CompletedProcess) -> object:
+        """The JSON the snippet printed last, after checking that neither it nor any of
+        its workers crashed or printed a traceback."""
+        report = f"exit status {proc.returncode}; stderr:\n{proc.stderr[-4000:]}"
+        assert proc.returncode == 0, report
+        assert "Fatal Python error" not in proc.stderr, report
+        assert "Traceback" not in proc.stderr, report
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def isolated() -> Isolated:
+    return Isolated()

@@ -449,17 +449,16 @@ def test_initializer_and_initargs():
 
 
 def test_initializer_closure():
-    state = {"value": None}
-    seen = []
+    factor = 2
 
     def init(v):
-        state["value"] = v
+        set_global(v * factor, "closure")
 
     with paralelo.Pool(2, initializer=init, initargs=[7]) as p:
-        # the closure's cell lives in the worker now; the parent's copy is untouched
-        seen = p.map(lambda _: state["value"], range(10))
-    assert seen == [7] * 10
-    assert state["value"] is None
+        assert p.map(read_global, range(10), chunksize=1) == [(14, "closure")] * 10
+    with paralelo.Pool(1, initializer=lambda: set_global("lambda")) as p:
+        assert p.apply(read_global) == ("lambda", None)
+    assert read_global() is None  # the parent's module state is untouched
 
 
 def test_initializer_that_raises_breaks_the_pool_instead_of_hanging():
@@ -479,9 +478,8 @@ def test_maxtasksperchild():
         out = p.map(square_and_pid, range(24), chunksize=1)
         assert [r for r, _ in out] == [x * x for x in range(24)]
         pids = {pid for _, pid in out}
-        assert len(pids) > 2
+        assert len(pids) > 2  # each worker served one task, then was replaced
         assert os.getpid() not in pids
-        # single calls too
         results = [p.apply_async(square_and_pid, (x,)) for x in range(10)]
         out = [r.get(T) for r in results]
         assert [r for r, _ in out] == [x * x for x in range(10)]
@@ -492,8 +490,46 @@ def test_maxtasksperchild_with_larger_limit():
     with paralelo.Pool(2, maxtasksperchild=5) as p:
         out = p.map(square_and_pid, range(60), chunksize=1)
         assert [r for r, _ in out] == [x * x for x in range(60)]
-        # 60 tasks at 5 per worker: at least 12 workers served them
-        assert len({pid for _, pid in out}) >= 12
+        assert len({pid for _, pid in out}) >= 12  # 60 tasks at 5 per worker
+
+
+# A regression test for worker recycling: Engine._check_liveness once named dead workers
+# by pidfd number, so a replacement whose pidfd reused a retired worker's number was
+# retired too while alive, leaving two workers on one slot (corrupted rings, KeyErrors and
+# SIGSEGV in workers, segfaults in the parent, hung shutdowns). It runs in a fresh
+# interpreter (see conftest.Isolated) because such a bug can crash the process that owns
+# the pool; any worker traceback or crash fails it.
+MAXTASKS_SCRIPT = """
+import faulthandler, json, os, sys, time
+import paralelo
+
+def square_and_pid(x):
+    return x * x, os.getpid()
+
+maxtasks, n, pools, budget = (int(a) for a in sys.argv[1:5])
+faulthandler.dump_traceback_later(budget + 10, exit=True)  # a hang fails, with a traceback
+pids, t0, done = set(), time.monotonic(), 0
+while done < pools and time.monotonic() - t0 < budget:
+    with paralelo.Pool(2, maxtasksperchild=maxtasks) as p:
+        out = p.map_async(square_and_pid, range(n), chunksize=1).get(10)
+        assert [r for r, _ in out] == [x * x for x in range(n)], out
+        single = [p.apply_async(square_and_pid, (x,)) for x in range(10)]
+        single = [r.get(10) for r in single]
+        assert [r for r, _ in single] == [x * x for x in range(10)], single
+    pids |= {pid for _, pid in out}
+    done += 1
+with paralelo.ProcessPoolExecutor(2, max_tasks_per_child=maxtasks) as ex:
+    futures = [ex.submit(square_and_pid, x) for x in range(n)]
+    assert [f.result(10)[0] for f in futures] == [x * x for x in range(n)]
+assert os.getpid() not in pids
+print(json.dumps({"pools": done, "pids": len(pids)}))
+"""
+
+
+def test_maxtasksperchild_recycles_workers_safely(isolated):
+    report = isolated.result(isolated(MAXTASKS_SCRIPT, 1, 24, 20, 3))
+    assert report["pools"] >= 3
+    assert report["pids"] > 2 * report["pools"]
 
 
 def test_processes_default_and_explicit():
@@ -640,6 +676,15 @@ def test_exception_that_cannot_be_rebuilt_is_reported(pool):
         pool.apply_async(raise_two_arg_error).get(T)
     assert isinstance(exc_info.value, paralelo.RemoteError)
     assert "TwoArgError" in str(exc_info.value)
+    assert isinstance(exc_info.value.__cause__, paralelo.RemoteTraceback)
+    with pytest.raises(paralelo.RemoteError):
+        pool.map(lambda x: raise_two_arg_error(), range(3))
+    assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+
+
+def test_exception_that_cannot_be_rebuilt_keeps_the_worker_traceback(pool):
+    with pytest.raises(paralelo.RemoteError) as exc_info:
+        pool.apply_async(raise_two_arg_error).get(T)
     _assert_remote(exc_info.value, paralelo.RemoteTraceback, "raise_two_arg_error")
 
 
@@ -742,12 +787,6 @@ def test_imap_over_a_failing_generator(pool, chunksize):
     assert pool.map(square, range(3)) == [0, 1, 4]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="paralelo bug: when imap's input raises, the error overtakes results of items "
-    "read before it that are still in flight; those results are dropped (multiprocessing "
-    "yields them all, then raises)",
-)
 def test_imap_yields_every_result_before_the_input_error(pool, mp_pool):
     expected = [x * x for x in range(10)]
     mp_out = []
@@ -802,12 +841,6 @@ def test_imap_readahead_is_bounded_with_explicit_chunksize():
     assert seen <= 20_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="paralelo bug: imap's read-ahead is bounded in chunks (~1088 for 2 workers), "
-    "and adaptive chunks grow to ~45k items for cheap functions, so after consuming 1000 "
-    "results it reads ~50M items (~2 GB) ahead of the consumer",
-)
 def test_imap_readahead_is_bounded_with_adaptive_chunks():
     drawn = [0]
     p = paralelo.Pool(2)
@@ -818,6 +851,17 @@ def test_imap_readahead_is_bounded_with_adaptive_chunks():
     finally:
         p.terminate()
     assert seen <= 1_000_000
+
+
+def test_work_submitted_while_an_imap_waits_for_its_consumer_runs(pool):
+    it = pool.imap(square, range(2_000_000))  # more than imap reads ahead of its consumer
+    assert next(it) == 0
+    # The consumer needs another result before it reads on (a common pattern: apply()
+    # inside an imap loop). multiprocessing runs it after the imap's tasks; paralelo's
+    # lazy imap reads only so far ahead, so the new work must not wait behind it.
+    assert pool.apply_async(square, (7,)).get(3) == 49
+    assert pool.map_async(square, range(10)).get(3) == [x * x for x in range(10)]
+    assert list(itertools.islice(it, 3)) == [1, 4, 9]
 
 
 def test_abandoned_imap_does_not_block_terminate():

@@ -343,15 +343,19 @@ class Engine:
                 return
 
     def _next_unit(self) -> Unit | None:
+        """The oldest job's next unit. A job held back by its slow consumer (lazy imap)
+        lets younger jobs pass, so waiting on one never starves the others."""
         active = self.active
-        while active:
-            job = active[0]
+        i = 0
+        while i < len(active):
+            job = active[i]
             unit = job.next_unit()
             if unit is not None:
                 return unit
             if job.has_more():
-                return None  # first come, first served: a held-back job keeps its turn
-            active.popleft()
+                i += 1
+                continue
+            del active[i]
             self._maybe_forget(job)
         return None
 

@@ -1,0 +1,137 @@
+"""paralelo's module-level API: the names of concurrent.futures and multiprocessing."""
+
+from __future__ import annotations
+
+import builtins
+import concurrent.futures as cf
+import concurrent.futures.process
+import multiprocessing
+
+import pytest
+
+import paralelo
+
+SAME_AS_CONCURRENT_FUTURES = [
+    "Future",
+    "Executor",
+    "wait",
+    "as_completed",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "ALL_COMPLETED",
+    "CancelledError",
+    "InvalidStateError",
+    "BrokenExecutor",
+]
+
+
+@pytest.mark.parametrize("name", SAME_AS_CONCURRENT_FUTURES)
+def test_concurrent_futures_names_are_the_same_objects(name):
+    assert getattr(paralelo, name) is getattr(cf, name)
+    assert name in paralelo.__all__
+
+
+def test_broken_process_pool_is_the_same_object():
+    assert paralelo.BrokenProcessPool is concurrent.futures.process.BrokenProcessPool
+    assert "BrokenProcessPool" in paralelo.__all__
+
+
+def test_all_names_exist():
+    for name in paralelo.__all__:
+        assert hasattr(paralelo, name), name
+    for name in ("Pool", "ProcessPoolExecutor", "AsyncResult", "TimeoutError", "RemoteTraceback",
+                 "RemoteError", "WorkerLostError", "get_context", "cpu_count"):
+        assert name in paralelo.__all__
+
+
+def test_exception_hierarchy():
+    assert issubclass(paralelo.TimeoutError, multiprocessing.TimeoutError)
+    assert issubclass(paralelo.TimeoutError, builtins.TimeoutError)
+    assert issubclass(paralelo.TimeoutError, cf.TimeoutError)
+    assert issubclass(paralelo.WorkerLostError, cf.process.BrokenProcessPool)
+    assert issubclass(paralelo.WorkerLostError, cf.BrokenExecutor)
+    assert issubclass(paralelo.RemoteTraceback, Exception)
+    assert issubclass(paralelo.RemoteError, Exception)
+    tb = paralelo.RemoteTraceback("Traceback ...")
+    assert str(tb) == "Traceback ..." and tb.tb == "Traceback ..."
+
+
+def test_timeout_error_is_caught_by_both():
+    for clause in (multiprocessing.TimeoutError, builtins.TimeoutError, cf.TimeoutError):
+        try:
+            raise paralelo.TimeoutError
+        except clause:
+            pass
+
+
+def test_cpu_count():
+    assert paralelo.cpu_count() == multiprocessing.cpu_count()
+    assert paralelo.get_context().cpu_count() == multiprocessing.get_context().cpu_count()
+
+
+@pytest.fixture
+def restore_start_method():
+    saved = paralelo.get_start_method(allow_none=True)
+    yield
+    paralelo.set_start_method(saved, force=True)
+
+
+def test_get_start_method(restore_start_method):
+    paralelo.set_start_method(None, force=True)
+    assert paralelo.get_start_method(allow_none=True) is None
+    method = paralelo.get_start_method()
+    assert isinstance(method, str)
+    assert method in paralelo.get_all_start_methods()
+    assert method in multiprocessing.get_all_start_methods()
+
+
+def test_all_start_methods():
+    methods = paralelo.get_all_start_methods()
+    assert set(methods) <= set(multiprocessing.get_all_start_methods())
+    assert {"fork", "spawn", "forkserver"} <= set(methods)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_set_start_method(restore_start_method, method):
+    paralelo.set_start_method(method, force=True)
+    assert paralelo.get_start_method() == method
+    assert paralelo.get_start_method(allow_none=True) == method
+    # like multiprocessing: setting it again without force is an error
+    with pytest.raises(RuntimeError):
+        paralelo.set_start_method("spawn")
+    assert paralelo.get_start_method() == method
+
+
+def test_set_start_method_first_time_needs_no_force(restore_start_method):
+    paralelo.set_start_method(None, force=True)
+    paralelo.set_start_method("spawn")
+    assert paralelo.get_start_method() == "spawn"
+
+
+def test_set_bogus_start_method(restore_start_method):
+    with pytest.raises(ValueError):
+        paralelo.set_start_method("bogus", force=True)
+    assert paralelo.get_start_method() == paralelo.get_start_method()  # unchanged, no error
+
+
+@pytest.mark.parametrize("method", [None, "fork", "spawn", "forkserver"])
+def test_get_context(method):
+    ctx = paralelo.get_context(method)
+    assert isinstance(ctx, paralelo.Context)
+    if method is not None:
+        assert ctx.get_start_method() == method
+    else:
+        assert ctx.get_start_method() == paralelo.get_start_method()
+    assert ctx.TimeoutError is paralelo.TimeoutError
+    assert callable(ctx.Pool)
+
+
+def test_get_context_bogus():
+    with pytest.raises(ValueError):
+        multiprocessing.get_context("bogus")
+    with pytest.raises(ValueError):
+        paralelo.get_context("bogus")
+
+
+def test_version():
+    assert isinstance(paralelo.__version__, str)
