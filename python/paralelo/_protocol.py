@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pickle
 import traceback
+from array import array
+from typing import Any
 
 from ._errors import RemoteError, RemoteTraceback
 
@@ -22,8 +24,37 @@ OK = 16  # job, seq, aux=ns busy: payload pickle(results list, or the call's res
 ERR = 17  # job, seq: payload pickle((exception, traceback text))
 BYE = 18  # leaving after maxtasks; sends nothing after this
 INIT_ERR = 19  # the initializer raised: payload as ERR
+OK_ARRAY = 20  # as OK, for a results list of only ints (or only floats): see pack_results
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+#: Below this many results, pickle is as fast as anything.
+_ARRAY_MIN = 256
+
+
+def pack_results(out: list) -> tuple[int, bytes]:
+    """(tag, payload) for a chunk's results. A list of only ints that fit in 64 bits, or
+    only floats, travels as a machine array: rebuilding it in the parent is ≈ 3x cheaper
+    than unpickling, and the parent is where a map's serial work is."""
+    if len(out) >= _ARRAY_MIN:
+        kind = type(out[0])
+        if (kind is int or kind is float) and len(set(map(type, out))) == 1:
+            code = "q" if kind is int else "d"
+            try:
+                return OK_ARRAY, code.encode() + array(code, out).tobytes()
+            except OverflowError:
+                pass  # an int beyond 64 bits: pickle it
+    return OK, pickle.dumps(out, PROTOCOL)
+
+
+def unpack_results(tag: int, payload: bytes) -> Any:
+    """The inverse of pack_results (and of plain pickled results)."""
+    if tag == OK_ARRAY:
+        arr = array(chr(payload[0]))
+        arr.frombytes(memoryview(payload)[1:])
+        return arr.tolist()
+    return pickle.loads(payload)
 
 
 def dump_error(exc: BaseException) -> bytes:

@@ -24,6 +24,7 @@ from ._protocol import (
     PROTOCOL,
     TASK,
     dump_error,
+    pack_results,
 )
 
 
@@ -35,7 +36,7 @@ def serve(fd: int, slot: int) -> None:
     os.close(fd)
     funcs: dict[int, tuple] = {}
     loads, dumps = pickle.loads, pickle.dumps
-    send, recv, set_current = port.send, port.recv, port.set_current
+    send, recv, set_current, pack = port.send, port.recv, port.set_current, pack_results
     maxtasks = 0
     done = 0
     while True:
@@ -49,7 +50,7 @@ def serve(fd: int, slot: int) -> None:
                         raise fn
                     items = loads(payload)
                     out = [fn(*a) for a in items] if star else [fn(a) for a in items]
-                    data, rtag = dumps(out, PROTOCOL), OK
+                    rtag, data = pack(out)
                 except BaseException as e:  # noqa: BLE001 - every failure goes back
                     data, rtag = dump_error(e), ERR
                 send(rtag, job, seq, perf_counter_ns() - t0, data)

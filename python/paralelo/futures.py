@@ -78,7 +78,10 @@ class ProcessPoolExecutor(_cf.Executor):
             it = IMapIterator(self._engine, ordered=True)
             # Like the standard executor, the input is read now; one iterable needs no tuples.
             if len(iterables) == 1:
-                job = _engine.MapJob(self._engine, fn, list(iterables[0]), False, chunksize, it)
+                items = iterables[0]
+                if type(items) not in (list, tuple, range):
+                    items = list(items)
+                job = _engine.MapJob(self._engine, fn, items, False, chunksize, it)
             else:
                 job = _engine.MapJob(self._engine, fn, list(zip(*iterables)), True, chunksize, it)
             it.job = job

@@ -1,0 +1,67 @@
+"""How values travel: every result comes back equal and of the same type, whatever
+encoding the chunk used (pickle, or the machine-array fast path for ints and floats)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import paralelo
+from paralelo._protocol import OK, OK_ARRAY, pack_results, unpack_results
+
+
+def identity(x):
+    return x
+
+
+class MyInt(int):
+    pass
+
+
+CASES = {
+    "ints": list(range(-500, 500)),
+    "floats": [i / 7 for i in range(1000)] + [-0.0, math.inf, -math.inf],
+    "bools stay bools": [True, False] * 300,
+    "ints mixed with floats": [1, 2.0] * 300,
+    "ints mixed with bools": [1, True] * 300,
+    "ints beyond 64 bits": [2**63 - 1, 2**63, -(2**63), -(2**63) - 1] * 100,
+    "int subclass": [MyInt(3)] * 300,
+    "short lists": [1, 2, 3],
+    "strings": ["a", "b"] * 300,
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pack_round_trip_keeps_values_and_types(name: str) -> None:
+    values = CASES[name]
+    tag, payload = pack_results(values)
+    back = unpack_results(tag, payload)
+    assert back == values
+    assert [type(v) for v in back] == [type(v) for v in values]
+
+
+def test_fast_path_is_taken_only_for_plain_ints_and_floats() -> None:
+    assert pack_results(CASES["ints"])[0] == OK_ARRAY
+    assert pack_results(CASES["floats"])[0] == OK_ARRAY
+    for name in ("bools stay bools", "ints mixed with floats", "ints beyond 64 bits", "short lists"):
+        assert pack_results(CASES[name])[0] == OK, name
+
+
+def test_nan_survives() -> None:
+    back = unpack_results(*pack_results([math.nan] * 300))
+    assert all(math.isnan(v) for v in back)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_results_through_a_pool_keep_values_and_types(pool: paralelo.Pool, name: str) -> None:
+    values = CASES[name]
+    back = pool.map(identity, values, chunksize=len(values))
+    assert back == values
+    assert [type(v) for v in back] == [type(v) for v in values]
+
+
+@pytest.mark.parametrize("data", [list(range(100_000)), tuple(range(5_000)), range(3, 90_000, 7)])
+def test_sliced_inputs_map_like_lists(pool: paralelo.Pool, data) -> None:
+    assert pool.map(identity, data) == list(data)
+    assert list(pool.imap(identity, data)) == list(data)
