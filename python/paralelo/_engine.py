@@ -199,6 +199,8 @@ class MapJob(Job):
         try:
             if self.sliceable is not None:
                 items = self.sliceable[self.sent_items : self.sent_items + n]
+                if n < 64 and type(items) is range:
+                    items = list(items)  # a short list pickles faster than a range object
             else:
                 items = list(itertools.islice(self.it, n))
         except BaseException as e:  # noqa: BLE001 - the input itself raised
@@ -336,19 +338,27 @@ class Engine:
             return
         live = [s for s in self.slots if s.alive]
         limit = self._limit(self.active[0])
-        while live:
-            live.sort(key=lambda s: len(s.inflight))
-            sent = False
-            for slot in live:
-                if len(slot.inflight) >= limit:
-                    break
-                unit = self._next_unit()
-                if unit is None:
+        # Each worker is woken by its first unit of this round (so it starts at once) and
+        # once more at the end, not once per unit: a futex wake costs ≈ 21 µs here.
+        woken: set[int] = set()
+        try:
+            while live:
+                live.sort(key=lambda s: len(s.inflight))
+                sent = False
+                for slot in live:
+                    if len(slot.inflight) >= limit:
+                        break
+                    unit = self._next_unit()
+                    if unit is None:
+                        return
+                    self._send(slot, unit, slot.index not in woken)
+                    woken.add(slot.index)
+                    sent = True
+                if not sent:
                     return
-                self._send(slot, unit)
-                sent = True
-            if not sent:
-                return
+        finally:
+            if woken:
+                self.hub.notify()
 
     def _next_unit(self) -> Unit | None:
         """The oldest job's next unit. A job held back by its slow consumer (lazy imap)
@@ -367,12 +377,12 @@ class Engine:
             self._maybe_forget(job)
         return None
 
-    def _send(self, slot: Slot, unit: Unit) -> None:
+    def _send(self, slot: Slot, unit: Unit, notify: bool) -> None:
         job = unit.job
         if job.func_payload is not None and job.id not in slot.loaded:
-            self.hub.post(slot.index, FUNC, job.id, 0, 0, job.func_payload)
+            self.hub.post(slot.index, FUNC, job.id, 0, 0, job.func_payload, False)
             slot.loaded.add(job.id)
-        self.hub.post(slot.index, unit.tag, job.id, unit.seq, 0, unit.payload)
+        self.hub.post(slot.index, unit.tag, job.id, unit.seq, 0, unit.payload, notify)
         slot.inflight[(job.id, unit.seq)] = unit
         job.outstanding += 1
 

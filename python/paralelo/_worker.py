@@ -28,6 +28,10 @@ from ._protocol import (
 )
 
 
+#: A task quicker than this does not wake the parent by itself (see `serve`).
+QUICK_NS = 50_000
+
+
 def serve(fd: int, slot: int) -> None:
     """Attaches to ``slot`` of the hub in memfd ``fd`` and runs messages until EXIT."""
     # Ctrl-C goes to the whole process group; the parent decides what happens to workers.
@@ -40,6 +44,8 @@ def serve(fd: int, slot: int) -> None:
     maxtasks = 0
     done = 0
     while True:
+        port.notify()  # results sent quietly in the last batch: wake the parent once
+        quiet = False  # the first result of a batch wakes the parent, so it works alongside
         for tag, job, seq, _aux, payload in recv(None):
             if tag == TASK:
                 fn, star = funcs[job]
@@ -53,7 +59,11 @@ def serve(fd: int, slot: int) -> None:
                     rtag, data = pack(out)
                 except BaseException as e:  # noqa: BLE001 - every failure goes back
                     data, rtag = dump_error(e), ERR
-                send(rtag, job, seq, perf_counter_ns() - t0, data)
+                busy = perf_counter_ns() - t0
+                # After the first, a quick result waits to wake the parent with the rest of
+                # this batch; a slow one wakes it now, so nobody waits behind a long task.
+                send(rtag, job, seq, busy, data, None, not quiet or busy > QUICK_NS)
+                quiet = True
             elif tag == CALL:
                 set_current(job, seq)
                 t0 = perf_counter_ns()
@@ -62,7 +72,9 @@ def serve(fd: int, slot: int) -> None:
                     data, rtag = dumps(fn(*args, **kwargs), PROTOCOL), OK
                 except BaseException as e:  # noqa: BLE001
                     data, rtag = dump_error(e), ERR
-                send(rtag, job, seq, perf_counter_ns() - t0, data)
+                busy = perf_counter_ns() - t0
+                send(rtag, job, seq, busy, data, None, not quiet or busy > QUICK_NS)
+                quiet = True
             elif tag == FUNC:
                 try:
                     funcs[job] = loads(payload)

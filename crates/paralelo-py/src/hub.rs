@@ -32,9 +32,26 @@ impl PyHub {
     }
 
     /// Sends a message to `slot` without waiting: what does not fit in the ring now waits
-    /// in the slot's outbox and moves on while a thread is in [`recv`](Self::recv).
-    fn post(&self, slot: usize, tag: u32, job: u64, seq: u64, aux: u64, payload: &[u8]) -> PyResult<()> {
-        self.inner.post(slot, &FrameHeader { tag, job, seq, aux }, payload).map_err(to_py)
+    /// in the slot's outbox and moves on while a thread is in [`recv`](Self::recv). With
+    /// `notify=False` the worker is not woken yet: call [`notify`](Self::notify) after a batch.
+    #[pyo3(signature = (slot, tag, job, seq, aux, payload, notify = true))]
+    #[allow(clippy::too_many_arguments)] // mirrors the frame header, field by field
+    fn post(
+        &self,
+        slot: usize,
+        tag: u32,
+        job: u64,
+        seq: u64,
+        aux: u64,
+        payload: &[u8],
+        notify: bool,
+    ) -> PyResult<()> {
+        self.inner.post(slot, &FrameHeader { tag, job, seq, aux }, payload, notify).map_err(to_py)
+    }
+
+    /// Wakes every worker posted to with `notify=False` since.
+    fn notify(&self) {
+        self.inner.notify();
     }
 
     /// Ends the current (or next) wait in [`recv`](Self::recv) early.

@@ -45,7 +45,9 @@ impl PyPort {
     }
 
     /// Sends a result message, waiting for room (GIL released) up to `timeout` seconds.
-    #[pyo3(signature = (tag, job, seq, aux, payload, timeout = None))]
+    /// With `notify=False` the parent is not woken yet (unless the ring is full): call
+    /// [`notify`](Self::notify) after a batch.
+    #[pyo3(signature = (tag, job, seq, aux, payload, timeout = None, notify = true))]
     #[allow(clippy::too_many_arguments)] // mirrors the frame header, field by field
     fn send(
         &self,
@@ -56,12 +58,18 @@ impl PyPort {
         aux: u64,
         payload: &[u8],
         timeout: Option<f64>,
+        notify: bool,
     ) -> PyResult<()> {
         let h = FrameHeader { tag, job, seq, aux };
-        if self.inner.try_send(&h, payload).map_err(to_py)? {
+        if self.inner.try_send(&h, payload, notify).map_err(to_py)? {
             return Ok(());
         }
         door::blocking(py, timeout, |deadline, poll| self.inner.send(&h, payload, deadline, poll))
+    }
+
+    /// Wakes the parent if results were sent with `notify=False` since.
+    fn notify(&self) {
+        self.inner.notify();
     }
 
     /// Records the message being executed (so the parent knows it if this process dies).

@@ -219,21 +219,32 @@ impl Hub {
 
     /// Sends one message to `slot`'s worker without ever waiting: what does not fit now
     /// is copied to the slot's outbox and flushed by [`Self::flush`] as room appears.
-    pub fn post(&self, slot: usize, h: &FrameHeader, payload: &[u8]) -> Result<()> {
+    /// With `notify`, the worker is woken if it sleeps; without, call [`Self::notify`]
+    /// after posting a batch.
+    pub fn post(&self, slot: usize, h: &FrameHeader, payload: &[u8], notify: bool) -> Result<()> {
         check_slot(self.layout.slots, slot)?;
         if h.tag > crate::MAX_TAG {
             return Err(Error::Invalid(format!("message tag {} is reserved", h.tag)));
         }
         let mut out = lock(&self.tasks[slot]);
         let mut sent = 0;
-        if out.queue.is_empty() && out.ring.offer(h, payload, &mut sent)? {
-            return Ok(());
+        if !(out.queue.is_empty() && out.ring.offer(h, payload, &mut sent)?) {
+            out.queue.push_back(Pending { header: *h, payload: payload.to_vec(), sent });
+            out.ring.want_room(true);
+            let need = out.flush()?;
+            self.need[slot].store(need, Ordering::Release);
         }
-        out.queue.push_back(Pending { header: *h, payload: payload.to_vec(), sent });
-        out.ring.want_room(true);
-        let need = out.flush()?;
-        self.need[slot].store(need, Ordering::Release);
+        if notify {
+            out.ring.notify();
+        }
         Ok(())
+    }
+
+    /// Wakes every worker that was posted to without being woken.
+    pub fn notify(&self) {
+        for out in &self.tasks {
+            lock(out).ring.notify();
+        }
     }
 
     /// Moves outboxed messages into task rings that have room again.
@@ -242,6 +253,7 @@ impl Hub {
             if need.load(Ordering::Acquire) != 0 {
                 let mut out = lock(&self.tasks[slot]);
                 need.store(out.flush()?, Ordering::Release);
+                out.ring.notify();
             }
         }
         Ok(())
@@ -369,9 +381,23 @@ impl Port {
         lock(&self.tasks).drain(max, f)
     }
 
-    /// Sends one result message if it fits now; `false` if not.
-    pub fn try_send(&self, h: &FrameHeader, payload: &[u8]) -> Result<bool> {
-        lock(&self.results).try_send(h, payload)
+    /// Sends one result message if it fits now; `false` if not. Without `notify` the
+    /// parent is not woken yet: call [`Self::notify`] after a batch.
+    pub fn try_send(&self, h: &FrameHeader, payload: &[u8], notify: bool) -> Result<bool> {
+        let mut ring = lock(&self.results);
+        if payload.len() > ring.max_fragment() {
+            return Ok(false);
+        }
+        let done = ring.offer(h, payload, &mut 0)?;
+        if notify {
+            ring.notify();
+        }
+        Ok(done)
+    }
+
+    /// Wakes the parent if results were sent without waking it.
+    pub fn notify(&self) {
+        lock(&self.results).notify();
     }
 
     /// Sends one result message, waiting for room as needed.

@@ -19,7 +19,7 @@ fn tasks_reach_their_slot_and_results_come_back_tagged_with_it() {
     let ports: Vec<Port> = (0..3).map(|i| port(&hub, i)).collect();
     for slot in 0..3 {
         let h = FrameHeader { tag: 1, job: 9, seq: slot as u64, aux: 0 };
-        hub.post(slot, &h, &[slot as u8; 10]).unwrap();
+        hub.post(slot, &h, &[slot as u8; 10], true).unwrap();
     }
     for (slot, p) in ports.iter().enumerate() {
         let mut got = Vec::new();
@@ -40,7 +40,7 @@ fn current_task_is_visible_and_reset_clears_a_slot() {
     let p = port(&hub, 0);
     p.set_current(4, 2);
     assert_eq!(hub.current(0).unwrap(), (4, 2));
-    hub.post(0, &FrameHeader::default(), b"pending").unwrap();
+    hub.post(0, &FrameHeader::default(), b"pending", true).unwrap();
     hub.reset_slot(0).unwrap();
     assert_eq!(hub.current(0).unwrap(), (0, 0));
     let p = port(&hub, 0);
@@ -65,7 +65,7 @@ fn wait_on_results_wakes_when_a_worker_thread_answers() {
 #[test]
 fn bad_slots_and_foreign_segments_are_refused() {
     let hub = Hub::create(2, 4096).unwrap();
-    assert!(matches!(hub.post(2, &FrameHeader::default(), b""), Err(Error::Invalid(_))));
+    assert!(matches!(hub.post(2, &FrameHeader::default(), b"", true), Err(Error::Invalid(_))));
     // SAFETY: the hub keeps its fd open for the whole test.
     let fd = unsafe { BorrowedFd::borrow_raw(hub.raw_fd()) };
     assert!(matches!(Port::open(fd, 5), Err(Error::Invalid(_))));
@@ -81,7 +81,7 @@ fn posting_never_blocks_and_the_outbox_drains_as_the_worker_reads() {
     let p = port(&hub, 0);
     let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     for seq in 0..3 {
-        hub.post(0, &FrameHeader { tag: 1, seq, ..Default::default() }, &big).unwrap();
+        hub.post(0, &FrameHeader { tag: 1, seq, ..Default::default() }, &big, true).unwrap();
     }
     assert!(hub.backlog(0).unwrap() > 0);
     let mut got = Vec::new();
