@@ -608,11 +608,14 @@ def test_local_objects_as_arguments_and_results(pool):
         def __init__(self, x):
             self.x = x
 
-    # arguments travel by plain pickle: a local class cannot; results come back the same way
+    # a class plain pickle cannot name travels by value (cloudpickle), both ways, and
+    # comes back as the very class it left as
     assert pool.apply(lambda: sum(range(10))) == 45
     assert pool.map(lambda x: {"k": [x, (x,)]}, range(3)) == [{"k": [x, (x,)]} for x in range(3)]
-    with pytest.raises(Exception):
-        pool.apply_async(lambda: Point(1)).get(T)
+    made = pool.apply_async(lambda: Point(1)).get(T)
+    assert type(made) is Point and made.x == 1
+    moved = pool.map(lambda p: Point(p.x + 1), [Point(i) for i in range(3)])
+    assert [type(p) for p in moved] == [Point] * 3 and [p.x for p in moved] == [1, 2, 3]
     assert pool.map(square, range(4)) == [0, 1, 4, 9]
 
 

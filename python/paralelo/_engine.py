@@ -36,6 +36,7 @@ from ._protocol import (
     OK_ARRAY,
     PROTOCOL,
     TASK,
+    dumps,
     load_error,
     unpack_results,
 )
@@ -212,7 +213,7 @@ class MapJob(Job):
             self.sink.end(self.sent_items)
             return None
         try:
-            payload = pickle.dumps(items, PROTOCOL)
+            payload = dumps(items)
         except BaseException as e:  # noqa: BLE001 - an argument cannot be pickled
             payload = None
             err = e

@@ -11,6 +11,8 @@ import traceback
 from array import array
 from typing import Any
 
+import cloudpickle
+
 from ._errors import RemoteError, RemoteTraceback
 
 INIT = 1  # payload: cloudpickle((initializer, initargs, maxtasks))
@@ -29,6 +31,21 @@ OK_ARRAY = 20  # as OK, for a results list of only ints (or only floats): see pa
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
+def dumps(obj: Any) -> bytes:
+    """Pickles arguments and results: the C pickler (fast) when it can, cloudpickle when
+    the data refers to ``__main__`` or to classes made at run time. Those travel by value:
+    the other process may not have them (an exec'ed zygote, or a class defined after the
+    fork), and cloudpickle maps a class that went out and comes back to the original."""
+    try:
+        data = pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(obj, PROTOCOL)
+    # A memchr-speed scan; a false hit (the string in the data) only costs a slower pickle.
+    if b"__main__" in data:
+        return cloudpickle.dumps(obj, PROTOCOL)
+    return data
+
+
 #: Below this many results, pickle is as fast as anything.
 _ARRAY_MIN = 256
 
@@ -45,7 +62,7 @@ def pack_results(out: list) -> tuple[int, bytes]:
                 return OK_ARRAY, code.encode() + array(code, out).tobytes()
             except OverflowError:
                 pass  # an int beyond 64 bits: pickle it
-    return OK, pickle.dumps(out, PROTOCOL)
+    return OK, dumps(out)
 
 
 def unpack_results(tag: int, payload: bytes) -> Any:
@@ -64,7 +81,7 @@ def dump_error(exc: BaseException) -> bytes:
     tb = f'\n"""\n{tb}"""'
     name = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
     try:
-        inner = pickle.dumps(exc, PROTOCOL)
+        inner = dumps(exc)
     except Exception:
         inner = pickle.dumps(RemoteError(name), PROTOCOL)
     # The exception is pickled inside: if it cannot be rebuilt in the parent, the traceback

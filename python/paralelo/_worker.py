@@ -21,9 +21,9 @@ from ._protocol import (
     INIT,
     INIT_ERR,
     OK,
-    PROTOCOL,
     TASK,
     dump_error,
+    dumps,
     pack_results,
 )
 
@@ -39,7 +39,7 @@ def serve(fd: int, slot: int) -> None:
     port = _native.Port(fd, slot)
     os.close(fd)
     funcs: dict[int, tuple] = {}
-    loads, dumps = pickle.loads, pickle.dumps
+    loads = pickle.loads
     send, recv, set_current, pack = port.send, port.recv, port.set_current, pack_results
     maxtasks = 0
     done = 0
@@ -69,7 +69,7 @@ def serve(fd: int, slot: int) -> None:
                 t0 = perf_counter_ns()
                 try:
                     fn, args, kwargs = loads(payload)
-                    data, rtag = dumps(fn(*args, **kwargs), PROTOCOL), OK
+                    data, rtag = dumps(fn(*args, **kwargs)), OK
                 except BaseException as e:  # noqa: BLE001
                     data, rtag = dump_error(e), ERR
                 busy = perf_counter_ns() - t0

@@ -1,0 +1,58 @@
+"""Functions, classes and globals defined in ``__main__`` (a script, a notebook) work in
+workers — multiprocessing's spawn and forkserver cannot do this — whether the zygote was
+forked from the parent or started fresh (a parent that already had threads)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, threading
+    import paralelo
+
+    OFFSET = 100
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    def shifted(p):
+        return Point(p.x + OFFSET)
+
+    def add(a, b):
+        return a + b
+
+    if __name__ == "__main__":
+        if sys.argv[1] == "threaded":  # threads first: the zygote must be exec'ed
+            stop = threading.Event()
+            threading.Thread(target=stop.wait, daemon=True).start()
+        with paralelo.Pool(2) as pool:
+            points = pool.map(shifted, [Point(i) for i in range(50)])
+            assert [p.x for p in points] == [i + 100 for i in range(50)]
+            assert all(type(p) is Point for p in points)
+            assert pool.starmap(add, [(1, 2), (3, 4)]) == [3, 7]
+            assert pool.apply(lambda: OFFSET * 2) == 200
+            scale = 3
+            assert list(pool.imap(lambda x: x * scale, range(5))) == [0, 3, 6, 9, 12]
+        with paralelo.ProcessPoolExecutor(2) as ex:
+            moved = ex.submit(shifted, Point(1)).result(timeout=30)
+            assert moved.x == 101
+            assert type(moved) is Point  # a class that went out by value comes back as itself
+            assert list(ex.map(add, [1, 2], [10, 20])) == [11, 22]
+        print("ok")
+    """
+)
+
+
+@pytest.mark.parametrize("parent", ["single-threaded", "threaded"])
+def test_main_module_functions_classes_and_globals(tmp_path, parent: str) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    out = subprocess.run([sys.executable, str(script), parent], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
