@@ -35,7 +35,9 @@ from ._protocol import (
     OK,
     OK_ARRAY,
     PROTOCOL,
+    RESULTS,
     TASK,
+    TASKS,
     dumps,
     load_error,
     unpack_results,
@@ -51,6 +53,8 @@ CHUNK_SECONDS = 0.002
 #: a smaller chunk costs more in messages than it can save in balance.
 MIN_CHUNK_SECONDS = 0.0002
 MAX_INFLIGHT = 256
+#: Map chunks committed to one worker in one round travel together, up to this many.
+SHIP_UNITS = 64
 #: How often the collector checks worker liveness when no results arrive.
 LIVENESS_SECONDS = 0.05
 
@@ -58,7 +62,8 @@ _job_ids = itertools.count(1)
 
 
 class Unit:
-    """One message's worth of work: a chunk of a map job, or one call."""
+    """One schedulable piece of work: a chunk of a map job (`payload` holds its items until
+    sent) or one call (`payload` is the pickled call)."""
 
     __slots__ = ("job", "seq", "tag", "payload", "start", "count")
 
@@ -164,6 +169,8 @@ class MapJob(Job):
             self.total = None
         self.chunksize = chunksize
         self.sink = sink
+        if self.sliceable is not None:  # an exact length: results can be placed as they come
+            sink.expect(self.total)
         self.hold = hold
         self.sent_items = 0
         self.seq = 0
@@ -199,9 +206,13 @@ class MapJob(Job):
         n = self._size()
         try:
             if self.sliceable is not None:
-                items = self.sliceable[self.sent_items : self.sent_items + n]
-                if n < 64 and type(items) is range:
-                    items = list(items)  # a short list pickles faster than a range object
+                i = self.sent_items
+                if n == 1 and i < self.total:  # type: ignore[operator]
+                    items = [self.sliceable[i]]
+                else:
+                    items = self.sliceable[i : i + n]
+                    if n < 64 and type(items) is range:
+                        items = list(items)  # a short list pickles faster than a range
             else:
                 items = list(itertools.islice(self.it, n))
         except BaseException as e:  # noqa: BLE001 - the input itself raised
@@ -212,23 +223,12 @@ class MapJob(Job):
             self.input_done = True
             self.sink.end(self.sent_items)
             return None
-        try:
-            payload = dumps(items)
-        except BaseException as e:  # noqa: BLE001 - an argument cannot be pickled
-            payload = None
-            err = e
-        unit = Unit(self, self.seq, TASK, payload or b"", self.sent_items, len(items))
+        unit = Unit(self, self.seq, TASK, items, self.sent_items, len(items))
         self.seq += 1
         self.sent_items += len(items)
         if len(items) < n:
             self.input_done = True
             self.sink.end(self.sent_items)
-        if payload is None:
-            self.sink.chunk(unit.start, unit.count, False, err)
-            if self.sink.stops_on_error:
-                self.finished = True
-                return None
-            return self.next_unit()
         return unit
 
     def has_more(self) -> bool:
@@ -260,7 +260,7 @@ class MapJob(Job):
 class Slot:
     """One worker process and what it holds."""
 
-    __slots__ = ("index", "pid", "pidfd", "inflight", "loaded", "alive")
+    __slots__ = ("index", "pid", "pidfd", "inflight", "loaded", "alive", "outgoing")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -269,6 +269,7 @@ class Slot:
         self.inflight: dict[tuple[int, int], Unit] = {}
         self.loaded: set[int] = set()
         self.alive = False
+        self.outgoing: list[Unit] = []  # committed map chunks not yet posted
 
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -354,10 +355,15 @@ class Engine:
                         return
                     self._send(slot, unit, slot.index not in woken)
                     woken.add(slot.index)
+                    if len(slot.outgoing) >= SHIP_UNITS:
+                        self._ship(slot)
                     sent = True
                 if not sent:
                     return
         finally:
+            for slot in live:
+                if slot.outgoing:
+                    self._ship(slot)
             if woken:
                 self.hub.notify()
 
@@ -379,13 +385,44 @@ class Engine:
         return None
 
     def _send(self, slot: Slot, unit: Unit, notify: bool) -> None:
+        """Commits `unit` to `slot`. Map chunks wait in `slot.outgoing` until the end of
+        the pump round, to travel several to a message."""
         job = unit.job
-        if job.func_payload is not None and job.id not in slot.loaded:
-            self.hub.post(slot.index, FUNC, job.id, 0, 0, job.func_payload, False)
-            slot.loaded.add(job.id)
-        self.hub.post(slot.index, unit.tag, job.id, unit.seq, 0, unit.payload, notify)
         slot.inflight[(job.id, unit.seq)] = unit
         job.outstanding += 1
+        if unit.tag == TASK:
+            slot.outgoing.append(unit)
+        else:
+            self.hub.post(slot.index, unit.tag, job.id, unit.seq, 0, unit.payload, notify)
+
+    def _ship(self, slot: Slot) -> None:
+        """Sends the map chunks committed to `slot` this round: one message per run of
+        chunks of the same job (TASK for one, TASKS for several)."""
+        units, slot.outgoing = slot.outgoing, []
+        i = 0
+        while i < len(units):
+            job = units[i].job
+            j = i + 1
+            while j < len(units) and units[j].job is job:
+                j += 1
+            run, i = units[i:j], j
+            if job.id not in slot.loaded:
+                self.hub.post(slot.index, FUNC, job.id, 0, 0, job.func_payload, False)
+                slot.loaded.add(job.id)
+            try:
+                if len(run) == 1:
+                    tag, seq, payload = TASK, run[0].seq, dumps(run[0].payload)
+                else:
+                    tag, seq = TASKS, run[0].seq
+                    payload = dumps(([u.seq for u in run], [u.payload for u in run]))
+            except BaseException:  # noqa: BLE001 - find the chunk that cannot be pickled
+                for u in run:
+                    try:
+                        self.hub.post(slot.index, TASK, job.id, u.seq, 0, dumps(u.payload), False)
+                    except BaseException as e:  # noqa: BLE001 - an argument cannot be pickled
+                        self._answer(slot, job.id, u.seq, False, e, 0)
+                continue
+            self.hub.post(slot.index, tag, job.id, seq, 0, payload, False)
 
     def _maybe_forget(self, job: Job) -> None:
         """Drops a job that will send and receive nothing more (and its function in workers)."""
@@ -438,23 +475,33 @@ class Engine:
                 if self.closing and not any(s.alive for s in self.slots):
                     break
 
+    def _answer(self, slot: Slot, job_id: int, seq: int, ok: bool, value: Any, busy_ns: int) -> None:
+        """A unit's outcome: results (ok) or the exception."""
+        unit = slot.inflight.pop((job_id, seq), None)
+        if unit is None:
+            return
+        job = unit.job
+        job.outstanding -= 1
+        job.done(unit, ok, value, busy_ns)
+        if not job.outstanding:
+            self._maybe_forget(job)
+
     def _handle(self, slot: Slot, tag: int, job_id: int, seq: int, aux: int, payload: bytes) -> None:
-        if tag == OK or tag == ERR or tag == OK_ARRAY:
-            unit = slot.inflight.pop((job_id, seq), None)
-            if unit is None:
-                return
-            job = unit.job
-            job.outstanding -= 1
-            if tag != ERR:
-                try:
-                    ok, value = True, unpack_results(tag, payload)
-                except BaseException as e:  # noqa: BLE001
-                    ok, value = False, e
-            else:
-                ok, value = False, load_error(payload)
-            job.done(unit, ok, value, aux)
-            if not job.outstanding:
-                self._maybe_forget(job)
+        if tag == RESULTS:
+            try:
+                replies = pickle.loads(payload)
+            except BaseException as e:  # noqa: BLE001 - cannot tell which unit: the worker
+                raise RuntimeError(f"unreadable results from worker {slot.pid}: {e!r}") from e
+            for seq, ok, value, busy in replies:
+                self._answer(slot, job_id, seq, ok, value if ok else load_error(value), busy)
+        elif tag == OK or tag == OK_ARRAY:
+            try:
+                ok, value = True, unpack_results(tag, payload)
+            except BaseException as e:  # noqa: BLE001
+                ok, value = False, e
+            self._answer(slot, job_id, seq, ok, value, aux)
+        elif tag == ERR:
+            self._answer(slot, job_id, seq, False, load_error(payload), aux)
         elif tag == BYE:
             self._retire(slot, None)
         elif tag == INIT_ERR:
@@ -489,6 +536,7 @@ class Engine:
         slot.alive = False
         units = list(slot.inflight.values())
         slot.inflight.clear()
+        slot.outgoing = []
         self.hub.reset_slot(slot.index)
         os.close(slot.pidfd)
         slot.pidfd = -1

@@ -1,6 +1,9 @@
 """Message tags between the parent and its workers, and how errors travel.
 
-Parent → worker: INIT, FUNC, TASK, CALL, DROP, EXIT. Worker → parent: OK, ERR, BYE, INIT_ERR.
+Parent → worker: INIT, FUNC, TASK, TASKS, CALL, DROP, EXIT.
+Worker → parent: OK, OK_ARRAY, ERR, RESULTS, BYE, INIT_ERR.
+Small units travel several to a message (TASKS, RESULTS): each is still scheduled, run,
+timed and accounted on its own; only the pickling and the wake-ups are shared.
 The frame header carries (tag, job, seq, aux); payloads are pickles.
 """
 
@@ -18,6 +21,7 @@ from ._errors import RemoteError, RemoteTraceback
 INIT = 1  # payload: cloudpickle((initializer, initargs, maxtasks))
 FUNC = 2  # job: payload cloudpickle((function, star))
 TASK = 3  # job, seq: payload pickle(list of items)
+TASKS = 7  # job: payload pickle((seqs, [list of items per seq])): several units in one message
 CALL = 4  # job, seq: payload cloudpickle((function, args, kwargs))
 DROP = 5  # job: forget FUNC
 EXIT = 6  # finish and exit
@@ -27,6 +31,7 @@ ERR = 17  # job, seq: payload pickle((exception, traceback text))
 BYE = 18  # leaving after maxtasks; sends nothing after this
 INIT_ERR = 19  # the initializer raised: payload as ERR
 OK_ARRAY = 20  # as OK, for a results list of only ints (or only floats): see pack_results
+RESULTS = 21  # job: payload pickle([(seq, ok, results or dump_error bytes, busy_ns), ...])
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -72,6 +77,22 @@ def unpack_results(tag: int, payload: bytes) -> Any:
         arr.frombytes(memoryview(payload)[1:])
         return arr.tolist()
     return pickle.loads(payload)
+
+
+def pack_replies(replies: list[tuple]) -> bytes:
+    """Pickles a RESULTS batch; a unit whose results cannot be pickled becomes an error
+    of its own instead of failing the batch."""
+    try:
+        return dumps(replies)
+    except Exception:
+        safe = []
+        for seq, ok, value, busy in replies:
+            try:
+                dumps(value)
+            except Exception as e:
+                ok, value = False, dump_error(e)
+            safe.append((seq, ok, value, busy))
+        return dumps(safe)
 
 
 def dump_error(exc: BaseException) -> bytes:

@@ -7,6 +7,7 @@ import pickle
 import signal
 import sys
 from time import perf_counter_ns
+from typing import Any
 
 import cloudpickle
 
@@ -22,8 +23,11 @@ from ._protocol import (
     INIT_ERR,
     OK,
     TASK,
+    RESULTS,
+    TASKS,
     dump_error,
     dumps,
+    pack_replies,
     pack_results,
 )
 
@@ -40,30 +44,67 @@ def serve(fd: int, slot: int) -> None:
     os.close(fd)
     funcs: dict[int, tuple] = {}
     loads = pickle.loads
-    send, recv, set_current, pack = port.send, port.recv, port.set_current, pack_results
+    send, recv, set_current = port.send, port.recv, port.set_current
     maxtasks = 0
     done = 0
+    quiet = False
+    # Outcomes of a TASKS message's units, sent together: (seq, ok, value, busy_ns).
+    replies: list[tuple] = []
+
+    def reply(rtag: int, job: int, seq: int, busy: int, data: bytes) -> None:
+        # The first message of a batch wakes the parent at once, so it works alongside us;
+        # later quick ones ride on the wake at the batch's end; a slow one wakes it now.
+        nonlocal quiet
+        send(rtag, job, seq, busy, data, None, not quiet or busy > QUICK_NS)
+        quiet = True
+
+    def flush(job: int) -> None:
+        if replies:
+            reply(RESULTS, job, 0, max(r[3] for r in replies), pack_replies(replies))
+            replies.clear()
+
+    def run(fn: Any, star: Any, items: Any) -> list:
+        if star is None:  # the function itself failed to unpickle here
+            raise fn
+        return [fn(*a) for a in items] if star else [fn(a) for a in items]
+
     while True:
         port.notify()  # results sent quietly in the last batch: wake the parent once
-        quiet = False  # the first result of a batch wakes the parent, so it works alongside
+        quiet = False
         for tag, job, seq, _aux, payload in recv(None):
+            if tag == TASKS:
+                fn, star = funcs[job]
+                try:
+                    seqs, chunks = loads(payload)
+                except BaseException as e:  # noqa: BLE001 - every unit reports it
+                    raise RuntimeError(f"paralelo worker: bad task batch: {e!r}") from e
+                for s, items in zip(seqs, chunks):
+                    set_current(job, s)
+                    t0 = perf_counter_ns()
+                    try:
+                        ok, value = True, run(fn, star, items)
+                    except BaseException as e:  # noqa: BLE001 - every failure goes back
+                        ok, value = False, dump_error(e)
+                    busy = perf_counter_ns() - t0
+                    replies.append((s, ok, value, busy))
+                    done += 1
+                    if busy > QUICK_NS:
+                        flush(job)
+                    if maxtasks and done >= maxtasks:
+                        flush(job)
+                        send(BYE, 0, 0, done, b"")
+                        return
+                flush(job)
+                continue
             if tag == TASK:
                 fn, star = funcs[job]
                 set_current(job, seq)
                 t0 = perf_counter_ns()
                 try:
-                    if star is None:  # the function itself failed to unpickle here
-                        raise fn
-                    items = loads(payload)
-                    out = [fn(*a) for a in items] if star else [fn(a) for a in items]
-                    rtag, data = pack(out)
+                    rtag, data = pack_results(run(fn, star, loads(payload)))
                 except BaseException as e:  # noqa: BLE001 - every failure goes back
                     data, rtag = dump_error(e), ERR
-                busy = perf_counter_ns() - t0
-                # After the first, a quick result waits to wake the parent with the rest of
-                # this batch; a slow one wakes it now, so nobody waits behind a long task.
-                send(rtag, job, seq, busy, data, None, not quiet or busy > QUICK_NS)
-                quiet = True
+                reply(rtag, job, seq, perf_counter_ns() - t0, data)
             elif tag == CALL:
                 set_current(job, seq)
                 t0 = perf_counter_ns()
@@ -72,9 +113,7 @@ def serve(fd: int, slot: int) -> None:
                     data, rtag = dumps(fn(*args, **kwargs)), OK
                 except BaseException as e:  # noqa: BLE001
                     data, rtag = dump_error(e), ERR
-                busy = perf_counter_ns() - t0
-                send(rtag, job, seq, busy, data, None, not quiet or busy > QUICK_NS)
-                quiet = True
+                reply(rtag, job, seq, perf_counter_ns() - t0, data)
             elif tag == FUNC:
                 try:
                     funcs[job] = loads(payload)

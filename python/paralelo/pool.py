@@ -94,17 +94,25 @@ class MapResult(AsyncResult):
     def __init__(self, callback: Callable | None = None, error_callback: Callable | None = None) -> None:
         super().__init__(callback, error_callback)
         self._chunks: list[tuple[int, list]] = []
+        self._out: list | None = None  # filled in place when the input's length is known
         self._got = 0
         self._total: int | None = None
 
     # sink protocol (called by the engine with its lock held)
+    def expect(self, total: int) -> None:
+        self._out = [None] * total
+
     def chunk(self, start: int, count: int, ok: bool, values: Any) -> None:
         if not ok:
             self._set(False, values)
             return
-        self._chunks.append((start, values))
+        if self._out is not None:
+            self._out[start : start + count] = values
+        else:
+            self._chunks.append((start, values))
         self._got += count
-        self._finish_if_done()
+        if self._got == self._total:
+            self._finish_if_done()
 
     def end(self, total: int) -> None:
         self._total = total
@@ -122,11 +130,13 @@ class MapResult(AsyncResult):
     def _finish_if_done(self) -> None:
         if self._total is None or self._got != self._total or self._event.is_set():
             return
-        self._chunks.sort(key=lambda c: c[0])
-        out: list = []
-        for _, values in self._chunks:
-            out.extend(values)
-        self._chunks = []
+        out = self._out
+        if out is None:
+            self._chunks.sort(key=lambda c: c[0])
+            out = []
+            for _, values in self._chunks:
+                out.extend(values)
+            self._chunks = []
         self._set(True, out)
 
 
@@ -158,6 +168,9 @@ class IMapIterator:
             else:
                 self._arrived.append((count, ok, values))
             self._cond.notify()
+
+    def expect(self, total: int) -> None:
+        pass
 
     def end(self, total: int) -> None:
         with self._cond:
