@@ -197,9 +197,7 @@ class MapJob(Job):
             return self.requeued.popleft()
         if self.input_done or self.finished:
             return None
-        if self.hold is not None and self.sent_items - self.sink.consumed_items() > max(
-            self.hold, 4 * self.engine.processes * self.size
-        ):
+        if self.hold is not None and self.sent_items - self.sink.consumed_items() > self.ahead_limit():
             self.held = True  # the consumer is behind: hold the input back
             return None
         self.held = False
@@ -233,6 +231,11 @@ class MapJob(Job):
 
     def has_more(self) -> bool:
         return bool(self.requeued) or not (self.input_done or self.finished)
+
+    def ahead_limit(self) -> int:
+        """How many items a lazy job reads ahead of its consumer: `hold`, or four chunks
+        per worker if that is more."""
+        return max(self.hold or 0, 4 * self.engine.processes * self.size)
 
     def unit_seconds(self) -> float | None:
         if self.measured_items == 0:

@@ -157,6 +157,7 @@ class IMapIterator:
         self._failure: BaseException | None = None
         self._input_failure: BaseException | None = None
         self._current: Iterator = iter(())
+        self._waiting = False  # the consumer sleeps on _cond
         self.job: _engine.MapJob | None = None
         self._pool: Any = None
 
@@ -165,9 +166,13 @@ class IMapIterator:
         with self._cond:
             if self._ordered:
                 self._ready[start] = (count, ok, values)
+                # Only the result the consumer waits for is worth waking it for.
+                if self._waiting and start == self._next_start:
+                    self._cond.notify()
             else:
                 self._arrived.append((count, ok, values))
-            self._cond.notify()
+                if self._waiting:
+                    self._cond.notify()
 
     def expect(self, total: int) -> None:
         pass
@@ -175,7 +180,7 @@ class IMapIterator:
     def end(self, total: int) -> None:
         with self._cond:
             self._total = total
-            self._cond.notify()
+            self._cond.notify_all()
 
     def fail(self, exc: BaseException) -> None:
         with self._cond:
@@ -228,9 +233,16 @@ class IMapIterator:
                     self._total = self._yielded  # nothing comes after a failed job
                     raise failure
                 _not_in_callback(self._pool)
-                if not self._cond.wait(timeout):
-                    raise TimeoutError
-        if self.job is not None and self.job.held:
+                self._waiting = True
+                try:
+                    if not self._cond.wait(timeout):
+                        raise TimeoutError
+                finally:
+                    self._waiting = False
+        job = self.job
+        # Restart a held-back input once the consumer has taken half of the read-ahead, not
+        # on every result: each restart takes the engine lock from the collector.
+        if job is not None and job.held and job.sent_items - self._yielded <= job.ahead_limit() // 2:
             self._engine.kick()
         if not ok:
             raise values[0]
@@ -359,7 +371,7 @@ class Pool:
         _check_chunksize(chunksize)
         it = (IMapIterator if ordered else IMapUnorderedIterator)(self._engine, ordered)
         it._pool = self
-        hold = 2 * _engine.MAX_INFLIGHT * self._processes + 64
+        hold = 4 * _engine.MAX_INFLIGHT * self._processes
         job = _engine.MapJob(self._engine, func, iterable, star, chunksize, it, hold=hold)
         it.job = job
         self._engine.submit(job)
