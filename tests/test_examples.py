@@ -1,0 +1,30 @@
+"""The guide's examples in examples/ run with paralelo and print what the guide says."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+EXPECTED = {
+    "pool_map.py": "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]\n",
+    "map_reduce.py": "Suma de cuadrados: 285\nmap_reduce: 285\n",
+    "futures_as_completed.py": "".join(f"Resultado: {n * n}\n" for n in range(4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_example_runs(name: str) -> None:
+    out = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    if name in EXPECTED:
+        assert out.stdout == EXPECTED[name]
+    if name == "executor_submit.py":
+        lines = out.stdout.splitlines()
+        assert sorted(lines) == sorted(
+            [f"Trabajador {i}: Iniciando" for i in range(8)] + [f"Trabajador {i}: Finalizado" for i in range(8)]
+        )
