@@ -109,6 +109,11 @@ class Job:
     def done(self, unit: Unit, ok: bool, value: Any, elapsed_ns: int) -> None:
         raise NotImplementedError
 
+    def done_many(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
+        """Several outcomes at once (one RESULTS message)."""
+        for unit, ok, value, elapsed_ns in answers:
+            self.done(unit, ok, value, elapsed_ns)
+
     def fail(self, exc: BaseException) -> None:
         """Fails the whole job (pool broken or terminated)."""
         raise NotImplementedError
@@ -158,9 +163,9 @@ class CallJob(Job):
 
 
 class MapJob(Job):
-    """`fn` over an iterable, in chunks; `sink` receives each chunk's outcome in any order
-    as `sink.chunk(start, count, ok, values_or_exc)`, `sink.end(total)` once the input is
-    done, `sink.fail(exc)` if the job fails as a whole. With `hold`, at most that many
+    """`fn` over an iterable, in chunks; `sink` receives chunk outcomes in any order as
+    `sink.chunks([(start, count, ok, values_or_exc), ...])`, `sink.end(total)` once the
+    input is done, `sink.fail(exc)` if the job fails as a whole. With `hold`, at most that many
     items (or four chunks per worker, if more) are read beyond `sink.consumed_items()`
     (lazy imap). An input that raises calls `sink.input_failed(position, exc)`."""
 
@@ -242,6 +247,36 @@ class MapJob(Job):
     def has_more(self) -> bool:
         return bool(self.requeued) or not (self.input_done or self.finished)
 
+    def next_units(self, most: int) -> list[Unit]:
+        # The hot path of small units: a sliceable input cut in one loop, without a call
+        # per unit. Anything unusual (requeued units, an iterator input) takes the general way.
+        if self.requeued or self.sliceable is None or self.input_done or self.finished:
+            return super().next_units(most)
+        items_in, i, total = self.sliceable, self.sent_items, self.total
+        stop = total
+        if self.hold is not None:
+            stop = min(total, self.sink.consumed_items() + self.ahead_limit())  # type: ignore[type-var]
+            self.held = i >= stop
+        fixed = self.chunksize
+        out: list[Unit] = []
+        seq = self.seq
+        while i < stop and len(out) < most:
+            n = fixed or self._size()
+            if n == 1:
+                items = [items_in[i]]
+            else:
+                items = items_in[i : i + n]
+                if n < 64 and type(items) is range:
+                    items = list(items)  # a short list pickles faster than a range
+            out.append(Unit(self, seq, TASK, items, i, len(items)))
+            seq += 1
+            i += len(items)
+            self.seq, self.sent_items = seq, i  # _size() reads them
+        if i >= total:  # type: ignore[operator]
+            self.input_done = True
+            self.sink.end(i)
+        return out
+
     def ahead_limit(self) -> int:
         """How many items a lazy job reads ahead of its consumer: `hold`, or four chunks
         per worker if that is more."""
@@ -253,16 +288,23 @@ class MapJob(Job):
         return self.per_item * self.size
 
     def done(self, unit: Unit, ok: bool, value: Any, elapsed_ns: int) -> None:
-        if not ok and self.sink.stops_on_error:
-            self.finished = True  # the whole map failed: do not run the rest
-        if ok:
-            self.busy_ns += elapsed_ns
-            self.measured_items += unit.count
+        self.done_many([(unit, ok, value, elapsed_ns)])
+
+    def done_many(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
+        chunks = []
+        for unit, ok, value, elapsed_ns in answers:
+            if ok:
+                self.busy_ns += elapsed_ns
+                self.measured_items += unit.count
+            elif self.sink.stops_on_error:
+                self.finished = True  # the whole map failed: do not run the rest
+            chunks.append((unit.start, unit.count, ok, value))
+        if self.measured_items:
             self.per_item = self.busy_ns / self.measured_items / 1e9
             if not self.chunksize:
                 self.size = max(1, int(CHUNK_SECONDS / max(self.per_item, 1e-9)))
                 self.min_size = max(1, int(MIN_CHUNK_SECONDS / max(self.per_item, 1e-9)))
-        self.sink.chunk(unit.start, unit.count, ok, value)
+        self.sink.chunks(chunks)
 
     def fail(self, exc: BaseException) -> None:
         if not self.finished:
@@ -497,8 +539,18 @@ class Engine:
                 replies = pickle.loads(payload)
             except BaseException as e:  # noqa: BLE001 - cannot tell which unit: the worker
                 raise RuntimeError(f"unreadable results from worker {slot.pid}: {e!r}") from e
+            answers = []
+            inflight = slot.inflight
             for seq, ok, value, busy in replies:
-                self._answer(slot, job_id, seq, ok, value if ok else load_error(value), busy)
+                unit = inflight.pop((job_id, seq), None)
+                if unit is not None:
+                    answers.append((unit, ok, value if ok else load_error(value), busy))
+            if answers:
+                job = answers[0][0].job  # one message, one job
+                job.outstanding -= len(answers)
+                job.done_many(answers)
+                if not job.outstanding:
+                    self._maybe_forget(job)
         elif tag == OK or tag == OK_ARRAY:
             try:
                 ok, value = True, unpack_results(tag, payload)

@@ -102,6 +102,10 @@ class MapResult(AsyncResult):
     def expect(self, total: int) -> None:
         self._out = [None] * total
 
+    def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
+        for chunk in chunks:
+            self.chunk(*chunk)
+
     def chunk(self, start: int, count: int, ok: bool, values: Any) -> None:
         if not ok:
             self._set(False, values)
@@ -163,14 +167,19 @@ class IMapIterator:
 
     # sink protocol (called by the engine with its lock held)
     def chunk(self, start: int, count: int, ok: bool, values: Any) -> None:
+        self.chunks([(start, count, ok, values)])
+
+    def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
         with self._cond:
             if self._ordered:
-                self._ready[start] = (count, ok, values)
+                ready = self._ready
+                for start, count, ok, values in chunks:
+                    ready[start] = (count, ok, values)
                 # Only the result the consumer waits for is worth waking it for.
-                if self._waiting and start == self._next_start:
+                if self._waiting and self._next_start in ready:
                     self._cond.notify()
             else:
-                self._arrived.append((count, ok, values))
+                self._arrived.extend((count, ok, values) for _, count, ok, values in chunks)
                 if self._waiting:
                     self._cond.notify()
 
