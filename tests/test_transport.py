@@ -65,3 +65,31 @@ def test_results_through_a_pool_keep_values_and_types(pool: paralelo.Pool, name:
 def test_sliced_inputs_map_like_lists(pool: paralelo.Pool, data) -> None:
     assert pool.map(identity, data) == list(data)
     assert list(pool.imap(identity, data)) == list(data)
+
+
+def test_an_unpicklable_argument_fails_only_its_own_unit(pool: paralelo.Pool) -> None:
+    import threading
+
+    lock = threading.Lock()
+    it = pool.imap(identity, [1, 2, lock, 4, 5], chunksize=1)
+    assert [next(it), next(it)] == [1, 2]
+    with pytest.raises(TypeError, match="pickle"):
+        next(it)
+    assert list(it) == [4, 5]
+    with pytest.raises(TypeError, match="pickle"):
+        pool.map(identity, [1, lock], chunksize=1)
+    assert pool.map(identity, range(5), chunksize=1) == list(range(5))
+
+
+def test_an_unpicklable_result_fails_only_its_own_unit(pool: paralelo.Pool) -> None:
+    it = pool.imap(_lock_on_two, range(5), chunksize=1)
+    assert [next(it), next(it)] == [0, 1]
+    with pytest.raises(TypeError, match="pickle"):
+        next(it)
+    assert list(it) == [3, 4]
+
+
+def _lock_on_two(x: int):
+    import threading
+
+    return threading.Lock() if x == 2 else x
