@@ -8,6 +8,7 @@ just long enough that it never idles, measured in time rather than count.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import pickle
@@ -584,7 +585,8 @@ class Engine:
             self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
         for slot, pid in dead:
             if slot.alive and slot.pid == pid:
-                self._retire(slot, _exit_description(pid))
+                # The zygote reaps workers, so the exit status is not ours to read.
+                self._retire(slot, "it exited or was killed unexpectedly")
 
     def _retire(self, slot: Slot, death: str | None) -> None:
         """The worker in `slot` is gone (death given) or leaving after maxtasks (None):
@@ -669,17 +671,10 @@ def _broken(msg: str) -> BaseException:
     return BrokenProcessPool(msg)
 
 
-def _exit_description(pid: int) -> str:
-    # The zygote reaps workers, so the exit status is not ours to read; say what we know.
-    return "it exited or was killed unexpectedly"
-
-
 def _shutdown_all() -> None:
     for engine in list(_engines):
         engine.terminate()
         engine.join(5)
 
-
-import atexit  # noqa: E402
 
 atexit.register(_shutdown_all)
