@@ -144,3 +144,22 @@ def test_waiting_inside_a_callback_raises_instead_of_deadlocking() -> None:
         pool.apply_async(abs, (-2,), callback=callback).get(timeout=30)
         assert pool.apply(abs, (-3,)) == 3
     assert len(errors) == 1 and "callback" in str(errors[0])
+
+
+def test_an_executor_left_open_finishes_its_work_at_exit(tmp_path) -> None:
+    """As with concurrent.futures: submitted work still runs when the program ends without
+    shutdown(); a Pool left open is terminated, as with multiprocessing."""
+    marker = tmp_path / "done"
+    code = textwrap.dedent(
+        f"""
+        import pathlib, time, paralelo
+        def work():
+            time.sleep(0.3)
+            pathlib.Path({str(marker)!r}).write_text("ok")
+        ex = paralelo.ProcessPoolExecutor(1)
+        ex.submit(work)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert marker.read_text() == "ok"

@@ -344,6 +344,7 @@ class Engine:
         self.active: deque[Job] = deque()
         self.slots = [Slot(i) for i in range(processes)]
         self.closing = False  # no new jobs; workers exit once idle
+        self.finish_at_exit = False  # at interpreter exit: finish pending work (executors)
         self.broken: BaseException | None = None
         self.exits_sent = False
         self.pid = os.getpid()
@@ -672,9 +673,15 @@ def _broken(msg: str) -> BaseException:
 
 
 def _shutdown_all() -> None:
-    for engine in list(_engines):
-        engine.terminate()
-        engine.join(5)
+    # As in the standard library: executors finish their pending work at exit, pools stop.
+    engines = list(_engines)
+    for engine in engines:
+        if engine.finish_at_exit:
+            engine.close()
+        else:
+            engine.terminate()
+    for engine in engines:
+        engine.join(None if engine.finish_at_exit else 5)
 
 
 atexit.register(_shutdown_all)

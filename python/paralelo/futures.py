@@ -39,10 +39,12 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise ValueError("max_tasks_per_child must be >= 1")
         self._max_workers = max_workers
         self._engine = _engine.Engine(max_workers, initializer, tuple(initargs), max_tasks_per_child)
+        self._engine.finish_at_exit = True  # like concurrent.futures: pending work still runs
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._pending: weakref.WeakSet[Future] = weakref.WeakSet()
         self._finalizer = weakref.finalize(self, self._engine.terminate)
+        self._finalizer.atexit = False  # at exit, _engine's own hook decides (finish or stop)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         """Schedules ``fn(*args, **kwargs)``; returns its Future."""

@@ -322,6 +322,7 @@ class Pool:
         self._engine = _engine.Engine(processes, initializer, tuple(initargs), maxtasksperchild)
         self._state = "RUN"
         self._finalizer = weakref.finalize(self, self._engine.terminate)
+        self._finalizer.atexit = False  # at exit, _engine's own hook decides (finish or stop)
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
