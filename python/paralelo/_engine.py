@@ -292,14 +292,16 @@ class MapJob(Job):
         self.done_many([(unit, ok, value, elapsed_ns)])
 
     def done_many(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
-        chunks = []
-        for unit, ok, value, elapsed_ns in answers:
+        chunks = [(unit.start, unit.count, ok, value) for unit, ok, value, _ in answers]
+        busy = items = 0
+        for unit, ok, _, elapsed_ns in answers:
             if ok:
-                self.busy_ns += elapsed_ns
-                self.measured_items += unit.count
+                busy += elapsed_ns
+                items += unit.count
             elif self.sink.stops_on_error:
                 self.finished = True  # the whole map failed: do not run the rest
-            chunks.append((unit.start, unit.count, ok, value))
+        self.busy_ns += busy
+        self.measured_items += items
         if self.measured_items:
             self.per_item = self.busy_ns / self.measured_items / 1e9
             if not self.chunksize:

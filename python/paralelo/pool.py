@@ -103,19 +103,18 @@ class MapResult(AsyncResult):
         self._out = [None] * total
 
     def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
-        for chunk in chunks:
-            self.chunk(*chunk)
-
-    def chunk(self, start: int, count: int, ok: bool, values: Any) -> None:
-        if not ok:
-            self._set(False, values)
-            return
-        if self._out is not None:
-            self._out[start : start + count] = values
-        else:
-            self._chunks.append((start, values))
-        self._got += count
-        if self._got == self._total:
+        out, got = self._out, self._got
+        for start, count, ok, values in chunks:
+            if not ok:
+                self._set(False, values)
+                return
+            if out is not None:
+                out[start : start + count] = values
+            else:
+                self._chunks.append((start, values))
+            got += count
+        self._got = got
+        if got == self._total:
             self._finish_if_done()
 
     def end(self, total: int) -> None:
@@ -166,9 +165,6 @@ class IMapIterator:
         self._pool: Any = None
 
     # sink protocol (called by the engine with its lock held)
-    def chunk(self, start: int, count: int, ok: bool, values: Any) -> None:
-        self.chunks([(start, count, ok, values)])
-
     def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
         with self._cond:
             if self._ordered:
