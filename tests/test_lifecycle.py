@@ -163,3 +163,22 @@ def test_an_executor_left_open_finishes_its_work_at_exit(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert marker.read_text() == "ok"
+
+
+def _die(how: str) -> None:
+    import os
+    import signal
+
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(3)
+
+
+@pytest.mark.parametrize(("how", "words"), [("sigkill", "killed by SIGKILL"), ("exit", "exited with code 3")])
+def test_a_lost_worker_says_how_it_died(how: str, words: str) -> None:
+    import paralelo
+
+    with paralelo.Pool(2) as pool:
+        with pytest.raises(paralelo.WorkerLostError, match=words):
+            pool.apply(_die, (how,))
+        assert pool.map(abs, [-1, -2]) == [1, 2]

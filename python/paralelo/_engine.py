@@ -588,8 +588,11 @@ class Engine:
             self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
         for slot, pid in dead:
             if slot.alive and slot.pid == pid:
-                # The zygote reaps workers, so the exit status is not ours to read.
-                self._retire(slot, "it exited or was killed unexpectedly")
+                try:
+                    status = self.zygote.exit_status(pid)
+                except OSError:
+                    status = None
+                self._retire(slot, _zygote.describe_exit(status))
 
     def _retire(self, slot: Slot, death: str | None) -> None:
         """The worker in `slot` is gone (death given) or leaving after maxtasks (None):

@@ -70,16 +70,41 @@ class Zygote:
         theirs.close()
 
     def spawn(self, fd: int, slot: int) -> tuple[int, int]:
-        """Forks a worker attached to ``slot`` of the hub whose memfd is ``fd``."""
+        """Forks a worker attached to ``slot`` of the hub whose memfd is ``fd``:
+        returns its pid and a pidfd."""
+        pid, fds = self._ask(("spawn", slot), [fd])
+        return pid, fds[0]
+
+    def exit_status(self, pid: int) -> int | None:
+        """The wait status of a worker that has exited (its pidfd said so), or None if the
+        zygote no longer knows it."""
+        status, _ = self._ask(("status", pid), [])
+        return status
+
+    def _ask(self, request: tuple, fds: list[int]) -> tuple:
         with self._lock:
-            socket.send_fds(self.sock, [pickle.dumps(slot)], [fd])
-            msg, fds, _flags, _addr = socket.recv_fds(self.sock, 1024, 1)
+            socket.send_fds(self.sock, [pickle.dumps(request)], fds)
+            msg, got, _flags, _addr = socket.recv_fds(self.sock, 1024, 1)
         if not msg:
             raise OSError("paralelo's zygote process exited; cannot start workers")
-        pid = pickle.loads(msg)
-        if isinstance(pid, BaseException):
-            raise pid
-        return pid, fds[0]
+        answer = pickle.loads(msg)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer, got
+
+
+def describe_exit(status: int | None) -> str:
+    """Words for a wait status: 'killed by SIGKILL', 'exited with code 3'."""
+    if status is None:
+        return "it exited or was killed unexpectedly"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"it was killed by {name}"
+    return f"it exited with code {os.WEXITSTATUS(status)}"
 
 
 def get() -> Zygote:
@@ -101,14 +126,18 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+#: Exit statuses kept for the parent to ask about; older ones are dropped past this.
+_KEEP_STATUSES = 4096
+
+
 def _serve(sock: socket.socket, die_with_parent: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps workers
     if die_with_parent:
         parent = os.getppid()
         _native.die_with_parent()
         if os.getppid() != parent:
             return
+    statuses: dict[int, int] = {}  # reaped workers' wait statuses, oldest first
     # Workers die with us (PR_SET_PDEATHSIG), so returning is all the cleanup there is.
     while True:
         try:
@@ -117,7 +146,17 @@ def _serve(sock: socket.socket, die_with_parent: bool) -> None:
             return
         if not msg:
             return  # the parent is gone
-        slot = pickle.loads(msg)
+        _reap(statuses)
+        kind, arg = pickle.loads(msg)
+        if kind == "status":
+            status = statuses.pop(arg, None)
+            if status is None:
+                try:  # its pidfd said it exited: this returns at once
+                    status = os.waitpid(arg, 0)[1]
+                except ChildProcessError:
+                    status = None
+            sock.send(pickle.dumps(status))
+            continue
         me = os.getpid()
         try:
             pid = os.fork()
@@ -133,12 +172,26 @@ def _serve(sock: socket.socket, die_with_parent: bool) -> None:
                 os._exit(1)
             from . import _worker
 
-            _worker.main(fds[0], slot)
+            _worker.main(fds[0], arg)
         for fd in fds:
             os.close(fd)
         pidfd = os.pidfd_open(pid)
         socket.send_fds(sock, [pickle.dumps(pid)], [pidfd])
         os.close(pidfd)
+
+
+def _reap(statuses: dict[int, int]) -> None:
+    """Collects every exited worker (no zombies pile up between requests)."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        statuses[pid] = status
+        if len(statuses) > _KEEP_STATUSES:
+            del statuses[next(iter(statuses))]
 
 
 def main() -> None:
