@@ -191,8 +191,9 @@ class MapJob(Job):
         self.sent_items = 0
         self.seq = 0
         self.input_done = False
-        self.busy_ns = 0
+        self.busy_ns = 0  # worker time and items of the chunks the estimate rests on
         self.measured_items = 0
+        self.measured_max = 0  # the largest chunk measured
         self.held = False  # next_unit refused because the consumer is behind
         self.size = self.min_size = 1 if chunksize is None else chunksize
 
@@ -293,15 +294,18 @@ class MapJob(Job):
 
     def done_many(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
         chunks = [(unit.start, unit.count, ok, value) for unit, ok, value, _ in answers]
-        busy = items = 0
         for unit, ok, _, elapsed_ns in answers:
             if ok:
-                busy += elapsed_ns
-                items += unit.count
+                # Cost per item, from the largest chunks seen: a chunk's fixed cost
+                # (unpickling, the call loop) would swamp a small chunk's measure.
+                if unit.count > 2 * self.measured_max:
+                    self.busy_ns = self.measured_items = 0
+                    self.measured_max = unit.count
+                if 2 * unit.count >= self.measured_max:
+                    self.busy_ns += elapsed_ns
+                    self.measured_items += unit.count
             elif self.sink.stops_on_error:
                 self.finished = True  # the whole map failed: do not run the rest
-        self.busy_ns += busy
-        self.measured_items += items
         if self.measured_items:
             self.per_item = self.busy_ns / self.measured_items / 1e9
             if not self.chunksize:
