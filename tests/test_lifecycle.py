@@ -182,3 +182,35 @@ def test_a_lost_worker_says_how_it_died(how: str, words: str) -> None:
         with pytest.raises(paralelo.WorkerLostError, match=words):
             pool.apply(_die, (how,))
         assert pool.map(abs, [-1, -2]) == [1, 2]
+
+
+def test_a_forked_child_leaves_its_parents_pool_alone() -> None:
+    """A child forked after the pool was made (os.fork, or a fork-started multiprocessing
+    process) exits normally — running atexit and finalizers — without touching the
+    parent's workers, and cannot use the pool by mistake."""
+    code = textwrap.dedent(
+        """
+        import os, sys, paralelo
+        pool = paralelo.Pool(2)
+        assert pool.map(abs, [-1]) == [1]
+        workers = pool._engine.pids()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                pool.map(abs, [-1])
+                sys.exit(3)  # misuse must be refused
+            except RuntimeError:
+                pass
+            pool.close()
+            sys.exit(0)  # a normal exit: atexit hooks and finalizers run here
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        assert pool.map(abs, range(-50, 0)) == list(range(50, 0, -1))
+        assert pool._engine.pids() == workers, "the child's exit killed the parent's workers"
+        pool.terminate()
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

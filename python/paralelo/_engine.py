@@ -388,6 +388,8 @@ class Engine:
 
     def kick(self) -> None:
         """Dispatches again (a lazy job's consumer made room)."""
+        if os.getpid() != self.pid:
+            return
         with self.lock:
             self._pump()
 
@@ -648,6 +650,8 @@ class Engine:
 
     def close(self) -> None:
         """No new jobs; workers exit once the current ones are done."""
+        if os.getpid() != self.pid:
+            return  # a forked child: the rings and workers are its parent's
         with self.lock:
             self.closing = True
             # Like multiprocessing, finish lazily read inputs even if nobody consumes them.
@@ -659,7 +663,9 @@ class Engine:
 
     def terminate(self, exc: BaseException | None = None) -> None:
         """Stops everything now: unfinished jobs fail with `exc` (if given), workers are
-        killed."""
+        killed. In a forked child, does nothing: the workers are its parent's."""
+        if os.getpid() != self.pid:
+            return
         with self.lock:
             self.closing = True
             if exc is not None:
@@ -683,7 +689,8 @@ def _broken(msg: str) -> BaseException:
 
 def _shutdown_all() -> None:
     # As in the standard library: executors finish their pending work at exit, pools stop.
-    engines = list(_engines)
+    # Only this process's own engines: a forked child must not stop its parent's workers.
+    engines = [e for e in _engines if e.pid == os.getpid()]
     for engine in engines:
         if engine.finish_at_exit:
             engine.close()
@@ -694,3 +701,4 @@ def _shutdown_all() -> None:
 
 
 atexit.register(_shutdown_all)
+os.register_at_fork(after_in_child=_engines.clear)
