@@ -25,14 +25,17 @@ import cloudpickle
 from . import _native, _zygote
 from ._errors import WorkerLostError
 from ._protocol import (
+    BATCH,
     BYE,
     CALL,
     DROP,
     ERR,
     EXIT,
     FUNC,
+    IN_INITIALIZER,
     INIT,
     INIT_ERR,
+    LOADING_FUNC,
     OK,
     OK_ARRAY,
     PROTOCOL,
@@ -54,6 +57,8 @@ CHUNK_SECONDS = 0.002
 #: a smaller chunk costs more in messages than it can save in balance.
 MIN_CHUNK_SECONDS = 0.0002
 MAX_INFLIGHT = 256
+#: Workers dying outside any task this many times in a row break the pool.
+MAX_UNEXPLAINED_DEATHS = 3
 #: Map chunks committed to one worker in one round travel together, up to this many.
 SHIP_UNITS = 64
 #: How often the collector checks worker liveness when no results arrive.
@@ -66,11 +71,12 @@ class Unit:
     """One schedulable piece of work: a chunk of a map job (`payload` holds its items until
     sent) or one call (`payload` is the pickled call)."""
 
-    __slots__ = ("job", "seq", "tag", "payload", "start", "count")
+    __slots__ = ("job", "seq", "tag", "payload", "start", "count", "solo")
 
     def __init__(self, job: Job, seq: int, tag: int, payload: bytes, start: int = 0, count: int = 1):
         self.job, self.seq, self.tag, self.payload = job, seq, tag, payload
         self.start, self.count = start, count
+        self.solo = False  # travels in a message of its own (a batch it was in killed a worker)
 
 
 class Job:
@@ -210,9 +216,12 @@ class MapJob(Job):
         return max(1, n)
 
     def next_unit(self) -> Unit | None:
+        if self.finished:
+            self.requeued.clear()  # the map failed or was stopped: nothing more to run
+            return None
         if self.requeued:
             return self.requeued.popleft()
-        if self.input_done or self.finished:
+        if self.input_done:
             return None
         if self.hold is not None and self.sent_items - self.sink.consumed_items() > self.ahead_limit():
             self.held = True  # the consumer is behind: hold the input back
@@ -344,6 +353,8 @@ class Engine:
                  maxtasks: int | None = None) -> None:
         self.processes = processes
         self.lock = threading.RLock()
+        # The zygote first: forked before the hub exists, it does not hold the hub's memfd.
+        self.zygote = _zygote.get()
         self.hub = _native.Hub(processes, RING_BYTES)
         self.init_payload = cloudpickle.dumps((initializer, tuple(initargs), maxtasks or 0), PROTOCOL)
         self.jobs: dict[int, Job] = {}
@@ -353,10 +364,15 @@ class Engine:
         self.finish_at_exit = False  # at interpreter exit: finish pending work (executors)
         self.broken: BaseException | None = None
         self.exits_sent = False
+        self.unexplained_deaths = 0  # in a row, with no task answered in between
         self.pid = os.getpid()
-        self.zygote = _zygote.get()
-        for slot in self.slots:
-            self._start(slot)
+        try:
+            for slot in self.slots:
+                self._start(slot)
+        except BaseException:
+            self._kill_all()  # no half-started pool outlives its failed constructor
+            self._close_pidfds()
+            raise
         self.thread = threading.Thread(target=self._collect, name="paralelo-collector", daemon=True)
         self.thread.start()
         _engines.add(self)
@@ -460,7 +476,7 @@ class Engine:
         while i < len(units):
             job = units[i].job
             j = i + 1
-            while j < len(units) and units[j].job is job:
+            while j < len(units) and units[j].job is job and not units[i].solo and not units[j].solo:
                 j += 1
             run, i = units[i:j], j
             if job.id not in slot.loaded:
@@ -505,10 +521,15 @@ class Engine:
             with self.lock:
                 self._break(err)
         finally:
-            for s in self.slots:
-                if s.pidfd >= 0:
-                    os.close(s.pidfd)
-                    s.pidfd = -1
+            with self.lock:
+                self._close_pidfds()
+
+    def _close_pidfds(self) -> None:
+        for s in self.slots:
+            s.alive = False
+            if s.pidfd >= 0:
+                os.close(s.pidfd)
+                s.pidfd = -1
 
     def _collect_loop(self) -> None:
         recv = self.hub.recv
@@ -544,6 +565,7 @@ class Engine:
             self._maybe_forget(job)
 
     def _handle(self, slot: Slot, tag: int, job_id: int, seq: int, aux: int, payload: bytes) -> None:
+        self.unexplained_deaths = 0
         if tag == RESULTS:
             try:
                 replies = pickle.loads(payload)
@@ -605,14 +627,19 @@ class Engine:
         fail what it was running, hand back what it had not started, start another."""
         running = self.hub.current(slot.index) if death is not None else (0, 0)
         slot.alive = False
+        if death is not None:
+            self._explain_death(slot, running, death)
         units = list(slot.inflight.values())
         slot.inflight.clear()
         slot.outgoing = []
         self.hub.reset_slot(slot.index)
         os.close(slot.pidfd)
         slot.pidfd = -1
+        batch = bool(running[1] & BATCH)
         for unit in units:
             unit.job.outstanding -= 1
+            if batch and unit.job.id == running[0]:
+                unit.solo = True  # died unpickling a batch: retry its units one by one
             if death is not None and (unit.job.id, unit.seq) == running:
                 unit.job.lost(unit, WorkerLostError(
                     f"the worker process (pid {slot.pid}) running this task died: {death}"))
@@ -629,6 +656,24 @@ class Engine:
                 err.__cause__ = e
                 self._break(err)
 
+    def _explain_death(self, slot: Slot, running: tuple[int, int], death: str) -> None:
+        """Deaths outside a task: in the initializer, the pool is broken (as in
+        concurrent.futures); loading a job's function, that job fails; unexplained ones,
+        if they keep coming with no task finished in between, break the pool rather
+        than restart workers for ever."""
+        job_id, seq = running
+        if seq == IN_INITIALIZER:
+            self._break(_broken(f"a worker process (pid {slot.pid}) died in the pool's initializer: {death}"))
+        elif seq == LOADING_FUNC and job_id in self.jobs:
+            self.jobs[job_id].fail(WorkerLostError(
+                f"a worker process (pid {slot.pid}) died unpickling this job's function: {death}"))
+        elif not any((u.job.id, u.seq) == running for u in slot.inflight.values()) and not seq & BATCH:
+            self.unexplained_deaths += 1
+            if self.unexplained_deaths >= MAX_UNEXPLAINED_DEATHS:
+                self._break(_broken(
+                    f"{self.unexplained_deaths} worker processes died in a row outside any task, "
+                    f"the last (pid {slot.pid}) because {death}"))
+
     def _break(self, err: BaseException) -> None:
         self.broken = err
         for job in list(self.jobs.values()):
@@ -640,10 +685,10 @@ class Engine:
 
     def _kill_all(self) -> None:
         for s in self.slots:
-            if s.alive:
+            if s.alive and s.pidfd >= 0:
                 try:
                     signal.pidfd_send_signal(s.pidfd, signal.SIGKILL)
-                except ProcessLookupError:
+                except OSError:  # already gone
                     pass
 
     # -- shutdown ---------------------------------------------------------------

@@ -35,6 +35,12 @@ RESULTS = 21  # job: payload pickle([(seq, ok, results or dump_error bytes, busy
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
+# What a worker marks as "executing" (its slot header's seq) outside a single unit, so that
+# the parent can blame a death on the right thing:
+BATCH = 1 << 63  # | first seq: unpickling a TASKS batch (which unit is not known yet)
+LOADING_FUNC = (1 << 62) + 1  # unpickling a job's function (FUNC)
+IN_INITIALIZER = (1 << 62) + 2  # running the pool's initializer (INIT)
+
 
 def dumps(obj: Any) -> bytes:
     """Pickles arguments and results: the C pickler (fast) when it can, cloudpickle when

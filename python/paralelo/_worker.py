@@ -23,6 +23,9 @@ from ._protocol import (
     INIT_ERR,
     OK,
     TASK,
+    BATCH,
+    IN_INITIALIZER,
+    LOADING_FUNC,
     RESULTS,
     TASKS,
     dump_error,
@@ -74,6 +77,7 @@ def serve(fd: int, slot: int) -> None:
         for tag, job, seq, _aux, payload in recv(None):
             if tag == TASKS:
                 fn, star = funcs[job]
+                set_current(job, BATCH | seq)  # a death while unpickling blames the batch
                 try:
                     seqs, chunks = loads(payload)
                 except BaseException as e:  # noqa: BLE001 - every unit reports it
@@ -115,22 +119,26 @@ def serve(fd: int, slot: int) -> None:
                     data, rtag = dump_error(e), ERR
                 reply(rtag, job, seq, perf_counter_ns() - t0, data)
             elif tag == FUNC:
+                set_current(job, LOADING_FUNC)
                 try:
                     funcs[job] = loads(payload)
                 except BaseException as e:  # noqa: BLE001 - reported by each of its tasks
                     funcs[job] = (e, None)
+                set_current(0, 0)
                 continue
             elif tag == DROP:
                 funcs.pop(job, None)
                 continue
             elif tag == INIT:
-                initializer, initargs, maxtasks = loads(payload)
-                if initializer is not None:
-                    try:
+                set_current(0, IN_INITIALIZER)
+                try:
+                    initializer, initargs, maxtasks = loads(payload)
+                    if initializer is not None:
                         initializer(*initargs)
-                    except BaseException as e:  # noqa: BLE001
-                        send(INIT_ERR, 0, 0, 0, dump_error(e))
-                        return
+                except BaseException as e:  # noqa: BLE001
+                    send(INIT_ERR, 0, 0, 0, dump_error(e))
+                    return
+                set_current(0, 0)
                 continue
             elif tag == EXIT:
                 return

@@ -13,6 +13,7 @@ when the zygote dies (PR_SET_PDEATHSIG), so nothing outlives the parent.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import signal
@@ -73,7 +74,19 @@ class Zygote:
         """Forks a worker attached to ``slot`` of the hub whose memfd is ``fd``:
         returns its pid and a pidfd."""
         pid, fds = self._ask(("spawn", slot), [fd])
+        if not fds:  # SCM_RIGHTS truncated: this process is out of file descriptors
+            raise OSError(errno.EMFILE, "cannot receive a worker's pidfd: too many open files")
         return pid, fds[0]
+
+    def alive(self) -> bool:
+        """Whether the zygote process still runs."""
+        proc = getattr(self, "_proc", None)
+        if proc is not None:
+            return proc.poll() is None
+        try:
+            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+        except ChildProcessError:
+            return False
 
     def exit_status(self, pid: int) -> int | None:
         """The wait status of a worker that has exited (its pidfd said so), or None if the
@@ -111,7 +124,9 @@ def get() -> Zygote:
     """This process's zygote, made on first use."""
     global _zygote
     with _lock:
-        if _zygote is None:
+        if _zygote is None or not _zygote.alive():
+            if _zygote is not None:
+                _zygote.sock.close()  # a dead zygote (killed?) is replaced, not reused
             _zygote = Zygote()
         return _zygote
 

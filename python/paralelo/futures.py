@@ -43,7 +43,8 @@ class ProcessPoolExecutor(_cf.Executor):
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._pending: weakref.WeakSet[Future] = weakref.WeakSet()
-        self._finalizer = weakref.finalize(self, self._engine.terminate)
+        # Dropped without shutdown: like concurrent.futures, finish what was submitted.
+        self._finalizer = weakref.finalize(self, self._engine.close)
         self._finalizer.atexit = False  # at exit, _engine's own hook decides (finish or stop)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:

@@ -1,0 +1,83 @@
+"""Deaths outside a task's body still end in an exception, never in a respawn loop or a
+hang: an argument or a function that kills the worker while being unpickled, an
+initializer that exits, a killed zygote, an executor dropped with work pending."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import paralelo
+
+T = 30
+
+
+class Bomb:
+    """Kills the process that unpickles it."""
+
+    def __reduce__(self):
+        return (os._exit, (3,))
+
+
+class BombFunction:
+    def __call__(self, x):
+        return x
+
+    def __reduce__(self):
+        return (os._exit, (4,))
+
+
+def test_an_argument_that_kills_its_worker_fails_only_its_own_item() -> None:
+    with paralelo.Pool(2) as pool:
+        it = pool.imap(abs, [-1, -2, -3, -4, -5, Bomb(), -7, -8], chunksize=1)
+        got = [next(it) for _ in range(5)]
+        with pytest.raises(paralelo.WorkerLostError, match="exited with code 3"):
+            next(it)
+        assert got + list(it) == [1, 2, 3, 4, 5, 7, 8]
+        with pytest.raises(paralelo.WorkerLostError):
+            pool.map_async(abs, [1, 2, Bomb(), 4], chunksize=1).get(T)
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+
+
+def test_a_function_that_kills_its_worker_fails_its_job_only() -> None:
+    with paralelo.Pool(2) as pool:
+        with pytest.raises(paralelo.WorkerLostError, match="unpickling this job's function"):
+            pool.map_async(BombFunction(), [1, 2, 3]).get(T)
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+
+
+def test_an_initializer_that_exits_breaks_the_pool_like_concurrent_futures() -> None:
+    ex = paralelo.ProcessPoolExecutor(2, initializer=os._exit, initargs=(1,))
+    try:
+        with pytest.raises(paralelo.BrokenProcessPool, match="initializer"):
+            ex.submit(abs, -1).result(T)
+        with pytest.raises(paralelo.BrokenProcessPool):
+            ex.submit(abs, -1)
+    finally:
+        ex.shutdown()
+
+
+def test_a_killed_zygote_is_replaced() -> None:
+    from paralelo import _zygote
+
+    with paralelo.Pool(1) as pool:
+        assert pool.apply(abs, (-1,)) == 1
+    os.kill(_zygote.get().pid, signal.SIGKILL)
+    time.sleep(0.05)
+    with paralelo.Pool(1) as pool:
+        assert pool.apply(abs, (-2,)) == 2
+
+
+def _pending_futures() -> list:
+    ex = paralelo.ProcessPoolExecutor(1)
+    futures = [ex.submit(time.sleep, 0.05) for _ in range(4)]
+    ex.shutdown(wait=False)
+    return futures
+
+
+def test_an_executor_dropped_with_work_pending_finishes_it() -> None:
+    assert [f.result(T) for f in _pending_futures()] == [None] * 4
+    assert list(paralelo.ProcessPoolExecutor(2).map(abs, range(-3, 3))) == [3, 2, 1, 0, 1, 2]
