@@ -81,3 +81,49 @@ def _pending_futures() -> list:
 def test_an_executor_dropped_with_work_pending_finishes_it() -> None:
     assert [f.result(T) for f in _pending_futures()] == [None] * 4
     assert list(paralelo.ProcessPoolExecutor(2).map(abs, range(-3, 3))) == [3, 2, 1, 0, 1, 2]
+
+
+def _poison(x: int):
+    class_ = Poison if x == 3 else None
+    return class_() if class_ else x
+
+
+class Poison:
+    """Pickles fine, fails to unpickle in the parent."""
+
+    def __reduce__(self):
+        return (int, ("not an int",))
+
+
+def test_a_result_that_cannot_be_unpickled_fails_only_its_own_units() -> None:
+    with paralelo.Pool(2) as pool:
+        with pytest.raises(ValueError, match="not an int"):
+            pool.map(_poison, range(10), chunksize=1)
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+
+
+def test_callbacks_run_outside_the_engine_lock() -> None:
+    """A callback that takes the user's lock while another thread submits holding it:
+    with callbacks under the engine's lock this deadlocks."""
+    import threading
+
+    lock = threading.Lock()
+    seen: list[int] = []
+
+    def callback(r: int) -> None:
+        with lock:
+            seen.append(r)
+
+    with paralelo.Pool(2) as pool, paralelo.ProcessPoolExecutor(2) as ex:
+        with lock:
+            results = []
+            for i in range(30):
+                results.append(pool.apply_async(abs, (-i,), callback=callback))
+                ex.submit(abs, -i).add_done_callback(lambda f: callback(f.result()))
+                time.sleep(0.002)
+        for r in results:
+            r.get(T)
+        deadline = time.monotonic() + T
+        while len(seen) < 60 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert sorted(seen) == sorted(list(range(30)) * 2)

@@ -9,6 +9,7 @@ just long enough that it never idles, measured in time rather than count.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import pickle
@@ -345,6 +346,20 @@ class Slot:
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
+# Completions that run user code (callbacks, Future done-callbacks) found while a thread
+# holds an engine lock: they run once it is released, so a callback that takes the user's
+# own lock cannot deadlock against a thread submitting while holding that lock.
+_deferred = threading.local()
+
+
+def run_or_defer(fn: Callable, *args: Any) -> None:
+    """Calls `fn(*args)` now, or, inside `Engine.locked()`, right after the lock is released."""
+    pending = getattr(_deferred, "pending", None)
+    if pending is None:
+        fn(*args)
+    else:
+        pending.append((fn, args))
+
 
 class Engine:
     """Worker processes on a hub, fed by jobs. Thread-safe."""
@@ -377,6 +392,21 @@ class Engine:
         self.thread.start()
         _engines.add(self)
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Holds the engine lock; completions found meanwhile run after it is released."""
+        outer = getattr(_deferred, "pending", None) is None
+        if outer:
+            _deferred.pending = []
+        try:
+            with self.lock:
+                yield
+        finally:
+            if outer:
+                pending, _deferred.pending = _deferred.pending, None
+                for fn, args in pending:
+                    fn(*args)
+
     # -- workers -------------------------------------------------------------
 
     def _start(self, slot: Slot) -> None:
@@ -393,7 +423,7 @@ class Engine:
     def submit(self, job: Job) -> None:
         if os.getpid() != self.pid:
             raise RuntimeError("a paralelo pool cannot be used from a child process forked after it was made")
-        with self.lock:
+        with self.locked():
             if self.broken is not None:
                 raise self.broken
             if self.closing:
@@ -406,7 +436,7 @@ class Engine:
         """Dispatches again (a lazy job's consumer made room)."""
         if os.getpid() != self.pid:
             return
-        with self.lock:
+        with self.locked():
             self._pump()
 
     def _limit(self, job: Job) -> int:
@@ -518,10 +548,10 @@ class Engine:
         except BaseException as e:  # noqa: BLE001 - a bug here must fail callers, not hang them
             err = _broken(f"paralelo's collector thread failed: {e!r}")
             err.__cause__ = e
-            with self.lock:
+            with self.locked():
                 self._break(err)
         finally:
-            with self.lock:
+            with self.locked():
                 self._close_pidfds()
 
     def _close_pidfds(self) -> None:
@@ -536,7 +566,7 @@ class Engine:
         next_check = time.monotonic() + LIVENESS_SECONDS
         while True:
             msgs = recv(LIVENESS_SECONDS)
-            with self.lock:
+            with self.locked():
                 for slot_i, tag, job_id, seq, aux, payload in msgs:
                     self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
                 # Check liveness when idle, and at least every LIVENESS_SECONDS while busy:
@@ -567,16 +597,20 @@ class Engine:
     def _handle(self, slot: Slot, tag: int, job_id: int, seq: int, aux: int, payload: bytes) -> None:
         self.unexplained_deaths = 0
         if tag == RESULTS:
+            seqs, body = pickle.loads(payload)
             try:
-                replies = pickle.loads(payload)
-            except BaseException as e:  # noqa: BLE001 - cannot tell which unit: the worker
-                raise RuntimeError(f"unreadable results from worker {slot.pid}: {e!r}") from e
+                replies = pickle.loads(body)
+            except BaseException as e:  # noqa: BLE001 - those units fail, not the pool
+                replies = [(q, False, None, 0) for q in seqs]
+                err = e
+            else:
+                err = None
             answers = []
             inflight = slot.inflight
             for seq, ok, value, busy in replies:
                 unit = inflight.pop((job_id, seq), None)
                 if unit is not None:
-                    answers.append((unit, ok, value if ok else load_error(value), busy))
+                    answers.append((unit, ok, value if ok else err or load_error(value), busy))
             if answers:
                 job = answers[0][0].job  # one message, one job
                 job.outstanding -= len(answers)
@@ -697,7 +731,7 @@ class Engine:
         """No new jobs; workers exit once the current ones are done."""
         if os.getpid() != self.pid:
             return  # a forked child: the rings and workers are its parent's
-        with self.lock:
+        with self.locked():
             self.closing = True
             # Like multiprocessing, finish lazily read inputs even if nobody consumes them.
             for job in self.active:
@@ -711,7 +745,7 @@ class Engine:
         killed. In a forked child, does nothing: the workers are its parent's."""
         if os.getpid() != self.pid:
             return
-        with self.lock:
+        with self.locked():
             self.closing = True
             if exc is not None:
                 for job in list(self.jobs.values()):

@@ -63,7 +63,11 @@ def serve(fd: int, slot: int) -> None:
 
     def flush(job: int) -> None:
         if replies:
-            reply(RESULTS, job, 0, max(r[3] for r in replies), pack_replies(replies))
+            # The seqs travel outside the pickle of the outcomes, so that if those cannot be
+            # unpickled in the parent, it still knows which units to fail.
+            body = pack_replies(replies)
+            seqs = [r[0] for r in replies]
+            reply(RESULTS, job, 0, max(r[3] for r in replies), pickle.dumps((seqs, body), 5))
             replies.clear()
 
     def run(fn: Any, star: Any, items: Any) -> list:

@@ -56,13 +56,17 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future: Future = Future()
 
-            def on_done(ok: bool, value: Any) -> None:
+            def complete(ok: bool, value: Any) -> None:
                 if future.done():
                     return
                 if ok:
                     future.set_result(value)
                 else:
                     future.set_exception(value)
+
+            def on_done(ok: bool, value: Any) -> None:
+                # Done-callbacks are user code: never under the engine lock.
+                _engine.run_or_defer(complete, ok, value)
 
             self._pending.add(future)
             self._engine.submit(_engine.CallJob(fn, args, kwargs, on_done, future.set_running_or_notify_cancel))
@@ -115,5 +119,5 @@ def _results(it: IMapIterator, job: _engine.MapJob, engine: _engine.Engine, end:
             yield from it._current  # the rest of what arrived with it: no waiting
     finally:
         if not job.finished:  # the caller stopped early: do not run the rest
-            with engine.lock:
+            with engine.locked():
                 job.finished = True

@@ -62,6 +62,10 @@ class AsyncResult:
         raise self._value
 
     def _set(self, ok: bool, value: Any) -> None:
+        # Callbacks are user code: never under the engine lock.
+        _engine.run_or_defer(self._set_now, ok, value)
+
+    def _set_now(self, ok: bool, value: Any) -> None:
         if self._event.is_set():
             return
         self._success, self._value = ok, value
