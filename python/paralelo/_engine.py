@@ -229,29 +229,30 @@ class MapJob(Job):
             return None
         self.held = False
         n = self._size()
-        try:
-            if self.sliceable is not None:
-                i = self.sent_items
-                if n == 1 and i < self.total:  # type: ignore[operator]
-                    items = [self.sliceable[i]]
-                else:
-                    items = self.sliceable[i : i + n]
-                    if n < 64 and type(items) is range:
-                        items = list(items)  # a short list pickles faster than a range
+        failure: BaseException | None = None
+        if self.sliceable is not None:
+            i = self.sent_items
+            if n == 1 and i < self.total:  # type: ignore[operator]
+                items = [self.sliceable[i]]
             else:
-                items = list(itertools.islice(self.it, n))
-        except BaseException as e:  # noqa: BLE001 - the input itself raised
+                items = self.sliceable[i : i + n]
+                if n < 64 and type(items) is range:
+                    items = list(items)  # a short list pickles faster than a range
+        else:
+            items = []
+            try:  # item by item: what was read before the input raised still runs
+                items.extend(itertools.islice(self.it, n))
+            except BaseException as e:  # noqa: BLE001 - the input itself raised
+                failure = e
+        unit = None
+        if items:
+            unit = Unit(self, self.seq, TASK, items, self.sent_items, len(items))
+            self.seq += 1
+            self.sent_items += len(items)
+        if failure is not None:
             self.input_done = True
-            self.sink.input_failed(self.sent_items, e)
-            return None
-        if not items:
-            self.input_done = True
-            self.sink.end(self.sent_items)
-            return None
-        unit = Unit(self, self.seq, TASK, items, self.sent_items, len(items))
-        self.seq += 1
-        self.sent_items += len(items)
-        if len(items) < n:
+            self.sink.input_failed(self.sent_items, failure)
+        elif len(items) < n:
             self.input_done = True
             self.sink.end(self.sent_items)
         return unit
