@@ -15,6 +15,17 @@ def identity(x):
     return x
 
 
+@pytest.fixture(scope="module")
+def mp_pool():
+    import multiprocessing
+    import sys
+
+    ctx = multiprocessing.get_context("fork" if sys.version_info < (3, 12) else "forkserver")
+    with ctx.Pool(2) as p:
+        p.map(abs, range(4))  # started before the per-test leak check looks
+        yield p
+
+
 class MyInt(int):
     pass
 
@@ -93,3 +104,43 @@ def _lock_on_two(x: int):
     import threading
 
     return threading.Lock() if x == 2 else x
+
+
+def _fail_on_50(x: int) -> int:
+    if x == 50:
+        raise ValueError(x)
+    return x
+
+
+def _drain(it) -> tuple[list, list]:
+    values, errors = [], []
+    while True:
+        try:
+            values.append(next(it))
+        except StopIteration:
+            return values, errors
+        except ValueError as e:
+            errors.append((len(values), e.args))
+
+
+def test_adaptive_imap_reports_a_failing_item_in_its_place_like_stdlib(pool: paralelo.Pool, mp_pool) -> None:
+    ours = _drain(pool.imap(_fail_on_50, range(200)))
+    theirs = _drain(mp_pool.imap(_fail_on_50, range(200)))
+    assert ours == theirs == ([x for x in range(200) if x != 50], [(50, (50,))])
+    values, errors = _drain(pool.imap_unordered(_fail_on_50, range(200)))
+    assert sorted(values) == [x for x in range(200) if x != 50] and len(errors) == 1
+
+
+def test_adaptive_executor_map_yields_everything_before_the_failing_item() -> None:
+    with paralelo.ProcessPoolExecutor(2) as ex:
+        got = []
+        with pytest.raises(ValueError):
+            for v in ex.map(_fail_on_50, range(200)):
+                got.append(v)
+    assert got == list(range(50))
+
+
+def test_an_explicit_chunksize_fails_whole_chunks_like_multiprocessing(pool: paralelo.Pool, mp_pool) -> None:
+    ours = _drain(pool.imap(_fail_on_50, range(60), chunksize=7))
+    theirs = _drain(mp_pool.imap(_fail_on_50, range(60), chunksize=7))
+    assert ours[1] == theirs[1] and len(ours[0]) == len(theirs[0])

@@ -43,6 +43,7 @@ from ._protocol import (
     RESULTS,
     TASK,
     TASKS,
+    Segments,
     dumps,
     load_error,
     unpack_results,
@@ -180,7 +181,10 @@ class MapJob(Job):
     def __init__(self, engine: Engine, fn: Callable, iterable: Iterable, star: bool,
                  chunksize: int | None, sink: Any, hold: int | None = None):
         super().__init__()
-        self.func_payload = cloudpickle.dumps((fn, star), PROTOCOL)
+        # A lazy map with adaptive chunks reports each item's failure in its place (as
+        # with chunksize=1); a fixed chunksize fails whole chunks, as multiprocessing does.
+        each = chunksize is None and not sink.stops_on_error
+        self.func_payload = cloudpickle.dumps((fn, star, each), PROTOCOL)
         self.engine = engine
         # Lists, tuples and ranges are cut with slices (C speed; a range slice pickles as
         # three numbers); anything else is read item by item.
@@ -304,7 +308,10 @@ class MapJob(Job):
         self.done_many([(unit, ok, value, elapsed_ns)])
 
     def done_many(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
-        chunks = [(unit.start, unit.count, ok, value) for unit, ok, value, _ in answers]
+        chunks = [
+            (unit.start, unit.count, ok, value.loaded() if type(value) is Segments else value)
+            for unit, ok, value, _ in answers
+        ]
         for unit, ok, _, elapsed_ns in answers:
             if ok:
                 # Cost per item, from the largest chunks seen: a chunk's fixed cost

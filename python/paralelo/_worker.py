@@ -32,6 +32,7 @@ from ._protocol import (
     dumps,
     pack_replies,
     pack_results,
+    run_each,
 )
 
 
@@ -70,9 +71,11 @@ def serve(fd: int, slot: int) -> None:
             reply(RESULTS, job, 0, max(r[3] for r in replies), pickle.dumps((seqs, body), 5))
             replies.clear()
 
-    def run(fn: Any, star: Any, items: Any) -> list:
+    def run(fn: Any, star: Any, each: bool, items: Any) -> list:
         if star is None:  # the function itself failed to unpickle here
             raise fn
+        if each:  # a lazy map with adaptive chunks: one failing item must not sink the rest
+            return run_each(fn, star, items)
         return [fn(*a) for a in items] if star else [fn(a) for a in items]
 
     while True:
@@ -80,7 +83,7 @@ def serve(fd: int, slot: int) -> None:
         quiet = False
         for tag, job, seq, _aux, payload in recv(None):
             if tag == TASKS:
-                fn, star = funcs[job]
+                fn, star, each = funcs[job]
                 set_current(job, BATCH | seq)  # a death while unpickling blames the batch
                 try:
                     seqs, chunks = loads(payload)
@@ -90,7 +93,7 @@ def serve(fd: int, slot: int) -> None:
                     set_current(job, s)
                     t0 = perf_counter_ns()
                     try:
-                        ok, value = True, run(fn, star, items)
+                        ok, value = True, run(fn, star, each, items)
                     except BaseException as e:  # noqa: BLE001 - every failure goes back
                         ok, value = False, dump_error(e)
                     busy = perf_counter_ns() - t0
@@ -105,11 +108,11 @@ def serve(fd: int, slot: int) -> None:
                 flush(job)
                 continue
             if tag == TASK:
-                fn, star = funcs[job]
+                fn, star, each = funcs[job]
                 set_current(job, seq)
                 t0 = perf_counter_ns()
                 try:
-                    rtag, data = pack_results(run(fn, star, loads(payload)))
+                    rtag, data = pack_results(run(fn, star, each, loads(payload)))
                 except BaseException as e:  # noqa: BLE001 - every failure goes back
                     data, rtag = dump_error(e), ERR
                 reply(rtag, job, seq, perf_counter_ns() - t0, data)
@@ -127,7 +130,7 @@ def serve(fd: int, slot: int) -> None:
                 try:
                     funcs[job] = loads(payload)
                 except BaseException as e:  # noqa: BLE001 - reported by each of its tasks
-                    funcs[job] = (e, None)
+                    funcs[job] = (e, None, False)
                 set_current(0, 0)
                 continue
             elif tag == DROP:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _engine
 from ._errors import TimeoutError
+from ._protocol import Segments
 
 _MISSING = object()
 _END = object()
@@ -165,11 +166,16 @@ class IMapIterator:
         self._input_failure: BaseException | None = None
         self._current: Iterator = iter(())
         self._waiting = False  # the consumer sleeps on _cond
+        # multiprocessing's imap with chunksize > 1 ends at the first failed chunk.
+        self.stop_after_error = False
+        self._stopped = False
         self.job: _engine.MapJob | None = None
         self._pool: Any = None
 
     # sink protocol (called by the engine with its lock held)
     def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
+        if any(type(c[3]) is Segments for c in chunks):
+            chunks = list(_split_segments(chunks))
         with self._cond:
             if self._ordered:
                 ready = self._ready
@@ -227,6 +233,8 @@ class IMapIterator:
         value = next(self._current, _END)
         if value is not _END:
             return value
+        if self._stopped:
+            raise StopIteration
         with self._cond:
             while True:
                 ok, values = self._take()
@@ -254,6 +262,11 @@ class IMapIterator:
         if job is not None and job.held and job.sent_items - self._yielded <= job.ahead_limit() // 2:
             self._engine.kick()
         if not ok:
+            if self.stop_after_error:
+                self._stopped = True  # nothing after it, as in multiprocessing
+                if job is not None:
+                    with self._engine.locked():
+                        job.finished = True  # and nothing more runs
             raise values[0]
         self._current = iter(values)
         return next(self._current)
@@ -281,6 +294,19 @@ class IMapIterator:
             if not ok:
                 return False, [values]
             out += values
+
+
+def _split_segments(chunks: list[tuple[int, int, bool, Any]]) -> Iterator[tuple[int, int, bool, Any]]:
+    """Chunks whose items partly failed, as separate pieces: each error in its place."""
+    for start, count, ok, values in chunks:
+        if type(values) is not Segments:
+            yield start, count, ok, values
+            continue
+        for seg_ok, seg in values:
+            n = len(seg) if seg_ok else 1
+            if n:
+                yield start, n, seg_ok, seg
+            start += n
 
 
 class IMapUnorderedIterator(IMapIterator):
@@ -381,6 +407,7 @@ class Pool:
         _check_chunksize(chunksize)
         it = (IMapIterator if ordered else IMapUnorderedIterator)(self._engine, ordered)
         it._pool = self
+        it.stop_after_error = chunksize is not None and chunksize > 1
         hold = 4 * _engine.MAX_INFLIGHT * self._processes
         job = _engine.MapJob(self._engine, func, iterable, star, chunksize, it, hold=hold)
         it.job = job
