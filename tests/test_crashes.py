@@ -127,3 +127,27 @@ def test_callbacks_run_outside_the_engine_lock() -> None:
         while len(seen) < 60 and time.monotonic() < deadline:
             time.sleep(0.01)
     assert sorted(seen) == sorted(list(range(30)) * 2)
+
+
+def _slow_inc(x: int) -> int:
+    time.sleep(0.002)
+    return x + 1
+
+
+def test_imap_over_imap_on_the_same_pool_does_not_deadlock() -> None:
+    """Input iterators are read on the consumer's thread, never under the engine lock or
+    on the collector: an imap may read from another imap of the same pool."""
+    with paralelo.Pool(2) as pool:
+        assert list(pool.imap(_slow_inc, pool.imap(_slow_inc, range(20)))) == [x + 2 for x in range(20)]
+        assert sorted(pool.imap_unordered(abs, pool.imap(abs, range(-30, 0)))) == list(range(1, 31))
+
+
+def test_map_reads_a_generator_on_the_callers_thread_like_multiprocessing() -> None:
+    def gen():
+        yield from range(5)
+        raise KeyError("input")
+
+    with paralelo.Pool(2) as pool:
+        with pytest.raises(KeyError):
+            pool.map(abs, gen())
+        assert pool.map(abs, (x for x in range(-3, 0))) == [3, 2, 1]

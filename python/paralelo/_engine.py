@@ -187,9 +187,17 @@ class MapJob(Job):
         self.func_payload = cloudpickle.dumps((fn, star, each), PROTOCOL)
         self.engine = engine
         # Lists, tuples and ranges are cut with slices (C speed; a range slice pickles as
-        # three numbers); anything else is read item by item.
+        # three numbers). Anything else is read by `feed`, on the caller's or consumer's
+        # thread and never under the engine lock: user iterators may block, or even wait
+        # on this very pool (imap over imap).
         self.sliceable = iterable if type(iterable) in (list, tuple, range) else None
         self.it: Iterator = iter(iterable)
+        self.fed: deque = deque()  # items read by `feed`, not yet cut into units
+        self.feed_lock = threading.Lock()  # one reader of the iterator at a time
+        self.fed_lock = threading.Lock()  # `fed` and `fed_all` change together
+        self.fed_all = False  # the iterator is exhausted (or raised: `input_error`)
+        self.input_error: BaseException | None = None
+        self.read_items = 0
         try:
             self.total: int | None = len(iterable)  # type: ignore[arg-type]
         except TypeError:
@@ -243,11 +251,20 @@ class MapJob(Job):
                 if n < 64 and type(items) is range:
                     items = list(items)  # a short list pickles faster than a range
         else:
-            items = []
-            try:  # item by item: what was read before the input raised still runs
-                items.extend(itertools.islice(self.it, n))
-            except BaseException as e:  # noqa: BLE001 - the input itself raised
-                failure = e
+            fed = self.fed
+            with self.fed_lock:
+                items = [fed.popleft() for _ in range(min(n, len(fed)))]
+                ended = not fed and self.fed_all
+            if ended:
+                failure = self.input_error
+                n = len(items) + 1  # the input ends after these items
+            elif len(items) < n:
+                # Fed items ran short: send what there is only if the input is waiting on
+                # its consumer; otherwise wait for the next feed to make a full chunk.
+                if not items:
+                    self.held = True
+                    return None
+                n = len(items)
         unit = None
         if items:
             unit = Unit(self, self.seq, TASK, items, self.sent_items, len(items))
@@ -260,6 +277,36 @@ class MapJob(Job):
             self.input_done = True
             self.sink.end(self.sent_items)
         return unit
+
+    def feed(self, everything: bool = False) -> None:
+        """Reads the input (an iterator) ahead of dispatch, up to the read-ahead limit, or
+        to its end with `everything`. Called without the engine lock, never on the
+        collector thread."""
+        if self.sliceable is not None or self.fed_all:
+            return
+        with self.feed_lock:
+            if self.fed_all:
+                return
+            want = None if everything or self.hold is None else self.ahead_limit() - (
+                self.read_items - self.sink.consumed_items())
+            if want is not None and want <= 0:
+                return
+            batch: list = []
+            ended = False
+            try:  # item by item: what was read before the input raised still runs
+                if want is None:
+                    batch.extend(self.it)
+                    ended = True
+                else:
+                    batch.extend(itertools.islice(self.it, want))
+                    ended = len(batch) < want
+            except BaseException as e:  # noqa: BLE001 - the input itself raised
+                self.input_error = e
+                ended = True
+            with self.fed_lock:
+                self.fed.extend(batch)
+                self.fed_all = ended
+            self.read_items += len(batch)
 
     def has_more(self) -> bool:
         return bool(self.requeued) or not (self.input_done or self.finished)
@@ -741,10 +788,13 @@ class Engine:
             return  # a forked child: the rings and workers are its parent's
         with self.locked():
             self.closing = True
-            # Like multiprocessing, finish lazily read inputs even if nobody consumes them.
-            for job in self.active:
-                if isinstance(job, MapJob):
-                    job.hold = None
+            lazy = [job for job in self.active if isinstance(job, MapJob)]
+        # Like multiprocessing, finish lazily read inputs even if nobody consumes them
+        # (read here, on the caller's thread, not under the engine lock).
+        for job in lazy:
+            job.hold = None
+            job.feed(everything=True)
+        with self.locked():
             self._pump()
         self.hub.wake()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 import traceback
 import weakref
 from collections import deque
@@ -16,6 +17,8 @@ from ._protocol import Segments
 
 _MISSING = object()
 _END = object()
+#: A consumer waiting on a lazy imap wakes this often to read more of its input.
+FEED_SECONDS = 0.005
 
 
 def _default_processes() -> int:
@@ -235,8 +238,15 @@ class IMapIterator:
             return value
         if self._stopped:
             raise StopIteration
-        with self._cond:
-            while True:
+        job = self.job
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if job is not None and not job.fed_all and job.sliceable is None:
+                # The input is read here, on the consumer's thread (never by the collector):
+                # then dispatched.
+                job.feed()
+                self._engine.kick()
+            with self._cond:
                 ok, values = self._take()
                 if values:
                     break
@@ -250,13 +260,15 @@ class IMapIterator:
                     self._total = self._yielded  # nothing comes after a failed job
                     raise failure
                 _not_in_callback(self._pool)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError
                 self._waiting = True
                 try:
-                    if not self._cond.wait(timeout):
-                        raise TimeoutError
+                    # Wake now and then to read more input while results trickle in.
+                    self._cond.wait(FEED_SECONDS if left is None else min(left, FEED_SECONDS))
                 finally:
                     self._waiting = False
-        job = self.job
         # Restart a held-back input once the consumer has taken half of the read-ahead, not
         # on every result: each restart takes the engine lock from the collector.
         if job is not None and job.held and job.sent_items - self._yielded <= job.ahead_limit() // 2:
@@ -378,6 +390,8 @@ class Pool:
                    callback: Callable | None, error_callback: Callable | None) -> MapResult:
         self._check_running()
         _check_chunksize(chunksize)
+        if type(iterable) not in (list, tuple, range):
+            iterable = list(iterable)  # as multiprocessing does: read here, on the caller's thread
         result = MapResult(callback, error_callback)
         result._pool = self
         self._engine.submit(_engine.MapJob(self._engine, func, iterable, star, chunksize, result))
@@ -411,6 +425,7 @@ class Pool:
         hold = 4 * _engine.MAX_INFLIGHT * self._processes
         job = _engine.MapJob(self._engine, func, iterable, star, chunksize, it, hold=hold)
         it.job = job
+        job.feed()  # the first read-ahead, on the caller's thread
         self._engine.submit(job)
         return it
 
