@@ -228,14 +228,22 @@ impl Hub {
         }
         let mut out = lock(&self.tasks[slot]);
         let mut sent = 0;
+        let mut queued = false;
         if !(out.queue.is_empty() && out.ring.offer(h, payload, &mut sent)?) {
             out.queue.push_back(Pending { header: *h, payload: payload.to_vec(), sent });
             out.ring.want_room(true);
             let need = out.flush()?;
             self.need[slot].store(need, Ordering::Release);
+            queued = need != 0;
         }
         if notify {
             out.ring.notify();
+        }
+        drop(out);
+        if queued {
+            // The worker may have freed room (and rung) while we held the outbox: the
+            // waiter then saw it busy. Ring once more so it re-checks now, not a slice later.
+            self.words.header().results_bell.ring();
         }
         Ok(())
     }
