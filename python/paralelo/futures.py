@@ -57,12 +57,13 @@ class ProcessPoolExecutor(_cf.Executor):
             future: Future = Future()
 
             def complete(ok: bool, value: Any) -> None:
-                if future.done():
-                    return
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
+                try:
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+                except _cf.InvalidStateError:
+                    pass  # cancelled (or failed by a broken pool) meanwhile
 
             def on_done(ok: bool, value: Any) -> None:
                 # Done-callbacks are user code: never under the engine lock.
@@ -78,19 +79,18 @@ class ProcessPoolExecutor(_cf.Executor):
         counts from this call; ``chunksize=None`` picks chunk sizes adaptively."""
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
+        end = None if timeout is None else time.monotonic() + timeout
+        # Like the standard executor, the input is read now (and not under our lock: it
+        # may submit to this executor itself); one iterable needs no tuples.
+        star = len(iterables) != 1
+        items = list(zip(*iterables)) if star else iterables[0]
+        if type(items) not in (list, tuple, range):
+            items = list(items)
         with self._shutdown_lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            end = None if timeout is None else time.monotonic() + timeout
             it = IMapIterator(self._engine, ordered=True)
-            # Like the standard executor, the input is read now; one iterable needs no tuples.
-            if len(iterables) == 1:
-                items = iterables[0]
-                if type(items) not in (list, tuple, range):
-                    items = list(items)
-                job = _engine.MapJob(self._engine, fn, items, False, chunksize, it)
-            else:
-                job = _engine.MapJob(self._engine, fn, list(zip(*iterables)), True, chunksize, it)
+            job = _engine.MapJob(self._engine, fn, items, star, chunksize, it)
             it.job = job
             self._engine.submit(job)
         return _results(it, job, self._engine, end)
