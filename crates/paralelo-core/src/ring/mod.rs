@@ -357,7 +357,8 @@ impl Producer {
         out
     }
 
-    /// Empties the ring, as if freshly created. Only sound when no consumer is running
+    /// Empties the ring, as if freshly created, and forgets sleepers on its data bell (so
+    /// that bell must be this ring's own). Only sound when no consumer is running
     /// (its process is gone) — the hub uses it to reuse a dead worker's slot.
     pub fn reset(&mut self) {
         let hdr = self.mem.header();
@@ -366,6 +367,9 @@ impl Producer {
         self.head = 0;
         self.tail_seen = 0;
         self.broken = false;
+        self.unrung = false;
+        // The dead consumer may have died asleep on its data bell.
+        self.mem.data_bell().forget_sleepers();
     }
 }
 
@@ -469,12 +473,16 @@ impl Consumer {
         self.mem.data_bell().wait_until(|| self.has_data(), deadline, poll)
     }
 
-    /// Empties the ring, as if freshly created. Only sound when no producer is running
+    /// Empties the ring, as if freshly created, and forgets sleepers on its room bell (so
+    /// that bell must be this ring's own). Only sound when no producer is running
     /// (its process is gone) — the hub uses it to reuse a dead worker's slot.
     pub fn reset(&mut self) {
         let hdr = self.mem.header();
         hdr.head.store(0, Ordering::Release);
         hdr.tail.store(0, Ordering::Release);
+        // The dead producer may have died asleep waiting for room.
+        hdr.wants_room.store(0, Ordering::SeqCst);
+        self.mem.room_bell().forget_sleepers();
         self.tail = 0;
         self.partial.clear();
         self.in_partial = false;

@@ -43,6 +43,13 @@ impl Doorbell {
         }
     }
 
+    /// Forgets registered sleepers. Only for a bell whose only possible sleeper is a
+    /// process known to be dead: its registration would otherwise make every later ring
+    /// pay a futex syscall.
+    pub fn forget_sleepers(&self) {
+        self.sleepers.store(0, Ordering::SeqCst);
+    }
+
     /// Waits until `ready()` holds, the deadline passes ([`Error::Timeout`]) or `poll`
     /// says stop ([`Error::Interrupted`]).
     pub fn wait_until(
