@@ -17,3 +17,17 @@ def test_native_stubs_match_the_extension() -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_package_type_checks() -> None:
+    pytest.importorskip("mypy")
+    import pathlib
+
+    package = pathlib.Path(__file__).resolve().parent.parent / "python" / "paralelo"
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--ignore-missing-imports", "--no-incremental", str(package)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cloudpickle
 
@@ -75,7 +75,7 @@ class Unit:
 
     __slots__ = ("job", "seq", "tag", "payload", "start", "count", "solo")
 
-    def __init__(self, job: Job, seq: int, tag: int, payload: bytes, start: int = 0, count: int = 1):
+    def __init__(self, job: Job, seq: int, tag: int, payload: Any, start: int = 0, count: int = 1):
         self.job, self.seq, self.tag, self.payload = job, seq, tag, payload
         self.start, self.count = start, count
         self.solo = False  # travels in a message of its own (a batch it was in killed a worker)
@@ -103,7 +103,7 @@ class Job:
 
     def next_units(self, most: int) -> list[Unit]:
         """Up to `most` units to send now."""
-        out = []
+        out: list[Unit] = []
         while len(out) < most:
             unit = self.next_unit()
             if unit is None:
@@ -190,7 +190,9 @@ class MapJob(Job):
         # three numbers). Anything else is read by `feed`, on the caller's or consumer's
         # thread and never under the engine lock: user iterators may block, or even wait
         # on this very pool (imap over imap).
-        self.sliceable = iterable if type(iterable) in (list, tuple, range) else None
+        self.sliceable: Sequence[Any] | None = (
+            iterable if type(iterable) in (list, tuple, range) else None  # type: ignore[assignment]
+        )
         self.it: Iterator = iter(iterable)
         self.fed: deque = deque()  # items read by `feed`, not yet cut into units
         self.feed_lock = threading.Lock()  # one reader of the iterator at a time
@@ -244,7 +246,8 @@ class MapJob(Job):
         failure: BaseException | None = None
         if self.sliceable is not None:
             i = self.sent_items
-            if n == 1 and i < self.total:  # type: ignore[operator]
+            items: Sequence[Any]
+            if n == 1 and i < len(self.sliceable):
                 items = [self.sliceable[i]]
             else:
                 items = self.sliceable[i : i + n]
@@ -316,14 +319,15 @@ class MapJob(Job):
         # per unit. Anything unusual (requeued units, an iterator input) takes the general way.
         if self.requeued or self.sliceable is None or self.input_done or self.finished:
             return super().next_units(most)
-        items_in, i, total = self.sliceable, self.sent_items, self.total
-        stop = total
+        items_in, i = self.sliceable, self.sent_items
+        total = stop = len(items_in)
         if self.hold is not None:
-            stop = min(total, self.sink.consumed_items() + self.ahead_limit())  # type: ignore[type-var]
+            stop = min(total, self.sink.consumed_items() + self.ahead_limit())
             self.held = i >= stop
         fixed = self.chunksize
         out: list[Unit] = []
         seq = self.seq
+        items: Sequence[Any]
         while i < stop and len(out) < most:
             n = fixed or self._size()
             if n == 1:
@@ -336,7 +340,7 @@ class MapJob(Job):
             seq += 1
             i += len(items)
             self.seq, self.sent_items = seq, i  # _size() reads them
-        if i >= total:  # type: ignore[operator]
+        if i >= total:
             self.input_done = True
             self.sink.end(i)
         return out
@@ -565,6 +569,7 @@ class Engine:
                 j += 1
             run, i = units[i:j], j
             if job.id not in slot.loaded:
+                assert job.func_payload is not None  # map jobs always ship their function
                 self.hub.post(slot.index, FUNC, job.id, 0, 0, job.func_payload, False)
                 slot.loaded.add(job.id)
             try:
@@ -653,6 +658,7 @@ class Engine:
         self.unexplained_deaths = 0
         if tag == RESULTS:
             seqs, body = pickle.loads(payload)
+            err: BaseException | None
             try:
                 replies = pickle.loads(body)
             except BaseException as e:  # noqa: BLE001 - those units fail, not the pool

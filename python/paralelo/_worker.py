@@ -92,6 +92,7 @@ def serve(fd: int, slot: int) -> None:
                 for s, items in zip(seqs, chunks):
                     set_current(job, s)
                     t0 = perf_counter_ns()
+                    value: Any
                     try:
                         ok, value = True, run(fn, star, each, items)
                     except BaseException as e:  # noqa: BLE001 - every failure goes back
