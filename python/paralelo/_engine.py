@@ -91,6 +91,7 @@ class Job:
         self.id = next(_job_ids)
         self.requeued: deque[Unit] = deque()
         self.finished = False
+        self.func_deaths = 0  # workers that died unpickling this job's function
         self.outstanding = 0  # units sent and not yet answered (kept by the engine)
 
     def next_unit(self) -> Unit | None:
@@ -391,7 +392,7 @@ class MapJob(Job):
 class Slot:
     """One worker process and what it holds."""
 
-    __slots__ = ("index", "pid", "pidfd", "inflight", "loaded", "alive", "outgoing")
+    __slots__ = ("index", "pid", "pidfd", "inflight", "loaded", "alive", "outgoing", "answered")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -401,6 +402,7 @@ class Slot:
         self.loaded: set[int] = set()
         self.alive = False
         self.outgoing: list[Unit] = []  # committed map chunks not yet posted
+        self.answered = False  # its worker has sent anything since it started
 
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -471,6 +473,7 @@ class Engine:
     def _start(self, slot: Slot) -> None:
         slot.pid, slot.pidfd = self.zygote.spawn(self.hub.fd, slot.index)
         slot.alive = True
+        slot.answered = False
         slot.loaded = set()
         self.hub.post(slot.index, INIT, 0, 0, 0, self.init_payload)
 
@@ -656,6 +659,7 @@ class Engine:
 
     def _handle(self, slot: Slot, tag: int, job_id: int, seq: int, aux: int, payload: bytes) -> None:
         self.unexplained_deaths = 0
+        slot.answered = True
         if tag == RESULTS:
             seqs, body = pickle.loads(payload)
             err: BaseException | None
@@ -753,16 +757,21 @@ class Engine:
 
     def _explain_death(self, slot: Slot, running: tuple[int, int], death: str) -> None:
         """Deaths outside a task: in the initializer, the pool is broken (as in
-        concurrent.futures); loading a job's function, that job fails; unexplained ones,
-        if they keep coming with no task finished in between, break the pool rather
-        than restart workers for ever."""
+        concurrent.futures); loading a job's function (twice), that job fails; workers
+        that die before saying anything, three in a row with no message from any worker
+        in between, break the pool rather than restart workers for ever."""
         job_id, seq = running
         if seq == IN_INITIALIZER:
             self._break(_broken(f"a worker process (pid {slot.pid}) died in the pool's initializer: {death}"))
         elif seq == LOADING_FUNC and job_id in self.jobs:
-            self.jobs[job_id].fail(WorkerLostError(
-                f"a worker process (pid {slot.pid}) died unpickling this job's function: {death}"))
-        elif not any((u.job.id, u.seq) == running for u in slot.inflight.values()) and not seq & BATCH:
+            # Twice, so that one outside kill at that moment does not fail the job.
+            job = self.jobs[job_id]
+            job.func_deaths += 1
+            if job.func_deaths >= 2:
+                job.fail(WorkerLostError(
+                    f"worker processes (the last pid {slot.pid}) died unpickling this job's function: {death}"))
+        elif not slot.answered and not seq & BATCH:
+            # A worker that dies before saying anything, again and again: it cannot start.
             self.unexplained_deaths += 1
             if self.unexplained_deaths >= MAX_UNEXPLAINED_DEATHS:
                 self._break(_broken(

@@ -138,15 +138,17 @@ def serve(fd: int, slot: int) -> None:
                 funcs.pop(job, None)
                 continue
             elif tag == INIT:
-                set_current(0, IN_INITIALIZER)
                 try:
                     initializer, initargs, maxtasks = loads(payload)
                     if initializer is not None:
+                        # Only a real initializer marks this: a death without one (an
+                        # outside kill) is no reason to break the pool.
+                        set_current(0, IN_INITIALIZER)
                         initializer(*initargs)
+                        set_current(0, 0)
                 except BaseException as e:  # noqa: BLE001
                     send(INIT_ERR, 0, 0, 0, dump_error(e))
                     return
-                set_current(0, 0)
                 continue
             elif tag == EXIT:
                 return
