@@ -770,7 +770,11 @@ class Engine:
             if job.func_deaths >= 2:
                 job.fail(WorkerLostError(
                     f"worker processes (the last pid {slot.pid}) died unpickling this job's function: {death}"))
-        elif not slot.answered and not seq & BATCH:
+        elif (
+            not slot.answered
+            and not seq & BATCH
+            and not any((u.job.id, u.seq) == running for u in slot.inflight.values())
+        ):
             # A worker that dies before saying anything, again and again: it cannot start.
             self.unexplained_deaths += 1
             if self.unexplained_deaths >= MAX_UNEXPLAINED_DEATHS:
