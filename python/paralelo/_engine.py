@@ -239,36 +239,28 @@ class MapJob(Job):
             return self.requeued.popleft()
         if self.input_done:
             return None
+        if self.sliceable is not None:
+            units = self._slice_units(1)
+            return units[0] if units else None
         if self.hold is not None and self.sent_items - self.sink.consumed_items() > self.ahead_limit():
             self.held = True  # the consumer is behind: hold the input back
             return None
         self.held = False
         n = self._size()
         failure: BaseException | None = None
-        if self.sliceable is not None:
-            i = self.sent_items
-            items: Sequence[Any]
-            if n == 1 and i < len(self.sliceable):
-                items = [self.sliceable[i]]
-            else:
-                items = self.sliceable[i : i + n]
-                if n < 64 and type(items) is range:
-                    items = list(items)  # a short list pickles faster than a range
-        else:
-            fed = self.fed
-            with self.fed_lock:
-                items = [fed.popleft() for _ in range(min(n, len(fed)))]
-                ended = not fed and self.fed_all
-            if ended:
-                failure = self.input_error
-                n = len(items) + 1  # the input ends after these items
-            elif len(items) < n:
-                # Fed items ran short: send what there is only if the input is waiting on
-                # its consumer; otherwise wait for the next feed to make a full chunk.
-                if not items:
-                    self.held = True
-                    return None
-                n = len(items)
+        fed = self.fed
+        with self.fed_lock:
+            items = [fed.popleft() for _ in range(min(n, len(fed)))]
+            ended = not fed and self.fed_all
+        if ended:
+            failure = self.input_error
+            n = len(items) + 1  # the input ends after these items
+        elif len(items) < n:
+            # Fed items ran short: send what there is, or wait for the next feed.
+            if not items:
+                self.held = True
+                return None
+            n = len(items)
         unit = None
         if items:
             unit = Unit(self, self.seq, TASK, items, self.sent_items, len(items))
@@ -320,7 +312,12 @@ class MapJob(Job):
         # per unit. Anything unusual (requeued units, an iterator input) takes the general way.
         if self.requeued or self.sliceable is None or self.input_done or self.finished:
             return super().next_units(most)
+        return self._slice_units(most)
+
+    def _slice_units(self, most: int) -> list[Unit]:
+        """Up to `most` units cut from a sliceable input, within the read-ahead limit."""
         items_in, i = self.sliceable, self.sent_items
+        assert items_in is not None
         total = stop = len(items_in)
         if self.hold is not None:
             stop = min(total, self.sink.consumed_items() + self.ahead_limit())
@@ -586,7 +583,7 @@ class Engine:
                     try:
                         self.hub.post(slot.index, TASK, job.id, u.seq, 0, dumps(u.payload))
                     except BaseException as e:  # noqa: BLE001 - an argument cannot be pickled
-                        self._answer(slot, job.id, u.seq, False, e, 0)
+                        self._answer(slot, job.id, [(u.seq, False, e, 0)])
                 continue
             self.hub.post(slot.index, tag, job.id, seq, 0, payload)
 
@@ -646,16 +643,21 @@ class Engine:
                 if self.closing and not any(s.alive for s in self.slots):
                     break
 
-    def _answer(self, slot: Slot, job_id: int, seq: int, ok: bool, value: Any, busy_ns: int) -> None:
-        """A unit's outcome: results (ok) or the exception."""
-        unit = slot.inflight.pop((job_id, seq), None)
-        if unit is None:
-            return
-        job = unit.job
-        job.outstanding -= 1
-        job.done(unit, ok, value, busy_ns)
-        if not job.outstanding:
-            self._maybe_forget(job)
+    def _answer(self, slot: Slot, job_id: int, replies: Iterable[tuple[int, bool, Any, int]]) -> None:
+        """Outcomes of units of one job that `slot` ran: `(seq, ok, results or exception,
+        busy_ns)`. Units no longer held (already failed or requeued) are ignored."""
+        inflight = slot.inflight
+        answers = []
+        for seq, ok, value, busy in replies:
+            unit = inflight.pop((job_id, seq), None)
+            if unit is not None:
+                answers.append((unit, ok, value, busy))
+        if answers:
+            job = answers[0][0].job
+            job.outstanding -= len(answers)
+            job.done_many(answers)
+            if not job.outstanding:
+                self._maybe_forget(job)
 
     def _handle(self, slot: Slot, tag: int, job_id: int, seq: int, aux: int, payload: bytes) -> None:
         self.unexplained_deaths = 0
@@ -670,26 +672,17 @@ class Engine:
                 err = e
             else:
                 err = None
-            answers = []
-            inflight = slot.inflight
-            for seq, ok, value, busy in replies:
-                unit = inflight.pop((job_id, seq), None)
-                if unit is not None:
-                    answers.append((unit, ok, value if ok else err or load_error(value), busy))
-            if answers:
-                job = answers[0][0].job  # one message, one job
-                job.outstanding -= len(answers)
-                job.done_many(answers)
-                if not job.outstanding:
-                    self._maybe_forget(job)
+            self._answer(slot, job_id, (
+                (q, ok, value if ok else err or load_error(value), busy) for q, ok, value, busy in replies
+            ))
         elif tag == OK or tag == OK_ARRAY:
             try:
                 ok, value = True, unpack_results(tag, payload)
             except BaseException as e:  # noqa: BLE001
                 ok, value = False, e
-            self._answer(slot, job_id, seq, ok, value, aux)
+            self._answer(slot, job_id, [(seq, ok, value, aux)])
         elif tag == ERR:
-            self._answer(slot, job_id, seq, False, load_error(payload), aux)
+            self._answer(slot, job_id, [(seq, False, load_error(payload), aux)])
         elif tag == BYE:
             self._retire(slot, None)
         elif tag == INIT_ERR:
