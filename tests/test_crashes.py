@@ -151,3 +151,49 @@ def test_map_reads_a_generator_on_the_callers_thread_like_multiprocessing() -> N
         with pytest.raises(KeyError):
             pool.map(abs, gen())
         assert pool.map(abs, (x for x in range(-3, 0))) == [3, 2, 1]
+
+
+def _scribble_over_own_result_ring(flag: str) -> None:
+    """Plays a worker whose memory got corrupted: it publishes, in its slot's result ring,
+    a frame claiming a gigabyte. Then it waits (it is about to be killed)."""
+    import mmap
+    import struct
+
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if "paralelo-hub" in os.readlink(f"/proc/self/fd/{name}"):
+                fd = int(name)
+                break
+        except OSError:
+            continue
+    with mmap.mmap(fd, 0) as mem:
+        # Rings in slot order (tasks, results); each header starts with its magic, its
+        # capacity next, `head` on the next 128-byte line, data after the 768-byte header.
+        task_ring = mem.find(b"paloring")
+        results = mem.find(b"paloring", task_ring + 8)
+        (capacity,) = struct.unpack_from("<Q", mem, results + 8)
+        (head,) = struct.unpack_from("<Q", mem, results + 128)
+        struct.pack_into("<II", mem, results + 768 + head % capacity, 1 << 30, 16)
+        struct.pack_into("<Q", mem, results + 128, head + 40)
+    with open(flag, "w"):
+        pass
+    time.sleep(60)
+
+
+def test_a_worker_that_corrupts_its_ring_is_replaced_and_its_task_fails_with_the_cause(tmp_path) -> None:
+    flag = str(tmp_path / "scribbled")
+    with paralelo.Pool(1) as pool:
+        r = pool.apply_async(_scribble_over_own_result_ring, (flag,))
+        end = time.monotonic() + T
+        while not os.path.exists(flag):
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        old = pool._engine.pids()
+        pool._engine.hub.wake()  # the collector looks now (a real worker's next send would)
+        with pytest.raises(paralelo.WorkerLostError, match="corrupt") as info:
+            r.get(T)
+        cause = info.value.__cause__
+        assert isinstance(cause, paralelo.CorruptRingError) and cause.slot == 0
+        assert "frame" in str(cause)
+        assert pool.map(abs, [-1, -2, -3]) == [1, 2, 3]  # a new worker took the slot
+        assert pool._engine.pids() != old

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -214,3 +215,108 @@ def test_a_forked_child_leaves_its_parents_pool_alone() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+HELD_SCRIPT = textwrap.dedent(
+    """
+    import json, os, signal, subprocess, sys, threading, time
+    import paralelo
+    from paralelo import _zygote
+
+    box = {}
+
+    def make():
+        # A pool made from a non-main thread: its zygote cannot rely on a thread-bound
+        # parent-death signal.
+        box["pool"] = paralelo.Pool(2)
+        box["pool"].map(abs, [-1, -2])
+
+    t = threading.Thread(target=make)
+    t.start()
+    t.join()
+    pool = box["pool"]
+    held = []
+    if sys.argv[1] == "fork":
+        pid = os.fork()
+        if pid == 0:  # a long-lived child that inherited everything the parent had
+            time.sleep(60)
+            os._exit(0)
+        held.append(pid)
+    else:  # an exec'ed child: descriptors are close-on-exec
+        held.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]).pid)
+    print(json.dumps({"ours": pool._engine.pids() + [_zygote.get().pid], "held": held}), flush=True)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize("child", ["fork", "exec"])
+def test_nothing_outlives_a_killed_parent_whose_child_lives_on(child: str) -> None:
+    held: list[int] = []
+    with subprocess.Popen([sys.executable, "-c", HELD_SCRIPT, child], stdout=subprocess.PIPE, text=True) as proc:
+        _check_nothing_outlives(proc, held)
+
+
+def _check_nothing_outlives(proc: subprocess.Popen, held: list[int]) -> None:
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        held += info["held"]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        # The zygote and the workers go with the parent, though its child lives on.
+        assert _wait_gone(info["ours"]) == []
+        assert all(_alive(p) for p in held)
+    finally:
+        proc.kill()
+        proc.wait()
+        for p in held:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _spawned_entry(fds: list[int], word: str) -> None:
+    """Run by a process the zygote spawns: writes `word` into the fd it was passed."""
+    os.write(fds[0], word.encode())
+    os.close(fds[0])
+
+
+def test_the_zygote_spawns_any_entry_with_its_fds_and_reports_its_exit() -> None:
+    from paralelo import _zygote
+
+    z = _zygote.get()
+    r, w = os.pipe()
+    try:
+        pid, pidfd = z.spawn(f"{__name__}:_spawned_entry", ("hello",), [w])
+        os.close(w)
+        assert os.read(r, 100) == b"hello"
+        select.select([pidfd], [], [], 10)  # readable once it exited
+        assert _zygote.describe_exit(z.exit_status(pid)) == "it exited with code 0"
+        os.close(pidfd)
+        # An entry that cannot be found fails in the child, which says how it died.
+        pid, pidfd = z.spawn(f"{__name__}:no_such_entry", (), [])
+        select.select([pidfd], [], [], 10)
+        assert _zygote.describe_exit(z.exit_status(pid)) == "it exited with code 1"
+        os.close(pidfd)
+        assert z.exit_status(pid) is None  # already reported: the zygote forgot it
+    finally:
+        os.close(r)
+
+
+def test_the_zygote_answers_a_malformed_request_with_an_error() -> None:
+    from paralelo import _zygote
+
+    z = _zygote.get()
+    with pytest.raises(OSError, match="unknown request 9"):
+        z._ask(9, b"", [])
+    # ...and it still serves.
+    r, w = os.pipe()
+    pid, pidfd = z.spawn(f"{__name__}:_spawned_entry", ("again",), [w])
+    os.close(w)
+    assert os.read(r, 100) == b"again"
+    os.close(r)
+    select.select([pidfd], [], [], 10)
+    z.exit_status(pid)
+    os.close(pidfd)

@@ -5,14 +5,19 @@ own Rust tests)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
+import paralelo
 from paralelo import _native
 
 
 def test_bad_hub_shapes_are_value_errors() -> None:
-    with pytest.raises(ValueError, match="at least one slot"):
+    with pytest.raises(ValueError, match="1 to 65536 slots, not 0"):
         _native.Hub(0)
     with pytest.raises(ValueError, match="power of two"):
         _native.Hub(1, capacity=1000)
@@ -60,9 +65,126 @@ def test_messages_round_trip_with_headers_and_big_payloads() -> None:
             break
     assert got == [(3, 7, 1, 9, b"small"), (3, 7, 2, 0, big)]
     port.send(16, 7, 1, 123, b"answer")
-    assert hub.recv(timeout=5) == [(0, 16, 7, 1, 123, b"answer")]
-    assert hub.recv(timeout=0.01) == []
-    port.set_current(7, 2)
-    assert hub.current(0) == (7, 2)
+    assert hub.recv(timeout=5) == ([(0, 16, 7, 1, 123, b"answer")], [])
+    assert hub.recv(timeout=0.01) == ([], [])
+
+
+def test_the_slot_state_names_what_the_worker_does() -> None:
+    hub = _native.Hub(1, capacity=4096)
+    port = _native.Port(hub.fd, 0)
+    assert hub.state(0) == ("idle", 0)
+    for mark, want in [
+        (lambda: port.running(7), ("running", 7)),
+        (lambda: port.unpacking(9), ("unpacking", 9)),
+        (lambda: port.loading(3), ("loading", 3)),
+        (port.initializing, ("initializing", 0)),
+        (port.idle, ("idle", 0)),
+    ]:
+        mark()
+        assert hub.state(0) == want
+    port.running(5)
     hub.reset_slot(0)
-    assert hub.current(0) == (0, 0)
+    assert hub.state(0) == ("idle", 0)
+    with pytest.raises(ValueError, match="ids up to"):
+        port.running(1 << 62)
+
+
+def _in_thread(fn, *args):
+    t = threading.Thread(target=fn, args=args, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_thread_in_recv_does_not_block_reset_slot() -> None:
+    # Used to deadlock: recv held the results lock while its poll re-took the GIL, and
+    # reset_slot waited for that lock while holding the GIL.
+    hub = _native.Hub(2, capacity=4096)
+    waiter = _in_thread(hub.recv, 3.0)
+    time.sleep(0.1)
+    t = time.monotonic()
+    for _ in range(20):
+        hub.reset_slot(0)
+        time.sleep(0.005)  # lets the waiter's poll run (it takes the GIL)
+    hub.wake()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert time.monotonic() - t < 2.5
+
+
+def test_notify_does_not_wait_for_a_thread_blocked_in_send() -> None:
+    # Used to deadlock: send held the ring's lock while waiting for room (re-taking the
+    # GIL between slices), and notify waited for that lock holding the GIL.
+    hub = _native.Hub(1, capacity=4096)
+    port = _native.Port(hub.fd, 0)
+    sender = _in_thread(port.send, 16, 1, 1, 0, b"x" * 100_000, 10.0)
+    time.sleep(0.1)
+    t = time.monotonic()
+    for _ in range(20):
+        port.notify()
+        time.sleep(0.005)
+    assert time.monotonic() - t < 2.5
+    got = b""
+    while not got:
+        msgs, _ = hub.recv(timeout=5)
+        got = b"".join(m[5] for m in msgs)
+    sender.join(10)
+    assert got == b"x" * 100_000
+
+
+def test_many_threads_post_to_one_hub() -> None:
+    hub = _native.Hub(1, capacity=4096)
+    port = _native.Port(hub.fd, 0)
+    n, threads = 300, 4
+
+    def post(t: int) -> None:
+        for i in range(n):
+            hub.post(0, 3, t, i, 0, bytes([t]) * (i % 500))
+
+    posters = [_in_thread(post, t) for t in range(threads)]
+    got: dict[int, list[int]] = {t: [] for t in range(threads)}
+    deadline = time.monotonic() + 30
+    while sum(map(len, got.values())) < n * threads and time.monotonic() < deadline:
+        hub.recv(timeout=0.01)  # flushes outboxes
+        for tag, job, seq, _aux, payload in port.recv(timeout=0.01):
+            assert payload == bytes([job]) * (seq % 500)
+            got[job].append(seq)
+    for t in posters:
+        t.join(10)
+    assert got == {t: list(range(n)) for t in range(threads)}
+
+
+def test_a_watched_worker_death_is_reported_by_recv() -> None:
+    hub = _native.Hub(2, capacity=4096)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.1)"])
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        hub.watch(1, child.pid, pidfd)
+        t = time.monotonic()
+        events: list = []
+        while not events and time.monotonic() - t < 10:
+            _, events = hub.recv(timeout=10)
+        assert events == [("exited", 1, child.pid)]
+    finally:
+        os.close(pidfd)
+        child.wait()
+
+
+def test_a_corrupt_ring_is_a_typed_event_and_healthy_slots_keep_results() -> None:
+    hub = _native.Hub(2, capacity=4096)
+    bad, good = _native.Port(hub.fd, 0), _native.Port(hub.fd, 1)
+    bad.send(16, 1, 1, 0, b"fine")
+    good.send(16, 1, 2, 0, b"healthy")
+    # Play a worker that scribbles over its result ring: the frame header before its
+    # payload (32 bytes, length first) now claims more than any fragment.
+    with open(f"/proc/self/fd/{hub.fd}", "r+b") as f:
+        memory = f.read()
+        assert memory.count(b"fine") == 1
+        f.seek(memory.index(b"fine") - 32)
+        f.write((1 << 30).to_bytes(4, "little"))
+    msgs, events = hub.recv(timeout=5)
+    assert [m[5] for m in msgs] == [b"healthy"]
+    [(kind, slot, exc)] = events
+    assert (kind, slot) == ("corrupt", 0)
+    assert isinstance(exc, paralelo.CorruptRingError) and exc.slot == 0
+    assert "frame" in str(exc)
+    assert hub.recv(timeout=0.05) == ([], [])  # reported once, then not read

@@ -8,7 +8,8 @@ import math
 import pytest
 
 import paralelo
-from paralelo._protocol import OK, OK_ARRAY, pack_results, unpack_results
+from paralelo._pickling import pack_results, unpack_results
+from paralelo._wire import OK, OK_ARRAY
 
 
 def identity(x):

@@ -21,7 +21,7 @@ from concurrent.futures import (
 )
 from concurrent.futures.process import BrokenProcessPool
 
-from ._errors import RemoteError, RemoteTraceback, TimeoutError, WorkerLostError
+from ._errors import CorruptRingError, RemoteError, RemoteTraceback, TimeoutError, WorkerLostError
 from .context import (
     Context,
     cpu_count,
@@ -44,6 +44,7 @@ __all__ = [
     "BrokenProcessPool",
     "CancelledError",
     "Context",
+    "CorruptRingError",
     "Executor",
     "Future",
     "InvalidStateError",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import builtins
 import multiprocessing
+import pickle
+import traceback
 from concurrent.futures.process import BrokenProcessPool
 
 
@@ -38,3 +40,58 @@ class RemoteTraceback(Exception):
 class RemoteError(Exception):
     """An exception raised in a worker that could not be sent back as itself (it could
     not be pickled or unpickled); its type name and message are kept."""
+
+
+class CorruptRingError(RuntimeError):
+    """A worker wrote to shared memory outside the protocol (a memory-corrupting crash,
+    or a foreign writer). The engine stops reading that worker's ring, kills and replaces
+    the worker, and fails or retries its tasks; the exception is their ``__cause__``.
+
+    ``slot`` is the worker's slot in its pool (None where no slot applies)."""
+
+    def __init__(self, slot: int | None, detail: str) -> None:
+        where = "a shared ring" if slot is None else f"worker slot {slot}"
+        super().__init__(f"{where}: corrupt ring: {detail}")
+        self.slot = slot
+        self.detail = detail
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.slot, self.detail))
+
+
+# How exceptions cross from a worker to the parent.
+
+
+def dump_error(exc: BaseException) -> bytes:
+    """Pickles an exception with its formatted traceback, falling back to a RemoteError
+    that names it when it cannot be pickled."""
+    from ._pickling import PROTOCOL, dumps
+
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = f'\n"""\n{tb}"""'
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+    try:
+        inner = dumps(exc)
+    except Exception:
+        inner = pickle.dumps(RemoteError(name), PROTOCOL)
+    # The exception is pickled inside: if it cannot be rebuilt in the parent, the traceback
+    # and its name still arrive.
+    return pickle.dumps((inner, tb, name), PROTOCOL)
+
+
+def load_error(payload: bytes) -> BaseException:
+    """The exception a worker sent, with its traceback text as ``__cause__``."""
+    inner, tb, name = pickle.loads(payload)
+    try:
+        exc = pickle.loads(inner)
+    except Exception as e:  # the exception type cannot be rebuilt here
+        exc = RemoteError(f"{name} (the exception could not be unpickled here: {e!r})")
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def broken(msg: str, cause: BaseException | None = None) -> BrokenProcessPool:
+    """The pool can run nothing more: ``BrokenProcessPool(msg)`` caused by ``cause``."""
+    err = BrokenProcessPool(msg)
+    err.__cause__ = cause
+    return err

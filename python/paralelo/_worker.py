@@ -12,28 +12,10 @@ from typing import Any
 import cloudpickle
 
 from . import _native
-from ._protocol import (
-    BYE,
-    CALL,
-    DROP,
-    ERR,
-    EXIT,
-    FUNC,
-    INIT,
-    INIT_ERR,
-    OK,
-    TASK,
-    BATCH,
-    IN_INITIALIZER,
-    LOADING_FUNC,
-    RESULTS,
-    TASKS,
-    dump_error,
-    dumps,
-    pack_replies,
-    pack_results,
-    run_each,
-)
+from ._errors import dump_error
+from ._outcomes import pack_replies, run_each
+from ._pickling import dumps, pack_results
+from ._wire import BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT, INIT_ERR, OK, RESULTS, TASK, TASKS
 
 
 #: A task quicker than this does not wake the parent by itself (see `serve`).
@@ -48,27 +30,29 @@ def serve(fd: int, slot: int) -> None:
     os.close(fd)
     funcs: dict[int, tuple] = {}
     loads = pickle.loads
-    send, recv, set_current = port.send, port.recv, port.set_current
+    send, recv, running = port.send, port.recv, port.running
     maxtasks = 0
     done = 0
     quiet = False
     # Outcomes of a TASKS message's units, sent together: (seq, ok, value, busy_ns).
     replies: list[tuple] = []
 
-    def reply(rtag: int, job: int, seq: int, busy: int, data: bytes) -> None:
+    def reply(rtag: int, job: int, seq: int, busy: int, data: bytes, eager: int = 0) -> None:
         # The first message of a batch wakes the parent at once, so it works alongside us;
-        # later quick ones ride on the wake at the batch's end; a slow one wakes it now.
+        # later quick ones ride on the wake at the batch's end; a slow one wakes it now, and
+        # so does any unit the parent asked to hear of at once (EAGER: its cost is unknown,
+        # and a slow unit after it must not hold its result back).
         nonlocal quiet
-        send(rtag, job, seq, busy, data, None, not quiet or busy > QUICK_NS)
+        send(rtag, job, seq, busy, data, None, bool(eager) or not quiet or busy > QUICK_NS)
         quiet = True
 
-    def flush(job: int) -> None:
+    def flush(job: int, eager: int = 0) -> None:
         if replies:
-            # The seqs travel outside the pickle of the outcomes, so that if those cannot be
-            # unpickled in the parent, it still knows which units to fail.
+            # The tickets travel outside the pickle of the outcomes, so that if those cannot
+            # be unpickled in the parent, it still knows which units to fail.
             body = pack_replies(replies)
-            seqs = [r[0] for r in replies]
-            reply(RESULTS, job, 0, max(r[3] for r in replies), pickle.dumps((seqs, body), 5))
+            tickets = [r[0] for r in replies]
+            reply(RESULTS, job, 0, max(r[3] for r in replies), pickle.dumps((tickets, body), 5), eager)
             replies.clear()
 
     def run(fn: Any, star: Any, each: bool, items: Any) -> list:
@@ -81,16 +65,16 @@ def serve(fd: int, slot: int) -> None:
     while True:
         port.notify()  # results sent quietly in the last batch: wake the parent once
         quiet = False
-        for tag, job, seq, _aux, payload in recv(None):
+        for tag, job, seq, aux, payload in recv(None):
             if tag == TASKS:
                 fn, star, each = funcs[job]
-                set_current(job, BATCH | seq)  # a death while unpickling blames the batch
+                port.unpacking(seq)  # a death while unpickling blames the batch
                 try:
                     seqs, chunks = loads(payload)
                 except BaseException as e:  # noqa: BLE001 - every unit reports it
                     raise RuntimeError(f"paralelo worker: bad task batch: {e!r}") from e
                 for s, items in zip(seqs, chunks):
-                    set_current(job, s)
+                    running(s)
                     t0 = perf_counter_ns()
                     value: Any
                     try:
@@ -100,8 +84,8 @@ def serve(fd: int, slot: int) -> None:
                     busy = perf_counter_ns() - t0
                     replies.append((s, ok, value, busy))
                     done += 1
-                    if busy > QUICK_NS:
-                        flush(job)
+                    if busy > QUICK_NS or aux & EAGER:
+                        flush(job, aux & EAGER)
                     if maxtasks and done >= maxtasks:
                         flush(job)
                         send(BYE, 0, 0, done, b"")
@@ -110,29 +94,29 @@ def serve(fd: int, slot: int) -> None:
                 continue
             if tag == TASK:
                 fn, star, each = funcs[job]
-                set_current(job, seq)
+                running(seq)
                 t0 = perf_counter_ns()
                 try:
                     rtag, data = pack_results(run(fn, star, each, loads(payload)))
                 except BaseException as e:  # noqa: BLE001 - every failure goes back
                     data, rtag = dump_error(e), ERR
-                reply(rtag, job, seq, perf_counter_ns() - t0, data)
+                reply(rtag, job, seq, perf_counter_ns() - t0, data, aux & EAGER)
             elif tag == CALL:
-                set_current(job, seq)
+                running(seq)
                 t0 = perf_counter_ns()
                 try:
                     fn, args, kwargs = loads(payload)
                     data, rtag = dumps(fn(*args, **kwargs)), OK
                 except BaseException as e:  # noqa: BLE001
                     data, rtag = dump_error(e), ERR
-                reply(rtag, job, seq, perf_counter_ns() - t0, data)
+                reply(rtag, job, seq, perf_counter_ns() - t0, data, EAGER)
             elif tag == FUNC:
-                set_current(job, LOADING_FUNC)
+                port.loading(job)
                 try:
                     funcs[job] = loads(payload)
                 except BaseException as e:  # noqa: BLE001 - reported by each of its tasks
                     funcs[job] = (e, None, False)
-                set_current(0, 0)
+                port.idle()
                 continue
             elif tag == DROP:
                 funcs.pop(job, None)
@@ -143,9 +127,9 @@ def serve(fd: int, slot: int) -> None:
                     if initializer is not None:
                         # Only a real initializer marks this: a death without one (an
                         # outside kill) is no reason to break the pool.
-                        set_current(0, IN_INITIALIZER)
+                        port.initializing()
                         initializer(*initargs)
-                        set_current(0, 0)
+                        port.idle()
                 except BaseException as e:  # noqa: BLE001
                     send(INIT_ERR, 0, 0, 0, dump_error(e))
                     return
@@ -154,19 +138,19 @@ def serve(fd: int, slot: int) -> None:
                 return
             else:
                 raise RuntimeError(f"paralelo worker: unknown message tag {tag}")
-            # No set_current(0, 0): a stale entry names an answered task, which the parent
-            # no longer holds, so it blames nothing.
+            # No port.idle(): a stale state names an answered unit, which the parent no
+            # longer holds, so it blames nothing.
             done += 1
             if maxtasks and done >= maxtasks:
                 send(BYE, 0, 0, done, b"")
                 return
 
 
-def main(fd: int, slot: int) -> None:
-    """Entry point in a freshly forked worker; never returns."""
+def main(fds: list[int], slot: int) -> None:
+    """Entry point in a freshly forked worker (``fds``: the hub's memfd); never returns."""
     code = 0
     try:
-        serve(fd, slot)
+        serve(fds[0], slot)
     except BaseException:  # noqa: BLE001
         import traceback
 

@@ -1,31 +1,56 @@
-"""The zygote: a single-threaded process that forks workers on request.
+"""The zygote: a single-threaded process that starts paralelo's processes on request.
 
 The parent never forks once it has threads (its collector thread, or the user's), because
 a fork copies locks held by other threads. Instead, one zygote per parent process is made
 while the parent is still single-threaded (forked: cheap, and it shares the parent's
-imports), or — if the parent already has threads — started fresh with exec. Every worker
-is then forked by the zygote, which never has threads.
+imports), or — if the parent already has threads — started fresh with exec. Every process
+paralelo starts is then forked by the zygote, which never has threads: one general
+``spawn(entry, args, fds)`` serves the pools' workers and anything else that needs a process.
 
-Lifetime: the zygote exits (killing its workers) when the parent's end of its socket
-closes, which happens even if the parent is SIGKILLed. Workers get SIGKILL from the kernel
-when the zygote dies (PR_SET_PDEATHSIG), so nothing outlives the parent.
+Lifetime: the zygote exits (and its children with it) when its parent process exits,
+which it learns from a pidfd on the parent — so it holds even if the parent is SIGKILLed,
+and even if some other process inherited the zygote's socket. Children get SIGKILL from
+the kernel when the zygote dies (PR_SET_PDEATHSIG), so nothing outlives the parent. The
+parent's end of the socket is close-on-exec and is closed in forked children.
+
+The socket speaks a small binary format (SOCK_SEQPACKET, one message per request):
+
+    request  = op:u8  length:u32  body            (little endian)
+      SPAWN  body = entry (utf-8 "module:function") NUL pickle(args tuple); the fds travel
+             as SCM_RIGHTS and reach the entry as its first argument (a list of fds)
+      STATUS body = pid:i32
+    reply    = kind:u8  value:i32  body
+      PID     value = pid, with the child's pidfd as SCM_RIGHTS
+      STATUS  value = the wait status of an exited child
+      UNKNOWN the zygote knows no such child
+      ERROR   value = errno, body = utf-8 message
 """
 
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import pickle
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
+from typing import Any
 
 from . import _native
 
 _lock = threading.Lock()
 _zygote: Zygote | None = None
+
+_REQUEST = struct.Struct("<BI")
+_REPLY = struct.Struct("<Bi")
+SPAWN, STATUS = 1, 2
+PID, EXIT_STATUS, UNKNOWN, ERROR = 1, 2, 3, 4
+_MAX_MESSAGE = 1 << 16
 
 
 def _threads_in_process() -> int:
@@ -36,19 +61,20 @@ def _threads_in_process() -> int:
 
 
 class Zygote:
-    """The parent's handle on its zygote: ``spawn(fd, slot)`` → (pid, pidfd)."""
+    """The parent's handle on its zygote."""
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self._lock = threading.Lock()
+        parent = os.getpid()
         if _threads_in_process() == 1:
             pid = os.fork()
             if pid == 0:  # the zygote
                 code = 0
                 try:
                     ours.close()
-                    _serve(theirs, threading.current_thread() is threading.main_thread())
+                    _serve(theirs, parent)
                 except BaseException:  # noqa: BLE001
                     code = 1
                 finally:
@@ -57,26 +83,27 @@ class Zygote:
         else:
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-            on_main = threading.current_thread() is threading.main_thread()
-            cmd = [
-                sys.executable,
-                "-c",
-                "from paralelo._zygote import main; main()",
-                str(theirs.fileno()),
-                "1" if on_main else "0",
-            ]
+            cmd = [sys.executable, "-c", "from paralelo._zygote import main; main()",
+                   str(theirs.fileno()), str(parent)]
             proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=env, close_fds=True)
             self.pid = proc.pid
             self._proc = proc  # keeps the Popen so it is reaped
         theirs.close()
 
-    def spawn(self, fd: int, slot: int) -> tuple[int, int]:
-        """Forks a worker attached to ``slot`` of the hub whose memfd is ``fd``:
-        returns its pid and a pidfd."""
-        pid, fds = self._ask(("spawn", slot), [fd])
-        if not fds:  # SCM_RIGHTS truncated: this process is out of file descriptors
-            raise OSError(errno.EMFILE, "cannot receive a worker's pidfd: too many open files")
-        return pid, fds[0]
+    def spawn(self, entry: str, args: tuple, fds: list[int]) -> tuple[int, int]:
+        """Forks a process that runs ``entry(fds, *args)`` (``entry`` is "module:function";
+        ``fds`` are passed to it): returns its pid and a pidfd."""
+        body = entry.encode() + b"\0" + pickle.dumps(tuple(args), pickle.HIGHEST_PROTOCOL)
+        kind, value, _, got = self._ask(SPAWN, body, fds)
+        if kind != PID:
+            raise OSError(errno.EPROTO, f"paralelo's zygote answered {kind} to a spawn")
+        if not got:  # SCM_RIGHTS truncated: this process is out of file descriptors
+            raise OSError(errno.EMFILE, "cannot receive a process's pidfd: too many open files")
+        return value, got[0]
+
+    def spawn_worker(self, hub_fd: int, slot: int) -> tuple[int, int]:
+        """A pool worker attached to ``slot`` of the hub whose memfd is ``hub_fd``."""
+        return self.spawn("paralelo._worker:main", (slot,), [hub_fd])
 
     def alive(self) -> bool:
         """Whether the zygote process still runs."""
@@ -89,21 +116,24 @@ class Zygote:
             return False
 
     def exit_status(self, pid: int) -> int | None:
-        """The wait status of a worker that has exited (its pidfd said so), or None if the
-        zygote no longer knows it."""
-        status, _ = self._ask(("status", pid), [])
-        return status
+        """The wait status of a process it started that has exited (its pidfd said so),
+        or None if the zygote no longer knows it."""
+        kind, value, _, _ = self._ask(STATUS, struct.pack("<i", pid), [])
+        return value if kind == EXIT_STATUS else None
 
-    def _ask(self, request: tuple, fds: list[int]) -> tuple:
+    def _ask(self, op: int, body: bytes, fds: list[int]) -> tuple[int, int, bytes, list[int]]:
         with self._lock:
-            socket.send_fds(self.sock, [pickle.dumps(request)], fds)
-            msg, got, _flags, _addr = socket.recv_fds(self.sock, 1024, 1)
-        if not msg:
-            raise OSError("paralelo's zygote process exited; cannot start workers")
-        answer = pickle.loads(msg)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer, got
+            socket.send_fds(self.sock, [_REQUEST.pack(op, len(body)) + body], fds)
+            msg, got, _flags, _addr = socket.recv_fds(self.sock, _MAX_MESSAGE, 1)
+        if len(msg) < _REPLY.size:
+            for fd in got:
+                os.close(fd)
+            raise OSError("paralelo's zygote process exited; cannot start processes")
+        kind, value = _REPLY.unpack_from(msg)
+        rest = msg[_REPLY.size:]
+        if kind == ERROR:
+            raise OSError(value, rest.decode(errors="replace"))
+        return kind, value, rest, got
 
 
 def describe_exit(status: int | None) -> str:
@@ -132,8 +162,15 @@ def get() -> Zygote:
 
 
 def _forget_after_fork() -> None:
-    # A forked child does not share its parent's zygote; it makes its own when needed.
+    # A forked child does not share its parent's zygote; it makes its own when needed. It
+    # closes its copy of the socket: the zygote must see its parent's end close with the
+    # parent, whatever children the parent forked.
     global _zygote, _lock
+    if _zygote is not None:
+        try:
+            _zygote.sock.close()
+        except OSError:
+            pass
     _zygote = None
     _lock = threading.Lock()
 
@@ -145,58 +182,101 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 _KEEP_STATUSES = 4096
 
 
-def _serve(sock: socket.socket, die_with_parent: bool) -> None:
+def _resolve(entry: str) -> Any:
+    module, _, name = entry.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _serve(sock: socket.socket, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if die_with_parent:
-        parent = os.getppid()
-        _native.die_with_parent()
-        if os.getppid() != parent:
-            return
-    statuses: dict[int, int] = {}  # reaped workers' wait statuses, oldest first
-    # Workers die with us (PR_SET_PDEATHSIG), so returning is all the cleanup there is.
+    try:
+        parent_fd = os.pidfd_open(parent)
+    except ProcessLookupError:
+        return  # the parent is already gone
+    if os.getppid() != parent:
+        return  # it died (and its pid may be reused) before we watched it
+    statuses: dict[int, int] = {}  # reaped children's wait statuses, oldest first
+    waiter = select.poll()
+    waiter.register(sock.fileno(), select.POLLIN)
+    waiter.register(parent_fd, select.POLLIN)
+    # Children die with us (PR_SET_PDEATHSIG), so returning is all the cleanup there is.
     while True:
+        ready = dict(waiter.poll())
+        if parent_fd in ready:
+            return  # the parent exited
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(sock, 1024, 4)
+            msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, 16)
         except ConnectionResetError:
             return
         if not msg:
-            return  # the parent is gone
+            return  # the parent closed its end
         _reap(statuses)
-        kind, arg = pickle.loads(msg)
-        if kind == "status":
-            status = statuses.pop(arg, None)
+        if len(msg) < _REQUEST.size:
+            _reply(sock, ERROR, errno.EPROTO, b"short request")
+            continue
+        op, length = _REQUEST.unpack_from(msg)
+        body = msg[_REQUEST.size:_REQUEST.size + length]
+        if op == STATUS:
+            (pid,) = struct.unpack("<i", body)
+            status = statuses.pop(pid, None)
             if status is None:
                 try:  # its pidfd said it exited: this returns at once
-                    status = os.waitpid(arg, 0)[1]
+                    status = os.waitpid(pid, 0)[1]
                 except ChildProcessError:
                     status = None
-            sock.send(pickle.dumps(status))
-            continue
-        me = os.getpid()
-        try:
-            pid = os.fork()
-        except OSError as e:
+            if status is None:
+                _reply(sock, UNKNOWN, 0)
+            else:
+                _reply(sock, EXIT_STATUS, status)
+        elif op == SPAWN:
+            _spawn(sock, body, fds)
+        else:
             for fd in fds:
                 os.close(fd)
-            sock.send(pickle.dumps(e))
-            continue
-        if pid == 0:
+            _reply(sock, ERROR, errno.EPROTO, f"unknown request {op}".encode())
+
+
+def _reply(sock: socket.socket, kind: int, value: int, body: bytes = b"", fds: list[int] = ()) -> None:  # type: ignore[assignment]
+    socket.send_fds(sock, [_REPLY.pack(kind, value) + body], list(fds))
+
+
+def _spawn(sock: socket.socket, body: bytes, fds: list[int]) -> None:
+    entry, _, args = body.partition(b"\0")
+    me = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        for fd in fds:
+            os.close(fd)
+        _reply(sock, ERROR, e.errno or 0, str(e).encode())
+        return
+    if pid == 0:
+        code = 0
+        try:
             sock.close()
             _native.die_with_parent()
             if os.getppid() != me:
                 os._exit(1)
-            from . import _worker
+            _resolve(entry.decode())(fds, *pickle.loads(args))
+        except BaseException:  # noqa: BLE001
+            import traceback
 
-            _worker.main(fds[0], arg)
-        for fd in fds:
-            os.close(fd)
-        pidfd = os.pidfd_open(pid)
-        socket.send_fds(sock, [pickle.dumps(pid)], [pidfd])
-        os.close(pidfd)
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    _reply(sock, PID, pid, b"", [pidfd])
+    os.close(pidfd)
 
 
 def _reap(statuses: dict[int, int]) -> None:
-    """Collects every exited worker (no zombies pile up between requests)."""
+    """Collects every exited child (no zombies pile up between requests)."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -213,6 +293,6 @@ def main() -> None:
     """Entry point of an exec'ed zygote (used when the parent already had threads)."""
     sock = socket.socket(fileno=int(sys.argv[1]))
     try:
-        _serve(sock, die_with_parent=sys.argv[2] == "1")
+        _serve(sock, int(sys.argv[2]))
     finally:
         os._exit(0)

@@ -71,6 +71,14 @@ def get_all_start_methods() -> list[str]:
     return list(_METHODS)
 
 
+def default_workers() -> int:
+    """How many workers a pool gets by default: the CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def cpu_count() -> int:
     """The number of CPUs in the system, as ``multiprocessing.cpu_count``."""
     n = os.cpu_count()

@@ -10,7 +10,8 @@ from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _engine
-from .pool import IMapIterator, _default_processes
+from ._imap import IMapIterator
+from .context import default_workers
 
 
 class ProcessPoolExecutor(_cf.Executor):
@@ -27,7 +28,7 @@ class ProcessPoolExecutor(_cf.Executor):
                  initializer: Callable | None = None, initargs: tuple = (), *,
                  max_tasks_per_child: int | None = None) -> None:
         if max_workers is None:
-            max_workers = _default_processes()
+            max_workers = default_workers()
         elif not isinstance(max_workers, int) or max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
@@ -90,7 +91,7 @@ class ProcessPoolExecutor(_cf.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             it = IMapIterator(self._engine, ordered=True)
-            job = _engine.MapJob(self._engine, fn, items, star, chunksize, it)
+            job = _engine.MapJob(self._engine.processes, fn, items, star, chunksize, it)
             it.job = job
             self._engine.submit(job)
         return _results(it, job, self._engine, end)
@@ -119,5 +120,4 @@ def _results(it: IMapIterator, job: _engine.MapJob, engine: _engine.Engine, end:
             yield from it._current  # the rest of what arrived with it: no waiting
     finally:
         if not job.finished:  # the caller stopped early: do not run the rest
-            with engine.locked():
-                job.finished = True
+            engine.cancel(job)

@@ -13,19 +13,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _engine
 from ._errors import TimeoutError
-from ._protocol import Segments
+from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
+from .context import default_workers
 
 _MISSING = object()
-_END = object()
-#: A consumer waiting on a lazy imap wakes this often to read more of its input.
-FEED_SECONDS = 0.005
-
-
-def _default_processes() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class AsyncResult:
@@ -52,7 +43,7 @@ class AsyncResult:
     def wait(self, timeout: float | None = None) -> None:
         """Waits until the result is ready or ``timeout`` seconds pass."""
         if not self._event.is_set():
-            _not_in_callback(self._pool)
+            not_in_callback(self._pool)
             self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> Any:
@@ -85,13 +76,6 @@ class AsyncResult:
 
 
 ApplyResult = AsyncResult
-
-
-def _not_in_callback(pool: Any) -> None:
-    # Callbacks run on the pool's collector thread, the one that delivers results: waiting
-    # there for another result would wait for ever.
-    if pool is not None and threading.current_thread() is pool._engine.thread:
-        raise RuntimeError("cannot wait for a pool's results inside one of its callbacks")
 
 
 class MapResult(AsyncResult):
@@ -138,6 +122,9 @@ class MapResult(AsyncResult):
     def consumed_items(self) -> int:
         return 0
 
+    def wants_input(self) -> None:
+        pass  # map reads its input before it starts
+
     def _finish_if_done(self) -> None:
         if self._total is None or self._got != self._total or self._event.is_set():
             return
@@ -149,180 +136,6 @@ class MapResult(AsyncResult):
                 out.extend(values)
             self._chunks = []
         self._set(True, out)
-
-
-class IMapIterator:
-    """Results of ``imap``/``imap_unordered`` (and ``Executor.map``) as they arrive."""
-
-    stops_on_error = False  # a failed chunk raises at its place; the rest still come
-
-    def __init__(self, engine: _engine.Engine, ordered: bool) -> None:
-        self._engine = engine
-        self._ordered = ordered
-        self._cond = threading.Condition(threading.Lock())
-        self._ready: dict[int, tuple[int, bool, Any]] = {}
-        self._arrived: deque[tuple[int, bool, Any]] = deque()
-        self._next_start = 0
-        self._yielded = 0
-        self._total: int | None = None
-        self._failure: BaseException | None = None
-        self._input_failure: BaseException | None = None
-        self._current: Iterator = iter(())
-        self._waiting = False  # the consumer sleeps on _cond
-        # multiprocessing's imap with chunksize > 1 ends at the first failed chunk.
-        self.stop_after_error = False
-        self._stopped = False
-        self.job: _engine.MapJob | None = None
-        self._pool: Any = None
-
-    # sink protocol (called by the engine with its lock held)
-    def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
-        if any(type(c[3]) is Segments for c in chunks):
-            chunks = list(_split_segments(chunks))
-        with self._cond:
-            if self._ordered:
-                ready = self._ready
-                for start, count, ok, values in chunks:
-                    ready[start] = (count, ok, values)
-                # Only the result the consumer waits for is worth waking it for.
-                if self._waiting and self._next_start in ready:
-                    self._cond.notify()
-            else:
-                self._arrived.extend((count, ok, values) for _, count, ok, values in chunks)
-                if self._waiting:
-                    self._cond.notify()
-
-    def expect(self, total: int) -> None:
-        pass
-
-    def end(self, total: int) -> None:
-        with self._cond:
-            self._total = total
-            self._cond.notify_all()
-
-    def fail(self, exc: BaseException) -> None:
-        with self._cond:
-            self._failure = exc
-            self._cond.notify()
-
-    def input_failed(self, position: int, exc: BaseException) -> None:
-        # Raised in its place: after the results of the items read before it.
-        with self._cond:
-            self._total = position
-            self._input_failure = exc
-            self._cond.notify()
-
-    def consumed_items(self) -> int:
-        return self._yielded
-
-    def __iter__(self) -> Iterator:
-        # A generator over the same state: `yield from` hands out each chunk at C speed.
-        return self._each()
-
-    def _each(self) -> Iterator:
-        while True:
-            try:
-                first = self.next()
-            except StopIteration:
-                return
-            yield first
-            yield from self._current
-
-    def __next__(self) -> Any:
-        return self.next()
-
-    def next(self, timeout: float | None = None) -> Any:
-        """The next result; ``paralelo.TimeoutError`` if none comes within ``timeout``."""
-        value = next(self._current, _END)
-        if value is not _END:
-            return value
-        if self._stopped:
-            raise StopIteration
-        job = self.job
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if job is not None and not job.fed_all and job.sliceable is None:
-                # The input is read here, on the consumer's thread (never by the collector):
-                # then dispatched.
-                job.feed()
-                self._engine.kick()
-            with self._cond:
-                ok, values = self._take()
-                if values:
-                    break
-                if self._total is not None and self._yielded >= self._total:
-                    if self._input_failure is not None:
-                        failure, self._input_failure = self._input_failure, None
-                        raise failure
-                    raise StopIteration
-                if self._failure is not None:
-                    failure, self._failure = self._failure, None
-                    self._total = self._yielded  # nothing comes after a failed job
-                    raise failure
-                _not_in_callback(self._pool)
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError
-                self._waiting = True
-                try:
-                    # Wake now and then to read more input while results trickle in.
-                    self._cond.wait(FEED_SECONDS if left is None else min(left, FEED_SECONDS))
-                finally:
-                    self._waiting = False
-        # Restart a held-back input once the consumer has taken half of the read-ahead, not
-        # on every result: each restart takes the engine lock from the collector.
-        if job is not None and job.held and job.sent_items - self._yielded <= job.ahead_limit() // 2:
-            self._engine.kick()
-        if not ok:
-            if self.stop_after_error:
-                self._stopped = True  # nothing after it, as in multiprocessing
-                if job is not None:
-                    with self._engine.locked():
-                        job.finished = True  # and nothing more runs
-            raise values[0]
-        self._current = iter(values)
-        return next(self._current)
-
-    def _take(self) -> tuple[bool, list]:
-        """Every result that is next in line now, up to the first failed chunk:
-        `(True, values)`, or `(False, [exception])` when a failed chunk is next."""
-        out: list = []
-        while True:
-            if self._ordered:
-                got = self._ready.get(self._next_start)
-            else:
-                got = self._arrived[0] if self._arrived else None
-            if got is None:
-                return True, out
-            count, ok, values = got
-            if not ok and out:
-                return True, out  # the failure waits for its turn
-            if self._ordered:
-                del self._ready[self._next_start]
-                self._next_start += count
-            else:
-                self._arrived.popleft()
-            self._yielded += count
-            if not ok:
-                return False, [values]
-            out += values
-
-
-def _split_segments(chunks: list[tuple[int, int, bool, Any]]) -> Iterator[tuple[int, int, bool, Any]]:
-    """Chunks whose items partly failed, as separate pieces: each error in its place."""
-    for start, count, ok, values in chunks:
-        if type(values) is not Segments:
-            yield start, count, ok, values
-            continue
-        for seg_ok, seg in values:
-            n = len(seg) if seg_ok else 1
-            if n:
-                yield start, n, seg_ok, seg
-            start += n
-
-
-class IMapUnorderedIterator(IMapIterator):
-    """Results of ``imap_unordered``, in completion order."""
 
 
 def _check_chunksize(chunksize: int | None) -> None:
@@ -349,7 +162,7 @@ class Pool:
     def __init__(self, processes: int | None = None, initializer: Callable | None = None,
                  initargs: Iterable = (), maxtasksperchild: int | None = None, context: Any = None) -> None:
         if processes is None:
-            processes = _default_processes()
+            processes = default_workers()
         if not isinstance(processes, int) or processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if initializer is not None and not callable(initializer):
@@ -394,7 +207,7 @@ class Pool:
             iterable = list(iterable)  # as multiprocessing does: read here, on the caller's thread
         result = MapResult(callback, error_callback)
         result._pool = self
-        self._engine.submit(_engine.MapJob(self._engine, func, iterable, star, chunksize, result))
+        self._engine.submit(_engine.MapJob(self._processes, func, iterable, star, chunksize, result))
         return result
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
@@ -423,7 +236,7 @@ class Pool:
         it._pool = self
         it.stop_after_error = chunksize is not None and chunksize > 1
         hold = 4 * _engine.MAX_INFLIGHT * self._processes
-        job = _engine.MapJob(self._engine, func, iterable, star, chunksize, it, hold=hold)
+        job = _engine.MapJob(self._processes, func, iterable, star, chunksize, it, hold=hold)
         it.job = job
         job.feed()  # the first read-ahead, on the caller's thread
         self._engine.submit(job)

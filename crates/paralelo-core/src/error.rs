@@ -14,13 +14,17 @@ pub enum Error {
     /// A segment handed to us does not hold the layout this build expects.
     #[error("shared segment is not a paralelo {what} (bad magic or layout version)")]
     BadLayout { what: &'static str },
-    /// A ring holds a frame that does not fit in what its producer published: the other
-    /// process wrote outside the protocol (a memory-corrupting crash, or a foreign writer).
-    #[error("corrupt ring: a {len}-byte frame in {published} published bytes")]
-    Corrupt { len: usize, published: u64 },
-    /// A worker slot's result ring is corrupt; the worker in it must be replaced.
-    #[error("worker slot {slot}: {detail}")]
-    CorruptSlot { slot: usize, detail: String },
+    /// A ring holds what its producer could not have written under the protocol: the
+    /// other process wrote outside it (a memory-corrupting crash, or a foreign writer).
+    #[error("corrupt ring: {0}")]
+    Corrupt(#[from] Corruption),
+    /// A worker slot's ring is corrupt; the worker in it must be replaced.
+    #[error("worker slot {slot}: corrupt ring: {source}")]
+    CorruptSlot {
+        slot: usize,
+        #[source]
+        source: Corruption,
+    },
     /// An argument is out of range (slot index, capacity, ...).
     #[error("{0}")]
     Invalid(String),
@@ -32,10 +36,37 @@ pub enum Error {
     Interrupted,
 }
 
+/// How memory written by another process broke the protocol. Never undefined behaviour:
+/// every length and index read from shared memory is checked into one of these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Corruption {
+    /// A frame's payload runs past the bytes its producer published.
+    #[error("a {len}-byte frame in {published} published bytes")]
+    FrameOverrun { len: u64, published: u64 },
+    /// A frame claims more than the largest fragment the ring carries.
+    #[error("a {len}-byte frame where fragments are at most {max} bytes")]
+    FrameTooLong { len: u64, max: u64 },
+    /// The ring's indices cannot both be true: the tail passed the head, or they are more
+    /// than a capacity apart.
+    #[error("indices out of order (head {head}, tail {tail}, capacity {capacity})")]
+    Indices { head: u64, tail: u64, capacity: u64 },
+    /// Fragments kept coming past the largest message a consumer reassembles.
+    #[error("a fragmented message grew past {max} bytes")]
+    MessageTooLong { max: u64 },
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn os(op: &'static str, source: impl Into<io::Error>) -> Self {
         Error::Os { op, source: source.into() }
+    }
+
+    /// This error, blamed on a hub slot when it is a ring's corruption.
+    pub(crate) fn in_slot(self, slot: usize) -> Self {
+        match self {
+            Error::Corrupt(source) => Error::CorruptSlot { slot, source },
+            e => e,
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use paralelo_core::{FrameHeader, Hub, Port};
+use paralelo_core::{FrameHeader, Hub, Port, Received};
 
 const CHILD_ENV: &str = "PARALELO_TEST_HUB";
 const MESSAGES: u64 = 3_000;
@@ -31,11 +31,13 @@ fn child_worker() {
     let mut next = 0;
     while next < MESSAGES {
         port.wait_tasks(deadline, &mut keep_going).expect("tasks arrive");
+        let mut buf = Vec::new();
         let mut got = Vec::new();
-        port.drain_tasks(usize::MAX, |h, a, b| got.push((*h, [a, b].concat()))).expect("intact ring");
-        for (h, body) in got {
+        port.drain_tasks(usize::MAX, &mut buf, |h, r| got.push((h, r))).expect("intact ring");
+        for (h, r) in got {
+            let body = &buf[r];
             assert_eq!(h.seq, next, "messages arrive in order");
-            assert_eq!(body, payload(next), "message {next} arrives intact");
+            assert_eq!(body, payload(next).as_slice(), "message {next} arrives intact");
             // Echo it back reversed: the parent checks every byte of the way back too.
             let back: Vec<u8> = body.iter().rev().copied().collect();
             let reply = FrameHeader { tag: 2, job: h.job, seq: h.seq, aux: body.len() as u64 };
@@ -71,19 +73,56 @@ fn every_byte_crosses_two_processes_both_ways() {
         }
         hub.notify();
         hub.wait_results(Some(deadline), &mut keep_going).expect("results within a minute");
-        hub.flush().unwrap();
-        hub.drain_results(|slot, h, a, b| {
+        let mut got = Received::default();
+        hub.drain_results(&mut got).expect("intact ring");
+        assert!(got.events.is_empty(), "no corruption: {:?}", got.events);
+        for (slot, h, r) in got.messages {
             assert_eq!((slot, h.seq), (0, received));
             let mut want = payload(received);
             want.reverse();
             assert_eq!(h.aux as usize, want.len());
-            assert_eq!([a, b].concat(), want, "reply {received} intact");
+            assert_eq!(&got.bytes[r], want.as_slice(), "reply {received} intact");
             received += 1;
-        })
-        .expect("intact ring");
+        }
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success(), "worker process failed: {status}");
         }
     }
     assert!(child.wait().unwrap().success());
+}
+
+const SLEEPER_ENV: &str = "PARALELO_TEST_SLEEPER";
+
+#[test]
+fn child_sleeper() {
+    let Ok(path) = std::env::var(SLEEPER_ENV) else { return };
+    let file = OpenOptions::new().read(true).write(true).open(path).expect("open hub memfd");
+    let port = Port::open(file.as_fd(), 0).expect("attach to slot 0");
+    // Sleeps for tasks until killed.
+    let _ = port.wait_tasks(Some(Instant::now() + Duration::from_secs(60)), &mut keep_going);
+}
+
+#[test]
+fn a_worker_killed_asleep_is_forgotten_when_its_slot_is_reset() {
+    if std::env::var(SLEEPER_ENV).is_ok() {
+        return;
+    }
+    let hub = Hub::create(1, CAPACITY).unwrap();
+    let path = format!("/proc/{}/fd/{}", std::process::id(), hub.raw_fd());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_sleeper", "--nocapture", "--test-threads", "1"])
+        .env(SLEEPER_ENV, path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hub.idle_waiters(0).unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the child never went to sleep");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(hub.idle_waiters(0).unwrap(), 1, "a dead sleeper stays registered...");
+    hub.reset_slot(0).unwrap();
+    assert_eq!(hub.idle_waiters(0).unwrap(), 0, "...until its slot is reset");
 }

@@ -1,8 +1,9 @@
 //! The one door for waits: release the GIL, wait in slices, re-attach between slices so
-//! Ctrl-C (and any other signal handler) runs, and map the engine's error.
+//! Ctrl-C (and any other signal handler) runs, and map the engine's error. No engine lock
+//! is held while the poll re-attaches: the engine's waits hold none.
 use std::time::{Duration, Instant};
 
-use paralelo_core::{Error, Poll};
+use paralelo_core::{Error, FrameHeader, Poll};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
@@ -48,55 +49,45 @@ pub(crate) fn blocking<T: Send>(
     }
 }
 
-/// Messages drained without the GIL: one buffer, and where each payload lies in it.
-#[derive(Default)]
-pub(crate) struct Batch {
-    pub bytes: Vec<u8>,
-    pub items: Vec<(usize, paralelo_core::FrameHeader, std::ops::Range<usize>)>,
-}
-
-impl Batch {
-    pub(crate) fn push(&mut self, slot: usize, h: &paralelo_core::FrameHeader, a: &[u8], b: &[u8]) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(a);
-        self.bytes.extend_from_slice(b);
-        self.items.push((slot, *h, start..self.bytes.len()));
-    }
-}
-
-/// The receive side of both ends: drains what is waiting; if nothing is, waits (GIL
-/// released) and drains again. Returns `(slot, tag, job, seq, aux, payload)` tuples, or
-/// without `slot` when `with_slot` is false; `[]` when the time ran out.
-pub(crate) fn receive<'py>(
-    py: Python<'py>,
+/// Drains what is waiting; if nothing is, waits (GIL released) and drains again. `[]`
+/// (an empty drain) when the time ran out.
+pub(crate) fn receive<R: Default + Send>(
+    py: Python<'_>,
     timeout: Option<f64>,
-    with_slot: bool,
-    drain: impl Fn(&mut Batch) -> paralelo_core::Result<usize> + Sync,
+    drain: impl Fn(&mut R) -> paralelo_core::Result<usize> + Sync,
     wait: impl Fn(Option<Instant>, Poll<'_>) -> paralelo_core::Result<()> + Sync,
-) -> PyResult<Bound<'py, PyList>> {
-    let batch = blocking(py, timeout, |deadline, poll| {
-        let mut batch = Batch::default();
-        if drain(&mut batch)? == 0 {
+) -> PyResult<R> {
+    blocking(py, timeout, |deadline, poll| {
+        let mut got = R::default();
+        if drain(&mut got)? == 0 {
             match wait(deadline, poll) {
                 Ok(()) => {}
-                Err(Error::Timeout) => return Ok(batch),
+                Err(Error::Timeout) => return Ok(got),
                 Err(e) => return Err(e),
             }
-            drain(&mut batch)?;
+            drain(&mut got)?;
         }
-        Ok(batch)
-    })?;
+        Ok(got)
+    })
+}
+
+/// Messages as `(tag, job, seq, aux, payload)` tuples, with the slot first when given.
+pub(crate) fn messages<'py>(
+    py: Python<'py>,
+    bytes: &[u8],
+    items: impl Iterator<Item = (Option<usize>, FrameHeader, std::ops::Range<usize>)>,
+) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
-    for (slot, h, range) in &batch.items {
+    for (slot, h, range) in items {
         let mut fields = Vec::with_capacity(6);
-        if with_slot {
+        if let Some(slot) = slot {
             fields.push(slot.into_pyobject(py)?.into_any());
         }
         fields.push(h.tag.into_pyobject(py)?.into_any());
         fields.push(h.job.into_pyobject(py)?.into_any());
         fields.push(h.seq.into_pyobject(py)?.into_any());
         fields.push(h.aux.into_pyobject(py)?.into_any());
-        fields.push(PyBytes::new(py, &batch.bytes[range.clone()]).into_any());
+        fields.push(PyBytes::new(py, &bytes[range]).into_any());
         out.append(PyTuple::new(py, fields)?)?;
     }
     Ok(out)

@@ -1,10 +1,13 @@
 //! `_native.Hub`: the parent's end of a worker hub.
-use paralelo_core::{FrameHeader, Hub};
-use pyo3::prelude::*;
-use pyo3::types::PyList;
+use std::os::fd::BorrowedFd;
 
-use crate::door::{self, Batch};
-use crate::errors::to_py;
+use paralelo_core::{FrameHeader, Hub, Received, SlotEvent};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+
+use crate::door;
+use crate::errors::{corrupt_ring, to_py};
+use crate::state::state_tuple;
 
 /// Shared memory with a task ring and a result ring per worker slot.
 #[pyclass(name = "Hub", module = "paralelo._native", frozen)]
@@ -64,23 +67,60 @@ impl PyHub {
         self.inner.backlog(slot).map_err(to_py)
     }
 
-    /// Waits up to `timeout` seconds for results, then returns every message waiting as
-    /// `(slot, tag, job, seq, aux, payload)` tuples; `[]` when the time ran out (or when
-    /// only outboxes moved on). Flushes outboxes as a side effect.
-    #[pyo3(signature = (timeout = None))]
-    fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyList>> {
-        let drain = |batch: &mut Batch| {
-            self.inner.flush()?;
-            self.inner.drain_results(|s, h, a, b| batch.push(s, h, a, b))
-        };
-        door::receive(py, timeout, true, drain, |deadline, poll| {
-            self.inner.wait_results(deadline, poll)
-        })
+    /// Reports the exit of process `pid` (the worker in `slot`, behind `pidfd`) through
+    /// [`recv`](Self::recv), waking it. Replaces the slot's earlier watch.
+    fn watch(&self, slot: usize, pid: u32, pidfd: i32) -> PyResult<()> {
+        if pidfd < 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!("bad pidfd {pidfd}")));
+        }
+        // SAFETY: `watch` only duplicates the fd during this call; an invalid fd makes the
+        // dup fail with EBADF, reported as OSError.
+        let fd = unsafe { BorrowedFd::borrow_raw(pidfd) };
+        self.inner.watch(slot, pid, fd).map_err(to_py)
     }
 
-    /// `(job, seq)` of the message the worker in `slot` is executing; `(0, 0)` when idle.
-    fn current(&self, slot: usize) -> PyResult<(u64, u64)> {
-        self.inner.current(slot).map_err(to_py)
+    /// Waits up to `timeout` seconds for results or events, then returns
+    /// `(messages, events)`: messages as `(slot, tag, job, seq, aux, payload)` tuples,
+    /// events as `("exited", slot, pid)` or `("corrupt", slot, CorruptRingError)`, a
+    /// slot's events after its messages. Both empty when the time ran out (or when only
+    /// outboxes moved on). Flushes outboxes as a side effect.
+    #[pyo3(signature = (timeout = None))]
+    fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyTuple>> {
+        let got: Received = door::receive(
+            py,
+            timeout,
+            |r: &mut Received| self.inner.drain_results(r),
+            |deadline, poll| self.inner.wait_results(deadline, poll),
+        )?;
+        let msgs = door::messages(
+            py,
+            &got.bytes,
+            got.messages.iter().map(|(s, h, r)| (Some(*s), *h, r.clone())),
+        )?;
+        let events = PyList::empty(py);
+        for e in got.events {
+            let ev = match e {
+                SlotEvent::Exited { slot, pid } => ("exited", slot, pid).into_pyobject(py)?.into_any(),
+                SlotEvent::Corrupt { slot, source } => {
+                    let exc = corrupt_ring(py, Some(slot), source.to_string()).into_value(py);
+                    ("corrupt", slot, exc).into_pyobject(py)?.into_any()
+                }
+            };
+            events.append(ev)?;
+        }
+        PyTuple::new(py, [msgs.into_any(), events.into_any()])
+    }
+
+    /// What the worker in `slot` is doing, readable after it died: `("idle", 0)`,
+    /// `("running", ticket)`, `("unpacking", first ticket)`, `("loading", job)` or
+    /// `("initializing", 0)`.
+    fn state(&self, slot: usize) -> PyResult<(&'static str, u64)> {
+        self.inner.state(slot).map(state_tuple).map_err(to_py)
+    }
+
+    /// How many threads of `slot`'s worker sleep waiting for tasks.
+    fn idle_waiters(&self, slot: usize) -> PyResult<u32> {
+        self.inner.idle_waiters(slot).map_err(to_py)
     }
 
     /// Empties `slot`'s rings for a new worker; only once the old one is gone.

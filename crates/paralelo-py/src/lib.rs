@@ -8,6 +8,7 @@ mod errors;
 mod hub;
 mod port;
 mod process;
+mod state;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -1,17 +1,24 @@
 //! `_native.Port`: a worker's end of one hub slot.
 use std::os::fd::BorrowedFd;
 
-use paralelo_core::{FrameHeader, Port};
+use paralelo_core::{FrameHeader, Port, SlotState};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::door::{self, Batch};
+use crate::door;
 use crate::errors::to_py;
 
 /// A worker's view of its slot: tasks in, results out.
 #[pyclass(name = "Port", module = "paralelo._native", frozen)]
 pub(crate) struct PyPort {
     inner: Port,
+}
+
+/// Task messages copied out of the ring, and where each lies.
+#[derive(Default)]
+struct Tasks {
+    bytes: Vec<u8>,
+    items: Vec<(FrameHeader, std::ops::Range<usize>)>,
 }
 
 #[pymethods]
@@ -37,16 +44,21 @@ impl PyPort {
         timeout: Option<f64>,
         max: usize,
     ) -> PyResult<Bound<'py, PyList>> {
-        let drain =
-            |batch: &mut Batch| self.inner.drain_tasks(max, |h, a, b| batch.push(0, h, a, b));
-        door::receive(py, timeout, false, drain, |deadline, poll| {
-            self.inner.wait_tasks(deadline, poll)
-        })
+        let got: Tasks = door::receive(
+            py,
+            timeout,
+            |t: &mut Tasks| {
+                let Tasks { bytes, items } = t;
+                self.inner.drain_tasks(max, bytes, |h, r| items.push((h, r)))
+            },
+            |deadline, poll| self.inner.wait_tasks(deadline, poll),
+        )?;
+        door::messages(py, &got.bytes, got.items.into_iter().map(|(h, r)| (None, h, r)))
     }
 
     /// Sends a result message, waiting for room (GIL released) up to `timeout` seconds.
     /// With `notify=False` the parent is not woken yet (unless the ring is full): call
-    /// [`notify`](Self::notify) after a batch.
+    /// [`notify`](Self::notify) after a batch. Safe from several threads at once.
     #[pyo3(signature = (tag, job, seq, aux, payload, timeout = None, notify = true))]
     #[allow(clippy::too_many_arguments)] // mirrors the frame header, field by field
     fn send(
@@ -72,8 +84,29 @@ impl PyPort {
         self.inner.notify();
     }
 
-    /// Records the message being executed (so the parent knows it if this process dies).
-    fn set_current(&self, job: u64, seq: u64) {
-        self.inner.set_current(job, seq);
+    /// Marks this worker idle (between units).
+    fn idle(&self) -> PyResult<()> {
+        self.inner.set_state(SlotState::Idle).map_err(to_py)
+    }
+
+    /// Marks this worker as executing the unit `ticket` (so the parent knows it if this
+    /// process dies).
+    fn running(&self, ticket: u64) -> PyResult<()> {
+        self.inner.set_state(SlotState::Running(ticket)).map_err(to_py)
+    }
+
+    /// Marks this worker as unpacking a batch whose first unit is `ticket`.
+    fn unpacking(&self, ticket: u64) -> PyResult<()> {
+        self.inner.set_state(SlotState::Unpacking(ticket)).map_err(to_py)
+    }
+
+    /// Marks this worker as loading the function of job `job`.
+    fn loading(&self, job: u64) -> PyResult<()> {
+        self.inner.set_state(SlotState::LoadingFunction(job)).map_err(to_py)
+    }
+
+    /// Marks this worker as running the pool's initializer.
+    fn initializing(&self) -> PyResult<()> {
+        self.inner.set_state(SlotState::Initializing).map_err(to_py)
     }
 }

@@ -1,163 +1,100 @@
-#![allow(unsafe_code)]
 //! A hub: one shared segment holding, for each worker slot, a task ring (parent → worker)
 //! and a result ring (worker → parent). All result rings announce data on one shared
-//! doorbell, so a single parent thread waits for results from every worker at once.
-//!
-//! Layout (offsets from the segment start, every block 128-byte aligned):
-//! `HubHeader | per slot: SlotHeader, task RingHeader, task data, result RingHeader, result data`.
+//! doorbell, so a single parent thread waits for results from every worker at once; the
+//! death watch rings the same doorbell when a worker exits, so that thread learns of
+//! deaths without polling. `README.md` beside this file gives the protocol.
 //!
 //! Sending from the parent never blocks: what does not fit in a task ring waits in that
 //! slot's outbox (in the parent's memory) and is flushed by the thread that waits for
 //! results, which the worker wakes through the same shared doorbell when it frees room.
 //! So a parent thread never sleeps on a full task ring while a worker sleeps on a full
-//! result ring. Both ends are safe to share between threads: each ring end sits behind its
-//! own mutex, uncontended in the intended use.
-use std::collections::VecDeque;
+//! result ring.
+//!
+//! Threads: every method may be called from any thread. No lock is held while a call
+//! waits (waits read the rings' indices through lock-free probes), so a caller holding a
+//! lock of its own (Python's GIL) never deadlocks against a waiter.
+mod layout;
+mod outbox;
+mod port;
+mod state;
+
+use std::ops::Range;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crossbeam_utils::CachePadded;
+use crate::primitive::{AtomicBool, AtomicU64, Ordering};
+use crate::proc::{self, Watch};
+use crate::ring::{check_tag, Consumer, FrameHeader, Probe, Producer};
+use crate::sync::Poll;
+use crate::{Corruption, Error, Result, Segment};
 
-use crate::ring::{Consumer, FrameHeader, Producer, RingHeader, RingPlace};
-use crate::sync::{Doorbell, Poll};
-use crate::{Error, Result, Segment};
+pub use layout::{HubLayout, MAX_SLOTS};
+use layout::Words;
+use outbox::Outbox;
+pub use port::Port;
+pub use state::{SlotState, MAX_ID};
 
-const HUB_MAGIC: u64 = 0x6275_686f_6c61_7061; // "apalohub"
-const HUB_VERSION: u64 = 1;
-const ALIGN: usize = 128;
-
-#[repr(C)]
-struct HubHeader {
-    magic: u64,
-    version: u64,
-    slots: u64,
-    capacity: u64,
-    results_bell: CachePadded<Doorbell>,
-}
-
-/// What a worker is executing, readable by the parent even after the worker died.
-#[repr(C)]
-struct SlotHeader {
-    /// `job`/`seq` of the message being executed; 0/0 when idle.
-    job: AtomicU64,
-    seq: AtomicU64,
-}
-
-/// Where everything sits in a hub segment.
-#[derive(Clone, Copy, Debug)]
-pub struct HubLayout {
-    pub slots: usize,
-    pub capacity: usize,
-}
-
-impl HubLayout {
-    const RING_HEADER: usize = std::mem::size_of::<RingHeader>().next_multiple_of(ALIGN);
-    // The task ring's data doorbell sits in the padding after its header.
-    const BELL: usize = std::mem::size_of::<RingHeader>();
-
-    fn header_bytes() -> usize {
-        std::mem::size_of::<HubHeader>().next_multiple_of(ALIGN)
-    }
-    fn slot_bytes(&self) -> usize {
-        ALIGN + 2 * (Self::RING_HEADER + ALIGN + self.capacity)
-    }
-    pub fn total_bytes(&self) -> usize {
-        Self::header_bytes() + self.slots * self.slot_bytes()
-    }
-    fn slot_offset(&self, slot: usize) -> usize {
-        Self::header_bytes() + slot * self.slot_bytes()
-    }
-    fn tasks(&self, slot: usize) -> RingPlace {
-        let header = self.slot_offset(slot) + ALIGN;
-        let data = header + Self::RING_HEADER + ALIGN;
-        let room_bell = Some(std::mem::offset_of!(HubHeader, results_bell));
-        RingPlace { header, data, capacity: self.capacity, data_bell: header + Self::BELL, room_bell }
-    }
-    fn results(&self, slot: usize) -> RingPlace {
-        let header = self.tasks(slot).data + self.capacity;
-        let data = header + Self::RING_HEADER + ALIGN;
-        let data_bell = std::mem::offset_of!(HubHeader, results_bell);
-        RingPlace { header, data, capacity: self.capacity, data_bell, room_bell: None }
-    }
-}
-
-const _: () = assert!(
-    HubLayout::BELL + std::mem::size_of::<Doorbell>() <= HubLayout::RING_HEADER + ALIGN
-);
-
-/// Shared-memory words of one hub segment that are not rings: its header and slot headers.
-struct Words {
-    seg: Arc<Segment>,
-    header: NonNull<HubHeader>,
-    slots: Vec<NonNull<SlotHeader>>,
-}
-
-// SAFETY: the pointers point into `seg`, kept alive by the Arc; every field written after
-// initialisation is an atomic.
-unsafe impl Send for Words {}
-// SAFETY: as above.
-unsafe impl Sync for Words {}
-
-impl Words {
-    fn new(seg: Arc<Segment>, layout: &HubLayout) -> Result<Self> {
-        let header = NonNull::new(seg.at::<HubHeader>(0)?).expect("mapping is non-null");
-        let slots = (0..layout.slots)
-            .map(|i| Ok(NonNull::new(seg.at::<SlotHeader>(layout.slot_offset(i))?).expect("non-null")))
-            .collect::<Result<_>>()?;
-        Ok(Words { seg, header, slots })
-    }
-    fn header(&self) -> &HubHeader {
-        // SAFETY: in bounds and aligned (checked by `Segment::at`); the plain words are
-        // written once by the creator before the fd is shared, the rest are atomics.
-        unsafe { self.header.as_ref() }
-    }
-    fn slot(&self, slot: usize) -> &SlotHeader {
-        // SAFETY: as for `header`; a slot header holds only atomics.
-        unsafe { self.slots[slot].as_ref() }
-    }
-}
-
-fn check_slot(slots: usize, slot: usize) -> Result<()> {
+pub(crate) fn check_slot(slots: usize, slot: usize) -> Result<()> {
     if slot >= slots {
         return Err(Error::Invalid(format!("slot {slot} out of range (the hub has {slots})")));
     }
     Ok(())
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a ring end leaves nothing half-written that a retry would
     // misread (indices are published last), so a poisoned lock is still usable.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A message (or the rest of one) waiting for room in a task ring.
-struct Pending {
-    header: FrameHeader,
-    payload: Vec<u8>,
-    sent: usize,
+/// Something that happened to a slot's worker, reported by [`Hub::drain_results`] after
+/// the messages it sent before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotEvent {
+    /// The watched process `pid` in `slot` has exited (see [`Hub::watch`]).
+    Exited { slot: usize, pid: u32 },
+    /// A ring of `slot` broke the protocol; the slot is read no more until reset. Its
+    /// worker must be killed and replaced.
+    Corrupt { slot: usize, source: Corruption },
 }
 
-/// One slot's sending side: its task ring and what did not fit yet.
-struct Outbox {
-    ring: Producer,
-    queue: VecDeque<Pending>,
+/// What one drain found: message payloads copied into one buffer, each message with its
+/// slot and range in it, then events.
+#[derive(Default, Debug)]
+pub struct Received {
+    pub bytes: Vec<u8>,
+    pub messages: Vec<(usize, FrameHeader, Range<usize>)>,
+    pub events: Vec<SlotEvent>,
 }
 
-impl Outbox {
-    /// Moves queued messages into the ring while they fit; returns the room the next one
-    /// needs (0 when the queue is empty).
-    fn flush(&mut self) -> Result<u64> {
-        while let Some(p) = self.queue.front_mut() {
-            if !self.ring.offer(&p.header, &p.payload, &mut p.sent)? {
-                return Ok(self.ring.room_needed(&p.payload, p.sent));
-            }
-            self.queue.pop_front();
+impl Received {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.events.is_empty()
+    }
+}
+
+/// Events raised off the receiving thread (the death watch, a post that found a corrupt
+/// ring), waiting for the next drain.
+#[derive(Default)]
+struct Mailbox {
+    events: Mutex<Vec<SlotEvent>>,
+    /// Set after pushing: lets a waiter check for events without the lock.
+    pending: AtomicBool,
+}
+
+impl Mailbox {
+    fn push(&self, e: SlotEvent) {
+        lock(&self.events).push(e);
+        // Release: pairs with the Acquire swap in `take` and load in `wait_results`.
+        self.pending.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<SlotEvent> {
+        if !self.pending.swap(false, Ordering::Acquire) {
+            return Vec::new();
         }
-        self.ring.want_room(false);
-        Ok(0)
+        std::mem::take(&mut *lock(&self.events))
     }
 }
 
@@ -166,10 +103,16 @@ pub struct Hub {
     words: Words,
     layout: HubLayout,
     tasks: Vec<Mutex<Outbox>>,
+    task_probes: Vec<Probe>,
     /// Per slot: bytes of room the outbox waits for (0: nothing waiting). Lets the waiter
     /// check for room without taking the outbox locks.
     need: Vec<AtomicU64>,
     results: Mutex<Vec<Consumer>>,
+    result_probes: Vec<Probe>,
+    /// Per slot: a ring was found corrupt; not read, nor waited on, until reset.
+    poisoned: Vec<AtomicBool>,
+    mailbox: Arc<Mailbox>,
+    watches: Mutex<Vec<Option<Watch>>>,
     /// Set by [`Hub::wake`]: ends the current (or next) wait for results.
     woken: AtomicBool,
 }
@@ -177,33 +120,26 @@ pub struct Hub {
 impl Hub {
     /// Creates a hub of `slots` worker slots whose rings hold `capacity` bytes each.
     pub fn create(slots: usize, capacity: usize) -> Result<Self> {
-        if slots == 0 {
-            return Err(Error::Invalid("a hub needs at least one slot".into()));
-        }
-        let layout = HubLayout { slots, capacity };
+        let layout = HubLayout::new(slots, capacity)?;
         let seg = Arc::new(Segment::create("paralelo-hub", layout.total_bytes())?);
-        let p = seg.at::<HubHeader>(0)?;
-        // SAFETY: the segment is fresh and not yet shared; we are its only user.
-        unsafe {
-            (*p).magic = HUB_MAGIC;
-            (*p).version = HUB_VERSION;
-            (*p).slots = slots as u64;
-            (*p).capacity = capacity as u64;
-        }
+        Words::init(&seg, &layout)?;
         let mut tasks = Vec::with_capacity(slots);
         let mut results = Vec::with_capacity(slots);
         for i in 0..slots {
-            let ring = Producer::new(seg.clone(), layout.tasks(i), true)?;
-            tasks.push(Mutex::new(Outbox { ring, queue: VecDeque::new() }));
+            tasks.push(Producer::new(seg.clone(), layout.tasks(i), true)?);
             results.push(Consumer::new(seg.clone(), layout.results(i), true)?);
         }
-        let need = (0..slots).map(|_| AtomicU64::new(0)).collect();
         Ok(Hub {
             words: Words::new(seg, &layout)?,
             layout,
-            tasks,
-            need,
+            task_probes: tasks.iter().map(Producer::probe).collect(),
+            tasks: tasks.into_iter().map(|r| Mutex::new(Outbox::new(r))).collect(),
+            need: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            result_probes: results.iter().map(Consumer::probe).collect(),
             results: Mutex::new(results),
+            poisoned: (0..slots).map(|_| AtomicBool::new(false)).collect(),
+            mailbox: Arc::default(),
+            watches: Mutex::new((0..slots).map(|_| None).collect()),
             woken: AtomicBool::new(false),
         })
     }
@@ -217,32 +153,62 @@ impl Hub {
         self.layout
     }
 
+    /// Reports the exit of process `pid` (the worker in `slot`, behind `pidfd`) as a
+    /// [`SlotEvent::Exited`] through [`Self::drain_results`], waking the receiver. A slot's
+    /// earlier watch is cancelled: only its current worker's death is news.
+    pub fn watch(&self, slot: usize, pid: u32, pidfd: BorrowedFd<'_>) -> Result<()> {
+        check_slot(self.layout.slots, slot)?;
+        let mailbox = self.mailbox.clone();
+        let words = self.words.clone();
+        let w = proc::watch(pidfd, move || {
+            mailbox.push(SlotEvent::Exited { slot, pid });
+            words.header().results_bell.ring();
+        })?;
+        if let Some(old) = lock(&self.watches)[slot].replace(w) {
+            proc::unwatch(old);
+        }
+        Ok(())
+    }
+
+    /// A slot's ring broke the protocol: stop reading it and tell the receiver.
+    fn poison(&self, slot: usize, source: Corruption) {
+        if !self.poisoned[slot].swap(true, Ordering::AcqRel) {
+            self.mailbox.push(SlotEvent::Corrupt { slot, source });
+            self.words.header().results_bell.ring();
+        }
+    }
+
     /// Sends one message to `slot`'s worker without ever waiting: what does not fit now
     /// is copied to the slot's outbox and flushed by [`Self::flush`] as room appears.
     /// With `notify`, the worker is woken if it sleeps; without, call [`Self::notify`]
-    /// after posting a batch.
+    /// after posting a batch. A corrupt task ring is not an error here: it is reported
+    /// as a [`SlotEvent::Corrupt`], and the message dropped with the worker.
     pub fn post(&self, slot: usize, h: &FrameHeader, payload: &[u8], notify: bool) -> Result<()> {
         check_slot(self.layout.slots, slot)?;
-        if h.tag > crate::MAX_TAG {
-            return Err(Error::Invalid(format!("message tag {} is reserved", h.tag)));
+        check_tag(h.tag)?;
+        if self.poisoned[slot].load(Ordering::Acquire) {
+            return Ok(());
         }
         let mut out = lock(&self.tasks[slot]);
-        let mut sent = 0;
-        let mut queued = false;
-        if !(out.queue.is_empty() && out.ring.offer(h, payload, &mut sent)?) {
-            out.queue.push_back(Pending { header: *h, payload: payload.to_vec(), sent });
-            out.ring.want_room(true);
-            let need = out.flush()?;
+        let need = match out.post(h, payload) {
+            Ok(need) => need,
+            Err(Error::Corrupt(c)) => {
+                drop(out);
+                self.poison(slot, c);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if need != 0 {
             self.need[slot].store(need, Ordering::Release);
-            queued = need != 0;
         }
         if notify {
             out.ring.notify();
         }
         drop(out);
-        if queued {
-            // The worker may have freed room (and rung) while we held the outbox: the
-            // waiter then saw it busy. Ring once more so it re-checks now, not a slice later.
+        if need != 0 {
+            // The worker may have freed room (and rung) before `need` was stored: ring once
+            // more so the waiter re-checks now, not a slice later.
             self.words.header().results_bell.ring();
         }
         Ok(())
@@ -258,44 +224,62 @@ impl Hub {
     /// Moves outboxed messages into task rings that have room again.
     pub fn flush(&self) -> Result<()> {
         for (slot, need) in self.need.iter().enumerate() {
-            if need.load(Ordering::Acquire) != 0 {
-                let mut out = lock(&self.tasks[slot]);
-                need.store(out.flush()?, Ordering::Release);
-                out.ring.notify();
+            if need.load(Ordering::Acquire) == 0 || self.poisoned[slot].load(Ordering::Acquire) {
+                continue;
             }
+            let mut out = lock(&self.tasks[slot]);
+            match out.flush() {
+                Ok(left) => need.store(left, Ordering::Release),
+                Err(Error::Corrupt(c)) => {
+                    need.store(0, Ordering::Release);
+                    drop(out);
+                    self.poison(slot, c);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            out.ring.notify();
         }
         Ok(())
     }
 
-    /// Bytes waiting in outboxes, per slot (queued messages, not counting the rings).
+    /// Bytes waiting in `slot`'s outbox (queued messages, not counting the ring).
     pub fn backlog(&self, slot: usize) -> Result<usize> {
         check_slot(self.layout.slots, slot)?;
-        Ok(lock(&self.tasks[slot]).queue.iter().map(|p| p.payload.len() - p.sent).sum())
+        Ok(lock(&self.tasks[slot]).backlog())
     }
 
-    /// What the worker in `slot` is executing: `(job, seq)`, `(0, 0)` when idle.
-    pub fn current(&self, slot: usize) -> Result<(u64, u64)> {
+    /// What the worker in `slot` is doing (readable after it died).
+    pub fn state(&self, slot: usize) -> Result<SlotState> {
         check_slot(self.layout.slots, slot)?;
-        let h = self.words.slot(slot);
-        // Acquire: pairs with the Release stores in `Port::set_current`.
-        Ok((h.job.load(Ordering::Acquire), h.seq.load(Ordering::Acquire)))
+        Ok(self.words.state(slot))
     }
 
-    /// Waits until any result ring has data or an outbox can move on (then call
-    /// [`Self::flush`]). Only one thread should receive at a time.
-    pub fn wait_results(&self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
-        let results = lock(&self.results);
+    /// How many threads of `slot`'s worker sleep waiting for tasks (diagnostics; after the
+    /// worker died and the slot was reset, 0: a dead sleeper is forgotten).
+    pub fn idle_waiters(&self, slot: usize) -> Result<u32> {
+        check_slot(self.layout.slots, slot)?;
+        Ok(self.task_probes[slot].data_bell_sleepers())
+    }
+
+    fn ready(&self) -> bool {
+        let results = |slot: usize| {
+            !self.poisoned[slot].load(Ordering::Relaxed) && self.result_probes[slot].has_data()
+        };
         let room = |slot: usize| {
             let need = self.need[slot].load(Ordering::Acquire);
-            // A busy lock means a sender is flushing right now: not our turn.
-            need != 0 && self.tasks[slot].try_lock().is_ok_and(|o| o.ring.has_room_for(need))
+            need != 0 && self.task_probes[slot].has_room(need)
         };
-        let ready = || {
-            self.woken.load(Ordering::Acquire)
-                || results.iter().any(Consumer::has_data)
-                || (0..self.need.len()).any(room)
-        };
-        let out = self.words.header().results_bell.wait_until(ready, deadline, poll);
+        // Acquire: pairs with the Release stores in `wake` and `Mailbox::push`.
+        self.woken.load(Ordering::Acquire)
+            || self.mailbox.pending.load(Ordering::Acquire)
+            || (0..self.layout.slots).any(|s| results(s) || room(s))
+    }
+
+    /// Waits until a result, an event or room for an outbox is there (then drain, which
+    /// flushes), or [`Self::wake`] is called. Holds no lock while it waits.
+    pub fn wait_results(&self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
+        let out = self.words.header().results_bell.wait_until(|| self.ready(), deadline, poll);
         self.woken.store(false, Ordering::Release);
         out
     }
@@ -303,129 +287,56 @@ impl Hub {
     /// Ends the current wait for results (or the next one, if none is under way), so the
     /// receiving thread looks at the parent's own state again.
     pub fn wake(&self) {
-        // Release: pairs with the Acquire load in `wait_results`' readiness check.
+        // Release: pairs with the Acquire load in `ready`.
         self.woken.store(true, Ordering::Release);
         self.words.header().results_bell.ring();
     }
 
-    /// Hands every complete result message now waiting to `f(slot, header, part1, part2)`.
-    /// A corrupt result ring is reported with its slot: [`Error::CorruptSlot`].
-    pub fn drain_results(
-        &self,
-        mut f: impl FnMut(usize, &FrameHeader, &[u8], &[u8]),
-    ) -> Result<usize> {
-        let mut results = lock(&self.results);
-        let mut n = 0;
-        for (slot, c) in results.iter_mut().enumerate() {
-            n += c
-                .drain(usize::MAX, |h, a, b| f(slot, h, a, b))
-                .map_err(|e| Error::CorruptSlot { slot, detail: e.to_string() })?;
+    /// Flushes outboxes, then copies every complete result message now waiting into
+    /// `out`, then appends the events: a worker's death comes after everything it sent
+    /// before dying. Returns how many messages and events were added.
+    pub fn drain_results(&self, out: &mut Received) -> Result<usize> {
+        self.flush()?;
+        // Taken before the rings are read: whatever a dead worker published before it
+        // died is read below.
+        let events = self.mailbox.take();
+        let before = out.messages.len() + out.events.len();
+        {
+            let mut results = lock(&self.results);
+            for (slot, c) in results.iter_mut().enumerate() {
+                if c.is_poisoned() {
+                    continue;
+                }
+                let messages = &mut out.messages;
+                let drained = c.drain(usize::MAX, &mut out.bytes, |h, r| messages.push((slot, h, r)));
+                if let Err(Error::Corrupt(source)) = drained {
+                    self.poisoned[slot].store(true, Ordering::Release);
+                    out.events.push(SlotEvent::Corrupt { slot, source });
+                }
+            }
         }
-        Ok(n)
+        out.events.extend(events);
+        Ok(out.messages.len() + out.events.len() - before)
     }
 
     /// Empties both rings of `slot` for a new worker. Only sound once the old worker is
     /// gone (dead, or said it writes no more); results it left are to be drained first.
     pub fn reset_slot(&self, slot: usize) -> Result<()> {
         check_slot(self.layout.slots, slot)?;
-        {
-            let mut out = lock(&self.tasks[slot]);
-            out.queue.clear();
-            out.ring.reset();
-            out.ring.want_room(false);
-            self.need[slot].store(0, Ordering::Release);
-        }
+        lock(&self.tasks[slot]).reset();
+        self.need[slot].store(0, Ordering::Release);
         lock(&self.results)[slot].reset();
-        let h = self.words.slot(slot);
-        h.job.store(0, Ordering::Release);
-        h.seq.store(0, Ordering::Release);
+        self.words.set_state(slot, SlotState::Idle)?;
+        self.poisoned[slot].store(false, Ordering::Release);
         Ok(())
     }
 }
 
-/// The worker's side of one slot: receives tasks, sends results.
-pub struct Port {
-    words: Words,
-    slot: usize,
-    tasks: Mutex<Consumer>,
-    results: Mutex<Producer>,
-}
-
-impl Port {
-    /// Attaches to slot `slot` of the hub whose segment is `fd`.
-    pub fn open(fd: BorrowedFd<'_>, slot: usize) -> Result<Self> {
-        let seg = Arc::new(Segment::open(fd)?);
-        let p = seg.at::<HubHeader>(0)?;
-        // SAFETY: in bounds and aligned; these words were written before the fd was shared.
-        let (magic, version, slots, capacity) =
-            unsafe { ((*p).magic, (*p).version, (*p).slots, (*p).capacity) };
-        if magic != HUB_MAGIC || version != HUB_VERSION {
-            return Err(Error::BadLayout { what: "hub" });
+impl Drop for Hub {
+    fn drop(&mut self) {
+        for w in lock(&self.watches).iter_mut().filter_map(Option::take) {
+            proc::unwatch(w);
         }
-        let layout = HubLayout { slots: slots as usize, capacity: capacity as usize };
-        if layout.total_bytes() > seg.len() {
-            return Err(Error::BadLayout { what: "hub (segment shorter than its layout)" });
-        }
-        check_slot(layout.slots, slot)?;
-        Ok(Port {
-            tasks: Mutex::new(Consumer::new(seg.clone(), layout.tasks(slot), false)?),
-            results: Mutex::new(Producer::new(seg.clone(), layout.results(slot), false)?),
-            words: Words::new(seg, &layout)?,
-            slot,
-        })
-    }
-
-    /// Waits until a task message is published.
-    pub fn wait_tasks(&self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
-        lock(&self.tasks).wait(deadline, poll)
-    }
-
-    /// Hands up to `max` complete task messages now waiting to `f(header, part1, part2)`.
-    pub fn drain_tasks(
-        &self,
-        max: usize,
-        f: impl FnMut(&FrameHeader, &[u8], &[u8]),
-    ) -> Result<usize> {
-        lock(&self.tasks).drain(max, f)
-    }
-
-    /// Sends one result message if it fits now; `false` if not. Without `notify` the
-    /// parent is not woken yet: call [`Self::notify`] after a batch.
-    pub fn try_send(&self, h: &FrameHeader, payload: &[u8], notify: bool) -> Result<bool> {
-        let mut ring = lock(&self.results);
-        if payload.len() > ring.max_fragment() {
-            return Ok(false);
-        }
-        let done = ring.offer(h, payload, &mut 0)?;
-        if notify {
-            ring.notify();
-        }
-        Ok(done)
-    }
-
-    /// Wakes the parent if results were sent without waking it.
-    pub fn notify(&self) {
-        lock(&self.results).notify();
-    }
-
-    /// Sends one result message, waiting for room as needed.
-    pub fn send(
-        &self,
-        h: &FrameHeader,
-        payload: &[u8],
-        deadline: Option<Instant>,
-        poll: Poll<'_>,
-    ) -> Result<()> {
-        lock(&self.results).send(h, payload, deadline, poll)
-    }
-
-    /// Records what this worker executes now, so that if it dies the parent knows which
-    /// message killed it. `(0, 0)` means idle.
-    pub fn set_current(&self, job: u64, seq: u64) {
-        let h = self.words.slot(self.slot);
-        // Release: pairs with the Acquire loads in `Hub::current`.
-        h.job.store(job, Ordering::Release);
-        h.seq.store(seq, Ordering::Release);
     }
 }
 

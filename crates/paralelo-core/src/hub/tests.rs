@@ -1,4 +1,5 @@
-use std::os::fd::BorrowedFd;
+#![allow(unsafe_code)] // tests play the misbehaving process
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -7,10 +8,30 @@ fn keep_going() -> bool {
     true
 }
 
+fn soon() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_secs(10))
+}
+
 fn port(hub: &Hub, slot: usize) -> Port {
     // SAFETY: the hub keeps its fd open for the whole test.
     let fd = unsafe { BorrowedFd::borrow_raw(hub.raw_fd()) };
     Port::open(fd, slot).unwrap()
+}
+
+fn tasks(p: &Port) -> Vec<(FrameHeader, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    p.drain_tasks(usize::MAX, &mut buf, |h, r| got.push((h, r))).unwrap();
+    got.into_iter().map(|(h, r)| (h, buf[r].to_vec())).collect()
+}
+
+type Messages = Vec<(usize, FrameHeader, Vec<u8>)>;
+
+fn results(hub: &Hub) -> (Messages, Vec<SlotEvent>) {
+    let mut got = Received::default();
+    hub.drain_results(&mut got).unwrap();
+    let msgs = got.messages.iter().map(|(s, h, r)| (*s, *h, got.bytes[r.clone()].to_vec())).collect();
+    (msgs, got.events)
 }
 
 #[test]
@@ -22,29 +43,29 @@ fn tasks_reach_their_slot_and_results_come_back_tagged_with_it() {
         hub.post(slot, &h, &[slot as u8; 10], true).unwrap();
     }
     for (slot, p) in ports.iter().enumerate() {
-        let mut got = Vec::new();
-        p.drain_tasks(10, |h, a, b| got.push((h.seq, [a, b].concat()))).unwrap();
+        let got: Vec<_> = tasks(p).into_iter().map(|(h, b)| (h.seq, b)).collect();
         assert_eq!(got, vec![(slot as u64, vec![slot as u8; 10])]);
         p.send(&FrameHeader { tag: 2, job: 9, seq: slot as u64, aux: 5 }, b"ok", None, &mut keep_going)
             .unwrap();
     }
-    hub.wait_results(Some(Instant::now() + Duration::from_secs(5)), &mut keep_going).unwrap();
-    let mut got = Vec::new();
-    hub.drain_results(|slot, h, a, _| got.push((slot, h.seq, a.to_vec()))).unwrap();
+    hub.wait_results(soon(), &mut keep_going).unwrap();
+    let got: Vec<_> = results(&hub).0.into_iter().map(|(s, h, b)| (s, h.seq, b)).collect();
     assert_eq!(got, vec![(0, 0, b"ok".to_vec()), (1, 1, b"ok".to_vec()), (2, 2, b"ok".to_vec())]);
 }
 
 #[test]
-fn current_task_is_visible_and_reset_clears_a_slot() {
+fn the_slot_state_is_one_word_and_reset_clears_a_slot() {
     let hub = Hub::create(1, 4096).unwrap();
     let p = port(&hub, 0);
-    p.set_current(4, 2);
-    assert_eq!(hub.current(0).unwrap(), (4, 2));
+    for s in [SlotState::Running(42), SlotState::Unpacking(7), SlotState::LoadingFunction(3), SlotState::Initializing] {
+        p.set_state(s).unwrap();
+        assert_eq!(hub.state(0).unwrap(), s);
+    }
     hub.post(0, &FrameHeader::default(), b"pending", true).unwrap();
     hub.reset_slot(0).unwrap();
-    assert_eq!(hub.current(0).unwrap(), (0, 0));
+    assert_eq!(hub.state(0).unwrap(), SlotState::Idle);
     let p = port(&hub, 0);
-    assert_eq!(p.drain_tasks(10, |_, _, _| {}).unwrap(), 0, "a reset slot has no old tasks");
+    assert!(tasks(&p).is_empty(), "a reset slot has no old tasks");
 }
 
 #[test]
@@ -57,15 +78,20 @@ fn wait_on_results_wakes_when_a_worker_thread_answers() {
             p.send(&FrameHeader { tag: 3, ..Default::default() }, b"late", None, &mut keep_going)
                 .unwrap();
         });
-        hub.wait_results(Some(Instant::now() + Duration::from_secs(5)), &mut keep_going).unwrap();
+        hub.wait_results(soon(), &mut keep_going).unwrap();
     });
-    assert_eq!(hub.drain_results(|slot, _, _, _| assert_eq!(slot, 1)).unwrap(), 1);
+    let (msgs, events) = results(&hub);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].0, 1);
+    assert!(events.is_empty());
 }
 
 #[test]
 fn bad_slots_and_foreign_segments_are_refused() {
     let hub = Hub::create(2, 4096).unwrap();
     assert!(matches!(hub.post(2, &FrameHeader::default(), b"", true), Err(Error::Invalid(_))));
+    assert!(matches!(Hub::create(0, 4096), Err(Error::Invalid(_))));
+    assert!(matches!(Hub::create(MAX_SLOTS + 1, 4096), Err(Error::Invalid(_))));
     // SAFETY: the hub keeps its fd open for the whole test.
     let fd = unsafe { BorrowedFd::borrow_raw(hub.raw_fd()) };
     assert!(matches!(Port::open(fd, 5), Err(Error::Invalid(_))));
@@ -73,6 +99,22 @@ fn bad_slots_and_foreign_segments_are_refused() {
     // SAFETY: `other` outlives the borrow.
     let fd = unsafe { BorrowedFd::borrow_raw(other.raw_fd()) };
     assert!(matches!(Port::open(fd, 0), Err(Error::BadLayout { .. })));
+}
+
+#[test]
+fn a_header_with_absurd_sizes_is_refused_without_overflow() {
+    let hub = Hub::create(1, 4096).unwrap();
+    let seg = Segment::open(hub.words.seg.as_fd_for_test()).unwrap();
+    for (slots, capacity) in [(u64::MAX, 4096), (1, u64::MAX), (1 << 40, 1 << 40), (0, 4096)] {
+        let p = seg.at::<layout::HubHeader>(0).unwrap();
+        // SAFETY: a test plays a foreign writer scribbling over the header's plain words.
+        unsafe {
+            (*p).slots = slots;
+            (*p).capacity = capacity;
+        }
+        let err = Port::open(hub.words.seg.as_fd_for_test(), 0).err().expect("refused");
+        assert!(matches!(err, Error::BadLayout { .. } | Error::Invalid(_)), "{err}");
+    }
 }
 
 #[test]
@@ -88,14 +130,13 @@ fn posting_never_blocks_and_the_outbox_drains_as_the_worker_reads() {
     std::thread::scope(|s| {
         s.spawn(|| {
             while got.len() < 3 {
-                p.wait_tasks(Some(Instant::now() + Duration::from_secs(10)), &mut keep_going)
-                    .unwrap();
-                p.drain_tasks(usize::MAX, |h, a, b| got.push((h.seq, [a, b].concat()))).unwrap();
+                p.wait_tasks(soon(), &mut keep_going).unwrap();
+                got.extend(tasks(&p).into_iter().map(|(h, b)| (h.seq, b)));
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = soon();
         while hub.backlog(0).unwrap() > 0 {
-            hub.wait_results(Some(deadline), &mut keep_going).unwrap();
+            hub.wait_results(deadline, &mut keep_going).unwrap();
             hub.flush().unwrap();
         }
     });
@@ -103,20 +144,135 @@ fn posting_never_blocks_and_the_outbox_drains_as_the_worker_reads() {
 }
 
 #[test]
-fn a_garbage_frame_is_reported_not_read_past_the_ring() {
+fn many_threads_post_to_one_hub_at_once() {
+    const THREADS: u64 = 4;
+    const EACH: u64 = 2_000;
+    let hub = Hub::create(2, 4096).unwrap();
+    let ports = [port(&hub, 0), port(&hub, 1)];
+    let body = |t: u64, i: u64| vec![(t * 31 + i) as u8; ((t * 7 + i) % 700) as usize];
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let hub = &hub;
+            s.spawn(move || {
+                for i in 0..EACH {
+                    let h = FrameHeader { tag: 1, job: t, seq: i, aux: 0 };
+                    hub.post((i % 2) as usize, &h, &body(t, i), i % 16 == 15).unwrap();
+                }
+                hub.notify();
+            });
+        }
+        // The receiving thread flushes outboxes while the workers read.
+        let done = &done;
+        let hub = &hub;
+        s.spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let _ = hub.wait_results(Some(Instant::now() + Duration::from_millis(5)), &mut keep_going);
+                hub.flush().unwrap();
+            }
+        });
+        let mut next = [[0u64; THREADS as usize]; 2];
+        let deadline = soon();
+        while next.iter().flatten().sum::<u64>() < THREADS * EACH {
+            for (slot, p) in ports.iter().enumerate() {
+                let _ = p.wait_tasks(Some(Instant::now() + Duration::from_millis(5)), &mut keep_going);
+                for (h, b) in tasks(p) {
+                    let t = h.job as usize;
+                    // Each thread's messages to a slot arrive in its order, intact.
+                    assert_eq!(h.seq, next[slot][t] * 2 + slot as u64);
+                    assert_eq!(b, body(h.job, h.seq));
+                    next[slot][t] += 1;
+                }
+            }
+            assert!(Instant::now() < deadline.unwrap(), "messages went missing");
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        hub.wake();
+    });
+}
+
+#[test]
+fn reset_and_post_do_not_wait_for_a_thread_waiting_on_results() {
+    let hub = Hub::create(1, 4096).unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| hub.wait_results(Some(Instant::now() + Duration::from_secs(5)), &mut keep_going));
+        std::thread::sleep(Duration::from_millis(50)); // the waiter is asleep by now
+        let t = Instant::now();
+        hub.reset_slot(0).unwrap();
+        hub.post(0, &FrameHeader::default(), b"x", true).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1), "a waiter held a lock the others need");
+        hub.wake();
+        waiter.join().unwrap().unwrap();
+    });
+}
+
+#[test]
+fn notify_does_not_wait_for_a_sender_blocked_on_a_full_ring() {
     let hub = Hub::create(1, 4096).unwrap();
     let p = port(&hub, 0);
-    p.send(&FrameHeader { tag: 1, ..Default::default() }, b"fine", None, &mut keep_going).unwrap();
-    // A misbehaving worker scribbles a huge length over the frame it published.
-    let seg = Segment::open(
-        // SAFETY: the hub keeps its fd open for the whole test.
-        unsafe { BorrowedFd::borrow_raw(hub.raw_fd()) },
-    )
-    .unwrap();
-    let data = HubLayout { slots: 1, capacity: 4096 }.results(0).data;
+    std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            // 100 KB through a 4 KB ring that nobody drains yet: it waits for room.
+            p.send(&FrameHeader { tag: 1, ..Default::default() }, &vec![7u8; 100_000], soon(), &mut keep_going)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        p.notify();
+        assert!(!p.try_send(&FrameHeader::default(), b"y", true).unwrap(), "mid-message: not now");
+        assert!(t.elapsed() < Duration::from_secs(1), "the waiting sender held a lock notify needs");
+        let mut got = Vec::new();
+        while got.is_empty() {
+            hub.wait_results(soon(), &mut keep_going).unwrap();
+            got = results(&hub).0;
+        }
+        assert_eq!(got[0].2, vec![7u8; 100_000]);
+        sender.join().unwrap().unwrap();
+    });
+}
+
+#[test]
+fn a_corrupt_slot_is_reported_healthy_slots_keep_their_results() {
+    let hub = Hub::create(2, 4096).unwrap();
+    let (bad, good) = (port(&hub, 0), port(&hub, 1));
+    bad.send(&FrameHeader { tag: 1, ..Default::default() }, b"fine", None, &mut keep_going).unwrap();
+    good.send(&FrameHeader { tag: 1, seq: 1, ..Default::default() }, b"healthy", None, &mut keep_going).unwrap();
+    // The worker in slot 0 scribbles a huge length over the frame it published.
+    let seg = Segment::open(hub.words.seg.as_fd_for_test()).unwrap();
+    let data = HubLayout::new(2, 4096).unwrap().results(0).data;
     let len = seg.at::<u32>(data).unwrap();
     // SAFETY: `len` points at the first frame's length word inside the mapping.
     unsafe { len.write_volatile(1 << 30) };
-    let err = hub.drain_results(|_, _, _, _| panic!("nothing valid to deliver")).unwrap_err();
-    assert!(matches!(err, Error::CorruptSlot { slot: 0, .. }), "{err}");
+    let (msgs, events) = results(&hub);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((msgs[0].0, msgs[0].2.as_slice()), (1, &b"healthy"[..]));
+    assert!(matches!(events[..], [SlotEvent::Corrupt { slot: 0, source: Corruption::FrameTooLong { .. } }]), "{events:?}");
+    // Not reported again, and not waited on: the waiter sleeps until its deadline.
+    let t = Instant::now();
+    let err = hub.wait_results(Some(t + Duration::from_millis(30)), &mut keep_going).unwrap_err();
+    assert!(matches!(err, Error::Timeout));
+    assert_eq!(results(&hub), (vec![], vec![]));
+    hub.reset_slot(0).unwrap();
+    let bad = port(&hub, 0);
+    bad.send(&FrameHeader { tag: 1, ..Default::default() }, b"again", None, &mut keep_going).unwrap();
+    assert_eq!(results(&hub).0.len(), 1, "a reset slot is read again");
+}
+
+#[test]
+fn a_watched_process_exit_wakes_the_receiver_and_is_reported_once() {
+    let hub = Hub::create(2, 4096).unwrap();
+    let child = std::process::Command::new("sleep").arg("0.05").spawn().unwrap();
+    let pid = child.id();
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    hub.watch(1, pid, pidfd.as_fd()).unwrap();
+    let t = Instant::now();
+    hub.wait_results(soon(), &mut keep_going).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(results(&hub).1, vec![SlotEvent::Exited { slot: 1, pid }]);
+    assert_eq!(results(&hub).1, vec![], "reported once");
+    let mut child = child;
+    child.wait().unwrap();
 }

@@ -1,7 +1,10 @@
+#![allow(unsafe_code)] // tests play the misbehaving process
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::mem::RingMem;
 use super::*;
+use crate::{Corruption, Error, Result, Segment};
 
 const CAP: usize = 1024;
 
@@ -16,9 +19,14 @@ fn h(tag: u32, seq: u64) -> FrameHeader {
 }
 
 fn recv_all(c: &mut Consumer) -> Vec<(FrameHeader, Vec<u8>)> {
-    let mut out = Vec::new();
-    c.drain(usize::MAX, |h, a, b| out.push((*h, [a, b].concat()))).unwrap();
-    out
+    try_recv_all(c).unwrap()
+}
+
+fn try_recv_all(c: &mut Consumer) -> Result<Vec<(FrameHeader, Vec<u8>)>> {
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    c.drain(usize::MAX, &mut buf, |h, r| got.push((h, r)))?;
+    Ok(got.into_iter().map(|(h, r)| (h, buf[r].to_vec())).collect())
 }
 
 fn keep_going() -> bool {
@@ -143,14 +151,12 @@ fn threads_stress_every_byte_arrives() {
             let mut next = 0u64;
             while next < N {
                 c.wait(None, &mut keep_going).unwrap();
-                c.drain(usize::MAX, |hh, a, b| {
+                for (hh, body) in recv_all(&mut c) {
                     assert_eq!(hh.seq, next);
-                    let body = [a, b].concat();
                     assert_eq!(body.len(), (next % 300) as usize);
                     assert!(body.iter().all(|&x| x == next as u8));
                     next += 1;
-                })
-                .unwrap();
+                }
             }
         });
         for i in 0..N {
@@ -158,4 +164,86 @@ fn threads_stress_every_byte_arrives() {
             p.send(&h(6, i), &body, None, &mut keep_going).unwrap();
         }
     });
+}
+
+/// A second view of the ring's memory, to write what a misbehaving process would.
+fn scribbler(cap: usize) -> (Producer, Consumer, RingMem) {
+    let place = RingPlace { header: 0, data: 1024, capacity: cap, data_bell: 512, room_bell: None };
+    let seg = Arc::new(Segment::create("ring-test", 1024 + cap).unwrap());
+    let p = Producer::new(seg.clone(), place, true).unwrap();
+    let c = Consumer::new(seg.clone(), place, false).unwrap();
+    (p, c, RingMem::new(seg, place, false).unwrap())
+}
+
+#[test]
+fn a_frame_longer_than_a_fragment_is_corrupt_and_poisons_until_reset() {
+    let (mut p, mut c, mem) = scribbler(CAP);
+    assert!(p.try_send(&h(1, 0), b"good").unwrap());
+    assert!(p.try_send(&h(1, 1), b"victim").unwrap());
+    // The second frame's length word now claims far more than a fragment.
+    // SAFETY: a test owns both ends; this is the misbehaving producer's write.
+    unsafe { mem.write_at(40, &(1u32 << 20).to_le_bytes()) };
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    let err = c.drain(usize::MAX, &mut buf, |hh, r| got.push((hh, r))).unwrap_err();
+    assert!(matches!(err, Error::Corrupt(Corruption::FrameTooLong { .. })), "{err}");
+    assert_eq!(got.len(), 1, "the good frame before it is still delivered");
+    assert_eq!(&buf[got[0].1.clone()], b"good");
+    assert!(c.is_poisoned());
+    assert!(try_recv_all(&mut c).is_err(), "nothing more is read from a corrupt ring");
+    c.reset();
+    p.reset();
+    assert!(p.try_send(&h(1, 2), b"again").unwrap());
+    assert_eq!(recv_all(&mut c), vec![(h(1, 2), b"again".to_vec())]);
+}
+
+#[test]
+fn indices_out_of_order_are_corrupt_on_both_ends() {
+    let (mut p, mut c, mem) = scribbler(CAP);
+    // A consumer that claims to have read more than was ever written.
+    mem.header().tail.store(10_000, std::sync::atomic::Ordering::Release);
+    let mut sent = 0;
+    let filler = vec![0u8; 200];
+    let err = loop {
+        match p.offer(&h(1, 0), &filler, &mut sent) {
+            Ok(_) => sent = 0,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::Corrupt(Corruption::Indices { .. })), "{err}");
+    // A producer whose head runs more than a capacity ahead of the tail.
+    mem.header().tail.store(0, std::sync::atomic::Ordering::Release);
+    mem.header().head.store(CAP as u64 * 5, std::sync::atomic::Ordering::Release);
+    let err = try_recv_all(&mut c).unwrap_err();
+    assert!(matches!(err, Error::Corrupt(Corruption::Indices { .. })), "{err}");
+    assert!(c.probe().has_data(), "a waiter wakes to find the corruption");
+}
+
+#[test]
+fn a_frame_past_the_published_bytes_is_corrupt() {
+    let (mut p, mut c, mem) = scribbler(CAP);
+    assert!(p.try_send(&h(1, 0), b"12345678").unwrap());
+    // Claim 64 bytes while 8 were published (64 is still a legal fragment length).
+    // SAFETY: the misbehaving producer's write, as above.
+    unsafe { mem.write_at(0, &64u32.to_le_bytes()) };
+    let err = try_recv_all(&mut c).unwrap_err();
+    assert!(matches!(err, Error::Corrupt(Corruption::FrameOverrun { len: 64, published: 40 })), "{err}");
+}
+
+#[test]
+fn probes_wait_without_holding_an_end() {
+    let (mut p, c) = ring(CAP);
+    let probe = c.probe();
+    let c = std::sync::Mutex::new(c);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(30));
+            // The consumer end is free to take while the other thread waits on the probe.
+            drop(c.lock().unwrap());
+            assert!(p.try_send(&h(1, 0), b"x").unwrap());
+            p.notify();
+        });
+        probe.wait_data(Some(Instant::now() + Duration::from_secs(5)), &mut keep_going).unwrap();
+    });
+    assert!(probe.has_data());
 }

@@ -69,3 +69,12 @@ impl Segment {
     }
 }
 
+
+#[cfg(test)]
+impl Segment {
+    /// The segment's fd, borrowed: tests re-open segments as another process would.
+    pub(crate) fn as_fd_for_test(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+}

@@ -1,4 +1,9 @@
-//! Cross-process wake-ups. See `README.md` beside this file for the protocol.
+//! Waiting and waking. See `README.md` beside this file for the doorbell protocol.
+//!
+//! * [`Doorbell`]: a futex word in shared memory that processes sleep on and ring.
+//! * [`Turn`]: one thread at a time through a multi-step operation, within a process.
 mod doorbell;
+mod turn;
 
-pub use doorbell::{Doorbell, Poll};
+pub use doorbell::{Doorbell, Poll, SLICE};
+pub use turn::{Turn, TurnGuard};

@@ -1,0 +1,164 @@
+//! The reading end of a ring. Payloads are copied out of shared memory as they are read:
+//! the caller never holds a reference into bytes another process may overwrite.
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::primitive::{fence, Ordering};
+use crate::sync::Poll;
+use crate::{Corruption, Error, Result, Segment};
+
+use super::frame::{check_frame, padded, FrameHeader, FRAG_MORE, FRAME_HEADER, MAX_MESSAGE, TAG_ABORT};
+use super::mem::{RingMem, RingPlace};
+use super::probe::Probe;
+
+/// The reading end.
+pub struct Consumer {
+    mem: RingMem,
+    /// Our copy of `tail` (we are its only writer).
+    tail: u64,
+    /// Fragments of a message not yet complete.
+    partial: Vec<u8>,
+    in_partial: bool,
+    /// The producer broke the protocol: nothing more is read until [`Self::reset`].
+    poisoned: Option<Corruption>,
+}
+
+impl Consumer {
+    /// The consumer end of the ring at `place` in `seg`; `init` on the side that created it.
+    pub fn new(seg: Arc<Segment>, place: RingPlace, init: bool) -> Result<Self> {
+        let mem = RingMem::new(seg, place, init)?;
+        let (_, tail) = mem.indices()?;
+        Ok(Consumer { mem, tail, partial: Vec::new(), in_partial: false, poisoned: None })
+    }
+
+    /// A lock-free view of this ring, to wait for data without holding this end.
+    pub fn probe(&self) -> Probe {
+        Probe::new(self.mem.clone())
+    }
+
+    /// Whether published bytes are waiting (maybe only a fragment of a message).
+    pub fn has_data(&self) -> bool {
+        // Acquire: pairs with the producer's Release store of `head`.
+        self.mem.header().head.load(Ordering::Acquire) != self.tail
+    }
+
+    /// Whether this ring was found corrupt (and is read no more until reset).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    /// Copies every complete message now in the ring (at most `max`) to the end of `out`,
+    /// calling `f(header, range of out)` for each, and returns how many. A frame that the
+    /// producer could not have written under the protocol is [`Error::Corrupt`]: messages
+    /// before it are delivered and released, nothing at or past it is read, and every
+    /// later drain fails the same way until [`Self::reset`].
+    pub fn drain(
+        &mut self,
+        max: usize,
+        out: &mut Vec<u8>,
+        mut f: impl FnMut(FrameHeader, Range<usize>),
+    ) -> Result<usize> {
+        if let Some(c) = &self.poisoned {
+            return Err(Error::Corrupt(c.clone()));
+        }
+        let mut delivered = 0;
+        let outcome = self.drain_checked(max, out, &mut f, &mut delivered);
+        self.release();
+        match outcome {
+            Ok(()) => Ok(delivered),
+            Err(c) => {
+                self.poisoned = Some(c.clone());
+                Err(Error::Corrupt(c))
+            }
+        }
+    }
+
+    fn drain_checked(
+        &mut self,
+        max: usize,
+        out: &mut Vec<u8>,
+        f: &mut impl FnMut(FrameHeader, Range<usize>),
+        delivered: &mut usize,
+    ) -> Result<(), Corruption> {
+        let cap = self.mem.cap;
+        // Acquire: pairs with the producer's Release store of `head`.
+        let head = self.mem.header().head.load(Ordering::Acquire);
+        if head.wrapping_sub(self.tail) > cap {
+            return Err(Corruption::Indices { head, tail: self.tail, capacity: cap });
+        }
+        let max_fragment = cap as usize / 4 - FRAME_HEADER;
+        while self.tail != head && *delivered < max {
+            let published = head - self.tail; // <= cap, checked above
+            if published < FRAME_HEADER as u64 {
+                return Err(Corruption::FrameOverrun { len: 0, published });
+            }
+            let mut raw = [0u8; FRAME_HEADER];
+            self.mem.copy_out(self.tail, &mut raw);
+            let (len, fh) = FrameHeader::decode(&raw);
+            check_frame(len, max_fragment, published)?;
+            let body = self.tail + FRAME_HEADER as u64;
+            let len = len as usize;
+            if fh.tag == TAG_ABORT {
+                self.partial.clear();
+                self.in_partial = false;
+            } else if fh.tag & FRAG_MORE != 0 || self.in_partial {
+                if self.partial.len() + len > MAX_MESSAGE {
+                    return Err(Corruption::MessageTooLong { max: MAX_MESSAGE as u64 });
+                }
+                self.mem.append_to(body, len, &mut self.partial);
+                self.in_partial = fh.tag & FRAG_MORE != 0;
+                if !self.in_partial {
+                    let start = out.len();
+                    out.extend_from_slice(&self.partial);
+                    self.partial.clear();
+                    f(fh, start..out.len());
+                    *delivered += 1;
+                }
+            } else {
+                let start = out.len();
+                self.mem.append_to(body, len, out);
+                f(fh, start..out.len());
+                *delivered += 1;
+            }
+            self.tail = body + padded(len);
+        }
+        Ok(())
+    }
+
+    /// Publishes how far we read, and rings the producer if it waits for room.
+    fn release(&mut self) {
+        let hdr = self.mem.header();
+        if hdr.tail.load(Ordering::Relaxed) == self.tail {
+            return;
+        }
+        // Release: pairs with the producer's Acquire load of `tail` before it reuses bytes.
+        hdr.tail.store(self.tail, Ordering::Release);
+        // Pairs with the fence in `Probe::want_room_on`.
+        fence(Ordering::SeqCst);
+        if hdr.wants_room.load(Ordering::Relaxed) != 0 {
+            self.mem.room_bell().ring();
+        }
+    }
+
+    /// Waits until data is published (see [`crate::Doorbell::wait_until`]).
+    pub fn wait(&self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
+        self.mem.data_bell().wait_until(|| self.has_data(), deadline, poll)
+    }
+
+    /// Empties the ring, as if freshly created, and forgets sleepers on its room bell (so
+    /// that bell must be this ring's own). Only sound when no producer is running
+    /// (its process is gone) — the hub uses it to reuse a dead worker's slot.
+    pub fn reset(&mut self) {
+        let hdr = self.mem.header();
+        hdr.head.store(0, Ordering::Release);
+        hdr.tail.store(0, Ordering::Release);
+        // The dead producer may have died asleep waiting for room.
+        hdr.wants_room.store(0, Ordering::SeqCst);
+        self.mem.room_bell().forget_sleepers();
+        self.tail = 0;
+        self.partial.clear();
+        self.in_partial = false;
+        self.poisoned = None;
+    }
+}

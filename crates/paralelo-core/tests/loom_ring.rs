@@ -1,0 +1,216 @@
+//! Loom models of the doorbell protocol (`src/sync/README.md`) and of the ring's wait for
+//! data and for room (`src/ring/`). Only built with `--cfg loom`: run them with `.ci/loom`.
+//!
+//! Under loom the atomics of `crate::primitive` are loom's, the futex is a mutex and a
+//! condition variable with no timeout (`src/sys/futex.rs`), and the ring's byte copies are
+//! tracked per 8-byte cell (`src/ring/mem.rs`). So in every interleaving loom explores
+//! (up to its preemption bound) and every value a weak load may return:
+//!
+//! * a lost wake-up leaves a thread asleep for ever, which loom reports as a deadlock;
+//! * a consumer reading bytes the producer's `head` did not publish to it (or a producer
+//!   overwriting bytes whose `tail` release it did not see) is a causality violation;
+//! * what arrives is checked byte for byte and in order.
+#![cfg(loom)]
+
+use std::sync::Arc;
+
+use loom::sync::atomic::{AtomicU32, Ordering};
+use loom::thread;
+
+use paralelo_core::ring::RingPlace;
+use paralelo_core::{Consumer, Doorbell, FrameHeader, Producer, Segment};
+
+/// The smallest ring the constructor accepts (`MIN_CAPACITY` rounded up to a power of two):
+/// 64-byte fragments (32 of header, 32 of payload), four to a full ring.
+const CAP: usize = 256;
+
+/// A bounded model run: `LOOM_MAX_PREEMPTIONS` (default 3, as in `.ci/loom`) bounds the
+/// context switches loom forces on a thread that could go on running. Says how many
+/// executions it explored.
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(3);
+    }
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = runs.clone();
+    let start = std::time::Instant::now();
+    b.check(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        f();
+    });
+    eprintln!(
+        "{}: {} executions (preemption bound {}) in {:.1?}",
+        std::thread::current().name().unwrap_or("model"),
+        runs.load(std::sync::atomic::Ordering::Relaxed),
+        b.preemption_bound.unwrap(),
+        start.elapsed(),
+    );
+}
+
+fn keep_waiting() -> bool {
+    true
+}
+
+// ---------------------------------------------------------------------------------------
+// The doorbell alone.
+
+/// A waiter and a ringer that publishes then rings: the waiter always wakes.
+#[test]
+fn doorbell_wakes_its_waiter() {
+    model(|| {
+        let bell = Arc::new(Doorbell::default());
+        let flag = Arc::new(AtomicU32::new(0));
+        let waiter = {
+            let (bell, flag) = (bell.clone(), flag.clone());
+            thread::spawn(move || {
+                bell.wait_until(|| flag.load(Ordering::Acquire) == 1, None, &mut keep_waiting)
+                    .unwrap();
+            })
+        };
+        flag.store(1, Ordering::Release);
+        bell.ring();
+        waiter.join().unwrap();
+        assert_eq!(bell.sleepers(), 0, "a waiter that returned is no longer registered");
+    });
+}
+
+/// Two rounds over the same bell: `seq` moves on, and a second wait still wakes (a waiter
+/// that kept a stale `seq` would sleep through the second ring).
+#[test]
+fn doorbell_wakes_twice() {
+    model(|| {
+        let bell = Arc::new(Doorbell::default());
+        let back = Arc::new(Doorbell::default());
+        let step = Arc::new(AtomicU32::new(0));
+        let waiter = {
+            let (bell, back, step) = (bell.clone(), back.clone(), step.clone());
+            thread::spawn(move || {
+                for round in 1..=2 {
+                    bell.wait_until(
+                        || step.load(Ordering::Acquire) >= 2 * round - 1,
+                        None,
+                        &mut keep_waiting,
+                    )
+                    .unwrap();
+                    step.store(2 * round, Ordering::Release);
+                    back.ring();
+                }
+            })
+        };
+        for round in 1..=2 {
+            step.store(2 * round - 1, Ordering::Release);
+            bell.ring();
+            back.wait_until(|| step.load(Ordering::Acquire) >= 2 * round, None, &mut keep_waiting)
+                .unwrap();
+        }
+        waiter.join().unwrap();
+    });
+}
+
+/// Two waiters on one bell (as on a hub's shared results bell), one ring: both wake.
+#[test]
+fn doorbell_wakes_every_waiter() {
+    model(|| {
+        let bell = Arc::new(Doorbell::default());
+        let flag = Arc::new(AtomicU32::new(0));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let (bell, flag) = (bell.clone(), flag.clone());
+                thread::spawn(move || {
+                    bell.wait_until(|| flag.load(Ordering::Acquire) == 1, None, &mut keep_waiting)
+                        .unwrap();
+                })
+            })
+            .collect();
+        flag.store(1, Ordering::Release);
+        bell.ring();
+        for w in waiters {
+            w.join().unwrap();
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// The ring: a producer thread and a consumer thread, each sleeping on the other's bell.
+
+/// A ring of `CAP` bytes with its own data bell, in a fresh segment (so fresh loom atomics:
+/// `RingMem::new` writes them under loom).
+fn ring() -> (Producer, Consumer) {
+    let align = |n: usize| n.next_multiple_of(64);
+    let header = 0;
+    let data = align(RingPlace::HEADER_BYTES);
+    let data_bell = data + CAP;
+    let len = align(data_bell + std::mem::size_of::<Doorbell>());
+    let seg = Arc::new(Segment::create("loom-ring", len).unwrap());
+    let place = RingPlace { header, data, capacity: CAP, data_bell, room_bell: None };
+    let producer = Producer::new(seg.clone(), place, true).unwrap();
+    let consumer = Consumer::new(seg, place, false).unwrap();
+    (producer, consumer)
+}
+
+/// Message `i`: `len` bytes that name it, and a header that does too.
+fn message(i: u64, len: usize) -> (FrameHeader, Vec<u8>) {
+    let h = FrameHeader { tag: i as u32 + 1, job: 100 + i, seq: i, aux: !i };
+    let payload = (0..len).map(|b| (i as u8).wrapping_mul(31).wrapping_add(b as u8)).collect();
+    (h, payload)
+}
+
+/// Sends `prefill` (into the ring before the threads start) then `sent` from a producer
+/// thread, while the consumer waits for data and drains until all arrived: each must
+/// arrive whole, in order, and nobody may sleep for ever.
+fn stream(prefill: &'static [usize], sent: &'static [usize]) {
+    model(move || {
+        let (mut producer, mut consumer) = ring();
+        for (i, &len) in prefill.iter().enumerate() {
+            let (h, p) = message(i as u64, len);
+            assert!(producer.try_send(&h, &p).unwrap(), "the prefill fits");
+        }
+        let first = prefill.len() as u64;
+        let tx = thread::spawn(move || {
+            for (i, &len) in sent.iter().enumerate() {
+                let (h, p) = message(first + i as u64, len);
+                producer.send(&h, &p, None, &mut keep_waiting).unwrap();
+            }
+        });
+        let total = prefill.len() + sent.len();
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        while got.len() < total {
+            consumer.wait(None, &mut keep_waiting).unwrap();
+            consumer.drain(usize::MAX, &mut out, |h, r| got.push((h, r))).unwrap();
+        }
+        tx.join().unwrap();
+        assert!(!consumer.has_data(), "nothing but the messages was sent");
+        let lens = prefill.iter().chain(sent);
+        for (i, ((h, r), &len)) in got.iter().zip(lens).enumerate() {
+            let (want_h, want_p) = message(i as u64, len);
+            assert_eq!(*h, want_h, "message {i}: header");
+            assert_eq!(&out[r.clone()], &want_p[..], "message {i}: payload");
+        }
+    });
+}
+
+/// Whole-frame messages through a full ring: three 64-byte frames are in before the
+/// threads start, so the producer's second message finds the ring full unless the
+/// consumer has drained, and must sleep on the room bell.
+#[test]
+fn ring_fills_and_drains() {
+    stream(&[32, 32, 32], &[32, 32]);
+}
+
+/// A message larger than the ring (five 32-byte fragments: 320 ring bytes in 256) streams
+/// through while the consumer reassembles it: the producer must wake the consumer before
+/// it sleeps for room, or both sleep for ever.
+#[test]
+fn ring_streams_a_message_larger_than_itself() {
+    stream(&[], &[160]);
+}
+
+/// A message of four fragments (32 + 32 + 32 + 4 bytes: 232 ring bytes, which with the
+/// 40 of the message before it do not fit) after a whole one: the consumer delivers the
+/// first and reassembles the second.
+#[test]
+fn ring_reassembles_after_a_whole_message() {
+    stream(&[8], &[100]);
+}

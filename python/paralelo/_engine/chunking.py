@@ -1,0 +1,68 @@
+"""How big a map's chunks are: from measured worker time per item, so each chunk takes
+about ``CHUNK_SECONDS`` in a worker, with guided (shrinking) chunks near the end."""
+
+from __future__ import annotations
+
+#: An adaptive chunk aims to take this long in a worker: long enough to amortise the
+#: ≈ 30 µs a message costs end to end, short enough to balance load.
+CHUNK_SECONDS = 0.002
+#: Near the end of a map, chunks shrink (guided scheduling) but not below this much work:
+#: a smaller chunk costs more in messages than it can save in balance.
+MIN_CHUNK_SECONDS = 0.0002
+
+
+class Chunker:
+    """The chunk policy of one map. With a fixed ``chunksize`` every chunk has that size;
+    with None, sizes grow from 1 until measured, then follow the measured cost."""
+
+    __slots__ = ("fixed", "processes", "total", "size", "min_size", "per_item",
+                 "busy_ns", "measured_items", "measured_max")
+
+    def __init__(self, chunksize: int | None, processes: int, total: int | None) -> None:
+        self.fixed = chunksize
+        self.processes = processes
+        self.total = total
+        self.size = self.min_size = chunksize or 1
+        self.per_item = 0.0
+        self.busy_ns = 0  # worker time and items of the chunks the estimate rests on
+        self.measured_items = 0
+        self.measured_max = 0  # the largest chunk measured
+
+    def next_size(self, chunks_cut: int, items_cut: int) -> int:
+        """The size of the next chunk, after `chunks_cut` chunks of `items_cut` items."""
+        if self.fixed:
+            return self.fixed
+        if self.measured_items == 0:
+            # Not measured yet: start small, grow as units go out.
+            return min(1 << chunks_cut, 64)
+        n = self.size
+        if self.total is not None:
+            # Guided: leave enough pieces at the end to balance the workers.
+            n = min(n, max(self.min_size, -(-(self.total - items_cut) // (2 * self.processes))))
+        return max(1, n)
+
+    def measure(self, count: int, elapsed_ns: int) -> None:
+        """A chunk of `count` items took `elapsed_ns` in a worker."""
+        # Cost per item, from the largest chunks seen: a chunk's fixed cost (unpickling,
+        # the call loop) would swamp a small chunk's measure.
+        if count > 2 * self.measured_max:
+            self.busy_ns = self.measured_items = 0
+            self.measured_max = count
+        if 2 * count >= self.measured_max:
+            self.busy_ns += elapsed_ns
+            self.measured_items += count
+
+    def update(self) -> None:
+        """Re-derives sizes after a round of measurements."""
+        if not self.measured_items:
+            return
+        self.per_item = self.busy_ns / self.measured_items / 1e9
+        if not self.fixed:
+            self.size = max(1, int(CHUNK_SECONDS / max(self.per_item, 1e-9)))
+            self.min_size = max(1, int(MIN_CHUNK_SECONDS / max(self.per_item, 1e-9)))
+
+    def unit_seconds(self) -> float | None:
+        """Estimated worker time of one chunk, or None when not measured yet."""
+        if self.measured_items == 0:
+            return None
+        return self.per_item * self.size

@@ -1,0 +1,86 @@
+"""Crash attribution: when a worker dies, what it was doing decides what fails.
+
+The worker's slot state (one word in shared memory, see the engine's hub README) names
+what it was doing when it died:
+
+- running a unit: that unit fails with ``WorkerLostError``; the units queued behind it
+  are re-dispatched;
+- unpacking a batch: the batch's units are retried one per message, so the culprit is
+  found;
+- loading a job's function: twice, and that job fails (once could be an outside kill);
+- in the pool's initializer: the pool is broken, as concurrent.futures does;
+- anything else, three times in a row with no message from any worker in between: the
+  workers cannot start, and the pool is broken rather than respawning for ever.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .._errors import WorkerLostError, broken
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .slot import Slot
+
+#: Workers dying outside any task this many times in a row break the pool.
+MAX_UNEXPLAINED_DEATHS = 3
+
+
+def retire(engine: Engine, slot: Slot, death: str | None) -> None:
+    """The worker in `slot` is gone (`death` says how) or leaving after maxtasks (None):
+    fail what it was running, hand back what it had not started, start another."""
+    kind, ticket = engine.hub.state(slot.index) if death is not None else ("idle", 0)
+    slot.alive = False
+    cause = slot.corrupt
+    if death is not None:
+        if cause is not None:
+            death = f"{death} after its ring was found corrupt ({cause})"
+        _explain(engine, slot, kind, ticket, death)
+    units = list(slot.inflight.values())
+    slot.inflight.clear()
+    slot.outgoing = []
+    engine.hub.reset_slot(slot.index)
+    os.close(slot.pidfd)
+    slot.pidfd = -1
+    slot.corrupt = None
+    batch_job = None
+    if kind == "unpacking":
+        first = next((u for u in units if u.seq == ticket), None)
+        batch_job = first.job if first is not None else None
+    for unit in units:
+        unit.job.outstanding -= 1
+        if batch_job is not None and unit.job is batch_job:
+            unit.solo = True  # died unpickling a batch: retry its units one by one
+        if death is not None and kind == "running" and unit.seq == ticket:
+            err = WorkerLostError(f"the worker process (pid {slot.pid}) running this task died: {death}")
+            err.__cause__ = cause
+            unit.job.lost(unit, err)
+            engine.forget_if_done(unit.job)
+        else:
+            engine.requeue(unit)
+    if (not engine.closing or engine.jobs) and engine.broken is None:
+        try:
+            engine.start(slot)
+        except OSError as e:
+            engine.break_pool(broken(f"cannot start a replacement worker: {e}", e))
+
+
+def _explain(engine: Engine, slot: Slot, kind: str, ticket: int, death: str) -> None:
+    """Deaths outside a task: see the module's docstring."""
+    if kind == "initializing":
+        engine.break_pool(broken(f"a worker process (pid {slot.pid}) died in the pool's initializer: {death}"))
+    elif kind == "loading" and ticket in engine.jobs:
+        job = engine.jobs[ticket]
+        job.func_deaths += 1
+        if job.func_deaths >= 2:
+            job.fail(WorkerLostError(
+                f"worker processes (the last pid {slot.pid}) died unpickling this job's function: {death}"))
+    elif not slot.answered and kind != "unpacking" and not (kind == "running" and ticket in slot.inflight):
+        # A worker that dies before saying anything, again and again: it cannot start.
+        engine.unexplained_deaths += 1
+        if engine.unexplained_deaths >= MAX_UNEXPLAINED_DEATHS:
+            engine.break_pool(broken(
+                f"{engine.unexplained_deaths} worker processes died in a row outside any task, "
+                f"the last (pid {slot.pid}) because {death}"))

@@ -1,0 +1,423 @@
+"""The parent's engine: worker slots, dispatch and the collector.
+
+One collector thread per engine waits (GIL released, in Rust) for results from every
+worker, for room in task rings and for worker deaths, which the engine's death watch
+reports through the same wait: nothing here polls. Posting a task never blocks. A job
+hands out units (see ``jobs``); the engine keeps each worker's queue just long enough
+that it never idles, measured in time rather than count.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import pickle
+import signal
+import threading
+import weakref
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator
+
+from .. import _native, _zygote
+from .._errors import broken, load_error
+from .._pickling import PROTOCOL, dumps, unpack_results
+from .._wire import BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
+from . import deaths
+from .jobs import Job, MapJob, Unit
+from .slot import Slot
+
+import cloudpickle
+
+RING_BYTES = 1 << 20
+#: Keep this much work queued per worker beyond what it runs, so it never waits for us.
+QUEUE_SECONDS = 0.002
+MAX_INFLIGHT = 256
+#: Map chunks committed to one worker in one round travel together, up to this many.
+SHIP_UNITS = 64
+
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+# Completions that run user code (callbacks, Future done-callbacks) found while a thread
+# holds an engine lock: they run once it is released, so a callback that takes the user's
+# own lock cannot deadlock against a thread submitting while holding that lock.
+_deferred = threading.local()
+
+
+def run_or_defer(fn: Callable, *args: Any) -> None:
+    """Calls `fn(*args)` now, or, inside `Engine.locked()`, right after the lock is released."""
+    pending = getattr(_deferred, "pending", None)
+    if pending is None:
+        fn(*args)
+    else:
+        pending.append((fn, args))
+
+
+class Engine:
+    """Worker processes on a hub, fed by jobs. Thread-safe."""
+
+    def __init__(self, processes: int, initializer: Callable | None = None, initargs: tuple = (),
+                 maxtasks: int | None = None) -> None:
+        self.processes = processes
+        self.lock = threading.RLock()
+        # The zygote first: forked before the hub exists, it does not hold the hub's memfd.
+        self.zygote = _zygote.get()
+        self.hub = _native.Hub(processes, RING_BYTES)
+        self.init_payload = cloudpickle.dumps((initializer, tuple(initargs), maxtasks or 0), PROTOCOL)
+        self.jobs: dict[int, Job] = {}
+        self.active: deque[Job] = deque()
+        self.slots = [Slot(i) for i in range(processes)]
+        self.closing = False  # no new jobs; workers exit once idle
+        self.finish_at_exit = False  # at interpreter exit: finish pending work (executors)
+        self.broken: BaseException | None = None
+        self.exits_sent = False
+        self.unexplained_deaths = 0  # in a row, with no task answered in between
+        self.pid = os.getpid()
+        try:
+            for slot in self.slots:
+                self.start(slot)
+        except BaseException:
+            self._kill_all()  # no half-started pool outlives its failed constructor
+            self._close_pidfds()
+            raise
+        self.thread = threading.Thread(target=self._collect, name="paralelo-collector", daemon=True)
+        self.thread.start()
+        _engines.add(self)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Holds the engine lock; completions found meanwhile run after it is released."""
+        outer = getattr(_deferred, "pending", None) is None
+        if outer:
+            _deferred.pending = []
+        try:
+            with self.lock:
+                yield
+        finally:
+            if outer:
+                pending, _deferred.pending = _deferred.pending, None
+                for fn, args in pending:
+                    fn(*args)
+
+    # -- workers -------------------------------------------------------------
+
+    def start(self, slot: Slot) -> None:
+        """Starts a worker in `slot` and has the engine watch for its death."""
+        slot.pid, slot.pidfd = self.zygote.spawn_worker(self.hub.fd, slot.index)
+        slot.alive = True
+        slot.answered = False
+        slot.loaded = set()
+        self.hub.watch(slot.index, slot.pid, slot.pidfd)
+        self.hub.post(slot.index, INIT, 0, 0, 0, self.init_payload)
+
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.slots if s.alive]
+
+    # -- dispatch ------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        if os.getpid() != self.pid:
+            raise RuntimeError("a paralelo pool cannot be used from a child process forked after it was made")
+        with self.locked():
+            if self.broken is not None:
+                raise self.broken
+            if self.closing:
+                raise ValueError("Pool not running")
+            self.jobs[job.id] = job
+            self.active.append(job)
+            self._pump()
+
+    def kick(self) -> None:
+        """Dispatches again (a lazy job's consumer made room, or fed more input)."""
+        if os.getpid() != self.pid:
+            return
+        with self.locked():
+            self._pump()
+
+    def cancel(self, job: Job) -> None:
+        """Runs nothing more of `job`: what is queued is dropped, what runs finishes."""
+        with self.locked():
+            job.stop()
+            self.forget_if_done(job)
+
+    def requeue(self, unit: Unit) -> None:
+        """Puts back a unit a dead worker held but had not run: it goes out first."""
+        unit.job.requeued.appendleft(unit)
+        if unit.job not in self.active:
+            self.active.appendleft(unit.job)
+
+    def _limit(self, job: Job) -> int:
+        t = job.unit_seconds()
+        if t is None:
+            return 2
+        return min(MAX_INFLIGHT, 1 + int(QUEUE_SECONDS / max(t, 1e-7)))
+
+    def _pump(self) -> None:
+        """Tops up every live worker's queue, least loaded first."""
+        if self.broken is not None or not self.active:
+            return
+        live = sorted((s for s in self.slots if s.alive and s.corrupt is None), key=lambda s: len(s.inflight))
+        limit = self._limit(self.active[0])
+        try:
+            for slot in live:
+                room = limit - len(slot.inflight)
+                while room > 0:
+                    units = self._next_units(min(room, SHIP_UNITS))
+                    if not units:
+                        return
+                    for unit in units:
+                        self._send(slot, unit)
+                    room -= len(units)
+                    if len(slot.outgoing) >= SHIP_UNITS:
+                        self._ship(slot)
+        finally:
+            for slot in live:
+                if slot.outgoing:
+                    self._ship(slot)
+
+    def _next_units(self, most: int) -> list[Unit]:
+        """Up to `most` units of the oldest job that has any. A job held back by its slow
+        consumer (lazy imap) lets younger jobs pass, so waiting on one never starves the
+        others."""
+        active = self.active
+        i = 0
+        while i < len(active):
+            job = active[i]
+            units = job.next_units(most)
+            if units:
+                return units
+            if job.has_more():
+                i += 1
+                continue
+            del active[i]
+            self.forget_if_done(job)
+        return []
+
+    def _send(self, slot: Slot, unit: Unit) -> None:
+        """Commits `unit` to `slot`. Map chunks wait in `slot.outgoing` until the end of
+        the pump round, to travel several to a message."""
+        job = unit.job
+        slot.inflight[unit.seq] = unit
+        job.outstanding += 1
+        if unit.tag == TASK:
+            slot.outgoing.append(unit)
+        else:
+            self.hub.post(slot.index, unit.tag, job.id, unit.seq, 0, unit.payload)
+
+    def _ship(self, slot: Slot) -> None:
+        """Sends the map chunks committed to `slot`: one message per run of chunks of the
+        same job (TASK for one, TASKS for several), which wakes the worker if it sleeps —
+        one futex wake (≈ 21 µs here) per batch, not per unit."""
+        units, slot.outgoing = slot.outgoing, []
+        i = 0
+        while i < len(units):
+            job = units[i].job
+            j = i + 1
+            while j < len(units) and units[j].job is job and not units[i].solo and not units[j].solo:
+                j += 1
+            run, i = units[i:j], j
+            # Until the job's cost is measured, a quick unit's result must not wait behind
+            # a slow one shipped with it: the worker answers each at once.
+            eager = EAGER if job.unit_seconds() is None else 0
+            if job.id not in slot.loaded:
+                assert job.func_payload is not None  # map jobs always ship their function
+                self.hub.post(slot.index, FUNC, job.id, 0, 0, job.func_payload, False)
+                slot.loaded.add(job.id)
+            try:
+                if len(run) == 1:
+                    tag, seq, payload = TASK, run[0].seq, dumps(run[0].payload)
+                else:
+                    tag, seq = TASKS, run[0].seq
+                    payload = dumps(([u.seq for u in run], [u.payload for u in run]))
+            except BaseException:  # noqa: BLE001 - find the chunk that cannot be pickled
+                for u in run:
+                    try:
+                        self.hub.post(slot.index, TASK, job.id, u.seq, eager, dumps(u.payload))
+                    except BaseException as e:  # noqa: BLE001 - an argument cannot be pickled
+                        self._answer(slot, [(u.seq, False, e, 0)])
+                continue
+            self.hub.post(slot.index, tag, job.id, seq, eager, payload)
+
+    def forget_if_done(self, job: Job) -> None:
+        """Drops a job that will send and receive nothing more (and its function in workers)."""
+        if job.outstanding or (job.has_more() and not job.finished) or job.id not in self.jobs:
+            return
+        del self.jobs[job.id]
+        if job in self.active:
+            self.active.remove(job)
+        if job.func_payload is not None:
+            for s in self.slots:
+                if s.alive and job.id in s.loaded:
+                    s.loaded.discard(job.id)
+                    self.hub.post(s.index, DROP, job.id, 0, 0, b"")
+
+    # -- results ---------------------------------------------------------------
+
+    def _collect(self) -> None:
+        try:
+            self._collect_loop()
+        except BaseException as e:  # noqa: BLE001 - a bug here must fail callers, not hang them
+            with self.locked():
+                self.break_pool(broken(f"paralelo's collector thread failed: {e!r}", e))
+        finally:
+            with self.locked():
+                self._close_pidfds()
+
+    def _close_pidfds(self) -> None:
+        for s in self.slots:
+            s.alive = False
+            if s.pidfd >= 0:
+                os.close(s.pidfd)
+                s.pidfd = -1
+
+    def _collect_loop(self) -> None:
+        recv = self.hub.recv
+        while True:
+            # Results, room for outboxes, deaths and wake() all end this wait.
+            msgs, events = recv(None)
+            with self.locked():
+                for slot_i, tag, job_id, seq, aux, payload in msgs:
+                    self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
+                for kind, slot_i, detail in events:
+                    self._event(self.slots[slot_i], kind, detail)
+                self._pump()
+                if self.closing and not self.jobs and not self.exits_sent:
+                    self.exits_sent = True
+                    for s in self.slots:
+                        if s.alive:
+                            self.hub.post(s.index, EXIT, 0, 0, 0, b"")
+                if self.closing and not any(s.alive for s in self.slots):
+                    break
+
+    def _event(self, slot: Slot, kind: str, detail: Any) -> None:
+        if kind == "corrupt":
+            # Read no more from it, send it nothing more, kill it: its death retires it.
+            if slot.alive and slot.corrupt is None:
+                slot.corrupt = detail
+                self._kill(slot)
+        elif kind == "exited" and slot.alive and slot.pid == detail:
+            try:
+                status = self.zygote.exit_status(detail)
+            except OSError:
+                status = None
+            deaths.retire(self, slot, _zygote.describe_exit(status))
+
+    def _answer(self, slot: Slot, replies: Iterable[tuple[int, bool, Any, int]]) -> None:
+        """Outcomes of units `slot` ran: `(ticket, ok, results or exception, busy_ns)`, all
+        of one job. Units no longer held (already failed or requeued) are ignored."""
+        inflight = slot.inflight
+        answers = []
+        for ticket, ok, value, busy in replies:
+            unit = inflight.pop(ticket, None)
+            if unit is not None:
+                answers.append((unit, ok, value, busy))
+        if answers:
+            job = answers[0][0].job
+            job.outstanding -= len(answers)
+            job.done_many(answers)
+            if not job.outstanding:
+                self.forget_if_done(job)
+
+    def _handle(self, slot: Slot, tag: int, job_id: int, seq: int, aux: int, payload: bytes) -> None:
+        self.unexplained_deaths = 0
+        slot.answered = True
+        if tag == RESULTS:
+            tickets, body = pickle.loads(payload)
+            err: BaseException | None
+            try:
+                replies = pickle.loads(body)
+            except BaseException as e:  # noqa: BLE001 - those units fail, not the pool
+                replies = [(t, False, None, 0) for t in tickets]
+                err = e
+            else:
+                err = None
+            self._answer(slot, (
+                (t, ok, value if ok else err or load_error(value), busy) for t, ok, value, busy in replies
+            ))
+        elif tag == OK or tag == OK_ARRAY:
+            try:
+                ok, value = True, unpack_results(tag, payload)
+            except BaseException as e:  # noqa: BLE001
+                ok, value = False, e
+            self._answer(slot, [(seq, ok, value, aux)])
+        elif tag == ERR:
+            self._answer(slot, [(seq, False, load_error(payload), aux)])
+        elif tag == BYE:
+            deaths.retire(self, slot, None)
+        elif tag == INIT_ERR:
+            self.break_pool(broken("a worker's initializer raised an exception", load_error(payload)))
+
+    def break_pool(self, err: BaseException) -> None:
+        """Fails every job with `err` and stops every worker: nothing more can run."""
+        self.broken = err
+        for job in list(self.jobs.values()):
+            job.fail(err)
+        self.jobs.clear()
+        self.active.clear()
+        self._kill_all()
+        self.closing = True
+
+    def _kill(self, slot: Slot) -> None:
+        if slot.alive and slot.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(slot.pidfd, signal.SIGKILL)
+            except OSError:  # already gone
+                pass
+
+    def _kill_all(self) -> None:
+        for s in self.slots:
+            self._kill(s)
+
+    # -- shutdown ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """No new jobs; workers exit once the current ones are done."""
+        if os.getpid() != self.pid:
+            return  # a forked child: the rings and workers are its parent's
+        with self.locked():
+            self.closing = True
+            lazy = [job for job in self.active if isinstance(job, MapJob)]
+        # Like multiprocessing, finish lazily read inputs even if nobody consumes them
+        # (read here, on the caller's thread, not under the engine lock).
+        for job in lazy:
+            job.hold = None
+            job.feed(everything=True)
+        with self.locked():
+            self._pump()
+        self.hub.wake()
+
+    def terminate(self, exc: BaseException | None = None) -> None:
+        """Stops everything now: unfinished jobs fail with `exc` (if given), workers are
+        killed. In a forked child, does nothing: the workers are its parent's."""
+        if os.getpid() != self.pid:
+            return
+        with self.locked():
+            self.closing = True
+            if exc is not None:
+                for job in list(self.jobs.values()):
+                    job.fail(exc)
+            self.jobs.clear()
+            self.active.clear()
+            self._kill_all()
+        self.hub.wake()
+
+    def join(self, timeout: float | None = None) -> None:
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
+
+
+def _shutdown_all() -> None:
+    # As in the standard library: executors finish their pending work at exit, pools stop.
+    # Only this process's own engines: a forked child must not stop its parent's workers.
+    engines = [e for e in _engines if e.pid == os.getpid()]
+    for engine in engines:
+        if engine.finish_at_exit:
+            engine.close()
+        else:
+            engine.terminate()
+    for engine in engines:
+        engine.join(None if engine.finish_at_exit else 5)
+
+
+atexit.register(_shutdown_all)
+os.register_at_fork(after_in_child=_engines.clear)

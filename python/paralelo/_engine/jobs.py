@@ -1,0 +1,320 @@
+"""The job model: a job hands out units (one message each: a chunk of a map, or one call)
+and receives their outcomes. Every method here is called with the engine lock held,
+except ``MapJob.feed``, which reads the user's input on the caller's or consumer's thread."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+import cloudpickle
+
+from .._outcomes import Segments
+from .._pickling import PROTOCOL
+from .._wire import CALL, TASK
+from .chunking import Chunker
+from .sink import MapSink
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+_job_ids = itertools.count(1)
+#: Unit tickets, unique in this process: what a worker records in its slot state while it
+#: runs a unit, so a death is blamed on exactly that unit.
+_tickets = itertools.count(1)
+
+
+class Unit:
+    """One schedulable piece of work: a chunk of a map job (`payload` holds its items until
+    sent) or one call (`payload` is the pickled call). `seq` is its ticket."""
+
+    __slots__ = ("job", "seq", "tag", "payload", "start", "count", "solo")
+
+    def __init__(self, job: Job, tag: int, payload: Any, start: int = 0, count: int = 1):
+        self.job, self.seq, self.tag, self.payload = job, next(_tickets), tag, payload
+        self.start, self.count = start, count
+        self.solo = False  # travels in a message of its own (a batch it was in killed a worker)
+
+
+class Job:
+    """Work the engine dispatches. Subclasses produce units and receive their outcomes."""
+
+    func_payload: bytes | None = None
+
+    def __init__(self) -> None:
+        self.id = next(_job_ids)
+        self.requeued: deque[Unit] = deque()
+        self.finished = False
+        self.func_deaths = 0  # workers that died unpickling this job's function
+        self.outstanding = 0  # units sent and not yet answered (kept by the engine)
+
+    def next_unit(self) -> Unit | None:
+        """The next unit to send, or None if there is none now."""
+        raise NotImplementedError
+
+    def has_more(self) -> bool:
+        """Whether units may still come (now or once a lazy consumer makes room)."""
+        raise NotImplementedError
+
+    def next_units(self, most: int) -> list[Unit]:
+        """Up to `most` units to send now."""
+        out: list[Unit] = []
+        while len(out) < most:
+            unit = self.next_unit()
+            if unit is None:
+                break
+            out.append(unit)
+        return out
+
+    def unit_seconds(self) -> float | None:
+        """Estimated worker time of one unit, or None when unknown yet."""
+        return None
+
+    def done(self, unit: Unit, ok: bool, value: Any, elapsed_ns: int) -> None:
+        raise NotImplementedError
+
+    def done_many(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
+        """Several outcomes at once (one RESULTS message)."""
+        for unit, ok, value, elapsed_ns in answers:
+            self.done(unit, ok, value, elapsed_ns)
+
+    def fail(self, exc: BaseException) -> None:
+        """Fails the whole job (pool broken or terminated)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Runs nothing more of this job (its consumer stopped early, or it failed)."""
+        self.finished = True
+        self.requeued.clear()
+
+    def lost(self, unit: Unit, exc: BaseException) -> None:
+        """The worker running `unit` died."""
+        self.done(unit, False, exc, 0)
+
+
+class CallJob(Job):
+    """One function call: apply_async or submit. `on_done(ok, value)` gets the outcome."""
+
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict, on_done: Callable[[bool, Any], None],
+                 on_start: Callable[[], bool] | None = None):
+        super().__init__()
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.on_done, self.on_start = on_done, on_start
+        self.sent = False
+
+    def next_unit(self) -> Unit | None:
+        if self.requeued:
+            return self.requeued.popleft()
+        if self.sent:
+            return None
+        self.sent = True
+        if self.on_start is not None and not self.on_start():
+            self.finished = True  # cancelled before it ran
+            return None
+        try:
+            payload = cloudpickle.dumps((self.fn, self.args, self.kwargs), PROTOCOL)
+        except BaseException as e:  # noqa: BLE001 - reported to the caller
+            self.finished = True
+            self.on_done(False, e)
+            return None
+        return Unit(self, CALL, payload)
+
+    def has_more(self) -> bool:
+        return bool(self.requeued) or not self.sent
+
+    def done(self, unit: Unit, ok: bool, value: Any, elapsed_ns: int) -> None:
+        self.finished = True
+        self.on_done(ok, value)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.finished:
+            self.finished = True
+            self.on_done(False, exc)
+
+
+class MapJob(Job):
+    """`fn` over an iterable, in chunks, delivered to a `sink` (see ``MapSink``). With
+    `hold`, at most that many items (or four chunks per worker, if more) are read beyond
+    `sink.consumed_items()` (lazy imap)."""
+
+    def __init__(self, processes: int, fn: Callable, iterable: Iterable, star: bool,
+                 chunksize: int | None, sink: MapSink, hold: int | None = None):
+        super().__init__()
+        # A lazy map with adaptive chunks reports each item's failure in its place (as
+        # with chunksize=1); a fixed chunksize fails whole chunks, as multiprocessing does.
+        each = chunksize is None and not sink.stops_on_error
+        self.func_payload = cloudpickle.dumps((fn, star, each), PROTOCOL)
+        self.processes = processes
+        # Lists, tuples and ranges are cut with slices (C speed; a range slice pickles as
+        # three numbers). Anything else is read by `feed`, on the caller's or consumer's
+        # thread and never under the engine lock: user iterators may block, or even wait
+        # on this very pool (imap over imap).
+        self.sliceable: Sequence[Any] | None = (
+            iterable if type(iterable) in (list, tuple, range) else None  # type: ignore[assignment]
+        )
+        self.it: Iterator = iter(iterable)
+        self.fed: deque = deque()  # items read by `feed`, not yet cut into units
+        self.feed_lock = threading.Lock()  # one reader of the iterator at a time
+        self.fed_lock = threading.Lock()  # `fed` and `fed_all` change together
+        self.fed_all = False  # the iterator is exhausted (or raised: `input_error`)
+        self.input_error: BaseException | None = None
+        self.read_items = 0
+        try:
+            total: int | None = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        self.total = total
+        self.chunker = Chunker(chunksize, processes, total)
+        self.sink = sink
+        if self.sliceable is not None:  # an exact length: results can be placed as they come
+            sink.expect(len(self.sliceable))
+        self.hold = hold
+        self.sent_items = 0
+        self.chunks_cut = 0
+        self.input_done = False
+        self.held = False  # next_unit refused because the consumer is behind
+
+    def next_unit(self) -> Unit | None:
+        if self.finished:
+            self.requeued.clear()  # the map failed or was stopped: nothing more to run
+            return None
+        if self.requeued:
+            return self.requeued.popleft()
+        if self.input_done:
+            return None
+        if self.sliceable is not None:
+            units = self._slice_units(1)
+            return units[0] if units else None
+        if self.hold is not None and self.sent_items - self.sink.consumed_items() > self.ahead_limit():
+            self.held = True  # the consumer is behind: hold the input back
+            return None
+        self.held = False
+        n = self.chunker.next_size(self.chunks_cut, self.sent_items)
+        failure: BaseException | None = None
+        fed = self.fed
+        with self.fed_lock:
+            items = [fed.popleft() for _ in range(min(n, len(fed)))]
+            ended = not fed and self.fed_all
+        if ended:
+            failure = self.input_error
+            n = len(items) + 1  # the input ends after these items
+        elif len(items) < n:
+            # Fed items ran short: send what there is, or ask the reader for more.
+            if not items:
+                self.held = True
+                self.sink.wants_input()
+                return None
+            n = len(items)
+        unit = None
+        if items:
+            unit = Unit(self, TASK, items, self.sent_items, len(items))
+            self.chunks_cut += 1
+            self.sent_items += len(items)
+        if failure is not None:
+            self.input_done = True
+            self.sink.input_failed(self.sent_items, failure)
+        elif len(items) < n:
+            self.input_done = True
+            self.sink.end(self.sent_items)
+        return unit
+
+    def feed(self, everything: bool = False) -> None:
+        """Reads the input (an iterator) ahead of dispatch, up to the read-ahead limit, or
+        to its end with `everything`. Called without the engine lock, never on the
+        collector thread."""
+        if self.sliceable is not None or self.fed_all:
+            return
+        with self.feed_lock:
+            if self.fed_all:
+                return
+            want = None if everything or self.hold is None else self.ahead_limit() - (
+                self.read_items - self.sink.consumed_items())
+            if want is not None and want <= 0:
+                return
+            batch: list = []
+            ended = False
+            try:  # item by item: what was read before the input raised still runs
+                if want is None:
+                    batch.extend(self.it)
+                    ended = True
+                else:
+                    batch.extend(itertools.islice(self.it, want))
+                    ended = len(batch) < want
+            except BaseException as e:  # noqa: BLE001 - the input itself raised
+                self.input_error = e
+                ended = True
+            with self.fed_lock:
+                self.fed.extend(batch)
+                self.fed_all = ended
+            self.read_items += len(batch)
+
+    def has_more(self) -> bool:
+        return bool(self.requeued) or not (self.input_done or self.finished)
+
+    def next_units(self, most: int) -> list[Unit]:
+        # The hot path of small units: a sliceable input cut in one loop, without a call
+        # per unit. Anything unusual (requeued units, an iterator input) takes the general way.
+        if self.requeued or self.sliceable is None or self.input_done or self.finished:
+            return super().next_units(most)
+        return self._slice_units(most)
+
+    def _slice_units(self, most: int) -> list[Unit]:
+        """Up to `most` units cut from a sliceable input, within the read-ahead limit."""
+        items_in, i = self.sliceable, self.sent_items
+        assert items_in is not None
+        total = stop = len(items_in)
+        if self.hold is not None:
+            stop = min(total, self.sink.consumed_items() + self.ahead_limit())
+            self.held = i >= stop
+        fixed = self.chunker.fixed
+        next_size = self.chunker.next_size
+        out: list[Unit] = []
+        cut = self.chunks_cut
+        items: Sequence[Any]
+        while i < stop and len(out) < most:
+            n = fixed or next_size(cut, i)
+            if n == 1:
+                items = [items_in[i]]
+            else:
+                items = items_in[i : i + n]
+                if n < 64 and type(items) is range:
+                    items = list(items)  # a short list pickles faster than a range
+            out.append(Unit(self, TASK, items, i, len(items)))
+            cut += 1
+            i += len(items)
+        self.chunks_cut, self.sent_items = cut, i
+        if i >= total:
+            self.input_done = True
+            self.sink.end(i)
+        return out
+
+    def ahead_limit(self) -> int:
+        """How many items a lazy job reads ahead of its consumer: `hold`, or four chunks
+        per worker if that is more."""
+        return max(self.hold or 0, 4 * self.processes * self.chunker.size)
+
+    def unit_seconds(self) -> float | None:
+        return self.chunker.unit_seconds()
+
+    def done(self, unit: Unit, ok: bool, value: Any, elapsed_ns: int) -> None:
+        self.done_many([(unit, ok, value, elapsed_ns)])
+
+    def done_many(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
+        chunks = [
+            (unit.start, unit.count, ok, value.loaded() if type(value) is Segments else value)
+            for unit, ok, value, _ in answers
+        ]
+        for unit, ok, _, elapsed_ns in answers:
+            if ok:
+                self.chunker.measure(unit.count, elapsed_ns)
+            elif self.sink.stops_on_error:
+                self.finished = True  # the whole map failed: do not run the rest
+        self.chunker.update()
+        self.sink.chunks(chunks)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.finished:
+            self.finished = True
+            self.sink.fail(exc)

@@ -1,0 +1,26 @@
+"""A worker slot: one worker process and what the parent has committed to it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .jobs import Unit
+
+
+class Slot:
+    """One worker process and what it holds."""
+
+    __slots__ = ("index", "pid", "pidfd", "inflight", "loaded", "alive", "outgoing", "answered",
+                 "corrupt")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid = 0
+        self.pidfd = -1
+        self.inflight: dict[int, Unit] = {}  # by ticket
+        self.loaded: set[int] = set()  # jobs whose function the worker has
+        self.alive = False
+        self.outgoing: list[Unit] = []  # committed map chunks not yet posted
+        self.answered = False  # its worker has sent anything since it started
+        self.corrupt: BaseException | None = None  # its ring broke the protocol: being killed

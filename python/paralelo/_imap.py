@@ -1,0 +1,216 @@
+"""Results of ``imap``/``imap_unordered`` (and ``Executor.map``) as they arrive.
+
+The consumer's thread reads a lazy map's input (never the collector's): it feeds the job
+when it starts, and again whenever the engine says the job has dispatched all it read
+(``wants_input``). Between those it sleeps until a result it can yield arrives: nothing
+polls.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ._errors import TimeoutError
+from ._outcomes import Segments
+
+if TYPE_CHECKING:
+    from ._engine import Engine, MapJob
+
+_END = object()
+
+
+def not_in_callback(pool: Any) -> None:
+    """Raises if called on a pool's collector thread (inside one of its callbacks)."""
+    # Callbacks run on the pool's collector thread, the one that delivers results: waiting
+    # there for another result would wait for ever.
+    if pool is not None and threading.current_thread() is pool._engine.thread:
+        raise RuntimeError("cannot wait for a pool's results inside one of its callbacks")
+
+
+class IMapIterator:
+    """Results of ``imap``/``imap_unordered`` (and ``Executor.map``) as they arrive."""
+
+    stops_on_error = False  # a failed chunk raises at its place; the rest still come
+
+    def __init__(self, engine: Engine, ordered: bool) -> None:
+        self._engine = engine
+        self._ordered = ordered
+        self._cond = threading.Condition(threading.Lock())
+        self._ready: dict[int, tuple[int, bool, Any]] = {}
+        self._arrived: deque[tuple[int, bool, Any]] = deque()
+        self._next_start = 0
+        self._yielded = 0
+        self._total: int | None = None
+        self._failure: BaseException | None = None
+        self._input_failure: BaseException | None = None
+        self._current: Iterator = iter(())
+        self._waiting = False  # the consumer sleeps on _cond
+        self._input_wanted = False  # the engine dispatched all that was read: feed more
+        # multiprocessing's imap with chunksize > 1 ends at the first failed chunk.
+        self.stop_after_error = False
+        self._stopped = False
+        self.job: MapJob | None = None
+        self._pool: Any = None
+
+    # sink protocol (called by the engine with its lock held)
+    def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
+        if any(type(c[3]) is Segments for c in chunks):
+            chunks = list(_split_segments(chunks))
+        with self._cond:
+            if self._ordered:
+                ready = self._ready
+                for start, count, ok, values in chunks:
+                    ready[start] = (count, ok, values)
+                # Only the result the consumer waits for is worth waking it for.
+                if self._waiting and self._next_start in ready:
+                    self._cond.notify()
+            else:
+                self._arrived.extend((count, ok, values) for _, count, ok, values in chunks)
+                if self._waiting:
+                    self._cond.notify()
+
+    def expect(self, total: int) -> None:
+        pass
+
+    def end(self, total: int) -> None:
+        with self._cond:
+            self._total = total
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            self._failure = exc
+            self._cond.notify()
+
+    def input_failed(self, position: int, exc: BaseException) -> None:
+        # Raised in its place: after the results of the items read before it.
+        with self._cond:
+            self._total = position
+            self._input_failure = exc
+            self._cond.notify()
+
+    def consumed_items(self) -> int:
+        return self._yielded
+
+    def wants_input(self) -> None:
+        with self._cond:
+            self._input_wanted = True
+            if self._waiting:
+                self._cond.notify()
+
+    def __iter__(self) -> Iterator:
+        # A generator over the same state: `yield from` hands out each chunk at C speed.
+        return self._each()
+
+    def _each(self) -> Iterator:
+        while True:
+            try:
+                first = self.next()
+            except StopIteration:
+                return
+            yield first
+            yield from self._current
+
+    def __next__(self) -> Any:
+        return self.next()
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next result; ``paralelo.TimeoutError`` if none comes within ``timeout``."""
+        value = next(self._current, _END)
+        if value is not _END:
+            return value
+        if self._stopped:
+            raise StopIteration
+        job = self.job
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if job is not None and not job.fed_all and job.sliceable is None:
+                # The input is read here, on the consumer's thread (never by the collector):
+                # then dispatched.
+                job.feed()
+                self._engine.kick()
+            with self._cond:
+                ok, values = self._take()
+                if values:
+                    break
+                if self._total is not None and self._yielded >= self._total:
+                    if self._input_failure is not None:
+                        failure, self._input_failure = self._input_failure, None
+                        raise failure
+                    raise StopIteration
+                if self._failure is not None:
+                    failure, self._failure = self._failure, None
+                    self._total = self._yielded  # nothing comes after a failed job
+                    raise failure
+                if self._input_wanted:
+                    self._input_wanted = False
+                    continue  # read more input before sleeping
+                not_in_callback(self._pool)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError
+                self._waiting = True
+                try:
+                    # Woken by a result we can yield, by the job's end or failure, or by the
+                    # engine asking for more input.
+                    self._cond.wait(left)
+                finally:
+                    self._waiting = False
+        # Restart a held-back input once the consumer has taken half of the read-ahead, not
+        # on every result: each restart takes the engine lock from the collector.
+        if job is not None and job.held and job.sent_items - self._yielded <= job.ahead_limit() // 2:
+            self._engine.kick()
+        if not ok:
+            if self.stop_after_error:
+                self._stopped = True  # nothing after it, as in multiprocessing
+                if job is not None:
+                    self._engine.cancel(job)  # and nothing more runs
+            raise values[0]
+        self._current = iter(values)
+        return next(self._current)
+
+    def _take(self) -> tuple[bool, list]:
+        """Every result that is next in line now, up to the first failed chunk:
+        `(True, values)`, or `(False, [exception])` when a failed chunk is next."""
+        out: list = []
+        while True:
+            if self._ordered:
+                got = self._ready.get(self._next_start)
+            else:
+                got = self._arrived[0] if self._arrived else None
+            if got is None:
+                return True, out
+            count, ok, values = got
+            if not ok and out:
+                return True, out  # the failure waits for its turn
+            if self._ordered:
+                del self._ready[self._next_start]
+                self._next_start += count
+            else:
+                self._arrived.popleft()
+            self._yielded += count
+            if not ok:
+                return False, [values]
+            out += values
+
+
+def _split_segments(chunks: list[tuple[int, int, bool, Any]]) -> Iterator[tuple[int, int, bool, Any]]:
+    """Chunks whose items partly failed, as separate pieces: each error in its place."""
+    for start, count, ok, values in chunks:
+        if type(values) is not Segments:
+            yield start, count, ok, values
+            continue
+        for seg_ok, seg in values:
+            n = len(seg) if seg_ok else 1
+            if n:
+                yield start, n, seg_ok, seg
+            start += n
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """Results of ``imap_unordered``, in completion order."""
+
+

@@ -1,0 +1,55 @@
+"""What running a unit gives: its results, or errors in their places (``Segments``), and
+how a batch of outcomes is packed for the way back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._errors import dump_error, load_error
+from ._pickling import dumps
+
+
+class Segments(list):
+    """A chunk's outcome when some of its items raised (lazy maps, adaptive chunks):
+    `[(True, [results...]), (False, error), (True, [...]), ...]` in item order, so each
+    result and each exception arrives in its own place, as with chunksize=1. In a worker
+    an error is `dump_error` bytes; `loaded()` turns them into exceptions."""
+
+    def loaded(self) -> Segments:
+        return Segments((ok, v if ok else load_error(v)) for ok, v in self)
+
+
+def run_each(fn: Any, star: bool, items: Any) -> list:
+    """Calls `fn` on every item; an item that raises becomes an error segment and the
+    rest still run."""
+    out: list = []
+    segments = None
+    for item in items:
+        try:
+            out.append(fn(*item) if star else fn(item))
+        except BaseException as e:  # noqa: BLE001 - reported in its place
+            if segments is None:
+                segments = Segments()
+            segments.append((True, out))
+            segments.append((False, dump_error(e)))
+            out = []
+    if segments is None:
+        return out
+    segments.append((True, out))
+    return segments
+
+
+def pack_replies(replies: list[tuple]) -> bytes:
+    """Pickles a RESULTS batch; a unit whose results cannot be pickled becomes an error
+    of its own instead of failing the batch."""
+    try:
+        return dumps(replies)
+    except Exception:
+        safe = []
+        for ticket, ok, value, busy in replies:
+            try:
+                dumps(value)
+            except Exception as e:
+                ok, value = False, dump_error(e)
+            safe.append((ticket, ok, value, busy))
+        return dumps(safe)

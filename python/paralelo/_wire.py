@@ -1,0 +1,32 @@
+"""The messages between the parent and its workers: tags and what each carries.
+
+Parent → worker: INIT, FUNC, TASK, TASKS, CALL, DROP, EXIT.
+Worker → parent: OK, OK_ARRAY, ERR, RESULTS, BYE, INIT_ERR.
+
+Every frame carries ``(tag, job, seq, aux)`` in its header (see the engine's ring
+README); ``seq`` is a unit's *ticket*, unique in this process, which is also what a worker
+records in its slot state while it runs the unit. Small units travel several to a message
+(TASKS, RESULTS): each is still scheduled, run, timed and accounted on its own; only the
+pickling and the wake-ups are shared. Payloads are pickles (see ``_pickling``).
+"""
+
+from __future__ import annotations
+
+INIT = 1  # payload: cloudpickle((initializer, initargs, maxtasks))
+FUNC = 2  # job: payload cloudpickle((function, star, each))
+TASK = 3  # job, seq=ticket: payload pickle(list of items)
+CALL = 4  # job, seq=ticket: payload cloudpickle((function, args, kwargs))
+DROP = 5  # job: forget FUNC
+EXIT = 6  # finish and exit
+TASKS = 7  # job: payload pickle(([tickets], [list of items per ticket])): several units
+
+#: In the `aux` of TASK/TASKS: answer each unit at once, waking the parent (the job's unit
+#: cost is not measured yet, so a slow unit may follow a quick one in the same message).
+EAGER = 1
+
+OK = 16  # job, seq, aux=ns busy: payload pickle(results list, or the call's result)
+ERR = 17  # job, seq: payload dump_error bytes
+BYE = 18  # leaving after maxtasks; sends nothing after this
+INIT_ERR = 19  # the initializer raised: payload as ERR
+OK_ARRAY = 20  # as OK, for a results list of only ints (or only floats): see pack_results
+RESULTS = 21  # job: payload pickle(([tickets], pickle([(ticket, ok, value, busy_ns), ...])))
