@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import select
 import signal
 import subprocess
@@ -319,4 +320,37 @@ def test_the_zygote_answers_a_malformed_request_with_an_error() -> None:
     os.close(r)
     select.select([pidfd], [], [], 10)
     z.exit_status(pid)
+    os.close(pidfd)
+
+
+def _write_pid_then_sleep(fds: list[int]) -> None:
+    os.write(fds[0], str(os.getpid()).encode())
+    time.sleep(60)
+
+
+def test_the_zygote_survives_bad_requests_and_disposes_of_stale_replies() -> None:
+    import socket
+
+    from paralelo import _zygote
+
+    z = _zygote.get()
+    with pytest.raises(OSError, match="unpack"):
+        z._ask(_zygote.STATUS, b"xy", [])  # a STATUS body too short
+    with pytest.raises(ValueError, match="at most"):
+        z.spawn(f"{__name__}:_spawned_entry", ("x" * 100_000,), [])
+    # A request whose caller was interrupted before the reply came (Ctrl-C in Pool()):
+    # its reply is stale, and the process it started must not live on.
+    r, w = os.pipe()
+    body = f"{__name__}:_write_pid_then_sleep".encode() + b"\0" + pickle.dumps(())
+    with z._lock:
+        socket.send_fds(z.sock, [_zygote._REQUEST.pack(_zygote.SPAWN, 999_999, len(body)) + body], [w])
+    os.close(w)
+    orphan = int(os.read(r, 100))
+    os.close(r)
+    null = os.open(os.devnull, os.O_WRONLY)
+    pid, pidfd = z.spawn(f"{__name__}:_spawned_entry", ("ok",), [null])
+    os.close(null)
+    assert _wait_gone([orphan]) == []
+    select.select([pidfd], [], [], 10)
+    assert z.exit_status(pid) is not None
     os.close(pidfd)

@@ -163,7 +163,7 @@ def test_a_watched_worker_death_is_reported_by_recv() -> None:
         events: list = []
         while not events and time.monotonic() - t < 10:
             _, events = hub.recv(timeout=10)
-        assert events == [("exited", 1, child.pid)]
+        assert events == [("exited", 1, child.pid, None)]
     finally:
         os.close(pidfd)
         child.wait()
@@ -183,8 +183,8 @@ def test_a_corrupt_ring_is_a_typed_event_and_healthy_slots_keep_results() -> Non
         f.write((1 << 30).to_bytes(4, "little"))
     msgs, events = hub.recv(timeout=5)
     assert [m[5] for m in msgs] == [b"healthy"]
-    [(kind, slot, exc)] = events
-    assert (kind, slot) == ("corrupt", 0)
+    [(kind, slot, pid, exc)] = events
+    assert (kind, slot, pid) == ("corrupt", 0, 0)  # no worker watched in slot 0
     assert isinstance(exc, paralelo.CorruptRingError) and exc.slot == 0
     assert "frame" in str(exc)
     assert hub.recv(timeout=0.05) == ([], [])  # reported once, then not read

@@ -932,3 +932,20 @@ def test_get_context_pool():
     with ctx.Pool(2) as p:
         assert isinstance(p, paralelo.Pool)
         assert p.map(square, range(5)) == [0, 1, 4, 9, 16]
+
+
+def _slow_first(x):
+    if x == 0:
+        time.sleep(1.0)
+    return x
+
+
+@pytest.mark.parametrize("chunksize", [1, None])
+def test_a_consumer_waiting_on_imap_sleeps_instead_of_spinning(pool, chunksize):
+    # The parent waits a second for item 0 while the read-ahead is full: it must sleep.
+    it = pool.imap(_slow_first, (i for i in range(20_000)), chunksize=chunksize)
+    cpu = time.process_time()
+    assert next(it) == 0
+    used = time.process_time() - cpu
+    assert used < 0.5, f"the parent burned {used:.2f} s of CPU waiting one second"
+    assert sum(it) == sum(range(20_000))

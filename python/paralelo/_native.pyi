@@ -9,7 +9,7 @@ MAX_TAG: int
 __version__: str
 
 _State = tuple[Literal["idle", "running", "unpacking", "loading", "initializing"], int]
-_Event = tuple[Literal["exited", "corrupt"], int, object]
+_Event = tuple[Literal["exited", "corrupt"], int, int, BaseException | None]
 
 @final
 class Hub:

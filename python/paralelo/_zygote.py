@@ -15,15 +15,17 @@ parent's end of the socket is close-on-exec and is closed in forked children.
 
 The socket speaks a small binary format (SOCK_SEQPACKET, one message per request):
 
-    request  = op:u8  length:u32  body            (little endian)
+    request  = op:u8  id:u32  length:u32  body    (little endian)
       SPAWN  body = entry (utf-8 "module:function") NUL pickle(args tuple); the fds travel
              as SCM_RIGHTS and reach the entry as its first argument (a list of fds)
       STATUS body = pid:i32
-    reply    = kind:u8  value:i32  body
+    reply    = kind:u8  id:u32  value:i32  body (id: the request's, so a reply left over
+               from an interrupted request is recognised and disposed of)
       PID     value = pid, with the child's pidfd as SCM_RIGHTS
       STATUS  value = the wait status of an exited child
       UNKNOWN the zygote knows no such child
-      ERROR   value = errno, body = utf-8 message
+      ERROR   value = errno, body = utf-8 message (a malformed, truncated or failed
+              request; the zygote serves on)
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ from . import _native
 _lock = threading.Lock()
 _zygote: Zygote | None = None
 
-_REQUEST = struct.Struct("<BI")
-_REPLY = struct.Struct("<Bi")
+_REQUEST = struct.Struct("<BII")
+_REPLY = struct.Struct("<BIi")
+#: Most fds one request passes.
+_MAX_FDS = 16
 SPAWN, STATUS = 1, 2
 PID, EXIT_STATUS, UNKNOWN, ERROR = 1, 2, 3, 4
 _MAX_MESSAGE = 1 << 16
@@ -67,6 +71,7 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self._lock = threading.Lock()
+        self._next_id = 0
         parent = os.getpid()
         if _threads_in_process() == 1:
             pid = os.fork()
@@ -95,10 +100,15 @@ class Zygote:
         ``fds`` are passed to it): returns its pid and a pidfd."""
         body = entry.encode() + b"\0" + pickle.dumps(tuple(args), pickle.HIGHEST_PROTOCOL)
         kind, value, _, got = self._ask(SPAWN, body, fds)
-        if kind != PID:
+        if kind != PID or not got:
+            for fd in got:
+                os.close(fd)
+            if kind == PID:
+                # No pidfd came (this process is out of fds): the child must not run on
+                # unwatched. It is the zygote's and not yet reaped, so its pid is still its.
+                os.kill(value, signal.SIGKILL)
+                raise OSError(errno.EMFILE, "cannot receive a process's pidfd: too many open files")
             raise OSError(errno.EPROTO, f"paralelo's zygote answered {kind} to a spawn")
-        if not got:  # SCM_RIGHTS truncated: this process is out of file descriptors
-            raise OSError(errno.EMFILE, "cannot receive a process's pidfd: too many open files")
         return value, got[0]
 
     def spawn_worker(self, hub_fd: int, slot: int) -> tuple[int, int]:
@@ -122,18 +132,39 @@ class Zygote:
         return value if kind == EXIT_STATUS else None
 
     def _ask(self, op: int, body: bytes, fds: list[int]) -> tuple[int, int, bytes, list[int]]:
+        if len(body) + _REQUEST.size > _MAX_MESSAGE or len(fds) > _MAX_FDS:
+            raise ValueError(f"a zygote request carries at most {_MAX_MESSAGE - _REQUEST.size} "
+                             f"bytes and {_MAX_FDS} fds")
         with self._lock:
-            socket.send_fds(self.sock, [_REQUEST.pack(op, len(body)) + body], fds)
-            msg, got, _flags, _addr = socket.recv_fds(self.sock, _MAX_MESSAGE, 1)
-        if len(msg) < _REPLY.size:
-            for fd in got:
-                os.close(fd)
-            raise OSError("paralelo's zygote process exited; cannot start processes")
-        kind, value = _REPLY.unpack_from(msg)
+            self._next_id = request = (self._next_id + 1) & 0xFFFFFFFF
+            socket.send_fds(self.sock, [_REQUEST.pack(op, request, len(body)) + body], fds)
+            while True:
+                msg, got, _flags, _addr = socket.recv_fds(self.sock, _MAX_MESSAGE, 1)
+                if len(msg) < _REPLY.size:
+                    for fd in got:
+                        os.close(fd)
+                    raise OSError("paralelo's zygote process exited; cannot start processes")
+                kind, answered, value = _REPLY.unpack_from(msg)
+                if answered == request:
+                    break
+                _dispose(kind, got)  # the reply to a request interrupted before it came
         rest = msg[_REPLY.size:]
         if kind == ERROR:
+            for fd in got:
+                os.close(fd)
             raise OSError(value, rest.decode(errors="replace"))
         return kind, value, rest, got
+
+
+def _dispose(kind: int, fds: list[int]) -> None:
+    """A stale reply: a process spawned for a request nobody waits for any more is killed."""
+    for fd in fds:
+        if kind == PID:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except OSError:
+                pass
+        os.close(fd)
 
 
 def describe_exit(status: int | None) -> str:
@@ -208,42 +239,59 @@ def _serve(sock: socket.socket, parent: int) -> None:
         if parent_fd in ready:
             return  # the parent exited
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, 16)
+            msg, fds, flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS)
         except ConnectionResetError:
             return
         if not msg:
             return  # the parent closed its end
         _reap(statuses)
-        if len(msg) < _REQUEST.size:
-            _reply(sock, ERROR, errno.EPROTO, b"short request")
-            continue
-        op, length = _REQUEST.unpack_from(msg)
-        body = msg[_REQUEST.size:_REQUEST.size + length]
-        if op == STATUS:
-            (pid,) = struct.unpack("<i", body)
-            status = statuses.pop(pid, None)
-            if status is None:
-                try:  # its pidfd said it exited: this returns at once
-                    status = os.waitpid(pid, 0)[1]
-                except ChildProcessError:
-                    status = None
-            if status is None:
-                _reply(sock, UNKNOWN, 0)
+        request = _REQUEST.unpack_from(msg)[1] if len(msg) >= _REQUEST.size else 0
+        try:
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                raise OSError(errno.EMSGSIZE, "request truncated (too long, or too many fds)")
+            if len(msg) < _REQUEST.size:
+                raise OSError(errno.EPROTO, "short request")
+            op, _, length = _REQUEST.unpack_from(msg)
+            body = msg[_REQUEST.size:]
+            if length != len(body):
+                raise OSError(errno.EPROTO, f"request says {length} bytes, carries {len(body)}")
+            if op == STATUS:
+                _status(sock, request, body, statuses)
+            elif op == SPAWN:
+                _spawn(sock, request, body, fds, parent_fd)
+                fds = []  # closed by _spawn
             else:
-                _reply(sock, EXIT_STATUS, status)
-        elif op == SPAWN:
-            _spawn(sock, body, fds)
-        else:
+                raise OSError(errno.EPROTO, f"unknown request {op}")
+        except Exception as e:  # noqa: BLE001 - a bad request is answered, not fatal
+            _reply(sock, ERROR, request, getattr(e, "errno", None) or errno.EPROTO, str(e).encode())
+        finally:
             for fd in fds:
-                os.close(fd)
-            _reply(sock, ERROR, errno.EPROTO, f"unknown request {op}".encode())
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
-def _reply(sock: socket.socket, kind: int, value: int, body: bytes = b"", fds: list[int] = ()) -> None:  # type: ignore[assignment]
-    socket.send_fds(sock, [_REPLY.pack(kind, value) + body], list(fds))
+def _reply(sock: socket.socket, kind: int, request: int, value: int, body: bytes = b"",
+           fds: tuple[int, ...] = ()) -> None:
+    socket.send_fds(sock, [_REPLY.pack(kind, request, value) + body], list(fds))
 
 
-def _spawn(sock: socket.socket, body: bytes, fds: list[int]) -> None:
+def _status(sock: socket.socket, request: int, body: bytes, statuses: dict[int, int]) -> None:
+    (pid,) = struct.unpack("<i", body)
+    status = statuses.pop(pid, None)
+    if status is None:
+        try:  # its pidfd said it exited: this returns at once
+            status = os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            status = None
+    if status is None:
+        _reply(sock, UNKNOWN, request, 0)
+    else:
+        _reply(sock, EXIT_STATUS, request, status)
+
+
+def _spawn(sock: socket.socket, request: int, body: bytes, fds: list[int], parent_fd: int) -> None:
     entry, _, args = body.partition(b"\0")
     me = os.getpid()
     try:
@@ -251,12 +299,13 @@ def _spawn(sock: socket.socket, body: bytes, fds: list[int]) -> None:
     except OSError as e:
         for fd in fds:
             os.close(fd)
-        _reply(sock, ERROR, e.errno or 0, str(e).encode())
+        _reply(sock, ERROR, request, e.errno or 0, str(e).encode())
         return
     if pid == 0:
         code = 0
         try:
             sock.close()
+            os.close(parent_fd)
             _native.die_with_parent()
             if os.getppid() != me:
                 os._exit(1)
@@ -271,8 +320,10 @@ def _spawn(sock: socket.socket, body: bytes, fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
     pidfd = os.pidfd_open(pid)
-    _reply(sock, PID, pid, b"", [pidfd])
-    os.close(pidfd)
+    try:
+        _reply(sock, PID, request, pid, b"", (pidfd,))
+    finally:
+        os.close(pidfd)
 
 
 def _reap(statuses: dict[int, int]) -> None:

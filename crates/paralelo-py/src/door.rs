@@ -30,8 +30,14 @@ pub(crate) fn blocking<T: Send>(
 ) -> PyResult<T> {
     let deadline = deadline(timeout)?;
     let mut raised: Option<PyErr> = None;
+    // Python runs signal handlers on the main thread only: elsewhere there is nothing to
+    // check, and a waiting thread (a pool's collector) need not take the GIL between slices.
+    let on_main = rustix::thread::gettid() == rustix::process::getpid();
     let out = py.detach(|| {
         let mut poll = || {
+            if !on_main {
+                return true;
+            }
             Python::attach(|py| match py.check_signals() {
                 Ok(()) => true,
                 Err(e) => {

@@ -81,8 +81,9 @@ impl PyHub {
 
     /// Waits up to `timeout` seconds for results or events, then returns
     /// `(messages, events)`: messages as `(slot, tag, job, seq, aux, payload)` tuples,
-    /// events as `("exited", slot, pid)` or `("corrupt", slot, CorruptRingError)`, a
-    /// slot's events after its messages. Both empty when the time ran out (or when only
+    /// events as `("exited", slot, pid, None)` or `("corrupt", slot, pid, CorruptRingError)`
+    /// (pid: the slot's watched worker), a slot's events after its messages and its
+    /// corruption before its death. Both empty when the time ran out (or when only
     /// outboxes moved on). Flushes outboxes as a side effect.
     #[pyo3(signature = (timeout = None))]
     fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyTuple>> {
@@ -100,10 +101,12 @@ impl PyHub {
         let events = PyList::empty(py);
         for e in got.events {
             let ev = match e {
-                SlotEvent::Exited { slot, pid } => ("exited", slot, pid).into_pyobject(py)?.into_any(),
-                SlotEvent::Corrupt { slot, source } => {
+                SlotEvent::Exited { slot, pid } => {
+                    ("exited", slot, pid, py.None()).into_pyobject(py)?.into_any()
+                }
+                SlotEvent::Corrupt { slot, pid, source } => {
                     let exc = corrupt_ring(py, Some(slot), source.to_string()).into_value(py);
-                    ("corrupt", slot, exc).into_pyobject(py)?.into_any()
+                    ("corrupt", slot, pid, exc).into_pyobject(py)?.into_any()
                 }
             };
             events.append(ev)?;

@@ -278,8 +278,8 @@ class Engine:
             with self.locked():
                 for slot_i, tag, job_id, seq, aux, payload in msgs:
                     self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
-                for kind, slot_i, detail in events:
-                    self._event(self.slots[slot_i], kind, detail)
+                for kind, slot_i, pid, exc in events:
+                    self._event(self.slots[slot_i], kind, pid, exc)
                 self._pump()
                 if self.closing and not self.jobs and not self.exits_sent:
                     self.exits_sent = True
@@ -289,18 +289,23 @@ class Engine:
                 if self.closing and not any(s.alive for s in self.slots):
                     break
 
-    def _event(self, slot: Slot, kind: str, detail: Any) -> None:
+    def _event(self, slot: Slot, kind: str, pid: int, exc: BaseException | None) -> None:
+        if not slot.alive or slot.pid != pid:
+            return  # about a worker this slot no longer has
         if kind == "corrupt":
             # Read no more from it, send it nothing more, kill it: its death retires it.
-            if slot.alive and slot.corrupt is None:
-                slot.corrupt = detail
+            if slot.corrupt is None:
+                slot.corrupt = exc
                 self._kill(slot)
-        elif kind == "exited" and slot.alive and slot.pid == detail:
+        elif kind == "exited":
             try:
-                status = self.zygote.exit_status(detail)
+                status = self.zygote.exit_status(pid)
             except OSError:
                 status = None
-            deaths.retire(self, slot, _zygote.describe_exit(status))
+            if self.exits_sent and status == 0:
+                deaths.retire(self, slot, None)  # it was told to exit: nothing to blame
+            else:
+                deaths.retire(self, slot, _zygote.describe_exit(status))
 
     def _answer(self, slot: Slot, replies: Iterable[tuple[int, bool, Any, int]]) -> None:
         """Outcomes of units `slot` ran: `(ticket, ok, results or exception, busy_ns)`, all

@@ -201,10 +201,13 @@ class MapJob(Job):
             failure = self.input_error
             n = len(items) + 1  # the input ends after these items
         elif len(items) < n:
-            # Fed items ran short: send what there is, or ask the reader for more.
+            # Fed items ran short: send what there is, or ask the reader for more (only
+            # if its read-ahead allows it to read any: else the consumer must first take
+            # results, and asking would only wake it to read nothing).
             if not items:
                 self.held = True
-                self.sink.wants_input()
+                if self.hold is None or self.read_items - self.sink.consumed_items() < self.ahead_limit():
+                    self.sink.wants_input()
                 return None
             n = len(items)
         unit = None

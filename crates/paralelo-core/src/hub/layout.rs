@@ -21,12 +21,14 @@ const ALIGN: usize = 128;
 /// More slots than any machine has cores: a header claiming more is not ours.
 pub const MAX_SLOTS: usize = 1 << 16;
 
+/// Its plain words are written once by the creator, but another process could write them
+/// too: atomics, read Relaxed, so a shared reference to the header is sound regardless.
 #[repr(C)]
 pub(crate) struct HubHeader {
-    pub(crate) magic: u64,
-    pub(crate) version: u64,
-    pub(crate) slots: u64,
-    pub(crate) capacity: u64,
+    pub(crate) magic: std::sync::atomic::AtomicU64,
+    pub(crate) version: std::sync::atomic::AtomicU64,
+    pub(crate) slots: std::sync::atomic::AtomicU64,
+    pub(crate) capacity: std::sync::atomic::AtomicU64,
     pub(crate) results_bell: CachePadded<Doorbell>,
 }
 
@@ -59,9 +61,9 @@ impl HubLayout {
             return Err(Error::Invalid(format!("ring capacity {capacity} exceeds {MAX_CAPACITY}")));
         }
         let layout = HubLayout { slots, capacity };
-        // slot_bytes <= 2^32 + small, slots <= 2^16: the total fits in 64 bits; check it
-        // fits in this process's address space too.
-        let total = (Self::HEADER as u128) + (slots as u128) * (layout.slot_bytes() as u128);
+        // Computed wide: it must fit in this process's address space, on any target.
+        let slot_bytes = ALIGN as u128 + 2 * (Self::RING_HEADER as u128 + ALIGN as u128 + capacity as u128);
+        let total = Self::HEADER as u128 + slots as u128 * slot_bytes;
         if total > isize::MAX as u128 {
             return Err(Error::Invalid(format!("a hub of {slots} slots of {capacity} bytes is too large")));
         }
@@ -123,8 +125,8 @@ impl Words {
     }
 
     pub(crate) fn header(&self) -> &HubHeader {
-        // SAFETY: in bounds and aligned (checked by `Segment::at`); the plain words are
-        // written once by the creator before the fd is shared, the rest are atomics.
+        // SAFETY: in bounds and aligned (checked by `Segment::at`), alive as long as `seg`;
+        // every field is an atomic.
         unsafe { self.header.as_ref() }
     }
 
@@ -148,15 +150,13 @@ impl Words {
 
     /// Reads the creator's plain header words of the segment `seg` and checks them.
     pub(crate) fn read_layout(seg: &Segment) -> Result<HubLayout> {
-        let p = seg.at::<HubHeader>(0)?;
-        // SAFETY: in bounds and aligned; these words were written before the fd was shared
-        // and are never written again (a foreign writer can only make them wrong, and every
-        // value is checked below).
-        let (magic, version, slots, capacity) =
-            unsafe { ((*p).magic, (*p).version, (*p).slots, (*p).capacity) };
+        let h = Self::header_of(seg)?;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        let (magic, version) = (h.magic.load(relaxed), h.version.load(relaxed));
         if magic != HUB_MAGIC || version != HUB_VERSION {
             return Err(Error::BadLayout { what: "hub" });
         }
+        let (slots, capacity) = (h.slots.load(relaxed), h.capacity.load(relaxed));
         let (Ok(slots), Ok(capacity)) = (usize::try_from(slots), usize::try_from(capacity)) else {
             return Err(Error::BadLayout { what: "hub (sizes out of range)" });
         };
@@ -165,14 +165,20 @@ impl Words {
 
     /// Writes the header of a fresh segment, before it is shared.
     pub(crate) fn init(seg: &Segment, layout: &HubLayout) -> Result<()> {
-        let p = seg.at::<HubHeader>(0)?;
-        // SAFETY: the segment is fresh and not yet shared; we are its only user.
-        unsafe {
-            (*p).magic = HUB_MAGIC;
-            (*p).version = HUB_VERSION;
-            (*p).slots = layout.slots as u64;
-            (*p).capacity = layout.capacity as u64;
-        }
+        let h = Self::header_of(seg)?;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        // The fd is shared only after this (which orders these stores for the others).
+        h.magic.store(HUB_MAGIC, relaxed);
+        h.version.store(HUB_VERSION, relaxed);
+        h.slots.store(layout.slots as u64, relaxed);
+        h.capacity.store(layout.capacity as u64, relaxed);
         Ok(())
+    }
+
+    fn header_of(seg: &Segment) -> Result<&HubHeader> {
+        let p = seg.at::<HubHeader>(0)?;
+        // SAFETY: in bounds and aligned (`Segment::at`), alive as long as `seg`; every
+        // field is an atomic, so any bytes there are a valid header to read.
+        Ok(unsafe { &*p })
     }
 }

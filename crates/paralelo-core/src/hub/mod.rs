@@ -23,7 +23,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::primitive::{AtomicBool, AtomicU64, Ordering};
+use crate::primitive::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::proc::{self, Watch};
 use crate::ring::{check_tag, Consumer, FrameHeader, Probe, Producer};
 use crate::sync::Poll;
@@ -55,8 +55,8 @@ pub enum SlotEvent {
     /// The watched process `pid` in `slot` has exited (see [`Hub::watch`]).
     Exited { slot: usize, pid: u32 },
     /// A ring of `slot` broke the protocol; the slot is read no more until reset. Its
-    /// worker must be killed and replaced.
-    Corrupt { slot: usize, source: Corruption },
+    /// worker (`pid`, the slot's watched process, 0 if none) must be killed and replaced.
+    Corrupt { slot: usize, pid: u32, source: Corruption },
 }
 
 /// What one drain found: message payloads copied into one buffer, each message with its
@@ -90,11 +90,22 @@ impl Mailbox {
         self.pending.store(true, Ordering::Release);
     }
 
+    /// Drops the events of `slot` still waiting: they were about a worker now replaced.
+    fn forget(&self, slot: usize) {
+        lock(&self.events).retain(|e| match e {
+            SlotEvent::Exited { slot: s, .. } | SlotEvent::Corrupt { slot: s, .. } => *s != slot,
+        });
+    }
+
     fn take(&self) -> Vec<SlotEvent> {
         if !self.pending.swap(false, Ordering::Acquire) {
             return Vec::new();
         }
-        std::mem::take(&mut *lock(&self.events))
+        let mut events = std::mem::take(&mut *lock(&self.events));
+        // A worker's corruption before its death: the receiver then knows the cause of the
+        // death (a stable sort keeps everything else in order).
+        events.sort_by_key(|e| matches!(e, SlotEvent::Exited { .. }));
+        events
     }
 }
 
@@ -104,11 +115,18 @@ pub struct Hub {
     layout: HubLayout,
     tasks: Vec<Mutex<Outbox>>,
     task_probes: Vec<Probe>,
+    /// Per slot: the task ring's `head` as we published it. Room is judged from our own
+    /// copy, never from the one in shared memory, which the worker could overwrite.
+    task_heads: Vec<AtomicU64>,
     /// Per slot: bytes of room the outbox waits for (0: nothing waiting). Lets the waiter
     /// check for room without taking the outbox locks.
     need: Vec<AtomicU64>,
     results: Mutex<Vec<Consumer>>,
     result_probes: Vec<Probe>,
+    /// Per slot: the result ring's `tail` as we released it (ours, for the same reason).
+    result_tails: Vec<AtomicU64>,
+    /// Per slot: the watched worker's pid (0: none), named in its corruption events.
+    pids: Vec<AtomicU32>,
     /// Per slot: a ring was found corrupt; not read, nor waited on, until reset.
     poisoned: Vec<AtomicBool>,
     mailbox: Arc<Mailbox>,
@@ -133,6 +151,9 @@ impl Hub {
             words: Words::new(seg, &layout)?,
             layout,
             task_probes: tasks.iter().map(Producer::probe).collect(),
+            task_heads: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            result_tails: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            pids: (0..slots).map(|_| AtomicU32::new(0)).collect(),
             tasks: tasks.into_iter().map(|r| Mutex::new(Outbox::new(r))).collect(),
             need: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             result_probes: results.iter().map(Consumer::probe).collect(),
@@ -167,15 +188,25 @@ impl Hub {
         if let Some(old) = lock(&self.watches)[slot].replace(w) {
             proc::unwatch(old);
         }
+        self.pids[slot].store(pid, Ordering::Release);
         Ok(())
     }
 
     /// A slot's ring broke the protocol: stop reading it and tell the receiver.
     fn poison(&self, slot: usize, source: Corruption) {
-        if !self.poisoned[slot].swap(true, Ordering::AcqRel) {
-            self.mailbox.push(SlotEvent::Corrupt { slot, source });
+        if let Some(e) = self.poison_event(slot, source) {
+            self.mailbox.push(e);
             self.words.header().results_bell.ring();
         }
+    }
+
+    /// Marks `slot` poisoned; the event to report, the first time only.
+    fn poison_event(&self, slot: usize, source: Corruption) -> Option<SlotEvent> {
+        self.need[slot].store(0, Ordering::Release);
+        if self.poisoned[slot].swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(SlotEvent::Corrupt { slot, pid: self.pids[slot].load(Ordering::Acquire), source })
     }
 
     /// Sends one message to `slot`'s worker without ever waiting: what does not fit now
@@ -199,9 +230,8 @@ impl Hub {
             }
             Err(e) => return Err(e),
         };
-        if need != 0 {
-            self.need[slot].store(need, Ordering::Release);
-        }
+        self.task_heads[slot].store(out.ring.head(), Ordering::Release);
+        self.need[slot].store(need, Ordering::Release);
         if notify {
             out.ring.notify();
         }
@@ -229,9 +259,11 @@ impl Hub {
             }
             let mut out = lock(&self.tasks[slot]);
             match out.flush() {
-                Ok(left) => need.store(left, Ordering::Release),
+                Ok(left) => {
+                    self.task_heads[slot].store(out.ring.head(), Ordering::Release);
+                    need.store(left, Ordering::Release);
+                }
                 Err(Error::Corrupt(c)) => {
-                    need.store(0, Ordering::Release);
                     drop(out);
                     self.poison(slot, c);
                     continue;
@@ -263,15 +295,19 @@ impl Hub {
     }
 
     fn ready(&self) -> bool {
+        let poisoned = |slot: usize| self.poisoned[slot].load(Ordering::Acquire);
         let results = |slot: usize| {
-            !self.poisoned[slot].load(Ordering::Relaxed) && self.result_probes[slot].has_data()
+            let tail = self.result_tails[slot].load(Ordering::Acquire);
+            !poisoned(slot) && self.result_probes[slot].has_data_after(tail)
         };
         let room = |slot: usize| {
             let need = self.need[slot].load(Ordering::Acquire);
-            need != 0 && self.task_probes[slot].has_room(need)
+            let head = self.task_heads[slot].load(Ordering::Acquire);
+            need != 0 && !poisoned(slot) && self.task_probes[slot].has_room_after(head, need)
         };
-        // Acquire: pairs with the Release stores in `wake` and `Mailbox::push`.
-        self.woken.load(Ordering::Acquire)
+        // Acquire: pairs with the Release stores in `wake` and `Mailbox::push`. `woken` is
+        // consumed by the check that sees it, so a wake is never lost to a later clear.
+        self.woken.swap(false, Ordering::AcqRel)
             || self.mailbox.pending.load(Ordering::Acquire)
             || (0..self.layout.slots).any(|s| results(s) || room(s))
     }
@@ -279,9 +315,7 @@ impl Hub {
     /// Waits until a result, an event or room for an outbox is there (then drain, which
     /// flushes), or [`Self::wake`] is called. Holds no lock while it waits.
     pub fn wait_results(&self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
-        let out = self.words.header().results_bell.wait_until(|| self.ready(), deadline, poll);
-        self.woken.store(false, Ordering::Release);
-        out
+        self.words.header().results_bell.wait_until(|| self.ready(), deadline, poll)
     }
 
     /// Ends the current wait for results (or the next one, if none is under way), so the
@@ -304,29 +338,35 @@ impl Hub {
         {
             let mut results = lock(&self.results);
             for (slot, c) in results.iter_mut().enumerate() {
-                if c.is_poisoned() {
-                    continue;
+                if self.poisoned[slot].load(Ordering::Acquire) {
+                    continue; // poisoned here or by a post: reported already
                 }
                 let messages = &mut out.messages;
                 let drained = c.drain(usize::MAX, &mut out.bytes, |h, r| messages.push((slot, h, r)));
+                self.result_tails[slot].store(c.tail(), Ordering::Release);
                 if let Err(Error::Corrupt(source)) = drained {
-                    self.poisoned[slot].store(true, Ordering::Release);
-                    out.events.push(SlotEvent::Corrupt { slot, source });
+                    out.events.extend(self.poison_event(slot, source));
                 }
             }
         }
         out.events.extend(events);
+        // This drain's corruption before the mailbox's deaths, as in `Mailbox::take`.
+        out.events.sort_by_key(|e| matches!(e, SlotEvent::Exited { .. }));
         Ok(out.messages.len() + out.events.len() - before)
     }
 
-    /// Empties both rings of `slot` for a new worker. Only sound once the old worker is
-    /// gone (dead, or said it writes no more); results it left are to be drained first.
+    /// Empties both rings of `slot` for a new worker, and drops events still waiting about
+    /// the old one. Only sound once the old worker is gone (dead, or said it writes no
+    /// more); results it left are to be drained first.
     pub fn reset_slot(&self, slot: usize) -> Result<()> {
         check_slot(self.layout.slots, slot)?;
         lock(&self.tasks[slot]).reset();
         self.need[slot].store(0, Ordering::Release);
+        self.task_heads[slot].store(0, Ordering::Release);
         lock(&self.results)[slot].reset();
+        self.result_tails[slot].store(0, Ordering::Release);
         self.words.set_state(slot, SlotState::Idle)?;
+        self.mailbox.forget(slot);
         self.poisoned[slot].store(false, Ordering::Release);
         Ok(())
     }

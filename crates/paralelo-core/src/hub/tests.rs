@@ -107,11 +107,11 @@ fn a_header_with_absurd_sizes_is_refused_without_overflow() {
     let seg = Segment::open(hub.words.seg.as_fd_for_test()).unwrap();
     for (slots, capacity) in [(u64::MAX, 4096), (1, u64::MAX), (1 << 40, 1 << 40), (0, 4096)] {
         let p = seg.at::<layout::HubHeader>(0).unwrap();
-        // SAFETY: a test plays a foreign writer scribbling over the header's plain words.
-        unsafe {
-            (*p).slots = slots;
-            (*p).capacity = capacity;
-        }
+        // SAFETY: in bounds and aligned; a test plays a foreign writer scribbling over the
+        // header's words (atomics).
+        let h = unsafe { &*p };
+        h.slots.store(slots, std::sync::atomic::Ordering::Relaxed);
+        h.capacity.store(capacity, std::sync::atomic::Ordering::Relaxed);
         let err = Port::open(hub.words.seg.as_fd_for_test(), 0).err().expect("refused");
         assert!(matches!(err, Error::BadLayout { .. } | Error::Invalid(_)), "{err}");
     }
@@ -245,7 +245,7 @@ fn a_corrupt_slot_is_reported_healthy_slots_keep_their_results() {
     let (msgs, events) = results(&hub);
     assert_eq!(msgs.len(), 1);
     assert_eq!((msgs[0].0, msgs[0].2.as_slice()), (1, &b"healthy"[..]));
-    assert!(matches!(events[..], [SlotEvent::Corrupt { slot: 0, source: Corruption::FrameTooLong { .. } }]), "{events:?}");
+    assert!(matches!(events[..], [SlotEvent::Corrupt { slot: 0, pid: 0, source: Corruption::FrameTooLong { .. } }]), "{events:?}");
     // Not reported again, and not waited on: the waiter sleeps until its deadline.
     let t = Instant::now();
     let err = hub.wait_results(Some(t + Duration::from_millis(30)), &mut keep_going).unwrap_err();
@@ -274,5 +274,103 @@ fn a_watched_process_exit_wakes_the_receiver_and_is_reported_once() {
     assert_eq!(results(&hub).1, vec![SlotEvent::Exited { slot: 1, pid }]);
     assert_eq!(results(&hub).1, vec![], "reported once");
     let mut child = child;
+    child.wait().unwrap();
+}
+
+#[test]
+fn reset_drops_events_about_the_slot_s_old_worker() {
+    let hub = Hub::create(2, 4096).unwrap();
+    let mut children = Vec::new();
+    for slot in 0..2 {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .unwrap();
+        hub.watch(slot, pid, pidfd.as_fd()).unwrap();
+        children.push((child, pid));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lock(&hub.mailbox.events).len() < 2 {
+        assert!(Instant::now() < deadline, "the watch never fired");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    hub.reset_slot(0).unwrap(); // slot 0 has a new worker now: its old death is no news
+    assert_eq!(results(&hub).1, vec![SlotEvent::Exited { slot: 1, pid: children[1].1 }]);
+    for (mut c, _) in children {
+        c.wait().unwrap();
+    }
+}
+
+/// The task ring's header of `slot`, as a misbehaving worker would write it.
+fn task_ring_header(hub: &Hub, slot: usize) -> &crate::ring::RingHeader {
+    let place = hub.layout.tasks(slot);
+    // SAFETY: in bounds and aligned (`Segment::at`), alive as long as the hub; every field
+    // of a ring header is an atomic.
+    unsafe { &*hub.words.seg.at::<crate::ring::RingHeader>(place.header).unwrap() }
+}
+
+fn scribble_outbox(hub: &Hub) {
+    // A backlog: the worker never reads, so the outbox waits for room.
+    for seq in 0..3 {
+        hub.post(0, &FrameHeader { tag: 1, seq, ..Default::default() }, &[1u8; 3000], true).unwrap();
+    }
+    assert!(hub.backlog(0).unwrap() > 0);
+}
+
+#[test]
+fn a_task_ring_poisoned_by_a_post_is_reported_once_and_not_waited_on() {
+    let hub = Hub::create(1, 4096).unwrap();
+    scribble_outbox(&hub);
+    // The worker claims to have read past everything ever written.
+    task_ring_header(&hub, 0).tail.store(1 << 40, std::sync::atomic::Ordering::Release);
+    hub.post(0, &FrameHeader::default(), b"x", true).unwrap(); // finds it: poisons, no error
+    hub.flush().unwrap();
+    let events = results(&hub).1;
+    assert!(matches!(events[..], [SlotEvent::Corrupt { slot: 0, source: Corruption::Indices { .. }, .. }]), "{events:?}");
+    let t = Instant::now();
+    let err = hub.wait_results(Some(t + Duration::from_millis(30)), &mut keep_going).unwrap_err();
+    assert!(matches!(err, Error::Timeout), "the receiver must sleep, not spin");
+    assert_eq!(results(&hub), (vec![], vec![]), "reported once");
+}
+
+#[test]
+fn a_scribbled_head_cannot_fake_room_or_data() {
+    let hub = Hub::create(1, 4096).unwrap();
+    scribble_outbox(&hub);
+    // The worker overwrites the head the parent owns: the shared copy now claims the ring
+    // is empty (room), and the result ring's tail claims unread data.
+    let tasks = task_ring_header(&hub, 0);
+    tasks.head.store(tasks.tail.load(std::sync::atomic::Ordering::Acquire), std::sync::atomic::Ordering::Release);
+    let results_place = hub.layout.results(0);
+    // SAFETY: as in `task_ring_header`.
+    let res = unsafe { &*hub.words.seg.at::<crate::ring::RingHeader>(results_place.header).unwrap() };
+    res.tail.store(12_345, std::sync::atomic::Ordering::Release);
+    let t = Instant::now();
+    let err = hub.wait_results(Some(t + Duration::from_millis(30)), &mut keep_going).unwrap_err();
+    assert!(matches!(err, Error::Timeout), "nothing real happened: the receiver sleeps");
+}
+
+#[test]
+fn the_death_watch_thread_exits_when_nothing_is_watched() {
+    let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    let w = crate::proc::watch(pidfd.as_fd(), || {}).unwrap();
+    assert!(crate::proc::serving());
+    assert!(crate::proc::unwatch(w), "cancelled before it fired");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Other tests may watch meanwhile: wait until the thread had nothing to do.
+    while crate::proc::serving() {
+        assert!(Instant::now() < deadline, "the watch thread never stopped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut child = child;
+    child.kill().unwrap();
     child.wait().unwrap();
 }

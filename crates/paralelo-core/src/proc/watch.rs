@@ -2,13 +2,19 @@
 //! process and runs a callback the moment one exits. So the engine learns of a death at
 //! once (and rings whatever doorbell the callback rings) without anyone polling.
 //!
-//! The thread is started on first use, in each process: after a fork the child starts its
-//! own (the parent's thread did not come along) and forgets the parent's registrations.
+//! The thread runs only while something is watched: it exits when the last watch fires
+//! or is cancelled, so a program whose pools are all closed is single-threaded again (and
+//! can fork safely). After a fork the child starts its own thread on first use (the
+//! parent's did not come along) and forgets the parent's registrations.
+//!
+//! Fork and the `WATCHER` lock: the lock is taken only by `watch`/`unwatch`, which the
+//! bindings call with Python's GIL held, and a Python `os.fork` also holds the GIL; so a
+//! fork never copies the lock held (the thread itself never takes it).
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rustix::event::epoll;
+use rustix::event::{epoll, eventfd, EventfdFlags};
 use rustix::io::Errno;
 
 use crate::primitive::{AtomicU64, Ordering};
@@ -20,64 +26,110 @@ type OnExit = Box<dyn FnOnce() + Send>;
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Watch(u64);
 
+/// The epoll key of the eventfd that wakes the thread to look at its registrations.
+const NUDGE: u64 = 0;
+
+#[derive(Default)]
+struct Registry {
+    /// id -> the pidfd (kept open while watched) and what to run when it fires.
+    entries: HashMap<u64, (OwnedFd, OnExit)>,
+    /// A thread is serving this watcher (it clears this, under the lock, as it exits).
+    serving: bool,
+    /// The thread hit an error it cannot serve past: start afresh on next use.
+    broken: bool,
+}
+
 struct Watcher {
     /// The process this watcher (and its thread) belongs to.
     owner: u32,
     epoll: OwnedFd,
-    /// id -> the pidfd (kept open while watched) and what to run when it fires.
-    entries: Mutex<HashMap<u64, (OwnedFd, OnExit)>>,
+    nudge: OwnedFd,
+    registry: Mutex<Registry>,
     next_id: AtomicU64,
 }
 
 static WATCHER: Mutex<Option<Arc<Watcher>>> = Mutex::new(None);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is an insert or a remove: never half-done.
+    // Every critical section here is an insert, a remove or a flag: never half-done.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn watcher() -> Result<Arc<Watcher>> {
-    let mut slot = lock(&WATCHER);
+/// This process's watcher, if it has a working one.
+fn current() -> Option<Arc<Watcher>> {
     let me = std::process::id();
-    if let Some(w) = slot.as_ref().filter(|w| w.owner == me) {
-        return Ok(w.clone());
+    lock(&WATCHER).as_ref().filter(|w| w.owner == me && !lock(&w.registry).broken).cloned()
+}
+
+fn watcher() -> Result<Arc<Watcher>> {
+    if let Some(w) = current() {
+        return Ok(w);
     }
-    // None yet, or one inherited through fork whose thread did not come along: dropping it
-    // closes the inherited epoll fd and the parent's pidfds in this process.
+    let mut slot = lock(&WATCHER);
+    // None yet, one inherited through fork, or a broken one: dropping it closes its fds
+    // (and, in a child, the parent's pidfds in this process).
     let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| Error::os("epoll_create", e))?;
+    let nudge = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(|e| Error::os("eventfd", e))?;
+    epoll::add(&epoll, nudge.as_fd(), epoll::EventData::new_u64(NUDGE), epoll::EventFlags::IN)
+        .map_err(|e| Error::os("epoll_ctl(ADD) on an eventfd", e))?;
     let w = Arc::new(Watcher {
-        owner: me,
+        owner: std::process::id(),
         epoll,
-        entries: Mutex::new(HashMap::new()),
-        next_id: AtomicU64::new(1),
+        nudge,
+        registry: Mutex::default(),
+        next_id: AtomicU64::new(NUDGE + 1),
     });
-    let run = w.clone();
-    std::thread::Builder::new()
-        .name("paralelo-deaths".into())
-        .spawn(move || run.serve())
-        .map_err(|e| Error::os("spawn the death-watch thread", e))?;
     *slot = Some(w.clone());
     Ok(w)
 }
 
 impl Watcher {
+    /// Starts the serving thread if none runs. Called with the registry locked.
+    fn ensure_serving(self: &Arc<Self>, reg: &mut Registry) -> Result<()> {
+        if reg.serving {
+            return Ok(());
+        }
+        let run = self.clone();
+        std::thread::Builder::new()
+            .name("paralelo-deaths".into())
+            .spawn(move || run.serve())
+            .map_err(|e| Error::os("spawn the death-watch thread", e))?;
+        reg.serving = true;
+        Ok(())
+    }
+
     fn serve(&self) {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
         loop {
             events.clear();
             match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), None) {
                 Ok(_) | Err(Errno::INTR) => {}
-                // The epoll fd is ours and valid: anything else is a bug, not a condition.
-                Err(e) => panic!("epoll_wait failed: {e}"),
+                Err(_) => {
+                    // Cannot happen with our own valid epoll fd; if it does, stop serving
+                    // and let the next watch start a fresh watcher rather than go deaf.
+                    let mut reg = lock(&self.registry);
+                    reg.broken = true;
+                    reg.serving = false;
+                    return;
+                }
             }
             for ev in &events {
-                let data = ev.data;
-                let entry = lock(&self.entries).remove(&data.u64());
+                let key = ev.data.u64();
+                if key == NUDGE {
+                    let _ = rustix::io::read(&self.nudge, &mut [0u8; 8]);
+                    continue;
+                }
+                let entry = lock(&self.registry).entries.remove(&key);
                 if let Some((pidfd, on_exit)) = entry {
                     let _ = epoll::delete(&self.epoll, &pidfd);
                     drop(pidfd);
                     on_exit();
                 }
+            }
+            let mut reg = lock(&self.registry);
+            if reg.entries.is_empty() {
+                reg.serving = false; // a later watch starts another thread
+                return;
             }
         }
     }
@@ -90,22 +142,35 @@ pub fn watch(pidfd: BorrowedFd<'_>, on_exit: impl FnOnce() + Send + 'static) -> 
     let fd = pidfd.try_clone_to_owned().map_err(|e| Error::os("dup pidfd", e))?;
     let id = w.next_id.fetch_add(1, Ordering::Relaxed);
     // Registered before it is armed, so the thread finds the entry when the event comes.
-    let mut entries = lock(&w.entries);
+    let mut reg = lock(&w.registry);
     epoll::add(&w.epoll, fd.as_fd(), epoll::EventData::new_u64(id), epoll::EventFlags::IN)
         .map_err(|e| Error::os("epoll_ctl(ADD) on a pidfd", e))?;
-    entries.insert(id, (fd, Box::new(on_exit)));
+    reg.entries.insert(id, (fd, Box::new(on_exit)));
+    if let Err(e) = w.ensure_serving(&mut reg) {
+        if let Some((fd, _)) = reg.entries.remove(&id) {
+            let _ = epoll::delete(&w.epoll, &fd);
+        }
+        return Err(e);
+    }
     Ok(Watch(id))
 }
 
 /// Cancels a watch; `true` if it had not fired yet (its callback will never run).
 pub fn unwatch(watch: Watch) -> bool {
-    let Ok(w) = watcher() else { return false };
-    let entry = lock(&w.entries).remove(&watch.0);
-    match entry {
-        Some((pidfd, _)) => {
-            let _ = epoll::delete(&w.epoll, &pidfd);
-            true
-        }
-        None => false,
+    // Only this process's own watcher: in a forked child the parent's registrations are
+    // gone with its thread, and starting a watcher just to cancel one would be waste.
+    let Some(w) = current() else { return false };
+    let mut reg = lock(&w.registry);
+    let Some((pidfd, _)) = reg.entries.remove(&watch.0) else { return false };
+    let _ = epoll::delete(&w.epoll, &pidfd);
+    if reg.entries.is_empty() && reg.serving {
+        // Wake the thread so it sees it has nothing left to watch, and exits.
+        let _ = rustix::io::write(&w.nudge, &1u64.to_ne_bytes());
     }
+    true
+}
+
+/// Whether this process's death-watch thread is running (for tests and diagnostics).
+pub fn serving() -> bool {
+    current().is_some_and(|w| lock(&w.registry).serving)
 }

@@ -43,6 +43,11 @@ impl Consumer {
         self.mem.header().head.load(Ordering::Acquire) != self.tail
     }
 
+    /// Bytes released so far (this end's own copy of `tail`).
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
     /// Whether this ring was found corrupt (and is read no more until reset).
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.is_some()

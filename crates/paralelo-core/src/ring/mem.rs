@@ -23,8 +23,10 @@ pub const MIN_CAPACITY: usize = (4 * (FRAME_HEADER + 8)).next_power_of_two();
 /// The plain-data head of a ring. Producer and consumer indices sit on separate cache lines.
 #[repr(C)]
 pub struct RingHeader {
-    magic: u64,
-    capacity: u64,
+    // Written once by the creator, but another process could write them too: atomics (std's
+    // even under loom, where they are not part of any model), read Relaxed.
+    magic: std::sync::atomic::AtomicU64,
+    capacity: std::sync::atomic::AtomicU64,
     /// Bytes ever written; only the producer stores it.
     pub(crate) head: CachePadded<AtomicU64>,
     /// Bytes ever consumed; only the consumer stores it.
@@ -103,18 +105,14 @@ impl RingMem {
             // SAFETY: as below, the creator owns the memory until it hands it out.
             unsafe { mem.loom_init() };
         }
+        let h = mem.header();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
         if init {
-            // SAFETY: the creator initialises the header before any other process maps it;
-            // magic and capacity are plain words nobody else writes.
-            unsafe {
-                (*hdr.as_ptr()).magic = RING_MAGIC;
-                (*hdr.as_ptr()).capacity = cap as u64;
-            }
-        } else {
-            let h = mem.header();
-            if h.magic != RING_MAGIC || h.capacity != cap as u64 {
-                return Err(Error::BadLayout { what: "ring" });
-            }
+            // The fd is shared only after this (which orders these stores for the others).
+            h.magic.store(RING_MAGIC, relaxed);
+            h.capacity.store(cap as u64, relaxed);
+        } else if h.magic.load(relaxed) != RING_MAGIC || h.capacity.load(relaxed) != cap as u64 {
+            return Err(Error::BadLayout { what: "ring" });
         }
         Ok(mem)
     }
@@ -167,8 +165,9 @@ impl RingMem {
     }
 
     pub(crate) fn header(&self) -> &RingHeader {
-        // SAFETY: `hdr` is in bounds and aligned (checked by `Segment::at`), lives as long
-        // as `seg`, and is only mutated through atomics after initialisation.
+        // SAFETY: `hdr` is in bounds and aligned (checked by `Segment::at`) and lives as
+        // long as `seg`; every field of a header is an atomic (or, under loom, a cell),
+        // so a shared reference is sound whatever another process writes.
         unsafe { self.hdr.as_ref() }
     }
 
@@ -225,8 +224,12 @@ impl RingMem {
     }
 
     /// Copies `len` ring bytes at stream position `pos` to `dst`, wrapping at the end.
-    /// The bytes may be garbage (another process writes this memory); copying them is
-    /// still sound, and the caller validates what it decodes.
+    /// Under the protocol nobody writes these bytes while we copy them (the Acquire load of
+    /// `head` ordered their writing before). A process that breaks the protocol can race
+    /// the copy: the bytes are then garbage, which the caller validates like any other
+    /// input; the copy goes through raw pointers into our own buffer, so no Rust reference
+    /// ever sees them change. (Memory shared with another process is outside Rust's model;
+    /// this is the assumption every shared-memory transport makes.)
     ///
     /// # Safety
     /// `dst` must be valid for writes of `len` bytes, and `len <= cap`.

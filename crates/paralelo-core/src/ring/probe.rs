@@ -34,6 +34,24 @@ impl Probe {
         self.mem.free(head, tail).map_or(true, |free| free >= need)
     }
 
+    /// Whether data is published past `tail`, the consumer's own copy of its index (so
+    /// a producer that scribbles over the shared `tail` cannot fake data). Corrupt indices
+    /// count as data.
+    pub fn has_data_after(&self, tail: u64) -> bool {
+        // Acquire: pairs with the producer's Release store of `head`.
+        let head = self.mem.header().head.load(Ordering::Acquire);
+        head != tail
+    }
+
+    /// Whether `need` bytes are free after `head`, the producer's own copy of its index (so
+    /// a consumer that scribbles over the shared `head` cannot fake room). Corrupt indices
+    /// count as room: the producer's next write finds them.
+    pub fn has_room_after(&self, head: u64, need: u64) -> bool {
+        // Acquire: pairs with the consumer's Release store of `tail`.
+        let tail = self.mem.header().tail.load(Ordering::Acquire);
+        self.mem.free(head, tail).map_or(true, |free| free >= need)
+    }
+
     /// Waiters registered on the ring's data bell.
     pub fn data_bell_sleepers(&self) -> u32 {
         self.mem.data_bell().sleepers()

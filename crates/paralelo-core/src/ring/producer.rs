@@ -39,6 +39,11 @@ impl Producer {
         Probe::new(self.mem.clone())
     }
 
+    /// Bytes published so far (this end's own copy of `head`).
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
     /// The largest payload one frame carries; longer messages go as several fragments.
     pub fn max_fragment(&self) -> usize {
         self.mem.cap as usize / 4 - FRAME_HEADER
