@@ -92,16 +92,18 @@ impl Port {
         let _turn = self.sending.take(deadline, poll)?;
         let mut sent = 0;
         loop {
-            let need = {
+            let (head, need) = {
                 let mut ring = lock(&self.results);
                 let done = ring.offer(h, payload, &mut sent).map_err(|e| e.in_slot(self.slot))?;
                 ring.notify(); // done, or the parent must drain before more fits
                 if done {
                     return Ok(());
                 }
-                ring.room_needed(payload, sent)
+                (ring.head(), ring.room_needed(payload, sent))
             };
-            if let Err(e) = self.results_probe.wait_room(need, deadline, poll) {
+            // Room after our own head: a scribbled shared head can neither fake room nor
+            // keep us from sleeping (and so from our deadline).
+            if let Err(e) = self.results_probe.wait_room_after(head, need, deadline, poll) {
                 if sent > 0 {
                     lock(&self.results).abandon();
                 }

@@ -94,7 +94,7 @@ impl Consumer {
         }
         let max_fragment = cap as usize / 4 - FRAME_HEADER;
         while self.tail != head && *delivered < max {
-            let published = head - self.tail; // <= cap, checked above
+            let published = head.wrapping_sub(self.tail); // <= cap, checked above
             if published < FRAME_HEADER as u64 {
                 return Err(Corruption::FrameOverrun { len: 0, published });
             }
@@ -102,7 +102,7 @@ impl Consumer {
             self.mem.copy_out(self.tail, &mut raw);
             let (len, fh) = FrameHeader::decode(&raw);
             check_frame(len, max_fragment, published)?;
-            let body = self.tail + FRAME_HEADER as u64;
+            let body = self.tail.wrapping_add(FRAME_HEADER as u64);
             let len = len as usize;
             if fh.tag == TAG_ABORT {
                 self.partial.clear();
@@ -126,7 +126,7 @@ impl Consumer {
                 f(fh, start..out.len());
                 *delivered += 1;
             }
-            self.tail = body + padded(len);
+            self.tail = body.wrapping_add(padded(len));
         }
         Ok(())
     }

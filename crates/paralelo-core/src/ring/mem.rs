@@ -195,8 +195,10 @@ impl RingMem {
     /// Free bytes between a `head` and a `tail`: the one formula for room, checked (the
     /// tail never passes the head, and they are never more than a capacity apart).
     pub(crate) fn free(&self, head: u64, tail: u64) -> Result<u64, Corruption> {
-        match head.checked_sub(tail) {
-            Some(used) if used <= self.cap => Ok(self.cap - used),
+        // Positions count modulo 2^64 (a capacity, a power of two, divides it), so a peer
+        // may start them anywhere: only their distance matters.
+        match head.wrapping_sub(tail) {
+            used if used <= self.cap => Ok(self.cap - used),
             _ => Err(Corruption::Indices { head, tail, capacity: self.cap }),
         }
     }

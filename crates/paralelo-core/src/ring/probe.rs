@@ -62,13 +62,21 @@ impl Probe {
         self.mem.data_bell().wait_until(|| self.has_data(), deadline, poll)
     }
 
-    /// Waits until `need` bytes are free, asking the consumer to ring while we wait.
-    pub fn wait_room(&self, need: u64, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
-        if self.has_room(need) {
+    /// Waits until `need` bytes are free after `head` (the producer's own copy), asking the
+    /// consumer to ring while we wait. Corrupt indices end the wait: the producer's next
+    /// write reports them.
+    pub fn wait_room_after(
+        &self,
+        head: u64,
+        need: u64,
+        deadline: Option<Instant>,
+        poll: Poll<'_>,
+    ) -> Result<()> {
+        if self.has_room_after(head, need) {
             return Ok(());
         }
         Self::want_room_on(&self.mem, true);
-        let out = self.mem.room_bell().wait_until(|| self.has_room(need), deadline, poll);
+        let out = self.mem.room_bell().wait_until(|| self.has_room_after(head, need), deadline, poll);
         Self::want_room_on(&self.mem, false);
         out
     }

@@ -61,7 +61,8 @@ impl Producer {
 
     fn has_room(&mut self, need: u64) -> Result<bool> {
         // `tail_seen` was checked when read, so this cannot underflow.
-        Ok(self.mem.cap - (self.head - self.tail_seen) >= need || self.free()? >= need)
+        // `tail_seen` was checked when read: this distance is at most the capacity.
+        Ok(self.mem.cap - self.head.wrapping_sub(self.tail_seen) >= need || self.free()? >= need)
     }
 
     fn put(&mut self, h: &FrameHeader, tag: u32, payload: &[u8]) {
@@ -70,9 +71,9 @@ impl Producer {
         // only this producer writes there, and a fragment is at most a quarter of the ring.
         unsafe {
             self.mem.write_at(self.head, &hdr);
-            self.mem.write_at(self.head + FRAME_HEADER as u64, payload);
+            self.mem.write_at(self.head.wrapping_add(FRAME_HEADER as u64), payload);
         }
-        self.head += FRAME_HEADER as u64 + padded(payload.len());
+        self.head = self.head.wrapping_add(FRAME_HEADER as u64 + padded(payload.len()));
         // Release: pairs with the consumer's Acquire load of `head` before it reads the bytes.
         self.mem.header().head.store(self.head, Ordering::Release);
         // Release: pairs with the Acquire swap in `notify`, which may run on another thread.
@@ -158,7 +159,7 @@ impl Producer {
         while !self.offer(h, payload, &mut sent)? {
             self.notify(); // the consumer must drain what is in before more fits
             let need = self.room_needed(payload, sent);
-            if let Err(e) = self.probe().wait_room(need, deadline, poll) {
+            if let Err(e) = self.probe().wait_room_after(self.head, need, deadline, poll) {
                 if sent > 0 {
                     self.abandon();
                 }
