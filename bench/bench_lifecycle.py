@@ -29,6 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _tasks import inc  # noqa: E402
+from _report import table  # noqa: E402
 
 import paralelo  # noqa: E402
 
@@ -39,15 +40,6 @@ ITEMS = range(100)
 EXPECTED = [x + 1 for x in ITEMS]
 
 MP = mp.get_context("fork")
-
-
-def table(title, header, rows):
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print("| " + " | ".join(str(c) for c in r) + " |")
-    sys.stdout.flush()
 
 
 # -- one cycle of each kind --------------------------------------------------------------

@@ -19,6 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _tasks import burn, inc, pareto_durations  # noqa: E402
+from _report import table  # noqa: E402
 
 import paralelo  # noqa: E402
 
@@ -44,15 +45,6 @@ def timed(fn, repeats=1):
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
-
-
-def table(title, header, rows):
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print("| " + " | ".join(str(c) for c in r) + " |")
-    sys.stdout.flush()
 
 
 # -- per-task overhead ---------------------------------------------------------------

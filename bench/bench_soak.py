@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _tasks import inc  # noqa: E402
+from _report import table  # noqa: E402
 
 import paralelo  # noqa: E402
 
@@ -44,15 +45,6 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
     except OSError:
         pass
     return None
-
-
-def table(title, header, rows):
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print("| " + " | ".join(str(c) for c in r) + " |")
-    sys.stdout.flush()
 
 
 def worker_pids(pool) -> list[int]:
