@@ -45,9 +45,11 @@ def test_all_names_exist():
 
 
 def test_exception_hierarchy():
-    assert issubclass(paralelo.TimeoutError, multiprocessing.TimeoutError)
-    assert issubclass(paralelo.TimeoutError, builtins.TimeoutError)
-    assert issubclass(paralelo.TimeoutError, cf.TimeoutError)
+    assert paralelo.TimeoutError is builtins.TimeoutError is cf.TimeoutError
+    from paralelo._errors import PoolTimeoutError
+
+    assert issubclass(PoolTimeoutError, multiprocessing.TimeoutError)
+    assert issubclass(PoolTimeoutError, paralelo.TimeoutError)
     assert issubclass(paralelo.WorkerLostError, cf.process.BrokenProcessPool)
     assert issubclass(paralelo.WorkerLostError, cf.BrokenExecutor)
     assert issubclass(paralelo.RemoteTraceback, Exception)
@@ -56,10 +58,12 @@ def test_exception_hierarchy():
     assert str(tb) == "Traceback ..." and tb.tb == "Traceback ..."
 
 
-def test_timeout_error_is_caught_by_both():
-    for clause in (multiprocessing.TimeoutError, builtins.TimeoutError, cf.TimeoutError):
+def test_a_pool_timeout_is_caught_by_every_clause():
+    from paralelo._errors import PoolTimeoutError
+
+    for clause in (multiprocessing.TimeoutError, builtins.TimeoutError, cf.TimeoutError, paralelo.TimeoutError):
         try:
-            raise paralelo.TimeoutError
+            raise PoolTimeoutError
         except clause:
             pass
 

@@ -56,3 +56,58 @@ def test_main_module_functions_classes_and_globals(tmp_path, parent: str) -> Non
     out = subprocess.run([sys.executable, str(script), parent], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+TIMEOUTS = textwrap.dedent(
+    """
+    import sys, time
+    if sys.argv[1] == "paralelo":
+        import paralelo as mp
+        import paralelo as cf
+        from paralelo import ProcessPoolExecutor
+    else:
+        import multiprocessing as mp
+        import concurrent.futures as cf
+        from concurrent.futures import ProcessPoolExecutor
+
+    def nap(x):
+        time.sleep(x)
+        return x
+
+    def caught(fn, clause):
+        try:
+            fn()
+        except clause:
+            return "caught"
+        return "not raised"
+
+    if __name__ == "__main__":
+        out = []
+        with ProcessPoolExecutor(2) as ex:
+            f = ex.submit(nap, 0.5)
+            out.append(caught(lambda: f.result(timeout=0.01), cf.TimeoutError))
+            out.append(caught(lambda: list(cf.as_completed([f], timeout=0.01)), cf.TimeoutError))
+            out.append(caught(lambda: next(ex.map(nap, [0.5], timeout=0.01)), cf.TimeoutError))
+            out.append(str(len(cf.wait([f], timeout=0.01).not_done)))
+        with mp.Pool(2) as pool:
+            r = pool.apply_async(nap, (0.5,))
+            out.append(caught(lambda: r.get(0.01), mp.TimeoutError))
+            import multiprocessing
+            out.append(caught(lambda: r.get(0.01), multiprocessing.TimeoutError))
+            it = pool.imap(nap, [0.5])
+            out.append(caught(lambda: it.next(0.01), mp.TimeoutError))
+            out.append(caught(lambda: it.next(0.01), multiprocessing.TimeoutError))
+        print(" ".join(out))
+    """
+)
+
+
+def test_timeouts_are_caught_by_the_same_clauses_as_with_the_stdlib(tmp_path) -> None:
+    script = tmp_path / "timeouts.py"
+    script.write_text(TIMEOUTS)
+    outs = []
+    for lib in ("paralelo", "stdlib"):
+        out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        outs.append(out.stdout.strip())
+    assert outs[0] == outs[1] == " ".join(["caught"] * 3 + ["1"] + ["caught"] * 4)

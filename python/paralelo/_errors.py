@@ -10,11 +10,18 @@ import traceback
 from concurrent.futures.process import BrokenProcessPool
 
 
-class TimeoutError(multiprocessing.TimeoutError, builtins.TimeoutError):  # noqa: A001
-    """A wait ran out of time.
+#: What every timeout paralelo or concurrent.futures raises is: the built-in
+#: ``TimeoutError`` (which is ``concurrent.futures.TimeoutError`` on 3.11), so
+#: ``except paralelo.TimeoutError`` catches ``Future.result``'s, ``as_completed``'s and
+#: ``wait``'s too.
+TimeoutError = builtins.TimeoutError  # noqa: A001
 
-    Both ``multiprocessing.TimeoutError`` and the built-in ``TimeoutError`` (which is
-    ``concurrent.futures.TimeoutError``) catch it.
+
+class PoolTimeoutError(multiprocessing.TimeoutError, builtins.TimeoutError):
+    """A Pool's wait (``AsyncResult.get``, ``IMapIterator.next``) ran out of time.
+
+    Raised where multiprocessing raises ``multiprocessing.TimeoutError``, so both that and
+    the built-in ``TimeoutError`` (``paralelo.TimeoutError``) catch it.
     """
 
 

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ._errors import TimeoutError
+from ._errors import PoolTimeoutError
 from ._outcomes import Segments
 
 if TYPE_CHECKING:
@@ -118,7 +118,8 @@ class IMapIterator:
         return self.next()
 
     def next(self, timeout: float | None = None) -> Any:
-        """The next result; ``paralelo.TimeoutError`` if none comes within ``timeout``."""
+        """The next result; a ``TimeoutError`` (also a ``multiprocessing.TimeoutError``)
+        if none comes within ``timeout``."""
         value = next(self._current, _END)
         if value is not _END:
             return value
@@ -151,7 +152,7 @@ class IMapIterator:
                 not_in_callback(self._pool)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise TimeoutError
+                    raise PoolTimeoutError
                 self._waiting = True
                 try:
                     # Woken by a result we can yield, by the job's end or failure, or by the

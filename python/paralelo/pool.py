@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _engine
-from ._errors import TimeoutError
+from ._errors import PoolTimeoutError
 from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
 from .context import default_workers
 
@@ -47,11 +47,11 @@ class AsyncResult:
             self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> Any:
-        """The result; re-raises the worker's exception; ``paralelo.TimeoutError`` if not
+        """The result; re-raises the worker's exception; a ``TimeoutError`` (also a ``multiprocessing.TimeoutError``) if not
         ready within ``timeout`` seconds."""
         self.wait(timeout)
         if not self._event.is_set():
-            raise TimeoutError
+            raise PoolTimeoutError
         if self._success:
             return self._value
         raise self._value
