@@ -111,3 +111,37 @@ def test_timeouts_are_caught_by_the_same_clauses_as_with_the_stdlib(tmp_path) ->
         assert out.returncode == 0, out.stderr
         outs.append(out.stdout.strip())
     assert outs[0] == outs[1] == " ".join(["caught"] * 3 + ["1"] + ["caught"] * 4)
+
+
+BALANCE = textwrap.dedent(
+    """
+    import os, sys, time
+    mp = __import__(sys.argv[1])  # paralelo or multiprocessing
+
+    def slow(x):
+        time.sleep(0.3)
+        return os.getpid()
+
+    def pid(_):
+        return os.getpid()
+
+    if __name__ == "__main__":
+        with mp.Pool(2) as pool:
+            # Two slow items on two workers: one each, from the first item on.
+            print(len(set(pool.map(slow, [1, 2]))), len(set(pool.imap(slow, iter([1, 2])))))
+        with mp.Pool(2, maxtasksperchild=1) as pool:
+            # A worker per item, as multiprocessing's imap (chunksize 1) gives.
+            print(len(set(pool.imap(pid, range(12)))))
+    """
+)
+
+
+def test_few_slow_items_and_maxtasks_match_the_stdlib(tmp_path) -> None:
+    script = tmp_path / "balance.py"
+    script.write_text(BALANCE)
+    outs = []
+    for lib in ("paralelo", "multiprocessing"):
+        out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        outs.append(out.stdout.split())
+    assert outs[0] == outs[1] == ["2", "2", "12"]

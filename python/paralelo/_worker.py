@@ -83,7 +83,7 @@ def serve(fd: int, slot: int) -> None:
                         ok, value = False, dump_error(e)
                     busy = perf_counter_ns() - t0
                     replies.append((s, ok, value, busy))
-                    done += 1
+                    done += len(items)  # maxtasks counts items, not chunks
                     if busy > QUICK_NS or aux & EAGER:
                         flush(job, aux & EAGER)
                     if maxtasks and done >= maxtasks:
@@ -96,11 +96,14 @@ def serve(fd: int, slot: int) -> None:
                 fn, star, each = funcs[job]
                 running(seq)
                 t0 = perf_counter_ns()
+                items = ()
                 try:
-                    rtag, data = pack_results(run(fn, star, each, loads(payload)))
+                    items = loads(payload)
+                    rtag, data = pack_results(run(fn, star, each, items))
                 except BaseException as e:  # noqa: BLE001 - every failure goes back
                     data, rtag = dump_error(e), ERR
                 reply(rtag, job, seq, perf_counter_ns() - t0, data, aux & EAGER)
+                done += max(1, len(items)) - 1  # and 1 below: maxtasks counts items
             elif tag == CALL:
                 running(seq)
                 t0 = perf_counter_ns()

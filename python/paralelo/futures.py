@@ -91,7 +91,7 @@ class ProcessPoolExecutor(_cf.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             it = IMapIterator(self._engine, ordered=True)
-            job = _engine.MapJob(self._engine.processes, fn, items, star, chunksize, it)
+            job = self._engine.map_job(fn, items, star, chunksize, it)
             it.job = job
             self._engine.submit(job)
         return _results(it, job, self._engine, end)

@@ -207,7 +207,7 @@ class Pool:
             iterable = list(iterable)  # as multiprocessing does: read here, on the caller's thread
         result = MapResult(callback, error_callback)
         result._pool = self
-        self._engine.submit(_engine.MapJob(self._processes, func, iterable, star, chunksize, result))
+        self._engine.submit(self._engine.map_job(func, iterable, star, chunksize, result))
         return result
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
@@ -236,7 +236,7 @@ class Pool:
         it._pool = self
         it.stop_after_error = chunksize is not None and chunksize > 1
         hold = 4 * _engine.MAX_INFLIGHT * self._processes
-        job = _engine.MapJob(self._processes, func, iterable, star, chunksize, it, hold=hold)
+        job = self._engine.map_job(func, iterable, star, chunksize, it, hold)
         it.job = job
         job.feed()  # the first read-ahead, on the caller's thread
         self._engine.submit(job)

@@ -13,15 +13,20 @@ MIN_CHUNK_SECONDS = 0.0002
 
 class Chunker:
     """The chunk policy of one map. With a fixed ``chunksize`` every chunk has that size;
-    with None, sizes grow from 1 until measured, then follow the measured cost."""
+    with None, chunks are single items until the cost is measured (so the first items
+    spread over every worker, however slow they are), then follow the measured cost, never
+    taking more than a worker's share of what remains, nor more than `most` items (a pool's
+    ``maxtasksperchild``: a worker then leaves after that many items, not chunks)."""
 
-    __slots__ = ("fixed", "processes", "total", "size", "min_size", "per_item",
+    __slots__ = ("fixed", "processes", "total", "most", "size", "min_size", "per_item",
                  "busy_ns", "measured_items", "measured_max")
 
-    def __init__(self, chunksize: int | None, processes: int, total: int | None) -> None:
+    def __init__(self, chunksize: int | None, processes: int, total: int | None,
+                 most: int | None = None) -> None:
         self.fixed = chunksize
         self.processes = processes
         self.total = total
+        self.most = most or None
         self.size = self.min_size = chunksize or 1
         self.per_item = 0.0
         self.busy_ns = 0  # worker time and items of the chunks the estimate rests on
@@ -33,12 +38,15 @@ class Chunker:
         if self.fixed:
             return self.fixed
         if self.measured_items == 0:
-            # Not measured yet: start small, grow as units go out.
-            return min(1 << chunks_cut, 64)
+            return 1  # not measured yet: one item per worker until the first answers
         n = self.size
         if self.total is not None:
-            # Guided: leave enough pieces at the end to balance the workers.
-            n = min(n, max(self.min_size, -(-(self.total - items_cut) // (2 * self.processes))))
+            left = self.total - items_cut
+            # Guided: leave enough pieces at the end to balance the workers, and never more
+            # than one worker's share of what remains.
+            n = min(n, max(self.min_size, -(-left // (2 * self.processes))), -(-left // self.processes))
+        if self.most:
+            n = min(n, self.most)
         return max(1, n)
 
     def measure(self, count: int, elapsed_ns: int) -> None:

@@ -25,6 +25,7 @@ from .._pickling import PROTOCOL, dumps, unpack_results
 from .._wire import BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
 from . import deaths
 from .jobs import Job, MapJob, Unit
+from .sink import MapSink
 from .slot import Slot
 
 import cloudpickle
@@ -64,6 +65,7 @@ class Engine:
         self.zygote = _zygote.get()
         self.hub = _native.Hub(processes, RING_BYTES)
         self.init_payload = cloudpickle.dumps((initializer, tuple(initargs), maxtasks or 0), PROTOCOL)
+        self.maxtasks = maxtasks or None
         self.jobs: dict[int, Job] = {}
         self.active: deque[Job] = deque()
         self.slots = [Slot(i) for i in range(processes)]
@@ -127,6 +129,11 @@ class Engine:
             self.active.append(job)
             self._pump()
 
+    def map_job(self, fn: Callable, iterable: Iterable, star: bool, chunksize: int | None,
+                sink: MapSink, hold: int | None = None) -> MapJob:
+        """A map job shaped for this engine's workers (their count, their maxtasks)."""
+        return MapJob(self.processes, fn, iterable, star, chunksize, sink, hold, self.maxtasks)
+
     def kick(self) -> None:
         """Dispatches again (a lazy job's consumer made room, or fed more input)."""
         if os.getpid() != self.pid:
@@ -149,27 +156,37 @@ class Engine:
     def _limit(self, job: Job) -> int:
         t = job.unit_seconds()
         if t is None:
-            return 2
+            return job.unmeasured_limit
         return min(MAX_INFLIGHT, 1 + int(QUEUE_SECONDS / max(t, 1e-7)))
 
     def _pump(self) -> None:
-        """Tops up every live worker's queue, least loaded first."""
+        """Tops up every live worker's queue, least loaded first. Until the oldest job's
+        cost is measured, units go out one per worker per pass, so a slow unit never
+        queues behind another while a worker idles; once measured, a pass fills a worker's
+        queue (up to SHIP_UNITS), so its units travel together."""
         if self.broken is not None or not self.active:
             return
-        live = sorted((s for s in self.slots if s.alive and s.corrupt is None), key=lambda s: len(s.inflight))
-        limit = self._limit(self.active[0])
+        live = [s for s in self.slots if s.alive and s.corrupt is None]
+        job = self.active[0]
+        limit = self._limit(job)
+        step = 1 if job.unit_seconds() is None else SHIP_UNITS
         try:
-            for slot in live:
-                room = limit - len(slot.inflight)
-                while room > 0:
-                    units = self._next_units(min(room, SHIP_UNITS))
-                    if not units:
-                        return
-                    for unit in units:
-                        self._send(slot, unit)
-                    room -= len(units)
-                    if len(slot.outgoing) >= SHIP_UNITS:
-                        self._ship(slot)
+            gave = True
+            while gave:
+                gave = False
+                live.sort(key=lambda s: len(s.inflight))
+                for slot in live:
+                    room = min(limit - len(slot.inflight), step)
+                    while room > 0:
+                        units = self._next_units(min(room, SHIP_UNITS))
+                        if not units:
+                            return
+                        for unit in units:
+                            self._send(slot, unit)
+                        room -= len(units)
+                        gave = True
+                        if len(slot.outgoing) >= SHIP_UNITS:
+                            self._ship(slot)
         finally:
             for slot in live:
                 if slot.outgoing:

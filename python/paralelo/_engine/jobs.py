@@ -42,6 +42,8 @@ class Job:
     """Work the engine dispatches. Subclasses produce units and receive their outcomes."""
 
     func_payload: bytes | None = None
+    #: Units of this job a worker may hold before its cost is measured.
+    unmeasured_limit = 1
 
     def __init__(self) -> None:
         self.id = next(_job_ids)
@@ -97,6 +99,8 @@ class Job:
 class CallJob(Job):
     """One function call: apply_async or submit. `on_done(ok, value)` gets the outcome."""
 
+    unmeasured_limit = 2  # every call is a job of its own: its cost is never measured
+
     def __init__(self, fn: Callable, args: tuple, kwargs: dict, on_done: Callable[[bool, Any], None],
                  on_start: Callable[[], bool] | None = None):
         super().__init__()
@@ -140,7 +144,8 @@ class MapJob(Job):
     `sink.consumed_items()` (lazy imap)."""
 
     def __init__(self, processes: int, fn: Callable, iterable: Iterable, star: bool,
-                 chunksize: int | None, sink: MapSink, hold: int | None = None):
+                 chunksize: int | None, sink: MapSink, hold: int | None = None,
+                 most: int | None = None):
         super().__init__()
         # A lazy map with adaptive chunks reports each item's failure in its place (as
         # with chunksize=1); a fixed chunksize fails whole chunks, as multiprocessing does.
@@ -166,7 +171,7 @@ class MapJob(Job):
         except TypeError:
             total = None
         self.total = total
-        self.chunker = Chunker(chunksize, processes, total)
+        self.chunker = Chunker(chunksize, processes, total, most)
         self.sink = sink
         if self.sliceable is not None:  # an exact length: results can be placed as they come
             sink.expect(len(self.sliceable))
