@@ -145,3 +145,39 @@ def test_few_slow_items_and_maxtasks_match_the_stdlib(tmp_path) -> None:
         assert out.returncode == 0, out.stderr
         outs.append(out.stdout.split())
     assert outs[0] == outs[1] == ["2", "2", "12"]
+
+
+ENDLESS = textwrap.dedent(
+    """
+    import itertools, resource, sys, time
+    mp = __import__(sys.argv[1])  # paralelo or multiprocessing
+
+    def same(x):
+        return x
+
+    if __name__ == "__main__":
+        pool = mp.Pool(2)
+        for x in pool.imap(same, itertools.count()):
+            if x >= 100:
+                break
+        t = time.monotonic()
+        pool.close()  # returns, though the input never ends
+        took = time.monotonic() - t
+        time.sleep(0.5)  # meanwhile the rest of the input runs (for its side effects)
+        pool.terminate()
+        pool.join()
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        print("closed" if took < 2 else f"close took {took:.1f} s", "small" if rss_mb < 200 else f"{rss_mb} MB")
+    """
+)
+
+
+def test_close_returns_after_breaking_out_of_an_endless_imap(tmp_path) -> None:
+    script = tmp_path / "endless.py"
+    script.write_text(ENDLESS)
+    outs = []
+    for lib in ("paralelo", "multiprocessing"):
+        out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        outs.append(out.stdout.strip())
+    assert outs[0] == outs[1] == "closed small"

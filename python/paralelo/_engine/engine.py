@@ -74,6 +74,12 @@ class Engine:
         self.broken: BaseException | None = None
         self.exits_sent = False
         self.unexplained_deaths = 0  # in a row, with no task answered in between
+        # Lazy maps whose input is read to its end after close(), by `self.feeder`, in
+        # bounded steps: the feeder sleeps until `feed_wanted` (dispatch ran dry, a job
+        # ended, or terminate).
+        self.feeding: list[MapJob] = []
+        self.feed_wanted = threading.Event()
+        self.feeder: threading.Thread | None = None
         self.pid = os.getpid()
         try:
             for slot in self.slots:
@@ -164,6 +170,8 @@ class Engine:
         cost is measured, units go out one per worker per pass, so a slow unit never
         queues behind another while a worker idles; once measured, a pass fills a worker's
         queue (up to SHIP_UNITS), so its units travel together."""
+        if self.feeding and any(j.held or j.finished or not j.has_more() for j in self.feeding):
+            self.feed_wanted.set()
         if self.broken is not None or not self.active:
             return
         live = [s for s in self.slots if s.alive and s.corrupt is None]
@@ -378,6 +386,7 @@ class Engine:
         self.active.clear()
         self._kill_all()
         self.closing = True
+        self.feed_wanted.set()
 
     def _kill(self, slot: Slot) -> None:
         if slot.alive and slot.pidfd >= 0:
@@ -398,15 +407,27 @@ class Engine:
             return  # a forked child: the rings and workers are its parent's
         with self.locked():
             self.closing = True
-            lazy = [job for job in self.active if isinstance(job, MapJob)]
-        # Like multiprocessing, finish lazily read inputs even if nobody consumes them
-        # (read here, on the caller's thread, not under the engine lock).
-        for job in lazy:
-            job.hold = None
-            job.feed(everything=True)
-        with self.locked():
+            maps = [job for job in self.active if isinstance(job, MapJob)]
+            for job in maps:
+                job.hold = None  # nobody need consume them any more
+            lazy = [job for job in maps if job.sliceable is None]
+            if lazy and self.feeder is None:
+                # Like multiprocessing, lazily read inputs still run to their end even if
+                # nobody consumes them; unlike it, close() returns at once and the input is
+                # read a step at a time, not all into memory (it may be endless).
+                self.feeding = lazy
+                self.feeder = threading.Thread(target=self._feed_rest, name="paralelo-feeder", daemon=True)
+                self.feeder.start()
             self._pump()
         self.hub.wake()
+
+    def _feed_rest(self) -> None:
+        for job in self.feeding:
+            while not job.fed_all and not job.finished and job.id in self.jobs and self.broken is None:
+                self.feed_wanted.clear()
+                job.feed(most=job.ahead_limit())
+                self.kick()
+                self.feed_wanted.wait()
 
     def terminate(self, exc: BaseException | None = None) -> None:
         """Stops everything now: unfinished jobs fail with `exc` (if given), workers are
@@ -421,10 +442,13 @@ class Engine:
             self.jobs.clear()
             self.active.clear()
             self._kill_all()
+        self.feed_wanted.set()
         self.hub.wake()
 
     def join(self, timeout: float | None = None) -> None:
         if threading.current_thread() is not self.thread:
+            if self.feeder is not None and threading.current_thread() is not self.feeder:
+                self.feeder.join(timeout)
             self.thread.join(timeout)
 
 

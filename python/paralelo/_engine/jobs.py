@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -172,7 +173,12 @@ class MapJob(Job):
             total = None
         self.total = total
         self.chunker = Chunker(chunksize, processes, total, most)
-        self.sink = sink
+        # A lazy map's consumer may drop its iterator without reading it: the job then
+        # still runs (as multiprocessing's does, for the side effects) but its results are
+        # dropped, not kept for nobody. So it holds that sink weakly.
+        self._sink: Callable[[], MapSink | None] = (
+            weakref.ref(sink) if hold is not None else lambda: sink  # type: ignore[assignment]
+        )
         if self.sliceable is not None:  # an exact length: results can be placed as they come
             sink.expect(len(self.sliceable))
         self.hold = hold
@@ -180,6 +186,12 @@ class MapJob(Job):
         self.chunks_cut = 0
         self.input_done = False
         self.held = False  # next_unit refused because the consumer is behind
+
+    @property
+    def sink(self) -> MapSink:
+        """Where outcomes go: the consumer's sink, or, once a lazy consumer dropped it,
+        nowhere."""
+        return self._sink() or _DROPPED
 
     def next_unit(self) -> Unit | None:
         if self.finished:
@@ -228,17 +240,21 @@ class MapJob(Job):
             self.sink.end(self.sent_items)
         return unit
 
-    def feed(self, everything: bool = False) -> None:
-        """Reads the input (an iterator) ahead of dispatch, up to the read-ahead limit, or
-        to its end with `everything`. Called without the engine lock, never on the
-        collector thread."""
+    def feed(self, everything: bool = False, most: int | None = None) -> None:
+        """Reads the input (an iterator) ahead of dispatch, up to the read-ahead limit (or
+        `most` items), or to its end with `everything`. Called without the engine lock,
+        never on the collector thread."""
         if self.sliceable is not None or self.fed_all:
             return
         with self.feed_lock:
             if self.fed_all:
                 return
-            want = None if everything or self.hold is None else self.ahead_limit() - (
-                self.read_items - self.sink.consumed_items())
+            if most is not None:
+                want: int | None = most
+            elif everything or self.hold is None:
+                want = None
+            else:
+                want = self.ahead_limit() - (self.read_items - self.sink.consumed_items())
             if want is not None and want <= 0:
                 return
             batch: list = []
@@ -326,3 +342,34 @@ class MapJob(Job):
         if not self.finished:
             self.finished = True
             self.sink.fail(exc)
+
+
+class _Dropped:
+    """The sink of a lazy map whose consumer is gone: outcomes are dropped, and the input
+    is never held back for it."""
+
+    stops_on_error = False
+
+    def expect(self, total: int) -> None:
+        pass
+
+    def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
+        pass
+
+    def end(self, total: int) -> None:
+        pass
+
+    def fail(self, exc: BaseException) -> None:
+        pass
+
+    def input_failed(self, position: int, exc: BaseException) -> None:
+        pass
+
+    def consumed_items(self) -> int:
+        return 1 << 62  # never behind
+
+    def wants_input(self) -> None:
+        pass
+
+
+_DROPPED = _Dropped()
