@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 _job_ids = itertools.count(1)
+#: The most items a lazy map reads ahead of its consumer (or of dispatch, after close()).
+READ_AHEAD_ITEMS = 1 << 16
 #: Unit tickets, unique in this process: what a worker records in its slot state while it
 #: runs a unit, so a death is blamed on exactly that unit.
 _tickets = itertools.count(1)
@@ -316,8 +318,9 @@ class MapJob(Job):
 
     def ahead_limit(self) -> int:
         """How many items a lazy job reads ahead of its consumer: `hold`, or four chunks
-        per worker if that is more."""
-        return max(self.hold or 0, 4 * self.processes * self.chunker.size)
+        per worker if that is more, up to READ_AHEAD_ITEMS (chunks of very cheap items are
+        huge: their read-ahead must not be)."""
+        return max(self.hold or 0, min(4 * self.processes * self.chunker.size, READ_AHEAD_ITEMS))
 
     def unit_seconds(self) -> float | None:
         return self.chunker.unit_seconds()
