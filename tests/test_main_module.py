@@ -125,6 +125,14 @@ BALANCE = textwrap.dedent(
     def pid(_):
         return os.getpid()
 
+    def slow_pid(_):
+        time.sleep(0.002)
+        return os.getpid()
+
+    def square_slowly(x):
+        time.sleep(0.003)
+        return x * x
+
     if __name__ == "__main__":
         with mp.Pool(2) as pool:
             # Two slow items on two workers: one each, from the first item on.
@@ -132,11 +140,21 @@ BALANCE = textwrap.dedent(
         with mp.Pool(2, maxtasksperchild=1) as pool:
             # A worker per item, as multiprocessing's imap (chunksize 1) gives.
             print(len(set(pool.imap(pid, range(12)))))
+        with mp.Pool(2, maxtasksperchild=2) as pool:
+            # An explicit chunksize: a worker runs two chunks, as in multiprocessing.
+            pids = pool.map(slow_pid, range(24), chunksize=3)
+            print(max(pids.count(p) for p in set(pids)))
+        # close() then join() with a lazy imap nobody read yet: its input still runs.
+        pool = mp.Pool(2)
+        it = pool.imap(square_slowly, (i for i in range(600)))
+        pool.close()
+        pool.join()
+        print(sum(it) == sum(i * i for i in range(600)))
     """
 )
 
 
-def test_few_slow_items_and_maxtasks_match_the_stdlib(tmp_path) -> None:
+def test_few_slow_items_maxtasks_and_close_join_match_the_stdlib(tmp_path) -> None:
     script = tmp_path / "balance.py"
     script.write_text(BALANCE)
     outs = []
@@ -144,7 +162,7 @@ def test_few_slow_items_and_maxtasks_match_the_stdlib(tmp_path) -> None:
         out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         outs.append(out.stdout.split())
-    assert outs[0] == outs[1] == ["2", "2", "12"]
+    assert outs[0] == outs[1] == ["2", "2", "12", "6", "True"]
 
 
 ENDLESS = textwrap.dedent(

@@ -67,7 +67,7 @@ def serve(fd: int, slot: int) -> None:
         quiet = False
         for tag, job, seq, aux, payload in recv(None):
             if tag == TASKS:
-                fn, star, each = funcs[job]
+                fn, star, each, per_item = funcs[job]
                 port.unpacking(seq)  # a death while unpickling blames the batch
                 try:
                     seqs, chunks = loads(payload)
@@ -83,7 +83,7 @@ def serve(fd: int, slot: int) -> None:
                         ok, value = False, dump_error(e)
                     busy = perf_counter_ns() - t0
                     replies.append((s, ok, value, busy))
-                    done += len(items)  # maxtasks counts items, not chunks
+                    done += len(items) if per_item else 1  # what maxtasks counts
                     if busy > QUICK_NS or aux & EAGER:
                         flush(job, aux & EAGER)
                     if maxtasks and done >= maxtasks:
@@ -93,7 +93,7 @@ def serve(fd: int, slot: int) -> None:
                 flush(job)
                 continue
             if tag == TASK:
-                fn, star, each = funcs[job]
+                fn, star, each, per_item = funcs[job]
                 running(seq)
                 t0 = perf_counter_ns()
                 items = ()
@@ -103,7 +103,8 @@ def serve(fd: int, slot: int) -> None:
                 except BaseException as e:  # noqa: BLE001 - every failure goes back
                     data, rtag = dump_error(e), ERR
                 reply(rtag, job, seq, perf_counter_ns() - t0, data, aux & EAGER)
-                done += max(1, len(items)) - 1  # and 1 below: maxtasks counts items
+                if per_item:
+                    done += max(1, len(items)) - 1  # and 1 below: maxtasks counts items
             elif tag == CALL:
                 running(seq)
                 t0 = perf_counter_ns()
@@ -118,7 +119,7 @@ def serve(fd: int, slot: int) -> None:
                 try:
                     funcs[job] = loads(payload)
                 except BaseException as e:  # noqa: BLE001 - reported by each of its tasks
-                    funcs[job] = (e, None, False)
+                    funcs[job] = (e, None, False, False)
                 port.idle()
                 continue
             elif tag == DROP:

@@ -15,6 +15,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 import weakref
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
@@ -115,6 +116,7 @@ class Engine:
         slot.alive = True
         slot.answered = False
         slot.loaded = set()
+        slot.taken = 0
         self.hub.watch(slot.index, slot.pid, slot.pidfd)
         self.hub.post(slot.index, INIT, 0, 0, 0, self.init_payload)
 
@@ -166,52 +168,52 @@ class Engine:
         return min(MAX_INFLIGHT, 1 + int(QUEUE_SECONDS / max(t, 1e-7)))
 
     def _pump(self) -> None:
-        """Tops up every live worker's queue, least loaded first. Until the oldest job's
-        cost is measured, units go out one per worker per pass, so a slow unit never
-        queues behind another while a worker idles; once measured, a pass fills a worker's
-        queue (up to SHIP_UNITS), so its units travel together."""
-        if self.feeding and any(j.held or j.finished or not j.has_more() for j in self.feeding):
-            self.feed_wanted.set()
+        """Tops up every live worker's queue, least loaded first, in passes: each pass
+        gives each worker one batch. Until a job's cost is measured a batch is one unit,
+        so a slow unit never queues behind another while a worker idles; once measured,
+        up to SHIP_UNITS, which travel together."""
         if self.broken is not None or not self.active:
             return
         live = [s for s in self.slots if s.alive and s.corrupt is None]
-        job = self.active[0]
-        limit = self._limit(job)
-        step = 1 if job.unit_seconds() is None else SHIP_UNITS
         try:
             gave = True
             while gave:
                 gave = False
                 live.sort(key=lambda s: len(s.inflight))
                 for slot in live:
-                    room = min(limit - len(slot.inflight), step)
-                    while room > 0:
-                        units = self._next_units(min(room, SHIP_UNITS))
-                        if not units:
-                            return
-                        for unit in units:
-                            self._send(slot, unit)
-                        room -= len(units)
-                        gave = True
-                        if len(slot.outgoing) >= SHIP_UNITS:
-                            self._ship(slot)
+                    units = self._next_units(slot)
+                    if not units:
+                        continue
+                    for unit in units:
+                        self._send(slot, unit)
+                    gave = True
+                    if len(slot.outgoing) >= SHIP_UNITS:
+                        self._ship(slot)
         finally:
             for slot in live:
                 if slot.outgoing:
                     self._ship(slot)
 
-    def _next_units(self, most: int) -> list[Unit]:
-        """Up to `most` units of the oldest job that has any. A job held back by its slow
-        consumer (lazy imap) lets younger jobs pass, so waiting on one never starves the
-        others."""
+    def _next_units(self, slot: Slot) -> list[Unit]:
+        """One batch for `slot`: units of the oldest job that has any and whose own limit
+        leaves the worker room. A job held back by its slow consumer (lazy imap) lets
+        younger jobs pass, so waiting on one never starves the others."""
         active = self.active
+        left = None if self.maxtasks is None else self.maxtasks - slot.taken
+        if left is not None and left <= 0:
+            return []  # the worker leaves after what it has: nothing more for it
         i = 0
         while i < len(active):
             job = active[i]
-            units = job.next_units(most)
-            if units:
-                return units
-            if job.has_more():
+            measured = job.unit_seconds() is not None
+            room = min(self._limit(job) - len(slot.inflight), SHIP_UNITS if measured else 1)
+            if room > 0:
+                if left is not None and not job.counts_items:
+                    room = min(room, left)
+                units = job.next_units(room, left if job.counts_items else None)
+                if units:
+                    return units
+            if job.has_more() or room <= 0:
                 i += 1
                 continue
             del active[i]
@@ -223,6 +225,7 @@ class Engine:
         the pump round, to travel several to a message."""
         job = unit.job
         slot.inflight[unit.seq] = unit
+        slot.taken += unit.count if job.counts_items else 1
         job.outstanding += 1
         if unit.tag == TASK:
             slot.outgoing.append(unit)
@@ -416,18 +419,27 @@ class Engine:
                 # nobody consumes them; unlike it, close() returns at once and the input is
                 # read a step at a time, not all into memory (it may be endless).
                 self.feeding = lazy
+                for job in lazy:
+                    job.on_starved = self.feed_wanted.set
                 self.feeder = threading.Thread(target=self._feed_rest, name="paralelo-feeder", daemon=True)
                 self.feeder.start()
             self._pump()
         self.hub.wake()
 
     def _feed_rest(self) -> None:
+        """The feeder: reads each closed lazy job's input, one read-ahead at a time, waking
+        when dispatch runs low (`MapJob.starved`), a job ends, or the pool stops."""
+        def live(job: MapJob) -> bool:
+            return not (job.fed_all or job.finished or job.id not in self.jobs or self.broken is not None)
+
         for job in self.feeding:
-            while not job.fed_all and not job.finished and job.id in self.jobs and self.broken is None:
+            while live(job):
                 self.feed_wanted.clear()
-                job.feed(most=job.ahead_limit())
+                job.feed()
                 self.kick()
-                self.feed_wanted.wait()
+                if live(job):
+                    self.feed_wanted.wait()
+        self.feeding = []
 
     def terminate(self, exc: BaseException | None = None) -> None:
         """Stops everything now: unfinished jobs fail with `exc` (if given), workers are
@@ -446,10 +458,13 @@ class Engine:
         self.hub.wake()
 
     def join(self, timeout: float | None = None) -> None:
-        if threading.current_thread() is not self.thread:
-            if self.feeder is not None and threading.current_thread() is not self.feeder:
-                self.feeder.join(timeout)
-            self.thread.join(timeout)
+        """Waits for the feeder (if any) and the collector to end, `timeout` in all."""
+        if threading.current_thread() is self.thread:
+            return
+        end = None if timeout is None else time.monotonic() + timeout
+        if self.feeder is not None and threading.current_thread() is not self.feeder:
+            self.feeder.join(timeout)
+        self.thread.join(None if end is None else max(0.0, end - time.monotonic()))
 
 
 def _shutdown_all() -> None:

@@ -47,6 +47,8 @@ class Job:
     func_payload: bytes | None = None
     #: Units of this job a worker may hold before its cost is measured.
     unmeasured_limit = 1
+    #: Whether a worker's maxtasks counts this job's items (else its units).
+    counts_items = False
 
     def __init__(self) -> None:
         self.id = next(_job_ids)
@@ -55,22 +57,25 @@ class Job:
         self.func_deaths = 0  # workers that died unpickling this job's function
         self.outstanding = 0  # units sent and not yet answered (kept by the engine)
 
-    def next_unit(self) -> Unit | None:
-        """The next unit to send, or None if there is none now."""
+    def next_unit(self, cap: int | None = None) -> Unit | None:
+        """The next unit to send, or None if there is none now; with `cap`, a new unit
+        holds at most that many items."""
         raise NotImplementedError
 
     def has_more(self) -> bool:
         """Whether units may still come (now or once a lazy consumer makes room)."""
         raise NotImplementedError
 
-    def next_units(self, most: int) -> list[Unit]:
-        """Up to `most` units to send now."""
+    def next_units(self, most: int, cap: int | None = None) -> list[Unit]:
+        """Up to `most` units to send now, with at most `cap` new items in all."""
         out: list[Unit] = []
-        while len(out) < most:
-            unit = self.next_unit()
+        while len(out) < most and (cap is None or cap > 0):
+            unit = self.next_unit(cap)
             if unit is None:
                 break
             out.append(unit)
+            if cap is not None:
+                cap -= unit.count
         return out
 
     def unit_seconds(self) -> float | None:
@@ -93,6 +98,10 @@ class Job:
         """Runs nothing more of this job (its consumer stopped early, or it failed)."""
         self.finished = True
         self.requeued.clear()
+        self.starved()
+
+    def starved(self) -> None:
+        """Called when the job needs more input than was read, or ended: see MapJob."""
 
     def lost(self, unit: Unit, exc: BaseException) -> None:
         """The worker running `unit` died."""
@@ -111,7 +120,7 @@ class CallJob(Job):
         self.on_done, self.on_start = on_done, on_start
         self.sent = False
 
-    def next_unit(self) -> Unit | None:
+    def next_unit(self, cap: int | None = None) -> Unit | None:
         if self.requeued:
             return self.requeued.popleft()
         if self.sent:
@@ -153,7 +162,13 @@ class MapJob(Job):
         # A lazy map with adaptive chunks reports each item's failure in its place (as
         # with chunksize=1); a fixed chunksize fails whole chunks, as multiprocessing does.
         each = chunksize is None and not sink.stops_on_error
-        self.func_payload = cloudpickle.dumps((fn, star, each), PROTOCOL)
+        # maxtasksperchild counts items with adaptive chunks (they are ours, not the
+        # caller's), chunks with an explicit chunksize (as multiprocessing does).
+        self.counts_items = chunksize is None
+        self.func_payload = cloudpickle.dumps((fn, star, each, self.counts_items), PROTOCOL)
+        #: Set by the engine while a feeder reads this job's input after close(): called
+        #: when dispatch runs low on read items, or the job ends.
+        self.on_starved: Callable[[], None] | None = None
         self.processes = processes
         # Lists, tuples and ranges are cut with slices (C speed; a range slice pickles as
         # three numbers). Anything else is read by `feed`, on the caller's or consumer's
@@ -195,7 +210,11 @@ class MapJob(Job):
         nowhere."""
         return self._sink() or _DROPPED
 
-    def next_unit(self) -> Unit | None:
+    def starved(self) -> None:
+        if self.on_starved is not None:
+            self.on_starved()
+
+    def next_unit(self, cap: int | None = None) -> Unit | None:
         if self.finished:
             self.requeued.clear()  # the map failed or was stopped: nothing more to run
             return None
@@ -204,18 +223,23 @@ class MapJob(Job):
         if self.input_done:
             return None
         if self.sliceable is not None:
-            units = self._slice_units(1)
+            units = self._slice_units(1, cap)
             return units[0] if units else None
         if self.hold is not None and self.sent_items - self.sink.consumed_items() > self.ahead_limit():
             self.held = True  # the consumer is behind: hold the input back
             return None
         self.held = False
         n = self.chunker.next_size(self.chunks_cut, self.sent_items)
+        if cap is not None and self.counts_items:
+            n = min(n, cap)
         failure: BaseException | None = None
         fed = self.fed
         with self.fed_lock:
             items = [fed.popleft() for _ in range(min(n, len(fed)))]
             ended = not fed and self.fed_all
+            low = not self.fed_all and len(fed) < self.ahead_limit() // 2
+        if low:
+            self.starved()  # a feeder (after close) reads more before dispatch runs dry
         if ended:
             failure = self.input_error
             n = len(items) + 1  # the input ends after these items
@@ -240,34 +264,31 @@ class MapJob(Job):
         elif len(items) < n:
             self.input_done = True
             self.sink.end(self.sent_items)
+        if self.input_done:
+            self.starved()
         return unit
 
-    def feed(self, everything: bool = False, most: int | None = None) -> None:
-        """Reads the input (an iterator) ahead of dispatch, up to the read-ahead limit (or
-        `most` items), or to its end with `everything`. Called without the engine lock,
-        never on the collector thread."""
+    def feed(self) -> None:
+        """Reads the input (an iterator) ahead of dispatch, up to the read-ahead limit:
+        beyond what the consumer took, or (with no consumer to wait for, after close())
+        beyond what was dispatched. Called without the engine lock, never on the
+        collector thread."""
         if self.sliceable is not None or self.fed_all:
             return
         with self.feed_lock:
             if self.fed_all:
                 return
-            if most is not None:
-                want: int | None = most
-            elif everything or self.hold is None:
-                want = None
+            if self.hold is None:
+                want = self.ahead_limit() - len(self.fed)
             else:
                 want = self.ahead_limit() - (self.read_items - self.sink.consumed_items())
-            if want is not None and want <= 0:
+            if want <= 0:
                 return
             batch: list = []
             ended = False
             try:  # item by item: what was read before the input raised still runs
-                if want is None:
-                    batch.extend(self.it)
-                    ended = True
-                else:
-                    batch.extend(itertools.islice(self.it, want))
-                    ended = len(batch) < want
+                batch.extend(itertools.islice(self.it, want))
+                ended = len(batch) < want
             except BaseException as e:  # noqa: BLE001 - the input itself raised
                 self.input_error = e
                 ended = True
@@ -279,28 +300,32 @@ class MapJob(Job):
     def has_more(self) -> bool:
         return bool(self.requeued) or not (self.input_done or self.finished)
 
-    def next_units(self, most: int) -> list[Unit]:
+    def next_units(self, most: int, cap: int | None = None) -> list[Unit]:
         # The hot path of small units: a sliceable input cut in one loop, without a call
         # per unit. Anything unusual (requeued units, an iterator input) takes the general way.
         if self.requeued or self.sliceable is None or self.input_done or self.finished:
-            return super().next_units(most)
-        return self._slice_units(most)
+            return super().next_units(most, cap)
+        return self._slice_units(most, cap)
 
-    def _slice_units(self, most: int) -> list[Unit]:
-        """Up to `most` units cut from a sliceable input, within the read-ahead limit."""
+    def _slice_units(self, most: int, cap: int | None = None) -> list[Unit]:
+        """Up to `most` units cut from a sliceable input, within the read-ahead limit and,
+        when the job counts items, `cap` items."""
         items_in, i = self.sliceable, self.sent_items
         assert items_in is not None
         total = stop = len(items_in)
         if self.hold is not None:
             stop = min(total, self.sink.consumed_items() + self.ahead_limit())
             self.held = i >= stop
+        budget = i + cap if cap is not None and self.counts_items else total
         fixed = self.chunker.fixed
         next_size = self.chunker.next_size
         out: list[Unit] = []
         cut = self.chunks_cut
         items: Sequence[Any]
         while i < stop and len(out) < most:
-            n = fixed or next_size(cut, i)
+            n = fixed or min(next_size(cut, i), budget - i)
+            if n <= 0:
+                break
             if n == 1:
                 items = [items_in[i]]
             else:
@@ -334,9 +359,9 @@ class MapJob(Job):
             for unit, ok, value, _ in answers
         ]
         for unit, ok, _, elapsed_ns in answers:
-            if ok:
+            if elapsed_ns:  # a unit that raised measures too; a lost one (0) does not
                 self.chunker.measure(unit.count, elapsed_ns)
-            elif self.sink.stops_on_error:
+            if not ok and self.sink.stops_on_error:
                 self.finished = True  # the whole map failed: do not run the rest
         self.chunker.update()
         self.sink.chunks(chunks)
@@ -345,6 +370,7 @@ class MapJob(Job):
         if not self.finished:
             self.finished = True
             self.sink.fail(exc)
+        self.starved()
 
 
 class _Dropped:

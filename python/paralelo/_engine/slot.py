@@ -12,7 +12,7 @@ class Slot:
     """One worker process and what it holds."""
 
     __slots__ = ("index", "pid", "pidfd", "inflight", "loaded", "alive", "outgoing", "answered",
-                 "corrupt")
+                 "corrupt", "taken")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -24,3 +24,4 @@ class Slot:
         self.outgoing: list[Unit] = []  # committed map chunks not yet posted
         self.answered = False  # its worker has sent anything since it started
         self.corrupt: BaseException | None = None  # its ring broke the protocol: being killed
+        self.taken = 0  # what its worker counts toward maxtasks: items or units sent to it
