@@ -199,3 +199,34 @@ def test_close_returns_after_breaking_out_of_an_endless_imap(tmp_path) -> None:
         assert out.returncode == 0, out.stderr
         outs.append(out.stdout.strip())
     assert outs[0] == outs[1] == "closed small"
+
+
+TRACEBACK = textwrap.dedent(
+    """
+    import sys
+    mp = __import__(sys.argv[1])  # paralelo or multiprocessing
+
+    def inner(x):
+        return 1 / x  # the line a remote traceback should show
+
+    def outer(x):
+        return inner(x)
+
+    if __name__ == "__main__":
+        with mp.Pool(2) as pool:
+            try:
+                pool.map(outer, [1, 0])
+            except ZeroDivisionError as e:
+                print(str(e.__cause__))
+    """
+)
+
+
+def test_remote_tracebacks_of_main_functions_show_the_script_and_its_lines(tmp_path) -> None:
+    script = tmp_path / "tb.py"
+    script.write_text(TRACEBACK)
+    for lib in ("paralelo", "multiprocessing"):
+        out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert f'File "{script}", line 6, in inner' in out.stdout, (lib, out.stdout)
+        assert "return 1 / x  # the line a remote traceback should show" in out.stdout, (lib, out.stdout)

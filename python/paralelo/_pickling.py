@@ -4,15 +4,39 @@ results that are all ints or all floats."""
 
 from __future__ import annotations
 
+import io
 import pickle
+import types
 from array import array
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
+from cloudpickle import cloudpickle as _cloudpickle
 
 from ._wire import OK, OK_ARRAY
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def _code_reduce(code: types.CodeType) -> tuple:
+    # cloudpickle names every code object it ships "<dynamic-code>" (for deterministic
+    # payloads); we keep its file name, so a worker's traceback of a `__main__` function
+    # shows the script's file and lines, as with multiprocessing.
+    rebuild, args = _cloudpickle._code_reduce(code)
+    return rebuild, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
+class _ByValuePickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
+
+
+def by_value(obj: Any) -> bytes:
+    """Pickles `obj` with cloudpickle: functions and classes that only exist here
+    (``__main__``, lambdas, closures) travel by value, keeping their file names."""
+    buf = io.BytesIO()
+    _ByValuePickler(buf, protocol=PROTOCOL).dump(obj)
+    return buf.getvalue()
 
 
 def dumps(obj: Any) -> bytes:
@@ -23,10 +47,10 @@ def dumps(obj: Any) -> bytes:
     try:
         data = pickle.dumps(obj, PROTOCOL)
     except Exception:
-        return cloudpickle.dumps(obj, PROTOCOL)
+        return by_value(obj)
     # A memchr-speed scan; a false hit (the string in the data) only costs a slower pickle.
     if b"__main__" in data:
-        return cloudpickle.dumps(obj, PROTOCOL)
+        return by_value(obj)
     return data
 
 

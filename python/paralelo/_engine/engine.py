@@ -22,14 +22,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .. import _native, _zygote
 from .._errors import broken, load_error
-from .._pickling import PROTOCOL, dumps, unpack_results
+from .._pickling import by_value, dumps, unpack_results
 from .._wire import BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
 from . import deaths
 from .jobs import Job, MapJob, Unit
 from .sink import MapSink
 from .slot import Slot
 
-import cloudpickle
 
 RING_BYTES = 1 << 20
 #: Keep this much work queued per worker beyond what it runs, so it never waits for us.
@@ -65,7 +64,7 @@ class Engine:
         # The zygote first: forked before the hub exists, it does not hold the hub's memfd.
         self.zygote = _zygote.get()
         self.hub = _native.Hub(processes, RING_BYTES)
-        self.init_payload = cloudpickle.dumps((initializer, tuple(initargs), maxtasks or 0), PROTOCOL)
+        self.init_payload = by_value((initializer, tuple(initargs), maxtasks or 0))
         self.maxtasks = maxtasks or None
         self.jobs: dict[int, Job] = {}
         self.active: deque[Job] = deque()

@@ -10,10 +10,8 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
-import cloudpickle
-
 from .._outcomes import Segments
-from .._pickling import PROTOCOL
+from .._pickling import by_value
 from .._wire import CALL, TASK
 from .chunking import Chunker
 from .sink import MapSink
@@ -130,7 +128,7 @@ class CallJob(Job):
             self.finished = True  # cancelled before it ran
             return None
         try:
-            payload = cloudpickle.dumps((self.fn, self.args, self.kwargs), PROTOCOL)
+            payload = by_value((self.fn, self.args, self.kwargs))
         except BaseException as e:  # noqa: BLE001 - reported to the caller
             self.finished = True
             self.on_done(False, e)
@@ -165,7 +163,7 @@ class MapJob(Job):
         # maxtasksperchild counts items with adaptive chunks (they are ours, not the
         # caller's), chunks with an explicit chunksize (as multiprocessing does).
         self.counts_items = chunksize is None
-        self.func_payload = cloudpickle.dumps((fn, star, each, self.counts_items), PROTOCOL)
+        self.func_payload = by_value((fn, star, each, self.counts_items))
         #: Set by the engine while a feeder reads this job's input after close(): called
         #: when dispatch runs low on read items, or the job ends.
         self.on_starved: Callable[[], None] | None = None
