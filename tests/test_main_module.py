@@ -58,6 +58,19 @@ def test_main_module_functions_classes_and_globals(tmp_path, parent: str) -> Non
     assert out.stdout.strip() == "ok"
 
 
+def side_by_side(tmp_path, code: str, libs: tuple[str, ...] = ("paralelo", "multiprocessing")) -> list[str]:
+    """Runs `code` as a script (its functions in `__main__`) once per library named in
+    its first argument; returns each run's stdout, stripped."""
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    outs = []
+    for lib in libs:
+        out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (lib, out.stderr)
+        outs.append(out.stdout.strip())
+    return outs
+
+
 TIMEOUTS = textwrap.dedent(
     """
     import sys, time
@@ -103,13 +116,7 @@ TIMEOUTS = textwrap.dedent(
 
 
 def test_timeouts_are_caught_by_the_same_clauses_as_with_the_stdlib(tmp_path) -> None:
-    script = tmp_path / "timeouts.py"
-    script.write_text(TIMEOUTS)
-    outs = []
-    for lib in ("paralelo", "stdlib"):
-        out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        outs.append(out.stdout.strip())
+    outs = side_by_side(tmp_path, TIMEOUTS, ("paralelo", "stdlib"))
     assert outs[0] == outs[1] == " ".join(["caught"] * 3 + ["1"] + ["caught"] * 4)
 
 
@@ -155,13 +162,7 @@ BALANCE = textwrap.dedent(
 
 
 def test_few_slow_items_maxtasks_and_close_join_match_the_stdlib(tmp_path) -> None:
-    script = tmp_path / "balance.py"
-    script.write_text(BALANCE)
-    outs = []
-    for lib in ("paralelo", "multiprocessing"):
-        out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        outs.append(out.stdout.split())
+    outs = [out.split() for out in side_by_side(tmp_path, BALANCE)]
     assert outs[0] == outs[1] == ["2", "2", "12", "6", "True"]
 
 
@@ -191,13 +192,7 @@ ENDLESS = textwrap.dedent(
 
 
 def test_close_returns_after_breaking_out_of_an_endless_imap(tmp_path) -> None:
-    script = tmp_path / "endless.py"
-    script.write_text(ENDLESS)
-    outs = []
-    for lib in ("paralelo", "multiprocessing"):
-        out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        outs.append(out.stdout.strip())
+    outs = side_by_side(tmp_path, ENDLESS)
     assert outs[0] == outs[1] == "closed small"
 
 
@@ -223,10 +218,6 @@ TRACEBACK = textwrap.dedent(
 
 
 def test_remote_tracebacks_of_main_functions_show_the_script_and_its_lines(tmp_path) -> None:
-    script = tmp_path / "tb.py"
-    script.write_text(TRACEBACK)
-    for lib in ("paralelo", "multiprocessing"):
-        out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        assert f'File "{script}", line 6, in inner' in out.stdout, (lib, out.stdout)
-        assert "return 1 / x  # the line a remote traceback should show" in out.stdout, (lib, out.stdout)
+    for out in side_by_side(tmp_path, TRACEBACK):
+        assert f'File "{tmp_path / "script.py"}", line 6, in inner' in out, out
+        assert "return 1 / x  # the line a remote traceback should show" in out, out
