@@ -221,3 +221,46 @@ def test_remote_tracebacks_of_main_functions_show_the_script_and_its_lines(tmp_p
     for out in side_by_side(tmp_path, TRACEBACK):
         assert f'File "{tmp_path / "script.py"}", line 6, in inner' in out, out
         assert "return 1 / x  # the line a remote traceback should show" in out, out
+
+
+CALLBACKS = textwrap.dedent(
+    """
+    import logging, sys, time
+    import paralelo
+
+    def square(x):
+        return x * x
+
+    def slow_square(x):
+        time.sleep(0.2)  # done-callbacks are added before it completes
+        return x * x
+
+    def explode(kind):
+        def callback(_):
+            raise {"exit": SystemExit, "interrupt": KeyboardInterrupt, "error": ValueError}[kind]("boom")
+        return callback
+
+    if __name__ == "__main__":
+        logging.basicConfig(level=logging.ERROR, stream=sys.stdout, format="LOGGED %(name)s %(message)s")
+        with paralelo.Pool(2) as pool:
+            for kind in ("exit", "interrupt", "error"):
+                r = pool.apply_async(square, (3,), callback=explode(kind))
+                assert r.get(30) == 9
+                e = pool.apply_async(square, ("x",), error_callback=explode(kind))
+                e.wait(30)
+            assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]  # still working
+        with paralelo.ProcessPoolExecutor(2) as ex:
+            for kind in ("exit", "interrupt", "error"):
+                f = ex.submit(slow_square, 4)
+                f.add_done_callback(explode(kind))
+                assert f.result(30) == 16
+            assert list(ex.map(square, range(3))) == [0, 1, 4]
+        print("ok")
+    """
+)
+
+
+def test_callbacks_that_raise_anything_are_logged_and_never_break_a_pool(tmp_path) -> None:
+    [out] = side_by_side(tmp_path, CALLBACKS, ("paralelo",))
+    assert out.endswith("ok"), out
+    assert out.count("LOGGED concurrent.futures exception calling callback") >= 6, out

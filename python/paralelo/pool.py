@@ -6,7 +6,6 @@ import functools
 import os
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
@@ -69,9 +68,9 @@ class AsyncResult:
                 self._callback(value)
             elif not ok and self._error_callback is not None:
                 self._error_callback(value)
-        except Exception:  # a failing callback must not take the pool down
-            traceback.print_exc()
         finally:
+            # Set first: a callback that raises (logged by the engine) leaves the result
+            # ready, and the pool working.
             self._event.set()
 
 

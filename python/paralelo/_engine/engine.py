@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -45,11 +46,24 @@ _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _deferred = threading.local()
 
 
+_callbacks_log = logging.getLogger("concurrent.futures")
+
+
+def _complete(fn: Callable, args: tuple) -> None:
+    """Runs a completion (user callbacks inside): whatever it raises, SystemExit and
+    KeyboardInterrupt included, is logged as concurrent.futures logs a failing callback,
+    and the thread delivering results (the collector) goes on."""
+    try:
+        fn(*args)
+    except BaseException:  # noqa: BLE001 - user code must not stop the collector
+        _callbacks_log.exception("exception calling callback for %r", fn)
+
+
 def run_or_defer(fn: Callable, *args: Any) -> None:
     """Calls `fn(*args)` now, or, inside `Engine.locked()`, right after the lock is released."""
     pending = getattr(_deferred, "pending", None)
     if pending is None:
-        fn(*args)
+        _complete(fn, args)
     else:
         pending.append((fn, args))
 
@@ -105,7 +119,7 @@ class Engine:
             if outer:
                 pending, _deferred.pending = _deferred.pending, None
                 for fn, args in pending:
-                    fn(*args)
+                    _complete(fn, args)
 
     # -- workers -------------------------------------------------------------
 
