@@ -264,3 +264,46 @@ def test_callbacks_that_raise_anything_are_logged_and_never_break_a_pool(tmp_pat
     [out] = side_by_side(tmp_path, CALLBACKS, ("paralelo",))
     assert out.endswith("ok"), out
     assert out.count("LOGGED concurrent.futures exception calling callback") >= 6, out
+
+
+BAD_ARGUMENTS = textwrap.dedent(
+    """
+    import atexit, sys
+    if sys.argv[1] == "paralelo":
+        import paralelo as mp
+        from paralelo import ProcessPoolExecutor
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+    def same(x):
+        return x
+
+    if __name__ == "__main__":
+        out = []
+        for make in (mp.Pool, ProcessPoolExecutor):
+            for bad in (2.0, "2", 0):
+                try:
+                    make(bad)
+                    out.append("none")
+                except Exception as e:
+                    out.append(type(e).__name__)
+        print(" ".join(out))
+        ex = ProcessPoolExecutor(2)
+
+        def late():
+            try:
+                ex.submit(same, 1)
+                print("submitted at exit")
+            except RuntimeError as e:
+                print(e)
+
+        atexit.register(late)
+    """
+)
+
+
+def test_bad_arguments_and_a_submit_at_exit_raise_what_the_stdlib_raises(tmp_path) -> None:
+    outs = side_by_side(tmp_path, BAD_ARGUMENTS)
+    want = "TypeError TypeError ValueError TypeError TypeError ValueError\n"
+    assert outs[0] == outs[1] == want + "cannot schedule new futures after interpreter shutdown"

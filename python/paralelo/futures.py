@@ -29,7 +29,9 @@ class ProcessPoolExecutor(_cf.Executor):
                  max_tasks_per_child: int | None = None) -> None:
         if max_workers is None:
             max_workers = default_workers()
-        elif not isinstance(max_workers, int) or max_workers <= 0:
+        elif not isinstance(max_workers, int):
+            raise TypeError(f"{type(max_workers).__name__!r} object cannot be interpreted as an integer")
+        elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -55,6 +57,8 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise _cf.process.BrokenProcessPool(str(self._engine.broken))
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if _interpreter_shutdown:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future = Future()
 
             def complete(ok: bool, value: Any) -> None:
@@ -90,6 +94,8 @@ class ProcessPoolExecutor(_cf.Executor):
         with self._shutdown_lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if _interpreter_shutdown:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             it = IMapIterator(self._engine, ordered=True)
             job = self._engine.map_job(fn, items, star, chunksize, it)
             it.job = job
@@ -121,3 +127,16 @@ def _results(it: IMapIterator, job: _engine.MapJob, engine: _engine.Engine, end:
     finally:
         if not job.finished:  # the caller stopped early: do not run the rest
             engine.cancel(job)
+
+
+_interpreter_shutdown = False
+
+
+def _at_interpreter_shutdown() -> None:
+    global _interpreter_shutdown
+    _interpreter_shutdown = True
+
+
+# As concurrent.futures does: set when the interpreter starts shutting down (threading's
+# exit hooks run before atexit's), so a submit from an atexit handler is refused.
+threading._register_atexit(_at_interpreter_shutdown)  # type: ignore[attr-defined]

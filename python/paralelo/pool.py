@@ -162,7 +162,9 @@ class Pool:
                  initargs: Iterable = (), maxtasksperchild: int | None = None, context: Any = None) -> None:
         if processes is None:
             processes = default_workers()
-        if not isinstance(processes, int) or processes < 1:
+        if not isinstance(processes, int):
+            raise TypeError(f"{type(processes).__name__!r} object cannot be interpreted as an integer")
+        if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
