@@ -97,8 +97,9 @@ class Poison:
 
 def test_a_result_that_cannot_be_unpickled_fails_only_its_own_units() -> None:
     with paralelo.Pool(2) as pool:
-        with pytest.raises(ValueError, match="not an int"):
+        with pytest.raises(paralelo.ResultUnpicklingError, match="not an int") as info:
             pool.map(_poison, range(10), chunksize=1)
+        assert isinstance(info.value.__cause__, ValueError)
         assert pool.map(abs, [-1, -2]) == [1, 2]
 
 

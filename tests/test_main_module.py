@@ -307,3 +307,72 @@ def test_bad_arguments_and_a_submit_at_exit_raise_what_the_stdlib_raises(tmp_pat
     outs = side_by_side(tmp_path, BAD_ARGUMENTS)
     want = "TypeError TypeError ValueError TypeError TypeError ValueError\n"
     assert outs[0] == outs[1] == want + "cannot schedule new futures after interpreter shutdown"
+
+
+PICKLING_FAILURES = textwrap.dedent(
+    """
+    import pickle
+    from multiprocessing.pool import MaybeEncodingError
+    import paralelo
+
+    class ExitsWhenPickled:
+        def __reduce__(self):
+            raise SystemExit("from __reduce__")
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise TypeError("cannot pickle me")
+
+    class FailsToLoad:
+        def __reduce__(self):
+            return (boom, ())
+
+    def boom():
+        raise ValueError("cannot load")
+
+    def same(x):
+        return x
+
+    def returns(kind):
+        return Unpicklable() if kind == "unpicklable" else FailsToLoad()
+
+    def leave(_):
+        raise SystemExit(3)
+
+    def outcome(fn):
+        try:
+            fn()
+            return "ok"
+        except BaseException as e:
+            return f"{type(e).__name__}<{type(e.__cause__).__name__}>"
+
+    if __name__ == "__main__":
+        out = []
+        with paralelo.ProcessPoolExecutor(2) as ex:
+            for arg in (Unpicklable(), ExitsWhenPickled(), FailsToLoad()):
+                out.append(outcome(lambda: ex.submit(same, arg).result(30)))
+            for kind in ("unpicklable", "fails to load"):
+                out.append(outcome(lambda: ex.submit(returns, kind).result(30)))
+            out.append(outcome(lambda: ex.submit(leave, 1).result(30)))
+            out.append(outcome(lambda: ex.submit(same, 5).result(30)))  # still working
+        with paralelo.Pool(2) as pool:
+            out.append(outcome(lambda: pool.apply(returns, ("unpicklable",))))
+            out.append(outcome(lambda: pool.map(returns, ["unpicklable"])))
+        print(" ".join(out))
+    """
+)
+
+
+def test_pickling_failures_raise_the_standard_types_with_their_cause(tmp_path) -> None:
+    [out] = side_by_side(tmp_path, PICKLING_FAILURES, ("paralelo",))
+    assert out.split() == [
+        "PicklingError<TypeError>",  # the task cannot be pickled here
+        "PicklingError<SystemExit>",  # ...even by a __reduce__ that exits: never raw
+        "TaskUnpicklingError<RemoteTraceback>",  # a BrokenProcessPool: cannot load there
+        "ResultPicklingError<RemoteTraceback>",  # a PicklingError
+        "ResultUnpicklingError<ValueError>",  # a BrokenProcessPool
+        "SystemExit<RemoteTraceback>",  # as concurrent.futures re-raises it
+        "ok",
+        "MaybeEncodingError<ResultPicklingError>",  # what multiprocessing.Pool raises
+        "MaybeEncodingError<ResultPicklingError>",
+    ]

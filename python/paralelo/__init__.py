@@ -21,7 +21,16 @@ from concurrent.futures import (
 )
 from concurrent.futures.process import BrokenProcessPool
 
-from ._errors import CorruptRingError, RemoteError, RemoteTraceback, TimeoutError, WorkerLostError
+from ._errors import (
+    CorruptRingError,
+    RemoteError,
+    RemoteTraceback,
+    ResultPicklingError,
+    ResultUnpicklingError,
+    TaskUnpicklingError,
+    TimeoutError,
+    WorkerLostError,
+)
 from .context import (
     Context,
     cpu_count,
@@ -52,6 +61,9 @@ __all__ = [
     "ProcessPoolExecutor",
     "RemoteError",
     "RemoteTraceback",
+    "ResultPicklingError",
+    "ResultUnpicklingError",
+    "TaskUnpicklingError",
     "ThreadPoolExecutor",
     "TimeoutError",
     "WorkerLostError",

@@ -32,6 +32,44 @@ class WorkerLostError(BrokenProcessPool):
     """
 
 
+class TaskUnpicklingError(BrokenProcessPool):
+    """A task (its function or its arguments) could not be unpickled in the worker. The
+    message names what happened; ``__cause__`` carries the worker's traceback. Only this
+    task fails: the pool stays usable."""
+
+
+class ResultUnpicklingError(BrokenProcessPool):
+    """A task's result could not be unpickled here; ``__cause__`` is why. Only this task
+    fails: the pool stays usable."""
+
+
+class ResultPicklingError(pickle.PicklingError):
+    """A task's result could not be pickled in the worker (a ``pickle.PicklingError``;
+    a Pool raises multiprocessing's ``MaybeEncodingError`` instead, as multiprocessing
+    does). ``__cause__`` carries the worker's traceback."""
+
+
+def as_pool_error(exc: BaseException) -> BaseException:
+    """What a Pool raises for `exc`: multiprocessing's ``MaybeEncodingError`` for a result
+    the worker could not pickle (caused by it), else `exc` itself."""
+    if isinstance(exc, ResultPicklingError):
+        from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
+
+        err = MaybeEncodingError(exc, "<the task's result>")
+        err.__cause__ = exc
+        return err
+    return exc
+
+
+def pickling_failed(what: str, cause: BaseException) -> pickle.PicklingError:
+    """The `pickle.PicklingError` for `what` (say "the task") that could not be pickled in
+    this process, caused by `cause` (never raised raw: a ``__reduce__`` may even raise
+    SystemExit)."""
+    err = pickle.PicklingError(f"cannot pickle {what}: {type(cause).__name__}: {cause}")
+    err.__cause__ = cause
+    return err
+
+
 class RemoteTraceback(Exception):
     """The formatted traceback of an exception raised in a worker; attached as the
     ``__cause__`` of the exception the caller sees."""

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ._errors import PoolTimeoutError
+from ._errors import PoolTimeoutError, as_pool_error
 from ._outcomes import Segments
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class IMapIterator:
                 self._stopped = True  # nothing after it, as in multiprocessing
                 if job is not None:
                     self._engine.cancel(job)  # and nothing more runs
-            raise values[0]
+            raise values[0] if self._pool is None else as_pool_error(values[0])
         self._current = iter(values)
         return next(self._current)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._errors import dump_error, load_error
+from ._errors import ResultPicklingError, dump_error, load_error
 from ._pickling import dumps
 
 
@@ -44,12 +44,14 @@ def pack_replies(replies: list[tuple]) -> bytes:
     of its own instead of failing the batch."""
     try:
         return dumps(replies)
-    except Exception:
+    except BaseException:  # noqa: BLE001 - find the unit whose results cannot be pickled
         safe = []
         for ticket, ok, value, busy in replies:
             try:
                 dumps(value)
-            except Exception as e:
-                ok, value = False, dump_error(e)
+            except BaseException as e:  # noqa: BLE001 - that unit fails, the batch goes
+                err = ResultPicklingError(f"cannot pickle the task's result: {type(e).__name__}: {e}")
+                err.__cause__ = e
+                ok, value = False, dump_error(err)
             safe.append((ticket, ok, value, busy))
         return dumps(safe)

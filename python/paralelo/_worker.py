@@ -12,7 +12,7 @@ from typing import Any
 import cloudpickle
 
 from . import _native
-from ._errors import dump_error
+from ._errors import ResultPicklingError, TaskUnpicklingError, dump_error
 from ._outcomes import pack_replies, run_each
 from ._pickling import dumps, pack_results
 from ._wire import BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT, INIT_ERR, OK, RESULTS, TASK, TASKS
@@ -57,7 +57,7 @@ def serve(fd: int, slot: int) -> None:
 
     def run(fn: Any, star: Any, each: bool, items: Any) -> list:
         if star is None:  # the function itself failed to unpickle here
-            raise fn
+            raise _unloadable("function", fn) from fn
         if each:  # a lazy map with adaptive chunks: one failing item must not sink the rest
             return run_each(fn, star, items)
         return [fn(*a) for a in items] if star else [fn(a) for a in items]
@@ -98,8 +98,8 @@ def serve(fd: int, slot: int) -> None:
                 t0 = perf_counter_ns()
                 items = ()
                 try:
-                    items = loads(payload)
-                    rtag, data = pack_results(run(fn, star, each, items))
+                    items = _load(payload, "arguments")
+                    rtag, data = _pack(pack_results, run(fn, star, each, items))
                 except BaseException as e:  # noqa: BLE001 - every failure goes back
                     data, rtag = dump_error(e), ERR
                 reply(rtag, job, seq, perf_counter_ns() - t0, data, aux & EAGER)
@@ -109,8 +109,8 @@ def serve(fd: int, slot: int) -> None:
                 running(seq)
                 t0 = perf_counter_ns()
                 try:
-                    fn, args, kwargs = loads(payload)
-                    data, rtag = dumps(fn(*args, **kwargs)), OK
+                    fn, args, kwargs = _load(payload, "call")
+                    data, rtag = _pack(dumps, fn(*args, **kwargs)), OK
                 except BaseException as e:  # noqa: BLE001
                     data, rtag = dump_error(e), ERR
                 reply(rtag, job, seq, perf_counter_ns() - t0, data, EAGER)
@@ -148,6 +148,26 @@ def serve(fd: int, slot: int) -> None:
             if maxtasks and done >= maxtasks:
                 send(BYE, 0, 0, done, b"")
                 return
+
+
+def _unloadable(what: str, e: BaseException) -> TaskUnpicklingError:
+    return TaskUnpicklingError(f"the task's {what} could not be unpickled in the worker: {type(e).__name__}: {e}")
+
+
+def _load(payload: bytes, what: str) -> Any:
+    """Unpickles a task's payload; a failure (even SystemExit) is a TaskUnpicklingError."""
+    try:
+        return pickle.loads(payload)
+    except BaseException as e:  # noqa: BLE001 - reported as the task's failure
+        raise _unloadable(what, e) from e
+
+
+def _pack(pack: Any, result: Any) -> Any:
+    """Pickles a task's result; a failure is a ResultPicklingError."""
+    try:
+        return pack(result)
+    except BaseException as e:  # noqa: BLE001 - reported as the task's failure
+        raise ResultPicklingError(f"cannot pickle the task's result: {type(e).__name__}: {e}") from e
 
 
 def main(fds: list[int], slot: int) -> None:

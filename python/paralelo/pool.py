@@ -11,7 +11,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _engine
-from ._errors import PoolTimeoutError
+from ._errors import PoolTimeoutError, as_pool_error
 from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
 from .context import default_workers
 
@@ -57,7 +57,7 @@ class AsyncResult:
 
     def _set(self, ok: bool, value: Any) -> None:
         # Callbacks are user code: never under the engine lock.
-        _engine.run_or_defer(self._set_now, ok, value)
+        _engine.run_or_defer(self._set_now, ok, value if ok else as_pool_error(value))
 
     def _set_now(self, ok: bool, value: Any) -> None:
         if self._event.is_set():

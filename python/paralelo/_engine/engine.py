@@ -22,7 +22,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 from .. import _native, _zygote
-from .._errors import broken, load_error
+from .._errors import ResultUnpicklingError, broken, load_error, pickling_failed
 from .._pickling import by_value, dumps, unpack_results
 from .._wire import BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
 from . import deaths
@@ -275,7 +275,7 @@ class Engine:
                     try:
                         self.hub.post(slot.index, TASK, job.id, u.seq, eager, dumps(u.payload))
                     except BaseException as e:  # noqa: BLE001 - an argument cannot be pickled
-                        self._answer(slot, [(u.seq, False, e, 0)])
+                        self._answer(slot, [(u.seq, False, pickling_failed("the task's arguments", e), 0)])
                 continue
             self.hub.post(slot.index, tag, job.id, seq, eager, payload)
 
@@ -374,7 +374,7 @@ class Engine:
                 replies = pickle.loads(body)
             except BaseException as e:  # noqa: BLE001 - those units fail, not the pool
                 replies = [(t, False, None, 0) for t in tickets]
-                err = e
+                err = _unloadable_result(e)
             else:
                 err = None
             self._answer(slot, (
@@ -383,8 +383,8 @@ class Engine:
         elif tag == OK or tag == OK_ARRAY:
             try:
                 ok, value = True, unpack_results(tag, payload)
-            except BaseException as e:  # noqa: BLE001
-                ok, value = False, e
+            except BaseException as e:  # noqa: BLE001 - that unit fails, not the pool
+                ok, value = False, _unloadable_result(e)
             self._answer(slot, [(seq, ok, value, aux)])
         elif tag == ERR:
             self._answer(slot, [(seq, False, load_error(payload), aux)])
@@ -478,6 +478,12 @@ class Engine:
         if self.feeder is not None and threading.current_thread() is not self.feeder:
             self.feeder.join(timeout)
         self.thread.join(None if end is None else max(0.0, end - time.monotonic()))
+
+
+def _unloadable_result(e: BaseException) -> ResultUnpicklingError:
+    err = ResultUnpicklingError(f"a task's result could not be unpickled here: {type(e).__name__}: {e}")
+    err.__cause__ = e
+    return err
 
 
 def _shutdown_all() -> None:

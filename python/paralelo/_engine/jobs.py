@@ -11,6 +11,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from .._outcomes import Segments
+from .._errors import pickling_failed
 from .._pickling import by_value
 from .._wire import CALL, TASK
 from .chunking import Chunker
@@ -131,7 +132,7 @@ class CallJob(Job):
             payload = by_value((self.fn, self.args, self.kwargs))
         except BaseException as e:  # noqa: BLE001 - reported to the caller
             self.finished = True
-            self.on_done(False, e)
+            self.on_done(False, pickling_failed("the task", e))
             return None
         return Unit(self, CALL, payload)
 
@@ -163,7 +164,10 @@ class MapJob(Job):
         # maxtasksperchild counts items with adaptive chunks (they are ours, not the
         # caller's), chunks with an explicit chunksize (as multiprocessing does).
         self.counts_items = chunksize is None
-        self.func_payload = by_value((fn, star, each, self.counts_items))
+        try:
+            self.func_payload = by_value((fn, star, each, self.counts_items))
+        except BaseException as e:  # noqa: BLE001 - never raw (a __reduce__ may SystemExit)
+            raise pickling_failed("the function", e) from e
         #: Set by the engine while a feeder reads this job's input after close(): called
         #: when dispatch runs low on read items, or the job ends.
         self.on_starved: Callable[[], None] | None = None
