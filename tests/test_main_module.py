@@ -379,3 +379,33 @@ def test_pickling_failures_raise_the_standard_types_with_their_cause(tmp_path) -
         "MaybeEncodingError<ResultPicklingError>",  # what multiprocessing.Pool raises
         "MaybeEncodingError<ResultPicklingError>",
     ]
+
+
+ALIGNED = textwrap.dedent(
+    """
+    import sys, threading
+    mp = __import__(sys.argv[1])  # paralelo or multiprocessing
+
+    def lock_at_150(x):
+        return threading.Lock() if x == 150 else x
+
+    if __name__ == "__main__":
+        with mp.Pool(2) as pool:
+            it = pool.imap(lock_at_150, range(300))
+            out = []
+            while True:
+                try:
+                    out.append(next(it))
+                except StopIteration:
+                    break
+                except Exception as e:
+                    out.append(type(e).__name__)
+        errors = [i for i, v in enumerate(out) if not isinstance(v, int)]
+        print(len(out), errors, out[errors[0]] if errors else None)
+    """
+)
+
+
+def test_a_result_that_cannot_be_pickled_fails_in_its_place_as_with_the_stdlib(tmp_path) -> None:
+    outs = side_by_side(tmp_path, ALIGNED)
+    assert outs[0] == outs[1] == "300 [150] MaybeEncodingError"

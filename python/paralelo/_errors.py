@@ -117,7 +117,7 @@ def dump_error(exc: BaseException) -> bytes:
     name = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
     try:
         inner = dumps(exc)
-    except Exception:
+    except BaseException:  # noqa: BLE001 - even a __reduce__ that exits: send the name
         inner = pickle.dumps(RemoteError(name), PROTOCOL)
     # The exception is pickled inside: if it cannot be rebuilt in the parent, the traceback
     # and its name still arrive.

@@ -57,8 +57,8 @@ class IMapIterator:
 
     # sink protocol (called by the engine with its lock held)
     def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
-        if any(type(c[3]) is Segments for c in chunks):
-            chunks = list(_split_segments(chunks))
+        if any(type(c[3]) is Segments or (not c[2] and c[1] > 1) for c in chunks):
+            chunks = list(_split_segments(chunks, self.stop_after_error))
         with self._cond:
             if self._ordered:
                 ready = self._ready
@@ -198,9 +198,17 @@ class IMapIterator:
             out += values
 
 
-def _split_segments(chunks: list[tuple[int, int, bool, Any]]) -> Iterator[tuple[int, int, bool, Any]]:
-    """Chunks whose items partly failed, as separate pieces: each error in its place."""
+def _split_segments(chunks: list[tuple[int, int, bool, Any]],
+                    whole_chunks: bool) -> Iterator[tuple[int, int, bool, Any]]:
+    """Chunks whose items partly failed, as separate pieces: each error in its place. A
+    chunk that failed as a whole (its worker died, its results could not travel) fails
+    each of its items, so results stay in line with inputs, unless chunks fail whole
+    (`whole_chunks`: an explicit chunksize, as multiprocessing)."""
     for start, count, ok, values in chunks:
+        if not ok and count > 1 and not whole_chunks:
+            for i in range(count):
+                yield start + i, 1, False, values
+            continue
         if type(values) is not Segments:
             yield start, count, ok, values
             continue

@@ -39,9 +39,38 @@ def run_each(fn: Any, star: bool, items: Any) -> list:
     return segments
 
 
-def pack_replies(replies: list[tuple]) -> bytes:
+def _unpicklable(e: BaseException) -> bytes:
+    err = ResultPicklingError(f"cannot pickle the task's result: {type(e).__name__}: {e}")
+    err.__cause__ = e
+    return dump_error(err)
+
+
+def picklable_each(values: list) -> Segments:
+    """A chunk's results (a list, or ``Segments``) with each result that cannot be pickled
+    turned into an error in its place (lazy maps with adaptive chunks: one bad result must
+    not sink its neighbours)."""
+    segments = values if type(values) is Segments else Segments([(True, values)])
+    out = Segments()
+    for ok, seg in segments:
+        if not ok:
+            out.append((ok, seg))
+            continue
+        run: list = []
+        for v in seg:
+            try:
+                dumps(v)
+                run.append(v)
+            except BaseException as e:  # noqa: BLE001 - that item fails in its place
+                out.append((True, run))
+                out.append((False, _unpicklable(e)))
+                run = []
+        out.append((True, run))
+    return out
+
+
+def pack_replies(replies: list[tuple], each: bool) -> bytes:
     """Pickles a RESULTS batch; a unit whose results cannot be pickled becomes an error
-    of its own instead of failing the batch."""
+    of its own (with `each`, only its items that cannot be) instead of failing the batch."""
     try:
         return dumps(replies)
     except BaseException:  # noqa: BLE001 - find the unit whose results cannot be pickled
@@ -50,8 +79,6 @@ def pack_replies(replies: list[tuple]) -> bytes:
             try:
                 dumps(value)
             except BaseException as e:  # noqa: BLE001 - that unit fails, the batch goes
-                err = ResultPicklingError(f"cannot pickle the task's result: {type(e).__name__}: {e}")
-                err.__cause__ = e
-                ok, value = False, dump_error(err)
+                ok, value = (True, picklable_each(value)) if ok and each else (False, _unpicklable(e))
             safe.append((ticket, ok, value, busy))
         return dumps(safe)

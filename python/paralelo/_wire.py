@@ -22,6 +22,8 @@ TASKS = 7  # job: payload pickle(([tickets], [list of items per ticket])): sever
 
 #: In the `aux` of TASK/TASKS: answer each unit at once, waking the parent (the job's unit
 #: cost is not measured yet, so a slow unit may follow a quick one in the same message).
+#: The rest of a TASK's `aux` (aux >> 1) is its item count, which a worker counts toward
+#: maxtasks even when the items cannot be unpickled.
 EAGER = 1
 
 OK = 16  # job, seq, aux=ns busy: payload pickle(results list, or the call's result)

@@ -13,7 +13,7 @@ import cloudpickle
 
 from . import _native
 from ._errors import ResultPicklingError, TaskUnpicklingError, dump_error
-from ._outcomes import pack_replies, run_each
+from ._outcomes import pack_replies, picklable_each, run_each
 from ._pickling import dumps, pack_results
 from ._wire import BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT, INIT_ERR, OK, RESULTS, TASK, TASKS
 
@@ -50,7 +50,7 @@ def serve(fd: int, slot: int) -> None:
         if replies:
             # The tickets travel outside the pickle of the outcomes, so that if those cannot
             # be unpickled in the parent, it still knows which units to fail.
-            body = pack_replies(replies)
+            body = pack_replies(replies, funcs[job][2])
             tickets = [r[0] for r in replies]
             reply(RESULTS, job, 0, max(r[3] for r in replies), pickle.dumps((tickets, body), 5), eager)
             replies.clear()
@@ -99,12 +99,18 @@ def serve(fd: int, slot: int) -> None:
                 items = ()
                 try:
                     items = _load(payload, "arguments")
-                    rtag, data = _pack(pack_results, run(fn, star, each, items))
+                    out = run(fn, star, each, items)
+                    try:
+                        rtag, data = _pack(pack_results, out)
+                    except ResultPicklingError:
+                        if not each:
+                            raise
+                        rtag, data = pack_results(picklable_each(out))  # each in its place
                 except BaseException as e:  # noqa: BLE001 - every failure goes back
                     data, rtag = dump_error(e), ERR
                 reply(rtag, job, seq, perf_counter_ns() - t0, data, aux & EAGER)
-                if per_item:
-                    done += max(1, len(items)) - 1  # and 1 below: maxtasks counts items
+                if per_item:  # and 1 below: maxtasks counts items, as the parent does
+                    done += max(1, len(items) or aux >> 1) - 1
             elif tag == CALL:
                 running(seq)
                 t0 = perf_counter_ns()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as _cf
+import operator
 import threading
 import time
 import weakref
@@ -29,9 +30,8 @@ class ProcessPoolExecutor(_cf.Executor):
                  max_tasks_per_child: int | None = None) -> None:
         if max_workers is None:
             max_workers = default_workers()
-        elif not isinstance(max_workers, int):
-            raise TypeError(f"{type(max_workers).__name__!r} object cannot be interpreted as an integer")
-        elif max_workers <= 0:
+        max_workers = operator.index(max_workers)  # TypeError for 2.0 or "2", as the stdlib
+        if max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")

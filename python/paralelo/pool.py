@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import threading
 import time
@@ -69,8 +70,8 @@ class AsyncResult:
             elif not ok and self._error_callback is not None:
                 self._error_callback(value)
         finally:
-            # Set first: a callback that raises (logged by the engine) leaves the result
-            # ready, and the pool working.
+            # Even when a callback raises (the engine logs it): the result is ready, and
+            # the pool goes on.
             self._event.set()
 
 
@@ -162,8 +163,7 @@ class Pool:
                  initargs: Iterable = (), maxtasksperchild: int | None = None, context: Any = None) -> None:
         if processes is None:
             processes = default_workers()
-        if not isinstance(processes, int):
-            raise TypeError(f"{type(processes).__name__!r} object cannot be interpreted as an integer")
+        processes = operator.index(processes)  # TypeError for 2.0 or "2", as multiprocessing
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if initializer is not None and not callable(initializer):

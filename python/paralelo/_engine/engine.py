@@ -49,21 +49,27 @@ _deferred = threading.local()
 _callbacks_log = logging.getLogger("concurrent.futures")
 
 
-def _complete(fn: Callable, args: tuple) -> None:
-    """Runs a completion (user callbacks inside): whatever it raises, SystemExit and
-    KeyboardInterrupt included, is logged as concurrent.futures logs a failing callback,
-    and the thread delivering results (the collector) goes on."""
+def _complete(fn: Callable, args: tuple) -> BaseException | None:
+    """Runs a completion (user callbacks inside): whatever it raises is logged as
+    concurrent.futures logs a failing callback, and the thread goes on. On the collector
+    that includes SystemExit and KeyboardInterrupt (user code must not stop the thread
+    that delivers results); on the caller's own thread those are returned, to re-raise."""
     try:
         fn(*args)
-    except BaseException:  # noqa: BLE001 - user code must not stop the collector
+    except BaseException as e:  # noqa: BLE001 - see above
+        if not getattr(_deferred, "collector", False) and not isinstance(e, Exception):
+            return e
         _callbacks_log.exception("exception calling callback for %r", fn)
+    return None
 
 
 def run_or_defer(fn: Callable, *args: Any) -> None:
     """Calls `fn(*args)` now, or, inside `Engine.locked()`, right after the lock is released."""
     pending = getattr(_deferred, "pending", None)
     if pending is None:
-        _complete(fn, args)
+        interrupt = _complete(fn, args)
+        if interrupt is not None:
+            raise interrupt
     else:
         pending.append((fn, args))
 
@@ -78,7 +84,10 @@ class Engine:
         # The zygote first: forked before the hub exists, it does not hold the hub's memfd.
         self.zygote = _zygote.get()
         self.hub = _native.Hub(processes, RING_BYTES)
-        self.init_payload = by_value((initializer, tuple(initargs), maxtasks or 0))
+        try:
+            self.init_payload = by_value((initializer, tuple(initargs), maxtasks or 0))
+        except BaseException as e:  # noqa: BLE001 - never raw (a __reduce__ may SystemExit)
+            raise pickling_failed("the initializer or its arguments", e) from e
         self.maxtasks = maxtasks or None
         self.jobs: dict[int, Job] = {}
         self.active: deque[Job] = deque()
@@ -118,8 +127,9 @@ class Engine:
         finally:
             if outer:
                 pending, _deferred.pending = _deferred.pending, None
-                for fn, args in pending:
-                    _complete(fn, args)
+                interrupts = [e for e in (_complete(fn, args) for fn, args in pending) if e is not None]
+                if interrupts:
+                    raise interrupts[0]  # Ctrl-C in a callback on the caller's thread
 
     # -- workers -------------------------------------------------------------
 
@@ -267,13 +277,14 @@ class Engine:
             try:
                 if len(run) == 1:
                     tag, seq, payload = TASK, run[0].seq, dumps(run[0].payload)
+                    eager |= run[0].count << 1  # its item count, should its items not load
                 else:
                     tag, seq = TASKS, run[0].seq
                     payload = dumps(([u.seq for u in run], [u.payload for u in run]))
             except BaseException:  # noqa: BLE001 - find the chunk that cannot be pickled
                 for u in run:
                     try:
-                        self.hub.post(slot.index, TASK, job.id, u.seq, eager, dumps(u.payload))
+                        self.hub.post(slot.index, TASK, job.id, u.seq, eager | u.count << 1, dumps(u.payload))
                     except BaseException as e:  # noqa: BLE001 - an argument cannot be pickled
                         self._answer(slot, [(u.seq, False, pickling_failed("the task's arguments", e), 0)])
                 continue
@@ -295,6 +306,7 @@ class Engine:
     # -- results ---------------------------------------------------------------
 
     def _collect(self) -> None:
+        _deferred.collector = True
         try:
             self._collect_loop()
         except BaseException as e:  # noqa: BLE001 - a bug here must fail callers, not hang them
