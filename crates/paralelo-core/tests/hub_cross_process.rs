@@ -47,19 +47,25 @@ fn child_worker() {
     }
 }
 
+/// Re-executes this test binary running only the test `test`, with the hub's memfd path
+/// in the environment variable `env`.
+fn spawn_child(hub: &Hub, test: &str, env: &str) -> std::process::Child {
+    let path = format!("/proc/{}/fd/{}", std::process::id(), hub.raw_fd());
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(env, path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn every_byte_crosses_two_processes_both_ways() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
     let hub = Hub::create(1, CAPACITY).unwrap();
-    let path = format!("/proc/{}/fd/{}", std::process::id(), hub.raw_fd());
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_worker", "--nocapture", "--test-threads", "1"])
-        .env(CHILD_ENV, path)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child(&hub, "child_worker", CHILD_ENV);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut sent = 0;
     let mut received = 0;
@@ -108,13 +114,7 @@ fn a_worker_killed_asleep_is_forgotten_when_its_slot_is_reset() {
         return;
     }
     let hub = Hub::create(1, CAPACITY).unwrap();
-    let path = format!("/proc/{}/fd/{}", std::process::id(), hub.raw_fd());
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_sleeper", "--nocapture", "--test-threads", "1"])
-        .env(SLEEPER_ENV, path)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child(&hub, "child_sleeper", SLEEPER_ENV);
     let deadline = Instant::now() + Duration::from_secs(30);
     while hub.idle_waiters(0).unwrap() == 0 {
         assert!(Instant::now() < deadline, "the child never went to sleep");
