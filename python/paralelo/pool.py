@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import functools
 import operator
-import os
 import threading
-import time
 import weakref
-from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from . import _engine
 from ._errors import PoolTimeoutError, as_pool_error

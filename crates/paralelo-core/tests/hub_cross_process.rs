@@ -22,11 +22,17 @@ fn keep_going() -> bool {
     true
 }
 
+/// In a re-executed child: slot 0 of the hub whose memfd path is in `env` (None when this
+/// process is not that child).
+fn attach(env: &str) -> Option<Port> {
+    let path = std::env::var(env).ok()?;
+    let file = OpenOptions::new().read(true).write(true).open(path).expect("open hub memfd");
+    Some(Port::open(file.as_fd(), 0).expect("attach to slot 0"))
+}
+
 #[test]
 fn child_worker() {
-    let Ok(path) = std::env::var(CHILD_ENV) else { return };
-    let file = OpenOptions::new().read(true).write(true).open(path).expect("open hub memfd");
-    let port = Port::open(file.as_fd(), 0).expect("attach to slot 0");
+    let Some(port) = attach(CHILD_ENV) else { return };
     let deadline = Some(Instant::now() + Duration::from_secs(60));
     let mut next = 0;
     while next < MESSAGES {
@@ -101,9 +107,7 @@ const SLEEPER_ENV: &str = "PARALELO_TEST_SLEEPER";
 
 #[test]
 fn child_sleeper() {
-    let Ok(path) = std::env::var(SLEEPER_ENV) else { return };
-    let file = OpenOptions::new().read(true).write(true).open(path).expect("open hub memfd");
-    let port = Port::open(file.as_fd(), 0).expect("attach to slot 0");
+    let Some(port) = attach(SLEEPER_ENV) else { return };
     // Sleeps for tasks until killed.
     let _ = port.wait_tasks(Some(Instant::now() + Duration::from_secs(60)), &mut keep_going);
 }

@@ -184,8 +184,10 @@ class Engine:
         if unit.job not in self.active:
             self.active.appendleft(unit.job)
 
-    def _limit(self, job: Job) -> int:
-        t = job.unit_seconds()
+    @staticmethod
+    def _limit(job: Job, t: float | None) -> int:
+        """Units of `job` (whose unit takes `t` seconds, None if not measured yet) a worker
+        may hold: enough for QUEUE_SECONDS of work beyond what it runs."""
         if t is None:
             return job.unmeasured_limit
         return min(MAX_INFLIGHT, 1 + int(QUEUE_SECONDS / max(t, 1e-7)))
@@ -228,8 +230,8 @@ class Engine:
         i = 0
         while i < len(active):
             job = active[i]
-            measured = job.unit_seconds() is not None
-            room = min(self._limit(job) - len(slot.inflight), SHIP_UNITS if measured else 1)
+            t = job.unit_seconds()
+            room = min(self._limit(job, t) - len(slot.inflight), 1 if t is None else SHIP_UNITS)
             if room > 0:
                 if left is not None and not job.counts_items:
                     room = min(room, left)

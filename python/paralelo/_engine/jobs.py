@@ -8,7 +8,7 @@ import itertools
 import threading
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .._outcomes import Segments
 from .._errors import pickling_failed
@@ -16,9 +16,6 @@ from .._pickling import by_value
 from .._wire import CALL, TASK
 from .chunking import Chunker
 from .sink import MapSink
-
-if TYPE_CHECKING:
-    from .engine import Engine
 
 _job_ids = itertools.count(1)
 #: The most items a lazy map reads ahead of its consumer (or of dispatch, after close()).
@@ -190,7 +187,6 @@ class MapJob(Job):
             total: int | None = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             total = None
-        self.total = total
         self.chunker = Chunker(chunksize, processes, total, most)
         # A lazy map's consumer may drop its iterator without reading it: the job then
         # still runs (as multiprocessing's does, for the side effects) but its results are
@@ -239,7 +235,8 @@ class MapJob(Job):
         with self.fed_lock:
             items = [fed.popleft() for _ in range(min(n, len(fed)))]
             ended = not fed and self.fed_all
-            low = not self.fed_all and len(fed) < self.ahead_limit() // 2
+            # Only a feeder (after close) reads ahead of dispatch rather than of a consumer.
+            low = self.on_starved is not None and not self.fed_all and len(fed) < self.ahead_limit() // 2
         if low:
             self.starved()  # a feeder (after close) reads more before dispatch runs dry
         if ended:
@@ -251,7 +248,7 @@ class MapJob(Job):
             # results, and asking would only wake it to read nothing).
             if not items:
                 self.held = True
-                if self.hold is None or self.read_items - self.sink.consumed_items() < self.ahead_limit():
+                if self._read_room() > 0:
                     self.sink.wants_input()
                 return None
             n = len(items)
@@ -280,10 +277,7 @@ class MapJob(Job):
         with self.feed_lock:
             if self.fed_all:
                 return
-            if self.hold is None:
-                want = self.ahead_limit() - len(self.fed)
-            else:
-                want = self.ahead_limit() - (self.read_items - self.sink.consumed_items())
+            want = self._read_room()
             if want <= 0:
                 return
             batch: list = []
@@ -298,6 +292,13 @@ class MapJob(Job):
                 self.fed.extend(batch)
                 self.fed_all = ended
             self.read_items += len(batch)
+
+    def _read_room(self) -> int:
+        """How many items the reader may read now: the read-ahead beyond what the consumer
+        took or, with no consumer to wait for (after close()), beyond what was dispatched."""
+        if self.hold is None:
+            return self.ahead_limit() - len(self.fed)
+        return self.ahead_limit() - (self.read_items - self.sink.consumed_items())
 
     def has_more(self) -> bool:
         return bool(self.requeued) or not (self.input_done or self.finished)
