@@ -54,12 +54,9 @@ def descendants(root: int | None = None) -> set[int]:
 
 def _long_lived_helpers() -> set[int]:
     """Helper processes started once per test process and meant to live as long as it:
-    paralelo's zygote, and multiprocessing's forkserver and resource tracker."""
+    multiprocessing's forkserver and resource tracker (paralelo's zygotes end with their
+    pools)."""
     pids: set[int] = set()
-    from paralelo import _zygote
-
-    if _zygote._zygote is not None:
-        pids.add(_zygote._zygote.pid)
     try:
         from multiprocessing import forkserver
 

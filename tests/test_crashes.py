@@ -60,17 +60,6 @@ def test_an_initializer_that_exits_breaks_the_pool_like_concurrent_futures() -> 
         ex.shutdown()
 
 
-def test_a_killed_zygote_is_replaced() -> None:
-    from paralelo import _zygote
-
-    with paralelo.Pool(1) as pool:
-        assert pool.apply(abs, (-1,)) == 1
-    os.kill(_zygote.get().pid, signal.SIGKILL)
-    time.sleep(0.05)
-    with paralelo.Pool(1) as pool:
-        assert pool.apply(abs, (-2,)) == 2
-
-
 def _pending_futures() -> list:
     ex = paralelo.ProcessPoolExecutor(1)
     futures = [ex.submit(time.sleep, 0.05) for _ in range(4)]

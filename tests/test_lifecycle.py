@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Any, Iterator
 
 import pytest
 
@@ -25,7 +26,7 @@ SCRIPT = textwrap.dedent(
     assert pool.map(abs, [-1, -2, -3]) == [1, 2, 3]
     ex = paralelo.ProcessPoolExecutor(2)
     assert ex.submit(abs, -4).result(timeout=30) == 4
-    pids = pool._engine.pids() + ex._engine.pids() + [_zygote.get().pid]
+    pids = pool._engine.pids() + ex._engine.pids() + [pool._engine.zygote.pid, ex._engine.zygote.pid]
     print(json.dumps(pids), flush=True)
     how = sys.argv[1]
     if how == "kill":
@@ -66,7 +67,7 @@ def test_no_process_or_segment_outlives_the_parent(how: str) -> None:
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, how], stdout=subprocess.PIPE, text=True)
     try:
         pids = json.loads(proc.stdout.readline())
-        assert len(pids) == 5
+        assert len(pids) == 6
         if how == "busy":
             assert all(_alive(p) for p in pids)
             proc.send_signal(signal.SIGKILL)
@@ -108,27 +109,28 @@ def test_ctrl_c_interrupts_a_wait_and_the_program_exits_cleanly() -> None:
     assert _wait_gone(pids) == []
 
 
-def test_pool_made_from_a_threaded_parent_uses_an_exec_zygote() -> None:
-    """With threads already running, paralelo must not fork the parent: the zygote is
-    started with exec, and the pool works the same."""
-    code = textwrap.dedent(
-        """
-        import threading, time, paralelo
-        from paralelo import _zygote
-        stop = threading.Event()
-        t = threading.Thread(target=stop.wait)
-        t.start()
-        with paralelo.Pool(2) as pool:
-            assert pool.map(lambda x: x * 2, range(100)) == [x * 2 for x in range(100)]
-        z = _zygote.get()
-        print(type(getattr(z, "_proc", None)).__name__)
-        stop.set()
-        t.join()
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "Popen"
+def test_a_pool_ends_with_its_zygote() -> None:
+    """Each pool's zygote is reaped when the pool ends, closed or terminated, and a
+    killed zygote breaks only its own pool, with a clear error."""
+    import paralelo
+
+    for end in ("close", "terminate"):
+        pool = paralelo.Pool(2)
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+        zygote = pool._engine.zygote.pid
+        getattr(pool, end)()
+        pool.join()
+        assert _wait_gone([zygote]) == []
+        with pytest.raises(ChildProcessError):
+            os.waitpid(zygote, os.WNOHANG)  # already reaped: no zombie left
+    with paralelo.Pool(1) as pool:
+        workers = pool._engine.pids()
+        os.kill(pool._engine.zygote.pid, signal.SIGKILL)
+        assert _wait_gone(workers) == []  # they die with it
+        with pytest.raises(paralelo.BrokenProcessPool, match="replacement worker"):
+            pool.apply(abs, (-1,))
+    with paralelo.Pool(1) as pool:
+        assert pool.apply(abs, (-2,)) == 2
 
 
 def test_waiting_inside_a_callback_raises_instead_of_deadlocking() -> None:
@@ -245,7 +247,7 @@ HELD_SCRIPT = textwrap.dedent(
         held.append(pid)
     else:  # an exec'ed child: descriptors are close-on-exec
         held.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]).pid)
-    print(json.dumps({"ours": pool._engine.pids() + [_zygote.get().pid], "held": held}), flush=True)
+    print(json.dumps({"ours": pool._engine.pids() + [pool._engine.zygote.pid], "held": held}), flush=True)
     time.sleep(60)
     """
 )
@@ -278,21 +280,33 @@ def _check_nothing_outlives(proc: subprocess.Popen, held: list[int]) -> None:
                 pass
 
 
-def _spawned_entry(fds: list[int], word: str) -> None:
-    """Run by a process the zygote spawns: writes `word` into the fd it was passed."""
-    os.write(fds[0], word.encode())
+@pytest.fixture
+def zygote() -> Iterator[Any]:
+    """A zygote holding the string "held", ended after the test."""
+    from paralelo import _zygote
+
+    z = _zygote.Zygote("held")
+    yield z
+    z.close()
+
+
+def _spawned_entry(fds: list[int], inherited: str, word: str) -> None:
+    """Run by a process the zygote spawns: writes what the zygote inherited and `word` into
+    the fd it was passed (the last fd is a pidfd on the zygote's parent)."""
+    assert len(fds) == 2
+    os.write(fds[0], f"{inherited} {word}".encode())
     os.close(fds[0])
 
 
-def test_the_zygote_spawns_any_entry_with_its_fds_and_reports_its_exit() -> None:
+def test_the_zygote_spawns_any_entry_with_its_fds_and_reports_its_exit(zygote: Any) -> None:
     from paralelo import _zygote
 
-    z = _zygote.get()
+    z = zygote
     r, w = os.pipe()
     try:
         pid, pidfd = z.spawn(f"{__name__}:_spawned_entry", ("hello",), [w])
         os.close(w)
-        assert os.read(r, 100) == b"hello"
+        assert os.read(r, 100) == b"held hello"
         select.select([pidfd], [], [], 10)  # readable once it exited
         assert _zygote.describe_exit(z.exit_status(pid)) == "it exited with code 0"
         os.close(pidfd)
@@ -306,34 +320,34 @@ def test_the_zygote_spawns_any_entry_with_its_fds_and_reports_its_exit() -> None
         os.close(r)
 
 
-def test_the_zygote_answers_a_malformed_request_with_an_error() -> None:
+def test_the_zygote_answers_a_malformed_request_with_an_error(zygote: Any) -> None:
     from paralelo import _zygote
 
-    z = _zygote.get()
+    z = zygote
     with pytest.raises(OSError, match="unknown request 9"):
         z._ask(9, b"", [])
     # ...and it still serves.
     r, w = os.pipe()
     pid, pidfd = z.spawn(f"{__name__}:_spawned_entry", ("again",), [w])
     os.close(w)
-    assert os.read(r, 100) == b"again"
+    assert os.read(r, 100) == b"held again"
     os.close(r)
     select.select([pidfd], [], [], 10)
     z.exit_status(pid)
     os.close(pidfd)
 
 
-def _write_pid_then_sleep(fds: list[int]) -> None:
+def _write_pid_then_sleep(fds: list[int], inherited: object) -> None:
     os.write(fds[0], str(os.getpid()).encode())
     time.sleep(60)
 
 
-def test_the_zygote_survives_bad_requests_and_disposes_of_stale_replies() -> None:
+def test_the_zygote_survives_bad_requests_and_disposes_of_stale_replies(zygote: Any) -> None:
     import socket
 
     from paralelo import _zygote
 
-    z = _zygote.get()
+    z = zygote
     with pytest.raises(OSError, match="unpack"):
         z._ask(_zygote.STATUS, b"xy", [])  # a STATUS body too short
     with pytest.raises(ValueError, match="at most"):

@@ -1,11 +1,12 @@
 """How arguments and results are pickled: the C pickler when it can, cloudpickle for what
-only exists in this process (``__main__``, classes made at run time), machine arrays for
-results that are all ints or all floats."""
+only exists in this process (``__main__`` objects made after the pool, lambdas, closures,
+classes made at run time), machine arrays for results that are all ints or all floats."""
 
 from __future__ import annotations
 
 import io
 import pickle
+import sys
 import types
 from array import array
 from collections import ChainMap
@@ -19,6 +20,41 @@ from ._wire import OK, OK_ARRAY
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
+class MainNames:
+    """The functions and classes ``__main__`` held when a pool's zygote was forked: its
+    workers have these very objects (with their globals, as the initializer left them),
+    so they travel by reference, as with multiprocessing's fork. Anything made or rebound
+    since travels by value."""
+
+    __slots__ = ("names",)
+
+    def __init__(self) -> None:
+        main = sys.modules.get("__main__")
+        self.names = {
+            k: v for k, v in (vars(main).items() if main is not None else ())
+            if isinstance(v, (type, types.FunctionType))
+        }
+
+    def has(self, obj: Any) -> bool:
+        """Whether `obj` (a `__main__` function or class) is one the workers have."""
+        qualname = getattr(obj, "__qualname__", None)
+        if type(qualname) is not str or "<" in qualname:  # <locals>, <lambda>
+            return False
+        first, _, rest = qualname.partition(".")
+        known = self.names.get(first)
+        main = sys.modules.get("__main__")
+        if known is None or getattr(main, first, None) is not known:
+            return False  # made, or rebound, since the fork
+        for part in rest.split(".") if rest else ():
+            known = getattr(known, part, None)
+        return known is obj
+
+
+#: In a worker: what its pool's zygote inherited (None in the parent, whose pools each
+#: pass their own).
+inherited_main: MainNames | None = None
+
+
 def _code_reduce(code: types.CodeType) -> tuple:
     # cloudpickle names every code object it ships "<dynamic-code>" (for deterministic
     # payloads); we keep its file name, so a worker's traceback of a `__main__` function
@@ -27,31 +63,42 @@ def _code_reduce(code: types.CodeType) -> tuple:
     return rebuild, tuple(code.co_filename if type(a) is str and a == "<dynamic-code>" else a for a in args)
 
 
-class _ByValuePickler(cloudpickle.Pickler):
+class _Pickler(cloudpickle.Pickler):
     # Flat, so a type's look-up misses no more often than in cloudpickle's own table.
     dispatch_table = ChainMap({types.CodeType: _code_reduce}, *cloudpickle.Pickler.dispatch_table.maps)
 
+    def __init__(self, file: io.BytesIO, main: MainNames | None) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self.main = main
 
-def by_value(obj: Any) -> bytes:
-    """Pickles `obj` with cloudpickle: functions and classes that only exist here
-    (``__main__``, lambdas, closures) travel by value, keeping their file names."""
+    def reducer_override(self, obj: Any) -> Any:
+        main = self.main
+        if (main is not None and isinstance(obj, (type, types.FunctionType))
+                and getattr(obj, "__module__", None) == "__main__" and main.has(obj)):
+            return NotImplemented  # by reference: the plain pickler's save_global
+        return super().reducer_override(obj)
+
+
+def by_value(obj: Any, main: MainNames | None = None) -> bytes:
+    """Pickles `obj` with cloudpickle: functions and classes that only exist here travel by
+    value, keeping their file names; those in `main` (default: what this worker's pool
+    inherited) by reference."""
     buf = io.BytesIO()
-    _ByValuePickler(buf, protocol=PROTOCOL).dump(obj)
+    _Pickler(buf, main or inherited_main).dump(obj)
     return buf.getvalue()
 
 
-def dumps(obj: Any) -> bytes:
-    """Pickles arguments and results: the C pickler (fast) when it can, cloudpickle when
-    the data refers to ``__main__`` or to classes made at run time. Those travel by value:
-    the other process may not have them (an exec'ed zygote, or a class defined after the
-    fork), and cloudpickle maps a class that went out and comes back to the original."""
+def dumps(obj: Any, main: MainNames | None = None) -> bytes:
+    """Pickles arguments and results: the C pickler (fast) when it can, cloudpickle (see
+    `by_value`) when the data refers to ``__main__`` or to classes made at run time.
+    cloudpickle maps a class that went out by value and comes back to the original."""
     try:
         data = pickle.dumps(obj, PROTOCOL)
     except Exception:
-        return by_value(obj)
+        return by_value(obj, main)
     # A memchr-speed scan; a false hit (the string in the data) only costs a slower pickle.
     if b"__main__" in data:
-        return by_value(obj)
+        return by_value(obj, main)
     return data
 
 

@@ -1,29 +1,56 @@
-"""The worker loop: runs in each worker process, forked by the zygote."""
+"""The worker: runs in each worker process, forked by its pool's zygote (see ``_zygote``)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import signal
 import sys
+import threading
+from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
 
 import cloudpickle
+import multiprocessing.process
+import multiprocessing.util
 
-from . import _native
+from . import _native, _pickling
 from ._errors import ResultPicklingError, TaskUnpicklingError, dump_error
 from ._outcomes import pack_replies, picklable_each, run_each
-from ._pickling import dumps, pack_results
-from ._wire import BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT, INIT_ERR, OK, RESULTS, TASK, TASKS
+from ._pickling import MainNames, dumps, pack_results
+from ._wire import BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, RESULTS, TASK, TASKS
 
+
+# multiprocessing's private process bookkeeping, which a worker takes over (typed loosely).
+mpp: Any = multiprocessing.process
+mp_util: Any = multiprocessing.util
 
 #: A task quicker than this does not wake the parent by itself (see `serve`).
 QUICK_NS = 50_000
 
 
-def serve(fd: int, slot: int) -> None:
-    """Attaches to ``slot`` of the hub in memfd ``fd`` and runs messages until EXIT."""
+@dataclass(frozen=True)
+class Setup:
+    """What a pool's workers inherit from its zygote, in memory (never pickled, so objects
+    that can only be inherited work as the initializer's arguments)."""
+
+    initializer: Any
+    initargs: tuple
+    maxtasks: int
+    #: What ``__main__`` held at the fork: those objects travel by reference.
+    main: MainNames
+    #: The workers' names, as multiprocessing's: "ForkPoolWorker" (Pool), "ForkProcess".
+    kind: str
+    daemon: bool
+    parent_pid: int
+    parent_name: str
+
+
+def serve(fd: int, slot: int, setup: Setup) -> None:
+    """Attaches to ``slot`` of the hub in memfd ``fd``, runs the initializer, then runs
+    messages until EXIT."""
     # Ctrl-C goes to the whole process group; the parent decides what happens to workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     port = _native.Port(fd, slot)
@@ -31,8 +58,18 @@ def serve(fd: int, slot: int) -> None:
     funcs: dict[int, tuple] = {}
     loads = pickle.loads
     send, recv, running = port.send, port.recv, port.running
-    maxtasks = 0
+    maxtasks = setup.maxtasks
     done = 0
+    if setup.initializer is not None:
+        # Marked, so that a death here breaks the pool (as concurrent.futures does); a
+        # death without an initializer (an outside kill) is no reason to.
+        port.initializing()
+        try:
+            setup.initializer(*setup.initargs)
+        except BaseException as e:  # noqa: BLE001
+            send(INIT_ERR, 0, 0, 0, dump_error(e))
+            return
+        port.idle()
     quiet = False
     # Outcomes of a TASKS message's units, sent together: (seq, ok, value, busy_ns).
     replies: list[tuple] = []
@@ -131,19 +168,6 @@ def serve(fd: int, slot: int) -> None:
             elif tag == DROP:
                 funcs.pop(job, None)
                 continue
-            elif tag == INIT:
-                try:
-                    initializer, initargs, maxtasks = loads(payload)
-                    if initializer is not None:
-                        # Only a real initializer marks this: a death without one (an
-                        # outside kill) is no reason to break the pool.
-                        port.initializing()
-                        initializer(*initargs)
-                        port.idle()
-                except BaseException as e:  # noqa: BLE001
-                    send(INIT_ERR, 0, 0, 0, dump_error(e))
-                    return
-                continue
             elif tag == EXIT:
                 return
             else:
@@ -176,11 +200,48 @@ def _pack(pack: Any, result: Any) -> Any:
         raise ResultPicklingError(f"cannot pickle the task's result: {type(e).__name__}: {e}") from e
 
 
-def main(fds: list[int], slot: int) -> None:
-    """Entry point in a freshly forked worker (``fds``: the hub's memfd); never returns."""
+def _take_identity(setup: Setup, number: int, parent_fd: int) -> None:
+    """Makes multiprocessing see this worker as it sees its own pool workers: its
+    ``current_process()`` (name, ``_identity``, daemon, pid), its ``parent_process()``
+    (the pool's owner, not the zygote), log records' ``processName``; and runs the
+    after-fork hooks its objects registered (an inherited Queue or Lock resets itself)."""
+    proc: Any = mpp.BaseProcess.__new__(mpp.BaseProcess)
+    proc._identity = (number,)
+    proc._config = mpp._current_process._config.copy()
+    proc._parent_pid = setup.parent_pid
+    proc._parent_name = setup.parent_name
+    proc._popen = None
+    proc._closed = False
+    proc._target = None
+    proc._args, proc._kwargs = (), {}
+    proc._name = f"{setup.kind}-{number}"
+    proc._config["daemon"] = setup.daemon
+    mpp._current_process = proc
+    mpp._parent_process = mpp._ParentProcess(setup.parent_name, setup.parent_pid, parent_fd)
+    mpp._children = set()
+    mpp._process_counter = itertools.count(1)
+    mp_util._close_stdin()  # a worker reads no terminal: stdin is /dev/null, as there
+    threading.main_thread()._set_native_id()  # type: ignore[attr-defined]
+    mp_util._finalizer_registry.clear()
+    mp_util._run_after_forkers()
+
+
+def _leave() -> None:
+    # As a multiprocessing child ends: wait for the threads the tasks left running, then
+    # run the finalizers (an inherited Queue flushes what tasks put in it).
+    threading._shutdown()  # type: ignore[attr-defined]
+    mp_util._exit_function()
+
+
+def main(fds: list[int], setup: Setup, slot: int, number: int) -> None:
+    """Entry point in a freshly forked worker (``fds``: the hub's memfd, then a pidfd on
+    the pool's owner); never returns."""
     code = 0
     try:
-        serve(fds[0], slot)
+        _pickling.inherited_main = setup.main
+        _take_identity(setup, number, fds[1])
+        serve(fds[0], slot, setup)
+        _leave()
     except BaseException:  # noqa: BLE001
         import traceback
 
@@ -195,4 +256,4 @@ def main(fds: list[int], slot: int) -> None:
 
 
 # cloudpickle is imported here so forked workers have it loaded already.
-__all__ = ["main", "serve", "cloudpickle"]
+__all__ = ["Setup", "main", "serve", "cloudpickle"]

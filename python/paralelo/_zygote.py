@@ -1,23 +1,34 @@
-"""The zygote: a single-threaded process that starts paralelo's processes on request.
+"""A pool's zygote: a copy of the parent, forked when the pool is made, that forks the
+pool's workers on request.
 
-The parent never forks once it has threads (its collector thread, or the user's), because
-a fork copies locks held by other threads. Instead, one zygote per parent process is made
-while the parent is still single-threaded (forked: cheap, and it shares the parent's
-imports), or — if the parent already has threads — started fresh with exec. Every process
-paralelo starts is then forked by the zygote, which never has threads: one general
-``spawn(entry, args, fds)`` serves the pools' workers and anything else that needs a process.
+Workers must see the parent as it was when their pool was made (its globals, its
+initializer's arguments, its cwd, environment, ``sys.path`` and logging), as with
+multiprocessing's fork; but the parent has threads by then (its collectors, the user's,
+numpy's), and its state moves on. So the parent forks once per pool, at its creation, and
+the copy, which has exactly one thread, serves the pool: every worker, first or
+replacement, is forked from it, and so sees the same state. It also holds, in memory, the
+objects handed to ``Zygote(inherited)`` (the initializer and its arguments): they reach
+the workers without being pickled, so objects that can only be inherited work.
 
-Lifetime: the zygote exits (and its children with it) when its parent process exits,
-which it learns from a pidfd on the parent — so it holds even if the parent is SIGKILLed,
-and even if some other process inherited the zygote's socket. Children get SIGKILL from
-the kernel when the zygote dies (PR_SET_PDEATHSIG), so nothing outlives the parent. The
-parent's end of the socket is close-on-exec and is closed in forked children.
+Forking a threaded parent copies the locks other threads hold. paralelo's own threads
+never hold a lock its children take: collectors and feeders touch only their own pool's
+state, which a child never uses (`_engine` disowns inherited pools); the death watch
+(Rust) starts afresh in a child; logging re-creates its locks itself. The user's own
+threads are as with multiprocessing's fork: a lock one of them holds at that moment stays
+held in the workers.
+
+Lifetime: the zygote exits when its parent closes the socket (the pool ended), or when
+the parent process exits, which it learns from a pidfd on it, so even a SIGKILLed parent
+leaves nothing behind. Its children get SIGKILL from the kernel when it dies
+(PR_SET_PDEATHSIG). The parent's end of every zygote's socket is closed in forked
+children, so only the parent holds it.
 
 The socket speaks a small binary format (SOCK_SEQPACKET, one message per request):
 
     request  = op:u8  id:u32  length:u32  body    (little endian)
       SPAWN  body = entry (utf-8 "module:function") NUL pickle(args tuple); the fds travel
-             as SCM_RIGHTS and reach the entry as its first argument (a list of fds)
+             as SCM_RIGHTS. The entry runs as ``entry(fds, inherited, *args)``, where
+             ``fds`` ends with a pidfd on the zygote's parent (readable once it exits)
       STATUS body = pid:i32
     reply    = kind:u8  id:u32  value:i32  body (id: the request's, so a reply left over
                from an interrupted request is recognised and disposed of)
@@ -31,6 +42,7 @@ The socket speaks a small binary format (SOCK_SEQPACKET, one message per request
 from __future__ import annotations
 
 import errno
+import gc
 import importlib
 import os
 import pickle
@@ -38,15 +50,14 @@ import select
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
+import weakref
 from typing import Any
 
 from . import _native
 
-_lock = threading.Lock()
-_zygote: Zygote | None = None
+#: Every zygote this process made and has not closed: a forked child closes their sockets.
+_zygotes: weakref.WeakSet[Zygote] = weakref.WeakSet()
 
 _REQUEST = struct.Struct("<BII")
 _REPLY = struct.Struct("<BIi")
@@ -57,47 +68,45 @@ PID, EXIT_STATUS, UNKNOWN, ERROR = 1, 2, 3, 4
 _MAX_MESSAGE = 1 << 16
 
 
-def _threads_in_process() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count() + 1
-
-
 class Zygote:
-    """The parent's handle on its zygote."""
+    """The parent's handle on a zygote forked now, holding `inherited` (see the module)."""
 
-    def __init__(self) -> None:
+    def __init__(self, inherited: Any = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self._lock = threading.Lock()
         self._next_id = 0
         parent = os.getpid()
-        if _threads_in_process() == 1:
-            pid = os.fork()
-            if pid == 0:  # the zygote
-                code = 0
-                try:
-                    ours.close()
-                    _serve(theirs, parent)
-                except BaseException:  # noqa: BLE001
-                    code = 1
-                finally:
-                    os._exit(code)
-            self.pid = pid
-        else:
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-            cmd = [sys.executable, "-c", "from paralelo._zygote import main; main()",
-                   str(theirs.fileno()), str(parent)]
-            proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=env, close_fds=True)
-            self.pid = proc.pid
-            self._proc = proc  # keeps the Popen so it is reaped
+        pid = os.fork()
+        if pid == 0:  # the zygote
+            code = 0
+            try:
+                ours.close()
+                _serve(theirs, parent, inherited)
+            except BaseException:  # noqa: BLE001
+                code = 1
+            finally:
+                os._exit(code)
         theirs.close()
+        self.pid = pid
+        _zygotes.add(self)
+
+    def close(self) -> None:
+        """Ends the zygote (and any child it still has) and reaps it."""
+        with self._lock:
+            if self.sock.fileno() < 0:
+                return
+            _zygotes.discard(self)
+            self.sock.close()
+        try:
+            os.waitpid(self.pid, 0)  # it exits as soon as it sees the socket close
+        except ChildProcessError:
+            pass
 
     def spawn(self, entry: str, args: tuple, fds: list[int]) -> tuple[int, int]:
-        """Forks a process that runs ``entry(fds, *args)`` (``entry`` is "module:function";
-        ``fds`` are passed to it): returns its pid and a pidfd."""
+        """Forks a process that runs ``entry(fds, inherited, *args)`` (``entry`` is
+        "module:function"; ``fds`` are passed to it, followed by a pidfd on this process):
+        returns its pid and a pidfd."""
         body = entry.encode() + b"\0" + pickle.dumps(tuple(args), pickle.HIGHEST_PROTOCOL)
         kind, value, _, got = self._ask(SPAWN, body, fds)
         if kind != PID or not got:
@@ -111,19 +120,10 @@ class Zygote:
             raise OSError(errno.EPROTO, f"paralelo's zygote answered {kind} to a spawn")
         return value, got[0]
 
-    def spawn_worker(self, hub_fd: int, slot: int) -> tuple[int, int]:
-        """A pool worker attached to ``slot`` of the hub whose memfd is ``hub_fd``."""
-        return self.spawn("paralelo._worker:main", (slot,), [hub_fd])
-
-    def alive(self) -> bool:
-        """Whether the zygote process still runs."""
-        proc = getattr(self, "_proc", None)
-        if proc is not None:
-            return proc.poll() is None
-        try:
-            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
-        except ChildProcessError:
-            return False
+    def spawn_worker(self, hub_fd: int, slot: int, number: int) -> tuple[int, int]:
+        """A pool worker attached to ``slot`` of the hub whose memfd is ``hub_fd``; it is
+        the `number`-th process of its parent, as multiprocessing counts them."""
+        return self.spawn("paralelo._worker:main", (slot, number), [hub_fd])
 
     def exit_status(self, pid: int) -> int | None:
         """The wait status of a process it started that has exited (its pidfd said so),
@@ -181,29 +181,15 @@ def describe_exit(status: int | None) -> str:
     return f"it exited with code {os.WEXITSTATUS(status)}"
 
 
-def get() -> Zygote:
-    """This process's zygote, made on first use."""
-    global _zygote
-    with _lock:
-        if _zygote is None or not _zygote.alive():
-            if _zygote is not None:
-                _zygote.sock.close()  # a dead zygote (killed?) is replaced, not reused
-            _zygote = Zygote()
-        return _zygote
-
-
 def _forget_after_fork() -> None:
-    # A forked child does not share its parent's zygote; it makes its own when needed. It
-    # closes its copy of the socket: the zygote must see its parent's end close with the
-    # parent, whatever children the parent forked.
-    global _zygote, _lock
-    if _zygote is not None:
+    # A forked child does not share its parent's zygotes: it closes its copies of their
+    # sockets, so that each zygote sees its parent's end close with its pool.
+    for z in list(_zygotes):
         try:
-            _zygote.sock.close()
+            z.sock.close()
         except OSError:
             pass
-    _zygote = None
-    _lock = threading.Lock()
+    _zygotes.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -221,8 +207,12 @@ def _resolve(entry: str) -> Any:
     return obj
 
 
-def _serve(sock: socket.socket, parent: int) -> None:
+def _serve(sock: socket.socket, parent: int, inherited: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What came from the parent is permanent here and in every worker: their collections
+    # never walk it (so never copy its pages), and garbage the parent's other threads
+    # left half-made is never finalized in a process that has none of those threads.
+    gc.freeze()
     try:
         parent_fd = os.pidfd_open(parent)
     except ProcessLookupError:
@@ -258,7 +248,7 @@ def _serve(sock: socket.socket, parent: int) -> None:
             if op == STATUS:
                 _status(sock, request, body, statuses)
             elif op == SPAWN:
-                _spawn(sock, request, body, fds, parent_fd)
+                _spawn(sock, request, body, fds, parent_fd, inherited)
                 fds = []  # closed by _spawn
             else:
                 raise OSError(errno.EPROTO, f"unknown request {op}")
@@ -291,7 +281,8 @@ def _status(sock: socket.socket, request: int, body: bytes, statuses: dict[int, 
         _reply(sock, EXIT_STATUS, request, status)
 
 
-def _spawn(sock: socket.socket, request: int, body: bytes, fds: list[int], parent_fd: int) -> None:
+def _spawn(sock: socket.socket, request: int, body: bytes, fds: list[int], parent_fd: int,
+           inherited: Any) -> None:
     entry, _, args = body.partition(b"\0")
     me = os.getpid()
     try:
@@ -305,11 +296,10 @@ def _spawn(sock: socket.socket, request: int, body: bytes, fds: list[int], paren
         code = 0
         try:
             sock.close()
-            os.close(parent_fd)
             _native.die_with_parent()
             if os.getppid() != me:
                 os._exit(1)
-            _resolve(entry.decode())(fds, *pickle.loads(args))
+            _resolve(entry.decode())([*fds, parent_fd], inherited, *pickle.loads(args))
         except BaseException:  # noqa: BLE001
             import traceback
 
@@ -338,12 +328,3 @@ def _reap(statuses: dict[int, int]) -> None:
         statuses[pid] = status
         if len(statuses) > _KEEP_STATUSES:
             del statuses[next(iter(statuses))]
-
-
-def main() -> None:
-    """Entry point of an exec'ed zygote (used when the parent already had threads)."""
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    try:
-        _serve(sock, int(sys.argv[2]))
-    finally:
-        os._exit(0)

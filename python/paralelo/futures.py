@@ -41,7 +41,8 @@ class ProcessPoolExecutor(_cf.Executor):
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
         self._max_workers = max_workers
-        self._engine = _engine.Engine(max_workers, initializer, tuple(initargs), max_tasks_per_child)
+        self._engine = _engine.Engine(max_workers, initializer, tuple(initargs), max_tasks_per_child,
+                                      kind="ForkProcess", daemon=False)
         self._engine.finish_at_exit = True  # like concurrent.futures: pending work still runs
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
@@ -75,7 +76,7 @@ class ProcessPoolExecutor(_cf.Executor):
                 _engine.run_or_defer(complete, ok, value)
 
             self._pending.add(future)
-            self._engine.submit(_engine.CallJob(fn, args, kwargs, on_done, future.set_running_or_notify_cancel))
+            self._engine.submit(self._engine.call_job(fn, args, kwargs, on_done, future.set_running_or_notify_cancel))
             return future
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,

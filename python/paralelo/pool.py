@@ -192,7 +192,7 @@ class Pool:
         self._check_running()
         result = AsyncResult(callback, error_callback)
         result._pool = self  # a result keeps its pool alive, as in multiprocessing
-        self._engine.submit(_engine.CallJob(func, tuple(args), dict(kwds or {}), result._set))
+        self._engine.submit(self._engine.call_job(func, tuple(args), dict(kwds or {}), result._set))
         return result
 
     # -- maps -------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import multiprocessing.process as mpp
 import os
 import pickle
 import signal
@@ -22,11 +23,12 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 from .. import _native, _zygote
+from .._worker import Setup
 from .._errors import ResultUnpicklingError, broken, load_error, pickling_failed
-from .._pickling import by_value, dumps, unpack_results
-from .._wire import BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
+from .._pickling import MainNames, by_value, dumps, unpack_results
+from .._wire import BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
 from . import deaths
-from .jobs import Job, MapJob, Unit
+from .jobs import CallJob, Job, MapJob, Unit
 from .sink import MapSink
 from .slot import Slot
 
@@ -78,16 +80,17 @@ class Engine:
     """Worker processes on a hub, fed by jobs. Thread-safe."""
 
     def __init__(self, processes: int, initializer: Callable | None = None, initargs: tuple = (),
-                 maxtasks: int | None = None) -> None:
+                 maxtasks: int | None = None, kind: str = "ForkPoolWorker", daemon: bool = True) -> None:
         self.processes = processes
         self.lock = threading.RLock()
-        # The zygote first: forked before the hub exists, it does not hold the hub's memfd.
-        self.zygote = _zygote.get()
         self.hub = _native.Hub(processes, RING_BYTES)
-        try:
-            self.init_payload = by_value((initializer, tuple(initargs), maxtasks or 0))
-        except BaseException as e:  # noqa: BLE001 - never raw (a __reduce__ may SystemExit)
-            raise pickling_failed("the initializer or its arguments", e) from e
+        # The pool's zygote: the parent as it is now, which every worker will see (see
+        # `_zygote`). Functions of __main__ it has travel by reference from now on.
+        self.main = MainNames()
+        _engines.add(self)  # from here, forked children let go of its hub (and this zygote too)
+        me = mpp.current_process()
+        setup = Setup(initializer, tuple(initargs), maxtasks or 0, self.main, kind, daemon, os.getpid(), me.name)
+        self.zygote = _zygote.Zygote(setup)
         self.maxtasks = maxtasks or None
         self.jobs: dict[int, Job] = {}
         self.active: deque[Job] = deque()
@@ -110,10 +113,11 @@ class Engine:
         except BaseException:
             self._kill_all()  # no half-started pool outlives its failed constructor
             self._close_pidfds()
+            self.zygote.close()
+            _engines.discard(self)
             raise
         self.thread = threading.Thread(target=self._collect, name="paralelo-collector", daemon=True)
         self.thread.start()
-        _engines.add(self)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -135,13 +139,14 @@ class Engine:
 
     def start(self, slot: Slot) -> None:
         """Starts a worker in `slot` and has the engine watch for its death."""
-        slot.pid, slot.pidfd = self.zygote.spawn_worker(self.hub.fd, slot.index)
+        # Numbered as multiprocessing numbers its processes (names, `_identity`).
+        number = next(mpp._process_counter)  # type: ignore[attr-defined]
+        slot.pid, slot.pidfd = self.zygote.spawn_worker(self.hub.fd, slot.index, number)
         slot.alive = True
         slot.answered = False
         slot.loaded = set()
         slot.taken = 0
         self.hub.watch(slot.index, slot.pid, slot.pidfd)
-        self.hub.post(slot.index, INIT, 0, 0, 0, self.init_payload)
 
     def pids(self) -> list[int]:
         return [s.pid for s in self.slots if s.alive]
@@ -163,7 +168,12 @@ class Engine:
     def map_job(self, fn: Callable, iterable: Iterable, star: bool, chunksize: int | None,
                 sink: MapSink, hold: int | None = None) -> MapJob:
         """A map job shaped for this engine's workers (their count, their maxtasks)."""
-        return MapJob(self.processes, fn, iterable, star, chunksize, sink, hold, self.maxtasks)
+        return MapJob(self.processes, fn, iterable, star, chunksize, sink, hold, self.maxtasks, self.main)
+
+    def call_job(self, fn: Callable, args: tuple, kwargs: dict, on_done: Callable[[bool, Any], None],
+                 on_start: Callable[[], bool] | None = None) -> CallJob:
+        """One call of `fn` for this engine's workers."""
+        return CallJob(fn, args, kwargs, on_done, on_start, self.main)
 
     def kick(self) -> None:
         """Dispatches again (a lazy job's consumer made room, or fed more input)."""
@@ -278,15 +288,15 @@ class Engine:
                 slot.loaded.add(job.id)
             try:
                 if len(run) == 1:
-                    tag, seq, payload = TASK, run[0].seq, dumps(run[0].payload)
+                    tag, seq, payload = TASK, run[0].seq, dumps(run[0].payload, self.main)
                     eager |= run[0].count << 1  # its item count, should its items not load
                 else:
                     tag, seq = TASKS, run[0].seq
-                    payload = dumps(([u.seq for u in run], [u.payload for u in run]))
+                    payload = dumps(([u.seq for u in run], [u.payload for u in run]), self.main)
             except BaseException:  # noqa: BLE001 - find the chunk that cannot be pickled
                 for u in run:
                     try:
-                        self.hub.post(slot.index, TASK, job.id, u.seq, eager | u.count << 1, dumps(u.payload))
+                        self.hub.post(slot.index, TASK, job.id, u.seq, eager | u.count << 1, dumps(u.payload, self.main))
                     except BaseException as e:  # noqa: BLE001 - an argument cannot be pickled
                         self._answer(slot, [(u.seq, False, pickling_failed("the task's arguments", e), 0)])
                 continue
@@ -317,6 +327,7 @@ class Engine:
         finally:
             with self.locked():
                 self._close_pidfds()
+            self.zygote.close()
 
     def _close_pidfds(self) -> None:
         for s in self.slots:
@@ -503,7 +514,7 @@ def _unloadable_result(e: BaseException) -> ResultUnpicklingError:
 def _shutdown_all() -> None:
     # As in the standard library: executors finish their pending work at exit, pools stop.
     # Only this process's own engines: a forked child must not stop its parent's workers.
-    engines = [e for e in _engines if e.pid == os.getpid()]
+    engines = [e for e in _engines if e.pid == os.getpid() and hasattr(e, "thread")]  # made, and ours
     for engine in engines:
         if engine.finish_at_exit:
             engine.close()
@@ -513,5 +524,20 @@ def _shutdown_all() -> None:
         engine.join(None if engine.finish_at_exit else 5)
 
 
+def _disown_after_fork() -> None:
+    # A forked child (a pool's zygote, its workers, or the user's own fork) never uses the
+    # pools it inherited; it lets go of their shared memory's fds, which would otherwise
+    # stay open in every later pool's workers. The fd number is pointed at /dev/null, not
+    # closed, so it is never reused while the inherited Hub object still owns it.
+    if _engines:
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for engine in _engines:
+                os.dup2(null, engine.hub.fd, inheritable=False)
+        finally:
+            os.close(null)
+    _engines.clear()
+
+
 atexit.register(_shutdown_all)
-os.register_at_fork(after_in_child=_engines.clear)
+os.register_at_fork(after_in_child=_disown_after_fork)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .._outcomes import Segments
 from .._errors import pickling_failed
-from .._pickling import by_value
+from .._pickling import MainNames, by_value
 from .._wire import CALL, TASK
 from .chunking import Chunker
 from .sink import MapSink
@@ -110,9 +110,9 @@ class CallJob(Job):
     unmeasured_limit = 2  # every call is a job of its own: its cost is never measured
 
     def __init__(self, fn: Callable, args: tuple, kwargs: dict, on_done: Callable[[bool, Any], None],
-                 on_start: Callable[[], bool] | None = None):
+                 on_start: Callable[[], bool] | None = None, main: MainNames | None = None):
         super().__init__()
-        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.fn, self.args, self.kwargs, self.main = fn, args, kwargs, main
         self.on_done, self.on_start = on_done, on_start
         self.sent = False
 
@@ -126,7 +126,7 @@ class CallJob(Job):
             self.finished = True  # cancelled before it ran
             return None
         try:
-            payload = by_value((self.fn, self.args, self.kwargs))
+            payload = by_value((self.fn, self.args, self.kwargs), self.main)
         except BaseException as e:  # noqa: BLE001 - reported to the caller
             self.finished = True
             self.on_done(False, pickling_failed("the task", e))
@@ -153,7 +153,7 @@ class MapJob(Job):
 
     def __init__(self, processes: int, fn: Callable, iterable: Iterable, star: bool,
                  chunksize: int | None, sink: MapSink, hold: int | None = None,
-                 most: int | None = None):
+                 most: int | None = None, main: MainNames | None = None):
         super().__init__()
         # A lazy map with adaptive chunks reports each item's failure in its place (as
         # with chunksize=1); a fixed chunksize fails whole chunks, as multiprocessing does.
@@ -162,7 +162,7 @@ class MapJob(Job):
         # caller's), chunks with an explicit chunksize (as multiprocessing does).
         self.counts_items = chunksize is None
         try:
-            self.func_payload = by_value((fn, star, each, self.counts_items))
+            self.func_payload = by_value((fn, star, each, self.counts_items), main)
         except BaseException as e:  # noqa: BLE001 - never raw (a __reduce__ may SystemExit)
             raise pickling_failed("the function", e) from e
         #: Set by the engine while a feeder reads this job's input after close(): called
