@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+from scripts import side_by_side
 
 SCRIPT = textwrap.dedent(
     """
@@ -56,19 +57,6 @@ def test_main_module_functions_classes_and_globals(tmp_path, parent: str) -> Non
     out = subprocess.run([sys.executable, str(script), parent], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
-
-
-def side_by_side(tmp_path, code: str, libs: tuple[str, ...] = ("paralelo", "multiprocessing")) -> list[str]:
-    """Runs `code` as a script (its functions in `__main__`) once per library named in
-    its first argument; returns each run's stdout, stripped."""
-    script = tmp_path / "script.py"
-    script.write_text(code)
-    outs = []
-    for lib in libs:
-        out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, (lib, out.stderr)
-        outs.append(out.stdout.strip())
-    return outs
 
 
 TIMEOUTS = textwrap.dedent(

@@ -85,6 +85,10 @@ class ProcessPoolExecutor(_cf.Executor):
         counts from this call; ``chunksize=None`` picks chunk sizes adaptively."""
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
+        if "submit" in vars(self) or type(self).submit is not ProcessPoolExecutor.submit:
+            # submit was replaced (tqdm's process_map counts items that way, subclasses
+            # may log or throttle): map goes through it, as concurrent.futures' map does.
+            return super().map(fn, *iterables, timeout=timeout)
         end = None if timeout is None else time.monotonic() + timeout
         # Like the standard executor, the input is read now (and not under our lock: it
         # may submit to this executor itself); one iterable needs no tuples.
