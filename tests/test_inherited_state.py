@@ -49,14 +49,15 @@ STATE = textwrap.dedent(
     FILE = tempfile.TemporaryFile("w+")
     FILE.write("inherited file")
     FILE.flush()
+    def read(f):  # the workers share the file's offset: read at a position, not from it
+        return os.pread(f.fileno(), 100, 0).decode()
     DB = sqlite3.connect(":memory:")
     DB.execute("create table t (x)")
     DB.execute("insert into t values (42)")
     def bump(_):
         with LOCK, TLOCK:
             TOTAL.value += 1
-        FILE.seek(0)
-        return FILE.read(), DB.execute("select x from t").fetchone()[0]
+        return read(FILE), DB.execute("select x from t").fetchone()[0]
 
     _given = None
     def keep(*objs):
@@ -65,8 +66,7 @@ STATE = textwrap.dedent(
     def use_given(_):
         lock, rlock, fh = _given
         with lock, rlock:
-            fh.seek(0)
-            return fh.read()
+            return read(fh)
 
     CONFIG = {"k": 1}
     def where(_):

@@ -28,7 +28,7 @@ from .._errors import ResultUnpicklingError, broken, load_error, pickling_failed
 from .._pickling import MainNames, by_value, dumps, unpack_results
 from .._wire import BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
 from . import deaths
-from .jobs import CallJob, Job, MapJob, Unit
+from .jobs import CallCosts, CallJob, Job, MapJob, Unit
 from .sink import MapSink
 from .slot import Slot
 
@@ -93,7 +93,11 @@ class Engine:
         self.zygote = _zygote.Zygote(setup)
         self.maxtasks = maxtasks or None
         self.jobs: dict[int, Job] = {}
-        self.active: deque[Job] = deque()
+        self.active: deque[Job] = deque()  # map jobs with units to hand out, oldest first
+        # Calls not sent yet, oldest first: kept apart from maps, for there may be many
+        # thousands of them and dispatch looks only at the head.
+        self.calls: deque[CallJob] = deque()
+        self.call_costs = CallCosts()
         self.slots = [Slot(i) for i in range(processes)]
         self.closing = False  # no new jobs; workers exit once idle
         self.finish_at_exit = False  # at interpreter exit: finish pending work (executors)
@@ -162,7 +166,10 @@ class Engine:
             if self.closing:
                 raise ValueError("Pool not running")
             self.jobs[job.id] = job
-            self.active.append(job)
+            if isinstance(job, CallJob):
+                self.calls.append(job)
+            else:
+                self.active.append(job)
             self._pump()
 
     def map_job(self, fn: Callable, iterable: Iterable, star: bool, chunksize: int | None,
@@ -173,7 +180,7 @@ class Engine:
     def call_job(self, fn: Callable, args: tuple, kwargs: dict, on_done: Callable[[bool, Any], None],
                  on_start: Callable[[], bool] | None = None) -> CallJob:
         """One call of `fn` for this engine's workers."""
-        return CallJob(fn, args, kwargs, on_done, on_start, self.main)
+        return CallJob(fn, args, kwargs, on_done, on_start, self.main, self.call_costs)
 
     def kick(self) -> None:
         """Dispatches again (a lazy job's consumer made room, or fed more input)."""
@@ -190,9 +197,12 @@ class Engine:
 
     def requeue(self, unit: Unit) -> None:
         """Puts back a unit a dead worker held but had not run: it goes out first."""
-        unit.job.requeued.appendleft(unit)
-        if unit.job not in self.active:
-            self.active.appendleft(unit.job)
+        job = unit.job
+        job.requeued.appendleft(unit)
+        if isinstance(job, CallJob):
+            self.calls.appendleft(job)  # sent, so no longer queued: its one unit is back
+        elif job not in self.active:
+            self.active.appendleft(job)
 
     @staticmethod
     def _limit(job: Job, t: float | None) -> int:
@@ -207,7 +217,7 @@ class Engine:
         gives each worker one batch. Until a job's cost is measured a batch is one unit,
         so a slow unit never queues behind another while a worker idles; once measured,
         up to SHIP_UNITS, which travel together."""
-        if self.broken is not None or not self.active:
+        if self.broken is not None or not (self.active or self.calls):
             return
         live = [s for s in self.slots if s.alive and s.corrupt is None]
         try:
@@ -228,18 +238,25 @@ class Engine:
             for slot in live:
                 if slot.outgoing:
                     self._ship(slot)
+            self.hub.notify()  # the calls posted quietly
 
     def _next_units(self, slot: Slot) -> list[Unit]:
         """One batch for `slot`: units of the oldest job that has any and whose own limit
         leaves the worker room. A job held back by its slow consumer (lazy imap) lets
         younger jobs pass, so waiting on one never starves the others."""
-        active = self.active
+        active, calls = self.active, self.calls
         left = None if self.maxtasks is None else self.maxtasks - slot.taken
         if left is not None and left <= 0:
             return []  # the worker leaves after what it has: nothing more for it
+        calls_tried = False
         i = 0
         while i < len(active):
             job = active[i]
+            if not calls_tried and calls and calls[0].id < job.id:
+                calls_tried = True  # older calls go first
+                units = self._next_calls(slot, left)
+                if units:
+                    return units
             t = job.unit_seconds()
             room = min(self._limit(job, t) - len(slot.inflight), 1 if t is None else SHIP_UNITS)
             if room > 0:
@@ -253,7 +270,28 @@ class Engine:
                 continue
             del active[i]
             self.forget_if_done(job)
-        return []
+        return self._next_calls(slot, left) if calls and not calls_tried else []
+
+    def _next_calls(self, slot: Slot, left: int | None) -> list[Unit]:
+        """Calls for `slot` from the head of the queue: as many as its worker may hold,
+        judged by the head call's function's cost (one at a time until it is timed)."""
+        calls = self.calls
+        head = calls[0]
+        t = head.unit_seconds()
+        room = min(self._limit(head, t) - len(slot.inflight), 1 if t is None else SHIP_UNITS)
+        if left is not None:
+            room = min(room, left)
+        out: list[Unit] = []
+        while calls and len(out) < room:
+            job = calls[0]
+            unit = job.next_unit()
+            if not job.requeued:
+                calls.popleft()
+            if unit is None:
+                self.forget_if_done(job)  # cancelled, or its arguments failed to pickle
+            else:
+                out.append(unit)
+        return out
 
     def _send(self, slot: Slot, unit: Unit) -> None:
         """Commits `unit` to `slot`. Map chunks wait in `slot.outgoing` until the end of
@@ -264,8 +302,8 @@ class Engine:
         job.outstanding += 1
         if unit.tag == TASK:
             slot.outgoing.append(unit)
-        else:
-            self.hub.post(slot.index, unit.tag, job.id, unit.seq, 0, unit.payload)
+        else:  # a call: the worker is woken once per pump (`_pump`)
+            self.hub.post(slot.index, unit.tag, job.id, unit.seq, 0, unit.payload, False)
 
     def _ship(self, slot: Slot) -> None:
         """Sends the map chunks committed to `slot`: one message per run of chunks of the
@@ -307,7 +345,7 @@ class Engine:
         if job.outstanding or (job.has_more() and not job.finished) or job.id not in self.jobs:
             return
         del self.jobs[job.id]
-        if job in self.active:
+        if isinstance(job, MapJob) and job in self.active:
             self.active.remove(job)
         if job.func_payload is not None:
             for s in self.slots:
@@ -425,6 +463,7 @@ class Engine:
             job.fail(err)
         self.jobs.clear()
         self.active.clear()
+        self.calls.clear()
         self._kill_all()
         self.closing = True
         self.feed_wanted.set()
@@ -491,6 +530,7 @@ class Engine:
                     job.fail(exc)
             self.jobs.clear()
             self.active.clear()
+            self.calls.clear()
             self._kill_all()
         self.feed_wanted.set()
         self.hub.wake()

@@ -104,19 +104,47 @@ class Job:
         self.done(unit, False, exc, 0)
 
 
+class CallCosts:
+    """What calls of each function took lately (a moving average, by the function's id):
+    calls are jobs of their own, and this is how a call's cost is known before it runs."""
+
+    __slots__ = ("seconds",)
+    #: Functions remembered; past this the memory starts afresh.
+    MOST = 1024
+
+    def __init__(self) -> None:
+        self.seconds: dict[int, float] = {}
+
+    def get(self, fn: Callable) -> float | None:
+        return self.seconds.get(id(fn))
+
+    def add(self, fn: Callable, seconds: float) -> None:
+        known = self.seconds.get(id(fn))
+        if known is None and len(self.seconds) >= self.MOST:
+            self.seconds.clear()
+        self.seconds[id(fn)] = seconds if known is None else 0.75 * known + 0.25 * seconds
+
+
 class CallJob(Job):
     """One function call: apply_async or submit. `on_done(ok, value)` gets the outcome."""
 
-    unmeasured_limit = 2  # every call is a job of its own: its cost is never measured
+    unmeasured_limit = 2  # until calls of its function were timed
 
     def __init__(self, fn: Callable, args: tuple, kwargs: dict, on_done: Callable[[bool, Any], None],
-                 on_start: Callable[[], bool] | None = None, main: MainNames | None = None):
+                 on_start: Callable[[], bool] | None = None, main: MainNames | None = None,
+                 costs: CallCosts | None = None):
         super().__init__()
         self.fn, self.args, self.kwargs, self.main = fn, args, kwargs, main
         self.on_done, self.on_start = on_done, on_start
+        self.costs = costs
         self.sent = False
 
+    def unit_seconds(self) -> float | None:
+        return None if self.costs is None else self.costs.get(self.fn)
+
     def next_unit(self, cap: int | None = None) -> Unit | None:
+        if self.finished:
+            return None
         if self.requeued:
             return self.requeued.popleft()
         if self.sent:
@@ -138,6 +166,8 @@ class CallJob(Job):
 
     def done(self, unit: Unit, ok: bool, value: Any, elapsed_ns: int) -> None:
         self.finished = True
+        if elapsed_ns and self.costs is not None:
+            self.costs.add(self.fn, elapsed_ns * 1e-9)
         self.on_done(ok, value)
 
     def fail(self, exc: BaseException) -> None:
