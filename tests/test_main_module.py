@@ -397,3 +397,45 @@ ALIGNED = textwrap.dedent(
 def test_a_result_that_cannot_be_pickled_fails_in_its_place_as_with_the_stdlib(tmp_path) -> None:
     outs = side_by_side(tmp_path, ALIGNED)
     assert outs[0] == outs[1] == "300 [150] MaybeEncodingError"
+
+
+STREAMING = textwrap.dedent(
+    """
+    import sys, threading
+    if sys.argv[1] == "paralelo":
+        from paralelo import Pool
+    else:
+        from multiprocessing import Pool
+
+    def double(x):
+        return 2 * x
+
+    if __name__ == "__main__":
+        with Pool(2) as pool:
+            # imap() returns before the input gives anything...
+            opened = threading.Event()
+            def late():
+                assert opened.wait(30), "imap() read the input on the caller's thread"
+                yield 1
+            it = pool.imap(double, late())
+            opened.set()
+            print(list(it))
+            # ...and each item goes out as soon as it is read: a live input (a socket, a
+            # queue) that waits for the first result before giving the second.
+            for imap in (pool.imap, pool.imap_unordered):
+                got = threading.Event()
+                def live():
+                    yield 1
+                    assert got.wait(30), "the first item was held back until more input came"
+                    yield 2
+                it = imap(double, live())
+                first = next(it)
+                got.set()
+                print(first, list(it))
+    """
+)
+
+
+def test_imap_returns_at_once_and_streams_a_live_input(tmp_path) -> None:
+    outs = side_by_side(tmp_path, STREAMING)
+    assert outs[0] == outs[1] == "[2]\n2 [4]\n2 [4]"

@@ -128,7 +128,7 @@ class IMapIterator:
         job = self.job
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if job is not None and not job.fed_all and job.sliceable is None:
+            if job is not None and not job.fed_all and job.sliceable is None and job.reader is None:
                 # The input is read here, on the consumer's thread (never by the collector):
                 # then dispatched.
                 job.feed()
@@ -164,6 +164,8 @@ class IMapIterator:
         # on every result: each restart takes the engine lock from the collector.
         if job is not None and job.held and job.sent_items - self._yielded <= job.ahead_limit() // 2:
             self._engine.kick()
+        if job is not None and job.reader is not None and not job.fed_all:
+            job.starved()  # room was made: the reader may read on
         if not ok:
             if self.stop_after_error:
                 self._stopped = True  # nothing after it, as in multiprocessing

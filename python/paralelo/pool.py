@@ -236,8 +236,9 @@ class Pool:
         hold = 4 * _engine.MAX_INFLIGHT * self._processes
         job = self._engine.map_job(func, iterable, star, chunksize, it, hold)
         it.job = job
-        job.feed()  # the first read-ahead, on the caller's thread
         self._engine.submit(job)
+        if job.sliceable is None:
+            self._engine.stream(job)  # returns at once: a thread reads the input
         return it
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> IMapIterator:

@@ -182,6 +182,30 @@ class Engine:
         """One call of `fn` for this engine's workers."""
         return CallJob(fn, args, kwargs, on_done, on_start, self.main, self.call_costs)
 
+    def stream(self, job: MapJob) -> None:
+        """Reads a submitted lazy map's input on a thread of its own, as multiprocessing's
+        task handler does: the call that made the map returns at once, each item goes out
+        as soon as it is read, and a slow or live input (a socket, a queue) never holds
+        back results already in. It reads at most the job's read-ahead beyond what the
+        consumer took, sleeping until the consumer or dispatch wants more."""
+        wanted = threading.Event()
+        job.on_starved = wanted.set
+
+        def live() -> bool:
+            return not (job.fed_all or job.finished or job.id not in self.jobs or self.broken is not None)
+
+        def read() -> None:
+            while live():
+                if job.read_room() <= 0:
+                    wanted.wait()  # set once room is made (or the job ends); then look again
+                    wanted.clear()
+                    continue
+                job.feed(self.kick)
+                self.kick()
+
+        job.reader = threading.Thread(target=read, name="paralelo-reader", daemon=True)
+        job.reader.start()
+
     def kick(self) -> None:
         """Dispatches again (a lazy job's consumer made room, or fed more input)."""
         if os.getpid() != self.pid:
@@ -490,7 +514,7 @@ class Engine:
             maps = [job for job in self.active if isinstance(job, MapJob)]
             for job in maps:
                 job.hold = None  # nobody need consume them any more
-            lazy = [job for job in maps if job.sliceable is None]
+            lazy = [job for job in maps if job.sliceable is None and job.reader is None]
             if lazy and self.feeder is None:
                 # Like multiprocessing, lazily read inputs still run to their end even if
                 # nobody consumes them; unlike it, close() returns at once and the input is
@@ -512,7 +536,7 @@ class Engine:
         for job in self.feeding:
             while live(job):
                 self.feed_wanted.clear()
-                job.feed()
+                job.feed(self.kick)
                 self.kick()
                 if live(job):
                     self.feed_wanted.wait()

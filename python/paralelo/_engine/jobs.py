@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 import weakref
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -20,6 +21,9 @@ from .sink import MapSink
 _job_ids = itertools.count(1)
 #: The most items a lazy map reads ahead of its consumer (or of dispatch, after close()).
 READ_AHEAD_ITEMS = 1 << 16
+#: A streaming reader hands what it read to dispatch once reading took this long, so a
+#: slow input's items go out one by one and a fast one's in large batches.
+STREAM_SECONDS = 0.001
 #: Unit tickets, unique in this process: what a worker records in its slot state while it
 #: runs a unit, so a death is blamed on exactly that unit.
 _tickets = itertools.count(1)
@@ -195,9 +199,11 @@ class MapJob(Job):
             self.func_payload = by_value((fn, star, each, self.counts_items), main)
         except BaseException as e:  # noqa: BLE001 - never raw (a __reduce__ may SystemExit)
             raise pickling_failed("the function", e) from e
-        #: Set by the engine while a feeder reads this job's input after close(): called
-        #: when dispatch runs low on read items, or the job ends.
+        #: Set by the engine while a thread of its own reads this job's input (`reader`,
+        #: or the feeder after close()): called when dispatch runs low on read items, the
+        #: consumer made room, or the job ends.
         self.on_starved: Callable[[], None] | None = None
+        self.reader: threading.Thread | None = None
         self.processes = processes
         # Lists, tuples and ranges are cut with slices (C speed; a range slice pickles as
         # three numbers). Anything else is read by `feed`, on the caller's or consumer's
@@ -278,7 +284,7 @@ class MapJob(Job):
             # results, and asking would only wake it to read nothing).
             if not items:
                 self.held = True
-                if self._read_room() > 0:
+                if self.read_room() > 0:
                     self.sink.wants_input()
                 return None
             n = len(items)
@@ -297,18 +303,22 @@ class MapJob(Job):
             self.starved()
         return unit
 
-    def feed(self) -> None:
+    def feed(self, kick: Callable[[], None] | None = None) -> None:
         """Reads the input (an iterator) ahead of dispatch, up to the read-ahead limit:
         beyond what the consumer took, or (with no consumer to wait for, after close())
         beyond what was dispatched. Called without the engine lock, never on the
-        collector thread."""
+        collector thread. With `kick` (a streaming reader: see `Engine.stream`), each
+        item is handed to dispatch as soon as it is read (see `_stream`)."""
         if self.sliceable is not None or self.fed_all:
             return
         with self.feed_lock:
             if self.fed_all:
                 return
-            want = self._read_room()
+            want = self.read_room()
             if want <= 0:
+                return
+            if kick is not None:
+                self._stream(want, kick)
                 return
             batch: list = []
             ended = False
@@ -323,12 +333,43 @@ class MapJob(Job):
                 self.fed_all = ended
             self.read_items += len(batch)
 
-    def _read_room(self) -> int:
+    def _stream(self, want: int, kick: Callable[[], None]) -> None:
+        """Reads up to `want` items, each handed to dispatch at once: an input may block
+        after any item (a socket, a queue), so none may wait for the next. Dispatch is
+        kicked for the first item, whenever nothing is in flight (no result will come to
+        pick it up), and otherwise at most every STREAM_SECONDS: a slow input's items go
+        out one by one, a fast one's in batches."""
+        # Per item only what must be: deque appends are atomic (`fed_all` alone needs
+        # `fed_lock`); the clock is read every 32 items.
+        append, clock = self.fed.append, time.perf_counter
+        kicked = clock()
+        read = counted = 0
+        try:
+            for item in self.it:
+                append(item)
+                read += 1
+                if read == 1 or not self.outstanding or (not read & 31 and clock() - kicked > STREAM_SECONDS):
+                    self.read_items += read - counted
+                    counted = read
+                    kick()
+                    kicked = clock()
+                if read >= want:
+                    return
+        except BaseException as e:  # noqa: BLE001 - the input itself raised
+            self.input_error = e
+        finally:
+            self.read_items += read - counted
+        with self.fed_lock:
+            self.fed_all = True
+
+    def read_room(self) -> int:
         """How many items the reader may read now: the read-ahead beyond what the consumer
-        took or, with no consumer to wait for (after close()), beyond what was dispatched."""
-        if self.hold is None:
+        took or, with no consumer to wait for (after close(), or it was dropped), beyond
+        what was dispatched."""
+        sink = self._sink()
+        if self.hold is None or sink is None:
             return self.ahead_limit() - len(self.fed)
-        return self.ahead_limit() - (self.read_items - self.sink.consumed_items())
+        return self.ahead_limit() - (self.read_items - sink.consumed_items())
 
     def has_more(self) -> bool:
         return bool(self.requeued) or not (self.input_done or self.finished)
