@@ -439,3 +439,83 @@ STREAMING = textwrap.dedent(
 def test_imap_returns_at_once_and_streams_a_live_input(tmp_path) -> None:
     outs = side_by_side(tmp_path, STREAMING)
     assert outs[0] == outs[1] == "[2]\n2 [4]\n2 [4]"
+
+
+LIMITS = textwrap.dedent(
+    """
+    import ctypes, os, signal, sys, time
+    import paralelo
+
+    def nap(x):
+        time.sleep(x)
+        return x
+
+    def die_once(marker, how):
+        # Dies the first time (its marker file does not exist yet), succeeds when retried.
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            ctypes.string_at(0)  # a segfault
+        return "second try"
+
+    def die_always():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def boom():
+        open("raised", "a").write("x")
+        raise ValueError("boom")
+
+    if __name__ == "__main__":
+        with paralelo.Pool(2, task_timeout=0.5) as pool:
+            # A task past its limit fails alone; the others, and the pool, go on.
+            results = [pool.apply_async(nap, (t,)) for t in (0.01, 30, 0.02)]
+            print(results[0].get(10), results[2].get(10))
+            try:
+                results[1].get(10)
+            except paralelo.TimeoutError as e:
+                print(type(e).__name__, "time limit of 0.5 s" in str(e))
+            print(pool.map(nap, [0.01] * 4))
+            try:  # per call: a map whose item overruns fails with the timeout
+                pool.map(nap, [0.01, 5, 0.01], task_timeout=0.3)
+            except paralelo.TaskTimeoutError:
+                print("map timed out")
+            print(pool.apply(nap, (0.7,), task_timeout=2))  # a longer limit for this call
+        with paralelo.Pool(2, retries=1) as pool:
+            print(pool.apply(die_once, ("m1", "kill")), pool.apply(die_once, ("m2", "segv")))
+            try:
+                pool.apply(die_always)
+            except paralelo.WorkerLostError as e:
+                print("lost", "tried 2 times" in str(e))
+            try:
+                pool.apply(boom)  # an exception is never retried
+            except ValueError:
+                print("raised", open("raised").read())
+            try:
+                pool.apply(die_once, ("m4", "kill"), retries=0)
+            except paralelo.WorkerLostError:
+                print("no retry per call")
+        with paralelo.ProcessPoolExecutor(2, task_timeout=0.5, retries=1) as ex:
+            f = ex.submit(nap, 30)
+            g = ex.submit(die_once, "m5", "segv")
+            try:
+                f.result(10)
+            except TimeoutError as e:
+                print(type(e).__name__)
+            print(g.result(10), ex.submit(nap, 0.01).result(10))
+        for bad in ({"task_timeout": 0}, {"task_timeout": "1"}, {"retries": -1}):
+            try:
+                paralelo.Pool(1, **bad)
+            except (TypeError, ValueError) as e:
+                print(type(e).__name__)
+    """
+)
+
+
+def test_task_time_limits_and_retries(tmp_path) -> None:
+    [out] = side_by_side(tmp_path, LIMITS, ("paralelo",))
+    assert out.splitlines() == [
+        "0.01 0.02", "TaskTimeoutError True", "[0.01, 0.01, 0.01, 0.01]", "map timed out", "0.7",
+        "second try second try", "lost True", "raised x", "no retry per call",
+        "TaskTimeoutError", "second try 0.01", "ValueError", "TypeError", "ValueError",
+    ]

@@ -29,6 +29,7 @@ from ._errors import (
     ResultUnpicklingError,
     TaskUnpicklingError,
     TimeoutError,
+    TaskTimeoutError,
     WorkerLostError,
 )
 from .context import (
@@ -66,6 +67,7 @@ __all__ = [
     "TaskUnpicklingError",
     "ThreadPoolExecutor",
     "TimeoutError",
+    "TaskTimeoutError",
     "WorkerLostError",
     "as_completed",
     "cpu_count",

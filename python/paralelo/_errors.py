@@ -32,6 +32,12 @@ class WorkerLostError(BrokenProcessPool):
     """
 
 
+class TaskTimeoutError(builtins.TimeoutError):
+    """A task ran past its time limit (``task_timeout``): its worker was killed and
+    replaced, and only this task fails. A ``TimeoutError``, so ``except
+    paralelo.TimeoutError`` catches it."""
+
+
 class TaskUnpicklingError(BrokenProcessPool):
     """A task (its function or its arguments) could not be unpickled in the worker. The
     message names what happened; ``__cause__`` carries the worker's traceback. Only this

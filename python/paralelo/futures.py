@@ -20,14 +20,21 @@ class ProcessPoolExecutor(_cf.Executor):
 
     ``submit`` returns a standard ``concurrent.futures.Future``, so ``as_completed``,
     ``wait``, ``asyncio.wrap_future`` and ``loop.run_in_executor`` work unchanged.
-    Functions travel by value (cloudpickle): lambdas and closures work. A worker that dies
-    fails only the task it ran (``WorkerLostError``, a ``BrokenProcessPool``); the
-    executor replaces it and stays usable.
+    Workers are forked from a copy of this process made when the executor is made, so
+    they see its globals and the initializer's arguments as multiprocessing's fork does;
+    lambdas, closures and functions defined later travel by value (cloudpickle). A worker
+    that dies fails only the task it ran (``WorkerLostError``, a ``BrokenProcessPool``);
+    the executor replaces it and stays usable.
+
+    Beyond the standard library: ``task_timeout`` (seconds) kills the worker of a task
+    that runs longer and fails that task with ``TaskTimeoutError``; ``retries`` runs a
+    task again, that many times, when its worker dies under it (never when it raises).
     """
 
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,
                  initializer: Callable | None = None, initargs: tuple = (), *,
-                 max_tasks_per_child: int | None = None) -> None:
+                 max_tasks_per_child: int | None = None, task_timeout: float | None = None,
+                 retries: int = 0) -> None:
         if max_workers is None:
             max_workers = default_workers()
         max_workers = operator.index(max_workers)  # TypeError for 2.0 or "2", as the stdlib
@@ -42,7 +49,8 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise ValueError("max_tasks_per_child must be >= 1")
         self._max_workers = max_workers
         self._engine = _engine.Engine(max_workers, initializer, tuple(initargs), max_tasks_per_child,
-                                      kind="ForkProcess", daemon=False)
+                                      kind="ForkProcess", daemon=False,
+                                      task_timeout=task_timeout, retries=retries)
         self._engine.finish_at_exit = True  # like concurrent.futures: pending work still runs
         self._shutdown_lock = threading.Lock()
         self._shutdown = False

@@ -151,13 +151,19 @@ def _map_fold(map_function: Callable, reduce_function: Callable, block: list) ->
 class Pool:
     """A pool of worker processes with the API of ``multiprocessing.Pool``.
 
-    Functions travel by value (cloudpickle), so lambdas, closures and functions defined in
-    ``__main__`` work. ``chunksize=None`` (the default everywhere) picks chunk sizes from
-    measured task durations. Adds ``reduce`` and ``map_reduce``.
+    Workers are forked from a copy of this process made when the pool is made (see
+    ``paralelo._zygote``): like multiprocessing's fork, they see its globals, cwd,
+    environment and logging, and what the initializer sets, and objects that can only be
+    inherited work as ``initargs``. Functions of ``__main__`` travel by reference;
+    lambdas, closures and functions defined after the pool by value (cloudpickle).
+    ``chunksize=None`` (the default everywhere) picks chunk sizes from measured task
+    durations. Adds ``reduce`` and ``map_reduce``, per-task time limits
+    (``task_timeout``) and ``retries`` for tasks whose worker died.
     """
 
     def __init__(self, processes: int | None = None, initializer: Callable | None = None,
-                 initargs: Iterable = (), maxtasksperchild: int | None = None, context: Any = None) -> None:
+                 initargs: Iterable = (), maxtasksperchild: int | None = None, context: Any = None, *,
+                 task_timeout: float | None = None, retries: int = 0) -> None:
         if processes is None:
             processes = default_workers()
         processes = operator.index(processes)  # TypeError for 2.0 or "2", as multiprocessing
@@ -168,7 +174,8 @@ class Pool:
         if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
             raise ValueError("maxtasksperchild must be a positive int or None")
         self._processes = processes
-        self._engine = _engine.Engine(processes, initializer, tuple(initargs), maxtasksperchild)
+        self._engine = _engine.Engine(processes, initializer, tuple(initargs), maxtasksperchild,
+                                      task_timeout=task_timeout, retries=retries)
         self._state = "RUN"
         self._finalizer = weakref.finalize(self, self._engine.terminate)
         self._finalizer.atexit = False  # at exit, _engine's own hook decides (finish or stop)
@@ -182,73 +189,87 @@ class Pool:
 
     # -- single calls -----------------------------------------------------------
 
-    def apply(self, func: Callable, args: tuple = (), kwds: dict | None = None) -> Any:
+    def apply(self, func: Callable, args: tuple = (), kwds: dict | None = None, *, task_timeout: float | None = None, retries: int | None = None) -> Any:
         """Calls ``func(*args, **kwds)`` in a worker and returns its result."""
-        return self.apply_async(func, args, kwds).get()
+        return self.apply_async(func, args, kwds, task_timeout=task_timeout, retries=retries).get()
 
     def apply_async(self, func: Callable, args: tuple = (), kwds: dict | None = None,
-                    callback: Callable | None = None, error_callback: Callable | None = None) -> AsyncResult:
-        """Starts ``func(*args, **kwds)`` in a worker; returns an AsyncResult."""
+                    callback: Callable | None = None, error_callback: Callable | None = None, *,
+                    task_timeout: float | None = None, retries: int | None = None) -> AsyncResult:
+        """Starts ``func(*args, **kwds)`` in a worker; returns an AsyncResult.
+
+        Here and in every map: ``task_timeout`` (seconds) kills a task's worker if the task
+        runs longer, failing it with ``TaskTimeoutError``; ``retries`` runs a task again
+        that many times if its worker dies under it (never if the task raises). Both
+        default to the pool's own."""
         self._check_running()
         result = AsyncResult(callback, error_callback)
         result._pool = self  # a result keeps its pool alive, as in multiprocessing
-        self._engine.submit(self._engine.call_job(func, tuple(args), dict(kwds or {}), result._set))
+        self._engine.submit(self._engine.call_job(func, tuple(args), dict(kwds or {}), result._set,
+                                                  task_timeout=task_timeout, retries=retries))
         return result
 
     # -- maps -------------------------------------------------------------------
 
     def _map_async(self, func: Callable, iterable: Iterable, star: bool, chunksize: int | None,
-                   callback: Callable | None, error_callback: Callable | None) -> MapResult:
+                   callback: Callable | None, error_callback: Callable | None,
+                   task_timeout: float | None, retries: int | None) -> MapResult:
         self._check_running()
         _check_chunksize(chunksize)
         if type(iterable) not in (list, tuple, range):
             iterable = list(iterable)  # as multiprocessing does: read here, on the caller's thread
         result = MapResult(callback, error_callback)
         result._pool = self
-        self._engine.submit(self._engine.map_job(func, iterable, star, chunksize, result))
+        self._engine.submit(self._engine.map_job(func, iterable, star, chunksize, result,
+                                                 task_timeout=task_timeout, retries=retries))
         return result
 
-    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
+    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *, task_timeout: float | None = None, retries: int | None = None) -> list:
         """``[func(x) for x in iterable]``, computed in parallel, in order."""
-        return self._map_async(func, iterable, False, chunksize, None, None).get()
+        return self._map_async(func, iterable, False, chunksize, None, None, task_timeout, retries).get()
 
     def map_async(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
-                  callback: Callable | None = None, error_callback: Callable | None = None) -> MapResult:
+                  callback: Callable | None = None, error_callback: Callable | None = None, *,
+                  task_timeout: float | None = None, retries: int | None = None) -> MapResult:
         """Like ``map``, returning an AsyncResult."""
-        return self._map_async(func, iterable, False, chunksize, callback, error_callback)
+        return self._map_async(func, iterable, False, chunksize, callback, error_callback, task_timeout, retries)
 
-    def starmap(self, func: Callable, iterable: Iterable[Iterable], chunksize: int | None = None) -> list:
+    def starmap(self, func: Callable, iterable: Iterable[Iterable], chunksize: int | None = None, *,
+                task_timeout: float | None = None, retries: int | None = None) -> list:
         """``[func(*args) for args in iterable]``, in parallel, in order."""
-        return self._map_async(func, iterable, True, chunksize, None, None).get()
+        return self._map_async(func, iterable, True, chunksize, None, None, task_timeout, retries).get()
 
     def starmap_async(self, func: Callable, iterable: Iterable[Iterable], chunksize: int | None = None,
-                      callback: Callable | None = None, error_callback: Callable | None = None) -> MapResult:
+                      callback: Callable | None = None, error_callback: Callable | None = None, *,
+                      task_timeout: float | None = None, retries: int | None = None) -> MapResult:
         """Like ``starmap``, returning an AsyncResult."""
-        return self._map_async(func, iterable, True, chunksize, callback, error_callback)
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback, task_timeout, retries)
 
     def _imap(self, func: Callable, iterable: Iterable, chunksize: int | None, ordered: bool,
-              star: bool = False) -> IMapIterator:
+              task_timeout: float | None, retries: int | None) -> IMapIterator:
         self._check_running()
         _check_chunksize(chunksize)
         it = (IMapIterator if ordered else IMapUnorderedIterator)(self._engine, ordered)
         it._pool = self
         it.stop_after_error = chunksize is not None and chunksize > 1
         hold = 4 * _engine.MAX_INFLIGHT * self._processes
-        job = self._engine.map_job(func, iterable, star, chunksize, it, hold)
+        job = self._engine.map_job(func, iterable, False, chunksize, it, hold, task_timeout, retries)
         it.job = job
         self._engine.submit(job)
         if job.sliceable is None:
             self._engine.stream(job)  # returns at once: a thread reads the input
         return it
 
-    def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> IMapIterator:
+    def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *,
+             task_timeout: float | None = None, retries: int | None = None) -> IMapIterator:
         """Lazy ``map``: yields results in order as they come. Reads the input only as
         fast as results are consumed (a bounded number ahead)."""
-        return self._imap(func, iterable, chunksize, True)
+        return self._imap(func, iterable, chunksize, True, task_timeout, retries)
 
-    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> IMapIterator:
+    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *,
+                       task_timeout: float | None = None, retries: int | None = None) -> IMapIterator:
         """Like ``imap``, yielding results in the order they finish."""
-        return self._imap(func, iterable, chunksize, False)
+        return self._imap(func, iterable, chunksize, False, task_timeout, retries)
 
     # -- reductions ---------------------------------------------------------------
 

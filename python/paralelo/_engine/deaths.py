@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .._errors import WorkerLostError, broken
+from .._errors import TaskTimeoutError, WorkerLostError, broken
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -53,11 +53,22 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
         unit.job.outstanding -= 1
         if batch_job is not None and unit.job is batch_job:
             unit.solo = True  # died unpickling a batch: retry its units one by one
-        if death is not None and kind == "running" and unit.seq == ticket:
-            err = WorkerLostError(f"the worker process (pid {slot.pid}) running this task died: {death}")
+        job = unit.job
+        if slot.timed_out and unit is slot.timed:
+            unit.job.lost(unit, TaskTimeoutError(
+                f"the task ran past its time limit of {job.timeout:g} s: its worker process "
+                f"(pid {slot.pid}) was killed and replaced"))
+            engine.forget_if_done(job)
+        elif death is not None and kind == "running" and unit.seq == ticket:
+            if unit.tries < job.retries:
+                unit.tries += 1  # lost to its worker's death, not to its own exception
+                engine.requeue(unit)
+                continue
+            tried = f" (tried {unit.tries + 1} times)" if unit.tries else ""
+            err = WorkerLostError(f"the worker process (pid {slot.pid}) running this task died{tried}: {death}")
             err.__cause__ = cause
-            unit.job.lost(unit, err)
-            engine.forget_if_done(unit.job)
+            job.lost(unit, err)
+            engine.forget_if_done(job)
         else:
             engine.requeue(unit)
     if (not engine.closing or engine.jobs) and engine.broken is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import operator
 import multiprocessing.process as mpp
 import os
 import pickle
@@ -20,7 +21,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from .. import _native, _zygote
 from .._worker import Setup
@@ -41,6 +42,7 @@ MAX_INFLIGHT = 256
 SHIP_UNITS = 64
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_J = TypeVar("_J", bound=Job)
 
 # Completions that run user code (callbacks, Future done-callbacks) found while a thread
 # holds an engine lock: they run once it is released, so a callback that takes the user's
@@ -80,7 +82,9 @@ class Engine:
     """Worker processes on a hub, fed by jobs. Thread-safe."""
 
     def __init__(self, processes: int, initializer: Callable | None = None, initargs: tuple = (),
-                 maxtasks: int | None = None, kind: str = "ForkPoolWorker", daemon: bool = True) -> None:
+                 maxtasks: int | None = None, kind: str = "ForkPoolWorker", daemon: bool = True,
+                 task_timeout: float | None = None, retries: int = 0) -> None:
+        self.task_timeout, self.retries = check_limits(task_timeout, retries)
         self.processes = processes
         self.lock = threading.RLock()
         self.hub = _native.Hub(processes, RING_BYTES)
@@ -150,6 +154,7 @@ class Engine:
         slot.answered = False
         slot.loaded = set()
         slot.taken = 0
+        slot.timed, slot.timed_out = None, False
         self.hub.watch(slot.index, slot.pid, slot.pidfd)
 
     def pids(self) -> list[int]:
@@ -173,14 +178,25 @@ class Engine:
             self._pump()
 
     def map_job(self, fn: Callable, iterable: Iterable, star: bool, chunksize: int | None,
-                sink: MapSink, hold: int | None = None) -> MapJob:
-        """A map job shaped for this engine's workers (their count, their maxtasks)."""
-        return MapJob(self.processes, fn, iterable, star, chunksize, sink, hold, self.maxtasks, self.main)
+                sink: MapSink, hold: int | None = None, task_timeout: float | None = None,
+                retries: int | None = None) -> MapJob:
+        """A map job shaped for this engine's workers (their count, their maxtasks), with
+        the engine's time limit and retries unless given."""
+        job = MapJob(self.processes, fn, iterable, star, chunksize, sink, hold, self.maxtasks, self.main)
+        return self._limited(job, task_timeout, retries)
 
     def call_job(self, fn: Callable, args: tuple, kwargs: dict, on_done: Callable[[bool, Any], None],
-                 on_start: Callable[[], bool] | None = None) -> CallJob:
-        """One call of `fn` for this engine's workers."""
-        return CallJob(fn, args, kwargs, on_done, on_start, self.main, self.call_costs)
+                 on_start: Callable[[], bool] | None = None, task_timeout: float | None = None,
+                 retries: int | None = None) -> CallJob:
+        """One call of `fn` for this engine's workers (limits as for `map_job`)."""
+        job = CallJob(fn, args, kwargs, on_done, on_start, self.main, self.call_costs)
+        return self._limited(job, task_timeout, retries)
+
+    def _limited(self, job: _J, task_timeout: float | None, retries: int | None) -> _J:
+        job.timeout, job.retries = check_limits(
+            self.task_timeout if task_timeout is None else task_timeout,
+            self.retries if retries is None else retries)
+        return job
 
     def stream(self, job: MapJob) -> None:
         """Reads a submitted lazy map's input on a thread of its own, as multiprocessing's
@@ -283,10 +299,14 @@ class Engine:
                     return units
             t = job.unit_seconds()
             room = min(self._limit(job, t) - len(slot.inflight), 1 if t is None else SHIP_UNITS)
+            cap = left if job.counts_items else None
+            if job.timeout is not None:  # to an idle worker only, timed one by one
+                room = 0 if slot.inflight else 1
+                cap = 1 if job.counts_items else cap
             if room > 0:
                 if left is not None and not job.counts_items:
                     room = min(room, left)
-                units = job.next_units(room, left if job.counts_items else None)
+                units = job.next_units(room, cap)
                 if units:
                     return units
             if job.has_more() or room <= 0:
@@ -303,11 +323,15 @@ class Engine:
         head = calls[0]
         t = head.unit_seconds()
         room = min(self._limit(head, t) - len(slot.inflight), 1 if t is None else SHIP_UNITS)
+        if head.timeout is not None:
+            room = 0 if slot.inflight else 1  # to an idle worker only (see Job.timeout)
         if left is not None:
             room = min(room, left)
         out: list[Unit] = []
         while calls and len(out) < room:
             job = calls[0]
+            if out and job.timeout is not None:
+                break  # a call with a time limit goes alone
             unit = job.next_unit()
             if not job.requeued:
                 calls.popleft()
@@ -324,6 +348,10 @@ class Engine:
         slot.inflight[unit.seq] = unit
         slot.taken += unit.count if job.counts_items else 1
         job.outstanding += 1
+        if job.timeout is not None:
+            unit.deadline = time.monotonic() + job.timeout
+            slot.timed = unit
+            self.hub.wake()  # the collector's wait must end by this deadline
         if unit.tag == TASK:
             slot.outgoing.append(unit)
         else:  # a call: the worker is woken once per pump (`_pump`)
@@ -401,9 +429,10 @@ class Engine:
     def _collect_loop(self) -> None:
         recv = self.hub.recv
         while True:
-            # Results, room for outboxes, deaths and wake() all end this wait.
-            msgs, events = recv(None)
+            # Results, room for outboxes, deaths, wake() and time limits end this wait.
+            msgs, events = recv(self._until_deadline())
             with self.locked():
+                self._expire()
                 for slot_i, tag, job_id, seq, aux, payload in msgs:
                     self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
                 for kind, slot_i, pid, exc in events:
@@ -416,6 +445,24 @@ class Engine:
                             self.hub.post(s.index, EXIT, 0, 0, 0, b"")
                 if self.closing and not any(s.alive for s in self.slots):
                     break
+
+    def _until_deadline(self) -> float | None:
+        """Seconds until the first running unit's time limit, None if none has one."""
+        deadlines = [s.timed.deadline for s in self.slots if s.timed is not None and not s.timed_out]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _expire(self) -> None:
+        """Kills the workers whose timed unit ran past its limit; their deaths fail it."""
+        now = time.monotonic()
+        for s in self.slots:
+            unit = s.timed
+            if unit is None or s.timed_out:
+                continue
+            if unit.seq not in s.inflight:
+                s.timed = None  # answered in time
+            elif now >= unit.deadline:
+                s.timed_out = True
+                self._kill(s)
 
     def _event(self, slot: Slot, kind: str, pid: int, exc: BaseException | None) -> None:
         if not slot.alive or slot.pid != pid:
@@ -567,6 +614,19 @@ class Engine:
         if self.feeder is not None and threading.current_thread() is not self.feeder:
             self.feeder.join(timeout)
         self.thread.join(None if end is None else max(0.0, end - time.monotonic()))
+
+
+def check_limits(task_timeout: float | None, retries: int) -> tuple[float | None, int]:
+    """Validated `(task_timeout, retries)`: a positive number of seconds (or None), a count."""
+    if task_timeout is not None:
+        if isinstance(task_timeout, bool) or not isinstance(task_timeout, (int, float)):
+            raise TypeError(f"task_timeout must be a number of seconds or None, not {type(task_timeout).__name__}")
+        if not task_timeout > 0:
+            raise ValueError(f"task_timeout must be greater than 0, not {task_timeout!r}")
+    retries = operator.index(retries)
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, not {retries}")
+    return (None if task_timeout is None else float(task_timeout)), retries
 
 
 def _unloadable_result(e: BaseException) -> ResultUnpicklingError:

@@ -33,12 +33,14 @@ class Unit:
     """One schedulable piece of work: a chunk of a map job (`payload` holds its items until
     sent) or one call (`payload` is the pickled call). `seq` is its ticket."""
 
-    __slots__ = ("job", "seq", "tag", "payload", "start", "count", "solo")
+    __slots__ = ("job", "seq", "tag", "payload", "start", "count", "solo", "tries", "deadline")
 
     def __init__(self, job: Job, tag: int, payload: Any, start: int = 0, count: int = 1):
         self.job, self.seq, self.tag, self.payload = job, next(_tickets), tag, payload
         self.start, self.count = start, count
         self.solo = False  # travels in a message of its own (a batch it was in killed a worker)
+        self.tries = 0  # times it was run again after its worker died running it
+        self.deadline = 0.0  # with a time limit: when its worker is killed (monotonic)
 
 
 class Job:
@@ -49,6 +51,11 @@ class Job:
     unmeasured_limit = 1
     #: Whether a worker's maxtasks counts this job's items (else its units).
     counts_items = False
+    #: Seconds a unit may run before its worker is killed and it fails (None: no limit).
+    #: A unit with a limit goes only to an idle worker, so it starts when it is sent.
+    timeout: float | None = None
+    #: Times a unit whose worker died running it is run again before it fails.
+    retries = 0
 
     def __init__(self) -> None:
         self.id = next(_job_ids)

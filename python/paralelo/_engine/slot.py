@@ -12,7 +12,7 @@ class Slot:
     """One worker process and what it holds."""
 
     __slots__ = ("index", "pid", "pidfd", "inflight", "loaded", "alive", "outgoing", "answered",
-                 "corrupt", "taken")
+                 "corrupt", "taken", "timed", "timed_out")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -25,3 +25,5 @@ class Slot:
         self.answered = False  # its worker has sent anything since it started
         self.corrupt: BaseException | None = None  # its ring broke the protocol: being killed
         self.taken = 0  # what its worker counts toward maxtasks: items or units sent to it
+        self.timed: Unit | None = None  # the unit with a time limit it runs, if any
+        self.timed_out = False  # `timed` ran past its limit: its worker is being killed
