@@ -1,6 +1,6 @@
-"""Functions, classes and globals defined in ``__main__`` (a script, a notebook) work in
-workers — multiprocessing's spawn and forkserver cannot do this — whether the zygote was
-forked from the parent or started fresh (a parent that already had threads)."""
+"""Scripts as users write them (functions, classes and globals in ``__main__``, a script
+or a notebook), run with paralelo beside the standard library, whether or not the parent
+already had threads when it made the pool."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
         return a + b
 
     if __name__ == "__main__":
-        if sys.argv[1] == "threaded":  # threads first: the zygote must be exec'ed
+        if sys.argv[1] == "threaded":  # threads first: the pool's fork copies a threaded parent
             stop = threading.Event()
             threading.Thread(target=stop.wait, daemon=True).start()
         with paralelo.Pool(2) as pool:

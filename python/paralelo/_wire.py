@@ -1,6 +1,7 @@
 """The messages between the parent and its workers: tags and what each carries.
 
-Parent → worker: INIT, FUNC, TASK, TASKS, CALL, DROP, EXIT.
+Parent → worker: FUNC, TASK, TASKS, CALL, DROP, EXIT (the initializer is inherited: see
+``_worker.Setup``).
 Worker → parent: OK, OK_ARRAY, ERR, RESULTS, BYE, INIT_ERR.
 
 Every frame carries ``(tag, job, seq, aux)`` in its header (see the engine's ring
@@ -12,7 +13,6 @@ pickling and the wake-ups are shared. Payloads are pickles (see ``_pickling``).
 
 from __future__ import annotations
 
-INIT = 1  # payload: cloudpickle((initializer, initargs, maxtasks))
 FUNC = 2  # job: payload cloudpickle((function, star, each))
 TASK = 3  # job, seq=ticket: payload pickle(list of items)
 CALL = 4  # job, seq=ticket: payload cloudpickle((function, args, kwargs))

@@ -51,10 +51,16 @@ import signal
 import socket
 import struct
 import threading
+import warnings
 import weakref
 from typing import Any
 
 from . import _native
+
+# Python 3.12+ warns on every fork of a threaded process; forking one is this module's
+# design (see above), so the warning is silenced for this module's own fork only.
+warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning,
+                        module=__name__)
 
 #: Every zygote this process made and has not closed: a forked child closes their sockets.
 _zygotes: weakref.WeakSet[Zygote] = weakref.WeakSet()

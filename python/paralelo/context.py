@@ -1,8 +1,9 @@
 """multiprocessing's context functions, for code written against multiprocessing.
 
-paralelo has one way to start workers (forked from a single-threaded zygote, see
-``_zygote``), which is safe wherever ``spawn`` is and as fast as ``fork``. The start
-method names are accepted and reported so that code choosing one keeps running.
+paralelo has one way to start workers: each pool forks a copy of the parent when it is
+made, and that copy forks the workers (see ``_zygote``), so they see the parent as
+multiprocessing's ``fork`` shows it. The start method names are accepted and reported so
+that code choosing one keeps running.
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ def get_context(method: str | None = None) -> Context:
 
 
 def get_start_method(allow_none: bool = False) -> str | None:
-    """The start method set with ``set_start_method``, else 'forkserver' (what paralelo's
-    zygote is); with ``allow_none``, None if none was set."""
+    """The start method set with ``set_start_method``, else 'fork' (what workers see is
+    what fork gives); with ``allow_none``, None if none was set."""
     if _method is None and allow_none:
         return None
-    return _method or "forkserver"
+    return _method or "fork"
 
 
 def set_start_method(method: str | None, force: bool = False) -> None:
