@@ -121,6 +121,7 @@ def test_a_pool_ends_with_its_zygote() -> None:
         getattr(pool, end)()
         pool.join()
         assert _wait_gone([zygote]) == []
+        pool._engine.thread.join(10)  # which reaps the zygote after join() returned
         with pytest.raises(ChildProcessError):
             os.waitpid(zygote, os.WNOHANG)  # already reaped: no zombie left
     with paralelo.Pool(1) as pool:

@@ -97,15 +97,20 @@ class Zygote:
         self.pid = pid
         _zygotes.add(self)
 
-    def close(self) -> None:
-        """Ends the zygote (and any child it still has) and reaps it."""
+    def close(self, wait: bool = True) -> None:
+        """Ends the zygote (and any child it still has); with `wait`, reaps it too."""
         with self._lock:
             if self.sock.fileno() < 0:
                 return
             _zygotes.discard(self)
             self.sock.close()
+        if wait:
+            self.reap()
+
+    def reap(self) -> None:
+        """Waits for the closed zygote to exit (it does as soon as it sees its socket close)."""
         try:
-            os.waitpid(self.pid, 0)  # it exits as soon as it sees the socket close
+            os.waitpid(self.pid, 0)
         except ChildProcessError:
             pass
 

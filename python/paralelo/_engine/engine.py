@@ -124,6 +124,9 @@ class Engine:
             self.zygote.close()
             _engines.discard(self)
             raise
+        # Set when the pool is over (every worker gone): what join() waits for. The
+        # collector then still reaps the zygote, which nobody need wait for.
+        self.over = threading.Event()
         self.thread = threading.Thread(target=self._collect, name="paralelo-collector", daemon=True)
         self.thread.start()
 
@@ -417,7 +420,9 @@ class Engine:
         finally:
             with self.locked():
                 self._close_pidfds()
-            self.zygote.close()
+            self.zygote.close(wait=False)
+            self.over.set()
+            self.zygote.reap()
 
     def _close_pidfds(self) -> None:
         for s in self.slots:
@@ -613,7 +618,7 @@ class Engine:
         end = None if timeout is None else time.monotonic() + timeout
         if self.feeder is not None and threading.current_thread() is not self.feeder:
             self.feeder.join(timeout)
-        self.thread.join(None if end is None else max(0.0, end - time.monotonic()))
+        self.over.wait(None if end is None else max(0.0, end - time.monotonic()))
 
 
 def check_limits(task_timeout: float | None, retries: int) -> tuple[float | None, int]:
