@@ -2,8 +2,9 @@
 write: every case is a script whose functions live in ``__main__``, run in a fresh
 interpreter once per library, side by side in one run.
 
-    python bench/bench_dropin.py                 # every case (≈ 1 min on 2 cores)
+    python bench/bench_dropin.py                 # every case (≈ 2 min on 2 cores)
     python bench/bench_dropin.py global slow     # some: global slow imap submit list numpy
+    python bench/bench_dropin.py --repeats 3     # fewer fresh runs per case (default 5)
 
 Cases:
   global  a 400 MB numpy global built before the pool; 1,000 tiny tasks read it
@@ -16,13 +17,15 @@ Cases:
   numpy   cold start with numpy imported: create the pool, run one call, against
           ProcessPoolExecutor and multiprocessing.Pool
 
-Each script prints its own seconds; the table shows them and the ratio to the rival
-("x rival": below 1 means paralelo is faster).
+Each script prints its own seconds; each runs REPEATS times in fresh interpreters, the
+libraries taking turns, and the table shows medians and the ratio to the rival ("x rival":
+below 1 means paralelo is faster).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -149,15 +152,21 @@ def run(code: str, lib: str) -> float:
 
 
 def main() -> None:
-    chosen = [a for a in sys.argv[1:] if a in CASES] or list(CASES)
+    args = sys.argv[1:]
+    repeats = int(args[args.index("--repeats") + 1]) if "--repeats" in args else 5
+    chosen = [a for a in args if a in CASES] or list(CASES)
     rows = []
     for name in chosen:
         title, libs, code = CASES[name]
-        secs = {lib: run(code, lib) for lib in libs}
+        runs: dict[str, list[float]] = {lib: [] for lib in libs}
+        for _ in range(repeats):
+            for lib in libs:
+                runs[lib].append(run(code, lib))
+        secs = {lib: statistics.median(t) for lib, t in runs.items()}
         ours = secs["paralelo"]
         for lib in libs[1:]:
             rows.append((title, lib, f"{ours:.4f}", f"{secs[lib]:.4f}", f"{ours / secs[lib]:.2f}"))
-    table("paralelo as a drop-in: __main__ scripts, 2 workers unless noted",
+    table(f"paralelo as a drop-in: __main__ scripts, 2 workers unless noted, median of {repeats} runs",
           ("case", "rival", "paralelo s", "rival s", "x rival"), rows)
 
 

@@ -445,3 +445,37 @@ def test_bad_constructor_arguments(kwargs, error):
         stdlib_kwargs["mp_context"] = multiprocessing.get_context("spawn")
     with pytest.raises(error):
         cf.ProcessPoolExecutor(**stdlib_kwargs)
+
+
+class _Payload:
+    """Something weakly referenceable to travel as an argument or come back as a result."""
+
+
+def _make_payload(_: int) -> _Payload:
+    return _Payload()
+
+
+def _one(_: object) -> int:
+    return 1
+
+
+def test_neither_a_done_call_nor_a_result_iterator_keeps_what_it_handed_over() -> None:
+    import gc
+    import weakref
+
+    with paralelo.ProcessPoolExecutor(2) as ex:
+        arg = _Payload()
+        sent = weakref.ref(arg)
+        future = ex.submit(_one, arg)
+        assert future.result(T) == 1
+        del arg
+        gc.collect()
+        assert sent() is None, "a completed call still holds its arguments"
+        for results in (ex.map(_make_payload, range(6)), (f.result() for f in cf.as_completed(
+                [ex.submit(_make_payload, i) for i in range(6)]))):
+            got = []
+            for value in results:
+                got.append(weakref.ref(value))
+                del value
+            gc.collect()
+            assert all(w() is None for w in got), "a result iterator kept results it yielded"

@@ -170,6 +170,8 @@ class CallJob(Job):
             self.finished = True
             self.on_done(False, pickling_failed("the task", e))
             return None
+        finally:
+            self.args, self.kwargs = (), {}  # pickled (or failed): the call holds them no longer
         return Unit(self, CALL, payload)
 
     def has_more(self) -> bool:
