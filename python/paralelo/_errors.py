@@ -8,6 +8,7 @@ import multiprocessing
 import pickle
 import traceback
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 
 #: What every timeout paralelo or concurrent.futures raises is: the built-in
@@ -52,7 +53,31 @@ class ResultUnpicklingError(BrokenProcessPool):
 class ResultPicklingError(pickle.PicklingError):
     """A task's result could not be pickled in the worker (a ``pickle.PicklingError``;
     a Pool raises multiprocessing's ``MaybeEncodingError`` instead, as multiprocessing
-    does). ``__cause__`` carries the worker's traceback."""
+    does). ``__cause__`` carries the worker's traceback; ``args`` are the message, the
+    result's repr and the reason's repr (what ``MaybeEncodingError`` shows)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def unpicklable_result(result: Any, e: BaseException) -> ResultPicklingError:
+    """The error for `result`, which pickling failed on with `e` (its cause)."""
+    shown = repr(result)
+    if len(shown) > 1000:
+        shown = shown[:1000] + "..."
+    err = ResultPicklingError(f"cannot pickle the task's result: {type(e).__name__}: {e}", shown, repr(e))
+    err.__cause__ = e
+    return err
+
+
+class _Shown:
+    """Stands for a value by the repr the worker saw (MaybeEncodingError reprs its args)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 def as_pool_error(exc: BaseException) -> BaseException:
@@ -61,7 +86,8 @@ def as_pool_error(exc: BaseException) -> BaseException:
     if isinstance(exc, ResultPicklingError):
         from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 
-        err = MaybeEncodingError(exc, "<the task's result>")
+        shown, reason = exc.args[1:3] if len(exc.args) >= 3 else ("<the task's result>", repr(exc))
+        err = MaybeEncodingError(_Shown(reason), _Shown(shown))
         err.__cause__ = exc
         return err
     return exc

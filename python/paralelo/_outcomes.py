@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._errors import ResultPicklingError, dump_error, load_error
+from ._errors import dump_error, load_error, unpicklable_result
 from ._pickling import dumps
 
 
@@ -39,10 +39,8 @@ def run_each(fn: Any, star: bool, items: Any) -> list:
     return segments
 
 
-def _unpicklable(e: BaseException) -> bytes:
-    err = ResultPicklingError(f"cannot pickle the task's result: {type(e).__name__}: {e}")
-    err.__cause__ = e
-    return dump_error(err)
+def _unpicklable(value: Any, e: BaseException) -> bytes:
+    return dump_error(unpicklable_result(value, e))
 
 
 def picklable_each(values: list) -> Segments:
@@ -62,7 +60,7 @@ def picklable_each(values: list) -> Segments:
                 run.append(v)
             except BaseException as e:  # noqa: BLE001 - that item fails in its place
                 out.append((True, run))
-                out.append((False, _unpicklable(e)))
+                out.append((False, _unpicklable(v, e)))
                 run = []
         out.append((True, run))
     return out
@@ -79,6 +77,6 @@ def pack_replies(replies: list[tuple], each: bool) -> bytes:
             try:
                 dumps(value)
             except BaseException as e:  # noqa: BLE001 - that unit fails, the batch goes
-                ok, value = (True, picklable_each(value)) if ok and each else (False, _unpicklable(e))
+                ok, value = (True, picklable_each(value)) if ok and each else (False, _unpicklable(value, e))
             safe.append((ticket, ok, value, busy))
         return dumps(safe)

@@ -17,7 +17,7 @@ import multiprocessing.process
 import multiprocessing.util
 
 from . import _native, _pickling
-from ._errors import ResultPicklingError, TaskUnpicklingError, dump_error
+from ._errors import ResultPicklingError, TaskUnpicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
 from ._pickling import MainNames, dumps, pack_results
 from ._wire import BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, RESULTS, TASK, TASKS
@@ -197,7 +197,7 @@ def _pack(pack: Any, result: Any) -> Any:
     try:
         return pack(result)
     except BaseException as e:  # noqa: BLE001 - reported as the task's failure
-        raise ResultPicklingError(f"cannot pickle the task's result: {type(e).__name__}: {e}") from e
+        raise unpicklable_result(result, e) from e
 
 
 def _take_identity(setup: Setup, number: int, parent_fd: int) -> None:
