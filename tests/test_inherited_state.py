@@ -169,3 +169,27 @@ PROCESS_MAP = textwrap.dedent(
 def test_tqdm_process_map_runs_on_our_executor_and_its_bar_moves(tmp_path) -> None:
     ours, theirs = side_by_side(tmp_path, PROCESS_MAP, ("paralelo", "stdlib"))
     assert ours == theirs == "True\nTrue True"
+
+
+LATE_GLOBALS = textwrap.dedent(
+    """
+    import sys
+    if sys.argv[1] == "paralelo":
+        from paralelo import ProcessPoolExecutor
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+    def scaled(x):
+        return x * SCALE
+
+    if __name__ == "__main__":
+        with ProcessPoolExecutor(2) as ex:
+            SCALE = 10  # set after the executor, before its first use
+            print(list(ex.map(scaled, range(4))))
+    """
+)
+
+
+def test_an_executor_starts_its_workers_at_first_use_as_concurrent_futures_does(tmp_path) -> None:
+    ours, theirs = side_by_side(tmp_path, LATE_GLOBALS, ("paralelo", "stdlib"))
+    assert ours == theirs == "[0, 10, 20, 30]"

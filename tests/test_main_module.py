@@ -448,7 +448,7 @@ def test_imap_returns_at_once_and_streams_a_live_input(tmp_path) -> None:
 
 LIMITS = textwrap.dedent(
     """
-    import ctypes, os, signal, sys, time
+    import ctypes, os, signal, sys, threading, time
     import paralelo
 
     def nap(x):
@@ -486,6 +486,16 @@ LIMITS = textwrap.dedent(
             except paralelo.TaskTimeoutError:
                 print("map timed out")
             print(pool.apply(nap, (0.7,), task_timeout=2))  # a longer limit for this call
+        with paralelo.Pool(1, initializer=time.sleep, initargs=(0.6,), task_timeout=0.4) as pool:
+            # The clock starts when the worker runs the task, not while it starts up.
+            print("after the initializer", pool.apply(nap, (0.01,)))
+            # A timed call waits for an idle worker, even behind a call that cannot be
+            # pickled; the untimed call it would have queued behind is not killed.
+            untimed = pool.apply_async(nap, (0.6,), task_timeout=30)
+            bad = pool.apply_async(nap, (threading.Lock(),))
+            timed = pool.apply_async(nap, (0.01,), task_timeout=0.3)
+            bad.wait(10)
+            print(untimed.get(10), timed.get(10), bad.successful())
         with paralelo.Pool(2, retries=1) as pool:
             print(pool.apply(die_once, ("m1", "kill")), pool.apply(die_once, ("m2", "segv")))
             try:
@@ -521,6 +531,7 @@ def test_task_time_limits_and_retries(tmp_path) -> None:
     [out] = side_by_side(tmp_path, LIMITS, ("paralelo",))
     assert out.splitlines() == [
         "0.01 0.02", "TaskTimeoutError True", "[0.01, 0.01, 0.01, 0.01]", "map timed out", "0.7",
+        "after the initializer 0.01", "0.6 0.01 False",
         "second try second try", "lost True", "raised x", "no retry per call",
         "TaskTimeoutError", "second try 0.01", "ValueError", "TypeError", "ValueError",
     ]

@@ -5,8 +5,10 @@ classes made at run time), machine arrays for results that are all ints or all f
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import sys
+import threading
 import types
 from array import array
 from collections import ChainMap
@@ -49,6 +51,15 @@ class MainNames:
             known = getattr(known, part, None)
         return known is obj
 
+
+def _renew_locks_after_fork() -> None:
+    # cloudpickle's class tracker lock may be held by a parent thread (a collector loading
+    # a class sent by value) at the fork: the child gets a free one.
+    if hasattr(_cloudpickle, "_DYNAMIC_CLASS_TRACKER_LOCK"):
+        _cloudpickle._DYNAMIC_CLASS_TRACKER_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_locks_after_fork)
 
 #: In a worker: what its pool's zygote inherited (None in the parent, whose pools each
 #: pass their own).

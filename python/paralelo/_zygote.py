@@ -11,11 +11,12 @@ objects handed to ``Zygote(inherited)`` (the initializer and its arguments): the
 the workers without being pickled, so objects that can only be inherited work.
 
 Forking a threaded parent copies the locks other threads hold. paralelo's own threads
-never hold a lock its children take: collectors and feeders touch only their own pool's
-state, which a child never uses (`_engine` disowns inherited pools); the death watch
-(Rust) starts afresh in a child; logging re-creates its locks itself. The user's own
-threads are as with multiprocessing's fork: a lock one of them holds at that moment stays
-held in the workers.
+hold none of paralelo's locks a child takes: collectors and feeders touch only their own
+pool's state, which a child never uses (`_engine` disowns inherited pools); the death
+watch (Rust) starts afresh in a child; cloudpickle's class tracker lock is renewed in the
+child (`_pickling`), and logging re-creates its locks itself. User code (callbacks on a
+collector, input iterators on a reader) and the user's own threads are as with
+multiprocessing's fork: a lock one of them holds at that moment stays held in the workers.
 
 Lifetime: the zygote exits when its parent closes the socket (the pool ended), or when
 the parent process exits, which it learns from a pidfd on it, so even a SIGKILLed parent
@@ -64,6 +65,10 @@ warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlo
 
 #: Every zygote this process made and has not closed: a forked child closes their sockets.
 _zygotes: weakref.WeakSet[Zygote] = weakref.WeakSet()
+#: Held from a zygote's socketpair until both ends are where they belong (ours in
+#: `_zygotes`, theirs closed), and by every fork (`register_at_fork` below): so no other
+#: thread's fork copies a socket end that its child would not know to close.
+_making = threading.RLock()
 
 _REQUEST = struct.Struct("<BII")
 _REPLY = struct.Struct("<BIi")
@@ -78,24 +83,25 @@ class Zygote:
     """The parent's handle on a zygote forked now, holding `inherited` (see the module)."""
 
     def __init__(self, inherited: Any = None) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock = ours
         self._lock = threading.Lock()
         self._next_id = 0
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the zygote
-            code = 0
-            try:
-                ours.close()
-                _serve(theirs, parent, inherited)
-            except BaseException:  # noqa: BLE001
-                code = 1
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.pid = pid
-        _zygotes.add(self)
+        with _making:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self.sock = ours
+            pid = os.fork()
+            if pid == 0:  # the zygote
+                code = 0
+                try:
+                    ours.close()
+                    _serve(theirs, parent, inherited)
+                except BaseException:  # noqa: BLE001
+                    code = 1
+                finally:
+                    os._exit(code)
+            theirs.close()
+            self.pid = pid
+            _zygotes.add(self)
 
     def close(self, wait: bool = True) -> None:
         """Ends the zygote (and any child it still has); with `wait`, reaps it too."""
@@ -195,6 +201,8 @@ def describe_exit(status: int | None) -> str:
 def _forget_after_fork() -> None:
     # A forked child does not share its parent's zygotes: it closes its copies of their
     # sockets, so that each zygote sees its parent's end close with its pool.
+    global _making
+    _making = threading.RLock()
     for z in list(_zygotes):
         try:
             z.sock.close()
@@ -203,7 +211,8 @@ def _forget_after_fork() -> None:
     _zygotes.clear()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+os.register_at_fork(before=lambda: _making.acquire(), after_in_parent=lambda: _making.release(),
+                    after_in_child=_forget_after_fork)
 
 
 #: Exit statuses kept for the parent to ask about; older ones are dropped past this.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as _cf
+import functools
 import operator
 import threading
 import time
@@ -48,22 +49,39 @@ class ProcessPoolExecutor(_cf.Executor):
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
         self._max_workers = max_workers
-        self._engine = _engine.Engine(max_workers, initializer, tuple(initargs), max_tasks_per_child,
-                                      kind="ForkProcess", daemon=False,
-                                      task_timeout=task_timeout, retries=retries)
-        self._engine.finish_at_exit = True  # like concurrent.futures: pending work still runs
+        _engine.check_limits(task_timeout, retries)
+        self._make_engine = functools.partial(
+            _engine.Engine, max_workers, initializer, tuple(initargs), max_tasks_per_child,
+            kind="ForkProcess", daemon=False, task_timeout=task_timeout, retries=retries)
+        self._started: _engine.Engine | None = None
+        self._start_lock = threading.Lock()
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._pending: weakref.WeakSet[Future] = weakref.WeakSet()
-        # Dropped without shutdown: like concurrent.futures, finish what was submitted.
-        self._finalizer = weakref.finalize(self, self._engine.close)
-        self._finalizer.atexit = False  # at exit, _engine's own hook decides (finish or stop)
+
+    @property
+    def _engine(self) -> _engine.Engine:
+        """The engine, started on first use: as concurrent.futures does with fork, the
+        workers are forked at the first submit (or map), so they see what the program set
+        up to then."""
+        engine = self._started
+        if engine is None:
+            with self._start_lock:
+                engine = self._started
+                if engine is None:
+                    engine = self._make_engine()
+                    engine.finish_at_exit = True  # like concurrent.futures: pending work still runs
+                    # Dropped without shutdown: like concurrent.futures, finish what was submitted.
+                    finalizer = weakref.finalize(self, engine.close)
+                    finalizer.atexit = False  # at exit, the engine's own hook decides
+                    self._started = engine
+        return engine
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         """Schedules ``fn(*args, **kwargs)``; returns its Future."""
         with self._shutdown_lock:
-            if self._engine.broken is not None:
-                raise _cf.process.BrokenProcessPool(str(self._engine.broken))
+            if self._started is not None and self._started.broken is not None:
+                raise _cf.process.BrokenProcessPool(str(self._started.broken))
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _interpreter_shutdown:
@@ -123,9 +141,12 @@ class ProcessPoolExecutor(_cf.Executor):
         if cancel_futures:
             for f in list(self._pending):
                 f.cancel()
-        self._engine.close()
+        engine = self._started
+        if engine is None:
+            return  # never used: no workers were started
+        engine.close()
         if wait:
-            self._engine.join()
+            engine.join()
 
 
 def _results(it: IMapIterator, job: _engine.MapJob, engine: _engine.Engine, end: float | None) -> Iterator:

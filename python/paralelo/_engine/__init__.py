@@ -8,8 +8,8 @@
 - ``deaths``: what a worker's death fails, retries or breaks.
 """
 
-from .engine import MAX_INFLIGHT, Engine, run_or_defer
+from .engine import MAX_INFLIGHT, Engine, check_limits, run_or_defer
 from .jobs import CallJob, Job, MapJob, Unit
 from .sink import MapSink
 
-__all__ = ["MAX_INFLIGHT", "CallJob", "Engine", "Job", "MapJob", "MapSink", "Unit", "run_or_defer"]
+__all__ = ["MAX_INFLIGHT", "CallJob", "Engine", "Job", "MapJob", "MapSink", "Unit", "check_limits", "run_or_defer"]

@@ -38,6 +38,8 @@ RING_BYTES = 1 << 20
 #: Keep this much work queued per worker beyond what it runs, so it never waits for us.
 QUEUE_SECONDS = 0.002
 MAX_INFLIGHT = 256
+#: How often a timed unit whose worker has not started it yet is looked at again.
+CLOCK_CHECK = 0.01
 #: Map chunks committed to one worker in one round travel together, up to this many.
 SHIP_UNITS = 64
 
@@ -291,6 +293,8 @@ class Engine:
         left = None if self.maxtasks is None else self.maxtasks - slot.taken
         if left is not None and left <= 0:
             return []  # the worker leaves after what it has: nothing more for it
+        if slot.timed is not None and slot.timed.seq in slot.inflight:
+            return []  # nothing waits behind a unit that may get its worker killed
         calls_tried = False
         i = 0
         while i < len(active):
@@ -333,8 +337,8 @@ class Engine:
         out: list[Unit] = []
         while calls and len(out) < room:
             job = calls[0]
-            if out and job.timeout is not None:
-                break  # a call with a time limit goes alone
+            if job.timeout is not None and (out or slot.inflight):
+                break  # a call with a time limit goes alone, to an idle worker
             unit = job.next_unit()
             if not job.requeued:
                 calls.popleft()
@@ -353,7 +357,7 @@ class Engine:
         job.outstanding += 1
         if job.timeout is not None:
             unit.deadline = time.monotonic() + job.timeout
-            slot.timed = unit
+            slot.timed, slot.timed_started = unit, True
             self.hub.wake()  # the collector's wait must end by this deadline
         if unit.tag == TASK:
             slot.outgoing.append(unit)
@@ -437,11 +441,11 @@ class Engine:
             # Results, room for outboxes, deaths, wake() and time limits end this wait.
             msgs, events = recv(self._until_deadline())
             with self.locked():
-                self._expire()
                 for slot_i, tag, job_id, seq, aux, payload in msgs:
                     self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
                 for kind, slot_i, pid, exc in events:
                     self._event(self.slots[slot_i], kind, pid, exc)
+                self._expire()  # after the results: one that came in time is not late
                 self._pump()
                 if self.closing and not self.jobs and not self.exits_sent:
                     self.exits_sent = True
@@ -457,7 +461,10 @@ class Engine:
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _expire(self) -> None:
-        """Kills the workers whose timed unit ran past its limit; their deaths fail it."""
+        """Kills the workers whose timed unit ran past its limit; their deaths fail it. A
+        unit's clock runs from its sending, if its worker runs it by then; a worker still
+        starting (its initializer) or loading the job's function has it start later, when
+        it is seen running, within CLOCK_CHECK."""
         now = time.monotonic()
         for s in self.slots:
             unit = s.timed
@@ -466,8 +473,16 @@ class Engine:
             if unit.seq not in s.inflight:
                 s.timed = None  # answered in time
             elif now >= unit.deadline:
-                s.timed_out = True
-                self._kill(s)
+                kind, ticket = self.hub.state(s.index)
+                if kind != "running" or ticket != unit.seq:
+                    unit.deadline = now + CLOCK_CHECK
+                    s.timed_started = False
+                elif not s.timed_started:
+                    unit.deadline = now + unit.job.timeout  # type: ignore[operator]
+                    s.timed_started = True
+                else:
+                    s.timed_out = True
+                    self._kill(s)
 
     def _event(self, slot: Slot, kind: str, pid: int, exc: BaseException | None) -> None:
         if not slot.alive or slot.pid != pid:
@@ -601,9 +616,10 @@ class Engine:
             return
         with self.locked():
             self.closing = True
-            if exc is not None:
-                for job in list(self.jobs.values()):
+            for job in list(self.jobs.values()):
+                if exc is not None:
                     job.fail(exc)
+                job.stop()  # wakes its reader, if any, to end
             self.jobs.clear()
             self.active.clear()
             self.calls.clear()

@@ -52,7 +52,7 @@ class Job:
     #: Whether a worker's maxtasks counts this job's items (else its units).
     counts_items = False
     #: Seconds a unit may run before its worker is killed and it fails (None: no limit).
-    #: A unit with a limit goes only to an idle worker, so it starts when it is sent.
+    #: A unit with a limit goes only to an idle worker (see `Engine._expire`).
     timeout: float | None = None
     #: Times a unit whose worker died running it is run again before it fails.
     retries = 0
@@ -349,7 +349,8 @@ class MapJob(Job):
         pick it up), and otherwise at most every STREAM_SECONDS: a slow input's items go
         out one by one, a fast one's in batches."""
         # Per item only what must be: deque appends are atomic (`fed_all` alone needs
-        # `fed_lock`); the clock is read every 32 items.
+        # `fed_lock`). An item that took long to come is kicked at once (the next may
+        # take as long).
         append, clock = self.fed.append, time.perf_counter
         kicked = clock()
         read = counted = 0
@@ -357,7 +358,8 @@ class MapJob(Job):
             for item in self.it:
                 append(item)
                 read += 1
-                if read == 1 or not self.outstanding or (not read & 31 and clock() - kicked > STREAM_SECONDS):
+                now = clock()
+                if now - kicked > STREAM_SECONDS or read == 1 or not self.outstanding:
                     self.read_items += read - counted
                     counted = read
                     kick()

@@ -12,7 +12,7 @@ class Slot:
     """One worker process and what it holds."""
 
     __slots__ = ("index", "pid", "pidfd", "inflight", "loaded", "alive", "outgoing", "answered",
-                 "corrupt", "taken", "timed", "timed_out")
+                 "corrupt", "taken", "timed", "timed_started", "timed_out")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -26,4 +26,5 @@ class Slot:
         self.corrupt: BaseException | None = None  # its ring broke the protocol: being killed
         self.taken = 0  # what its worker counts toward maxtasks: items or units sent to it
         self.timed: Unit | None = None  # the unit with a time limit it runs, if any
+        self.timed_started = True  # its clock runs (False: waiting to see the worker run it)
         self.timed_out = False  # `timed` ran past its limit: its worker is being killed
