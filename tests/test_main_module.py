@@ -464,6 +464,11 @@ LIMITS = textwrap.dedent(
             ctypes.string_at(0)  # a segfault
         return "second try"
 
+    def exit_at_500(x):
+        if x == 500:
+            os._exit(1)
+        return x
+
     def die_always():
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -486,6 +491,21 @@ LIMITS = textwrap.dedent(
             except paralelo.TaskTimeoutError:
                 print("map timed out")
             print(pool.apply(nap, (0.7,), task_timeout=2))  # a longer limit for this call
+        with paralelo.Pool(1, task_timeout=0.5) as pool:
+            # The limit is per item, whatever the chunksize.
+            print("per item", pool.map(nap, [0.2] * 4, chunksize=4))
+        with paralelo.Pool(2) as pool:
+            # A chunk paralelo made runs again item by item after a crash: one item fails.
+            outcomes = []
+            it = pool.imap(exit_at_500, range(1000))
+            while True:
+                try:
+                    outcomes.append(next(it))
+                except StopIteration:
+                    break
+                except paralelo.WorkerLostError:
+                    outcomes.append("lost")
+            print("crash in a chunk", [i for i, v in enumerate(outcomes) if v != i])
         with paralelo.Pool(1, initializer=time.sleep, initargs=(0.6,), task_timeout=0.4) as pool:
             # The clock starts when the worker runs the task, not while it starts up.
             print("after the initializer", pool.apply(nap, (0.01,)))
@@ -531,7 +551,7 @@ def test_task_time_limits_and_retries(tmp_path) -> None:
     [out] = side_by_side(tmp_path, LIMITS, ("paralelo",))
     assert out.splitlines() == [
         "0.01 0.02", "TaskTimeoutError True", "[0.01, 0.01, 0.01, 0.01]", "map timed out", "0.7",
-        "after the initializer 0.01", "0.6 0.01 False",
+        "per item [0.2, 0.2, 0.2, 0.2]", "crash in a chunk [500]", "after the initializer 0.01", "0.6 0.01 False",
         "second try second try", "lost True", "raised x", "no retry per call",
         "TaskTimeoutError", "second try 0.01", "ValueError", "TypeError", "ValueError",
     ]

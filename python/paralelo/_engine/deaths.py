@@ -3,8 +3,9 @@
 The worker's slot state (one word in shared memory, see the engine's hub README) names
 what it was doing when it died:
 
-- running a unit: that unit fails with ``WorkerLostError``; the units queued behind it
-  are re-dispatched;
+- running a unit: that unit fails with ``WorkerLostError`` (or runs again, with
+  ``retries``), and a chunk paralelo made runs again item by item, so that only the item
+  that kills its worker fails; the units queued behind it are re-dispatched;
 - unpacking a batch: the batch's units are retried one per message, so the culprit is
   found;
 - loading a job's function: twice, and that job fails (once could be an outside kill);
@@ -19,6 +20,8 @@ import os
 from typing import TYPE_CHECKING
 
 from .._errors import TaskTimeoutError, WorkerLostError, broken
+from .._wire import TASK
+from .jobs import Unit
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -60,6 +63,14 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
                 f"(pid {slot.pid}) was killed and replaced"))
             engine.forget_if_done(job)
         elif death is not None and kind == "running" and unit.seq == ticket:
+            if unit.count > 1 and job.counts_items:
+                # A chunk paralelo made (the caller chose no chunksize): its items run
+                # again one by one, so only the one that kills its worker fails.
+                for i in reversed(range(unit.count)):
+                    piece = Unit(job, TASK, unit.payload[i:i + 1], unit.start + i, 1)
+                    piece.solo = True
+                    engine.requeue(piece)
+                continue
             if unit.tries < job.retries:
                 unit.tries += 1  # lost to its worker's death, not to its own exception
                 engine.requeue(unit)

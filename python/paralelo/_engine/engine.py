@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator
 
 from .. import _native, _zygote
 from .._worker import Setup
@@ -44,7 +44,6 @@ CLOCK_CHECK = 0.01
 SHIP_UNITS = 64
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-_J = TypeVar("_J", bound=Job)
 
 # Completions that run user code (callbacks, Future done-callbacks) found while a thread
 # holds an engine lock: they run once it is released, so a callback that takes the user's
@@ -187,21 +186,25 @@ class Engine:
                 retries: int | None = None) -> MapJob:
         """A map job shaped for this engine's workers (their count, their maxtasks), with
         the engine's time limit and retries unless given."""
+        timeout, retries = self._limits(task_timeout, retries)
+        if timeout is not None:
+            chunksize = 1  # a time limit is per item: each is a unit of its own
         job = MapJob(self.processes, fn, iterable, star, chunksize, sink, hold, self.maxtasks, self.main)
-        return self._limited(job, task_timeout, retries)
+        job.timeout, job.retries = timeout, retries
+        return job
 
     def call_job(self, fn: Callable, args: tuple, kwargs: dict, on_done: Callable[[bool, Any], None],
                  on_start: Callable[[], bool] | None = None, task_timeout: float | None = None,
                  retries: int | None = None) -> CallJob:
         """One call of `fn` for this engine's workers (limits as for `map_job`)."""
         job = CallJob(fn, args, kwargs, on_done, on_start, self.main, self.call_costs)
-        return self._limited(job, task_timeout, retries)
-
-    def _limited(self, job: _J, task_timeout: float | None, retries: int | None) -> _J:
-        job.timeout, job.retries = check_limits(
-            self.task_timeout if task_timeout is None else task_timeout,
-            self.retries if retries is None else retries)
+        job.timeout, job.retries = self._limits(task_timeout, retries)
         return job
+
+    def _limits(self, task_timeout: float | None, retries: int | None) -> tuple[float | None, int]:
+        """A job's (time limit, retries): those given, else the engine's."""
+        return check_limits(self.task_timeout if task_timeout is None else task_timeout,
+                            self.retries if retries is None else retries)
 
     def stream(self, job: MapJob) -> None:
         """Reads a submitted lazy map's input on a thread of its own, as multiprocessing's
@@ -307,9 +310,9 @@ class Engine:
             t = job.unit_seconds()
             room = min(self._limit(job, t) - len(slot.inflight), 1 if t is None else SHIP_UNITS)
             cap = left if job.counts_items else None
-            if job.timeout is not None:  # to an idle worker only, timed one by one
+            if job.timeout is not None:  # to an idle worker only, each item timed alone
                 room = 0 if slot.inflight else 1
-                cap = 1 if job.counts_items else cap
+                cap = 1
             if room > 0:
                 if left is not None and not job.counts_items:
                     room = min(room, left)
