@@ -555,3 +555,40 @@ def test_task_time_limits_and_retries(tmp_path) -> None:
         "second try second try", "lost True", "raised x", "no retry per call",
         "TaskTimeoutError", "second try 0.01", "ValueError", "TypeError", "ValueError",
     ]
+
+
+WHOLE_CHUNKS = textwrap.dedent(
+    """
+    import sys, time
+    mp = __import__(sys.argv[1])  # paralelo or multiprocessing
+
+    def fail_at_4(x):
+        if x == 4:
+            raise ValueError(x)
+        return x
+
+    def slow_source():
+        for i in range(9):
+            time.sleep(0.01)  # slow enough that a streaming reader sees items one by one
+            yield i
+
+    if __name__ == "__main__":
+        with mp.Pool(2) as pool:
+            for imap in (pool.imap, pool.imap_unordered):
+                got = []
+                it = imap(fail_at_4, slow_source(), chunksize=3)
+                while True:
+                    try:
+                        got.append(next(it))
+                    except StopIteration:
+                        break
+                    except ValueError as e:
+                        got.append(f"error {e}")
+                print(sorted(map(str, got)))
+    """
+)
+
+
+def test_a_streamed_input_is_cut_into_the_callers_whole_chunks(tmp_path) -> None:
+    ours, theirs = side_by_side(tmp_path, WHOLE_CHUNKS)
+    assert ours == theirs

@@ -278,7 +278,10 @@ class MapJob(Job):
         failure: BaseException | None = None
         fed = self.fed
         with self.fed_lock:
-            items = [fed.popleft() for _ in range(min(n, len(fed)))]
+            # With the caller's chunksize, chunks are whole until the input ends, as
+            # multiprocessing cuts them (which items fail together depends on it).
+            whole_only = self.chunker.fixed and not self.fed_all and len(fed) < n
+            items = [] if whole_only else [fed.popleft() for _ in range(min(n, len(fed)))]
             ended = not fed and self.fed_all
             # Only a feeder (after close) reads ahead of dispatch rather than of a consumer.
             low = self.on_starved is not None and not self.fed_all and len(fed) < self.ahead_limit() // 2
@@ -345,21 +348,24 @@ class MapJob(Job):
     def _stream(self, want: int, kick: Callable[[], None]) -> None:
         """Reads up to `want` items, each handed to dispatch at once: an input may block
         after any item (a socket, a queue), so none may wait for the next. Dispatch is
-        kicked for the first item, whenever nothing is in flight (no result will come to
-        pick it up), and otherwise at most every STREAM_SECONDS: a slow input's items go
-        out one by one, a fast one's in batches."""
+        kicked for the first item, whenever fewer units are in flight than there are
+        workers (one may be idle, and no result may come to pick the item up), and
+        otherwise about every STREAM_SECONDS: a slow input's items go out one by one, a
+        fast one's in batches."""
         # Per item only what must be: deque appends are atomic (`fed_all` alone needs
-        # `fed_lock`). An item that took long to come is kicked at once (the next may
-        # take as long).
-        append, clock = self.fed.append, time.perf_counter
+        # `fed_lock`), and the clock is read every 32 items. While every worker has work,
+        # an item need not go at once: the next result's dispatch takes it.
+        fed, clock, workers = self.fed, time.perf_counter, self.processes
+        append = fed.append
+        least = self.chunker.fixed or 1  # items that make a unit (a caller's chunk is whole)
         kicked = clock()
         read = counted = 0
         try:
             for item in self.it:
                 append(item)
                 read += 1
-                now = clock()
-                if now - kicked > STREAM_SECONDS or read == 1 or not self.outstanding:
+                if ((read == 1 or self.outstanding < workers) and len(fed) >= least
+                        or (not read & 31 and clock() - kicked > STREAM_SECONDS)):
                     self.read_items += read - counted
                     counted = read
                     kick()
