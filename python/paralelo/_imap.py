@@ -1,9 +1,8 @@
 """Results of ``imap``/``imap_unordered`` (and ``Executor.map``) as they arrive.
 
-The consumer's thread reads a lazy map's input (never the collector's): it feeds the job
-when it starts, and again whenever the engine says the job has dispatched all it read
-(``wants_input``). Between those it sleeps until a result it can yield arrives: nothing
-polls.
+A lazy map's input is read by the job's reader thread (``Engine.stream``); the consumer
+sleeps until a result it can yield arrives (nothing polls), and wakes the reader when
+taking results makes room in the read-ahead.
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ class IMapIterator:
         self._input_failure: BaseException | None = None
         self._current: Iterator = iter(())
         self._waiting = False  # the consumer sleeps on _cond
-        self._input_wanted = False  # the engine dispatched all that was read: feed more
         # multiprocessing's imap with chunksize > 1 ends at the first failed chunk.
         self.stop_after_error = False
         self._stopped = False
@@ -95,12 +93,6 @@ class IMapIterator:
     def consumed_items(self) -> int:
         return self._yielded
 
-    def wants_input(self) -> None:
-        with self._cond:
-            self._input_wanted = True
-            if self._waiting:
-                self._cond.notify()
-
     def __iter__(self) -> Iterator:
         # A generator over the same state: `yield from` hands out each chunk at C speed.
         return self._each()
@@ -128,11 +120,6 @@ class IMapIterator:
         job = self.job
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if job is not None and not job.fed_all and job.sliceable is None and job.reader is None:
-                # The input is read here, on the consumer's thread (never by the collector):
-                # then dispatched.
-                job.feed()
-                self._engine.kick()
             with self._cond:
                 ok, values = self._take()
                 if values:
@@ -146,17 +133,13 @@ class IMapIterator:
                     failure, self._failure = self._failure, None
                     self._total = self._yielded  # nothing comes after a failed job
                     raise failure
-                if self._input_wanted:
-                    self._input_wanted = False
-                    continue  # read more input before sleeping
                 not_in_callback(self._pool)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise PoolTimeoutError
                 self._waiting = True
                 try:
-                    # Woken by a result we can yield, by the job's end or failure, or by the
-                    # engine asking for more input.
+                    # Woken by a result we can yield, or by the job's end or failure.
                     self._cond.wait(left)
                 finally:
                     self._waiting = False

@@ -11,7 +11,7 @@ objects handed to ``Zygote(inherited)`` (the initializer and its arguments): the
 the workers without being pickled, so objects that can only be inherited work.
 
 Forking a threaded parent copies the locks other threads hold. paralelo's own threads
-hold none of paralelo's locks a child takes: collectors and feeders touch only their own
+hold none of paralelo's locks a child takes: collectors and readers touch only their own
 pool's state, which a child never uses (`_engine` disowns inherited pools); the death
 watch (Rust) starts afresh in a child; cloudpickle's class tracker lock is renewed in the
 child (`_pickling`), and logging re-creates its locks itself. User code (callbacks on a

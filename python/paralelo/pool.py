@@ -119,9 +119,6 @@ class MapResult(AsyncResult):
     def consumed_items(self) -> int:
         return 0
 
-    def wants_input(self) -> None:
-        pass  # map reads its input before it starts
-
     def _finish_if_done(self) -> None:
         if self._total is None or self._got != self._total or self._event.is_set():
             return

@@ -109,12 +109,6 @@ class Engine:
         self.broken: BaseException | None = None
         self.exits_sent = False
         self.unexplained_deaths = 0  # in a row, with no task answered in between
-        # Lazy maps whose input is read to its end after close(), by `self.feeder`, in
-        # bounded steps: the feeder sleeps until `feed_wanted` (dispatch ran dry, a job
-        # ended, or terminate).
-        self.feeding: list[MapJob] = []
-        self.feed_wanted = threading.Event()
-        self.feeder: threading.Thread | None = None
         self.pid = os.getpid()
         try:
             for slot in self.slots:
@@ -225,7 +219,7 @@ class Engine:
                     wanted.clear()
                     continue
                 job.feed(self.kick)
-                self.kick()
+                self.kick()  # the last items read, or the input's end
 
         job.reader = threading.Thread(target=read, name="paralelo-reader", daemon=True)
         job.reader.start()
@@ -560,7 +554,6 @@ class Engine:
         self.calls.clear()
         self._kill_all()
         self.closing = True
-        self.feed_wanted.set()
 
     def _kill(self, slot: Slot) -> None:
         if slot.alive and slot.pidfd >= 0:
@@ -581,36 +574,15 @@ class Engine:
             return  # a forked child: the rings and workers are its parent's
         with self.locked():
             self.closing = True
-            maps = [job for job in self.active if isinstance(job, MapJob)]
-            for job in maps:
-                job.hold = None  # nobody need consume them any more
-            lazy = [job for job in maps if job.sliceable is None and job.reader is None]
-            if lazy and self.feeder is None:
-                # Like multiprocessing, lazily read inputs still run to their end even if
-                # nobody consumes them; unlike it, close() returns at once and the input is
-                # read a step at a time, not all into memory (it may be endless).
-                self.feeding = lazy
-                for job in lazy:
-                    job.on_starved = self.feed_wanted.set
-                self.feeder = threading.Thread(target=self._feed_rest, name="paralelo-feeder", daemon=True)
-                self.feeder.start()
+            for job in self.active:
+                if isinstance(job, MapJob):
+                    # Like multiprocessing, a lazy input still runs to its end though nobody
+                    # consumes it; unlike it, close() returns at once and the reader reads
+                    # one read-ahead beyond dispatch at a time (the input may be endless).
+                    job.hold = None
+                    job.starved()
             self._pump()
         self.hub.wake()
-
-    def _feed_rest(self) -> None:
-        """The feeder: reads each closed lazy job's input, one read-ahead at a time, waking
-        when dispatch runs low (`MapJob.starved`), a job ends, or the pool stops."""
-        def live(job: MapJob) -> bool:
-            return not (job.fed_all or job.finished or job.id not in self.jobs or self.broken is not None)
-
-        for job in self.feeding:
-            while live(job):
-                self.feed_wanted.clear()
-                job.feed(self.kick)
-                self.kick()
-                if live(job):
-                    self.feed_wanted.wait()
-        self.feeding = []
 
     def terminate(self, exc: BaseException | None = None) -> None:
         """Stops everything now: unfinished jobs fail with `exc` (if given), workers are
@@ -627,17 +599,13 @@ class Engine:
             self.active.clear()
             self.calls.clear()
             self._kill_all()
-        self.feed_wanted.set()
         self.hub.wake()
 
     def join(self, timeout: float | None = None) -> None:
-        """Waits for the feeder (if any) and the collector to end, `timeout` in all."""
+        """Waits until every worker is gone (after close(), once lazy inputs ran out)."""
         if threading.current_thread() is self.thread:
             return
-        end = None if timeout is None else time.monotonic() + timeout
-        if self.feeder is not None and threading.current_thread() is not self.feeder:
-            self.feeder.join(timeout)
-        self.over.wait(None if end is None else max(0.0, end - time.monotonic()))
+        self.over.wait(timeout)
 
 
 def check_limits(task_timeout: float | None, retries: int) -> tuple[float | None, int]:

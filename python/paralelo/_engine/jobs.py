@@ -1,6 +1,6 @@
 """The job model: a job hands out units (one message each: a chunk of a map, or one call)
 and receives their outcomes. Every method here is called with the engine lock held,
-except ``MapJob.feed``, which reads the user's input on the caller's or consumer's thread."""
+except ``MapJob.feed``, which reads the user's input on the job's reader thread."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .._outcomes import Segments
 from .._errors import pickling_failed
-from .._pickling import MainNames, by_value
+from .._pickling import MainNames, by_value, dumps
 from .._wire import CALL, TASK
 from .chunking import Chunker
 from .sink import MapSink
@@ -165,7 +165,7 @@ class CallJob(Job):
             self.finished = True  # cancelled before it ran
             return None
         try:
-            payload = by_value((self.fn, self.args, self.kwargs), self.main)
+            payload = dumps((self.fn, self.args, self.kwargs), self.main)
         except BaseException as e:  # noqa: BLE001 - reported to the caller
             self.finished = True
             self.on_done(False, pickling_failed("the task", e))
@@ -208,14 +208,13 @@ class MapJob(Job):
             self.func_payload = by_value((fn, star, each, self.counts_items), main)
         except BaseException as e:  # noqa: BLE001 - never raw (a __reduce__ may SystemExit)
             raise pickling_failed("the function", e) from e
-        #: Set by the engine while a thread of its own reads this job's input (`reader`,
-        #: or the feeder after close()): called when dispatch runs low on read items, the
-        #: consumer made room, or the job ends.
+        #: Set by the engine for the thread that reads this job's input (`reader`): called
+        #: when dispatch runs low on read items, the consumer made room, or the job ends.
         self.on_starved: Callable[[], None] | None = None
         self.reader: threading.Thread | None = None
         self.processes = processes
         # Lists, tuples and ranges are cut with slices (C speed; a range slice pickles as
-        # three numbers). Anything else is read by `feed`, on the caller's or consumer's
+        # three numbers). Anything else is read by `feed`, on the job's reader
         # thread and never under the engine lock: user iterators may block, or even wait
         # on this very pool (imap over imap).
         self.sliceable: Sequence[Any] | None = (
@@ -283,21 +282,16 @@ class MapJob(Job):
             whole_only = self.chunker.fixed and not self.fed_all and len(fed) < n
             items = [] if whole_only else [fed.popleft() for _ in range(min(n, len(fed)))]
             ended = not fed and self.fed_all
-            # Only a feeder (after close) reads ahead of dispatch rather than of a consumer.
             low = self.on_starved is not None and not self.fed_all and len(fed) < self.ahead_limit() // 2
         if low:
-            self.starved()  # a feeder (after close) reads more before dispatch runs dry
+            self.starved()  # the reader reads more (if its read-ahead allows) before dispatch runs dry
         if ended:
             failure = self.input_error
             n = len(items) + 1  # the input ends after these items
         elif len(items) < n:
-            # Fed items ran short: send what there is, or ask the reader for more (only
-            # if its read-ahead allows it to read any: else the consumer must first take
-            # results, and asking would only wake it to read nothing).
+            # Fed items ran short: send what there is (the reader was woken above).
             if not items:
                 self.held = True
-                if self.read_room() > 0:
-                    self.sink.wants_input()
                 return None
             n = len(items)
         unit = None
@@ -315,69 +309,46 @@ class MapJob(Job):
             self.starved()
         return unit
 
-    def feed(self, kick: Callable[[], None] | None = None) -> None:
-        """Reads the input (an iterator) ahead of dispatch, up to the read-ahead limit:
-        beyond what the consumer took, or (with no consumer to wait for, after close())
-        beyond what was dispatched. Called without the engine lock, never on the
-        collector thread. With `kick` (a streaming reader: see `Engine.stream`), each
-        item is handed to dispatch as soon as it is read (see `_stream`)."""
+    def feed(self, kick: Callable[[], None]) -> None:
+        """Reads the input on the job's reader thread (`Engine.stream`; never the
+        collector's, and never under the engine lock), up to the read-ahead: beyond what
+        the consumer took or, with no consumer to wait for (after close()), beyond what
+        was dispatched. Each item is handed to dispatch at once: an input may block after
+        any item (a socket, a queue), so none may wait for the next. `kick` dispatches: for
+        the first item, whenever fewer units are in flight than there are workers (one may
+        be idle, and no result may come to pick the item up) and a unit's worth is read,
+        and otherwise about every STREAM_SECONDS."""
         if self.sliceable is not None or self.fed_all:
             return
         with self.feed_lock:
-            if self.fed_all:
-                return
             want = self.read_room()
-            if want <= 0:
+            if self.fed_all or want <= 0:
                 return
-            if kick is not None:
-                self._stream(want, kick)
-                return
-            batch: list = []
-            ended = False
-            try:  # item by item: what was read before the input raised still runs
-                batch.extend(itertools.islice(self.it, want))
-                ended = len(batch) < want
+            # Per item only what must be: deque appends are atomic (`fed_all` alone needs
+            # `fed_lock`), and the clock is read every 32 items.
+            fed, clock, workers = self.fed, time.perf_counter, self.processes
+            append = fed.append
+            least = self.chunker.fixed or 1  # items that make a unit (a caller's chunk is whole)
+            kicked = clock()
+            read = counted = 0
+            try:
+                for item in self.it:
+                    append(item)
+                    read += 1
+                    if ((read == 1 or self.outstanding < workers) and len(fed) >= least
+                            or (not read & 31 and clock() - kicked > STREAM_SECONDS)):
+                        self.read_items += read - counted
+                        counted = read
+                        kick()
+                        kicked = clock()
+                    if read >= want:
+                        return
             except BaseException as e:  # noqa: BLE001 - the input itself raised
                 self.input_error = e
-                ended = True
+            finally:
+                self.read_items += read - counted
             with self.fed_lock:
-                self.fed.extend(batch)
-                self.fed_all = ended
-            self.read_items += len(batch)
-
-    def _stream(self, want: int, kick: Callable[[], None]) -> None:
-        """Reads up to `want` items, each handed to dispatch at once: an input may block
-        after any item (a socket, a queue), so none may wait for the next. Dispatch is
-        kicked for the first item, whenever fewer units are in flight than there are
-        workers (one may be idle, and no result may come to pick the item up), and
-        otherwise about every STREAM_SECONDS: a slow input's items go out one by one, a
-        fast one's in batches."""
-        # Per item only what must be: deque appends are atomic (`fed_all` alone needs
-        # `fed_lock`), and the clock is read every 32 items. While every worker has work,
-        # an item need not go at once: the next result's dispatch takes it.
-        fed, clock, workers = self.fed, time.perf_counter, self.processes
-        append = fed.append
-        least = self.chunker.fixed or 1  # items that make a unit (a caller's chunk is whole)
-        kicked = clock()
-        read = counted = 0
-        try:
-            for item in self.it:
-                append(item)
-                read += 1
-                if ((read == 1 or self.outstanding < workers) and len(fed) >= least
-                        or (not read & 31 and clock() - kicked > STREAM_SECONDS)):
-                    self.read_items += read - counted
-                    counted = read
-                    kick()
-                    kicked = clock()
-                if read >= want:
-                    return
-        except BaseException as e:  # noqa: BLE001 - the input itself raised
-            self.input_error = e
-        finally:
-            self.read_items += read - counted
-        with self.fed_lock:
-            self.fed_all = True
+                self.fed_all = True
 
     def read_room(self) -> int:
         """How many items the reader may read now: the read-ahead beyond what the consumer
@@ -487,9 +458,6 @@ class _Dropped:
 
     def consumed_items(self) -> int:
         return 1 << 62  # never behind
-
-    def wants_input(self) -> None:
-        pass
 
 
 _DROPPED = _Dropped()

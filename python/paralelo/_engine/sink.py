@@ -32,7 +32,3 @@ class MapSink(Protocol):
 
     def consumed_items(self) -> int:
         """How many results the consumer has taken (bounds a lazy job's read-ahead)."""
-
-    def wants_input(self) -> None:
-        """The job has dispatched every item read so far and needs more: the thread that
-        reads the input (the consumer's) should run ``MapJob.feed``."""
