@@ -58,7 +58,7 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
             unit.solo = True  # died unpickling a batch: retry its units one by one
         job = unit.job
         if slot.timed_out and unit is slot.timed:
-            unit.job.lost(unit, TaskTimeoutError(
+            job.lost(unit, TaskTimeoutError(
                 f"the task ran past its time limit of {job.timeout:g} s: its worker process "
                 f"(pid {slot.pid}) was killed and replaced"))
             engine.forget_if_done(job)

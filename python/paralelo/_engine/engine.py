@@ -103,6 +103,7 @@ class Engine:
         # thousands of them and dispatch looks only at the head.
         self.calls: deque[CallJob] = deque()
         self.call_costs = CallCosts()
+        self.timed = False  # a unit with a time limit was ever sent: the collector checks deadlines
         self.slots = [Slot(i) for i in range(processes)]
         self.closing = False  # no new jobs; workers exit once idle
         self.finish_at_exit = False  # at interpreter exit: finish pending work (executors)
@@ -355,6 +356,7 @@ class Engine:
         if job.timeout is not None:
             unit.deadline = time.monotonic() + job.timeout
             slot.timed, slot.timed_started = unit, True
+            self.timed = True
             self.hub.wake()  # the collector's wait must end by this deadline
         if unit.tag == TASK:
             slot.outgoing.append(unit)
@@ -454,6 +456,8 @@ class Engine:
 
     def _until_deadline(self) -> float | None:
         """Seconds until the first running unit's time limit, None if none has one."""
+        if not self.timed:
+            return None
         deadlines = [s.timed.deadline for s in self.slots if s.timed is not None and not s.timed_out]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
@@ -462,6 +466,8 @@ class Engine:
         unit's clock runs from its sending, if its worker runs it by then; a worker still
         starting (its initializer) or loading the job's function has it start later, when
         it is seen running, within CLOCK_CHECK."""
+        if not self.timed:
+            return
         now = time.monotonic()
         for s in self.slots:
             unit = s.timed
