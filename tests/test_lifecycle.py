@@ -109,6 +109,35 @@ def test_ctrl_c_interrupts_a_wait_and_the_program_exits_cleanly() -> None:
     assert _wait_gone(pids) == []
 
 
+def test_terminate_returns_with_a_call_and_an_imap_in_flight() -> None:
+    """terminate() kills the workers running a call and a map; their deaths must not hand
+    the stopped call back to dispatch (which once spun on it for ever)."""
+    code = textwrap.dedent(
+        """
+        import time
+        import paralelo
+
+        def nap(x):
+            time.sleep(x)
+            return x
+
+        if __name__ == "__main__":
+            for _ in range(5):
+                pool = paralelo.Pool(2)
+                r = pool.apply_async(nap, (0.5,))
+                it = pool.imap(nap, [0.5])
+                try:
+                    it.next(0.01)
+                except paralelo.TimeoutError:
+                    pass
+                pool.terminate()
+            print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
 def test_a_pool_ends_with_its_zygote() -> None:
     """Each pool's zygote is reaped when the pool ends, closed or terminated, and a
     killed zygote breaks only its own pool, with a clear error."""
@@ -319,6 +348,37 @@ def test_the_zygote_spawns_any_entry_with_its_fds_and_reports_its_exit(zygote: A
         assert z.exit_status(pid) is None  # already reported: the zygote forgot it
     finally:
         os.close(r)
+
+
+def test_the_zygote_starts_its_first_processes_unasked() -> None:
+    """A pool's first workers: started as soon as the zygote runs, each with its own copy of
+    the fds given, collected in order (`first_spawned` never waits)."""
+    from paralelo import _zygote
+
+    r, w = os.pipe()
+    z = _zygote.Zygote("held", (f"{__name__}:_spawned_entry", [("one",), ("two",)], [w]))
+    try:
+        os.close(w)  # the zygote has its own copy
+        got = []
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            started = z.first_spawned()
+            if started is None:
+                time.sleep(0.001)
+            else:
+                got.append(started)
+        assert len(got) == 2
+        for pid, pidfd in got:
+            select.select([pidfd], [], [], 10)
+            assert _zygote.describe_exit(z.exit_status(pid)) == "it exited with code 0"
+            os.close(pidfd)
+        words = b""
+        while words.count(b"held") < 2:  # (no EOF: the zygote inherited `w` too)
+            words += os.read(r, 100)
+        assert sorted(words.decode().replace("held ", " ").split()) == ["one", "two"]
+    finally:
+        os.close(r)
+        z.close()
 
 
 def test_the_zygote_answers_a_malformed_request_with_an_error(zygote: Any) -> None:

@@ -136,7 +136,9 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                 items = ()
                 try:
                     items = _load(payload, "arguments")
+                    t0 = perf_counter_ns()  # the cost of a chunk's items, not of its loading
                     out = run(fn, star, each, items)
+                    busy = perf_counter_ns() - t0
                     try:
                         rtag, data = _pack(pack_results, out)
                     except ResultPicklingError:
@@ -145,7 +147,8 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                         rtag, data = pack_results(picklable_each(out))  # each in its place
                 except BaseException as e:  # noqa: BLE001 - every failure goes back
                     data, rtag = dump_error(e), ERR
-                reply(rtag, job, seq, perf_counter_ns() - t0, data, aux & EAGER)
+                    busy = perf_counter_ns() - t0
+                reply(rtag, job, seq, busy, data, aux & EAGER)
                 if per_item:  # and 1 below: maxtasks counts items, as the parent does
                     done += max(1, len(items) or aux >> 1) - 1
             elif tag == CALL:
@@ -233,6 +236,10 @@ def _leave() -> None:
     mp_util._exit_function()
 
 
+#: How a zygote names this module's entry point (`main`).
+ENTRY = "paralelo._worker:main"
+
+
 def main(fds: list[int], setup: Setup, slot: int, number: int) -> None:
     """Entry point in a freshly forked worker (``fds``: the hub's memfd, then a pidfd on
     the pool's owner); never returns."""
@@ -256,4 +263,4 @@ def main(fds: list[int], setup: Setup, slot: int, number: int) -> None:
 
 
 # cloudpickle is imported here so forked workers have it loaded already.
-__all__ = ["Setup", "main", "serve", "cloudpickle"]
+__all__ = ["ENTRY", "Setup", "main", "serve", "cloudpickle"]

@@ -80,25 +80,40 @@ _MAX_MESSAGE = 1 << 16
 
 
 class Zygote:
-    """The parent's handle on a zygote forked now, holding `inherited` (see the module)."""
+    """The parent's handle on a zygote forked now, holding `inherited` (see the module).
 
-    def __init__(self, inherited: Any = None) -> None:
+    With `first` = ``(entry, [args, ...], fds)``, the zygote starts those processes as
+    soon as it runs, as if asked by spawn requests 1, 2, ...: collect them, in order, with
+    `first_spawned` before any other request (whose reply would discard theirs). A pool's first workers so start without a
+    round trip each to a zygote that is still starting (on two cores, about a millisecond
+    each)."""
+
+    def __init__(self, inherited: Any = None, first: tuple[str, list[tuple], list[int]] | None = None) -> None:
         self._lock = threading.Lock()
-        self._next_id = 0
+        entry, batch, fds = first or ("", [], [])
+        self._next_id = len(batch)
+        self._first = list(range(1, len(batch) + 1))
         parent = os.getpid()
         with _making:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self.sock = ours
-            pid = os.fork()
-            if pid == 0:  # the zygote
-                code = 0
-                try:
-                    ours.close()
-                    _serve(theirs, parent, inherited)
-                except BaseException:  # noqa: BLE001
-                    code = 1
-                finally:
-                    os._exit(code)
+            # The zygote's own copies of `fds`: made under `_making`, so no other thread's
+            # fork copies them, and closed here once the zygote has them.
+            given = [os.dup(fd) for fd in fds]
+            try:
+                pid = os.fork()
+                if pid == 0:  # the zygote
+                    code = 0
+                    try:
+                        ours.close()
+                        _serve(theirs, parent, inherited, (entry, batch, given))
+                    except BaseException:  # noqa: BLE001
+                        code = 1
+                    finally:
+                        os._exit(code)
+            finally:
+                for fd in given:
+                    os.close(fd)
             theirs.close()
             self.pid = pid
             _zygotes.add(self)
@@ -125,7 +140,11 @@ class Zygote:
         "module:function"; ``fds`` are passed to it, followed by a pidfd on this process):
         returns its pid and a pidfd."""
         body = entry.encode() + b"\0" + pickle.dumps(tuple(args), pickle.HIGHEST_PROTOCOL)
-        kind, value, _, got = self._ask(SPAWN, body, fds)
+        return self._pid_of(self._ask(SPAWN, body, fds))
+
+    @staticmethod
+    def _pid_of(reply: tuple[int, int, bytes, list[int]]) -> tuple[int, int]:
+        kind, value, _, got = reply
         if kind != PID or not got:
             for fd in got:
                 os.close(fd)
@@ -137,10 +156,15 @@ class Zygote:
             raise OSError(errno.EPROTO, f"paralelo's zygote answered {kind} to a spawn")
         return value, got[0]
 
-    def spawn_worker(self, hub_fd: int, slot: int, number: int) -> tuple[int, int]:
-        """A pool worker attached to ``slot`` of the hub whose memfd is ``hub_fd``; it is
-        the `number`-th process of its parent, as multiprocessing counts them."""
-        return self.spawn("paralelo._worker:main", (slot, number), [hub_fd])
+    def first_spawned(self) -> tuple[int, int] | None:
+        """The pid and a pidfd of the next of the processes given as `first`, or None if
+        the zygote has not started it yet (this never waits)."""
+        with self._lock:
+            reply = self._reply_to(self._first[0], socket.MSG_DONTWAIT)
+            if reply is None:
+                return None
+            self._first.pop(0)
+        return self._pid_of(reply)
 
     def exit_status(self, pid: int) -> int | None:
         """The wait status of a process it started that has exited (its pidfd said so),
@@ -149,22 +173,33 @@ class Zygote:
         return value if kind == EXIT_STATUS else None
 
     def _ask(self, op: int, body: bytes, fds: list[int]) -> tuple[int, int, bytes, list[int]]:
+        """Sends a request and waits for its reply."""
         if len(body) + _REQUEST.size > _MAX_MESSAGE or len(fds) > _MAX_FDS:
             raise ValueError(f"a zygote request carries at most {_MAX_MESSAGE - _REQUEST.size} "
                              f"bytes and {_MAX_FDS} fds")
         with self._lock:
             self._next_id = request = (self._next_id + 1) & 0xFFFFFFFF
             socket.send_fds(self.sock, [_REQUEST.pack(op, request, len(body)) + body], fds)
-            while True:
-                msg, got, _flags, _addr = socket.recv_fds(self.sock, _MAX_MESSAGE, 1)
-                if len(msg) < _REPLY.size:
-                    for fd in got:
-                        os.close(fd)
-                    raise OSError("paralelo's zygote process exited; cannot start processes")
-                kind, answered, value = _REPLY.unpack_from(msg)
-                if answered == request:
-                    break
-                _dispose(kind, got)  # the reply to a request interrupted before it came
+            reply = self._reply_to(request)
+        assert reply is not None
+        return reply
+
+    def _reply_to(self, request: int, flags: int = 0) -> tuple[int, int, bytes, list[int]] | None:
+        """Reads replies until the one to `request` (with MSG_DONTWAIT in `flags`: None if
+        it has not come yet). Called with `_lock` held."""
+        while True:
+            try:
+                msg, got, _flags, _addr = socket.recv_fds(self.sock, _MAX_MESSAGE, 1, flags)
+            except BlockingIOError:
+                return None
+            if len(msg) < _REPLY.size:
+                for fd in got:
+                    os.close(fd)
+                raise OSError("paralelo's zygote process exited; cannot start processes")
+            kind, answered, value = _REPLY.unpack_from(msg)
+            if answered == request:
+                break
+            _dispose(kind, got)  # the reply to a request interrupted before it came
         rest = msg[_REPLY.size:]
         if kind == ERROR:
             for fd in got:
@@ -227,7 +262,7 @@ def _resolve(entry: str) -> Any:
     return obj
 
 
-def _serve(sock: socket.socket, parent: int, inherited: Any) -> None:
+def _serve(sock: socket.socket, parent: int, inherited: Any, first: tuple[str, list[tuple], list[int]]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # What came from the parent is permanent here and in every worker: their collections
     # never walk it (so never copy its pages), and garbage the parent's other threads
@@ -239,6 +274,11 @@ def _serve(sock: socket.socket, parent: int, inherited: Any) -> None:
         return  # the parent is already gone
     if os.getppid() != parent:
         return  # it died (and its pid may be reused) before we watched it
+    entry, batch, given = first
+    for request, args in enumerate(batch, 1):
+        _spawn(sock, request, entry, args, [os.dup(fd) for fd in given], parent_fd, inherited)
+    for fd in given:
+        os.close(fd)
     statuses: dict[int, int] = {}  # reaped children's wait statuses, oldest first
     waiter = select.poll()
     waiter.register(sock.fileno(), select.POLLIN)
@@ -268,7 +308,8 @@ def _serve(sock: socket.socket, parent: int, inherited: Any) -> None:
             if op == STATUS:
                 _status(sock, request, body, statuses)
             elif op == SPAWN:
-                _spawn(sock, request, body, fds, parent_fd, inherited)
+                entry_b, _, args_b = body.partition(b"\0")
+                _spawn(sock, request, entry_b.decode(), pickle.loads(args_b), fds, parent_fd, inherited)
                 fds = []  # closed by _spawn
             else:
                 raise OSError(errno.EPROTO, f"unknown request {op}")
@@ -301,9 +342,8 @@ def _status(sock: socket.socket, request: int, body: bytes, statuses: dict[int, 
         _reply(sock, EXIT_STATUS, request, status)
 
 
-def _spawn(sock: socket.socket, request: int, body: bytes, fds: list[int], parent_fd: int,
+def _spawn(sock: socket.socket, request: int, entry: str, args: tuple, fds: list[int], parent_fd: int,
            inherited: Any) -> None:
-    entry, _, args = body.partition(b"\0")
     me = os.getpid()
     try:
         pid = os.fork()
@@ -319,7 +359,7 @@ def _spawn(sock: socket.socket, request: int, body: bytes, fds: list[int], paren
             _native.die_with_parent()
             if os.getppid() != me:
                 os._exit(1)
-            _resolve(entry.decode())([*fds, parent_fd], inherited, *pickle.loads(args))
+            _resolve(entry)([*fds, parent_fd], inherited, *args)
         except BaseException:  # noqa: BLE001
             import traceback
 

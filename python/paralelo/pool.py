@@ -173,6 +173,7 @@ class Pool:
         self._processes = processes
         self._engine = _engine.Engine(processes, initializer, tuple(initargs), maxtasksperchild,
                                       task_timeout=task_timeout, retries=retries)
+        self._engine.wait_started()  # its workers exist once it is made, as multiprocessing's do
         self._state = "RUN"
         self._finalizer = weakref.finalize(self, self._engine.terminate)
         self._finalizer.atexit = False  # at exit, _engine's own hook decides (finish or stop)

@@ -43,11 +43,17 @@ class Chunker:
         if self.total is not None:
             left = self.total - items_cut
             # Guided: leave enough pieces at the end to balance the workers, and never more
-            # than one worker's share of what remains.
-            n = min(n, max(self.min_size, -(-left // (2 * self.processes))), -(-left // self.processes))
+            # than one worker's share of what remains, unless that share is less work than
+            # a message is worth (then the rest goes whole: halving it only adds messages).
+            n = min(n, max(self.min_size, -(-left // (2 * self.processes))))
         if self.most:
             n = min(n, self.most)
         return max(1, n)
+
+    def prime(self, per_item: float) -> None:
+        """Starts from an earlier map's measured cost per item (of the same function)."""
+        self.busy_ns, self.measured_items, self.measured_max = int(per_item * 1e9), 1, 1
+        self.update()
 
     def measure(self, count: int, elapsed_ns: int) -> None:
         """A chunk of `count` items took `elapsed_ns` in a worker."""

@@ -24,7 +24,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 from .. import _native, _zygote
-from .._worker import Setup
+from .._worker import ENTRY as WORKER, Setup
 from .._errors import ResultUnpicklingError, broken, load_error, pickling_failed
 from .._pickling import MainNames, by_value, dumps, unpack_results
 from .._wire import BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
@@ -40,6 +40,8 @@ QUEUE_SECONDS = 0.002
 MAX_INFLIGHT = 256
 #: How often a timed unit whose worker has not started it yet is looked at again.
 CLOCK_CHECK = 0.01
+#: How often the collector looks for the pool's first workers while they start.
+STARTING_POLL = 0.0003
 #: Map chunks committed to one worker in one round travel together, up to this many.
 SHIP_UNITS = 64
 
@@ -95,7 +97,6 @@ class Engine:
         _engines.add(self)  # from here, forked children let go of its hub (and this zygote too)
         me = mpp.current_process()
         setup = Setup(initializer, tuple(initargs), maxtasks or 0, self.main, kind, daemon, os.getpid(), me.name)
-        self.zygote = _zygote.Zygote(setup)
         self.maxtasks = maxtasks or None
         self.jobs: dict[int, Job] = {}
         self.active: deque[Job] = deque()  # map jobs with units to hand out, oldest first
@@ -103,6 +104,7 @@ class Engine:
         # thousands of them and dispatch looks only at the head.
         self.calls: deque[CallJob] = deque()
         self.call_costs = CallCosts()
+        self.item_costs = CallCosts()  # per item, of map functions
         self.timed = False  # a unit with a time limit was ever sent: the collector checks deadlines
         self.slots = [Slot(i) for i in range(processes)]
         self.closing = False  # no new jobs; workers exit once idle
@@ -111,20 +113,37 @@ class Engine:
         self.exits_sent = False
         self.unexplained_deaths = 0  # in a row, with no task answered in between
         self.pid = os.getpid()
-        try:
-            for slot in self.slots:
-                self.start(slot)
-        except BaseException:
-            self._kill_all()  # no half-started pool outlives its failed constructor
-            self._close_pidfds()
-            self.zygote.close()
-            _engines.discard(self)
-            raise
+        self.terminated = False
+        # The first workers are starting: dispatch may post to their slots already (each
+        # reads its ring once it runs); the collector takes their pids from the zygote
+        # first thing (`_take_first_workers`), and sets `started`.
+        for slot in self.slots:
+            slot.alive = True
+        self.starting = deque(self.slots)
+        self.started = threading.Event()
+        self.start_error: OSError | None = None
         # Set when the pool is over (every worker gone): what join() waits for. The
         # collector then still reaps the zygote, which nobody need wait for.
         self.over = threading.Event()
         self.thread = threading.Thread(target=self._collect, name="paralelo-collector", daemon=True)
-        self.thread.start()
+        # The first workers are forked by the zygote as soon as it runs (see `Zygote`),
+        # numbered as multiprocessing numbers its processes (names, `_identity`).
+        first = [(i, next(mpp._process_counter)) for i in range(processes)]  # type: ignore[attr-defined]
+        self.zygote: _zygote.Zygote | None = None
+        with self.lock:
+            # The collector starts before the fork: just after one, a new thread waits
+            # milliseconds for the pages it touches to be copied. It waits for this lock.
+            self.thread.start()
+            try:
+                self.zygote = _zygote.Zygote(setup, (WORKER, first, [self.hub.fd]))
+            except BaseException:
+                self.closing = True  # the collector ends at once
+                for slot in self.slots:
+                    slot.alive = False
+                _engines.discard(self)
+                raise
+            finally:
+                self.hub.wake()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -146,17 +165,55 @@ class Engine:
 
     def start(self, slot: Slot) -> None:
         """Starts a worker in `slot` and has the engine watch for its death."""
-        # Numbered as multiprocessing numbers its processes (names, `_identity`).
         number = next(mpp._process_counter)  # type: ignore[attr-defined]
-        slot.pid, slot.pidfd = self.zygote.spawn_worker(self.hub.fd, slot.index, number)
+        assert self.zygote is not None  # a worker died, so the zygote had started it
+        pid, pidfd = self.zygote.spawn(WORKER, (slot.index, number), [self.hub.fd])
         slot.alive = True
         slot.answered = False
         slot.loaded = set()
         slot.taken = 0
         slot.timed, slot.timed_out = None, False
-        self.hub.watch(slot.index, slot.pid, slot.pidfd)
+        self._watch(slot, pid, pidfd)
+
+    def _watch(self, slot: Slot, pid: int, pidfd: int) -> None:
+        slot.pid, slot.pidfd = pid, pidfd
+        self.hub.watch(slot.index, pid, pidfd)
+
+    def _take_first_workers(self) -> None:
+        """Takes the pids of the first workers the zygote has started (unasked) by now; on
+        the collector's thread, which polls for them (`STARTING_POLL`) meanwhile, so
+        neither making a pool nor its first results wait for every worker to start."""
+        zygote = self.zygote
+        try:
+            while self.starting and zygote is not None:
+                got = zygote.first_spawned()
+                if got is None:
+                    return
+                slot = self.starting.popleft()
+                self._watch(slot, *got)
+                if self.terminated:
+                    self._kill(slot)
+        except OSError as e:
+            for s in self.starting:
+                s.alive = False
+            self.start_error = e
+            self.break_pool(broken(f"cannot start the pool's worker processes: {e}", e))
+            self._kill_all()
+        self.starting.clear()
+        self.started.set()
+
+    def wait_started(self) -> None:
+        """Waits until the first workers are started (as a multiprocessing Pool's are once
+        made); raises what kept them from starting, once the pool is stopped."""
+        self.started.wait()
+        if self.start_error is not None:
+            self.terminate()
+            self.join()
+            raise self.start_error
 
     def pids(self) -> list[int]:
+        """The live workers' pids (once the first ones have started)."""
+        self.started.wait()
         return [s.pid for s in self.slots if s.alive]
 
     # -- dispatch ------------------------------------------------------------
@@ -184,7 +241,8 @@ class Engine:
         timeout, retries = self._limits(task_timeout, retries)
         if timeout is not None:
             chunksize = 1  # a time limit is per item: each is a unit of its own
-        job = MapJob(self.processes, fn, iterable, star, chunksize, sink, hold, self.maxtasks, self.main)
+        job = MapJob(self.processes, fn, iterable, star, chunksize, sink, hold, self.maxtasks, self.main,
+                     self.item_costs)
         job.timeout, job.retries = timeout, retries
         return job
 
@@ -241,6 +299,9 @@ class Engine:
     def requeue(self, unit: Unit) -> None:
         """Puts back a unit a dead worker held but had not run: it goes out first."""
         job = unit.job
+        if job.finished:
+            self.forget_if_done(job)  # failed or stopped meanwhile: the unit runs no more
+            return
         job.requeued.appendleft(unit)
         if isinstance(job, CallJob):
             self.calls.appendleft(job)  # sent, so no longer queued: its one unit is back
@@ -423,9 +484,11 @@ class Engine:
         finally:
             with self.locked():
                 self._close_pidfds()
-            self.zygote.close(wait=False)
+            if self.zygote is not None:
+                self.zygote.close(wait=False)
             self.over.set()
-            self.zygote.reap()
+            if self.zygote is not None:
+                self.zygote.reap()
 
     def _close_pidfds(self) -> None:
         for s in self.slots:
@@ -440,6 +503,8 @@ class Engine:
             # Results, room for outboxes, deaths, wake() and time limits end this wait.
             msgs, events = recv(self._until_deadline())
             with self.locked():
+                if self.starting:
+                    self._take_first_workers()
                 for slot_i, tag, job_id, seq, aux, payload in msgs:
                     self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
                 for kind, slot_i, pid, exc in events:
@@ -455,7 +520,10 @@ class Engine:
                     break
 
     def _until_deadline(self) -> float | None:
-        """Seconds until the first running unit's time limit, None if none has one."""
+        """Seconds until the first running unit's time limit (or the next look for a
+        starting worker), None if none has one."""
+        if self.starting:
+            return STARTING_POLL
         if not self.timed:
             return None
         deadlines = [s.timed.deadline for s in self.slots if s.timed is not None and not s.timed_out]
@@ -496,14 +564,15 @@ class Engine:
                 slot.corrupt = exc
                 self._kill(slot)
         elif kind == "exited":
+            if self.exits_sent:
+                deaths.retire(self, slot, None)  # it was told to exit, with nothing to run
+                return
+            assert self.zygote is not None  # it started the worker that died
             try:
                 status = self.zygote.exit_status(pid)
             except OSError:
                 status = None
-            if self.exits_sent and status == 0:
-                deaths.retire(self, slot, None)  # it was told to exit: nothing to blame
-            else:
-                deaths.retire(self, slot, _zygote.describe_exit(status))
+            deaths.retire(self, slot, _zygote.describe_exit(status))
 
     def _answer(self, slot: Slot, replies: Iterable[tuple[int, bool, Any, int]]) -> None:
         """Outcomes of units `slot` ran: `(ticket, ok, results or exception, busy_ns)`, all
@@ -596,7 +665,7 @@ class Engine:
         if os.getpid() != self.pid:
             return
         with self.locked():
-            self.closing = True
+            self.closing = self.terminated = True
             for job in list(self.jobs.values()):
                 if exc is not None:
                     job.fail(exc)

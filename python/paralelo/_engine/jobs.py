@@ -116,8 +116,9 @@ class Job:
 
 
 class CallCosts:
-    """What calls of each function took lately (a moving average, by the function's id):
-    calls are jobs of their own, and this is how a call's cost is known before it runs."""
+    """What calls (or map items) of each function took lately, by the function's id: calls
+    are jobs of their own, and this is how a call's cost is known before it runs; a map
+    starts from what its function's items cost in the last map."""
 
     __slots__ = ("seconds",)
     #: Functions remembered; past this the memory starts afresh.
@@ -130,10 +131,15 @@ class CallCosts:
         return self.seconds.get(id(fn))
 
     def add(self, fn: Callable, seconds: float) -> None:
+        """One more measure: folded into the moving average."""
         known = self.seconds.get(id(fn))
-        if known is None and len(self.seconds) >= self.MOST:
+        self.remember(fn, seconds if known is None else 0.75 * known + 0.25 * seconds)
+
+    def remember(self, fn: Callable, seconds: float) -> None:
+        """Replaces what `fn` costs (a map's own estimate, from all its chunks)."""
+        if id(fn) not in self.seconds and len(self.seconds) >= self.MOST:
             self.seconds.clear()
-        self.seconds[id(fn)] = seconds if known is None else 0.75 * known + 0.25 * seconds
+        self.seconds[id(fn)] = seconds
 
 
 class CallJob(Job):
@@ -155,6 +161,7 @@ class CallJob(Job):
 
     def next_unit(self, cap: int | None = None) -> Unit | None:
         if self.finished:
+            self.requeued.clear()  # failed or cancelled meanwhile: nothing more to run
             return None
         if self.requeued:
             return self.requeued.popleft()
@@ -196,7 +203,8 @@ class MapJob(Job):
 
     def __init__(self, processes: int, fn: Callable, iterable: Iterable, star: bool,
                  chunksize: int | None, sink: MapSink, hold: int | None = None,
-                 most: int | None = None, main: MainNames | None = None):
+                 most: int | None = None, main: MainNames | None = None,
+                 costs: CallCosts | None = None):
         super().__init__()
         # A lazy map with adaptive chunks reports each item's failure in its place (as
         # with chunksize=1); a fixed chunksize fails whole chunks, as multiprocessing does.
@@ -232,6 +240,13 @@ class MapJob(Job):
         except TypeError:
             total = None
         self.chunker = Chunker(chunksize, processes, total, most)
+        # An earlier map of the same function says what its items cost: a map of known
+        # length starts from that (guided chunks bound what a wrong guess costs); a lazy
+        # one, unbounded, measures afresh from single items.
+        self.fn, self.costs = fn, costs
+        known = costs.get(fn) if costs is not None and chunksize is None and total is not None else None
+        if known is not None:
+            self.chunker.prime(known)
         # A lazy map's consumer may drop its iterator without reading it: the job then
         # still runs (as multiprocessing's does, for the side effects) but its results are
         # dropped, not kept for nobody. So it holds that sink weakly.
@@ -426,6 +441,8 @@ class MapJob(Job):
             if not ok and self.sink.stops_on_error:
                 self.finished = True  # the whole map failed: do not run the rest
         self.chunker.update()
+        if self.costs is not None and self.chunker.measured_items:
+            self.costs.remember(self.fn, self.chunker.per_item)
         self.sink.chunks(chunks)
 
     def fail(self, exc: BaseException) -> None:

@@ -1,0 +1,77 @@
+"""The adaptive chunk policy (``_engine.chunking.Chunker``), cut as dispatch cuts a list."""
+
+from __future__ import annotations
+
+from paralelo._engine.chunking import CHUNK_SECONDS, MIN_CHUNK_SECONDS, Chunker
+
+
+def cut(chunker: Chunker, total: int, per_item: float) -> list[int]:
+    """Chunk sizes for a list of `total` items whose items each take `per_item` seconds,
+    every chunk measured as soon as it is cut (as if answered at once)."""
+    sizes: list[int] = []
+    done = 0
+    while done < total:
+        n = min(chunker.next_size(len(sizes), done), total - done)
+        sizes.append(n)
+        done += n
+        chunker.measure(n, int(n * per_item * 1e9))
+        chunker.update()
+    return sizes
+
+
+def test_unmeasured_chunks_are_single_items() -> None:
+    c = Chunker(None, 4, 1000)
+    assert [c.next_size(i, i) for i in range(4)] == [1, 1, 1, 1]
+
+
+def test_slow_items_go_one_per_chunk() -> None:
+    # Four 1-second tasks on four workers: one each, never two on one worker.
+    assert cut(Chunker(None, 4, 4), 4, 1.0) == [1, 1, 1, 1]
+    assert set(cut(Chunker(None, 8, 40), 40, 0.5)) == {1}
+
+
+def test_cheap_items_take_few_chunks_and_no_dribbling_tail() -> None:
+    total, per_item = 100_000, 35e-9
+    sizes = cut(Chunker(None, 2, total), total, per_item)
+    assert sum(sizes) == total
+    assert len(sizes) <= 16, sizes
+    # Past the first probe, no chunk is less work than a message is worth, except the rest.
+    floor = int(MIN_CHUNK_SECONDS / per_item)
+    assert all(n >= floor for n in sizes[2:-1]), sizes
+    # No chunk takes more than a quarter (2 workers: half a worker's share) of what was left.
+    left = total
+    for n in sizes[1:]:
+        assert n <= max(floor, -(-left // 4)) + 1, (n, left)
+        left -= n
+
+
+def test_chunks_aim_at_the_chunk_time_once_measured() -> None:
+    c = Chunker(None, 2, 10_000_000)
+    c.measure(1000, 1000 * 1000)  # 1 µs an item
+    c.update()
+    assert c.next_size(1, 1000) == int(CHUNK_SECONDS / 1e-6)
+
+
+def test_a_map_can_start_from_an_earlier_maps_cost() -> None:
+    cheap = Chunker(None, 2, 100_000)
+    cheap.prime(35e-9)
+    assert cheap.next_size(0, 0) == -(-100_000 // 4)  # guided from the first chunk
+    slow = Chunker(None, 2, 100)
+    slow.prime(1.0)
+    assert slow.next_size(0, 0) == 1
+    fixed = Chunker(7, 2, 100)
+    assert fixed.next_size(0, 0) == 7
+
+
+def test_maxtasks_caps_a_chunk() -> None:
+    c = Chunker(None, 2, 100_000, most=10)
+    c.prime(1e-9)
+    assert c.next_size(0, 0) == 10
+
+
+def test_a_pool_remembers_what_a_functions_items_cost(pool) -> None:
+    assert pool.map(abs, range(-20_000, 0)) == list(range(20_000, 0, -1))
+    cost = pool._engine.item_costs.get(abs)
+    assert cost is not None and 0 < cost < 1e-4
+    # A lazy map measures afresh (its length is unknown: no guided bound on a bad guess).
+    assert list(pool.imap(abs, iter(range(-3, 0)))) == [3, 2, 1]
