@@ -75,3 +75,15 @@ def test_a_pool_remembers_what_a_functions_items_cost(pool) -> None:
     assert cost is not None and 0 < cost < 1e-4
     # A lazy map measures afresh (its length is unknown: no guided bound on a bad guess).
     assert list(pool.imap(abs, iter(range(-3, 0)))) == [3, 2, 1]
+
+
+def test_heavy_items_travel_a_few_to_a_chunk() -> None:
+    from paralelo._engine.chunking import CHUNK_BYTES
+
+    c = Chunker(None, 2, 100_000)
+    c.prime(1e-9)  # cheap to run: by time alone, a chunk would hold thousands
+    c.weigh(CHUNK_BYTES / 2)
+    assert c.next_size(0, 0) == 2
+    c.weigh(CHUNK_BYTES * 10)
+    assert c.next_size(0, 0) == 1
+    assert Chunker(5, 2, 100).next_size(0, 0) == 5  # the caller's chunksize is the caller's

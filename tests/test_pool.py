@@ -856,6 +856,39 @@ def test_imap_readahead_is_bounded_with_adaptive_chunks():
     assert seen <= 1_000_000
 
 
+def _big_items(counter, size):
+    for i in itertools.count():
+        counter[0] = i + 1
+        yield bytes(size)
+
+
+def _big_result(n):
+    return bytes(n)
+
+
+def test_imap_readahead_is_bounded_in_bytes():
+    """Items of 4 MB, then results of 4 MB: a slow consumer holds ≈ READ_AHEAD_BYTES of
+    them read ahead (or two per worker), not thousands of items' worth."""
+    from paralelo._engine.jobs import READ_AHEAD_BYTES
+
+    bound = max(4, READ_AHEAD_BYTES // (4 << 20)) + 8  # + what is in flight as it shrinks
+    drawn = [0]
+    p = paralelo.Pool(2)
+    try:
+        it = p.imap(len, _big_items(drawn, 4 << 20))
+        assert list(itertools.islice(it, 3)) == [4 << 20] * 3
+        seen = _wait_for_readahead(drawn, 3 + bound, 1.0)
+        assert seen <= 3 + bound, seen
+        # Small items, 4 MB results: the items may be read ahead, but no more are sent
+        # than the results' bound allows (each sent one comes back as 4 MB held here).
+        it = p.imap(_big_result, (4 << 20 for _ in itertools.count()))
+        assert len(next(it)) == 4 << 20
+        time.sleep(1.0)
+        assert it.job.sent_items - it.consumed_items() <= bound, it.job.sent_items
+    finally:
+        p.terminate()
+
+
 def test_work_submitted_while_an_imap_waits_for_its_consumer_runs(pool):
     it = pool.imap(square, range(2_000_000))  # more than imap reads ahead of its consumer
     assert next(it) == 0

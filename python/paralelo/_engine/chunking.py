@@ -9,6 +9,9 @@ CHUNK_SECONDS = 0.002
 #: Near the end of a map, chunks shrink (guided scheduling) but not below this much work:
 #: a smaller chunk costs more in messages than it can save in balance.
 MIN_CHUNK_SECONDS = 0.0002
+#: An adaptive chunk carries at most this many bytes of items and results (pickled, as
+#: weighed so far): big items travel a few at a time, released as they are consumed.
+CHUNK_BYTES = 4 << 20
 
 
 class Chunker:
@@ -16,10 +19,11 @@ class Chunker:
     with None, chunks are single items until the cost is measured (so the first items
     spread over every worker, however slow they are), then follow the measured cost, never
     taking more than a worker's share of what remains, nor more than `most` items (a pool's
-    ``maxtasksperchild``: a worker then leaves after that many items, not chunks)."""
+    ``maxtasksperchild``: a worker then leaves after that many items, not chunks), nor
+    more than CHUNK_BYTES of items and results once they are weighed."""
 
     __slots__ = ("fixed", "processes", "total", "most", "size", "min_size", "per_item",
-                 "busy_ns", "measured_items", "measured_max")
+                 "busy_ns", "measured_items", "measured_max", "heaviest")
 
     def __init__(self, chunksize: int | None, processes: int, total: int | None,
                  most: int | None = None) -> None:
@@ -32,6 +36,7 @@ class Chunker:
         self.busy_ns = 0  # worker time and items of the chunks the estimate rests on
         self.measured_items = 0
         self.measured_max = 0  # the largest chunk measured
+        self.heaviest = 0  # the most items CHUNK_BYTES holds (0: not weighed yet)
 
     def next_size(self, chunks_cut: int, items_cut: int) -> int:
         """The size of the next chunk, after `chunks_cut` chunks of `items_cut` items."""
@@ -48,7 +53,13 @@ class Chunker:
             n = min(n, max(self.min_size, -(-left // (2 * self.processes))))
         if self.most:
             n = min(n, self.most)
+        if self.heaviest:
+            n = min(n, self.heaviest)
         return max(1, n)
+
+    def weigh(self, item_bytes: float) -> None:
+        """An item and its results weigh `item_bytes` pickled."""
+        self.heaviest = max(1, int(CHUNK_BYTES // item_bytes)) if item_bytes > 0 else 0
 
     def prime(self, per_item: float) -> None:
         """Starts from an earlier map's measured cost per item (of the same function)."""

@@ -450,6 +450,7 @@ class Engine:
                 else:
                     tag, seq = TASKS, run[0].seq
                     payload = dumps(([u.seq for u in run], [u.payload for u in run]), self.main)
+                job.weigh(True, len(payload), sum(u.count for u in run))
             except BaseException:  # noqa: BLE001 - find the chunk that cannot be pickled
                 for u in run:
                     try:
@@ -574,9 +575,10 @@ class Engine:
                 status = None
             deaths.retire(self, slot, _zygote.describe_exit(status))
 
-    def _answer(self, slot: Slot, replies: Iterable[tuple[int, bool, Any, int]]) -> None:
+    def _answer(self, slot: Slot, replies: Iterable[tuple[int, bool, Any, int]], nbytes: int = 0) -> None:
         """Outcomes of units `slot` ran: `(ticket, ok, results or exception, busy_ns)`, all
-        of one job. Units no longer held (already failed or requeued) are ignored."""
+        of one job, `nbytes` of them pickled. Units no longer held (already failed or
+        requeued) are ignored."""
         inflight = slot.inflight
         answers = []
         for ticket, ok, value, busy in replies:
@@ -585,6 +587,8 @@ class Engine:
                 answers.append((unit, ok, value, busy))
         if answers:
             job = answers[0][0].job
+            if nbytes:
+                job.weigh(False, nbytes, sum(a[0].count for a in answers))
             job.outstanding -= len(answers)
             job.done_many(answers)
             if not job.outstanding:
@@ -605,13 +609,13 @@ class Engine:
                 err = None
             self._answer(slot, (
                 (t, ok, value if ok else err or load_error(value), busy) for t, ok, value, busy in replies
-            ))
+            ), len(payload))
         elif tag == OK or tag == OK_ARRAY:
             try:
                 ok, value = True, unpack_results(tag, payload)
             except BaseException as e:  # noqa: BLE001 - that unit fails, not the pool
                 ok, value = False, _unloadable_result(e)
-            self._answer(slot, [(seq, ok, value, aux)])
+            self._answer(slot, [(seq, ok, value, aux)], len(payload))
         elif tag == ERR:
             self._answer(slot, [(seq, False, load_error(payload), aux)])
         elif tag == BYE:

@@ -21,6 +21,9 @@ from .sink import MapSink
 _job_ids = itertools.count(1)
 #: The most items a lazy map reads ahead of its consumer (or of dispatch, after close()).
 READ_AHEAD_ITEMS = 1 << 16
+#: ...and the most bytes, judged by what its items and results weigh pickled: a map of
+#: 20 MB arrays reads a few ahead, not thousands.
+READ_AHEAD_BYTES = 64 << 20
 #: A streaming reader hands what it read to dispatch once reading took this long, so a
 #: slow input's items go out one by one and a fast one's in large batches.
 STREAM_SECONDS = 0.001
@@ -113,6 +116,10 @@ class Job:
     def lost(self, unit: Unit, exc: BaseException) -> None:
         """The worker running `unit` died."""
         self.done(unit, False, exc, 0)
+
+    def weigh(self, out: bool, nbytes: int, items: int) -> None:
+        """`items` of its items weighed `nbytes` pickled, going out (tasks) or coming back
+        (`out` false: results)."""
 
 
 class CallCosts:
@@ -256,6 +263,9 @@ class MapJob(Job):
         if self.sliceable is not None:  # an exact length: results can be placed as they come
             sink.expect(len(self.sliceable))
         self.hold = hold
+        # Pickled bytes an item takes going out and its results coming back: an average
+        # that follows a rise at once (the read-ahead must shrink before memory grows).
+        self.item_bytes = [0.0, 0.0]
         self.sent_items = 0
         self.chunks_cut = 0
         self.input_done = False
@@ -356,6 +366,7 @@ class MapJob(Job):
                         counted = read
                         kick()
                         kicked = clock()
+                        want = read + self.read_room()  # dispatch weighed what it sent
                     if read >= want:
                         return
             except BaseException as e:  # noqa: BLE001 - the input itself raised
@@ -421,8 +432,20 @@ class MapJob(Job):
     def ahead_limit(self) -> int:
         """How many items a lazy job reads ahead of its consumer: `hold`, or four chunks
         per worker if that is more, up to READ_AHEAD_ITEMS (chunks of very cheap items are
-        huge: their read-ahead must not be)."""
-        return max(self.hold or 0, min(4 * self.processes * self.chunker.size, READ_AHEAD_ITEMS))
+        huge: their read-ahead must not be); and, once items were weighed, no more than
+        READ_AHEAD_BYTES of them and their results, but two per worker at least."""
+        limit = max(self.hold or 0, min(4 * self.processes * self.chunker.size, READ_AHEAD_ITEMS))
+        weight = self.item_bytes[0] + self.item_bytes[1]
+        if weight * limit > READ_AHEAD_BYTES:
+            limit = max(2 * self.processes, int(READ_AHEAD_BYTES // weight))
+        return limit
+
+    def weigh(self, out: bool, nbytes: int, items: int) -> None:
+        if items > 0:
+            i = 0 if out else 1
+            per = nbytes / items
+            self.item_bytes[i] = max(per, (self.item_bytes[i] + per) / 2)
+            self.chunker.weigh(self.item_bytes[0] + self.item_bytes[1])
 
     def unit_seconds(self) -> float | None:
         return self.chunker.unit_seconds()
