@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from paralelo._engine.chunking import CHUNK_SECONDS, MIN_CHUNK_SECONDS, Chunker
 
 
@@ -35,14 +37,29 @@ def test_cheap_items_take_few_chunks_and_no_dribbling_tail() -> None:
     sizes = cut(Chunker(None, 2, total), total, per_item)
     assert sum(sizes) == total
     assert len(sizes) <= 16, sizes
-    # Past the first probe, no chunk is less work than a message is worth, except the rest.
+    # Past the first probe, no chunk is less work than a message is worth, except the last
+    # pieces, which split what remains evenly (no halving down to single items).
     floor = int(MIN_CHUNK_SECONDS / per_item)
-    assert all(n >= floor for n in sizes[2:-1]), sizes
-    # No chunk takes more than a quarter (2 workers: half a worker's share) of what was left.
-    left = total
-    for n in sizes[1:]:
-        assert n <= max(floor, -(-left // 4)) + 1, (n, left)
+    assert all(n >= floor // 2 for n in sizes[1:-1]), sizes
+    # No chunk takes more than a worker's share (2 workers: half) of what was left, but
+    # the last of the even pieces the tail is cut in.
+    left = total - sizes[0]
+    for n in sizes[1:-1]:
+        assert n <= -(-left // 2), (n, left)
         left -= n
+    assert sizes[-1] <= sizes[-2]
+
+
+def test_a_cheap_start_does_not_put_costly_items_on_one_worker() -> None:
+    # Measured on cheap items, then the costly ones: the rest is split between the
+    # workers, never sent whole to one.
+    c = Chunker(None, 2, 44)
+    sizes = cut(c, 4, 1e-7)  # the first four items, cheap
+    while sum(sizes) < 44:
+        n = c.next_size(len(sizes), sum(sizes))
+        sizes.append(min(n, 44 - sum(sizes)))
+    assert max(sizes) <= -(-43 // 2), sizes  # half of what was left after the probe
+    assert len(sizes) >= 4
 
 
 def test_chunks_aim_at_the_chunk_time_once_measured() -> None:
@@ -56,6 +73,11 @@ def test_a_map_can_start_from_an_earlier_maps_cost() -> None:
     cheap = Chunker(None, 2, 100_000)
     cheap.prime(35e-9)
     assert cheap.next_size(0, 0) == -(-100_000 // 4)  # guided from the first chunk
+    # Eight costly items after a cheap map of the same function: half to each worker at
+    # most, as multiprocessing's static chunks would spread them.
+    few = Chunker(None, 2, 8)
+    few.prime(35e-9)
+    assert few.next_size(0, 0) == 4
     slow = Chunker(None, 2, 100)
     slow.prime(1.0)
     assert slow.next_size(0, 0) == 1
@@ -73,6 +95,14 @@ def test_a_pool_remembers_what_a_functions_items_cost(pool) -> None:
     assert pool.map(abs, range(-20_000, 0)) == list(range(20_000, 0, -1))
     cost = pool._engine.item_costs.get(abs)
     assert cost is not None and 0 < cost < 1e-4
+    # A function is remembered only while it lives: a new one never inherits its cost.
+    f = eval("lambda x: x")
+    assert pool.map(f, range(1000)) == list(range(1000))
+    assert pool._engine.item_costs.get(f) is not None
+    known = len(pool._engine.item_costs.weak)
+    del f
+    gc.collect()  # (a finished job may sit in a reference cycle until then)
+    assert len(pool._engine.item_costs.weak) == known - 1
     # A lazy map measures afresh (its length is unknown: no guided bound on a bad guess).
     assert list(pool.imap(abs, iter(range(-3, 0)))) == [3, 2, 1]
 
@@ -87,3 +117,18 @@ def test_heavy_items_travel_a_few_to_a_chunk() -> None:
     c.weigh(CHUNK_BYTES * 10)
     assert c.next_size(0, 0) == 1
     assert Chunker(5, 2, 100).next_size(0, 0) == 5  # the caller's chunksize is the caller's
+
+
+def _nap_and_pid(seconds: float) -> int:
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_few_costly_items_after_cheap_ones_use_every_worker(pool) -> None:
+    # The function's cost was learnt on cheap items; these eight are not cheap.
+    pool.map(_nap_and_pid, [0] * 2000)
+    pids = pool.map(_nap_and_pid, [0.05] * 8)
+    assert sorted(pids.count(p) for p in set(pids)) == [4, 4]

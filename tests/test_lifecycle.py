@@ -381,6 +381,44 @@ def test_the_zygote_starts_its_first_processes_unasked() -> None:
         z.close()
 
 
+def test_a_request_made_before_the_first_processes_are_collected_keeps_them() -> None:
+    from paralelo import _zygote
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    z = _zygote.Zygote("held", (f"{__name__}:_spawned_entry", [("one",), ("two",)], [null]))
+    try:
+        # Answered after the first two: reading its reply must keep theirs, not dispose
+        # of them (which would kill those processes).
+        pid, pidfd = z.spawn(f"{__name__}:_spawned_entry", ("three",), [null])
+        firsts = [z.first_spawned(wait=True), z.first_spawned(wait=True)]
+        for p, fd in [(pid, pidfd), *firsts]:
+            select.select([fd], [], [], 10)
+            assert _zygote.describe_exit(z.exit_status(p)) == "it exited with code 0"
+            os.close(fd)
+    finally:
+        os.close(null)
+        z.close()
+
+
+def test_an_executor_whose_workers_leave_at_once_starts_cleanly() -> None:
+    """A worker may answer (here: leave, after one task) before the collector took its pid
+    from the zygote: it is taken first."""
+    import paralelo
+
+    for _ in range(8):
+        with paralelo.ProcessPoolExecutor(2, max_tasks_per_child=1) as ex:
+            assert list(ex.map(abs, range(-6, 0))) == [6, 5, 4, 3, 2, 1]
+
+
+def test_each_worker_holds_its_pools_shared_memory_once() -> None:
+    import paralelo
+
+    with paralelo.Pool(2) as pool:
+        for pid in pool._engine.pids():
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            assert sum("memfd:" in link for link in links) == 1, links
+
+
 def test_the_zygote_answers_a_malformed_request_with_an_error(zygote: Any) -> None:
     from paralelo import _zygote
 

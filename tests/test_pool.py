@@ -889,6 +889,52 @@ def test_imap_readahead_is_bounded_in_bytes():
         p.terminate()
 
 
+def test_imap_of_big_items_in_the_callers_chunks_never_stalls():
+    """The bytes bound on the read-ahead still leaves room for whole chunks of the
+    caller's size (dispatch only cuts whole ones until the input ends)."""
+    p = paralelo.Pool(2)
+    try:
+        it = p.imap(len, (bytes(100_000) for _ in range(3000)), chunksize=1000)
+        assert sum(it) == 3000 * 100_000
+    finally:
+        p.terminate()
+
+
+def _len_and_pid(data):
+    return len(data), os.getpid()
+
+
+def test_the_callers_chunks_of_big_arguments_spread_over_the_workers(pool):
+    """A cheap function over big arguments: what a unit costs its worker includes loading
+    them, so no worker is handed nearly every unit at once."""
+    out = pool.map(_len_and_pid, [bytes(4 << 20)] * 30, chunksize=1)
+    assert {n for n, _ in out} == {4 << 20}
+    per_worker = [sum(1 for _, pid in out if pid == p) for p in {pid for _, pid in out}]
+    assert len(per_worker) == 2 and min(per_worker) >= 5, per_worker
+
+
+class _InterruptsPickling:
+    def __reduce__(self):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_a_map_is_pickled_raises_it_and_the_pool_goes_on(pool):
+    # (The first item is pickled by the calling thread; later ones by the collector.)
+    with pytest.raises(KeyboardInterrupt):
+        pool.map(square, [_InterruptsPickling(), 2, 3, 4], chunksize=1)
+    with pytest.raises(KeyboardInterrupt):
+        pool.apply_async(square, (_InterruptsPickling(),))
+    assert pool.map(square, range(10)) == [x * x for x in range(10)]
+    # Off the main thread a KeyboardInterrupt can only come from the object itself: a
+    # pickling error, as any other exception a __reduce__ raises.
+    box = []
+    t = threading.Thread(target=lambda: box.append(pool.apply_async(square, (_InterruptsPickling(),))))
+    t.start()
+    t.join()
+    with pytest.raises(pickle.PicklingError):
+        box[0].get(10)
+
+
 def test_work_submitted_while_an_imap_waits_for_its_consumer_runs(pool):
     it = pool.imap(square, range(2_000_000))  # more than imap reads ahead of its consumer
     assert next(it) == 0

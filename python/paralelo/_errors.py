@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import multiprocessing
 import pickle
+import threading
 import traceback
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -91,6 +92,12 @@ def as_pool_error(exc: BaseException) -> BaseException:
         err.__cause__ = exc
         return err
     return exc
+
+
+def interrupted(e: BaseException) -> bool:
+    """Whether `e` is Ctrl-C on the main thread, to re-raise (not a task's failure). Elsewhere
+    a KeyboardInterrupt can only come from user code (a ``__reduce__``): a failure like any."""
+    return isinstance(e, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
 
 
 def pickling_failed(what: str, cause: BaseException) -> pickle.PicklingError:

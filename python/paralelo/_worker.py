@@ -106,10 +106,12 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
             if tag == TASKS:
                 fn, star, each, per_item = funcs[job]
                 port.unpacking(seq)  # a death while unpickling blames the batch
+                t0 = perf_counter_ns()
                 try:
                     seqs, chunks = loads(payload)
                 except BaseException as e:  # noqa: BLE001 - every unit reports it
                     raise RuntimeError(f"paralelo worker: bad task batch: {e!r}") from e
+                share = (perf_counter_ns() - t0) // max(1, len(seqs))  # of the loading, per unit
                 for s, items in zip(seqs, chunks):
                     running(s)
                     t0 = perf_counter_ns()
@@ -118,7 +120,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                         ok, value = True, run(fn, star, each, items)
                     except BaseException as e:  # noqa: BLE001 - every failure goes back
                         ok, value = False, dump_error(e)
-                    busy = perf_counter_ns() - t0
+                    busy = perf_counter_ns() - t0 + share
                     replies.append((s, ok, value, busy))
                     done += len(items) if per_item else 1  # what maxtasks counts
                     if busy > QUICK_NS or aux & EAGER:
@@ -136,9 +138,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                 items = ()
                 try:
                     items = _load(payload, "arguments")
-                    t0 = perf_counter_ns()  # the cost of a chunk's items, not of its loading
                     out = run(fn, star, each, items)
-                    busy = perf_counter_ns() - t0
                     try:
                         rtag, data = _pack(pack_results, out)
                     except ResultPicklingError:
@@ -147,8 +147,8 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                         rtag, data = pack_results(picklable_each(out))  # each in its place
                 except BaseException as e:  # noqa: BLE001 - every failure goes back
                     data, rtag = dump_error(e), ERR
-                    busy = perf_counter_ns() - t0
-                reply(rtag, job, seq, busy, data, aux & EAGER)
+                # Loading and packing count: what a unit costs its worker sets how many it holds.
+                reply(rtag, job, seq, perf_counter_ns() - t0, data, aux & EAGER)
                 if per_item:  # and 1 below: maxtasks counts items, as the parent does
                     done += max(1, len(items) or aux >> 1) - 1
             elif tag == CALL:

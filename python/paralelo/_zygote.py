@@ -54,7 +54,8 @@ import struct
 import threading
 import warnings
 import weakref
-from typing import Any
+from array import array
+from typing import Any, Sequence
 
 from . import _native
 
@@ -77,6 +78,8 @@ _MAX_FDS = 16
 SPAWN, STATUS = 1, 2
 PID, EXIT_STATUS, UNKNOWN, ERROR = 1, 2, 3, 4
 _MAX_MESSAGE = 1 << 16
+#: A passed fd, as SCM_RIGHTS carries it.
+_FD = array("i")
 
 
 class Zygote:
@@ -84,15 +87,16 @@ class Zygote:
 
     With `first` = ``(entry, [args, ...], fds)``, the zygote starts those processes as
     soon as it runs, as if asked by spawn requests 1, 2, ...: collect them, in order, with
-    `first_spawned` before any other request (whose reply would discard theirs). A pool's first workers so start without a
-    round trip each to a zygote that is still starting (on two cores, about a millisecond
-    each)."""
+    `first_spawned` (other requests may come between: their replies keep those). A pool's
+    first workers so start without a round trip each to a zygote that is still starting
+    (on two cores, about a millisecond each)."""
 
     def __init__(self, inherited: Any = None, first: tuple[str, list[tuple], list[int]] | None = None) -> None:
         self._lock = threading.Lock()
         entry, batch, fds = first or ("", [], [])
         self._next_id = len(batch)
-        self._first = list(range(1, len(batch) + 1))
+        self._first = list(range(1, len(batch) + 1))  # replies to come unasked, in order
+        self._early: dict[int, tuple[int, int, int, bytes, list[int]]] = {}  # read by another request
         parent = os.getpid()
         with _making:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -156,11 +160,11 @@ class Zygote:
             raise OSError(errno.EPROTO, f"paralelo's zygote answered {kind} to a spawn")
         return value, got[0]
 
-    def first_spawned(self) -> tuple[int, int] | None:
-        """The pid and a pidfd of the next of the processes given as `first`, or None if
-        the zygote has not started it yet (this never waits)."""
+    def first_spawned(self, wait: bool = False) -> tuple[int, int] | None:
+        """The pid and a pidfd of the next of the processes given as `first`; without
+        `wait`, None if the zygote has not started it yet."""
         with self._lock:
-            reply = self._reply_to(self._first[0], socket.MSG_DONTWAIT)
+            reply = self._reply_to(self._first[0], 0 if wait else socket.MSG_DONTWAIT)
             if reply is None:
                 return None
             self._first.pop(0)
@@ -186,26 +190,43 @@ class Zygote:
 
     def _reply_to(self, request: int, flags: int = 0) -> tuple[int, int, bytes, list[int]] | None:
         """Reads replies until the one to `request` (with MSG_DONTWAIT in `flags`: None if
-        it has not come yet). Called with `_lock` held."""
+        it has not come yet). A reply to a first process not collected yet is kept for
+        `first_spawned`; any other is stale, and disposed of. Called with `_lock` held."""
         while True:
-            try:
-                msg, got, _flags, _addr = socket.recv_fds(self.sock, _MAX_MESSAGE, 1, flags)
-            except BlockingIOError:
+            reply = self._early.pop(request, None) or self._receive(flags)
+            if reply is None:
                 return None
-            if len(msg) < _REPLY.size:
-                for fd in got:
-                    os.close(fd)
-                raise OSError("paralelo's zygote process exited; cannot start processes")
-            kind, answered, value = _REPLY.unpack_from(msg)
+            kind, answered, value, rest, got = reply
             if answered == request:
                 break
-            _dispose(kind, got)  # the reply to a request interrupted before it came
-        rest = msg[_REPLY.size:]
+            if answered in self._first:
+                self._early[answered] = reply
+            else:
+                _dispose(kind, got)  # the reply to a request interrupted before it came
         if kind == ERROR:
             for fd in got:
                 os.close(fd)
             raise OSError(value, rest.decode(errors="replace"))
         return kind, value, rest, got
+
+    def _receive(self, flags: int) -> tuple[int, int, int, bytes, list[int]] | None:
+        """The next reply, parsed, with the fds it carries (close-on-exec); None if none
+        came yet (with MSG_DONTWAIT: `socket.recv_fds` ignores its flags before 3.13)."""
+        try:
+            msg, ancillary, _flags, _addr = self.sock.recvmsg(
+                _MAX_MESSAGE, socket.CMSG_SPACE(_FD.itemsize), flags | socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            return None
+        got: list[int] = []
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got.extend(array(_FD.typecode, data[:len(data) - len(data) % _FD.itemsize]))
+        if len(msg) < _REPLY.size:
+            for fd in got:
+                os.close(fd)
+            raise OSError("paralelo's zygote process exited; cannot start processes")
+        kind, answered, value = _REPLY.unpack_from(msg)
+        return kind, answered, value, msg[_REPLY.size:], got
 
 
 def _dispose(kind: int, fds: list[int]) -> None:
@@ -276,7 +297,7 @@ def _serve(sock: socket.socket, parent: int, inherited: Any, first: tuple[str, l
         return  # it died (and its pid may be reused) before we watched it
     entry, batch, given = first
     for request, args in enumerate(batch, 1):
-        _spawn(sock, request, entry, args, [os.dup(fd) for fd in given], parent_fd, inherited)
+        _spawn(sock, request, entry, args, [os.dup(fd) for fd in given], parent_fd, inherited, given)
     for fd in given:
         os.close(fd)
     statuses: dict[int, int] = {}  # reaped children's wait statuses, oldest first
@@ -343,7 +364,9 @@ def _status(sock: socket.socket, request: int, body: bytes, statuses: dict[int, 
 
 
 def _spawn(sock: socket.socket, request: int, entry: str, args: tuple, fds: list[int], parent_fd: int,
-           inherited: Any) -> None:
+           inherited: Any, not_theirs: Sequence[int] = ()) -> None:
+    """Forks a child that runs `entry` with `fds` (then closed here); `not_theirs` are
+    the zygote's own fds the child closes."""
     me = os.getpid()
     try:
         pid = os.fork()
@@ -356,6 +379,8 @@ def _spawn(sock: socket.socket, request: int, entry: str, args: tuple, fds: list
         code = 0
         try:
             sock.close()
+            for fd in not_theirs:
+                os.close(fd)
             _native.die_with_parent()
             if os.getppid() != me:
                 os._exit(1)

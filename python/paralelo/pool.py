@@ -173,7 +173,11 @@ class Pool:
         self._processes = processes
         self._engine = _engine.Engine(processes, initializer, tuple(initargs), maxtasksperchild,
                                       task_timeout=task_timeout, retries=retries)
-        self._engine.wait_started()  # its workers exist once it is made, as multiprocessing's do
+        try:
+            self._engine.wait_started()  # its workers exist once it is made, as multiprocessing's do
+        except BaseException:  # Ctrl-C in Pool(): no pool is left behind
+            self._engine.terminate()
+            raise
         self._state = "RUN"
         self._finalizer = weakref.finalize(self, self._engine.terminate)
         self._finalizer.atexit = False  # at exit, _engine's own hook decides (finish or stop)

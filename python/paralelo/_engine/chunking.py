@@ -23,7 +23,7 @@ class Chunker:
     more than CHUNK_BYTES of items and results once they are weighed."""
 
     __slots__ = ("fixed", "processes", "total", "most", "size", "min_size", "per_item",
-                 "busy_ns", "measured_items", "measured_max", "heaviest")
+                 "busy_ns", "measured_items", "measured_max", "heaviest", "tail", "primed")
 
     def __init__(self, chunksize: int | None, processes: int, total: int | None,
                  most: int | None = None) -> None:
@@ -37,6 +37,8 @@ class Chunker:
         self.measured_items = 0
         self.measured_max = 0  # the largest chunk measured
         self.heaviest = 0  # the most items CHUNK_BYTES holds (0: not weighed yet)
+        self.tail = 0  # the size of the last pieces, once cut (0: not there yet)
+        self.primed = False  # sized from an earlier map's cost, not measured here yet
 
     def next_size(self, chunks_cut: int, items_cut: int) -> int:
         """The size of the next chunk, after `chunks_cut` chunks of `items_cut` items."""
@@ -47,10 +49,16 @@ class Chunker:
         n = self.size
         if self.total is not None:
             left = self.total - items_cut
-            # Guided: leave enough pieces at the end to balance the workers, and never more
-            # than one worker's share of what remains, unless that share is less work than
-            # a message is worth (then the rest goes whole: halving it only adds messages).
-            n = min(n, max(self.min_size, -(-left // (2 * self.processes))))
+            if not self.tail and left <= self.processes * self.min_size:
+                # What remains is less than a message is worth per worker: it goes in
+                # `processes` even pieces, not in ever-halving ones (each a round trip).
+                self.tail = -(-left // self.processes)
+            if self.tail:
+                n = min(n, self.tail)
+            else:
+                # Guided: leave enough pieces at the end to balance the workers, and never
+                # more than one worker's share of what remains.
+                n = min(n, max(self.min_size, -(-left // (2 * self.processes))), -(-left // self.processes))
         if self.most:
             n = min(n, self.most)
         if self.heaviest:
@@ -62,12 +70,17 @@ class Chunker:
         self.heaviest = max(1, int(CHUNK_BYTES // item_bytes)) if item_bytes > 0 else 0
 
     def prime(self, per_item: float) -> None:
-        """Starts from an earlier map's measured cost per item (of the same function)."""
+        """Starts from an earlier map's measured cost per item (of the same function): a
+        hint for chunk sizes, replaced by this map's first measure of a chunk of two items
+        or more; `unit_seconds` stays unknown until this map's own first measure, so each
+        worker holds one chunk until then (the hint may be wrong)."""
         self.busy_ns, self.measured_items, self.measured_max = int(per_item * 1e9), 1, 1
         self.update()
+        self.primed = True
 
     def measure(self, count: int, elapsed_ns: int) -> None:
         """A chunk of `count` items took `elapsed_ns` in a worker."""
+        self.primed = False
         # Cost per item, from the largest chunks seen: a chunk's fixed cost (unpickling,
         # the call loop) would swamp a small chunk's measure.
         if count > 2 * self.measured_max:
@@ -88,6 +101,6 @@ class Chunker:
 
     def unit_seconds(self) -> float | None:
         """Estimated worker time of one chunk, or None when not measured yet."""
-        if self.measured_items == 0:
+        if self.measured_items == 0 or self.primed:
             return None
         return self.per_item * self.size

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .. import _native, _zygote
 from .._worker import ENTRY as WORKER, Setup
-from .._errors import ResultUnpicklingError, broken, load_error, pickling_failed
+from .._errors import ResultUnpicklingError, broken, interrupted, load_error, pickling_failed
 from .._pickling import MainNames, by_value, dumps, unpack_results
 from .._wire import BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
 from . import deaths
@@ -40,8 +40,10 @@ QUEUE_SECONDS = 0.002
 MAX_INFLIGHT = 256
 #: How often a timed unit whose worker has not started it yet is looked at again.
 CLOCK_CHECK = 0.01
-#: How often the collector looks for the pool's first workers while they start.
+#: How often the collector looks for the pool's first workers while they start (the
+#: zygote's replies cannot wake it), backing off to STARTING_POLL_MAX while none comes.
 STARTING_POLL = 0.0003
+STARTING_POLL_MAX = 0.05
 #: Map chunks committed to one worker in one round travel together, up to this many.
 SHIP_UNITS = 64
 
@@ -120,6 +122,7 @@ class Engine:
         for slot in self.slots:
             slot.alive = True
         self.starting = deque(self.slots)
+        self.starting_poll = STARTING_POLL
         self.started = threading.Event()
         self.start_error: OSError | None = None
         # Set when the pool is over (every worker gone): what join() waits for. The
@@ -131,10 +134,10 @@ class Engine:
         first = [(i, next(mpp._process_counter)) for i in range(processes)]  # type: ignore[attr-defined]
         self.zygote: _zygote.Zygote | None = None
         with self.lock:
-            # The collector starts before the fork: just after one, a new thread waits
-            # milliseconds for the pages it touches to be copied. It waits for this lock.
-            self.thread.start()
             try:
+                # The collector starts before the fork: just after one, a new thread waits
+                # milliseconds for the pages it touches to be copied. It waits for this lock.
+                self.thread.start()
                 self.zygote = _zygote.Zygote(setup, (WORKER, first, [self.hub.fd]))
             except BaseException:
                 self.closing = True  # the collector ends at once
@@ -179,17 +182,20 @@ class Engine:
         slot.pid, slot.pidfd = pid, pidfd
         self.hub.watch(slot.index, pid, pidfd)
 
-    def _take_first_workers(self) -> None:
-        """Takes the pids of the first workers the zygote has started (unasked) by now; on
-        the collector's thread, which polls for them (`STARTING_POLL`) meanwhile, so
-        neither making a pool nor its first results wait for every worker to start."""
+    def _take_first_workers(self, upto: int = -1) -> None:
+        """Takes the pids of the first workers the zygote has started (unasked) by now, and
+        waits for those up to slot `upto`; on the collector's thread, which looks again
+        every `starting_poll` meanwhile, so neither making a pool nor its first results
+        wait for every worker to start."""
         zygote = self.zygote
         try:
             while self.starting and zygote is not None:
-                got = zygote.first_spawned()
+                slot = self.starting[0]
+                got = zygote.first_spawned(wait=slot.index <= upto)
                 if got is None:
+                    self.starting_poll = min(2 * self.starting_poll, STARTING_POLL_MAX)
                     return
-                slot = self.starting.popleft()
+                self.starting.popleft()
                 self._watch(slot, *got)
                 if self.terminated:
                     self._kill(slot)
@@ -272,6 +278,9 @@ class Engine:
             return not (job.fed_all or job.finished or job.id not in self.jobs or self.broken is not None)
 
         def read() -> None:
+            # Callbacks run here are logged, whatever they raise, as on the collector: an
+            # exception must not pass for the input's own.
+            _deferred.collector = True
             while live():
                 if job.read_room() <= 0:
                     wanted.wait()  # set once room is made (or the job ends); then look again
@@ -451,14 +460,32 @@ class Engine:
                     tag, seq = TASKS, run[0].seq
                     payload = dumps(([u.seq for u in run], [u.payload for u in run]), self.main)
                 job.weigh(True, len(payload), sum(u.count for u in run))
-            except BaseException:  # noqa: BLE001 - find the chunk that cannot be pickled
-                for u in run:
+            except BaseException as e:  # noqa: BLE001 - find the chunk that cannot be pickled
+                if interrupted(e):
+                    self._drop_unsent(slot, job, units[i - len(run):], e)
+                    raise
+                for k, u in enumerate(run):
                     try:
                         self.hub.post(slot.index, TASK, job.id, u.seq, eager | u.count << 1, dumps(u.payload, self.main))
-                    except BaseException as e:  # noqa: BLE001 - an argument cannot be pickled
-                        self._answer(slot, [(u.seq, False, pickling_failed("the task's arguments", e), 0)])
+                    except BaseException as e2:  # noqa: BLE001 - an argument cannot be pickled
+                        if interrupted(e2):
+                            self._drop_unsent(slot, job, run[k:] + units[i:], e2)
+                            raise
+                        self._answer(slot, [(u.seq, False, pickling_failed("the task's arguments", e2), 0)])
                 continue
             self.hub.post(slot.index, tag, job.id, seq, eager, payload)
+
+    def _drop_unsent(self, slot: Slot, job: Job, units: list[Unit], e: BaseException) -> None:
+        """Ctrl-C while the main thread pickled `job`'s units for `slot`: that job fails with
+        it (whoever waits on it gets it), and the units not sent are taken back: `job`'s
+        dropped, other jobs' run elsewhere."""
+        job.fail(e)
+        for u in units:
+            if slot.inflight.pop(u.seq, None) is not None:
+                u.job.outstanding -= 1
+                slot.taken -= u.count if u.job.counts_items else 1
+                self.requeue(u)
+        self.forget_if_done(job)
 
     def forget_if_done(self, job: Job) -> None:
         """Drops a job that will send and receive nothing more (and its function in workers)."""
@@ -485,6 +512,7 @@ class Engine:
         finally:
             with self.locked():
                 self._close_pidfds()
+            self.started.set()  # (if it failed before the first workers were taken)
             if self.zygote is not None:
                 self.zygote.close(wait=False)
             self.over.set()
@@ -505,7 +533,8 @@ class Engine:
             msgs, events = recv(self._until_deadline())
             with self.locked():
                 if self.starting:
-                    self._take_first_workers()
+                    # A worker that spoke must have its pid taken before it is heard.
+                    self._take_first_workers(max((m[0] for m in msgs), default=-1))
                 for slot_i, tag, job_id, seq, aux, payload in msgs:
                     self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
                 for kind, slot_i, pid, exc in events:
@@ -524,7 +553,7 @@ class Engine:
         """Seconds until the first running unit's time limit (or the next look for a
         starting worker), None if none has one."""
         if self.starting:
-            return STARTING_POLL
+            return self.starting_poll
         if not self.timed:
             return None
         deadlines = [s.timed.deadline for s in self.slots if s.timed is not None and not s.timed_out]

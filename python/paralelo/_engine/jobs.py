@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .._outcomes import Segments
-from .._errors import pickling_failed
+from .._errors import interrupted, pickling_failed
 from .._pickling import MainNames, by_value, dumps
 from .._wire import CALL, TASK
 from .chunking import Chunker
@@ -123,30 +123,42 @@ class Job:
 
 
 class CallCosts:
-    """What calls (or map items) of each function took lately, by the function's id: calls
-    are jobs of their own, and this is how a call's cost is known before it runs; a map
-    starts from what its function's items cost in the last map."""
+    """What calls (or map items) of each function took lately: calls are jobs of their
+    own, and this is how a call's cost is known before it runs; a map of known length
+    starts from what its function's items cost in its last map. Functions are held weakly
+    (a new function never inherits a dead one's cost), builtins strongly."""
 
-    __slots__ = ("seconds",)
+    __slots__ = ("weak", "strong")
     #: Functions remembered; past this the memory starts afresh.
     MOST = 1024
 
     def __init__(self) -> None:
-        self.seconds: dict[int, float] = {}
+        self.weak: weakref.WeakKeyDictionary[Callable, float] = weakref.WeakKeyDictionary()
+        self.strong: dict[Callable, float] = {}  # callables without weak references
+
+    def _table(self, fn: Callable) -> Any:
+        return self.weak if type(fn).__weakrefoffset__ else self.strong
 
     def get(self, fn: Callable) -> float | None:
-        return self.seconds.get(id(fn))
+        try:
+            return self._table(fn).get(fn)
+        except TypeError:  # an unhashable callable: not remembered
+            return None
 
     def add(self, fn: Callable, seconds: float) -> None:
         """One more measure: folded into the moving average."""
-        known = self.seconds.get(id(fn))
+        known = self.get(fn)
         self.remember(fn, seconds if known is None else 0.75 * known + 0.25 * seconds)
 
     def remember(self, fn: Callable, seconds: float) -> None:
         """Replaces what `fn` costs (a map's own estimate, from all its chunks)."""
-        if id(fn) not in self.seconds and len(self.seconds) >= self.MOST:
-            self.seconds.clear()
-        self.seconds[id(fn)] = seconds
+        table = self._table(fn)
+        try:
+            if fn not in table and len(table) >= self.MOST:
+                table.clear()
+            table[fn] = seconds
+        except TypeError:
+            pass
 
 
 class CallJob(Job):
@@ -182,6 +194,9 @@ class CallJob(Job):
             payload = dumps((self.fn, self.args, self.kwargs), self.main)
         except BaseException as e:  # noqa: BLE001 - reported to the caller
             self.finished = True
+            if interrupted(e):  # Ctrl-C while pickling: an interrupt, not a bad argument
+                self.on_done(False, e)
+                raise
             self.on_done(False, pickling_failed("the task", e))
             return None
         finally:
@@ -433,11 +448,12 @@ class MapJob(Job):
         """How many items a lazy job reads ahead of its consumer: `hold`, or four chunks
         per worker if that is more, up to READ_AHEAD_ITEMS (chunks of very cheap items are
         huge: their read-ahead must not be); and, once items were weighed, no more than
-        READ_AHEAD_BYTES of them and their results, but two per worker at least."""
+        READ_AHEAD_BYTES of them and their results, but two (chunks) per worker at least."""
         limit = max(self.hold or 0, min(4 * self.processes * self.chunker.size, READ_AHEAD_ITEMS))
         weight = self.item_bytes[0] + self.item_bytes[1]
         if weight * limit > READ_AHEAD_BYTES:
-            limit = max(2 * self.processes, int(READ_AHEAD_BYTES // weight))
+            # Whole chunks of the caller's size must still fit, or none could be cut.
+            limit = max(2 * self.processes * (self.chunker.fixed or 1), int(READ_AHEAD_BYTES // weight))
         return limit
 
     def weigh(self, out: bool, nbytes: int, items: int) -> None:
