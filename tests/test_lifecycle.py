@@ -411,9 +411,11 @@ def test_an_executor_whose_workers_leave_at_once_starts_cleanly() -> None:
 
 
 def test_each_worker_holds_its_pools_shared_memory_once() -> None:
+    """...and not the parent's other pools' shared memory."""
     import paralelo
 
-    with paralelo.Pool(2) as pool:
+    with paralelo.Pool(2) as other, paralelo.Pool(2) as pool:
+        assert other.map(abs, [-1]) == [1]  # the parent's death watch is running
         for pid in pool._engine.pids():
             links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
             assert sum("memfd:" in link for link in links) == 1, links
@@ -467,3 +469,19 @@ def test_the_zygote_survives_bad_requests_and_disposes_of_stale_replies(zygote: 
     select.select([pidfd], [], [], 10)
     assert z.exit_status(pid) is not None
     os.close(pidfd)
+
+
+def test_a_broken_pool_keeps_its_first_cause() -> None:
+    """The other workers' deaths that follow (an initializer that raised, in every worker)
+    must not replace the cause users see."""
+    import paralelo
+    from paralelo._errors import broken
+
+    pool = paralelo.Pool(2)
+    try:
+        pool._engine.break_pool(broken("the first cause"))
+        pool._engine.break_pool(broken("a consequence"))
+        with pytest.raises(paralelo.BrokenProcessPool, match="the first cause"):
+            pool.map(abs, range(3))
+    finally:
+        pool.terminate()

@@ -255,6 +255,9 @@ def test_callbacks_that_raise_anything_are_logged_and_never_break_a_pool(tmp_pat
     [out] = side_by_side(tmp_path, CALLBACKS, ("paralelo",))
     assert out.endswith("ok"), out
     assert out.count("LOGGED concurrent.futures exception calling callback") >= 6, out
+    # The log names the result and the user's callback, not paralelo's internals.
+    assert "callback=<function explode.<locals>.callback" in out, out
+    assert "callback for <bound method" not in out and "callback for <function" not in out, out
 
 
 BAD_ARGUMENTS = textwrap.dedent(
@@ -592,3 +595,38 @@ WHOLE_CHUNKS = textwrap.dedent(
 def test_a_streamed_input_is_cut_into_the_callers_whole_chunks(tmp_path) -> None:
     ours, theirs = side_by_side(tmp_path, WHOLE_CHUNKS)
     assert ours == theirs
+
+
+MAP_FAILS_THE_REST_RUNS = textwrap.dedent(
+    """
+    import os, sys
+    mp = __import__(sys.argv[1])  # paralelo or multiprocessing
+
+    def touch(i):
+        open(f"ran-{i}", "w").close()
+        if i == 3:
+            raise ValueError(i)
+        return i
+
+    if __name__ == "__main__":
+        out = []
+        for chunksize in (1, 10):
+            for f in os.listdir("."):
+                if f.startswith("ran-"):
+                    os.remove(f)
+            pool = mp.Pool(2)
+            try:
+                pool.map(touch, range(100), chunksize=chunksize)
+            except ValueError as e:
+                out.append(f"raised {e}")
+            pool.close()
+            pool.join()
+            out.append(str(sum(f.startswith("ran-") for f in os.listdir("."))))
+        print(" ".join(out))
+    """
+)
+
+
+def test_a_failed_map_still_runs_its_other_chunks_as_multiprocessing_does(tmp_path) -> None:
+    outs = side_by_side(tmp_path, MAP_FAILS_THE_REST_RUNS)
+    assert outs[0] == outs[1] == "raised 3 100 raised 3 94", outs

@@ -102,7 +102,11 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
     while True:
         port.notify()  # results sent quietly in the last batch: wake the parent once
         quiet = False
-        for tag, job, seq, aux, payload in recv(None):
+        batch = recv(None)
+        batch.reverse()
+        while batch:
+            # Popped, so that no message's payload outlives its task.
+            tag, job, seq, aux, payload = batch.pop()
             if tag == TASKS:
                 fn, star, each, per_item = funcs[job]
                 port.unpacking(seq)  # a death while unpickling blames the batch
@@ -130,6 +134,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                         send(BYE, 0, 0, done, b"")
                         return
                 flush(job)
+                chunks, items, value, payload = [], (), None, b""  # held by no one until the next task
                 continue
             if tag == TASK:
                 fn, star, each, per_item = funcs[job]
@@ -151,6 +156,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                 reply(rtag, job, seq, perf_counter_ns() - t0, data, aux & EAGER)
                 if per_item:  # and 1 below: maxtasks counts items, as the parent does
                     done += max(1, len(items) or aux >> 1) - 1
+                items, out, data, payload = (), [], b"", b""  # held by no one until the next task
             elif tag == CALL:
                 running(seq)
                 t0 = perf_counter_ns()
@@ -160,6 +166,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                 except BaseException as e:  # noqa: BLE001
                     data, rtag = dump_error(e), ERR
                 reply(rtag, job, seq, perf_counter_ns() - t0, data, EAGER)
+                args, kwargs, data, payload = (), {}, b"", b""  # held by no one until the next task
             elif tag == FUNC:
                 port.loading(job)
                 try:

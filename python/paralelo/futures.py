@@ -16,6 +16,17 @@ from ._imap import IMapIterator
 from .context import default_workers
 
 
+def _settle(future: Future, ok: bool, value: Any) -> None:
+    """Completes `future` (its done-callbacks run here)."""
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    except _cf.InvalidStateError:
+        pass  # cancelled (or failed by a broken pool) meanwhile
+
+
 class ProcessPoolExecutor(_cf.Executor):
     """A ``concurrent.futures.Executor`` running calls in worker processes.
 
@@ -88,18 +99,9 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future = Future()
 
-            def complete(ok: bool, value: Any) -> None:
-                try:
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
-                except _cf.InvalidStateError:
-                    pass  # cancelled (or failed by a broken pool) meanwhile
-
             def on_done(ok: bool, value: Any) -> None:
                 # Done-callbacks are user code: never under the engine lock.
-                _engine.run_or_defer(complete, ok, value)
+                _engine.run_or_defer(_settle, future, ok, value)
 
             self._pending.add(future)
             self._engine.submit(self._engine.call_job(fn, args, kwargs, on_done, future.set_running_or_notify_cancel))

@@ -27,6 +27,12 @@ class AsyncResult:
         self._value: Any = None
         self._pool: Any = None  # keeps a temporary pool alive while its result is pending
 
+    def __repr__(self) -> str:
+        state = "pending" if not self.ready() else "ok" if self._success else "failed"
+        hooks = "".join(f" {name}={fn!r}" for name, fn in (("callback", self._callback),
+                        ("error_callback", self._error_callback)) if fn is not None)
+        return f"<{type(self).__name__} {state}{hooks}>"
+
     def ready(self) -> bool:
         """Whether the call has finished."""
         return self._event.is_set()
@@ -78,7 +84,7 @@ ApplyResult = AsyncResult
 class MapResult(AsyncResult):
     """The result of ``map_async``/``starmap_async``: a list, in input order."""
 
-    stops_on_error = True  # the first failed chunk fails the whole map
+    stops_on_error = True  # the first failed chunk fails the whole map (the rest still runs)
 
     def __init__(self, callback: Callable | None = None, error_callback: Callable | None = None) -> None:
         super().__init__(callback, error_callback)

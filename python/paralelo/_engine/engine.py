@@ -68,7 +68,10 @@ def _complete(fn: Callable, args: tuple) -> BaseException | None:
     except BaseException as e:  # noqa: BLE001 - see above
         if not getattr(_deferred, "collector", False) and not isinstance(e, Exception):
             return e
-        _callbacks_log.exception("exception calling callback for %r", fn)
+        # Named as concurrent.futures names it: the result or future whose callback failed
+        # (a completion is its bound method, or takes it first).
+        owner = getattr(fn, "__self__", None) or (args[0] if args else fn)
+        _callbacks_log.exception("exception calling callback for %r", owner)
     return None
 
 
@@ -539,6 +542,7 @@ class Engine:
                     self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
                 for kind, slot_i, pid, exc in events:
                     self._event(self.slots[slot_i], kind, pid, exc)
+                msgs, payload = [], b""  # no result's bytes stay held while the next wait lasts
                 self._expire()  # after the results: one that came in time is not late
                 self._pump()
                 if self.closing and not self.jobs and not self.exits_sent:
@@ -653,8 +657,11 @@ class Engine:
             self.break_pool(broken("a worker's initializer raised an exception", load_error(payload)))
 
     def break_pool(self, err: BaseException) -> None:
-        """Fails every job with `err` and stops every worker: nothing more can run."""
-        self.broken = err
+        """Fails every job with `err` and stops every worker: nothing more can run. The
+        first cause is kept: later ones (the other workers' deaths) are its consequences."""
+        if self.broken is None:
+            self.broken = err
+        err = self.broken
         for job in list(self.jobs.values()):
             job.fail(err)
         self.jobs.clear()
@@ -758,6 +765,10 @@ def _disown_after_fork() -> None:
         try:
             for engine in _engines:
                 os.dup2(null, engine.hub.fd, inheritable=False)
+                for slot in engine.slots:  # and of their workers' pidfds
+                    if slot.pidfd >= 0:
+                        os.close(slot.pidfd)
+                        slot.pidfd = -1
         finally:
             os.close(null)
     _engines.clear()

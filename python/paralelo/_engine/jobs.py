@@ -164,7 +164,9 @@ class CallCosts:
 class CallJob(Job):
     """One function call: apply_async or submit. `on_done(ok, value)` gets the outcome."""
 
-    unmeasured_limit = 2  # until calls of its function were timed
+    # Until calls of its function were timed, none waits in a busy worker's queue: it may
+    # be the first of a slow function, and a worker that comes free must get the next.
+    unmeasured_limit = 1
 
     def __init__(self, fn: Callable, args: tuple, kwargs: dict, on_done: Callable[[bool, Any], None],
                  on_start: Callable[[], bool] | None = None, main: MainNames | None = None,
@@ -474,11 +476,11 @@ class MapJob(Job):
             (unit.start, unit.count, ok, value.loaded() if type(value) is Segments else value)
             for unit, ok, value, _ in answers
         ]
+        # A failed chunk fails a whole Pool.map at once, but the rest still runs, as with
+        # multiprocessing (users count on the other items' side effects).
         for unit, ok, _, elapsed_ns in answers:
             if elapsed_ns:  # a unit that raised measures too; a lost one (0) does not
                 self.chunker.measure(unit.count, elapsed_ns)
-            if not ok and self.sink.stops_on_error:
-                self.finished = True  # the whole map failed: do not run the rest
         self.chunker.update()
         if self.costs is not None and self.chunker.measured_items:
             self.costs.remember(self.fn, self.chunker.per_item)

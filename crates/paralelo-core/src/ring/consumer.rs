@@ -12,6 +12,9 @@ use super::frame::{check_frame, padded, FrameHeader, FRAG_MORE, FRAME_HEADER, MA
 use super::mem::{RingMem, RingPlace};
 use super::probe::Probe;
 
+/// The most a consumer keeps allocated between fragmented messages.
+const KEEP_PARTIAL: usize = 1 << 20;
+
 /// The reading end.
 pub struct Consumer {
     mem: RingMem,
@@ -115,8 +118,17 @@ impl Consumer {
                 self.in_partial = fh.tag & FRAG_MORE != 0;
                 if !self.in_partial {
                     let start = out.len();
-                    out.extend_from_slice(&self.partial);
+                    if start == 0 {
+                        // The whole message is the first delivered: hand over the buffer
+                        // rather than copy it (and keep none as large as it).
+                        std::mem::swap(out, &mut self.partial);
+                    } else {
+                        out.extend_from_slice(&self.partial);
+                    }
                     self.partial.clear();
+                    if self.partial.capacity() > KEEP_PARTIAL {
+                        self.partial = Vec::new(); // one large message must not pin its size
+                    }
                     f(fh, start..out.len());
                     *delivered += 1;
                 }
