@@ -935,6 +935,48 @@ def test_ctrl_c_while_a_map_is_pickled_raises_it_and_the_pool_goes_on(pool):
         box[0].get(10)
 
 
+def _big_bytes(n):
+    return bytes(n)
+
+
+def _large_mappings(pid="self", least_mb=40):
+    """Resident mappings of at least `least_mb` MB in process `pid`."""
+    out, name = [], ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and not line[0].isupper():
+                name = line.strip()
+            elif fields[0] == "Rss:" and int(fields[1]) >= least_mb * 1024:
+                out.append((int(fields[1]) // 1024, name))
+    return out
+
+
+def test_no_large_message_stays_held_once_its_result_is_dropped(pool):
+    """A 100 MB result, not kept: neither the parent nor the workers hold its size after
+    (a fragment buffer, a payload left in a variable until the next message)."""
+    assert [len(b) for b in pool.map(_big_bytes, [100 << 20, 100 << 20], chunksize=1)] == [100 << 20] * 2
+    assert _large_mappings() == []
+    for pid in pool._engine.pids():
+        assert _large_mappings(pid) == [], pid
+
+
+def test_a_dropped_imap_lets_later_work_go_first(pool):
+    """A lazy map whose iterator was dropped still runs (as multiprocessing's does), but
+    work somebody waits for is dispatched before its read-ahead."""
+    import gc
+
+    it = pool.imap(sleep_then_return, itertools.repeat(0.01))
+    job = it.job
+    next(it)
+    del it
+    gc.collect()
+    assert job.abandoned
+    assert pool.map(square, range(3)) == [0, 1, 4]
+    assert pool.apply(square, (5,)) == 25
+    assert job.sent_items < 200, job.sent_items  # not its read-ahead (thousands) first
+
+
 def test_work_submitted_while_an_imap_waits_for_its_consumer_runs(pool):
     it = pool.imap(square, range(2_000_000))  # more than imap reads ahead of its consumer
     assert next(it) == 0

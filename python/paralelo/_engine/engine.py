@@ -359,7 +359,8 @@ class Engine:
     def _next_units(self, slot: Slot) -> list[Unit]:
         """One batch for `slot`: units of the oldest job that has any and whose own limit
         leaves the worker room. A job held back by its slow consumer (lazy imap) lets
-        younger jobs pass, so waiting on one never starves the others."""
+        younger jobs pass, so waiting on one never starves the others; so does a lazy map
+        whose consumer dropped it (it still runs, as multiprocessing's does, but last)."""
         active, calls = self.active, self.calls
         left = None if self.maxtasks is None else self.maxtasks - slot.taken
         if left is not None and left <= 0:
@@ -367,14 +368,21 @@ class Engine:
         if slot.timed is not None and slot.timed.seq in slot.inflight:
             return []  # nothing waits behind a unit that may get its worker killed
         calls_tried = False
+        passed: list[Job] = []  # abandoned jobs already sent to the back in this call
         i = 0
         while i < len(active):
             job = active[i]
-            if not calls_tried and calls and calls[0].id < job.id:
-                calls_tried = True  # older calls go first
+            if not calls_tried and calls and (calls[0].id < job.id or job.abandoned):
+                calls_tried = True  # older calls go first (and any, before an abandoned map)
                 units = self._next_calls(slot, left)
                 if units:
                     return units
+            if job.abandoned and i + 1 < len(active) and job not in passed:
+                # Nobody waits for its results: whoever waits for the others' goes first.
+                passed.append(job)
+                del active[i]
+                active.append(job)
+                continue
             t = job.unit_seconds()
             room = min(self._limit(job, t) - len(slot.inflight), 1 if t is None else SHIP_UNITS)
             cap = left if job.counts_items else None

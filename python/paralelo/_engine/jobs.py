@@ -92,6 +92,11 @@ class Job:
         """Estimated worker time of one unit, or None when unknown yet."""
         return None
 
+    @property
+    def abandoned(self) -> bool:
+        """Whether nobody waits for its outcomes any more (a dropped lazy map's iterator)."""
+        return False
+
     def done(self, unit: Unit, ok: bool, value: Any, elapsed_ns: int) -> None:
         raise NotImplementedError
 
@@ -287,6 +292,10 @@ class MapJob(Job):
         self.chunks_cut = 0
         self.input_done = False
         self.held = False  # next_unit refused because the consumer is behind
+
+    @property
+    def abandoned(self) -> bool:
+        return self.hold is not None and self._sink() is None
 
     @property
     def sink(self) -> MapSink:
