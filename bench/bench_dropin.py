@@ -103,7 +103,7 @@ CASES = {
                 d = T() - t
             print(d)
     """),
-    "list": ("automatic chunking over a list of 100,000 ints", ("paralelo", "serial"), """
+    "list": ("automatic chunking over a list of 100,000 ints", ("paralelo", "serial", "multiprocessing"), """
         import statistics
         def inc(x):
             return x + 1
