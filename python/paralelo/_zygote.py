@@ -38,6 +38,10 @@ The socket speaks a small binary format (SOCK_SEQPACKET, one message per request
       UNKNOWN the zygote knows no such child
       ERROR   value = errno, body = utf-8 message (a malformed, truncated or failed
               request; the zygote serves on)
+
+A zygote made with ``first`` processes starts them before it reads any request and
+answers them as PID replies to requests 1..N, unasked (the parent numbers its own requests
+from N+1).
 """
 
 from __future__ import annotations
@@ -129,6 +133,10 @@ class Zygote:
                 return
             _zygotes.discard(self)
             self.sock.close()
+            for _kind, _answered, _value, _rest, got in self._early.values():
+                for fd in got:  # pidfds of first processes nobody took
+                    os.close(fd)
+            self._early.clear()
         if wait:
             self.reap()
 
