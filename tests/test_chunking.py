@@ -132,3 +132,22 @@ def test_a_few_costly_items_after_cheap_ones_use_every_worker(pool) -> None:
     pool.map(_nap_and_pid, [0] * 2000)
     pids = pool.map(_nap_and_pid, [0.05] * 8)
     assert sorted(pids.count(p) for p in set(pids)) == [4, 4]
+
+
+def test_the_cost_of_a_bound_method_or_a_partial_is_its_functions() -> None:
+    import functools
+
+    from paralelo._engine.jobs import CallCosts
+
+    class Task:
+        def run(self, x):
+            return x
+
+    def add(a, b):
+        return a + b
+
+    costs = CallCosts()
+    costs.add(Task().run, 1.0)  # a new bound method each time it is named
+    assert costs.get(Task().run) == 1.0
+    costs.add(functools.partial(add, 1), 2.0)
+    assert costs.get(functools.partial(add, 2)) == 2.0 == costs.get(add)

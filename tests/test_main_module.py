@@ -608,20 +608,24 @@ MAP_FAILS_THE_REST_RUNS = textwrap.dedent(
             raise ValueError(i)
         return i
 
+    def ran():
+        return sum(f.startswith("ran-") for f in os.listdir("."))
+
     if __name__ == "__main__":
         out = []
         for chunksize in (1, 10):
             for f in os.listdir("."):
                 if f.startswith("ran-"):
                     os.remove(f)
-            pool = mp.Pool(2)
-            try:
-                pool.map(touch, range(100), chunksize=chunksize)
-            except ValueError as e:
-                out.append(f"raised {e}")
-            pool.close()
-            pool.join()
-            out.append(str(sum(f.startswith("ran-") for f in os.listdir("."))))
+            errors = []
+            with mp.Pool(2) as pool:
+                try:
+                    # The map is ready (and raises) once every chunk ran, within the block.
+                    pool.map_async(touch, range(100), chunksize=chunksize,
+                                   error_callback=lambda e: errors.append((str(e), ran()))).get(60)
+                except ValueError as e:
+                    out.append(f"raised {e} after {ran()}")
+            out.append(f"callbacks {errors}")
         print(" ".join(out))
     """
 )
@@ -629,4 +633,5 @@ MAP_FAILS_THE_REST_RUNS = textwrap.dedent(
 
 def test_a_failed_map_still_runs_its_other_chunks_as_multiprocessing_does(tmp_path) -> None:
     outs = side_by_side(tmp_path, MAP_FAILS_THE_REST_RUNS)
-    assert outs[0] == outs[1] == "raised 3 100 raised 3 94", outs
+    assert outs[0] == outs[1] == ("raised 3 after 100 callbacks [('3', 100)] "
+                                  "raised 3 after 94 callbacks [('3', 94)]"), outs

@@ -961,12 +961,37 @@ def test_no_large_message_stays_held_once_its_result_is_dropped(pool):
         assert _large_mappings(pid) == [], pid
 
 
+def _fails_unless_zero(x):
+    if x:
+        raise ValueError(x)
+    return x
+
+
+def test_a_failed_map_settles_once_and_keeps_no_results(pool):
+    """Its chunks fail on two threads (an argument that cannot be pickled, on the caller's;
+    the others' exceptions, on the collector's): the error callback runs once, with the
+    first failure, and the results that came are not kept."""
+    calls = []
+
+    def on_error(e):
+        calls.append(type(e).__name__)
+        time.sleep(0.2)  # a second settling would overlap this one
+
+    r = pool.map_async(_fails_unless_zero, [threading.Lock()] + list(range(1, 40)), chunksize=1,
+                       error_callback=on_error)
+    with pytest.raises(pickle.PicklingError):
+        r.get(30)
+    time.sleep(0.5)
+    assert calls == ["PicklingError"]
+    assert r._out is None and r._chunks == []
+
+
 def test_a_dropped_imap_lets_later_work_go_first(pool):
     """A lazy map whose iterator was dropped still runs (as multiprocessing's does), but
     work somebody waits for is dispatched before its read-ahead."""
     import gc
 
-    it = pool.imap(sleep_then_return, itertools.repeat(0.01))
+    it = pool.imap(sleep_then_return, itertools.repeat(0.01, 3000))
     job = it.job
     next(it)
     del it

@@ -166,7 +166,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                 except BaseException as e:  # noqa: BLE001
                     data, rtag = dump_error(e), ERR
                 reply(rtag, job, seq, perf_counter_ns() - t0, data, EAGER)
-                args, kwargs, data, payload = (), {}, b"", b""  # held by no one until the next task
+                fn, args, kwargs, data, payload = None, (), {}, b"", b""  # held by no one until the next task
             elif tag == FUNC:
                 port.loading(job)
                 try:

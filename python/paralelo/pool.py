@@ -25,10 +25,11 @@ class AsyncResult:
         self._error_callback = error_callback
         self._success: bool | None = None
         self._value: Any = None
+        self._settled = False  # its outcome is decided (its callbacks may still be running)
         self._pool: Any = None  # keeps a temporary pool alive while its result is pending
 
     def __repr__(self) -> str:
-        state = "pending" if not self.ready() else "ok" if self._success else "failed"
+        state = "pending" if not self._settled else "ok" if self._success else "failed"
         hooks = "".join(f" {name}={fn!r}" for name, fn in (("callback", self._callback),
                         ("error_callback", self._error_callback)) if fn is not None)
         return f"<{type(self).__name__} {state}{hooks}>"
@@ -64,9 +65,11 @@ class AsyncResult:
         _engine.run_or_defer(self._set_now, ok, value if ok else as_pool_error(value))
 
     def _set_now(self, ok: bool, value: Any) -> None:
-        if self._event.is_set():
-            return
-        self._success, self._value = ok, value
+        with _settling:  # two threads may settle one result (a map's chunks fail on both)
+            if self._settled:
+                return
+            self._settled = True
+            self._success, self._value = ok, value
         try:
             if ok and self._callback is not None:
                 self._callback(value)
@@ -79,10 +82,13 @@ class AsyncResult:
 
 
 ApplyResult = AsyncResult
+#: Held while a result's outcome is decided (once, whichever thread comes first).
+_settling = threading.Lock()
 
 
 class MapResult(AsyncResult):
-    """The result of ``map_async``/``starmap_async``: a list, in input order."""
+    """The result of ``map_async``/``starmap_async``: a list, in input order. As with
+    multiprocessing, a failed chunk fails the map, which is ready once every chunk ran."""
 
     stops_on_error = True  # the first failed chunk fails the whole map (the rest still runs)
 
@@ -92,6 +98,7 @@ class MapResult(AsyncResult):
         self._out: list | None = None  # filled in place when the input's length is known
         self._got = 0
         self._total: int | None = None
+        self._error: BaseException | None = None  # the first failed chunk's
 
     # sink protocol (called by the engine with its lock held)
     def expect(self, total: int) -> None:
@@ -100,13 +107,15 @@ class MapResult(AsyncResult):
     def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
         out, got = self._out, self._got
         for start, count, ok, values in chunks:
-            if not ok:
-                self._set(False, values)
-                return
-            if out is not None:
-                out[start : start + count] = values
-            else:
-                self._chunks.append((start, values))
+            if self._error is None:
+                if not ok:
+                    self._error = values
+                    self._out = out = None  # a failed map keeps no results
+                    self._chunks = []
+                elif out is not None:
+                    out[start : start + count] = values
+                else:
+                    self._chunks.append((start, values))
             got += count
         self._got = got
         if got == self._total:
@@ -126,7 +135,10 @@ class MapResult(AsyncResult):
         return 0
 
     def _finish_if_done(self) -> None:
-        if self._total is None or self._got != self._total or self._event.is_set():
+        if self._total is None or self._got != self._total or self._settled:
+            return
+        if self._error is not None:
+            self._set(False, self._error)
             return
         out = self._out
         if out is None:

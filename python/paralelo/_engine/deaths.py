@@ -45,8 +45,8 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
     slot.inflight.clear()
     slot.outgoing = []
     engine.hub.reset_slot(slot.index)
-    os.close(slot.pidfd)
-    slot.pidfd = -1
+    fd, slot.pidfd = slot.pidfd, -1  # marked closed first: a fork meanwhile skips it
+    os.close(fd)
     slot.corrupt = None
     batch_job = None
     if kind == "unpacking":

@@ -70,7 +70,9 @@ def _complete(fn: Callable, args: tuple) -> BaseException | None:
             return e
         # Named as concurrent.futures names it: the result or future whose callback failed
         # (a completion is its bound method, or takes it first).
-        owner = getattr(fn, "__self__", None) or (args[0] if args else fn)
+        owner = getattr(fn, "__self__", None)
+        if owner is None:
+            owner = args[0] if args else fn
         _callbacks_log.exception("exception calling callback for %r", owner)
     return None
 
@@ -372,17 +374,17 @@ class Engine:
         i = 0
         while i < len(active):
             job = active[i]
-            if not calls_tried and calls and (calls[0].id < job.id or job.abandoned):
-                calls_tried = True  # older calls go first (and any, before an abandoned map)
-                units = self._next_calls(slot, left)
-                if units:
-                    return units
             if job.abandoned and i + 1 < len(active) and job not in passed:
                 # Nobody waits for its results: whoever waits for the others' goes first.
                 passed.append(job)
                 del active[i]
                 active.append(job)
                 continue
+            if not calls_tried and calls and (calls[0].id < job.id or job.abandoned):
+                calls_tried = True  # older calls go first (and any, before an abandoned map)
+                units = self._next_calls(slot, left)
+                if units:
+                    return units
             t = job.unit_seconds()
             room = min(self._limit(job, t) - len(slot.inflight), 1 if t is None else SHIP_UNITS)
             cap = left if job.counts_items else None
@@ -774,9 +776,10 @@ def _disown_after_fork() -> None:
             for engine in _engines:
                 os.dup2(null, engine.hub.fd, inheritable=False)
                 for slot in engine.slots:  # and of their workers' pidfds
-                    if slot.pidfd >= 0:
-                        os.close(slot.pidfd)
-                        slot.pidfd = -1
+                    fd, slot.pidfd = slot.pidfd, -1
+                    if fd >= 0:
+                        with contextlib.suppress(OSError):  # (closed as the fork began)
+                            os.close(fd)
         finally:
             os.close(null)
     _engines.clear()

@@ -4,9 +4,11 @@ except ``MapJob.feed``, which reads the user's input on the job's reader thread.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
+import types
 import weakref
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -141,10 +143,21 @@ class CallCosts:
         self.weak: weakref.WeakKeyDictionary[Callable, float] = weakref.WeakKeyDictionary()
         self.strong: dict[Callable, float] = {}  # callables without weak references
 
+    @staticmethod
+    def _key(fn: Callable) -> Callable:
+        # A bound method or a partial is a new object at every call: what it runs is not.
+        while True:
+            inner = getattr(fn, "__func__", None) if type(fn) is types.MethodType else (
+                fn.func if type(fn) is functools.partial else None)
+            if inner is None:
+                return fn
+            fn = inner
+
     def _table(self, fn: Callable) -> Any:
         return self.weak if type(fn).__weakrefoffset__ else self.strong
 
     def get(self, fn: Callable) -> float | None:
+        fn = self._key(fn)
         try:
             return self._table(fn).get(fn)
         except TypeError:  # an unhashable callable: not remembered
@@ -157,6 +170,7 @@ class CallCosts:
 
     def remember(self, fn: Callable, seconds: float) -> None:
         """Replaces what `fn` costs (a map's own estimate, from all its chunks)."""
+        fn = self._key(fn)
         table = self._table(fn)
         try:
             if fn not in table and len(table) >= self.MOST:

@@ -108,8 +108,7 @@ impl Consumer {
             let body = self.tail.wrapping_add(FRAME_HEADER as u64);
             let len = len as usize;
             if fh.tag == TAG_ABORT {
-                self.partial.clear();
-                self.in_partial = false;
+                self.drop_partial();
             } else if fh.tag & FRAG_MORE != 0 || self.in_partial {
                 if self.partial.len() + len > MAX_MESSAGE {
                     return Err(Corruption::MessageTooLong { max: MAX_MESSAGE as u64 });
@@ -125,10 +124,7 @@ impl Consumer {
                     } else {
                         out.extend_from_slice(&self.partial);
                     }
-                    self.partial.clear();
-                    if self.partial.capacity() > KEEP_PARTIAL {
-                        self.partial = Vec::new(); // one large message must not pin its size
-                    }
+                    self.drop_partial();
                     f(fh, start..out.len());
                     *delivered += 1;
                 }
@@ -174,8 +170,17 @@ impl Consumer {
         hdr.wants_room.store(0, Ordering::SeqCst);
         self.mem.room_bell().forget_sleepers();
         self.tail = 0;
+        self.drop_partial();
+        self.poisoned = None;
+    }
+
+    /// Forgets the message being reassembled, keeping at most KEEP_PARTIAL allocated: one
+    /// huge message must not pin its size.
+    fn drop_partial(&mut self) {
         self.partial.clear();
         self.in_partial = false;
-        self.poisoned = None;
+        if self.partial.capacity() > KEEP_PARTIAL {
+            self.partial = Vec::new();
+        }
     }
 }
