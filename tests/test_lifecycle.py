@@ -411,7 +411,8 @@ def test_an_executor_whose_workers_leave_at_once_starts_cleanly() -> None:
 
 
 def test_each_worker_holds_its_pools_shared_memory_once() -> None:
-    """...and not the parent's other pools' shared memory."""
+    """...and nothing of the parent's other pools: not their shared memory, not pidfds on
+    their workers (the parent's death watch holds some)."""
     import paralelo
 
     with paralelo.Pool(2) as other, paralelo.Pool(2) as pool:
@@ -419,6 +420,7 @@ def test_each_worker_holds_its_pools_shared_memory_once() -> None:
         for pid in pool._engine.pids():
             links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
             assert sum("memfd:" in link for link in links) == 1, links
+            assert sum("pidfd" in link for link in links) == 1, links  # on its pool's owner
 
 
 def test_the_zygote_answers_a_malformed_request_with_an_error(zygote: Any) -> None:

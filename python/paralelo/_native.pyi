@@ -3,7 +3,7 @@ built module by tests/test_stubs.py (mypy.stubtest)."""
 
 from typing import Literal, final
 
-__all__ = ["Hub", "Port", "MAX_TAG", "__version__", "die_with_parent"]
+__all__ = ["Hub", "Port", "MAX_TAG", "__version__", "die_with_parent", "forget_inherited_watch"]
 
 MAX_TAG: int
 __version__: str
@@ -58,3 +58,4 @@ class Port:
     def initializing(self) -> None: ...
 
 def die_with_parent() -> None: ...
+def forget_inherited_watch() -> None: ...

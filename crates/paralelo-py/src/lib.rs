@@ -15,6 +15,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hub::PyHub>()?;
     m.add_class::<port::PyPort>()?;
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;
+    m.add_function(wrap_pyfunction!(process::forget_inherited_watch, m)?)?;
     m.add("MAX_TAG", paralelo_core::MAX_TAG)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -9,3 +9,10 @@ pub(crate) fn die_with_parent() -> PyResult<()> {
     set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("prctl(PR_SET_PDEATHSIG): {e}")))
 }
+
+/// In a forked child: closes what the parent's death watch held (its pidfds; its epoll
+/// and eventfd too when its thread was idle), which this process never uses.
+#[pyfunction]
+pub(crate) fn forget_inherited_watch() {
+    paralelo_core::proc::forget_inherited();
+}

@@ -783,6 +783,7 @@ def _disown_after_fork() -> None:
         finally:
             os.close(null)
     _engines.clear()
+    _native.forget_inherited_watch()  # the parent's death watch: its pidfds (and fds)
 
 
 atexit.register(_shutdown_all)

@@ -170,6 +170,29 @@ pub fn unwatch(watch: Watch) -> bool {
     true
 }
 
+/// In a forked child: lets go of the watcher inherited from the parent, closing the
+/// parent's pidfds it held (this process never uses them). Its epoll fd and eventfd are
+/// closed too unless the parent's watch thread was running at the fork: that thread's
+/// reference came along (the thread did not), so the watcher is never dropped here.
+/// Does nothing in the process that made the watcher.
+pub fn forget_inherited() {
+    let me = std::process::id();
+    let inherited = {
+        let mut slot = lock(&WATCHER);
+        if slot.as_ref().is_some_and(|w| w.owner != me) {
+            slot.take()
+        } else {
+            None
+        }
+    };
+    let Some(w) = inherited else { return };
+    // The lock may have been copied held by the parent's thread: then leave it be.
+    if let Ok(mut reg) = w.registry.try_lock() {
+        reg.entries.clear(); // closes the pidfds; the callbacks only drop references
+    }
+    drop(w);
+}
+
 /// Whether this process's death-watch thread is running (for tests and diagnostics).
 pub fn serving() -> bool {
     current().is_some_and(|w| lock(&w.registry).serving)
