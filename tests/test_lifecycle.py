@@ -472,18 +472,3 @@ def test_the_zygote_survives_bad_requests_and_disposes_of_stale_replies(zygote: 
     assert z.exit_status(pid) is not None
     os.close(pidfd)
 
-
-def test_a_broken_pool_keeps_its_first_cause() -> None:
-    """The other workers' deaths that follow (an initializer that raised, in every worker)
-    must not replace the cause users see."""
-    import paralelo
-    from paralelo._errors import broken
-
-    pool = paralelo.Pool(2)
-    try:
-        pool._engine.break_pool(broken("the first cause"))
-        pool._engine.break_pool(broken("a consequence"))
-        with pytest.raises(paralelo.BrokenProcessPool, match="the first cause"):
-            pool.map(abs, range(3))
-    finally:
-        pool.terminate()

@@ -635,3 +635,74 @@ def test_a_failed_map_still_runs_its_other_chunks_as_multiprocessing_does(tmp_pa
     outs = side_by_side(tmp_path, MAP_FAILS_THE_REST_RUNS)
     assert outs[0] == outs[1] == ("raised 3 after 100 callbacks [('3', 100)] "
                                   "raised 3 after 94 callbacks [('3', 94)]"), outs
+
+
+NO_WAIT_BEHIND_A_BUSY_WORKER = textwrap.dedent(
+    """
+    import logging, os, sys, time
+    import numpy  # starts threads, as in most scripts
+    logging.basicConfig(level=logging.INFO, format="%(processName)s %(message)s")
+    if sys.argv[1] == "paralelo":
+        from paralelo import ProcessPoolExecutor
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+    def work(seconds):
+        time.sleep(seconds)
+        return os.getpid()
+
+    if __name__ == "__main__":
+        with ProcessPoolExecutor(2) as ex:
+            a, b, c = ex.submit(work, 0.6), ex.submit(work, 0.05), ex.submit(work, 0.6)
+            # The third call goes to whichever worker comes free first: the short one's,
+            # not queued behind the first long one.
+            print(a.result() != c.result(), b.result() == c.result())
+    """
+)
+
+
+def test_a_call_never_waits_behind_a_busy_worker_while_another_is_free(tmp_path) -> None:
+    outs = side_by_side(tmp_path, NO_WAIT_BEHIND_A_BUSY_WORKER, ("paralelo", "concurrent.futures"))
+    assert outs[0] == outs[1] == "True True", outs
+
+
+INITIALIZER_RAISES = textwrap.dedent(
+    """
+    import sys
+    import numpy
+    if sys.argv[1] == "paralelo":
+        from paralelo import ProcessPoolExecutor
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+    def init():
+        raise RuntimeError("init failed")
+
+    if __name__ == "__main__":
+        seen = set()
+        for _ in range(6):
+            try:
+                with ProcessPoolExecutor(2, initializer=init) as ex:
+                    list(ex.map(abs, range(4)))
+            except Exception as e:
+                seen.add(type(e).__name__)
+                if sys.argv[1] == "paralelo":  # ours keeps the cause, every time
+                    assert "initializer raised" in str(e), e
+                    assert isinstance(e.__cause__, RuntimeError), repr(e.__cause__)
+        if sys.argv[1] == "paralelo":  # (multiprocessing's Pool hangs here)
+            import paralelo
+            for _ in range(12):
+                try:
+                    with paralelo.Pool(2, initializer=init) as pool:
+                        pool.map(abs, range(4))
+                except Exception as e:
+                    assert "initializer raised" in str(e), e
+                    assert isinstance(e.__cause__, RuntimeError), repr(e.__cause__)
+        print(sorted(seen))
+    """
+)
+
+
+def test_an_initializer_that_raises_breaks_the_pool_with_its_own_cause(tmp_path) -> None:
+    outs = side_by_side(tmp_path, INITIALIZER_RAISES, ("paralelo", "concurrent.futures"))
+    assert outs[0] == outs[1] == "['BrokenProcessPool']", outs

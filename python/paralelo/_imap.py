@@ -32,7 +32,7 @@ def not_in_callback(pool: Any) -> None:
 class IMapIterator:
     """Results of ``imap``/``imap_unordered`` (and ``Executor.map``) as they arrive."""
 
-    stops_on_error = False  # a failed chunk raises at its place; the rest still come
+    fails_whole = False  # a failed chunk raises at its place; the rest still come
 
     def __init__(self, engine: Engine, ordered: bool) -> None:
         self._engine = engine

@@ -90,7 +90,7 @@ class MapResult(AsyncResult):
     """The result of ``map_async``/``starmap_async``: a list, in input order. As with
     multiprocessing, a failed chunk fails the map, which is ready once every chunk ran."""
 
-    stops_on_error = True  # the first failed chunk fails the whole map (the rest still runs)
+    fails_whole = True  # the first failed chunk fails the whole map (the rest still runs)
 
     def __init__(self, callback: Callable | None = None, error_callback: Callable | None = None) -> None:
         super().__init__(callback, error_callback)

@@ -505,8 +505,10 @@ class Engine:
         if job.outstanding or (job.has_more() and not job.finished) or job.id not in self.jobs:
             return
         del self.jobs[job.id]
-        if isinstance(job, MapJob) and job in self.active:
-            self.active.remove(job)
+        if isinstance(job, MapJob):
+            job.remember_cost()
+            if job in self.active:
+                self.active.remove(job)
         if job.func_payload is not None:
             for s in self.slots:
                 if s.alive and job.id in s.loaded:

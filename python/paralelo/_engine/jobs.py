@@ -251,7 +251,7 @@ class MapJob(Job):
         super().__init__()
         # A lazy map with adaptive chunks reports each item's failure in its place (as
         # with chunksize=1); a fixed chunksize fails whole chunks, as multiprocessing does.
-        each = chunksize is None and not sink.stops_on_error
+        each = chunksize is None and not sink.fails_whole
         # maxtasksperchild counts items with adaptive chunks (they are ours, not the
         # caller's), chunks with an explicit chunksize (as multiprocessing does).
         self.counts_items = chunksize is None
@@ -499,15 +499,19 @@ class MapJob(Job):
             (unit.start, unit.count, ok, value.loaded() if type(value) is Segments else value)
             for unit, ok, value, _ in answers
         ]
-        # A failed chunk fails a whole Pool.map at once, but the rest still runs, as with
-        # multiprocessing (users count on the other items' side effects).
+        # A failed chunk does not stop the map: the rest still runs, as with multiprocessing
+        # (users count on the other items' side effects).
         for unit, ok, _, elapsed_ns in answers:
             if elapsed_ns:  # a unit that raised measures too; a lost one (0) does not
                 self.chunker.measure(unit.count, elapsed_ns)
         self.chunker.update()
-        if self.costs is not None and self.chunker.measured_items:
-            self.costs.remember(self.fn, self.chunker.per_item)
         self.sink.chunks(chunks)
+
+    def remember_cost(self) -> None:
+        """Leaves what its items cost for the next map of its function (once, at its end:
+        not per message)."""
+        if self.costs is not None and self.chunker.measured_items and not self.chunker.primed:
+            self.costs.remember(self.fn, self.chunker.per_item)
 
     def fail(self, exc: BaseException) -> None:
         if not self.finished:
@@ -520,7 +524,7 @@ class _Dropped:
     """The sink of a lazy map whose consumer is gone: outcomes are dropped, and the input
     is never held back for it."""
 
-    stops_on_error = False
+    fails_whole = False
 
     def expect(self, total: int) -> None:
         pass

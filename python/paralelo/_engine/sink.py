@@ -10,9 +10,9 @@ class MapSink(Protocol):
     """Receives a map job's outcomes. Every method but ``consumed_items`` is called with
     the engine lock held, and must not run user code (see ``run_or_defer``)."""
 
-    #: The first failed chunk fails the whole map (``map``), rather than raising in its
-    #: place (``imap``).
-    stops_on_error: bool
+    #: The first failed chunk fails the whole map (``map``, once every chunk ran), rather
+    #: than raising in its place (``imap``).
+    fails_whole: bool
 
     def expect(self, total: int) -> None:
         """The input's exact length, known before any outcome (sliceable inputs)."""
