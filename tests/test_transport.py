@@ -10,12 +10,16 @@ import pickle
 import pytest
 
 import paralelo
-from paralelo._pickling import pack_results, unpack_results
-from paralelo._wire import OK, OK_ARRAY
+from paralelo._native import pack_numbers, unpack_numbers
+from paralelo._pickling import as_array, from_array, pack_results, unpack_results
 
 
 def identity(x):
     return x
+
+
+def kinds(xs):
+    return [type(x).__name__ for x in xs]
 
 
 @pytest.fixture(scope="module")
@@ -33,33 +37,53 @@ class MyInt(int):
     pass
 
 
+class MyFloat(float):
+    pass
+
+
 CASES = {
     "ints": list(range(-500, 500)),
     "floats": [i / 7 for i in range(1000)] + [-0.0, math.inf, -math.inf],
     "bools stay bools": [True, False] * 300,
     "ints mixed with floats": [1, 2.0] * 300,
+    "floats mixed with ints": [2.0, 1] * 300,
     "ints mixed with bools": [1, True] * 300,
+    "ints then a string": list(range(300)) + ["x"],
     "ints beyond 64 bits": [2**63 - 1, 2**63, -(2**63), -(2**63) - 1] * 100,
     "int subclass": [MyInt(3)] * 300,
+    "float subclass": [MyFloat(3)] * 300,
     "short lists": [1, 2, 3],
     "strings": ["a", "b"] * 300,
+    "empty": [],
 }
+ARRAYS = ("ints", "floats")
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_pack_round_trip_keeps_values_and_types(name: str) -> None:
     values = CASES[name]
-    tag, payload = pack_results(values)
-    back = unpack_results(tag, payload)
-    assert back == values
-    assert [type(v) for v in back] == [type(v) for v in values]
+    back = unpack_results(*pack_results(values))
+    assert back == values and kinds(back) == kinds(values)
+    for chunk in (values, tuple(values)):  # as items travel: an array in place of the chunk
+        back = from_array(pickle.loads(pickle.dumps(as_array(chunk) or chunk)))
+        assert list(back) == values and kinds(back) == kinds(values)
 
 
 def test_fast_path_is_taken_only_for_plain_ints_and_floats() -> None:
-    assert pack_results(CASES["ints"])[0] == OK_ARRAY
-    assert pack_results(CASES["floats"])[0] == OK_ARRAY
-    for name in ("bools stay bools", "ints mixed with floats", "ints beyond 64 bits", "short lists"):
-        assert pack_results(CASES[name])[0] == OK, name
+    for name, values in CASES.items():
+        packed = as_array(values)
+        assert (packed is not None) == (name in ARRAYS), name
+        if packed is not None:
+            assert packed[:1] == (b"q" if name == "ints" else b"d")
+            assert len(packed) == 1 + 8 * len(values)
+    assert pack_numbers([2**63 - 1, -(2**63)]) is not None  # the edges of 64 bits fit
+    assert pack_numbers(range(300)) is None and pack_numbers(b"abc") is None  # only lists and tuples
+
+
+def test_bad_arrays_raise_value_error() -> None:
+    for bad in (b"", b"q1234567", b"x" + bytes(8)):
+        with pytest.raises(ValueError, match="not a packed array"):
+            unpack_numbers(bad)
 
 
 def test_nan_survives() -> None:
@@ -67,10 +91,25 @@ def test_nan_survives() -> None:
     assert all(math.isnan(v) for v in back)
 
 
+def test_a_call_returning_bytes_gets_bytes(pool: paralelo.Pool) -> None:
+    # A chunk never is bytes, so bytes in its place mean an array; a call's result may be.
+    packed = as_array(list(range(300)))
+    assert pool.apply(identity, (packed,)) == packed
+    assert pool.map(identity, [packed, b"q"]) == [packed, b"q"]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_items_through_a_pool_keep_values_and_types(pool: paralelo.Pool, name: str) -> None:
+    values = CASES[name]
+    for chunksize in (None, 300, len(values) or 1):
+        assert pool.map(type, values, chunksize=chunksize) == [type(v) for v in values]
+        assert pool.starmap(identity, [(v,) for v in values], chunksize=chunksize) == values
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_results_through_a_pool_keep_values_and_types(pool: paralelo.Pool, name: str) -> None:
     values = CASES[name]
-    back = pool.map(identity, values, chunksize=len(values))
+    back = pool.map(identity, values, chunksize=len(values) or 1)
     assert back == values
     assert [type(v) for v in back] == [type(v) for v in values]
 

@@ -3,7 +3,7 @@ built module by tests/test_stubs.py (mypy.stubtest)."""
 
 from typing import Literal, final
 
-__all__ = ["Hub", "Port", "MAX_TAG", "__version__", "die_with_parent", "forget_inherited_watch"]
+__all__ = ["Hub", "Port", "MAX_TAG", "__version__", "die_with_parent", "forget_inherited_watch", "pack_numbers", "unpack_numbers"]
 
 MAX_TAG: int
 __version__: str
@@ -59,3 +59,5 @@ class Port:
 
 def die_with_parent() -> None: ...
 def forget_inherited_watch() -> None: ...
+def pack_numbers(items: object) -> bytes | None: ...
+def unpack_numbers(data: bytes) -> list[int] | list[float]: ...

@@ -1,6 +1,6 @@
 """How arguments and results are pickled: the C pickler when it can, cloudpickle for what
 only exists in this process (``__main__`` objects made after the pool, lambdas, closures,
-classes made at run time), machine arrays for results that are all ints or all floats."""
+classes made at run time), machine arrays for chunks of only ints or only floats."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pickle
 import sys
 import threading
 import types
-from array import array
 from collections import ChainMap
 from typing import Any
 
 import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle
 
+from ._native import pack_numbers, unpack_numbers
 from ._wire import OK, OK_ARRAY
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -113,29 +113,34 @@ def dumps(obj: Any, main: MainNames | None = None) -> bytes:
     return data
 
 
-#: Below this many results, pickle is as fast as anything.
+#: Below this many items, pickle is as fast as anything.
 _ARRAY_MIN = 256
 
 
+def as_array(items: Any) -> bytes | None:
+    """A chunk's items or results (a list or tuple) as a machine array, when they are only
+    ints that fit in 64 bits or only floats (``_native.pack_numbers``: checked and
+    converted in one pass, ≈ 4x cheaper than pickling them, and ≈ 1.5x cheaper to
+    rebuild); else None. A TASK's array is its whole payload (flag ARRAY); inside a batch
+    (TASKS, RESULTS) it stands in the chunk's place, which is otherwise never bytes (a
+    list, tuple or range: see `from_array`)."""
+    if type(items) is not range and len(items) >= _ARRAY_MIN:
+        return pack_numbers(items)
+    return None
+
+
+def from_array(chunk: Any) -> Any:
+    """The inverse of `as_array` where it packed, else `chunk` itself."""
+    return unpack_numbers(chunk) if type(chunk) is bytes else chunk
+
+
 def pack_results(out: list) -> tuple[int, bytes]:
-    """(tag, payload) for a chunk's results. A list of only ints that fit in 64 bits, or
-    only floats, travels as a machine array: rebuilding it in the parent is ≈ 3x cheaper
-    than unpickling, and the parent is where a map's serial work is."""
-    if len(out) >= _ARRAY_MIN:
-        kind = type(out[0])
-        if (kind is int or kind is float) and len(set(map(type, out))) == 1:
-            code = "q" if kind is int else "d"
-            try:
-                return OK_ARRAY, code.encode() + array(code, out).tobytes()
-            except OverflowError:
-                pass  # an int beyond 64 bits: pickle it
-    return OK, dumps(out)
+    """(tag, payload) of a TASK's results: a machine array (OK_ARRAY) where `as_array`
+    packs them, else pickled (OK)."""
+    packed = as_array(out)
+    return (OK, dumps(out)) if packed is None else (OK_ARRAY, packed)
 
 
 def unpack_results(tag: int, payload: bytes) -> Any:
-    """The inverse of pack_results (and of plain pickled results)."""
-    if tag == OK_ARRAY:
-        arr = array(chr(payload[0]))
-        arr.frombytes(memoryview(payload)[1:])
-        return arr.tolist()
-    return pickle.loads(payload)
+    """The inverse of `pack_results`."""
+    return unpack_numbers(payload) if tag == OK_ARRAY else pickle.loads(payload)

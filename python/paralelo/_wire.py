@@ -8,27 +8,32 @@ Every frame carries ``(tag, job, seq, aux)`` in its header (see the engine's rin
 README); ``seq`` is a unit's *ticket*, unique in this process, which is also what a worker
 records in its slot state while it runs the unit. Small units travel several to a message
 (TASKS, RESULTS): each is still scheduled, run, timed and accounted on its own; only the
-pickling and the wake-ups are shared. Payloads are pickles (see ``_pickling``).
+pickling and the wake-ups are shared. Payloads are pickles (see ``_pickling``); a
+chunk of only ints or only floats travels inside as a machine array (bytes, where a chunk
+is never bytes: ``_pickling.as_array``).
 """
 
 from __future__ import annotations
 
 FUNC = 2  # job: payload cloudpickle((function, star, each))
-TASK = 3  # job, seq=ticket: payload pickle(list of items)
+TASK = 3  # job, seq=ticket: payload pickle(items: a list, tuple or range), or with ARRAY a machine array
 CALL = 4  # job, seq=ticket: payload cloudpickle((function, args, kwargs))
 DROP = 5  # job: forget FUNC
 EXIT = 6  # finish and exit
-TASKS = 7  # job: payload pickle(([tickets], [list of items per ticket])): several units
+TASKS = 7  # job: payload pickle(([tickets], [items per ticket, as in TASK])): several units
 
 #: In the `aux` of TASK/TASKS: answer each unit at once, waking the parent (the job's unit
 #: cost is not measured yet, so a slow unit may follow a quick one in the same message).
-#: The rest of a TASK's `aux` (aux >> 1) is its item count, which a worker counts toward
-#: maxtasks even when the items cannot be unpickled.
 EAGER = 1
+#: In the `aux` of TASK: the payload is the items as a machine array, not a pickle.
+ARRAY = 2
+#: The rest of a TASK's `aux` (aux >> COUNT_SHIFT) is its item count, which a worker
+#: counts toward maxtasks even when the items cannot be unpickled.
+COUNT_SHIFT = 2
 
 OK = 16  # job, seq, aux=ns busy: payload pickle(results list, or the call's result)
+OK_ARRAY = 20  # as OK: payload the results as a machine array (_pickling.as_array)
 ERR = 17  # job, seq: payload dump_error bytes
 BYE = 18  # leaving after maxtasks; sends nothing after this
 INIT_ERR = 19  # the initializer raised: payload as ERR
-OK_ARRAY = 20  # as OK, for a results list of only ints (or only floats): see pack_results
 RESULTS = 21  # job: payload pickle(([tickets], pickle([(ticket, ok, value, busy_ns), ...])))

@@ -19,8 +19,8 @@ import multiprocessing.util
 from . import _native, _pickling
 from ._errors import ResultPicklingError, TaskUnpicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
-from ._pickling import MainNames, dumps, pack_results
-from ._wire import BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, RESULTS, TASK, TASKS
+from ._pickling import MainNames, as_array, dumps, from_array, pack_results
+from ._wire import ARRAY, COUNT_SHIFT, BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, RESULTS, TASK, TASKS
 
 
 # multiprocessing's private process bookkeeping, which a worker takes over (typed loosely).
@@ -121,7 +121,9 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                     t0 = perf_counter_ns()
                     value: Any
                     try:
+                        items = from_array(items)
                         ok, value = True, run(fn, star, each, items)
+                        value = as_array(value) or value
                     except BaseException as e:  # noqa: BLE001 - every failure goes back
                         ok, value = False, dump_error(e)
                     busy = perf_counter_ns() - t0 + share
@@ -142,7 +144,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                 t0 = perf_counter_ns()
                 items = ()
                 try:
-                    items = _load(payload, "arguments")
+                    items = _native.unpack_numbers(payload) if aux & ARRAY else _load(payload, "arguments")
                     out = run(fn, star, each, items)
                     try:
                         rtag, data = _pack(pack_results, out)
@@ -155,7 +157,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                 # Loading and packing count: what a unit costs its worker sets how many it holds.
                 reply(rtag, job, seq, perf_counter_ns() - t0, data, aux & EAGER)
                 if per_item:  # and 1 below: maxtasks counts items, as the parent does
-                    done += max(1, len(items) or aux >> 1) - 1
+                    done += max(1, len(items) or aux >> COUNT_SHIFT) - 1
                 items, out, data, payload = (), [], b"", b""  # held by no one until the next task
             elif tag == CALL:
                 running(seq)

@@ -59,7 +59,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn os(op: &'static str, source: impl Into<io::Error>) -> Self {
-        Error::Os { op, source: source.into() }
+        Error::Os {
+            op,
+            source: source.into(),
+        }
     }
 
     /// This error, blamed on a hub slot when it is a ring's corruption.

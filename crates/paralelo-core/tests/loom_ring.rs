@@ -64,14 +64,22 @@ fn doorbell_wakes_its_waiter() {
         let waiter = {
             let (bell, flag) = (bell.clone(), flag.clone());
             thread::spawn(move || {
-                bell.wait_until(|| flag.load(Ordering::Acquire) == 1, None, &mut keep_waiting)
-                    .unwrap();
+                bell.wait_until(
+                    || flag.load(Ordering::Acquire) == 1,
+                    None,
+                    &mut keep_waiting,
+                )
+                .unwrap();
             })
         };
         flag.store(1, Ordering::Release);
         bell.ring();
         waiter.join().unwrap();
-        assert_eq!(bell.sleepers(), 0, "a waiter that returned is no longer registered");
+        assert_eq!(
+            bell.sleepers(),
+            0,
+            "a waiter that returned is no longer registered"
+        );
     });
 }
 
@@ -101,8 +109,12 @@ fn doorbell_wakes_twice() {
         for round in 1..=2 {
             step.store(2 * round - 1, Ordering::Release);
             bell.ring();
-            back.wait_until(|| step.load(Ordering::Acquire) >= 2 * round, None, &mut keep_waiting)
-                .unwrap();
+            back.wait_until(
+                || step.load(Ordering::Acquire) >= 2 * round,
+                None,
+                &mut keep_waiting,
+            )
+            .unwrap();
         }
         waiter.join().unwrap();
     });
@@ -118,8 +130,12 @@ fn doorbell_wakes_every_waiter() {
             .map(|_| {
                 let (bell, flag) = (bell.clone(), flag.clone());
                 thread::spawn(move || {
-                    bell.wait_until(|| flag.load(Ordering::Acquire) == 1, None, &mut keep_waiting)
-                        .unwrap();
+                    bell.wait_until(
+                        || flag.load(Ordering::Acquire) == 1,
+                        None,
+                        &mut keep_waiting,
+                    )
+                    .unwrap();
                 })
             })
             .collect();
@@ -143,7 +159,13 @@ fn ring() -> (Producer, Consumer) {
     let data_bell = data + CAP;
     let len = align(data_bell + std::mem::size_of::<Doorbell>());
     let seg = Arc::new(Segment::create("loom-ring", len).unwrap());
-    let place = RingPlace { header, data, capacity: CAP, data_bell, room_bell: None };
+    let place = RingPlace {
+        header,
+        data,
+        capacity: CAP,
+        data_bell,
+        room_bell: None,
+    };
     let producer = Producer::new(seg.clone(), place, true).unwrap();
     let consumer = Consumer::new(seg, place, false).unwrap();
     (producer, consumer)
@@ -151,8 +173,15 @@ fn ring() -> (Producer, Consumer) {
 
 /// Message `i`: `len` bytes that name it, and a header that does too.
 fn message(i: u64, len: usize) -> (FrameHeader, Vec<u8>) {
-    let h = FrameHeader { tag: i as u32 + 1, job: 100 + i, seq: i, aux: !i };
-    let payload = (0..len).map(|b| (i as u8).wrapping_mul(31).wrapping_add(b as u8)).collect();
+    let h = FrameHeader {
+        tag: i as u32 + 1,
+        job: 100 + i,
+        seq: i,
+        aux: !i,
+    };
+    let payload = (0..len)
+        .map(|b| (i as u8).wrapping_mul(31).wrapping_add(b as u8))
+        .collect();
     (h, payload)
 }
 
@@ -178,7 +207,9 @@ fn stream(prefill: &'static [usize], sent: &'static [usize]) {
         let mut out = Vec::new();
         while got.len() < total {
             consumer.wait(None, &mut keep_waiting).unwrap();
-            consumer.drain(usize::MAX, &mut out, |h, r| got.push((h, r))).unwrap();
+            consumer
+                .drain(usize::MAX, &mut out, |h, r| got.push((h, r)))
+                .unwrap();
         }
         tx.join().unwrap();
         assert!(!consumer.has_data(), "nothing but the messages was sent");

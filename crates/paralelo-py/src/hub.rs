@@ -20,7 +20,9 @@ impl PyHub {
     #[new]
     #[pyo3(signature = (slots, capacity = 1 << 20))]
     fn new(slots: usize, capacity: usize) -> PyResult<Self> {
-        Ok(PyHub { inner: Hub::create(slots, capacity).map_err(to_py)? })
+        Ok(PyHub {
+            inner: Hub::create(slots, capacity).map_err(to_py)?,
+        })
     }
 
     /// The memfd to pass to workers (inheritable copies are the caller's business).
@@ -49,7 +51,9 @@ impl PyHub {
         payload: &[u8],
         notify: bool,
     ) -> PyResult<()> {
-        self.inner.post(slot, &FrameHeader { tag, job, seq, aux }, payload, notify).map_err(to_py)
+        self.inner
+            .post(slot, &FrameHeader { tag, job, seq, aux }, payload, notify)
+            .map_err(to_py)
     }
 
     /// Wakes every worker posted to with `notify=False` since.
@@ -71,7 +75,9 @@ impl PyHub {
     /// [`recv`](Self::recv), waking it. Replaces the slot's earlier watch.
     fn watch(&self, slot: usize, pid: u32, pidfd: i32) -> PyResult<()> {
         if pidfd < 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!("bad pidfd {pidfd}")));
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "bad pidfd {pidfd}"
+            )));
         }
         // SAFETY: `watch` only duplicates the fd during this call; an invalid fd makes the
         // dup fail with EBADF, reported as OSError.
@@ -96,14 +102,16 @@ impl PyHub {
         let msgs = door::messages(
             py,
             &got.bytes,
-            got.messages.iter().map(|(s, h, r)| (Some(*s), *h, r.clone())),
+            got.messages
+                .iter()
+                .map(|(s, h, r)| (Some(*s), *h, r.clone())),
         )?;
         let events = PyList::empty(py);
         for e in got.events {
             let ev = match e {
-                SlotEvent::Exited { slot, pid } => {
-                    ("exited", slot, pid, py.None()).into_pyobject(py)?.into_any()
-                }
+                SlotEvent::Exited { slot, pid } => ("exited", slot, pid, py.None())
+                    .into_pyobject(py)?
+                    .into_any(),
                 SlotEvent::Corrupt { slot, pid, source } => {
                     let exc = corrupt_ring(py, Some(slot), source.to_string()).into_value(py);
                     ("corrupt", slot, pid, exc).into_pyobject(py)?.into_any()

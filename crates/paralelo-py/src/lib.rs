@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod door;
 mod errors;
 mod hub;
+mod numbers;
 mod port;
 mod process;
 mod state;
@@ -16,6 +17,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<port::PyPort>()?;
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(process::forget_inherited_watch, m)?)?;
+    m.add_function(wrap_pyfunction!(numbers::pack_numbers, m)?)?;
+    m.add_function(wrap_pyfunction!(numbers::unpack_numbers, m)?)?;
     m.add("MAX_TAG", paralelo_core::MAX_TAG)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

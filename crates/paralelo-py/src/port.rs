@@ -27,12 +27,16 @@ impl PyPort {
     #[new]
     fn new(fd: i32, slot: usize) -> PyResult<Self> {
         if fd < 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!("bad fd {fd}")));
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "bad fd {fd}"
+            )));
         }
         // SAFETY: `Port::open` only duplicates the fd during this call; an invalid fd makes
         // that dup fail with EBADF, reported as OSError.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        Ok(PyPort { inner: Port::open(fd, slot).map_err(to_py)? })
+        Ok(PyPort {
+            inner: Port::open(fd, slot).map_err(to_py)?,
+        })
     }
 
     /// Waits up to `timeout` seconds for tasks, then returns up to `max` waiting messages as
@@ -49,11 +53,16 @@ impl PyPort {
             timeout,
             |t: &mut Tasks| {
                 let Tasks { bytes, items } = t;
-                self.inner.drain_tasks(max, bytes, |h, r| items.push((h, r)))
+                self.inner
+                    .drain_tasks(max, bytes, |h, r| items.push((h, r)))
             },
             |deadline, poll| self.inner.wait_tasks(deadline, poll),
         )?;
-        door::messages(py, &got.bytes, got.items.into_iter().map(|(h, r)| (None, h, r)))
+        door::messages(
+            py,
+            &got.bytes,
+            got.items.into_iter().map(|(h, r)| (None, h, r)),
+        )
     }
 
     /// Sends a result message, waiting for room (GIL released) up to `timeout` seconds.
@@ -76,7 +85,9 @@ impl PyPort {
         if self.inner.try_send(&h, payload, notify).map_err(to_py)? {
             return Ok(());
         }
-        door::blocking(py, timeout, |deadline, poll| self.inner.send(&h, payload, deadline, poll))
+        door::blocking(py, timeout, |deadline, poll| {
+            self.inner.send(&h, payload, deadline, poll)
+        })
     }
 
     /// Wakes the parent if results were sent with `notify=False` since.
@@ -92,17 +103,23 @@ impl PyPort {
     /// Marks this worker as executing the unit `ticket` (so the parent knows it if this
     /// process dies).
     fn running(&self, ticket: u64) -> PyResult<()> {
-        self.inner.set_state(SlotState::Running(ticket)).map_err(to_py)
+        self.inner
+            .set_state(SlotState::Running(ticket))
+            .map_err(to_py)
     }
 
     /// Marks this worker as unpacking a batch whose first unit is `ticket`.
     fn unpacking(&self, ticket: u64) -> PyResult<()> {
-        self.inner.set_state(SlotState::Unpacking(ticket)).map_err(to_py)
+        self.inner
+            .set_state(SlotState::Unpacking(ticket))
+            .map_err(to_py)
     }
 
     /// Marks this worker as loading the function of job `job`.
     fn loading(&self, job: u64) -> PyResult<()> {
-        self.inner.set_state(SlotState::LoadingFunction(job)).map_err(to_py)
+        self.inner
+            .set_state(SlotState::LoadingFunction(job))
+            .map_err(to_py)
     }
 
     /// Marks this worker as running the pool's initializer.

@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable, Iterator
 from .. import _native, _zygote
 from .._worker import ENTRY as WORKER, Setup
 from .._errors import ResultUnpicklingError, broken, interrupted, load_error, pickling_failed
-from .._pickling import MainNames, by_value, dumps, unpack_results
-from .._wire import BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
+from .._pickling import MainNames, as_array, by_value, dumps, unpack_results
+from .._wire import ARRAY, COUNT_SHIFT, BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
 from . import deaths
 from .jobs import CallCosts, CallJob, Job, MapJob, Unit
 from .sink import MapSink
@@ -467,11 +467,11 @@ class Engine:
                 slot.loaded.add(job.id)
             try:
                 if len(run) == 1:
-                    tag, seq, payload = TASK, run[0].seq, dumps(run[0].payload, self.main)
-                    eager |= run[0].count << 1  # its item count, should its items not load
+                    tag, seq = TASK, run[0].seq
+                    eager, payload = self._pack_items(run[0], eager)
                 else:
                     tag, seq = TASKS, run[0].seq
-                    payload = dumps(([u.seq for u in run], [u.payload for u in run]), self.main)
+                    payload = dumps(([u.seq for u in run], [as_array(u.payload) or u.payload for u in run]), self.main)
                 job.weigh(True, len(payload), sum(u.count for u in run))
             except BaseException as e:  # noqa: BLE001 - find the chunk that cannot be pickled
                 if interrupted(e):
@@ -479,7 +479,7 @@ class Engine:
                     raise
                 for k, u in enumerate(run):
                     try:
-                        self.hub.post(slot.index, TASK, job.id, u.seq, eager | u.count << 1, dumps(u.payload, self.main))
+                        self.hub.post(slot.index, TASK, job.id, u.seq, *self._pack_items(u, eager))
                     except BaseException as e2:  # noqa: BLE001 - an argument cannot be pickled
                         if interrupted(e2):
                             self._drop_unsent(slot, job, run[k:] + units[i:], e2)
@@ -487,6 +487,13 @@ class Engine:
                         self._answer(slot, [(u.seq, False, pickling_failed("the task's arguments", e2), 0)])
                 continue
             self.hub.post(slot.index, tag, job.id, seq, eager, payload)
+
+    def _pack_items(self, unit: Unit, aux: int) -> tuple[int, bytes]:
+        """A TASK's `aux` and payload: its items as a machine array where they can be,
+        else pickled; and its item count, should its items not load."""
+        aux |= unit.count << COUNT_SHIFT
+        packed = as_array(unit.payload)
+        return (aux, dumps(unit.payload, self.main)) if packed is None else (aux | ARRAY, packed)
 
     def _drop_unsent(self, slot: Slot, job: Job, units: list[Unit], e: BaseException) -> None:
         """Ctrl-C while the main thread pickled `job`'s units for `slot`: that job fails with

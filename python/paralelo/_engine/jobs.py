@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .._outcomes import Segments
 from .._errors import interrupted, pickling_failed
-from .._pickling import MainNames, by_value, dumps
+from .._pickling import MainNames, by_value, dumps, from_array
 from .._wire import CALL, TASK
 from .chunking import Chunker
 from .sink import MapSink
@@ -496,7 +496,7 @@ class MapJob(Job):
 
     def done_many(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
         chunks = [
-            (unit.start, unit.count, ok, value.loaded() if type(value) is Segments else value)
+            (unit.start, unit.count, ok, value.loaded() if type(value) is Segments else from_array(value) if ok else value)
             for unit, ok, value, _ in answers
         ]
         # A failed chunk does not stop the map: the rest still runs, as with multiprocessing

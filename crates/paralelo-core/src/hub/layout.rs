@@ -55,17 +55,24 @@ impl HubLayout {
     /// from sizes it reads out of shared memory.
     pub fn new(slots: usize, capacity: usize) -> Result<Self> {
         if slots == 0 || slots > MAX_SLOTS {
-            return Err(Error::Invalid(format!("a hub has 1 to {MAX_SLOTS} slots, not {slots}")));
+            return Err(Error::Invalid(format!(
+                "a hub has 1 to {MAX_SLOTS} slots, not {slots}"
+            )));
         }
         if capacity > MAX_CAPACITY {
-            return Err(Error::Invalid(format!("ring capacity {capacity} exceeds {MAX_CAPACITY}")));
+            return Err(Error::Invalid(format!(
+                "ring capacity {capacity} exceeds {MAX_CAPACITY}"
+            )));
         }
         let layout = HubLayout { slots, capacity };
         // Computed wide: it must fit in this process's address space, on any target.
-        let slot_bytes = ALIGN as u128 + 2 * (Self::RING_HEADER as u128 + ALIGN as u128 + capacity as u128);
+        let slot_bytes =
+            ALIGN as u128 + 2 * (Self::RING_HEADER as u128 + ALIGN as u128 + capacity as u128);
         let total = Self::HEADER as u128 + slots as u128 * slot_bytes;
         if total > isize::MAX as u128 {
-            return Err(Error::Invalid(format!("a hub of {slots} slots of {capacity} bytes is too large")));
+            return Err(Error::Invalid(format!(
+                "a hub of {slots} slots of {capacity} bytes is too large"
+            )));
         }
         Ok(layout)
     }
@@ -83,19 +90,30 @@ impl HubLayout {
         let header = self.slot_offset(slot) + ALIGN;
         let data = header + Self::RING_HEADER + ALIGN;
         let room_bell = Some(std::mem::offset_of!(HubHeader, results_bell));
-        RingPlace { header, data, capacity: self.capacity, data_bell: header + Self::BELL, room_bell }
+        RingPlace {
+            header,
+            data,
+            capacity: self.capacity,
+            data_bell: header + Self::BELL,
+            room_bell,
+        }
     }
     pub(crate) fn results(&self, slot: usize) -> RingPlace {
         let header = self.tasks(slot).data + self.capacity;
         let data = header + Self::RING_HEADER + ALIGN;
         let data_bell = std::mem::offset_of!(HubHeader, results_bell);
-        RingPlace { header, data, capacity: self.capacity, data_bell, room_bell: None }
+        RingPlace {
+            header,
+            data,
+            capacity: self.capacity,
+            data_bell,
+            room_bell: None,
+        }
     }
 }
 
-const _: () = assert!(
-    HubLayout::BELL + std::mem::size_of::<Doorbell>() <= HubLayout::RING_HEADER + ALIGN
-);
+const _: () =
+    assert!(HubLayout::BELL + std::mem::size_of::<Doorbell>() <= HubLayout::RING_HEADER + ALIGN);
 const _: () = assert!(std::mem::size_of::<SlotHeader>() <= ALIGN);
 
 /// Shared-memory words of one hub segment that are not rings: its header and slot headers.
@@ -115,11 +133,15 @@ unsafe impl Sync for Words {}
 impl Words {
     pub(crate) fn new(seg: Arc<Segment>, layout: &HubLayout) -> Result<Self> {
         if layout.total_bytes() > seg.len() {
-            return Err(Error::BadLayout { what: "hub (segment shorter than its layout)" });
+            return Err(Error::BadLayout {
+                what: "hub (segment shorter than its layout)",
+            });
         }
         let header = NonNull::new(seg.at::<HubHeader>(0)?).expect("mapping is non-null");
         let slots = (0..layout.slots)
-            .map(|i| Ok(NonNull::new(seg.at::<SlotHeader>(layout.slot_offset(i))?).expect("non-null")))
+            .map(|i| {
+                Ok(NonNull::new(seg.at::<SlotHeader>(layout.slot_offset(i))?).expect("non-null"))
+            })
             .collect::<Result<_>>()?;
         Ok(Words { seg, header, slots })
     }
@@ -158,9 +180,13 @@ impl Words {
         }
         let (slots, capacity) = (h.slots.load(relaxed), h.capacity.load(relaxed));
         let (Ok(slots), Ok(capacity)) = (usize::try_from(slots), usize::try_from(capacity)) else {
-            return Err(Error::BadLayout { what: "hub (sizes out of range)" });
+            return Err(Error::BadLayout {
+                what: "hub (sizes out of range)",
+            });
         };
-        HubLayout::new(slots, capacity).map_err(|_| Error::BadLayout { what: "hub (sizes out of range)" })
+        HubLayout::new(slots, capacity).map_err(|_| Error::BadLayout {
+            what: "hub (sizes out of range)",
+        })
     }
 
     /// Writes the header of a fresh segment, before it is shared.

@@ -29,15 +29,17 @@ use crate::ring::{check_tag, Consumer, FrameHeader, Probe, Producer};
 use crate::sync::Poll;
 use crate::{Corruption, Error, Result, Segment};
 
-pub use layout::{HubLayout, MAX_SLOTS};
 use layout::Words;
+pub use layout::{HubLayout, MAX_SLOTS};
 use outbox::Outbox;
 pub use port::Port;
 pub use state::{SlotState, MAX_ID};
 
 pub(crate) fn check_slot(slots: usize, slot: usize) -> Result<()> {
     if slot >= slots {
-        return Err(Error::Invalid(format!("slot {slot} out of range (the hub has {slots})")));
+        return Err(Error::Invalid(format!(
+            "slot {slot} out of range (the hub has {slots})"
+        )));
     }
     Ok(())
 }
@@ -56,7 +58,11 @@ pub enum SlotEvent {
     Exited { slot: usize, pid: u32 },
     /// A ring of `slot` broke the protocol; the slot is read no more until reset. Its
     /// worker (`pid`, the slot's watched process, 0 if none) must be killed and replaced.
-    Corrupt { slot: usize, pid: u32, source: Corruption },
+    Corrupt {
+        slot: usize,
+        pid: u32,
+        source: Corruption,
+    },
 }
 
 /// What one drain found: message payloads copied into one buffer, each message with its
@@ -154,7 +160,10 @@ impl Hub {
             task_heads: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             result_tails: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             pids: (0..slots).map(|_| AtomicU32::new(0)).collect(),
-            tasks: tasks.into_iter().map(|r| Mutex::new(Outbox::new(r))).collect(),
+            tasks: tasks
+                .into_iter()
+                .map(|r| Mutex::new(Outbox::new(r)))
+                .collect(),
             need: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             result_probes: results.iter().map(Consumer::probe).collect(),
             results: Mutex::new(results),
@@ -206,7 +215,11 @@ impl Hub {
         if self.poisoned[slot].swap(true, Ordering::AcqRel) {
             return None;
         }
-        Some(SlotEvent::Corrupt { slot, pid: self.pids[slot].load(Ordering::Acquire), source })
+        Some(SlotEvent::Corrupt {
+            slot,
+            pid: self.pids[slot].load(Ordering::Acquire),
+            source,
+        })
     }
 
     /// Sends one message to `slot`'s worker without ever waiting: what does not fit now
@@ -315,7 +328,10 @@ impl Hub {
     /// Waits until a result, an event or room for an outbox is there (then drain, which
     /// flushes), or [`Self::wake`] is called. Holds no lock while it waits.
     pub fn wait_results(&self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
-        self.words.header().results_bell.wait_until(|| self.ready(), deadline, poll)
+        self.words
+            .header()
+            .results_bell
+            .wait_until(|| self.ready(), deadline, poll)
     }
 
     /// Ends the current wait for results (or the next one, if none is under way), so the
@@ -342,7 +358,9 @@ impl Hub {
                     continue; // poisoned here or by a post: reported already
                 }
                 let messages = &mut out.messages;
-                let drained = c.drain(usize::MAX, &mut out.bytes, |h, r| messages.push((slot, h, r)));
+                let drained = c.drain(usize::MAX, &mut out.bytes, |h, r| {
+                    messages.push((slot, h, r))
+                });
                 self.result_tails[slot].store(c.tail(), Ordering::Release);
                 if let Err(Error::Corrupt(source)) = drained {
                     out.events.extend(self.poison_event(slot, source));
@@ -351,7 +369,8 @@ impl Hub {
         }
         out.events.extend(events);
         // This drain's corruption before the mailbox's deaths, as in `Mailbox::take`.
-        out.events.sort_by_key(|e| matches!(e, SlotEvent::Exited { .. }));
+        out.events
+            .sort_by_key(|e| matches!(e, SlotEvent::Exited { .. }));
         Ok(out.messages.len() + out.events.len() - before)
     }
 

@@ -20,7 +20,10 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     pub(crate) fn new(ring: Producer) -> Self {
-        Outbox { ring, queue: VecDeque::new() }
+        Outbox {
+            ring,
+            queue: VecDeque::new(),
+        }
     }
 
     /// Puts a message in the ring, or what does not fit behind it in the queue. Returns
@@ -30,7 +33,11 @@ impl Outbox {
         if self.queue.is_empty() && self.ring.offer(h, payload, &mut sent)? {
             return Ok(0);
         }
-        self.queue.push_back(Pending { header: *h, payload: payload.to_vec(), sent });
+        self.queue.push_back(Pending {
+            header: *h,
+            payload: payload.to_vec(),
+            sent,
+        });
         self.ring.want_room(true);
         self.flush()
     }

@@ -59,16 +59,22 @@ impl Port {
         out: &mut Vec<u8>,
         f: impl FnMut(FrameHeader, Range<usize>),
     ) -> Result<usize> {
-        lock(&self.tasks).drain(max, out, f).map_err(|e| e.in_slot(self.slot))
+        lock(&self.tasks)
+            .drain(max, out, f)
+            .map_err(|e| e.in_slot(self.slot))
     }
 
     /// Sends one result message if it fits now; `false` if not (or if another thread is
     /// mid-way through a message). Without `notify` the parent is not woken yet: call
     /// [`Self::notify`] after a batch.
     pub fn try_send(&self, h: &FrameHeader, payload: &[u8], notify: bool) -> Result<bool> {
-        let Some(_turn) = self.sending.try_take() else { return Ok(false) };
+        let Some(_turn) = self.sending.try_take() else {
+            return Ok(false);
+        };
         let mut ring = lock(&self.results);
-        let done = ring.try_send(h, payload).map_err(|e| e.in_slot(self.slot))?;
+        let done = ring
+            .try_send(h, payload)
+            .map_err(|e| e.in_slot(self.slot))?;
         if notify {
             ring.notify();
         }
@@ -94,7 +100,9 @@ impl Port {
         loop {
             let (head, need) = {
                 let mut ring = lock(&self.results);
-                let done = ring.offer(h, payload, &mut sent).map_err(|e| e.in_slot(self.slot))?;
+                let done = ring
+                    .offer(h, payload, &mut sent)
+                    .map_err(|e| e.in_slot(self.slot))?;
                 ring.notify(); // done, or the parent must drain before more fits
                 if done {
                     return Ok(());
@@ -103,7 +111,10 @@ impl Port {
             };
             // Room after our own head: a scribbled shared head can neither fake room nor
             // keep us from sleeping (and so from our deadline).
-            if let Err(e) = self.results_probe.wait_room_after(head, need, deadline, poll) {
+            if let Err(e) = self
+                .results_probe
+                .wait_room_after(head, need, deadline, poll)
+            {
                 if sent > 0 {
                     lock(&self.results).abandon();
                 }

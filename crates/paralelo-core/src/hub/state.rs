@@ -39,7 +39,9 @@ impl SlotState {
             SlotState::Initializing => return Ok((3 << KIND_SHIFT) | INITIALIZING_BIT),
         };
         if id > MAX_ID {
-            return Err(Error::Invalid(format!("a slot state carries ids up to {MAX_ID}, not {id}")));
+            return Err(Error::Invalid(format!(
+                "a slot state carries ids up to {MAX_ID}, not {id}"
+            )));
         }
         Ok((kind << KIND_SHIFT) | id)
     }

@@ -58,7 +58,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// This process's watcher, if it has a working one.
 fn current() -> Option<Arc<Watcher>> {
     let me = std::process::id();
-    lock(&WATCHER).as_ref().filter(|w| w.owner == me && !lock(&w.registry).broken).cloned()
+    lock(&WATCHER)
+        .as_ref()
+        .filter(|w| w.owner == me && !lock(&w.registry).broken)
+        .cloned()
 }
 
 fn watcher() -> Result<Arc<Watcher>> {
@@ -68,10 +71,17 @@ fn watcher() -> Result<Arc<Watcher>> {
     let mut slot = lock(&WATCHER);
     // None yet, one inherited through fork, or a broken one: dropping it closes its fds
     // (and, in a child, the parent's pidfds in this process).
-    let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| Error::os("epoll_create", e))?;
-    let nudge = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(|e| Error::os("eventfd", e))?;
-    epoll::add(&epoll, nudge.as_fd(), epoll::EventData::new_u64(NUDGE), epoll::EventFlags::IN)
-        .map_err(|e| Error::os("epoll_ctl(ADD) on an eventfd", e))?;
+    let epoll =
+        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| Error::os("epoll_create", e))?;
+    let nudge = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map_err(|e| Error::os("eventfd", e))?;
+    epoll::add(
+        &epoll,
+        nudge.as_fd(),
+        epoll::EventData::new_u64(NUDGE),
+        epoll::EventFlags::IN,
+    )
+    .map_err(|e| Error::os("epoll_ctl(ADD) on an eventfd", e))?;
     let w = Arc::new(Watcher {
         owner: std::process::id(),
         epoll,
@@ -102,7 +112,11 @@ impl Watcher {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
         loop {
             events.clear();
-            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), None) {
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(_) => {
                     // Cannot happen with our own valid epoll fd; if it does, stop serving
@@ -139,12 +153,19 @@ impl Watcher {
 /// process behind `pidfd` has exited; at once if it already has. The pidfd is duplicated.
 pub fn watch(pidfd: BorrowedFd<'_>, on_exit: impl FnOnce() + Send + 'static) -> Result<Watch> {
     let w = watcher()?;
-    let fd = pidfd.try_clone_to_owned().map_err(|e| Error::os("dup pidfd", e))?;
+    let fd = pidfd
+        .try_clone_to_owned()
+        .map_err(|e| Error::os("dup pidfd", e))?;
     let id = w.next_id.fetch_add(1, Ordering::Relaxed);
     // Registered before it is armed, so the thread finds the entry when the event comes.
     let mut reg = lock(&w.registry);
-    epoll::add(&w.epoll, fd.as_fd(), epoll::EventData::new_u64(id), epoll::EventFlags::IN)
-        .map_err(|e| Error::os("epoll_ctl(ADD) on a pidfd", e))?;
+    epoll::add(
+        &w.epoll,
+        fd.as_fd(),
+        epoll::EventData::new_u64(id),
+        epoll::EventFlags::IN,
+    )
+    .map_err(|e| Error::os("epoll_ctl(ADD) on a pidfd", e))?;
     reg.entries.insert(id, (fd, Box::new(on_exit)));
     if let Err(e) = w.ensure_serving(&mut reg) {
         if let Some((fd, _)) = reg.entries.remove(&id) {
@@ -161,7 +182,9 @@ pub fn unwatch(watch: Watch) -> bool {
     // gone with its thread, and starting a watcher just to cancel one would be waste.
     let Some(w) = current() else { return false };
     let mut reg = lock(&w.registry);
-    let Some((pidfd, _)) = reg.entries.remove(&watch.0) else { return false };
+    let Some((pidfd, _)) = reg.entries.remove(&watch.0) else {
+        return false;
+    };
     let _ = epoll::delete(&w.epoll, &pidfd);
     if reg.entries.is_empty() && reg.serving {
         // Wake the thread so it sees it has nothing left to watch, and exits.

@@ -8,7 +8,9 @@ use crate::primitive::{fence, Ordering};
 use crate::sync::Poll;
 use crate::{Corruption, Error, Result, Segment};
 
-use super::frame::{check_frame, padded, FrameHeader, FRAG_MORE, FRAME_HEADER, MAX_MESSAGE, TAG_ABORT};
+use super::frame::{
+    check_frame, padded, FrameHeader, FRAG_MORE, FRAME_HEADER, MAX_MESSAGE, TAG_ABORT,
+};
 use super::mem::{RingMem, RingPlace};
 use super::probe::Probe;
 
@@ -32,7 +34,13 @@ impl Consumer {
     pub fn new(seg: Arc<Segment>, place: RingPlace, init: bool) -> Result<Self> {
         let mem = RingMem::new(seg, place, init)?;
         let (_, tail) = mem.indices()?;
-        Ok(Consumer { mem, tail, partial: Vec::new(), in_partial: false, poisoned: None })
+        Ok(Consumer {
+            mem,
+            tail,
+            partial: Vec::new(),
+            in_partial: false,
+            poisoned: None,
+        })
     }
 
     /// A lock-free view of this ring, to wait for data without holding this end.
@@ -93,7 +101,11 @@ impl Consumer {
         // Acquire: pairs with the producer's Release store of `head`.
         let head = self.mem.header().head.load(Ordering::Acquire);
         if head.wrapping_sub(self.tail) > cap {
-            return Err(Corruption::Indices { head, tail: self.tail, capacity: cap });
+            return Err(Corruption::Indices {
+                head,
+                tail: self.tail,
+                capacity: cap,
+            });
         }
         let max_fragment = cap as usize / 4 - FRAME_HEADER;
         while self.tail != head && *delivered < max {
@@ -111,7 +123,9 @@ impl Consumer {
                 self.drop_partial();
             } else if fh.tag & FRAG_MORE != 0 || self.in_partial {
                 if self.partial.len() + len > MAX_MESSAGE {
-                    return Err(Corruption::MessageTooLong { max: MAX_MESSAGE as u64 });
+                    return Err(Corruption::MessageTooLong {
+                        max: MAX_MESSAGE as u64,
+                    });
                 }
                 self.mem.append_to(body, len, &mut self.partial);
                 self.in_partial = fh.tag & FRAG_MORE != 0;
@@ -156,7 +170,9 @@ impl Consumer {
 
     /// Waits until data is published (see [`crate::Doorbell::wait_until`]).
     pub fn wait(&self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
-        self.mem.data_bell().wait_until(|| self.has_data(), deadline, poll)
+        self.mem
+            .data_bell()
+            .wait_until(|| self.has_data(), deadline, poll)
     }
 
     /// Empties the ring, as if freshly created, and forgets sleepers on its room bell (so

@@ -44,14 +44,24 @@ impl FrameHeader {
             w.copy_from_slice(&b[i..i + 8]);
             u64::from_le_bytes(w)
         };
-        (u32_at(0), FrameHeader { tag: u32_at(4), job: u64_at(8), seq: u64_at(16), aux: u64_at(24) })
+        (
+            u32_at(0),
+            FrameHeader {
+                tag: u32_at(4),
+                job: u64_at(8),
+                seq: u64_at(16),
+                aux: u64_at(24),
+            },
+        )
     }
 }
 
 /// Refuses the tags the ring reserves for itself. The one check every sender goes through.
 pub(crate) fn check_tag(tag: u32) -> Result<()> {
     if tag > MAX_TAG {
-        return Err(Error::Invalid(format!("message tag {tag} is reserved (max {MAX_TAG})")));
+        return Err(Error::Invalid(format!(
+            "message tag {tag} is reserved (max {MAX_TAG})"
+        )));
     }
     Ok(())
 }
@@ -65,10 +75,16 @@ pub(crate) fn padded(len: usize) -> u64 {
 /// long and lie within the `published` bytes.
 pub(crate) fn check_frame(len: u32, max: usize, published: u64) -> Result<(), Corruption> {
     if len as usize > max {
-        return Err(Corruption::FrameTooLong { len: len as u64, max: max as u64 });
+        return Err(Corruption::FrameTooLong {
+            len: len as u64,
+            max: max as u64,
+        });
     }
     if published < FRAME_HEADER as u64 + padded(len as usize) {
-        return Err(Corruption::FrameOverrun { len: len as u64, published });
+        return Err(Corruption::FrameOverrun {
+            len: len as u64,
+            published,
+        });
     }
     Ok(())
 }

@@ -96,10 +96,20 @@ impl RingMem {
         let own_room = place.header + std::mem::offset_of!(RingHeader, room_bell);
         let room_bell = NonNull::new(seg.at::<Doorbell>(place.room_bell.unwrap_or(own_room))?)
             .expect("mapping is non-null");
-        let last = place.data.checked_add(cap - 1).ok_or(Error::BadLayout { what: "ring" })?;
+        let last = place
+            .data
+            .checked_add(cap - 1)
+            .ok_or(Error::BadLayout { what: "ring" })?;
         seg.at::<u8>(last)?; // bounds check of the data area
         let data = NonNull::new(seg.at::<u8>(place.data)?).expect("mapping is non-null");
-        let mem = RingMem { _seg: seg, hdr, data, data_bell, room_bell, cap: cap as u64 };
+        let mem = RingMem {
+            _seg: seg,
+            hdr,
+            data,
+            data_bell,
+            room_bell,
+            cap: cap as u64,
+        };
         #[cfg(loom)]
         if init {
             // SAFETY: as below, the creator owns the memory until it hands it out.
@@ -134,8 +144,14 @@ impl RingMem {
         unsafe {
             write(addr_of_mut!((*h).head), CachePadded::new(AtomicU64::new(0)));
             write(addr_of_mut!((*h).tail), CachePadded::new(AtomicU64::new(0)));
-            write(addr_of_mut!((*h).room_bell), CachePadded::new(Doorbell::default()));
-            write(addr_of_mut!((*h).wants_room), CachePadded::new(AtomicU32::new(0)));
+            write(
+                addr_of_mut!((*h).room_bell),
+                CachePadded::new(Doorbell::default()),
+            );
+            write(
+                addr_of_mut!((*h).wants_room),
+                CachePadded::new(AtomicU32::new(0)),
+            );
             write(
                 addr_of_mut!((*h).shadow),
                 std::array::from_fn(|_| loom::cell::UnsafeCell::new(())),
@@ -199,7 +215,11 @@ impl RingMem {
         // may start them anywhere: only their distance matters.
         match head.wrapping_sub(tail) {
             used if used <= self.cap => Ok(self.cap - used),
-            _ => Err(Corruption::Indices { head, tail, capacity: self.cap }),
+            _ => Err(Corruption::Indices {
+                head,
+                tail,
+                capacity: self.cap,
+            }),
         }
     }
 
@@ -250,7 +270,10 @@ impl RingMem {
 
     /// Copies the ring bytes at stream position `pos` into `dst`.
     pub(crate) fn copy_out(&self, pos: u64, dst: &mut [u8]) {
-        assert!(dst.len() as u64 <= self.cap, "a read never exceeds the ring");
+        assert!(
+            dst.len() as u64 <= self.cap,
+            "a read never exceeds the ring"
+        );
         // SAFETY: `dst` is a valid, exclusive buffer of its length, checked above.
         unsafe { self.copy_into(pos, dst.as_mut_ptr(), dst.len()) }
     }

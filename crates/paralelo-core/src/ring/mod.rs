@@ -12,8 +12,8 @@ mod probe;
 mod producer;
 
 pub use consumer::Consumer;
-pub use frame::{FrameHeader, FRAME_HEADER, MAX_MESSAGE, MAX_TAG};
 pub(crate) use frame::check_tag;
+pub use frame::{FrameHeader, FRAME_HEADER, MAX_MESSAGE, MAX_TAG};
 pub use mem::{RingHeader, RingPlace, MAX_CAPACITY, MIN_CAPACITY};
 pub use probe::Probe;
 pub use producer::Producer;

@@ -30,7 +30,10 @@ impl Probe {
     pub fn has_room(&self, need: u64) -> bool {
         let h = self.mem.header();
         // Acquire: as in `RingMem::indices`.
-        let (head, tail) = (h.head.load(Ordering::Acquire), h.tail.load(Ordering::Acquire));
+        let (head, tail) = (
+            h.head.load(Ordering::Acquire),
+            h.tail.load(Ordering::Acquire),
+        );
         self.mem.free(head, tail).map_or(true, |free| free >= need)
     }
 
@@ -59,7 +62,9 @@ impl Probe {
 
     /// Waits until data is published (see [`crate::Doorbell::wait_until`]).
     pub fn wait_data(&self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
-        self.mem.data_bell().wait_until(|| self.has_data(), deadline, poll)
+        self.mem
+            .data_bell()
+            .wait_until(|| self.has_data(), deadline, poll)
     }
 
     /// Waits until `need` bytes are free after `head` (the producer's own copy), asking the
@@ -76,7 +81,10 @@ impl Probe {
             return Ok(());
         }
         Self::want_room_on(&self.mem, true);
-        let out = self.mem.room_bell().wait_until(|| self.has_room_after(head, need), deadline, poll);
+        let out =
+            self.mem
+                .room_bell()
+                .wait_until(|| self.has_room_after(head, need), deadline, poll);
         Self::want_room_on(&self.mem, false);
         out
     }

@@ -31,7 +31,13 @@ impl Producer {
     pub fn new(seg: Arc<Segment>, place: RingPlace, init: bool) -> Result<Self> {
         let mem = RingMem::new(seg, place, init)?;
         let (head, tail) = mem.indices()?;
-        Ok(Producer { mem, head, tail_seen: tail, broken: false, unrung: AtomicBool::new(false) })
+        Ok(Producer {
+            mem,
+            head,
+            tail_seen: tail,
+            broken: false,
+            unrung: AtomicBool::new(false),
+        })
     }
 
     /// A lock-free view of this ring, to wait for room without holding this end.
@@ -71,9 +77,12 @@ impl Producer {
         // only this producer writes there, and a fragment is at most a quarter of the ring.
         unsafe {
             self.mem.write_at(self.head, &hdr);
-            self.mem.write_at(self.head.wrapping_add(FRAME_HEADER as u64), payload);
+            self.mem
+                .write_at(self.head.wrapping_add(FRAME_HEADER as u64), payload);
         }
-        self.head = self.head.wrapping_add(FRAME_HEADER as u64 + padded(payload.len()));
+        self.head = self
+            .head
+            .wrapping_add(FRAME_HEADER as u64 + padded(payload.len()));
         // Release: pairs with the consumer's Acquire load of `head` before it reads the bytes.
         self.mem.header().head.store(self.head, Ordering::Release);
         // Release: pairs with the Acquire swap in `notify`, which may run on another thread.
@@ -159,7 +168,10 @@ impl Producer {
         while !self.offer(h, payload, &mut sent)? {
             self.notify(); // the consumer must drain what is in before more fits
             let need = self.room_needed(payload, sent);
-            if let Err(e) = self.probe().wait_room_after(self.head, need, deadline, poll) {
+            if let Err(e) = self
+                .probe()
+                .wait_room_after(self.head, need, deadline, poll)
+            {
                 if sent > 0 {
                     self.abandon();
                 }

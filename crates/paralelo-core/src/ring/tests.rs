@@ -9,13 +9,27 @@ use crate::{Corruption, Error, Result, Segment};
 const CAP: usize = 1024;
 
 fn ring(cap: usize) -> (Producer, Consumer) {
-    let place = RingPlace { header: 0, data: 1024, capacity: cap, data_bell: 512, room_bell: None };
+    let place = RingPlace {
+        header: 0,
+        data: 1024,
+        capacity: cap,
+        data_bell: 512,
+        room_bell: None,
+    };
     let seg = Arc::new(Segment::create("ring-test", 1024 + cap).unwrap());
-    (Producer::new(seg.clone(), place, true).unwrap(), Consumer::new(seg, place, false).unwrap())
+    (
+        Producer::new(seg.clone(), place, true).unwrap(),
+        Consumer::new(seg, place, false).unwrap(),
+    )
 }
 
 fn h(tag: u32, seq: u64) -> FrameHeader {
-    FrameHeader { tag, job: 7, seq, aux: seq * 3 }
+    FrameHeader {
+        tag,
+        job: 7,
+        seq,
+        aux: seq * 3,
+    }
 }
 
 fn recv_all(c: &mut Consumer) -> Vec<(FrameHeader, Vec<u8>)> {
@@ -44,7 +58,9 @@ fn empty_ring_has_nothing() {
 fn messages_keep_order_headers_and_bytes() {
     let (mut p, mut c) = ring(CAP);
     for i in 0..5u64 {
-        assert!(p.try_send(&h(1, i), &vec![i as u8; i as usize * 3]).unwrap());
+        assert!(p
+            .try_send(&h(1, i), &vec![i as u8; i as usize * 3])
+            .unwrap());
     }
     let got = recv_all(&mut c);
     assert_eq!(got.len(), 5);
@@ -85,7 +101,10 @@ fn wrap_around_splits_payload_but_not_content() {
 fn oversized_message_streams_through_a_small_ring() {
     let (mut p, mut c) = ring(CAP);
     let big: Vec<u8> = (0..50_000u32).map(|i| (i * 7) as u8).collect();
-    assert!(!p.try_send(&h(4, 1), &big).unwrap(), "try_send never fragments");
+    assert!(
+        !p.try_send(&h(4, 1), &big).unwrap(),
+        "try_send never fragments"
+    );
     let mut got = Vec::new();
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -95,8 +114,13 @@ fn oversized_message_streams_through_a_small_ring() {
                 got.extend(recv_all(&mut c));
             }
         });
-        p.send(&h(4, 1), &big, Some(Instant::now() + Duration::from_secs(10)), &mut keep_going)
-            .unwrap();
+        p.send(
+            &h(4, 1),
+            &big,
+            Some(Instant::now() + Duration::from_secs(10)),
+            &mut keep_going,
+        )
+        .unwrap();
     });
     assert_eq!(got, vec![(h(4, 1), big)]);
 }
@@ -106,7 +130,12 @@ fn abandoned_fragmented_send_is_dropped_by_the_consumer() {
     let (mut p, mut c) = ring(CAP);
     let big = vec![1u8; 5000];
     // Nobody drains: the send times out after some fragments went out.
-    let err = p.send(&h(5, 1), &big, Some(Instant::now() + Duration::from_millis(20)), &mut keep_going);
+    let err = p.send(
+        &h(5, 1),
+        &big,
+        Some(Instant::now() + Duration::from_millis(20)),
+        &mut keep_going,
+    );
     assert!(matches!(err, Err(Error::Timeout)));
     assert!(recv_all(&mut c).is_empty(), "no half message is delivered");
     p.send(&h(5, 2), b"next", None, &mut keep_going).unwrap();
@@ -136,10 +165,22 @@ fn wait_times_out_on_an_empty_ring() {
 #[test]
 fn reserved_tags_and_bad_capacities_are_refused() {
     let (mut p, _c) = ring(CAP);
-    assert!(matches!(p.try_send(&h(MAX_TAG + 1, 0), b""), Err(Error::Invalid(_))));
+    assert!(matches!(
+        p.try_send(&h(MAX_TAG + 1, 0), b""),
+        Err(Error::Invalid(_))
+    ));
     let seg = Arc::new(Segment::create("ring-test", 4096).unwrap());
-    let place = RingPlace { header: 0, data: 1024, capacity: 1000, data_bell: 512, room_bell: None };
-    assert!(matches!(Producer::new(seg, place, true), Err(Error::Invalid(_))));
+    let place = RingPlace {
+        header: 0,
+        data: 1024,
+        capacity: 1000,
+        data_bell: 512,
+        room_bell: None,
+    };
+    assert!(matches!(
+        Producer::new(seg, place, true),
+        Err(Error::Invalid(_))
+    ));
 }
 
 #[test]
@@ -168,7 +209,13 @@ fn threads_stress_every_byte_arrives() {
 
 /// A second view of the ring's memory, to write what a misbehaving process would.
 fn scribbler(cap: usize) -> (Producer, Consumer, RingMem) {
-    let place = RingPlace { header: 0, data: 1024, capacity: cap, data_bell: 512, room_bell: None };
+    let place = RingPlace {
+        header: 0,
+        data: 1024,
+        capacity: cap,
+        data_bell: 512,
+        room_bell: None,
+    };
     let seg = Arc::new(Segment::create("ring-test", 1024 + cap).unwrap());
     let p = Producer::new(seg.clone(), place, true).unwrap();
     let c = Consumer::new(seg.clone(), place, false).unwrap();
@@ -185,12 +232,20 @@ fn a_frame_longer_than_a_fragment_is_corrupt_and_poisons_until_reset() {
     unsafe { mem.write_at(40, &(1u32 << 20).to_le_bytes()) };
     let mut buf = Vec::new();
     let mut got = Vec::new();
-    let err = c.drain(usize::MAX, &mut buf, |hh, r| got.push((hh, r))).unwrap_err();
-    assert!(matches!(err, Error::Corrupt(Corruption::FrameTooLong { .. })), "{err}");
+    let err = c
+        .drain(usize::MAX, &mut buf, |hh, r| got.push((hh, r)))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt(Corruption::FrameTooLong { .. })),
+        "{err}"
+    );
     assert_eq!(got.len(), 1, "the good frame before it is still delivered");
     assert_eq!(&buf[got[0].1.clone()], b"good");
     assert!(c.is_poisoned());
-    assert!(try_recv_all(&mut c).is_err(), "nothing more is read from a corrupt ring");
+    assert!(
+        try_recv_all(&mut c).is_err(),
+        "nothing more is read from a corrupt ring"
+    );
     c.reset();
     p.reset();
     assert!(p.try_send(&h(1, 2), b"again").unwrap());
@@ -201,7 +256,9 @@ fn a_frame_longer_than_a_fragment_is_corrupt_and_poisons_until_reset() {
 fn indices_out_of_order_are_corrupt_on_both_ends() {
     let (mut p, mut c, mem) = scribbler(CAP);
     // A consumer that claims to have read more than was ever written.
-    mem.header().tail.store(10_000, std::sync::atomic::Ordering::Release);
+    mem.header()
+        .tail
+        .store(10_000, std::sync::atomic::Ordering::Release);
     let mut sent = 0;
     let filler = vec![0u8; 200];
     let err = loop {
@@ -210,13 +267,26 @@ fn indices_out_of_order_are_corrupt_on_both_ends() {
             Err(e) => break e,
         }
     };
-    assert!(matches!(err, Error::Corrupt(Corruption::Indices { .. })), "{err}");
+    assert!(
+        matches!(err, Error::Corrupt(Corruption::Indices { .. })),
+        "{err}"
+    );
     // A producer whose head runs more than a capacity ahead of the tail.
-    mem.header().tail.store(0, std::sync::atomic::Ordering::Release);
-    mem.header().head.store(CAP as u64 * 5, std::sync::atomic::Ordering::Release);
+    mem.header()
+        .tail
+        .store(0, std::sync::atomic::Ordering::Release);
+    mem.header()
+        .head
+        .store(CAP as u64 * 5, std::sync::atomic::Ordering::Release);
     let err = try_recv_all(&mut c).unwrap_err();
-    assert!(matches!(err, Error::Corrupt(Corruption::Indices { .. })), "{err}");
-    assert!(c.probe().has_data(), "a waiter wakes to find the corruption");
+    assert!(
+        matches!(err, Error::Corrupt(Corruption::Indices { .. })),
+        "{err}"
+    );
+    assert!(
+        c.probe().has_data(),
+        "a waiter wakes to find the corruption"
+    );
 }
 
 #[test]
@@ -227,7 +297,16 @@ fn a_frame_past_the_published_bytes_is_corrupt() {
     // SAFETY: the misbehaving producer's write, as above.
     unsafe { mem.write_at(0, &64u32.to_le_bytes()) };
     let err = try_recv_all(&mut c).unwrap_err();
-    assert!(matches!(err, Error::Corrupt(Corruption::FrameOverrun { len: 64, published: 40 })), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Corrupt(Corruption::FrameOverrun {
+                len: 64,
+                published: 40
+            })
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -243,7 +322,12 @@ fn probes_wait_without_holding_an_end() {
             assert!(p.try_send(&h(1, 0), b"x").unwrap());
             p.notify();
         });
-        probe.wait_data(Some(Instant::now() + Duration::from_secs(5)), &mut keep_going).unwrap();
+        probe
+            .wait_data(
+                Some(Instant::now() + Duration::from_secs(5)),
+                &mut keep_going,
+            )
+            .unwrap();
     });
     assert!(probe.has_data());
 }

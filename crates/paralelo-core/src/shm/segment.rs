@@ -28,16 +28,23 @@ impl Segment {
     /// Maps a segment another process created and passed to us.
     pub fn open(fd: BorrowedFd<'_>) -> Result<Self> {
         let fd = fd.try_clone_to_owned().map_err(|e| Error::os("dup", e))?;
-        let len = rustix::fs::fstat(&fd).map_err(|e| Error::os("fstat", e))?.st_size as usize;
+        let len = rustix::fs::fstat(&fd)
+            .map_err(|e| Error::os("fstat", e))?
+            .st_size as usize;
         if len == 0 {
-            return Err(Error::BadLayout { what: "segment (it is empty)" });
+            return Err(Error::BadLayout {
+                what: "segment (it is empty)",
+            });
         }
         Self::map(fd, len)
     }
 
     fn map(fd: OwnedFd, len: usize) -> Result<Self> {
         // MmapRaw, never a &mut [u8]: other processes write this memory behind our back.
-        let map = MmapOptions::new().len(len).map_raw(&fd).map_err(|e| Error::os("mmap", e))?;
+        let map = MmapOptions::new()
+            .len(len)
+            .map_raw(&fd)
+            .map_err(|e| Error::os("mmap", e))?;
         Ok(Segment { fd, map })
     }
 
@@ -58,17 +65,20 @@ impl Segment {
     pub fn at<T>(&self, offset: usize) -> Result<*mut T> {
         let size = std::mem::size_of::<T>();
         if offset.checked_add(size).is_none_or(|end| end > self.len()) {
-            return Err(Error::BadLayout { what: "segment (too small for its layout)" });
+            return Err(Error::BadLayout {
+                what: "segment (too small for its layout)",
+            });
         }
         // SAFETY: offset + size <= len, so the result stays inside the mapping.
         let ptr = unsafe { self.map.as_mut_ptr().add(offset) };
         if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
-            return Err(Error::BadLayout { what: "segment (misaligned field)" });
+            return Err(Error::BadLayout {
+                what: "segment (misaligned field)",
+            });
         }
         Ok(ptr.cast())
     }
 }
-
 
 #[cfg(test)]
 impl Segment {

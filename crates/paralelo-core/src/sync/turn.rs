@@ -54,8 +54,10 @@ impl Turn {
                         _ => return Err(Error::Timeout),
                     },
                 };
-                let (mut taken, _) =
-                    self.released.wait_timeout(taken, slice).unwrap_or_else(|e| e.into_inner());
+                let (mut taken, _) = self
+                    .released
+                    .wait_timeout(taken, slice)
+                    .unwrap_or_else(|e| e.into_inner());
                 if !*taken {
                     *taken = true;
                     return Ok(TurnGuard { turn: self });

@@ -22,7 +22,13 @@ mod tests {
     #[test]
     fn a_segment_cannot_be_resized_by_whoever_holds_it() {
         let fd = super::create("seal-test", 4096).unwrap();
-        assert!(rustix::fs::ftruncate(&fd, 0).is_err(), "shrinking is sealed");
-        assert!(rustix::fs::ftruncate(&fd, 1 << 20).is_err(), "growing is sealed");
+        assert!(
+            rustix::fs::ftruncate(&fd, 0).is_err(),
+            "shrinking is sealed"
+        );
+        assert!(
+            rustix::fs::ftruncate(&fd, 1 << 20).is_err(),
+            "growing is sealed"
+        );
     }
 }

@@ -1,0 +1,102 @@
+//! Lists of plain numbers as machine arrays: a map's items and results that are all ints
+//! (or all floats) cross between processes as 8-byte values, checked and converted in one
+//! pass, instead of pickled one object at a time. The layout is a type code (`b'q'`: i64,
+//! `b'd'`: f64, as `array.array` names them) then the values in native byte order.
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+const INTS: u8 = b'q';
+const FLOATS: u8 = b'd';
+
+/// `items` (a list or tuple) as a machine array, or None when it is not made only of
+/// ints that fit in 64 bits, or only of floats (bools, int subclasses and mixed lists
+/// keep their types only through pickle). The first item decides, so a list of other
+/// things costs one look.
+#[pyfunction]
+pub(crate) fn pack_numbers<'py>(
+    py: Python<'py>,
+    items: &Bound<'py, PyAny>,
+) -> Option<Bound<'py, PyBytes>> {
+    let get: Getter = if items.is_exact_instance_of::<PyList>() {
+        ffi::PyList_GetItem
+    } else if items.is_exact_instance_of::<PyTuple>() {
+        ffi::PyTuple_GetItem
+    } else {
+        return None;
+    };
+    let len = items.len().ok()?;
+    pack(items.as_ptr(), len, get).map(|packed| PyBytes::new(py, &packed))
+}
+
+/// `PyList_GetItem` or `PyTuple_GetItem`: a borrowed reference, no reference counting.
+type Getter = unsafe extern "C" fn(*mut ffi::PyObject, ffi::Py_ssize_t) -> *mut ffi::PyObject;
+
+// Raw calls, not PyO3's iterators: under the limited API those cost a size check and a
+// reference count round trip per item, more than the conversion itself (this runs on
+// every chunk of a map of numbers, in the parent and in the workers).
+fn pack(seq: *mut ffi::PyObject, len: usize, get: Getter) -> Option<Vec<u8>> {
+    // SAFETY: (here and in the blocks below) `seq` is an exact list or tuple, alive and held by the
+    // caller with the GIL; nothing here runs Python code (exact ints and floats convert
+    // without calling back), so it cannot change, `i < len` stays in bounds, and the
+    // borrowed items stay alive.
+    let item = |i: usize| unsafe { get(seq, i as ffi::Py_ssize_t) };
+    let int_type = std::ptr::addr_of_mut!(ffi::PyLong_Type);
+    let float_type = std::ptr::addr_of_mut!(ffi::PyFloat_Type);
+    if len == 0 {
+        return None;
+    }
+    // SAFETY: as above; `item(0)` is a live object.
+    let kind = unsafe { ffi::Py_TYPE(item(0)) };
+    let mut out = Vec::with_capacity(1 + 8 * len);
+    if kind == int_type {
+        out.push(INTS);
+        for i in 0..len {
+            let obj = item(i);
+            // SAFETY: as above.
+            if unsafe { ffi::Py_TYPE(obj) } != int_type {
+                return None;
+            }
+            let mut overflow = 0;
+            // SAFETY: as above; an exact int, so the call cannot fail but by overflow.
+            let value = unsafe { ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow) };
+            if overflow != 0 {
+                return None;
+            }
+            out.extend_from_slice(&value.to_ne_bytes());
+        }
+    } else if kind == float_type {
+        out.push(FLOATS);
+        for i in 0..len {
+            let obj = item(i);
+            // SAFETY: as above.
+            if unsafe { ffi::Py_TYPE(obj) } != float_type {
+                return None;
+            }
+            // SAFETY: as above; an exact float, so the call cannot fail.
+            let value = unsafe { ffi::PyFloat_AsDouble(obj) };
+            out.extend_from_slice(&value.to_ne_bytes());
+        }
+    } else {
+        return None;
+    }
+    Some(out)
+}
+
+/// The list that `pack_numbers` packed into `data`.
+#[pyfunction]
+pub(crate) fn unpack_numbers<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+    let bad = || pyo3::exceptions::PyValueError::new_err("not a packed array of numbers");
+    let (&code, body) = data.split_first().ok_or_else(bad)?;
+    if body.len() % 8 != 0 {
+        return Err(bad());
+    }
+    let words = body
+        .chunks_exact(8)
+        .map(|w| <[u8; 8]>::try_from(w).expect("chunks of 8"));
+    match code {
+        INTS => PyList::new(py, words.map(i64::from_ne_bytes)),
+        FLOATS => PyList::new(py, words.map(f64::from_ne_bytes)),
+        _ => Err(bad()),
+    }
+}
