@@ -153,12 +153,18 @@ def test_a_pool_ends_with_its_zygote() -> None:
         pool._engine.thread.join(10)  # which reaps the zygote after join() returned
         with pytest.raises(ChildProcessError):
             os.waitpid(zygote, os.WNOHANG)  # already reaped: no zombie left
-    with paralelo.Pool(1) as pool:
+    with paralelo.Pool(2) as pool:
         workers = pool._engine.pids()
+        own = pool._engine.own_children  # the first worker, forked by the pool's owner itself
+        assert len(own) == 1 and own < set(workers)
         os.kill(pool._engine.zygote.pid, signal.SIGKILL)
-        assert _wait_gone(workers) == []  # they die with it
+        assert _wait_gone([w for w in workers if w not in own]) == []  # the zygote's die with it
+        deadline = time.monotonic() + 30
+        while pool._engine.broken is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # ...which the pool learns from their deaths
         with pytest.raises(paralelo.BrokenProcessPool, match="replacement worker"):
             pool.apply(abs, (-1,))
+        assert _wait_gone(workers) == []  # a broken pool stops the rest
     with paralelo.Pool(1) as pool:
         assert pool.apply(abs, (-2,)) == 2
 
@@ -212,10 +218,77 @@ def _die(how: str) -> None:
 def test_a_lost_worker_says_how_it_died(how: str, words: str) -> None:
     import paralelo
 
-    with paralelo.Pool(2) as pool:
-        with pytest.raises(paralelo.WorkerLostError, match=words):
-            pool.apply(_die, (how,))
+    with paralelo.Pool(1) as pool:
+        # The first worker is the owner's own child, the next the zygote's: each reaps its own.
+        assert pool._engine.own_children == set(pool._engine.pids())
+        for _ in range(2):
+            with pytest.raises(paralelo.WorkerLostError, match=words):
+                pool.apply(_die, (how,))
+        assert not pool._engine.own_children
         assert pool.map(abs, [-1, -2]) == [1, 2]
+
+
+def test_the_owners_own_first_worker_never_lingers_as_a_zombie() -> None:
+    """The first worker (forked by the owner itself, on the main thread) is reaped when it
+    leaves after maxtasks, when it is told to exit and when it is killed; a pool made on
+    another thread has its every worker from its zygote."""
+    code = textwrap.dedent(
+        """
+        import os, threading, time, paralelo
+
+        def pid(_):
+            return os.getpid()
+
+        def children():
+            kids = set()
+            for t in os.listdir("/proc/self/task"):
+                with open(f"/proc/self/task/{t}/children") as f:
+                    kids |= {int(x) for x in f.read().split()}
+            return kids
+
+        def zombies():
+            out = []
+            for k in children():
+                try:
+                    with open(f"/proc/{k}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                            out.append(k)
+                except FileNotFoundError:
+                    pass
+            return out
+
+        def settle():
+            end = time.monotonic() + 10
+            while zombies() and time.monotonic() < end:
+                time.sleep(0.01)
+            return zombies()
+
+        if __name__ == "__main__":
+            with paralelo.Pool(2, maxtasksperchild=1) as p:
+                own = set(p._engine.own_children)
+                assert len(own) == 1 and own <= children()
+                seen = set(p.map(pid, range(12), chunksize=1))  # every worker leaves after one
+                assert len(seen) == 12, seen
+                assert settle() == [], "a worker that left is a zombie"
+                assert not own & children()
+            for end in ("close", "terminate"):
+                p = paralelo.Pool(2)
+                p.map(pid, range(4))
+                getattr(p, end)()
+                p.join()
+                p._engine.thread.join(10)
+                assert children() == set(), (end, children())
+            made = []
+            t = threading.Thread(target=lambda: made.append(paralelo.Pool(1)))
+            t.start(); t.join()
+            with made[0] as p:
+                assert p._engine.own_children == set()
+                assert p.apply(abs, (-3,)) == 3
+            print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_a_forked_child_leaves_its_parents_pool_alone() -> None:

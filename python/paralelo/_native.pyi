@@ -9,7 +9,7 @@ MAX_TAG: int
 __version__: str
 
 _State = tuple[Literal["idle", "running", "unpacking", "loading", "initializing"], int]
-_Event = tuple[Literal["exited", "corrupt"], int, int, BaseException | None]
+_Event = tuple[Literal["exited", "corrupt", "left"], int | None, int, BaseException | None]
 
 @final
 class Hub:
@@ -27,6 +27,7 @@ class Hub:
     def wake(self) -> None: ...
     def backlog(self, slot: int) -> int: ...
     def watch(self, slot: int, pid: int, pidfd: int) -> None: ...
+    def watch_left(self, pid: int, pidfd: int) -> None: ...
     def recv(
         self, timeout: float | None = None
     ) -> tuple[list[tuple[int, int, int, int, int, bytes]], list[_Event]]: ...

@@ -5,8 +5,9 @@ Workers must see the parent as it was when their pool was made (its globals, its
 initializer's arguments, its cwd, environment, ``sys.path`` and logging), as with
 multiprocessing's fork; but the parent has threads by then (its collectors, the user's,
 numpy's), and its state moves on. So the parent forks once per pool, at its creation, and
-the copy, which has exactly one thread, serves the pool: every worker, first or
-replacement, is forked from it, and so sees the same state. It also holds, in memory, the
+the copy, which has exactly one thread, serves the pool: every later worker, first or
+replacement, is forked from it, and so sees the same state (the very first may be forked
+by the parent itself in the same moment: `fork_child`). It also holds, in memory, the
 objects handed to ``Zygote(inherited)`` (the initializer and its arguments): they reach
 the workers without being pickled, so objects that can only be inherited work.
 
@@ -59,7 +60,7 @@ import threading
 import warnings
 import weakref
 from array import array
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from . import _native
 
@@ -384,22 +385,10 @@ def _spawn(sock: socket.socket, request: int, entry: str, args: tuple, fds: list
         _reply(sock, ERROR, request, e.errno or 0, str(e).encode())
         return
     if pid == 0:
-        code = 0
-        try:
-            sock.close()
-            for fd in not_theirs:
-                os.close(fd)
-            _native.die_with_parent()
-            if os.getppid() != me:
-                os._exit(1)
-            _resolve(entry)([*fds, parent_fd], inherited, *args)
-        except BaseException:  # noqa: BLE001
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        finally:
-            os._exit(code)
+        sock.close()
+        for fd in not_theirs:
+            os.close(fd)
+        _run_child(entry, args, fds, me, parent_fd, inherited)
     for fd in fds:
         os.close(fd)
     pidfd = os.pidfd_open(pid)
@@ -407,6 +396,54 @@ def _spawn(sock: socket.socket, request: int, entry: str, args: tuple, fds: list
         _reply(sock, PID, request, pid, b"", (pidfd,))
     finally:
         os.close(pidfd)
+
+
+def _run_child(entry: str, args: tuple, fds: list[int], forker: int, owner_fd: int | None,
+               inherited: Any) -> NoReturn:
+    """In a child just forked by `forker`: dies with it, then runs ``entry(fds + [a
+    pidfd on the pool's owner], inherited, *args)`` (`owner_fd`; None: the forker is the
+    owner, and it is opened here); never returns."""
+    code = 0
+    try:
+        _native.die_with_parent()
+        if os.getppid() != forker:
+            os._exit(1)  # it died (and its pid may be reused) before we were bound to it
+        if owner_fd is None:
+            owner_fd = os.pidfd_open(forker)
+        _resolve(entry)([*fds, owner_fd], inherited, *args)
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def fork_child(entry: str, args: tuple, fds: list[int], inherited: Any) -> tuple[int, int]:
+    """Forks, from this very process, a child that runs `entry` as a zygote's child does
+    (see `Zygote.spawn`): a pool's first worker, which so starts one fork sooner (about
+    a millisecond here) than through the zygote made just after it. Its pid and a pidfd;
+    the caller reaps it. Call from the main thread only: PR_SET_PDEATHSIG ties the child
+    to the thread that forks it, and the main thread lives as long as the process."""
+    parent = os.getpid()
+    with _making:
+        given = [os.dup(fd) for fd in fds]  # the child's copies, made where no other fork copies them
+        try:
+            pid = os.fork()
+            if pid == 0:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                gc.freeze()  # as the zygote does for its children (see `_serve`)
+                _run_child(entry, args, given, parent, None, inherited)
+        finally:
+            for fd in given:
+                os.close(fd)
+    try:
+        return pid, os.pidfd_open(pid)
+    except OSError:
+        os.kill(pid, signal.SIGKILL)  # not watched, so it must not run
+        os.waitpid(pid, 0)
+        raise
 
 
 def _reap(statuses: dict[int, int]) -> None:

@@ -85,11 +85,24 @@ impl PyHub {
         self.inner.watch(slot, pid, fd).map_err(to_py)
     }
 
+    /// Reports the exit of process `pid` (behind `pidfd`), which left its slot but may not
+    /// have exited yet, as a `("left", None, pid, None)` event.
+    fn watch_left(&self, pid: u32, pidfd: i32) -> PyResult<()> {
+        if pidfd < 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "bad pidfd {pidfd}"
+            )));
+        }
+        // SAFETY: as in `watch`: only duplicated during this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(pidfd) };
+        self.inner.watch_left(pid, fd).map_err(to_py)
+    }
+
     /// Waits up to `timeout` seconds for results or events, then returns
     /// `(messages, events)`: messages as `(slot, tag, job, seq, aux, payload)` tuples,
     /// events as `("exited", slot, pid, None)` or `("corrupt", slot, pid, CorruptRingError)`
     /// (pid: the slot's watched worker), a slot's events after its messages and its
-    /// corruption before its death. Both empty when the time ran out (or when only
+    /// corruption before its death, or `("left", None, pid, None)` (see `watch_left`). Both empty when the time ran out (or when only
     /// outboxes moved on). Flushes outboxes as a side effect.
     #[pyo3(signature = (timeout = None))]
     fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyTuple>> {
@@ -109,12 +122,17 @@ impl PyHub {
         let events = PyList::empty(py);
         for e in got.events {
             let ev = match e {
-                SlotEvent::Exited { slot, pid } => ("exited", slot, pid, py.None())
+                SlotEvent::Exited { slot, pid } => ("exited", Some(slot), pid, py.None())
+                    .into_pyobject(py)?
+                    .into_any(),
+                SlotEvent::Left { pid } => ("left", None::<usize>, pid, py.None())
                     .into_pyobject(py)?
                     .into_any(),
                 SlotEvent::Corrupt { slot, pid, source } => {
                     let exc = corrupt_ring(py, Some(slot), source.to_string()).into_value(py);
-                    ("corrupt", slot, pid, exc).into_pyobject(py)?.into_any()
+                    ("corrupt", Some(slot), pid, exc)
+                        .into_pyobject(py)?
+                        .into_any()
                 }
             };
             events.append(ev)?;

@@ -46,6 +46,9 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
     slot.outgoing = []
     engine.hub.reset_slot(slot.index)
     fd, slot.pidfd = slot.pidfd, -1  # marked closed first: a fork meanwhile skips it
+    if death is None and slot.pid in engine.own_children:
+        # Leaving, not gone yet, and ours to reap: the slot will watch its successor.
+        engine.hub.watch_left(slot.pid, fd)
     os.close(fd)
     slot.corrupt = None
     batch_job = None

@@ -134,20 +134,40 @@ class Engine:
         # collector then still reaps the zygote, which nobody need wait for.
         self.over = threading.Event()
         self.thread = threading.Thread(target=self._collect, name="paralelo-collector", daemon=True)
-        # The first workers are forked by the zygote as soon as it runs (see `Zygote`),
-        # numbered as multiprocessing numbers its processes (names, `_identity`).
+        # The first workers are numbered as multiprocessing numbers its processes (names,
+        # `_identity`). The first is forked right here, from the main thread (see
+        # `_zygote.fork_child`), the others by the zygote as soon as it runs (see
+        # `Zygote`): a first task waits for one fork, not two in a row.
         first = [(i, next(mpp._process_counter)) for i in range(processes)]  # type: ignore[attr-defined]
         self.zygote: _zygote.Zygote | None = None
+        #: Workers this process forked itself (the others are the zygote's): it reaps them.
+        self.own_children: set[int] = set()
         with self.lock:
             try:
-                # The collector starts before the fork: just after one, a new thread waits
-                # milliseconds for the pages it touches to be copied. It waits for this lock.
+                own = None
+                if first and threading.current_thread() is threading.main_thread():
+                    own = _zygote.fork_child(WORKER, first.pop(0), [self.hub.fd], setup)
+                    self.own_children.add(own[0])
+                    slot = self.starting.popleft()
+                    slot.pid, slot.pidfd = own  # (so that a failure below kills it)
+                # The collector starts while the first worker starts, and before the
+                # zygote's fork: just after one, a new thread waits milliseconds for the pages
+                # it touches to be copied. It waits for this lock.
                 self.thread.start()
                 self.zygote = _zygote.Zygote(setup, (WORKER, first, [self.hub.fd]))
+                if own is not None:
+                    # Watched once the zygote is forked: the watch's thread and fds, started
+                    # by the first watch, are then none of the zygote's.
+                    self._watch(self.slots[0], *own)
+                if not self.starting:
+                    self.started.set()
             except BaseException:
                 self.closing = True  # the collector ends at once
                 for slot in self.slots:
+                    self._kill(slot)
                     slot.alive = False
+                self._reap_own()
+                self._close_pidfds()
                 _engines.discard(self)
                 raise
             finally:
@@ -540,6 +560,7 @@ class Engine:
             self.over.set()
             if self.zygote is not None:
                 self.zygote.reap()
+            self._reap_own()  # any that left after maxtasks, and had not exited by then
 
     def _close_pidfds(self) -> None:
         for s in self.slots:
@@ -559,8 +580,11 @@ class Engine:
                     self._take_first_workers(max((m[0] for m in msgs), default=-1))
                 for slot_i, tag, job_id, seq, aux, payload in msgs:
                     self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
-                for kind, slot_i, pid, exc in events:
-                    self._event(self.slots[slot_i], kind, pid, exc)
+                for kind, event_slot, pid, exc in events:
+                    if event_slot is None:  # "left": a worker of our own that left its slot exited
+                        self._reap_own(pid)
+                    else:
+                        self._event(self.slots[event_slot], kind, pid, exc)
                 msgs, payload = [], b""  # no result's bytes stay held while the next wait lasts
                 self._expire()  # after the results: one that came in time is not late
                 self._pump()
@@ -608,7 +632,25 @@ class Engine:
                     s.timed_out = True
                     self._kill(s)
 
+    def _reap_own(self, pid: int | None = None) -> int | None:
+        """Reaps a worker this process forked itself (`pid`, which exited: its wait status,
+        or None), or every one of them, waiting for each to exit (at the pool's end)."""
+        status = None
+        for child in [pid] if pid is not None else list(self.own_children):
+            if child not in self.own_children:
+                continue  # reaped already
+            self.own_children.discard(child)
+            try:
+                status = os.waitpid(child, 0)[1]
+            except ChildProcessError:  # reaped by someone else (a waitpid(-1) of the user's)
+                status = None
+        return status
+
     def _event(self, slot: Slot, kind: str, pid: int, exc: BaseException | None) -> None:
+        # A worker of our own is reaped whether or not its slot still holds it (one that
+        # left after maxtasks was retired before it exited).
+        own = kind == "exited" and pid in self.own_children
+        status = self._reap_own(pid) if own else None
         if not slot.alive or slot.pid != pid:
             return  # about a worker this slot no longer has
         if kind == "corrupt":
@@ -620,11 +662,12 @@ class Engine:
             if self.exits_sent:
                 deaths.retire(self, slot, None)  # it was told to exit, with nothing to run
                 return
-            assert self.zygote is not None  # it started the worker that died
-            try:
-                status = self.zygote.exit_status(pid)
-            except OSError:
-                status = None
+            if not own:
+                assert self.zygote is not None  # it started the worker that died
+                try:
+                    status = self.zygote.exit_status(pid)
+                except OSError:
+                    status = None
             deaths.retire(self, slot, _zygote.describe_exit(status))
 
     def _answer(self, slot: Slot, replies: Iterable[tuple[int, bool, Any, int]], nbytes: int = 0) -> None:

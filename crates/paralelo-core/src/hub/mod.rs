@@ -56,6 +56,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub enum SlotEvent {
     /// The watched process `pid` in `slot` has exited (see [`Hub::watch`]).
     Exited { slot: usize, pid: u32 },
+    /// Process `pid`, which left its slot before it exited, has exited (see
+    /// [`Hub::watch_left`]): its parent may reap it now.
+    Left { pid: u32 },
     /// A ring of `slot` broke the protocol; the slot is read no more until reset. Its
     /// worker (`pid`, the slot's watched process, 0 if none) must be killed and replaced.
     Corrupt {
@@ -100,6 +103,7 @@ impl Mailbox {
     fn forget(&self, slot: usize) {
         lock(&self.events).retain(|e| match e {
             SlotEvent::Exited { slot: s, .. } | SlotEvent::Corrupt { slot: s, .. } => *s != slot,
+            SlotEvent::Left { .. } => true, // no slot's news: about a process that left one
         });
     }
 
@@ -137,6 +141,8 @@ pub struct Hub {
     poisoned: Vec<AtomicBool>,
     mailbox: Arc<Mailbox>,
     watches: Mutex<Vec<Option<Watch>>>,
+    /// Watches of processes that left their slots (see [`Self::watch_left`]).
+    leavers: Mutex<Vec<Watch>>,
     /// Set by [`Hub::wake`]: ends the current (or next) wait for results.
     woken: AtomicBool,
 }
@@ -170,6 +176,7 @@ impl Hub {
             poisoned: (0..slots).map(|_| AtomicBool::new(false)).collect(),
             mailbox: Arc::default(),
             watches: Mutex::new((0..slots).map(|_| None).collect()),
+            leavers: Mutex::new(Vec::new()),
             woken: AtomicBool::new(false),
         })
     }
@@ -198,6 +205,22 @@ impl Hub {
             proc::unwatch(old);
         }
         self.pids[slot].store(pid, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reports the exit of process `pid` (behind `pidfd`), which has left its slot but not
+    /// exited yet, as [`SlotEvent::Left`], waking the receiver: a parent that must reap
+    /// it learns when, though the slot watches its successor by then.
+    pub fn watch_left(&self, pid: u32, pidfd: BorrowedFd<'_>) -> Result<()> {
+        let mailbox = self.mailbox.clone();
+        let words = self.words.clone();
+        let w = proc::watch(pidfd, move || {
+            mailbox.push(SlotEvent::Left { pid });
+            words.header().results_bell.ring();
+        })?;
+        let mut leavers = lock(&self.leavers);
+        leavers.retain(proc::watching); // those that fired are done
+        leavers.push(w);
         Ok(())
     }
 
@@ -394,6 +417,9 @@ impl Hub {
 impl Drop for Hub {
     fn drop(&mut self) {
         for w in lock(&self.watches).iter_mut().filter_map(Option::take) {
+            proc::unwatch(w);
+        }
+        for w in lock(&self.leavers).drain(..) {
             proc::unwatch(w);
         }
     }

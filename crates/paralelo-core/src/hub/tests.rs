@@ -579,3 +579,41 @@ fn the_death_watch_thread_exits_when_nothing_is_watched() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn a_process_that_left_its_slot_is_reported_when_it_exits_even_after_a_reset() {
+    let hub = Hub::create(1, 4096).unwrap();
+    let child = std::process::Command::new("sleep")
+        .arg("0.05")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    hub.watch(0, pid, pidfd.as_fd()).unwrap();
+    hub.watch_left(pid, pidfd.as_fd()).unwrap();
+    // Its slot gets a successor: the slot's own watch of it is cancelled, not the other.
+    let successor = std::process::Command::new("sleep")
+        .arg("5")
+        .spawn()
+        .unwrap();
+    let spid = successor.id();
+    let sfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(spid as i32).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    hub.reset_slot(0).unwrap();
+    hub.watch(0, spid, sfd.as_fd()).unwrap();
+    drop(pidfd);
+    hub.wait_results(soon(), &mut keep_going).unwrap();
+    assert_eq!(results(&hub).1, vec![SlotEvent::Left { pid }]);
+    let mut child = child;
+    child.wait().unwrap();
+    let mut successor = successor;
+    successor.kill().unwrap();
+    successor.wait().unwrap();
+}

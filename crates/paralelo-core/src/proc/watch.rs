@@ -193,6 +193,11 @@ pub fn unwatch(watch: Watch) -> bool {
     true
 }
 
+/// Whether `watch` has neither fired nor been cancelled yet.
+pub fn watching(watch: &Watch) -> bool {
+    current().is_some_and(|w| lock(&w.registry).entries.contains_key(&watch.0))
+}
+
 /// In a forked child: lets go of the watcher inherited from the parent, closing the
 /// parent's pidfds it held (this process never uses them). Its epoll fd and eventfd are
 /// closed too unless the parent's watch thread was running at the fork: that thread's
