@@ -23,7 +23,8 @@ class Chunker:
     more than CHUNK_BYTES of items and results once they are weighed."""
 
     __slots__ = ("fixed", "processes", "total", "most", "size", "min_size", "per_item",
-                 "busy_ns", "measured_items", "measured_max", "heaviest", "tail", "primed")
+                 "busy_ns", "measured_items", "measured_chunks", "measured_max", "least",
+                 "heaviest", "tail", "primed", "trusted")
 
     def __init__(self, chunksize: int | None, processes: int, total: int | None,
                  most: int | None = None) -> None:
@@ -33,12 +34,14 @@ class Chunker:
         self.most = most or None
         self.size = self.min_size = chunksize or 1
         self.per_item = 0.0
-        self.busy_ns = 0  # worker time and items of the chunks the estimate rests on
-        self.measured_items = 0
+        self.busy_ns = 0  # worker time, items and chunks of the largest chunks measured
+        self.measured_items = self.measured_chunks = 0
         self.measured_max = 0  # the largest chunk measured
+        self.least: tuple[int, int] | None = None  # (items, ns) of the smallest chunk measured
         self.heaviest = 0  # the most items CHUNK_BYTES holds (0: not weighed yet)
         self.tail = 0  # the size of the last pieces, once cut (0: not there yet)
         self.primed = False  # sized from an earlier map's cost, not measured here yet
+        self.trusted = False  # `per_item` is an item's cost, not mostly a chunk's fixed cost
 
     def next_size(self, chunks_cut: int, items_cut: int) -> int:
         """The size of the next chunk, after `chunks_cut` chunks of `items_cut` items."""
@@ -74,27 +77,47 @@ class Chunker:
         hint for chunk sizes, replaced by this map's first measure of a chunk of two items
         or more; `unit_seconds` stays unknown until this map's own first measure, so each
         worker holds one chunk until then (the hint may be wrong)."""
-        self.busy_ns, self.measured_items, self.measured_max = int(per_item * 1e9), 1, 1
+        self.busy_ns, self.measured_items, self.measured_chunks, self.measured_max = int(per_item * 1e9), 1, 1, 1
         self.update()
-        self.primed = True
+        self.primed, self.trusted = True, False
 
     def measure(self, count: int, elapsed_ns: int) -> None:
         """A chunk of `count` items took `elapsed_ns` in a worker."""
-        self.primed = False
+        if self.primed:
+            self.primed = False
+            self.busy_ns = self.measured_items = self.measured_chunks = self.measured_max = 0
         # Cost per item, from the largest chunks seen: a chunk's fixed cost (unpickling,
         # the call loop) would swamp a small chunk's measure.
         if count > 2 * self.measured_max:
-            self.busy_ns = self.measured_items = 0
+            self.busy_ns = self.measured_items = self.measured_chunks = 0
             self.measured_max = count
         if 2 * count >= self.measured_max:
             self.busy_ns += elapsed_ns
             self.measured_items += count
+            self.measured_chunks += 1
+        if self.least is None or count < self.least[0]:
+            self.least = (count, elapsed_ns)
 
     def update(self) -> None:
         """Re-derives sizes after a round of measurements."""
         if not self.measured_items:
             return
         self.per_item = self.busy_ns / self.measured_items / 1e9
+        least = self.least
+        if least is not None and self.measured_max >= 4 * least[0]:
+            # Two sizes measured: the slope between them is the cost of an item without the
+            # chunk's fixed cost, which the small chunk is mostly made of. So a map whose
+            # first chunks are single items (or sized from a tiny earlier map) goes to its
+            # true chunk size at once, not in several ever larger steps, each a round trip.
+            # While the larger chunk is still mostly fixed cost, the slope is noise: the
+            # plain average stays (it overestimates: chunks grow a step at a time).
+            n = self.measured_items / self.measured_chunks
+            t = self.busy_ns / self.measured_chunks
+            if t >= 1.25 * least[1]:
+                self.per_item = max((t - least[1]) / (n - least[0]), 0.1 * t / n) / 1e9
+                self.trusted = True
+        if self.busy_ns >= MIN_CHUNK_SECONDS * 1e9 * self.measured_chunks:
+            self.trusted = True  # chunks this long are mostly items
         if not self.fixed:
             self.size = max(1, int(CHUNK_SECONDS / max(self.per_item, 1e-9)))
             self.min_size = max(1, int(MIN_CHUNK_SECONDS / max(self.per_item, 1e-9)))

@@ -510,7 +510,7 @@ class MapJob(Job):
     def remember_cost(self) -> None:
         """Leaves what its items cost for the next map of its function (once, at its end:
         not per message)."""
-        if self.costs is not None and self.chunker.measured_items and not self.chunker.primed:
+        if self.costs is not None and self.chunker.trusted and not self.chunker.primed:
             self.costs.remember(self.fn, self.chunker.per_item)
 
     def fail(self, exc: BaseException) -> None:
