@@ -19,7 +19,7 @@ import multiprocessing.util
 from . import _native, _pickling
 from ._errors import ResultPicklingError, TaskUnpicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
-from ._pickling import MainNames, as_array, dumps, from_array, pack_results
+from ._pickling import MainNames, array_items, as_array, dumps, pack_results
 from ._wire import ARRAY, COUNT_SHIFT, BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, RESULTS, TASK, TASKS
 
 
@@ -121,7 +121,8 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                     t0 = perf_counter_ns()
                     value: Any
                     try:
-                        items = from_array(items)
+                        if type(items) is bytes:  # a machine array (see as_array)
+                            items = array_items(items)
                         ok, value = True, run(fn, star, each, items)
                         value = as_array(value) or value
                     except BaseException as e:  # noqa: BLE001 - every failure goes back
@@ -144,7 +145,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                 t0 = perf_counter_ns()
                 items = ()
                 try:
-                    items = _native.unpack_numbers(payload) if aux & ARRAY else _load(payload, "arguments")
+                    items = array_items(payload) if aux & ARRAY else _load(payload, "arguments")
                     out = run(fn, star, each, items)
                     try:
                         rtag, data = _pack(pack_results, out)

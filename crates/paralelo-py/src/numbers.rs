@@ -9,14 +9,18 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 const INTS: u8 = b'q';
 const FLOATS: u8 = b'd';
 
-/// `items` (a list or tuple) as a machine array, or None when it is not made only of
-/// ints that fit in 64 bits, or only of floats (bools, int subclasses and mixed lists
-/// keep their types only through pickle). The first item decides, so a list of other
-/// things costs one look.
+/// `items[start:stop]` (of a list or tuple) as a machine array, or None when it is empty
+/// or not made only of ints that fit in 64 bits, or only of floats (bools, int subclasses
+/// and mixed lists keep their types only through pickle). The first item decides, so a
+/// list of other things costs one look. A chunk of a map is packed straight from its
+/// input, never sliced first.
 #[pyfunction]
+#[pyo3(signature = (items, start = 0, stop = None))]
 pub(crate) fn pack_numbers<'py>(
     py: Python<'py>,
     items: &Bound<'py, PyAny>,
+    start: usize,
+    stop: Option<usize>,
 ) -> Option<Bound<'py, PyBytes>> {
     let get: Getter = if items.is_exact_instance_of::<PyList>() {
         ffi::PyList_GetItem
@@ -26,7 +30,8 @@ pub(crate) fn pack_numbers<'py>(
         return None;
     };
     let len = items.len().ok()?;
-    pack(items.as_ptr(), len, get).map(|packed| PyBytes::new(py, &packed))
+    let stop = stop.map_or(len, |s| s.min(len));
+    pack(items.as_ptr(), start..stop, get).map(|packed| PyBytes::new(py, &packed))
 }
 
 /// `PyList_GetItem` or `PyTuple_GetItem`: a borrowed reference, no reference counting.
@@ -35,23 +40,23 @@ type Getter = unsafe extern "C" fn(*mut ffi::PyObject, ffi::Py_ssize_t) -> *mut 
 // Raw calls, not PyO3's iterators: under the limited API those cost a size check and a
 // reference count round trip per item, more than the conversion itself (this runs on
 // every chunk of a map of numbers, in the parent and in the workers).
-fn pack(seq: *mut ffi::PyObject, len: usize, get: Getter) -> Option<Vec<u8>> {
-    // SAFETY: (here and in the blocks below) `seq` is an exact list or tuple, alive and held by the
-    // caller with the GIL; nothing here runs Python code (exact ints and floats convert
-    // without calling back), so it cannot change, `i < len` stays in bounds, and the
-    // borrowed items stay alive.
+fn pack(seq: *mut ffi::PyObject, span: std::ops::Range<usize>, get: Getter) -> Option<Vec<u8>> {
+    if span.is_empty() {
+        return None;
+    }
+    // SAFETY: (here and in the blocks below) `seq` is an exact list or tuple, alive and
+    // held by the caller with the GIL; nothing here runs Python code (exact ints and
+    // floats convert without calling back), so it cannot change, indices in `span` (within
+    // its length) stay in bounds, and the borrowed items stay alive.
     let item = |i: usize| unsafe { get(seq, i as ffi::Py_ssize_t) };
     let int_type = std::ptr::addr_of_mut!(ffi::PyLong_Type);
     let float_type = std::ptr::addr_of_mut!(ffi::PyFloat_Type);
-    if len == 0 {
-        return None;
-    }
-    // SAFETY: as above; `item(0)` is a live object.
-    let kind = unsafe { ffi::Py_TYPE(item(0)) };
-    let mut out = Vec::with_capacity(1 + 8 * len);
+    // SAFETY: as above; the span's first item is a live object.
+    let kind = unsafe { ffi::Py_TYPE(item(span.start)) };
+    let mut out = Vec::with_capacity(1 + 8 * span.len());
     if kind == int_type {
         out.push(INTS);
-        for i in 0..len {
+        for i in span {
             let obj = item(i);
             // SAFETY: as above.
             if unsafe { ffi::Py_TYPE(obj) } != int_type {
@@ -67,7 +72,7 @@ fn pack(seq: *mut ffi::PyObject, len: usize, get: Getter) -> Option<Vec<u8>> {
         }
     } else if kind == float_type {
         out.push(FLOATS);
-        for i in 0..len {
+        for i in span {
             let obj = item(i);
             // SAFETY: as above.
             if unsafe { ffi::Py_TYPE(obj) } != float_type {

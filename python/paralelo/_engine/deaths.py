@@ -20,6 +20,7 @@ import os
 from typing import TYPE_CHECKING
 
 from .._errors import TaskTimeoutError, WorkerLostError, broken
+from .._pickling import from_array
 from .._wire import TASK
 from .jobs import Unit
 
@@ -69,8 +70,9 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
             if unit.count > 1 and job.counts_items:
                 # A chunk paralelo made (the caller chose no chunksize): its items run
                 # again one by one, so only the one that kills its worker fails.
+                items = from_array(unit.payload)
                 for i in reversed(range(unit.count)):
-                    piece = Unit(job, TASK, unit.payload[i:i + 1], unit.start + i, 1)
+                    piece = Unit(job, TASK, items[i:i + 1], unit.start + i, 1)
                     piece.solo = True
                     engine.requeue(piece)
                 continue

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .._outcomes import Segments
 from .._errors import interrupted, pickling_failed
-from .._pickling import MainNames, by_value, dumps, from_array
+from .._pickling import MainNames, by_value, cut, dumps, from_array
 from .._wire import CALL, TASK
 from .chunking import Chunker
 from .sink import MapSink
@@ -448,22 +448,23 @@ class MapJob(Job):
         fixed = self.chunker.fixed
         next_size = self.chunker.next_size
         out: list[Unit] = []
-        cut = self.chunks_cut
-        items: Sequence[Any]
+        chunks = self.chunks_cut
+        items: Any
         while i < stop and len(out) < most:
-            n = fixed or min(next_size(cut, i), budget - i)
+            n = fixed or min(next_size(chunks, i), budget - i)
             if n <= 0:
                 break
+            n = min(n, total - i)
             if n == 1:
                 items = [items_in[i]]
             else:
-                items = items_in[i : i + n]
+                items = cut(items_in, i, i + n)
                 if n < 64 and type(items) is range:
                     items = list(items)  # a short list pickles faster than a range
-            out.append(Unit(self, TASK, items, i, len(items)))
-            cut += 1
-            i += len(items)
-        self.chunks_cut, self.sent_items = cut, i
+            out.append(Unit(self, TASK, items, i, n))
+            chunks += 1
+            i += n
+        self.chunks_cut, self.sent_items = chunks, i
         if i >= total:
             self.input_done = True
             self.sink.end(i)
