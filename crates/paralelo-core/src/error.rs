@@ -53,6 +53,9 @@ pub enum Corruption {
     /// Fragments kept coming past the largest message a consumer reassembles.
     #[error("a fragmented message grew past {max} bytes")]
     MessageTooLong { max: u64 },
+    /// A skip frame that does not end exactly at the end of the data area.
+    #[error("a {len}-byte skip where {to_end} bytes are left to the end of the ring")]
+    SkipMisplaced { len: u64, to_end: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

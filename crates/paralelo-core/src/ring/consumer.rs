@@ -9,7 +9,7 @@ use crate::sync::Poll;
 use crate::{Corruption, Error, Result, Segment};
 
 use super::frame::{
-    check_frame, padded, FrameHeader, FRAG_MORE, FRAME_HEADER, MAX_MESSAGE, TAG_ABORT,
+    check_frame, padded, FrameHeader, FRAG_MORE, FRAME_HEADER, MAX_MESSAGE, TAG_ABORT, TAG_SKIP,
 };
 use super::mem::{RingMem, RingPlace};
 use super::probe::Probe;
@@ -116,6 +116,18 @@ impl Consumer {
             let mut raw = [0u8; FRAME_HEADER];
             self.mem.copy_out(self.tail, &mut raw);
             let (len, fh) = FrameHeader::decode(&raw);
+            if fh.tag == TAG_SKIP {
+                // Nothing until the end of the data area: it must end exactly there.
+                let to_end = cap - self.tail % cap;
+                if len as u64 + FRAME_HEADER as u64 != to_end || published < to_end {
+                    return Err(Corruption::SkipMisplaced {
+                        len: len as u64,
+                        to_end,
+                    });
+                }
+                self.tail = self.tail.wrapping_add(to_end);
+                continue;
+            }
             check_frame(len, max_fragment, published)?;
             let body = self.tail.wrapping_add(FRAME_HEADER as u64);
             let len = len as usize;

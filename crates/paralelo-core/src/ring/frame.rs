@@ -7,8 +7,11 @@ pub const FRAME_HEADER: usize = 32;
 pub(crate) const FRAG_MORE: u32 = 1 << 31;
 /// Tells the consumer to drop a half-received message (its producer gave up mid-way).
 pub(crate) const TAG_ABORT: u32 = FRAG_MORE - 1;
+/// Tells the consumer that the rest of the data area holds nothing: the next frame starts
+/// at its beginning (an empty ring's producer rewinds, see `Producer::rewind_if_empty`).
+pub(crate) const TAG_SKIP: u32 = FRAG_MORE - 2;
 /// The largest tag a caller may use.
-pub const MAX_TAG: u32 = TAG_ABORT - 1;
+pub const MAX_TAG: u32 = TAG_SKIP - 1;
 /// The largest message a consumer reassembles from fragments. Beyond this the producer is
 /// not following the protocol, and its stream is reported corrupt rather than buffered.
 pub const MAX_MESSAGE: usize = 1 << 40;

@@ -2,6 +2,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::frame::padded;
 use super::mem::RingMem;
 use super::*;
 use crate::{Corruption, Error, Result, Segment};
@@ -87,14 +88,71 @@ fn full_ring_refuses_then_accepts_after_drain() {
 #[test]
 fn wrap_around_splits_payload_but_not_content() {
     let (mut p, mut c) = ring(CAP);
-    // Walk the write position round the ring many times with odd sizes.
-    for round in 0..500u64 {
+    // Walk the write position round the ring many times with odd sizes, one message
+    // always left in it (an empty ring rewinds instead of wrapping).
+    let body = |round: u64| -> Vec<u8> {
         let len = (round as usize * 37) % 200;
-        let body: Vec<u8> = (0..len).map(|i| (i as u64 + round) as u8).collect();
-        assert!(p.try_send(&h(3, round), &body).unwrap());
-        let got = recv_all(&mut c);
-        assert_eq!(got, vec![(h(3, round), body)]);
+        (0..len).map(|i| (i as u64 + round) as u8).collect()
+    };
+    assert!(p.try_send(&h(3, 0), &body(0)).unwrap());
+    let mut buf = Vec::new();
+    let mut wrapped = 0;
+    for round in 1..500u64 {
+        let before = p.head() % CAP as u64;
+        assert!(p.try_send(&h(3, round), &body(round)).unwrap());
+        if p.head() % (CAP as u64) < before {
+            wrapped += 1;
+        }
+        buf.clear();
+        let mut got = Vec::new();
+        c.drain(1, &mut buf, |hh, r| got.push((hh, r))).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].0, buf[got[0].1.clone()].to_vec()),
+            (h(3, round - 1), body(round - 1))
+        );
     }
+    assert!(wrapped > 10, "the position went round {wrapped} times");
+}
+
+#[test]
+fn an_empty_ring_rewinds_to_its_start_when_the_message_fits_there() {
+    let (mut p, mut c) = ring(CAP);
+    let mut rewinds = 0;
+    for round in 0..300u64 {
+        let len = (round as usize * 53) % 200;
+        let body: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + round) as u8).collect();
+        let before = p.head() % CAP as u64;
+        assert!(p.try_send(&h(4, round), &body).unwrap());
+        let after = p.head() % CAP as u64;
+        let frame = FRAME_HEADER as u64 + padded(len);
+        if after == frame % CAP as u64 && before != 0 {
+            rewinds += 1;
+        }
+        assert_eq!(recv_all(&mut c), vec![(h(4, round), body)]);
+        // The bytes in use never leave the first part of the ring: each message goes at
+        // the start, or right after the one before when it does not fit before it.
+        assert!(after <= 2 * (FRAME_HEADER as u64 + 200), "at {after}");
+    }
+    assert!(rewinds > 100, "rewound {rewinds} times");
+    assert!(!c.has_data());
+}
+
+#[test]
+fn a_skip_that_does_not_end_at_the_ring_s_end_is_corrupt() {
+    let (mut p, mut c, mem) = scribbler(CAP);
+    assert!(p.try_send(&h(1, 0), &[1u8; 100]).unwrap());
+    assert_eq!(recv_all(&mut c).len(), 1);
+    assert!(p.try_send(&h(1, 1), b"rewound").unwrap()); // after a skip at byte 136
+                                                        // The skip now claims 8 bytes too few.
+    let short = (CAP as u32 - 136 - FRAME_HEADER as u32 - 8).to_le_bytes();
+    // SAFETY: the misbehaving producer's write, as above.
+    unsafe { mem.write_at(136, &short) };
+    let err = try_recv_all(&mut c).unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt(Corruption::SkipMisplaced { .. })),
+        "{err}"
+    );
 }
 
 #[test]
