@@ -71,16 +71,18 @@ impl Producer {
         Ok(self.mem.cap - self.head.wrapping_sub(self.tail_seen) >= need || self.free()? >= need)
     }
 
-    /// When the ring is empty and a frame of `need` bytes fits before our position, skips
-    /// the rest of the data area (one header, nothing else written), so the frame goes at
-    /// its beginning: the bytes in use stay in the few pages (and cache lines) that recent
-    /// messages warmed, instead of touching the whole ring in turn (on a fresh ring, a
-    /// page fault per 4 KB in each process, for the first passes).
+    /// When the ring is empty, our position is past its first quarter, and a frame of
+    /// `need` bytes fits before it, skips the rest of the data area (one header, nothing
+    /// else written), so the frame goes at its beginning: the bytes in use stay within the
+    /// pages that recent messages warmed (a quarter of the ring and a message), instead of
+    /// touching the whole ring in turn (on a fresh ring, a page fault per 4 KB in each
+    /// process over its first passes). Not sooner: rewinding after every small message
+    /// made 20,000 small calls 35% slower here.
     fn rewind_if_empty(&mut self, need: u64) -> Result<()> {
         let cap = self.mem.cap;
         let at = self.head % cap;
         let skip = cap - at;
-        if at == 0 || skip < FRAME_HEADER as u64 || need > at {
+        if at < cap / 4 || skip < FRAME_HEADER as u64 || need > at {
             return Ok(());
         }
         if self.head != self.tail_seen && self.free()? != cap {
@@ -90,10 +92,9 @@ impl Producer {
         // SAFETY: the ring is empty, so all `cap` bytes past `head` are free; only this
         // producer writes there.
         unsafe { self.mem.write_at(self.head, &hdr) };
+        // Published with the frame that follows (`put`, which the caller runs next: it fits),
+        // so a consumer never wakes to find a skip and nothing after it.
         self.head = self.head.wrapping_add(skip);
-        // Release: pairs with the consumer's Acquire load of `head` (as in `put`); the frame
-        // that follows publishes again, and wakes the consumer.
-        self.mem.header().head.store(self.head, Ordering::Release);
         Ok(())
     }
 
