@@ -156,7 +156,7 @@ def test_a_pool_ends_with_its_zygote() -> None:
     with paralelo.Pool(2) as pool:
         workers = pool._engine.pids()
         own = pool._engine.own_children  # the first worker, forked by the pool's owner itself
-        assert len(own) == 1 and own < set(workers)
+        assert len(own) == 1 and set(own) < set(workers)
         os.kill(pool._engine.zygote.pid, signal.SIGKILL)
         assert _wait_gone([w for w in workers if w not in own]) == []  # the zygote's die with it
         deadline = time.monotonic() + 30
@@ -220,12 +220,49 @@ def test_a_lost_worker_says_how_it_died(how: str, words: str) -> None:
 
     with paralelo.Pool(1) as pool:
         # The first worker is the owner's own child, the next the zygote's: each reaps its own.
-        assert pool._engine.own_children == set(pool._engine.pids())
+        assert set(pool._engine.own_children) == set(pool._engine.pids())
         for _ in range(2):
             with pytest.raises(paralelo.WorkerLostError, match=words):
                 pool.apply(_die, (how,))
         assert not pool._engine.own_children
         assert pool.map(abs, [-1, -2]) == [1, 2]
+
+
+def test_an_own_worker_that_lingers_after_maxtasks_is_stopped_with_its_pool() -> None:
+    """A first worker (the owner's own child) that left after maxtasks but is kept alive by
+    a thread its task started is killed by terminate(), as the zygote's workers die with
+    their zygote; the pool's collector ends, and nothing is left."""
+    code = textwrap.dedent(
+        """
+        import os, threading, time, paralelo
+
+        def linger(_):
+            threading.Thread(target=time.sleep, args=(60,)).start()  # not a daemon
+            return os.getpid()
+
+        if __name__ == "__main__":
+            p = paralelo.Pool(1, maxtasksperchild=1)
+            own = set(p._engine.own_children)
+            first = p.apply(linger, (0,))
+            assert {first} == own, (first, own)
+            p.apply(abs, (-1,))  # its successor, from the zygote
+            t0 = time.monotonic()
+            p.terminate()
+            p.join()
+            p._engine.thread.join(10)
+            assert not p._engine.thread.is_alive(), "the collector is stuck"
+            try:
+                os.waitpid(first, os.WNOHANG)
+            except ChildProcessError:
+                pass  # reaped
+            else:
+                raise AssertionError("the lingering worker is still a child")
+            assert time.monotonic() - t0 < 10
+            print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_the_owners_own_first_worker_never_lingers_as_a_zombie() -> None:
@@ -282,7 +319,7 @@ def test_the_owners_own_first_worker_never_lingers_as_a_zombie() -> None:
             t = threading.Thread(target=lambda: made.append(paralelo.Pool(1)))
             t.start(); t.join()
             with made[0] as p:
-                assert p._engine.own_children == set()
+                assert not p._engine.own_children
                 assert p.apply(abs, (-3,)) == 3
             print("ok")
         """
@@ -485,7 +522,7 @@ def test_an_executor_whose_workers_leave_at_once_starts_cleanly() -> None:
 
 def test_each_worker_holds_its_pools_shared_memory_once() -> None:
     """...and nothing of the parent's other pools: not their shared memory, not pidfds on
-    their workers (the parent's death watch holds some)."""
+    their workers, nor the epoll and eventfd of the parent's death watch, whose thread runs."""
     import paralelo
 
     with paralelo.Pool(2) as other, paralelo.Pool(2) as pool:
@@ -494,6 +531,7 @@ def test_each_worker_holds_its_pools_shared_memory_once() -> None:
             links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
             assert sum("memfd:" in link for link in links) == 1, links
             assert sum("pidfd" in link for link in links) == 1, links  # on its pool's owner
+            assert not any("eventpoll" in link or "eventfd" in link for link in links), links
 
 
 def test_the_zygote_answers_a_malformed_request_with_an_error(zygote: Any) -> None:

@@ -188,3 +188,40 @@ def test_an_explicit_chunksize_fails_whole_chunks_like_multiprocessing(pool: par
     ours = _drain(pool.imap(_fail_on_50, range(60), chunksize=7))
     theirs = _drain(mp_pool.imap(_fail_on_50, range(60), chunksize=7))
     assert ours[1] == theirs[1] and len(ours[0]) == len(theirs[0])
+
+
+def _bits(values) -> list[bytes]:
+    import struct
+
+    return [struct.pack("<d", v) for v in values]
+
+
+def test_float_payloads_cross_bit_exact(pool: paralelo.Pool) -> None:
+    # -0.0 == 0.0 and NaN != NaN: only the bits tell them apart. A signalling NaN and a
+    # NaN with a payload, as items and as results, both ways.
+    import struct
+
+    odd = [struct.unpack("<d", struct.pack("<Q", q))[0] for q in (0x7FF4000000000001, 0xFFF8000000000123)]
+    values = ([-0.0, 0.0, math.nan, -math.inf] + odd) * 100
+    assert as_array(values) is not None
+    assert _bits(pool.map(identity, values)) == _bits(values)
+    assert _bits(pool.map(identity, tuple(values), chunksize=len(values))) == _bits(values)
+
+
+def _slow_identity(x):
+    import time
+
+    time.sleep(0.0005)
+    return x
+
+
+def test_a_list_shrunk_under_its_map_fails_it_clearly(pool: paralelo.Pool) -> None:
+    data = list(range(4000))
+    result = pool.map_async(_slow_identity, data)
+    del data[100:]
+    try:
+        got = result.get(timeout=60)
+    except RuntimeError as e:
+        assert "changed size" in str(e)
+    else:
+        assert got == list(range(4000))  # every chunk was cut before the change

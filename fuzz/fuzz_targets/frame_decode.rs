@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use paralelo_core::{Consumer, Corruption, FrameHeader, MAX_TAG};
 use paralelo_fuzz::{
     capacity, expect_corrupt, padded, ring_offsets, Index, Shadow, StandaloneRing, FRAG_MORE,
-    FRAME, MAX_MESSAGE, TAG_ABORT,
+    FRAME, MAX_MESSAGE, TAG_ABORT, TAG_SKIP,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -21,6 +21,7 @@ enum Tag {
     Plain(u32),
     More(u32),
     Abort,
+    Skip,
     Raw(u32),
 }
 
@@ -30,6 +31,7 @@ impl Tag {
             Tag::Plain(t) => t % (MAX_TAG + 1),
             Tag::More(t) => (t % (MAX_TAG + 1)) | FRAG_MORE,
             Tag::Abort => TAG_ABORT,
+            Tag::Skip => TAG_SKIP,
             Tag::Raw(t) => t,
         }
     }
@@ -126,6 +128,15 @@ impl Model {
                     seq: u64_at(16),
                     aux: u64_at(24),
                 };
+                if fh.tag == TAG_SKIP {
+                    // Nothing until the end of the data area, where it must end exactly.
+                    let to_end = cap - self.tail % cap;
+                    if len + FRAME as u64 != to_end || published < to_end {
+                        return Err(Corruption::SkipMisplaced { len, to_end });
+                    }
+                    self.tail = self.tail.wrapping_add(to_end);
+                    continue;
+                }
                 if len > max_fragment {
                     return Err(Corruption::FrameTooLong {
                         len,

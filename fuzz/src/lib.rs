@@ -21,6 +21,8 @@ pub const FRAME: usize = 32;
 pub const FRAG_MORE: u32 = 1 << 31;
 /// The consumer drops a half-received message on this tag.
 pub const TAG_ABORT: u32 = FRAG_MORE - 1;
+/// The consumer skips to the end of the data area on this tag (an empty ring's rewind).
+pub const TAG_SKIP: u32 = FRAG_MORE - 2;
 /// A consumer reports a longer fragmented message as corrupt.
 pub const MAX_MESSAGE: usize = 1 << 40;
 

@@ -1,4 +1,5 @@
-"""The worker: runs in each worker process, forked by its pool's zygote (see ``_zygote``)."""
+"""The worker: runs in each worker process, forked by its pool's zygote, or (a pool's first,
+made on the main thread) by the pool's owner itself (see ``_zygote``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ._errors import ResultPicklingError, TaskUnpicklingError, dump_error, unpic
 from ._outcomes import pack_replies, picklable_each, run_each
 from ._pickling import MainNames, array_items, as_array, dumps, pack_results
 from ._wire import ARRAY, COUNT_SHIFT, BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, RESULTS, TASK, TASKS
+from ._zygote import flush_stdio
 
 
 # multiprocessing's private process bookkeeping, which a worker takes over (typed loosely).
@@ -102,6 +104,9 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
     while True:
         port.notify()  # results sent quietly in the last batch: wake the parent once
         quiet = False
+        # What the tasks printed goes out before the worker waits: it is never lost to a
+        # terminate() (a SIGKILL) or a pool ended with `with`, and shows as it comes.
+        flush_stdio()
         batch = recv(None)
         batch.reverse()
         while batch:

@@ -56,6 +56,7 @@ import select
 import signal
 import socket
 import struct
+import sys
 import threading
 import warnings
 import weakref
@@ -103,6 +104,7 @@ class Zygote:
         self._first = list(range(1, len(batch) + 1))  # replies to come unasked, in order
         self._early: dict[int, tuple[int, int, int, bytes, list[int]]] = {}  # read by another request
         parent = os.getpid()
+        flush_stdio()
         with _making:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self.sock = ours
@@ -304,26 +306,83 @@ def _serve(sock: socket.socket, parent: int, inherited: Any, first: tuple[str, l
         return  # the parent is already gone
     if os.getppid() != parent:
         return  # it died (and its pid may be reused) before we watched it
-    entry, batch, given = first
-    for request, args in enumerate(batch, 1):
-        _spawn(sock, request, entry, args, [os.dup(fd) for fd in given], parent_fd, inherited, given)
-    for fd in given:
-        os.close(fd)
-    statuses: dict[int, int] = {}  # reaped children's wait statuses, oldest first
     waiter = select.poll()
     waiter.register(sock.fileno(), select.POLLIN)
     waiter.register(parent_fd, select.POLLIN)
-    # Children die with us (PR_SET_PDEATHSIG), so returning is all the cleanup there is.
+    children = _Children(waiter)
+    try:
+        entry, batch, given = first
+        for request, args in enumerate(batch, 1):
+            children.add(_spawn(sock, request, entry, args, [os.dup(fd) for fd in given], parent_fd, inherited,
+                                [*given, *children.pids]))
+        for fd in given:
+            os.close(fd)
+        _serve_requests(sock, parent_fd, inherited, waiter, children)
+    finally:
+        children.end()
+
+
+class _Children:
+    """The zygote's children, each watched by a pidfd in its poll: reaped the moment it
+    exits (no zombie waits for the next request), its wait status kept for the parent to
+    ask; killed and reaped when the zygote ends, so none is ever left for whoever adopts
+    orphans (PID 1 in a container, or a subreaper, may never reap them)."""
+
+    def __init__(self, waiter: select.poll) -> None:
+        self.waiter = waiter
+        self.pids: dict[int, int] = {}  # pidfd -> pid
+        self.statuses: dict[int, int] = {}  # reaped children's wait statuses, oldest first
+
+    def add(self, child: tuple[int, int] | None) -> None:
+        if child is not None:
+            pid, pidfd = child
+            self.pids[pidfd] = pid
+            self.waiter.register(pidfd, select.POLLIN)
+
+    def reap(self, ready: dict[int, int]) -> None:
+        """Reaps the children whose pidfds are in `ready` (they exited)."""
+        for fd in [fd for fd in ready if fd in self.pids]:
+            pid = self.pids.pop(fd)
+            self.waiter.unregister(fd)
+            os.close(fd)
+            try:
+                self.statuses[pid] = os.waitpid(pid, 0)[1]
+            except ChildProcessError:
+                pass  # reaped already, by a STATUS request
+            if len(self.statuses) > _KEEP_STATUSES:
+                del self.statuses[next(iter(self.statuses))]
+
+    def end(self) -> None:
+        for fd, pid in self.pids.items():
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            os.close(fd)
+        self.pids.clear()
+
+
+def _serve_requests(sock: socket.socket, parent_fd: int, inherited: Any, waiter: select.poll,
+                    children: _Children) -> None:
+    """Answers the parent's requests until it closes its end or exits."""
     while True:
         ready = dict(waiter.poll())
         if parent_fd in ready:
             return  # the parent exited
+        children.reap(ready)
+        if sock.fileno() not in ready:
+            continue
         try:
             msg, fds, flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS)
         except ConnectionResetError:
             return
         if not msg:
             return  # the parent closed its end
+        statuses = children.statuses
         _reap(statuses)
         request = _REQUEST.unpack_from(msg)[1] if len(msg) >= _REQUEST.size else 0
         try:
@@ -339,7 +398,8 @@ def _serve(sock: socket.socket, parent: int, inherited: Any, first: tuple[str, l
                 _status(sock, request, body, statuses)
             elif op == SPAWN:
                 entry_b, _, args_b = body.partition(b"\0")
-                _spawn(sock, request, entry_b.decode(), pickle.loads(args_b), fds, parent_fd, inherited)
+                children.add(_spawn(sock, request, entry_b.decode(), pickle.loads(args_b), fds, parent_fd, inherited,
+                                    list(children.pids)))
                 fds = []  # closed by _spawn
             else:
                 raise OSError(errno.EPROTO, f"unknown request {op}")
@@ -373,9 +433,10 @@ def _status(sock: socket.socket, request: int, body: bytes, statuses: dict[int, 
 
 
 def _spawn(sock: socket.socket, request: int, entry: str, args: tuple, fds: list[int], parent_fd: int,
-           inherited: Any, not_theirs: Sequence[int] = ()) -> None:
+           inherited: Any, not_theirs: Sequence[int] = ()) -> tuple[int, int] | None:
     """Forks a child that runs `entry` with `fds` (then closed here); `not_theirs` are
-    the zygote's own fds the child closes."""
+    the zygote's own fds the child closes (the others' pidfds among them). Its pid and a
+    pidfd the zygote keeps (None if it could not start)."""
     me = os.getpid()
     try:
         pid = os.fork()
@@ -383,7 +444,7 @@ def _spawn(sock: socket.socket, request: int, entry: str, args: tuple, fds: list
         for fd in fds:
             os.close(fd)
         _reply(sock, ERROR, request, e.errno or 0, str(e).encode())
-        return
+        return None
     if pid == 0:
         sock.close()
         for fd in not_theirs:
@@ -394,8 +455,10 @@ def _spawn(sock: socket.socket, request: int, entry: str, args: tuple, fds: list
     pidfd = os.pidfd_open(pid)
     try:
         _reply(sock, PID, request, pid, b"", (pidfd,))
-    finally:
+    except BaseException:
         os.close(pidfd)
+        raise
+    return pid, pidfd
 
 
 def _run_child(entry: str, args: tuple, fds: list[int], forker: int, owner_fd: int | None,
@@ -427,23 +490,60 @@ def fork_child(entry: str, args: tuple, fds: list[int], inherited: Any) -> tuple
     the caller reaps it. Call from the main thread only: PR_SET_PDEATHSIG ties the child
     to the thread that forks it, and the main thread lives as long as the process."""
     parent = os.getpid()
-    with _making:
-        given = [os.dup(fd) for fd in fds]  # the child's copies, made where no other fork copies them
-        try:
-            pid = os.fork()
-            if pid == 0:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                gc.freeze()  # as the zygote does for its children (see `_serve`)
-                _run_child(entry, args, given, parent, None, inherited)
-        finally:
-            for fd in given:
-                os.close(fd)
+    pid = 0
+    flush_stdio()
+    # Ctrl-C is held off from the fork until the child is watched: neither process may
+    # unwind half-way (the child into the caller's code, the parent leaving it unwatched).
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
+        with _making:
+            given = [os.dup(fd) for fd in fds]  # the child's copies, made where no other fork copies them
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                    gc.freeze()  # as the zygote does for its children (see `_serve`)
+                    _run_child(entry, args, given, parent, None, inherited)
+            finally:
+                for fd in given:
+                    os.close(fd)
         return pid, os.pidfd_open(pid)
-    except OSError:
-        os.kill(pid, signal.SIGKILL)  # not watched, so it must not run
-        os.waitpid(pid, 0)
+    except BaseException:
+        if pid:
+            os.kill(pid, signal.SIGKILL)  # not watched, so it must not run
+            os.waitpid(pid, 0)
         raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def flush_stdio() -> None:
+    """Flushes this process's stdout and stderr, as multiprocessing does before it forks
+    and as a worker does after each batch: text printed but still buffered is then
+    written once, not once more by every copy of the buffer (or never, by a worker that is
+    killed)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (AttributeError, ValueError, OSError):
+            pass  # closed, replaced by something without flush, or a broken pipe
+
+
+def reap(pidfd: int, wait: bool = False) -> int | None:
+    """Reaps this process's child behind `pidfd` if it has exited (with `wait`, once it
+    does): its wait status as `os.waitpid` gives it; None if it has not exited, or was
+    reaped by someone else."""
+    try:
+        got = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | (0 if wait else os.WNOHANG))
+    except ChildProcessError:
+        return None
+    if got is None:
+        return None
+    if got.si_code == os.CLD_EXITED:
+        return (got.si_status & 0xFF) << 8
+    return got.si_status | (0x80 if got.si_code == os.CLD_DUMPED else 0)
 
 
 def _reap(statuses: dict[int, int]) -> None:

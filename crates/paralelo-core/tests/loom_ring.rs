@@ -245,3 +245,12 @@ fn ring_streams_a_message_larger_than_itself() {
 fn ring_reassembles_after_a_whole_message() {
     stream(&[8], &[100]);
 }
+
+/// A producer past the ring's first quarter (two messages, 104 ring bytes, in before the
+/// threads start) sends two more while the consumer drains: whether it finds the ring
+/// empty (and rewinds, the skip published with the frame after it) or not depends on the
+/// interleaving; every message must arrive whole and in order either way.
+#[test]
+fn ring_rewinds_when_its_consumer_has_caught_up() {
+    stream(&[32, 8], &[8, 8]);
+}

@@ -11,7 +11,9 @@ mod port;
 mod process;
 mod state;
 
-#[pymodule]
+// `gil_used`: `numbers.rs` reads lists without locking them, which only the GIL makes
+// sound; a free-threaded interpreter keeps its GIL on while this module is loaded.
+#[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hub::PyHub>()?;
     m.add_class::<port::PyPort>()?;

@@ -31,7 +31,27 @@ pub(crate) fn pack_numbers<'py>(
     };
     let len = items.len().ok()?;
     let stop = stop.map_or(len, |s| s.min(len));
-    pack(items.as_ptr(), start..stop, get).map(|packed| PyBytes::new(py, &packed))
+    let span = start..stop;
+    if span.is_empty() {
+        return None;
+    }
+    let seq = items.as_ptr();
+    // SAFETY: `items` is an exact list or tuple, alive, and `span.start < len`.
+    let first = unsafe { ffi::Py_TYPE(get(seq, span.start as ffi::Py_ssize_t)) };
+    if first != std::ptr::addr_of_mut!(ffi::PyLong_Type)
+        && first != std::ptr::addr_of_mut!(ffi::PyFloat_Type)
+    {
+        return None; // the common case of other things: one look, nothing allocated
+    }
+    // Written in place; a non-number found part-way discards the bytes object.
+    PyBytes::new_with(py, 1 + 8 * span.len(), |buf| {
+        if pack(seq, span, get, buf) {
+            Ok(())
+        } else {
+            Err(pyo3::exceptions::PyValueError::new_err(()))
+        }
+    })
+    .ok()
 }
 
 /// `PyList_GetItem` or `PyTuple_GetItem`: a borrowed reference, no reference counting.
@@ -40,10 +60,14 @@ type Getter = unsafe extern "C" fn(*mut ffi::PyObject, ffi::Py_ssize_t) -> *mut 
 // Raw calls, not PyO3's iterators: under the limited API those cost a size check and a
 // reference count round trip per item, more than the conversion itself (this runs on
 // every chunk of a map of numbers, in the parent and in the workers).
-fn pack(seq: *mut ffi::PyObject, span: std::ops::Range<usize>, get: Getter) -> Option<Vec<u8>> {
-    if span.is_empty() {
-        return None;
-    }
+/// Writes `seq[span]` into `out` (`1 + 8 * span.len()` bytes); false if it is not all
+/// plain ints that fit, or all floats.
+fn pack(
+    seq: *mut ffi::PyObject,
+    span: std::ops::Range<usize>,
+    get: Getter,
+    out: &mut [u8],
+) -> bool {
     // SAFETY: (here and in the blocks below) `seq` is an exact list or tuple, alive and
     // held by the caller with the GIL; nothing here runs Python code (exact ints and
     // floats convert without calling back), so it cannot change, indices in `span` (within
@@ -53,39 +77,40 @@ fn pack(seq: *mut ffi::PyObject, span: std::ops::Range<usize>, get: Getter) -> O
     let float_type = std::ptr::addr_of_mut!(ffi::PyFloat_Type);
     // SAFETY: as above; the span's first item is a live object.
     let kind = unsafe { ffi::Py_TYPE(item(span.start)) };
-    let mut out = Vec::with_capacity(1 + 8 * span.len());
+    let (code, words) = out.split_at_mut(1);
+    let slots = words.chunks_exact_mut(8).zip(span);
     if kind == int_type {
-        out.push(INTS);
-        for i in span {
+        code[0] = INTS;
+        for (slot, i) in slots {
             let obj = item(i);
             // SAFETY: as above.
             if unsafe { ffi::Py_TYPE(obj) } != int_type {
-                return None;
+                return false;
             }
             let mut overflow = 0;
             // SAFETY: as above; an exact int, so the call cannot fail but by overflow.
             let value = unsafe { ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow) };
             if overflow != 0 {
-                return None;
+                return false;
             }
-            out.extend_from_slice(&value.to_ne_bytes());
+            slot.copy_from_slice(&value.to_ne_bytes());
         }
     } else if kind == float_type {
-        out.push(FLOATS);
-        for i in span {
+        code[0] = FLOATS;
+        for (slot, i) in slots {
             let obj = item(i);
             // SAFETY: as above.
             if unsafe { ffi::Py_TYPE(obj) } != float_type {
-                return None;
+                return false;
             }
             // SAFETY: as above; an exact float, so the call cannot fail.
             let value = unsafe { ffi::PyFloat_AsDouble(obj) };
-            out.extend_from_slice(&value.to_ne_bytes());
+            slot.copy_from_slice(&value.to_ne_bytes());
         }
     } else {
-        return None;
+        return false;
     }
-    Some(out)
+    true
 }
 
 /// The list that `pack_numbers` packed into `data`.

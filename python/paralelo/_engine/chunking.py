@@ -95,8 +95,9 @@ class Chunker:
             self.busy_ns += elapsed_ns
             self.measured_items += count
             self.measured_chunks += 1
-        if self.least is None or count < self.least[0]:
-            self.least = (count, elapsed_ns)
+        least = self.least
+        if least is None or count < least[0] or (count == least[0] and elapsed_ns < least[1]):
+            self.least = (count, elapsed_ns)  # of the smallest size, the quickest (warmest)
 
     def update(self) -> None:
         """Re-derives sizes after a round of measurements."""
@@ -114,7 +115,9 @@ class Chunker:
             n = self.measured_items / self.measured_chunks
             t = self.busy_ns / self.measured_chunks
             if t >= 1.25 * least[1]:
-                self.per_item = max((t - least[1]) / (n - least[0]), 0.1 * t / n) / 1e9
+                # Never less than half the plain average: a small chunk slowed by a cold
+                # start must not make items look nearly free.
+                self.per_item = max((t - least[1]) / (n - least[0]), 0.5 * t / n) / 1e9
                 self.trusted = True
         if self.busy_ns >= MIN_CHUNK_SECONDS * 1e9 * self.measured_chunks:
             self.trusted = True  # chunks this long are mostly items

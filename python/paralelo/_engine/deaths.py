@@ -47,10 +47,14 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
     slot.outgoing = []
     engine.hub.reset_slot(slot.index)
     fd, slot.pidfd = slot.pidfd, -1  # marked closed first: a fork meanwhile skips it
-    if death is None and slot.pid in engine.own_children:
-        # Leaving, not gone yet, and ours to reap: the slot will watch its successor.
-        engine.hub.watch_left(slot.pid, fd)
     os.close(fd)
+    own = engine.own_children.get(slot.pid)
+    if death is None and own is not None:
+        # Leaving, not gone yet, and ours to reap: the slot will watch its successor.
+        try:
+            engine.hub.watch_left(slot.pid, own)
+        except OSError:
+            pass  # (out of fds) then reaped at the pool's end
     slot.corrupt = None
     batch_job = None
     if kind == "unpacking":

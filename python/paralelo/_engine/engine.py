@@ -140,16 +140,18 @@ class Engine:
         # `Zygote`): a first task waits for one fork, not two in a row.
         first = [(i, next(mpp._process_counter)) for i in range(processes)]  # type: ignore[attr-defined]
         self.zygote: _zygote.Zygote | None = None
-        #: Workers this process forked itself (the others are the zygote's): it reaps them.
-        self.own_children: set[int] = set()
+        #: Workers this process forked itself (the others are the zygote's), by pid, each
+        #: with a pidfd of its own (a slot's is closed when the worker leaves it): reaped
+        #: through that pidfd, never by pid, so a pid reused meanwhile is never waited on.
+        self.own_children: dict[int, int] = {}
         with self.lock:
             try:
                 own = None
                 if first and threading.current_thread() is threading.main_thread():
                     own = _zygote.fork_child(WORKER, first.pop(0), [self.hub.fd], setup)
-                    self.own_children.add(own[0])
                     slot = self.starting.popleft()
-                    slot.pid, slot.pidfd = own  # (so that a failure below kills it)
+                    slot.pid, slot.pidfd = own  # first: a failure below kills it
+                    self.own_children[own[0]] = os.dup(own[1])
                 # The collector starts while the first worker starts, and before the
                 # zygote's fork: just after one, a new thread waits milliseconds for the pages
                 # it touches to be copied. It waits for this lock.
@@ -166,7 +168,9 @@ class Engine:
                 for slot in self.slots:
                     self._kill(slot)
                     slot.alive = False
-                self._reap_own()
+                if own is not None and own[0] not in self.own_children:
+                    os.waitpid(own[0], 0)  # killed above; never watched, so reaped here
+                self._reap_own(kill=True)
                 self._close_pidfds()
                 _engines.discard(self)
                 raise
@@ -556,11 +560,15 @@ class Engine:
                 self._close_pidfds()
             self.started.set()  # (if it failed before the first workers were taken)
             if self.zygote is not None:
-                self.zygote.close(wait=False)
-            self.over.set()
+                self.zygote.close(wait=False)  # it kills and reaps what it still has, and exits
+            # Any of our own that left after maxtasks and lingers (a thread of its tasks still
+            # runs) is stopped, as the zygote's are.
+            self._reap_own(kill=True)
             if self.zygote is not None:
                 self.zygote.reap()
-            self._reap_own()  # any that left after maxtasks, and had not exited by then
+            # Only now: once join() returns, none of the pool's processes is left, not even a
+            # zombie, and a user's os.wait() finds none of them (as with multiprocessing).
+            self.over.set()
 
     def _close_pidfds(self) -> None:
         for s in self.slots:
@@ -632,18 +640,27 @@ class Engine:
                     s.timed_out = True
                     self._kill(s)
 
-    def _reap_own(self, pid: int | None = None) -> int | None:
-        """Reaps a worker this process forked itself (`pid`, which exited: its wait status,
-        or None), or every one of them, waiting for each to exit (at the pool's end)."""
+    def _reap_own(self, pid: int | None = None, kill: bool = False) -> int | None:
+        """Reaps a worker this process forked itself: `pid`, which exited (its wait status;
+        None if someone else reaped it); or, without `pid`, every one still here, killed
+        first with `kill` (at the pool's end). Never waits on a live process."""
         status = None
         for child in [pid] if pid is not None else list(self.own_children):
-            if child not in self.own_children:
-                continue  # reaped already
-            self.own_children.discard(child)
+            fd = self.own_children.pop(child, None)  # claimed once, whoever comes second
+            if fd is None:
+                continue
+            if kill:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
             try:
-                status = os.waitpid(child, 0)[1]
-            except ChildProcessError:  # reaped by someone else (a waitpid(-1) of the user's)
-                status = None
+                status = _zygote.reap(fd, wait=kill)
+            except BaseException:
+                os.close(fd)
+                raise
+            if status is None and not kill:
+                self.own_children[child] = fd  # not exited after all: kept for later
+                continue
+            os.close(fd)
         return status
 
     def _event(self, slot: Slot, kind: str, pid: int, exc: BaseException | None) -> None:
@@ -742,6 +759,9 @@ class Engine:
     def _kill_all(self) -> None:
         for s in self.slots:
             self._kill(s)
+        for fd in self.own_children.values():  # and our own that left their slots
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
 
     # -- shutdown ---------------------------------------------------------------
 
@@ -779,8 +799,9 @@ class Engine:
         self.hub.wake()
 
     def join(self, timeout: float | None = None) -> None:
-        """Waits until every worker is gone (after close(), once lazy inputs ran out)."""
-        if threading.current_thread() is self.thread:
+        """Waits until every worker is gone (after close(), once lazy inputs ran out). In a
+        forked child, returns at once: the workers are its parent's."""
+        if threading.current_thread() is self.thread or os.getpid() != self.pid:
             return
         self.over.wait(timeout)
 
@@ -832,6 +853,10 @@ def _disown_after_fork() -> None:
                     if fd >= 0:
                         with contextlib.suppress(OSError):  # (closed as the fork began)
                             os.close(fd)
+                own, engine.own_children = engine.own_children, {}
+                for fd in own.values():
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
         finally:
             os.close(null)
     _engines.clear()

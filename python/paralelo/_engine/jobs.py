@@ -439,8 +439,8 @@ class MapJob(Job):
         """Up to `most` units cut from a sliceable input, within the read-ahead limit and,
         when the job counts items, `cap` items."""
         items_in, i = self.sliceable, self.sent_items
-        assert items_in is not None
-        total = stop = len(items_in)
+        assert items_in is not None and self.chunker.total is not None
+        total = stop = self.chunker.total  # its length when the map began (the sink expects it)
         if self.hold is not None:
             stop = min(total, self.sink.consumed_items() + self.ahead_limit())
             self.held = i >= stop
@@ -455,6 +455,10 @@ class MapJob(Job):
             if n <= 0:
                 break
             n = min(n, total - i)
+            if len(items_in) < i + n:
+                # The caller shrank the list under the map: its results cannot all come.
+                self.fail(RuntimeError("the input list changed size during the map"))
+                break
             if n == 1:
                 items = [items_in[i]]
             else:

@@ -199,10 +199,10 @@ pub fn watching(watch: &Watch) -> bool {
 }
 
 /// In a forked child: lets go of the watcher inherited from the parent, closing the
-/// parent's pidfds it held (this process never uses them). Its epoll fd and eventfd are
-/// closed too unless the parent's watch thread was running at the fork: that thread's
-/// reference came along (the thread did not), so the watcher is never dropped here.
-/// Does nothing in the process that made the watcher.
+/// parent's pidfds it held, its epoll fd and its eventfd (this process never uses them).
+/// When the parent's watch thread was running at the fork, that thread's reference came
+/// along (the thread did not), so the watcher can never be dropped here: its fds are
+/// closed by hand and it is abandoned. Does nothing in the process that made the watcher.
 pub fn forget_inherited() {
     let me = std::process::id();
     let inherited = {
@@ -218,7 +218,13 @@ pub fn forget_inherited() {
     if let Ok(mut reg) = w.registry.try_lock() {
         reg.entries.clear(); // closes the pidfds; the callbacks only drop references
     }
-    drop(w);
+    if Arc::strong_count(&w) > 1 {
+        // The only other reference is the absent thread's: abandoned, never dropped, so
+        // these are the only closes of its two fds.
+        crate::sys::fd::close_abandoned(w.epoll.as_fd());
+        crate::sys::fd::close_abandoned(w.nudge.as_fd());
+        std::mem::forget(w);
+    }
 }
 
 /// Whether this process's death-watch thread is running (for tests and diagnostics).

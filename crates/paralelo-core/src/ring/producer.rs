@@ -21,6 +21,9 @@ pub struct Producer {
     tail_seen: u64,
     /// A fragmented send was abandoned half-way: the next send first tells the consumer.
     broken: bool,
+    /// No rewind is tried before `head` reaches this (after a try found the ring busy, an
+    /// eighth of the ring later): the consumer's `tail` is not read for it per message.
+    rewind_after: u64,
     /// Published since the consumer was last told: [`Self::notify`] rings then. Atomic so
     /// that another thread may notify without holding this end.
     unrung: AtomicBool,
@@ -36,6 +39,7 @@ impl Producer {
             head,
             tail_seen: tail,
             broken: false,
+            rewind_after: head,
             unrung: AtomicBool::new(false),
         })
     }
@@ -82,11 +86,15 @@ impl Producer {
         let cap = self.mem.cap;
         let at = self.head % cap;
         let skip = cap - at;
-        if at < cap / 4 || skip < FRAME_HEADER as u64 || need > at {
+        // (Stream positions wrap: "before" is a negative wrapping distance.)
+        let early = (self.head.wrapping_sub(self.rewind_after) as i64) < 0;
+        if at < cap / 4 || skip < FRAME_HEADER as u64 || need > at || early {
             return Ok(());
         }
         if self.head != self.tail_seen && self.free()? != cap {
-            return Ok(()); // not empty: the consumer still reads behind us
+            // Not empty: the consumer still reads behind us.
+            self.rewind_after = self.head.wrapping_add(cap / 8);
+            return Ok(());
         }
         let hdr = FrameHeader::default().encode(TAG_SKIP, (skip - FRAME_HEADER as u64) as u32);
         // SAFETY: the ring is empty, so all `cap` bytes past `head` are free; only this
@@ -222,6 +230,7 @@ impl Producer {
         self.head = 0;
         self.tail_seen = 0;
         self.broken = false;
+        self.rewind_after = 0;
         self.unrung.store(false, Ordering::Relaxed);
         // The dead consumer may have died asleep on its data bell.
         self.mem.data_bell().forget_sleepers();

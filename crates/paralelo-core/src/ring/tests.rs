@@ -142,6 +142,36 @@ fn an_empty_ring_rewinds_to_its_start_when_the_message_fits_there() {
 }
 
 #[test]
+fn a_fragmented_message_and_an_abort_after_a_rewind_arrive_as_before() {
+    let (mut p, mut c) = ring(CAP);
+    // Past the first quarter, then empty: the next message, fragmented, rewinds first.
+    assert!(p.try_send(&h(1, 0), &[1u8; 200]).unwrap());
+    assert!(p.try_send(&h(1, 1), &[2u8; 100]).unwrap());
+    assert_eq!(recv_all(&mut c).len(), 2);
+    let big: Vec<u8> = (0..700u32).map(|i| (i * 13) as u8).collect();
+    let mut sent = 0;
+    let mut got = Vec::new();
+    while !p.offer(&h(5, 2), &big, &mut sent).unwrap() {
+        got.extend(recv_all(&mut c)); // room for the next fragments
+    }
+    got.extend(recv_all(&mut c));
+    assert_eq!(got, vec![(h(5, 2), big.clone())]);
+    // A fragmented send abandoned half-way, then a rewind: the consumer drops the half.
+    for i in 0..3u64 {
+        assert!(p.try_send(&h(1, 10 + i), &[3u8; 100]).unwrap());
+        recv_all(&mut c);
+    }
+    let huge = vec![4u8; 3000]; // more than the ring holds: only some fragments go
+    let mut sent = 0;
+    assert!(!p.offer(&h(6, 3), &huge, &mut sent).unwrap());
+    assert!(sent > 0);
+    p.abandon();
+    recv_all(&mut c); // the fragments so far, held back as a partial message
+    assert!(p.try_send(&h(7, 4), b"after").unwrap());
+    assert_eq!(recv_all(&mut c), vec![(h(7, 4), b"after".to_vec())]);
+}
+
+#[test]
 fn a_skip_that_does_not_end_at_the_ring_s_end_is_corrupt() {
     let (mut p, mut c, mem) = scribbler(CAP);
     assert!(p.try_send(&h(1, 0), &[1u8; 150]).unwrap());
