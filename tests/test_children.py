@@ -1,0 +1,200 @@
+"""What a pool leaves in the processes around it, side by side with multiprocessing: no
+zombies (even for a subreaper, as PID 1 in a container is), every line a worker printed
+and nothing printed twice, and a forked child that ends its copy of a pool at once. Each
+case is a `__main__` script run in a fresh interpreter, stdout a pipe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+POOLS = {
+    "paralelo": "import paralelo as lib",
+    "multiprocessing": "import multiprocessing as lib",
+}
+
+
+def run(body: str, lib: str, timeout: float = 120) -> str:
+    code = POOLS[lib] + "\n" + textwrap.dedent(body)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered, as in a pipe
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("lib", list(POOLS))
+def test_a_subreaper_is_left_no_zombies(lib: str) -> None:
+    # PID 1 in a container, or a process that made itself a subreaper, adopts orphans: a
+    # pool's processes must all be reaped before they could become its zombies.
+    out = run(
+        """
+        import ctypes, os, time
+        PR_SET_CHILD_SUBREAPER = 36
+        assert ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+        def double(x):
+            return 2 * x
+
+        def zombies():
+            found = 0
+            for t in os.listdir("/proc/self/task"):
+                with open(f"/proc/self/task/{t}/children") as f:
+                    for kid in f.read().split():
+                        try:
+                            with open(f"/proc/{kid}/stat") as s:
+                                found += s.read().rsplit(")", 1)[1].split()[0] == "Z"
+                        except FileNotFoundError:
+                            pass
+            return found
+
+        if __name__ == "__main__":
+            for _ in range(3):
+                with lib.Pool(3) as p:
+                    assert p.map(double, range(50)) == [2 * x for x in range(50)]
+                p.join()
+                p = lib.Pool(2, maxtasksperchild=1)
+                p.map(double, range(6), chunksize=1)
+                p.close()
+                p.join()
+            end = time.monotonic() + 5
+            while zombies() and time.monotonic() < end:
+                time.sleep(0.05)
+            print(zombies())
+        """,
+        lib,
+    )
+    assert out.split() == ["0"]
+
+
+def test_workers_left_after_maxtasks_are_reaped_while_the_pool_idles() -> None:
+    out = run(
+        """
+        import os, time
+
+        def pid(_):
+            return os.getpid()
+
+        def zombies(root):
+            found = []
+            for t in os.listdir(f"/proc/{root}/task"):
+                with open(f"/proc/{root}/task/{t}/children") as f:
+                    for kid in f.read().split():
+                        try:
+                            with open(f"/proc/{kid}/stat") as s:
+                                if s.read().rsplit(")", 1)[1].split()[0] == "Z":
+                                    found.append(kid)
+                        except FileNotFoundError:
+                            pass
+            return found
+
+        if __name__ == "__main__":
+            with lib.Pool(2, maxtasksperchild=1) as p:
+                for i in range(10):
+                    p.apply(pid, (i,))
+                end = time.monotonic() + 5
+                roots = [os.getpid(), p._engine.zygote.pid]
+                while any(zombies(r) for r in roots) and time.monotonic() < end:
+                    time.sleep(0.02)
+                print(sum(len(zombies(r)) for r in roots))
+        """,
+        "paralelo",
+    )
+    assert out.split() == ["0"]
+
+
+@pytest.mark.parametrize("ending", ["with", "terminate", "close"])
+def test_every_line_a_worker_printed_is_written(ending: str) -> None:
+    # multiprocessing's workers lose buffered lines to terminate() at random; paralelo's
+    # flush before they wait for more, so ending a pool loses none.
+    out = run(
+        f"""
+        def show(x):
+            print("worker-line", x)
+            return x
+
+        if __name__ == "__main__":
+            p = lib.Pool(2)
+            p.map(show, range(20), chunksize=1)
+            ending = {ending!r}
+            if ending == "with":
+                with p:
+                    pass
+            elif ending == "terminate":
+                p.terminate()
+                p.join()
+            else:
+                p.close()
+                p.join()
+        """,
+        "paralelo",
+    )
+    assert sorted(out.split("\n")[:-1]) == sorted(f"worker-line {i}" for i in range(20))
+
+
+@pytest.mark.parametrize("lib", list(POOLS))
+@pytest.mark.parametrize("executor", [False, True])
+def test_what_the_parent_printed_before_is_printed_once(lib: str, executor: bool) -> None:
+    out = run(
+        f"""
+        import concurrent.futures
+
+        def show(x):
+            return x
+
+        if __name__ == "__main__":
+            print("HELLO-before-the-pool")
+            if {executor!r}:
+                make = getattr(lib, "ProcessPoolExecutor", None) or concurrent.futures.ProcessPoolExecutor
+                with make(2) as ex:
+                    list(ex.map(show, range(4)))
+            else:
+                p = lib.Pool(2, maxtasksperchild=2)
+                p.map(show, range(8), chunksize=1)
+                p.close()
+                p.join()
+        """,
+        lib,
+    )
+    assert out.count("HELLO-before-the-pool") == 1, out
+
+
+@pytest.mark.parametrize("lib", list(POOLS))
+@pytest.mark.parametrize("ending", ["terminate", "with", "close"])
+def test_a_forked_child_ends_its_copy_of_a_pool_at_once(lib: str, ending: str) -> None:
+    out = run(
+        f"""
+        import os, time
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            p = lib.Pool(2)
+            assert p.map(square, range(4)) == [0, 1, 4, 9]
+            pid = os.fork()
+            if pid == 0:
+                import faulthandler
+                faulthandler.dump_traceback_later(20, exit=True)
+                ending = {ending!r}
+                if ending == "with":
+                    p.__exit__(None, None, None)
+                elif ending == "terminate":
+                    p.terminate()
+                else:
+                    p.close()
+                os._exit(0)
+            t = time.monotonic()
+            _, status = os.waitpid(pid, 0)
+            took = time.monotonic() - t
+            assert p.map(square, range(3)) == [0, 1, 4]  # the parent's pool is untouched
+            p.close()
+            p.join()
+            print(os.waitstatus_to_exitcode(status), took < 10)
+        """,
+        lib,
+    )
+    assert out.split() == ["0", "True"]
