@@ -18,8 +18,40 @@ POOLS = {
 }
 
 
+#: In every script: a process's children, and which of them are zombies.
+HELPERS = textwrap.dedent(
+    """
+    import os, time
+
+    def children(root="self"):
+        kids = set()
+        for t in os.listdir(f"/proc/{root}/task"):
+            with open(f"/proc/{root}/task/{t}/children") as f:
+                kids |= {int(x) for x in f.read().split()}
+        return kids
+
+    def zombies(root="self"):
+        found = []
+        for kid in children(root):
+            try:
+                with open(f"/proc/{kid}/stat") as s:
+                    if s.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        found.append(kid)
+            except FileNotFoundError:
+                pass
+        return found
+
+    def settle(*roots):
+        end = time.monotonic() + 10
+        while any(zombies(r) for r in roots or ["self"]) and time.monotonic() < end:
+            time.sleep(0.01)
+        return sum(len(zombies(r)) for r in roots or ["self"])
+    """
+)
+
+
 def run(body: str, lib: str, timeout: float = 120) -> str:
-    code = POOLS[lib] + "\n" + textwrap.dedent(body)
+    code = POOLS[lib] + "\n" + HELPERS + textwrap.dedent(body)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered, as in a pipe
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
     assert out.returncode == 0, out.stderr
@@ -32,24 +64,12 @@ def test_a_subreaper_is_left_no_zombies(lib: str) -> None:
     # pool's processes must all be reaped before they could become its zombies.
     out = run(
         """
-        import ctypes, os, time
+        import ctypes
         PR_SET_CHILD_SUBREAPER = 36
         assert ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
         def double(x):
             return 2 * x
-
-        def zombies():
-            found = 0
-            for t in os.listdir("/proc/self/task"):
-                with open(f"/proc/self/task/{t}/children") as f:
-                    for kid in f.read().split():
-                        try:
-                            with open(f"/proc/{kid}/stat") as s:
-                                found += s.read().rsplit(")", 1)[1].split()[0] == "Z"
-                        except FileNotFoundError:
-                            pass
-            return found
 
         if __name__ == "__main__":
             for _ in range(3):
@@ -60,10 +80,7 @@ def test_a_subreaper_is_left_no_zombies(lib: str) -> None:
                 p.map(double, range(6), chunksize=1)
                 p.close()
                 p.join()
-            end = time.monotonic() + 5
-            while zombies() and time.monotonic() < end:
-                time.sleep(0.05)
-            print(zombies())
+            print(settle())
         """,
         lib,
     )
@@ -73,33 +90,14 @@ def test_a_subreaper_is_left_no_zombies(lib: str) -> None:
 def test_workers_left_after_maxtasks_are_reaped_while_the_pool_idles() -> None:
     out = run(
         """
-        import os, time
-
         def pid(_):
             return os.getpid()
-
-        def zombies(root):
-            found = []
-            for t in os.listdir(f"/proc/{root}/task"):
-                with open(f"/proc/{root}/task/{t}/children") as f:
-                    for kid in f.read().split():
-                        try:
-                            with open(f"/proc/{kid}/stat") as s:
-                                if s.read().rsplit(")", 1)[1].split()[0] == "Z":
-                                    found.append(kid)
-                        except FileNotFoundError:
-                            pass
-            return found
 
         if __name__ == "__main__":
             with lib.Pool(2, maxtasksperchild=1) as p:
                 for i in range(10):
                     p.apply(pid, (i,))
-                end = time.monotonic() + 5
-                roots = [os.getpid(), p._engine.zygote.pid]
-                while any(zombies(r) for r in roots) and time.monotonic() < end:
-                    time.sleep(0.02)
-                print(sum(len(zombies(r)) for r in roots))
+                print(settle(os.getpid(), p._engine.zygote.pid))
         """,
         "paralelo",
     )
@@ -167,8 +165,6 @@ def test_what_the_parent_printed_before_is_printed_once(lib: str, executor: bool
 def test_a_forked_child_ends_its_copy_of_a_pool_at_once(lib: str, ending: str) -> None:
     out = run(
         f"""
-        import os, time
-
         def square(x):
             return x * x
 
@@ -198,3 +194,41 @@ def test_a_forked_child_ends_its_copy_of_a_pool_at_once(lib: str, ending: str) -
         lib,
     )
     assert out.split() == ["0", "True"]
+
+
+def test_the_owners_own_first_worker_never_lingers_as_a_zombie() -> None:
+    """The first worker (forked by the owner itself, on the main thread) is reaped when it
+    leaves after maxtasks, when it is told to exit and when it is killed; a pool made on
+    another thread has its every worker from its zygote."""
+    out = run(
+        """
+        import threading
+
+        def pid(_):
+            return os.getpid()
+
+        if __name__ == "__main__":
+            with lib.Pool(2, maxtasksperchild=1) as p:
+                own = set(p._engine.own_children)
+                assert len(own) == 1 and own <= children()
+                seen = set(p.map(pid, range(12), chunksize=1))  # every worker leaves after one
+                assert len(seen) == 12, seen
+                assert settle() == 0, "a worker that left is a zombie"
+                assert not own & children()
+            for end in ("close", "terminate"):
+                p = lib.Pool(2)
+                p.map(pid, range(4))
+                getattr(p, end)()
+                p.join()  # ...returns once every process of the pool is reaped
+                assert children() == set(), (end, children())
+            made = []
+            t = threading.Thread(target=lambda: made.append(lib.Pool(1)))
+            t.start(); t.join()
+            with made[0] as p:
+                assert not p._engine.own_children
+                assert p.apply(abs, (-3,)) == 3
+            print("ok")
+        """,
+        "paralelo",
+    )
+    assert out.split() == ["ok"]

@@ -265,69 +265,6 @@ def test_an_own_worker_that_lingers_after_maxtasks_is_stopped_with_its_pool() ->
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-def test_the_owners_own_first_worker_never_lingers_as_a_zombie() -> None:
-    """The first worker (forked by the owner itself, on the main thread) is reaped when it
-    leaves after maxtasks, when it is told to exit and when it is killed; a pool made on
-    another thread has its every worker from its zygote."""
-    code = textwrap.dedent(
-        """
-        import os, threading, time, paralelo
-
-        def pid(_):
-            return os.getpid()
-
-        def children():
-            kids = set()
-            for t in os.listdir("/proc/self/task"):
-                with open(f"/proc/self/task/{t}/children") as f:
-                    kids |= {int(x) for x in f.read().split()}
-            return kids
-
-        def zombies():
-            out = []
-            for k in children():
-                try:
-                    with open(f"/proc/{k}/stat") as f:
-                        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                            out.append(k)
-                except FileNotFoundError:
-                    pass
-            return out
-
-        def settle():
-            end = time.monotonic() + 10
-            while zombies() and time.monotonic() < end:
-                time.sleep(0.01)
-            return zombies()
-
-        if __name__ == "__main__":
-            with paralelo.Pool(2, maxtasksperchild=1) as p:
-                own = set(p._engine.own_children)
-                assert len(own) == 1 and own <= children()
-                seen = set(p.map(pid, range(12), chunksize=1))  # every worker leaves after one
-                assert len(seen) == 12, seen
-                assert settle() == [], "a worker that left is a zombie"
-                assert not own & children()
-            for end in ("close", "terminate"):
-                p = paralelo.Pool(2)
-                p.map(pid, range(4))
-                getattr(p, end)()
-                p.join()
-                p._engine.thread.join(10)
-                assert children() == set(), (end, children())
-            made = []
-            t = threading.Thread(target=lambda: made.append(paralelo.Pool(1)))
-            t.start(); t.join()
-            with made[0] as p:
-                assert not p._engine.own_children
-                assert p.apply(abs, (-3,)) == 3
-            print("ok")
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
-
-
 def test_a_forked_child_leaves_its_parents_pool_alone() -> None:
     """A child forked after the pool was made (os.fork, or a fork-started multiprocessing
     process) exits normally — running atexit and finalizers — without touching the

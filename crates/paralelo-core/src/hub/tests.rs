@@ -8,6 +8,18 @@ fn keep_going() -> bool {
     true
 }
 
+/// A child process running `cmd args`, its pid and a pidfd on it.
+fn spawn_watched(cmd: &str, args: &[&str]) -> (std::process::Child, u32, std::os::fd::OwnedFd) {
+    let child = std::process::Command::new(cmd).args(args).spawn().unwrap();
+    let pid = child.id();
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    (child, pid, pidfd)
+}
+
 fn soon() -> Option<Instant> {
     Some(Instant::now() + Duration::from_secs(10))
 }
@@ -406,16 +418,7 @@ fn a_corrupt_slot_is_reported_healthy_slots_keep_their_results() {
 #[test]
 fn a_watched_process_exit_wakes_the_receiver_and_is_reported_once() {
     let hub = Hub::create(2, 4096).unwrap();
-    let child = std::process::Command::new("sleep")
-        .arg("0.05")
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let pidfd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_raw(pid as i32).unwrap(),
-        rustix::process::PidfdFlags::empty(),
-    )
-    .unwrap();
+    let (child, pid, pidfd) = spawn_watched("sleep", &["0.05"]);
     hub.watch(1, pid, pidfd.as_fd()).unwrap();
     let t = Instant::now();
     hub.wait_results(soon(), &mut keep_going).unwrap();
@@ -431,13 +434,7 @@ fn reset_drops_events_about_the_slot_s_old_worker() {
     let hub = Hub::create(2, 4096).unwrap();
     let mut children = Vec::new();
     for slot in 0..2 {
-        let child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        let pidfd = rustix::process::pidfd_open(
-            rustix::process::Pid::from_raw(pid as i32).unwrap(),
-            rustix::process::PidfdFlags::empty(),
-        )
-        .unwrap();
+        let (child, pid, pidfd) = spawn_watched("true", &[]);
         hub.watch(slot, pid, pidfd.as_fd()).unwrap();
         children.push((child, pid));
     }
@@ -557,15 +554,7 @@ fn a_scribbled_head_cannot_fake_room_or_data() {
 
 #[test]
 fn the_death_watch_thread_exits_when_nothing_is_watched() {
-    let child = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .unwrap();
-    let pidfd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::PidfdFlags::empty(),
-    )
-    .unwrap();
+    let (child, _, pidfd) = spawn_watched("sleep", &["30"]);
     let w = crate::proc::watch(pidfd.as_fd(), || {}).unwrap();
     assert!(crate::proc::serving());
     assert!(crate::proc::unwatch(w), "cancelled before it fired");
@@ -583,29 +572,11 @@ fn the_death_watch_thread_exits_when_nothing_is_watched() {
 #[test]
 fn a_process_that_left_its_slot_is_reported_when_it_exits_even_after_a_reset() {
     let hub = Hub::create(1, 4096).unwrap();
-    let child = std::process::Command::new("sleep")
-        .arg("0.05")
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let pidfd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_raw(pid as i32).unwrap(),
-        rustix::process::PidfdFlags::empty(),
-    )
-    .unwrap();
+    let (child, pid, pidfd) = spawn_watched("sleep", &["0.05"]);
     hub.watch(0, pid, pidfd.as_fd()).unwrap();
     hub.watch_left(pid, pidfd.as_fd()).unwrap();
     // Its slot gets a successor: the slot's own watch of it is cancelled, not the other.
-    let successor = std::process::Command::new("sleep")
-        .arg("5")
-        .spawn()
-        .unwrap();
-    let spid = successor.id();
-    let sfd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_raw(spid as i32).unwrap(),
-        rustix::process::PidfdFlags::empty(),
-    )
-    .unwrap();
+    let (successor, spid, sfd) = spawn_watched("sleep", &["5"]);
     hub.reset_slot(0).unwrap();
     hub.watch(0, spid, sfd.as_fd()).unwrap();
     drop(pidfd);

@@ -10,18 +10,8 @@ use crate::{Corruption, Error, Result, Segment};
 const CAP: usize = 1024;
 
 fn ring(cap: usize) -> (Producer, Consumer) {
-    let place = RingPlace {
-        header: 0,
-        data: 1024,
-        capacity: cap,
-        data_bell: 512,
-        room_bell: None,
-    };
-    let seg = Arc::new(Segment::create("ring-test", 1024 + cap).unwrap());
-    (
-        Producer::new(seg.clone(), place, true).unwrap(),
-        Consumer::new(seg, place, false).unwrap(),
-    )
+    let (p, c, _) = scribbler(cap);
+    (p, c)
 }
 
 fn h(tag: u32, seq: u64) -> FrameHeader {
