@@ -95,9 +95,10 @@ class Chunker:
             self.busy_ns += elapsed_ns
             self.measured_items += count
             self.measured_chunks += 1
-        least = self.least
-        if least is None or count < least[0] or (count == least[0] and elapsed_ns < least[1]):
-            self.least = (count, elapsed_ns)  # of the smallest size, the quickest (warmest)
+        if not self.fixed:  # (the slope sizes adaptive chunks only)
+            least = self.least
+            if least is None or count < least[0] or (count == least[0] and elapsed_ns < least[1]):
+                self.least = (count, elapsed_ns)  # of the smallest size, the quickest (warmest)
 
     def update(self) -> None:
         """Re-derives sizes after a round of measurements."""

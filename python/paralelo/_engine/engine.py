@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 from .. import _native, _zygote
 from .._worker import ENTRY as WORKER, Setup
 from .._errors import ResultUnpicklingError, broken, interrupted, load_error, pickling_failed
-from .._pickling import MainNames, as_array, by_value, dumps, unpack_results
+from .._pickling import ARRAY_MIN, MainNames, as_array, by_value, dumps, unpack_results
 from .._wire import ARRAY, COUNT_SHIFT, BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
 from . import deaths
 from .jobs import CallCosts, CallJob, Job, MapJob, Unit
@@ -495,7 +495,8 @@ class Engine:
                     eager, payload = self._pack_items(run[0], eager)
                 else:
                     tag, seq = TASKS, run[0].seq
-                    payload = dumps(([u.seq for u in run], [as_array(u.payload) or u.payload for u in run]), self.main)
+                    chunks = [u.payload if u.count < ARRAY_MIN else as_array(u.payload) or u.payload for u in run]
+                    payload = dumps(([u.seq for u in run], chunks), self.main)
                 job.weigh(True, len(payload), sum(u.count for u in run))
             except BaseException as e:  # noqa: BLE001 - find the chunk that cannot be pickled
                 if interrupted(e):

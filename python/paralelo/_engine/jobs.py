@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .._outcomes import Segments
 from .._errors import interrupted, pickling_failed
-from .._pickling import MainNames, by_value, cut, dumps, from_array
+from .._native import unpack_numbers
+from .._pickling import MainNames, by_value, cut, dumps
 from .._wire import CALL, TASK
 from .chunking import Chunker
 from .sink import MapSink
@@ -449,13 +450,14 @@ class MapJob(Job):
         next_size = self.chunker.next_size
         out: list[Unit] = []
         chunks = self.chunks_cut
+        have = len(items_in)
         items: Any
         while i < stop and len(out) < most:
             n = fixed or min(next_size(chunks, i), budget - i)
             if n <= 0:
                 break
             n = min(n, total - i)
-            if len(items_in) < i + n:
+            if have < i + n:
                 # The caller shrank the list under the map: its results cannot all come.
                 self.fail(RuntimeError("the input list changed size during the map"))
                 break
@@ -501,7 +503,8 @@ class MapJob(Job):
 
     def done_many(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
         chunks = [
-            (unit.start, unit.count, ok, value.loaded() if type(value) is Segments else from_array(value) if ok else value)
+            (unit.start, unit.count, ok, value.loaded() if type(value) is Segments
+             else unpack_numbers(value) if ok and type(value) is bytes else value)  # bytes: see as_array
             for unit, ok, value, _ in answers
         ]
         # A failed chunk does not stop the map: the rest still runs, as with multiprocessing
