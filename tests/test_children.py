@@ -232,3 +232,32 @@ def test_the_owners_own_first_worker_never_lingers_as_a_zombie() -> None:
         "paralelo",
     )
     assert out.split() == ["ok"]
+
+
+def test_a_program_whose_pools_all_ended_holds_no_fd_of_theirs() -> None:
+    out = run(
+        """
+        import gc
+
+        def fds():
+            return sorted(os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                          if os.path.exists(f"/proc/self/fd/{fd}"))
+
+        if __name__ == "__main__":
+            before = fds()
+            for _ in range(2):
+                with lib.Pool(2) as p:
+                    p.map(abs, range(10))
+                ex = lib.ProcessPoolExecutor(2)
+                ex.submit(abs, -1).result()
+                ex.shutdown()
+            del p, ex
+            gc.collect()
+            end = time.monotonic() + 10
+            while fds() != before and time.monotonic() < end:
+                time.sleep(0.02)  # the death watch's thread lets go as it ends
+            print(fds() == before or (before, fds()))
+        """,
+        "paralelo",
+    )
+    assert out.split() == ["True"], out

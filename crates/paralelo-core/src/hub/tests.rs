@@ -559,8 +559,9 @@ fn the_death_watch_thread_exits_when_nothing_is_watched() {
     assert!(crate::proc::serving());
     assert!(crate::proc::unwatch(w), "cancelled before it fired");
     let deadline = Instant::now() + Duration::from_secs(10);
-    // Other tests may watch meanwhile: wait until the thread had nothing to do.
-    while crate::proc::serving() {
+    // Other tests may watch meanwhile: wait until the thread had nothing to do, and the
+    // watcher (its epoll fd and eventfd) was let go.
+    while crate::proc::serving() || crate::proc::holds_watcher() {
         assert!(Instant::now() < deadline, "the watch thread never stopped");
         std::thread::sleep(Duration::from_millis(5));
     }

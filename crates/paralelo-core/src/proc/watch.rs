@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rustix::event::{epoll, eventfd, EventfdFlags};
 use rustix::io::Errno;
 
-use crate::primitive::{AtomicU64, Ordering};
 use crate::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 type OnExit = Box<dyn FnOnce() + Send>;
 
@@ -28,6 +28,8 @@ pub struct Watch(u64);
 
 /// The epoll key of the eventfd that wakes the thread to look at its registrations.
 const NUDGE: u64 = 0;
+/// The next watch id (never NUDGE); a std atomic: the watch is not loom-modelled.
+static NEXT_ID: AtomicU64 = AtomicU64::new(NUDGE + 1);
 
 #[derive(Default)]
 struct Registry {
@@ -45,7 +47,6 @@ struct Watcher {
     epoll: OwnedFd,
     nudge: OwnedFd,
     registry: Mutex<Registry>,
-    next_id: AtomicU64,
 }
 
 static WATCHER: Mutex<Option<Arc<Watcher>>> = Mutex::new(None);
@@ -87,7 +88,6 @@ fn watcher() -> Result<Arc<Watcher>> {
         epoll,
         nudge,
         registry: Mutex::default(),
-        next_id: AtomicU64::new(NUDGE + 1),
     });
     *slot = Some(w.clone());
     Ok(w)
@@ -143,7 +143,28 @@ impl Watcher {
             let mut reg = lock(&self.registry);
             if reg.entries.is_empty() {
                 reg.serving = false; // a later watch starts another thread
+                drop(reg);
+                self.retire();
                 return;
+            }
+        }
+    }
+
+    /// With nothing watched and no thread serving, lets go of this watcher: its epoll fd
+    /// and eventfd close once the exiting thread drops its reference, so a program whose
+    /// pools are all closed holds no fd of ours. A watch racing with this holds its own
+    /// reference and serves it with a new thread; the next watch makes a new watcher.
+    fn retire(&self) {
+        // WATCHER before the registry, as in `current`.
+        let mut slot = lock(&WATCHER);
+        if slot
+            .as_ref()
+            .is_some_and(|w| std::ptr::eq(Arc::as_ptr(w), self))
+        {
+            let reg = lock(&self.registry);
+            if reg.entries.is_empty() && !reg.serving {
+                drop(reg);
+                slot.take();
             }
         }
     }
@@ -156,7 +177,9 @@ pub fn watch(pidfd: BorrowedFd<'_>, on_exit: impl FnOnce() + Send + 'static) -> 
     let fd = pidfd
         .try_clone_to_owned()
         .map_err(|e| Error::os("dup pidfd", e))?;
-    let id = w.next_id.fetch_add(1, Ordering::Relaxed);
+    // Ids are never reused in this process, across watchers: a handle kept from a watcher
+    // that was let go (`retire`) must never cancel a later watcher's entry.
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     // Registered before it is armed, so the thread finds the entry when the event comes.
     let mut reg = lock(&w.registry);
     epoll::add(
@@ -225,6 +248,11 @@ pub fn forget_inherited() {
         crate::sys::fd::close_abandoned(w.nudge.as_fd());
         std::mem::forget(w);
     }
+}
+
+/// Whether this process holds a watcher (its epoll fd and eventfd): for tests.
+pub fn holds_watcher() -> bool {
+    lock(&WATCHER).is_some()
 }
 
 /// Whether this process's death-watch thread is running (for tests and diagnostics).
