@@ -19,6 +19,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<port::PyPort>()?;
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(process::forget_inherited_watch, m)?)?;
+    m.add_function(wrap_pyfunction!(process::release_idle_watch, m)?)?;
     m.add_function(wrap_pyfunction!(numbers::pack_numbers, m)?)?;
     m.add_function(wrap_pyfunction!(numbers::unpack_numbers, m)?)?;
     m.add("MAX_TAG", paralelo_core::MAX_TAG)?;

@@ -16,3 +16,10 @@ pub(crate) fn die_with_parent() -> PyResult<()> {
 pub(crate) fn forget_inherited_watch() {
     paralelo_core::proc::forget_inherited();
 }
+
+/// Lets go of the death watch's epoll fd and eventfd if nothing is watched any more (a
+/// pool's collector calls it as the pool ends).
+#[pyfunction]
+pub(crate) fn release_idle_watch() {
+    paralelo_core::proc::release_if_idle();
+}

@@ -567,6 +567,7 @@ class Engine:
             self._reap_own(kill=True)
             if self.zygote is not None:
                 self.zygote.reap()
+            _native.release_idle_watch()  # the last pool gone: the death watch's fds too
             # Only now: once join() returns, none of the pool's processes is left, not even a
             # zombie, and a user's os.wait() finds none of them (as with multiprocessing).
             self.over.set()

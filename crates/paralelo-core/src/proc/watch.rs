@@ -7,9 +7,10 @@
 //! can fork safely). After a fork the child starts its own thread on first use (the
 //! parent's did not come along) and forgets the parent's registrations.
 //!
-//! Fork and the `WATCHER` lock: the lock is taken only by `watch`/`unwatch`, which the
-//! bindings call with Python's GIL held, and a Python `os.fork` also holds the GIL; so a
-//! fork never copies the lock held (the thread itself never takes it).
+//! Fork and the `WATCHER` lock: the lock is taken only by `watch`, `unwatch` and
+//! `release_if_idle`, which the bindings call with Python's GIL held, and a Python
+//! `os.fork` also holds the GIL; so a fork never copies the lock held (the thread itself
+//! never takes it).
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -143,28 +144,7 @@ impl Watcher {
             let mut reg = lock(&self.registry);
             if reg.entries.is_empty() {
                 reg.serving = false; // a later watch starts another thread
-                drop(reg);
-                self.retire();
                 return;
-            }
-        }
-    }
-
-    /// With nothing watched and no thread serving, lets go of this watcher: its epoll fd
-    /// and eventfd close once the exiting thread drops its reference, so a program whose
-    /// pools are all closed holds no fd of ours. A watch racing with this holds its own
-    /// reference and serves it with a new thread; the next watch makes a new watcher.
-    fn retire(&self) {
-        // WATCHER before the registry, as in `current`.
-        let mut slot = lock(&WATCHER);
-        if slot
-            .as_ref()
-            .is_some_and(|w| std::ptr::eq(Arc::as_ptr(w), self))
-        {
-            let reg = lock(&self.registry);
-            if reg.entries.is_empty() && !reg.serving {
-                drop(reg);
-                slot.take();
             }
         }
     }
@@ -178,7 +158,7 @@ pub fn watch(pidfd: BorrowedFd<'_>, on_exit: impl FnOnce() + Send + 'static) -> 
         .try_clone_to_owned()
         .map_err(|e| Error::os("dup pidfd", e))?;
     // Ids are never reused in this process, across watchers: a handle kept from a watcher
-    // that was let go (`retire`) must never cancel a later watcher's entry.
+    // that was let go (`release_if_idle`) must never cancel a later watcher's entry.
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     // Registered before it is armed, so the thread finds the entry when the event comes.
     let mut reg = lock(&w.registry);
@@ -247,6 +227,20 @@ pub fn forget_inherited() {
         crate::sys::fd::close_abandoned(w.epoll.as_fd());
         crate::sys::fd::close_abandoned(w.nudge.as_fd());
         std::mem::forget(w);
+    }
+}
+
+/// Lets go of this process's watcher if it watches nothing: its epoll fd and eventfd
+/// close once its thread, which is ending, drops its reference too. So a program whose
+/// pools all ended holds no fd of ours; the next watch makes a new watcher. Call it, as
+/// `watch` and `unwatch`, only with the GIL held (the `WATCHER` lock and fork: see above).
+pub fn release_if_idle() {
+    let mut slot = lock(&WATCHER);
+    if slot
+        .as_ref()
+        .is_some_and(|w| lock(&w.registry).entries.is_empty())
+    {
+        slot.take();
     }
 }
 
