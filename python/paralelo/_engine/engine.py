@@ -130,8 +130,8 @@ class Engine:
         self.starting_poll = STARTING_POLL
         self.started = threading.Event()
         self.start_error: OSError | None = None
-        # Set when the pool is over (every worker gone): what join() waits for. The
-        # collector then still reaps the zygote, which nobody need wait for.
+        # Set when the pool is over (every worker gone, and every process of the pool
+        # reaped, the zygote too): what join() waits for.
         self.over = threading.Event()
         self.thread = threading.Thread(target=self._collect, name="paralelo-collector", daemon=True)
         # The first workers are numbered as multiprocessing numbers its processes (names,
