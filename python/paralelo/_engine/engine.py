@@ -147,7 +147,7 @@ class Engine:
         with self.lock:
             try:
                 own = None
-                if first and threading.current_thread() is threading.main_thread():
+                if first and threading.current_thread() is threading.main_thread() and _zygote.small_process():
                     own = _zygote.fork_child(WORKER, first.pop(0), [self.hub.fd], setup)
                     slot = self.starting.popleft()
                     slot.pid, slot.pidfd = own  # first: a failure below kills it
