@@ -520,3 +520,14 @@ def test_the_zygote_survives_bad_requests_and_disposes_of_stale_replies(zygote: 
     assert z.exit_status(pid) is not None
     os.close(pidfd)
 
+
+
+def test_a_big_parent_leaves_even_its_first_worker_to_the_zygote(monkeypatch) -> None:
+    import paralelo
+    from paralelo import _zygote
+
+    assert _zygote.small_process()  # this test process forks its first worker itself...
+    monkeypatch.setattr(_zygote, "DIRECT_FORK_MAX_RSS", 0)  # ...unless it is "big"
+    with paralelo.Pool(1) as pool:
+        assert not pool._engine.own_children
+        assert pool.apply(abs, (-1,)) == 1
