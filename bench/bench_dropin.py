@@ -3,7 +3,7 @@ write: every case is a script whose functions live in ``__main__``, run in a fre
 interpreter once per library, side by side in one run.
 
     python bench/bench_dropin.py                 # every case (≈ 2 min on 2 cores)
-    python bench/bench_dropin.py global slow     # some: global slow imap submit list numpy
+    python bench/bench_dropin.py global slow     # some: global slow imap submit list warmlist numpy
     python bench/bench_dropin.py --repeats 3     # fewer fresh runs per case (default 5)
 
 Cases:
@@ -13,7 +13,8 @@ Cases:
   imap    the first result of imap over a generator that yields an item every 0.1 s
   submit  20,000 trivial submit() calls and their results, against concurrent.futures
   list    map with automatic chunking over a list of 100,000 small ints, against a serial
-          loop (median of 5 fresh maps on a warm pool)
+          loop (median of a fresh pool's first 5 maps, and of the loop's first 5 runs)
+  warmlist  the same once both are warm: maps (and loops) 11 to 30
   numpy   cold start with numpy imported: create the pool, run one call, against
           ProcessPoolExecutor and multiprocessing.Pool
 
@@ -120,6 +121,24 @@ CASES = {
                         t = T(); out = p.map(inc, data); times.append(T() - t)
             assert out[-1] == 100_000
             print(statistics.median(times))
+    """),
+    "warmlist": ("the list case on a warm pool (maps 11-30 of one pool)", ("paralelo", "serial", "multiprocessing"), """
+        import statistics
+        def inc(x):
+            return x + 1
+        if __name__ == "__main__":
+            data = list(range(100_000))
+            times = []
+            if LIB == "serial":
+                for _ in range(30):
+                    t = T(); out = [inc(x) for x in data]; times.append(T() - t)
+            else:
+                with Pool(2) as p:
+                    p.map(inc, range(10))
+                    for _ in range(30):
+                        t = T(); out = p.map(inc, data); times.append(T() - t)
+            assert out[-1] == 100_000
+            print(statistics.median(times[10:]))
     """),
     "numpy": ("cold start with numpy imported (create + one call)", ("paralelo", "concurrent.futures", "multiprocessing"), """
         import numpy as np
