@@ -48,6 +48,29 @@ HEAD = textwrap.dedent(
     """
 )
 
+def _list_case(runs: int, skip: int) -> str:
+    """The list case's script: `runs` maps (or serial loops), the median of those after
+    the first `skip`."""
+    return f"""
+        import statistics
+        def inc(x):
+            return x + 1
+        if __name__ == "__main__":
+            data = list(range(100_000))
+            times = []
+            if LIB == "serial":
+                for _ in range({runs}):
+                    t = T(); out = [inc(x) for x in data]; times.append(T() - t)
+            else:
+                with Pool(2) as p:
+                    p.map(inc, range(10))
+                    for _ in range({runs}):
+                        t = T(); out = p.map(inc, data); times.append(T() - t)
+            assert out[-1] == 100_000
+            print(statistics.median(times[{skip}:]))
+    """
+
+
 CASES = {
     "global": ("400 MB global, Pool create + 1,000 tiny tasks", ("paralelo", "multiprocessing"), """
         import numpy as np
@@ -104,42 +127,10 @@ CASES = {
                 d = T() - t
             print(d)
     """),
-    "list": ("automatic chunking over a list of 100,000 ints", ("paralelo", "serial", "multiprocessing"), """
-        import statistics
-        def inc(x):
-            return x + 1
-        if __name__ == "__main__":
-            data = list(range(100_000))
-            times = []
-            if LIB == "serial":
-                for _ in range(5):
-                    t = T(); out = [inc(x) for x in data]; times.append(T() - t)
-            else:
-                with Pool(2) as p:
-                    p.map(inc, range(10))
-                    for _ in range(5):
-                        t = T(); out = p.map(inc, data); times.append(T() - t)
-            assert out[-1] == 100_000
-            print(statistics.median(times))
-    """),
-    "warmlist": ("the list case on a warm pool (maps 11-30 of one pool)", ("paralelo", "serial", "multiprocessing"), """
-        import statistics
-        def inc(x):
-            return x + 1
-        if __name__ == "__main__":
-            data = list(range(100_000))
-            times = []
-            if LIB == "serial":
-                for _ in range(30):
-                    t = T(); out = [inc(x) for x in data]; times.append(T() - t)
-            else:
-                with Pool(2) as p:
-                    p.map(inc, range(10))
-                    for _ in range(30):
-                        t = T(); out = p.map(inc, data); times.append(T() - t)
-            assert out[-1] == 100_000
-            print(statistics.median(times[10:]))
-    """),
+    "list": ("automatic chunking over a list of 100,000 ints", ("paralelo", "serial", "multiprocessing"),
+             _list_case(runs=5, skip=0)),
+    "warmlist": ("the list case on a warm pool (maps 11-30 of one pool)", ("paralelo", "serial", "multiprocessing"),
+                 _list_case(runs=30, skip=10)),
     "numpy": ("cold start with numpy imported (create + one call)", ("paralelo", "concurrent.futures", "multiprocessing"), """
         import numpy as np
         def norm(n):
