@@ -261,3 +261,33 @@ def test_a_program_whose_pools_all_ended_holds_no_fd_of_theirs() -> None:
         "paralelo",
     )
     assert out.split() == ["True"], out
+
+
+def test_ctrl_c_while_a_pool_is_made_leaves_no_process() -> None:
+    # The Ctrl-C lands while the first worker is being forked (held off until the pool
+    # holds the child): Pool() raises it, and kills and reaps what it had started.
+    out = run(
+        """
+        import signal
+
+        armed = [True]
+
+        def once():
+            if armed[0]:
+                armed[0] = False
+                os.kill(os.getpid(), signal.SIGINT)
+
+        if __name__ == "__main__":
+            os.register_at_fork(after_in_parent=once)
+            try:
+                lib.Pool(2)
+            except KeyboardInterrupt:
+                print("interrupted")
+            end = time.monotonic() + 10
+            while children() and time.monotonic() < end:
+                time.sleep(0.02)
+            print(sorted(children()))
+        """,
+        "paralelo",
+    )
+    assert out.split("\n")[:2] == ["interrupted", "[]"], out

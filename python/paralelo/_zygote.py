@@ -57,11 +57,12 @@ import signal
 import socket
 import struct
 import sys
+import time
 import threading
 import warnings
 import weakref
 from array import array
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from . import _native
 
@@ -127,6 +128,9 @@ class Zygote:
                     os.close(fd)
             theirs.close()
             self.pid = pid
+            # Reaped through this, never by pid: a user's waitpid(-1) may have taken it,
+            # and its pid be another child's by then.
+            self.pidfd = os.pidfd_open(pid)
             _zygotes.add(self)
 
     def close(self, wait: bool = True) -> None:
@@ -144,11 +148,14 @@ class Zygote:
             self.reap()
 
     def reap(self) -> None:
-        """Waits for the closed zygote to exit (it does as soon as it sees its socket close)."""
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+        """Waits for the closed zygote to exit (it does as soon as it sees its socket close,
+        within its grace for its children: see `_Children.end`)."""
+        if self.pidfd >= 0:
+            fd, self.pidfd = self.pidfd, -1
+            try:
+                reap(fd, wait=True)
+            finally:
+                os.close(fd)
 
     def spawn(self, entry: str, args: tuple, fds: list[int]) -> tuple[int, int]:
         """Forks a process that runs ``entry(fds, inherited, *args)`` (``entry`` is
@@ -273,6 +280,9 @@ def _forget_after_fork() -> None:
     for z in list(_zygotes):
         try:
             z.sock.close()
+            if z.pidfd >= 0:
+                os.close(z.pidfd)
+                z.pidfd = -1
         except OSError:
             pass
     _zygotes.clear()
@@ -282,6 +292,8 @@ os.register_at_fork(before=lambda: _making.acquire(), after_in_parent=lambda: _m
                     after_in_child=_forget_after_fork)
 
 
+#: How long an ending zygote waits for its killed children to be reaped.
+END_GRACE = 5.0
 #: Exit statuses kept for the parent to ask about; older ones are dropped past this.
 _KEEP_STATUSES = 4096
 
@@ -339,29 +351,46 @@ class _Children:
             self.pids[pidfd] = pid
             self.waiter.register(pidfd, select.POLLIN)
 
-    def reap(self, ready: dict[int, int]) -> None:
-        """Reaps the children whose pidfds are in `ready` (they exited)."""
-        for fd in [fd for fd in ready if fd in self.pids]:
+    def reap(self, fds: Any) -> None:
+        """Reaps those of `fds` that are children's pidfds and have exited: always through
+        the pidfd, never by pid (a pid may be a new child's by then)."""
+        for fd in [fd for fd in fds if fd in self.pids]:
+            status = reap(fd)
+            if status is None:
+                continue  # not exited after all
             pid = self.pids.pop(fd)
             self.waiter.unregister(fd)
             os.close(fd)
-            try:
-                self.statuses[pid] = os.waitpid(pid, 0)[1]
-            except ChildProcessError:
-                pass  # reaped already, by a STATUS request
+            self.statuses[pid] = status
             if len(self.statuses) > _KEEP_STATUSES:
                 del self.statuses[next(iter(self.statuses))]
 
+    def status(self, pid: int) -> int | None:
+        """The wait status of child `pid`, which exited (its pidfd said so to the parent):
+        reaped now through its pidfd if the poll has not yet; None if unknown."""
+        for fd, child in list(self.pids.items()):
+            if child == pid:
+                self.reap([fd])
+        return self.statuses.pop(pid, None)
+
     def end(self) -> None:
-        for fd, pid in self.pids.items():
+        """Kills every child still here and reaps them, waiting at most END_GRACE: one
+        stuck in the kernel (uninterruptible I/O) is left to PR_SET_PDEATHSIG, rather than
+        keep the pool's join() waiting for ever."""
+        for fd in self.pids:
             try:
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
             except OSError:
                 pass
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+        end = time.monotonic() + END_GRACE
+        while self.pids and time.monotonic() < end:
+            self.reap(list(self.pids))
+            if self.pids:
+                exits = select.poll()
+                for fd in self.pids:
+                    exits.register(fd, select.POLLIN)
+                exits.poll(max(0.0, end - time.monotonic()) * 1000)
+        for fd in self.pids:
             os.close(fd)
         self.pids.clear()
 
@@ -382,8 +411,6 @@ def _serve_requests(sock: socket.socket, parent_fd: int, inherited: Any, waiter:
             return
         if not msg:
             return  # the parent closed its end
-        statuses = children.statuses
-        _reap(statuses)
         request = _REQUEST.unpack_from(msg)[1] if len(msg) >= _REQUEST.size else 0
         try:
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
@@ -395,7 +422,7 @@ def _serve_requests(sock: socket.socket, parent_fd: int, inherited: Any, waiter:
             if length != len(body):
                 raise OSError(errno.EPROTO, f"request says {length} bytes, carries {len(body)}")
             if op == STATUS:
-                _status(sock, request, body, statuses)
+                _status(sock, request, body, children)
             elif op == SPAWN:
                 entry_b, _, args_b = body.partition(b"\0")
                 children.add(_spawn(sock, request, entry_b.decode(), pickle.loads(args_b), fds, parent_fd, inherited,
@@ -418,14 +445,9 @@ def _reply(sock: socket.socket, kind: int, request: int, value: int, body: bytes
     socket.send_fds(sock, [_REPLY.pack(kind, request, value) + body], list(fds))
 
 
-def _status(sock: socket.socket, request: int, body: bytes, statuses: dict[int, int]) -> None:
+def _status(sock: socket.socket, request: int, body: bytes, children: _Children) -> None:
     (pid,) = struct.unpack("<i", body)
-    status = statuses.pop(pid, None)
-    if status is None:
-        try:  # its pidfd said it exited: this returns at once
-            status = os.waitpid(pid, 0)[1]
-        except ChildProcessError:
-            status = None
+    status = children.status(pid)
     if status is None:
         _reply(sock, UNKNOWN, request, 0)
     else:
@@ -446,13 +468,21 @@ def _spawn(sock: socket.socket, request: int, entry: str, args: tuple, fds: list
         _reply(sock, ERROR, request, e.errno or 0, str(e).encode())
         return None
     if pid == 0:
-        sock.close()
-        for fd in not_theirs:
-            os.close(fd)
-        _run_child(entry, args, fds, me, parent_fd, inherited)
+        try:
+            sock.close()
+            for fd in not_theirs:
+                os.close(fd)
+            _run_child(entry, args, fds, me, parent_fd, inherited)
+        finally:
+            os._exit(1)  # never back into the zygote's loop
     for fd in fds:
         os.close(fd)
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        os.kill(pid, signal.SIGKILL)  # unwatched, it must not run (still ours: safe by pid)
+        os.waitpid(pid, 0)
+        raise
     try:
         _reply(sock, PID, request, pid, b"", (pidfd,))
     except BaseException:
@@ -483,12 +513,16 @@ def _run_child(entry: str, args: tuple, fds: list[int], forker: int, owner_fd: i
         os._exit(code)
 
 
-def fork_child(entry: str, args: tuple, fds: list[int], inherited: Any) -> tuple[int, int]:
+def fork_child(entry: str, args: tuple, fds: list[int], inherited: Any,
+               keep: Callable[[int, int], None]) -> None:
     """Forks, from this very process, a child that runs `entry` as a zygote's child does
     (see `Zygote.spawn`): a pool's first worker, which so starts one fork sooner (about
-    a millisecond here) than through the zygote made just after it. Its pid and a pidfd;
-    the caller reaps it. Call from the main thread only: PR_SET_PDEATHSIG ties the child
-    to the thread that forks it, and the main thread lives as long as the process."""
+    a millisecond here) than through the zygote made just after it. `keep(pid, pidfd)`
+    takes the child while Ctrl-C is still held off (restoring the signal mask runs a
+    pending Ctrl-C's handler: the child must be the caller's by then, to be killed and
+    reaped); the caller reaps it. Call from the main thread only: PR_SET_PDEATHSIG ties
+    the child to the thread that forks it, and the main thread lives as long as the
+    process."""
     parent = os.getpid()
     pid = 0
     flush_stdio()
@@ -508,12 +542,15 @@ def fork_child(entry: str, args: tuple, fds: list[int], inherited: Any) -> tuple
             finally:
                 for fd in given:
                     os.close(fd)
-        return pid, os.pidfd_open(pid)
+        pidfd = os.pidfd_open(pid)
     except BaseException:
         if pid:
             os.kill(pid, signal.SIGKILL)  # not watched, so it must not run
-            os.waitpid(pid, 0)
+            os.waitpid(pid, 0)  # (still ours, not reaped: safe by pid)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
+    try:
+        keep(pid, pidfd)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
@@ -543,8 +580,8 @@ def flush_stdio() -> None:
         try:
             if stream is not None:
                 stream.flush()
-        except (AttributeError, ValueError, OSError):
-            pass  # closed, replaced by something without flush, or a broken pipe
+        except Exception:  # noqa: BLE001 - closed, replaced by anything, a broken pipe
+            pass
 
 
 def reap(pidfd: int, wait: bool = False) -> int | None:
@@ -560,17 +597,3 @@ def reap(pidfd: int, wait: bool = False) -> int | None:
     if got.si_code == os.CLD_EXITED:
         return (got.si_status & 0xFF) << 8
     return got.si_status | (0x80 if got.si_code == os.CLD_DUMPED else 0)
-
-
-def _reap(statuses: dict[int, int]) -> None:
-    """Collects every exited child (no zombies pile up between requests)."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        statuses[pid] = status
-        if len(statuses) > _KEEP_STATUSES:
-            del statuses[next(iter(statuses))]

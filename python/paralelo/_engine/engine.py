@@ -16,6 +16,7 @@ import operator
 import multiprocessing.process as mpp
 import os
 import pickle
+import select
 import signal
 import threading
 import time
@@ -146,18 +147,22 @@ class Engine:
         self.own_children: dict[int, int] = {}
         with self.lock:
             try:
-                own = None
+                own: list[int] = []
                 if first and threading.current_thread() is threading.main_thread() and _zygote.small_process():
-                    own = _zygote.fork_child(WORKER, first.pop(0), [self.hub.fd], setup)
-                    slot = self.starting.popleft()
-                    slot.pid, slot.pidfd = own  # first: a failure below kills it
-                    self.own_children[own[0]] = os.dup(own[1])
+
+                    def keep(pid: int, pidfd: int) -> None:
+                        slot = self.starting.popleft()
+                        slot.pid, slot.pidfd = pid, pidfd  # first: a failure below kills it
+                        own[:] = [pid, pidfd]
+                        self.own_children[pid] = os.dup(pidfd)
+
+                    _zygote.fork_child(WORKER, first.pop(0), [self.hub.fd], setup, keep)
                 # The collector starts while the first worker starts, and before the
                 # zygote's fork: just after one, a new thread waits milliseconds for the pages
                 # it touches to be copied. It waits for this lock.
                 self.thread.start()
                 self.zygote = _zygote.Zygote(setup, (WORKER, first, [self.hub.fd]))
-                if own is not None:
+                if own:
                     # Watched once the zygote is forked: the watch's thread and fds, started
                     # by the first watch, are then none of the zygote's.
                     self._watch(self.slots[0], *own)
@@ -168,8 +173,8 @@ class Engine:
                 for slot in self.slots:
                     self._kill(slot)
                     slot.alive = False
-                if own is not None and own[0] not in self.own_children:
-                    os.waitpid(own[0], 0)  # killed above; never watched, so reaped here
+                if own and own[0] not in self.own_children:  # (its pidfd dup failed)
+                    _zygote.reap(own[1], wait=True)  # killed above with its slot
                 self._reap_own(kill=True)
                 self._close_pidfds()
                 _engines.discard(self)
@@ -560,17 +565,20 @@ class Engine:
             with self.locked():
                 self._close_pidfds()
             self.started.set()  # (if it failed before the first workers were taken)
-            if self.zygote is not None:
-                self.zygote.close(wait=False)  # it kills and reaps what it still has, and exits
-            # Any of our own that left after maxtasks and lingers (a thread of its tasks still
-            # runs) is stopped, as the zygote's are.
-            self._reap_own(kill=True)
-            if self.zygote is not None:
-                self.zygote.reap()
-            _native.release_idle_watch()  # the last pool gone: the death watch's fds too
-            # Only now: once join() returns, none of the pool's processes is left, not even a
-            # zombie, and a user's os.wait() finds none of them (as with multiprocessing).
-            self.over.set()
+            try:
+                if self.zygote is not None:
+                    self.zygote.close(wait=False)  # it kills and reaps what it still has, and exits
+                # Any of our own that left after maxtasks and lingers (a thread of its tasks
+                # still runs) is stopped, as the zygote's are.
+                self._reap_own(kill=True)
+                if self.zygote is not None:
+                    self.zygote.reap()
+                _native.release_idle_watch()  # the last pool gone: the death watch's fds too
+            finally:
+                # Only now: once join() returns, none of the pool's processes is left, not
+                # even a zombie, and a user's os.wait() finds none of them (as with
+                # multiprocessing).
+                self.over.set()
 
     def _close_pidfds(self) -> None:
         for s in self.slots:
@@ -647,20 +655,27 @@ class Engine:
         None if someone else reaped it); or, without `pid`, every one still here, killed
         first with `kill` (at the pool's end). Never waits on a live process."""
         status = None
-        for child in [pid] if pid is not None else list(self.own_children):
-            fd = self.own_children.pop(child, None)  # claimed once, whoever comes second
+        with self.lock:  # claimed once, whoever comes second (`_kill_all` reads them too)
+            claimed = [(child, self.own_children.pop(child, None))
+                       for child in ([pid] if pid is not None else list(self.own_children))]
+        for child, fd in claimed:
             if fd is None:
                 continue
             if kill:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
+                # A bounded wait: one stuck in the kernel is left to exit with us.
+                exited = select.poll()
+                exited.register(fd, select.POLLIN)
+                exited.poll(_zygote.END_GRACE * 1000)
             try:
-                status = _zygote.reap(fd, wait=kill)
+                status = _zygote.reap(fd)
             except BaseException:
                 os.close(fd)
                 raise
             if status is None and not kill:
-                self.own_children[child] = fd  # not exited after all: kept for later
+                with self.lock:
+                    self.own_children[child] = fd  # not exited after all: kept for later
                 continue
             os.close(fd)
         return status
