@@ -422,6 +422,9 @@ impl Drop for Hub {
         for w in lock(&self.leavers).drain(..) {
             proc::unwatch(w);
         }
+        // The last hub gone: the death watch's fds too, if nothing else is watched (a
+        // hub is dropped where `watch` is called: with the GIL held, in the bindings).
+        proc::release_if_idle();
     }
 }
 
