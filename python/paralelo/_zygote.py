@@ -361,7 +361,8 @@ class _Children:
             pid = self.pids.pop(fd)
             self.waiter.unregister(fd)
             os.close(fd)
-            self.statuses[pid] = status
+            if status != REAPED_ELSEWHERE:
+                self.statuses[pid] = status
             if len(self.statuses) > _KEEP_STATUSES:
                 del self.statuses[next(iter(self.statuses))]
 
@@ -584,14 +585,19 @@ def flush_stdio() -> None:
             pass
 
 
+#: What `reap` returns for a child someone else reaped (a user's waitpid(-1)): gone, its
+#: status unknown.
+REAPED_ELSEWHERE = -1
+
+
 def reap(pidfd: int, wait: bool = False) -> int | None:
     """Reaps this process's child behind `pidfd` if it has exited (with `wait`, once it
-    does): its wait status as `os.waitpid` gives it; None if it has not exited, or was
-    reaped by someone else."""
+    does): its wait status as `os.waitpid` gives it; None if it has not exited;
+    REAPED_ELSEWHERE if someone else reaped it."""
     try:
         got = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | (0 if wait else os.WNOHANG))
     except ChildProcessError:
-        return None
+        return REAPED_ELSEWHERE
     if got is None:
         return None
     if got.si_code == os.CLD_EXITED:

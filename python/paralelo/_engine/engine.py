@@ -678,6 +678,8 @@ class Engine:
                     self.own_children[child] = fd  # not exited after all: kept for later
                 continue
             os.close(fd)
+            if status == _zygote.REAPED_ELSEWHERE:
+                status = None  # gone (a user's waitpid(-1) took it): how, unknown
         return status
 
     def _event(self, slot: Slot, kind: str, pid: int, exc: BaseException | None) -> None:
