@@ -6,16 +6,12 @@ case is a `__main__` script run in a fresh interpreter, stdout a pipe."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from scripts import side_by_side
 
-POOLS = {
-    "paralelo": "import paralelo as lib",
-    "multiprocessing": "import multiprocessing as lib",
-}
+POOLS = ("paralelo", "multiprocessing")
 
 
 #: In every script: a process's children, and which of them are zombies.
@@ -50,16 +46,16 @@ HELPERS = textwrap.dedent(
 )
 
 
-def run(body: str, lib: str, timeout: float = 120) -> str:
-    code = POOLS[lib] + "\n" + HELPERS + textwrap.dedent(body)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered, as in a pipe
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+def run(body: str, lib: str, tmp_path) -> str:
+    """`body` as a script run with `lib` (`scripts.side_by_side`), stdout a pipe and block
+    buffered, as when a program's output is captured."""
+    code = "import sys\nlib = __import__(sys.argv[1])\n" + HELPERS + textwrap.dedent(body)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return side_by_side(tmp_path, code, (lib,), timeout=120, env=env)[0] + "\n"
 
 
-@pytest.mark.parametrize("lib", list(POOLS))
-def test_a_subreaper_is_left_no_zombies(lib: str) -> None:
+@pytest.mark.parametrize("lib", POOLS)
+def test_a_subreaper_is_left_no_zombies(lib: str, tmp_path) -> None:
     # PID 1 in a container, or a process that made itself a subreaper, adopts orphans: a
     # pool's processes must all be reaped before they could become its zombies.
     out = run(
@@ -83,11 +79,12 @@ def test_a_subreaper_is_left_no_zombies(lib: str) -> None:
             print(settle())
         """,
         lib,
+        tmp_path,
     )
     assert out.split() == ["0"]
 
 
-def test_workers_left_after_maxtasks_are_reaped_while_the_pool_idles() -> None:
+def test_workers_left_after_maxtasks_are_reaped_while_the_pool_idles(tmp_path) -> None:
     out = run(
         """
         def pid(_):
@@ -100,12 +97,13 @@ def test_workers_left_after_maxtasks_are_reaped_while_the_pool_idles() -> None:
                 print(settle(os.getpid(), p._engine.zygote.pid))
         """,
         "paralelo",
+        tmp_path,
     )
     assert out.split() == ["0"]
 
 
 @pytest.mark.parametrize("ending", ["with", "terminate", "close"])
-def test_every_line_a_worker_printed_is_written(ending: str) -> None:
+def test_every_line_a_worker_printed_is_written(ending: str, tmp_path) -> None:
     # multiprocessing's workers lose buffered lines to terminate() at random; paralelo's
     # flush before they wait for more, so ending a pool loses none.
     out = run(
@@ -129,13 +127,14 @@ def test_every_line_a_worker_printed_is_written(ending: str) -> None:
                 p.join()
         """,
         "paralelo",
+        tmp_path,
     )
     assert sorted(out.split("\n")[:-1]) == sorted(f"worker-line {i}" for i in range(20))
 
 
-@pytest.mark.parametrize("lib", list(POOLS))
+@pytest.mark.parametrize("lib", POOLS)
 @pytest.mark.parametrize("executor", [False, True])
-def test_what_the_parent_printed_before_is_printed_once(lib: str, executor: bool) -> None:
+def test_what_the_parent_printed_before_is_printed_once(lib: str, executor: bool, tmp_path) -> None:
     out = run(
         f"""
         import concurrent.futures
@@ -156,13 +155,14 @@ def test_what_the_parent_printed_before_is_printed_once(lib: str, executor: bool
                 p.join()
         """,
         lib,
+        tmp_path,
     )
     assert out.count("HELLO-before-the-pool") == 1, out
 
 
-@pytest.mark.parametrize("lib", list(POOLS))
+@pytest.mark.parametrize("lib", POOLS)
 @pytest.mark.parametrize("ending", ["terminate", "with", "close"])
-def test_a_forked_child_ends_its_copy_of_a_pool_at_once(lib: str, ending: str) -> None:
+def test_a_forked_child_ends_its_copy_of_a_pool_at_once(lib: str, ending: str, tmp_path) -> None:
     out = run(
         f"""
         def square(x):
@@ -192,11 +192,12 @@ def test_a_forked_child_ends_its_copy_of_a_pool_at_once(lib: str, ending: str) -
             print(os.waitstatus_to_exitcode(status), took < 10)
         """,
         lib,
+        tmp_path,
     )
     assert out.split() == ["0", "True"]
 
 
-def test_the_owners_own_first_worker_never_lingers_as_a_zombie() -> None:
+def test_the_owners_own_first_worker_never_lingers_as_a_zombie(tmp_path) -> None:
     """The first worker (forked by the owner itself, on the main thread) is reaped when it
     leaves after maxtasks, when it is told to exit and when it is killed; a pool made on
     another thread has its every worker from its zygote."""
@@ -230,11 +231,12 @@ def test_the_owners_own_first_worker_never_lingers_as_a_zombie() -> None:
             print("ok")
         """,
         "paralelo",
+        tmp_path,
     )
     assert out.split() == ["ok"]
 
 
-def test_a_program_whose_pools_all_ended_holds_no_fd_of_theirs() -> None:
+def test_a_program_whose_pools_all_ended_holds_no_fd_of_theirs(tmp_path) -> None:
     out = run(
         """
         import gc
@@ -259,11 +261,12 @@ def test_a_program_whose_pools_all_ended_holds_no_fd_of_theirs() -> None:
             print(fds() == before or (before, fds()))
         """,
         "paralelo",
+        tmp_path,
     )
     assert out.split() == ["True"], out
 
 
-def test_ctrl_c_while_a_pool_is_made_leaves_no_process() -> None:
+def test_ctrl_c_while_a_pool_is_made_leaves_no_process(tmp_path) -> None:
     # The Ctrl-C lands while the first worker is being forked (held off until the pool
     # holds the child): Pool() raises it, and kills and reaps what it had started.
     out = run(
@@ -289,5 +292,6 @@ def test_ctrl_c_while_a_pool_is_made_leaves_no_process() -> None:
             print(sorted(children()))
         """,
         "paralelo",
+        tmp_path,
     )
     assert out.split("\n")[:2] == ["interrupted", "[]"], out

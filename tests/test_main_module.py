@@ -706,3 +706,52 @@ INITIALIZER_RAISES = textwrap.dedent(
 def test_an_initializer_that_raises_breaks_the_pool_with_its_own_cause(tmp_path) -> None:
     outs = side_by_side(tmp_path, INITIALIZER_RAISES, ("paralelo", "concurrent.futures"))
     assert outs[0] == outs[1] == "['BrokenProcessPool']", outs
+
+
+NUMBERS = textwrap.dedent(
+    """
+    import enum, logging, math, struct, sys
+    import numpy as np
+    mp = __import__(sys.argv[1])  # paralelo or multiprocessing
+    logging.basicConfig(level=logging.INFO)
+
+    class Level(enum.IntEnum):
+        LOW = 1
+
+    def same(x):
+        return x
+
+    def doubled(x):
+        return x * 2
+
+    def show(values):
+        # Values and exact types, floats by their bits (-0.0 and NaN payloads).
+        return [(type(v).__name__, struct.pack("<d", v).hex() if type(v) is float else repr(v)) for v in values]
+
+    if __name__ == "__main__":
+        inputs = {
+            "ints": list(range(-300, 300)),
+            "edges": [2**63 - 1, -(2**63)] * 150,
+            "beyond": [2**63, 1] * 150,
+            "floats": [i / 3 for i in range(400)] + [-0.0, math.nan, math.inf],
+            "bools": [True, False] * 200,
+            "mixed": [1, 2.5] * 200,
+            "enum": [Level.LOW] * 300,
+            "numpy": [np.int64(i) for i in range(300)],
+        }
+        with mp.Pool(2) as pool:
+            for name, values in inputs.items():
+                for chunksize in (None, 100):
+                    print(name, show(pool.map(same, values, chunksize)))
+                    print(name, show(pool.map(doubled, tuple(values), chunksize)))
+                print(name, show(list(pool.imap(same, values, 50))))
+        """
+)
+
+
+def test_lists_of_numbers_keep_values_and_types_like_the_stdlib(tmp_path) -> None:
+    # ints and floats travel as machine arrays in paralelo: the script's results, types
+    # and float bits must be multiprocessing's exactly.
+    ours, theirs = side_by_side(tmp_path, NUMBERS)
+    assert ours == theirs
+    assert ours.count("\n") == 8 * 5 - 1
