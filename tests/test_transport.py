@@ -11,7 +11,8 @@ import pytest
 
 import paralelo
 from paralelo._native import pack_numbers, unpack_numbers
-from paralelo._pickling import as_array, from_array, pack_results, unpack_results
+from paralelo._pickling import array_len, as_array, from_array, pack_results
+from paralelo._wire import OK_ARRAY
 
 
 def identity(x):
@@ -64,9 +65,17 @@ def test_pack_round_trip_keeps_values_and_types(name: str) -> None:
     values = CASES[name]
     back = unpack_results(*pack_results(values))
     assert back == values and kinds(back) == kinds(values)
-    for chunk in (values, tuple(values)):  # as items travel: an array in place of the chunk
-        back = from_array(pickle.loads(pickle.dumps(as_array(chunk) or chunk)))
+    for chunk in (values, tuple(values)):  # as items travel: packed, else pickled
+        back = from_array(as_array(chunk) or pickle.loads(pickle.dumps(chunk)))
         assert list(back) == values and kinds(back) == kinds(values)
+    into = ["old"] * (len(values) + 3)
+    if as_array(values) is not None:  # results land straight in the output list
+        assert unpack_numbers(as_array(values), into, 2) == len(values)
+        assert into[2:-1] == values and into[:2] == ["old"] * 2 and into[-1] == "old"
+
+
+def unpack_results(tag: int, payload: bytes) -> list:
+    return unpack_numbers(payload) if tag == OK_ARRAY else pickle.loads(payload)
 
 
 def test_fast_path_is_taken_only_for_plain_ints_and_floats() -> None:
@@ -84,6 +93,12 @@ def test_bad_arrays_raise_value_error() -> None:
     for bad in (b"", b"q1234567", b"x" + bytes(8)):
         with pytest.raises(ValueError, match="not a packed array"):
             unpack_numbers(bad)
+        assert array_len(bad) == -1
+    packed = as_array(list(range(300)))
+    assert array_len(packed) == 300
+    for into, start in (([0] * 299, 0), ([0] * 300, 1), ([0] * 300, 2**63)):
+        with pytest.raises(ValueError, match="300 numbers do not fit in a list"):
+            unpack_numbers(packed, into, start)
 
 
 def test_nan_survives() -> None:

@@ -13,6 +13,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ._errors import PoolTimeoutError, as_pool_error
+from ._native import unpack_numbers
 from ._outcomes import Segments
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class IMapIterator:
 
     # sink protocol (called by the engine with its lock held)
     def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
+        chunks = [(s, n, ok, unpack_numbers(v) if type(v) is bytes else v) for s, n, ok, v in chunks]
         if any(type(c[3]) is Segments or (not c[2] and c[1] > 1) for c in chunks):
             chunks = list(_split_segments(chunks, self.stop_after_error))
         with self._cond:

@@ -8,9 +8,10 @@ Every frame carries ``(tag, job, seq, aux)`` in its header (see the engine's rin
 README); ``seq`` is a unit's *ticket*, unique in this process, which is also what a worker
 records in its slot state while it runs the unit. Small units travel several to a message
 (TASKS, RESULTS): each is still scheduled, run, timed and accounted on its own; only the
-pickling and the wake-ups are shared. Payloads are pickles (see ``_pickling``); a
-chunk of only ints or only floats travels inside as a machine array (bytes, where a chunk
-is never bytes: ``_pickling.as_array``).
+pickling and the wake-ups are shared. Payloads are pickles (see ``_pickling``); a big
+chunk (``_pickling.ARRAY_MIN`` items or more) travels alone, and its items or results,
+when only ints or only floats, as a machine array (TASK with ARRAY, OK_ARRAY: see
+``_pickling.as_array``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import multiprocessing.util
 from . import _native, _pickling
 from ._errors import ResultPicklingError, TaskUnpicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
-from ._pickling import ARRAY_MIN, MainNames, array_items, as_array, dumps, pack_results
+from ._pickling import MainNames, array_items, dumps, pack_results
 from ._wire import ARRAY, COUNT_SHIFT, BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, RESULTS, TASK, TASKS
 from ._zygote import flush_stdio
 
@@ -125,12 +125,8 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                     running(s)
                     t0 = perf_counter_ns()
                     value: Any
-                    try:
-                        if type(items) is bytes:  # a machine array (see as_array)
-                            items = array_items(items)
+                    try:  # (small chunks: big ones travel alone, as TASK)
                         ok, value = True, run(fn, star, each, items)
-                        if len(value) >= ARRAY_MIN:
-                            value = as_array(value) or value
                     except BaseException as e:  # noqa: BLE001 - every failure goes back
                         ok, value = False, dump_error(e)
                     busy = perf_counter_ns() - t0 + share

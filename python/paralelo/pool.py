@@ -9,6 +9,7 @@ import weakref
 from typing import Any, Callable, Iterable
 
 from . import _engine
+from ._native import unpack_numbers
 from ._errors import PoolTimeoutError, as_pool_error
 from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
 from .context import default_workers
@@ -112,6 +113,11 @@ class MapResult(AsyncResult):
                     self._error = values
                     self._out = out = None  # a failed map keeps no results
                     self._chunks = []
+                elif type(values) is bytes:  # a machine array: unpacked where it goes
+                    if out is not None:
+                        unpack_numbers(values, out, start)
+                    else:
+                        self._chunks.append((start, unpack_numbers(values)))
                 elif out is not None:
                     out[start : start + count] = values
                 else:

@@ -113,20 +113,65 @@ fn pack(
     true
 }
 
-/// The list that `pack_numbers` packed into `data`.
+/// The list that `pack_numbers` packed into `data`; or, given `into` (a list), its items
+/// `start` onwards replaced by those numbers in place (a map's results go straight to
+/// their places in its output list, with no list in between), returning how many.
 #[pyfunction]
-pub(crate) fn unpack_numbers<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+#[pyo3(signature = (data, into = None, start = 0))]
+pub(crate) fn unpack_numbers<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    into: Option<&Bound<'py, PyList>>,
+    start: usize,
+) -> PyResult<Bound<'py, PyAny>> {
     let bad = || pyo3::exceptions::PyValueError::new_err("not a packed array of numbers");
     let (&code, body) = data.split_first().ok_or_else(bad)?;
-    if body.len() % 8 != 0 {
+    if body.len() % 8 != 0 || (code != INTS && code != FLOATS) {
         return Err(bad());
     }
-    let words = body
-        .chunks_exact(8)
-        .map(|w| <[u8; 8]>::try_from(w).expect("chunks of 8"));
-    match code {
-        INTS => PyList::new(py, words.map(i64::from_ne_bytes)),
-        FLOATS => PyList::new(py, words.map(f64::from_ne_bytes)),
-        _ => Err(bad()),
+    let n = body.len() / 8;
+    let out = match into {
+        Some(list) => {
+            if !list.is_exact_instance_of::<PyList>()
+                || start.checked_add(n).is_none_or(|end| end > list.len())
+            {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "{n} numbers do not fit in a list of {} from index {start}",
+                    list.len()
+                )));
+            }
+            list.clone()
+        }
+        None => {
+            // SAFETY: a new list of `n` empty places, each filled below before it is read.
+            let ptr = unsafe { ffi::PyList_New(n as ffi::Py_ssize_t) };
+            // SAFETY: a new reference, or NULL with the error set (taken by from_owned_ptr_or_err).
+            unsafe { Bound::from_owned_ptr_or_err(py, ptr)? }.cast_into::<PyList>()?
+        }
+    };
+    for (i, w) in body.chunks_exact(8).enumerate() {
+        let w = <[u8; 8]>::try_from(w).expect("chunks of 8");
+        // SAFETY: the conversions return a new reference or NULL with an error set.
+        let obj = unsafe {
+            if code == INTS {
+                ffi::PyLong_FromLongLong(i64::from_ne_bytes(w))
+            } else {
+                ffi::PyFloat_FromDouble(f64::from_ne_bytes(w))
+            }
+        };
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: `out` is an exact list, alive, whose length (checked above, and no Python
+        // code runs in this loop to change it) covers `start + i`; SetItem takes `obj`'s
+        // reference and releases the item it replaces (None, in a new list's empty place).
+        if unsafe { ffi::PyList_SetItem(out.as_ptr(), (start + i) as ffi::Py_ssize_t, obj) } != 0 {
+            return Err(PyErr::fetch(py));
+        }
     }
+    Ok(if into.is_some() {
+        n.into_pyobject(py)?.into_any()
+    } else {
+        out.into_any()
+    })
 }

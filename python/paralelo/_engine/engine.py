@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 from .. import _native, _zygote
 from .._worker import ENTRY as WORKER, Setup
 from .._errors import ResultUnpicklingError, broken, interrupted, load_error, pickling_failed
-from .._pickling import ARRAY_MIN, MainNames, as_array, by_value, dumps, unpack_results
+from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, by_value, dumps
 from .._wire import ARRAY, COUNT_SHIFT, BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
 from . import deaths
 from .jobs import CallCosts, CallJob, Job, MapJob, Unit
@@ -119,6 +119,9 @@ class Engine:
         self.finish_at_exit = False  # at interpreter exit: finish pending work (executors)
         self.broken: BaseException | None = None
         self.exits_sent = False
+        #: While the collector handles a batch of messages: map answers to deliver once
+        #: the pump has given their workers more (see `_collect_loop`).
+        self.later: list[tuple[MapJob, list]] | None = None
         self.unexplained_deaths = 0  # in a row, with no task answered in between
         self.pid = os.getpid()
         self.terminated = False
@@ -379,8 +382,12 @@ class Engine:
                     for unit in units:
                         self._send(slot, unit)
                     gave = True
-                    if len(slot.outgoing) >= SHIP_UNITS:
+                    if len(slot.outgoing) >= SHIP_UNITS or units[-1].count >= ARRAY_MIN:
                         self._ship(slot)
+                # Big chunks went at the end of each pass: their workers start while the
+                # next are cut, each with its first chunk (one woken alone early could
+                # take the core this thread needs to feed the others).
+                self.hub.notify()
         finally:
             for slot in live:
                 if slot.outgoing:
@@ -476,16 +483,18 @@ class Engine:
             self.hub.post(slot.index, unit.tag, job.id, unit.seq, 0, unit.payload, False)
 
     def _ship(self, slot: Slot) -> None:
-        """Sends the map chunks committed to `slot`: one message per run of chunks of the
-        same job (TASK for one, TASKS for several), which wakes the worker if it sleeps —
-        one futex wake (≈ 21 µs here) per batch, not per unit."""
+        """Sends the map chunks committed to `slot`: a chunk of ARRAY_MIN items or more in a
+        TASK of its own (its items travel as they are packed, never pickled again), smaller
+        ones of one job together in a TASKS message. Quietly: `_pump` wakes the workers
+        once per pass — one futex wake (≈ 21 µs here) per pass, not per unit."""
         units, slot.outgoing = slot.outgoing, []
         i = 0
         while i < len(units):
             job = units[i].job
             j = i + 1
-            while j < len(units) and units[j].job is job and not units[i].solo and not units[j].solo:
-                j += 1
+            if not units[i].solo and units[i].count < ARRAY_MIN:
+                while j < len(units) and units[j].job is job and not units[j].solo and units[j].count < ARRAY_MIN:
+                    j += 1
             run, i = units[i:j], j
             # Until the job's cost is measured, a quick unit's result must not wait behind
             # a slow one shipped with it: the worker answers each at once.
@@ -500,8 +509,7 @@ class Engine:
                     eager, payload = self._pack_items(run[0], eager)
                 else:
                     tag, seq = TASKS, run[0].seq
-                    chunks = [u.payload if u.count < ARRAY_MIN else as_array(u.payload) or u.payload for u in run]
-                    payload = dumps(([u.seq for u in run], chunks), self.main)
+                    payload = dumps(([u.seq for u in run], [u.payload for u in run]), self.main)
                 job.weigh(True, len(payload), sum(u.count for u in run))
             except BaseException as e:  # noqa: BLE001 - find the chunk that cannot be pickled
                 if interrupted(e):
@@ -509,14 +517,14 @@ class Engine:
                     raise
                 for k, u in enumerate(run):
                     try:
-                        self.hub.post(slot.index, TASK, job.id, u.seq, *self._pack_items(u, eager))
+                        self.hub.post(slot.index, TASK, job.id, u.seq, *self._pack_items(u, eager), False)
                     except BaseException as e2:  # noqa: BLE001 - an argument cannot be pickled
                         if interrupted(e2):
                             self._drop_unsent(slot, job, run[k:] + units[i:], e2)
                             raise
                         self._answer(slot, [(u.seq, False, pickling_failed("the task's arguments", e2), 0)])
                 continue
-            self.hub.post(slot.index, tag, job.id, seq, eager, payload)
+            self.hub.post(slot.index, tag, job.id, seq, eager, payload, False)
 
     def _pack_items(self, unit: Unit, aux: int) -> tuple[int, bytes]:
         """A TASK's `aux` and payload: its items as a machine array where they can be,
@@ -596,8 +604,15 @@ class Engine:
                 if self.starting:
                     # A worker that spoke must have its pid taken before it is heard.
                     self._take_first_workers(max((m[0] for m in msgs), default=-1))
-                for slot_i, tag, job_id, seq, aux, payload in msgs:
-                    self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
+                # Map results are measured at once but delivered (unpacked) only once the
+                # workers that sent them have more to do.
+                later: list[tuple[MapJob, list]] = []
+                self.later = later
+                try:
+                    for slot_i, tag, job_id, seq, aux, payload in msgs:
+                        self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
+                finally:
+                    self.later = None
                 for kind, event_slot, pid, exc in events:
                     if event_slot is None:  # "left": a worker of our own that left its slot exited
                         self._reap_own(pid)
@@ -606,6 +621,8 @@ class Engine:
                 msgs, payload = [], b""  # no result's bytes stay held while the next wait lasts
                 self._expire()  # after the results: one that came in time is not late
                 self._pump()
+                self._deliver(later)
+                later.clear()
                 if self.closing and not self.jobs and not self.exits_sent:
                     self.exits_sent = True
                     for s in self.slots:
@@ -613,6 +630,12 @@ class Engine:
                             self.hub.post(s.index, EXIT, 0, 0, 0, b"")
                 if self.closing and not any(s.alive for s in self.slots):
                     break
+
+    @staticmethod
+    def _deliver(later: list[tuple[MapJob, list]]) -> None:
+        # (A function of its own: no job outlives it in the collector's frame.)
+        for job, answers in later:
+            job.deliver(answers)
 
     def _until_deadline(self) -> float | None:
         """Seconds until the first running unit's time limit (or the next look for a
@@ -721,7 +744,11 @@ class Engine:
             if nbytes:
                 job.weigh(False, nbytes, sum(a[0].count for a in answers))
             job.outstanding -= len(answers)
-            job.done_many(answers)
+            if self.later is not None and isinstance(job, MapJob):
+                job.measure(answers)
+                self.later.append((job, answers))  # delivered after the pump (`_collect_loop`)
+            else:
+                job.done_many(answers)
             if not job.outstanding:
                 self.forget_if_done(job)
 
@@ -741,9 +768,16 @@ class Engine:
             self._answer(slot, (
                 (t, ok, value if ok else err or load_error(value), busy) for t, ok, value, busy in replies
             ), len(payload))
-        elif tag == OK or tag == OK_ARRAY:
+        elif tag == OK_ARRAY:  # a map chunk's: unpacked by its sink, straight into its output list
+            unit = slot.inflight.get(seq)
+            if unit is None or array_len(payload) == unit.count:
+                self._answer(slot, [(seq, True, payload, aux)], len(payload))
+            else:
+                err = _unloadable_result(ValueError(f"{unit.count} results expected, not {array_len(payload)}"))
+                self._answer(slot, [(seq, False, err, aux)])
+        elif tag == OK:
             try:
-                ok, value = True, unpack_results(tag, payload)
+                ok, value = True, pickle.loads(payload)
             except BaseException as e:  # noqa: BLE001 - that unit fails, not the pool
                 ok, value = False, _unloadable_result(e)
             self._answer(slot, [(seq, ok, value, aux)], len(payload))

@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .._outcomes import Segments
 from .._errors import interrupted, pickling_failed
-from .._native import unpack_numbers
 from .._pickling import MainNames, by_value, cut, dumps
 from .._wire import CALL, TASK
 from .chunking import Chunker
@@ -313,6 +312,12 @@ class MapJob(Job):
         return self.hold is not None and self._sink() is None
 
     @property
+    def unmeasured_limit(self) -> int:  # type: ignore[override]
+        # Sized from an earlier map: a second chunk waits in each worker, so none idles
+        # while its first answer makes the round trip (the guess is checked by then).
+        return 2 if self.chunker.primed else 1
+
+    @property
     def sink(self) -> MapSink:
         """Where outcomes go: the consumer's sink, or, once a lazy consumer dropped it,
         nowhere."""
@@ -502,18 +507,26 @@ class MapJob(Job):
         self.done_many([(unit, ok, value, elapsed_ns)])
 
     def done_many(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
-        chunks = [
-            (unit.start, unit.count, ok, value.loaded() if type(value) is Segments
-             else unpack_numbers(value) if ok and type(value) is bytes else value)  # bytes: see as_array
-            for unit, ok, value, _ in answers
-        ]
-        # A failed chunk does not stop the map: the rest still runs, as with multiprocessing
-        # (users count on the other items' side effects).
+        self.measure(answers)
+        self.deliver(answers)
+
+    def measure(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
+        """What the answered units took sizes the next chunks (the engine calls this
+        first, then sends more work, then `deliver`: no worker waits on the unpacking)."""
         for unit, ok, _, elapsed_ns in answers:
             if elapsed_ns:  # a unit that raised measures too; a lost one (0) does not
                 self.chunker.measure(unit.count, elapsed_ns)
         self.chunker.update()
-        self.sink.chunks(chunks)
+
+    def deliver(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
+        """Hands the answered units' outcomes to the sink. A failed chunk does not stop
+        the map: the rest still runs, as with multiprocessing (users count on the other
+        items' side effects). Results may be a machine array (bytes, see as_array): the
+        sink unpacks it."""
+        self.sink.chunks([
+            (unit.start, unit.count, ok, value.loaded() if type(value) is Segments else value)
+            for unit, ok, value, _ in answers
+        ])
 
     def remember_cost(self) -> None:
         """Leaves what its items cost for the next map of its function (once, at its end:

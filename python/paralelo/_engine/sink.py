@@ -19,7 +19,8 @@ class MapSink(Protocol):
 
     def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
         """Outcomes in any order: `(start, count, ok, values or exception)`; values may be
-        ``Segments`` when some items of a chunk failed."""
+        ``Segments`` when some items of a chunk failed, or a machine array of numbers
+        (bytes: ``_native.unpack_numbers``)."""
 
     def end(self, total: int) -> None:
         """The input ended after `total` items."""
