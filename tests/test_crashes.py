@@ -173,12 +173,15 @@ def _scribble_over_own_result_ring(flag: str) -> None:
 def test_a_worker_that_corrupts_its_ring_is_replaced_and_its_task_fails_with_the_cause(tmp_path) -> None:
     flag = str(tmp_path / "scribbled")
     with paralelo.Pool(1) as pool:
+        assert pool.apply(abs, (-1,)) == 1
+        # Taken before the scribble: the collector may see it (and replace the worker) on
+        # its own, at the end of any 50 ms slice of its wait, before the flag is seen here.
+        old = pool._engine.pids()
         r = pool.apply_async(_scribble_over_own_result_ring, (flag,))
         end = time.monotonic() + T
         while not os.path.exists(flag):
             assert time.monotonic() < end
             time.sleep(0.01)
-        old = pool._engine.pids()
         pool._engine.hub.wake()  # the collector looks now (a real worker's next send would)
         with pytest.raises(paralelo.WorkerLostError, match="corrupt") as info:
             r.get(T)
