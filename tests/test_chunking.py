@@ -185,3 +185,15 @@ def test_an_estimate_made_of_fixed_costs_is_not_remembered() -> None:
     long.measure(2, int(2 * MIN_CHUNK_SECONDS * 1e9))  # a chunk this long is mostly items
     long.update()
     assert long.trusted
+
+
+def test_a_primed_map_holds_two_chunks_per_worker_and_a_fresh_one_one() -> None:
+    from paralelo._engine.jobs import CallCosts, MapJob
+    from paralelo.pool import MapResult
+
+    costs = CallCosts()
+    costs.remember(abs, 1e-7)
+    primed = MapJob(2, abs, list(range(10_000)), False, None, MapResult(), costs=costs)
+    assert primed.chunker.primed and primed.unmeasured_limit == 2
+    fresh = MapJob(2, abs, list(range(10_000)), False, None, MapResult(), costs=CallCosts())
+    assert not fresh.chunker.primed and fresh.unmeasured_limit == 1

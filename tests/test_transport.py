@@ -240,3 +240,69 @@ def test_a_list_shrunk_under_its_map_fails_it_clearly(pool: paralelo.Pool) -> No
         assert "changed size" in str(e)
     else:
         assert got == list(range(4000))  # every chunk was cut before the change
+
+
+def test_big_chunks_travel_alone_never_inside_a_batch(pool: paralelo.Pool) -> None:
+    from paralelo._pickling import ARRAY_MIN
+    from paralelo._wire import TASK, TASKS
+
+    engine = pool._engine
+    real = engine.hub
+    sent: list[tuple[int, int]] = []  # (tag, items)
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def post(self, slot, tag, job, seq, aux, payload, notify=True):
+            if tag == TASKS:
+                sent.extend((TASKS, len(items)) for items in pickle.loads(payload)[1])
+            elif tag == TASK:
+                sent.append((TASK, aux >> 2))  # (COUNT_SHIFT: the item count)
+            return real.post(slot, tag, job, seq, aux, payload, notify)
+
+    engine.hub = Recording()
+    try:
+        values = list(range(200_000))
+        assert pool.map(identity, values) == values
+        assert pool.map(identity, [str(v) for v in values[:20_000]]) == [str(v) for v in values[:20_000]]
+    finally:
+        engine.hub = real
+    assert any(n >= ARRAY_MIN for tag, n in sent if tag == TASK)
+    assert all(n < ARRAY_MIN for tag, n in sent if tag == TASKS)
+
+
+def _short_results(out):
+    if len(out) < 300:
+        return pack_results(out)
+    return OK_ARRAY, as_array(out[:-1])  # one short
+
+
+def test_a_results_array_of_the_wrong_length_fails_its_chunk(monkeypatch) -> None:
+    # Workers are forked from this process (or its pool's zygote): they inherit the patch.
+    monkeypatch.setattr("paralelo._worker.pack_results", _short_results)
+    with paralelo.Pool(1) as p:
+        with pytest.raises(paralelo.ResultUnpicklingError) as info:
+            p.map(identity, list(range(300)), chunksize=300)
+        assert "300 results expected, not 299" in str(info.value.__cause__)
+        assert p.map(abs, [-1, -2]) == [1, 2]  # the pool goes on
+
+
+def test_a_collector_failing_mid_round_never_hangs_a_map(monkeypatch) -> None:
+    import threading
+
+    with paralelo.Pool(1) as p:
+        engine = p._engine
+        real = engine._pump
+
+        def pump():
+            if threading.current_thread().name == "paralelo-collector":
+                raise RuntimeError("a bug in the pump")
+            real()
+
+        monkeypatch.setattr(engine, "_pump", pump)
+        r = p.map_async(abs, [-5] * 300)
+        try:
+            assert r.get(30) == [5] * 300  # delivered before the pump failed
+        except paralelo.BrokenProcessPool as e:
+            assert "a bug in the pump" in str(e)

@@ -75,6 +75,9 @@ class IMapIterator:
     def expect(self, total: int) -> None:
         pass
 
+    def settle(self) -> None:
+        pass  # (arrays were unpacked as they came: a consumer may be waiting for them)
+
     def end(self, total: int) -> None:
         with self._cond:
             self._total = total

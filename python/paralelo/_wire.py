@@ -21,7 +21,7 @@ TASK = 3  # job, seq=ticket: payload pickle(items: a list, tuple or range), or w
 CALL = 4  # job, seq=ticket: payload cloudpickle((function, args, kwargs))
 DROP = 5  # job: forget FUNC
 EXIT = 6  # finish and exit
-TASKS = 7  # job: payload pickle(([tickets], [items per ticket, as in TASK])): several units
+TASKS = 7  # job: payload pickle(([tickets], [items per ticket: a list, tuple or range])): several small units
 
 #: In the `aux` of TASK/TASKS: answer each unit at once, waking the parent (the job's unit
 #: cost is not measured yet, so a slow unit may follow a quick one in the same message).

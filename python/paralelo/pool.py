@@ -100,6 +100,7 @@ class MapResult(AsyncResult):
         self._got = 0
         self._total: int | None = None
         self._error: BaseException | None = None  # the first failed chunk's
+        self._packed: list[tuple[int, bytes]] = []  # (start, machine array) not unpacked yet
 
     # sink protocol (called by the engine with its lock held)
     def expect(self, total: int) -> None:
@@ -112,10 +113,10 @@ class MapResult(AsyncResult):
                 if not ok:
                     self._error = values
                     self._out = out = None  # a failed map keeps no results
-                    self._chunks = []
-                elif type(values) is bytes:  # a machine array: unpacked where it goes
+                    self._chunks, self._packed = [], []
+                elif type(values) is bytes:  # a machine array: unpacked where it goes, by `settle`
                     if out is not None:
-                        unpack_numbers(values, out, start)
+                        self._packed.append((start, values))
                     else:
                         self._chunks.append((start, unpack_numbers(values)))
                 elif out is not None:
@@ -131,7 +132,14 @@ class MapResult(AsyncResult):
         self._total = total
         self._finish_if_done()
 
+    def settle(self) -> None:
+        packed, self._packed = self._packed, []
+        if self._out is not None:
+            for start, data in packed:
+                unpack_numbers(data, self._out, start)
+
     def fail(self, exc: BaseException) -> None:
+        self._packed = []
         self._set(False, exc)
 
     def input_failed(self, position: int, exc: BaseException) -> None:
@@ -146,6 +154,7 @@ class MapResult(AsyncResult):
         if self._error is not None:
             self._set(False, self._error)
             return
+        self.settle()
         out = self._out
         if out is None:
             self._chunks.sort(key=lambda c: c[0])

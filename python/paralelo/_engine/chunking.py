@@ -76,7 +76,10 @@ class Chunker:
         """Starts from an earlier map's measured cost per item (of the same function): a
         hint for chunk sizes, replaced by this map's first measure of a chunk of two items
         or more; `unit_seconds` stays unknown until this map's own first measure, so each
-        worker holds one chunk until then (the hint may be wrong)."""
+        worker holds two chunks until then (`MapJob.unmeasured_limit`: one to run, one so
+        it never idles while its first answer travels). The hint may be wrong: guided
+        sizes bound what it commits before a measure (about 63% of the input if it is
+        far too low, against 40% with one chunk each)."""
         self.busy_ns, self.measured_items, self.measured_chunks, self.measured_max = int(per_item * 1e9), 1, 1, 1
         self.update()
         self.primed, self.trusted = True, False

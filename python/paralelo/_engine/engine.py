@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 from .. import _native, _zygote
 from .._worker import ENTRY as WORKER, Setup
 from .._errors import ResultUnpicklingError, broken, interrupted, load_error, pickling_failed
-from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, by_value, dumps
+from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps
 from .._wire import ARRAY, COUNT_SHIFT, BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
 from . import deaths
 from .jobs import CallCosts, CallJob, Job, MapJob, Unit
@@ -119,9 +119,8 @@ class Engine:
         self.finish_at_exit = False  # at interpreter exit: finish pending work (executors)
         self.broken: BaseException | None = None
         self.exits_sent = False
-        #: While the collector handles a batch of messages: map answers to deliver once
-        #: the pump has given their workers more (see `_collect_loop`).
-        self.later: list[tuple[MapJob, list]] | None = None
+        #: Map jobs whose sinks hold results still packed (see `_collect_loop`).
+        self.unsettled: set[MapJob] = set()
         self.unexplained_deaths = 0  # in a row, with no task answered in between
         self.pid = os.getpid()
         self.terminated = False
@@ -366,7 +365,7 @@ class Engine:
         """Tops up every live worker's queue, least loaded first, in passes: each pass
         gives each worker one batch. Until a job's cost is measured a batch is one unit,
         so a slow unit never queues behind another while a worker idles; once measured,
-        up to SHIP_UNITS, which travel together."""
+        up to SHIP_UNITS (small ones travel together: see `_ship`)."""
         if self.broken is not None or not (self.active or self.calls):
             return
         live = [s for s in self.slots if s.alive and s.corrupt is None]
@@ -382,17 +381,19 @@ class Engine:
                     for unit in units:
                         self._send(slot, unit)
                     gave = True
-                    if len(slot.outgoing) >= SHIP_UNITS or units[-1].count >= ARRAY_MIN:
+                    if len(slot.outgoing) >= SHIP_UNITS or any(u.count >= ARRAY_MIN for u in units):
                         self._ship(slot)
                 # Big chunks went at the end of each pass: their workers start while the
                 # next are cut, each with its first chunk (one woken alone early could
                 # take the core this thread needs to feed the others).
                 self.hub.notify()
         finally:
-            for slot in live:
-                if slot.outgoing:
-                    self._ship(slot)
-            self.hub.notify()  # the calls posted quietly
+            try:
+                for slot in live:
+                    if slot.outgoing:
+                        self._ship(slot)
+            finally:
+                self.hub.notify()  # what was posted quietly, even if a later ship failed
 
     def _next_units(self, slot: Slot) -> list[Unit]:
         """One batch for `slot`: units of the oldest job that has any and whose own limit
@@ -466,8 +467,9 @@ class Engine:
         return out
 
     def _send(self, slot: Slot, unit: Unit) -> None:
-        """Commits `unit` to `slot`. Map chunks wait in `slot.outgoing` until the end of
-        the pump round, to travel several to a message."""
+        """Commits `unit` to `slot`. Map chunks wait in `slot.outgoing` until `_pump`
+        ships them: big ones at the end of their pass, small ones at the end of the pump
+        (or SHIP_UNITS at a time), to travel several to a message."""
         job = unit.job
         slot.inflight[unit.seq] = unit
         slot.taken += unit.count if job.counts_items else 1
@@ -604,15 +606,8 @@ class Engine:
                 if self.starting:
                     # A worker that spoke must have its pid taken before it is heard.
                     self._take_first_workers(max((m[0] for m in msgs), default=-1))
-                # Map results are measured at once but delivered (unpacked) only once the
-                # workers that sent them have more to do.
-                later: list[tuple[MapJob, list]] = []
-                self.later = later
-                try:
-                    for slot_i, tag, job_id, seq, aux, payload in msgs:
-                        self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
-                finally:
-                    self.later = None
+                for slot_i, tag, job_id, seq, aux, payload in msgs:
+                    self._handle(self.slots[slot_i], tag, job_id, seq, aux, payload)
                 for kind, event_slot, pid, exc in events:
                     if event_slot is None:  # "left": a worker of our own that left its slot exited
                         self._reap_own(pid)
@@ -621,8 +616,11 @@ class Engine:
                 msgs, payload = [], b""  # no result's bytes stay held while the next wait lasts
                 self._expire()  # after the results: one that came in time is not late
                 self._pump()
-                self._deliver(later)
-                later.clear()
+                # Only now, with their workers given more, are this round's results that
+                # came packed unpacked into their maps' lists (`MapSink.settle`). They
+                # were delivered in order: only the unpacking waited.
+                if self.unsettled:
+                    self._settle()
                 if self.closing and not self.jobs and not self.exits_sent:
                     self.exits_sent = True
                     for s in self.slots:
@@ -631,11 +629,11 @@ class Engine:
                 if self.closing and not any(s.alive for s in self.slots):
                     break
 
-    @staticmethod
-    def _deliver(later: list[tuple[MapJob, list]]) -> None:
-        # (A function of its own: no job outlives it in the collector's frame.)
-        for job, answers in later:
-            job.deliver(answers)
+    def _settle(self) -> None:
+        # (A method of its own: no job outlives it in the collector's frame.)
+        unsettled, self.unsettled = self.unsettled, set()
+        for job in unsettled:
+            job.sink.settle()
 
     def _until_deadline(self) -> float | None:
         """Seconds until the first running unit's time limit (or the next look for a
@@ -744,11 +742,7 @@ class Engine:
             if nbytes:
                 job.weigh(False, nbytes, sum(a[0].count for a in answers))
             job.outstanding -= len(answers)
-            if self.later is not None and isinstance(job, MapJob):
-                job.measure(answers)
-                self.later.append((job, answers))  # delivered after the pump (`_collect_loop`)
-            else:
-                job.done_many(answers)
+            job.done_many(answers)
             if not job.outstanding:
                 self.forget_if_done(job)
 
@@ -772,6 +766,8 @@ class Engine:
             unit = slot.inflight.get(seq)
             if unit is None or array_len(payload) == unit.count:
                 self._answer(slot, [(seq, True, payload, aux)], len(payload))
+                if unit is not None and isinstance(unit.job, MapJob):
+                    self.unsettled.add(unit.job)
             else:
                 err = _unloadable_result(ValueError(f"{unit.count} results expected, not {array_len(payload)}"))
                 self._answer(slot, [(seq, False, err, aux)])

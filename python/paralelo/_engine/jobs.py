@@ -507,26 +507,18 @@ class MapJob(Job):
         self.done_many([(unit, ok, value, elapsed_ns)])
 
     def done_many(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
-        self.measure(answers)
-        self.deliver(answers)
-
-    def measure(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
-        """What the answered units took sizes the next chunks (the engine calls this
-        first, then sends more work, then `deliver`: no worker waits on the unpacking)."""
+        # Results may be a machine array (bytes, see as_array): the sink unpacks it.
+        chunks = [
+            (unit.start, unit.count, ok, value.loaded() if type(value) is Segments else value)
+            for unit, ok, value, _ in answers
+        ]
+        # A failed chunk does not stop the map: the rest still runs, as with multiprocessing
+        # (users count on the other items' side effects).
         for unit, ok, _, elapsed_ns in answers:
             if elapsed_ns:  # a unit that raised measures too; a lost one (0) does not
                 self.chunker.measure(unit.count, elapsed_ns)
         self.chunker.update()
-
-    def deliver(self, answers: list[tuple[Unit, bool, Any, int]]) -> None:
-        """Hands the answered units' outcomes to the sink. A failed chunk does not stop
-        the map: the rest still runs, as with multiprocessing (users count on the other
-        items' side effects). Results may be a machine array (bytes, see as_array): the
-        sink unpacks it."""
-        self.sink.chunks([
-            (unit.start, unit.count, ok, value.loaded() if type(value) is Segments else value)
-            for unit, ok, value, _ in answers
-        ])
+        self.sink.chunks(chunks)
 
     def remember_cost(self) -> None:
         """Leaves what its items cost for the next map of its function (once, at its end:
@@ -554,6 +546,9 @@ class _Dropped:
         pass
 
     def end(self, total: int) -> None:
+        pass
+
+    def settle(self) -> None:
         pass
 
     def fail(self, exc: BaseException) -> None:

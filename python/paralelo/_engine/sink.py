@@ -20,7 +20,11 @@ class MapSink(Protocol):
     def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
         """Outcomes in any order: `(start, count, ok, values or exception)`; values may be
         ``Segments`` when some items of a chunk failed, or a machine array of numbers
-        (bytes: ``_native.unpack_numbers``)."""
+        (bytes: ``_native.unpack_numbers``), which a sink may keep packed until `settle`."""
+
+    def settle(self) -> None:
+        """Unpacks what `chunks` kept packed. The engine calls it once the workers that
+        sent those results were given more work: they do not wait on the unpacking."""
 
     def end(self, total: int) -> None:
         """The input ended after `total` items."""
