@@ -755,3 +755,60 @@ def test_lists_of_numbers_keep_values_and_types_like_the_stdlib(tmp_path) -> Non
     ours, theirs = side_by_side(tmp_path, NUMBERS)
     assert ours == theirs
     assert ours.count("\n") == 8 * 5 - 1
+
+
+def test_inputs_reused_and_errors_reported_as_the_standard_library_does(tmp_path) -> None:
+    """A list reused right after ``Executor.map`` returns (it was read at the call), an
+    exception that cannot be pickled, and a map whose items fail in several places: the
+    same outcome as the standard library's, in a __main__ script."""
+    from scripts import side_by_side
+
+    outs = side_by_side(tmp_path, """
+import sys, logging
+import numpy as np
+logging.basicConfig(level=logging.INFO)
+LIB = sys.argv[1]
+if LIB == "paralelo":
+    from paralelo import Pool, ProcessPoolExecutor
+else:
+    from multiprocessing import Pool
+    from concurrent.futures import ProcessPoolExecutor
+def double(x):
+    return 2 * x
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("nope")
+def fails_at(x):
+    if x == 1000:
+        raise Unpicklable("u")
+    return x
+def fails_often(x):
+    if x in (10, 60_000, 99_999):
+        raise ValueError(x)
+    return x
+if __name__ == "__main__":
+    with ProcessPoolExecutor(2) as ex:
+        batch = list(range(100_000))
+        results = ex.map(double, batch)
+        batch[:] = [0] * len(batch)
+        print("reused", sum(results))
+        batch = list(range(20_000))
+        results = ex.map(double, batch)
+        batch.clear()
+        print("cleared", len(list(results)))
+        try:
+            list(ex.map(fails_at, range(2000)))
+        except Exception as e:
+            print("executor", isinstance(e, (TypeError, __import__("pickle").PicklingError)))
+    with Pool(2) as pool:
+        try:
+            pool.map(fails_at, range(2000))
+        except Exception as e:
+            print("pool", type(e).__name__, str(e).split("Reason")[1])
+        for _ in range(5):
+            try:
+                pool.map(fails_often, range(100_000))
+            except ValueError as e:
+                print("first failure", e)
+""", timeout=120)
+    assert outs[0] == outs[1], "\n---\n".join(outs)

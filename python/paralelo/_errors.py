@@ -156,8 +156,15 @@ def dump_error(exc: BaseException) -> bytes:
     name = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
     try:
         inner = dumps(exc)
-    except BaseException:  # noqa: BLE001 - even a __reduce__ that exits: send the name
-        inner = pickle.dumps(RemoteError(name), PROTOCOL)
+    except BaseException as e:  # noqa: BLE001 - even a __reduce__ that exits
+        # As a result that cannot be pickled (a Pool raises MaybeEncodingError, as
+        # multiprocessing does), naming the exception and why.
+        try:
+            shown = repr(exc)
+        except BaseException:  # noqa: BLE001
+            shown = name
+        inner = pickle.dumps(ResultPicklingError(
+            f"cannot pickle the task's exception {name}: {type(e).__name__}: {e}", shown, repr(e)), PROTOCOL)
     # The exception is pickled inside: if it cannot be rebuilt in the parent, the traceback
     # and its name still arrive.
     return pickle.dumps((inner, tb, name), PROTOCOL)

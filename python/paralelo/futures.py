@@ -119,10 +119,11 @@ class ProcessPoolExecutor(_cf.Executor):
             return super().map(fn, *iterables, timeout=timeout)
         end = None if timeout is None else time.monotonic() + timeout
         # Like the standard executor, the input is read now (and not under our lock: it
-        # may submit to this executor itself); one iterable needs no tuples.
+        # may submit to this executor itself): a list is copied, as the caller may reuse
+        # it while the results come. One iterable needs no tuples.
         star = len(iterables) != 1
         items = list(zip(*iterables)) if star else iterables[0]
-        if type(items) not in (list, tuple, range):
+        if not star and type(items) not in (tuple, range):
             items = list(items)
         with self._shutdown_lock:
             if self._shutdown:

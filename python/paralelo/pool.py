@@ -99,7 +99,8 @@ class MapResult(AsyncResult):
         self._out: list | None = None  # filled in place when the input's length is known
         self._got = 0
         self._total: int | None = None
-        self._error: BaseException | None = None  # the first failed chunk's
+        self._error: BaseException | None = None  # the failed chunk's that comes first in the input
+        self._error_at = 0
         self._packed: list[tuple[int, bytes]] = []  # (start, machine array) not unpacked yet
 
     # sink protocol (called by the engine with its lock held)
@@ -109,9 +110,13 @@ class MapResult(AsyncResult):
     def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
         out, got = self._out, self._got
         for start, count, ok, values in chunks:
+            if not ok and self._error is not None and start < self._error_at:
+                # The map is ready once every chunk ran: it reports the failure that comes
+                # first in the input (as multiprocessing's usually does), whichever came first.
+                self._error, self._error_at = values, start
             if self._error is None:
                 if not ok:
-                    self._error = values
+                    self._error, self._error_at = values, start
                     self._out = out = None  # a failed map keeps no results
                     self._chunks, self._packed = [], []
                 elif type(values) is bytes:  # a machine array: unpacked where it goes, by `settle`
