@@ -42,6 +42,7 @@ from .context import (
 )
 from .futures import ProcessPoolExecutor
 from .pool import AsyncResult, Pool
+from .process import Process, active_children, current_process, parent_process
 
 __version__ = "0.1.0"
 
@@ -59,6 +60,7 @@ __all__ = [
     "Future",
     "InvalidStateError",
     "Pool",
+    "Process",
     "ProcessPoolExecutor",
     "RemoteError",
     "RemoteTraceback",
@@ -69,11 +71,14 @@ __all__ = [
     "TimeoutError",
     "TaskTimeoutError",
     "WorkerLostError",
+    "active_children",
     "as_completed",
     "cpu_count",
+    "current_process",
     "get_all_start_methods",
     "get_context",
     "get_start_method",
+    "parent_process",
     "set_start_method",
     "wait",
 ]

@@ -518,12 +518,28 @@ def fork_child(entry: str, args: tuple, fds: list[int], inherited: Any,
                keep: Callable[[int, int], None]) -> None:
     """Forks, from this very process, a child that runs `entry` as a zygote's child does
     (see `Zygote.spawn`): a pool's first worker, which so starts one fork sooner (about
-    a millisecond here) than through the zygote made just after it. `keep(pid, pidfd)`
-    takes the child while Ctrl-C is still held off (restoring the signal mask runs a
-    pending Ctrl-C's handler: the child must be the caller's by then, to be killed and
-    reaped); the caller reaps it. Call from the main thread only: PR_SET_PDEATHSIG ties
-    the child to the thread that forks it, and the main thread lives as long as the
-    process."""
+    a millisecond here) than through the zygote made just after it. See `fork_here` for
+    `keep`. Call from the main thread only: PR_SET_PDEATHSIG ties the child to the thread
+    that forks it, and the main thread lives as long as the process."""
+
+    def worker(given: list[int], parent: int, mask: set) -> NoReturn:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        gc.freeze()  # as the zygote does for its children (see `_serve`)
+        _run_child(entry, args, given, parent, None, inherited)
+
+    fork_here(worker, fds, keep)
+
+
+def fork_here(child: Callable[[list[int], int, set], NoReturn], fds: list[int],
+              keep: Callable[[int, int], None]) -> None:
+    """Forks this very process (paralelo's one way to start a process from the caller:
+    a pool's first worker, a ``Process``). The child runs ``child(fds, parent_pid, mask)``
+    with its own copies of `fds`, and with Ctrl-C held off until it restores the signal
+    mask `mask`; it must never return. In the parent, `keep(pid, pidfd)` takes the child
+    while Ctrl-C is still held off (restoring the signal mask runs a pending Ctrl-C's
+    handler: the child must be the caller's by then, to be killed and reaped); the caller
+    reaps it."""
     parent = os.getpid()
     pid = 0
     flush_stdio()
@@ -536,10 +552,10 @@ def fork_child(entry: str, args: tuple, fds: list[int], inherited: Any,
             try:
                 pid = os.fork()
                 if pid == 0:
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                    gc.freeze()  # as the zygote does for its children (see `_serve`)
-                    _run_child(entry, args, given, parent, None, inherited)
+                    try:
+                        child(given, parent, mask)
+                    finally:
+                        os._exit(1)  # (`child` never returns; if it raises, it unwinds no further)
             finally:
                 for fd in given:
                     os.close(fd)

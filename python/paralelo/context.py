@@ -1,9 +1,10 @@
 """multiprocessing's context functions, for code written against multiprocessing.
 
-paralelo has one way to start workers: each pool forks a copy of the parent when it is
-made, and that copy forks the workers (see ``_zygote``), so they see the parent as
-multiprocessing's ``fork`` shows it. The start method names are accepted and reported so
-that code choosing one keeps running.
+paralelo has one way to start pool workers: each pool forks a copy of the parent when it
+is made, and that copy forks the workers (see ``_zygote``), so they see the parent as
+multiprocessing's ``fork`` shows it, whatever the start method. A ``Process`` follows the
+start method: forked by paralelo with 'fork' (the default), started the standard
+library's way with 'spawn' or 'forkserver' (see ``process``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,31 @@ class Context:
 
     def cpu_count(self) -> int:
         return cpu_count()
+
+    @property
+    def Process(self) -> type:
+        """The ``Process`` class of this context's start method."""
+        from .process import PROCESS_FOR_METHOD, Process
+
+        return PROCESS_FOR_METHOD[self._method] if self._method else Process
+
+    @staticmethod
+    def current_process() -> Any:
+        from .process import current_process
+
+        return current_process()
+
+    @staticmethod
+    def parent_process() -> Any:
+        from .process import parent_process
+
+        return parent_process()
+
+    @staticmethod
+    def active_children() -> list:
+        from .process import active_children
+
+        return active_children()
 
     def Pool(self, processes: int | None = None, initializer: Any = None, initargs: Any = (),
              maxtasksperchild: int | None = None) -> Any:
