@@ -23,6 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from ._errors import (
     CorruptRingError,
+    LockOwnerDiedWarning,
     RemoteError,
     RemoteTraceback,
     ResultPicklingError,
@@ -43,6 +44,8 @@ from .context import (
 from .futures import ProcessPoolExecutor
 from .pool import AsyncResult, Pool
 from .process import Process, active_children, current_process, parent_process
+from .sharedctypes import Array, RawArray, RawValue, Value
+from .synchronize import Lock, RLock
 
 __version__ = "0.1.0"
 
@@ -50,6 +53,7 @@ __all__ = [
     "ALL_COMPLETED",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
+    "Array",
     "AsyncResult",
     "BrokenExecutor",
     "BrokenProcessPool",
@@ -59,8 +63,13 @@ __all__ = [
     "Executor",
     "Future",
     "InvalidStateError",
+    "Lock",
+    "LockOwnerDiedWarning",
     "Pool",
     "Process",
+    "RLock",
+    "RawArray",
+    "RawValue",
     "ProcessPoolExecutor",
     "RemoteError",
     "RemoteTraceback",
@@ -70,6 +79,7 @@ __all__ = [
     "ThreadPoolExecutor",
     "TimeoutError",
     "TaskTimeoutError",
+    "Value",
     "WorkerLostError",
     "active_children",
     "as_completed",

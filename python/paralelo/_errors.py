@@ -186,3 +186,9 @@ def broken(msg: str, cause: BaseException | None = None) -> BrokenProcessPool:
     err = BrokenProcessPool(msg)
     err.__cause__ = cause
     return err
+
+
+class LockOwnerDiedWarning(RuntimeWarning):
+    """A lock was taken from a thread or process that died holding it (where
+    multiprocessing would wait for ever). The lock is the taker's now; what it guarded may
+    have been left half-updated."""

@@ -41,6 +41,42 @@ class Context:
 
         return PROCESS_FOR_METHOD[self._method] if self._method else Process
 
+    def Lock(self) -> Any:
+        """A process-shared lock (``synchronize.Lock``)."""
+        from .synchronize import Lock
+
+        return Lock(ctx=self)
+
+    def RLock(self) -> Any:
+        """A process-shared re-entrant lock (``synchronize.RLock``)."""
+        from .synchronize import RLock
+
+        return RLock(ctx=self)
+
+    def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
+        """A shared ctypes object behind a lock (``sharedctypes.Value``)."""
+        from .sharedctypes import Value
+
+        return Value(typecode_or_type, *args, lock=lock, ctx=self)
+
+    def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
+        """A shared ctypes array behind a lock (``sharedctypes.Array``)."""
+        from .sharedctypes import Array
+
+        return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self)
+
+    def RawValue(self, typecode_or_type: Any, *args: Any) -> Any:
+        """A shared ctypes object without a lock (``sharedctypes.RawValue``)."""
+        from .sharedctypes import RawValue
+
+        return RawValue(typecode_or_type, *args)
+
+    def RawArray(self, typecode_or_type: Any, size_or_initializer: Any) -> Any:
+        """A shared ctypes array without a lock (``sharedctypes.RawArray``)."""
+        from .sharedctypes import RawArray
+
+        return RawArray(typecode_or_type, size_or_initializer)
+
     @staticmethod
     def current_process() -> Any:
         from .process import current_process

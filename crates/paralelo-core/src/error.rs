@@ -34,6 +34,12 @@ pub enum Error {
     /// A wait was stopped by its poll callback (a signal, or the peer died).
     #[error("wait interrupted")]
     Interrupted,
+    /// A lock released more times than it was taken.
+    #[error("lock released too many times")]
+    NotHeld,
+    /// A recursive lock released by someone other than its holder.
+    #[error("lock not held by this thread")]
+    NotOwner,
 }
 
 /// How memory written by another process broke the protocol. Never undefined behaviour:

@@ -23,4 +23,4 @@ pub use error::{Corruption, Error, Result};
 pub use hub::{Hub, HubLayout, Port, Received, SlotEvent, SlotState};
 pub use ring::{Consumer, FrameHeader, Probe, Producer, MAX_TAG};
 pub use shm::Segment;
-pub use sync::{Doorbell, Poll, Turn};
+pub use sync::{Doorbell, Poll, SharedLock, Taken, Turn};

@@ -27,5 +27,7 @@ pub(crate) fn to_py(e: Error) -> PyErr {
         Error::Timeout => PyTimeoutError::new_err("timed out waiting on a paralelo ring"),
         // The door replaces this with the error its poll saw; reaching here is a bug.
         Error::Interrupted => PyOSError::new_err("wait interrupted"),
+        Error::NotHeld => PyValueError::new_err(e.to_string()),
+        Error::NotOwner => pyo3::exceptions::PyAssertionError::new_err(e.to_string()),
     }
 }

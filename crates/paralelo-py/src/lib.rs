@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod door;
 mod errors;
 mod hub;
+mod lock;
 mod numbers;
 mod port;
 mod process;
@@ -17,6 +18,8 @@ mod state;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hub::PyHub>()?;
     m.add_class::<port::PyPort>()?;
+    m.add_class::<lock::PyLock>()?;
+    m.add_function(wrap_pyfunction!(lock::forget_lock_ids, m)?)?;
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(process::forget_inherited_watch, m)?)?;
     m.add_function(wrap_pyfunction!(process::release_idle_watch, m)?)?;

@@ -2,8 +2,11 @@
 //!
 //! * [`Doorbell`]: a futex word in shared memory that processes sleep on and ring.
 //! * [`Turn`]: one thread at a time through a multi-step operation, within a process.
+//! * [`SharedLock`]: a (recursive or plain) lock in shared memory, across processes.
 mod doorbell;
+mod lock;
 mod turn;
 
 pub use doorbell::{Doorbell, Poll, SLICE};
+pub use lock::{caller_ids, forget_caller_ids, SharedLock, Taken};
 pub use turn::{Turn, TurnGuard};

@@ -4,7 +4,7 @@
 //! Under `--cfg loom` the futex is modelled (see `loom_futex` below) so that a lost
 //! wake-up hangs the model, which loom reports as a deadlock.
 #[cfg(loom)]
-pub(crate) use loom_futex::{wait, wake_all};
+pub(crate) use loom_futex::{wait, wake_all, wake_one};
 
 #[cfg(not(loom))]
 use std::sync::atomic::AtomicU32;
@@ -34,6 +34,12 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 #[cfg(not(loom))]
 pub(crate) fn wake_all(word: &AtomicU32) {
     let _ = futex::wake(word, Flags::empty(), i32::MAX as u32);
+}
+
+/// Wakes one waiter on `word` (a lock's release: only one can take it).
+#[cfg(not(loom))]
+pub(crate) fn wake_one(word: &AtomicU32) {
+    let _ = futex::wake(word, Flags::empty(), 1);
 }
 
 /// The futex as loom sees it. The kernel checks the word and queues the waiter atomically
@@ -69,5 +75,10 @@ mod loom_futex {
         let (lock, queue) = &*QUEUE;
         let _guard = lock.lock().unwrap();
         queue.notify_all();
+    }
+
+    /// Wakes every waiter too: waking more than one is a spurious return for the others.
+    pub(crate) fn wake_one(word: &AtomicU32) {
+        wake_all(word);
     }
 }

@@ -1,5 +1,6 @@
-//! The only raw system-call code of the engine: memfd, futex and one close. All go
-//! through rustix.
+//! The only raw system-call code of the engine: memfd, futex, one close and a liveness
+//! probe. All go through rustix.
 pub(crate) mod fd;
 pub(crate) mod futex;
 pub(crate) mod memfd;
+pub(crate) mod thread;

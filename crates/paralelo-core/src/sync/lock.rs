@@ -1,0 +1,335 @@
+//! A lock in shared memory that threads of any process take and release: one futex word
+//! holding the holder's id and a waiters bit, and the depth of a recursive hold. Never a
+//! system call when uncontended; a holder that dies is found by its waiters, not waited
+//! on for ever. See `README.md` beside this file.
+use std::time::{Duration, Instant};
+
+use crate::primitive::{AtomicU32, Ordering};
+use crate::sync::doorbell::{Poll, SLICE};
+use crate::sys::{futex, thread};
+use crate::{Error, Result};
+
+/// Set in the word while a waiter may be asleep on it: the release must wake one.
+const WAITERS: u32 = 1 << 31;
+/// The holder's id (Linux pids and tids stay below 2^22).
+const HOLDER: u32 = !WAITERS;
+/// How long a contended acquire spins before it sleeps: a critical section of a few
+/// statements ends well within it, and a futex round trip costs ≈ 21 µs here.
+#[cfg(not(loom))]
+const SPIN: Duration = Duration::from_micros(3);
+/// A waiter that slept this long in one go looks whether the holder is still alive (a
+/// system call: not for every wake-up of a busy lock).
+const LOOK_AFTER: Duration = Duration::from_millis(10);
+
+/// Bumped in a forked child (see [`forget_caller_ids`]): the ids cached before are its parent's.
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// (`FORKS` when cached, pid, tid) of this thread: asking the kernel costs a system
+    /// call each time, more than a whole uncontended acquire.
+    static IDS: std::cell::Cell<(u64, u32, u32)> = const { std::cell::Cell::new((u64::MAX, 0, 0)) };
+}
+
+/// The calling process's pid and thread's tid, as lock holder ids.
+pub fn caller_ids() -> (u32, u32) {
+    let forks = FORKS.load(std::sync::atomic::Ordering::Relaxed);
+    IDS.with(|ids| {
+        let (seen, pid, tid) = ids.get();
+        if seen == forks {
+            return (pid, tid);
+        }
+        let (pid, tid) = thread::ids();
+        ids.set((forks, pid, tid));
+        (pid, tid)
+    })
+}
+
+/// Call in a forked child, before any lock is taken: the cached ids are its parent's.
+pub fn forget_caller_ids() {
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Plain data: lives in shared memory; zero-initialised is a free lock. Its holder is
+/// named by an id the caller gives: a thread's tid for a recursive lock (only that thread
+/// may release it), its process's pid for a plain one (any thread may release it, as a
+/// semaphore; only its process's death abandons it).
+#[repr(C)]
+#[derive(Default)]
+pub struct SharedLock {
+    /// The holder's id, or 0 when free; `WAITERS` set while someone may sleep on it.
+    word: AtomicU32,
+    /// How many times the holder of a recursive lock took it (only the holder writes it).
+    depth: AtomicU32,
+}
+
+/// How an acquire got the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// It was free.
+    Free,
+    /// The caller held it already (a recursive lock): one level deeper.
+    Again,
+    /// Its holder had died holding it: what it guarded may be half-updated.
+    FromDead { holder: u32 },
+}
+
+impl SharedLock {
+    /// Bytes a lock takes in shared memory.
+    pub const SIZE: usize = std::mem::size_of::<SharedLock>();
+
+    /// Takes the lock if it is free (or, recursive, ours): None otherwise. (A dead holder
+    /// is looked for only by `acquire`: that costs a system call.)
+    pub fn try_acquire(&self, me: u32, recursive: bool) -> Option<Taken> {
+        debug_assert!(me != 0 && me & WAITERS == 0, "an id is a pid or tid");
+        let cur = self.word.load(Ordering::Relaxed);
+        if recursive && cur & HOLDER == me {
+            // Only the holder writes `depth`, and we are it.
+            self.depth.fetch_add(1, Ordering::Relaxed);
+            return Some(Taken::Again);
+        }
+        // Acquire: pairs with the Release swap in `release`, so what the last holder
+        // wrote under the lock is visible to us.
+        if cur == 0
+            && self
+                .word
+                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.depth.store(1, Ordering::Relaxed);
+            return Some(Taken::Free);
+        }
+        None
+    }
+
+    /// Takes the lock, waiting until `deadline` ([`Error::Timeout`]) in slices of at most
+    /// [`SLICE`], between which `poll` runs ([`Error::Interrupted`] when it says stop) and
+    /// the holder's liveness is checked.
+    pub fn acquire(
+        &self,
+        me: u32,
+        recursive: bool,
+        deadline: Option<Instant>,
+        poll: Poll<'_>,
+    ) -> Result<Taken> {
+        if let Some(taken) = self.try_acquire(me, recursive) {
+            return Ok(taken);
+        }
+        #[cfg(not(loom))]
+        if deadline.is_none_or(|d| d > Instant::now()) {
+            let start = Instant::now();
+            while start.elapsed() < SPIN {
+                std::hint::spin_loop();
+                if self.word.load(Ordering::Relaxed) == 0 {
+                    if let Some(taken) = self.try_acquire(me, recursive) {
+                        return Ok(taken);
+                    }
+                }
+            }
+        }
+        loop {
+            let cur = self.word.load(Ordering::Relaxed);
+            if cur == 0 {
+                // Taken with the waiters bit: others may be asleep, and our release must
+                // wake one of them. Acquire: as in `try_acquire`.
+                if self
+                    .word
+                    .compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.depth.store(1, Ordering::Relaxed);
+                    return Ok(Taken::Free);
+                }
+                continue;
+            }
+            if cur & WAITERS == 0
+                && self
+                    .word
+                    .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let slice = match deadline {
+                None => SLICE,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(SLICE),
+                    // Out of time: unless its holder is dead (then it is ours).
+                    _ => return self.take_from_dead(cur | WAITERS, me).ok_or(Error::Timeout),
+                },
+            };
+            let slept = Instant::now();
+            // Sleeps only while the word still says held-with-waiters: a release in
+            // between changed it, and the wait returns at once.
+            futex::wait(&self.word, cur | WAITERS, slice);
+            if slept.elapsed() >= LOOK_AFTER.min(slice) {
+                // Held that long: is its holder still there?
+                if let Some(taken) = self.take_from_dead(self.word.load(Ordering::Relaxed), me) {
+                    return Ok(taken);
+                }
+            }
+            if !poll() {
+                return Err(Error::Interrupted);
+            }
+        }
+    }
+
+    /// Takes the lock from a dead holder (the word read as `cur`), keeping the waiters bit.
+    fn take_from_dead(&self, cur: u32, me: u32) -> Option<Taken> {
+        let holder = cur & HOLDER;
+        if holder == 0 || holder == me || thread::exists(holder) {
+            return None;
+        }
+        // Acquire: as in `try_acquire` (whatever the dead holder published is seen).
+        self.word
+            .compare_exchange(
+                cur,
+                me | (cur & WAITERS),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .ok()?;
+        self.depth.store(1, Ordering::Relaxed);
+        Some(Taken::FromDead { holder })
+    }
+
+    /// Releases one level of the lock (a recursive lock, only by its holder): true once it
+    /// is free. [`Error::NotHeld`] if it was not held; [`Error::NotOwner`] if a recursive
+    /// lock is held by someone else.
+    pub fn release(&self, me: u32, recursive: bool) -> Result<bool> {
+        if recursive {
+            if self.word.load(Ordering::Relaxed) & HOLDER != me {
+                return Err(Error::NotOwner);
+            }
+            let depth = self.depth.load(Ordering::Relaxed);
+            if depth > 1 {
+                self.depth.store(depth - 1, Ordering::Relaxed);
+                return Ok(false);
+            }
+        }
+        self.depth.store(0, Ordering::Relaxed);
+        // Release: pairs with the Acquire of the next acquire, publishing what we wrote.
+        let prev = self.word.swap(0, Ordering::Release);
+        if prev == 0 {
+            return Err(Error::NotHeld);
+        }
+        if prev & WAITERS != 0 {
+            futex::wake_one(&self.word);
+        }
+        Ok(true)
+    }
+
+    /// The holder's id, or None when free.
+    pub fn holder(&self) -> Option<u32> {
+        match self.word.load(Ordering::Relaxed) & HOLDER {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// How many times the holder of a recursive lock took it (0 when free).
+    pub fn depth(&self) -> u32 {
+        if self.holder().is_some() {
+            self.depth.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn never_stop() -> bool {
+        true
+    }
+
+    #[test]
+    fn a_plain_lock_excludes_and_may_be_released_by_anyone() {
+        let lock = SharedLock::default();
+        assert_eq!(lock.try_acquire(7, false), Some(Taken::Free));
+        assert_eq!(lock.holder(), Some(7));
+        assert_eq!(lock.try_acquire(std::process::id(), false), None);
+        // A plain lock is a semaphore: another holder id may release it.
+        assert_eq!(lock.release(std::process::id(), false).unwrap(), true);
+        assert!(matches!(lock.release(7, false), Err(Error::NotHeld)));
+    }
+
+    #[test]
+    fn a_recursive_lock_counts_and_only_its_holder_releases() {
+        let me = std::process::id();
+        let lock = SharedLock::default();
+        assert_eq!(lock.try_acquire(me, true), Some(Taken::Free));
+        assert_eq!(lock.try_acquire(me, true), Some(Taken::Again));
+        assert_eq!(lock.depth(), 2);
+        assert!(matches!(lock.release(me + 1, true), Err(Error::NotOwner)));
+        assert_eq!(lock.release(me, true).unwrap(), false);
+        assert_eq!(lock.release(me, true).unwrap(), true);
+        assert_eq!(lock.depth(), 0);
+        assert!(matches!(lock.release(me, true), Err(Error::NotOwner)));
+    }
+
+    #[test]
+    fn a_dead_holders_lock_is_taken_and_reported() {
+        // A pid no process has: pid_max is at most 2^22.
+        let dead = (1 << 22) + 5;
+        let lock = SharedLock::default();
+        assert_eq!(lock.try_acquire(dead, false), Some(Taken::Free));
+        let me = std::process::id();
+        let mut poll = never_stop;
+        let taken = lock.acquire(me, false, None, &mut poll).unwrap();
+        assert_eq!(taken, Taken::FromDead { holder: dead });
+        assert_eq!(lock.holder(), Some(me));
+    }
+
+    #[test]
+    fn a_timed_acquire_times_out_and_an_interrupted_one_stops() {
+        let me = std::process::id();
+        let lock = SharedLock::default();
+        lock.try_acquire(me, false).unwrap();
+        let mut poll = never_stop;
+        let t = Instant::now();
+        let got = lock.acquire(
+            me,
+            false,
+            Some(Instant::now() + Duration::from_millis(30)),
+            &mut poll,
+        );
+        assert!(matches!(got, Err(Error::Timeout)));
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        let mut stop = || false;
+        let got = lock.acquire(
+            me,
+            false,
+            Some(Instant::now() + Duration::from_secs(5)),
+            &mut stop,
+        );
+        assert!(matches!(got, Err(Error::Interrupted)));
+    }
+
+    #[test]
+    fn threads_hammering_one_lock_never_overlap() {
+        let lock = Arc::new(SharedLock::default());
+        let inside = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (lock, inside) = (lock.clone(), inside.clone());
+                std::thread::spawn(move || {
+                    let me = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+                    let mut poll = never_stop;
+                    for _ in 0..20_000 {
+                        lock.acquire(me, true, None, &mut poll).unwrap();
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        assert!(lock.release(me, true).unwrap());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(lock.holder(), None);
+    }
+}

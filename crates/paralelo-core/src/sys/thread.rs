@@ -1,0 +1,26 @@
+//! Whether a thread or process still exists, by its id (a pid or a tid).
+#[cfg(not(loom))]
+use rustix::{io::Errno, process::Pid};
+
+/// True unless no thread or process has id `id` (a signal-0 probe: EPERM, someone
+/// else's, still counts as existing). A holder whose id was reused reads as alive.
+#[cfg(not(loom))]
+pub(crate) fn exists(id: u32) -> bool {
+    let Some(pid) = i32::try_from(id).ok().and_then(Pid::from_raw) else {
+        return false;
+    };
+    !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
+}
+
+/// This process's pid and this thread's tid, from the kernel.
+pub(crate) fn ids() -> (u32, u32) {
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+    (pid, tid)
+}
+
+/// Under loom every holder lives: the models are about the word's protocol.
+#[cfg(loom)]
+pub(crate) fn exists(_id: u32) -> bool {
+    true
+}

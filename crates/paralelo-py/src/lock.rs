@@ -1,0 +1,174 @@
+//! `_native.SharedLock`: the engine's [`SharedLock`] placed in a writable buffer (shared
+//! memory the Python side allocates and every process maps), as multiprocessing's Lock
+//! (`recursive=False`: any thread may release it) or RLock (`recursive=True`).
+use std::ffi::CString;
+
+use paralelo_core::sync::caller_ids;
+use paralelo_core::{Error, SharedLock, Taken};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyAssertionError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::door;
+use crate::errors::to_py;
+
+/// Subclassed in Python (`synchronize.Lock`, `RLock`), which allocates the buffer; the
+/// hot methods (`acquire`, `release`, `__enter__`, `__exit__`) stay native.
+#[pyclass(name = "SharedLock", module = "paralelo._native", frozen, subclass)]
+pub(crate) struct PyLock {
+    /// Holds the exporter (and so the mapping) alive for as long as the lock lives.
+    buf: PyBuffer<u8>,
+    recursive: bool,
+}
+
+impl PyLock {
+    fn lock(&self) -> &SharedLock {
+        let ptr = self.buf.buf_ptr().cast::<SharedLock>();
+        // SAFETY: `new` checked that the buffer is writable, at least SharedLock::SIZE
+        // bytes and aligned for it; `buf` keeps it mapped while `self` lives. SharedLock
+        // is only atomics, which other processes change concurrently by design, and any
+        // bit pattern is a valid value of them.
+        unsafe { &*ptr }
+    }
+
+    /// Who takes the lock: this thread (recursive: only it may release), else this
+    /// process (any of its threads may release; only its death abandons the lock).
+    fn me(&self) -> u32 {
+        let (pid, tid) = caller_ids();
+        if self.recursive {
+            tid
+        } else {
+            pid
+        }
+    }
+}
+
+/// Reports a lock taken from a holder that died holding it: a warning
+/// (`paralelo.LockOwnerDiedWarning`), since the lock is now the caller's.
+fn taken(py: Python<'_>, how: Taken) -> PyResult<bool> {
+    if let Taken::FromDead { holder } = how {
+        let category = py
+            .import("paralelo._errors")?
+            .getattr("LockOwnerDiedWarning")?;
+        let message = CString::new(format!(
+            "the lock's holder ({holder}) died holding it; it is yours now, but what it guarded may be half-updated"
+        ))
+        .expect("no NUL in the message");
+        PyErr::warn(py, &category, &message, 2)?;
+    }
+    Ok(true)
+}
+
+/// In a forked child: the lock holder ids cached before the fork are its parent's.
+#[pyfunction]
+pub(crate) fn forget_lock_ids() {
+    paralelo_core::sync::forget_caller_ids();
+}
+
+#[pymethods]
+impl PyLock {
+    /// Bytes a lock takes in its buffer.
+    #[classattr]
+    const SIZE: usize = SharedLock::SIZE;
+
+    /// A lock living in `buffer` (writable, `SIZE` bytes from its start, 4-byte aligned,
+    /// zero-filled for a free lock), which this object keeps alive.
+    #[new]
+    fn new(buffer: &Bound<'_, PyAny>, recursive: bool) -> PyResult<Self> {
+        let buf = PyBuffer::<u8>::get(buffer)?;
+        if buf.readonly() || !buf.is_c_contiguous() {
+            return Err(PyValueError::new_err(
+                "a lock needs a writable, contiguous buffer",
+            ));
+        }
+        if buf.len_bytes() < SharedLock::SIZE {
+            return Err(PyValueError::new_err(format!(
+                "a lock needs {} bytes, not {}",
+                SharedLock::SIZE,
+                buf.len_bytes()
+            )));
+        }
+        if (buf.buf_ptr() as usize) % std::mem::align_of::<SharedLock>() != 0 {
+            return Err(PyValueError::new_err(
+                "a lock's buffer must be 4-byte aligned",
+            ));
+        }
+        Ok(Self { buf, recursive })
+    }
+
+    /// Takes the lock: at once if it is free, else waiting (the GIL released) up to
+    /// `timeout` seconds (None: for ever; with `block=False`, not at all). True once
+    /// taken, False if the time ran out.
+    #[pyo3(signature = (block = true, timeout = None))]
+    fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
+        let (me, lock) = (self.me(), self.lock());
+        if let Some(how) = lock.try_acquire(me, self.recursive) {
+            return taken(py, how);
+        }
+        // As multiprocessing: a negative timeout is no wait; block=False ignores it.
+        let timeout = if block {
+            timeout.map(|t| t.max(0.0))
+        } else {
+            Some(0.0)
+        };
+        let got = door::blocking(py, timeout, |deadline, poll| {
+            match lock.acquire(me, self.recursive, deadline, poll) {
+                Ok(how) => Ok(Some(how)),
+                Err(Error::Timeout) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        match got {
+            Some(how) => taken(py, how),
+            None => Ok(false),
+        }
+    }
+
+    /// Releases the lock (one level of a recursive one).
+    fn release(&self) -> PyResult<()> {
+        match self.lock().release(self.me(), self.recursive) {
+            Ok(_) => Ok(()),
+            // multiprocessing's messages, which programs and tests match.
+            Err(Error::NotHeld) => Err(PyValueError::new_err(
+                "semaphore or lock released too many times",
+            )),
+            Err(Error::NotOwner) => Err(PyAssertionError::new_err(
+                "attempt to release recursive lock not owned by thread",
+            )),
+            Err(e) => Err(to_py(e)),
+        }
+    }
+
+    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+        self.acquire(py, true, None)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+        self.release()
+    }
+
+    /// Whether the caller holds it (this thread for a recursive lock, this process else).
+    fn _is_mine(&self) -> bool {
+        self.lock().holder() == Some(self.me())
+    }
+
+    /// How many times the caller took it (0 if it is not the holder's).
+    fn _count(&self) -> u32 {
+        if self._is_mine() {
+            self.lock().depth()
+        } else {
+            0
+        }
+    }
+
+    /// The holder's id (a tid for a recursive lock, a pid else), or None when free.
+    fn holder(&self) -> Option<u32> {
+        self.lock().holder()
+    }
+
+    #[getter]
+    fn recursive(&self) -> bool {
+        self.recursive
+    }
+}
