@@ -142,7 +142,7 @@ class Process(_mp_process.BaseProcess):
 
     @staticmethod
     def _Popen(process_obj: _mp_process.BaseProcess) -> Any:
-        method = process_obj._start_method or get_start_method()  # type: ignore[attr-defined]
+        method: str = process_obj._start_method or get_start_method() or "fork"  # type: ignore[attr-defined]
         return _popen_for(method)(process_obj)
 
 

@@ -19,7 +19,7 @@ import threading
 from multiprocessing import heap
 from multiprocessing import process as _mp_process
 from multiprocessing.context import assert_spawning
-from typing import Any
+from typing import Any, cast
 
 from ._native import SharedLock, forget_lock_ids
 
@@ -37,13 +37,14 @@ def _rebuild(cls: type, wrapper: Any) -> Any:
 class _Lock(SharedLock):
     # (The native base holds the word; acquire, release, __enter__ and __exit__ are its.)
     _recursive = False
+    _wrapper: Any  # the heap block the lock lives in
 
-    def __new__(cls, *, ctx: Any = None, _wrapper: Any = None) -> Any:
+    def __new__(cls, *, ctx: Any = None, _wrapper: Any = None) -> _Lock:
         wrapper = _wrapper
         if wrapper is None:
             wrapper = heap.BufferWrapper(SharedLock.SIZE)
             wrapper.create_memoryview()[:] = bytes(SharedLock.SIZE)  # free (reused heap memory is not zeroed)
-        self = super().__new__(cls, wrapper.create_memoryview(), cls._recursive)
+        self = cast(_Lock, super().__new__(cls, wrapper.create_memoryview(), cls._recursive))
         self._wrapper = wrapper
         return self
 
