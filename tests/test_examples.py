@@ -24,6 +24,9 @@ def test_example_runs(name: str) -> None:
     assert out.returncode == 0, out.stderr
     if name in EXPECTED:
         assert out.stdout == EXPECTED[name]
+    if name == "process_workers.py":  # (four at once: lines may interleave, as with multiprocessing)
+        names = re.findall(r"Proceso de trabajo: (Process-\d)", out.stdout)
+        assert sorted(names) == [f"Process-{i}" for i in range(1, 5)]
     if name == "executor_submit.py":
         # Four processes print at once: their lines may interleave, their words may not.
         lines = re.findall(r"Trabajador \d: (?:Iniciando|Finalizado)", out.stdout)
