@@ -84,8 +84,8 @@ if __name__ == "__main__":
     for method in ("fork", "spawn", "forkserver"):
         ctx = mp.get_context(method)
         c = ctx.Process(target=work, args=(method,)); c.start(); c.join(); print(method, c.exitcode, type(c).__name__)
-    mp.Process(target=print, args=("a non-daemon child finishes after the end",)).start()
     print("main ends")
+    mp.Process(target=print, args=("a non-daemon child finishes after the end",)).start()
 """))
 
 
