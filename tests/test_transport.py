@@ -306,3 +306,25 @@ def test_a_collector_failing_mid_round_never_hangs_a_map(monkeypatch) -> None:
             assert r.get(30) == [5] * 300  # delivered before the pump failed
         except paralelo.BrokenProcessPool as e:
             assert "a bug in the pump" in str(e)
+
+
+def test_unpacking_into_a_list_checks_what_it_is_given() -> None:
+    packed = as_array(list(range(300)))
+    with pytest.raises(TypeError, match="not a subclass"):
+        unpack_numbers(packed, type("L", (list,), {})([0] * 300), 0)
+    with pytest.raises(OverflowError):
+        unpack_numbers(packed, [0] * 300, -1)
+    assert unpack_numbers(b"q", [1, 2], 2) == 0 and unpack_numbers(b"d") == []
+
+    class Shrinks:
+        def __init__(self, into):
+            self.into = into
+
+        def __del__(self):
+            del self.into[:]  # runs while its place is being replaced
+
+    into: list = [0] * 300
+    into[10] = Shrinks(into)
+    with pytest.raises(IndexError):
+        unpack_numbers(packed, into, 0)
+    assert into == []

@@ -132,9 +132,12 @@ pub(crate) fn unpack_numbers<'py>(
     let n = body.len() / 8;
     let out = match into {
         Some(list) => {
-            if !list.is_exact_instance_of::<PyList>()
-                || start.checked_add(n).is_none_or(|end| end > list.len())
-            {
+            if !list.is_exact_instance_of::<PyList>() {
+                return Err(pyo3::exceptions::PyTypeError::new_err(
+                    "numbers are unpacked into a list, not a subclass of one",
+                ));
+            }
+            if start.checked_add(n).is_none_or(|end| end > list.len()) {
                 return Err(pyo3::exceptions::PyValueError::new_err(format!(
                     "{n} numbers do not fit in a list of {} from index {start}",
                     list.len()
@@ -143,7 +146,10 @@ pub(crate) fn unpack_numbers<'py>(
             list.clone()
         }
         None => {
-            // SAFETY: a new list of `n` empty places, each filled below before it is read.
+            // SAFETY: a new list of `n` empty (NULL) places, each filled below before anyone
+            // else can see the list: nothing in the loop runs Python code or the collector
+            // on a new list's places (replacing NULL releases nothing); if the loop fails,
+            // the list is dropped, and a list's deallocation skips NULL places.
             let ptr = unsafe { ffi::PyList_New(n as ffi::Py_ssize_t) };
             // SAFETY: a new reference, or NULL with the error set (taken by from_owned_ptr_or_err).
             unsafe { Bound::from_owned_ptr_or_err(py, ptr)? }.cast_into::<PyList>()?
@@ -162,9 +168,10 @@ pub(crate) fn unpack_numbers<'py>(
         if obj.is_null() {
             return Err(PyErr::fetch(py));
         }
-        // SAFETY: `out` is an exact list, alive, whose length (checked above, and no Python
-        // code runs in this loop to change it) covers `start + i`; SetItem takes `obj`'s
-        // reference and releases the item it replaces (None, in a new list's empty place).
+        // SAFETY: `out` is an exact list, alive (we hold a reference), and `obj` a new
+        // reference, which SetItem takes. SetItem checks the index itself: releasing the
+        // item it replaces may run Python code (a `__del__`) that shrinks the list, and then
+        // it fails with IndexError (releasing `obj`), which we return.
         if unsafe { ffi::PyList_SetItem(out.as_ptr(), (start + i) as ffi::Py_ssize_t, obj) } != 0 {
             return Err(PyErr::fetch(py));
         }
