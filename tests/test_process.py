@@ -185,3 +185,23 @@ def test_contexts_name_their_process_classes() -> None:
     assert paralelo.get_context().active_children() == []
     with pytest.raises(ValueError, match="cannot find context"):
         paralelo.get_context("threads")
+
+
+def test_ctrl_c_as_start_ends_leaves_no_child(monkeypatch) -> None:
+    # Ctrl-C pending while paralelo holds it off; it lands as start() restores the mask.
+    me, real, made = os.getpid(), os.pidfd_open, []
+
+    def pidfd_open(pid, *args):
+        fd = real(pid, *args)
+        if os.getpid() == me and not made:
+            made.append(pid)
+            signal.raise_signal(signal.SIGINT)
+        return fd
+
+    monkeypatch.setattr(os, "pidfd_open", pidfd_open)
+    p = paralelo.Process(target=time.sleep, args=(60,))
+    with pytest.raises(KeyboardInterrupt):
+        p.start()
+    monkeypatch.undo()
+    assert made and p._popen is None and paralelo.active_children() == []
+    assert not os.path.exists(f"/proc/{made[0]}")  # killed and reaped

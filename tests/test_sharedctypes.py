@@ -108,15 +108,16 @@ if __name__ == "__main__":
     assert outs[0] == outs[1], "\n---\n".join(outs)
 
 
-def test_a_killed_holders_lock_is_taken_with_a_warning() -> None:
-    lock, flag = paralelo.Lock(), paralelo.Value("i", 0)  # (a forked child inherits both)
+def _hold(lock, flag) -> None:
+    lock.acquire()
+    flag.value = 1
+    time.sleep(60)
 
-    def hold() -> None:
-        lock.acquire()
-        flag.value = 1
-        time.sleep(60)
 
-    p = paralelo.Process(target=hold)
+def _killed_holding(make):
+    """A lock made by `make`, held by a child killed (not yet reaped) while holding it."""
+    lock, flag = make(), paralelo.Value("i", 0)  # (a forked child inherits both)
+    p = paralelo.Process(target=_hold, args=(lock, flag))
     p.start()
     end = time.monotonic() + 30
     while not flag.value:
@@ -124,10 +125,51 @@ def test_a_killed_holders_lock_is_taken_with_a_warning() -> None:
         time.sleep(0.01)
     assert not lock.acquire(timeout=0.1)  # held by a live process: waited on
     os.kill(p.pid, signal.SIGKILL)
-    p.join(30)
+    while True:  # (until it is a zombie: a kill takes effect a moment later)
+        with open(f"/proc/{p.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        assert time.monotonic() < end
+        time.sleep(0.005)
+    return lock, p
+
+
+def test_a_killed_holders_rlock_is_taken_with_a_warning_before_it_is_joined() -> None:
+    lock, p = _killed_holding(paralelo.RLock)
+    # The holder is a zombie until joined: dead all the same.
     with pytest.warns(paralelo.LockOwnerDiedWarning, match=f"holder \\({p.pid}\\) died"):
         assert lock.acquire(timeout=10)
     lock.release()
+    p.join(30)
+    lock2, p2 = _killed_holding(paralelo.RLock)
+    with pytest.warns(paralelo.LockOwnerDiedWarning):
+        assert lock2.acquire(False)  # (no wait: one look at the holder)
+    lock2.release()
+    p2.join(30)
+
+
+def test_a_plain_locks_taker_dying_frees_nothing() -> None:
+    # Any process may release a Lock, after its taker exited: a waiter must not take it.
+    lock, p = _killed_holding(paralelo.Lock)
+    p.join(30)
+    assert not lock.acquire(timeout=0.2)
+    lock.release()  # (by whoever the program lets open it)
+    assert lock.acquire(False)
+    lock.release()
+
+
+def test_a_warning_raised_as_an_error_leaves_the_lock_free() -> None:
+    import warnings
+
+    lock, p = _killed_holding(paralelo.RLock)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", paralelo.LockOwnerDiedWarning)
+        with pytest.raises(paralelo.LockOwnerDiedWarning):
+            lock.acquire(timeout=10)
+    assert lock.holder() is None
+    assert lock.acquire(False)
+    lock.release()
+    p.join(30)
 
 
 def test_an_rlock_left_by_an_ended_thread_is_taken_with_a_warning() -> None:

@@ -8,8 +8,9 @@ as ``Process <name>:`` and a traceback). What paralelo changes is how a process 
 and is watched (with the default start method, 'fork'):
 
 - it is forked by the engine's one fork path (`_zygote.fork_here`), which flushes stdio
-  first and holds Ctrl-C off until the child is the caller's, so an interrupted
-  ``start()`` leaves no unwatched child;
+  first and holds Ctrl-C off until the child is held by its pidfd; a Ctrl-C that lands
+  as ``start()`` ends kills and reaps that child, so an interrupted ``start()`` leaves
+  no unwatched child;
 - its ``sentinel`` is a pidfd (readable once it exits: ``connection.wait`` and
   ``select`` take it), and it is reaped, signalled and waited on through that pidfd,
   never by pid, so a pid reused after its exit is never mistaken for it;
@@ -52,7 +53,18 @@ class _ForkPopen:
             self.pid, self.sentinel = pid, pidfd
 
         tied = threading.current_thread() is threading.main_thread()
-        _zygote.fork_here(lambda _fds, parent, mask: _run(process_obj, parent, mask, tied), [], keep)
+        try:
+            _zygote.fork_here(lambda _fds, parent, mask: _run(process_obj, parent, mask, tied), [], keep)
+        except BaseException:
+            # Ctrl-C as `start()` ends (raised as the signal mask is restored): the process
+            # object keeps no Popen, so the child would run unwatched. It is ended instead.
+            if self.sentinel >= 0:
+                try:
+                    signal.pidfd_send_signal(self.sentinel, signal.SIGKILL)
+                    _zygote.reap(self.sentinel, wait=True)
+                finally:
+                    os.close(self.sentinel)
+            raise
         self.finalizer = _mp_util().Finalize(self, os.close, (self.sentinel,))
 
     def duplicate_for_child(self, fd: int) -> int:
@@ -103,12 +115,14 @@ def _run(process_obj: _mp_process.BaseProcess, parent: int, mask: set, tied: boo
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # Ctrl-C raises here, as in the parent
         if tied:
             _native.die_with_parent()
-            if os.getppid() != parent:
-                os._exit(1)  # the parent died before we were tied to it: nothing to run for
         try:
             sentinel = os.pidfd_open(parent)
         except OSError:
-            os._exit(1)  # (the same, seen another way)
+            sentinel = -1
+        if sentinel < 0 or os.getppid() != parent:
+            # The parent died before we were tied to it (its pid may be reused already).
+            os.write(2, b"paralelo: the parent of a starting process died\n")
+            os._exit(1)
         code = process_obj._bootstrap(parent_sentinel=sentinel)  # type: ignore[attr-defined]
     finally:
         os._exit(code)

@@ -6,7 +6,8 @@ The objects are the standard library's own: ctypes objects in shared memory from
 no copy), wrapped, unless ``lock=False``, in its ``Synchronized`` classes (``value``,
 ``get_lock()``, ``get_obj()``, indexing and slicing). What paralelo changes is the lock
 they are made with: its own ``RLock`` (see ``synchronize``), a futex word that costs no
-system call when uncontended and is not waited on for ever when its holder died.
+system call when uncontended and is taken from a holder that died, not waited on for
+ever.
 """
 
 from __future__ import annotations

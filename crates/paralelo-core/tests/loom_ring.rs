@@ -288,3 +288,34 @@ fn shared_lock_excludes_and_wakes_its_waiter() {
         assert_eq!(count.with(|c| unsafe { *c }), 4);
     });
 }
+
+/// Three threads take and release one `SharedLock` once each, one of them giving up on
+/// its first wake-up (its poll says stop, as Ctrl-C would): the wake-up it took must be
+/// handed on, or a sleeper waits for ever (a loom deadlock; `wake_one` wakes one here).
+#[test]
+fn shared_lock_hands_on_a_wake_up_its_interrupted_waiter_took() {
+    use paralelo_core::SharedLock;
+
+    model(|| {
+        let lock = Arc::new(SharedLock::default());
+        let spawn = |id: u32, give_up: bool| {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                let mut polls = 0;
+                let mut poll = || {
+                    polls += 1;
+                    !(give_up && polls == 1)
+                };
+                if lock.acquire(id, false, None, &mut poll).is_ok() {
+                    lock.release(id, false).unwrap();
+                }
+            })
+        };
+        let (a, b) = (spawn(2, true), spawn(3, false));
+        lock.acquire(1, false, None, &mut keep_waiting).unwrap();
+        lock.release(1, false).unwrap();
+        a.join().unwrap();
+        b.join().unwrap();
+        assert_eq!(lock.holder(), None);
+    });
+}

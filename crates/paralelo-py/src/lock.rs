@@ -44,17 +44,25 @@ impl PyLock {
 }
 
 /// Reports a lock taken from a holder that died holding it: a warning
-/// (`paralelo.LockOwnerDiedWarning`), since the lock is now the caller's.
-fn taken(py: Python<'_>, how: Taken) -> PyResult<bool> {
+/// (`paralelo.LockOwnerDiedWarning`), since the lock is now the caller's. If the warning
+/// is raised as an error (`-W error`), the lock is released first: an exception from
+/// `acquire` must not leave it held.
+fn taken(py: Python<'_>, how: Taken, lock: &PyLock) -> PyResult<bool> {
     if let Taken::FromDead { holder } = how {
-        let category = py
-            .import("paralelo._errors")?
-            .getattr("LockOwnerDiedWarning")?;
-        let message = CString::new(format!(
-            "the lock's holder ({holder}) died holding it; it is yours now, but what it guarded may be half-updated"
-        ))
-        .expect("no NUL in the message");
-        PyErr::warn(py, &category, &message, 2)?;
+        let warned = py
+            .import("paralelo._errors")
+            .and_then(|m| m.getattr("LockOwnerDiedWarning"))
+            .and_then(|category| {
+                let message = CString::new(format!(
+                    "the lock's holder ({holder}) died holding it; it is yours now, but what it guarded may be half-updated"
+                ))
+                .expect("no NUL in the message");
+                PyErr::warn(py, &category, &message, 1)
+            });
+        if let Err(e) = warned {
+            let _ = lock.lock().release(lock.me(), lock.recursive);
+            return Err(e);
+        }
     }
     Ok(true)
 }
@@ -103,14 +111,17 @@ impl PyLock {
     fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
         let (me, lock) = (self.me(), self.lock());
         if let Some(how) = lock.try_acquire(me, self.recursive) {
-            return taken(py, how);
+            return taken(py, how, self);
         }
-        // As multiprocessing: a negative timeout is no wait; block=False ignores it.
-        let timeout = if block {
-            timeout.map(|t| t.max(0.0))
-        } else {
-            Some(0.0)
-        };
+        if !block {
+            // No wait at all (and so no waiter's mark for the holder's release to pay for).
+            return match lock.try_acquire_or_recover(me, self.recursive) {
+                Some(how) => taken(py, how, self),
+                None => Ok(false),
+            };
+        }
+        // As multiprocessing: a negative timeout is no wait.
+        let timeout = timeout.map(|t| t.max(0.0));
         let got = door::blocking(py, timeout, |deadline, poll| {
             match lock.acquire(me, self.recursive, deadline, poll) {
                 Ok(how) => Ok(Some(how)),
@@ -119,7 +130,7 @@ impl PyLock {
             }
         })?;
         match got {
-            Some(how) => taken(py, how),
+            Some(how) => taken(py, how, self),
             None => Ok(false),
         }
     }

@@ -51,8 +51,10 @@ pub fn forget_caller_ids() {
 
 /// Plain data: lives in shared memory; zero-initialised is a free lock. Its holder is
 /// named by an id the caller gives: a thread's tid for a recursive lock (only that thread
-/// may release it), its process's pid for a plain one (any thread may release it, as a
-/// semaphore; only its process's death abandons it).
+/// may release it), its process's pid for a plain one. A recursive lock whose holder died
+/// is taken by its next waiter ([`Taken::FromDead`]); a plain one never is, since any
+/// thread of any process may release it (a semaphore: one process may take it and another
+/// open it later, after the first exited).
 #[repr(C)]
 #[derive(Default)]
 pub struct SharedLock {
@@ -154,7 +156,14 @@ impl SharedLock {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => left.min(SLICE),
                     // Out of time: unless its holder is dead (then it is ours).
-                    _ => return self.take_from_dead(cur | WAITERS, me).ok_or(Error::Timeout),
+                    _ => {
+                        if let Some(taken) = self.take_from_dead(cur | WAITERS, me, recursive) {
+                            return Ok(taken);
+                        }
+                        // A wake-up we may have taken is passed on to the next sleeper.
+                        futex::wake_one(&self.word);
+                        return Err(Error::Timeout);
+                    }
                 },
             };
             let slept = Instant::now();
@@ -163,30 +172,38 @@ impl SharedLock {
             futex::wait(&self.word, cur | WAITERS, slice);
             if slept.elapsed() >= LOOK_AFTER.min(slice) {
                 // Held that long: is its holder still there?
-                if let Some(taken) = self.take_from_dead(self.word.load(Ordering::Relaxed), me) {
+                let now = self.word.load(Ordering::Relaxed);
+                if let Some(taken) = self.take_from_dead(now, me, recursive) {
                     return Ok(taken);
                 }
             }
             if !poll() {
+                // A wake-up we may have taken is passed on to the next sleeper.
+                futex::wake_one(&self.word);
                 return Err(Error::Interrupted);
             }
         }
     }
 
-    /// Takes the lock from a dead holder (the word read as `cur`), keeping the waiters bit.
-    fn take_from_dead(&self, cur: u32, me: u32) -> Option<Taken> {
+    /// Takes the lock without waiting if it is free, ours (recursive), or a recursive
+    /// lock whose holder died: `acquire(block=False)`. Never marks itself a waiter.
+    pub fn try_acquire_or_recover(&self, me: u32, recursive: bool) -> Option<Taken> {
+        self.try_acquire(me, recursive).or_else(|| {
+            let cur = self.word.load(Ordering::Relaxed);
+            self.take_from_dead(cur, me, recursive)
+        })
+    }
+
+    /// Takes a recursive lock from a dead holder (the word read as `cur`), with the
+    /// waiters bit set (others may sleep on it, whether or not `cur` said so).
+    fn take_from_dead(&self, cur: u32, me: u32, recursive: bool) -> Option<Taken> {
         let holder = cur & HOLDER;
-        if holder == 0 || holder == me || thread::exists(holder) {
+        if !recursive || holder == 0 || holder == me || thread::exists(holder) {
             return None;
         }
         // Acquire: as in `try_acquire` (whatever the dead holder published is seen).
         self.word
-            .compare_exchange(
-                cur,
-                me | (cur & WAITERS),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
+            .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
             .ok()?;
         self.depth.store(1, Ordering::Relaxed);
         Some(Taken::FromDead { holder })
@@ -271,16 +288,30 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_holders_lock_is_taken_and_reported() {
-        // A pid no process has: pid_max is at most 2^22.
+    fn a_dead_holders_recursive_lock_is_taken_and_reported_a_plain_one_is_not() {
+        // An id no thread has: pid_max is at most 2^22.
         let dead = (1 << 22) + 5;
-        let lock = SharedLock::default();
-        assert_eq!(lock.try_acquire(dead, false), Some(Taken::Free));
         let me = std::process::id();
         let mut poll = never_stop;
-        let taken = lock.acquire(me, false, None, &mut poll).unwrap();
+        let plain = SharedLock::default();
+        assert_eq!(plain.try_acquire(dead, false), Some(Taken::Free));
+        let soon = Some(Instant::now() + Duration::from_millis(20));
+        assert!(matches!(
+            plain.acquire(me, false, soon, &mut poll),
+            Err(Error::Timeout)
+        ));
+        assert_eq!(plain.try_acquire_or_recover(me, false), None);
+        let lock = SharedLock::default();
+        assert_eq!(lock.try_acquire(dead, true), Some(Taken::Free));
+        let taken = lock.acquire(me, true, None, &mut poll).unwrap();
         assert_eq!(taken, Taken::FromDead { holder: dead });
         assert_eq!(lock.holder(), Some(me));
+        assert!(lock.release(me, true).unwrap());
+        assert_eq!(lock.try_acquire(dead, true), Some(Taken::Free));
+        assert_eq!(
+            lock.try_acquire_or_recover(me, true),
+            Some(Taken::FromDead { holder: dead })
+        );
     }
 
     #[test]

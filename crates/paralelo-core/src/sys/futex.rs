@@ -77,8 +77,11 @@ mod loom_futex {
         queue.notify_all();
     }
 
-    /// Wakes every waiter too: waking more than one is a spurious return for the others.
-    pub(crate) fn wake_one(word: &AtomicU32) {
-        wake_all(word);
+    /// Wakes one waiter (on any word: the lock's models wait on one word only, so this
+    /// is exact there, and a lost hand-over of a wake-up shows as a deadlock).
+    pub(crate) fn wake_one(_word: &AtomicU32) {
+        let (lock, queue) = &*QUEUE;
+        let _guard = lock.lock().unwrap();
+        queue.notify_one();
     }
 }

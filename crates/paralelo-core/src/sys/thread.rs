@@ -2,14 +2,29 @@
 #[cfg(not(loom))]
 use rustix::{io::Errno, process::Pid};
 
-/// True unless no thread or process has id `id` (a signal-0 probe: EPERM, someone
-/// else's, still counts as existing). A holder whose id was reused reads as alive.
+/// True unless no live thread or process has id `id`: a signal-0 probe (EPERM, someone
+/// else's, still counts as existing), then its state, since a zombie (exited, not yet
+/// reaped: a killed child whose parent has not joined it) still answers the probe. A
+/// holder whose id was reused reads as alive.
 #[cfg(not(loom))]
 pub(crate) fn exists(id: u32) -> bool {
     let Some(pid) = i32::try_from(id).ok().and_then(Pid::from_raw) else {
         return false;
     };
-    !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
+    if matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH)) {
+        return false;
+    }
+    // "pid (comm) S ...": the state follows the last ')' (comm may hold any byte).
+    match std::fs::read(format!("/proc/{id}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .iter()
+                .rposition(|&b| b == b')')
+                .and_then(|end| stat.get(end + 2));
+            !matches!(state, Some(b'Z' | b'X'))
+        }
+        Err(_) => true, // (no /proc to look in: the probe said it exists)
+    }
 }
 
 /// This process's pid and this thread's tid, from the kernel.
