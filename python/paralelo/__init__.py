@@ -6,6 +6,9 @@ functions travel by value, so lambdas and closures work; a dead worker fails onl
 task; nothing outlives the program.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from concurrent.futures import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -43,9 +46,33 @@ from .context import (
 )
 from .futures import ProcessPoolExecutor
 from .pool import AsyncResult, Pool
-from .process import Process, active_children, current_process, parent_process
-from .sharedctypes import Array, RawArray, RawValue, Value
-from .synchronize import Lock, RLock
+
+if TYPE_CHECKING:
+    from .process import Process, active_children, current_process, parent_process
+    from .sharedctypes import Array, RawArray, RawValue, Value
+    from .synchronize import Lock, RLock
+
+# Imported on first use: a program that only uses pools does not pay for them (ctypes
+# and the shared heap cost milliseconds to import, and megabytes every fork copies).
+_LAZY = {
+    "Process": "process", "active_children": "process", "current_process": "process",
+    "parent_process": "process", "Lock": "synchronize", "RLock": "synchronize",
+    "Value": "sharedctypes", "Array": "sharedctypes", "RawValue": "sharedctypes",
+    "RawArray": "sharedctypes",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'paralelo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"
 
