@@ -1,5 +1,6 @@
-//! Loom models of the doorbell protocol (`src/sync/README.md`) and of the ring's wait for
-//! data and for room (`src/ring/`). Only built with `--cfg loom`: run them with `.ci/loom`.
+//! Loom models of the doorbell protocol (`src/sync/README.md`), of the ring's wait for
+//! data and for room (`src/ring/`), and of the shared lock (`src/sync/lock.rs`). Only
+//! built with `--cfg loom`: run them with `.ci/loom`.
 //!
 //! Under loom the atomics of `crate::primitive` are loom's, the futex is a mutex and a
 //! condition variable with no timeout (`src/sys/futex.rs`), and the ring's byte copies are
