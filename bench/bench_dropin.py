@@ -26,14 +26,12 @@ below 1 means paralelo is faster).
 from __future__ import annotations
 
 import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import textwrap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _report import table  # noqa: E402
+from _scripts import medians, repeats_and_cases  # noqa: E402
 
 HEAD = textwrap.dedent(
     """
@@ -150,29 +148,12 @@ CASES = {
 }
 
 
-def run(code: str, lib: str) -> float:
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "case.py")
-        with open(path, "w") as f:
-            f.write(HEAD + textwrap.dedent(code))
-        out = subprocess.run([sys.executable, path, lib], capture_output=True, text=True, timeout=300)
-        if out.returncode != 0:
-            raise RuntimeError(f"{lib}: {out.stderr}")
-        return float(out.stdout.split()[-1])
-
-
 def main() -> None:
-    args = sys.argv[1:]
-    repeats = int(args[args.index("--repeats") + 1]) if "--repeats" in args else 5
-    chosen = [a for a in args if a in CASES] or list(CASES)
+    repeats, chosen = repeats_and_cases(CASES)
     rows = []
     for name in chosen:
         title, libs, code = CASES[name]
-        runs: dict[str, list[float]] = {lib: [] for lib in libs}
-        for _ in range(repeats):
-            for lib in libs:
-                runs[lib].append(run(code, lib))
-        secs = {lib: statistics.median(t) for lib, t in runs.items()}
+        secs = medians(HEAD, code, libs, repeats)
         ours = secs["paralelo"]
         for lib in libs[1:]:
             rows.append((title, lib, f"{ours:.4f}", f"{secs[lib]:.4f}", f"{ours / secs[lib]:.2f}"))

@@ -19,14 +19,12 @@ they are built.
 from __future__ import annotations
 
 import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import textwrap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _report import table  # noqa: E402
+from _scripts import medians, repeats_and_cases  # noqa: E402
 
 HEAD = textwrap.dedent(
     """
@@ -80,29 +78,13 @@ CASES = {
 }
 
 
-def run(code: str, lib: str) -> float:
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "case.py")
-        with open(path, "w") as f:
-            f.write(HEAD + textwrap.dedent(code))
-        out = subprocess.run([sys.executable, path, lib], capture_output=True, text=True, timeout=300)
-        if out.returncode != 0:
-            raise RuntimeError(f"{lib}: {out.stderr}")
-        return float(out.stdout.split()[-1])
-
-
 def main() -> None:
-    args = sys.argv[1:]
-    repeats = int(args[args.index("--repeats") + 1]) if "--repeats" in args else 5
-    chosen = [a for a in args if a in CASES] or list(CASES)
+    repeats, chosen = repeats_and_cases(CASES)
     rows = []
     for name in chosen:
         title, code = CASES[name]
-        runs: dict[str, list[float]] = {"paralelo": [], "multiprocessing": []}
-        for _ in range(repeats):
-            for lib in runs:
-                runs[lib].append(run(code, lib))
-        ours, theirs = (statistics.median(runs[lib]) for lib in runs)
+        secs = medians(HEAD, code, ("paralelo", "multiprocessing"), repeats)
+        ours, theirs = secs["paralelo"], secs["multiprocessing"]
         rows.append((title, f"{ours:,.0f}", f"{theirs:,.0f}", f"{ours / theirs:.2f}"))
     table(f"processes and shared state, median of {repeats} runs",
           ("case", "paralelo", "multiprocessing", "x rival"), rows)

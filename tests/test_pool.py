@@ -987,7 +987,7 @@ def test_a_failed_map_settles_once_and_keeps_no_results(pool):
         r.get(30)
     time.sleep(0.5)
     assert calls == ["PicklingError"]
-    assert r._out is None and r._chunks == []
+    assert r._out is None and r._packed == []
 
 
 def test_a_dropped_imap_lets_later_work_go_first(pool):

@@ -95,8 +95,9 @@ class MapResult(AsyncResult):
 
     def __init__(self, callback: Callable | None = None, error_callback: Callable | None = None) -> None:
         super().__init__(callback, error_callback)
-        self._chunks: list[tuple[int, list]] = []
-        self._out: list | None = None  # filled in place when the input's length is known
+        # Filled in place: a Pool reads its input into a list first, so the engine always
+        # says its length (`expect`) before any outcome. None once a chunk failed.
+        self._out: list | None = None
         self._got = 0
         self._total: int | None = None
         self._error: BaseException | None = None  # the failed chunk's that comes first in the input
@@ -108,29 +109,24 @@ class MapResult(AsyncResult):
         self._out = [None] * total
 
     def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
-        out, got = self._out, self._got
+        out = self._out
         for start, count, ok, values in chunks:
-            if not ok and self._error is not None and start < self._error_at:
+            self._got += count
+            if not ok:
                 # The map is ready once every chunk ran: it reports the failure that comes
-                # first in the input (as multiprocessing's usually does), whichever came first.
-                self._error, self._error_at = values, start
-            if self._error is None:
-                if not ok:
+                # first in the input (as multiprocessing's usually does), whichever came
+                # first, and keeps no results.
+                if self._error is None or start < self._error_at:
                     self._error, self._error_at = values, start
-                    self._out = out = None  # a failed map keeps no results
-                    self._chunks, self._packed = [], []
-                elif type(values) is bytes:  # a machine array: unpacked where it goes, by `settle`
-                    if out is not None:
-                        self._packed.append((start, values))
-                    else:
-                        self._chunks.append((start, unpack_numbers(values)))
-                elif out is not None:
-                    out[start : start + count] = values
-                else:
-                    self._chunks.append((start, values))
-            got += count
-        self._got = got
-        if got == self._total:
+                self._out = out = None
+                self._packed = []
+            elif out is None:
+                pass  # a failed map's results are dropped
+            elif type(values) is bytes:
+                self._packed.append((start, values))  # a machine array: unpacked by `settle`
+            else:
+                out[start : start + count] = values
+        if self._got == self._total:
             self._finish_if_done()
 
     def end(self, total: int) -> None:
@@ -160,14 +156,7 @@ class MapResult(AsyncResult):
             self._set(False, self._error)
             return
         self.settle()
-        out = self._out
-        if out is None:
-            self._chunks.sort(key=lambda c: c[0])
-            out = []
-            for _, values in self._chunks:
-                out.extend(values)
-            self._chunks = []
-        self._set(True, out)
+        self._set(True, self._out)
 
 
 def _check_chunksize(chunksize: int | None) -> None:

@@ -27,6 +27,7 @@ way (a fresh interpreter, or a fork server): their child unpickles the process o
 from __future__ import annotations
 
 import multiprocessing.process as _mp_process
+import multiprocessing.util as _mp_util
 import os
 import signal
 import threading
@@ -65,7 +66,7 @@ class _ForkPopen:
                 finally:
                     os.close(self.sentinel)
             raise
-        self.finalizer = _mp_util().Finalize(self, os.close, (self.sentinel,))
+        self.finalizer = _mp_util.Finalize(self, os.close, (self.sentinel,))
 
     def duplicate_for_child(self, fd: int) -> int:
         return fd  # a forked child has the parent's fds already
@@ -126,12 +127,6 @@ def _run(process_obj: _mp_process.BaseProcess, parent: int, mask: set, tied: boo
         code = process_obj._bootstrap(parent_sentinel=sentinel)  # type: ignore[attr-defined]
     finally:
         os._exit(code)
-
-
-def _mp_util() -> Any:
-    from multiprocessing import util
-
-    return util
 
 
 def _popen_for(method: str) -> Callable[[_mp_process.BaseProcess], Any]:
