@@ -1,6 +1,6 @@
 """Processes and shared state: paralelo beside multiprocessing (fork), in one run.
 
-    python bench/bench_ipc.py                 # every case (≈ 20 s on 2 cores)
+    python bench/bench_ipc.py                 # every case (≈ 1 min on 2 cores)
     python bench/bench_ipc.py value lock      # some: value lock process
     python bench/bench_ipc.py --repeats 3     # fewer fresh runs per case (default 5)
 
@@ -9,11 +9,16 @@ Cases:
            (`with v.get_lock(): v.value += 1`): increments per second
   lock     one process takes and releases a Lock 1,000,000 times (uncontended): per second
   process  start + join of a Process that returns at once: per second, 200 in a row
+  queue, simplequeue
+           one process puts 300,000 small ints, the parent gets them: messages per second
+  queue1k  the same with 100,000 messages of 1 KB bytes
+  pipe     ping-pong of a small int over a duplex Pipe: round trips per second
+           (1e6 / that = the round trip in µs)
+  pipe1m   the same with 1 MB of bytes (send_bytes / recv_bytes)
 
 Each case runs as a script in a fresh interpreter per library, the libraries taking turns;
 the table shows medians and paralelo's ratio to multiprocessing ("x rival": above 1 means
-paralelo does more per second). Queues, pipes and zero-copy arrays get their cases as
-they are built.
+paralelo does more per second). Zero-copy arrays get their cases as they are built.
 """
 
 from __future__ import annotations
@@ -74,6 +79,98 @@ CASES = {
             for _ in range(N):
                 p = mp.Process(target=nothing); p.start(); p.join()
             print(N / (T() - t))
+    """),
+    "queue": ("Queue, small ints, one putter process (messages per s)", """
+        N = 300_000
+        def putter(q):
+            put = q.put
+            for i in range(N):
+                put(i)
+        if __name__ == "__main__":
+            q = mp.Queue()
+            p = mp.Process(target=putter, args=(q,))
+            t = T()
+            p.start()
+            get = q.get
+            for i in range(N):
+                get()
+            d = T() - t
+            p.join()
+            print(N / d)
+    """),
+    "simplequeue": ("SimpleQueue, small ints, one putter process (messages per s)", """
+        N = 300_000
+        def putter(q):
+            put = q.put
+            for i in range(N):
+                put(i)
+        if __name__ == "__main__":
+            q = mp.SimpleQueue()
+            p = mp.Process(target=putter, args=(q,))
+            t = T()
+            p.start()
+            get = q.get
+            for i in range(N):
+                get()
+            d = T() - t
+            p.join()
+            print(N / d)
+    """),
+    "queue1k": ("Queue, 1 KB bytes, one putter process (messages per s)", """
+        N = 100_000
+        def putter(q):
+            blob = b"x" * 1024
+            put = q.put
+            for i in range(N):
+                put(blob)
+        if __name__ == "__main__":
+            q = mp.Queue()
+            p = mp.Process(target=putter, args=(q,))
+            t = T()
+            p.start()
+            get = q.get
+            for i in range(N):
+                get()
+            d = T() - t
+            p.join()
+            print(N / d)
+    """),
+    "pipe": ("Pipe ping-pong, small object (round trips per s)", """
+        N = 50_000
+        def echo(c):
+            recv, send = c.recv, c.send
+            while (x := recv()) is not None:
+                send(x)
+        if __name__ == "__main__":
+            a, b = mp.Pipe()
+            p = mp.Process(target=echo, args=(b,)); p.start()
+            send, recv = a.send, a.recv
+            for i in range(1000):
+                send(i); recv()
+            t = T()
+            for i in range(N):
+                send(i); recv()
+            d = T() - t
+            send(None); p.join()
+            print(N / d)
+    """),
+    "pipe1m": ("Pipe ping-pong, 1 MB bytes (round trips per s)", """
+        N = 300
+        def echo(c):
+            while (x := c.recv_bytes()) != b"stop":
+                c.send_bytes(x)
+        if __name__ == "__main__":
+            a, b = mp.Pipe()
+            p = mp.Process(target=echo, args=(b,)); p.start()
+            blob = b"m" * (1 << 20)
+            for i in range(20):
+                a.send_bytes(blob); a.recv_bytes()
+            t = T()
+            for i in range(N):
+                a.send_bytes(blob); a.recv_bytes()
+            d = T() - t
+            a.send_bytes(b"stop"); p.join()
+            print(N / d)
     """),
 }
 

@@ -15,6 +15,7 @@ EXPECTED = {
     "pool_map.py": "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]\n",
     "map_reduce.py": "Suma de cuadrados: 285\nmap_reduce: 285\n",
     "futures_as_completed.py": "".join(f"Resultado: {n * n}\n" for n in range(4)),
+    "pipe_ping.py": "recibido: hola\nrecibido: [1, 2, 3]\n",
 }
 
 
@@ -27,6 +28,9 @@ def test_example_runs(name: str) -> None:
     if name == "process_workers.py":  # (four at once: lines may interleave, as with multiprocessing)
         names = re.findall(r"Proceso de trabajo: (Process-\d)", out.stdout)
         assert sorted(names) == [f"Process-{i}" for i in range(1, 5)]
+    if name == "queue_workers.py":  # (four takers at once: any order)
+        items = re.findall(r"^Procesando elemento: (\d+)$", out.stdout, re.M)
+        assert sorted(map(int, items)) == list(range(10))
     if name == "executor_submit.py":
         # Four processes print at once: their lines may interleave, their words may not.
         lines = re.findall(r"Trabajador \d: (?:Iniciando|Finalizado)", out.stdout)

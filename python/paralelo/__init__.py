@@ -23,6 +23,7 @@ from concurrent.futures import (
     wait,
 )
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import AuthenticationError, BufferTooShort, ProcessError
 
 from ._errors import (
     CorruptRingError,
@@ -48,7 +49,9 @@ from .futures import ProcessPoolExecutor
 from .pool import AsyncResult, Pool
 
 if TYPE_CHECKING:
+    from .connection import Pipe
     from .process import Process, active_children, current_process, parent_process
+    from .queues import JoinableQueue, Queue, SimpleQueue
     from .sharedctypes import Array, RawArray, RawValue, Value
     from .synchronize import Lock, RLock
 
@@ -58,7 +61,8 @@ _LAZY = {
     "Process": "process", "active_children": "process", "current_process": "process",
     "parent_process": "process", "Lock": "synchronize", "RLock": "synchronize",
     "Value": "sharedctypes", "Array": "sharedctypes", "RawValue": "sharedctypes",
-    "RawArray": "sharedctypes",
+    "RawArray": "sharedctypes", "Queue": "queues", "SimpleQueue": "queues",
+    "JoinableQueue": "queues", "Pipe": "connection",
 }
 
 
@@ -82,24 +86,31 @@ __all__ = [
     "FIRST_EXCEPTION",
     "Array",
     "AsyncResult",
+    "AuthenticationError",
     "BrokenExecutor",
     "BrokenProcessPool",
+    "BufferTooShort",
     "CancelledError",
     "Context",
     "CorruptRingError",
     "Executor",
     "Future",
     "InvalidStateError",
+    "JoinableQueue",
     "Lock",
     "LockOwnerDiedWarning",
+    "Pipe",
     "Pool",
+    "ProcessError",
     "Process",
+    "Queue",
     "RLock",
     "RawArray",
     "RawValue",
     "ProcessPoolExecutor",
     "RemoteError",
     "RemoteTraceback",
+    "SimpleQueue",
     "ResultPicklingError",
     "ResultUnpicklingError",
     "TaskUnpicklingError",

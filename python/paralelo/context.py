@@ -53,6 +53,31 @@ class Context:
 
         return RLock(ctx=self)
 
+    @staticmethod
+    def Pipe(duplex: bool = True) -> Any:
+        """A pair of connected ``Connection``s (``connection.Pipe``)."""
+        from .connection import Pipe
+
+        return Pipe(duplex)
+
+    def Queue(self, maxsize: int = 0) -> Any:
+        """A process-shared queue (``queues.Queue``)."""
+        from .queues import Queue
+
+        return Queue(maxsize, ctx=self)
+
+    def JoinableQueue(self, maxsize: int = 0) -> Any:
+        """A process-shared queue with ``task_done`` and ``join`` (``queues.JoinableQueue``)."""
+        from .queues import JoinableQueue
+
+        return JoinableQueue(maxsize, ctx=self)
+
+    def SimpleQueue(self) -> Any:
+        """A simplified process-shared queue (``queues.SimpleQueue``)."""
+        from .queues import SimpleQueue
+
+        return SimpleQueue(ctx=self)
+
     def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
         """A shared ctypes object behind a lock (``sharedctypes.Value``)."""
         from .sharedctypes import Value

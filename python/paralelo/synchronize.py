@@ -15,20 +15,15 @@ it, after the one that took it exited), so its taker's death frees nothing.
 
 from __future__ import annotations
 
-import os
 import threading
 from multiprocessing import heap
 from multiprocessing import process as _mp_process
 from multiprocessing.context import assert_spawning
 from typing import Any, cast
 
-from ._native import SharedLock, forget_lock_ids
+from ._native import SharedLock
 
 __all__ = ["Lock", "RLock"]
-
-# A lock names its holder by pid or tid, which the engine caches per thread: a forked
-# child must not go on as its parent.
-os.register_at_fork(after_in_child=forget_lock_ids)
 
 
 def _rebuild(cls: type, wrapper: Any) -> Any:

@@ -10,6 +10,7 @@
 //! is checked, and a violation is an [`Error::Corrupt`], never undefined behaviour.
 #![deny(unsafe_code)]
 
+pub mod channel;
 pub mod error;
 pub mod hub;
 mod primitive;
@@ -19,6 +20,7 @@ pub mod shm;
 pub mod sync;
 mod sys;
 
+pub use channel::Channel;
 pub use error::{Corruption, Error, Result};
 pub use hub::{Hub, HubLayout, Port, Received, SlotEvent, SlotState};
 pub use ring::{Consumer, FrameHeader, Probe, Producer, MAX_TAG};

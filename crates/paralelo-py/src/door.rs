@@ -32,7 +32,8 @@ pub(crate) fn blocking<T: Send>(
     let mut raised: Option<PyErr> = None;
     // Python runs signal handlers on the main thread only: elsewhere there is nothing to
     // check, and a waiting thread (a pool's collector) need not take the GIL between slices.
-    let on_main = rustix::thread::gettid() == rustix::process::getpid();
+    let (pid, tid) = paralelo_core::sync::caller_ids();
+    let on_main = pid == tid;
     let out = py.detach(|| {
         let mut poll = || {
             if !on_main {

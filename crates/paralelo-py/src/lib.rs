@@ -3,6 +3,7 @@
 //! [`errors`].
 use pyo3::prelude::*;
 
+mod channel;
 mod door;
 mod errors;
 mod hub;
@@ -19,6 +20,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hub::PyHub>()?;
     m.add_class::<port::PyPort>()?;
     m.add_class::<lock::PyLock>()?;
+    m.add_class::<channel::PyChannel>()?;
+    m.add_function(wrap_pyfunction!(channel::drain_pokes, m)?)?;
+    m.add_function(wrap_pyfunction!(channel::peer_gone, m)?)?;
     m.add_function(wrap_pyfunction!(lock::forget_lock_ids, m)?)?;
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(process::forget_inherited_watch, m)?)?;
@@ -26,6 +30,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(numbers::pack_numbers, m)?)?;
     m.add_function(wrap_pyfunction!(numbers::unpack_numbers, m)?)?;
     m.add("MAX_TAG", paralelo_core::MAX_TAG)?;
+    // Locks and channels name their holders by pid and tid, which the engine caches per
+    // thread: a forked child must not go on as its parent (whoever forks it).
+    let forget = m.getattr("forget_lock_ids")?;
+    let kwargs = pyo3::types::PyDict::new(m.py());
+    kwargs.set_item("after_in_child", forget)?;
+    m.py()
+        .import("os")?
+        .call_method("register_at_fork", (), Some(&kwargs))?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -96,7 +96,7 @@ impl PyLock {
                 buf.len_bytes()
             )));
         }
-        if (buf.buf_ptr() as usize) % std::mem::align_of::<SharedLock>() != 0 {
+        if !(buf.buf_ptr() as usize).is_multiple_of(std::mem::align_of::<SharedLock>()) {
             return Err(PyValueError::new_err(
                 "a lock's buffer must be 4-byte aligned",
             ));

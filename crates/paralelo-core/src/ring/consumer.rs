@@ -25,6 +25,9 @@ pub struct Consumer {
     /// Fragments of a message not yet complete.
     partial: Vec<u8>,
     in_partial: bool,
+    /// The message being reassembled is dropped when complete: its first fragments went
+    /// to another consumer (of a ring shared under a lock, see `channel`) that left.
+    discard: bool,
     /// The producer broke the protocol: nothing more is read until [`Self::reset`].
     poisoned: Option<Corruption>,
 }
@@ -39,6 +42,7 @@ impl Consumer {
             tail,
             partial: Vec::new(),
             in_partial: false,
+            discard: false,
             poisoned: None,
         })
     }
@@ -59,6 +63,28 @@ impl Consumer {
         self.tail
     }
 
+    /// Whether the consumer holds the first fragments of a message still arriving.
+    pub fn in_partial(&self) -> bool {
+        self.in_partial
+    }
+
+    /// Takes the shared `tail` as it is now: another consumer (of a ring shared under a
+    /// lock, see `channel`) may have read since this end last did. `mid_message`: that
+    /// consumer left half-way through a message, whose remaining fragments are skipped.
+    pub fn resync(&mut self, mid_message: bool) -> Result<()> {
+        let (_, tail) = self.mem.indices()?;
+        self.tail = tail;
+        self.drop_partial();
+        self.in_partial = mid_message;
+        self.discard = mid_message;
+        Ok(())
+    }
+
+    /// Drops the message being reassembled (its producer gave up on it).
+    pub fn drop_message(&mut self) {
+        self.drop_partial();
+    }
+
     /// Whether this ring was found corrupt (and is read no more until reset).
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.is_some()
@@ -73,14 +99,29 @@ impl Consumer {
         &mut self,
         max: usize,
         out: &mut Vec<u8>,
+        f: impl FnMut(FrameHeader, Range<usize>),
+    ) -> Result<usize> {
+        let out = self.drain_held(max, out, f, false);
+        self.release(); // (nothing to publish if poisoned before: the tail did not move)
+        out
+    }
+
+    /// As [`Self::drain`], but the bytes read stay unreleased (the producer cannot reuse
+    /// them) until [`Self::release`]: a caller records what it read first (see `channel`).
+    /// `whole_only`: stops before the first fragment of a message of several, so the
+    /// drain never leaves a message half-read (a caller that must not wait for the rest).
+    pub fn drain_held(
+        &mut self,
+        max: usize,
+        out: &mut Vec<u8>,
         mut f: impl FnMut(FrameHeader, Range<usize>),
+        whole_only: bool,
     ) -> Result<usize> {
         if let Some(c) = &self.poisoned {
             return Err(Error::Corrupt(c.clone()));
         }
         let mut delivered = 0;
-        let outcome = self.drain_checked(max, out, &mut f, &mut delivered);
-        self.release();
+        let outcome = self.drain_checked(max, out, &mut f, &mut delivered, whole_only);
         match outcome {
             Ok(()) => Ok(delivered),
             Err(c) => {
@@ -96,6 +137,7 @@ impl Consumer {
         out: &mut Vec<u8>,
         f: &mut impl FnMut(FrameHeader, Range<usize>),
         delivered: &mut usize,
+        whole_only: bool,
     ) -> Result<(), Corruption> {
         let cap = self.mem.cap;
         // Acquire: pairs with the producer's Release store of `head`.
@@ -131,17 +173,25 @@ impl Consumer {
             check_frame(len, max_fragment, published)?;
             let body = self.tail.wrapping_add(FRAME_HEADER as u64);
             let len = len as usize;
+            if whole_only && fh.tag & FRAG_MORE != 0 && !self.in_partial {
+                break;
+            }
             if fh.tag == TAG_ABORT {
                 self.drop_partial();
             } else if fh.tag & FRAG_MORE != 0 || self.in_partial {
-                if self.partial.len() + len > MAX_MESSAGE {
+                if self.discard {
+                    // The rest of a message another consumer took the start of: skipped.
+                } else if self.partial.len() + len > MAX_MESSAGE {
                     return Err(Corruption::MessageTooLong {
                         max: MAX_MESSAGE as u64,
                     });
+                } else {
+                    self.mem.append_to(body, len, &mut self.partial);
                 }
-                self.mem.append_to(body, len, &mut self.partial);
                 self.in_partial = fh.tag & FRAG_MORE != 0;
-                if !self.in_partial {
+                if !self.in_partial && self.discard {
+                    self.drop_partial();
+                } else if !self.in_partial {
                     let start = out.len();
                     if start == 0 {
                         // The whole message is the first delivered: hand over the buffer
@@ -166,7 +216,7 @@ impl Consumer {
     }
 
     /// Publishes how far we read, and rings the producer if it waits for room.
-    fn release(&mut self) {
+    pub fn release(&mut self) {
         let hdr = self.mem.header();
         if hdr.tail.load(Ordering::Relaxed) == self.tail {
             return;
@@ -207,6 +257,7 @@ impl Consumer {
     fn drop_partial(&mut self) {
         self.partial.clear();
         self.in_partial = false;
+        self.discard = false;
         if self.partial.capacity() > KEEP_PARTIAL {
             self.partial = Vec::new();
         }

@@ -220,6 +220,23 @@ impl Producer {
         Ok(())
     }
 
+    /// Takes the shared indices as they are now: another producer (of a ring shared under
+    /// a lock, see `channel`) may have published since this end last wrote. `broken`:
+    /// the last message was left half-sent, so the consumer must first be told to drop it.
+    pub fn resync(&mut self, broken: bool) -> Result<()> {
+        let (head, tail) = self.mem.indices()?;
+        self.head = head;
+        self.tail_seen = tail;
+        self.broken = broken;
+        self.rewind_after = head;
+        Ok(())
+    }
+
+    /// Whether the next send first tells the consumer to drop a half-sent message.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     /// Empties the ring, as if freshly created, and forgets sleepers on its data bell (so
     /// that bell must be this ring's own). Only sound when no consumer is running
     /// (its process is gone) — the hub uses it to reuse a dead worker's slot.

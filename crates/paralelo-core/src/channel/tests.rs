@@ -1,0 +1,299 @@
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::*;
+
+const SMALL: usize = 4096; // fragments of 992 bytes
+
+fn keep_going() -> bool {
+    true
+}
+
+fn soon() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_secs(30))
+}
+
+/// Message `i` of sender `s`: its ids first, then bytes that depend on both; every 13th
+/// is several fragments long.
+fn message(s: u32, i: u32) -> Vec<u8> {
+    let len = if i.is_multiple_of(13) {
+        3000 + (i as usize % 7) * 500
+    } else {
+        8 + (i as usize % 40)
+    };
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&s.to_le_bytes());
+    m.extend_from_slice(&i.to_le_bytes());
+    m.extend((8..len).map(|j| (j as u32).wrapping_mul(31).wrapping_add(i ^ s) as u8));
+    m
+}
+
+#[test]
+fn many_senders_and_receivers_get_every_message_once_and_in_each_senders_order() {
+    const SENDERS: u32 = 3;
+    const EACH: u32 = 2000;
+    let ch = Arc::new(Channel::create(SMALL).unwrap());
+    let got: Vec<_> = (0..3)
+        .map(|_| {
+            let ch = ch.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut out = Vec::new();
+                loop {
+                    match ch.recv(
+                        &mut out,
+                        Some(Instant::now() + Duration::from_millis(500)),
+                        &mut keep_going,
+                    ) {
+                        Ok(()) => seen.push(out.clone()),
+                        Err(Error::Timeout) => return seen,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let sent: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let ch = ch.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let m = message(s, i);
+                    if i % 2 == 0 || !ch.try_send(&m).unwrap() {
+                        ch.send(&m, soon(), &mut keep_going).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in sent {
+        t.join().unwrap();
+    }
+    let mut last: HashMap<(usize, u32), u32> = HashMap::new();
+    let mut total = 0;
+    for (r, t) in got.into_iter().enumerate() {
+        for m in t.join().unwrap() {
+            let s = u32::from_le_bytes(m[0..4].try_into().unwrap());
+            let i = u32::from_le_bytes(m[4..8].try_into().unwrap());
+            assert_eq!(m, message(s, i), "message {i} of sender {s} arrives whole");
+            if let Some(prev) = last.insert((r, s), i) {
+                assert!(prev < i, "a receiver sees each sender's messages in order");
+            }
+            total += 1;
+        }
+    }
+    assert_eq!(total, SENDERS * EACH);
+}
+
+#[test]
+fn a_channel_opened_from_its_fd_shares_the_messages() {
+    let a = Channel::create(SMALL).unwrap();
+    let b = Channel::open(a.seg.as_fd_for_test()).unwrap();
+    a.send(b"hello", soon(), &mut keep_going).unwrap();
+    let big = vec![7u8; 10_000];
+    let t = std::thread::spawn({
+        let big = big.clone();
+        move || a.send(&big, soon(), &mut keep_going).unwrap()
+    });
+    let mut out = Vec::new();
+    b.recv(&mut out, soon(), &mut keep_going).unwrap();
+    assert_eq!(out, b"hello");
+    b.recv(&mut out, soon(), &mut keep_going).unwrap();
+    assert_eq!(out, big);
+    t.join().unwrap();
+}
+
+#[test]
+fn a_segment_that_is_not_a_channel_is_refused() {
+    let seg = Segment::create("not-a-channel", 1 << 16).unwrap();
+    assert!(matches!(
+        Channel::open(seg.as_fd_for_test()),
+        Err(Error::BadLayout { what: "channel" })
+    ));
+    assert!(matches!(Channel::create(1000), Err(Error::Invalid(_))));
+}
+
+#[test]
+fn receiving_times_out_when_nothing_comes_and_a_past_deadline_takes_one_look() {
+    let ch = Channel::create(SMALL).unwrap();
+    let mut out = Vec::new();
+    let start = Instant::now();
+    let r = ch.recv(
+        &mut out,
+        Some(start + Duration::from_millis(30)),
+        &mut keep_going,
+    );
+    assert!(matches!(r, Err(Error::Timeout)));
+    assert!(start.elapsed() >= Duration::from_millis(30));
+    assert!(matches!(
+        ch.recv(&mut out, Some(Instant::now()), &mut keep_going),
+        Err(Error::Timeout)
+    ));
+    ch.send(b"x", None, &mut keep_going).unwrap();
+    ch.recv(&mut out, Some(Instant::now()), &mut keep_going)
+        .unwrap();
+    assert_eq!(out, b"x");
+}
+
+#[test]
+fn a_sender_that_gives_up_half_way_costs_only_its_own_message() {
+    let ch = Arc::new(Channel::create(SMALL).unwrap());
+    // Nobody receives, so a 10 KB message stalls after its first fragments; the sender is
+    // then interrupted (as Ctrl-C would) and leaves it half-sent.
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = std::thread::spawn({
+        let (ch, stop) = (ch.clone(), stop.clone());
+        move || {
+            ch.send(&vec![1u8; 10_000], None, &mut || {
+                !stop.load(std::sync::atomic::Ordering::Relaxed)
+            })
+        }
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(t.join().unwrap(), Err(Error::Interrupted)));
+    let mut out = Vec::new();
+    // The receiver takes the fragments, finds the sender gone, drops them.
+    let r = ch.recv(
+        &mut out,
+        Some(Instant::now() + Duration::from_millis(200)),
+        &mut keep_going,
+    );
+    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    ch.send(b"next", soon(), &mut keep_going).unwrap();
+    ch.recv(&mut out, soon(), &mut keep_going).unwrap();
+    assert_eq!(out, b"next");
+}
+
+#[test]
+fn a_sender_that_left_is_answered_by_the_next_senders_abort() {
+    let ch = Arc::new(Channel::create(SMALL).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = std::thread::spawn({
+        let (ch, stop) = (ch.clone(), stop.clone());
+        move || {
+            ch.send(&vec![1u8; 10_000], None, &mut || {
+                !stop.load(std::sync::atomic::Ordering::Relaxed)
+            })
+        }
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(t.join().unwrap().is_err());
+    // The next sender comes before any receiver: it aborts the half-sent message first.
+    let big = message(9, 13);
+    let t = std::thread::spawn({
+        let (ch, big) = (ch.clone(), big.clone());
+        move || ch.send(&big, soon(), &mut keep_going).unwrap()
+    });
+    let mut out = Vec::new();
+    ch.recv(&mut out, soon(), &mut keep_going).unwrap();
+    assert_eq!(out, big);
+    t.join().unwrap();
+}
+
+#[test]
+fn a_receiver_that_gives_up_half_way_costs_only_the_message_it_held() {
+    let ch = Arc::new(Channel::create(SMALL).unwrap());
+    // The sender stalls half-way through a big message (nobody drains), the receiver
+    // reads its first fragments and is interrupted.
+    let big = vec![2u8; 20_000];
+    let sender = std::thread::spawn({
+        let (ch, big) = (ch.clone(), big.clone());
+        move || {
+            ch.send(&big, soon(), &mut keep_going).unwrap();
+            ch.send(b"after", soon(), &mut keep_going).unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let mut out = Vec::new();
+    let mut polls = 0;
+    let r = ch.recv(&mut out, soon(), &mut || {
+        polls += 1;
+        polls < 2
+    });
+    // It may also have read the whole message before the poll ran.
+    match r {
+        Err(Error::Interrupted) => {
+            ch.recv(&mut out, soon(), &mut keep_going).unwrap();
+            assert_eq!(
+                out, b"after",
+                "the rest of the message is dropped, the next arrives"
+            );
+        }
+        Ok(()) => {
+            assert_eq!(out, big);
+            ch.recv(&mut out, soon(), &mut keep_going).unwrap();
+            assert_eq!(out, b"after");
+        }
+        Err(e) => panic!("{e}"),
+    }
+    sender.join().unwrap();
+}
+
+#[test]
+fn the_receiving_mark_tells_a_finished_message_from_one_cut_off() {
+    let ch = Channel::create(SMALL).unwrap();
+    let mut c = end(&ch.consumer);
+    let h = ch.header();
+    // A receiver about to release a message's end at the tail we see did release it.
+    h.receiving.store(ending_at(c.tail()), Ordering::Relaxed);
+    ch.resync_receiver(&mut c).unwrap();
+    assert!(!c.in_partial());
+    assert_eq!(h.receiving.load(Ordering::Relaxed), WHOLE);
+    // One that was to release it elsewhere died first: the tail is mid-message.
+    h.receiving
+        .store(ending_at(c.tail() + 64), Ordering::Relaxed);
+    ch.resync_receiver(&mut c).unwrap();
+    assert!(c.in_partial());
+    assert_eq!(h.receiving.load(Ordering::Relaxed), MID);
+}
+
+#[test]
+fn counting_bounds_puts_and_task_done_counts_down_to_join() {
+    let ch = Arc::new(Channel::create(SMALL).unwrap());
+    ch.reserve(2, soon(), &mut keep_going).unwrap();
+    ch.reserve(2, soon(), &mut keep_going).unwrap();
+    assert_eq!(ch.count(), 2);
+    let r = ch.reserve(
+        2,
+        Some(Instant::now() + Duration::from_millis(20)),
+        &mut keep_going,
+    );
+    assert!(matches!(r, Err(Error::Timeout)));
+    let t = std::thread::spawn({
+        let ch = ch.clone();
+        move || ch.reserve(2, soon(), &mut keep_going)
+    });
+    std::thread::sleep(Duration::from_millis(10));
+    ch.unreserve();
+    t.join().unwrap().unwrap();
+    assert_eq!(ch.count(), 2);
+
+    assert!(matches!(ch.task_done(), Err(Error::Invalid(_))));
+    ch.add_unfinished();
+    ch.add_unfinished();
+    let t = std::thread::spawn({
+        let ch = ch.clone();
+        move || ch.wait_finished(soon(), &mut keep_going)
+    });
+    ch.task_done().unwrap();
+    assert_eq!(ch.unfinished(), 1);
+    ch.task_done().unwrap();
+    t.join().unwrap().unwrap();
+    assert!(ch
+        .wait_finished(Some(Instant::now()), &mut keep_going)
+        .is_ok());
+}
+
+#[test]
+fn a_watcher_is_seen_by_senders_until_it_leaves() {
+    let ch = Channel::create(SMALL).unwrap();
+    assert!(!ch.fd_watched());
+    ch.watch(true);
+    assert!(ch.fd_watched());
+    ch.watch(false);
+    ch.watch(false); // never below zero
+    assert!(!ch.fd_watched());
+}

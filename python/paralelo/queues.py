@@ -1,0 +1,322 @@
+"""multiprocessing's ``Queue``, ``SimpleQueue`` and ``JoinableQueue`` on the engine's
+shared-memory channels.
+
+A queue is one ring in a shared memory segment that every process holding the queue
+maps: ``put`` pickles the object and copies it into the ring (no pipe, no system call
+unless a getter sleeps), ``get`` copies it out. Many processes and threads may put and
+get at once; each message arrives whole, once, and in the order its putter put it. A
+process killed half-way through a put or a get costs that one message, never the others.
+
+As with multiprocessing, ``Queue.put`` never blocks on a full ring (only on ``maxsize``):
+what does not fit waits in a feeder thread, flushed before the process exits (unless
+``cancel_join_thread``). Unlike multiprocessing, ``put`` pickles at once, so an object
+that cannot be pickled raises there, in the caller, instead of printing a traceback from
+the feeder thread and vanishing; and what was put is visible to ``empty()`` and ``get``
+at once. Queues may also be passed to a pool's tasks, not only to ``Process`` and pool
+initializers.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import sys
+import threading
+import weakref
+from multiprocessing import reduction, util
+from queue import Empty, Full
+from typing import Any
+
+from ._native import Channel
+from ._pickling import by_value
+
+__all__ = ["Empty", "Full", "JoinableQueue", "Queue", "SimpleQueue"]
+
+#: A maxsize at or past this is no bound (the engine counts in 32 bits).
+_UNBOUNDED = 1 << 31
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickles a message: by reference where the standard pickler can (so a ``__main__``
+    class arrives as the receiver's own, as with multiprocessing's fork), else by value
+    with cloudpickle (lambdas, closures, what only this process has)."""
+    try:
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return by_value(obj)
+
+
+loads = pickle.loads
+
+#: Queues alive in this process: a forked child starts each with no feeder of its own.
+_live: weakref.WeakSet = weakref.WeakSet()
+
+
+def _forget_feeders_after_fork() -> None:
+    for q in list(_live):
+        q._after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_feeders_after_fork)
+
+
+class _Shared:
+    """What every queue shares: the channel, how it pickles to another process, and how
+    a forked child starts over."""
+
+    _ch: Channel
+
+    def _share(self, ch: Channel) -> None:
+        self._ch = ch
+        self._opid = os.getpid()
+
+    def __getstate__(self) -> tuple:
+        # The channel's segment goes as a descriptor: through the starting process's
+        # Popen while spawning, else through multiprocessing's resource sharer (so a
+        # queue may go to a running pool's task).
+        return (reduction.DupFd(self._ch.fd), *self._extra_state())
+
+    def __setstate__(self, state: tuple) -> None:
+        fd = state[0].detach()
+        try:
+            ch = Channel.open(fd)
+        finally:
+            os.close(fd)
+        self._share(ch)
+        self._set_extra_state(state[1:])
+
+    def _extra_state(self) -> tuple:
+        return ()
+
+    def _set_extra_state(self, state: tuple) -> None:
+        pass
+
+
+class Queue(_Shared):
+    """A process-shared FIFO queue (multiprocessing's ``Queue``): ``put``/``get`` with
+    ``block`` and ``timeout`` (``queue.Full``/``queue.Empty``), ``put_nowait``,
+    ``get_nowait``, ``qsize``, ``empty``, ``full``, ``close``, ``join_thread``,
+    ``cancel_join_thread``."""
+
+    _joinable = False
+
+    def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
+        self._maxsize = maxsize if 0 < maxsize < _UNBOUNDED else 0
+        self._share(Channel())
+        self._reset()
+
+    def _extra_state(self) -> tuple:
+        return (self._maxsize,)
+
+    def _set_extra_state(self, state: tuple) -> None:
+        (self._maxsize,) = state
+        self._reset()
+
+    def _reset(self) -> None:
+        self._closed = False
+        self._notempty = threading.Condition(threading.Lock())
+        self._buffer: collections.deque = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._jointhread: util.Finalize | None = None
+        self._joincancelled = False
+        self._close_feeder: util.Finalize | None = None
+        _live.add(self)
+
+    def _after_fork(self) -> None:
+        # The parent's feeder (and what it had yet to send) stays the parent's.
+        self._reset()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} object at {id(self):#x}>"
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Puts `obj` in the queue, waiting while ``maxsize`` items are in (``queue.Full``
+        when `timeout` passes, or at once with ``block=False``)."""
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        ch = self._ch
+        if not self._buffer:  # (else it goes behind what waits there)
+            sent = ch.put(obj, self._maxsize, self._joinable)
+            if sent is True:
+                return
+            if sent is not None:
+                self._feed(sent)
+                return
+        # Full, or not picklable by reference, or behind the feeder: the general way.
+        try:
+            ch.reserve(self._maxsize, block, timeout)
+        except TimeoutError:
+            raise Full from None
+        try:
+            data = dumps(obj)
+        except BaseException:
+            ch.unreserve()
+            raise
+        if self._joinable:
+            ch.add_unfinished()
+        if self._buffer or not ch.try_send(data):
+            self._feed(data)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Takes the next item, waiting for one (``queue.Empty`` when `timeout` passes,
+        or at once with ``block=False``)."""
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        if not block:
+            timeout = 0.0
+        elif timeout is not None and timeout < 0:
+            timeout = 0.0
+        try:
+            return self._ch.recv(timeout, True, -1, True)
+        except TimeoutError:
+            raise Empty from None
+
+    def put_nowait(self, obj: Any) -> None:
+        return self.put(obj, False)
+
+    def get_nowait(self) -> Any:
+        return self.get(False)
+
+    def qsize(self) -> int:
+        """Items put and not yet taken (by any process)."""
+        return self._ch.count()
+
+    def empty(self) -> bool:
+        return not self._ch.has_data()
+
+    def full(self) -> bool:
+        return bool(self._maxsize) and self._ch.count() >= self._maxsize
+
+    def close(self) -> None:
+        """No more puts or gets from this process; the feeder thread sends what it holds,
+        then ends."""
+        self._closed = True
+        close, self._close_feeder = self._close_feeder, None
+        if close is not None:
+            close()
+
+    def join_thread(self) -> None:
+        """Waits for the feeder thread to send what it holds (after ``close``)."""
+        util.debug("Queue.join_thread()")
+        assert self._closed, f"Queue {self!r} not closed"
+        if self._jointhread:
+            self._jointhread()
+
+    def cancel_join_thread(self) -> None:
+        """Lets this process exit without waiting for the feeder thread to send what it
+        holds (which is then lost)."""
+        util.debug("Queue.cancel_join_thread()")
+        self._joincancelled = True
+        try:
+            if self._jointhread is not None:
+                self._jointhread.cancel()
+        except AttributeError:
+            pass
+
+    def _feed(self, data: bytes) -> None:
+        # Items go out in order: while any waits here, every later put waits behind it.
+        with self._notempty:
+            if self._thread is None:
+                self._start_thread()
+            self._buffer.append(data)
+            self._notempty.notify()
+
+    def _start_thread(self) -> None:
+        util.debug("Queue._start_thread()")
+        self._thread = threading.Thread(
+            target=Queue._feeder, args=(self._buffer, self._notempty, self._ch),
+            name="QueueFeederThread", daemon=True)
+        self._thread.start()
+        if not self._joincancelled:
+            self._jointhread = util.Finalize(self._thread, Queue._finalize_join,
+                                             [weakref.ref(self._thread)], exitpriority=-5)
+        self._close_feeder = util.Finalize(self, Queue._finalize_close,
+                                           [self._buffer, self._notempty], exitpriority=10)
+
+    @staticmethod
+    def _finalize_join(twr: Any) -> None:
+        thread = twr()
+        if thread is not None:
+            util.debug("joining queue thread")
+            thread.join()
+
+    @staticmethod
+    def _finalize_close(buffer: collections.deque, notempty: threading.Condition) -> None:
+        with notempty:
+            buffer.append(_STOP)
+            notempty.notify()
+
+    @staticmethod
+    def _feeder(buffer: collections.deque, notempty: threading.Condition, ch: Channel) -> None:
+        while True:
+            with notempty:
+                while not buffer:
+                    notempty.wait()
+            data = buffer[0]
+            if data is _STOP:
+                buffer.popleft()
+                return
+            try:
+                ch.send(data)
+            except Exception:  # noqa: BLE001 (a corrupt ring: nothing more can be sent)
+                ch.unreserve()
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
+            # Popped only once sent: a put that finds the buffer empty may send directly.
+            buffer.popleft()
+
+
+_STOP = object()
+
+
+class JoinableQueue(Queue):
+    """A ``Queue`` whose consumers mark each item done (``task_done``) and whose
+    ``join`` waits until every item put was (multiprocessing's ``JoinableQueue``)."""
+
+    _joinable = True
+
+    def task_done(self) -> None:
+        """Marks one item taken with ``get`` as done (ValueError if more than were put)."""
+        self._ch.task_done()
+
+    def join(self) -> None:
+        """Waits until every item put was marked done."""
+        self._ch.wait_finished()
+
+
+class SimpleQueue(_Shared):
+    """A simplified process-shared queue (multiprocessing's ``SimpleQueue``): ``put``
+    (which waits while the ring is full), ``get``, ``empty``, ``close``."""
+
+    def __init__(self, *, ctx: Any = None) -> None:
+        self._share(Channel())
+        self._closed = False
+
+    def _set_extra_state(self, state: tuple) -> None:
+        self._closed = False
+
+    def _check(self) -> Channel:
+        if self._closed:
+            raise OSError("handle is closed")
+        return self._ch
+
+    def put(self, obj: Any) -> None:
+        ch = self._check()
+        sent = ch.put(obj, 0, False)  # (counted, for no one: cheaper than a second path)
+        if sent is True:
+            return
+        if sent is None:
+            ch.reserve(0)
+            sent = dumps(obj)
+        ch.send(sent)
+
+    def get(self) -> Any:
+        return self._check().recv(None, True, -1, True)
+
+    def empty(self) -> bool:
+        return not self._check().has_data()
+
+    def close(self) -> None:
+        self._closed = True

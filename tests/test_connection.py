@@ -1,0 +1,188 @@
+"""``Pipe``, ``Connection`` and ``connection.wait``: side by side with multiprocessing on
+the same script, and what the shared-memory pipe must survive (a writer killed
+mid-message, connections passed to a running pool's tasks, ``select`` on ``fileno()``)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import time
+
+import pytest
+
+import paralelo
+from paralelo.connection import wait
+from scripts import side_by_side
+from test_sharedctypes import HEAD
+
+
+def test_pipes_match_multiprocessing(tmp_path) -> None:
+    outs = side_by_side(tmp_path, HEAD.replace("import paralelo as mp", "import paralelo as mp\n    from paralelo.connection import wait").replace(
+        "import multiprocessing as mp", "import multiprocessing as mp\n    from multiprocessing.connection import wait") + """
+def echo(conn):
+    while True:
+        x = conn.recv()
+        if x is None:
+            break
+        conn.send(x)
+    conn.send_bytes(b"abcdef", 2, 3)
+    logging.info("echo done")
+    conn.close()
+def writer(w, n):
+    for i in range(n):
+        w.send(i)
+    w.close()
+if __name__ == "__main__":
+    a, b = mp.Pipe()
+    p = mp.Process(target=echo, args=(b,)); p.start(); b.close()
+    print(all(a.send(i) or a.recv() == i for i in range(2000)))
+    a.send({"k": [1, 2], "arr": np.arange(3)}); print(a.recv())
+    big = os.urandom(3_000_000); a.send(big); print(a.recv() == big)
+    a.send(None)
+    print(a.recv_bytes())
+    try:
+        a.recv()
+    except EOFError:
+        print("EOFError")
+    print(a.poll(), a.poll(0.1), a.poll(None))
+    p.join()
+    print(a.closed, a.readable, a.writable); a.close(); print(a.closed)
+    for call in (a.recv, lambda: a.send(1), a.poll, a.fileno):
+        try:
+            call()
+        except OSError as e:
+            print("OSError", e)
+    r, w = mp.Pipe(False)
+    print(r.readable, r.writable, w.readable, w.writable)
+    for call in (lambda: r.send(1), w.recv, w.poll):
+        try:
+            call()
+        except OSError as e:
+            print("OSError", e)
+    print(r.poll(), r.poll(0.05))
+    ps, readers = [], []
+    for k in range(3):
+        r, w = mp.Pipe(False)
+        q = mp.Process(target=writer, args=(w, 100 * (k + 1))); q.start(); w.close()
+        readers.append(r); ps.append(q)
+    counts = {id(r): 0 for r in readers}
+    live = list(readers)
+    while live:
+        for r in wait(live, timeout=10):
+            try:
+                r.recv(); counts[id(r)] += 1
+            except EOFError:
+                live.remove(r)
+    print(sorted(counts.values()))
+    for q in ps:
+        q.join()
+    print(wait([ps[0].sentinel], 1) == [ps[0].sentinel], wait(readers[:1], 0.05) == readers[:1])
+    r, w = mp.Pipe()
+    print(wait([r], 0.05))
+    w.send_bytes(bytearray(b"xyz")); buf = bytearray(10)
+    print(r.recv_bytes_into(buf, 2), buf)
+    w.send_bytes(np.arange(4, dtype=np.int32)); print(len(r.recv_bytes()))
+    w.send_bytes(b"0123456789AB")
+    try:
+        r.recv_bytes_into(bytearray(4))
+    except mp.BufferTooShort as e:
+        print("BufferTooShort", e.args[0])
+    for args in ((b"x", -1), (b"x", 2), (b"xy", 0, -1), (b"xy", 1, 2)):
+        try:
+            w.send_bytes(*args)
+        except ValueError as e:
+            print("ValueError", e)
+    try:
+        r.recv_bytes(-1)
+    except ValueError as e:
+        print("ValueError", e)
+    w.send_bytes(b"toolong")
+    try:
+        r.recv_bytes(3)
+    except OSError as e:
+        print("OSError", e, r.closed, r.readable, r.writable)
+    with w:
+        pass
+    print(w.closed)
+""")
+    assert outs[0] == outs[1]
+    assert "EOFError" in outs[0] and "[100, 200, 300]" in outs[0]
+
+
+def test_fileno_is_readable_for_select_when_a_message_comes() -> None:
+    r, w = paralelo.Pipe()
+    fd = r.fileno()
+    assert select.select([fd], [], [], 0.05)[0] == []
+    w.send("hi")
+    assert select.select([fd], [], [], 5)[0] == [fd]
+    assert r.recv() == "hi"
+    w.close()
+    assert select.select([fd], [], [], 5)[0] == [fd]  # the other end closed
+    with pytest.raises(EOFError):
+        r.recv()
+    r.close()
+
+
+def _reply(conn: paralelo.connection.Connection, x: int) -> int:
+    conn.send(x * 2)
+    return x
+
+
+def test_a_connection_goes_to_a_running_pools_tasks() -> None:
+    with paralelo.Pool(2) as pool:
+        r, w = paralelo.Pipe(duplex=False)
+        assert sorted(pool.starmap(_reply, [(w, i) for i in range(4)])) == list(range(4))
+        assert sorted(r.recv() for _ in range(4)) == [0, 2, 4, 6]
+    r2 = pickle.loads(pickle.dumps(r))
+    w.send("via the copy")
+    assert r2.recv() == "via the copy"
+    for c in (r, w, r2):
+        c.close()
+
+
+def _stream(w: paralelo.connection.Connection) -> None:
+    blob = b"s" * 4_000_000
+    while True:
+        w.send(blob)
+
+
+def test_a_writer_killed_mid_message_leaves_an_end_of_file_not_a_hang() -> None:
+    r, w = paralelo.Pipe(duplex=False)
+    p = paralelo.Process(target=_stream, args=(w,))
+    p.start()
+    w.close()
+    assert len(r.recv()) == 4_000_000
+    time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    start = time.monotonic()
+    with pytest.raises(EOFError):
+        while True:
+            assert len(r.recv()) == 4_000_000  # whole messages only, then the end
+    assert time.monotonic() - start < 5
+    r.close()
+
+
+def test_a_send_to_a_closed_reader_that_must_wait_raises_broken_pipe() -> None:
+    r, w = paralelo.Pipe(duplex=False)
+    r.close()
+    with pytest.raises(BrokenPipeError):
+        for _ in range(100):
+            w.send_bytes(b"f" * 100_000)  # the ring fills; then the wait sees no reader
+    w.close()
+
+
+def test_wait_mixes_pipes_sockets_and_sentinels() -> None:
+    import socket
+
+    r1, w1 = paralelo.Pipe()
+    s1, s2 = socket.socketpair()
+    assert wait([r1, s1], 0.05) == []
+    s2.send(b"x")
+    assert wait([r1, s1], 5) == [s1]
+    w1.send(1)
+    assert set(map(id, wait([r1, s1], 5))) == {id(r1), id(s1)}
+    for c in (r1, w1, s1, s2):
+        c.close()
