@@ -8,6 +8,7 @@ import os
 import pickle
 import select
 import signal
+import threading
 import time
 
 import pytest
@@ -107,7 +108,7 @@ if __name__ == "__main__":
         pass
     print(w.closed)
 """)
-    assert outs[0] == outs[1]
+    assert outs[0].splitlines() == outs[1].splitlines()
     assert "EOFError" in outs[0] and "[100, 200, 300]" in outs[0]
 
 
@@ -186,3 +187,52 @@ def test_wait_mixes_pipes_sockets_and_sentinels() -> None:
     assert set(map(id, wait([r1, s1], 5))) == {id(r1), id(s1)}
     for c in (r1, w1, s1, s2):
         c.close()
+
+
+def test_fileno_readiness_is_exact_after_each_receive_and_survives_a_childs_close() -> None:
+    r, w = paralelo.Pipe()
+    fd = r.fileno()
+    w.send(1)
+    w.send(2)
+    assert select.select([fd], [], [], 5)[0] == [fd]
+    assert r.recv() == 1
+    assert select.select([fd], [], [], 0)[0] == [fd]  # one is left
+    assert r.recv() == 2
+    assert select.select([fd], [], [], 0.05)[0] == []  # none is: not readable
+    p = paralelo.Process(target=r.close)  # a child's copy closes; ours stays watched
+    p.start()
+    p.join()
+    w.send(3)
+    assert select.select([fd], [], [], 5)[0] == [fd]
+    assert r.recv() == 3
+    r.close()
+    w.close()
+
+
+def test_end_of_file_comes_at_once_and_after_the_last_message() -> None:
+    r, w = paralelo.Pipe()
+    w.send("last")
+    w.close()
+    start = time.monotonic()
+    assert r.recv() == "last"
+    with pytest.raises(EOFError):
+        r.recv()
+    assert time.monotonic() - start < 1  # (not a slice of waiting per look)
+    r2, w2 = paralelo.Pipe()
+    threading.Timer(0.1, w2.close).start()  # closed while the reader sleeps
+    with pytest.raises(EOFError):
+        r2.recv()
+    r.close()
+    r2.close()
+
+
+def test_send_bytes_takes_any_byte_buffer() -> None:
+    import array
+    import ctypes
+
+    r, w = paralelo.Pipe()
+    w.send_bytes(array.array("b", [1, 2, 3]))
+    w.send_bytes((ctypes.c_char * 3)(*b"abc"))
+    assert r.recv_bytes() == b"\x01\x02\x03" and r.recv_bytes() == b"abc"
+    r.close()
+    w.close()

@@ -238,3 +238,84 @@ def test_each_putters_items_arrive_in_its_order() -> None:
         last[tag] = i
     for p in ps:
         p.join()
+
+
+def _put_one(q: paralelo.Queue, x: object) -> None:
+    q.put(x)
+
+
+def test_a_child_forked_while_the_feeder_is_mid_send_can_still_put() -> None:
+    q = paralelo.Queue()
+    q.put(b"x" * (3 << 20))  # bigger than the ring: the feeder thread waits mid-message
+    time.sleep(0.2)
+    p = paralelo.Process(target=_put_one, args=(q, "from child"))
+    p.start()
+    assert len(q.get(timeout=10)) == 3 << 20
+    assert q.get(timeout=10) == "from child"
+    q.put("after")
+    assert q.get(timeout=10) == "after"
+    p.join(10)
+    assert p.exitcode == 0
+
+
+def test_empty_from_another_thread_or_a_signal_handler_while_get_waits() -> None:
+    q = paralelo.Queue()
+    seen = []
+
+    def check() -> None:
+        time.sleep(0.1)
+        seen.append(q.empty())
+        q.put("x")
+
+    t = threading.Thread(target=check)
+    t.start()
+    assert q.get(timeout=10) == "x"
+    t.join()
+
+    def handler(sig: int, frame: object) -> None:
+        seen.append(q.empty())
+        with pytest.raises(RuntimeError, match="reentrant"):
+            q.get()  # this very thread is inside get(): refused, not deadlocked
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.5)
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    assert seen == [True, True]
+
+
+def _put_big_then_sleep(q: paralelo.Queue) -> None:
+    q.put(b"p" * 3_000_000)  # the feeder stalls mid-message: nobody reads yet
+    time.sleep(60)
+
+
+def test_a_message_lost_with_its_putter_is_counted_out_and_marked_done() -> None:
+    q = paralelo.JoinableQueue(maxsize=2)
+    p = paralelo.Process(target=_put_big_then_sleep, args=(q,))
+    p.start()
+    time.sleep(0.3)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    q.put("after")
+    assert q.get(timeout=10) == "after"
+    q.task_done()
+    assert q.qsize() == 0
+    q.join()  # nothing is left unfinished
+    q.put(1)
+    q.put(2, timeout=1)  # the lost message's slot came back
+
+
+def test_objects_that_only_multiprocessings_pickler_knows_go_through() -> None:
+    import socket
+
+    a, b = socket.socketpair()
+    q = paralelo.Queue()
+    q.put(a)  # (ForkingPickler's reducer: the descriptor is duplicated)
+    got = q.get(timeout=10)
+    got.send(b"hi")
+    assert b.recv(2) == b"hi"
+    for s in (a, b, got):
+        s.close()

@@ -50,8 +50,10 @@ from .pool import AsyncResult, Pool
 
 if TYPE_CHECKING:
     from .connection import Pipe
+    from .managers import Manager
     from .process import Process, active_children, current_process, parent_process
     from .queues import JoinableQueue, Queue, SimpleQueue
+    from .sharedarray import SharedArray
     from .sharedctypes import Array, RawArray, RawValue, Value
     from .synchronize import Lock, RLock
 
@@ -62,7 +64,8 @@ _LAZY = {
     "parent_process": "process", "Lock": "synchronize", "RLock": "synchronize",
     "Value": "sharedctypes", "Array": "sharedctypes", "RawValue": "sharedctypes",
     "RawArray": "sharedctypes", "Queue": "queues", "SimpleQueue": "queues",
-    "JoinableQueue": "queues", "Pipe": "connection",
+    "JoinableQueue": "queues", "Pipe": "connection", "SharedArray": "sharedarray",
+    "Manager": "managers",
 }
 
 
@@ -99,6 +102,7 @@ __all__ = [
     "JoinableQueue",
     "Lock",
     "LockOwnerDiedWarning",
+    "Manager",
     "Pipe",
     "Pool",
     "ProcessError",
@@ -110,6 +114,7 @@ __all__ = [
     "ProcessPoolExecutor",
     "RemoteError",
     "RemoteTraceback",
+    "SharedArray",
     "SimpleQueue",
     "ResultPicklingError",
     "ResultUnpicklingError",

@@ -3,24 +3,30 @@ shared-memory channels; ``Listener`` and ``Client`` (sockets between programs th
 not start each other) are the standard library's.
 
 A ``Pipe`` is a channel per direction (a ring in shared memory: a message is copied in
-and out, with no system call while the receiver is awake) and a Unix socket pair beside
-them. The socket is what the kernel keeps per end, so it says when the other end is
-closed everywhere (``recv`` raises EOFError once nothing is left, ``send`` waiting for room
-raises BrokenPipeError), and it is the descriptor that ``fileno()`` gives to ``select``:
-while anyone waits on it, every send also writes a wake-up byte to it.
+and out, with no system call while the receiver is awake), a Unix socket pair and an
+eventfd per direction beside them:
+
+- The socket is what the kernel keeps per end, so it says when the other end is closed
+  everywhere (by ``close`` or by death): ``recv`` raises EOFError once nothing is left,
+  and ``send`` raises BrokenPipeError.
+- ``fileno()`` is an epoll descriptor over the socket and the eventfd of the incoming
+  direction, for ``select`` and event loops: while anyone waits on descriptors, senders
+  poke the eventfd, and a receiver leaves it readable exactly while data is left.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import socket
 import time
+import weakref
 from multiprocessing import AuthenticationError, BufferTooShort, reduction
 from multiprocessing import connection as _mp
 from multiprocessing.connection import Client, Listener, answer_challenge, deliver_challenge
 from typing import Any
 
-from ._native import Channel, drain_pokes, peer_gone
+from ._native import Channel, drain_pokes, peer_gone, poke
 from .queues import dumps
 
 __all__ = [
@@ -28,20 +34,45 @@ __all__ = [
     "answer_challenge", "deliver_challenge", "wait",
 ]
 
+#: Connections alive in this process: a forked child's copies hold no registration of
+#: their own (the parent's stays the parent's).
+_live: weakref.WeakSet = weakref.WeakSet()
+
+
+def _forget_watches_after_fork() -> None:
+    for c in list(_live):
+        c._after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_watches_after_fork)
+
+
+def _eventfd() -> int:
+    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
 
 class Connection:
     """One end of a ``Pipe`` (multiprocessing's ``Connection``): ``send``/``recv`` of
     picklable objects, ``send_bytes``/``recv_bytes``/``recv_bytes_into``, ``poll``,
     ``fileno``, ``close``, ``closed``, ``readable``, ``writable``."""
 
-    def __init__(self, sock: socket.socket, incoming: Channel | None, outgoing: Channel | None) -> None:
+    def __init__(self, sock: socket.socket, incoming: Channel | None, outgoing: Channel | None,
+                 in_event: int = -1, out_event: int = -1) -> None:
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         self._in = incoming
         self._out = outgoing
+        self._in_event = in_event  # readable while data may be left (see `fileno`)
+        self._out_event = out_event  # poked after a send while the receiver watches
         self._readable = incoming is not None
         self._writable = outgoing is not None
-        self._watched = False
+        self._epoll: select.epoll | None = None
+        _live.add(self)
+
+    def _after_fork(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()  # (this process's copy: the parent's stays)
+            self._epoll = None
 
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else f"fd={self._fd}"
@@ -65,7 +96,7 @@ class Connection:
     def _reading(self) -> Channel:
         if self._sock is None:
             raise OSError("handle is closed")
-        if self._in is None:
+        if self._in is None or not self._readable:
             raise OSError("connection is write-only")
         return self._in
 
@@ -77,24 +108,43 @@ class Connection:
         return self._out
 
     def fileno(self) -> int:
-        """The descriptor to wait on for this connection's data (with ``select`` or
-        ``wait``): from now on, every message sent to it also makes it readable."""
+        """A descriptor that is readable while a receive would not block (data waits, or
+        the other end is closed), for ``select`` and event loops. (The first call turns
+        on the wake-ups that keep it so: each send then makes one system call.)"""
         if self._sock is None:
             raise OSError("handle is closed")
-        if self._in is not None and not self._watched:
+        if self._in is None:
+            return self._fd
+        if self._epoll is None:
+            ep = select.epoll()
+            ep.register(self._in_event, select.EPOLLIN)
+            ep.register(self._fd, select.EPOLLIN | select.EPOLLRDHUP)
             self._in.watch(True)
-            self._watched = True
-        return self._fd
+            drain_pokes(self._in_event)  # then poked back if data is already waiting
+            if self._in.has_data():
+                poke(self._in_event)
+            self._epoll = ep
+        return self._epoll.fileno()
 
     def close(self) -> None:
         """Closes this end (in this process; copies other processes hold stay open)."""
         sock, self._sock = self._sock, None
         if sock is None:
             return
-        if self._watched and self._in is not None:
-            self._in.watch(False)
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+            if self._in is not None:
+                self._in.watch(False)
+        out = self._out
         self._in = self._out = None
         sock.close()
+        if out is not None:
+            out.wake_receivers()  # (asleep, they look whether this was the last copy)
+        for fd in (self._in_event, self._out_event):
+            if fd >= 0:
+                os.close(fd)
+        self._in_event = self._out_event = -1
 
     def __enter__(self) -> Connection:
         return self
@@ -108,14 +158,13 @@ class Connection:
 
     def send(self, obj: Any) -> None:
         """Sends a picklable object to the other end."""
-        out = self._writing()
-        out.send(dumps(obj), None, self._fd)
+        self._writing().send(dumps(obj), None, self._fd, self._out_event)
 
     def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
         """Sends bytes from a bytes-like object (``offset`` and ``size`` in bytes)."""
         out = self._writing()
         m = memoryview(buf)
-        if m.itemsize > 1:
+        if m.format != "B":
             m = m.cast("B")
         n = m.nbytes
         if offset < 0:
@@ -128,25 +177,24 @@ class Connection:
             raise ValueError("size is negative")
         elif offset + size > n:
             raise ValueError("buffer length < offset + size")
-        out.send(m[offset:offset + size], None, self._fd)
+        out.send(m[offset:offset + size], None, self._fd, self._out_event)
 
     def recv(self) -> Any:
         """Receives an object the other end sent (EOFError when none is left and the
         other end is closed)."""
-        return self._reading().recv(None, False, self._fd, True)
+        return self._reading().recv(None, self._fd, self._in_event, True)
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
-        """Receives a message of bytes; OSError (and the connection closes) if it is
-        longer than ``maxlength``."""
+        """Receives a message of bytes; OSError (and no more reading) if it is longer
+        than ``maxlength``."""
         inc = self._reading()
         if maxlength is not None and maxlength < 0:
             raise ValueError("negative maxlength")
-        data = inc.recv(None, False, self._fd)
+        data = inc.recv(None, self._fd, self._in_event)
         if maxlength is not None and len(data) > maxlength:
             # As multiprocessing: no more reading (a write-only end is closed).
             if self._writable:
                 self._readable = False
-                self._in = None
             else:
                 self.close()
             raise OSError("bad message length")
@@ -163,7 +211,7 @@ class Connection:
                 raise ValueError("negative offset")
             if offset > bytesize:
                 raise ValueError("offset too large")
-            data = inc.recv(None, False, self._fd)
+            data = inc.recv(None, self._fd, self._in_event)
             size = len(data)
             if bytesize < offset + size:
                 raise BufferTooShort(data)
@@ -179,17 +227,29 @@ class Connection:
         return inc.wait_data(timeout, self._fd)
 
     def _ready(self) -> bool:
-        """For ``wait``: data is waiting, or the other end is gone."""
-        return self._in is not None and (self._in.has_data() or peer_gone(self._fd))
+        """For ``wait`` (registered as a watcher): data is waiting (the eventfd is then
+        left readable for other waiters), or the other end is gone."""
+        inc = self._in
+        if inc is None:
+            return False
+        drain_pokes(self._in_event)
+        if inc.has_data():
+            poke(self._in_event)
+            return True
+        return peer_gone(self._fd)
 
     def __reduce__(self) -> tuple:
         if self._sock is None:
             raise OSError("handle is closed")
         # Descriptors go through the starting process's Popen while spawning, else
         # through multiprocessing's resource sharer (so a pool's task may take one).
-        return _rebuild, (reduction.DupFd(self._fd),
-                          None if self._in is None else reduction.DupFd(self._in.fd),
-                          None if self._out is None else reduction.DupFd(self._out.fd))
+        def dup(fd: int) -> Any:
+            return None if fd < 0 else reduction.DupFd(fd)
+
+        return _rebuild, (dup(self._fd),
+                          None if self._in is None else dup(self._in.fd),
+                          None if self._out is None else dup(self._out.fd),
+                          dup(self._in_event), dup(self._out_event))
 
 
 def _open(dup: Any) -> Channel | None:
@@ -202,8 +262,10 @@ def _open(dup: Any) -> Channel | None:
         os.close(fd)
 
 
-def _rebuild(sock: Any, incoming: Any, outgoing: Any) -> Connection:
-    return Connection(socket.socket(fileno=sock.detach()), _open(incoming), _open(outgoing))
+def _rebuild(sock: Any, incoming: Any, outgoing: Any, in_event: Any = None, out_event: Any = None) -> Connection:
+    return Connection(socket.socket(fileno=sock.detach()), _open(incoming), _open(outgoing),
+                      -1 if in_event is None else in_event.detach(),
+                      -1 if out_event is None else out_event.detach())
 
 
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
@@ -212,9 +274,11 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
     a, b = socket.socketpair()
     if duplex:
         ab, ba = Channel(), Channel()
-        return Connection(a, ba, ab), Connection(b, ab, ba)
-    ch = Channel()
-    return Connection(a, ch, None), Connection(b, None, ch)
+        ab_event, ba_event = _eventfd(), _eventfd()
+        return (Connection(a, ba, ab, ba_event, ab_event),
+                Connection(b, ab, ba, os.dup(ab_event), os.dup(ba_event)))
+    ch, event = Channel(), _eventfd()
+    return Connection(a, ch, None, event, -1), Connection(b, None, ch, -1, os.dup(event))
 
 
 def wait(object_list: Any, timeout: float | None = None) -> list:
@@ -225,18 +289,16 @@ def wait(object_list: Any, timeout: float | None = None) -> list:
     ours = [o for o in object_list if isinstance(o, Connection) and o._in is not None and o._sock is not None]
     others = [o for o in object_list if not any(o is c for c in ours)]
     deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-    by_fd = {c._fd: c for c in ours}
+    fds = [fd for c in ours for fd in (c._in_event, c._fd)]
     watched = [c._in for c in ours if c._in is not None]
     for ch in watched:
-        ch.watch(True)  # senders poke our sockets from now on
+        ch.watch(True)  # senders poke our eventfds from now on
     try:
         while True:
-            for fd in by_fd:
-                drain_pokes(fd)  # before looking: a poke after the look is not lost
             ready: list = [c for c in ours if c._ready()]
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            woke = _mp.wait([*others, *by_fd], 0.0 if ready else left)
-            ready += [o for o in woke if not (type(o) is int and o in by_fd and o not in others)]
+            woke = _mp.wait([*others, *fds], 0.0 if ready else left)
+            ready += [o for o in woke if not (type(o) is int and o in fds and o not in others)]
             if ready or (left is not None and left <= 0):
                 return ready
     finally:

@@ -120,6 +120,12 @@ class Context:
 
         return active_children()
 
+    def Manager(self) -> Any:
+        """A started ``SyncManager`` whose server is a process of this context."""
+        from .managers import Manager
+
+        return Manager(self)
+
     def Pool(self, processes: int | None = None, initializer: Any = None, initargs: Any = (),
              maxtasksperchild: int | None = None) -> Any:
         from .pool import Pool

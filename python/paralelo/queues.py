@@ -39,10 +39,16 @@ _UNBOUNDED = 1 << 31
 
 def dumps(obj: Any) -> bytes:
     """Pickles a message: by reference where the standard pickler can (so a ``__main__``
-    class arrives as the receiver's own, as with multiprocessing's fork), else by value
-    with cloudpickle (lambdas, closures, what only this process has)."""
+    class arrives as the receiver's own, as with multiprocessing's fork); else with
+    multiprocessing's ``ForkingPickler`` (sockets, connections, and what libraries
+    registered with it); else by value with cloudpickle (lambdas, closures, what only
+    this process has)."""
     try:
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        pass
+    try:
+        return bytes(reduction.ForkingPickler.dumps(obj, pickle.HIGHEST_PROTOCOL))
     except (pickle.PicklingError, AttributeError, TypeError):
         return by_value(obj)
 
@@ -69,7 +75,6 @@ class _Shared:
 
     def _share(self, ch: Channel) -> None:
         self._ch = ch
-        self._opid = os.getpid()
 
     def __getstate__(self) -> tuple:
         # The channel's segment goes as a descriptor: through the starting process's
@@ -99,11 +104,13 @@ class Queue(_Shared):
     ``get_nowait``, ``qsize``, ``empty``, ``full``, ``close``, ``join_thread``,
     ``cancel_join_thread``."""
 
-    _joinable = False
+    _COUNTING = 1  # (messages in and out: see `_native.Channel`)
 
     def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
+        # (`ctx` is multiprocessing's signature: paralelo's queues are the same in every
+        # context.)
         self._maxsize = maxsize if 0 < maxsize < _UNBOUNDED else 0
-        self._share(Channel())
+        self._share(Channel(counting=self._COUNTING))
         self._reset()
 
     def _extra_state(self) -> tuple:
@@ -137,7 +144,7 @@ class Queue(_Shared):
             raise ValueError(f"Queue {self!r} is closed")
         ch = self._ch
         if not self._buffer:  # (else it goes behind what waits there)
-            sent = ch.put(obj, self._maxsize, self._joinable)
+            sent = ch.put(obj, self._maxsize)
             if sent is True:
                 return
             if sent is not None:
@@ -153,8 +160,6 @@ class Queue(_Shared):
         except BaseException:
             ch.unreserve()
             raise
-        if self._joinable:
-            ch.add_unfinished()
         if self._buffer or not ch.try_send(data):
             self._feed(data)
 
@@ -168,7 +173,7 @@ class Queue(_Shared):
         elif timeout is not None and timeout < 0:
             timeout = 0.0
         try:
-            return self._ch.recv(timeout, True, -1, True)
+            return self._ch.recv(timeout, -1, -1, True)  # (no peer, no eventfd; unpickled)
         except TimeoutError:
             raise Empty from None
 
@@ -275,7 +280,7 @@ class JoinableQueue(Queue):
     """A ``Queue`` whose consumers mark each item done (``task_done``) and whose
     ``join`` waits until every item put was (multiprocessing's ``JoinableQueue``)."""
 
-    _joinable = True
+    _COUNTING = 2  # (and unfinished ones)
 
     def task_done(self) -> None:
         """Marks one item taken with ``get`` as done (ValueError if more than were put)."""
@@ -291,7 +296,7 @@ class SimpleQueue(_Shared):
     (which waits while the ring is full), ``get``, ``empty``, ``close``."""
 
     def __init__(self, *, ctx: Any = None) -> None:
-        self._share(Channel())
+        self._share(Channel(counting=1))
         self._closed = False
 
     def _set_extra_state(self, state: tuple) -> None:
@@ -304,7 +309,7 @@ class SimpleQueue(_Shared):
 
     def put(self, obj: Any) -> None:
         ch = self._check()
-        sent = ch.put(obj, 0, False)  # (counted, for no one: cheaper than a second path)
+        sent = ch.put(obj, 0)  # (counted, for no one: cheaper than a second path)
         if sent is True:
             return
         if sent is None:
@@ -313,7 +318,7 @@ class SimpleQueue(_Shared):
         ch.send(sent)
 
     def get(self) -> Any:
-        return self._check().recv(None, True, -1, True)
+        return self._check().recv(None, -1, -1, True)  # (no peer, no eventfd; unpickled)
 
     def empty(self) -> bool:
         return not self._check().has_data()

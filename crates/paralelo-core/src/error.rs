@@ -40,6 +40,11 @@ pub enum Error {
     /// A recursive lock released by someone other than its holder.
     #[error("lock not held by this thread")]
     NotOwner,
+    /// A channel end used again by the thread already using it (from a signal handler
+    /// that ran while it waited): refused, as the first use may be half-way through a
+    /// message.
+    #[error("reentrant use of a channel end: this thread is already sending or receiving on it")]
+    Reentrant,
 }
 
 /// How memory written by another process broke the protocol. Never undefined behaviour:

@@ -20,7 +20,7 @@ pub mod shm;
 pub mod sync;
 mod sys;
 
-pub use channel::Channel;
+pub use channel::{Channel, Counting};
 pub use error::{Corruption, Error, Result};
 pub use hub::{Hub, HubLayout, Port, Received, SlotEvent, SlotState};
 pub use ring::{Consumer, FrameHeader, Probe, Producer, MAX_TAG};

@@ -1,13 +1,20 @@
 //! `_native.Channel`: the engine's [`Channel`], under `paralelo.Queue`, `SimpleQueue`,
-//! `JoinableQueue` and `Pipe`'s connections. Payloads are bytes the Python side pickled.
-//! A pipe's connection names its socket (`peer`): the peer's end closed everywhere
-//! ends a wait (EOFError for a receive, BrokenPipeError for a send), and receivers that
-//! wait on the socket's descriptor are poked through it.
+//! `JoinableQueue` and `Pipe`'s connections. Payloads are bytes the Python side pickled
+//! (or that `put` pickles here).
+//!
+//! A pipe's connection passes two descriptors: `peer`, its socket, whose other end closed
+//! everywhere ends a wait (EOFError for a receive once nothing is left, BrokenPipeError for
+//! a send); and `wake`, the eventfd of the direction used, which senders poke while a
+//! receiver waits on descriptors, and which a receiver leaves readable while data is left.
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use paralelo_core::channel::{hung_up, poke};
-use paralelo_core::{Channel, Error};
-use pyo3::exceptions::{PyBrokenPipeError, PyEOFError, PyValueError};
+use paralelo_core::channel::{drain_pokes, hung_up, poke};
+use paralelo_core::{Channel, Counting, Error};
+use pyo3::exceptions::{
+    PyAttributeError, PyBrokenPipeError, PyEOFError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes};
@@ -15,17 +22,27 @@ use pyo3::types::{PyBool, PyBytes};
 use crate::door;
 use crate::errors::to_py;
 
-/// `pickle.dumps` and `pickle.loads`, looked up once: a queue's put and get call them
-/// from here, which saves a Python call each on a path of well under a microsecond.
+/// `pickle.dumps`, `pickle.loads` and `pickle.PicklingError`, looked up once: a queue's
+/// put and get call them from here, which saves a Python call each on a path of well
+/// under a microsecond.
 static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static PICKLING_ERROR: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
 /// The pickle protocol of messages (the highest: 5).
 const PROTOCOL: u8 = 5;
+/// A send looks whether its peer is gone at most this often: a look is a system call,
+/// more than a whole small send.
+const PEER_LOOK: Duration = Duration::from_millis(1);
 
 #[pyclass(name = "Channel", module = "paralelo._native", frozen)]
 pub(crate) struct PyChannel {
     inner: Channel,
+    /// When a send last looked at its peer (nanoseconds since `EPOCH`).
+    peer_looked: AtomicU64,
 }
+
+/// The instant `peer_looked` counts from.
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 /// How a wait with a peer ended.
 enum Waited<T> {
@@ -33,48 +50,97 @@ enum Waited<T> {
     PeerGone,
 }
 
-/// A borrowed socket descriptor, or None for -1.
-fn socket(fd: i32) -> Option<BorrowedFd<'static>> {
-    // SAFETY: the Python side passes the descriptor of a socket object it keeps open for
-    // as long as the call runs (the connection holding it); an fd closed by a racing
-    // thread makes the poll report POLLNVAL, taken as "gone", never undefined behaviour.
-    (fd >= 0).then(|| unsafe { BorrowedFd::borrow_raw(fd) })
+/// A borrowed descriptor, or None for -1.
+fn borrowed(raw: i32) -> Option<BorrowedFd<'static>> {
+    // SAFETY: the Python side passes descriptors of objects (a socket, an eventfd) that
+    // the connection holding them keeps open while the call runs. If another thread
+    // closes the connection meanwhile, the system calls on the number fail (or, were the
+    // number reused at once, touch the wrong descriptor, as any use of a closed fd would):
+    // never memory unsafety, since only the kernel dereferences it.
+    (raw >= 0).then(|| unsafe { BorrowedFd::borrow_raw(raw) })
 }
 
-/// Runs a blocking wait whose poll also ends it when `peer`'s other end is gone.
-fn with_peer<T: Send>(
-    py: Python<'_>,
-    timeout: Option<f64>,
-    peer: i32,
-    wait: impl FnOnce(Option<std::time::Instant>, paralelo_core::Poll<'_>) -> paralelo_core::Result<T>
-        + Send,
-) -> PyResult<Waited<T>> {
-    let peer = socket(peer);
-    door::blocking(py, timeout, |deadline, poll| {
-        let mut gone = false;
-        let mut check = || {
-            if peer.is_some_and(hung_up) {
-                gone = true;
-                return false;
+impl PyChannel {
+    /// Runs a blocking wait whose poll also ends it when `peer`'s other end is gone and
+    /// nothing is left to read (a message sent just before the close is still read).
+    fn with_peer<T: Send>(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        peer: i32,
+        wait: impl FnOnce(Option<Instant>, paralelo_core::Poll<'_>) -> paralelo_core::Result<T> + Send,
+    ) -> PyResult<Waited<T>> {
+        let peer = borrowed(peer);
+        door::blocking(py, timeout, |deadline, poll| {
+            let mut gone = false;
+            let mut check = || {
+                if peer.is_some_and(hung_up) && !self.inner.has_data() {
+                    gone = true;
+                    return false;
+                }
+                poll()
+            };
+            match wait(deadline, &mut check) {
+                Err(Error::Interrupted) if gone => Ok(Waited::PeerGone),
+                other => other.map(Waited::Done),
             }
-            poll()
+        })
+    }
+
+    /// Whether `peer`'s other end is gone, looked at no more than once per `PEER_LOOK`.
+    fn peer_gone_lately(&self, peer: i32) -> bool {
+        let Some(peer) = borrowed(peer) else {
+            return false;
         };
-        match wait(deadline, &mut check) {
-            Err(Error::Interrupted) if gone => Ok(Waited::PeerGone),
-            other => other.map(Waited::Done),
+        let now = EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64;
+        let last = self.peer_looked.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < PEER_LOOK.as_nanos() as u64 {
+            return false;
         }
-    })
+        self.peer_looked.store(now, Ordering::Relaxed);
+        hung_up(peer)
+    }
+
+    /// After a send: wakes a receiver waiting on descriptors.
+    fn wake(&self, wake: i32) {
+        if let Some(wake) = borrowed(wake) {
+            if self.inner.fd_watched() {
+                poke(wake);
+            }
+        }
+    }
+
+    /// After a receive: while receivers wait on descriptors, the eventfd stays readable
+    /// exactly while data may be left (drained first, then poked back if some is).
+    fn rearm(&self, wake: i32) {
+        if let Some(wake) = borrowed(wake) {
+            if self.inner.fd_watched() {
+                drain_pokes(wake);
+                if self.inner.has_data() {
+                    poke(wake);
+                }
+            }
+        }
+    }
 }
 
 #[pymethods]
 impl PyChannel {
-    /// A new channel whose ring holds `capacity` bytes (a power of two).
+    /// A new channel whose ring holds `capacity` bytes (a power of two). `counting`: 0
+    /// nothing (a pipe), 1 messages in and out (a queue), 2 also unfinished ones (a
+    /// `JoinableQueue`).
     #[new]
-    #[pyo3(signature = (capacity = 1 << 20))]
-    fn new(capacity: usize) -> PyResult<Self> {
-        Ok(PyChannel {
-            inner: Channel::create(capacity).map_err(to_py)?,
-        })
+    #[pyo3(signature = (capacity = 1 << 20, counting = 0))]
+    fn new(capacity: usize, counting: u8) -> PyResult<Self> {
+        let counting = match counting {
+            0 => Counting::None,
+            1 => Counting::Counted,
+            2 => Counting::Joinable,
+            _ => return Err(PyValueError::new_err("counting is 0, 1 or 2")),
+        };
+        Ok(Self::wrap(
+            Channel::create(capacity, counting).map_err(to_py)?,
+        ))
     }
 
     /// The channel whose segment is `fd` (duplicated: the caller keeps its own).
@@ -86,9 +152,7 @@ impl PyChannel {
         // SAFETY: `Channel::open` only duplicates the fd during this call; an invalid fd
         // makes that dup fail with EBADF, reported as OSError.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        Ok(PyChannel {
-            inner: Channel::open(fd).map_err(to_py)?,
-        })
+        Ok(Self::wrap(Channel::open(fd).map_err(to_py)?))
     }
 
     /// The segment's descriptor (this object's own: duplicate it to pass it on).
@@ -103,66 +167,65 @@ impl PyChannel {
         self.inner.max_whole()
     }
 
-    /// Sends `data` whole now if nothing is in the way (the send lock free, room in the
-    /// ring, one frame); False (nothing sent) otherwise. Never waits. `peer`: a socket to
-    /// poke if a receiver waits on its descriptor.
-    #[pyo3(signature = (data, peer = -1))]
-    fn try_send(&self, data: &[u8], peer: i32) -> PyResult<bool> {
-        let sent = self.inner.try_send(data).map_err(to_py)?;
-        if sent {
-            self.poke(peer);
-        }
-        Ok(sent)
-    }
-
     /// A queue's put when nothing is in the way: counts `obj` in (unless `maxsize` are
-    /// in), pickles it (by reference, with the standard pickler), counts it unfinished
-    /// (`joinable`) and sends it. True once sent; its pickle (bytes, counted in and
-    /// unfinished) if the ring has no room now or the send lock is busy; None (nothing
-    /// counted) if the queue is full or the standard pickler refused `obj`: the caller
-    /// then takes its own, slower path.
+    /// in), pickles it (by reference, with the standard pickler) and sends it. True once
+    /// sent; its pickle (bytes, counted in) if the ring has no room now or the send lock
+    /// is busy; None (nothing counted) if the queue is full or the standard pickler
+    /// cannot pickle `obj` (PicklingError, TypeError, AttributeError): the caller then
+    /// takes its own, slower path. Any other exception from pickling is raised.
     fn put<'py>(
         &self,
         py: Python<'py>,
         obj: &Bound<'py, PyAny>,
         maxsize: u32,
-        joinable: bool,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let now = Some(std::time::Instant::now());
+        let now = Some(Instant::now());
         if self.inner.reserve(maxsize, now, &mut || true).is_err() {
             return Ok(None);
         }
         let dumps = DUMPS.import(py, "pickle", "dumps")?;
-        let data = match dumps
-            .call1((obj, PROTOCOL))
-            .and_then(|d| Ok(d.cast_into::<PyBytes>()?))
-        {
-            Ok(data) => data,
-            Err(_) => {
+        let data = match dumps.call1((obj, PROTOCOL)) {
+            Ok(data) => data.cast_into::<PyBytes>()?,
+            Err(e) => {
                 self.inner.unreserve();
-                return Ok(None);
+                let refused = PICKLING_ERROR.import(py, "pickle", "PicklingError")?;
+                if e.is_instance(py, refused)
+                    || e.is_instance_of::<PyTypeError>(py)
+                    || e.is_instance_of::<PyAttributeError>(py)
+                {
+                    return Ok(None);
+                }
+                return Err(e);
             }
         };
-        if joinable {
-            self.inner.add_unfinished();
-        }
         if self.inner.try_send(data.as_bytes()).map_err(to_py)? {
             return Ok(Some(PyBool::new(py, true).to_owned().into_any()));
         }
         Ok(Some(data.into_any()))
     }
 
+    /// Sends `data` whole now if nothing is in the way (the send lock free, room in the
+    /// ring, one frame); False (nothing sent) otherwise. Never waits.
+    fn try_send(&self, data: &[u8]) -> PyResult<bool> {
+        self.inner.try_send(data).map_err(to_py)
+    }
+
     /// Sends `data` (any bytes-like object, any size), waiting (the GIL released) for the
     /// send lock and room. TimeoutError if `timeout` passes before it starts going out;
-    /// BrokenPipeError if `peer`'s other end is gone.
-    #[pyo3(signature = (data, timeout = None, peer = -1))]
+    /// BrokenPipeError if `peer`'s other end is gone. `wake`: the eventfd to poke for
+    /// receivers waiting on descriptors.
+    #[pyo3(signature = (data, timeout = None, peer = -1, wake = -1))]
     fn send(
         &self,
         py: Python<'_>,
         data: &Bound<'_, PyAny>,
         timeout: Option<f64>,
         peer: i32,
+        wake: i32,
     ) -> PyResult<()> {
+        if self.peer_gone_lately(peer) {
+            return Err(PyBrokenPipeError::new_err("[Errno 32] Broken pipe"));
+        }
         let owned;
         let bytes: &[u8] = match data.cast::<PyBytes>() {
             Ok(b) => b.as_bytes(),
@@ -171,48 +234,45 @@ impl PyChannel {
                 &owned
             }
         };
-        if self.inner.try_send(bytes).map_err(to_py)? {
-            self.poke(peer);
-            return Ok(());
-        }
-        match with_peer(py, timeout, peer, |deadline, poll| {
-            self.inner.send(bytes, deadline, poll)
-        })? {
-            Waited::Done(()) => {
-                self.poke(peer);
-                Ok(())
+        if !self.inner.try_send(bytes).map_err(to_py)? {
+            let sent = self.with_peer(py, timeout, peer, |deadline, poll| {
+                self.inner.send(bytes, deadline, poll)
+            })?;
+            if let Waited::PeerGone = sent {
+                return Err(PyBrokenPipeError::new_err("[Errno 32] Broken pipe"));
             }
-            Waited::PeerGone => Err(PyBrokenPipeError::new_err("[Errno 32] Broken pipe")),
         }
+        self.wake(wake);
+        Ok(())
     }
 
     /// Receives one message (waiting up to `timeout` seconds for one to start; None: for
     /// ever); TimeoutError if none came, EOFError if none is left and `peer`'s other end
-    /// is gone. `count`: the message was counted in by `reserve` (a queue's get).
+    /// is gone. `wake`: the direction's eventfd, kept readable while data is left.
     /// `load`: returns the message unpickled (`pickle.loads`) rather than its bytes.
-    #[pyo3(signature = (timeout = None, count = false, peer = -1, load = false))]
+    #[pyo3(signature = (timeout = None, peer = -1, wake = -1, load = false))]
     fn recv<'py>(
         &self,
         py: Python<'py>,
         timeout: Option<f64>,
-        count: bool,
         peer: i32,
+        wake: i32,
         load: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut out = Vec::new();
         // A look first, without releasing the GIL (which costs more than a whole receive).
-        let taken = self.inner.try_recv(&mut out).map_err(to_py)?;
-        if !taken {
-            match with_peer(py, timeout, peer, |deadline, poll| {
+        if !self.inner.try_recv(&mut out).map_err(to_py)? {
+            if borrowed(peer).is_some_and(hung_up) && !self.inner.has_data() {
+                return Err(PyEOFError::new_err(()));
+            }
+            let got = self.with_peer(py, timeout, peer, |deadline, poll| {
                 self.inner.recv(&mut out, deadline, poll)
-            })? {
-                Waited::Done(()) => {}
-                Waited::PeerGone => return Err(PyEOFError::new_err(())),
+            })?;
+            if let Waited::PeerGone = got {
+                return Err(PyEOFError::new_err(()));
             }
         }
-        if count {
-            self.inner.unreserve();
-        }
+        self.rearm(wake);
         let data = PyBytes::new(py, &out);
         if load {
             return LOADS.import(py, "pickle", "loads")?.call1((data,));
@@ -229,26 +289,30 @@ impl PyChannel {
     /// when `peer`'s other end is gone (a receive would then not block either).
     #[pyo3(signature = (timeout = None, peer = -1))]
     fn wait_data(&self, py: Python<'_>, timeout: Option<f64>, peer: i32) -> PyResult<bool> {
-        if self.inner.has_data() {
+        if self.inner.has_data() || borrowed(peer).is_some_and(hung_up) {
             return Ok(true);
         }
-        if socket(peer).is_some_and(hung_up) {
-            return Ok(true);
-        }
-        match with_peer(py, timeout, peer, |deadline, poll| {
+        let waited = self.with_peer(py, timeout, peer, |deadline, poll| {
             match self.inner.wait_data(deadline, poll) {
                 Ok(()) => Ok(true),
                 Err(Error::Timeout) => Ok(false),
                 Err(e) => Err(e),
             }
-        })? {
-            Waited::Done(ready) => Ok(ready),
-            Waited::PeerGone => Ok(true),
-        }
+        })?;
+        Ok(match waited {
+            Waited::Done(ready) => ready,
+            Waited::PeerGone => true,
+        })
     }
 
-    /// Counts a message in, waiting (the GIL released) while `maxsize` are in (0: no
-    /// bound); TimeoutError if `timeout` passes (`block=False`: at once).
+    /// Wakes the receivers asleep on this channel, to look again (an end was closed).
+    fn wake_receivers(&self) {
+        self.inner.wake_receivers();
+    }
+
+    /// Counts a message in (and unfinished, in a joinable channel), waiting (the GIL
+    /// released) while `maxsize` are in (0: no bound); TimeoutError if `timeout` passes
+    /// (`block=False`: at once).
     #[pyo3(signature = (maxsize, block = true, timeout = None))]
     fn reserve(
         &self,
@@ -260,7 +324,7 @@ impl PyChannel {
         // A look first, without releasing the GIL.
         if self
             .inner
-            .reserve(maxsize, Some(std::time::Instant::now()), &mut || true)
+            .reserve(maxsize, Some(Instant::now()), &mut || true)
             .is_ok()
         {
             return Ok(());
@@ -274,7 +338,7 @@ impl PyChannel {
         })
     }
 
-    /// Counts a message out (a put that failed after `reserve`).
+    /// Undoes a `reserve` whose message will not be sent.
     fn unreserve(&self) {
         self.inner.unreserve();
     }
@@ -282,11 +346,6 @@ impl PyChannel {
     /// Messages counted in and not yet out.
     fn count(&self) -> u32 {
         self.inner.count()
-    }
-
-    /// One more message to be marked done (a `JoinableQueue`'s put).
-    fn add_unfinished(&self) {
-        self.inner.add_unfinished();
     }
 
     /// Marks one message done; ValueError if none is pending.
@@ -312,33 +371,40 @@ impl PyChannel {
         })
     }
 
-    /// Registers (`on`) or unregisters a thread waiting on a socket for this channel's
-    /// data: while any is, senders poke the socket.
+    /// Registers (`on`) or unregisters a thread waiting on descriptors for this
+    /// channel's data: while any is, senders poke the direction's eventfd.
     fn watch(&self, on: bool) {
         self.inner.watch(on);
     }
 }
 
 impl PyChannel {
-    fn poke(&self, peer: i32) {
-        if let Some(fd) = socket(peer) {
-            if self.inner.fd_watched() {
-                poke(fd);
-            }
+    fn wrap(inner: Channel) -> Self {
+        PyChannel {
+            inner,
+            peer_looked: AtomicU64::new(0),
         }
     }
 }
 
-/// Reads away the wake-up bytes waiting on socket `fd`, without blocking.
-#[pyfunction]
-pub(crate) fn drain_pokes(fd: i32) {
-    if let Some(fd) = socket(fd) {
-        paralelo_core::channel::drain_pokes(fd);
+/// Makes eventfd `fd` unreadable until the next poke, without blocking.
+#[pyfunction(name = "drain_pokes")]
+pub(crate) fn drain_pokes_of(fd: i32) {
+    if let Some(f) = borrowed(fd) {
+        drain_pokes(f);
+    }
+}
+
+/// Makes eventfd `fd` readable.
+#[pyfunction(name = "poke")]
+pub(crate) fn poke_fd(fd: i32) {
+    if let Some(f) = borrowed(fd) {
+        poke(f);
     }
 }
 
 /// Whether the other end of socket `fd` is closed everywhere.
 #[pyfunction]
 pub(crate) fn peer_gone(fd: i32) -> bool {
-    socket(fd).is_none_or(hung_up)
+    borrowed(fd).is_none_or(hung_up)
 }

@@ -29,5 +29,6 @@ pub(crate) fn to_py(e: Error) -> PyErr {
         Error::Interrupted => PyOSError::new_err("wait interrupted"),
         Error::NotHeld => PyValueError::new_err(e.to_string()),
         Error::NotOwner => pyo3::exceptions::PyAssertionError::new_err(e.to_string()),
+        Error::Reentrant => pyo3::exceptions::PyRuntimeError::new_err(e.to_string()),
     }
 }

@@ -21,7 +21,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<port::PyPort>()?;
     m.add_class::<lock::PyLock>()?;
     m.add_class::<channel::PyChannel>()?;
-    m.add_function(wrap_pyfunction!(channel::drain_pokes, m)?)?;
+    m.add_function(wrap_pyfunction!(channel::drain_pokes_of, m)?)?;
+    m.add_function(wrap_pyfunction!(channel::poke_fd, m)?)?;
     m.add_function(wrap_pyfunction!(channel::peer_gone, m)?)?;
     m.add_function(wrap_pyfunction!(lock::forget_lock_ids, m)?)?;
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;

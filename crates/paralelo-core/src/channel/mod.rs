@@ -4,28 +4,47 @@
 //! `SimpleQueue`, `JoinableQueue` and `Pipe`. See `README.md` beside this file.
 //!
 //! The ring stays single-producer single-consumer; many senders (and many receivers) take
-//! turns through a [`SharedLock`] per end, held for one message. A sender or receiver that
+//! turns through a [`SharedLock`] per end, held for one message and never re-entered. A sender or receiver that
 //! dies, or gives up, half-way through a message leaves a mark in the header, so the next
 //! one drops that message's fragments and every other message arrives whole.
+use std::cell::UnsafeCell;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
 use crate::primitive::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::ring::{
-    Consumer, FrameHeader, Producer, RingHeader, RingPlace, MAX_CAPACITY, MIN_CAPACITY,
+    Consumer, FrameHeader, Probe, Producer, RingHeader, RingPlace, FRAME_HEADER, MAX_CAPACITY,
+    MIN_CAPACITY,
 };
-use crate::sync::{caller_ids, Doorbell, Poll, SharedLock};
-pub use crate::sys::socket::{drain_pokes, hung_up, poke};
+use crate::sync::{caller_ids, Doorbell, Poll, SharedLock, Taken};
+pub use crate::sys::peer::{drain_pokes, hung_up, poke};
 use crate::sys::thread;
 use crate::{Error, Result, Segment};
 
 const CHANNEL_MAGIC: u64 = 0x6e61_6863_6f6c_6170; // "palochan"
 const CHANNEL_VERSION: u64 = 1;
 const ALIGN: usize = 128;
+
+/// `flags`: every message was counted in by [`Channel::reserve`] (a queue), so one
+/// dropped half-received is counted out by whoever drops it.
+const COUNTED: u32 = 1;
+/// `flags`: every message was also counted unfinished (a `JoinableQueue`).
+const JOINABLE: u32 = 2;
+
+/// What a channel counts of its messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counting {
+    /// Nothing (a pipe).
+    None,
+    /// Messages in and out (a queue's `qsize` and `maxsize`).
+    Counted,
+    /// That, and messages not yet marked done (a `JoinableQueue`).
+    Joinable,
+}
 
 /// `receiving`: no receiver is part-way through a message.
 const WHOLE: u64 = 0;
@@ -44,6 +63,8 @@ struct ChannelHeader {
     magic: std::sync::atomic::AtomicU64,
     version: std::sync::atomic::AtomicU64,
     capacity: std::sync::atomic::AtomicU64,
+    /// `COUNTED` and `JOINABLE`, written once by the creator.
+    flags: std::sync::atomic::AtomicU32,
     /// Held by the sender writing a message (a tid: a dead holder is taken over).
     send_lock: CachePadded<SharedLock>,
     /// 1 from before a sender publishes a message's first fragment of several until its
@@ -104,59 +125,103 @@ impl Layout {
     }
 }
 
-/// One process's handle on a channel. Its methods may be called from any thread; the
-/// process-local ends are only touched under the matching shared lock.
+/// One process's handle on a channel. Its methods may be called from any thread; this
+/// process's ring ends are only touched by the thread holding the matching shared lock.
+/// No process-local lock: one inherited locked by a forked child, or taken on a path
+/// that also waits for the interpreter, would hang a process that holds none of the
+/// shared locks, and with it every process using the channel.
 pub struct Channel {
     seg: Arc<Segment>,
     hdr: NonNull<ChannelHeader>,
-    producer: Mutex<Producer>,
-    consumer: Mutex<Consumer>,
+    producer: UnsafeCell<Producer>,
+    consumer: UnsafeCell<Consumer>,
+    /// Reads the ring's indices without holding an end (`has_data`, `wait_data`).
+    probe: Probe,
 }
 
 // SAFETY: `hdr` points into `seg`, kept alive by the Arc; it is shared memory by design,
-// touched only through atomics. The ring ends are behind mutexes.
+// touched only through atomics. Each ring end is touched only through a `Held`, which
+// exists only while its thread holds the end's shared lock once: no two threads, of this
+// process or any other, touch an end at the same time.
 unsafe impl Send for Channel {}
 // SAFETY: as above.
 unsafe impl Sync for Channel {}
 
-/// Releases a shared lock when dropped, so every exit path of a send or receive frees it.
-struct Held<'a> {
+/// An end's shared lock, held once by this thread (never re-entered): while it lives,
+/// this thread alone uses the end. Releases the lock when dropped, so every exit path of
+/// a send or receive frees it.
+struct Held<'a, T> {
     lock: &'a SharedLock,
     me: u32,
+    end: &'a UnsafeCell<T>,
 }
 
-impl Drop for Held<'_> {
+impl<T> Held<'_, T> {
+    /// Takes `lock` by `deadline` (with no time left, one look: no waiter's mark for the
+    /// holder's release to pay for); [`Error::Reentrant`] if this thread holds it already
+    /// (a signal handler that uses the channel the thread was using when it ran).
+    fn take<'a>(
+        lock: &'a SharedLock,
+        end: &'a UnsafeCell<T>,
+        deadline: Option<Instant>,
+        poll: Poll<'_>,
+    ) -> Result<Held<'a, T>> {
+        let (_, me) = caller_ids();
+        let taken = if past(deadline) {
+            lock.try_acquire_or_recover(me, true)
+                .ok_or(Error::Timeout)?
+        } else {
+            lock.acquire(me, true, deadline, poll)?
+        };
+        Self::taken(lock, end, me, taken)
+    }
+
+    /// Takes `lock` if it is free now (no look for a dead holder: that costs system calls);
+    /// None if it is not.
+    fn try_take<'a>(lock: &'a SharedLock, end: &'a UnsafeCell<T>) -> Result<Option<Held<'a, T>>> {
+        let (_, me) = caller_ids();
+        match lock.try_acquire(me, true) {
+            None => Ok(None),
+            Some(taken) => Self::taken(lock, end, me, taken).map(Some),
+        }
+    }
+
+    fn taken<'a>(
+        lock: &'a SharedLock,
+        end: &'a UnsafeCell<T>,
+        me: u32,
+        how: Taken,
+    ) -> Result<Held<'a, T>> {
+        if how == Taken::Again {
+            let _ = lock.release(me, true);
+            return Err(Error::Reentrant);
+        }
+        Ok(Held { lock, me, end })
+    }
+
+    fn get(&mut self) -> &mut T {
+        // SAFETY: this thread holds the end's shared lock at depth one (`taken` refused a
+        // second level), and every use of the end goes through a `Held`: nothing else
+        // touches it until this guard drops. `&mut self` keeps this borrow unique.
+        unsafe { &mut *self.end.get() }
+    }
+}
+
+impl<T> Drop for Held<'_, T> {
     fn drop(&mut self) {
         // We took it (recursive, by tid), so the release cannot fail.
         let _ = self.lock.release(self.me, true);
     }
 }
 
-/// Locks a process-local end; a thread that panicked with it held left nothing half-done
-/// that the shared indices (re-read on every use) do not correct.
-fn end<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn past(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| d <= Instant::now())
 }
 
-/// Takes an end's lock by the caller's `deadline`; with no time left, one look (which
-/// marks no waiter for the holder's release to pay for).
-fn take(lock: &SharedLock, me: u32, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
-    if past(deadline) {
-        return lock
-            .try_acquire_or_recover(me, true)
-            .map(|_| ())
-            .ok_or(Error::Timeout);
-    }
-    lock.acquire(me, true, deadline, poll).map(|_| ())
-}
-
 impl Channel {
-    /// A new channel whose ring holds `capacity` bytes (a power of two).
-    pub fn create(capacity: usize) -> Result<Self> {
+    /// A new channel whose ring holds `capacity` bytes (a power of two), counting its
+    /// messages as `counting` says.
+    pub fn create(capacity: usize, counting: Counting) -> Result<Self> {
         let layout = Layout::new(capacity)?;
         let seg = Arc::new(Segment::create("paralelo-channel", layout.total)?);
         let hdr = NonNull::new(seg.at::<ChannelHeader>(0)?).expect("mapping is non-null");
@@ -167,6 +232,14 @@ impl Channel {
         h.magic.store(CHANNEL_MAGIC, relaxed);
         h.version.store(CHANNEL_VERSION, relaxed);
         h.capacity.store(capacity as u64, relaxed);
+        h.flags.store(
+            match counting {
+                Counting::None => 0,
+                Counting::Counted => COUNTED,
+                Counting::Joinable => COUNTED | JOINABLE,
+            },
+            relaxed,
+        );
         Self::with(seg, hdr, layout, true)
     }
 
@@ -194,9 +267,11 @@ impl Channel {
         layout: Layout,
         init: bool,
     ) -> Result<Self> {
+        let consumer = Consumer::new(seg.clone(), layout.ring, init)?;
         Ok(Channel {
-            producer: Mutex::new(Producer::new(seg.clone(), layout.ring, init)?),
-            consumer: Mutex::new(Consumer::new(seg.clone(), layout.ring, init)?),
+            producer: UnsafeCell::new(Producer::new(seg.clone(), layout.ring, init)?),
+            probe: consumer.probe(),
+            consumer: UnsafeCell::new(consumer),
             seg,
             hdr,
         })
@@ -206,6 +281,12 @@ impl Channel {
         // SAFETY: in bounds and aligned (checked by `Segment::at`), alive as long as `seg`;
         // every field is an atomic, so a shared reference is sound whatever others write.
         unsafe { self.hdr.as_ref() }
+    }
+
+    fn flags(&self) -> u32 {
+        self.header()
+            .flags
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The segment's descriptor, to pass the channel to another process.
@@ -222,26 +303,22 @@ impl Channel {
 
     /// The largest message that goes as one frame; longer ones stream in fragments.
     pub fn max_whole(&self) -> usize {
-        end(&self.producer).max_fragment()
+        self.capacity() / 4 - FRAME_HEADER
     }
 
     /// Sends `payload` whole if the send lock is free and the ring has room now; `false`
-    /// (nothing sent) otherwise, or if it needs several fragments. Never waits.
+    /// (nothing sent) otherwise, or if it needs several fragments. Never waits, and never
+    /// makes a system call (a busy lock's holder is not looked for).
     pub fn try_send(&self, payload: &[u8]) -> Result<bool> {
         let h = self.header();
-        let (_, me) = caller_ids();
-        if h.send_lock.try_acquire_or_recover(me, true).is_none() {
+        let Some(mut held) = Held::try_take(&h.send_lock, &self.producer)? else {
             return Ok(false);
-        }
-        let _held = Held {
-            lock: &h.send_lock,
-            me,
         };
-        let mut p = end(&self.producer);
+        let p = held.get();
         p.resync(h.sending_mid.load(Ordering::Acquire) != 0)?;
         let sent = p.try_send(&FrameHeader::default(), payload)?;
         if sent {
-            self.sent_whole(&p);
+            self.sent_whole(p);
         }
         Ok(sent)
     }
@@ -252,13 +329,8 @@ impl Channel {
     /// the next sender then tells the receiver to drop the fragments).
     pub fn send(&self, payload: &[u8], deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
         let h = self.header();
-        let (_, me) = caller_ids();
-        take(&h.send_lock, me, deadline, poll)?;
-        let _held = Held {
-            lock: &h.send_lock,
-            me,
-        };
-        let mut p = end(&self.producer);
+        let mut held = Held::take(&h.send_lock, &self.producer, deadline, poll)?;
+        let p = held.get();
         p.resync(h.sending_mid.load(Ordering::Acquire) != 0)?;
         if payload.len() > p.max_fragment() {
             // Before the first fragment is out: a sender that dies after it leaves the mark.
@@ -271,7 +343,7 @@ impl Channel {
             let until = if sent == 0 { deadline } else { None };
             p.probe().wait_room_after(p.head(), need, until, poll)?;
         }
-        self.sent_whole(&p);
+        self.sent_whole(p);
         Ok(())
     }
 
@@ -286,26 +358,27 @@ impl Channel {
         p.notify();
     }
 
+    /// Wakes the receivers sleeping on the data bell, to look again (a pipe's end was
+    /// closed: they check whether it was the last).
+    pub fn wake_receivers(&self) {
+        self.header().data_bell.ring();
+    }
+
     /// Receives one message into `out` (cleared first) if one is complete in the ring and
     /// the receive lock is free; `false` otherwise. Never waits, never reads part of a
-    /// message.
+    /// message, never makes a system call.
     pub fn try_recv(&self, out: &mut Vec<u8>) -> Result<bool> {
         let h = self.header();
-        let (_, me) = caller_ids();
-        if h.recv_lock.try_acquire(me, true).is_none() {
+        let Some(mut held) = Held::try_take(&h.recv_lock, &self.consumer)? else {
             return Ok(false);
-        }
-        let _held = Held {
-            lock: &h.recv_lock,
-            me,
         };
-        let mut c = end(&self.consumer);
-        self.resync_receiver(&mut c)?;
+        let c = held.get();
+        self.resync_receiver(c)?;
         if c.in_partial() {
             return Ok(false); // (the rest of a message another receiver left: for `recv`)
         }
         out.clear();
-        self.take_one(&mut c, out, true)
+        self.take_one(c, out, true)
     }
 
     /// Receives one message into `out` (cleared first), waiting until `deadline`
@@ -313,21 +386,16 @@ impl Channel {
     /// whole, as multiprocessing's receive reads it.
     pub fn recv(&self, out: &mut Vec<u8>, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
         let h = self.header();
-        let (_, me) = caller_ids();
-        take(&h.recv_lock, me, deadline, poll)?;
-        let _held = Held {
-            lock: &h.recv_lock,
-            me,
-        };
-        let mut c = end(&self.consumer);
-        self.resync_receiver(&mut c)?;
+        let mut held = Held::take(&h.recv_lock, &self.consumer, deadline, poll)?;
+        let c = held.get();
+        self.resync_receiver(c)?;
         out.clear();
         loop {
-            if self.take_one(&mut c, out, false)? {
+            if self.take_one(c, out, false)? {
                 return Ok(());
             }
             if c.in_partial() {
-                if self.take_rest(&mut c, out, poll)? {
+                if self.take_rest(c, out, poll)? {
                     return Ok(());
                 }
                 continue;
@@ -378,7 +446,12 @@ impl Channel {
         if moved && was_mid && !c.in_partial() {
             h.receiving.store(WHOLE, Ordering::Release);
         }
-        Ok(got? == 1)
+        self.count_lost(c.take_dropped());
+        let got = got? == 1;
+        if got && self.flags() & COUNTED != 0 {
+            self.count_out(1);
+        }
+        Ok(got)
     }
 
     /// Waits for the rest of a message whose first fragments were read, however long it
@@ -399,6 +472,7 @@ impl Channel {
                 Err(Error::Interrupted) if abandoned => {
                     if !c.has_data() {
                         c.drop_message();
+                        self.count_lost(c.take_dropped());
                         self.header().receiving.store(WHOLE, Ordering::Release);
                         return Ok(false);
                     }
@@ -425,15 +499,31 @@ impl Channel {
         h.sending_mid.load(Ordering::Acquire) != 0
     }
 
-    /// Whether a message (or the start of one) is waiting.
-    pub fn has_data(&self) -> bool {
-        end(&self.consumer).probe().has_data()
+    /// Counts out messages dropped half-received: nobody will get them, nor mark them
+    /// done.
+    fn count_lost(&self, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let flags = self.flags();
+        if flags & COUNTED != 0 {
+            self.count_out(n);
+        }
+        if flags & JOINABLE != 0 {
+            for _ in 0..n {
+                let _ = self.task_done();
+            }
+        }
     }
 
-    /// Waits until data is published, taking nothing (see [`crate::Doorbell::wait_until`]).
+    /// Whether a message (or the start of one) is waiting.
+    pub fn has_data(&self) -> bool {
+        self.probe.has_data()
+    }
+
+    /// Waits until data is published, taking none (see [`crate::Doorbell::wait_until`]).
     pub fn wait_data(&self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
-        let probe = end(&self.consumer).probe();
-        probe.wait_data(deadline, poll)
+        self.probe.wait_data(deadline, poll)
     }
 
     /// Counts one more thread waiting on a descriptor for this channel's data (`on`), or
@@ -456,8 +546,18 @@ impl Channel {
         self.header().fd_watchers.load(Ordering::Relaxed) > 0
     }
 
-    /// Counts a message in (a queue's put): waits while `max` (0: no bound) are in.
+    /// Counts a message in (a queue's put), and unfinished in a joinable channel: waits
+    /// while `max` (0: no bound) are in. Before the message is sent, so that no receiver
+    /// counts it out (or marks it done) first.
     pub fn reserve(&self, max: u32, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
+        self.count_in(max, deadline, poll)?;
+        if self.flags() & JOINABLE != 0 {
+            self.header().unfinished.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn count_in(&self, max: u32, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
         let h = self.header();
         if max == 0 {
             h.puts.fetch_add(1, Ordering::Relaxed);
@@ -487,10 +587,15 @@ impl Channel {
         }
     }
 
-    /// Counts a message out (a queue's get, or a put that failed after `reserve`).
+    /// Undoes a `reserve` whose message will never be sent (its pickling failed). A
+    /// counted channel counts out what it delivers or drops by itself.
     pub fn unreserve(&self) {
+        self.count_lost(1);
+    }
+
+    fn count_out(&self, n: u32) {
         let h = self.header();
-        h.gets.fetch_add(1, Ordering::Relaxed);
+        h.gets.fetch_add(n, Ordering::Relaxed);
         h.count_bell.ring();
     }
 
@@ -505,11 +610,6 @@ impl Channel {
             n if n > u32::MAX / 2 => 0,
             n => n,
         }
-    }
-
-    /// One more message to be marked done (a `JoinableQueue`'s put).
-    pub fn add_unfinished(&self) {
-        self.header().unfinished.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Marks one message done; [`Error::Invalid`] if none is pending.

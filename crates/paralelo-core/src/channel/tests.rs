@@ -33,7 +33,7 @@ fn message(s: u32, i: u32) -> Vec<u8> {
 fn many_senders_and_receivers_get_every_message_once_and_in_each_senders_order() {
     const SENDERS: u32 = 3;
     const EACH: u32 = 2000;
-    let ch = Arc::new(Channel::create(SMALL).unwrap());
+    let ch = Arc::new(Channel::create(SMALL, Counting::None).unwrap());
     let got: Vec<_> = (0..3)
         .map(|_| {
             let ch = ch.clone();
@@ -88,7 +88,7 @@ fn many_senders_and_receivers_get_every_message_once_and_in_each_senders_order()
 
 #[test]
 fn a_channel_opened_from_its_fd_shares_the_messages() {
-    let a = Channel::create(SMALL).unwrap();
+    let a = Channel::create(SMALL, Counting::None).unwrap();
     let b = Channel::open(a.seg.as_fd_for_test()).unwrap();
     a.send(b"hello", soon(), &mut keep_going).unwrap();
     let big = vec![7u8; 10_000];
@@ -111,12 +111,15 @@ fn a_segment_that_is_not_a_channel_is_refused() {
         Channel::open(seg.as_fd_for_test()),
         Err(Error::BadLayout { what: "channel" })
     ));
-    assert!(matches!(Channel::create(1000), Err(Error::Invalid(_))));
+    assert!(matches!(
+        Channel::create(1000, Counting::None),
+        Err(Error::Invalid(_))
+    ));
 }
 
 #[test]
 fn receiving_times_out_when_nothing_comes_and_a_past_deadline_takes_one_look() {
-    let ch = Channel::create(SMALL).unwrap();
+    let ch = Channel::create(SMALL, Counting::None).unwrap();
     let mut out = Vec::new();
     let start = Instant::now();
     let r = ch.recv(
@@ -138,7 +141,7 @@ fn receiving_times_out_when_nothing_comes_and_a_past_deadline_takes_one_look() {
 
 #[test]
 fn a_sender_that_gives_up_half_way_costs_only_its_own_message() {
-    let ch = Arc::new(Channel::create(SMALL).unwrap());
+    let ch = Arc::new(Channel::create(SMALL, Counting::None).unwrap());
     // Nobody receives, so a 10 KB message stalls after its first fragments; the sender is
     // then interrupted (as Ctrl-C would) and leaves it half-sent.
     let stop = Arc::new(AtomicBool::new(false));
@@ -168,7 +171,7 @@ fn a_sender_that_gives_up_half_way_costs_only_its_own_message() {
 
 #[test]
 fn a_sender_that_left_is_answered_by_the_next_senders_abort() {
-    let ch = Arc::new(Channel::create(SMALL).unwrap());
+    let ch = Arc::new(Channel::create(SMALL, Counting::None).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
     let t = std::thread::spawn({
         let (ch, stop) = (ch.clone(), stop.clone());
@@ -195,7 +198,7 @@ fn a_sender_that_left_is_answered_by_the_next_senders_abort() {
 
 #[test]
 fn a_receiver_that_gives_up_half_way_costs_only_the_message_it_held() {
-    let ch = Arc::new(Channel::create(SMALL).unwrap());
+    let ch = Arc::new(Channel::create(SMALL, Counting::None).unwrap());
     // The sender stalls half-way through a big message (nobody drains), the receiver
     // reads its first fragments and is interrupted.
     let big = vec![2u8; 20_000];
@@ -234,25 +237,26 @@ fn a_receiver_that_gives_up_half_way_costs_only_the_message_it_held() {
 
 #[test]
 fn the_receiving_mark_tells_a_finished_message_from_one_cut_off() {
-    let ch = Channel::create(SMALL).unwrap();
-    let mut c = end(&ch.consumer);
+    let ch = Channel::create(SMALL, Counting::None).unwrap();
     let h = ch.header();
+    let mut held = Held::take(&h.recv_lock, &ch.consumer, None, &mut keep_going).unwrap();
+    let c = held.get();
     // A receiver about to release a message's end at the tail we see did release it.
     h.receiving.store(ending_at(c.tail()), Ordering::Relaxed);
-    ch.resync_receiver(&mut c).unwrap();
+    ch.resync_receiver(c).unwrap();
     assert!(!c.in_partial());
     assert_eq!(h.receiving.load(Ordering::Relaxed), WHOLE);
     // One that was to release it elsewhere died first: the tail is mid-message.
     h.receiving
         .store(ending_at(c.tail() + 64), Ordering::Relaxed);
-    ch.resync_receiver(&mut c).unwrap();
+    ch.resync_receiver(c).unwrap();
     assert!(c.in_partial());
     assert_eq!(h.receiving.load(Ordering::Relaxed), MID);
 }
 
 #[test]
 fn counting_bounds_puts_and_task_done_counts_down_to_join() {
-    let ch = Arc::new(Channel::create(SMALL).unwrap());
+    let ch = Arc::new(Channel::create(SMALL, Counting::Joinable).unwrap());
     ch.reserve(2, soon(), &mut keep_going).unwrap();
     ch.reserve(2, soon(), &mut keep_going).unwrap();
     assert_eq!(ch.count(), 2);
@@ -271,9 +275,14 @@ fn counting_bounds_puts_and_task_done_counts_down_to_join() {
     t.join().unwrap().unwrap();
     assert_eq!(ch.count(), 2);
 
+    // Three reserved, one undone: a joinable channel counts them unfinished too.
+    assert_eq!(ch.unfinished(), 2);
+    for _ in 0..2 {
+        ch.task_done().unwrap();
+    }
     assert!(matches!(ch.task_done(), Err(Error::Invalid(_))));
-    ch.add_unfinished();
-    ch.add_unfinished();
+    ch.reserve(0, soon(), &mut keep_going).unwrap();
+    ch.reserve(0, soon(), &mut keep_going).unwrap();
     let t = std::thread::spawn({
         let ch = ch.clone();
         move || ch.wait_finished(soon(), &mut keep_going)
@@ -289,11 +298,62 @@ fn counting_bounds_puts_and_task_done_counts_down_to_join() {
 
 #[test]
 fn a_watcher_is_seen_by_senders_until_it_leaves() {
-    let ch = Channel::create(SMALL).unwrap();
+    let ch = Channel::create(SMALL, Counting::None).unwrap();
     assert!(!ch.fd_watched());
     ch.watch(true);
     assert!(ch.fd_watched());
     ch.watch(false);
     ch.watch(false); // never below zero
     assert!(!ch.fd_watched());
+}
+
+#[test]
+fn a_message_dropped_half_sent_is_counted_out_and_marked_done() {
+    let ch = Arc::new(Channel::create(SMALL, Counting::Joinable).unwrap());
+    ch.reserve(0, soon(), &mut keep_going).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = std::thread::spawn({
+        let (ch, stop) = (ch.clone(), stop.clone());
+        move || {
+            ch.send(&vec![1u8; 10_000], None, &mut || {
+                !stop.load(std::sync::atomic::Ordering::Relaxed)
+            })
+        }
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(t.join().unwrap().is_err());
+    assert_eq!((ch.count(), ch.unfinished()), (1, 1));
+    let mut out = Vec::new();
+    let r = ch.recv(
+        &mut out,
+        Some(Instant::now() + Duration::from_millis(200)),
+        &mut keep_going,
+    );
+    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    assert_eq!(
+        (ch.count(), ch.unfinished()),
+        (0, 0),
+        "the receiver that dropped it counted it out"
+    );
+    // A delivered message is counted out by its receive (and stays unfinished).
+    ch.reserve(0, soon(), &mut keep_going).unwrap();
+    ch.send(b"x", soon(), &mut keep_going).unwrap();
+    ch.recv(&mut out, soon(), &mut keep_going).unwrap();
+    assert_eq!((ch.count(), ch.unfinished()), (0, 1));
+}
+
+#[test]
+fn a_thread_already_using_an_end_is_refused_not_deadlocked() {
+    let ch = Channel::create(SMALL, Counting::None).unwrap();
+    let h = ch.header();
+    let _held = Held::take(&h.send_lock, &ch.producer, None, &mut keep_going).unwrap();
+    // (As a signal handler would, while this thread waits for room.)
+    assert!(matches!(
+        ch.send(b"x", soon(), &mut keep_going),
+        Err(Error::Reentrant)
+    ));
+    assert!(matches!(ch.try_send(b"x"), Err(Error::Reentrant)));
+    // The other end is free.
+    assert!(!ch.has_data());
 }

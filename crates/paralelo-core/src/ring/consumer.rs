@@ -28,6 +28,9 @@ pub struct Consumer {
     /// The message being reassembled is dropped when complete: its first fragments went
     /// to another consumer (of a ring shared under a lock, see `channel`) that left.
     discard: bool,
+    /// Messages dropped half-received (aborted by their producer, or the rest of one
+    /// another consumer took the start of) since [`Self::take_dropped`].
+    dropped: u32,
     /// The producer broke the protocol: nothing more is read until [`Self::reset`].
     poisoned: Option<Corruption>,
 }
@@ -43,6 +46,7 @@ impl Consumer {
             partial: Vec::new(),
             in_partial: false,
             discard: false,
+            dropped: 0,
             poisoned: None,
         })
     }
@@ -82,6 +86,19 @@ impl Consumer {
 
     /// Drops the message being reassembled (its producer gave up on it).
     pub fn drop_message(&mut self) {
+        self.lose_partial();
+    }
+
+    /// How many messages were dropped half-received since the last call.
+    pub fn take_dropped(&mut self) -> u32 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Drops the message being reassembled, counting it as lost.
+    fn lose_partial(&mut self) {
+        if self.in_partial || self.discard {
+            self.dropped += 1;
+        }
         self.drop_partial();
     }
 
@@ -177,7 +194,7 @@ impl Consumer {
                 break;
             }
             if fh.tag == TAG_ABORT {
-                self.drop_partial();
+                self.lose_partial();
             } else if fh.tag & FRAG_MORE != 0 || self.in_partial {
                 if self.discard {
                     // The rest of a message another consumer took the start of: skipped.
@@ -190,7 +207,7 @@ impl Consumer {
                 }
                 self.in_partial = fh.tag & FRAG_MORE != 0;
                 if !self.in_partial && self.discard {
-                    self.drop_partial();
+                    self.lose_partial();
                 } else if !self.in_partial {
                     let start = out.len();
                     if start == 0 {

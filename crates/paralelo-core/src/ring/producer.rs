@@ -232,11 +232,6 @@ impl Producer {
         Ok(())
     }
 
-    /// Whether the next send first tells the consumer to drop a half-sent message.
-    pub fn is_broken(&self) -> bool {
-        self.broken
-    }
-
     /// Empties the ring, as if freshly created, and forgets sleepers on its data bell (so
     /// that bell must be this ring's own). Only sound when no consumer is running
     /// (its process is gone) — the hub uses it to reuse a dead worker's slot.

@@ -128,6 +128,7 @@ impl SharedLock {
                 }
             }
         }
+        let mut looked = false;
         loop {
             let cur = self.word.load(Ordering::Relaxed);
             if cur == 0 {
@@ -166,6 +167,14 @@ impl SharedLock {
                     }
                 },
             };
+            if !looked {
+                // Before the first sleep: a holder that died holding it is found now, not
+                // after a whole slice.
+                looked = true;
+                if let Some(taken) = self.take_from_dead(cur | WAITERS, me, recursive) {
+                    return Ok(taken);
+                }
+            }
             let slept = Instant::now();
             // Sleeps only while the word still says held-with-waiters: a release in
             // between changed it, and the wait returns at once.

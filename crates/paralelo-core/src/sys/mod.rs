@@ -1,7 +1,7 @@
-//! The only raw system-call code of the engine: memfd, futex, a pipe's socket, one close and a liveness
+//! The only raw system-call code of the engine: memfd, futex, a pipe's socket and eventfd, one close and a liveness
 //! probe. All go through rustix.
 pub(crate) mod fd;
 pub(crate) mod futex;
 pub(crate) mod memfd;
-pub(crate) mod socket;
+pub(crate) mod peer;
 pub(crate) mod thread;

@@ -1,0 +1,88 @@
+"""Large arrays between processes: paralelo beside multiprocessing (fork), in one run.
+
+    python bench/bench_arrays.py                # every case (≈ 30 s on 2 cores)
+    python bench/bench_arrays.py shared         # some: send shared
+    python bench/bench_arrays.py --repeats 3    # fresh runs per case (default 5)
+
+Cases (numpy needed):
+  send    a 100 MB float64 array passed to a pool worker, which returns its sum: GB/s
+          (100 MB / the call's time); the array is pickled by both libraries today
+  shared  the same array the way each library's users share it: a paralelo.SharedArray
+          (by handle), a plain array for multiprocessing (pickled); 5 calls, GB/s of the
+          median call
+  local   reference: the same sum in the calling process, GB/s
+
+Each case runs as a script in a fresh interpreter per library, the libraries taking turns;
+the table shows medians and paralelo's ratio to multiprocessing (above 1: faster).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _report import table  # noqa: E402
+from _scripts import medians, repeats_and_cases  # noqa: E402
+
+HEAD = textwrap.dedent(
+    """
+    import sys, time, statistics
+    import numpy as np
+    LIB = sys.argv[1]
+    if LIB == "paralelo":
+        import paralelo as mp
+    else:
+        import multiprocessing as mp
+    T = time.perf_counter
+    MB100 = 100_000_000 // 8
+    def total(a):
+        return float(a.sum())
+    """
+)
+
+CASES = {
+    "send": ("100 MB array to a worker, its sum back (GB/s)", """
+        if __name__ == "__main__":
+            a = np.ones(MB100)
+            with mp.Pool(1) as pool:
+                pool.apply(total, (a[:10],))
+                t = T(); s = pool.apply(total, (a,)); d = T() - t
+            assert s == MB100
+            print(0.1 / d)
+    """),
+    "shared": ("the same, shared as each library's users would (GB/s)", """
+        if __name__ == "__main__":
+            if LIB == "paralelo":
+                a = mp.SharedArray(MB100); a[:] = 1.0
+            else:
+                a = np.ones(MB100)
+            with mp.Pool(1) as pool:
+                times = []
+                for _ in range(5):
+                    t = T(); s = pool.apply(total, (a,)); times.append(T() - t)
+            assert s == MB100
+            print(0.1 / statistics.median(times))
+    """),
+    "local": ("reference: the sum in the calling process (GB/s)", """
+        if __name__ == "__main__":
+            a = np.ones(MB100); a.sum()
+            t = T(); a.sum(); print(0.1 / (T() - t))
+    """),
+}
+
+
+def main() -> None:
+    repeats, chosen = repeats_and_cases(CASES)
+    rows = []
+    for name in chosen:
+        title, code = CASES[name]
+        secs = medians(HEAD, code, ("paralelo", "multiprocessing"), repeats)
+        ours, theirs = secs["paralelo"], secs["multiprocessing"]
+        rows.append((title, f"{ours:,.2f}", f"{theirs:,.2f}", f"{ours / theirs:.2f}"))
+    table(f"large arrays, median of {repeats} runs", ("case", "paralelo", "multiprocessing", "x rival"), rows)
+
+
+if __name__ == "__main__":
+    main()

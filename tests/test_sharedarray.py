@@ -1,0 +1,101 @@
+"""``paralelo.SharedArray``: numpy arrays in shared memory, passed by handle to pools,
+processes and queues; writes are seen on both sides, views stay views, and the memory
+goes when the last holder lets go."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import signal
+import time
+
+import pytest
+
+np = pytest.importorskip("numpy")
+
+import paralelo  # noqa: E402
+from paralelo import shared_memory  # noqa: E402
+from paralelo.sharedarray import SharedArray  # noqa: E402
+
+
+def _double(a: np.ndarray) -> float:
+    a *= 2
+    return float(a.sum())
+
+
+def _fill(v: np.ndarray, x: float) -> tuple:
+    v[...] = x
+    return v.shape
+
+
+def _info(a: np.ndarray) -> tuple:
+    return type(a).__name__, a.shape, a.strides, float(a.sum())
+
+
+def test_workers_write_into_the_parents_array_through_views() -> None:
+    a = SharedArray((4, 6), dtype=np.int64)
+    assert not a.any()  # zero-filled
+    a[...] = np.arange(24).reshape(4, 6)
+    with paralelo.Pool(2) as pool:
+        assert pool.apply(_double, (a,)) == 2 * sum(range(24))
+        assert a[3, 5] == 46
+        views = [a[1], a[:, ::-2], a.T, a[2:3, 1:4]]
+        assert pool.map(_info, views) == [_info(v) for v in views]
+        pool.apply(_fill, (a[:, ::-2], -1))
+    assert (a[:, 5] == -1).all() and (a[:, 4] != -1).all()
+
+
+def test_from_array_copies_and_arithmetic_results_are_ordinary_arrays() -> None:
+    src = np.linspace(0, 1, 7)
+    a = SharedArray.from_array(src)
+    assert isinstance(a, SharedArray) and a.dtype == src.dtype and (a == src).all()
+    b = a + 1
+    assert b._block is None  # new memory: pickles by value
+    back = pickle.loads(pickle.dumps(b))
+    assert type(back) is np.ndarray and (back == src + 1).all()
+    empty = SharedArray((0, 3))
+    assert pickle.loads(pickle.dumps(empty)).shape == (0, 3)
+
+
+def test_bad_shapes_and_object_dtypes_are_refused() -> None:
+    with pytest.raises(TypeError, match="plain data"):
+        SharedArray(3, dtype=object)
+    with pytest.raises(ValueError, match="negative"):
+        SharedArray((2, -1))
+
+
+def test_a_shared_array_crosses_queues_and_processes_without_copies() -> None:
+    a = SharedArray(10)
+    q = paralelo.Queue()
+    q.put(a[2:4])
+    got = q.get(timeout=10)
+    got[:] = 5
+    assert a[2] == a[3] == 5
+    p = paralelo.Process(target=_fill, args=(a[5:], 7.0))
+    p.start()
+    p.join()
+    assert p.exitcode == 0 and (a[5:] == 7).all()
+
+
+def _hold(a: np.ndarray, ready: paralelo.Queue) -> None:
+    a[0] = 1
+    ready.put(True)
+    time.sleep(60)
+
+
+def test_the_block_goes_with_its_last_holder_and_a_killed_one_leaks_nothing() -> None:
+    a = SharedArray(1000)
+    name = a._block.shm.name
+    ready = paralelo.Queue()
+    p = paralelo.Process(target=_hold, args=(pickle.loads(pickle.dumps(a[:10])), ready))
+    p.start()
+    assert ready.get(timeout=10) and a[0] == 1
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    a[1] = 2  # the parent's array is untouched by the death
+    assert shared_memory.SharedMemory(name).size >= 8000
+    del a
+    gc.collect()
+    with pytest.raises(FileNotFoundError):
+        shared_memory.SharedMemory(name)  # the maker let go: the name is gone
