@@ -12,6 +12,7 @@ mod numbers;
 mod port;
 mod process;
 mod state;
+mod value;
 
 // `gil_used`: `numbers.rs` reads lists without locking them, which only the GIL makes
 // sound; a free-threaded interpreter keeps its GIL on while this module is loaded.
@@ -21,6 +22,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<port::PyPort>()?;
     m.add_class::<lock::PyLock>()?;
     m.add_class::<channel::PyChannel>()?;
+    m.add_class::<value::PySyncValue>()?;
     m.add_function(wrap_pyfunction!(channel::drain_pokes_of, m)?)?;
     m.add_function(wrap_pyfunction!(channel::poke_fd, m)?)?;
     m.add_function(wrap_pyfunction!(channel::peer_gone, m)?)?;
