@@ -262,9 +262,7 @@ impl PyChannel {
         let mut out = Vec::new();
         // A look first, without releasing the GIL (which costs more than a whole receive).
         if !self.inner.try_recv(&mut out).map_err(to_py)? {
-            if borrowed(peer).is_some_and(hung_up) && !self.inner.has_data() {
-                return Err(PyEOFError::new_err(()));
-            }
+            // (A peer already gone is seen before the wait's first sleep.)
             let got = self.with_peer(py, timeout, peer, |deadline, poll| {
                 self.inner.recv(&mut out, deadline, poll)
             })?;

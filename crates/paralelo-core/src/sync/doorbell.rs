@@ -61,7 +61,8 @@ impl Doorbell {
     }
 
     /// Waits until `ready()` holds, the deadline passes ([`Error::Timeout`]) or `poll`
-    /// says stop ([`Error::Interrupted`]).
+    /// says stop ([`Error::Interrupted`]); `poll` runs before the first sleep and after
+    /// each slice.
     pub fn wait_until(
         &self,
         ready: impl Fn() -> bool,
@@ -90,6 +91,11 @@ impl Doorbell {
                     return Ok(());
                 }
             }
+        }
+        // Before the first sleep too (not only after a whole slice): a waiter whose
+        // peer is already gone, or whose Ctrl-C came during the spin, stops now.
+        if !poll() {
+            return Err(Error::Interrupted);
         }
         loop {
             let slice = match deadline {
