@@ -319,3 +319,12 @@ def test_objects_that_only_multiprocessings_pickler_knows_go_through() -> None:
     assert b.recv(2) == b"hi"
     for s in (a, b, got):
         s.close()
+
+
+def test_closed_and_bad_arguments_fail_as_in_multiprocessing() -> None:
+    with pytest.raises(TypeError):
+        paralelo.Queue(2.5)
+    q = paralelo.Queue()
+    q.close()
+    with pytest.raises(OSError, match="handle is closed"):
+        q.empty()

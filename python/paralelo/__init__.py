@@ -24,6 +24,16 @@ from concurrent.futures import (
 )
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import AuthenticationError, BufferTooShort, ProcessError
+# multiprocessing's own: they configure its logger, and the 'spawn' and 'forkserver'
+# starts a paralelo Process shares with it.
+from multiprocessing import (
+    allow_connection_pickling,
+    freeze_support,
+    get_logger,
+    log_to_stderr,
+    set_executable,
+    set_forkserver_preload,
+)
 
 from ._errors import (
     CorruptRingError,
@@ -125,13 +135,19 @@ __all__ = [
     "Value",
     "WorkerLostError",
     "active_children",
+    "allow_connection_pickling",
     "as_completed",
     "cpu_count",
+    "freeze_support",
     "current_process",
     "get_all_start_methods",
     "get_context",
+    "get_logger",
     "get_start_method",
+    "log_to_stderr",
     "parent_process",
+    "set_executable",
+    "set_forkserver_preload",
     "set_start_method",
     "wait",
 ]

@@ -26,7 +26,7 @@ from multiprocessing import connection as _mp
 from multiprocessing.connection import Client, Listener, answer_challenge, deliver_challenge
 from typing import Any
 
-from ._native import Channel, drain_pokes, peer_gone, poke
+from ._native import Channel, drain_pokes, poke
 from .queues import dumps
 
 __all__ = [
@@ -226,17 +226,20 @@ class Connection:
             timeout = 0.0
         return inc.wait_data(timeout, self._fd)
 
-    def _ready(self) -> bool:
-        """For ``wait`` (registered as a watcher): data is waiting (the eventfd is then
-        left readable for other waiters), or the other end is gone."""
+    def _has_data(self) -> bool:
+        """For ``wait`` (registered as a watcher): whether data is waiting; the eventfd is
+        drained first when none seems to be (and poked back if some came meanwhile), so
+        it is readable only while data is left."""
         inc = self._in
         if inc is None:
             return False
+        if inc.has_data():
+            return True
         drain_pokes(self._in_event)
         if inc.has_data():
             poke(self._in_event)
             return True
-        return peer_gone(self._fd)
+        return False
 
     def __reduce__(self) -> tuple:
         if self._sock is None:
@@ -289,16 +292,22 @@ def wait(object_list: Any, timeout: float | None = None) -> list:
     ours = [o for o in object_list if isinstance(o, Connection) and o._in is not None and o._sock is not None]
     others = [o for o in object_list if not any(o is c for c in ours)]
     deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-    fds = [fd for c in ours for fd in (c._in_event, c._fd)]
+    by_fd = {fd: c for c in ours for fd in (c._in_event, c._fd)}
     watched = [c._in for c in ours if c._in is not None]
     for ch in watched:
         ch.watch(True)  # senders poke our eventfds from now on
     try:
         while True:
-            ready: list = [c for c in ours if c._ready()]
+            ready: list = [c for c in ours if c._has_data()]
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            woke = _mp.wait([*others, *fds], 0.0 if ready else left)
-            ready += [o for o in woke if not (type(o) is int and o in fds and o not in others)]
+            woke = _mp.wait([*others, *by_fd], 0.0 if ready else left)
+            for o in woke:
+                c = by_fd.get(o) if type(o) is int else None
+                if c is None:
+                    ready.append(o)
+                elif o == c._fd or c._has_data():  # its socket: the other end closed
+                    if not any(r is c for r in ready):
+                        ready.append(c)
             if ready or (left is not None and left <= 0):
                 return ready
     finally:

@@ -19,6 +19,7 @@ initializers.
 from __future__ import annotations
 
 import collections
+import operator
 import os
 import pickle
 import sys
@@ -109,6 +110,7 @@ class Queue(_Shared):
     def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
         # (`ctx` is multiprocessing's signature: paralelo's queues are the same in every
         # context.)
+        maxsize = operator.index(maxsize)  # (TypeError for 2.5, as multiprocessing)
         self._maxsize = maxsize if 0 < maxsize < _UNBOUNDED else 0
         self._share(Channel(counting=self._COUNTING))
         self._reset()
@@ -188,6 +190,8 @@ class Queue(_Shared):
         return self._ch.count()
 
     def empty(self) -> bool:
+        if self._closed:
+            raise OSError("handle is closed")  # (as multiprocessing's closed reader)
         return not self._ch.has_data()
 
     def full(self) -> bool:

@@ -224,7 +224,7 @@ impl PyChannel {
         wake: i32,
     ) -> PyResult<()> {
         if self.peer_gone_lately(peer) {
-            return Err(PyBrokenPipeError::new_err("[Errno 32] Broken pipe"));
+            return Err(broken_pipe());
         }
         let owned;
         let bytes: &[u8] = match data.cast::<PyBytes>() {
@@ -239,7 +239,7 @@ impl PyChannel {
                 self.inner.send(bytes, deadline, poll)
             })?;
             if let Waited::PeerGone = sent {
-                return Err(PyBrokenPipeError::new_err("[Errno 32] Broken pipe"));
+                return Err(broken_pipe());
             }
         }
         self.wake(wake);
@@ -289,6 +289,9 @@ impl PyChannel {
     fn wait_data(&self, py: Python<'_>, timeout: Option<f64>, peer: i32) -> PyResult<bool> {
         if self.inner.has_data() || borrowed(peer).is_some_and(hung_up) {
             return Ok(true);
+        }
+        if timeout == Some(0.0) {
+            return Ok(false); // a look, not a wait (no GIL release)
         }
         let waited = self.with_peer(py, timeout, peer, |deadline, poll| {
             match self.inner.wait_data(deadline, poll) {
@@ -374,6 +377,11 @@ impl PyChannel {
     fn watch(&self, on: bool) {
         self.inner.watch(on);
     }
+}
+
+/// As the kernel reports it to multiprocessing: `errno` 32, EPIPE.
+fn broken_pipe() -> PyErr {
+    PyBrokenPipeError::new_err((32, "Broken pipe"))
 }
 
 impl PyChannel {

@@ -108,7 +108,12 @@ impl PyLock {
     /// `timeout` seconds (None: for ever; with `block=False`, not at all). True once
     /// taken, False if the time ran out.
     #[pyo3(signature = (block = true, timeout = None))]
-    pub(crate) fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
+    pub(crate) fn acquire(
+        &self,
+        py: Python<'_>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
         let (me, lock) = (self.me(), self.lock());
         if let Some(how) = lock.try_acquire(me, self.recursive) {
             return taken(py, how, self);

@@ -18,7 +18,11 @@ pub(crate) struct PySyncValue {
 impl PySyncValue {
     /// Runs `f` on the ctypes object with the lock held (taken again if the caller holds
     /// it: it is recursive); releases it whatever `f` returns.
-    fn locked<T>(&self, py: Python<'_>, f: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<T>) -> PyResult<T> {
+    fn locked<T>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<T>,
+    ) -> PyResult<T> {
         let lock = self.lock.get();
         lock.acquire(py, true, None)?;
         let out = f(self.obj.bind(py));

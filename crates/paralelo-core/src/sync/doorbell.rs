@@ -72,6 +72,9 @@ impl Doorbell {
         if ready() {
             return Ok(());
         }
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Err(Error::Timeout); // a look, not a wait: no spin
+        }
         // The spin is timed, and a model must replay the same steps each time: under loom
         // a waiter goes straight to the futex, the only part of the protocol at stake.
         #[cfg(not(loom))]
