@@ -61,20 +61,22 @@ fn borrowed(raw: i32) -> Option<BorrowedFd<'static>> {
 }
 
 impl PyChannel {
-    /// Runs a blocking wait whose poll also ends it when `peer`'s other end is gone and
-    /// nothing is left to read (a message sent just before the close is still read).
+    /// Runs a blocking wait whose poll also ends it when `peer`'s other end is gone: for
+    /// a send at once; for a receive (`reading`) once nothing is left to read (a message
+    /// sent just before the close is still read).
     fn with_peer<T: Send>(
         &self,
         py: Python<'_>,
         timeout: Option<f64>,
         peer: i32,
+        reading: bool,
         wait: impl FnOnce(Option<Instant>, paralelo_core::Poll<'_>) -> paralelo_core::Result<T> + Send,
     ) -> PyResult<Waited<T>> {
         let peer = borrowed(peer);
         door::blocking(py, timeout, |deadline, poll| {
             let mut gone = false;
             let mut check = || {
-                if peer.is_some_and(hung_up) && !self.inner.has_data() {
+                if peer.is_some_and(hung_up) && !(reading && self.inner.has_data()) {
                     gone = true;
                     return false;
                 }
@@ -235,7 +237,7 @@ impl PyChannel {
             }
         };
         if !self.inner.try_send(bytes).map_err(to_py)? {
-            let sent = self.with_peer(py, timeout, peer, |deadline, poll| {
+            let sent = self.with_peer(py, timeout, peer, false, |deadline, poll| {
                 self.inner.send(bytes, deadline, poll)
             })?;
             if let Waited::PeerGone = sent {
@@ -263,7 +265,7 @@ impl PyChannel {
         // A look first, without releasing the GIL (which costs more than a whole receive).
         if !self.inner.try_recv(&mut out).map_err(to_py)? {
             // (A peer already gone is seen before the wait's first sleep.)
-            let got = self.with_peer(py, timeout, peer, |deadline, poll| {
+            let got = self.with_peer(py, timeout, peer, true, |deadline, poll| {
                 self.inner.recv(&mut out, deadline, poll)
             })?;
             if let Waited::PeerGone = got {
@@ -293,7 +295,7 @@ impl PyChannel {
         if timeout == Some(0.0) {
             return Ok(false); // a look, not a wait (no GIL release)
         }
-        let waited = self.with_peer(py, timeout, peer, |deadline, poll| {
+        let waited = self.with_peer(py, timeout, peer, true, |deadline, poll| {
             match self.inner.wait_data(deadline, poll) {
                 Ok(()) => Ok(true),
                 Err(Error::Timeout) => Ok(false),
