@@ -1,7 +1,7 @@
 """Large arrays between processes: paralelo beside multiprocessing (fork), in one run.
 
     python bench/bench_arrays.py                # every case (≈ 30 s on 2 cores)
-    python bench/bench_arrays.py shared         # some: send shared
+    python bench/bench_arrays.py shared return  # some: send shared return local
     python bench/bench_arrays.py --repeats 3    # fresh runs per case (default 5)
 
 Cases (numpy needed):
@@ -10,6 +10,9 @@ Cases (numpy needed):
   shared  the same array the way each library's users share it: a paralelo.SharedArray
           (by handle), a plain array for multiprocessing (pickled); 5 calls, GB/s of the
           median call
+  return  a pool worker makes a 100 MB float64 array (filled with ones) and returns it:
+          a paralelo.SharedArray (by handle), a plain array for multiprocessing
+          (pickled); GB/s of the median of 5 calls
   local   reference: the same sum in the calling process, GB/s
 
 Each case runs as a script in a fresh interpreter per library, the libraries taking turns;
@@ -63,6 +66,20 @@ CASES = {
                 for _ in range(5):
                     t = T(); s = pool.apply(total, (a,)); times.append(T() - t)
             assert s == MB100
+            print(0.1 / statistics.median(times))
+    """),
+    "return": ("a worker makes a 100 MB array and returns it (GB/s)", """
+        def make(n):
+            a = mp.SharedArray(n) if LIB == "paralelo" else np.empty(n)
+            a[:] = 1.0
+            return a
+        if __name__ == "__main__":
+            with mp.Pool(1) as pool:
+                times = []
+                for _ in range(5):
+                    t = T(); a = pool.apply(make, (MB100,)); times.append(T() - t)
+                    assert a[-1] == 1.0
+                    del a
             print(0.1 / statistics.median(times))
     """),
     "local": ("reference: the sum in the calling process (GB/s)", """

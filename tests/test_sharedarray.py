@@ -16,6 +16,7 @@ np = pytest.importorskip("numpy")
 
 import paralelo  # noqa: E402
 from paralelo import shared_memory  # noqa: E402
+from paralelo import sharedarray  # noqa: E402
 from paralelo.sharedarray import SharedArray  # noqa: E402
 
 
@@ -97,5 +98,24 @@ def test_the_block_goes_with_its_last_holder_and_a_killed_one_leaks_nothing() ->
     assert shared_memory.SharedMemory(name).size >= 8000
     del a
     gc.collect()
+    assert shared_memory.SharedMemory(name).size  # this process still maps the copy it unpickled
+    sharedarray._settle()  # (the maker's hand-over to itself was signed for)
+    sharedarray._recent.clear()
+    gc.collect()
     with pytest.raises(FileNotFoundError):
-        shared_memory.SharedMemory(name)  # the maker let go: the name is gone
+        shared_memory.SharedMemory(name)  # the last holder let go: the memory is gone
+
+
+def _make(n: int) -> np.ndarray:
+    a = SharedArray(n)
+    a[:] = 3.0
+    return a  # dropped here at once: the receiver's receipt keeps the block alive
+
+
+def test_a_worker_returns_an_array_it_made_and_the_parent_can_pass_it_on() -> None:
+    with paralelo.Pool(2) as pool:
+        got = pool.apply(_make, (1000,))
+        assert isinstance(got, SharedArray) and got.sum() == 3000.0
+        assert pool.apply(_info, (got[::10],))[3] == 300.0  # on to a worker: still shared
+        many = pool.map(_make, [10] * 30)
+        assert sum(float(a.sum()) for a in many) == 900.0

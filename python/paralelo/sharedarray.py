@@ -13,6 +13,7 @@ arrays of it arrive, and unmaps it when its last array of that block is gone.
 from __future__ import annotations
 
 import collections
+import time
 import weakref
 from typing import Any
 
@@ -33,15 +34,18 @@ __all__ = ["SharedArray"]
 
 class _Block:
     """A mapped block and where it starts in this process's memory. The maker's frees
-    the name when the last array of it is gone (a receiver's only unmaps)."""
+    the name when the last array of it is gone, unless it was handed to another process
+    (which then holds it, and through which the name goes on attaching); a receiver's
+    only unmaps."""
 
-    __slots__ = ("shm", "base", "size", "maker", "__weakref__")
+    __slots__ = ("shm", "base", "size", "maker", "handed", "__weakref__")
 
     def __init__(self, shm: SharedMemory, maker: bool) -> None:
         self.shm = shm
         self.size = shm.size
         self.base = np.frombuffer(shm.buf, np.uint8).__array_interface__["data"][0]
         self.maker = maker
+        self.handed = False
 
     def holds(self, arr: np.ndarray) -> bool:
         """Whether `arr`'s memory lies inside this block."""
@@ -52,11 +56,28 @@ class _Block:
 
     def __del__(self) -> None:
         try:
-            self.shm.close()
-            if self.maker:
+            if self.maker and self.handed:
+                self.shm._forget_name()
+            elif self.maker:
                 self.shm.unlink()
+            self.shm.close()
         except (OSError, BufferError):
             pass
+
+
+#: Blocks this process made and pickled, kept until their receiver signs for them (so a
+#: worker may return an array it made and drop it at once): (block, receipt, when).
+_handed: list[tuple[_Block, int, float]] = []
+#: A hand-over nobody signs for within this long (pickled, never unpickled) is let go.
+_HAND_OVER_TIMEOUT = 60.0
+
+
+def _settle() -> None:
+    """Lets go of the handed blocks that were signed for (or waited too long)."""
+    if _handed:
+        now = time.monotonic()
+        _handed[:] = [(b, slot, t) for b, slot, t in _handed
+                      if not b.shm._signed(slot) and now - t < _HAND_OVER_TIMEOUT]
 
 
 #: Blocks this process mapped from elsewhere, by name: arrays that arrive for a block
@@ -70,7 +91,8 @@ _recent: collections.OrderedDict[str, _Block] = collections.OrderedDict()
 _KEEP = 8
 
 
-def _attach(name: str, offset: int, shape: tuple, strides: tuple, dtype: Any) -> SharedArray:
+def _attach(name: str, offset: int, shape: tuple, strides: tuple, dtype: Any, receipt: int = -1) -> SharedArray:
+    _settle()
     for old in [n for n, b in _recent.items() if not b.shm.alive()]:
         del _recent[old]  # its maker let go: the memory goes with the last holder
     block = _attached.get(name)
@@ -82,6 +104,7 @@ def _attach(name: str, offset: int, shape: tuple, strides: tuple, dtype: Any) ->
                 2, "this SharedArray's memory is gone: every process that held it let go before this one "
                 "attached (an array made in a worker must be kept there until its receiver has it)", name) from None
         _attached[name] = block
+    block.shm._sign(receipt)  # (the maker may let go now: we hold it)
     _recent[name] = block
     _recent.move_to_end(name)
     while len(_recent) > _KEEP:
@@ -106,6 +129,7 @@ class SharedArray(np.ndarray):
             count *= int(n)
         if count < 0:
             raise ValueError("negative dimensions are not allowed")
+        _settle()
         block = _Block(SharedMemory(create=True, size=max(count * dtype.itemsize, 1)), maker=True)
         arr = np.ndarray.__new__(cls, shape, dtype, buffer=block.shm.buf, order=order)
         arr._block = block
@@ -136,7 +160,13 @@ class SharedArray(np.ndarray):
             return np.asarray(self).view(np.ndarray).__reduce__()  # type: ignore[return-value]
         # (Where the first element is: with negative strides, not the lowest byte.)
         offset = self.__array_interface__["data"][0] - block.base if self.size else 0
-        return _attach, (block.shm.name, offset, self.shape, self.strides, self.dtype)
+        receipt = -1
+        if block.maker:
+            _settle()
+            block.handed = True
+            receipt = block.shm._hand_out()
+            _handed.append((block, receipt, time.monotonic()))
+        return _attach, (block.shm.name, offset, self.shape, self.strides, self.dtype, receipt)
 
     def __reduce_ex__(self, protocol: Any) -> tuple:
         return self.__reduce__()
