@@ -28,8 +28,8 @@ def echo(conn):
         if x is None:
             break
         conn.send(x)
+    logging.info("echo done")  # (before the reply: the parent prints after it)
     conn.send_bytes(b"abcdef", 2, 3)
-    logging.info("echo done")
     conn.close()
 def writer(w, n):
     for i in range(n):
@@ -238,5 +238,19 @@ def test_send_bytes_takes_any_byte_buffer() -> None:
     w.send_bytes(array.array("b", [1, 2, 3]))
     w.send_bytes((ctypes.c_char * 3)(*b"abc"))
     assert r.recv_bytes() == b"\x01\x02\x03" and r.recv_bytes() == b"abc"
+    r.close()
+    w.close()
+
+
+def test_select_wakes_for_a_message_larger_than_the_ring() -> None:
+    r, w = paralelo.Pipe(duplex=False)
+    fd = r.fileno()
+    big = b"b" * (8 << 20)  # eight times the ring: its first fragments must be read first
+    t = threading.Thread(target=w.send_bytes, args=(big,))
+    t.start()
+    assert select.select([fd], [], [], 10)[0] == [fd]
+    assert r.recv_bytes() == big
+    t.join(10)
+    assert wait([r], 0.05) == []
     r.close()
     w.close()

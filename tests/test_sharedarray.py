@@ -119,3 +119,30 @@ def test_a_worker_returns_an_array_it_made_and_the_parent_can_pass_it_on() -> No
         assert pool.apply(_info, (got[::10],))[3] == 300.0  # on to a worker: still shared
         many = pool.map(_make, [10] * 30)
         assert sum(float(a.sum()) for a in many) == 900.0
+
+
+def _put_made(q: paralelo.Queue) -> None:
+    q.put(_make(4))  # and the process ends: it waits at exit for the reader's receipt
+
+
+def _drop(a: np.ndarray) -> None:
+    del a
+
+
+def test_a_child_that_puts_an_array_and_ends_leaves_it_readable() -> None:
+    q = paralelo.Queue()
+    p = paralelo.Process(target=_put_made, args=(q,))
+    p.start()
+    time.sleep(0.2)
+    assert q.get(timeout=15).sum() == 12.0
+    p.join(15)
+    assert p.exitcode == 0
+
+
+def test_a_forked_child_dropping_its_copy_does_not_free_the_parents_block() -> None:
+    a = SharedArray(8)
+    p = paralelo.Process(target=_drop, args=(a,))
+    p.start()
+    p.join()
+    assert a._block.shm.alive()
+    assert pickle.loads(pickle.dumps(a)).shape == (8,)

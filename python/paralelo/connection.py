@@ -11,7 +11,9 @@ eventfd per direction beside them:
   and ``send`` raises BrokenPipeError.
 - ``fileno()`` is an epoll descriptor over the socket and the eventfd of the incoming
   direction, for ``select`` and event loops: while anyone waits on descriptors, senders
-  poke the eventfd, and a receiver leaves it readable exactly while data is left.
+  poke the eventfd (between the fragments of a large message too), and a receiver leaves
+  it readable while data is left. (A sender's poke can land just after the receiver took
+  its message: rarely, it is readable with nothing to read, as a socket can be.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import select
 import socket
 import time
 import weakref
-from multiprocessing import AuthenticationError, BufferTooShort, reduction
+from multiprocessing import AuthenticationError, BufferTooShort, reduction, util
 from multiprocessing import connection as _mp
 from multiprocessing.connection import Client, Listener, answer_challenge, deliver_challenge
 from typing import Any
@@ -67,12 +69,14 @@ class Connection:
         self._readable = incoming is not None
         self._writable = outgoing is not None
         self._epoll: select.epoll | None = None
+        self._unwatch: util.Finalize | None = None
         _live.add(self)
 
     def _after_fork(self) -> None:
         if self._epoll is not None:
             self._epoll.close()  # (this process's copy: the parent's stays)
             self._epoll = None
+            self._unwatch = None  # (the parent's registration, not ours to undo)
 
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else f"fd={self._fd}"
@@ -120,6 +124,9 @@ class Connection:
             ep.register(self._in_event, select.EPOLLIN)
             ep.register(self._fd, select.EPOLLIN | select.EPOLLRDHUP)
             self._in.watch(True)
+            # Unregistered at close, or at this process's exit (a Process's child never
+            # runs `__del__`): a registration left behind costs every later send a poke.
+            self._unwatch = util.Finalize(self, self._in.watch, (False,), exitpriority=0)
             drain_pokes(self._in_event)  # then poked back if data is already waiting
             if self._in.has_data():
                 poke(self._in_event)
@@ -134,8 +141,8 @@ class Connection:
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
-            if self._in is not None:
-                self._in.watch(False)
+            if self._unwatch is not None:
+                self._unwatch()
         out = self._out
         self._in = self._out = None
         sock.close()

@@ -44,6 +44,26 @@ _RECEIPTS, _RECEIPT_COUNT = 64, 64
 _made: dict[str, tuple[socket.socket, int]] = {}
 
 
+def _sweep() -> None:
+    """Lets go of names this process made that another process unlinked."""
+    for name, (lock, fd) in list(_made.items()):
+        if _header(fd) is None:
+            del _made[name]
+            lock.close()
+            os.close(fd)
+
+
+def _forget_names_after_fork() -> None:
+    # A forked child made none of the names: they stay its parent's to free.
+    for lock, fd in _made.values():
+        lock.close()
+        os.close(fd)
+    _made.clear()
+
+
+os.register_at_fork(after_in_child=_forget_names_after_fork)
+
+
 def _new_name() -> str:
     # The maker's pid first: attaching looks there before scanning every process.
     return f"psm_{os.getpid()}_{secrets.token_hex(4)}"
@@ -145,6 +165,7 @@ class SharedMemory:
 
     @staticmethod
     def _create(name: str | None, size: int) -> tuple[str, int]:
+        _sweep()
         while True:
             chosen = _new_name() if name is None else (name[1:] if name.startswith("/") else name)
             try:
@@ -153,13 +174,22 @@ class SharedMemory:
                 if name is None:
                     continue
                 raise
+            if name is not None:
+                try:
+                    os.close(_find(chosen))  # its maker is gone, but a holder keeps it alive
+                except FileNotFoundError:
+                    break
+                lock.close()
+                raise FileExistsError(17, "File exists", chosen)
             break
-        fd = os.memfd_create(_PREFIX + chosen, os.MFD_CLOEXEC)
+        fd = -1
         try:
+            fd = os.memfd_create(_PREFIX + chosen, os.MFD_CLOEXEC)
             os.ftruncate(fd, _PAGE + size)
             os.pwrite(fd, _HEADER.pack(_MAGIC, size, 0), 0)
         except BaseException:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             lock.close()
             raise
         # The maker keeps a descriptor of its own: the name attaches until `unlink` (or
@@ -170,7 +200,7 @@ class SharedMemory:
     def __del__(self) -> None:
         try:
             self.close()
-        except (OSError, BufferError):
+        except Exception:  # noqa: BLE001 (at interpreter exit, even `os` may be gone)
             pass
 
     def __reduce__(self) -> tuple:
@@ -228,6 +258,7 @@ class SharedMemory:
 
     def close(self) -> None:
         """Releases this process's view of the block (the block stays for the others)."""
+        _sweep()
         if self._buf is not None:
             self._buf.release()
             self._buf = None

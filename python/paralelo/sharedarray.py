@@ -13,8 +13,10 @@ arrays of it arrive, and unmaps it when its last array of that block is gone.
 from __future__ import annotations
 
 import collections
+import os
 import time
 import weakref
+from multiprocessing import util
 from typing import Any
 
 try:
@@ -40,11 +42,14 @@ class _Block:
 
     __slots__ = ("shm", "base", "size", "maker", "handed", "__weakref__")
 
+    # `maker`: the pid that made it (0: received); a forked child inherits the object,
+    # not the role.
+
     def __init__(self, shm: SharedMemory, maker: bool) -> None:
         self.shm = shm
         self.size = shm.size
         self.base = np.frombuffer(shm.buf, np.uint8).__array_interface__["data"][0]
-        self.maker = maker
+        self.maker = os.getpid() if maker else 0
         self.handed = False
 
     def holds(self, arr: np.ndarray) -> bool:
@@ -56,12 +61,13 @@ class _Block:
 
     def __del__(self) -> None:
         try:
-            if self.maker and self.handed:
+            mine = self.maker == os.getpid()
+            if mine and self.handed:
                 self.shm._forget_name()
-            elif self.maker:
+            elif mine:
                 self.shm.unlink()
             self.shm.close()
-        except (OSError, BufferError):
+        except Exception:  # noqa: BLE001 (at interpreter exit, even `os` may be gone)
             pass
 
 
@@ -70,6 +76,30 @@ class _Block:
 _handed: list[tuple[_Block, int, float]] = []
 #: A hand-over nobody signs for within this long (pickled, never unpickled) is let go.
 _HAND_OVER_TIMEOUT = 60.0
+#: At exit, a process waits at most this long for its hand-overs to be signed for (a
+#: child that put an array in a queue and ends before its reader took it).
+_EXIT_WAIT = 10.0
+_exit_hook: Any = None
+
+
+def _wait_for_receipts() -> None:
+    # A poll, not a wait on a word: it runs once, at exit, only while hand-overs are
+    # pending, and the receipts are bytes in other blocks' headers.
+    end = time.monotonic() + _EXIT_WAIT
+    while True:
+        _settle()
+        if not _handed or time.monotonic() >= end:
+            return
+        time.sleep(0.005)
+
+
+def _forget_hand_overs_after_fork() -> None:
+    global _exit_hook
+    _handed.clear()  # (the parent's to keep: a child made none of them)
+    _exit_hook = None
+
+
+os.register_at_fork(after_in_child=_forget_hand_overs_after_fork)
 
 
 def _settle() -> None:
@@ -161,11 +191,15 @@ class SharedArray(np.ndarray):
         # (Where the first element is: with negative strides, not the lowest byte.)
         offset = self.__array_interface__["data"][0] - block.base if self.size else 0
         receipt = -1
-        if block.maker:
+        if block.maker == os.getpid():
             _settle()
             block.handed = True
             receipt = block.shm._hand_out()
             _handed.append((block, receipt, time.monotonic()))
+            global _exit_hook
+            if _exit_hook is None:
+                # After the queues' feeders flushed (their join runs at priority -5).
+                _exit_hook = util.Finalize(None, _wait_for_receipts, exitpriority=-10)
         return _attach, (block.shm.name, offset, self.shape, self.strides, self.dtype, receipt)
 
     def __reduce_ex__(self, protocol: Any) -> tuple:

@@ -96,7 +96,8 @@ impl PyChannel {
         };
         let now = EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64;
         let last = self.peer_looked.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < PEER_LOOK.as_nanos() as u64 {
+        // (0: never looked, in this process: a first send looks.)
+        if last != 0 && now.saturating_sub(last) < PEER_LOOK.as_nanos() as u64 {
             return false;
         }
         self.peer_looked.store(now, Ordering::Relaxed);
@@ -105,11 +106,7 @@ impl PyChannel {
 
     /// After a send: wakes a receiver waiting on descriptors.
     fn wake(&self, wake: i32) {
-        if let Some(wake) = borrowed(wake) {
-            if self.inner.fd_watched() {
-                poke(wake);
-            }
-        }
+        self.inner.wake_watchers(borrowed(wake));
     }
 
     /// After a receive: while receivers wait on descriptors, the eventfd stays readable
@@ -200,10 +197,14 @@ impl PyChannel {
                 return Err(e);
             }
         };
-        if self.inner.try_send(data.as_bytes()).map_err(to_py)? {
-            return Ok(Some(PyBool::new(py, true).to_owned().into_any()));
+        match self.inner.try_send(data.as_bytes()) {
+            Ok(true) => Ok(Some(PyBool::new(py, true).to_owned().into_any())),
+            Ok(false) => Ok(Some(data.into_any())),
+            Err(e) => {
+                self.inner.unreserve(); // (nothing of it went out)
+                Err(to_py(e))
+            }
         }
-        Ok(Some(data.into_any()))
     }
 
     /// Sends `data` whole now if nothing is in the way (the send lock free, room in the
@@ -238,7 +239,7 @@ impl PyChannel {
         };
         if !self.inner.try_send(bytes).map_err(to_py)? {
             let sent = self.with_peer(py, timeout, peer, false, |deadline, poll| {
-                self.inner.send(bytes, deadline, poll)
+                self.inner.send(bytes, deadline, poll, borrowed(wake))
             })?;
             if let Waited::PeerGone = sent {
                 return Err(broken_pipe());

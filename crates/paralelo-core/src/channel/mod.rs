@@ -327,7 +327,17 @@ impl Channel {
     /// bounds the wait until the message starts going out; once its first fragment is
     /// out, the rest follows however long the receivers take (only `poll` stops it, and
     /// the next sender then tells the receiver to drop the fragments).
-    pub fn send(&self, payload: &[u8], deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
+    ///
+    /// `wake`: an eventfd to poke (see [`Self::fd_watched`]) whenever the receivers are
+    /// told of data, between fragments too: a receiver waiting on descriptors must drain
+    /// the first fragments for the rest to fit.
+    pub fn send(
+        &self,
+        payload: &[u8],
+        deadline: Option<Instant>,
+        poll: Poll<'_>,
+        wake: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
         let h = self.header();
         let mut held = Held::take(&h.send_lock, &self.producer, deadline, poll)?;
         let p = held.get();
@@ -339,6 +349,7 @@ impl Channel {
         let mut sent = 0;
         while !p.offer(&FrameHeader::default(), payload, &mut sent)? {
             p.notify(); // the receiver must drain what is in before more fits
+            self.wake_watchers(wake);
             let need = p.room_needed(payload, sent);
             let until = if sent == 0 { deadline } else { None };
             p.probe().wait_room_after(p.head(), need, until, poll)?;
@@ -356,6 +367,15 @@ impl Channel {
             h.sending_mid.store(0, Ordering::Release);
         }
         p.notify();
+    }
+
+    /// Pokes `wake` if a receiver waits on descriptors.
+    pub fn wake_watchers(&self, wake: Option<BorrowedFd<'_>>) {
+        if let Some(wake) = wake {
+            if self.fd_watched() {
+                poke(wake);
+            }
+        }
     }
 
     /// Wakes the receivers sleeping on the data bell, to look again (a pipe's end was

@@ -61,7 +61,7 @@ fn many_senders_and_receivers_get_every_message_once_and_in_each_senders_order()
                 for i in 0..EACH {
                     let m = message(s, i);
                     if i % 2 == 0 || !ch.try_send(&m).unwrap() {
-                        ch.send(&m, soon(), &mut keep_going).unwrap();
+                        ch.send(&m, soon(), &mut keep_going, None).unwrap();
                     }
                 }
             })
@@ -90,11 +90,11 @@ fn many_senders_and_receivers_get_every_message_once_and_in_each_senders_order()
 fn a_channel_opened_from_its_fd_shares_the_messages() {
     let a = Channel::create(SMALL, Counting::None).unwrap();
     let b = Channel::open(a.seg.as_fd_for_test()).unwrap();
-    a.send(b"hello", soon(), &mut keep_going).unwrap();
+    a.send(b"hello", soon(), &mut keep_going, None).unwrap();
     let big = vec![7u8; 10_000];
     let t = std::thread::spawn({
         let big = big.clone();
-        move || a.send(&big, soon(), &mut keep_going).unwrap()
+        move || a.send(&big, soon(), &mut keep_going, None).unwrap()
     });
     let mut out = Vec::new();
     b.recv(&mut out, soon(), &mut keep_going).unwrap();
@@ -133,7 +133,7 @@ fn receiving_times_out_when_nothing_comes_and_a_past_deadline_takes_one_look() {
         ch.recv(&mut out, Some(Instant::now()), &mut keep_going),
         Err(Error::Timeout)
     ));
-    ch.send(b"x", None, &mut keep_going).unwrap();
+    ch.send(b"x", None, &mut keep_going, None).unwrap();
     ch.recv(&mut out, Some(Instant::now()), &mut keep_going)
         .unwrap();
     assert_eq!(out, b"x");
@@ -148,9 +148,12 @@ fn a_sender_that_gives_up_half_way_costs_only_its_own_message() {
     let t = std::thread::spawn({
         let (ch, stop) = (ch.clone(), stop.clone());
         move || {
-            ch.send(&vec![1u8; 10_000], None, &mut || {
-                !stop.load(std::sync::atomic::Ordering::Relaxed)
-            })
+            ch.send(
+                &vec![1u8; 10_000],
+                None,
+                &mut || !stop.load(std::sync::atomic::Ordering::Relaxed),
+                None,
+            )
         }
     });
     std::thread::sleep(Duration::from_millis(20));
@@ -164,7 +167,7 @@ fn a_sender_that_gives_up_half_way_costs_only_its_own_message() {
         &mut keep_going,
     );
     assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
-    ch.send(b"next", soon(), &mut keep_going).unwrap();
+    ch.send(b"next", soon(), &mut keep_going, None).unwrap();
     ch.recv(&mut out, soon(), &mut keep_going).unwrap();
     assert_eq!(out, b"next");
 }
@@ -176,9 +179,12 @@ fn a_sender_that_left_is_answered_by_the_next_senders_abort() {
     let t = std::thread::spawn({
         let (ch, stop) = (ch.clone(), stop.clone());
         move || {
-            ch.send(&vec![1u8; 10_000], None, &mut || {
-                !stop.load(std::sync::atomic::Ordering::Relaxed)
-            })
+            ch.send(
+                &vec![1u8; 10_000],
+                None,
+                &mut || !stop.load(std::sync::atomic::Ordering::Relaxed),
+                None,
+            )
         }
     });
     std::thread::sleep(Duration::from_millis(20));
@@ -188,7 +194,7 @@ fn a_sender_that_left_is_answered_by_the_next_senders_abort() {
     let big = message(9, 13);
     let t = std::thread::spawn({
         let (ch, big) = (ch.clone(), big.clone());
-        move || ch.send(&big, soon(), &mut keep_going).unwrap()
+        move || ch.send(&big, soon(), &mut keep_going, None).unwrap()
     });
     let mut out = Vec::new();
     ch.recv(&mut out, soon(), &mut keep_going).unwrap();
@@ -205,8 +211,8 @@ fn a_receiver_that_gives_up_half_way_costs_only_the_message_it_held() {
     let sender = std::thread::spawn({
         let (ch, big) = (ch.clone(), big.clone());
         move || {
-            ch.send(&big, soon(), &mut keep_going).unwrap();
-            ch.send(b"after", soon(), &mut keep_going).unwrap();
+            ch.send(&big, soon(), &mut keep_going, None).unwrap();
+            ch.send(b"after", soon(), &mut keep_going, None).unwrap();
         }
     });
     std::thread::sleep(Duration::from_millis(20));
@@ -315,9 +321,12 @@ fn a_message_dropped_half_sent_is_counted_out_and_marked_done() {
     let t = std::thread::spawn({
         let (ch, stop) = (ch.clone(), stop.clone());
         move || {
-            ch.send(&vec![1u8; 10_000], None, &mut || {
-                !stop.load(std::sync::atomic::Ordering::Relaxed)
-            })
+            ch.send(
+                &vec![1u8; 10_000],
+                None,
+                &mut || !stop.load(std::sync::atomic::Ordering::Relaxed),
+                None,
+            )
         }
     });
     std::thread::sleep(Duration::from_millis(20));
@@ -338,7 +347,7 @@ fn a_message_dropped_half_sent_is_counted_out_and_marked_done() {
     );
     // A delivered message is counted out by its receive (and stays unfinished).
     ch.reserve(0, soon(), &mut keep_going).unwrap();
-    ch.send(b"x", soon(), &mut keep_going).unwrap();
+    ch.send(b"x", soon(), &mut keep_going, None).unwrap();
     ch.recv(&mut out, soon(), &mut keep_going).unwrap();
     assert_eq!((ch.count(), ch.unfinished()), (0, 1));
 }
@@ -350,7 +359,7 @@ fn a_thread_already_using_an_end_is_refused_not_deadlocked() {
     let _held = Held::take(&h.send_lock, &ch.producer, None, &mut keep_going).unwrap();
     // (As a signal handler would, while this thread waits for room.)
     assert!(matches!(
-        ch.send(b"x", soon(), &mut keep_going),
+        ch.send(b"x", soon(), &mut keep_going, None),
         Err(Error::Reentrant)
     ));
     assert!(matches!(ch.try_send(b"x"), Err(Error::Reentrant)));
