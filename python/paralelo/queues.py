@@ -54,8 +54,6 @@ def dumps(obj: Any) -> bytes:
         return by_value(obj)
 
 
-loads = pickle.loads
-
 #: Queues alive in this process: a forked child starts each with no feeder of its own.
 _live: weakref.WeakSet = weakref.WeakSet()
 

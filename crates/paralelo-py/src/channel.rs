@@ -160,12 +160,6 @@ impl PyChannel {
         self.inner.raw_fd()
     }
 
-    /// The largest message that goes as one frame (longer ones stream in fragments).
-    #[getter]
-    fn max_whole(&self) -> usize {
-        self.inner.max_whole()
-    }
-
     /// A queue's put when nothing is in the way: counts `obj` in (unless `maxsize` are
     /// in), pickles it (by reference, with the standard pickler) and sends it. True once
     /// sent; its pickle (bytes, counted in) if the ring has no room now or the send lock
@@ -410,10 +404,4 @@ pub(crate) fn poke_fd(fd: i32) {
     if let Some(f) = borrowed(fd) {
         poke(f);
     }
-}
-
-/// Whether the other end of socket `fd` is closed everywhere.
-#[pyfunction]
-pub(crate) fn peer_gone(fd: i32) -> bool {
-    borrowed(fd).is_none_or(hung_up)
 }

@@ -17,8 +17,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::primitive::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::ring::{
-    Consumer, FrameHeader, Probe, Producer, RingHeader, RingPlace, FRAME_HEADER, MAX_CAPACITY,
-    MIN_CAPACITY,
+    Consumer, FrameHeader, Probe, Producer, RingHeader, RingPlace, MAX_CAPACITY, MIN_CAPACITY,
 };
 use crate::sync::{caller_ids, Doorbell, Poll, SharedLock, Taken};
 pub use crate::sys::peer::{drain_pokes, hung_up, poke};
@@ -299,11 +298,6 @@ impl Channel {
         self.header()
             .capacity
             .load(std::sync::atomic::Ordering::Relaxed) as usize
-    }
-
-    /// The largest message that goes as one frame; longer ones stream in fragments.
-    pub fn max_whole(&self) -> usize {
-        self.capacity() / 4 - FRAME_HEADER
     }
 
     /// Sends `payload` whole if the send lock is free and the ring has room now; `false`
