@@ -37,3 +37,11 @@ def test_example_runs(name: str) -> None:
         assert sorted(lines) == sorted(
             [f"Trabajador {i}: Iniciando" for i in range(8)] + [f"Trabajador {i}: Finalizado" for i in range(8)]
         )
+
+
+def test_the_readme_demo_runs() -> None:
+    out = subprocess.run([sys.executable, "-m", "paralelo", "demo"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Suma de cuadrados: 285" in out.stdout
+    assert "Queue + 2 Processes, sum of squares: 285" in out.stdout
+    assert "Pipe round trip to a child process:" in out.stdout
