@@ -366,3 +366,33 @@ fn a_thread_already_using_an_end_is_refused_not_deadlocked() {
     // The other end is free.
     assert!(!ch.has_data());
 }
+
+#[test]
+fn a_sender_whose_view_of_the_tail_is_old_never_overwrites_unread_messages() {
+    // Two handles, as two processes hold: each its own producer and view of the tail.
+    let a = Channel::create(SMALL, Counting::None).unwrap();
+    let b = Channel::open(a.seg.as_fd_for_test()).unwrap();
+    let mut out = Vec::new();
+    let msg = [7u8; 200];
+    for _ in 0..100 {
+        // Many rings' worth through `a`: `b`'s last look at the tail is far behind.
+        a.send(&msg, soon(), &mut keep_going, None).unwrap();
+        a.recv(&mut out, soon(), &mut keep_going).unwrap();
+    }
+    while a.try_send(&msg).unwrap() {}
+    assert!(
+        !b.try_send(&msg).unwrap(),
+        "the ring is full: b must see it"
+    );
+    b.recv(&mut out, soon(), &mut keep_going).unwrap();
+    assert!(b.try_send(&msg).unwrap());
+    let mut n = 0;
+    while a
+        .recv(&mut out, Some(Instant::now()), &mut keep_going)
+        .is_ok()
+    {
+        assert_eq!(out, msg);
+        n += 1;
+    }
+    assert!(n >= 2, "{n}"); // (a rewind's skip may hold most of the ring)
+}

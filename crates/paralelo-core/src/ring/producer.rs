@@ -224,11 +224,19 @@ impl Producer {
     /// a lock, see `channel`) may have published since this end last wrote. `broken`:
     /// the last message was left half-sent, so the consumer must first be told to drop it.
     pub fn resync(&mut self, broken: bool) -> Result<()> {
-        let (head, tail) = self.mem.indices()?;
+        // Acquire: pairs with the Release store of the producer that published last.
+        let head = self.mem.header().head.load(Ordering::Acquire);
+        // The tail only moves forward, so the one we saw last still bounds the room from
+        // below, unless the head has moved more than a ring past it: only then is it read
+        // again (a read per message is a cache miss per message, the consumer writes it).
+        if head.wrapping_sub(self.tail_seen) > self.mem.cap {
+            self.tail_seen = self.mem.indices()?.1;
+        }
         self.head = head;
-        self.tail_seen = tail;
         self.broken = broken;
-        self.rewind_after = head;
+        if (self.rewind_after.wrapping_sub(head) as i64) < 0 {
+            self.rewind_after = head;
+        }
         Ok(())
     }
 
