@@ -119,6 +119,8 @@ _attached: weakref.WeakValueDictionary[str, _Block] = weakref.WeakValueDictionar
 #: instead of at memory speed).
 _recent: collections.OrderedDict[str, _Block] = collections.OrderedDict()
 _KEEP = 8
+#: ... and no more than this many bytes of them (an idle worker pins what it keeps).
+_KEEP_BYTES = 1 << 30
 
 
 def _attach(name: str, offset: int, shape: tuple, strides: tuple, dtype: Any, receipt: int = -1) -> SharedArray:
@@ -137,7 +139,7 @@ def _attach(name: str, offset: int, shape: tuple, strides: tuple, dtype: Any, re
     block.shm._sign(receipt)  # (the maker may let go now: we hold it)
     _recent[name] = block
     _recent.move_to_end(name)
-    while len(_recent) > _KEEP:
+    while len(_recent) > _KEEP or (len(_recent) > 1 and sum(b.size for b in _recent.values()) > _KEEP_BYTES):
         _recent.popitem(last=False)
     return SharedArray._over(block, offset, shape, strides, dtype)
 
