@@ -37,3 +37,33 @@ def repeats_and_cases(cases: dict) -> tuple[int, list[str]]:
     args = sys.argv[1:]
     repeats = int(args[args.index("--repeats") + 1]) if "--repeats" in args else 5
     return repeats, [a for a in args if a in cases] or list(cases)
+
+
+#: The head of a case that runs with paralelo or multiprocessing, named `mp`, whichever
+#: its first argument says.
+LIB_HEAD = textwrap.dedent(
+    """
+    import sys, time, statistics
+    LIB = sys.argv[1]
+    if LIB == "paralelo":
+        import paralelo as mp
+    else:
+        import multiprocessing as mp
+    T = time.perf_counter
+    """
+)
+
+
+def compare(cases: dict[str, tuple[str, str]], head: str, title: str, fmt: str) -> None:
+    """Runs the chosen `cases` (title, code) with paralelo and multiprocessing and prints
+    their medians (formatted with `fmt`) and paralelo's ratio (above 1: faster)."""
+    from _report import table
+
+    repeats, chosen = repeats_and_cases(cases)
+    rows = []
+    for name in chosen:
+        case, code = cases[name]
+        secs = medians(head, code, ("paralelo", "multiprocessing"), repeats)
+        ours, theirs = secs["paralelo"], secs["multiprocessing"]
+        rows.append((case, format(ours, fmt), format(theirs, fmt), f"{ours / theirs:.2f}"))
+    table(f"{title}, median of {repeats} runs", ("case", "paralelo", "multiprocessing", "x rival"), rows)

@@ -23,27 +23,16 @@ from __future__ import annotations
 
 import os
 import sys
-import textwrap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import table  # noqa: E402
-from _scripts import medians, repeats_and_cases  # noqa: E402
+from _scripts import LIB_HEAD, compare  # noqa: E402
 
-HEAD = textwrap.dedent(
-    """
-    import sys, time, statistics
-    import numpy as np
-    LIB = sys.argv[1]
-    if LIB == "paralelo":
-        import paralelo as mp
-    else:
-        import multiprocessing as mp
-    T = time.perf_counter
-    MB100 = 100_000_000 // 8
-    def total(a):
-        return float(a.sum())
-    """
-)
+HEAD = LIB_HEAD + """
+import numpy as np
+MB100 = 100_000_000 // 8
+def total(a):
+    return float(a.sum())
+"""
 
 CASES = {
     "send": ("100 MB array to a worker, its sum back (GB/s)", """
@@ -91,14 +80,7 @@ CASES = {
 
 
 def main() -> None:
-    repeats, chosen = repeats_and_cases(CASES)
-    rows = []
-    for name in chosen:
-        title, code = CASES[name]
-        secs = medians(HEAD, code, ("paralelo", "multiprocessing"), repeats)
-        ours, theirs = secs["paralelo"], secs["multiprocessing"]
-        rows.append((title, f"{ours:,.2f}", f"{theirs:,.2f}", f"{ours / theirs:.2f}"))
-    table(f"large arrays, median of {repeats} runs", ("case", "paralelo", "multiprocessing", "x rival"), rows)
+    compare(CASES, HEAD, "large arrays", ",.2f")
 
 
 if __name__ == "__main__":

@@ -18,30 +18,41 @@ Cases:
 
 Each case runs as a script in a fresh interpreter per library, the libraries taking turns;
 the table shows medians and paralelo's ratio to multiprocessing ("x rival": above 1 means
-paralelo does more per second). Zero-copy arrays get their cases as they are built.
+paralelo does more per second). Large arrays: `bench_arrays.py`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import textwrap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import table  # noqa: E402
-from _scripts import medians, repeats_and_cases  # noqa: E402
+from _scripts import LIB_HEAD, compare  # noqa: E402
 
-HEAD = textwrap.dedent(
+
+def _queue_case(kind: str, n: int, item: str) -> str:
+    """One putter process puts `n` items (the expression `item`, of `i` and `BLOB`) into
+    a `kind` queue; the parent gets them."""
+    return f"""
+        N = {n}
+        BLOB = b"x" * 1024
+        def putter(q):
+            put = q.put
+            for i in range(N):
+                put({item})
+        if __name__ == "__main__":
+            q = mp.{kind}()
+            p = mp.Process(target=putter, args=(q,))
+            t = T()
+            p.start()
+            get = q.get
+            for i in range(N):
+                get()
+            d = T() - t
+            p.join()
+            print(N / d)
     """
-    import sys, time
-    LIB = sys.argv[1]
-    if LIB == "paralelo":
-        import paralelo as mp
-    else:
-        import multiprocessing as mp
-    T = time.perf_counter
-    """
-)
+
 
 CASES = {
     "value": ("Value += 1 under its lock, two processes (per s)", """
@@ -80,61 +91,11 @@ CASES = {
                 p = mp.Process(target=nothing); p.start(); p.join()
             print(N / (T() - t))
     """),
-    "queue": ("Queue, small ints, one putter process (messages per s)", """
-        N = 300_000
-        def putter(q):
-            put = q.put
-            for i in range(N):
-                put(i)
-        if __name__ == "__main__":
-            q = mp.Queue()
-            p = mp.Process(target=putter, args=(q,))
-            t = T()
-            p.start()
-            get = q.get
-            for i in range(N):
-                get()
-            d = T() - t
-            p.join()
-            print(N / d)
-    """),
-    "simplequeue": ("SimpleQueue, small ints, one putter process (messages per s)", """
-        N = 300_000
-        def putter(q):
-            put = q.put
-            for i in range(N):
-                put(i)
-        if __name__ == "__main__":
-            q = mp.SimpleQueue()
-            p = mp.Process(target=putter, args=(q,))
-            t = T()
-            p.start()
-            get = q.get
-            for i in range(N):
-                get()
-            d = T() - t
-            p.join()
-            print(N / d)
-    """),
-    "queue1k": ("Queue, 1 KB bytes, one putter process (messages per s)", """
-        N = 100_000
-        def putter(q):
-            blob = b"x" * 1024
-            put = q.put
-            for i in range(N):
-                put(blob)
-        if __name__ == "__main__":
-            q = mp.Queue()
-            p = mp.Process(target=putter, args=(q,))
-            t = T()
-            p.start()
-            get = q.get
-            for i in range(N):
-                get()
-            d = T() - t
-            p.join()
-            print(N / d)
-    """),
+    "queue": ("Queue, small ints, one putter process (messages per s)", _queue_case("Queue", 300_000, "i")),
+    "simplequeue": ("SimpleQueue, small ints, one putter process (messages per s)",
+                    _queue_case("SimpleQueue", 300_000, "i")),
+    "queue1k": ("Queue, 1 KB bytes, one putter process (messages per s)",
+                _queue_case("Queue", 100_000, "BLOB")),
     "pipe": ("Pipe ping-pong, small object (round trips per s)", """
         N = 50_000
         def echo(c):
@@ -176,15 +137,7 @@ CASES = {
 
 
 def main() -> None:
-    repeats, chosen = repeats_and_cases(CASES)
-    rows = []
-    for name in chosen:
-        title, code = CASES[name]
-        secs = medians(HEAD, code, ("paralelo", "multiprocessing"), repeats)
-        ours, theirs = secs["paralelo"], secs["multiprocessing"]
-        rows.append((title, f"{ours:,.0f}", f"{theirs:,.0f}", f"{ours / theirs:.2f}"))
-    table(f"processes and shared state, median of {repeats} runs",
-          ("case", "paralelo", "multiprocessing", "x rival"), rows)
+    compare(CASES, LIB_HEAD, "processes and shared state", ",.0f")
 
 
 if __name__ == "__main__":

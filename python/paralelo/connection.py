@@ -28,7 +28,7 @@ from multiprocessing import connection as _mp
 from multiprocessing.connection import Client, Listener, answer_challenge, deliver_challenge
 from typing import Any
 
-from ._native import Channel, drain_pokes, poke
+from ._native import Channel
 from .queues import dumps
 
 __all__ = [
@@ -127,9 +127,7 @@ class Connection:
             # Unregistered at close, or at this process's exit (a Process's child never
             # runs `__del__`): a registration left behind costs every later send a poke.
             self._unwatch = util.Finalize(self, self._in.watch, (False,), exitpriority=0)
-            drain_pokes(self._in_event)  # then poked back if data is already waiting
-            if self._in.has_data():
-                poke(self._in_event)
+            self._in.settle_wake(self._in_event)  # readable if data already waits
             self._epoll = ep
         return self._epoll.fileno()
 
@@ -234,19 +232,9 @@ class Connection:
         return inc.wait_data(timeout, self._fd)
 
     def _has_data(self) -> bool:
-        """For ``wait`` (registered as a watcher): whether data is waiting; the eventfd is
-        drained first when none seems to be (and poked back if some came meanwhile), so
-        it is readable only while data is left."""
-        inc = self._in
-        if inc is None:
-            return False
-        if inc.has_data():
-            return True
-        drain_pokes(self._in_event)
-        if inc.has_data():
-            poke(self._in_event)
-            return True
-        return False
+        """For ``wait`` (registered as a watcher): whether data is waiting, its eventfd
+        left readable exactly then."""
+        return self._in is not None and self._in.settle_wake(self._in_event)
 
     def __reduce__(self) -> tuple:
         if self._sock is None:

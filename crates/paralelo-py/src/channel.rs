@@ -10,7 +10,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use paralelo_core::channel::{drain_pokes, hung_up, poke};
+use paralelo_core::channel::hung_up;
 use paralelo_core::{Channel, Counting, Error};
 use pyo3::exceptions::{
     PyAttributeError, PyBrokenPipeError, PyEOFError, PyTypeError, PyValueError,
@@ -110,14 +110,11 @@ impl PyChannel {
     }
 
     /// After a receive: while receivers wait on descriptors, the eventfd stays readable
-    /// exactly while data may be left (drained first, then poked back if some is).
+    /// while data is left.
     fn rearm(&self, wake: i32) {
         if let Some(wake) = borrowed(wake) {
             if self.inner.fd_watched() {
-                drain_pokes(wake);
-                if self.inner.has_data() {
-                    poke(wake);
-                }
+                self.inner.settle_wake(wake);
             }
         }
     }
@@ -275,6 +272,12 @@ impl PyChannel {
         Ok(data.into_any())
     }
 
+    /// Leaves eventfd `wake` readable exactly when data is waiting; whether it is (for
+    /// `fileno()` and `connection.wait`).
+    fn settle_wake(&self, wake: i32) -> bool {
+        borrowed(wake).map_or_else(|| self.inner.has_data(), |w| self.inner.settle_wake(w))
+    }
+
     /// Whether a message (or the start of one) is waiting.
     fn has_data(&self) -> bool {
         self.inner.has_data()
@@ -387,21 +390,5 @@ impl PyChannel {
             inner,
             peer_looked: AtomicU64::new(0),
         }
-    }
-}
-
-/// Makes eventfd `fd` unreadable until the next poke, without blocking.
-#[pyfunction(name = "drain_pokes")]
-pub(crate) fn drain_pokes_of(fd: i32) {
-    if let Some(f) = borrowed(fd) {
-        drain_pokes(f);
-    }
-}
-
-/// Makes eventfd `fd` readable.
-#[pyfunction(name = "poke")]
-pub(crate) fn poke_fd(fd: i32) {
-    if let Some(f) = borrowed(fd) {
-        poke(f);
     }
 }

@@ -23,8 +23,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<lock::PyLock>()?;
     m.add_class::<channel::PyChannel>()?;
     m.add_class::<value::PySyncValue>()?;
-    m.add_function(wrap_pyfunction!(channel::drain_pokes_of, m)?)?;
-    m.add_function(wrap_pyfunction!(channel::poke_fd, m)?)?;
     m.add_function(wrap_pyfunction!(lock::forget_lock_ids, m)?)?;
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(process::forget_inherited_watch, m)?)?;

@@ -372,6 +372,18 @@ impl Channel {
         }
     }
 
+    /// Leaves eventfd `wake` readable exactly when data is waiting (drained, then poked
+    /// back if some is: the drain comes first, so a poke after the look is not lost);
+    /// whether data is waiting. For receivers that wait on descriptors.
+    pub fn settle_wake(&self, wake: BorrowedFd<'_>) -> bool {
+        drain_pokes(wake);
+        let ready = self.has_data();
+        if ready {
+            poke(wake);
+        }
+        ready
+    }
+
     /// Wakes the receivers sleeping on the data bell, to look again (a pipe's end was
     /// closed: they check whether it was the last).
     pub fn wake_receivers(&self) {

@@ -29,6 +29,26 @@ fn message(s: u32, i: u32) -> Vec<u8> {
     m
 }
 
+/// With nobody receiving, a 10 KB message stalls after its first fragments; its sender
+/// is then interrupted (as Ctrl-C would) and leaves it half-sent.
+fn leave_half_sent(ch: &Arc<Channel>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = std::thread::spawn({
+        let (ch, stop) = (ch.clone(), stop.clone());
+        move || {
+            ch.send(
+                &vec![1u8; 10_000],
+                None,
+                &mut || !stop.load(std::sync::atomic::Ordering::Relaxed),
+                None,
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(t.join().unwrap(), Err(Error::Interrupted)));
+}
+
 #[test]
 fn many_senders_and_receivers_get_every_message_once_and_in_each_senders_order() {
     const SENDERS: u32 = 3;
@@ -142,23 +162,7 @@ fn receiving_times_out_when_nothing_comes_and_a_past_deadline_takes_one_look() {
 #[test]
 fn a_sender_that_gives_up_half_way_costs_only_its_own_message() {
     let ch = Arc::new(Channel::create(SMALL, Counting::None).unwrap());
-    // Nobody receives, so a 10 KB message stalls after its first fragments; the sender is
-    // then interrupted (as Ctrl-C would) and leaves it half-sent.
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = std::thread::spawn({
-        let (ch, stop) = (ch.clone(), stop.clone());
-        move || {
-            ch.send(
-                &vec![1u8; 10_000],
-                None,
-                &mut || !stop.load(std::sync::atomic::Ordering::Relaxed),
-                None,
-            )
-        }
-    });
-    std::thread::sleep(Duration::from_millis(20));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(matches!(t.join().unwrap(), Err(Error::Interrupted)));
+    leave_half_sent(&ch);
     let mut out = Vec::new();
     // The receiver takes the fragments, finds the sender gone, drops them.
     let r = ch.recv(
@@ -175,21 +179,7 @@ fn a_sender_that_gives_up_half_way_costs_only_its_own_message() {
 #[test]
 fn a_sender_that_left_is_answered_by_the_next_senders_abort() {
     let ch = Arc::new(Channel::create(SMALL, Counting::None).unwrap());
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = std::thread::spawn({
-        let (ch, stop) = (ch.clone(), stop.clone());
-        move || {
-            ch.send(
-                &vec![1u8; 10_000],
-                None,
-                &mut || !stop.load(std::sync::atomic::Ordering::Relaxed),
-                None,
-            )
-        }
-    });
-    std::thread::sleep(Duration::from_millis(20));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(t.join().unwrap().is_err());
+    leave_half_sent(&ch);
     // The next sender comes before any receiver: it aborts the half-sent message first.
     let big = message(9, 13);
     let t = std::thread::spawn({
@@ -317,21 +307,7 @@ fn a_watcher_is_seen_by_senders_until_it_leaves() {
 fn a_message_dropped_half_sent_is_counted_out_and_marked_done() {
     let ch = Arc::new(Channel::create(SMALL, Counting::Joinable).unwrap());
     ch.reserve(0, soon(), &mut keep_going).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = std::thread::spawn({
-        let (ch, stop) = (ch.clone(), stop.clone());
-        move || {
-            ch.send(
-                &vec![1u8; 10_000],
-                None,
-                &mut || !stop.load(std::sync::atomic::Ordering::Relaxed),
-                None,
-            )
-        }
-    });
-    std::thread::sleep(Duration::from_millis(20));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(t.join().unwrap().is_err());
+    leave_half_sent(&ch);
     assert_eq!((ch.count(), ch.unfinished()), (1, 1));
     let mut out = Vec::new();
     let r = ch.recv(
