@@ -69,6 +69,31 @@ def test_messages_round_trip_with_headers_and_big_payloads() -> None:
     assert hub.recv(timeout=0.01) == ([], [])
 
 
+def test_payloads_received_stay_whole_while_the_buffers_are_reused() -> None:
+    # Both ends keep their receive buffers between calls: what a call returned must not
+    # change when a later call reuses them, and a message bigger than what is kept (4 MB)
+    # passes like any other.
+    hub = _native.Hub(1, capacity=1 << 16)
+    port = _native.Port(hub.fd, 0)
+    sent = [os.urandom(n) for n in (20_000, 9_000, 5 << 20, 30_000, 100)]
+    for i, payload in enumerate(sent):
+        hub.post(0, 3, 7, i, 0, payload)
+    got: list = []
+    for _ in range(100_000):
+        got += port.recv(timeout=0, max=1)
+        hub.recv(timeout=0)
+        if len(got) == len(sent):
+            break
+    assert [m[4] for m in got] == sent
+    small = [p for p in sent if len(p) < 1 << 14]  # results: what fits the ring at once
+    for i, payload in enumerate(small):
+        port.send(16, 7, i, 0, payload, timeout=0)
+    answers: list = []
+    while len(answers) < len(small):
+        answers += hub.recv(timeout=5)[0]
+    assert [m[5] for m in answers] == small
+
+
 def test_the_slot_state_names_what_the_worker_does() -> None:
     hub = _native.Hub(1, capacity=4096)
     port = _native.Port(hub.fd, 0)

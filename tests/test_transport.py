@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import multiprocessing.pool
 import pickle
+import struct
 
 import pytest
 
@@ -87,6 +88,17 @@ def test_fast_path_is_taken_only_for_plain_ints_and_floats() -> None:
             assert len(packed) == 1 + 8 * len(values)
     assert pack_numbers([2**63 - 1, -(2**63)]) is not None  # the edges of 64 bits fit
     assert pack_numbers(range(300)) is None and pack_numbers(b"abc") is None  # only lists and tuples
+
+
+def test_a_span_packs_exactly_its_items_and_a_late_misfit_packs_nothing() -> None:
+    data = list(range(1000))
+    assert pack_numbers(data, 100, 400) == b"q" + struct.pack("300q", *range(100, 400))
+    floats = [i / 7 for i in range(500)]
+    assert pack_numbers(tuple(floats), 3, 5) == b"d" + struct.pack("2d", *floats[3:5])
+    # The first item decides the kind; a misfit found part-way packs nothing at all.
+    for late in ([1] * 299 + ["x"], [1] * 299 + [2**64], [1.0] * 299 + [1], [1] * 299 + [True]):
+        assert pack_numbers(late) is None
+    assert pack_numbers(data, 5, 5) is None and pack_numbers(data, 2000) is None  # empty spans
 
 
 def test_bad_arrays_raise_value_error() -> None:

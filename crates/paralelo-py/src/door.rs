@@ -1,6 +1,7 @@
 //! The one door for waits: release the GIL, wait in slices, re-attach between slices so
 //! Ctrl-C (and any other signal handler) runs, and map the engine's error. No engine lock
 //! is held while the poll re-attaches: the engine's waits hold none.
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use paralelo_core::{Error, FrameHeader, Poll};
@@ -56,16 +57,49 @@ pub(crate) fn blocking<T: Send>(
     }
 }
 
-/// Drains what is waiting; if nothing is, waits (GIL released) and drains again. `[]`
-/// (an empty drain) when the time ran out.
-pub(crate) fn receive<R: Default + Send>(
+/// What a receiving end copies messages into: kept between calls (see [`Scratch`]).
+pub(crate) trait Drained: Default + Send {
+    /// Bytes of buffer it holds.
+    fn held(&self) -> usize;
+    /// Forgets its messages, keeping its buffers.
+    fn clear(&mut self);
+}
+
+/// A receiving end's buffers, kept between calls: a steady stream of big messages then
+/// lands in memory already mapped (a fresh buffer costs a page fault per 4 KB, and its
+/// growth a copy per doubling; list maps spent ≈ 10% of a fresh map on them). A second
+/// thread receiving at the same time gets fresh buffers.
+#[derive(Default)]
+pub(crate) struct Scratch<R>(Mutex<R>);
+
+/// What a kept buffer may hold: one message above it (rare) is not pinned.
+const KEEP: usize = 4 << 20;
+
+impl<R: Drained> Scratch<R> {
+    fn take(&self) -> R {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn give(&self, mut got: R) {
+        if got.held() <= KEEP {
+            got.clear();
+            *self.0.lock().unwrap_or_else(PoisonError::into_inner) = got;
+        }
+    }
+}
+
+/// Drains what is waiting into `scratch`'s buffers; if nothing is, waits (GIL released)
+/// and drains again; then hands what it got to `build` (empty when the time ran out).
+pub(crate) fn receive<R: Drained, T>(
     py: Python<'_>,
     timeout: Option<f64>,
+    scratch: &Scratch<R>,
     drain: impl Fn(&mut R) -> paralelo_core::Result<usize> + Sync,
     wait: impl Fn(Option<Instant>, Poll<'_>) -> paralelo_core::Result<()> + Sync,
-) -> PyResult<R> {
-    blocking(py, timeout, |deadline, poll| {
-        let mut got = R::default();
+    build: impl FnOnce(&R) -> PyResult<T>,
+) -> PyResult<T> {
+    let got = blocking(py, timeout, |deadline, poll| {
+        let mut got = scratch.take();
         if drain(&mut got)? == 0 {
             match wait(deadline, poll) {
                 Ok(()) => {}
@@ -75,7 +109,10 @@ pub(crate) fn receive<R: Default + Send>(
             drain(&mut got)?;
         }
         Ok(got)
-    })
+    })?;
+    let out = build(&got);
+    scratch.give(got);
+    out
 }
 
 /// Messages as `(tag, job, seq, aux, payload)` tuples, with the slot first when given.

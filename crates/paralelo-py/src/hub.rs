@@ -13,6 +13,19 @@ use crate::state::state_tuple;
 #[pyclass(name = "Hub", module = "paralelo._native", frozen)]
 pub(crate) struct PyHub {
     inner: Hub,
+    scratch: door::Scratch<Received>,
+}
+
+impl door::Drained for Received {
+    fn held(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.messages.clear();
+        self.events.clear();
+    }
 }
 
 #[pymethods]
@@ -22,6 +35,7 @@ impl PyHub {
     fn new(slots: usize, capacity: usize) -> PyResult<Self> {
         Ok(PyHub {
             inner: Hub::create(slots, capacity).map_err(to_py)?,
+            scratch: Default::default(),
         })
     }
 
@@ -106,38 +120,42 @@ impl PyHub {
     /// outboxes moved on). Flushes outboxes as a side effect.
     #[pyo3(signature = (timeout = None))]
     fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyTuple>> {
-        let got: Received = door::receive(
+        door::receive(
             py,
             timeout,
+            &self.scratch,
             |r: &mut Received| self.inner.drain_results(r),
             |deadline, poll| self.inner.wait_results(deadline, poll),
-        )?;
-        let msgs = door::messages(
-            py,
-            &got.bytes,
-            got.messages
-                .iter()
-                .map(|(s, h, r)| (Some(*s), *h, r.clone())),
-        )?;
-        let events = PyList::empty(py);
-        for e in got.events {
-            let ev = match e {
-                SlotEvent::Exited { slot, pid } => ("exited", Some(slot), pid, py.None())
-                    .into_pyobject(py)?
-                    .into_any(),
-                SlotEvent::Left { pid } => ("left", None::<usize>, pid, py.None())
-                    .into_pyobject(py)?
-                    .into_any(),
-                SlotEvent::Corrupt { slot, pid, source } => {
-                    let exc = corrupt_ring(py, Some(slot), source.to_string()).into_value(py);
-                    ("corrupt", Some(slot), pid, exc)
-                        .into_pyobject(py)?
-                        .into_any()
+            |got| {
+                let msgs = door::messages(
+                    py,
+                    &got.bytes,
+                    got.messages
+                        .iter()
+                        .map(|(s, h, r)| (Some(*s), *h, r.clone())),
+                )?;
+                let events = PyList::empty(py);
+                for e in &got.events {
+                    let ev = match e {
+                        SlotEvent::Exited { slot, pid } => ("exited", Some(*slot), *pid, py.None())
+                            .into_pyobject(py)?
+                            .into_any(),
+                        SlotEvent::Left { pid } => ("left", None::<usize>, *pid, py.None())
+                            .into_pyobject(py)?
+                            .into_any(),
+                        SlotEvent::Corrupt { slot, pid, source } => {
+                            let exc =
+                                corrupt_ring(py, Some(*slot), source.to_string()).into_value(py);
+                            ("corrupt", Some(*slot), *pid, exc)
+                                .into_pyobject(py)?
+                                .into_any()
+                        }
+                    };
+                    events.append(ev)?;
                 }
-            };
-            events.append(ev)?;
-        }
-        PyTuple::new(py, [msgs.into_any(), events.into_any()])
+                PyTuple::new(py, [msgs.into_any(), events.into_any()])
+            },
+        )
     }
 
     /// What the worker in `slot` is doing, readable after it died: `("idle", 0)`,

@@ -43,15 +43,21 @@ pub(crate) fn pack_numbers<'py>(
     {
         return None; // the common case of other things: one look, nothing allocated
     }
-    // Written in place; a non-number found part-way discards the bytes object.
-    PyBytes::new_with(py, 1 + 8 * span.len(), |buf| {
-        if pack(seq, span, get, buf) {
-            Ok(())
-        } else {
-            Err(pyo3::exceptions::PyValueError::new_err(()))
-        }
-    })
-    .ok()
+    // Written in place; a non-number found part-way discards the bytes object. Not
+    // PyBytes::new_with, which zero-fills first: a second pass over every page.
+    let n = 1 + 8 * span.len();
+    // SAFETY: with a NULL source, the call returns a new bytes object of `n` bytes whose
+    // contents are ours to fill before anyone sees it, or NULL with an error set.
+    let bytes = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t) };
+    // SAFETY: a new reference, or NULL with the error set (taken by from_owned_ptr_or_err).
+    let bytes = unsafe { Bound::from_owned_ptr_or_err(py, bytes) }.ok()?;
+    // SAFETY: `bytes` is a new bytes object of `n` bytes, not yet shared: its buffer is
+    // ours for the write, which `pack` keeps within `n` bytes.
+    let buf = unsafe { ffi::PyBytes_AsString(bytes.as_ptr()) }.cast::<u8>();
+    if buf.is_null() || !pack(seq, span, get, buf) {
+        return None;
+    }
+    bytes.cast_into::<PyBytes>().ok()
 }
 
 /// `PyList_GetItem` or `PyTuple_GetItem`: a borrowed reference, no reference counting.
@@ -60,28 +66,28 @@ type Getter = unsafe extern "C" fn(*mut ffi::PyObject, ffi::Py_ssize_t) -> *mut 
 // Raw calls, not PyO3's iterators: under the limited API those cost a size check and a
 // reference count round trip per item, more than the conversion itself (this runs on
 // every chunk of a map of numbers, in the parent and in the workers).
-/// Writes `seq[span]` into `out` (`1 + 8 * span.len()` bytes); false if it is not all
-/// plain ints that fit, or all floats.
-fn pack(
-    seq: *mut ffi::PyObject,
-    span: std::ops::Range<usize>,
-    get: Getter,
-    out: &mut [u8],
-) -> bool {
+/// Writes `seq[span]` at `out` (`1 + 8 * span.len()` writable bytes, maybe not
+/// initialised); false if it is not all plain ints that fit, or all floats.
+fn pack(seq: *mut ffi::PyObject, span: std::ops::Range<usize>, get: Getter, out: *mut u8) -> bool {
     // SAFETY: (here and in the blocks below) `seq` is an exact list or tuple, alive and
     // held by the caller with the GIL; nothing here runs Python code (exact ints and
     // floats convert without calling back), so it cannot change, indices in `span` (within
     // its length) stay in bounds, and the borrowed items stay alive.
     let item = |i: usize| unsafe { get(seq, i as ffi::Py_ssize_t) };
+    // SAFETY: the `k`-th value of the span goes at `1 + 8k`, within the `1 + 8 * len`
+    // bytes the caller gave; unaligned, as a bytes object's data may be.
+    let put = |k: usize, word: [u8; 8]| unsafe {
+        out.add(1 + 8 * k).cast::<[u8; 8]>().write_unaligned(word)
+    };
     let int_type = std::ptr::addr_of_mut!(ffi::PyLong_Type);
     let float_type = std::ptr::addr_of_mut!(ffi::PyFloat_Type);
     // SAFETY: as above; the span's first item is a live object.
     let kind = unsafe { ffi::Py_TYPE(item(span.start)) };
-    let (code, words) = out.split_at_mut(1);
-    let slots = words.chunks_exact_mut(8).zip(span);
+    let first = span.start;
     if kind == int_type {
-        code[0] = INTS;
-        for (slot, i) in slots {
+        // SAFETY: the code byte is the first of the caller's bytes.
+        unsafe { out.write(INTS) };
+        for i in span {
             let obj = item(i);
             // SAFETY: as above.
             if unsafe { ffi::Py_TYPE(obj) } != int_type {
@@ -93,11 +99,12 @@ fn pack(
             if overflow != 0 {
                 return false;
             }
-            slot.copy_from_slice(&value.to_ne_bytes());
+            put(i - first, value.to_ne_bytes());
         }
     } else if kind == float_type {
-        code[0] = FLOATS;
-        for (slot, i) in slots {
+        // SAFETY: as for ints.
+        unsafe { out.write(FLOATS) };
+        for i in span {
             let obj = item(i);
             // SAFETY: as above.
             if unsafe { ffi::Py_TYPE(obj) } != float_type {
@@ -105,7 +112,7 @@ fn pack(
             }
             // SAFETY: as above; an exact float, so the call cannot fail.
             let value = unsafe { ffi::PyFloat_AsDouble(obj) };
-            slot.copy_from_slice(&value.to_ne_bytes());
+            put(i - first, value.to_ne_bytes());
         }
     } else {
         return false;

@@ -12,6 +12,7 @@ use crate::errors::to_py;
 #[pyclass(name = "Port", module = "paralelo._native", frozen)]
 pub(crate) struct PyPort {
     inner: Port,
+    scratch: door::Scratch<Tasks>,
 }
 
 /// Task messages copied out of the ring, and where each lies.
@@ -19,6 +20,17 @@ pub(crate) struct PyPort {
 struct Tasks {
     bytes: Vec<u8>,
     items: Vec<(FrameHeader, std::ops::Range<usize>)>,
+}
+
+impl door::Drained for Tasks {
+    fn held(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+    }
 }
 
 #[pymethods]
@@ -36,6 +48,7 @@ impl PyPort {
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         Ok(PyPort {
             inner: Port::open(fd, slot).map_err(to_py)?,
+            scratch: Default::default(),
         })
     }
 
@@ -48,20 +61,23 @@ impl PyPort {
         timeout: Option<f64>,
         max: usize,
     ) -> PyResult<Bound<'py, PyList>> {
-        let got: Tasks = door::receive(
+        door::receive(
             py,
             timeout,
+            &self.scratch,
             |t: &mut Tasks| {
                 let Tasks { bytes, items } = t;
                 self.inner
                     .drain_tasks(max, bytes, |h, r| items.push((h, r)))
             },
             |deadline, poll| self.inner.wait_tasks(deadline, poll),
-        )?;
-        door::messages(
-            py,
-            &got.bytes,
-            got.items.into_iter().map(|(h, r)| (None, h, r)),
+            |got| {
+                door::messages(
+                    py,
+                    &got.bytes,
+                    got.items.iter().map(|(h, r)| (None, *h, r.clone())),
+                )
+            },
         )
     }
 
