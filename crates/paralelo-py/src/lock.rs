@@ -3,7 +3,7 @@
 //! (`recursive=False`: any thread may release it) or RLock (`recursive=True`).
 use std::ffi::CString;
 
-use paralelo_core::sync::caller_ids;
+use paralelo_core::sync::{caller_ids, caller_pid};
 use paralelo_core::{Error, SharedLock, Taken};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyAssertionError, PyValueError};
@@ -34,11 +34,10 @@ impl PyLock {
     /// Who takes the lock: this thread (recursive: only it may release), else this
     /// process (any of its threads may release; only its death abandons the lock).
     fn me(&self) -> u32 {
-        let (pid, tid) = caller_ids();
         if self.recursive {
-            tid
+            caller_ids().1
         } else {
-            pid
+            caller_pid()
         }
     }
 }
@@ -142,7 +141,9 @@ impl PyLock {
 
     /// Releases the lock (one level of a recursive one).
     pub(crate) fn release(&self) -> PyResult<()> {
-        match self.lock().release(self.me(), self.recursive) {
+        // Only a recursive lock checks who releases it (any thread may release a plain one).
+        let me = if self.recursive { self.me() } else { 0 };
+        match self.lock().release(me, self.recursive) {
             Ok(_) => Ok(()),
             // multiprocessing's messages, which programs and tests match.
             Err(Error::NotHeld) => Err(PyValueError::new_err(

@@ -57,8 +57,26 @@ pub fn caller_ids() -> (u32, u32) {
     })
 }
 
+/// This process's pid, cached process-wide (0: not yet, or forgotten at a fork): a plain
+/// lock's holder id without the thread-local lookup `caller_ids` makes (a call into the
+/// loader's TLS resolver from a shared library, on every acquire).
+static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The calling process's pid, as a plain lock's holder id.
+pub fn caller_pid() -> u32 {
+    match PID.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {
+            let (pid, _) = caller_ids();
+            PID.store(pid, std::sync::atomic::Ordering::Relaxed);
+            pid
+        }
+        pid => pid,
+    }
+}
+
 /// Call in a forked child, before any lock is taken: the cached ids are its parent's.
 pub fn forget_caller_ids() {
+    PID.store(0, std::sync::atomic::Ordering::Relaxed);
     FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -242,8 +260,8 @@ impl SharedLock {
         Some(Taken::FromDead { holder })
     }
 
-    /// Releases one level of the lock (a recursive lock, only by its holder): true once it
-    /// is free. [`Error::NotHeld`] if it was not held; [`Error::NotOwner`] if a recursive
+    /// Releases one level of the lock (a recursive lock, only by its holder, `me`; a plain
+    /// one by anyone, and `me` is not looked at): true once it is free. [`Error::NotHeld`] if it was not held; [`Error::NotOwner`] if a recursive
     /// lock is held by someone else.
     pub fn release(&self, me: u32, recursive: bool) -> Result<bool> {
         if recursive {

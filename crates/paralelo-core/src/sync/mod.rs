@@ -8,5 +8,5 @@ mod lock;
 mod turn;
 
 pub use doorbell::{Doorbell, Poll, SLICE};
-pub use lock::{caller_ids, forget_caller_ids, SharedLock, Taken};
+pub use lock::{caller_ids, caller_pid, forget_caller_ids, SharedLock, Taken};
 pub use turn::{Turn, TurnGuard};
