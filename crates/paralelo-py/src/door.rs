@@ -67,8 +67,8 @@ pub(crate) trait Drained: Default + Send {
 
 /// A receiving end's buffers, kept between calls: a steady stream of big messages then
 /// lands in memory already mapped (a fresh buffer costs a page fault per 4 KB, and its
-/// growth a copy per doubling; list maps spent ≈ 10% of a fresh map on them). A second
-/// thread receiving at the same time gets fresh buffers.
+/// growth a copy per doubling, for every big message). A second thread receiving at the
+/// same time gets fresh buffers.
 #[derive(Default)]
 pub(crate) struct Scratch<R>(Mutex<R>);
 
