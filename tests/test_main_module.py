@@ -812,3 +812,37 @@ if __name__ == "__main__":
                 print("first failure", e)
 """, timeout=120)
     assert outs[0] == outs[1], "\n---\n".join(outs)
+
+
+MAPS_OF_NUMBERS = '''
+import sys, logging
+import numpy as np
+logging.basicConfig(level=logging.INFO)
+if sys.argv[1] == "paralelo":
+    from paralelo import Pool
+else:
+    from multiprocessing import Pool
+def sq(x): return x * x
+def bad(x):
+    if x == 700: raise ValueError("seven hundred")
+    return x
+if __name__ == "__main__":
+    with Pool(2) as p:
+        print(p.map(sq, []), p.map(sq, list(range(1000)))[-3:], p.map(sq, [0.5] * 600)[:2])
+        got = []
+        r = p.map_async(sq, list(range(2000)), callback=got.append); r.wait(30)
+        print(len(got[0]), got[0][1999], sum(got[0]))
+        try: p.map(bad, list(range(1000)))
+        except ValueError as e: print("ValueError", e)
+        print(p.map(sq, list(range(300)))[299], p.starmap(pow, [(2, 3)] * 300)[:2])
+        print(p.map(sq, np.arange(5).tolist()), p.map(str, list(range(300)))[-1])
+'''
+
+
+def test_maps_of_numbers_give_what_multiprocessing_gives(tmp_path) -> None:
+    # Packed numbers, results unpacked into a list made at the first result, an empty map
+    # (no result ever: still []), a failing chunk, a callback: as multiprocessing, from a
+    # script with numpy imported and logging configured.
+    paralelo_out, stdlib_out = side_by_side(tmp_path, MAPS_OF_NUMBERS)
+    assert paralelo_out == stdlib_out
+    assert paralelo_out.splitlines()[0] == "[] [994009, 996004, 998001] [0.25, 0.25]"
