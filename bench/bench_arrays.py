@@ -6,13 +6,17 @@
 
 Cases (numpy needed):
   send    a 100 MB float64 array passed to a pool worker, which returns its sum: GB/s
-          (100 MB / the call's time); the array is pickled by both libraries today
+          (100 MB / the call's time); paralelo copies it into its arena (memory mapped
+          in every process), multiprocessing pickles it through a pipe
+  sendwarm  the same, 5 calls, GB/s of the median call (the arena's memory reused)
   shared  the same array the way each library's users share it: a paralelo.SharedArray
           (by handle), a plain array for multiprocessing (pickled); 5 calls, GB/s of the
           median call
   return  a pool worker makes a 100 MB float64 array (filled with ones) and returns it:
           a paralelo.SharedArray (by handle), a plain array for multiprocessing
           (pickled); GB/s of the median of 5 calls
+  returnplain  a pool worker makes a plain 100 MB numpy array and returns it: GB/s of
+          the median of 5 calls (paralelo: copied into the arena, received as a view)
   local   reference: the same sum in the calling process, GB/s
 
 Each case runs as a script in a fresh interpreter per library, the libraries taking turns;
@@ -44,6 +48,16 @@ CASES = {
             assert s == MB100
             print(0.1 / d)
     """),
+    "sendwarm": ("the same, 5 calls: the median (GB/s)", """
+        if __name__ == "__main__":
+            a = np.ones(MB100)
+            with mp.Pool(1) as pool:
+                times = []
+                for _ in range(5):
+                    t = T(); s = pool.apply(total, (a,)); times.append(T() - t)
+            assert s == MB100
+            print(0.1 / statistics.median(times))
+    """),
     "shared": ("the same, shared as each library's users would (GB/s)", """
         if __name__ == "__main__":
             if LIB == "paralelo":
@@ -62,6 +76,18 @@ CASES = {
             a = mp.SharedArray(n) if LIB == "paralelo" else np.empty(n)
             a[:] = 1.0
             return a
+        if __name__ == "__main__":
+            with mp.Pool(1) as pool:
+                times = []
+                for _ in range(5):
+                    t = T(); a = pool.apply(make, (MB100,)); times.append(T() - t)
+                    assert a[-1] == 1.0
+                    del a
+            print(0.1 / statistics.median(times))
+    """),
+    "returnplain": ("a worker makes a plain 100 MB array and returns it (GB/s)", """
+        def make(n):
+            return np.ones(n)
         if __name__ == "__main__":
             with mp.Pool(1) as pool:
                 times = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._errors import dump_error, load_error, unpicklable_result
+from ._arena import GIVE
 from ._pickling import dumps
 
 
@@ -70,7 +71,7 @@ def pack_replies(replies: list[tuple], each: bool) -> bytes:
     """Pickles a RESULTS batch; a unit whose results cannot be pickled becomes an error
     of its own (with `each`, only its items that cannot be) instead of failing the batch."""
     try:
-        return dumps(replies)
+        return dumps(replies, None, GIVE)
     except BaseException:  # noqa: BLE001 - find the unit whose results cannot be pickled
         safe = []
         for ticket, ok, value, busy in replies:
@@ -79,4 +80,4 @@ def pack_replies(replies: list[tuple], each: bool) -> bytes:
             except BaseException as e:  # noqa: BLE001 - that unit fails, the batch goes
                 ok, value = (True, picklable_each(value)) if ok and each else (False, _unpicklable(value, e))
             safe.append((ticket, ok, value, busy))
-        return dumps(safe)
+        return dumps(safe, None, GIVE)

@@ -16,6 +16,7 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle
 
+from ._arena import GIVE, frame, is_framed, take_buffer, unframe
 from ._native import pack_numbers, unpack_numbers
 from ._wire import OK, OK_ARRAY
 
@@ -78,8 +79,8 @@ class _Pickler(cloudpickle.Pickler):
     # Flat, so a type's look-up misses no more often than in cloudpickle's own table.
     dispatch_table = ChainMap({types.CodeType: _code_reduce}, *cloudpickle.Pickler.dispatch_table.maps)
 
-    def __init__(self, file: io.BytesIO, main: MainNames | None) -> None:
-        super().__init__(file, protocol=PROTOCOL)
+    def __init__(self, file: io.BytesIO, main: MainNames | None, buffer_callback: Any = None) -> None:
+        super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
         self.main = main
 
     def reducer_override(self, obj: Any) -> Any:
@@ -90,27 +91,41 @@ class _Pickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
-def by_value(obj: Any, main: MainNames | None = None) -> bytes:
+def by_value(obj: Any, main: MainNames | None = None, buffer_callback: Any = None) -> bytes:
     """Pickles `obj` with cloudpickle: functions and classes that only exist here travel by
     value, keeping their file names; those in `main` (default: what this worker's pool
     inherited) by reference."""
     buf = io.BytesIO()
-    _Pickler(buf, main or inherited_main).dump(obj)
+    _Pickler(buf, main or inherited_main, buffer_callback).dump(obj)
     return buf.getvalue()
 
 
-def dumps(obj: Any, main: MainNames | None = None) -> bytes:
+def dumps(obj: Any, main: MainNames | None = None, oob: int = 0) -> bytes:
     """Pickles arguments and results: the C pickler (fast) when it can, cloudpickle (see
     `by_value`) when the data refers to ``__main__`` or to classes made at run time.
-    cloudpickle maps a class that went out by value and comes back to the original."""
+    cloudpickle maps a class that went out by value and comes back to the original.
+    With `oob` (``_arena.LEND`` or ``GIVE``), big buffers go through the arena (a
+    ``_arena.Framed`` payload, which `loads` reads)."""
+    found: list = []
+    callback = (lambda pb: take_buffer(pb, found)) if oob else None
     try:
-        data = pickle.dumps(obj, PROTOCOL)
+        data = pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
+        # A memchr-speed scan; a false hit (the string in the data) only costs a slower pickle.
+        if b"__main__" in data:
+            found.clear()
+            data = by_value(obj, main, callback)
     except Exception:
-        return by_value(obj, main)
-    # A memchr-speed scan; a false hit (the string in the data) only costs a slower pickle.
-    if b"__main__" in data:
-        return by_value(obj, main)
+        found.clear()
+        data = by_value(obj, main, callback)
+    if found:
+        framed = frame(data, found, oob)
+        return framed if framed is not None else dumps(obj, main)
     return data
+
+
+def loads(data: Any) -> Any:
+    """Unpickles what `dumps` made."""
+    return unframe(data) if is_framed(data) else pickle.loads(data)
 
 
 #: Below this many items, pickle is as fast as anything (and callers skip even the look:
@@ -164,7 +179,7 @@ def pack_results(out: list) -> tuple[int, bytes]:
     """(tag, payload) of a TASK's results: a machine array (OK_ARRAY) where `as_array`
     packs them, else pickled (OK)."""
     packed = as_array(out)
-    return (OK, dumps(out)) if packed is None else (OK_ARRAY, packed)
+    return (OK, dumps(out, None, GIVE)) if packed is None else (OK_ARRAY, packed)
 
 
 def array_len(data: bytes) -> int:

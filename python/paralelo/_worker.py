@@ -18,6 +18,7 @@ import multiprocessing.process
 import multiprocessing.util
 
 from . import _native, _pickling
+from ._arena import GIVE
 from ._errors import ResultPicklingError, TaskUnpicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
 from ._pickling import MainNames, array_items, dumps, pack_results
@@ -58,7 +59,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
     port = _native.Port(fd, slot)
     os.close(fd)
     funcs: dict[int, tuple] = {}
-    loads = pickle.loads
+    loads = _pickling.loads
     send, recv, running = port.send, port.recv, port.running
     maxtasks = setup.maxtasks
     done = 0
@@ -167,7 +168,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                 t0 = perf_counter_ns()
                 try:
                     fn, args, kwargs = _load(payload, "call")
-                    data, rtag = _pack(dumps, fn(*args, **kwargs)), OK
+                    data, rtag = _pack(_give, fn(*args, **kwargs)), OK
                 except BaseException as e:  # noqa: BLE001
                     data, rtag = dump_error(e), ERR
                 reply(rtag, job, seq, perf_counter_ns() - t0, data, EAGER)
@@ -199,10 +200,15 @@ def _unloadable(what: str, e: BaseException) -> TaskUnpicklingError:
     return TaskUnpicklingError(f"the task's {what} could not be unpickled in the worker: {type(e).__name__}: {e}")
 
 
+def _give(result: Any) -> bytes:
+    """A call's result pickled, its big buffers given to the reply (see `_arena`)."""
+    return dumps(result, None, GIVE)
+
+
 def _load(payload: bytes, what: str) -> Any:
     """Unpickles a task's payload; a failure (even SystemExit) is a TaskUnpicklingError."""
     try:
-        return pickle.loads(payload)
+        return _pickling.loads(payload)
     except BaseException as e:  # noqa: BLE001 - reported as the task's failure
         raise _unloadable(what, e) from e
 

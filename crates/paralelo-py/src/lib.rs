@@ -3,6 +3,7 @@
 //! [`errors`].
 use pyo3::prelude::*;
 
+mod arena;
 mod channel;
 mod door;
 mod errors;
@@ -18,6 +19,8 @@ mod value;
 // sound; a free-threaded interpreter keeps its GIL on while this module is loaded.
 #[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<arena::PyArena>()?;
+    m.add_class::<arena::PyArenaBuffer>()?;
     m.add_class::<hub::PyHub>()?;
     m.add_class::<port::PyPort>()?;
     m.add_class::<lock::PyLock>()?;

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from .. import _arena
 from .._errors import TaskTimeoutError, WorkerLostError, broken
 from .._pickling import from_array
 from .._wire import TASK
@@ -42,6 +43,7 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
         if cause is not None:
             death = f"{death} after its ring was found corrupt ({cause})"
         _explain(engine, slot, kind, ticket, death)
+        _arena.reclaim_dead()
     units = list(slot.inflight.values())
     slot.inflight.clear()
     slot.outgoing = []

@@ -27,7 +27,9 @@ from typing import Any, Callable, Iterable, Iterator
 from .. import _native, _zygote
 from .._worker import ENTRY as WORKER, Setup
 from .._errors import ResultUnpicklingError, broken, interrupted, load_error, pickling_failed
-from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps
+from .. import _arena
+from .._arena import LEND, Framed
+from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps, loads
 from .._wire import ARRAY, COUNT_SHIFT, BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
 from . import deaths
 from .jobs import CallCosts, CallJob, Job, MapJob, Unit
@@ -99,6 +101,7 @@ class Engine:
         self.processes = processes
         self.lock = threading.RLock()
         self.hub = _native.Hub(processes, RING_BYTES)
+        _arena.arena()  # made before the zygote forks, so every worker maps it too
         # The pool's zygote: the parent as it is now, which every worker will see (see
         # `_zygote`). Functions of __main__ it has travel by reference from now on.
         self.main = MainNames()
@@ -511,7 +514,10 @@ class Engine:
                     eager, payload = self._pack_items(run[0], eager)
                 else:
                     tag, seq = TASKS, run[0].seq
-                    payload = dumps(([u.seq for u in run], [u.payload for u in run]), self.main)
+                    payload = dumps(([u.seq for u in run], [u.payload for u in run]), self.main, LEND)
+                    if type(payload) is Framed:
+                        for u in run:
+                            u.sent = payload
                 job.weigh(True, len(payload), sum(u.count for u in run))
             except BaseException as e:  # noqa: BLE001 - find the chunk that cannot be pickled
                 if interrupted(e):
@@ -533,7 +539,12 @@ class Engine:
         else pickled; and its item count, should its items not load."""
         aux |= unit.count << COUNT_SHIFT
         packed = as_array(unit.payload)
-        return (aux, dumps(unit.payload, self.main)) if packed is None else (aux | ARRAY, packed)
+        if packed is not None:
+            return aux | ARRAY, packed
+        payload = dumps(unit.payload, self.main, LEND)
+        if type(payload) is Framed:
+            unit.sent = payload
+        return aux, payload
 
     def _drop_unsent(self, slot: Slot, job: Job, units: list[Unit], e: BaseException) -> None:
         """Ctrl-C while the main thread pickled `job`'s units for `slot`: that job fails with
@@ -753,7 +764,7 @@ class Engine:
             tickets, body = pickle.loads(payload)
             err: BaseException | None
             try:
-                replies = pickle.loads(body)
+                replies = loads(body)
             except BaseException as e:  # noqa: BLE001 - those units fail, not the pool
                 replies = [(t, False, None, 0) for t in tickets]
                 err = _unloadable_result(e)
@@ -773,7 +784,7 @@ class Engine:
                 self._answer(slot, [(seq, False, err, aux)])
         elif tag == OK:
             try:
-                ok, value = True, pickle.loads(payload)
+                ok, value = True, loads(payload)
             except BaseException as e:  # noqa: BLE001 - that unit fails, not the pool
                 ok, value = False, _unloadable_result(e)
             self._answer(slot, [(seq, ok, value, aux)], len(payload))

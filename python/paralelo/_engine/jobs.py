@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .._outcomes import Segments
 from .._errors import interrupted, pickling_failed
+from .._arena import LEND
 from .._pickling import MainNames, by_value, cut, dumps
 from .._wire import CALL, TASK
 from .chunking import Chunker
@@ -38,7 +39,7 @@ class Unit:
     """One schedulable piece of work: a chunk of a map job (`payload` holds its items until
     sent) or one call (`payload` is the pickled call). `seq` is its ticket."""
 
-    __slots__ = ("job", "seq", "tag", "payload", "start", "count", "solo", "tries", "deadline")
+    __slots__ = ("job", "seq", "tag", "payload", "start", "count", "solo", "tries", "deadline", "sent")
 
     def __init__(self, job: Job, tag: int, payload: Any, start: int = 0, count: int = 1):
         self.job, self.seq, self.tag, self.payload = job, next(_tickets), tag, payload
@@ -46,6 +47,9 @@ class Unit:
         self.solo = False  # travels in a message of its own (a batch it was in killed a worker)
         self.tries = 0  # times it was run again after its worker died running it
         self.deadline = 0.0  # with a time limit: when its worker is killed (monotonic)
+        #: The payload last sent, if it lent buffers (``_arena.Framed``): they live until
+        #: the unit is answered (or sent again, with new ones).
+        self.sent: bytes | None = None
 
 
 class Job:
@@ -212,7 +216,7 @@ class CallJob(Job):
             self.finished = True  # cancelled before it ran
             return None
         try:
-            payload = dumps((self.fn, self.args, self.kwargs), self.main)
+            payload = dumps((self.fn, self.args, self.kwargs), self.main, LEND)
         except BaseException as e:  # noqa: BLE001 - reported to the caller
             self.finished = True
             if interrupted(e):  # Ctrl-C while pickling: an interrupt, not a bad argument

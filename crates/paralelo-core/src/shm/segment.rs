@@ -2,7 +2,7 @@
 //! A memfd mapped shared and read-write. Everything placed in it is plain data (`#[repr(C)]`,
 //! fixed width, offsets never pointers), so any process that maps the same fd sees the same
 //! layout.
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -56,6 +56,10 @@ impl Segment {
         self.map.len() == 0
     }
 
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
@@ -84,7 +88,6 @@ impl Segment {
 impl Segment {
     /// The segment's fd, borrowed: tests re-open segments as another process would.
     pub(crate) fn as_fd_for_test(&self) -> BorrowedFd<'_> {
-        use std::os::fd::AsFd;
         self.fd.as_fd()
     }
 }

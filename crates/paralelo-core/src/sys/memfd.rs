@@ -1,6 +1,8 @@
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
-use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
+use rustix::fs::{
+    fallocate, fcntl_add_seals, ftruncate, memfd_create, FallocateFlags, MemfdFlags, SealFlags,
+};
 
 use crate::{Error, Result};
 
@@ -15,6 +17,18 @@ pub(crate) fn create(name: &str, len: u64) -> Result<OwnedFd> {
     fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
         .map_err(|e| Error::os("fcntl(F_ADD_SEALS)", e))?;
     Ok(fd)
+}
+
+/// Gives `len` bytes at `offset` of memfd `fd` back to the kernel: they read as zeros
+/// after, in every process that maps them. The size stays (sealed, and kept).
+pub(crate) fn punch(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<()> {
+    fallocate(
+        fd,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    )
+    .map_err(|e| Error::os("fallocate(PUNCH_HOLE)", e))
 }
 
 #[cfg(test)]

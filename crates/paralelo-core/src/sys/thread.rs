@@ -27,6 +27,17 @@ pub(crate) fn exists(id: u32) -> bool {
     }
 }
 
+/// When process `pid` started (clock ticks after boot, /proc's field 22), or None if it
+/// cannot be read: with the pid, it names a process even after its pid is reused.
+#[cfg(not(loom))]
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after comm: state is field 3, so start time is the 20th after the ')'.
+    let end = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(end + 2..)?).ok()?;
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
 /// This process's pid and this thread's tid, from the kernel.
 pub(crate) fn ids() -> (u32, u32) {
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;

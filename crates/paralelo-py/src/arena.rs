@@ -1,0 +1,421 @@
+//! `_native.Arena`: the engine's arena as Python sees it. A process counts its own
+//! references to each block here (many views of one block are one hold in the arena), and
+//! a forked child takes its own holds on what it inherited before it uses the arena.
+//! `_native.ArenaBuffer` is a view of part of a block, with the buffer protocol: numpy and
+//! pickle's out-of-band buffers use it with no copy; the block lives while any view does.
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::raw::c_int;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use paralelo_core::shm::{Arena, BlockRef};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::to_py;
+
+/// A descriptor: index u32, generation u32, block offset u64, start in the block u64,
+/// length u64 (little endian).
+const DESCRIPTOR: usize = 32;
+
+struct Local {
+    /// The process these holds are for: a forked child re-takes them as its own.
+    pid: u32,
+    slot: u32,
+    /// Blocks this process holds, by offset: (block, views and holds alive here).
+    held: BTreeMap<u64, (BlockRef, usize)>,
+}
+
+struct Shared {
+    arena: Arena,
+    local: Mutex<Local>,
+}
+
+impl Shared {
+    fn local(&self) -> PyResult<MutexGuard<'_, Local>> {
+        let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if l.pid != pid {
+            // A forked child: what it inherited (views in its copy of the parent's
+            // objects) must stay valid after the parent lets go, so it holds it too,
+            // taking what the parent gave it before the fork (`before_fork`).
+            l.slot = self.arena.join(pid).map_err(to_py)?;
+            l.pid = pid;
+            let slot = l.slot;
+            l.held.retain(|_, (r, _)| {
+                self.arena
+                    .hold(slot, r, true)
+                    .or_else(|_| self.arena.hold(slot, r, false))
+                    .is_ok()
+            });
+        }
+        Ok(l)
+    }
+
+    /// One more reference here to block `r`, which this process holds already or has
+    /// just been given (`new`: the arena counts it held by us).
+    fn count(l: &mut Local, r: BlockRef) {
+        l.held.entry(r.offset).or_insert((r, 0)).1 += 1;
+    }
+
+    fn uncount(&self, r: &BlockRef) {
+        let Ok(mut l) = self.local() else { return };
+        let last = match l.held.get_mut(&r.offset) {
+            Some((held, n)) if held.index == r.index && held.gen == r.gen => {
+                *n -= 1;
+                *n == 0
+            }
+            _ => return,
+        };
+        if last {
+            l.held.remove(&r.offset);
+            let _ = self.arena.release(l.slot, r);
+        }
+    }
+
+    /// The block this process holds that contains `len` bytes at `addr`, and where they
+    /// start in it.
+    fn containing(&self, l: &Local, addr: usize, len: usize) -> Option<(BlockRef, u64)> {
+        let base = self.arena.base() as usize;
+        let off = (addr.checked_sub(base)? as u64, len as u64);
+        let (_, (r, _)) = l.held.range(..=off.0).next_back()?;
+        let start = off.0 - r.offset;
+        (start + off.1 <= r.len).then_some((*r, start))
+    }
+}
+
+fn encode(r: &BlockRef, start: u64, len: u64) -> [u8; DESCRIPTOR] {
+    let mut d = [0u8; DESCRIPTOR];
+    d[0..4].copy_from_slice(&r.index.to_le_bytes());
+    d[4..8].copy_from_slice(&r.gen.to_le_bytes());
+    d[8..16].copy_from_slice(&r.offset.to_le_bytes());
+    d[16..24].copy_from_slice(&start.to_le_bytes());
+    d[24..32].copy_from_slice(&len.to_le_bytes());
+    d
+}
+
+fn decode(d: &[u8]) -> PyResult<(BlockRef, u64, u64)> {
+    let d: &[u8; DESCRIPTOR] = d
+        .try_into()
+        .map_err(|_| PyValueError::new_err("an arena descriptor is 32 bytes"))?;
+    let u32_at = |i: usize| u32::from_le_bytes(d[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(d[i..i + 8].try_into().expect("8 bytes"));
+    let (start, len) = (u64_at(16), u64_at(24));
+    let end = start
+        .checked_add(len)
+        .ok_or_else(|| PyValueError::new_err("a corrupt arena descriptor"))?;
+    // The block's own length is checked by the arena; `end` is what the view needs.
+    let r = BlockRef {
+        index: u32_at(0),
+        gen: u32_at(4),
+        offset: u64_at(8),
+        len: end,
+    };
+    Ok((r, start, len))
+}
+
+/// The arena of this program's processes.
+#[pyclass(name = "Arena", module = "paralelo._native", frozen)]
+pub(crate) struct PyArena {
+    shared: Arc<Shared>,
+}
+
+impl PyArena {
+    fn wrap(py: Python<'_>, arena: Arena) -> PyResult<Self> {
+        let pid = std::process::id();
+        let slot = py.detach(|| arena.join(pid)).map_err(to_py)?;
+        let local = Mutex::new(Local {
+            pid,
+            slot,
+            held: BTreeMap::new(),
+        });
+        Ok(PyArena {
+            shared: Arc::new(Shared { arena, local }),
+        })
+    }
+
+    /// A view of `len` bytes at `start` in block `r`, which this process holds (counted).
+    fn view(&self, r: BlockRef, start: u64, len: u64) -> PyArenaBuffer {
+        PyArenaBuffer {
+            shared: self.shared.clone(),
+            block: r,
+            start,
+            len,
+        }
+    }
+
+    /// Copies `data` into a new block, held by this process (`lend`) or given to a message.
+    fn copy_in(
+        &self,
+        py: Python<'_>,
+        data: &PyBuffer<u8>,
+        lend: bool,
+    ) -> PyResult<Option<BlockRef>> {
+        let len = data.len_bytes();
+        let holder = if lend {
+            Some(self.shared.local()?.slot)
+        } else {
+            None
+        };
+        let arena = &self.shared.arena;
+        let Some(r) = py
+            .detach(|| arena.alloc(len as u64, holder))
+            .map_err(to_py)?
+        else {
+            return Ok(None);
+        };
+        let (src, dst) = (
+            data.buf_ptr() as usize,
+            arena.base() as usize + r.offset as usize,
+        );
+        // SAFETY: `src` is `len` readable bytes (a C-contiguous buffer, held by `data`
+        // while we copy); `dst` is a fresh block of at least `len` bytes inside the mapping,
+        // which no one else references yet. The GIL is released: `data` stays exported.
+        py.detach(|| unsafe {
+            std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len)
+        });
+        Ok(Some(r))
+    }
+}
+
+#[pymethods]
+impl PyArena {
+    /// A new arena of `size` bytes of address space, named `id`.
+    #[new]
+    fn new(py: Python<'_>, size: u64, id: u64) -> PyResult<Self> {
+        let arena = py.detach(|| Arena::create(size, id)).map_err(to_py)?;
+        Self::wrap(py, arena)
+    }
+
+    /// Maps the arena in memfd `fd` (another process's).
+    #[staticmethod]
+    fn open(py: Python<'_>, fd: i32) -> PyResult<Self> {
+        if fd < 0 {
+            return Err(PyValueError::new_err("bad file descriptor"));
+        }
+        // SAFETY: the caller passes an open fd; `open` duplicates it before returning.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let arena = Arena::open(fd).map_err(to_py)?;
+        Self::wrap(py, arena)
+    }
+
+    #[getter]
+    fn fd(&self) -> i32 {
+        self.shared.arena.fd().as_raw_fd()
+    }
+
+    #[getter]
+    fn id(&self) -> u64 {
+        self.shared.arena.id()
+    }
+
+    /// Puts `data` (a C-contiguous buffer) in the arena for a message whose sender keeps
+    /// it alive until the receiver is done: (descriptor, hold), the hold being a view
+    /// whose life keeps the block. Memory already in a block this process holds is not
+    /// copied. None if the arena has no room.
+    fn lend(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<(Py<PyBytes>, PyArenaBuffer)>> {
+        let buf = contiguous(data)?;
+        let len = buf.len_bytes() as u64;
+        let found = {
+            let mut l = self.shared.local()?;
+            let found = self
+                .shared
+                .containing(&l, buf.buf_ptr() as usize, len as usize);
+            if let Some((r, _)) = found {
+                Shared::count(&mut l, r);
+            }
+            found
+        };
+        let (r, start) = match found {
+            Some(f) => f,
+            None => match self.copy_in(py, &buf, true)? {
+                Some(r) => {
+                    Shared::count(&mut *self.shared.local()?, r);
+                    (r, 0)
+                }
+                None => return Ok(None),
+            },
+        };
+        let d = encode(&r, start, len);
+        Ok(Some((
+            PyBytes::new(py, &d).unbind(),
+            self.view(r, start, len),
+        )))
+    }
+
+    /// Puts `data` in the arena for a message that carries it away: the receiver's `take`
+    /// holds it from then on. Memory already in a block this process holds is not
+    /// copied. The descriptor, or None if the arena has no room.
+    fn give(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyBytes>>> {
+        let buf = contiguous(data)?;
+        let len = buf.len_bytes() as u64;
+        let found = {
+            let l = self.shared.local()?;
+            self.shared
+                .containing(&l, buf.buf_ptr() as usize, len as usize)
+        };
+        let (r, start) = match found {
+            Some((r, start)) => {
+                self.shared.arena.give(&r).map_err(to_py)?;
+                (r, start)
+            }
+            None => match self.copy_in(py, &buf, false)? {
+                Some(r) => (r, 0),
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(PyBytes::new(py, &encode(&r, start, len)).unbind()))
+    }
+
+    /// Undoes a `give` whose message never went out.
+    fn ungive(&self, descriptor: &[u8]) -> PyResult<()> {
+        let (r, _, _) = decode(descriptor)?;
+        let r = self.block_of(r)?;
+        self.shared.arena.ungive(&r).map_err(to_py)
+    }
+
+    /// The buffer a descriptor names, held by this process while the view lives: taken
+    /// from its message (`given`: the sender gave it) or alongside the sender's hold.
+    fn take(&self, descriptor: &[u8], given: bool) -> PyResult<PyArenaBuffer> {
+        let (r, start, len) = decode(descriptor)?;
+        let mut l = self.shared.local()?;
+        let block = self.block_of(r)?;
+        let first = l
+            .held
+            .get(&block.offset)
+            .is_none_or(|(h, _)| h.index != block.index || h.gen != block.gen);
+        if given {
+            // Always from transit: the message's reference becomes ours (a second one
+            // of ours, if we held the block already, is then released at once).
+            self.shared
+                .arena
+                .hold(l.slot, &block, true)
+                .map_err(to_py)?;
+        } else if first {
+            self.shared
+                .arena
+                .hold(l.slot, &block, false)
+                .map_err(to_py)?;
+        }
+        if first {
+            l.held.insert(block.offset, (block, 0));
+        }
+        Shared::count(&mut l, block);
+        drop(l);
+        Ok(self.view(block, start, len))
+    }
+
+    /// Before a fork: gives the child-to-be what this process holds (taken by the child
+    /// at once, in `after_fork_in_child`), so the parent letting go meanwhile frees nothing
+    /// the child's copies of its objects still view.
+    fn before_fork(&self) -> PyResult<()> {
+        let l = self.shared.local()?;
+        for (r, _) in l.held.values() {
+            self.shared.arena.give(r).map_err(to_py)?;
+        }
+        Ok(())
+    }
+
+    /// In a forked child: takes what the parent held (see `before_fork`).
+    fn after_fork_in_child(&self) -> PyResult<()> {
+        self.shared.local().map(drop)
+    }
+
+    /// Sweeps holds of participants that died; how many were swept.
+    fn reclaim_dead(&self, py: Python<'_>) -> PyResult<usize> {
+        let arena = &self.shared.arena;
+        py.detach(|| arena.reclaim_dead()).map_err(to_py)
+    }
+
+    /// (bytes in blocks in use, how many blocks): for tests and diagnostics.
+    fn usage(&self) -> PyResult<(u64, usize)> {
+        self.shared.arena.usage().map_err(to_py)
+    }
+
+    /// Keeps at most `bytes` of freed memory resident for reuse.
+    fn set_keep(&self, bytes: u64) {
+        self.shared.arena.set_keep(bytes);
+    }
+}
+
+impl PyArena {
+    /// The whole block a descriptor's reference lies in (`r.len` is the end it needs).
+    fn block_of(&self, r: BlockRef) -> PyResult<BlockRef> {
+        // The arena checks the generation, offset and that the block covers `r.len`.
+        self.shared.arena.lookup(&r).map_err(to_py)
+    }
+}
+
+fn contiguous<'py>(data: &Bound<'py, PyAny>) -> PyResult<PyBuffer<u8>> {
+    let buf = PyBuffer::<u8>::get(data)?;
+    if !buf.is_c_contiguous() {
+        return Err(PyValueError::new_err(
+            "only a C-contiguous buffer goes in the arena",
+        ));
+    }
+    Ok(buf)
+}
+
+/// Part of an arena block, exported with the buffer protocol (writable bytes).
+#[pyclass(name = "ArenaBuffer", module = "paralelo._native", frozen)]
+pub(crate) struct PyArenaBuffer {
+    shared: Arc<Shared>,
+    block: BlockRef,
+    start: u64,
+    len: u64,
+}
+
+impl Drop for PyArenaBuffer {
+    fn drop(&mut self) {
+        self.shared.uncount(&self.block);
+    }
+}
+
+#[pymethods]
+impl PyArenaBuffer {
+    fn __len__(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Where the view starts, from the arena's start: for tests.
+    #[getter]
+    fn offset(&self) -> u64 {
+        self.block.offset + self.start
+    }
+
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let me = slf.get();
+        let ptr = me.shared.arena.base() as usize + (me.block.offset + me.start) as usize;
+        let len = isize::try_from(me.len).map_err(|_| PyValueError::new_err("view too large"))?;
+        // SAFETY: `ptr..ptr+len` lies in the block (checked when it was taken), which
+        // stays allocated while this object lives; PyBuffer_FillInfo keeps a reference
+        // to this object in the view until the view is released.
+        let rc = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                ptr as *mut std::ffi::c_void,
+                len,
+                0,
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+}
