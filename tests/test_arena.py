@@ -190,3 +190,55 @@ if __name__ == "__main__":
 """
     par, std = side_by_side(tmp_path, code)
     assert par == std
+
+
+def test_queues_and_pipes_carry_big_arrays_as_multiprocessing_does(tmp_path):
+    code = """
+import sys
+import numpy as np
+if sys.argv[1] == "paralelo":
+    import paralelo as mp
+else:
+    import multiprocessing as mp
+def worker(q, out, conn):
+    while (a := q.get()) is not None:
+        out.put((a.shape, float(a.sum()), a * 2))
+    conn.send({"big": np.arange(300_000), "tag": "done"})
+    print("child", conn.recv().sum(), flush=True)
+if __name__ == "__main__":
+    q, out = mp.Queue(), mp.Queue()
+    here, there = mp.Pipe()
+    p = mp.Process(target=worker, args=(q, out, there))
+    p.start()
+    for n in (10, 50_000, 1_000_000):
+        q.put(np.ones(n))
+        shape, s, twice = out.get()
+        print(shape, s, twice.sum(), twice.flags.writeable)
+    q.put(None)
+    got = here.recv()
+    print(got["tag"], int(got["big"].sum()))
+    here.send(np.full(200_000, 3.0))
+    p.join()
+    print(p.exitcode)
+    if sys.argv[1] == "paralelo":
+        from paralelo import _arena
+        del twice, got
+        assert _arena.arena().usage() == (0, 0), _arena.arena().usage()
+"""
+    par, std = side_by_side(tmp_path, code)
+    assert par == std
+
+
+def echo_back(q, out):
+    out.put(q.get() + 1)
+
+
+def test_a_spawned_process_takes_the_arena_with_its_queue():
+    ctx = paralelo.get_context("spawn")
+    q, out = ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=echo_back, args=(q, out))
+    p.start()
+    q.put(np.zeros(BIG))
+    got = out.get(timeout=60)
+    p.join(60)
+    assert p.exitcode == 0 and got.sum() == BIG

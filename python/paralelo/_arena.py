@@ -46,6 +46,32 @@ def arena() -> _native.Arena | None:
     return _arena
 
 
+def for_spawning() -> Any:
+    """The arena's descriptor for a queue or connection pickled to a process being
+    spawned (which has none of its own yet), else None: forked processes map it already."""
+    from multiprocessing import context, reduction
+
+    popen = context.get_spawning_popen()
+    if _arena is None or popen is None or getattr(popen, "_paralelo_arena", False):
+        return None  # (once per child: the first object unpickled there maps it)
+    setattr(popen, "_paralelo_arena", True)
+    return reduction.DupFd(_arena.fd)
+
+
+def adopt(dup: Any) -> None:
+    """Maps the arena a queue or connection brought (see `for_spawning`), as this
+    process's own if it has none yet."""
+    global _arena
+    if dup is None:
+        return
+    fd = dup.detach()
+    try:
+        if _arena is None:
+            _arena = _native.Arena.open(fd)
+    finally:
+        os.close(fd)
+
+
 def _before_fork() -> None:
     if _arena is not None:
         _arena.before_fork()

@@ -28,6 +28,7 @@ from multiprocessing import connection as _mp
 from multiprocessing.connection import Client, Listener, answer_challenge, deliver_challenge
 from typing import Any
 
+from . import _arena
 from ._native import Channel
 from .queues import dumps
 
@@ -247,7 +248,7 @@ class Connection:
         return _rebuild, (dup(self._fd),
                           None if self._in is None else dup(self._in.fd),
                           None if self._out is None else dup(self._out.fd),
-                          dup(self._in_event), dup(self._out_event))
+                          dup(self._in_event), dup(self._out_event), _arena.for_spawning())
 
 
 def _open(dup: Any) -> Channel | None:
@@ -260,7 +261,9 @@ def _open(dup: Any) -> Channel | None:
         os.close(fd)
 
 
-def _rebuild(sock: Any, incoming: Any, outgoing: Any, in_event: Any = None, out_event: Any = None) -> Connection:
+def _rebuild(sock: Any, incoming: Any, outgoing: Any, in_event: Any = None, out_event: Any = None,
+             arena: Any = None) -> Connection:
+    _arena.adopt(arena)
     return Connection(socket.socket(fileno=sock.detach()), _open(incoming), _open(outgoing),
                       -1 if in_event is None else in_event.detach(),
                       -1 if out_event is None else out_event.detach())
@@ -269,6 +272,7 @@ def _rebuild(sock: Any, incoming: Any, outgoing: Any, in_event: Any = None, out_
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
     """A pair of connected ``Connection``s; with ``duplex=False``, the first only
     receives and the second only sends."""
+    _arena.arena()  # (so processes forked from here on map it: big objects go through it)
     a, b = socket.socketpair()
     if duplex:
         ab, ba = Channel(), Channel()

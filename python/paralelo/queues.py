@@ -30,6 +30,8 @@ from queue import Empty, Full
 from typing import Any
 
 from ._native import Channel
+from . import _arena
+from ._arena import GIVE, frame, take_buffer
 from ._pickling import by_value
 
 __all__ = ["Empty", "Full", "JoinableQueue", "Queue", "SimpleQueue"]
@@ -38,20 +40,27 @@ __all__ = ["Empty", "Full", "JoinableQueue", "Queue", "SimpleQueue"]
 _UNBOUNDED = 1 << 31
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, oob: bool = True) -> bytes:
     """Pickles a message: by reference where the standard pickler can (so a ``__main__``
     class arrives as the receiver's own, as with multiprocessing's fork); else with
     multiprocessing's ``ForkingPickler`` (sockets, connections, and what libraries
     registered with it); else by value with cloudpickle (lambdas, closures, what only
-    this process has)."""
+    this process has). Big buffers (numpy arrays) go through the arena, given to the
+    message (see `_arena`), unless not `oob`."""
+    found: list = []
+    callback = (lambda pb: take_buffer(pb, found)) if oob else None
     try:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL, buffer_callback=callback)
     except (pickle.PicklingError, AttributeError, TypeError):
-        pass
-    try:
-        return bytes(reduction.ForkingPickler.dumps(obj, pickle.HIGHEST_PROTOCOL))
-    except (pickle.PicklingError, AttributeError, TypeError):
-        return by_value(obj)
+        found.clear()
+        try:
+            return bytes(reduction.ForkingPickler.dumps(obj, pickle.HIGHEST_PROTOCOL))
+        except (pickle.PicklingError, AttributeError, TypeError):
+            data = by_value(obj, None, callback)
+    if found:
+        framed = frame(data, found, GIVE)
+        return framed if framed is not None else dumps(obj, False)
+    return data
 
 
 #: Queues alive in this process: a forked child starts each with no feeder of its own.
@@ -74,21 +83,23 @@ class _Shared:
 
     def _share(self, ch: Channel) -> None:
         self._ch = ch
+        _arena.arena()  # (so processes forked from here on map it: big items go through it)
 
     def __getstate__(self) -> tuple:
         # The channel's segment goes as a descriptor: through the starting process's
         # Popen while spawning, else through multiprocessing's resource sharer (so a
-        # queue may go to a running pool's task).
-        return (reduction.DupFd(self._ch.fd), *self._extra_state())
+        # queue may go to a running pool's task). A spawned process gets the arena too.
+        return (reduction.DupFd(self._ch.fd), _arena.for_spawning(), *self._extra_state())
 
     def __setstate__(self, state: tuple) -> None:
+        _arena.adopt(state[1])
         fd = state[0].detach()
         try:
             ch = Channel.open(fd)
         finally:
             os.close(fd)
         self._share(ch)
-        self._set_extra_state(state[1:])
+        self._set_extra_state(state[2:])
 
     def _extra_state(self) -> tuple:
         return ()

@@ -17,7 +17,7 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyBytes};
+use pyo3::types::{PyBool, PyBytes, PyString};
 
 use crate::door;
 use crate::errors::to_py;
@@ -27,6 +27,11 @@ use crate::errors::to_py;
 /// under a microsecond.
 static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// `paralelo._arena.unframe`: a message whose big buffers are in the arena.
+static UNFRAME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// A pickle this big may hold buffers that belong in the arena (`_arena.OOB_MIN`): the
+/// Python side pickles it again, out of band. (Plain bytes and str never do.)
+const OOB_MIN: usize = 1 << 17;
 static PICKLING_ERROR: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
 /// The pickle protocol of messages (the highest: 5).
 const PROTOCOL: u8 = 5;
@@ -162,7 +167,8 @@ impl PyChannel {
     /// sent; its pickle (bytes, counted in) if the ring has no room now or the send lock
     /// is busy; None (nothing counted) if the queue is full or the standard pickler
     /// cannot pickle `obj` (PicklingError, TypeError, AttributeError): the caller then
-    /// takes its own, slower path. Any other exception from pickling is raised.
+    /// takes its own, slower path (so too if the pickle is big enough to hold buffers for
+    /// the arena: see `OOB_MIN`). Any other exception from pickling is raised.
     fn put<'py>(
         &self,
         py: Python<'py>,
@@ -188,6 +194,12 @@ impl PyChannel {
                 return Err(e);
             }
         };
+        if data.as_bytes().len() >= OOB_MIN
+            && !(obj.is_exact_instance_of::<PyBytes>() || obj.is_exact_instance_of::<PyString>())
+        {
+            self.inner.unreserve();
+            return Ok(None);
+        }
         match self.inner.try_send(data.as_bytes()) {
             Ok(true) => Ok(Some(PyBool::new(py, true).to_owned().into_any())),
             Ok(false) => Ok(Some(data.into_any())),
@@ -267,6 +279,12 @@ impl PyChannel {
         self.rearm(wake);
         let data = PyBytes::new(py, &out);
         if load {
+            // A pickle starts with PROTO (0x80); a frame with its mode (1 or 2).
+            if matches!(out.first(), Some(1 | 2)) {
+                return UNFRAME
+                    .import(py, "paralelo._arena", "unframe")?
+                    .call1((data,));
+            }
             return LOADS.import(py, "pickle", "loads")?.call1((data,));
         }
         Ok(data.into_any())
