@@ -94,6 +94,11 @@ def reclaim_dead() -> None:
         _arena.reclaim_dead()
 
 
+def current() -> _native.Arena | None:
+    """This process's arena if it has one (never makes one)."""
+    return _arena
+
+
 class Framed(bytes):
     """A framed payload; ``holds`` keeps its lent buffers alive while it lives."""
 

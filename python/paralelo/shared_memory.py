@@ -37,9 +37,6 @@ _PAGE = mmap.PAGESIZE
 _HEADER = struct.Struct("<8sQI")  # magic, size, unlinked
 _MAGIC = b"paloshm1"
 _UNLINKED = struct.pack("<I", 1)
-#: Receipts for blocks handed to another process (see `SharedMemory._hand_out`): a byte
-#: each, from this offset of the header page.
-_RECEIPTS, _RECEIPT_COUNT = 64, 64
 #: Names this process made: name -> (its name-lock socket, its fd).
 _made: dict[str, tuple[socket.socket, int]] = {}
 
@@ -139,7 +136,6 @@ class SharedMemory:
     _fd = -1
     _mmap: mmap.mmap | None = None
     _buf: memoryview | None = None
-    _receipts = 0
 
     def __init__(self, name: str | None = None, create: bool = False, size: int = 0) -> None:
         if not size >= 0:
@@ -229,32 +225,6 @@ class SharedMemory:
         """Whether the block's name still attaches (it was not unlinked). A paralelo
         addition: the standard library's blocks cannot tell."""
         return self._fd >= 0 and _header(self._fd) is not None
-
-    # Handing a block to another process that must map it before this one lets go (a
-    # paralelo addition, for SharedArray): the receiver signs a receipt in the header.
-
-    def _hand_out(self) -> int:
-        """A fresh receipt slot for one hand-over (slots are reused round the header)."""
-        slot = self._receipts % _RECEIPT_COUNT
-        self._receipts += 1
-        os.pwrite(self._fd, b"\0", _RECEIPTS + slot)
-        return slot
-
-    def _sign(self, slot: int) -> None:
-        """Signs receipt `slot`: this process holds the block now."""
-        if 0 <= slot < _RECEIPT_COUNT:
-            os.pwrite(self._fd, b"\1", _RECEIPTS + slot)
-
-    def _signed(self, slot: int) -> bool:
-        return self._fd >= 0 and os.pread(self._fd, 1, _RECEIPTS + slot) == b"\1"
-
-    def _forget_name(self) -> None:
-        """Lets go of the name this process made, without unlinking it: it attaches for as
-        long as any holder lives."""
-        made = _made.pop(self._name, None)
-        if made is not None:
-            made[0].close()
-            os.close(made[1])
 
     def close(self) -> None:
         """Releases this process's view of the block (the block stays for the others)."""

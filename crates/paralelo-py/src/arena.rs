@@ -276,6 +276,42 @@ impl PyArena {
         Ok(Some(PyBytes::new(py, &encode(&r, start, len)).unbind()))
     }
 
+    /// A new zero-filled block of `nbytes`, held by this process while the returned view
+    /// (or any view of the block) lives; None if the arena has no room.
+    fn alloc(&self, py: Python<'_>, nbytes: u64) -> PyResult<Option<PyArenaBuffer>> {
+        let slot = self.shared.local()?.slot;
+        let arena = &self.shared.arena;
+        let Some(r) = py
+            .detach(|| arena.alloc(nbytes, Some(slot)))
+            .map_err(to_py)?
+        else {
+            return Ok(None);
+        };
+        let dst = arena.base() as usize + r.offset as usize;
+        // SAFETY: a fresh block of at least `nbytes` inside the mapping, referenced by no
+        // one else yet. (Reused memory holds old data: a SharedArray starts zeroed.)
+        py.detach(|| unsafe { std::ptr::write_bytes(dst as *mut u8, 0, nbytes as usize) });
+        Shared::count(&mut *self.shared.local()?, r);
+        Ok(Some(self.view(r, 0, nbytes)))
+    }
+
+    /// Gives a message the `nbytes` at address `addr` if they lie in a block this process
+    /// holds (a view of a SharedArray): its descriptor; None (nothing given) otherwise.
+    /// Never copies.
+    fn give_span(&self, addr: usize, nbytes: usize) -> PyResult<Option<Py<PyBytes>>> {
+        let found = {
+            let l = self.shared.local()?;
+            self.shared.containing(&l, addr, nbytes)
+        };
+        let Some((r, start)) = found else {
+            return Ok(None);
+        };
+        self.shared.arena.give(&r).map_err(to_py)?;
+        Ok(Some(Python::attach(|py| {
+            PyBytes::new(py, &encode(&r, start, nbytes as u64)).unbind()
+        })))
+    }
+
     /// Undoes a `give` whose message never went out.
     fn ungive(&self, descriptor: &[u8]) -> PyResult<()> {
         let (r, _, _) = decode(descriptor)?;
