@@ -242,3 +242,36 @@ def test_a_spawned_process_takes_the_arena_with_its_queue():
     got = out.get(timeout=60)
     p.join(60)
     assert p.exitcode == 0 and got.sum() == BIG
+
+
+def test_forks_while_another_thread_takes_and_drops_views_never_hang_the_child():
+    import threading
+
+    x = np.ones(BIG)
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            loads(dumps(x, None, _arena.GIVE))
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:
+                ok = loads(dumps(x, None, _arena.GIVE)).sum() == BIG  # the bookkeeping is usable
+                os._exit(0 if ok else 1)
+            deadline = time.monotonic() + 20
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    pytest.fail("a child forked while a thread used the arena hung")
+                time.sleep(0.005)
+            assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        stop.set()
+        t.join()
+    _arena.arena().reclaim_dead()
+    assert usage_settles(_arena.arena()) == (0, 0)

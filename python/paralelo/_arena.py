@@ -77,6 +77,11 @@ def _before_fork() -> None:
         _arena.before_fork()
 
 
+def _after_fork_in_parent() -> None:
+    if _arena is not None:
+        _arena.after_fork_in_parent()
+
+
 def _after_fork_in_child() -> None:
     if _arena is not None:
         _arena.after_fork_in_child()
@@ -84,7 +89,7 @@ def _after_fork_in_child() -> None:
 
 # A forked child's copies of this process's objects may view arena blocks: it holds them
 # too, from the fork on (not only once it next uses the arena).
-os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def reclaim_dead() -> None:

@@ -7,6 +7,7 @@ mod arena;
 mod channel;
 mod door;
 mod errors;
+mod forklock;
 mod hub;
 mod lock;
 mod numbers;
