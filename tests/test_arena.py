@@ -48,43 +48,57 @@ def usage_settles(arena, want=(0, 0), timeout=10.0):
     return arena.usage()
 
 
-def test_a_lent_buffer_arrives_as_a_view_and_lives_while_any_view_does():
+def sent(obj, mode=_arena.GIVE):
+    """`obj` pickled as a message carries it, and sent (its blocks handed over)."""
+    return _arena.commit(dumps(obj, None, mode))
+
+
+def test_a_put_buffer_arrives_as_a_view_and_lives_while_any_view_does():
     a = Arena(1 << 28, 11)
     x = np.arange(BIG, dtype=np.float64)
-    d, hold = a.lend(raw(x))
-    view = a.take(d, False)
+    d, hold = a.put(raw(x))
+    view = a.take(d, False)  # lent: alongside the sender's hold
     y = np.frombuffer(view, dtype=np.float64)
     assert np.array_equal(x, y) and y.flags.writeable
+    y[0] = -1.0
+    assert x[0] == 0.0, "a copy: the sender's array is its own"
     del hold, view
     assert a.usage()[1] == 1, "the array still views the block"
-    # Memory already in a block this process holds goes again without a copy.
-    d2, hold2 = a.lend(raw(y[10:]))
-    assert hold2.offset == a.take(d, False).offset + 80
+    d2, hold2 = a.put(raw(y))
+    assert hold2.offset != a.take(d, False).offset, "sent on: copied again, never aliased"
     del y, hold2
     assert a.usage() == (0, 0)
 
 
-def test_a_given_buffer_is_taken_once_then_the_descriptor_is_spent():
+def test_a_handed_over_buffer_is_taken_once_then_the_descriptor_is_spent():
     a = Arena(1 << 28, 12)
-    d = a.give(raw(np.ones(BIG)))
+    d, hold = a.put(raw(np.ones(BIG)))
+    with pytest.raises(ValueError, match="taken already"):
+        a.take(d, True)  # not handed over yet: nothing in transit
+    a.hand_over(hold)
+    with pytest.raises(ValueError, match="handed over"):
+        a.hand_over(hold)
+    with pytest.raises(ValueError, match="handed over"):
+        memoryview(hold)
     view = a.take(d, True)
     with pytest.raises(ValueError, match="taken already"):
         a.take(d, True)
-    del view
+    del view, hold
     with pytest.raises(ValueError, match="no longer there"):
         a.take(d, False)
-    d = a.give(raw(np.ones(BIG)))
-    a.ungive(d)
+    d, hold = a.put(raw(np.ones(BIG)))
+    a.hand_over(hold)
+    a.ungive(d)  # (its message never went out)
     assert a.usage() == (0, 0)
 
 
 def test_bad_input_is_refused_with_a_clear_error():
     a = Arena(1 << 28, 13)
     with pytest.raises(ValueError, match="C-contiguous"):
-        a.lend(np.ones((64, 64), dtype=np.uint8)[:, ::2])
+        a.put(np.ones((64, 64), dtype=np.uint8)[:, ::2])
     with pytest.raises(ValueError, match="32 bytes"):
         a.take(b"short", False)
-    assert a.give(raw(np.zeros(1 << 29, dtype=np.uint8))) is None, "no room: None (sent in-band)"
+    assert a.put(raw(np.zeros(1 << 29, dtype=np.uint8))) is None, "no room: None (sent in-band)"
 
 
 def test_payloads_frame_only_big_buffers_and_unframe_to_equal_objects():
@@ -93,19 +107,46 @@ def test_payloads_frame_only_big_buffers_and_unframe_to_equal_objects():
     obj = {"a": np.arange(BIG), "b": np.ones((BIG, 2), order="F"), "s": "text"}
     framed = dumps(obj, None, _arena.LEND)
     assert isinstance(framed, _arena.Framed) and len(framed) < 1024
+    assert _arena.weight(framed) == len(framed) + obj["a"].nbytes + obj["b"].nbytes
     back = loads(framed)
     assert np.array_equal(back["a"], obj["a"]) and np.array_equal(back["b"], obj["b"]) and back["s"] == "text"
     assert back["b"].flags.f_contiguous
-    given = dumps(obj, None, _arena.GIVE)
-    assert type(given) is bytes
+    given = sent(obj)
+    assert type(given) is bytes and _arena.weight(given) == _arena.weight(framed)
     assert np.array_equal(loads(given)["a"], obj["a"])
 
 
-def test_a_payload_from_another_program_s_arena_is_refused():
-    framed = bytearray(dumps(np.arange(BIG), None, _arena.LEND))
+class _FullArena:
+    """An arena whose table of processes is full."""
+
+    id = 1
+
+    def put(self, data):
+        raise ValueError("the arena has 1024 live participants already")
+
+
+def test_a_full_arena_or_process_table_sends_in_band(monkeypatch):
+    monkeypatch.setattr(_arena, "_arena", _FullArena())
+    x = np.arange(BIG)
+    data = dumps(x, None, _arena.GIVE)
+    assert data[:1] == b"\x80" and np.array_equal(pickle.loads(data), x)
+
+
+def test_a_payload_that_cannot_be_read_lets_its_blocks_go():
+    arena = _arena.arena()
+    framed = bytearray(sent([np.arange(BIG), np.arange(BIG)]))
     framed[1:9] = (12345).to_bytes(8, "little")
     with pytest.raises(pickle.UnpicklingError, match="another program"):
         loads(bytes(framed))
+    framed[1:9] = arena.id.to_bytes(8, "little")
+    framed[-2] ^= 0xFF  # a corrupt pickle after good descriptors
+    with pytest.raises(Exception):
+        loads(bytes(framed))
+    once = sent(np.arange(BIG))
+    loads(once)
+    with pytest.raises(ValueError, match="taken already|no longer there"):
+        loads(once)  # a second read of the same message
+    assert usage_settles(arena) == (0, 0)
 
 
 def test_pool_and_executor_move_big_arrays_both_ways_and_free_them():
@@ -144,7 +185,7 @@ def test_a_worker_killed_while_it_holds_a_view_leaves_nothing_held():
 
 def test_a_forked_child_keeps_what_it_inherited_after_the_parent_lets_go():
     arena = _arena.arena()
-    y = loads(dumps(np.full(BIG, 7.0), None, _arena.GIVE))
+    y = loads(sent(np.full(BIG, 7.0)))
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -252,7 +293,7 @@ def test_forks_while_another_thread_takes_and_drops_views_never_hang_the_child()
 
     def churn():
         while not stop.is_set():
-            loads(dumps(x, None, _arena.GIVE))
+            loads(sent(x))
 
     t = threading.Thread(target=churn)
     t.start()
@@ -260,7 +301,7 @@ def test_forks_while_another_thread_takes_and_drops_views_never_hang_the_child()
         for _ in range(20):
             pid = os.fork()
             if pid == 0:
-                ok = loads(dumps(x, None, _arena.GIVE)).sum() == BIG  # the bookkeeping is usable
+                ok = loads(sent(x)).sum() == BIG  # the bookkeeping is usable
                 os._exit(0 if ok else 1)
             deadline = time.monotonic() + 20
             while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
@@ -275,3 +316,104 @@ def test_forks_while_another_thread_takes_and_drops_views_never_hang_the_child()
         t.join()
     _arena.arena().reclaim_dead()
     assert usage_settles(_arena.arena()) == (0, 0)
+
+
+def bump(a):
+    a += 1
+    return float(a.sum())
+
+
+def test_what_a_worker_writes_to_its_argument_is_its_own_copy():
+    with paralelo.Pool(2) as pool:
+        x = pool.apply(ones, (BIG,))  # a view of the arena, received
+        assert pool.apply(bump, (x,)) == 2.0 * BIG
+        assert x.sum() == BIG, "the worker's copy, not the parent's array"
+        assert pool.map(bump, [x, x]) == [2.0 * BIG, 2.0 * BIG]
+        assert x.sum() == BIG
+
+
+def bump_then_die(a, marker):
+    a += 1
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    return float(a[0])
+
+
+def test_a_retried_call_gets_its_arguments_as_they_were_sent(tmp_path):
+    with paralelo.Pool(1) as pool:
+        assert pool.apply(bump_then_die, (np.zeros(BIG), str(tmp_path / "died")), retries=1) == 1.0
+
+
+def test_an_object_sent_to_a_closed_pipe_or_read_as_bytes_leaves_nothing_held():
+    arena = _arena.arena()
+    r, w = paralelo.Pipe()
+    r.close()
+    with pytest.raises(BrokenPipeError):
+        w.send(np.zeros(BIG))
+    r, w = paralelo.Pipe()
+    w.send(np.arange(BIG))
+    data = r.recv_bytes()
+    assert data[:1] == b"\x80" and np.array_equal(pickle.loads(data), np.arange(BIG)), "as multiprocessing's"
+    w.send_bytes(b"\x02" + bytes(40))  # raw bytes that only look like a frame
+    assert r.recv_bytes() == b"\x02" + bytes(40)
+    assert usage_settles(arena) == (0, 0)
+
+
+def big_late(_):
+    a = np.ones(1 << 25)  # 256 MiB
+    time.sleep(0.2)
+    return a
+
+
+def test_a_worker_killed_for_its_time_limit_while_returning_leaves_nothing_held():
+    arena = _arena.arena()
+    with paralelo.Pool(1) as pool:
+        with pytest.raises(paralelo.TaskTimeoutError):
+            pool.apply(big_late, (0,), task_timeout=0.3)
+        assert pool.apply(total, (np.ones(BIG),)) == BIG
+    assert usage_settles(arena) == (0, 0)
+
+
+def test_big_items_count_against_what_a_lazy_map_reads_ahead():
+    made = 0
+
+    def items():
+        nonlocal made
+        for _ in range(1000):
+            made += 1
+            yield np.ones(1 << 20)  # 8 MiB each
+
+    with paralelo.Pool(2) as pool:
+        it = pool.imap(total_slowly, items())
+        assert next(it) == 1.0
+        time.sleep(1)
+        assert made < 40, f"read {made} items of 8 MiB ahead"  # (≈ 64 MiB, not gigabytes)
+        pool.terminate()
+
+
+def total_slowly(a):
+    time.sleep(0.02)
+    return float(a[0])
+
+
+def child_holds(a):
+    assert a.sum() == BIG
+
+
+def test_processes_that_end_and_pools_that_are_terminated_hold_nothing():
+    arena = _arena.arena()
+    with paralelo.Pool(1) as pool:
+        x = pool.apply(ones, (BIG,))
+    p = paralelo.Process(target=child_holds, args=(x,))
+    p.start()
+    p.join()
+    assert p.exitcode == 0
+    del x
+    assert arena.usage() == (0, 0), "the child let go as it ended: no sweep needed"
+    pool = paralelo.Pool(2)
+    pool.map_async(total_slowly, [np.zeros(BIG)] * 4)
+    time.sleep(0.3)
+    pool.terminate()
+    pool.join()
+    assert arena.usage() == (0, 0)

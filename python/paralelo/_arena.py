@@ -1,15 +1,19 @@
-"""Large buffers out of band: a pickle's big buffers (numpy arrays, bytes, bytearrays,
-anything with pickle protocol 5 buffers) travel through the program's arena, one memfd
-mapped once in every process (``_native.Arena``), and arrive as views into it, not copies.
+"""Large buffers out of band: a pickle's big buffers (numpy arrays and whatever else
+pickles with protocol-5 buffers; the pickler saves bytes and bytearray whole) travel
+through the program's arena, one memfd mapped once in every process (``_native.Arena``),
+and arrive as views into it, not copies.
 
-A payload with buffers in the arena is *framed*: a mode byte, the arena's id, the buffers'
-descriptors, then the pickle. Its mode says who keeps the buffers alive until the receiver
-holds them:
+Each buffer is copied into a block of its own (a copy: the receiver may write to what it
+got, as with any pickle). A payload with blocks is *framed*: a mode byte, the arena's id,
+the buffers' descriptors, then the pickle. Its mode says who keeps the blocks alive until
+the receiver holds them:
 
-* LEND: the sender, until it hears back (a pool's tasks: the parent keeps a task's
-  payload until its result comes, and sends it again if its worker dies);
-* GIVE: the message itself (results: the worker forgets them once sent; the receiver's
-  ``take`` turns the message's reference into its own).
+* LEND: the sender, until it hears back (a pool's tasks: the unit keeps its payload, and
+  so its blocks, until its result comes; a call retried after its worker died is pickled
+  afresh, as its first run may have written to them);
+* GIVE: the message itself. The sender holds the blocks until the message goes out
+  (`commit`, just before the send: a sender that dies first leaves nothing behind), then
+  hands them over; the receiver's ``take`` turns the message's reference into its own.
 
 A plain pickle starts with ``\\x80``, never a mode byte.
 """
@@ -68,6 +72,8 @@ def adopt(dup: Any) -> None:
     try:
         if _arena is None:
             _arena = _native.Arena.open(fd)
+    except (ValueError, OSError):
+        pass  # (no room for this process: its big buffers go in-band)
     finally:
         os.close(fd)
 
@@ -84,7 +90,10 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     if _arena is not None:
-        _arena.after_fork_in_child()
+        try:
+            _arena.after_fork_in_child()
+        except (ValueError, OSError):
+            pass  # (no slot: what it inherited is held as it is next used)
 
 
 # A forked child's copies of this process's objects may view arena blocks: it holds them
@@ -105,9 +114,11 @@ def current() -> _native.Arena | None:
 
 
 class Framed(bytes):
-    """A framed payload; ``holds`` keeps its lent buffers alive while it lives."""
+    """A framed payload: ``holds`` keeps its blocks alive while it lives (until `commit`
+    hands them to the message); ``oob`` is how many bytes they hold."""
 
     holds: list
+    oob: int
 
 
 def take_buffer(pb: pickle.PickleBuffer, found: list) -> bool:
@@ -123,34 +134,71 @@ def take_buffer(pb: pickle.PickleBuffer, found: list) -> bool:
     return False
 
 
-def frame(data: bytes, found: list, mode: int) -> bytes | None:
-    """`data`, a pickle whose out-of-band buffers are `found`, framed with those buffers
-    put in the arena; None if the arena has no room (the caller pickles in-band)."""
+def frame(data: bytes, found: list, mode: int) -> Framed | None:
+    """`data`, a pickle whose out-of-band buffers are `found`, framed with copies of those
+    buffers in the arena; None if they cannot go there (no room, no arena): the caller
+    pickles in-band. The blocks are held by the frame (its ``holds``)."""
     a = arena()
     if a is None:
         return None
     descriptors: list[bytes] = []
     holds: list = []
-    for raw in found:
-        if mode == LEND:
-            lent = a.lend(raw)
-            if lent is None:
-                return None  # (the holds taken so far go with `holds`)
-            descriptors.append(lent[0])
-            holds.append(lent[1])
-        else:
-            given = a.give(raw)
-            if given is None:
-                for d in descriptors:
-                    a.ungive(d)
-                return None
-            descriptors.append(given)
-    parts = (bytes((mode,)), a.id.to_bytes(8, "little"), len(found).to_bytes(4, "little"), *descriptors, data)
-    if mode == GIVE:
-        return b"".join(parts)  # (nothing to hold: plain bytes, which pickle as such)
-    out = Framed(b"".join(parts))
+    try:
+        for raw in found:
+            put = a.put(raw)
+            if put is None:
+                return None  # (the blocks taken so far go with `holds`)
+            descriptors.append(put[0])
+            holds.append(put[1])
+    except (ValueError, OSError):  # (the arena's table of processes is full: in-band)
+        return None
+    out = Framed(b"".join((bytes((mode,)), a.id.to_bytes(8, "little"), len(found).to_bytes(4, "little"),
+                           *descriptors, data)))
     out.holds = holds
+    out.oob = sum(raw.nbytes for raw in found)
     return out
+
+
+def commit(data: bytes) -> bytes:
+    """A payload about to be sent, as the bytes to send: a GIVE frame's blocks are handed
+    to the message now (see the module's docstring); anything else goes as it is. If the
+    send then fails, `ungive` the bytes."""
+    if type(data) is not Framed or data[0] != GIVE:
+        return data
+    a = arena()
+    assert a is not None  # (it made the frame)
+    for hold in data.holds:
+        a.hand_over(hold)
+    data.holds = []
+    return bytes(data)
+
+
+def ungive(data: bytes) -> None:
+    """A committed GIVE payload that will never be taken (its send failed, or it was read
+    and could not be unpickled): its blocks are let go."""
+    a = _arena
+    if a is None or not is_framed(data) or data[0] != GIVE or int.from_bytes(data[1:9], "little") != a.id:
+        return
+    for d in _descriptors(data):
+        try:
+            a.ungive(d)
+        except ValueError:
+            pass  # (taken meanwhile, or gone)
+
+
+def weight(data: bytes) -> int:
+    """How many bytes a payload moves: its own, and its blocks' (a frame's are a few
+    hundred bytes for gigabytes out of band)."""
+    if type(data) is Framed:
+        return len(data) + data.oob
+    if not is_framed(data):
+        return len(data)
+    return len(data) + sum(int.from_bytes(d[24:32], "little") for d in _descriptors(data))
+
+
+def _descriptors(data: bytes) -> list[bytes]:
+    n = int.from_bytes(data[9:_HEAD], "little")
+    return [bytes(data[_HEAD + i * _DESCRIPTOR:_HEAD + (i + 1) * _DESCRIPTOR]) for i in range(n)]
 
 
 def is_framed(data: Any) -> bool:
@@ -158,12 +206,42 @@ def is_framed(data: Any) -> bool:
 
 
 def unframe(data: bytes) -> Any:
-    """Unpickles a framed payload, its buffers as views into the arena."""
-    mode = data[0]
-    a = arena()
+    """Unpickles a framed payload, its buffers as views into the arena. If it cannot be
+    read, a GIVE frame's blocks are let go all the same."""
+    a = _arena
     if a is None or int.from_bytes(data[1:9], "little") != a.id:
         raise pickle.UnpicklingError("the data's large buffers are in another program's shared memory")
-    n = int.from_bytes(data[9:_HEAD], "little")
-    start = _HEAD + n * _DESCRIPTOR
-    views = [a.take(data[_HEAD + i * _DESCRIPTOR:_HEAD + (i + 1) * _DESCRIPTOR], mode == GIVE) for i in range(n)]
-    return pickle.loads(memoryview(data)[start:], buffers=views)
+    given = data[0] == GIVE
+    descriptors = _descriptors(data)
+    views = []
+    try:
+        for d in descriptors:
+            views.append(a.take(d, given))
+    except BaseException:
+        if given:
+            for d in descriptors[len(views):]:
+                try:
+                    a.ungive(d)
+                except ValueError:
+                    pass
+        raise
+    return pickle.loads(memoryview(data)[_HEAD + len(descriptors) * _DESCRIPTOR:], buffers=views)
+
+
+def in_band(data: bytes) -> bytes:
+    """A message as ``recv_bytes`` returns it: an object sent with ``send`` whose buffers
+    went through this program's arena, pickled whole (as multiprocessing's would be), so
+    ``pickle.loads`` reads it; any other message as it is."""
+    if is_framed(data) and _arena is not None and int.from_bytes(data[1:9], "little") == _arena.id:
+        return pickle.dumps(unframe(data), pickle.HIGHEST_PROTOCOL)
+    return data
+
+
+def leave() -> None:
+    """This process is ending: lets go of everything it holds in the arena now, rather
+    than when a sweep finds it gone."""
+    if _arena is not None:
+        try:
+            _arena.leave()
+        except (ValueError, OSError):
+            pass

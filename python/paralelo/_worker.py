@@ -17,8 +17,8 @@ import cloudpickle
 import multiprocessing.process
 import multiprocessing.util
 
-from . import _native, _pickling
-from ._arena import GIVE
+from . import _arena, _native, _pickling
+from ._arena import GIVE, commit
 from ._errors import ResultPicklingError, TaskUnpicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
 from ._pickling import MainNames, array_items, dumps, pack_results
@@ -83,14 +83,14 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
         # so does any unit the parent asked to hear of at once (EAGER: its cost is unknown,
         # and a slow unit after it must not hold its result back).
         nonlocal quiet
-        send(rtag, job, seq, busy, data, None, bool(eager) or not quiet or busy > QUICK_NS)
+        send(rtag, job, seq, busy, commit(data), None, bool(eager) or not quiet or busy > QUICK_NS)
         quiet = True
 
     def flush(job: int, eager: int = 0) -> None:
         if replies:
             # The tickets travel outside the pickle of the outcomes, so that if those cannot
             # be unpickled in the parent, it still knows which units to fail.
-            body = pack_replies(replies, funcs[job][2])
+            body = commit(pack_replies(replies, funcs[job][2]))
             tickets = [r[0] for r in replies]
             reply(RESULTS, job, 0, max(r[3] for r in replies), pickle.dumps((tickets, body), 5), eager)
             replies.clear()
@@ -276,6 +276,7 @@ def main(fds: list[int], setup: Setup, slot: int, number: int) -> None:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
+            _arena.leave()  # (os._exit runs no finalizer: its views go now, not at a sweep)
         finally:
             os._exit(code)
 

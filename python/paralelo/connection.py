@@ -30,6 +30,7 @@ from typing import Any
 
 from . import _arena
 from ._native import Channel
+from ._arena import commit, ungive
 from .queues import dumps
 
 __all__ = [
@@ -164,7 +165,12 @@ class Connection:
 
     def send(self, obj: Any) -> None:
         """Sends a picklable object to the other end."""
-        self._writing().send(dumps(obj), None, self._fd, self._out_event)
+        data = commit(dumps(obj))
+        try:
+            self._writing().send(data, None, self._fd, self._out_event)
+        except BaseException:
+            ungive(data)  # (never sent: its blocks go)
+            raise
 
     def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
         """Sends bytes from a bytes-like object (``offset`` and ``size`` in bytes)."""
@@ -196,7 +202,7 @@ class Connection:
         inc = self._reading()
         if maxlength is not None and maxlength < 0:
             raise ValueError("negative maxlength")
-        data = inc.recv(None, self._fd, self._in_event)
+        data = _arena.in_band(inc.recv(None, self._fd, self._in_event))
         if maxlength is not None and len(data) > maxlength:
             # As multiprocessing: no more reading (a write-only end is closed).
             if self._writable:
@@ -217,7 +223,7 @@ class Connection:
                 raise ValueError("negative offset")
             if offset > bytesize:
                 raise ValueError("offset too large")
-            data = inc.recv(None, self._fd, self._in_event)
+            data = _arena.in_band(inc.recv(None, self._fd, self._in_event))
             size = len(data)
             if bytesize < offset + size:
                 raise BufferTooShort(data)

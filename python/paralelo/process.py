@@ -33,7 +33,7 @@ import signal
 import threading
 from typing import Any, Callable, NoReturn
 
-from . import _native, _zygote
+from . import _arena, _native, _zygote
 from .context import get_start_method
 
 __all__ = ["Process", "active_children", "current_process", "parent_process"]
@@ -79,6 +79,8 @@ class _ForkPopen:
             if status is None or status == _zygote.REAPED_ELSEWHERE:
                 return None  # (reaped by someone else's waitpid: as multiprocessing, unknown)
             self.returncode = os.waitstatus_to_exitcode(status)
+            if self.returncode < 0:
+                _arena.reclaim_dead()  # killed: what it held in the arena goes now
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -126,7 +128,10 @@ def _run(process_obj: _mp_process.BaseProcess, parent: int, mask: set, tied: boo
             os._exit(1)
         code = process_obj._bootstrap(parent_sentinel=sentinel)  # type: ignore[attr-defined]
     finally:
-        os._exit(code)
+        try:
+            _arena.leave()  # (os._exit runs no finalizer: its views go now, not at a sweep)
+        finally:
+            os._exit(code)
 
 
 def _popen_for(method: str) -> Callable[[_mp_process.BaseProcess], Any]:

@@ -31,7 +31,7 @@ from typing import Any
 
 from ._native import Channel
 from . import _arena
-from ._arena import GIVE, frame, take_buffer
+from ._arena import GIVE, commit, frame, take_buffer, ungive
 from ._pickling import by_value
 
 __all__ = ["Empty", "Full", "JoinableQueue", "Queue", "SimpleQueue"]
@@ -171,8 +171,11 @@ class Queue(_Shared):
         except BaseException:
             ch.unreserve()
             raise
-        if self._buffer or not ch.try_send(data):
-            self._feed(data)
+        if not self._buffer:
+            data = commit(data)  # (its blocks are the message's from now)
+            if ch.try_send(data):
+                return
+        self._feed(data)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Takes the next item, waiting for one (``queue.Empty`` when `timeout` passes,
@@ -276,9 +279,11 @@ class Queue(_Shared):
                 buffer.popleft()
                 return
             try:
+                data = commit(data)  # (its blocks are the message's from now)
                 ch.send(data)
             except Exception:  # noqa: BLE001 (a corrupt ring: nothing more can be sent)
                 ch.unreserve()
+                ungive(data)
                 import traceback
 
                 traceback.print_exc(file=sys.stderr)
@@ -327,8 +332,12 @@ class SimpleQueue(_Shared):
             return
         if sent is None:
             ch.reserve(0)
-            sent = dumps(obj)
-        ch.send(sent)
+            sent = commit(dumps(obj))
+        try:
+            ch.send(sent)
+        except BaseException:
+            ungive(sent)
+            raise
 
     def get(self) -> Any:
         return self._check().recv(None, -1, -1, True)  # (no peer, no eventfd; unpickled)

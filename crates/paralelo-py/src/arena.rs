@@ -1,6 +1,6 @@
 //! `_native.Arena`: the engine's arena as Python sees it. A process counts its own
 //! references to each block here (many views of one block are one hold in the arena), and
-//! a forked child takes its own holds on what it inherited before it uses the arena.
+//! a forked child takes the slot its parent reserved for it, holding what the parent held.
 //! `_native.ArenaBuffer` is a view of part of a block, with the buffer protocol: numpy and
 //! pickle's out-of-band buffers use it with no copy; the block lives while any view does.
 #![allow(unsafe_code)]
@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::raw::c_int;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use paralelo_core::shm::{Arena, BlockRef};
@@ -25,9 +26,11 @@ use crate::forklock::{ForkGuard, ForkLock};
 const DESCRIPTOR: usize = 32;
 
 struct Local {
-    /// The process these holds are for: a forked child re-takes them as its own.
+    /// The process these holds are for (0: none, after `leave`).
     pid: u32,
     slot: u32,
+    /// Before a fork: the slot reserved for the child (see `before_fork`).
+    child_slot: Option<u32>,
     /// Blocks this process holds, by offset: (block, views and holds alive here).
     held: BTreeMap<u64, (BlockRef, usize)>,
 }
@@ -42,41 +45,54 @@ impl Shared {
         let mut l = self.local.lock();
         let pid = std::process::id();
         if l.pid != pid {
-            // A forked child: what it inherited (views in its copy of the parent's
-            // objects) must stay valid after the parent lets go, so it holds it too,
-            // taking what the parent gave it before the fork (`before_fork`).
-            l.slot = self.arena.join(pid).map_err(to_py)?;
+            match l.child_slot.take() {
+                // A forked child: the slot its parent reserved holds what it inherited
+                // (views in its copy of the parent's objects).
+                Some(slot) if l.pid != 0 => {
+                    self.arena.claim(slot, pid).map_err(to_py)?;
+                    l.slot = slot;
+                }
+                // A fork the hooks did not see (or a process that left): hold what is
+                // still there, alongside whoever keeps it.
+                _ => {
+                    let slot = self.arena.join(pid).map_err(to_py)?;
+                    l.slot = slot;
+                    l.held
+                        .retain(|_, (r, _)| self.arena.hold(slot, r, false).is_ok());
+                }
+            }
             l.pid = pid;
-            let slot = l.slot;
-            l.held.retain(|_, (r, _)| {
-                self.arena
-                    .hold(slot, r, true)
-                    .or_else(|_| self.arena.hold(slot, r, false))
-                    .is_ok()
-            });
         }
         Ok(l)
     }
 
-    /// One more reference here to block `r`, which this process holds already or has
-    /// just been given (`new`: the arena counts it held by us).
+    /// One more reference here to block `r`, which this process holds.
     fn count(l: &mut Local, r: BlockRef) {
         l.held.entry(r.offset).or_insert((r, 0)).1 += 1;
     }
 
-    fn uncount(&self, r: &BlockRef) {
-        let Ok(mut l) = self.local() else { return };
+    /// One reference here to block `r` less; the last lets go of it in the arena, or, with
+    /// `hand_over`, gives it to a message. False if `r` was not counted here.
+    fn uncount(&self, r: &BlockRef, hand_over: bool) -> PyResult<bool> {
+        let mut l = self.local()?;
         let last = match l.held.get_mut(&r.offset) {
             Some((held, n)) if held.index == r.index && held.gen == r.gen => {
                 *n -= 1;
                 *n == 0
             }
-            _ => return,
+            _ => return Ok(false),
         };
         if last {
             l.held.remove(&r.offset);
-            let _ = self.arena.release(l.slot, r);
         }
+        let result = match (hand_over, last) {
+            (true, true) => self.arena.hand_over(l.slot, r),
+            (true, false) => self.arena.give(r),
+            (false, true) => self.arena.release(l.slot, r),
+            (false, false) => Ok(()),
+        };
+        result.map_err(to_py)?;
+        Ok(true)
     }
 
     /// The block this process holds that contains `len` bytes at `addr`, and where they
@@ -120,6 +136,34 @@ fn decode(d: &[u8]) -> PyResult<(BlockRef, u64, u64)> {
     Ok((r, start, len))
 }
 
+/// Below this, one thread copies: a thread costs more than it saves.
+const PARALLEL_MIN: usize = 8 << 20;
+/// At most this many threads share a copy (memory bandwidth, not cores, is the limit).
+const MOST_THREADS: usize = 4;
+
+/// Runs `f(offset, len)` over `len` bytes in page-aligned pieces, on several threads when
+/// the range is big (as Ray's object store does for large objects).
+fn in_pieces(len: usize, f: impl Fn(usize, usize) + Sync) {
+    let threads = if len < PARALLEL_MIN {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MOST_THREADS)
+    };
+    if threads <= 1 {
+        return f(0, len);
+    }
+    let piece = len.div_ceil(threads).next_multiple_of(4096);
+    std::thread::scope(|s| {
+        let f = &f;
+        for at in (piece..len).step_by(piece) {
+            s.spawn(move || f(at, piece.min(len - at)));
+        }
+        f(0, piece.min(len));
+    });
+}
+
 /// The arena of this program's processes.
 #[pyclass(name = "Arena", module = "paralelo._native", frozen)]
 pub(crate) struct PyArena {
@@ -133,6 +177,7 @@ impl PyArena {
         let local = ForkLock::new(Local {
             pid,
             slot,
+            child_slot: None,
             held: BTreeMap::new(),
         });
         Ok(PyArena {
@@ -147,45 +192,36 @@ impl PyArena {
             block: r,
             start,
             len,
+            counted: AtomicBool::new(true),
         }
     }
 
-    /// Copies `data` into a new block, held by this process (`lend`) or given to a message.
-    fn copy_in(
+    /// A new block of `len` bytes held by this process, filled by `fill(destination)`
+    /// with the GIL released; None if the arena has no room.
+    fn new_block(
         &self,
         py: Python<'_>,
-        data: &PyBuffer<u8>,
-        lend: bool,
+        len: usize,
+        fill: impl Fn(usize) + Send + Sync,
     ) -> PyResult<Option<BlockRef>> {
-        let len = data.len_bytes();
-        let holder = if lend {
-            Some(self.shared.local()?.slot)
-        } else {
-            None
-        };
+        let slot = self.shared.local()?.slot;
         let arena = &self.shared.arena;
         let Some(r) = py
-            .detach(|| arena.alloc(len as u64, holder))
+            .detach(|| arena.alloc(len as u64, Some(slot)))
             .map_err(to_py)?
         else {
             return Ok(None);
         };
-        let (src, dst) = (
-            data.buf_ptr() as usize,
-            arena.base() as usize + r.offset as usize,
-        );
-        // `src` is `len` readable bytes (a C-contiguous buffer, held by `data` while we
-        // copy); `dst` is a fresh block of at least `len` bytes inside the mapping, which no
-        // one else references yet. The GIL is released: `data` stays exported.
-        py.detach(|| {
-            in_pieces(len, |at, n| {
-                // SAFETY: as above; pieces are disjoint and inside both ranges.
-                unsafe {
-                    std::ptr::copy_nonoverlapping((src + at) as *const u8, (dst + at) as *mut u8, n)
-                }
-            })
-        });
+        let dst = arena.base() as usize + r.offset as usize;
+        py.detach(|| fill(dst));
+        Shared::count(&mut *self.shared.local()?, r);
         Ok(Some(r))
+    }
+
+    /// The whole block a descriptor's reference lies in (`r.len` is the end it needs).
+    fn block_of(&self, r: BlockRef) -> PyResult<BlockRef> {
+        // The arena checks the generation, offset and that the block covers `r.len`.
+        self.shared.arena.lookup(&r).map_err(to_py)
     }
 }
 
@@ -220,96 +256,75 @@ impl PyArena {
         self.shared.arena.id()
     }
 
-    /// Puts `data` (a C-contiguous buffer) in the arena for a message whose sender keeps
-    /// it alive until the receiver is done: (descriptor, hold), the hold being a view
-    /// whose life keeps the block. Memory already in a block this process holds is not
-    /// copied. None if the arena has no room.
-    fn lend(
+    /// Copies `data` (a C-contiguous buffer) into a new block held by this process:
+    /// (descriptor, hold), the hold being a view whose life keeps the block. A message
+    /// either lends it (the sender keeps the hold until the receiver is done) or is
+    /// handed it (`hand_over`, as the message goes out). None if the arena has no room.
+    fn put(
         &self,
         py: Python<'_>,
         data: &Bound<'_, PyAny>,
     ) -> PyResult<Option<(Py<PyBytes>, PyArenaBuffer)>> {
         let buf = contiguous(data)?;
-        let len = buf.len_bytes() as u64;
-        let found = {
-            let mut l = self.shared.local()?;
-            let found = self
-                .shared
-                .containing(&l, buf.buf_ptr() as usize, len as usize);
-            if let Some((r, _)) = found {
-                Shared::count(&mut l, r);
-            }
-            found
-        };
-        let (r, start) = match found {
-            Some(f) => f,
-            None => match self.copy_in(py, &buf, true)? {
-                Some(r) => {
-                    Shared::count(&mut *self.shared.local()?, r);
-                    (r, 0)
+        let len = buf.len_bytes();
+        let src = buf.buf_ptr() as usize;
+        // `src` is `len` readable bytes (held by `buf` while we copy, the GIL released);
+        // the destination is a fresh block of at least `len` bytes no one else sees yet.
+        let Some(r) = self.new_block(py, len, |dst| {
+            in_pieces(len, |at, n| {
+                // SAFETY: as above; pieces are disjoint and inside both ranges.
+                unsafe {
+                    std::ptr::copy_nonoverlapping((src + at) as *const u8, (dst + at) as *mut u8, n)
                 }
-                None => return Ok(None),
-            },
+            })
+        })?
+        else {
+            return Ok(None);
         };
-        let d = encode(&r, start, len);
+        let d = encode(&r, 0, len as u64);
         Ok(Some((
             PyBytes::new(py, &d).unbind(),
-            self.view(r, start, len),
+            self.view(r, 0, len as u64),
         )))
-    }
-
-    /// Puts `data` in the arena for a message that carries it away: the receiver's `take`
-    /// holds it from then on. Memory already in a block this process holds is not
-    /// copied. The descriptor, or None if the arena has no room.
-    fn give(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyBytes>>> {
-        let buf = contiguous(data)?;
-        let len = buf.len_bytes() as u64;
-        let found = {
-            let l = self.shared.local()?;
-            self.shared
-                .containing(&l, buf.buf_ptr() as usize, len as usize)
-        };
-        let (r, start) = match found {
-            Some((r, start)) => {
-                self.shared.arena.give(&r).map_err(to_py)?;
-                (r, start)
-            }
-            None => match self.copy_in(py, &buf, false)? {
-                Some(r) => (r, 0),
-                None => return Ok(None),
-            },
-        };
-        Ok(Some(PyBytes::new(py, &encode(&r, start, len)).unbind()))
     }
 
     /// A new zero-filled block of `nbytes`, held by this process while the returned view
     /// (or any view of the block) lives; None if the arena has no room.
-    fn alloc(&self, py: Python<'_>, nbytes: u64) -> PyResult<Option<PyArenaBuffer>> {
-        let slot = self.shared.local()?.slot;
-        let arena = &self.shared.arena;
-        let Some(r) = py
-            .detach(|| arena.alloc(nbytes, Some(slot)))
-            .map_err(to_py)?
+    fn alloc(&self, py: Python<'_>, nbytes: usize) -> PyResult<Option<PyArenaBuffer>> {
+        // Reused memory holds old data: a SharedArray starts zeroed.
+        let Some(r) = self.new_block(py, nbytes, |dst| {
+            in_pieces(nbytes, |at, n| {
+                // SAFETY: a fresh block of at least `nbytes`, referenced by no one else
+                // yet; pieces are disjoint and inside it.
+                unsafe { std::ptr::write_bytes((dst + at) as *mut u8, 0, n) }
+            })
+        })?
         else {
             return Ok(None);
         };
-        let dst = arena.base() as usize + r.offset as usize;
-        // SAFETY: a fresh block of at least `nbytes` inside the mapping, referenced by no
-        // one else yet. (Reused memory holds old data: a SharedArray starts zeroed.)
-        py.detach(|| {
-            in_pieces(nbytes as usize, |at, n| {
-                // SAFETY: as above; pieces are disjoint and inside the block.
-                unsafe { std::ptr::write_bytes((dst + at) as *mut u8, 0, n) }
-            })
-        });
-        Shared::count(&mut *self.shared.local()?, r);
-        Ok(Some(self.view(r, 0, nbytes)))
+        Ok(Some(self.view(r, 0, nbytes as u64)))
+    }
+
+    /// Hands the block `hold` keeps (a `put`'s) to a message that is going out: the
+    /// receiver's `take(given=True)` holds it from then on. `hold` keeps nothing after.
+    fn hand_over(&self, hold: &PyArenaBuffer) -> PyResult<()> {
+        if !hold.counted.swap(false, Ordering::AcqRel) {
+            return Err(PyValueError::new_err(
+                "this arena buffer was handed over already",
+            ));
+        }
+        self.shared.uncount(&hold.block, true).map(drop)
     }
 
     /// Gives a message the `nbytes` at address `addr` if they lie in a block this process
     /// holds (a view of a SharedArray): its descriptor; None (nothing given) otherwise.
     /// Never copies.
-    fn give_span(&self, addr: usize, nbytes: usize) -> PyResult<Option<Py<PyBytes>>> {
+    fn give_span(
+        &self,
+        py: Python<'_>,
+        addr: usize,
+        nbytes: usize,
+    ) -> PyResult<Option<Py<PyBytes>>> {
         let found = {
             let l = self.shared.local()?;
             self.shared.containing(&l, addr, nbytes)
@@ -318,12 +333,13 @@ impl PyArena {
             return Ok(None);
         };
         self.shared.arena.give(&r).map_err(to_py)?;
-        Ok(Some(Python::attach(|py| {
-            PyBytes::new(py, &encode(&r, start, nbytes as u64)).unbind()
-        })))
+        Ok(Some(
+            PyBytes::new(py, &encode(&r, start, nbytes as u64)).unbind(),
+        ))
     }
 
-    /// Undoes a `give` whose message never went out.
+    /// Undoes a hand-over (or `give_span`) whose message never went out or was never
+    /// taken.
     fn ungive(&self, descriptor: &[u8]) -> PyResult<()> {
         let (r, _, _) = decode(descriptor)?;
         let r = self.block_of(r)?;
@@ -331,7 +347,7 @@ impl PyArena {
     }
 
     /// The buffer a descriptor names, held by this process while the view lives: taken
-    /// from its message (`given`: the sender gave it) or alongside the sender's hold.
+    /// from its message (`given`: handed over) or alongside the sender's hold (lent).
     fn take(&self, descriptor: &[u8], given: bool) -> PyResult<PyArenaBuffer> {
         let (r, start, len) = decode(descriptor)?;
         let mut l = self.shared.local()?;
@@ -341,8 +357,8 @@ impl PyArena {
             .get(&block.offset)
             .is_none_or(|(h, _)| h.index != block.index || h.gen != block.gen);
         if given {
-            // Always from transit: the message's reference becomes ours (a second one
-            // of ours, if we held the block already, is then released at once).
+            // Always from transit: the message's reference becomes ours (our bit, set
+            // already if we held the block, now also stands for it).
             self.shared
                 .arena
                 .hold(l.slot, &block, true)
@@ -361,30 +377,44 @@ impl PyArena {
         Ok(self.view(block, start, len))
     }
 
-    /// Before a fork: gives the child-to-be what this process holds (taken by the child
-    /// at once, in `after_fork_in_child`), so the parent letting go meanwhile frees nothing
-    /// the child's copies of its objects still view; and keeps this process's bookkeeping
-    /// locked across the fork (released by `after_fork_in_parent` and `_in_child`), so the
-    /// child never inherits it locked by another thread.
+    /// Before a fork: reserves the child-to-be a slot that holds every block this process
+    /// holds (the child claims it at once, in `after_fork_in_child`), so the parent letting
+    /// go meanwhile frees nothing the child's copies of its objects still view; and keeps
+    /// this process's bookkeeping locked across the fork (released by
+    /// `after_fork_in_parent` and `_in_child`), so the child never inherits it locked by
+    /// another thread.
     fn before_fork(&self) {
         // (Taken whatever happens, for the hooks after the fork release it.)
-        let l = self.shared.local.lock();
-        for (r, _) in l.held.values() {
-            // A block that cannot be given is held by the child as a lent one instead.
-            let _ = self.shared.arena.give(r);
-        }
+        let mut l = self.shared.local.lock();
+        l.child_slot = if l.pid == std::process::id() && !l.held.is_empty() {
+            // No slot to spare: the child holds what it inherited as a fork the hooks
+            // did not see does (`local`).
+            self.shared.arena.reserve_for_child(l.slot).ok()
+        } else {
+            None
+        };
         ForkLock::hold_for_fork(l);
     }
 
-    /// In the parent after a fork (see `before_fork`).
+    /// In the parent after a fork (see `before_fork`). If the fork failed, the slot it
+    /// reserved stays named after this process, and goes with it.
     fn after_fork_in_parent(&self) {
         self.shared.local.release_after_fork();
+        self.shared.local.lock().child_slot = None;
     }
 
-    /// In a forked child: takes what the parent held (see `before_fork`).
+    /// In a forked child: takes the slot the parent reserved (see `before_fork`).
     fn after_fork_in_child(&self) -> PyResult<()> {
         self.shared.local.release_after_fork();
         self.shared.local().map(drop)
+    }
+
+    /// This process ends: lets go of every block it holds, and of its slot.
+    fn leave(&self) -> PyResult<()> {
+        let mut l = self.shared.local()?;
+        l.held.clear();
+        l.pid = 0; // (any later use joins afresh)
+        self.shared.arena.leave(l.slot).map_err(to_py)
     }
 
     /// Sweeps holds of participants that died; how many were swept.
@@ -398,50 +428,18 @@ impl PyArena {
         self.shared.arena.usage().map_err(to_py)
     }
 
+    /// Bytes written and not given back since: for tests and diagnostics.
+    fn resident(&self) -> u64 {
+        self.shared.arena.resident()
+    }
+
     /// Keeps at most `bytes` of freed memory resident for reuse.
     fn set_keep(&self, bytes: u64) {
         self.shared.arena.set_keep(bytes);
     }
 }
 
-impl PyArena {
-    /// The whole block a descriptor's reference lies in (`r.len` is the end it needs).
-    fn block_of(&self, r: BlockRef) -> PyResult<BlockRef> {
-        // The arena checks the generation, offset and that the block covers `r.len`.
-        self.shared.arena.lookup(&r).map_err(to_py)
-    }
-}
-
-/// Below this, one thread copies: a thread costs more than it saves.
-const PARALLEL_MIN: usize = 8 << 20;
-/// At most this many threads share a copy (memory bandwidth, not cores, is the limit).
-const MOST_THREADS: usize = 4;
-
-/// Runs `f(offset, len)` over `len` bytes in page-aligned pieces, on several threads when
-/// the range is big: one thread copies at ≈ 7 GB/s here, two at ≈ 11 (as Ray's
-/// object store does for large objects).
-fn in_pieces(len: usize, f: impl Fn(usize, usize) + Sync) {
-    let threads = if len < PARALLEL_MIN {
-        1
-    } else {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MOST_THREADS)
-    };
-    if threads <= 1 {
-        return f(0, len);
-    }
-    let piece = len.div_ceil(threads).next_multiple_of(4096);
-    std::thread::scope(|s| {
-        let f = &f;
-        for at in (piece..len).step_by(piece) {
-            s.spawn(move || f(at, piece.min(len - at)));
-        }
-        f(0, piece.min(len));
-    });
-}
-
-fn contiguous<'py>(data: &Bound<'py, PyAny>) -> PyResult<PyBuffer<u8>> {
+fn contiguous(data: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
     let buf = PyBuffer::<u8>::get(data)?;
     if !buf.is_c_contiguous() {
         return Err(PyValueError::new_err(
@@ -458,11 +456,15 @@ pub(crate) struct PyArenaBuffer {
     block: BlockRef,
     start: u64,
     len: u64,
+    /// Whether this view still counts toward the block (not handed over).
+    counted: AtomicBool,
 }
 
 impl Drop for PyArenaBuffer {
     fn drop(&mut self) {
-        self.shared.uncount(&self.block);
+        if self.counted.swap(false, Ordering::AcqRel) {
+            let _ = self.shared.uncount(&self.block, false);
+        }
     }
 }
 
@@ -484,11 +486,14 @@ impl PyArenaBuffer {
         flags: c_int,
     ) -> PyResult<()> {
         let me = slf.get();
+        if !me.counted.load(Ordering::Acquire) {
+            return Err(PyValueError::new_err("this arena buffer was handed over"));
+        }
         let ptr = me.shared.arena.base() as usize + (me.block.offset + me.start) as usize;
         let len = isize::try_from(me.len).map_err(|_| PyValueError::new_err("view too large"))?;
         // SAFETY: `ptr..ptr+len` lies in the block (checked when it was taken), which
-        // stays allocated while this object lives; PyBuffer_FillInfo keeps a reference
-        // to this object in the view until the view is released.
+        // stays allocated while this object counts toward it; PyBuffer_FillInfo keeps a
+        // reference to this object in the view until the view is released.
         let rc = unsafe {
             ffi::PyBuffer_FillInfo(
                 view,

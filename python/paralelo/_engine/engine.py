@@ -28,7 +28,7 @@ from .. import _native, _zygote
 from .._worker import ENTRY as WORKER, Setup
 from .._errors import ResultUnpicklingError, broken, interrupted, load_error, pickling_failed
 from .. import _arena
-from .._arena import LEND, Framed
+from .._arena import LEND, Framed, weight
 from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps, loads
 from .._wire import ARRAY, COUNT_SHIFT, BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
 from . import deaths
@@ -518,7 +518,7 @@ class Engine:
                     if type(payload) is Framed:
                         for u in run:
                             u.sent = payload
-                job.weigh(True, len(payload), sum(u.count for u in run))
+                job.weigh(True, weight(payload), sum(u.count for u in run))
             except BaseException as e:  # noqa: BLE001 - find the chunk that cannot be pickled
                 if interrupted(e):
                     self._drop_unsent(slot, job, units[i - len(run):], e)
@@ -595,6 +595,7 @@ class Engine:
                 if self.zygote is not None:
                     self.zygote.reap()
                 _native.release_idle_watch()  # the last pool gone: the death watch's fds too
+                _arena.reclaim_dead()  # what killed workers (terminate) held in the arena
             finally:
                 # Only now: once join() returns, none of the pool's processes is left, not
                 # even a zombie, and a user's os.wait() finds none of them (as with
@@ -747,6 +748,7 @@ class Engine:
         for ticket, ok, value, busy in replies:
             unit = inflight.pop(ticket, None)
             if unit is not None:
+                unit.sent = None  # (its lent blocks, if any, go)
                 answers.append((unit, ok, value, busy))
         if answers:
             job = answers[0][0].job
@@ -772,7 +774,7 @@ class Engine:
                 err = None
             self._answer(slot, (
                 (t, ok, value if ok else err or load_error(value), busy) for t, ok, value, busy in replies
-            ), len(payload))
+            ), len(payload) - len(body) + weight(body))
         elif tag == OK_ARRAY:  # a map chunk's: unpacked by its sink, straight into its output list
             unit = slot.inflight.get(seq)
             if unit is None or array_len(payload) == unit.count:
@@ -787,7 +789,7 @@ class Engine:
                 ok, value = True, loads(payload)
             except BaseException as e:  # noqa: BLE001 - that unit fails, not the pool
                 ok, value = False, _unloadable_result(e)
-            self._answer(slot, [(seq, ok, value, aux)], len(payload))
+            self._answer(slot, [(seq, ok, value, aux)], weight(payload))
         elif tag == ERR:
             self._answer(slot, [(seq, False, load_error(payload), aux)])
         elif tag == BYE:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .._outcomes import Segments
 from .._errors import interrupted, pickling_failed
-from .._arena import LEND
+from .._arena import LEND, Framed
 from .._pickling import MainNames, by_value, cut, dumps
 from .._wire import CALL, TASK
 from .chunking import Chunker
@@ -219,14 +219,23 @@ class CallJob(Job):
             payload = dumps((self.fn, self.args, self.kwargs), self.main, LEND)
         except BaseException as e:  # noqa: BLE001 - reported to the caller
             self.finished = True
+            self.args, self.kwargs = (), {}
             if interrupted(e):  # Ctrl-C while pickling: an interrupt, not a bad argument
                 self.on_done(False, e)
                 raise
             self.on_done(False, pickling_failed("the task", e))
             return None
-        finally:
-            self.args, self.kwargs = (), {}  # pickled (or failed): the call holds them no longer
+        if not (self.retries and type(payload) is Framed):
+            # Pickled: the call holds them no longer. (Unless a retry may need them: the
+            # first run may write to the arena blocks its arguments were lent in.)
+            self.args, self.kwargs = (), {}
         return Unit(self, CALL, payload)
+
+    def repack(self, unit: Unit) -> None:
+        """Before `unit` runs again: its arguments afresh, if they were lent in arena
+        blocks its first run may have written to."""
+        if type(unit.payload) is Framed:
+            unit.payload = dumps((self.fn, self.args, self.kwargs), self.main, LEND)
 
     def has_more(self) -> bool:
         return bool(self.requeued) or not self.sent

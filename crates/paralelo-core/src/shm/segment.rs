@@ -28,6 +28,15 @@ impl Segment {
     /// Maps a segment another process created and passed to us.
     pub fn open(fd: BorrowedFd<'_>) -> Result<Self> {
         let fd = fd.try_clone_to_owned().map_err(|e| Error::os("dup", e))?;
+        // A segment whose size may still change could shrink under our mapping, turning a
+        // read into SIGBUS: only sealed ones (as `create` makes them) are mapped.
+        let seals =
+            rustix::fs::fcntl_get_seals(&fd).map_err(|e| Error::os("fcntl(F_GET_SEALS)", e))?;
+        if !seals.contains(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW) {
+            return Err(Error::BadLayout {
+                what: "segment (its size is not sealed)",
+            });
+        }
         let len = rustix::fs::fstat(&fd)
             .map_err(|e| Error::os("fstat", e))?
             .st_size as usize;

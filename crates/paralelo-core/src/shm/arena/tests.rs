@@ -140,10 +140,11 @@ fn past_the_kept_amount_freed_memory_goes_back_to_the_kernel() {
     for r in [&low, &mid, &high] {
         write(&a, r, 0xAB);
     }
-    a.release(s, &high).unwrap(); // 4 MB free at the top: past 2 MB kept, given back
-    assert_eq!(a.top(), mid.offset + mid.len);
+    assert_eq!(a.resident(), 9 * MB);
+    a.release(s, &high).unwrap(); // 4 MB free and resident: past 2 MB kept, given back
+    assert_eq!(a.resident(), 5 * MB);
     a.release(s, &mid).unwrap();
-    assert_eq!(a.top(), low.offset + low.len);
+    assert_eq!(a.resident(), MB);
     let again = a.alloc(8 * MB, Some(s)).unwrap().unwrap();
     assert_eq!(again.offset, mid.offset);
     assert!(
@@ -155,8 +156,67 @@ fn past_the_kept_amount_freed_memory_goes_back_to_the_kernel() {
     a.set_keep(64 * MB);
     write(&a, &again, 0xCD);
     a.release(s, &again).unwrap();
+    assert_eq!(a.resident(), 9 * MB, "kept resident");
     let reused = a.alloc(MB, Some(s)).unwrap().unwrap();
     assert!(read(&a, &reused).iter().all(|&b| b == 0xCD));
+    assert_eq!(a.resident(), 9 * MB, "reused, not faulted afresh");
+}
+
+#[test]
+fn a_resident_gap_is_taken_before_a_lower_one_given_back() {
+    let a = arena(64 * MB);
+    a.set_keep(0);
+    let s = a.join(me()).unwrap();
+    let low = a.alloc(2 * MB, Some(s)).unwrap().unwrap();
+    let pin = a.alloc(MB, Some(s)).unwrap().unwrap();
+    a.release(s, &low).unwrap(); // given back (nothing is kept)
+    a.set_keep(64 * MB);
+    let high = a.alloc(2 * MB, Some(s)).unwrap().unwrap();
+    write(&a, &high, 1);
+    a.release(s, &high).unwrap(); // kept
+    let next = a.alloc(2 * MB, Some(s)).unwrap().unwrap();
+    assert_eq!(
+        next.offset, high.offset,
+        "the resident gap, not the lower cold one"
+    );
+    a.release(s, &pin).unwrap();
+}
+
+#[test]
+fn a_child_s_reserved_slot_holds_what_its_parent_held_until_it_ends() {
+    let a = arena(64 * MB);
+    let parent = a.join(me()).unwrap();
+    let r = a.alloc(MB, Some(parent)).unwrap().unwrap();
+    let child = a.reserve_for_child(parent).unwrap();
+    assert_ne!(child, parent);
+    a.release(parent, &r).unwrap();
+    assert_eq!(
+        a.reclaim_dead().unwrap(),
+        0,
+        "unclaimed, it is named as the parent: alive"
+    );
+    assert_eq!(a.usage().unwrap().1, 1, "the child's hold keeps it");
+    a.claim(child, dead_pid()).unwrap();
+    assert_eq!(a.reclaim_dead().unwrap(), 1);
+    assert_eq!(
+        a.usage().unwrap(),
+        (0, 0),
+        "the child ended: its holds went with it"
+    );
+}
+
+#[test]
+fn a_hold_handed_to_a_message_outlives_its_sender_and_leaving_lets_go() {
+    let a = arena(64 * MB);
+    let (sender, receiver) = (a.join(me()).unwrap(), a.join(1).unwrap());
+    let r = a.alloc(MB, Some(sender)).unwrap().unwrap();
+    let kept = a.alloc(MB, Some(sender)).unwrap().unwrap();
+    a.hand_over(sender, &r).unwrap();
+    a.leave(sender).unwrap(); // the sender ends: what it handed over stays, the rest goes
+    assert!(a.hold(receiver, &kept, false).is_err());
+    a.hold(receiver, &r, true).unwrap();
+    a.release(receiver, &r).unwrap();
+    assert_eq!(a.usage().unwrap(), (0, 0));
 }
 
 #[test]
