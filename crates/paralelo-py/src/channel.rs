@@ -15,9 +15,10 @@ use paralelo_core::{Channel, Counting, Error};
 use pyo3::exceptions::{
     PyAttributeError, PyBrokenPipeError, PyEOFError, PyTypeError, PyValueError,
 };
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyBytes, PyString};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString};
 
 use crate::door;
 use crate::errors::to_py;
@@ -29,9 +30,56 @@ static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// `paralelo._arena.unframe`: a message whose big buffers are in the arena.
 static UNFRAME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-/// A pickle this big may hold buffers that belong in the arena (`_arena.OOB_MIN`): the
-/// Python side pickles it again, out of band. (Plain bytes and str never do.)
+/// Buffers this big belong in the arena (`_arena.OOB_MIN`): a message holding one takes
+/// the Python side's path, which frames it.
 const OOB_MIN: usize = 1 << 17;
+/// `{"buffer_callback": oob_probe}`, for pickling what may hold protocol-5 buffers.
+static PROBE_KWARGS: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+/// What `oob_probe` raises to stop a pickle that found a big buffer (this very object).
+static BIG_BUFFER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn big_buffer(py: Python<'_>) -> PyResult<&Py<PyAny>> {
+    BIG_BUFFER.get_or_try_init(py, || {
+        Ok(PyValueError::new_err("a buffer for the arena")
+            .into_value(py)
+            .into_any())
+    })
+}
+
+/// A pickler's `buffer_callback` for a queue's fast path: small buffers stay in the
+/// pickle; a big one stops it (`BIG_BUFFER`), and the message goes the way that frames it.
+#[pyfunction]
+fn oob_probe(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let Ok(raw) = buffer.call_method0(intern!(py, "raw")) else {
+        return Ok(true); // (not contiguous: pickled in-band)
+    };
+    if raw.len()? < OOB_MIN {
+        return Ok(true);
+    }
+    Err(PyErr::from_value(big_buffer(py)?.bind(py).clone()))
+}
+
+/// Keyword arguments that make `pickle.dumps` probe for big buffers, unless `obj` is of
+/// a type that never holds one (the common small messages pay nothing).
+fn probe_kwargs<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    if obj.is_exact_instance_of::<PyInt>()
+        || obj.is_exact_instance_of::<PyFloat>()
+        || obj.is_exact_instance_of::<PyString>()
+        || obj.is_exact_instance_of::<PyBytes>()
+        || obj.is_none()
+    {
+        return Ok(None);
+    }
+    let kwargs = PROBE_KWARGS.get_or_try_init(py, || {
+        let d = PyDict::new(py);
+        d.set_item("buffer_callback", wrap_pyfunction!(oob_probe, py)?)?;
+        Ok::<_, PyErr>(d.unbind())
+    })?;
+    Ok(Some(kwargs.bind(py).clone()))
+}
 static PICKLING_ERROR: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
 /// The pickle protocol of messages (the highest: 5).
 const PROTOCOL: u8 = 5;
@@ -166,9 +214,9 @@ impl PyChannel {
     /// in), pickles it (by reference, with the standard pickler) and sends it. True once
     /// sent; its pickle (bytes, counted in) if the ring has no room now or the send lock
     /// is busy; None (nothing counted) if the queue is full or the standard pickler
-    /// cannot pickle `obj` (PicklingError, TypeError, AttributeError): the caller then
-    /// takes its own, slower path (so too if the pickle is big enough to hold buffers for
-    /// the arena: see `OOB_MIN`). Any other exception from pickling is raised.
+    /// cannot pickle `obj` (PicklingError, TypeError, AttributeError) or it holds a
+    /// buffer for the arena (see `oob_probe`): the caller then takes its own, slower path.
+    /// Any other exception from pickling is raised.
     fn put<'py>(
         &self,
         py: Python<'py>,
@@ -180,12 +228,13 @@ impl PyChannel {
             return Ok(None);
         }
         let dumps = DUMPS.import(py, "pickle", "dumps")?;
-        let data = match dumps.call1((obj, PROTOCOL)) {
+        let data = match dumps.call((obj, PROTOCOL), probe_kwargs(py, obj)?.as_ref()) {
             Ok(data) => data.cast_into::<PyBytes>()?,
             Err(e) => {
                 self.inner.unreserve();
                 let refused = PICKLING_ERROR.import(py, "pickle", "PicklingError")?;
-                if e.is_instance(py, refused)
+                if e.value(py).is(big_buffer(py)?.bind(py))
+                    || e.is_instance(py, refused)
                     || e.is_instance_of::<PyTypeError>(py)
                     || e.is_instance_of::<PyAttributeError>(py)
                 {
@@ -194,12 +243,6 @@ impl PyChannel {
                 return Err(e);
             }
         };
-        if data.as_bytes().len() >= OOB_MIN
-            && !(obj.is_exact_instance_of::<PyBytes>() || obj.is_exact_instance_of::<PyString>())
-        {
-            self.inner.unreserve();
-            return Ok(None);
-        }
         match self.inner.try_send(data.as_bytes()) {
             Ok(true) => Ok(Some(PyBool::new(py, true).to_owned().into_any())),
             Ok(false) => Ok(Some(data.into_any())),
