@@ -417,3 +417,83 @@ def test_processes_that_end_and_pools_that_are_terminated_hold_nothing():
     pool.terminate()
     pool.join()
     assert arena.usage() == (0, 0)
+
+
+def test_received_arrays_are_copies_everywhere_as_with_multiprocessing(tmp_path):
+    # A received array is passed on (to a worker, to queues, through a pipe), changed in
+    # place on the other side, and inherited by forked children that write to it: every
+    # side keeps its own copy, as multiprocessing's pickles and fork give.
+    code = """
+import sys, logging
+import numpy as np
+if sys.argv[1] == "paralelo":
+    import paralelo as mp
+else:
+    import multiprocessing as mp
+logging.basicConfig(level=logging.INFO)
+DATA = None
+def make(v): return np.full(1_000_000, float(v))
+def zero(a): a[:] = 0
+def step(a): a += 1; return a
+def scribble(): DATA[:] = -1
+def peek(_): return float(DATA[0])
+def scale(q, out, k):
+    a = q.get(); a *= k; out.put(float(a[0]))
+def echo_zero(conn):
+    conn.send(conn.recv())
+    a = conn.recv(); a[:] = 0; conn.send(float(a.sum()))
+if __name__ == "__main__":
+    with mp.Pool(2) as pool:
+        r = pool.apply(make, (7,))
+        pool.apply(zero, (r,))
+        state = pool.apply(make, (0,)); hist = [state]
+        for _ in range(3):
+            state = pool.apply(step, (state,)); hist.append(state)
+        five = pool.apply(make, (5,))
+        print(r[0], [float(h[0]) for h in hist], [float(o[0]) for o in pool.map(step, [five] * 4, chunksize=1)], five[0])
+        DATA = pool.apply(make, (42,))
+    p = mp.Process(target=scribble); p.start(); p.join()
+    print("after a child wrote its copy:", DATA[0])
+    DATA[:] = 1
+    with mp.Pool(2) as pool:
+        DATA[:] = 2
+        print("workers forked when it was 1 see:", pool.map(peek, range(2)))
+    q, out = mp.Queue(), mp.Queue()
+    q.put(np.full(1_000_000, 10.0)); a = q.get()
+    qs = [mp.Queue() for _ in range(3)]
+    ps = [mp.Process(target=scale, args=(qk, out, k)) for qk, k in zip(qs, (2, 3, 4))]
+    for proc in ps: proc.start()
+    for qk in qs: qk.put(a)
+    print(sorted(out.get() for _ in ps), a[0])
+    for proc in ps: proc.join()
+    here, there = mp.Pipe()
+    child = mp.Process(target=echo_zero, args=(there,)); child.start()
+    here.send(np.full(1_000_000, 5.0)); back = here.recv(); here.send(back)
+    print(here.recv(), back[0])
+    child.join()
+"""
+    par, std = side_by_side(tmp_path, code, timeout=120)
+    assert par == std
+
+
+def test_a_spawned_child_that_makes_a_queue_at_import_still_reads_the_parent_s_arrays(tmp_path):
+    code = """
+import sys
+import numpy as np
+if sys.argv[1] == "paralelo":
+    import paralelo as mp
+else:
+    import multiprocessing as mp
+LOG = mp.SimpleQueue()  # made at import: in a spawned child too, before its arguments arrive
+def child(inq, outq):
+    outq.put(float(inq.get().sum()))
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    inq, outq = ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=child, args=(inq, outq)); p.start()
+    inq.put(np.ones(1_000_000))
+    print(outq.get())
+    p.join()
+"""
+    par, std = side_by_side(tmp_path, code, timeout=120)
+    assert par == std == "1000000.0"

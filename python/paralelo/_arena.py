@@ -62,15 +62,21 @@ def for_spawning() -> Any:
     return reduction.DupFd(_arena.fd)
 
 
+def _id_of(fd: int) -> int:
+    return _native.Arena.open(fd).id
+
+
 def adopt(dup: Any) -> None:
-    """Maps the arena a queue or connection brought (see `for_spawning`), as this
-    process's own if it has none yet."""
+    """Maps the arena a queue, connection or SharedArray brought (see `for_spawning`) as
+    this process's own, if it has none yet or holds nothing in the one it has."""
     global _arena
     if dup is None:
         return
     fd = dup.detach()
     try:
-        if _arena is None:
+        if _arena is None or (_arena.holds() == 0 and _arena.id != _id_of(fd)):
+            # (One this process made before it got its parent's, at import time, say,
+            # and holds nothing of: the parent's serves instead, so frames go both ways.)
             _arena = _native.Arena.open(fd)
     except (ValueError, OSError):
         pass  # (no room for this process: its big buffers go in-band)

@@ -36,7 +36,7 @@ def _attach(descriptor: bytes, first: int, shape: tuple, strides: tuple, dtype: 
     a = _arena.current()
     if a is None:
         raise RuntimeError("this SharedArray's memory is in another program's arena")
-    view = a.take(descriptor, True)
+    view = a.take(descriptor, True, True)
     return np.ndarray.__new__(SharedArray, shape, dtype, buffer=cast(Any, view), offset=first, strides=strides)
 
 

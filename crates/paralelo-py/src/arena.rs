@@ -31,8 +31,31 @@ struct Local {
     slot: u32,
     /// Before a fork: the slot reserved for the child (see `before_fork`).
     child_slot: Option<u32>,
-    /// Blocks this process holds, by offset: (block, views and holds alive here).
-    held: BTreeMap<u64, (BlockRef, usize)>,
+    /// Blocks this process holds, by offset.
+    held: BTreeMap<u64, Held>,
+}
+
+/// A block this process holds.
+struct Held {
+    block: BlockRef,
+    /// Views and holds alive here.
+    count: usize,
+    /// A SharedArray's: shared on purpose, never mapped privately.
+    shared: bool,
+    /// Mapped privately here since a fork (see `Arena::remap`).
+    private: bool,
+}
+
+impl Local {
+    /// After a fork, on both sides: each keeps its own copy of what it held (copy on
+    /// write, as fork does with all other memory), but a SharedArray's block stays shared.
+    fn privatise(&mut self, arena: &Arena) {
+        for h in self.held.values_mut() {
+            if !h.shared && !h.private {
+                h.private = arena.remap(&h.block, true).is_ok();
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -51,6 +74,7 @@ impl Shared {
                 Some(slot) if l.pid != 0 => {
                     self.arena.claim(slot, pid).map_err(to_py)?;
                     l.slot = slot;
+                    l.privatise(&self.arena);
                 }
                 // A fork the hooks did not see (or a process that left): hold what is
                 // still there, alongside whoever keeps it.
@@ -58,7 +82,7 @@ impl Shared {
                     let slot = self.arena.join(pid).map_err(to_py)?;
                     l.slot = slot;
                     l.held
-                        .retain(|_, (r, _)| self.arena.hold(slot, r, false).is_ok());
+                        .retain(|_, h| self.arena.hold(slot, &h.block, false).is_ok());
                 }
             }
             l.pid = pid;
@@ -66,9 +90,17 @@ impl Shared {
         Ok(l)
     }
 
-    /// One more reference here to block `r`, which this process holds.
-    fn count(l: &mut Local, r: BlockRef) {
-        l.held.entry(r.offset).or_insert((r, 0)).1 += 1;
+    /// One more reference here to block `r`, which this process holds (`shared`: a
+    /// SharedArray's).
+    fn count(l: &mut Local, r: BlockRef, shared: bool) {
+        let h = l.held.entry(r.offset).or_insert(Held {
+            block: r,
+            count: 0,
+            shared,
+            private: false,
+        });
+        h.count += 1;
+        h.shared |= shared;
     }
 
     /// One reference here to block `r` less; the last lets go of it in the arena, or, with
@@ -76,14 +108,15 @@ impl Shared {
     fn uncount(&self, r: &BlockRef, hand_over: bool) -> PyResult<bool> {
         let mut l = self.local()?;
         let last = match l.held.get_mut(&r.offset) {
-            Some((held, n)) if held.index == r.index && held.gen == r.gen => {
-                *n -= 1;
-                *n == 0
+            Some(h) if h.block.index == r.index && h.block.gen == r.gen => {
+                h.count -= 1;
+                h.count == 0
             }
             _ => return Ok(false),
         };
-        if last {
-            l.held.remove(&r.offset);
+        // Shared again before it goes: its next use here reads the arena.
+        if last && l.held.remove(&r.offset).is_some_and(|h| h.private) {
+            self.arena.remap(r, false).map_err(to_py)?;
         }
         let result = match (hand_over, last) {
             (true, true) => self.arena.hand_over(l.slot, r),
@@ -100,9 +133,9 @@ impl Shared {
     fn containing(&self, l: &Local, addr: usize, len: usize) -> Option<(BlockRef, u64)> {
         let base = self.arena.base() as usize;
         let off = (addr.checked_sub(base)? as u64, len as u64);
-        let (_, (r, _)) = l.held.range(..=off.0).next_back()?;
-        let start = off.0 - r.offset;
-        (start + off.1 <= r.len).then_some((*r, start))
+        let (_, h) = l.held.range(..=off.0).next_back()?;
+        let start = off.0 - h.block.offset;
+        (h.shared && start + off.1 <= h.block.len).then_some((h.block, start))
     }
 }
 
@@ -196,12 +229,13 @@ impl PyArena {
         }
     }
 
-    /// A new block of `len` bytes held by this process, filled by `fill(destination)`
-    /// with the GIL released; None if the arena has no room.
+    /// A new block of `len` bytes held by this process (`shared`: a SharedArray's),
+    /// filled by `fill(destination)` with the GIL released; None if the arena has no room.
     fn new_block(
         &self,
         py: Python<'_>,
         len: usize,
+        shared: bool,
         fill: impl Fn(usize) + Send + Sync,
     ) -> PyResult<Option<BlockRef>> {
         let slot = self.shared.local()?.slot;
@@ -214,7 +248,7 @@ impl PyArena {
         };
         let dst = arena.base() as usize + r.offset as usize;
         py.detach(|| fill(dst));
-        Shared::count(&mut *self.shared.local()?, r);
+        Shared::count(&mut *self.shared.local()?, r, shared);
         Ok(Some(r))
     }
 
@@ -270,7 +304,7 @@ impl PyArena {
         let src = buf.buf_ptr() as usize;
         // `src` is `len` readable bytes (held by `buf` while we copy, the GIL released);
         // the destination is a fresh block of at least `len` bytes no one else sees yet.
-        let Some(r) = self.new_block(py, len, |dst| {
+        let Some(r) = self.new_block(py, len, false, |dst| {
             in_pieces(len, |at, n| {
                 // SAFETY: as above; pieces are disjoint and inside both ranges.
                 unsafe {
@@ -292,7 +326,7 @@ impl PyArena {
     /// (or any view of the block) lives; None if the arena has no room.
     fn alloc(&self, py: Python<'_>, nbytes: usize) -> PyResult<Option<PyArenaBuffer>> {
         // Reused memory holds old data: a SharedArray starts zeroed.
-        let Some(r) = self.new_block(py, nbytes, |dst| {
+        let Some(r) = self.new_block(py, nbytes, true, |dst| {
             in_pieces(nbytes, |at, n| {
                 // SAFETY: a fresh block of at least `nbytes`, referenced by no one else
                 // yet; pieces are disjoint and inside it.
@@ -348,14 +382,16 @@ impl PyArena {
 
     /// The buffer a descriptor names, held by this process while the view lives: taken
     /// from its message (`given`: handed over) or alongside the sender's hold (lent).
-    fn take(&self, descriptor: &[u8], given: bool) -> PyResult<PyArenaBuffer> {
+    /// `shared`: a SharedArray's, shared on purpose (a fork leaves it shared).
+    #[pyo3(signature = (descriptor, given, shared = false))]
+    fn take(&self, descriptor: &[u8], given: bool, shared: bool) -> PyResult<PyArenaBuffer> {
         let (r, start, len) = decode(descriptor)?;
         let mut l = self.shared.local()?;
         let block = self.block_of(r)?;
         let first = l
             .held
             .get(&block.offset)
-            .is_none_or(|(h, _)| h.index != block.index || h.gen != block.gen);
+            .is_none_or(|h| h.block.index != block.index || h.block.gen != block.gen);
         if given {
             // Always from transit: the message's reference becomes ours (our bit, set
             // already if we held the block, now also stands for it).
@@ -369,10 +405,7 @@ impl PyArena {
                 .hold(l.slot, &block, false)
                 .map_err(to_py)?;
         }
-        if first {
-            l.held.insert(block.offset, (block, 0));
-        }
-        Shared::count(&mut l, block);
+        Shared::count(&mut l, block, shared);
         drop(l);
         Ok(self.view(block, start, len))
     }
@@ -400,7 +433,9 @@ impl PyArena {
     /// reserved stays named after this process, and goes with it.
     fn after_fork_in_parent(&self) {
         self.shared.local.release_after_fork();
-        self.shared.local.lock().child_slot = None;
+        let mut l = self.shared.local.lock();
+        l.child_slot = None;
+        l.privatise(&self.shared.arena);
     }
 
     /// In a forked child: takes the slot the parent reserved (see `before_fork`).
@@ -415,6 +450,11 @@ impl PyArena {
         l.held.clear();
         l.pid = 0; // (any later use joins afresh)
         self.shared.arena.leave(l.slot).map_err(to_py)
+    }
+
+    /// How many blocks this process holds.
+    fn holds(&self) -> PyResult<usize> {
+        Ok(self.shared.local()?.held.len())
     }
 
     /// Sweeps holds of participants that died; how many were swept.

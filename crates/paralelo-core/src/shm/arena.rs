@@ -11,6 +11,8 @@
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
+use rustix::mm::{MapFlags, ProtFlags};
+
 use crate::sync::{caller_ids, SharedLock};
 use crate::{sys, Error, Result, Segment};
 
@@ -603,6 +605,47 @@ impl Arena {
                 self.free_if_unheld(i);
             }
         }
+    }
+
+    /// Maps block `r`'s range of *this process's* mapping again: privately (copy on write:
+    /// what this process writes from now on is its own, and what it has not written still
+    /// reads the arena) or shared (as the whole arena is mapped). A fork gives each side
+    /// its own copy of what it held, as fork does with all other memory; a block must be
+    /// mapped shared again before this process lets go of it, or its next use here would
+    /// read a stale private copy.
+    pub fn remap(&self, r: &BlockRef, private: bool) -> Result<()> {
+        let end = r
+            .offset
+            .checked_add(r.len)
+            .filter(|&e| e <= self.size() && r.offset >= DATA_AT);
+        if end.is_none() || !r.offset.is_multiple_of(UNIT) {
+            return Err(Error::Invalid(format!(
+                "arena block {} is outside the data",
+                r.index
+            )));
+        }
+        let len = usize::try_from(r.len.next_multiple_of(UNIT))
+            .map_err(|_| Error::Invalid("block too large".into()))?;
+        let flags = if private {
+            MapFlags::PRIVATE
+        } else {
+            MapFlags::SHARED
+        } | MapFlags::FIXED;
+        // SAFETY: the range lies inside this arena's own mapping (checked above), which
+        // MAP_FIXED replaces in place with a mapping of the same file range: the addresses
+        // stay valid and read the same bytes; nothing else is unmapped.
+        unsafe {
+            rustix::mm::mmap(
+                self.base().add(r.offset as usize).cast(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                flags,
+                self.fd(),
+                r.offset,
+            )
+        }
+        .map(drop)
+        .map_err(|e| Error::os("mmap(MAP_FIXED)", e))
     }
 
     /// Bytes in blocks in use, and how many: for tests and diagnostics.

@@ -264,3 +264,30 @@ fn references_from_untrusted_memory_are_checked() {
     assert!(a.alloc(0, Some(s)).is_err());
     assert!(a.alloc(u64::MAX, Some(s)).unwrap().is_none());
 }
+
+#[test]
+fn a_block_mapped_privately_keeps_this_process_s_writes_to_itself() {
+    let a = arena(16 * MB);
+    let other = Arena::open(a.fd()).unwrap(); // another process's mapping, as it were
+    let s = a.join(me()).unwrap();
+    let r = a.alloc(MB, Some(s)).unwrap().unwrap();
+    write(&a, &r, 1);
+    a.remap(&r, true).unwrap();
+    assert!(read(&a, &r).iter().all(|&b| b == 1), "the same bytes");
+    write(&a, &r, 2);
+    assert!(
+        read(&other, &r).iter().all(|&b| b == 1),
+        "our writes stay ours"
+    );
+    a.remap(&r, false).unwrap();
+    assert!(
+        read(&a, &r).iter().all(|&b| b == 1),
+        "shared again: the arena's bytes"
+    );
+    write(&a, &r, 3);
+    assert!(read(&other, &r).iter().all(|&b| b == 3));
+    assert!(
+        a.remap(&BlockRef { offset: 0, ..r }, true).is_err(),
+        "never outside the data"
+    );
+}
