@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -497,3 +499,42 @@ if __name__ == "__main__":
 """
     par, std = side_by_side(tmp_path, code, timeout=120)
     assert par == std == "1000000.0"
+
+
+def test_a_thread_using_the_arena_while_another_forks_never_deadlocks(tmp_path):
+    # The forking thread holds the arena's bookkeeping across the fork while other at-fork
+    # hooks run, which may hand the GIL over: a thread waiting for the bookkeeping must
+    # wait without the GIL. (In a subprocess: a deadlock holds the GIL, which no timeout
+    # inside the process could break.)
+    code = """
+import os, sys, threading, time
+import paralelo
+from paralelo import _arena
+arena = _arena.arena()
+keep = arena.alloc(1 << 17)
+stop = threading.Event()
+def churn():
+    while not stop.is_set():
+        arena.alloc(1 << 17)
+sys.setswitchinterval(1e-6)
+t = threading.Thread(target=churn)
+t.start()
+end = time.monotonic() + 3
+forks = 0
+while time.monotonic() < end:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    forks += 1
+stop.set()
+t.join()
+del keep
+arena.reclaim_dead()
+print(forks > 0, arena.usage())
+"""
+    script = tmp_path / "forks.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "True (0, 0)"

@@ -95,7 +95,7 @@ def test_the_block_goes_with_its_last_holder_and_a_killed_one_leaks_nothing() ->
     before = _blocks()
     a = SharedArray(1000)
     ready = paralelo.Queue()
-    p = paralelo.Process(target=_hold, args=(pickle.loads(pickle.dumps(a[:10])), ready))
+    p = paralelo.Process(target=_hold, args=(a[:10], ready))
     p.start()
     assert ready.get(timeout=10) and a[0] == 1
     os.kill(p.pid, signal.SIGKILL)
@@ -147,3 +147,43 @@ def test_a_forked_child_dropping_its_copy_does_not_free_the_parents_block() -> N
     _arena.reclaim_dead()  # (the child's holds, taken at the fork, go with it)
     a[:] = 4.0
     assert pickle.loads(pickle.dumps(a)).sum() == 32.0
+
+
+def test_shared_arrays_pickled_many_ways_leave_nothing_held(tmp_path) -> None:
+    # A __main__ function makes the pool pickle twice (C pickler, then by value); a message
+    # with a lambda goes through three picklers; a plain pickle.dumps copies: none of them
+    # may leave the block held once the arrays are gone.
+    before = _blocks()
+    with paralelo.Pool(1) as pool:
+        a = SharedArray(1 << 16)
+        for _ in range(4):
+            assert pool.apply(_info, (a,))[3] == 0.0
+            assert pool.apply(lambda x: float(x.sum()), (a,)) == 0.0
+    q = paralelo.Queue()
+    q.put((a, lambda: 0))
+    got = q.get(timeout=10)
+    got[0][0] = 9.0
+    assert a[0] == 9.0, "still shared through a queue"
+    copy = pickle.loads(pickle.dumps(a))
+    copy[0] = 1.0
+    assert type(copy) is np.ndarray and a[0] == 9.0, "a plain pickle copies"
+    del a, got, copy
+    assert _blocks() == before
+
+
+_FLAG = None
+
+
+def _fill_then_die_once(a: np.ndarray, flag: str) -> float:
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        os._exit(3)
+    a[:] = 2.0
+    return float(a.sum())
+
+
+def test_a_retried_call_gets_its_shared_array_again(tmp_path) -> None:
+    a = SharedArray(1 << 15)
+    with paralelo.Pool(1) as pool:
+        assert pool.apply(_fill_then_die_once, (a, str(tmp_path / "died")), retries=1) == 2.0 * (1 << 15)
+    assert a[0] == 2.0, "the retry wrote into the parent's array"

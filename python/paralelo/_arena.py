@@ -134,8 +134,8 @@ def take_buffer(pb: pickle.PickleBuffer, found: list) -> bool:
         raw = pb.raw()
     except BufferError:  # not contiguous: pickled in-band
         return True
-    if raw.nbytes < OOB_MIN:
-        return True
+    if raw.nbytes < OOB_MIN and type(raw.obj) is not _native.ArenaBuffer:
+        return True  # (a SharedArray's span goes out of band whatever its size)
     found.append(raw)
     return False
 
@@ -151,6 +151,12 @@ def frame(data: bytes, found: list, mode: int) -> Framed | None:
     holds: list = []
     try:
         for raw in found:
+            if type(raw.obj) is _native.ArenaBuffer:
+                # A SharedArray's span (`share_span`): its own block, never copied; the
+                # span view is the frame's hold.
+                descriptors.append(raw.obj.descriptor)
+                holds.append(raw.obj)
+                continue
             put = a.put(raw)
             if put is None:
                 return None  # (the blocks taken so far go with `holds`)
@@ -177,6 +183,18 @@ def commit(data: bytes) -> bytes:
         a.hand_over(hold)
     data.holds = []
     return bytes(data)
+
+
+def uncommit(data: bytes) -> Framed:
+    """A committed GIVE payload that could not go out at once (it waits in a queue's
+    feeder), its blocks taken back from the message: held by this process again until
+    it is committed and sent, so a sender that dies meanwhile leaves nothing behind."""
+    a = _arena
+    assert a is not None
+    out = Framed(data)
+    out.holds = [a.take(d, True) for d in _descriptors(data)]
+    out.oob = weight(data) - len(data)
+    return out
 
 
 def ungive(data: bytes) -> None:

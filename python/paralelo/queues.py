@@ -31,7 +31,7 @@ from typing import Any
 
 from ._native import Channel
 from . import _arena
-from ._arena import GIVE, commit, frame, take_buffer, ungive
+from ._arena import GIVE, commit, frame, take_buffer, uncommit, ungive
 from ._pickling import by_value
 
 __all__ = ["Empty", "Full", "JoinableQueue", "Queue", "SimpleQueue"]
@@ -172,9 +172,11 @@ class Queue(_Shared):
             ch.unreserve()
             raise
         if not self._buffer:
-            data = commit(data)  # (its blocks are the message's from now)
-            if ch.try_send(data):
+            sent = commit(data)  # (its blocks are the message's from now)
+            if ch.try_send(sent):
                 return
+            if sent is not data:
+                data = uncommit(sent)  # (ours again while it waits for the feeder)
         self._feed(data)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:

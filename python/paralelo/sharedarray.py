@@ -5,15 +5,19 @@ what either side writes the other sees.
 
 An array lives in a block of the program's arena (``_arena``: one memfd every process
 keeps mapped, so a new array reuses memory that is already resident, and a transfer maps
-nothing). It pickles as a descriptor of the bytes it spans in its block (given to the
-message: the block lives until the receiver holds it, even if the sender lets go or
-ends first) and where its first element lies among them, with its shape, strides and
-dtype, so a view (a slice, a transpose) travels as a view of the same memory. The block
-is freed when the last array of it, in any process, is gone.
+nothing). It pickles as the bytes it spans in its block, out of band (pickle protocol
+5: paralelo's messages carry the block itself, lent or handed over with the message like
+any big buffer, so the block lives until the receiver holds it, even if the sender lets
+go or ends first; a plain pickler copies the bytes), and where its first element lies
+among them, with its shape, strides and dtype, so a view (a slice, a transpose) travels
+as a view of the same memory. With an older protocol, the pickle made while spawning a
+process is given the block at once; any other copies it. The block is freed when the last
+array of it, in any process, is gone.
 """
 
 from __future__ import annotations
 
+import pickle
 from typing import Any, cast
 
 try:
@@ -21,7 +25,7 @@ try:
 except ImportError:  # pragma: no cover (numpy is in the test extras)
     raise ImportError("paralelo.SharedArray needs numpy: pip install numpy") from None
 
-from . import _arena
+from . import _arena, _native
 
 try:
     from numpy.lib.array_utils import byte_bounds as _byte_bounds  # numpy >= 2
@@ -29,6 +33,21 @@ except ImportError:  # pragma: no cover
     _byte_bounds = np.byte_bounds  # type: ignore[attr-defined]
 
 __all__ = ["SharedArray"]
+
+
+def _spawning() -> bool:
+    from multiprocessing import context
+
+    return context.get_spawning_popen() is not None
+
+
+def _rebuild(buffer: Any, first: int, shape: tuple, strides: tuple, dtype: Any) -> np.ndarray:
+    """A SharedArray from its span: the block itself when it came out of band (a view of
+    the arena), else an ordinary array holding the copy a plain pickle made."""
+    if type(buffer) is _native.ArenaBuffer:
+        _arena.current().mark_shared(buffer)  # type: ignore[union-attr]
+        return np.ndarray.__new__(SharedArray, shape, dtype, buffer=cast(Any, buffer), offset=first, strides=strides)
+    return np.ndarray(shape, dtype, buffer=buffer, offset=first, strides=strides)
 
 
 def _attach(descriptor: bytes, first: int, shape: tuple, strides: tuple, dtype: Any, arena: Any = None) -> SharedArray:
@@ -74,16 +93,27 @@ class SharedArray(np.ndarray):
         out[...] = a
         return out
 
-    def __reduce__(self) -> tuple:
+    def __reduce_ex__(self, protocol: Any) -> tuple:
         a = _arena.current()
         if self.size and a is not None:
             lo, hi = _byte_bounds(self)
-            descriptor = a.give_span(lo, hi - lo)
-            if descriptor is not None:
-                # (Where the first element is: with negative strides, not the lowest byte.)
-                first = self.__array_interface__["data"][0] - lo
-                return _attach, (descriptor, first, self.shape, self.strides, self.dtype, _arena.for_spawning())
-        return np.asarray(self).view(np.ndarray).__reduce__()  # type: ignore[return-value]
+            # (Where the first element is: with negative strides, not the lowest byte.)
+            first = self.__array_interface__["data"][0] - lo
+            if protocol >= 5:
+                # Out of band: paralelo's frames lend or hand over the span with its
+                # message (never before it goes out, so a pickle made twice or never sent
+                # costs nothing); any other pickler copies it in-band.
+                span = a.share_span(lo, hi - lo)
+                if span is not None:
+                    return _rebuild, (pickle.PickleBuffer(cast(Any, span)), first, self.shape, self.strides, self.dtype)
+            elif _spawning():
+                # (multiprocessing's pickler, spawning a process: the one pickle is taken
+                # there, so the block is given to it now.)
+                descriptor = a.give_span(lo, hi - lo)
+                if descriptor is not None:
+                    return _attach, (descriptor, first, self.shape, self.strides, self.dtype,
+                                     _arena.for_spawning())
+        return np.asarray(self).view(np.ndarray).__reduce_ex__(protocol)  # type: ignore[return-value]
 
-    def __reduce_ex__(self, protocol: Any) -> tuple:
-        return self.__reduce__()
+    def __reduce__(self) -> tuple:
+        return self.__reduce_ex__(2)

@@ -64,8 +64,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// The bookkeeping, waited for with the GIL released: a thread forking holds it while
+    /// it runs the other at-fork hooks, which may need the GIL (and so may a second thread
+    /// forking at the same time).
+    fn lock_local(&self) -> ForkGuard<'_, Local> {
+        Python::attach(|py| self.local.lock_with(|spin| py.detach(spin)))
+    }
+
     fn local(&self) -> PyResult<ForkGuard<'_, Local>> {
-        let mut l = self.local.lock();
+        let mut l = self.lock_local();
         let pid = std::process::id();
         if l.pid != pid {
             match l.child_slot.take() {
@@ -372,6 +379,28 @@ impl PyArena {
         ))
     }
 
+    /// A view of the `nbytes` at address `addr` if they lie in a SharedArray's block this
+    /// process holds (counted: a frame lends it, or hands it over, like a `put`'s hold, but
+    /// nothing is copied); None otherwise.
+    fn share_span(&self, addr: usize, nbytes: usize) -> PyResult<Option<PyArenaBuffer>> {
+        let mut l = self.shared.local()?;
+        let Some((r, start)) = self.shared.containing(&l, addr, nbytes) else {
+            return Ok(None);
+        };
+        Shared::count(&mut l, r, true);
+        drop(l);
+        Ok(Some(self.view(r, start, nbytes as u64)))
+    }
+
+    /// Marks the block `view` lies in as a SharedArray's: a fork leaves it shared.
+    fn mark_shared(&self, view: &PyArenaBuffer) -> PyResult<()> {
+        let mut l = self.shared.local()?;
+        if let Some(h) = l.held.get_mut(&view.block.offset) {
+            h.shared = true;
+        }
+        Ok(())
+    }
+
     /// Undoes a hand-over (or `give_span`) whose message never went out or was never
     /// taken.
     fn ungive(&self, descriptor: &[u8]) -> PyResult<()> {
@@ -418,7 +447,7 @@ impl PyArena {
     /// another thread.
     fn before_fork(&self) {
         // (Taken whatever happens, for the hooks after the fork release it.)
-        let mut l = self.shared.local.lock();
+        let mut l = self.shared.lock_local();
         l.child_slot = if l.pid == std::process::id() && !l.held.is_empty() {
             // No slot to spare: the child holds what it inherited as a fork the hooks
             // did not see does (`local`).
@@ -433,7 +462,7 @@ impl PyArena {
     /// reserved stays named after this process, and goes with it.
     fn after_fork_in_parent(&self) {
         self.shared.local.release_after_fork();
-        let mut l = self.shared.local.lock();
+        let mut l = self.shared.lock_local();
         l.child_slot = None;
         l.privatise(&self.shared.arena);
     }
@@ -512,6 +541,12 @@ impl Drop for PyArenaBuffer {
 impl PyArenaBuffer {
     fn __len__(&self) -> usize {
         self.len as usize
+    }
+
+    /// The view's descriptor, as a frame carries it.
+    #[getter]
+    fn descriptor<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &encode(&self.block, self.start, self.len))
     }
 
     /// Where the view starts, from the arena's start: for tests.

@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString};
 
+use crate::arena::PyArenaBuffer;
 use crate::door;
 use crate::errors::to_py;
 
@@ -53,7 +54,12 @@ fn oob_probe(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<bool> {
     let Ok(raw) = buffer.call_method0(intern!(py, "raw")) else {
         return Ok(true); // (not contiguous: pickled in-band)
     };
-    if raw.len()? < OOB_MIN {
+    // (A SharedArray's span goes out of band whatever its size.)
+    if raw.len()? < OOB_MIN
+        && !raw
+            .getattr(intern!(py, "obj"))?
+            .is_instance_of::<PyArenaBuffer>()
+    {
         return Ok(true);
     }
     Err(PyErr::from_value(big_buffer(py)?.bind(py).clone()))

@@ -24,17 +24,29 @@ impl<T> ForkLock<T> {
         }
     }
 
-    /// Takes the lock (held only for map look-ups and arena bookkeeping: a yield, not a
-    /// sleep, while another thread has it).
-    pub(crate) fn lock(&self) -> ForkGuard<'_, T> {
-        while self
-            .held
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::thread::yield_now();
+    /// Takes the lock (held only for map look-ups and arena bookkeeping, and across a
+    /// fork: a yield, not a sleep, while another thread has it). `wait` runs each wait: a
+    /// caller holding the GIL releases it there, for the forking thread may need the GIL
+    /// (to run other at-fork hooks) before it lets go.
+    pub(crate) fn lock_with(&self, wait: impl Fn(&(dyn Fn() + Sync))) -> ForkGuard<'_, T> {
+        loop {
+            if let Some(guard) = self.try_lock() {
+                return guard;
+            }
+            let held = &self.held;
+            wait(&|| {
+                while held.load(Ordering::Relaxed) {
+                    std::thread::yield_now();
+                }
+            });
         }
-        ForkGuard { lock: self }
+    }
+
+    fn try_lock(&self) -> Option<ForkGuard<'_, T>> {
+        self.held
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            .then_some(ForkGuard { lock: self })
     }
 
     /// Keeps the lock taken by `guard` past the guard: until `release_after_fork`.
