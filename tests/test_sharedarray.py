@@ -187,3 +187,19 @@ def test_a_retried_call_gets_its_shared_array_again(tmp_path) -> None:
     with paralelo.Pool(1) as pool:
         assert pool.apply(_fill_then_die_once, (a, str(tmp_path / "died")), retries=1) == 2.0 * (1 << 15)
     assert a[0] == 2.0, "the retry wrote into the parent's array"
+
+
+def _put_square(out: np.ndarray, i: int) -> None:
+    out[i] = i * i
+
+
+def test_a_shared_array_bound_into_a_map_s_function_is_shared_by_every_worker() -> None:
+    from functools import partial
+
+    out = SharedArray((8,), dtype=np.int64)
+    with paralelo.Pool(2) as pool:
+        pool.map(partial(_put_square, out), range(8))
+        plain = np.zeros(8, dtype=np.int64)
+        pool.map(partial(_put_square, plain), range(8))
+    assert out.tolist() == [i * i for i in range(8)]
+    assert not plain.any(), "a plain array bound in stays each worker's copy"

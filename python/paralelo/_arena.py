@@ -140,6 +140,19 @@ def take_buffer(pb: pickle.PickleBuffer, found: list) -> bool:
     return False
 
 
+def take_shared_buffer(pb: pickle.PickleBuffer, found: list) -> bool:
+    """As `take_buffer`, for SharedArray spans only: every other buffer stays in the
+    pickle."""
+    try:
+        raw = pb.raw()
+    except BufferError:
+        return True
+    if type(raw.obj) is not _native.ArenaBuffer:
+        return True
+    found.append(raw)
+    return False
+
+
 def frame(data: bytes, found: list, mode: int) -> Framed | None:
     """`data`, a pickle whose out-of-band buffers are `found`, framed with copies of those
     buffers in the arena; None if they cannot go there (no room, no arena): the caller

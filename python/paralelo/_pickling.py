@@ -16,7 +16,7 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle
 
-from ._arena import GIVE, frame, is_framed, take_buffer, unframe
+from ._arena import GIVE, LEND, frame, is_framed, take_buffer, take_shared_buffer, unframe
 from ._native import pack_numbers, unpack_numbers
 from ._wire import OK, OK_ARRAY
 
@@ -120,6 +120,19 @@ def dumps(obj: Any, main: MainNames | None = None, oob: int = 0) -> bytes:
     if found:
         framed = frame(data, found, oob)
         return framed if framed is not None else dumps(obj, main)
+    return data
+
+
+def function_payload(obj: Any, main: MainNames | None) -> bytes:
+    """A map's function (with what it binds), by value (see `by_value`), once for all
+    its workers: a SharedArray it binds (a partial's argument, a closure's variable)
+    travels as its block, lent for the job's life, so every worker writes the same array;
+    any other buffer stays in the pickle, a copy for each worker."""
+    found: list = []
+    data = by_value(obj, main, lambda pb: take_shared_buffer(pb, found))
+    if found:
+        framed = frame(data, found, LEND)
+        return framed if framed is not None else by_value(obj, main)
     return data
 
 

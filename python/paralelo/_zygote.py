@@ -64,6 +64,9 @@ import weakref
 from array import array
 from typing import Any, Callable, NoReturn, Sequence
 
+# (_arena first: its at-fork hooks are registered before this module's, so its `before`
+# runs after ours takes `_making`, in every fork: one order for the two locks.)
+from . import _arena  # noqa: F401
 from . import _native
 
 # Python 3.12+ warns on every fork of a threaded process; forking one is this module's

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from .._outcomes import Segments
 from .._errors import interrupted, pickling_failed
 from .._arena import LEND, Framed
-from .._pickling import MainNames, by_value, cut, dumps
+from .._pickling import MainNames, cut, dumps, function_payload
 from .._wire import CALL, TASK
 from .chunking import Chunker
 from .sink import MapSink
@@ -269,7 +269,7 @@ class MapJob(Job):
         # caller's), chunks with an explicit chunksize (as multiprocessing does).
         self.counts_items = chunksize is None
         try:
-            self.func_payload = by_value((fn, star, each, self.counts_items), main)
+            self.func_payload = function_payload((fn, star, each, self.counts_items), main)
         except BaseException as e:  # noqa: BLE001 - never raw (a __reduce__ may SystemExit)
             raise pickling_failed("the function", e) from e
         #: Set by the engine for the thread that reads this job's input (`reader`): called
