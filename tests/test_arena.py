@@ -538,3 +538,16 @@ print(forks > 0, arena.usage())
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == "True (0, 0)"
+
+
+def test_a_process_that_ended_without_leaving_is_swept_by_the_next_sender():
+    arena = _arena.arena()
+    pid = os.fork()
+    if pid == 0:
+        view = loads(sent(np.ones(BIG)))  # held here, and never let go: no `leave`
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert arena.usage()[1] == 1, "the dead child's hold"
+    time.sleep(_arena.SWEEP_SECONDS + 0.1)
+    loads(sent(np.ones(BIG)))  # a sender sweeps (at most once a second)
+    assert usage_settles(arena) == (0, 0)

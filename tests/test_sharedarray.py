@@ -203,3 +203,10 @@ def test_a_shared_array_bound_into_a_map_s_function_is_shared_by_every_worker() 
         pool.map(partial(_put_square, plain), range(8))
     assert out.tolist() == [i * i for i in range(8)]
     assert not plain.any(), "a plain array bound in stays each worker's copy"
+
+
+def test_an_array_from_an_arena_this_process_does_not_map_is_refused_clearly() -> None:
+    from paralelo.sharedarray import _attach
+
+    with pytest.raises(RuntimeError, match="does not map"):
+        _attach(b"\0" * 32, 0, (4,), (8,), np.float64, None, 12345)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from typing import Any
 
 from . import _native
@@ -153,13 +154,27 @@ def take_shared_buffer(pb: pickle.PickleBuffer, found: list) -> bool:
     return False
 
 
+#: Processes that died or exec'd without leaving keep their blocks until swept: a sender
+#: sweeps at most this often (a sweep reads /proc for every participant).
+SWEEP_SECONDS = 1.0
+_swept = 0.0
+
+
 def frame(data: bytes, found: list, mode: int) -> Framed | None:
     """`data`, a pickle whose out-of-band buffers are `found`, framed with copies of those
     buffers in the arena; None if they cannot go there (no room, no arena): the caller
     pickles in-band. The blocks are held by the frame (its ``holds``)."""
+    global _swept
     a = arena()
     if a is None:
         return None
+    now = time.monotonic()
+    if now - _swept > SWEEP_SECONDS:
+        _swept = now
+        try:
+            a.reclaim_dead()
+        except (ValueError, OSError):
+            pass
     descriptors: list[bytes] = []
     holds: list = []
     try:

@@ -50,11 +50,13 @@ def _rebuild(buffer: Any, first: int, shape: tuple, strides: tuple, dtype: Any) 
     return np.ndarray(shape, dtype, buffer=buffer, offset=first, strides=strides)
 
 
-def _attach(descriptor: bytes, first: int, shape: tuple, strides: tuple, dtype: Any, arena: Any = None) -> SharedArray:
+def _attach(descriptor: bytes, first: int, shape: tuple, strides: tuple, dtype: Any, arena: Any,
+            arena_id: int) -> SharedArray:
     _arena.adopt(arena)
     a = _arena.current()
-    if a is None:
-        raise RuntimeError("this SharedArray's memory is in another program's arena")
+    if a is None or a.id != arena_id:
+        raise RuntimeError("this SharedArray's memory is in an arena this process does not map (one it "
+                           "made itself before the array arrived: at import, say)")
     view = a.take(descriptor, True, True)
     return np.ndarray.__new__(SharedArray, shape, dtype, buffer=cast(Any, view), offset=first, strides=strides)
 
@@ -112,7 +114,7 @@ class SharedArray(np.ndarray):
                 descriptor = a.give_span(lo, hi - lo)
                 if descriptor is not None:
                     return _attach, (descriptor, first, self.shape, self.strides, self.dtype,
-                                     _arena.for_spawning())
+                                     _arena.for_spawning(), a.id)
         return np.asarray(self).view(np.ndarray).__reduce_ex__(protocol)  # type: ignore[return-value]
 
     def __reduce__(self) -> tuple:
