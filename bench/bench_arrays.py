@@ -38,6 +38,35 @@ def total(a):
     return float(a.sum())
 """
 
+def _sums(make: str) -> str:
+    """Five calls summing an array that `make` builds in the parent: GB/s of the median."""
+    return f"""
+        if __name__ == "__main__":
+            {make}
+            with mp.Pool(1) as pool:
+                times = []
+                for _ in range(5):
+                    t = T(); s = pool.apply(total, (a,)); times.append(T() - t)
+            assert s == MB100
+            print(0.1 / statistics.median(times))
+    """
+
+
+def _returns(make: str) -> str:
+    """Five calls of a worker function `make(n)` returning a 100 MB array: GB/s of the
+    median."""
+    return make + """
+        if __name__ == "__main__":
+            with mp.Pool(1) as pool:
+                times = []
+                for _ in range(5):
+                    t = T(); a = pool.apply(make, (MB100,)); times.append(T() - t)
+                    assert a[-1] == 1.0
+                    del a
+            print(0.1 / statistics.median(times))
+    """
+
+
 CASES = {
     "send": ("100 MB array to a worker, its sum back (GB/s)", """
         if __name__ == "__main__":
@@ -48,55 +77,19 @@ CASES = {
             assert s == MB100
             print(0.1 / d)
     """),
-    "sendwarm": ("the same, 5 calls: the median (GB/s)", """
-        if __name__ == "__main__":
-            a = np.ones(MB100)
-            with mp.Pool(1) as pool:
-                times = []
-                for _ in range(5):
-                    t = T(); s = pool.apply(total, (a,)); times.append(T() - t)
-            assert s == MB100
-            print(0.1 / statistics.median(times))
-    """),
-    "shared": ("the same, shared as each library's users would (GB/s)", """
-        if __name__ == "__main__":
-            if LIB == "paralelo":
-                a = mp.SharedArray(MB100); a[:] = 1.0
-            else:
-                a = np.ones(MB100)
-            with mp.Pool(1) as pool:
-                times = []
-                for _ in range(5):
-                    t = T(); s = pool.apply(total, (a,)); times.append(T() - t)
-            assert s == MB100
-            print(0.1 / statistics.median(times))
-    """),
-    "return": ("a worker makes a 100 MB array and returns it (GB/s)", """
+    "sendwarm": ("the same, 5 calls: the median (GB/s)", _sums("a = np.ones(MB100)")),
+    "shared": ("the same, shared as each library's users would (GB/s)",
+               _sums("a = mp.SharedArray(MB100) if LIB == 'paralelo' else np.empty(MB100); a[:] = 1.0")),
+    "return": ("a worker makes a 100 MB array and returns it (GB/s)", _returns("""
         def make(n):
             a = mp.SharedArray(n) if LIB == "paralelo" else np.empty(n)
             a[:] = 1.0
             return a
-        if __name__ == "__main__":
-            with mp.Pool(1) as pool:
-                times = []
-                for _ in range(5):
-                    t = T(); a = pool.apply(make, (MB100,)); times.append(T() - t)
-                    assert a[-1] == 1.0
-                    del a
-            print(0.1 / statistics.median(times))
-    """),
-    "returnplain": ("a worker makes a plain 100 MB array and returns it (GB/s)", """
+    """)),
+    "returnplain": ("a worker makes a plain 100 MB array and returns it (GB/s)", _returns("""
         def make(n):
             return np.ones(n)
-        if __name__ == "__main__":
-            with mp.Pool(1) as pool:
-                times = []
-                for _ in range(5):
-                    t = T(); a = pool.apply(make, (MB100,)); times.append(T() - t)
-                    assert a[-1] == 1.0
-                    del a
-            print(0.1 / statistics.median(times))
-    """),
+    """)),
     "local": ("reference: the sum in the calling process (GB/s)", """
         if __name__ == "__main__":
             a = np.ones(MB100); a.sum()

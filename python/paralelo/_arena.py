@@ -51,6 +51,13 @@ def arena() -> _native.Arena | None:
     return _arena
 
 
+def spawning() -> bool:
+    """Whether this thread is pickling what a process being spawned will unpickle."""
+    from multiprocessing import context
+
+    return context.get_spawning_popen() is not None
+
+
 def for_spawning() -> Any:
     """The arena's descriptor for a queue or connection pickled to a process being
     spawned (which has none of its own yet), else None: forked processes map it already."""
@@ -63,10 +70,6 @@ def for_spawning() -> Any:
     return reduction.DupFd(_arena.fd)
 
 
-def _id_of(fd: int) -> int:
-    return _native.Arena.open(fd).id
-
-
 def adopt(dup: Any) -> None:
     """Maps the arena a queue, connection or SharedArray brought (see `for_spawning`) as
     this process's own, if it has none yet or holds nothing in the one it has."""
@@ -75,10 +78,12 @@ def adopt(dup: Any) -> None:
         return
     fd = dup.detach()
     try:
-        if _arena is None or (_arena.holds() == 0 and _arena.id != _id_of(fd)):
+        if _arena is None or _arena.holds() == 0:
             # (One this process made before it got its parent's, at import time, say,
             # and holds nothing of: the parent's serves instead, so frames go both ways.)
-            _arena = _native.Arena.open(fd)
+            brought = _native.Arena.open(fd)
+            if _arena is None or brought.id != _arena.id:
+                _arena = brought
     except (ValueError, OSError):
         pass  # (no room for this process: its big buffers go in-band)
     finally:
@@ -128,27 +133,15 @@ class Framed(bytes):
     oob: int
 
 
-def take_buffer(pb: pickle.PickleBuffer, found: list) -> bool:
-    """A pickler's ``buffer_callback``: keeps big contiguous buffers in `found` (out of
-    band) and says the rest stay in the pickle."""
+def take_buffer(pb: pickle.PickleBuffer, found: list, least: float = OOB_MIN) -> bool:
+    """A pickler's ``buffer_callback``: keeps contiguous buffers of `least` bytes or more
+    in `found` (out of band) and says the rest stay in the pickle. A SharedArray's span
+    goes out of band whatever its size (with ``least=inf``, it alone does)."""
     try:
         raw = pb.raw()
     except BufferError:  # not contiguous: pickled in-band
         return True
-    if raw.nbytes < OOB_MIN and type(raw.obj) is not _native.ArenaBuffer:
-        return True  # (a SharedArray's span goes out of band whatever its size)
-    found.append(raw)
-    return False
-
-
-def take_shared_buffer(pb: pickle.PickleBuffer, found: list) -> bool:
-    """As `take_buffer`, for SharedArray spans only: every other buffer stays in the
-    pickle."""
-    try:
-        raw = pb.raw()
-    except BufferError:
-        return True
-    if type(raw.obj) is not _native.ArenaBuffer:
+    if raw.nbytes < least and type(raw.obj) is not _native.ArenaBuffer:
         return True
     found.append(raw)
     return False
@@ -228,14 +221,22 @@ def uncommit(data: bytes) -> Framed:
 def ungive(data: bytes) -> None:
     """A committed GIVE payload that will never be taken (its send failed, or it was read
     and could not be unpickled): its blocks are let go."""
-    a = _arena
-    if a is None or not is_framed(data) or data[0] != GIVE or int.from_bytes(data[1:9], "little") != a.id:
-        return
-    for d in _descriptors(data):
+    if is_framed(data) and data[0] == GIVE and _ours(data):
+        _ungive_all(_descriptors(data))
+
+
+def _ungive_all(descriptors: list[bytes]) -> None:
+    assert _arena is not None
+    for d in descriptors:
         try:
-            a.ungive(d)
+            _arena.ungive(d)
         except ValueError:
             pass  # (taken meanwhile, or gone)
+
+
+def _ours(data: bytes) -> bool:
+    """Whether framed `data` names this process's arena."""
+    return _arena is not None and int.from_bytes(data[1:9], "little") == _arena.id
 
 
 def weight(data: bytes) -> int:
@@ -261,7 +262,7 @@ def unframe(data: bytes) -> Any:
     """Unpickles a framed payload, its buffers as views into the arena. If it cannot be
     read, a GIVE frame's blocks are let go all the same."""
     a = _arena
-    if a is None or int.from_bytes(data[1:9], "little") != a.id:
+    if a is None or not _ours(data):
         raise pickle.UnpicklingError("the data's large buffers are in another program's shared memory")
     given = data[0] == GIVE
     descriptors = _descriptors(data)
@@ -271,11 +272,7 @@ def unframe(data: bytes) -> Any:
             views.append(a.take(d, given))
     except BaseException:
         if given:
-            for d in descriptors[len(views):]:
-                try:
-                    a.ungive(d)
-                except ValueError:
-                    pass
+            _ungive_all(descriptors[len(views):])
         raise
     return pickle.loads(memoryview(data)[_HEAD + len(descriptors) * _DESCRIPTOR:], buffers=views)
 
@@ -284,7 +281,7 @@ def in_band(data: bytes) -> bytes:
     """A message as ``recv_bytes`` returns it: an object sent with ``send`` whose buffers
     went through this program's arena, pickled whole (as multiprocessing's would be), so
     ``pickle.loads`` reads it; any other message as it is."""
-    if is_framed(data) and _arena is not None and int.from_bytes(data[1:9], "little") == _arena.id:
+    if is_framed(data) and _ours(data):
         return pickle.dumps(unframe(data), pickle.HIGHEST_PROTOCOL)
     return data
 

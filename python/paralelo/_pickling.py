@@ -5,6 +5,7 @@ classes made at run time), machine arrays for chunks of only ints or only floats
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle
 
-from ._arena import GIVE, LEND, frame, is_framed, take_buffer, take_shared_buffer, unframe
+from ._arena import GIVE, LEND, frame, is_framed, take_buffer, unframe
 from ._native import pack_numbers, unpack_numbers
 from ._wire import OK, OK_ARRAY
 
@@ -129,7 +130,7 @@ def function_payload(obj: Any, main: MainNames | None) -> bytes:
     travels as its block, lent for the job's life, so every worker writes the same array;
     any other buffer stays in the pickle, a copy for each worker."""
     found: list = []
-    data = by_value(obj, main, lambda pb: take_shared_buffer(pb, found))
+    data = by_value(obj, main, lambda pb: take_buffer(pb, found, math.inf))
     if found:
         framed = frame(data, found, LEND)
         return framed if framed is not None else by_value(obj, main)

@@ -35,12 +35,6 @@ except ImportError:  # pragma: no cover
 __all__ = ["SharedArray"]
 
 
-def _spawning() -> bool:
-    from multiprocessing import context
-
-    return context.get_spawning_popen() is not None
-
-
 def _rebuild(buffer: Any, first: int, shape: tuple, strides: tuple, dtype: Any) -> np.ndarray:
     """A SharedArray from its span: the block itself when it came out of band (a view of
     the arena), else an ordinary array holding the copy a plain pickle made."""
@@ -108,7 +102,7 @@ class SharedArray(np.ndarray):
                 span = a.share_span(lo, hi - lo)
                 if span is not None:
                     return _rebuild, (pickle.PickleBuffer(cast(Any, span)), first, self.shape, self.strides, self.dtype)
-            elif _spawning():
+            elif _arena.spawning():
                 # (multiprocessing's pickler, spawning a process: the one pickle is taken
                 # there, so the block is given to it now.)
                 descriptor = a.give_span(lo, hi - lo)

@@ -111,15 +111,15 @@ impl Shared {
     }
 
     /// One reference here to block `r` less; the last lets go of it in the arena, or, with
-    /// `hand_over`, gives it to a message. False if `r` was not counted here.
-    fn uncount(&self, r: &BlockRef, hand_over: bool) -> PyResult<bool> {
+    /// `hand_over`, gives it to a message. Nothing if `r` was not counted here.
+    fn uncount(&self, r: &BlockRef, hand_over: bool) -> PyResult<()> {
         let mut l = self.local()?;
         let last = match l.held.get_mut(&r.offset) {
             Some(h) if h.block.index == r.index && h.block.gen == r.gen => {
                 h.count -= 1;
                 h.count == 0
             }
-            _ => return Ok(false),
+            _ => return Ok(()),
         };
         // Shared again before it goes: its next use here reads the arena.
         if last && l.held.remove(&r.offset).is_some_and(|h| h.private) {
@@ -131,8 +131,7 @@ impl Shared {
             (false, true) => self.arena.release(l.slot, r),
             (false, false) => Ok(()),
         };
-        result.map_err(to_py)?;
-        Ok(true)
+        result.map_err(to_py)
     }
 
     /// The block this process holds that contains `len` bytes at `addr`, and where they
@@ -245,17 +244,23 @@ impl PyArena {
         shared: bool,
         fill: impl Fn(usize) + Send + Sync,
     ) -> PyResult<Option<BlockRef>> {
-        let slot = self.shared.local()?.slot;
         let arena = &self.shared.arena;
-        let Some(r) = py
-            .detach(|| arena.alloc(len as u64, Some(slot)))
-            .map_err(to_py)?
-        else {
-            return Ok(None);
+        let r = {
+            // Counted under the same hold as the allocation: a fork in between would give
+            // the child a block its bookkeeping does not know.
+            let mut l = self.shared.local()?;
+            let slot = l.slot;
+            let Some(r) = py
+                .detach(|| arena.alloc(len as u64, Some(slot)))
+                .map_err(to_py)?
+            else {
+                return Ok(None);
+            };
+            Shared::count(&mut l, r, shared);
+            r
         };
         let dst = arena.base() as usize + r.offset as usize;
-        py.detach(|| fill(dst));
-        Shared::count(&mut *self.shared.local()?, r, shared);
+        py.detach(|| fill(dst)); // (no one sees the block before this returns)
         Ok(Some(r))
     }
 
@@ -354,7 +359,7 @@ impl PyArena {
                 "this arena buffer was handed over already",
             ));
         }
-        self.shared.uncount(&hold.block, true).map(drop)
+        self.shared.uncount(&hold.block, true)
     }
 
     /// Gives a message the `nbytes` at address `addr` if they lie in a block this process
@@ -495,16 +500,6 @@ impl PyArena {
     /// (bytes in blocks in use, how many blocks): for tests and diagnostics.
     fn usage(&self) -> PyResult<(u64, usize)> {
         self.shared.arena.usage().map_err(to_py)
-    }
-
-    /// Bytes written and not given back since: for tests and diagnostics.
-    fn resident(&self) -> u64 {
-        self.shared.arena.resident()
-    }
-
-    /// Keeps at most `bytes` of freed memory resident for reuse.
-    fn set_keep(&self, bytes: u64) {
-        self.shared.arena.set_keep(bytes);
     }
 }
 

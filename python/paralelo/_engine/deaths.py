@@ -23,7 +23,7 @@ from .. import _arena
 from .._errors import TaskTimeoutError, WorkerLostError, broken
 from .._pickling import from_array
 from .._wire import TASK
-from .jobs import CallJob, Unit
+from .jobs import Unit
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -84,8 +84,7 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
                 continue
             if unit.tries < job.retries:
                 unit.tries += 1  # lost to its worker's death, not to its own exception
-                if isinstance(job, CallJob):
-                    job.repack(unit)  # it ran: it may have written to its arguments
+                job.repack(unit)  # it ran: it may have written to its arguments
                 engine.requeue(unit)
                 continue
             tried = f" (tried {unit.tries + 1} times)" if unit.tries else ""

@@ -24,10 +24,9 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
-from .. import _native, _zygote
+from .. import _arena, _native, _zygote
 from .._worker import ENTRY as WORKER, Setup
 from .._errors import ResultUnpicklingError, broken, interrupted, load_error, pickling_failed
-from .. import _arena
 from .._arena import LEND, Framed, weight
 from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps, loads
 from .._wire import ARRAY, COUNT_SHIFT, BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS

@@ -78,6 +78,10 @@ class Job:
         holds at most that many items."""
         raise NotImplementedError
 
+    def repack(self, unit: Unit) -> None:
+        """Before `unit` runs again after its worker died running it. (A map's units are
+        pickled as they are sent, so each run gets its items afresh.)"""
+
     def has_more(self) -> bool:
         """Whether units may still come (now or once a lazy consumer makes room)."""
         raise NotImplementedError
@@ -216,7 +220,7 @@ class CallJob(Job):
             self.finished = True  # cancelled before it ran
             return None
         try:
-            payload = dumps((self.fn, self.args, self.kwargs), self.main, LEND)
+            payload = self._pickled()
         except BaseException as e:  # noqa: BLE001 - reported to the caller
             self.finished = True
             self.args, self.kwargs = (), {}
@@ -231,11 +235,14 @@ class CallJob(Job):
             self.args, self.kwargs = (), {}
         return Unit(self, CALL, payload)
 
+    def _pickled(self) -> bytes:
+        return dumps((self.fn, self.args, self.kwargs), self.main, LEND)
+
     def repack(self, unit: Unit) -> None:
-        """Before `unit` runs again: its arguments afresh, if they were lent in arena
-        blocks its first run may have written to."""
+        """Its arguments afresh, if they were lent in arena blocks its first run may have
+        written to."""
         if type(unit.payload) is Framed:
-            unit.payload = dumps((self.fn, self.args, self.kwargs), self.main, LEND)
+            unit.payload = self._pickled()
 
     def has_more(self) -> bool:
         return bool(self.requeued) or not self.sent
