@@ -347,6 +347,36 @@ def test_a_retried_call_gets_its_arguments_as_they_were_sent(tmp_path):
         assert pool.apply(bump_then_die, (np.zeros(BIG), str(tmp_path / "died")), retries=1) == 1.0
 
 
+def test_a_retried_item_of_a_lazy_input_is_sent_as_it_was_read(tmp_path):
+    def arrays():
+        buf = np.zeros(BIG)
+        for i in range(3):
+            buf[:] = 10 * i
+            yield buf, str(tmp_path / f"died{i}")
+
+    with paralelo.Pool(1) as pool:
+        assert list(pool.imap(_star_bump_then_die, arrays(), retries=1)) == [1.0, 11.0, 21.0]
+
+
+def test_a_snapshot_of_a_lazy_input_item_keeps_its_big_buffers_in_the_arena():
+    from paralelo._pickling import Snapshot, snapshot
+
+    item = np.arange(BIG, dtype=float)
+    snap = snapshot(item, None, _arena.LEND)
+    assert type(snap) is Snapshot and snap.oob == item.nbytes
+    item[:] = -1  # the input changes it after it was read
+    payload = dumps([snap, 7], None, _arena.LEND)
+    assert len(payload) < 4096  # the snapshot's frame travels, not its buffer
+    got = loads(payload)
+    assert got[1] == 7 and got[0][0] == 0.0 and got[0][-1] == BIG - 1
+    assert snapshot((1, "a", 2.5, None), None, _arena.LEND) == (1, "a", 2.5, None)  # nothing to fear
+    assert type(snapshot(([],), None, _arena.LEND)) is Snapshot
+
+
+def _star_bump_then_die(args):
+    return bump_then_die(*args)
+
+
 def test_an_object_sent_to_a_closed_pipe_or_read_as_bytes_leaves_nothing_held():
     arena = _arena.arena()
     r, w = paralelo.Pipe()

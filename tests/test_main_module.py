@@ -846,3 +846,68 @@ def test_maps_of_numbers_give_what_multiprocessing_gives(tmp_path) -> None:
     paralelo_out, stdlib_out = side_by_side(tmp_path, MAPS_OF_NUMBERS)
     assert paralelo_out == stdlib_out
     assert paralelo_out.splitlines()[0] == "[] [994009, 996004, 998001] [0.25, 0.25]"
+
+
+REFILL = textwrap.dedent(
+    """
+    import sys, threading
+    import numpy as np
+    if sys.argv[1] == "paralelo":
+        from paralelo import Pool
+    else:
+        from multiprocessing import Pool
+
+    def total(a):
+        return float(a.sum()), len(a)
+
+    def refill(n, size):
+        # One buffer, refilled for each item: what a reader of a file or a camera does.
+        buf = np.zeros(size)
+        for i in range(n):
+            buf[:] = i
+            yield buf
+
+    def records():
+        rec = {"k": 0, "v": []}
+        for i in range(20):
+            rec["k"] = i
+            rec["v"].append(i)
+            yield rec
+
+    def key_and_len(r):
+        return r["k"], len(r["v"])
+
+    def length(x):
+        return len(x)
+
+    def with_a_lock():
+        yield [1]
+        yield [threading.Lock()]
+        yield [1, 2, 3]
+
+    if __name__ == "__main__":
+        with Pool(2) as p:
+            print(list(p.imap(total, refill(30, 1000))))
+            print(sorted(p.imap_unordered(total, refill(30, 1000))))
+            print(list(p.imap(total, refill(6, 50_000))))  # 400 KB each: through the arena
+            print(list(p.imap(key_and_len, records())))
+            print(list(p.starmap(divmod, ((i, 7) for i in range(20)))))
+            it = p.imap(length, with_a_lock())
+            for _ in range(3):
+                try:
+                    print(next(it))
+                except Exception as e:
+                    print("cannot pickle", "lock" in str(e) or "lock" in str(e.__cause__))
+    """
+)
+
+
+def test_imap_sends_each_item_as_it_was_read(tmp_path) -> None:
+    """A generator that refills one buffer (or one dict) for every item: each item goes
+    out as it was when read, as multiprocessing pickles each as it reads it."""
+    outs = side_by_side(tmp_path, REFILL)
+    assert outs[0] == outs[1]
+    lines = outs[0].splitlines()
+    assert lines[0] == str([(1000.0 * i, 1000) for i in range(30)])
+    assert lines[2] == str([(50000.0 * i, 50000) for i in range(6)])
+    assert lines[3] == str([(i, i + 1) for i in range(20)])

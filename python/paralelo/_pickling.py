@@ -17,7 +17,7 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle
 
-from ._arena import GIVE, LEND, frame, is_framed, take_buffer, unframe
+from ._arena import GIVE, LEND, OOB_MIN, frame, is_framed, take_buffer, unframe
 from ._native import pack_numbers, unpack_numbers
 from ._wire import OK, OK_ARRAY
 
@@ -140,6 +140,110 @@ def function_payload(obj: Any, main: MainNames | None) -> bytes:
 def loads(data: Any) -> Any:
     """Unpickles what `dumps` made."""
     return unframe(data) if is_framed(data) else pickle.loads(data)
+
+
+#: Types whose values no one can change: an item of these needs no snapshot (see
+#: `snapshot`). A tuple needs none if its items need none; numpy's scalars join on sight.
+_FROZEN: dict[type, bool] = {t: True for t in (int, float, str, bytes, bool, type(None), complex, range)}
+#: Types that need no look at all.
+PLAIN = frozenset(_FROZEN)
+
+
+def _frozen_type(t: type) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and issubclass(t, (np.number, np.bool_, np.str_, np.bytes_, np.datetime64, np.timedelta64))
+
+
+def frozen(item: Any) -> bool:
+    """Whether `item` can be pickled later with the same result as now."""
+    t = type(item)
+    if t is tuple:
+        return PLAIN.issuperset(map(type, item)) or all(map(frozen, item))
+    known = _FROZEN.get(t)
+    if known is None:
+        known = _FROZEN[t] = _frozen_type(t)
+    return known
+
+
+class Snapshot:
+    """An item of a lazily read input, pickled as it was read: a generator may change the
+    object it yields once it is asked for the next (a buffer it refills), and the item
+    must still go out as it was, as multiprocessing pickles each item as it reads it.
+    Big buffers go to the arena at once (`mode`: ``LEND``), unless its job may run the
+    item again (a retry), which a worker writing into them must not change. An item that
+    cannot be pickled raises when its chunk is, as one read directly would."""
+
+    __slots__ = ("blob", "error")
+
+    def __init__(self, item: Any, main: MainNames | None, mode: int) -> None:
+        self.blob: bytes = b""
+        self.error: BaseException | None = None
+        try:
+            self.blob = dumps(item, main, mode)
+        except Exception as e:  # noqa: BLE001 - raised when its chunk is pickled
+            self.error = e
+
+    @property
+    def oob(self) -> int:
+        """Bytes it holds in the arena."""
+        return getattr(self.blob, "oob", 0)
+
+    def sendable(self) -> Any:
+        """Its pickle as a chunk carries it: plain bytes (a frame's blocks stay held
+        here), or a buffer if big, which may go out of band with the chunk."""
+        if self.error is not None:
+            raise self.error
+        blob = self.blob
+        if len(blob) >= OOB_MIN:
+            return pickle.PickleBuffer(blob)
+        return blob if type(blob) is bytes else bytes(blob)
+
+    def __reduce__(self) -> tuple:
+        # (Alone: an item of a chunk cut up after its worker died.)
+        return _unsnap, (self.sendable(),)
+
+
+def _unsnap(blob: Any) -> Any:
+    # (A view into the arena if the blob went out of band.)
+    return loads(blob if type(blob) is bytes else memoryview(blob))
+
+
+def snapshot(item: Any, main: MainNames | None, mode: int) -> Any:
+    """`item` itself if it cannot change, else a `Snapshot` of it."""
+    return item if frozen(item) else Snapshot(item, main, mode)
+
+
+class Snapped(list):
+    """A chunk's items, some of them snapshots (at `at`): pickled as their pickles, each
+    unpickled in its place by the worker, with one call for the whole chunk."""
+
+    __slots__ = ("at",)
+
+    def __reduce__(self) -> tuple:
+        out = list(self)
+        for i in self.at:
+            out[i] = out[i].sendable()
+        return _unsnap_all, (out, self.at)
+
+
+def _unsnap_all(items: list, at: list[int]) -> list:
+    plain = pickle.loads
+    for i in at:
+        blob = items[i]
+        # (A plain pickle, the usual case, without a call more.)
+        items[i] = plain(blob) if type(blob) is bytes and blob[:1] == b"\x80" else _unsnap(blob)
+    return items
+
+
+def snapped(items: list) -> tuple[list, int]:
+    """A chunk cut from a lazy input's items: (its payload, the bytes its snapshots hold
+    in the arena)."""
+    at = [i for i, x in enumerate(items) if type(x) is Snapshot]
+    if not at:
+        return items, 0
+    out = Snapped(items)
+    out.at = at
+    return out, sum(items[i].oob for i in at)
 
 
 #: Below this many items, pickle is as fast as anything (and callers skip even the look:

@@ -517,7 +517,7 @@ class Engine:
                     if type(payload) is Framed:
                         for u in run:
                             u.sent = payload
-                job.weigh(True, weight(payload), sum(u.count for u in run))
+                job.weigh(True, weight(payload) + sum(u.snapped for u in run), sum(u.count for u in run))
             except BaseException as e:  # noqa: BLE001 - find the chunk that cannot be pickled
                 if interrupted(e):
                     self._drop_unsent(slot, job, units[i - len(run):], e)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from .._outcomes import Segments
 from .._errors import interrupted, pickling_failed
 from .._arena import LEND, Framed
-from .._pickling import MainNames, cut, dumps, function_payload
+from .._pickling import PLAIN, MainNames, cut, dumps, function_payload, snapshot, snapped
 from .._wire import CALL, TASK
 from .chunking import Chunker
 from .sink import MapSink
@@ -39,7 +39,7 @@ class Unit:
     """One schedulable piece of work: a chunk of a map job (`payload` holds its items until
     sent) or one call (`payload` is the pickled call). `seq` is its ticket."""
 
-    __slots__ = ("job", "seq", "tag", "payload", "start", "count", "solo", "tries", "deadline", "sent")
+    __slots__ = ("job", "seq", "tag", "payload", "start", "count", "solo", "tries", "deadline", "sent", "snapped")
 
     def __init__(self, job: Job, tag: int, payload: Any, start: int = 0, count: int = 1):
         self.job, self.seq, self.tag, self.payload = job, next(_tickets), tag, payload
@@ -50,6 +50,8 @@ class Unit:
         #: The payload last sent, if it lent buffers (``_arena.Framed``): they live until
         #: the unit is answered (or sent again, with new ones).
         self.sent: bytes | None = None
+        #: Bytes its items' snapshots hold in the arena (see `MapJob.feed`).
+        self.snapped = 0
 
 
 class Job:
@@ -292,6 +294,7 @@ class MapJob(Job):
             iterable if type(iterable) in (list, tuple, range) else None  # type: ignore[assignment]
         )
         self.it: Iterator = iter(iterable)
+        self.main = main
         self.fed: deque = deque()  # items read by `feed`, not yet cut into units
         self.feed_lock = threading.Lock()  # one reader of the iterator at a time
         self.fed_lock = threading.Lock()  # `fed` and `fed_all` change together
@@ -387,7 +390,9 @@ class MapJob(Job):
             n = len(items)
         unit = None
         if items:
-            unit = Unit(self, TASK, items, self.sent_items, len(items))
+            payload, oob = snapped(items)
+            unit = Unit(self, TASK, payload, self.sent_items, len(items))
+            unit.snapped = oob
             self.chunks_cut += 1
             self.sent_items += len(items)
         if failure is not None:
@@ -419,12 +424,15 @@ class MapJob(Job):
             # `fed_lock`), and the clock is read every 32 items.
             fed, clock, workers = self.fed, time.perf_counter, self.processes
             append = fed.append
+            # Each item is pickled as it is read (`snapshot`), before the input is asked
+            # for the next, which may change it; ints, strings and the like need not be.
+            plain, main, mode = PLAIN, self.main, 0 if self.retries else LEND
             least = self.chunker.fixed or 1  # items that make a unit (a caller's chunk is whole)
             kicked = clock()
             read = counted = 0
             try:
                 for item in self.it:
-                    append(item)
+                    append(item if type(item) in plain else snapshot(item, main, mode))
                     read += 1
                     if ((read == 1 or self.outstanding < workers) and len(fed) >= least
                             or (not read & 31 and clock() - kicked > STREAM_SECONDS)):
