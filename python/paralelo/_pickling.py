@@ -218,6 +218,7 @@ class Snapped(list):
     unpickled in its place by the worker, with one call for the whole chunk."""
 
     __slots__ = ("at",)
+    at: list[int]
 
     def __reduce__(self) -> tuple:
         out = list(self)

@@ -31,7 +31,7 @@ from typing import Any
 from . import _arena
 from ._native import Channel
 from ._arena import commit, ungive
-from .queues import dumps
+from .queues import dumps, pass_channel
 
 __all__ = [
     "AuthenticationError", "BufferTooShort", "Client", "Connection", "Listener", "Pipe",
@@ -252,8 +252,8 @@ class Connection:
             return None if fd < 0 else reduction.DupFd(fd)
 
         return _rebuild, (dup(self._fd),
-                          None if self._in is None else dup(self._in.fd),
-                          None if self._out is None else dup(self._out.fd),
+                          None if self._in is None else pass_channel(self._in),
+                          None if self._out is None else pass_channel(self._out),
                           dup(self._in_event), dup(self._out_event), _arena.for_spawning())
 
 

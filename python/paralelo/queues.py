@@ -75,6 +75,28 @@ def _forget_feeders_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_feeders_after_fork)
 
 
+def pass_channel(ch: Channel) -> Any:
+    """How a channel is pickled to another process: a descriptor that holds it (see
+    ``Channel.hold_for_passing``) until the receiver opened it, so the last handle here
+    going meanwhile does not let go of the messages that process is to read. Passed by
+    the starting process's Popen while spawning (kept open until it is gone), else
+    through multiprocessing's resource sharer (which holds a copy until it is taken)."""
+    from multiprocessing import context
+
+    fd = ch.hold_for_passing()
+    popen = context.get_spawning_popen()
+    try:
+        dup = reduction.DupFd(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if popen is None:
+        os.close(fd)
+    else:
+        weakref.finalize(popen, os.close, fd)
+    return dup
+
+
 class _Shared:
     """What every queue shares: the channel, how it pickles to another process, and how
     a forked child starts over."""
@@ -86,10 +108,9 @@ class _Shared:
         _arena.arena()  # (so processes forked from here on map it: big items go through it)
 
     def __getstate__(self) -> tuple:
-        # The channel's segment goes as a descriptor: through the starting process's
-        # Popen while spawning, else through multiprocessing's resource sharer (so a
-        # queue may go to a running pool's task). A spawned process gets the arena too.
-        return (reduction.DupFd(self._ch.fd), _arena.for_spawning(), *self._extra_state())
+        # The channel goes as a descriptor (`pass_channel`: so a queue may go to a
+        # running pool's task too). A spawned process gets the arena as well.
+        return (pass_channel(self._ch), _arena.for_spawning(), *self._extra_state())
 
     def __setstate__(self, state: tuple) -> None:
         _arena.adopt(state[1])

@@ -31,6 +31,8 @@ static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// `paralelo._arena.unframe`: a message whose big buffers are in the arena.
 static UNFRAME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// `paralelo._arena.ungive`: lets go of an unread message's blocks.
+static UNGIVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// Buffers this big belong in the arena (`_arena.OOB_MIN`): a message holding one takes
 /// the Python side's path, which frames it.
 const OOB_MIN: usize = 1 << 17;
@@ -210,10 +212,18 @@ impl PyChannel {
         Ok(Self::wrap(Channel::open(fd).map_err(to_py)?))
     }
 
-    /// The segment's descriptor (this object's own: duplicate it to pass it on).
+    /// The segment's descriptor (this object's own).
     #[getter]
     fn fd(&self) -> i32 {
         self.inner.raw_fd()
+    }
+
+    /// A new descriptor to pass the channel to another process with (the caller's to
+    /// close): it holds the channel until the receiver opened it, so the channel's
+    /// unread messages are not let go of meanwhile (see `Channel::let_go`).
+    fn hold_for_passing(&self) -> PyResult<i32> {
+        use std::os::fd::IntoRawFd;
+        Ok(self.inner.hold_for_passing().map_err(to_py)?.into_raw_fd())
     }
 
     /// A queue's put when nothing is in the way: counts `obj` in (unless `maxsize` are
@@ -457,5 +467,27 @@ impl PyChannel {
             inner,
             peer_looked: AtomicU64::new(0),
         }
+    }
+}
+
+impl Drop for PyChannel {
+    /// The last handle on the channel anywhere lets go of what its unread messages hold
+    /// in the arena (`_arena.ungive`: a frame's blocks, given to the message), rather
+    /// than keep it until the program ends.
+    fn drop(&mut self) {
+        let left = self.inner.let_go();
+        if !left.iter().any(|m| matches!(m.first(), Some(1 | 2))) {
+            return;
+        }
+        Python::attach(|py| {
+            let Ok(ungive) = UNGIVE.import(py, "paralelo._arena", "ungive") else {
+                return; // (the interpreter is ending: so does the program's arena)
+            };
+            for msg in left.iter().filter(|m| matches!(m.first(), Some(1 | 2))) {
+                if let Err(e) = ungive.call1((PyBytes::new(py, msg),)) {
+                    e.write_unraisable(py, None);
+                }
+            }
+        });
     }
 }

@@ -8,9 +8,9 @@
 //! dies, or gives up, half-way through a message leaves a mark in the header, so the next
 //! one drops that message's fragments and every other message arrives whole.
 use std::cell::UnsafeCell;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
@@ -21,7 +21,7 @@ use crate::ring::{
 };
 use crate::sync::{caller_ids, Doorbell, Poll, SharedLock, Taken};
 pub use crate::sys::peer::{drain_pokes, hung_up, poke};
-use crate::sys::thread;
+use crate::sys::{hold, thread};
 use crate::{Error, Result, Segment};
 
 const CHANNEL_MAGIC: u64 = 0x6e61_6863_6f6c_6170; // "palochan"
@@ -136,6 +136,9 @@ pub struct Channel {
     consumer: UnsafeCell<Consumer>,
     /// Reads the ring's indices without holding an end (`has_data`, `wait_data`).
     probe: Probe,
+    /// This handle's hold on the channel (see [`Channel::let_go`]); None once let go.
+    /// (Only ever try-locked: a copy inherited locked by a forked child must not hang it.)
+    hold: Mutex<Option<OwnedFd>>,
 }
 
 // SAFETY: `hdr` points into `seg`, kept alive by the Arc; it is shared memory by design,
@@ -244,7 +247,9 @@ impl Channel {
 
     /// The channel in a segment another process created and passed to us.
     pub fn open(fd: BorrowedFd<'_>) -> Result<Self> {
-        let seg = Arc::new(Segment::open(fd)?);
+        // Mapped through a description of our own: `fd` may be a hold passed to us
+        // (`hold_for_passing`), which a copy kept in the segment would keep held.
+        let seg = Arc::new(Segment::open(hold::reopen(fd)?.as_fd())?);
         let hdr = NonNull::new(seg.at::<ChannelHeader>(0)?).expect("mapping is non-null");
         // SAFETY: as in `create`.
         let h = unsafe { hdr.as_ref() };
@@ -268,6 +273,7 @@ impl Channel {
     ) -> Result<Self> {
         let consumer = Consumer::new(seg.clone(), layout.ring, init)?;
         Ok(Channel {
+            hold: Mutex::new(Some(hold::take(seg.fd())?)),
             producer: UnsafeCell::new(Producer::new(seg.clone(), layout.ring, init)?),
             probe: consumer.probe(),
             consumer: UnsafeCell::new(consumer),
@@ -288,9 +294,39 @@ impl Channel {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The segment's descriptor, to pass the channel to another process.
+    /// The segment's descriptor (for identity: pass [`Channel::hold_for_passing`] on).
     pub fn raw_fd(&self) -> RawFd {
         self.seg.raw_fd()
+    }
+
+    /// A descriptor to pass the channel to another process with: a hold of its own, so
+    /// the channel counts as held from now until the receiver opens it and closes this
+    /// (or, if it never arrives, until every copy of it is closed).
+    pub fn hold_for_passing(&self) -> Result<OwnedFd> {
+        hold::take(self.seg.fd())
+    }
+
+    /// Lets go of this handle's hold. If no other handle holds the channel, in any
+    /// process (handles of dead processes hold nothing), returns the messages left in
+    /// it, which no one will ever read: their owner lets go of what they hold elsewhere
+    /// (the arena blocks of big buffers). Else, or if called again, an empty list.
+    pub fn let_go(&self) -> Vec<Vec<u8>> {
+        let Some(hold) = self.hold.try_lock().ok().and_then(|mut h| h.take()) else {
+            return Vec::new();
+        };
+        let Some(_alone) = hold::release(hold, self.seg.fd()) else {
+            return Vec::new();
+        };
+        // No sender is left: every message is whole in the ring (a large one in
+        // fragments, which `try_recv` leaves to `recv`), and a look is enough.
+        let mut left = Vec::new();
+        loop {
+            let mut msg = Vec::new();
+            match self.recv(&mut msg, Some(Instant::now()), &mut || true) {
+                Ok(()) => left.push(msg),
+                Err(_) => return left,
+            }
+        }
     }
 
     /// The ring's size in bytes.

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -122,6 +123,20 @@ fn a_channel_opened_from_its_fd_shares_the_messages() {
     b.recv(&mut out, soon(), &mut keep_going).unwrap();
     assert_eq!(out, big);
     t.join().unwrap();
+}
+
+#[test]
+fn the_last_handle_to_let_go_gets_the_unread_messages() {
+    let a = Channel::create(SMALL, Counting::None).unwrap();
+    let passed = a.hold_for_passing().unwrap();
+    let b = Channel::open(passed.as_fd()).unwrap();
+    a.send(b"one", soon(), &mut keep_going, None).unwrap();
+    a.send(&[9u8; 3000], soon(), &mut keep_going, None).unwrap(); // several fragments
+    assert!(a.let_go().is_empty(), "b and the passed descriptor hold it");
+    assert!(a.let_go().is_empty(), "a second let-go is nothing");
+    drop(passed);
+    let left = b.let_go();
+    assert_eq!(left, vec![b"one".to_vec(), vec![9u8; 3000]]);
 }
 
 #[test]
