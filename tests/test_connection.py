@@ -254,3 +254,38 @@ def test_select_wakes_for_a_message_larger_than_the_ring() -> None:
     assert wait([r], 0.05) == []
     r.close()
     w.close()
+
+
+SPAWNED_END = """
+import sys
+if sys.argv[1] == "paralelo":
+    import paralelo as mp
+else:
+    import multiprocessing as mp
+
+def double(conn):
+    conn.send(conn.recv() * 2)
+
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    a, b = ctx.Pipe()  # (globals: dropped only as the interpreter ends, in both processes)
+    p = ctx.Process(target=double, args=(b,))
+    p.start()
+    a.send(21)
+    print(a.recv())
+    p.join()
+"""
+
+
+def test_pipe_ends_left_to_the_interpreters_end_close_quietly(tmp_path):
+    """Module globals (`os` among them) may be gone when a connection left in one is
+    collected: closing it then still works, and nothing is printed."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(SPAWNED_END)
+    for lib in ("paralelo", "multiprocessing"):
+        out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True,
+                             timeout=60, cwd=tmp_path)
+        assert (out.returncode, out.stdout, out.stderr) == (0, "42\n", ""), lib

@@ -26,7 +26,7 @@ import weakref
 from multiprocessing import AuthenticationError, BufferTooShort, reduction, util
 from multiprocessing import connection as _mp
 from multiprocessing.connection import Client, Listener, answer_challenge, deliver_challenge
-from typing import Any
+from typing import Any, Callable
 
 from . import _arena
 from ._native import Channel
@@ -135,6 +135,9 @@ class Connection:
 
     def close(self) -> None:
         """Closes this end (in this process; copies other processes hold stay open)."""
+        self._close(os.close)
+
+    def _close(self, close_fd: Callable[[int], None]) -> None:
         sock, self._sock = self._sock, None
         if sock is None:
             return
@@ -150,7 +153,7 @@ class Connection:
             out.wake_receivers()  # (asleep, they look whether this was the last copy)
         for fd in (self._in_event, self._out_event):
             if fd >= 0:
-                os.close(fd)
+                close_fd(fd)
         self._in_event = self._out_event = -1
 
     def __enter__(self) -> Connection:
@@ -159,9 +162,10 @@ class Connection:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __del__(self) -> None:
+    def __del__(self, _close_fd: Callable[[int], None] = os.close) -> None:
+        # (At the interpreter's end, module globals such as `os` may be gone already.)
         if getattr(self, "_sock", None) is not None:
-            self.close()
+            self._close(_close_fd)
 
     def send(self, obj: Any) -> None:
         """Sends a picklable object to the other end."""
