@@ -362,7 +362,7 @@ def test_a_retried_item_of_a_lazy_input_is_sent_as_it_was_read(tmp_path):
 
 
 def test_a_snapshot_of_a_lazy_input_item_keeps_its_big_buffers_in_the_arena():
-    from paralelo._pickling import Snapshot, snapshot
+    from paralelo._engine.snapshot import Snapshot, snapshot
 
     item = np.arange(BIG, dtype=float)
     snap = snapshot(item, None, _arena.LEND)
@@ -372,12 +372,74 @@ def test_a_snapshot_of_a_lazy_input_item_keeps_its_big_buffers_in_the_arena():
     assert len(payload) < 4096  # the snapshot's frame travels, not its buffer
     got = loads(payload)
     assert got[1] == 7 and got[0][0] == 0.0 and got[0][-1] == BIG - 1
-    assert snapshot((1, "a", 2.5, None), None, _arena.LEND) == (1, "a", 2.5, None)  # nothing to fear
-    assert type(snapshot(([],), None, _arena.LEND)) is Snapshot
+
+
+
+def test_values_that_cannot_change_are_not_snapshotted():
+    import collections
+    import datetime
+    import decimal
+    import enum
+
+    from paralelo._engine.snapshot import frozen
+
+    Point = collections.namedtuple("Point", "x y")
+    Colour = enum.Enum("Colour", "RED GREEN")
+
+    class Loose(tuple):  # (has a __dict__: attributes may change)
+        pass
+
+    for value in (1, "a", 2.5, None, b"x", (1, ("a", 2.5)), Point(1, 2), frozenset({1, 2}),
+                  datetime.datetime.now(), decimal.Decimal("1.5"), Colour.RED, np.float32(1),
+                  np.int64(3), range(4)):
+        assert frozen(value), value
+    for value in ([], {}, ([],), Point([], 1), Loose((1,)), np.zeros(3), np.zeros(1, "i4,f8")[0],
+                  bytearray(b"x"), object()):
+        assert not frozen(value), value
 
 
 def _star_bump_then_die(args):
     return bump_then_die(*args)
+
+
+def _bump_and_die_at_150(args):
+    a, marker = args
+    first = float(a[0])
+    a += 1000  # (its own copy, as with multiprocessing)
+    if first == 150 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return first
+
+
+def test_items_run_again_after_their_worker_died_get_their_input_as_read(tmp_path):
+    """A worker dies part-way through one of our chunks, whose items then run again one
+    by one: each sees its input as the generator gave it, not as the dead worker left
+    its lent blocks."""
+    marker = str(tmp_path / "died")
+    items = ((np.full(_arena.OOB_MIN // 8 + 1024, float(i)), marker) for i in range(300))
+    out = []
+    with paralelo.Pool(2) as pool:
+        it = pool.imap(_bump_and_die_at_150, items)
+        for _ in range(300):
+            try:
+                out.append(next(it))
+            except paralelo.WorkerLostError:  # (it ran alone: nothing to run again)
+                out.append(None)
+    assert os.path.exists(marker)
+    assert [i for i, v in enumerate(out) if v != i] in ([], [150])
+
+
+def _fill_row(row):
+    row[:] = 7
+    return 1
+
+
+def test_shared_array_rows_from_a_generator_stay_shared_with_retries():
+    s = paralelo.SharedArray((4, BIG // 4))
+    with paralelo.Pool(2, retries=1) as pool:
+        assert sum(pool.imap(_fill_row, (s[i] for i in range(4)))) == 4
+    assert (s == 7).all()
 
 
 def test_a_dropped_queue_or_pipe_lets_go_of_its_unread_big_messages():
@@ -439,6 +501,45 @@ if __name__ == "__main__":
         time.sleep(0.05)
     assert _arena.arena().usage() == (0, 0), _arena.arena().usage()
 """
+
+
+PASSED_ONCE = """
+import os, gc
+import paralelo
+
+def size(q):  # (in __main__: the task is pickled a second time, by value)
+    return q.qsize()
+
+def channel_fds():
+    fds = os.listdir("/proc/self/fd")
+    return sum("paralelo-channel" in os.readlink(f"/proc/self/fd/{fd}") for fd in fds if fd.isdigit()
+               and os.path.exists(f"/proc/self/fd/{fd}"))
+
+def nothing(q):
+    pass
+
+if __name__ == "__main__":
+    q = paralelo.Queue()
+    q.put(1)
+    with paralelo.Pool(1) as pool:
+        pool.apply(size, (q,))
+        before = channel_fds()
+        print([pool.apply(size, (q,)) for _ in range(30)] == [1] * 30)
+        gc.collect()
+        print(channel_fds() - before)
+    ps = [paralelo.get_context("spawn").Process(target=nothing, args=(q,)) for _ in range(3)]
+    before = channel_fds()
+    for p in ps:
+        p.start()
+    print(channel_fds() - before)  # the children have their own holds once started
+    for p in ps:
+        p.join()
+"""
+
+
+def test_a_channel_passed_on_leaves_no_descriptor_behind(tmp_path):
+    out, = side_by_side(tmp_path, PASSED_ONCE, ("paralelo",))
+    assert out == "True\n0\n0"
 
 
 def test_a_queue_dropped_here_while_another_process_reads_it_keeps_its_messages(tmp_path):

@@ -4,6 +4,7 @@ classes made at run time), machine arrays for chunks of only ints or only floats
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -12,7 +13,7 @@ import sys
 import threading
 import types
 from collections import ChainMap
-from typing import Any
+from typing import Any, Callable
 
 import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle
@@ -101,14 +102,49 @@ def by_value(obj: Any, main: MainNames | None = None, buffer_callback: Any = Non
     return buf.getvalue()
 
 
-def dumps(obj: Any, main: MainNames | None = None, oob: int = 0) -> bytes:
+_session = threading.local()
+
+
+def pickling_once(dumps: Callable[..., bytes]) -> Callable[..., bytes]:
+    """Makes `dumps` a pickling session for `once`: it may pickle an object twice (the
+    C pickler first, then another), and what a ``__reduce__`` does to the world (pass
+    a descriptor on) must be done once."""
+
+    @functools.wraps(dumps)
+    def session(*args: Any, **kwargs: Any) -> bytes:
+        if getattr(_session, "made", None) is not None:
+            return dumps(*args, **kwargs)  # (inside another: its session)
+        _session.made = {}
+        try:
+            return dumps(*args, **kwargs)
+        finally:
+            _session.made = None
+
+    return session
+
+
+def once(obj: Any, make: Callable[[], Any]) -> Any:
+    """What `make()` makes for `obj` (a ``__reduce__``'s side effect), made once per
+    pickling session (see `pickling_once`)."""
+    made = getattr(_session, "made", None)
+    if made is None:
+        return make()
+    got = made.get(id(obj))
+    if got is None:
+        got = made[id(obj)] = (obj, make())  # (holding `obj`: its id stays its own)
+    return got[1]
+
+
+@pickling_once
+def dumps(obj: Any, main: MainNames | None = None, oob: int = 0, least: float = OOB_MIN) -> bytes:
     """Pickles arguments and results: the C pickler (fast) when it can, cloudpickle (see
     `by_value`) when the data refers to ``__main__`` or to classes made at run time.
     cloudpickle maps a class that went out by value and comes back to the original.
-    With `oob` (``_arena.LEND`` or ``GIVE``), big buffers go through the arena (a
-    ``_arena.Framed`` payload, which `loads` reads)."""
+    With `oob` (``_arena.LEND`` or ``GIVE``), buffers of `least` bytes or more go through
+    the arena (a ``_arena.Framed`` payload, which `loads` reads), and a SharedArray's
+    whatever its size."""
     found: list = []
-    callback = (lambda pb: take_buffer(pb, found)) if oob else None
+    callback = (lambda pb: take_buffer(pb, found, least)) if oob else None
     try:
         data = pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
         # A memchr-speed scan; a false hit (the string in the data) only costs a slower pickle.
@@ -140,111 +176,6 @@ def function_payload(obj: Any, main: MainNames | None) -> bytes:
 def loads(data: Any) -> Any:
     """Unpickles what `dumps` made."""
     return unframe(data) if is_framed(data) else pickle.loads(data)
-
-
-#: Types whose values no one can change: an item of these needs no snapshot (see
-#: `snapshot`). A tuple needs none if its items need none; numpy's scalars join on sight.
-_FROZEN: dict[type, bool] = {t: True for t in (int, float, str, bytes, bool, type(None), complex, range)}
-#: Types that need no look at all.
-PLAIN = frozenset(_FROZEN)
-
-
-def _frozen_type(t: type) -> bool:
-    np = sys.modules.get("numpy")
-    return np is not None and issubclass(t, (np.number, np.bool_, np.str_, np.bytes_, np.datetime64, np.timedelta64))
-
-
-def frozen(item: Any) -> bool:
-    """Whether `item` can be pickled later with the same result as now."""
-    t = type(item)
-    if t is tuple:
-        return PLAIN.issuperset(map(type, item)) or all(map(frozen, item))
-    known = _FROZEN.get(t)
-    if known is None:
-        known = _FROZEN[t] = _frozen_type(t)
-    return known
-
-
-class Snapshot:
-    """An item of a lazily read input, pickled as it was read: a generator may change the
-    object it yields once it is asked for the next (a buffer it refills), and the item
-    must still go out as it was, as multiprocessing pickles each item as it reads it.
-    Big buffers go to the arena at once (`mode`: ``LEND``), unless its job may run the
-    item again (a retry), which a worker writing into them must not change. An item that
-    cannot be pickled raises when its chunk is, as one read directly would."""
-
-    __slots__ = ("blob", "error")
-
-    def __init__(self, item: Any, main: MainNames | None, mode: int) -> None:
-        self.blob: bytes = b""
-        self.error: BaseException | None = None
-        try:
-            self.blob = dumps(item, main, mode)
-        except Exception as e:  # noqa: BLE001 - raised when its chunk is pickled
-            self.error = e
-
-    @property
-    def oob(self) -> int:
-        """Bytes it holds in the arena."""
-        return getattr(self.blob, "oob", 0)
-
-    def sendable(self) -> Any:
-        """Its pickle as a chunk carries it: plain bytes (a frame's blocks stay held
-        here), or a buffer if big, which may go out of band with the chunk."""
-        if self.error is not None:
-            raise self.error
-        blob = self.blob
-        if len(blob) >= OOB_MIN:
-            return pickle.PickleBuffer(blob)
-        return blob if type(blob) is bytes else bytes(blob)
-
-    def __reduce__(self) -> tuple:
-        # (Alone: an item of a chunk cut up after its worker died.)
-        return _unsnap, (self.sendable(),)
-
-
-def _unsnap(blob: Any) -> Any:
-    # (A view into the arena if the blob went out of band.)
-    return loads(blob if type(blob) is bytes else memoryview(blob))
-
-
-def snapshot(item: Any, main: MainNames | None, mode: int) -> Any:
-    """`item` itself if it cannot change, else a `Snapshot` of it."""
-    return item if frozen(item) else Snapshot(item, main, mode)
-
-
-class Snapped(list):
-    """A chunk's items, some of them snapshots (at `at`): pickled as their pickles, each
-    unpickled in its place by the worker, with one call for the whole chunk."""
-
-    __slots__ = ("at",)
-    at: list[int]
-
-    def __reduce__(self) -> tuple:
-        out = list(self)
-        for i in self.at:
-            out[i] = out[i].sendable()
-        return _unsnap_all, (out, self.at)
-
-
-def _unsnap_all(items: list, at: list[int]) -> list:
-    plain = pickle.loads
-    for i in at:
-        blob = items[i]
-        # (A plain pickle, the usual case, without a call more.)
-        items[i] = plain(blob) if type(blob) is bytes and blob[:1] == b"\x80" else _unsnap(blob)
-    return items
-
-
-def snapped(items: list) -> tuple[list, int]:
-    """A chunk cut from a lazy input's items: (its payload, the bytes its snapshots hold
-    in the arena)."""
-    at = [i for i, x in enumerate(items) if type(x) is Snapshot]
-    if not at:
-        return items, 0
-    out = Snapped(items)
-    out.at = at
-    return out, sum(items[i].oob for i in at)
 
 
 #: Below this many items, pickle is as fast as anything (and callers skip even the look:

@@ -35,6 +35,7 @@ from typing import Any, Callable, NoReturn
 
 from . import _arena, _native, _zygote
 from .context import get_start_method
+from .queues import close_passed
 
 __all__ = ["Process", "active_children", "current_process", "parent_process"]
 
@@ -157,7 +158,9 @@ class Process(_mp_process.BaseProcess):
     @staticmethod
     def _Popen(process_obj: _mp_process.BaseProcess) -> Any:
         method: str = process_obj._start_method or get_start_method() or "fork"  # type: ignore[attr-defined]
-        return _popen_for(method)(process_obj)
+        popen = _popen_for(method)(process_obj)
+        close_passed(popen)  # (started: the child has its copies of the channels passed)
+        return popen
 
 
 class ForkProcess(Process):

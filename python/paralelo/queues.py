@@ -32,7 +32,7 @@ from typing import Any
 from ._native import Channel
 from . import _arena
 from ._arena import GIVE, commit, frame, take_buffer, uncommit, ungive
-from ._pickling import by_value
+from ._pickling import by_value, once, pickling_once
 
 __all__ = ["Empty", "Full", "JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -40,6 +40,7 @@ __all__ = ["Empty", "Full", "JoinableQueue", "Queue", "SimpleQueue"]
 _UNBOUNDED = 1 << 31
 
 
+@pickling_once
 def dumps(obj: Any, oob: bool = True) -> bytes:
     """Pickles a message: by reference where the standard pickler can (so a ``__main__``
     class arrives as the receiver's own, as with multiprocessing's fork); else with
@@ -81,6 +82,10 @@ def pass_channel(ch: Channel) -> Any:
     going meanwhile does not let go of the messages that process is to read. Passed by
     the starting process's Popen while spawning (kept open until it is gone), else
     through multiprocessing's resource sharer (which holds a copy until it is taken)."""
+    return once(ch, lambda: _pass(ch))
+
+
+def _pass(ch: Channel) -> Any:
     from multiprocessing import context
 
     fd = ch.hold_for_passing()
@@ -93,8 +98,39 @@ def pass_channel(ch: Channel) -> Any:
     if popen is None:
         os.close(fd)
     else:
-        weakref.finalize(popen, os.close, fd)
+        _Passed.of(popen).fds.append(fd)
     return dup
+
+
+class _Passed:
+    """The holds passed to a process being started (see `pass_channel`): it has its own
+    copies once started, and ``paralelo.Process`` closes these then (`close_passed`);
+    a Popen of the standard library's, when it goes."""
+
+    __slots__ = ("fds", "__weakref__")
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    @classmethod
+    def of(cls, popen: Any) -> _Passed:
+        passed = popen.__dict__.get("_paralelo_passed")
+        if passed is None:
+            passed = popen._paralelo_passed = cls()
+            weakref.finalize(popen, passed.close)
+        return passed
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+def close_passed(popen: Any) -> None:
+    """Closes the holds passed to the process `popen` started (which has its own now)."""
+    passed = getattr(popen, "_paralelo_passed", None)
+    if passed is not None:
+        passed.close()
 
 
 class _Shared:

@@ -200,14 +200,15 @@ impl PyChannel {
         ))
     }
 
-    /// The channel whose segment is `fd` (duplicated: the caller keeps its own).
+    /// The channel whose segment is `fd` (the caller keeps, and closes, its own).
     #[staticmethod]
     fn open(fd: i32) -> PyResult<Self> {
         if fd < 0 {
             return Err(PyValueError::new_err(format!("bad fd {fd}")));
         }
-        // SAFETY: `Channel::open` only duplicates the fd during this call; an invalid fd
-        // makes that dup fail with EBADF, reported as OSError.
+        // SAFETY: `Channel::open` only reads the fd during this call (reopening it
+        // through /proc, or duplicating it); an invalid fd makes that fail (ENOENT or
+        // EBADF), reported as OSError.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         Ok(Self::wrap(Channel::open(fd).map_err(to_py)?))
     }

@@ -16,9 +16,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from .._outcomes import Segments
 from .._errors import interrupted, pickling_failed
 from .._arena import LEND, Framed
-from .._pickling import PLAIN, MainNames, cut, dumps, function_payload, snapshot, snapped
+from .._pickling import MainNames, cut, dumps, function_payload
 from .._wire import CALL, TASK
 from .chunking import Chunker
+from .snapshot import PLAIN, snapshot, snapped
 from .sink import MapSink
 
 _job_ids = itertools.count(1)
@@ -426,7 +427,10 @@ class MapJob(Job):
             append = fed.append
             # Each item is pickled as it is read (`snapshot`), before the input is asked
             # for the next, which may change it; ints, strings and the like need not be.
-            plain, main, mode = PLAIN, self.main, 0 if self.retries else LEND
+            # Lent to the arena only if no item runs twice: a chunk of ours is cut up to
+            # run again after its worker died, and a retry runs again.
+            lend = self.chunker.fixed and not self.retries
+            plain, main, mode = PLAIN, self.main, LEND if lend else 0
             least = self.chunker.fixed or 1  # items that make a unit (a caller's chunk is whole)
             kicked = clock()
             read = counted = 0

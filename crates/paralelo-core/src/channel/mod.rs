@@ -249,7 +249,10 @@ impl Channel {
     pub fn open(fd: BorrowedFd<'_>) -> Result<Self> {
         // Mapped through a description of our own: `fd` may be a hold passed to us
         // (`hold_for_passing`), which a copy kept in the segment would keep held.
-        let seg = Arc::new(Segment::open(hold::reopen(fd)?.as_fd())?);
+        let seg = Arc::new(match hold::reopen(fd) {
+            Ok(own) => Segment::open(own.as_fd())?,
+            Err(_) => Segment::open(fd)?, // (no /proc: no holds, see `let_go`)
+        });
         let hdr = NonNull::new(seg.at::<ChannelHeader>(0)?).expect("mapping is non-null");
         // SAFETY: as in `create`.
         let h = unsafe { hdr.as_ref() };
@@ -273,7 +276,9 @@ impl Channel {
     ) -> Result<Self> {
         let consumer = Consumer::new(seg.clone(), layout.ring, init)?;
         Ok(Channel {
-            hold: Mutex::new(Some(hold::take(seg.fd())?)),
+            // (None without /proc: the channel's unread messages are then let go of
+            // only as the program ends.)
+            hold: Mutex::new(hold::take(seg.fd()).ok()),
             producer: UnsafeCell::new(Producer::new(seg.clone(), layout.ring, init)?),
             probe: consumer.probe(),
             consumer: UnsafeCell::new(consumer),
@@ -303,7 +308,13 @@ impl Channel {
     /// the channel counts as held from now until the receiver opens it and closes this
     /// (or, if it never arrives, until every copy of it is closed).
     pub fn hold_for_passing(&self) -> Result<OwnedFd> {
-        hold::take(self.seg.fd())
+        hold::take(self.seg.fd()).or_else(|_| {
+            // (No /proc: a plain duplicate, which holds nothing.)
+            self.seg
+                .fd()
+                .try_clone_to_owned()
+                .map_err(|e| Error::os("dup", e))
+        })
     }
 
     /// Lets go of this handle's hold. If no other handle holds the channel, in any

@@ -23,7 +23,10 @@ pub(crate) fn reopen(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
 /// description is open, in any process.
 pub(crate) fn take(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
     let held = reopen(fd)?;
-    flock(&held, FlockOperation::LockShared).map_err(|e| Error::os("flock", e))?;
+    // Never waits: only a last holder's `release` guard excludes it, and no one then
+    // holds the file to pass it on; one a child forked during that drain inherited
+    // stays in that child, which must not make the next taker wait for its end.
+    flock(&held, FlockOperation::NonBlockingLockShared).map_err(|e| Error::os("flock", e))?;
     Ok(held)
 }
 
