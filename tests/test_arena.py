@@ -537,6 +537,53 @@ if __name__ == "__main__":
 """
 
 
+LAST_HOLDER_ENDS = """
+import gc, time
+import numpy as np
+import paralelo
+from paralelo import _arena
+
+KEPT = []
+
+def keep(q):
+    KEPT.append(q)  # held, never read
+
+def settled():
+    for _ in range(100):
+        if _arena.arena().usage() == (0, 0):
+            return True
+        time.sleep(0.05)
+    return _arena.arena().usage()
+
+if __name__ == "__main__":
+    for method in ("fork", "spawn"):
+        q = paralelo.Queue()
+        q.put(np.ones(100_000))
+        child = paralelo.get_context(method).Process(target=keep, args=(q,))
+        child.start()
+        del q
+        gc.collect()
+        child.join()
+        print(method, settled())
+    q = paralelo.Queue()
+    q.put(np.ones(100_000))
+    pool = paralelo.Pool(1, initializer=keep, initargs=(q,))
+    pool.apply(len, ((),))
+    del q
+    gc.collect()
+    pool.close()
+    pool.join()
+    print("pool", settled())
+"""
+
+
+def test_the_last_holder_ending_lets_go_of_unread_messages(tmp_path):
+    """The parent lets go first; the child that still held the queue ends with its
+    message unread: the message's blocks go with it, not at the program's end."""
+    out, = side_by_side(tmp_path, LAST_HOLDER_ENDS, ("paralelo",))
+    assert out == "fork True\nspawn True\npool True"
+
+
 def test_a_channel_passed_on_leaves_no_descriptor_behind(tmp_path):
     out, = side_by_side(tmp_path, PASSED_ONCE, ("paralelo",))
     assert out == "True\n0\n0"

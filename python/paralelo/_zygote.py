@@ -67,7 +67,7 @@ from typing import Any, Callable, NoReturn, Sequence
 # (_arena first: its at-fork hooks are registered before this module's, so its `before`
 # runs after ours takes `_making`, in every fork: one order for the two locks.)
 from . import _arena  # noqa: F401
-from . import _native
+from . import _channels, _native
 
 # Python 3.12+ warns on every fork of a threaded process; forking one is this module's
 # design (see above), so the warning is silenced for this module's own fork only.
@@ -122,6 +122,9 @@ class Zygote:
                     try:
                         ours.close()
                         _serve(theirs, parent, inherited, (entry, batch, given))
+                        # (It holds the queues and pipes the parent had: it may be the
+                        # last to, once its workers are gone.)
+                        _channels.let_go_all()
                     except BaseException:  # noqa: BLE001
                         code = 1
                     finally:

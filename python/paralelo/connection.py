@@ -28,10 +28,10 @@ from multiprocessing import connection as _mp
 from multiprocessing.connection import Client, Listener, answer_challenge, deliver_challenge
 from typing import Any, Callable
 
-from . import _arena
+from . import _arena, _channels
 from ._native import Channel
 from ._arena import commit, ungive
-from .queues import dumps, pass_channel
+from .queues import dumps
 
 __all__ = [
     "AuthenticationError", "BufferTooShort", "Client", "Connection", "Listener", "Pipe",
@@ -256,19 +256,13 @@ class Connection:
             return None if fd < 0 else reduction.DupFd(fd)
 
         return _rebuild, (dup(self._fd),
-                          None if self._in is None else pass_channel(self._in),
-                          None if self._out is None else pass_channel(self._out),
+                          None if self._in is None else _channels.pass_on(self._in),
+                          None if self._out is None else _channels.pass_on(self._out),
                           dup(self._in_event), dup(self._out_event), _arena.for_spawning())
 
 
 def _open(dup: Any) -> Channel | None:
-    if dup is None:
-        return None
-    fd = dup.detach()
-    try:
-        return Channel.open(fd)
-    finally:
-        os.close(fd)
+    return None if dup is None else _channels.opened(dup)
 
 
 def _rebuild(sock: Any, incoming: Any, outgoing: Any, in_event: Any = None, out_event: Any = None,
@@ -285,11 +279,11 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
     _arena.arena()  # (so processes forked from here on map it: big objects go through it)
     a, b = socket.socketpair()
     if duplex:
-        ab, ba = Channel(), Channel()
+        ab, ba = _channels.new(), _channels.new()
         ab_event, ba_event = _eventfd(), _eventfd()
         return (Connection(a, ba, ab, ba_event, ab_event),
                 Connection(b, ab, ba, os.dup(ab_event), os.dup(ba_event)))
-    ch, event = Channel(), _eventfd()
+    ch, event = _channels.new(), _eventfd()
     return Connection(a, ch, None, event, -1), Connection(b, None, ch, -1, os.dup(event))
 
 

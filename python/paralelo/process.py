@@ -33,9 +33,8 @@ import signal
 import threading
 from typing import Any, Callable, NoReturn
 
-from . import _arena, _native, _zygote
+from . import _arena, _channels, _native, _zygote
 from .context import get_start_method
-from .queues import close_passed
 
 __all__ = ["Process", "active_children", "current_process", "parent_process"]
 
@@ -130,6 +129,7 @@ def _run(process_obj: _mp_process.BaseProcess, parent: int, mask: set, tied: boo
         code = process_obj._bootstrap(parent_sentinel=sentinel)  # type: ignore[attr-defined]
     finally:
         try:
+            _channels.let_go_all()  # (os._exit collects nothing: see there)
             _arena.leave()  # (os._exit runs no finalizer: its views go now, not at a sweep)
         finally:
             os._exit(code)
@@ -159,7 +159,7 @@ class Process(_mp_process.BaseProcess):
     def _Popen(process_obj: _mp_process.BaseProcess) -> Any:
         method: str = process_obj._start_method or get_start_method() or "fork"  # type: ignore[attr-defined]
         popen = _popen_for(method)(process_obj)
-        close_passed(popen)  # (started: the child has its copies of the channels passed)
+        _channels.close_passed(popen)  # (started: the child has its copies of the channels passed)
         return popen
 
 

@@ -30,9 +30,9 @@ from queue import Empty, Full
 from typing import Any
 
 from ._native import Channel
-from . import _arena
+from . import _arena, _channels
 from ._arena import GIVE, commit, frame, take_buffer, uncommit, ungive
-from ._pickling import by_value, once, pickling_once
+from ._pickling import by_value, pickling_once
 
 __all__ = ["Empty", "Full", "JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -76,63 +76,6 @@ def _forget_feeders_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_feeders_after_fork)
 
 
-def pass_channel(ch: Channel) -> Any:
-    """How a channel is pickled to another process: a descriptor that holds it (see
-    ``Channel.hold_for_passing``) until the receiver opened it, so the last handle here
-    going meanwhile does not let go of the messages that process is to read. Passed by
-    the starting process's Popen while spawning (kept open until it is gone), else
-    through multiprocessing's resource sharer (which holds a copy until it is taken)."""
-    return once(ch, lambda: _pass(ch))
-
-
-def _pass(ch: Channel) -> Any:
-    from multiprocessing import context
-
-    fd = ch.hold_for_passing()
-    popen = context.get_spawning_popen()
-    try:
-        dup = reduction.DupFd(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    if popen is None:
-        os.close(fd)
-    else:
-        _Passed.of(popen).fds.append(fd)
-    return dup
-
-
-class _Passed:
-    """The holds passed to a process being started (see `pass_channel`): it has its own
-    copies once started, and ``paralelo.Process`` closes these then (`close_passed`);
-    a Popen of the standard library's, when it goes."""
-
-    __slots__ = ("fds", "__weakref__")
-
-    def __init__(self) -> None:
-        self.fds: list[int] = []
-
-    @classmethod
-    def of(cls, popen: Any) -> _Passed:
-        passed = popen.__dict__.get("_paralelo_passed")
-        if passed is None:
-            passed = popen._paralelo_passed = cls()
-            weakref.finalize(popen, passed.close)
-        return passed
-
-    def close(self) -> None:
-        fds, self.fds = self.fds, []
-        for fd in fds:
-            os.close(fd)
-
-
-def close_passed(popen: Any) -> None:
-    """Closes the holds passed to the process `popen` started (which has its own now)."""
-    passed = getattr(popen, "_paralelo_passed", None)
-    if passed is not None:
-        passed.close()
-
-
 class _Shared:
     """What every queue shares: the channel, how it pickles to another process, and how
     a forked child starts over."""
@@ -146,16 +89,11 @@ class _Shared:
     def __getstate__(self) -> tuple:
         # The channel goes as a descriptor (`pass_channel`: so a queue may go to a
         # running pool's task too). A spawned process gets the arena as well.
-        return (pass_channel(self._ch), _arena.for_spawning(), *self._extra_state())
+        return (_channels.pass_on(self._ch), _arena.for_spawning(), *self._extra_state())
 
     def __setstate__(self, state: tuple) -> None:
         _arena.adopt(state[1])
-        fd = state[0].detach()
-        try:
-            ch = Channel.open(fd)
-        finally:
-            os.close(fd)
-        self._share(ch)
+        self._share(_channels.opened(state[0]))
         self._set_extra_state(state[2:])
 
     def _extra_state(self) -> tuple:
@@ -178,7 +116,7 @@ class Queue(_Shared):
         # context.)
         maxsize = operator.index(maxsize)  # (TypeError for 2.5, as multiprocessing)
         self._maxsize = maxsize if 0 < maxsize < _UNBOUNDED else 0
-        self._share(Channel(counting=self._COUNTING))
+        self._share(_channels.new(self._COUNTING))
         self._reset()
 
     def _extra_state(self) -> tuple:
@@ -373,7 +311,7 @@ class SimpleQueue(_Shared):
     (which waits while the ring is full), ``get``, ``empty``, ``close``."""
 
     def __init__(self, *, ctx: Any = None) -> None:
-        self._share(Channel(counting=1))
+        self._share(_channels.new(1))
         self._closed = False
 
     def _set_extra_state(self, state: tuple) -> None:

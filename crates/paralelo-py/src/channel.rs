@@ -95,7 +95,7 @@ const PROTOCOL: u8 = 5;
 /// more than a whole small send.
 const PEER_LOOK: Duration = Duration::from_millis(1);
 
-#[pyclass(name = "Channel", module = "paralelo._native", frozen)]
+#[pyclass(name = "Channel", module = "paralelo._native", frozen, weakref)]
 pub(crate) struct PyChannel {
     inner: Channel,
     /// When a send last looked at its peer (nanoseconds since `EPOCH`).
@@ -217,6 +217,12 @@ impl PyChannel {
     #[getter]
     fn fd(&self) -> i32 {
         self.inner.raw_fd()
+    }
+
+    /// Lets go of this handle now, as a process ends (`os._exit` collects nothing);
+    /// using the channel afterwards still works, but holds it no longer.
+    fn let_go(&self) {
+        self.release();
     }
 
     /// A new descriptor to pass the channel to another process with (the caller's to
@@ -471,11 +477,11 @@ impl PyChannel {
     }
 }
 
-impl Drop for PyChannel {
-    /// The last handle on the channel anywhere lets go of what its unread messages hold
-    /// in the arena (`_arena.ungive`: a frame's blocks, given to the message), rather
-    /// than keep it until the program ends.
-    fn drop(&mut self) {
+impl PyChannel {
+    /// Lets go of this handle (once): the last handle on the channel anywhere lets go of
+    /// what its unread messages hold in the arena (`_arena.ungive`: a frame's blocks,
+    /// given to the message), rather than keep it until the program ends.
+    fn release(&self) {
         let left = self.inner.let_go();
         if !left.iter().any(|m| matches!(m.first(), Some(1 | 2))) {
             return;
@@ -490,5 +496,11 @@ impl Drop for PyChannel {
                 }
             }
         });
+    }
+}
+
+impl Drop for PyChannel {
+    fn drop(&mut self) {
+        self.release();
     }
 }
