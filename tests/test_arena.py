@@ -518,15 +518,24 @@ def channel_fds():
 def nothing(q):
     pass
 
+def all_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+def poke(conn):
+    return conn.poll()
+
 if __name__ == "__main__":
     q = paralelo.Queue()
     q.put(1)
+    a, b = paralelo.Pipe()
     with paralelo.Pool(1) as pool:
         pool.apply(size, (q,))
-        before = channel_fds()
+        pool.apply(poke, (b,))
+        before, fds = channel_fds(), all_fds()
         print([pool.apply(size, (q,)) for _ in range(30)] == [1] * 30)
+        print([pool.apply(poke, (b,)) for _ in range(30)] == [False] * 30)
         gc.collect()
-        print(channel_fds() - before)
+        print(channel_fds() - before, all_fds() - fds)
     ps = [paralelo.get_context("spawn").Process(target=nothing, args=(q,)) for _ in range(3)]
     before = channel_fds()
     for p in ps:
@@ -586,7 +595,7 @@ def test_the_last_holder_ending_lets_go_of_unread_messages(tmp_path):
 
 def test_a_channel_passed_on_leaves_no_descriptor_behind(tmp_path):
     out, = side_by_side(tmp_path, PASSED_ONCE, ("paralelo",))
-    assert out == "True\n0\n0"
+    assert out == "True\nTrue\n0 0\n0"
 
 
 def test_a_queue_dropped_here_while_another_process_reads_it_keeps_its_messages(tmp_path):

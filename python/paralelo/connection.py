@@ -31,6 +31,7 @@ from typing import Any, Callable
 from . import _arena, _channels
 from ._native import Channel
 from ._arena import commit, ungive
+from ._pickling import once
 from .queues import dumps
 
 __all__ = [
@@ -251,14 +252,16 @@ class Connection:
         if self._sock is None:
             raise OSError("handle is closed")
         # Descriptors go through the starting process's Popen while spawning, else
-        # through multiprocessing's resource sharer (so a pool's task may take one).
+        # through multiprocessing's resource sharer (so a pool's task may take one):
+        # once per pickling, though `dumps` may pickle twice (see `_pickling.once`).
         def dup(fd: int) -> Any:
             return None if fd < 0 else reduction.DupFd(fd)
 
-        return _rebuild, (dup(self._fd),
-                          None if self._in is None else _channels.pass_on(self._in),
-                          None if self._out is None else _channels.pass_on(self._out),
-                          dup(self._in_event), dup(self._out_event), _arena.for_spawning())
+        return once(self, lambda: (_rebuild, (
+            dup(self._fd),
+            None if self._in is None else _channels.pass_on(self._in),
+            None if self._out is None else _channels.pass_on(self._out),
+            dup(self._in_event), dup(self._out_event), _arena.for_spawning())))
 
 
 def _open(dup: Any) -> Channel | None:

@@ -87,7 +87,7 @@ class _Shared:
         _arena.arena()  # (so processes forked from here on map it: big items go through it)
 
     def __getstate__(self) -> tuple:
-        # The channel goes as a descriptor (`pass_channel`: so a queue may go to a
+        # The channel goes as a descriptor (`_channels.pass_on`: so a queue may go to a
         # running pool's task too). A spawned process gets the arena as well.
         return (_channels.pass_on(self._ch), _arena.for_spawning(), *self._extra_state())
 
