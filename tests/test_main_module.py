@@ -911,3 +911,61 @@ def test_imap_sends_each_item_as_it_was_read(tmp_path) -> None:
     assert lines[0] == str([(1000.0 * i, 1000) for i in range(30)])
     assert lines[2] == str([(50000.0 * i, 50000) for i in range(6)])
     assert lines[3] == str([(i, i + 1) for i in range(20)])
+
+
+EXECUTOR_INPUT = textwrap.dedent(
+    """
+    import gc, os, sys, tempfile, time, weakref
+    if sys.argv[1] == "paralelo":
+        from paralelo import ProcessPoolExecutor
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+    MARK = os.path.join(tempfile.mkdtemp(), "started")
+
+    def mark(x):
+        open(MARK + str(x), "w").close()
+        return x
+
+    def items():
+        # The second item waits until the first ran: map() reads the input whole, but
+        # sends each item as it reads it.
+        yield 0
+        for _ in range(3000):
+            if os.path.exists(MARK + "0"):
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the first item waited for the input's end")
+        yield 1
+
+    class Big:
+        pass
+
+    def bad_input():
+        yield 1
+        raise KeyError("the input broke")
+
+    if __name__ == "__main__":
+        with ProcessPoolExecutor(2) as ex:
+            print(list(ex.map(mark, items())))
+            data = [Big() for _ in range(3)]
+            seen = [weakref.ref(b) for b in data]
+            gc.disable()
+            print(len(list(ex.map(id, data))))
+            del data
+            print([r() is None for r in seen])  # (no cycle keeps the input)
+            gc.enable()
+            try:
+                ex.map(mark, bad_input())
+            except KeyError as e:
+                print("raised by map()", e)
+            print(list(ex.map(pow, iter([2, 3]), iter([2, 2]))))
+    """
+)
+
+
+def test_executor_map_sends_each_item_as_read_and_keeps_no_input(tmp_path) -> None:
+    outs = side_by_side(tmp_path, EXECUTOR_INPUT)
+    assert outs[0] == outs[1]
+    assert outs[0].splitlines()[:2] == ["[0, 1]", "3"]

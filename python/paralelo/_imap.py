@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ._errors import PoolTimeoutError, as_pool_error
 from ._native import unpack_numbers
@@ -51,8 +52,20 @@ class IMapIterator:
         # multiprocessing's imap with chunksize > 1 ends at the first failed chunk.
         self.stop_after_error = False
         self._stopped = False
-        self.job: MapJob | None = None
+        self._job: Callable[[], MapJob | None] = lambda: None
         self._pool: Any = None
+
+    @property
+    def job(self) -> MapJob | None:
+        """The map this iterator yields the results of, while it runs."""
+        return self._job()
+
+    @job.setter
+    def job(self, job: MapJob) -> None:
+        # Weakly: the job holds this iterator (its sink), and a cycle would keep both,
+        # with the job's input, until a collection (the engine holds the job while it
+        # runs).
+        self._job = weakref.ref(job)
 
     # sink protocol (called by the engine with its lock held)
     def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:

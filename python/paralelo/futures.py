@@ -118,12 +118,13 @@ class ProcessPoolExecutor(_cf.Executor):
             # may log or throttle): map goes through it, as concurrent.futures' map does.
             return super().map(fn, *iterables, timeout=timeout)
         end = None if timeout is None else time.monotonic() + timeout
-        # Like the standard executor, the input is read now (and not under our lock: it
-        # may submit to this executor itself): a list is copied, as the caller may reuse
-        # it while the results come. One iterable needs no tuples.
+        # Like the standard executor, the input is read now, and each item goes out as
+        # it is read (not under our lock: the input may submit to this executor itself).
+        # A list is copied, as the caller may reuse it while the results come. One
+        # iterable needs no tuples.
         star = len(iterables) != 1
-        items = list(zip(*iterables)) if star else iterables[0]
-        if not star and type(items) not in (tuple, range):
+        items = zip(*iterables) if star else iterables[0]
+        if type(items) is list:
             items = list(items)
         with self._shutdown_lock:
             if self._shutdown:
@@ -132,8 +133,14 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             it = IMapIterator(self._engine, ordered=True)
             job = self._engine.map_job(fn, items, star, chunksize, it)
+            job.eager = True
             it.job = job
             self._engine.submit(job)
+        if job.sliceable is None:
+            job.feed(self._engine.kick)
+            self._engine.kick()  # (the last items read, or the input's end)
+            if job.input_error is not None:
+                raise job.input_error  # (from map(), as concurrent.futures raises it)
         return _results(it, job, self._engine, end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

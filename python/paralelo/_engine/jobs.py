@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import threading
 import time
 import types
@@ -330,6 +331,9 @@ class MapJob(Job):
         self.chunks_cut = 0
         self.input_done = False
         self.held = False  # next_unit refused because the consumer is behind
+        #: The input is read whole at once by the caller (concurrent.futures' map reads it
+        #: in map()), each item going out as it is read.
+        self.eager = False
 
     @property
     def abandoned(self) -> bool:
@@ -457,7 +461,9 @@ class MapJob(Job):
     def read_room(self) -> int:
         """How many items the reader may read now: the read-ahead beyond what the consumer
         took or, with no consumer to wait for (after close(), or it was dropped), beyond
-        what was dispatched."""
+        what was dispatched; all of it if `eager`."""
+        if self.eager:
+            return sys.maxsize
         sink = self._sink()
         if self.hold is None or sink is None:
             return self.ahead_limit() - len(self.fed)
