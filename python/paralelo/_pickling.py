@@ -4,7 +4,6 @@ classes made at run time), machine arrays for chunks of only ints or only floats
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import os
@@ -102,31 +101,31 @@ def by_value(obj: Any, main: MainNames | None = None, buffer_callback: Any = Non
     return buf.getvalue()
 
 
-_session = threading.local()
+class _Session(threading.local):
+    #: What `once` made in this thread's pickling (None: no pickling under way).
+    made: dict | None = None
 
 
-def pickling_once(dumps: Callable[..., bytes]) -> Callable[..., bytes]:
-    """Makes `dumps` a pickling session for `once`: it may pickle an object twice (the
-    C pickler first, then another), and what a ``__reduce__`` does to the world (pass
-    a descriptor on) must be done once."""
+_session = _Session()
 
-    @functools.wraps(dumps)
-    def session(*args: Any, **kwargs: Any) -> bytes:
-        if getattr(_session, "made", None) is not None:
-            return dumps(*args, **kwargs)  # (inside another: its session)
-        _session.made = {}
-        try:
-            return dumps(*args, **kwargs)
-        finally:
-            _session.made = None
 
-    return session
+def in_session(pickling: Callable[..., bytes], *args: Any) -> bytes:
+    """`pickling(*args)` as one pickling for `once`: it may pickle an object twice (the
+    C pickler first, then another), and what a ``__reduce__`` does to the world (pass a
+    descriptor on) must be done once."""
+    if _session.made is not None:
+        return pickling(*args)  # (inside another: its session)
+    _session.made = {}
+    try:
+        return pickling(*args)
+    finally:
+        _session.made = None
 
 
 def once(obj: Any, make: Callable[[], Any]) -> Any:
     """What `make()` makes for `obj` (a ``__reduce__``'s side effect), made once per
-    pickling session (see `pickling_once`)."""
-    made = getattr(_session, "made", None)
+    pickling (see `in_session`); outside one, made each time."""
+    made = _session.made
     if made is None:
         return make()
     got = made.get(id(obj))
@@ -135,7 +134,6 @@ def once(obj: Any, make: Callable[[], Any]) -> Any:
     return got[1]
 
 
-@pickling_once
 def dumps(obj: Any, main: MainNames | None = None, oob: int = 0, least: float = OOB_MIN) -> bytes:
     """Pickles arguments and results: the C pickler (fast) when it can, cloudpickle (see
     `by_value`) when the data refers to ``__main__`` or to classes made at run time.
@@ -143,6 +141,10 @@ def dumps(obj: Any, main: MainNames | None = None, oob: int = 0, least: float = 
     With `oob` (``_arena.LEND`` or ``GIVE``), buffers of `least` bytes or more go through
     the arena (a ``_arena.Framed`` payload, which `loads` reads), and a SharedArray's
     whatever its size."""
+    return in_session(_dumps, obj, main, oob, least)
+
+
+def _dumps(obj: Any, main: MainNames | None, oob: int, least: float) -> bytes:
     found: list = []
     callback = (lambda pb: take_buffer(pb, found, least)) if oob else None
     try:
@@ -156,7 +158,7 @@ def dumps(obj: Any, main: MainNames | None = None, oob: int = 0, least: float = 
         data = by_value(obj, main, callback)
     if found:
         framed = frame(data, found, oob)
-        return framed if framed is not None else dumps(obj, main)
+        return framed if framed is not None else _dumps(obj, main, 0, least)
     return data
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from ._native import Channel
 from . import _arena, _channels
 from ._arena import GIVE, commit, frame, take_buffer, uncommit, ungive
-from ._pickling import by_value, pickling_once
+from ._pickling import by_value, in_session
 
 __all__ = ["Empty", "Full", "JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -40,7 +40,6 @@ __all__ = ["Empty", "Full", "JoinableQueue", "Queue", "SimpleQueue"]
 _UNBOUNDED = 1 << 31
 
 
-@pickling_once
 def dumps(obj: Any, oob: bool = True) -> bytes:
     """Pickles a message: by reference where the standard pickler can (so a ``__main__``
     class arrives as the receiver's own, as with multiprocessing's fork); else with
@@ -48,6 +47,16 @@ def dumps(obj: Any, oob: bool = True) -> bytes:
     registered with it); else by value with cloudpickle (lambdas, closures, what only
     this process has). Big buffers (numpy arrays) go through the arena, given to the
     message (see `_arena`), unless not `oob`."""
+    if type(obj) in _FLAT:
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)  # (no buffer, nothing to pass on)
+    return in_session(_dumps, obj, oob)
+
+
+#: Types whose pickle holds nothing else.
+_FLAT = frozenset((int, float, str, bytes, bool, type(None)))
+
+
+def _dumps(obj: Any, oob: bool) -> bytes:
     found: list = []
     callback = (lambda pb: take_buffer(pb, found)) if oob else None
     try:
@@ -60,7 +69,7 @@ def dumps(obj: Any, oob: bool = True) -> bytes:
             data = by_value(obj, None, callback)
     if found:
         framed = frame(data, found, GIVE)
-        return framed if framed is not None else dumps(obj, False)
+        return framed if framed is not None else _dumps(obj, False)
     return data
 
 
