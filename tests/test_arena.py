@@ -565,15 +565,16 @@ def settled():
     return _arena.arena().usage()
 
 if __name__ == "__main__":
-    for method in ("fork", "spawn"):
+    import multiprocessing
+    for lib, method in ((paralelo, "fork"), (paralelo, "spawn"), (multiprocessing, "fork")):
         q = paralelo.Queue()
         q.put(np.ones(100_000))
-        child = paralelo.get_context(method).Process(target=keep, args=(q,))
+        child = lib.get_context(method).Process(target=keep, args=(q,))
         child.start()
         del q
         gc.collect()
         child.join()
-        print(method, settled())
+        print(lib.__name__, method, settled())
     q = paralelo.Queue()
     q.put(np.ones(100_000))
     pool = paralelo.Pool(1, initializer=keep, initargs=(q,))
@@ -590,7 +591,7 @@ def test_the_last_holder_ending_lets_go_of_unread_messages(tmp_path):
     """The parent lets go first; the child that still held the queue ends with its
     message unread: the message's blocks go with it, not at the program's end."""
     out, = side_by_side(tmp_path, LAST_HOLDER_ENDS, ("paralelo",))
-    assert out == "fork True\nspawn True\npool True"
+    assert out == "paralelo fork True\nparalelo spawn True\nmultiprocessing fork True\npool True"
 
 
 def test_a_channel_passed_on_leaves_no_descriptor_behind(tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import weakref
-from multiprocessing import reduction
+from multiprocessing import reduction, util
 from typing import Any
 
 from ._native import Channel
@@ -110,4 +110,15 @@ def let_go_all() -> None:
             pass
 
 
+def _at_child_exit(_: Any) -> None:
+    # A multiprocessing child ends with os._exit after its finalizers: one more (last).
+    util.Finalize(None, let_go_all, exitpriority=-100)
+
+
+class _Marker:
+    """What `_at_child_exit` is registered on (multiprocessing holds it weakly)."""
+
+
+_marker = _Marker()
+util.register_after_fork(_marker, _at_child_exit)
 atexit.register(let_go_all)
