@@ -213,3 +213,68 @@ def test_a_corrupt_ring_is_a_typed_event_and_healthy_slots_keep_results() -> Non
     assert isinstance(exc, paralelo.CorruptRingError) and exc.slot == 0
     assert "frame" in str(exc)
     assert hub.recv(timeout=0.05) == ([], [])  # reported once, then not read
+
+
+FLAT = [0, 5, 255, 256, 65535, 65536, -1, -256, 2**31 - 1, 2**31, -2**31, -2**31 - 1, 2**63 - 1, -2**63,
+        127, 128, -128, -129, 1.5, -0.0, float("inf"), None, True, False, "", "ab", "é" * 10, "x" * 255,
+        "x" * 256, "日本" * 5000, b"", b"ab", b"x" * 300]
+NOT_FLAT = [2**63, -2**63 - 1, "x" * 40000, "\ud800", 1j, (1,), [1], {}, bytearray(b"x"), float("nan")]
+
+
+def test_flat_values_pickle_as_the_pickler_writes_them() -> None:
+    """A queue's flat messages are pickled natively, byte for byte as pickle.dumps(v, 5)
+    would; anything else is left to the pickler (None)."""
+    import pickle
+
+    for v in FLAT:
+        assert _native.dumps_flat(v) == pickle.dumps(v, 5), v
+    for v in NOT_FLAT:
+        got = _native.dumps_flat(v)
+        assert got is None or got == pickle.dumps(v, 5), v
+
+
+class _Int(int):
+    pass
+
+
+def test_pickles_of_flat_values_are_read_as_the_unpickler_would() -> None:
+    """Whatever protocol (2 to 5) and framing made them, pickles of flat values come out
+    of a queue as pickle.loads gives them; others (an int subclass, a tuple) too."""
+    import math
+    import pickle
+
+    ch = _native.Channel()
+    for proto in range(2, 6):
+        for v in FLAT + NOT_FLAT + [_Int(3), (1, "a")]:
+            ch.send(pickle.dumps(v, proto))
+            got = ch.recv(None, -1, -1, True)
+            assert type(got) is type(v), (proto, v)
+            assert got == v or (isinstance(v, float) and math.isnan(v) and math.isnan(got)), (proto, v)
+    # Pickles these readers refuse go to the unpickler, which says what is wrong with
+    # them (or reads them: 9 bytes of LONG1 are a valid 0).
+    for odd in (b"\x80\x05K", b"\x80\x05K\x01", b"\x80\x05K\x01.x", b"\x80\x05\x8c\x05ab.",
+                b"\x80\x05\x8a\x09" + bytes(9) + b".", b"\x80\x05\x8c\x01\xff."):
+        try:
+            want: object = pickle.loads(odd)
+        except Exception as e:  # noqa: BLE001
+            want = type(e)
+        ch.send(odd)
+        try:
+            got = ch.recv(None, -1, -1, True)
+        except Exception as e:  # noqa: BLE001
+            got = type(e)
+        assert got == want, odd
+
+
+def test_a_queue_carries_flat_values_across_processes_as_they_were() -> None:
+    q = paralelo.Queue()
+    p = paralelo.Process(target=_echo_all, args=(q, FLAT))
+    p.start()
+    got = [q.get(timeout=30) for _ in FLAT]
+    p.join(30)
+    assert got == FLAT and [type(v) for v in got] == [type(v) for v in FLAT]
+
+
+def _echo_all(q, values):
+    for v in values:
+        q.put(v)

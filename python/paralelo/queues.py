@@ -29,7 +29,7 @@ from multiprocessing import reduction, util
 from queue import Empty, Full
 from typing import Any
 
-from ._native import Channel
+from ._native import Channel, dumps_flat
 from . import _arena, _channels
 from ._arena import GIVE, commit, frame, take_buffer, uncommit, ungive
 from ._pickling import by_value, in_session
@@ -47,8 +47,8 @@ def dumps(obj: Any, oob: bool = True) -> bytes:
     registered with it); else by value with cloudpickle (lambdas, closures, what only
     this process has). Big buffers (numpy arrays) go through the arena, given to the
     message (see `_arena`), unless not `oob`."""
-    if type(obj) in _FLAT:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)  # (no buffer, nothing to pass on)
+    if type(obj) in _FLAT:  # (no buffer, nothing to pass on)
+        return dumps_flat(obj) or pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     return in_session(_dumps, obj, oob)
 
 

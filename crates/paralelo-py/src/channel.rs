@@ -23,6 +23,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString};
 use crate::arena::PyArenaBuffer;
 use crate::door;
 use crate::errors::to_py;
+use crate::flat;
 
 /// `pickle.dumps`, `pickle.loads` and `pickle.PicklingError`, looked up once: a queue's
 /// put and get call them from here, which saves a Python call each on a path of well
@@ -250,6 +251,17 @@ impl PyChannel {
         if self.inner.reserve(maxsize, now, &mut || true).is_err() {
             return Ok(None);
         }
+        if let Some(data) = flat::dumps(obj) {
+            // (A flat value: never too big for the ring's one frame, so never left over.)
+            return match self.inner.try_send(&data) {
+                Ok(true) => Ok(Some(PyBool::new(py, true).to_owned().into_any())),
+                Ok(false) => Ok(Some(PyBytes::new(py, &data).into_any())),
+                Err(e) => {
+                    self.inner.unreserve();
+                    Err(to_py(e))
+                }
+            };
+        }
         let dumps = DUMPS.import(py, "pickle", "dumps")?;
         let data = match dumps.call((obj, PROTOCOL), probe_kwargs(py, obj)?.as_ref()) {
             Ok(data) => data.cast_into::<PyBytes>()?,
@@ -343,17 +355,21 @@ impl PyChannel {
             }
         }
         self.rearm(wake);
-        let data = PyBytes::new(py, &out);
         if load {
             // A pickle starts with PROTO (0x80); a frame with its mode (1 or 2).
             if matches!(out.first(), Some(1 | 2)) {
                 return UNFRAME
                     .import(py, "paralelo._arena", "unframe")?
-                    .call1((data,));
+                    .call1((PyBytes::new(py, &out),));
             }
-            return LOADS.import(py, "pickle", "loads")?.call1((data,));
+            if let Some(value) = flat::loads(py, &out) {
+                return Ok(value);
+            }
+            return LOADS
+                .import(py, "pickle", "loads")?
+                .call1((PyBytes::new(py, &out),));
         }
-        Ok(data.into_any())
+        Ok(PyBytes::new(py, &out).into_any())
     }
 
     /// Leaves eventfd `wake` readable exactly when data is waiting; whether it is (for
