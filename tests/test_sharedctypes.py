@@ -235,3 +235,41 @@ def test_a_lock_needs_a_proper_buffer() -> None:
         SharedLock(bytes(8), False)
     with pytest.raises(ValueError, match="aligned"):
         SharedLock(memoryview(bytearray(16))[1:9], False)
+
+
+VALUE_EDGES = HEAD + """
+def show(v):
+    print(repr(v.value), type(v.value).__name__)
+
+if __name__ == "__main__":
+    for code, values in (("i", [2**31 - 1, -2**31, True, np.int64(7), 2**31, -2**31 - 1, 2**40]),
+                         ("l", [2**63 - 1, -2**63, 2**63, np.int32(-3)]),
+                         ("q", [2**63 - 1, -2**63, 2**64 + 5]),
+                         ("d", [1.5, 3, True, -0.0, float("inf"), np.float32(0.25), 10**400 if False else 1e308]),
+                         ("h", [2**15 - 1, 2**15, -5])):
+        v = mp.Value(code, 0)
+        for x in values:
+            try:
+                v.value = x
+                show(v)
+            except (TypeError, OverflowError) as e:
+                print(code, type(e).__name__)
+        for bad in (1.5 if code != "d" else "x", None):
+            try:
+                v.value = bad
+                show(v)
+            except (TypeError, OverflowError) as e:
+                print(code, type(e).__name__)
+        v.get_obj().value = 1
+        show(v)
+        with v.get_lock():
+            v.value += 1
+        show(v)
+"""
+
+
+def test_values_at_their_types_edges_match_multiprocessing(tmp_path) -> None:
+    """What a Value reads and writes natively (c_int, c_long, c_longlong, c_double) is
+    what ctypes would: wrapping, refusing and converting as multiprocessing's."""
+    outs = side_by_side(tmp_path, VALUE_EDGES)
+    assert outs[0] == outs[1]

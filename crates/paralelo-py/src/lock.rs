@@ -160,8 +160,14 @@ impl PyLock {
         self.acquire(py, true, None)
     }
 
-    #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+    // (Three plain arguments: a tuple of them would cost a third of a `with`.)
+    #[pyo3(signature = (_kind = None, _value = None, _trace = None))]
+    fn __exit__(
+        &self,
+        _kind: Option<&Bound<'_, PyAny>>,
+        _value: Option<&Bound<'_, PyAny>>,
+        _trace: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         self.release()
     }
 
