@@ -66,9 +66,9 @@ fn raw_scalar(obj: &Bound<'_, PyAny>) -> Option<(PyBuffer<u8>, Scalar)> {
 /// The scalar in `buf`'s memory, as an atomic of its size.
 fn cell<T>(buf: &PyBuffer<u8>) -> &T {
     assert_eq!(buf.len_bytes(), std::mem::size_of::<T>(), "a scalar of this size");
-    // SAFETY: `raw_scalar` checked that the buffer is exactly one aligned scalar of T's
-    // size (asserted just above; the atomics used have the layout of the scalar), and the `PyBuffer`, held
-    // as long as the returned borrow, keeps the exporter's memory alive. Other processes
+    // SAFETY: `raw_scalar` checked that the buffer is one aligned scalar, of T's size
+    // (asserted above; the atomics used have the scalars' layout), and the `PyBuffer`,
+    // borrowed as long as the result, keeps the exporter's memory alive. Other processes
     // write the same shared memory, so it is only ever touched as an atomic.
     unsafe { &*buf.buf_ptr().cast::<T>() }
 }
