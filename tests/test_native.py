@@ -253,7 +253,9 @@ def test_pickles_of_flat_values_are_read_as_the_unpickler_would() -> None:
     # Pickles these readers refuse go to the unpickler, which says what is wrong with
     # them (or reads them: 9 bytes of LONG1 are a valid 0).
     for odd in (b"\x80\x05K", b"\x80\x05K\x01", b"\x80\x05K\x01.x", b"\x80\x05\x8c\x05ab.",
-                b"\x80\x05\x8a\x09" + bytes(9) + b".", b"\x80\x05\x8c\x01\xff."):
+                b"\x80\x05\x8a\x09" + bytes(9) + b".", b"\x80\x05\x8c\x01\xff.",
+                b"\x80\x05\x95" + (100).to_bytes(8, "little") + b"K\x05.",  # a frame past the end
+                b"\x80\x05\x95" + bytes([255] * 8) + b"K\x05."):
         try:
             want: object = pickle.loads(odd)
         except Exception as e:  # noqa: BLE001

@@ -241,7 +241,20 @@ VALUE_EDGES = HEAD + """
 def show(v):
     print(repr(v.value), type(v.value).__name__)
 
+class Tenths(ctypes.c_double):  # a subclass whose value means something else
+    @property
+    def value(self):
+        return ctypes.c_double.value.__get__(self) / 10
+
+    @value.setter
+    def value(self, x):
+        ctypes.c_double.value.__set__(self, x * 10)
+
 if __name__ == "__main__":
+    t = mp.Value(Tenths, 0)
+    t.value = 3.0
+    show(t)
+    print(t.get_obj()._b_base_ is None, ctypes.c_double.value.__get__(t.get_obj()))
     for code, values in (("i", [2**31 - 1, -2**31, True, np.int64(7), 2**31, -2**31 - 1, 2**40]),
                          ("l", [2**63 - 1, -2**63, 2**63, np.int32(-3)]),
                          ("q", [2**63 - 1, -2**63, 2**64 + 5]),

@@ -116,7 +116,12 @@ pub(crate) fn loads<'py>(py: Python<'py>, data: &[u8]) -> Option<Bound<'py, PyAn
         return None;
     }
     if r.peek()? == FRAME {
-        r.take(9)?;
+        r.take(1)?;
+        // (A frame longer than what is left: the unpickler's to refuse.)
+        let len = u64::from_le_bytes(r.array()?);
+        if len > (data.len() - r.at) as u64 {
+            return None;
+        }
     }
     let value = match r.byte()? {
         NONE => py.None().into_bound(py),

@@ -37,6 +37,14 @@ pub(crate) struct PySyncValue {
 /// `obj`'s buffer, if it is a writable, aligned, native scalar of a type read here.
 fn raw_scalar(obj: &Bound<'_, PyAny>) -> Option<(PyBuffer<u8>, Scalar)> {
     let py = obj.py();
+    // Exactly ctypes' own types: a subclass may give `value` a meaning of its own.
+    let ctypes = py.import("ctypes").ok()?;
+    let exact = ["c_int", "c_long", "c_longlong", "c_double"]
+        .iter()
+        .any(|name| ctypes.getattr(*name).is_ok_and(|t| obj.get_type().is(&t)));
+    if !exact {
+        return None;
+    }
     let view = py
         .import("builtins")
         .ok()?
@@ -65,7 +73,11 @@ fn raw_scalar(obj: &Bound<'_, PyAny>) -> Option<(PyBuffer<u8>, Scalar)> {
 
 /// The scalar in `buf`'s memory, as an atomic of its size.
 fn cell<T>(buf: &PyBuffer<u8>) -> &T {
-    assert_eq!(buf.len_bytes(), std::mem::size_of::<T>(), "a scalar of this size");
+    assert_eq!(
+        buf.len_bytes(),
+        std::mem::size_of::<T>(),
+        "a scalar of this size"
+    );
     // SAFETY: `raw_scalar` checked that the buffer is one aligned scalar, of T's size
     // (asserted above; the atomics used have the scalars' layout), and the `PyBuffer`,
     // borrowed as long as the result, keeps the exporter's memory alive. Other processes
