@@ -19,6 +19,17 @@ from paralelo._pickling import dumps, loads
 from scripts import side_by_side
 
 BIG = _arena.OOB_MIN // 8 * 4  # float64 items: 4x the threshold
+#: How the side-by-side scripts start, as users' do: numpy first, logging set up, and
+#: the library named by the first argument as `mp`.
+MAIN = """
+import sys, logging
+import numpy as np
+if sys.argv[1] == "paralelo":
+    import paralelo as mp
+else:
+    import multiprocessing as mp
+logging.basicConfig(level=logging.INFO)
+"""
 
 
 def raw(a) -> memoryview:
@@ -210,14 +221,7 @@ def test_a_forked_child_keeps_what_it_inherited_after_the_parent_lets_go():
 
 
 def test_big_arrays_from_a_main_script_give_what_multiprocessing_gives(tmp_path):
-    code = """
-import sys, logging
-import numpy as np
-if sys.argv[1] == "paralelo":
-    import paralelo as mp
-else:
-    import multiprocessing as mp
-logging.basicConfig(level=logging.INFO)
+    code = MAIN + """
 def stats(a):
     return float(a.sum()), a.dtype.str, a.shape, a.flags.c_contiguous
 def grow(n):
@@ -239,13 +243,7 @@ if __name__ == "__main__":
 
 
 def test_queues_and_pipes_carry_big_arrays_as_multiprocessing_does(tmp_path):
-    code = """
-import sys
-import numpy as np
-if sys.argv[1] == "paralelo":
-    import paralelo as mp
-else:
-    import multiprocessing as mp
+    code = MAIN + """
 def worker(q, out, conn):
     while (a := q.get()) is not None:
         out.put((a.shape, float(a.sum()), a * 2))
@@ -684,14 +682,7 @@ def test_received_arrays_are_copies_everywhere_as_with_multiprocessing(tmp_path)
     # A received array is passed on (to a worker, to queues, through a pipe), changed in
     # place on the other side, and inherited by forked children that write to it: every
     # side keeps its own copy, as multiprocessing's pickles and fork give.
-    code = """
-import sys, logging
-import numpy as np
-if sys.argv[1] == "paralelo":
-    import paralelo as mp
-else:
-    import multiprocessing as mp
-logging.basicConfig(level=logging.INFO)
+    code = MAIN + """
 DATA = None
 def make(v): return np.full(1_000_000, float(v))
 def zero(a): a[:] = 0
@@ -738,13 +729,7 @@ if __name__ == "__main__":
 
 
 def test_a_spawned_child_that_makes_a_queue_at_import_still_reads_the_parent_s_arrays(tmp_path):
-    code = """
-import sys
-import numpy as np
-if sys.argv[1] == "paralelo":
-    import paralelo as mp
-else:
-    import multiprocessing as mp
+    code = MAIN + """
 LOG = mp.SimpleQueue()  # made at import: in a spawned child too, before its arguments arrive
 def child(inq, outq):
     outq.put(float(inq.get().sum()))

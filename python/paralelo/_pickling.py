@@ -22,6 +22,9 @@ from ._native import pack_numbers, unpack_numbers
 from ._wire import OK, OK_ARRAY
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+#: Types whose pickle holds nothing but the value: no buffer, no reference, nothing a
+#: ``__reduce__`` does, and the same pickle later as now.
+FLAT = frozenset((int, float, str, bytes, bool, type(None)))
 
 
 class MainNames:

@@ -129,7 +129,6 @@ def _run(process_obj: _mp_process.BaseProcess, parent: int, mask: set, tied: boo
         code = process_obj._bootstrap(parent_sentinel=sentinel)  # type: ignore[attr-defined]
     finally:
         try:
-            _channels.let_go_all()  # (os._exit collects nothing: see there)
             _arena.leave()  # (os._exit runs no finalizer: its views go now, not at a sweep)
         finally:
             os._exit(code)

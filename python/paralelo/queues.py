@@ -32,7 +32,7 @@ from typing import Any
 from ._native import Channel, dumps_flat
 from . import _arena, _channels
 from ._arena import GIVE, commit, frame, take_buffer, uncommit, ungive
-from ._pickling import by_value, in_session
+from ._pickling import FLAT, by_value, in_session
 
 __all__ = ["Empty", "Full", "JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -47,13 +47,9 @@ def dumps(obj: Any, oob: bool = True) -> bytes:
     registered with it); else by value with cloudpickle (lambdas, closures, what only
     this process has). Big buffers (numpy arrays) go through the arena, given to the
     message (see `_arena`), unless not `oob`."""
-    if type(obj) in _FLAT:  # (no buffer, nothing to pass on)
+    if type(obj) in FLAT:  # (no buffer, nothing to pass on)
         return dumps_flat(obj) or pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     return in_session(_dumps, obj, oob)
-
-
-#: Types whose pickle holds nothing else.
-_FLAT = frozenset((int, float, str, bytes, bool, type(None)))
 
 
 def _dumps(obj: Any, oob: bool) -> bytes:

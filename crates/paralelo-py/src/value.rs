@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 use pyo3::buffer::PyBuffer;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyFloat;
+use pyo3::types::{PyFloat, PyMemoryView};
 
 use crate::lock::PyLock;
 
@@ -45,13 +45,7 @@ fn raw_scalar(obj: &Bound<'_, PyAny>) -> Option<(PyBuffer<u8>, Scalar)> {
     if !exact {
         return None;
     }
-    let view = py
-        .import("builtins")
-        .ok()?
-        .getattr("memoryview")
-        .ok()?
-        .call1((obj,))
-        .ok()?;
+    let view = PyMemoryView::from(obj).ok()?;
     let format: String = view.getattr("format").ok()?.extract().ok()?;
     let item: usize = view.getattr("itemsize").ok()?.extract().ok()?;
     let scalar = match format.trim_start_matches(['<', '@', '=']) {

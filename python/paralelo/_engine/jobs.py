@@ -17,10 +17,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from .._outcomes import Segments
 from .._errors import interrupted, pickling_failed
 from .._arena import LEND, Framed
-from .._pickling import MainNames, cut, dumps, function_payload
+from .._pickling import FLAT, MainNames, cut, dumps, function_payload
 from .._wire import CALL, TASK
 from .chunking import Chunker
-from .snapshot import PLAIN, snapshot, snapped
+from .snapshot import snapshot, snapped
 from .sink import MapSink
 
 _job_ids = itertools.count(1)
@@ -434,7 +434,7 @@ class MapJob(Job):
             # Lent to the arena only if no item runs twice: a chunk of ours is cut up to
             # run again after its worker died, and a retry runs again.
             lend = self.chunker.fixed and not self.retries
-            plain, main, mode = PLAIN, self.main, LEND if lend else 0
+            plain, main, mode = FLAT, self.main, LEND if lend else 0
             least = self.chunker.fixed or 1  # items that make a unit (a caller's chunk is whole)
             kicked = clock()
             read = counted = 0

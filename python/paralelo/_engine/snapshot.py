@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from .._arena import LEND, OOB_MIN
-from .._pickling import MainNames, dumps, loads
+from .._pickling import FLAT, MainNames, dumps, loads
 
 #: Whether values of a type can change (see `frozen`); past MOST types, it starts afresh
 #: (a type made at run time is not kept alive for ever).
@@ -28,8 +28,6 @@ _MOST = 1024
 _ALWAYS = (int, float, str, bytes, bool, type(None), complex, range,
            datetime.date, datetime.datetime, datetime.time, datetime.timedelta, datetime.timezone,
            decimal.Decimal, fractions.Fraction)
-#: Types that need no look at all.
-PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
 
 
 def _frozen_type(t: type) -> bool | None:
@@ -46,7 +44,7 @@ def _frozen_type(t: type) -> bool | None:
 def frozen(item: Any) -> bool:
     """Whether `item` can be pickled later with the same result as now."""
     t = type(item)
-    if t is tuple and PLAIN.issuperset(map(type, item)):
+    if t is tuple and FLAT.issuperset(map(type, item)):
         return True
     try:
         known = _FROZEN[t]

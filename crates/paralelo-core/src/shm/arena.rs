@@ -78,6 +78,14 @@ struct Block {
     holders: [AtomicU64; HOLDER_WORDS],
 }
 
+impl Block {
+    /// One more message carries it (under the arena's lock).
+    fn enter_transit(&self) {
+        self.transit
+            .store(self.transit.load(Relaxed).saturating_add(1), Relaxed);
+    }
+}
+
 /// A block as a descriptor names it: what the receiver of a message needs to find it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockRef {
@@ -512,9 +520,7 @@ impl Arena {
     /// Gives block `r` to a message (one more in transit); its holders keep theirs.
     pub fn give(&self, r: &BlockRef) -> Result<()> {
         let _l = self.lock()?;
-        let b = self.live(r)?;
-        b.transit
-            .store(b.transit.load(Relaxed).saturating_add(1), Relaxed);
+        self.live(r)?.enter_transit();
         Ok(())
     }
 
@@ -524,8 +530,7 @@ impl Arena {
         let (w, m) = bit(self.check_slot(holder)?);
         let _l = self.lock()?;
         let b = self.live(r)?;
-        b.transit
-            .store(b.transit.load(Relaxed).saturating_add(1), Relaxed);
+        b.enter_transit();
         b.holders[w].fetch_and(!m, Relaxed);
         Ok(())
     }
