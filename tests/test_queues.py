@@ -328,3 +328,39 @@ def test_closed_and_bad_arguments_fail_as_in_multiprocessing() -> None:
     q.close()
     with pytest.raises(OSError, match="handle is closed"):
         q.empty()
+
+
+FLAT_MESSAGES = """
+import sys, logging, math
+import numpy as np
+logging.basicConfig(level=logging.INFO)
+if sys.argv[1] == "paralelo":
+    import paralelo as mp
+else:
+    import multiprocessing as mp
+
+VALUES = [0, 255, 256, -1, 2**31, -2**63, 2**63, 2**100, 1.5, -0.0, math.inf, None, True, False,
+          "", "ab", "日本" * 3000, "x" * 40000, b"", b"\\x00" * 300, np.int64(3), np.float64(0.5)]
+
+def echo(q, conn):
+    for v in VALUES:
+        q.put(v)
+        conn.send(v)
+
+if __name__ == "__main__":
+    q = mp.Queue()
+    a, b = mp.Pipe()
+    p = mp.Process(target=echo, args=(q, b))
+    p.start()
+    for v in VALUES:
+        got, sent = q.get(), a.recv()
+        print(repr(got)[:30], type(got).__name__, repr(sent)[:30], type(sent).__name__)
+    p.join()
+"""
+
+
+def test_flat_messages_arrive_as_multiprocessing_delivers_them(tmp_path):
+    """Ints, floats, strings, bytes and the like (pickled natively by paralelo) arrive
+    with the same values and types as multiprocessing's, through a Queue and a Pipe."""
+    outs = side_by_side(tmp_path, FLAT_MESSAGES)
+    assert outs[0] == outs[1]
