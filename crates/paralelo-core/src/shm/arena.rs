@@ -138,6 +138,7 @@ impl Arena {
         let arena = Arena {
             seg: Segment::create("paralelo-arena", len)?,
         };
+        arena.seg.advise_huge_pages(0, len);
         let h = arena.header();
         h.size.store(size, Relaxed);
         h.id.store(id, Relaxed);
@@ -156,6 +157,7 @@ impl Arena {
                 what: "arena (its size)",
             });
         }
+        seg.advise_huge_pages(0, seg.len());
         let arena = Arena { seg };
         let h = arena.header();
         if h.magic.load(std::sync::atomic::Ordering::Acquire) != MAGIC
@@ -649,8 +651,10 @@ impl Arena {
                 r.offset,
             )
         }
-        .map(drop)
-        .map_err(|e| Error::os("mmap(MAP_FIXED)", e))
+        .map_err(|e| Error::os("mmap(MAP_FIXED)", e))?;
+        // (A new mapping: the advice given to the old one is gone with it.)
+        self.seg.advise_huge_pages(r.offset as usize, len);
+        Ok(())
     }
 
     /// Bytes in blocks in use, and how many: for tests and diagnostics.

@@ -57,6 +57,29 @@ impl Segment {
         Ok(Segment { fd, map })
     }
 
+    /// Asks for transparent huge pages over `len` bytes at `offset` (whole segment: 0,
+    /// `len()`). A large array summed from 4 KiB pages runs at ≈ 60% of the speed it
+    /// reaches on 2 MiB pages here (the TLB misses of a VM's nested page walk). The kernel
+    /// honours the advice only where the host allows huge shared memory
+    /// (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`: advise, within_size or
+    /// always); elsewhere it is a no-op, and never an error.
+    pub fn advise_huge_pages(&self, offset: usize, len: usize) {
+        let len = len.min(self.len().saturating_sub(offset));
+        if len == 0 {
+            return;
+        }
+        // SAFETY: [offset, offset + len) lies inside this mapping (len clamped above); the
+        // advice changes no contents, only how pages are backed (an offset off a page
+        // boundary is refused with EINVAL, ignored like any refusal).
+        let _ = unsafe {
+            rustix::mm::madvise(
+                self.map.as_mut_ptr().add(offset).cast(),
+                len,
+                rustix::mm::Advice::LinuxHugepage,
+            )
+        };
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -291,3 +291,41 @@ fn a_block_mapped_privately_keeps_this_process_s_writes_to_itself() {
         "never outside the data"
     );
 }
+
+/// The kernel flags (smaps' `VmFlags`) of this process's mapping that holds `addr`.
+fn vm_flags(addr: usize) -> Vec<String> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut lines = smaps.lines();
+    let holds = |l: &str| {
+        let range = l.split_whitespace().next().unwrap_or("");
+        let Some((lo, hi)) = range.split_once('-') else {
+            return false;
+        };
+        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        else {
+            return false;
+        };
+        (lo..hi).contains(&addr)
+    };
+    lines
+        .by_ref()
+        .find(|l| holds(l))
+        .expect("the mapping is listed");
+    let flags = lines
+        .find_map(|l| l.strip_prefix("VmFlags:"))
+        .expect("its VmFlags line");
+    flags.split_whitespace().map(str::to_owned).collect()
+}
+
+#[test]
+fn every_mapping_of_the_arena_asks_for_huge_pages() {
+    let a = arena(64 * MB);
+    assert!(vm_flags(a.base() as usize).contains(&"hg".into()), "created");
+    let b = Arena::open(a.fd()).unwrap();
+    assert!(vm_flags(b.base() as usize).contains(&"hg".into()), "opened");
+    let s = a.join(me()).unwrap();
+    let r = a.alloc(3 * UNIT, Some(s)).unwrap().unwrap();
+    a.remap(&r, false).unwrap();
+    let at = a.base() as usize + r.offset as usize;
+    assert!(vm_flags(at).contains(&"hg".into()), "a block mapped again");
+}
