@@ -6,6 +6,9 @@ import builtins
 import concurrent.futures as cf
 import concurrent.futures.process
 import multiprocessing
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -139,3 +142,26 @@ def test_get_context_bogus():
 
 def test_version():
     assert isinstance(paralelo.__version__, str)
+
+
+def test_a_program_loads_only_what_it_uses():
+    # Every module loaded costs each fork after it (copying its memory and mappings): a
+    # script that starts a Process and passes a Queue loads neither the pool's engine
+    # nor cloudpickle nor concurrent.futures' process pool; the names are there on use.
+    code = textwrap.dedent("""
+        import sys
+        import paralelo
+        def put(q):
+            q.put(sys.modules.get("cloudpickle") is None)
+        if __name__ == "__main__":
+            q = paralelo.Queue()
+            p = paralelo.Process(target=put, args=(q,))
+            p.start(); child_clean = q.get(timeout=30); p.join()
+            heavy = ("cloudpickle", "concurrent.futures.process", "paralelo._engine", "paralelo.pool")
+            print(child_clean, [m for m in heavy if m in sys.modules])
+            assert paralelo.Pool and paralelo.ThreadPoolExecutor and paralelo.WorkerLostError
+            print(all(m in sys.modules for m in heavy[1:]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["True []", "True"]

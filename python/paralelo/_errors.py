@@ -8,7 +8,6 @@ import multiprocessing
 import pickle
 import threading
 import traceback
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 
@@ -27,28 +26,10 @@ class PoolTimeoutError(multiprocessing.TimeoutError, builtins.TimeoutError):
     """
 
 
-class WorkerLostError(BrokenProcessPool):
-    """The worker process running this task died (killed, crashed, or ``os._exit``).
-
-    Only the tasks that worker was running fail; the pool replaces it and stays usable.
-    """
-
-
 class TaskTimeoutError(builtins.TimeoutError):
     """A task ran past its time limit (``task_timeout``): its worker was killed and
     replaced, and only this task fails. A ``TimeoutError``, so ``except
     paralelo.TimeoutError`` catches it."""
-
-
-class TaskUnpicklingError(BrokenProcessPool):
-    """A task (its function or its arguments) could not be unpickled in the worker. The
-    message names what happened; ``__cause__`` carries the worker's traceback. Only this
-    task fails: the pool stays usable."""
-
-
-class ResultUnpicklingError(BrokenProcessPool):
-    """A task's result could not be unpickled here; ``__cause__`` is why. Only this task
-    fails: the pool stays usable."""
 
 
 class ResultPicklingError(pickle.PicklingError):
@@ -179,13 +160,6 @@ def load_error(payload: bytes) -> BaseException:
         exc = RemoteError(f"{name} (the exception could not be unpickled here: {e!r})")
     exc.__cause__ = RemoteTraceback(tb)
     return exc
-
-
-def broken(msg: str, cause: BaseException | None = None) -> BrokenProcessPool:
-    """The pool can run nothing more: ``BrokenProcessPool(msg)`` caused by ``cause``."""
-    err = BrokenProcessPool(msg)
-    err.__cause__ = cause
-    return err
 
 
 class LockOwnerDiedWarning(RuntimeWarning):

@@ -14,9 +14,6 @@ import types
 from collections import ChainMap
 from typing import Any, Callable
 
-import cloudpickle
-from cloudpickle import cloudpickle as _cloudpickle
-
 from ._arena import GIVE, LEND, OOB_MIN, frame, is_framed, take_buffer, unframe
 from ._native import pack_numbers, unpack_numbers
 from ._wire import OK, OK_ARRAY
@@ -60,8 +57,9 @@ class MainNames:
 def _renew_locks_after_fork() -> None:
     # cloudpickle's class tracker lock may be held by a parent thread (a collector loading
     # a class sent by value) at the fork: the child gets a free one.
-    if hasattr(_cloudpickle, "_DYNAMIC_CLASS_TRACKER_LOCK"):
-        _cloudpickle._DYNAMIC_CLASS_TRACKER_LOCK = threading.Lock()
+    module = sys.modules.get("cloudpickle.cloudpickle")
+    if hasattr(module, "_DYNAMIC_CLASS_TRACKER_LOCK"):
+        module._DYNAMIC_CLASS_TRACKER_LOCK = threading.Lock()  # type: ignore[union-attr]
 
 
 os.register_at_fork(after_in_child=_renew_locks_after_fork)
@@ -71,28 +69,43 @@ os.register_at_fork(after_in_child=_renew_locks_after_fork)
 inherited_main: MainNames | None = None
 
 
-def _code_reduce(code: types.CodeType) -> tuple:
-    # cloudpickle names every code object it ships "<dynamic-code>" (for deterministic
-    # payloads); we keep its file name, so a worker's traceback of a `__main__` function
-    # shows the script's file and lines, as with multiprocessing.
-    rebuild, args = _cloudpickle._code_reduce(code)
-    return rebuild, tuple(code.co_filename if type(a) is str and a == "<dynamic-code>" else a for a in args)
+def _pickler() -> type:
+    """cloudpickle's pickler, made ours on first use: cloudpickle (and what it imports)
+    costs a program that never pickles by value 8 ms at import and, in every fork, the
+    copying of its mappings."""
+    global _Pickler
+    if _Pickler is not None:
+        return _Pickler
+    import cloudpickle
+    from cloudpickle import cloudpickle as _cloudpickle
+
+    def code_reduce(code: types.CodeType) -> tuple:
+        # cloudpickle names every code object it ships "<dynamic-code>" (for deterministic
+        # payloads); we keep its file name, so a worker's traceback of a `__main__`
+        # function shows the script's file and lines, as with multiprocessing.
+        rebuild, args = _cloudpickle._code_reduce(code)
+        return rebuild, tuple(code.co_filename if type(a) is str and a == "<dynamic-code>" else a for a in args)
+
+    class Pickler(cloudpickle.Pickler):
+        # Flat, so a type's look-up misses no more often than in cloudpickle's own table.
+        dispatch_table = ChainMap({types.CodeType: code_reduce}, *cloudpickle.Pickler.dispatch_table.maps)
+
+        def __init__(self, file: io.BytesIO, main: MainNames | None, buffer_callback: Any = None) -> None:
+            super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
+            self.main = main
+
+        def reducer_override(self, obj: Any) -> Any:
+            main = self.main
+            if (main is not None and isinstance(obj, (type, types.FunctionType))
+                    and getattr(obj, "__module__", None) == "__main__" and main.has(obj)):
+                return NotImplemented  # by reference: the plain pickler's save_global
+            return super().reducer_override(obj)
+
+    _Pickler = Pickler
+    return Pickler
 
 
-class _Pickler(cloudpickle.Pickler):
-    # Flat, so a type's look-up misses no more often than in cloudpickle's own table.
-    dispatch_table = ChainMap({types.CodeType: _code_reduce}, *cloudpickle.Pickler.dispatch_table.maps)
-
-    def __init__(self, file: io.BytesIO, main: MainNames | None, buffer_callback: Any = None) -> None:
-        super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
-        self.main = main
-
-    def reducer_override(self, obj: Any) -> Any:
-        main = self.main
-        if (main is not None and isinstance(obj, (type, types.FunctionType))
-                and getattr(obj, "__module__", None) == "__main__" and main.has(obj)):
-            return NotImplemented  # by reference: the plain pickler's save_global
-        return super().reducer_override(obj)
+_Pickler: type | None = None
 
 
 def by_value(obj: Any, main: MainNames | None = None, buffer_callback: Any = None) -> bytes:
@@ -100,7 +113,7 @@ def by_value(obj: Any, main: MainNames | None = None, buffer_callback: Any = Non
     value, keeping their file names; those in `main` (default: what this worker's pool
     inherited) by reference."""
     buf = io.BytesIO()
-    _Pickler(buf, main or inherited_main, buffer_callback).dump(obj)
+    (_Pickler or _pickler())(buf, main or inherited_main, buffer_callback).dump(obj)
     return buf.getvalue()
 
 

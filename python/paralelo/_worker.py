@@ -19,7 +19,8 @@ import multiprocessing.util
 
 from . import _arena, _channels, _native, _pickling
 from ._arena import GIVE, commit
-from ._errors import ResultPicklingError, TaskUnpicklingError, dump_error, unpicklable_result
+from ._broken import TaskUnpicklingError
+from ._errors import ResultPicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
 from ._pickling import MainNames, array_items, dumps, pack_results
 from ._wire import ARRAY, COUNT_SHIFT, BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, RESULTS, TASK, TASKS

@@ -54,6 +54,7 @@ import os
 import pickle
 import select
 import signal
+from _signal import pthread_sigmask as _sigmask  # (signal's wrapper makes enum sets: 20 µs a call)
 import socket
 import struct
 import sys
@@ -530,7 +531,7 @@ def fork_child(entry: str, args: tuple, fds: list[int], inherited: Any,
 
     def worker(given: list[int], parent: int, mask: set) -> NoReturn:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _sigmask(signal.SIG_SETMASK, mask)
         gc.freeze()  # as the zygote does for its children (see `_serve`)
         _run_child(entry, args, given, parent, None, inherited)
 
@@ -551,7 +552,7 @@ def fork_here(child: Callable[[list[int], int, set], NoReturn], fds: list[int],
     flush_stdio()
     # Ctrl-C is held off from the fork until the child is watched: neither process may
     # unwind half-way (the child into the caller's code, the parent leaving it unwatched).
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    mask = _sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         with _making:
             given = [os.dup(fd) for fd in fds]  # the child's copies, made where no other fork copies them
@@ -570,12 +571,12 @@ def fork_here(child: Callable[[list[int], int, set], NoReturn], fds: list[int],
         if pid:
             os.kill(pid, signal.SIGKILL)  # not watched, so it must not run
             os.waitpid(pid, 0)  # (still ours, not reaped: safe by pid)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _sigmask(signal.SIG_SETMASK, mask)
         raise
     try:
         keep(pid, pidfd)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _sigmask(signal.SIG_SETMASK, mask)
 
 
 #: Above this resident size, a pool's first worker comes from its zygote too: forking

@@ -20,7 +20,8 @@ import os
 from typing import TYPE_CHECKING
 
 from .. import _arena
-from .._errors import TaskTimeoutError, WorkerLostError, broken
+from .._broken import WorkerLostError, broken
+from .._errors import TaskTimeoutError
 from .._pickling import from_array
 from .._wire import TASK
 from .jobs import Unit

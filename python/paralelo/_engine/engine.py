@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .. import _arena, _native, _zygote
 from .._worker import ENTRY as WORKER, Setup
-from .._errors import ResultUnpicklingError, broken, interrupted, load_error, pickling_failed
+from .._broken import ResultUnpicklingError, broken
+from .._errors import interrupted, load_error, pickling_failed
 from .._arena import LEND, Framed, weight
 from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps, loads
 from .._wire import ARRAY, COUNT_SHIFT, BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
