@@ -320,7 +320,10 @@ fn vm_flags(addr: usize) -> Vec<String> {
 #[test]
 fn every_mapping_of_the_arena_asks_for_huge_pages() {
     let a = arena(64 * MB);
-    assert!(vm_flags(a.base() as usize).contains(&"hg".into()), "created");
+    assert!(
+        vm_flags(a.base() as usize).contains(&"hg".into()),
+        "created"
+    );
     let b = Arena::open(a.fd()).unwrap();
     assert!(vm_flags(b.base() as usize).contains(&"hg".into()), "opened");
     let s = a.join(me()).unwrap();
