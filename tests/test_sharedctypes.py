@@ -134,53 +134,36 @@ def _killed_holding(make):
     return lock, p
 
 
-def test_a_killed_holders_rlock_is_taken_with_a_warning_before_it_is_joined() -> None:
-    lock, p = _killed_holding(paralelo.RLock)
+@pytest.mark.parametrize("kind", ["RLock", "Lock"])
+def test_a_killed_holders_lock_is_reported_then_free_before_it_is_joined(kind) -> None:
+    lock, p = _killed_holding(getattr(paralelo, kind))
     # The holder is a zombie until joined: dead all the same.
-    with pytest.warns(paralelo.LockOwnerDiedWarning, match=f"holder \\({p.pid}\\) died"):
-        assert lock.acquire(timeout=10)
+    with pytest.raises(paralelo.AbandonedLockError, match=f"holder \\({p.pid}\\) died") as e:
+        lock.acquire(timeout=10)
+    assert e.value.holder == p.pid
+    assert lock.holder() is None
+    assert lock.acquire(False)  # free again
     lock.release()
     p.join(30)
-    lock2, p2 = _killed_holding(paralelo.RLock)
-    with pytest.warns(paralelo.LockOwnerDiedWarning):
-        assert lock2.acquire(False)  # (no wait: one look at the holder)
-    lock2.release()
+    lock2, p2 = _killed_holding(getattr(paralelo, kind))
+    with pytest.raises(paralelo.AbandonedLockError):
+        lock2.acquire(False)  # (no wait: one look at the holder)
+    with lock2:
+        pass
     p2.join(30)
 
 
-def test_a_plain_locks_taker_dying_frees_nothing() -> None:
-    # Any process may release a Lock, after its taker exited: a waiter must not take it.
-    lock, p = _killed_holding(paralelo.Lock)
-    p.join(30)
-    assert not lock.acquire(timeout=0.2)
-    lock.release()  # (by whoever the program lets open it)
-    assert lock.acquire(False)
-    lock.release()
-
-
-def test_a_warning_raised_as_an_error_leaves_the_lock_free() -> None:
-    import warnings
-
-    lock, p = _killed_holding(paralelo.RLock)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", paralelo.LockOwnerDiedWarning)
-        with pytest.raises(paralelo.LockOwnerDiedWarning):
-            lock.acquire(timeout=10)
-    assert lock.holder() is None
-    assert lock.acquire(False)
-    lock.release()
-    p.join(30)
-
-
-def test_an_rlock_left_by_an_ended_thread_is_taken_with_a_warning() -> None:
+def test_an_rlock_left_by_an_ended_thread_is_reported_then_free() -> None:
     lock = paralelo.RLock()
     t = threading.Thread(target=lock.acquire)
     t.start()
     t.join()
     with pytest.raises(AssertionError, match="not owned by thread"):
         lock.release()
-    with pytest.warns(paralelo.LockOwnerDiedWarning):
-        assert lock.acquire(timeout=10)
+    with pytest.raises(paralelo.AbandonedLockError) as e:
+        lock.acquire(timeout=10)
+    assert e.value.holder == t.native_id
+    assert lock.acquire(timeout=10)
     lock.release()
 
 

@@ -35,7 +35,7 @@ from multiprocessing import (
 
 from ._errors import (
     CorruptRingError,
-    LockOwnerDiedWarning,
+    AbandonedLockError,
     RemoteError,
     RemoteTraceback,
     ResultPicklingError,
@@ -98,6 +98,7 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AbandonedLockError",
     "ALL_COMPLETED",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
@@ -115,7 +116,6 @@ __all__ = [
     "InvalidStateError",
     "JoinableQueue",
     "Lock",
-    "LockOwnerDiedWarning",
     "Manager",
     "Pipe",
     "Pool",

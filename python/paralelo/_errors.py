@@ -162,7 +162,17 @@ def load_error(payload: bytes) -> BaseException:
     return exc
 
 
-class LockOwnerDiedWarning(RuntimeWarning):
-    """A lock was taken from a thread or process that died holding it (where
-    multiprocessing would wait for ever). The lock is the taker's now; what it guarded may
-    have been left half-updated."""
+class AbandonedLockError(RuntimeError):
+    """A lock, semaphore or condition's lock whose holder died holding it (its process
+    killed or ended, or, for an RLock, its thread ended), where the standard library
+    would wait for ever. Raised by the ``acquire`` that found it; the lock is free again
+    (a semaphore has the dead holder's units back), so the next ``acquire`` takes it.
+    What it guarded may have been left half-updated. ``holder`` is the dead pid (a
+    thread id for an RLock)."""
+
+    def __init__(self, message: str, holder: int | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.holder))

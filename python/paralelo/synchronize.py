@@ -7,10 +7,9 @@ passed on to spawned ones), so a lock made before a ``Process`` or ``Pool`` is s
 with it, as multiprocessing's is, and, like multiprocessing's, is pickled only to start a
 process (`assert_spawning`): other ways to share it are inheritance.
 
-Unlike multiprocessing's, an RLock whose holder died (its process killed, even if not yet
-reaped, or its thread ended) is not waited on for ever: the next acquire takes it and
-warns (``LockOwnerDiedWarning``). A plain Lock is a semaphore (any process may release
-it, after the one that took it exited), so its taker's death frees nothing.
+Unlike multiprocessing's, a lock whose holder died (its process killed or ended, even
+if not yet reaped, or an RLock's thread ended) is not waited on for ever: the next
+acquire raises ``AbandonedLockError`` naming the holder, and the lock is free again.
 """
 
 from __future__ import annotations

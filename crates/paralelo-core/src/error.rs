@@ -37,6 +37,10 @@ pub enum Error {
     /// A lock released more times than it was taken.
     #[error("lock released too many times")]
     NotHeld,
+    /// A lock or semaphore's holder died holding it: the lock is free again (the units
+    /// given back), but what it guarded may be half-updated.
+    #[error("the holder (pid or thread id {holder}) died holding it")]
+    Abandoned { holder: u32 },
     /// A recursive lock released by someone other than its holder.
     #[error("lock not held by this thread")]
     NotOwner,

@@ -16,6 +16,22 @@ pub(crate) fn corrupt_ring(py: Python<'_>, slot: Option<usize>, detail: String) 
     }
 }
 
+/// `paralelo.AbandonedLockError`: `what` (say "the lock") lost its `holder` (a pid, or a
+/// thread id for an RLock), which died holding it; it is free again.
+pub(crate) fn abandoned(py: Python<'_>, what: &str, holder: u32) -> PyErr {
+    let message = format!(
+        "{what}'s holder ({holder}) died holding it: it is free again, but what it guarded may be half-updated"
+    );
+    match py
+        .import("paralelo._errors")
+        .and_then(|m| m.getattr("AbandonedLockError"))
+        .and_then(|cls| cls.call1((message, holder)))
+    {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(e) => e,
+    }
+}
+
 pub(crate) fn to_py(e: Error) -> PyErr {
     match e {
         Error::Os { .. } => PyOSError::new_err(e.to_string()),
@@ -28,6 +44,7 @@ pub(crate) fn to_py(e: Error) -> PyErr {
         // The door replaces this with the error its poll saw; reaching here is a bug.
         Error::Interrupted => PyOSError::new_err("wait interrupted"),
         Error::NotHeld => PyValueError::new_err(e.to_string()),
+        Error::Abandoned { holder } => Python::attach(|py| abandoned(py, "the lock", holder)),
         Error::NotOwner => pyo3::exceptions::PyAssertionError::new_err(e.to_string()),
         Error::Reentrant => pyo3::exceptions::PyRuntimeError::new_err(e.to_string()),
     }

@@ -1,8 +1,6 @@
 //! `_native.SharedLock`: the engine's [`SharedLock`] placed in a writable buffer (shared
 //! memory the Python side allocates and every process maps), as multiprocessing's Lock
 //! (`recursive=False`: any thread may release it) or RLock (`recursive=True`).
-use std::ffi::CString;
-
 use paralelo_core::sync::{caller_ids, caller_pid};
 use paralelo_core::{Error, SharedLock, Taken};
 use pyo3::buffer::PyBuffer;
@@ -10,7 +8,7 @@ use pyo3::exceptions::{PyAssertionError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::door;
-use crate::errors::to_py;
+use crate::errors::{abandoned, to_py};
 
 /// Subclassed in Python (`synchronize.Lock`, `RLock`), which allocates the buffer; the
 /// hot methods (`acquire`, `release`, `__enter__`, `__exit__`) stay native.
@@ -42,26 +40,12 @@ impl PyLock {
     }
 }
 
-/// Reports a lock taken from a holder that died holding it: a warning
-/// (`paralelo.LockOwnerDiedWarning`), since the lock is now the caller's. If the warning
-/// is raised as an error (`-W error`), the lock is released first: an exception from
-/// `acquire` must not leave it held.
+/// True once taken; a lock taken from a holder that died holding it is released again
+/// and reported (`paralelo.AbandonedLockError`): free, so the next acquire takes it.
 fn taken(py: Python<'_>, how: Taken, lock: &PyLock) -> PyResult<bool> {
     if let Taken::FromDead { holder } = how {
-        let warned = py
-            .import("paralelo._errors")
-            .and_then(|m| m.getattr("LockOwnerDiedWarning"))
-            .and_then(|category| {
-                let message = CString::new(format!(
-                    "the lock's holder ({holder}) died holding it; it is yours now, but what it guarded may be half-updated"
-                ))
-                .expect("no NUL in the message");
-                PyErr::warn(py, &category, &message, 1)
-            });
-        if let Err(e) = warned {
-            let _ = lock.lock().release(lock.me(), lock.recursive);
-            return Err(e);
-        }
+        let _ = lock.lock().release(lock.me(), lock.recursive);
+        return Err(abandoned(py, "the lock", holder));
     }
     Ok(true)
 }

@@ -82,10 +82,9 @@ pub fn forget_caller_ids() {
 
 /// Plain data: lives in shared memory; zero-initialised is a free lock. Its holder is
 /// named by an id the caller gives: a thread's tid for a recursive lock (only that thread
-/// may release it), its process's pid for a plain one. A recursive lock whose holder died
-/// is taken by its next waiter ([`Taken::FromDead`]); a plain one never is, since any
-/// thread of any process may release it (a semaphore: one process may take it and another
-/// open it later, after the first exited).
+/// may release it), its process's pid for a plain one (any thread of any process may
+/// release it). A lock whose holder died is taken by its next waiter
+/// ([`Taken::FromDead`]), which is told.
 #[repr(C)]
 #[derive(Default)]
 pub struct SharedLock {
@@ -245,11 +244,14 @@ impl SharedLock {
         })
     }
 
-    /// Takes a recursive lock from a dead holder (the word read as `cur`), with the
-    /// waiters bit set (others may sleep on it, whether or not `cur` said so).
-    fn take_from_dead(&self, cur: u32, me: u32, recursive: bool) -> Option<Taken> {
+    /// Takes the lock from a dead holder (the word read as `cur`), with the waiters bit
+    /// set (others may sleep on it, whether or not `cur` said so). A plain lock's holder
+    /// is a process: one that ended holding it (killed, or gone without releasing) left
+    /// it abandoned; another process that meant to release it for it is told at its
+    /// release (`NotHeld`).
+    fn take_from_dead(&self, cur: u32, me: u32, _recursive: bool) -> Option<Taken> {
         let holder = cur & HOLDER;
-        if !recursive || holder == 0 || holder == me || thread::exists(holder) {
+        if holder == 0 || holder == me || thread::exists(holder) {
             return None;
         }
         // Acquire: as in `try_acquire` (whatever the dead holder published is seen).
@@ -339,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_holders_recursive_lock_is_taken_and_reported_a_plain_one_is_not() {
+    fn a_dead_holders_lock_is_taken_and_reported() {
         // An id no thread has: pid_max is at most 2^22.
         let dead = (1 << 22) + 5;
         let me = std::process::id();
@@ -347,11 +349,16 @@ mod tests {
         let plain = SharedLock::default();
         assert_eq!(plain.try_acquire(dead, false), Some(Taken::Free));
         let soon = Some(Instant::now() + Duration::from_millis(20));
-        assert!(matches!(
-            plain.acquire(me, false, soon, &mut poll),
-            Err(Error::Timeout)
-        ));
-        assert_eq!(plain.try_acquire_or_recover(me, false), None);
+        assert_eq!(
+            plain.acquire(me, false, soon, &mut poll).unwrap(),
+            Taken::FromDead { holder: dead }
+        );
+        assert!(plain.release(me, false).unwrap());
+        assert_eq!(plain.try_acquire(dead, false), Some(Taken::Free));
+        assert_eq!(
+            plain.try_acquire_or_recover(me, false),
+            Some(Taken::FromDead { holder: dead })
+        );
         let lock = SharedLock::default();
         assert_eq!(lock.try_acquire(dead, true), Some(Taken::Free));
         let taken = lock.acquire(me, true, None, &mut poll).unwrap();

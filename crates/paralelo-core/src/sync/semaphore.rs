@@ -1,0 +1,378 @@
+//! A counting semaphore in shared memory that threads of any process take and release:
+//! a count, an optional bound, a doorbell to sleep on, and a table of which processes
+//! hold how many units, so units held by a process that died are found and given back
+//! instead of being waited for for ever.
+use std::time::Instant;
+
+use crate::primitive::{AtomicU32, Ordering};
+use crate::sync::doorbell::{Doorbell, Poll};
+use crate::sys::thread;
+use crate::{Error, Result};
+
+/// A waiter that has waited this long looks for dead holders (system calls: not for
+/// every contended acquire).
+const LOOK_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Processes whose holds are tracked at once (a holder past them holds untracked units:
+/// its death is not noticed).
+pub const HOLDERS: usize = 32;
+
+#[repr(C)]
+#[derive(Default)]
+struct Holder {
+    /// 0: the entry is free.
+    pid: AtomicU32,
+    /// Units it took and has not given back itself.
+    units: AtomicU32,
+}
+
+/// Plain data: lives in shared memory; zero-initialised, then [`init`](Self::init)ed.
+#[repr(C)]
+#[derive(Default)]
+pub struct SharedSemaphore {
+    /// Units free to take.
+    value: AtomicU32,
+    /// The most units there may be (a bounded semaphore), or 0: unbounded.
+    bound: AtomicU32,
+    bell: Doorbell,
+    holders: [Holder; HOLDERS],
+}
+
+impl SharedSemaphore {
+    /// Bytes a semaphore takes in shared memory.
+    pub const SIZE: usize = std::mem::size_of::<SharedSemaphore>();
+
+    /// Sets the starting count, and the bound (`bounded`: the count may never exceed
+    /// `value`). Call once, on fresh (zeroed) memory, before it is shared.
+    pub fn init(&self, value: u32, bounded: bool) {
+        self.value.store(value, Ordering::Relaxed);
+        self.bound
+            .store(if bounded { value.max(1) } else { 0 }, Ordering::Relaxed);
+        if bounded && value == 0 {
+            // (A bound of 0 would read as "unbounded": a BoundedSemaphore(0) can never
+            // be released, so its bound is kept by `release` refusing past 0.)
+            self.bound.store(u32::MAX, Ordering::Relaxed);
+        }
+    }
+
+    /// Units free to take now.
+    pub fn value(&self) -> u32 {
+        self.value.load(Ordering::Relaxed)
+    }
+
+    /// The bound, or None for an unbounded semaphore.
+    pub fn bound(&self) -> Option<u32> {
+        match self.bound.load(Ordering::Relaxed) {
+            0 => None,
+            u32::MAX => Some(0),
+            b => Some(b),
+        }
+    }
+
+    fn take_one(&self) -> bool {
+        let mut v = self.value.load(Ordering::Relaxed);
+        while v > 0 {
+            // Acquire: pairs with the Release in `release`.
+            match self
+                .value
+                .compare_exchange_weak(v, v - 1, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => v = now,
+            }
+        }
+        false
+    }
+
+    /// Takes a unit if one is free, for process `pid` (`hint`: where its entry was last
+    /// found, updated). No waiting.
+    pub fn try_acquire(&self, pid: u32, hint: &mut usize) -> bool {
+        if !self.take_one() {
+            return false;
+        }
+        if let Some(h) = self.entry(pid, hint, true) {
+            h.units.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Takes a unit for process `pid`, waiting until `deadline` ([`Error::Timeout`]) in
+    /// slices between which `poll` runs ([`Error::Interrupted`]). A process that died
+    /// holding units is found while waiting: its units are given back and the wait ends
+    /// with [`Error::Abandoned`] naming it (the next acquire may take them).
+    pub fn acquire(
+        &self,
+        pid: u32,
+        hint: &mut usize,
+        deadline: Option<Instant>,
+        poll: Poll<'_>,
+    ) -> Result<()> {
+        loop {
+            if self.try_acquire(pid, hint) {
+                return Ok(());
+            }
+            let (mut dead, started) = (None, Instant::now());
+            let mut look = || {
+                // (A look costs system calls: only for a wait that has lasted.)
+                if started.elapsed() >= LOOK_AFTER {
+                    dead = self.reclaim_dead(pid);
+                }
+                dead.is_none() && poll()
+            };
+            match self
+                .bell
+                .wait_until(|| self.value() > 0, deadline, &mut look)
+            {
+                Ok(()) => {}
+                Err(Error::Interrupted) if dead.is_some() => {
+                    return Err(Error::Abandoned {
+                        holder: dead.unwrap_or(0),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Gives a unit back (by any thread of any process, as multiprocessing's). A bounded
+    /// semaphore already at its bound refuses ([`Error::NotHeld`]).
+    pub fn release(&self, pid: u32, hint: &mut usize) -> Result<()> {
+        match self.bound() {
+            None => {
+                // Release: pairs with the Acquire in `take_one`.
+                self.value.fetch_add(1, Ordering::Release);
+            }
+            Some(bound) => {
+                let mut v = self.value.load(Ordering::Relaxed);
+                loop {
+                    if v >= bound {
+                        return Err(Error::NotHeld);
+                    }
+                    match self.value.compare_exchange_weak(
+                        v,
+                        v + 1,
+                        Ordering::Release,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => break,
+                        Err(now) => v = now,
+                    }
+                }
+            }
+        }
+        if let Some(h) = self.entry(pid, hint, false) {
+            let mut u = h.units.load(Ordering::Relaxed);
+            while u > 0 {
+                match h
+                    .units
+                    .compare_exchange_weak(u, u - 1, Ordering::Relaxed, Ordering::Relaxed)
+                {
+                    Ok(_) => break,
+                    Err(now) => u = now,
+                }
+            }
+        }
+        self.bell.ring();
+        Ok(())
+    }
+
+    /// Process `pid` is ending normally: what it holds is no longer its (a unit it took
+    /// and never gave back was used up, as a consumer's is), so its death is not an
+    /// abandonment.
+    pub fn disown(&self, pid: u32) {
+        let mut hint = 0;
+        if let Some(h) = self.entry(pid, &mut hint, false) {
+            h.units.store(0, Ordering::Relaxed);
+            let _ = h
+                .pid
+                .compare_exchange(pid, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Units process `pid` holds, as the table says (for tests and diagnostics).
+    pub fn held_by(&self, pid: u32) -> u32 {
+        let mut hint = 0;
+        self.entry(pid, &mut hint, false)
+            .map_or(0, |h| h.units.load(Ordering::Relaxed))
+    }
+
+    /// `pid`'s entry (made, if `make`, in a free one), looked for at `hint` first.
+    fn entry(&self, pid: u32, hint: &mut usize, make: bool) -> Option<&Holder> {
+        if let Some(h) = self.holders.get(*hint) {
+            if h.pid.load(Ordering::Relaxed) == pid {
+                return Some(h);
+            }
+        }
+        if let Some(i) = self
+            .holders
+            .iter()
+            .position(|h| h.pid.load(Ordering::Relaxed) == pid)
+        {
+            *hint = i;
+            return Some(&self.holders[i]);
+        }
+        if !make {
+            return None;
+        }
+        for (i, h) in self.holders.iter().enumerate() {
+            if h.pid.load(Ordering::Relaxed) == 0
+                && h.pid
+                    .compare_exchange(0, pid, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                h.units.store(0, Ordering::Relaxed);
+                *hint = i;
+                return Some(h);
+            }
+        }
+        None
+    }
+
+    /// Gives back the units of one holder that died with some (its pid), if any (`me`
+    /// is alive: not looked at).
+    fn reclaim_dead(&self, me: u32) -> Option<u32> {
+        for h in &self.holders {
+            let pid = h.pid.load(Ordering::Relaxed);
+            if pid == 0 || pid == me || h.units.load(Ordering::Relaxed) == 0 || thread::exists(pid)
+            {
+                continue;
+            }
+            // One reclaimer per dead entry: whoever clears its pid gives its units back.
+            if h.pid
+                .compare_exchange(pid, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let units = h.units.swap(0, Ordering::Relaxed);
+            let cap = self.bound().unwrap_or(u32::MAX);
+            let mut v = self.value.load(Ordering::Relaxed);
+            while let Err(now) = self.value.compare_exchange_weak(
+                v,
+                v.saturating_add(units).min(cap.max(v)),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                v = now;
+            }
+            self.bell.ring();
+            return Some(pid);
+        }
+        None
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn go_on() -> bool {
+        true
+    }
+
+    #[test]
+    fn units_are_counted_and_a_bounded_one_refuses_past_its_bound() {
+        let me = std::process::id();
+        let mut hint = 0;
+        let s = SharedSemaphore::default();
+        s.init(2, true);
+        assert!(s.try_acquire(me, &mut hint));
+        assert!(s.try_acquire(me, &mut hint));
+        assert!(!s.try_acquire(me, &mut hint));
+        assert_eq!(s.held_by(me), 2);
+        s.release(me, &mut hint).unwrap();
+        s.release(me, &mut hint).unwrap();
+        assert!(matches!(s.release(me, &mut hint), Err(Error::NotHeld)));
+        assert_eq!((s.value(), s.held_by(me)), (2, 0));
+        let u = SharedSemaphore::default();
+        u.init(0, false);
+        u.release(me, &mut hint).unwrap();
+        u.release(me, &mut hint).unwrap();
+        assert_eq!(u.value(), 2);
+        let zero = SharedSemaphore::default();
+        zero.init(0, true);
+        assert!(matches!(zero.release(me, &mut hint), Err(Error::NotHeld)));
+    }
+
+    #[test]
+    fn a_wait_times_out_and_a_release_wakes_it() {
+        let me = std::process::id();
+        let s = Arc::new(SharedSemaphore::default());
+        s.init(0, false);
+        let mut poll = go_on;
+        let soon = Some(Instant::now() + Duration::from_millis(20));
+        assert!(matches!(
+            s.acquire(me, &mut 0, soon, &mut poll),
+            Err(Error::Timeout)
+        ));
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(60));
+            s2.release(me, &mut 0).unwrap();
+        });
+        let mut poll = go_on;
+        s.acquire(me, &mut 0, None, &mut poll).unwrap();
+        t.join().unwrap();
+        assert_eq!(s.value(), 0);
+    }
+
+    #[test]
+    fn a_dead_holders_units_come_back_and_its_death_is_reported_once() {
+        let dead = (1 << 22) + 9; // no process has it: pid_max is at most 2^22
+        let me = std::process::id();
+        let s = SharedSemaphore::default();
+        s.init(1, true);
+        assert!(s.try_acquire(dead, &mut 0));
+        let mut poll = go_on;
+        let got = s.acquire(me, &mut 0, None, &mut poll);
+        assert!(matches!(got, Err(Error::Abandoned { holder }) if holder == dead));
+        assert_eq!(s.value(), 1, "its unit is back");
+        assert_eq!(s.held_by(dead), 0);
+        s.acquire(me, &mut 0, None, &mut poll).unwrap();
+    }
+
+    #[test]
+    fn a_holder_that_disowns_is_not_an_abandonment() {
+        let gone = (1 << 22) + 11;
+        let me = std::process::id();
+        let s = SharedSemaphore::default();
+        s.init(1, false);
+        assert!(s.try_acquire(gone, &mut 0));
+        s.disown(gone);
+        let mut poll = go_on;
+        let soon = Some(Instant::now() + Duration::from_millis(80));
+        assert!(matches!(
+            s.acquire(me, &mut 0, soon, &mut poll),
+            Err(Error::Timeout)
+        ));
+    }
+
+    #[test]
+    fn threads_take_no_more_units_than_there_are() {
+        let s = Arc::new(SharedSemaphore::default());
+        s.init(3, true);
+        let inside = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let (s, inside) = (s.clone(), inside.clone());
+                std::thread::spawn(move || {
+                    let me = std::process::id();
+                    let mut hint = 0;
+                    let mut poll = go_on;
+                    for _ in 0..5_000 {
+                        s.acquire(me, &mut hint, None, &mut poll).unwrap();
+                        assert!(inside.fetch_add(1, Ordering::SeqCst) < 3);
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        s.release(me, &mut hint).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!((s.value(), s.held_by(std::process::id())), (3, 0));
+    }
+}
