@@ -364,3 +364,37 @@ def test_flat_messages_arrive_as_multiprocessing_delivers_them(tmp_path):
     with the same values and types as multiprocessing's, through a Queue and a Pipe."""
     outs = side_by_side(tmp_path, FLAT_MESSAGES)
     assert outs[0] == outs[1]
+
+
+def test_a_put_whose_fast_pickling_fails_passes_its_queues_on_once() -> None:
+    # The standard pickler passes `inner` on, then fails on the lambda; the slower path
+    # pickles again. The first pass is taken back: no descriptor left with the resource
+    # sharer for the program's life, no fd leaked.
+    from multiprocessing import resource_sharer
+
+    q, inner = paralelo.Queue(), paralelo.Queue()
+    q.put((inner, lambda: 1))
+    q.get(timeout=10)
+    before = len(os.listdir("/proc/self/fd")), len(resource_sharer._resource_sharer._cache)
+    for _ in range(10):
+        q.put((inner, lambda: 1))
+        q.get(timeout=10)
+    assert (len(os.listdir("/proc/self/fd")), len(resource_sharer._resource_sharer._cache)) == before
+
+
+def test_a_put_keeps_nothing_of_what_it_sent_alive() -> None:
+    # A big buffer stops the fast path with an exception raised through Python frames:
+    # kept with it, they would keep the array (and the caller's locals) alive.
+    import gc
+    import weakref
+
+    import numpy as np
+
+    q = paralelo.Queue()
+    a = np.zeros(1 << 17)
+    gone = weakref.ref(a)
+    q.put(a)
+    del a
+    assert q.get(timeout=10).size == 1 << 17
+    gc.collect()
+    assert gone() is None

@@ -147,3 +147,34 @@ def test_unlink_by_another_process_frees_the_name() -> None:
     s.close()
     with pytest.raises(FileNotFoundError):
         s.unlink()  # (already unlinked, as the standard library says)
+
+
+RECREATE = """
+import sys
+if sys.argv[1] == "paralelo":
+    import paralelo as mp
+    from paralelo import shared_memory as shm
+else:
+    import multiprocessing as mp
+    from multiprocessing import shared_memory as shm
+
+def other(name, out):
+    s = shm.SharedMemory(name)
+    s.unlink(); s.close()
+    n = shm.SharedMemory(name, create=True, size=10)  # the name is free again
+    out.put(n.size >= 10); n.unlink(); n.close()
+
+if __name__ == "__main__":
+    s = shm.SharedMemory("recreated_name", create=True, size=10)
+    out = mp.Queue()
+    p = mp.Process(target=other, args=("recreated_name", out)); p.start()
+    print(out.get(timeout=30)); p.join(30); print(p.exitcode)
+    s.close()
+"""
+
+
+def test_a_name_unlinked_by_another_process_can_be_made_again(tmp_path) -> None:
+    # Its maker (alive) still holds the name's lock: a segment no one can attach is no
+    # reason to refuse the name, as the standard library does not.
+    par, std = side_by_side(tmp_path, RECREATE)
+    assert par == std == "True\n0"

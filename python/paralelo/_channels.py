@@ -48,7 +48,24 @@ def pass_on(ch: Channel) -> Any:
     the starting process's Popen while spawning, else through multiprocessing's
     resource sharer (which holds a copy until it is taken). Once per pickling: `dumps`
     may pickle twice, and a registration made for the discarded one would stay."""
-    return once(ch, lambda: _pass(ch))
+    return once(ch, lambda: _pass(ch), unpass)
+
+
+def unpass(dup: Any) -> None:
+    """Takes back a descriptor `_pass` (or ``reduction.DupFd``) registered with
+    multiprocessing's resource sharer for a pickle that will never be sent (its pickling
+    failed): the sharer would keep it open for the program's life. (One passed while
+    spawning is its Popen's, closed with it.)"""
+    from multiprocessing import resource_sharer
+
+    key = getattr(dup, "_id", None)
+    if type(dup) is not resource_sharer.DupFd or not isinstance(key, tuple):
+        return
+    sharer: Any = resource_sharer._resource_sharer  # type: ignore[attr-defined]
+    with sharer._lock:
+        entry = sharer._cache.pop(key[1], None)
+    if entry is not None:
+        entry[1]()  # (its close)
 
 
 def _pass(ch: Channel) -> Any:

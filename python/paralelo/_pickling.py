@@ -128,26 +128,48 @@ _session = _Session()
 def in_session(pickling: Callable[..., bytes], *args: Any) -> bytes:
     """`pickling(*args)` as one pickling for `once`: it may pickle an object twice (the
     C pickler first, then another), and what a ``__reduce__`` does to the world (pass a
-    descriptor on) must be done once."""
+    descriptor on) must be done once; if it fails, what was done is undone (no message
+    will carry it)."""
     if _session.made is not None:
         return pickling(*args)  # (inside another: its session)
-    _session.made = {}
+    made: dict = {}
+    _session.made = made
     try:
         return pickling(*args)
+    except BaseException:
+        for _obj, value, undo in made.values():
+            if undo is not None:
+                try:
+                    undo(value)
+                except Exception:  # noqa: BLE001 - (the pickling's own error is the one to raise)
+                    pass
+        raise
     finally:
         _session.made = None
 
 
-def once(obj: Any, make: Callable[[], Any]) -> Any:
+def once(obj: Any, make: Callable[[], Any], undo: Callable[[Any], None] | None = None) -> Any:
     """What `make()` makes for `obj` (a ``__reduce__``'s side effect), made once per
-    pickling (see `in_session`); outside one, made each time."""
+    pickling (see `in_session`), and taken back by `undo(made)` if that pickling fails;
+    outside one, made each time."""
     made = _session.made
     if made is None:
         return make()
     got = made.get(id(obj))
     if got is None:
-        got = made[id(obj)] = (obj, make())  # (holding `obj`: its id stays its own)
+        got = made[id(obj)] = (obj, make(), undo)  # (holding `obj`: its id stays its own)
     return got[1]
+
+
+def _standard(obj: Any, protocol: int, buffer_callback: Any) -> bytes:
+    return pickle.dumps(obj, protocol, buffer_callback=buffer_callback)
+
+
+def standard_dumps(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
+    """``pickle.dumps`` as one pickling (see `in_session`): a queue's fast path, whose
+    failure (a big buffer, something only cloudpickle pickles) leaves nothing passed on
+    behind it when the slower path pickles again."""
+    return in_session(_standard, obj, protocol, buffer_callback)
 
 
 def dumps(obj: Any, main: MainNames | None = None, oob: int = 0, least: float = OOB_MIN) -> bytes:

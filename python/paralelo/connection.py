@@ -261,7 +261,12 @@ class Connection:
             dup(self._fd),
             None if self._in is None else _channels.pass_on(self._in),
             None if self._out is None else _channels.pass_on(self._out),
-            dup(self._in_event), dup(self._out_event), _arena.for_spawning())))
+            dup(self._in_event), dup(self._out_event), _arena.for_spawning())), _unpass_all)
+
+
+def _unpass_all(reduced: tuple) -> None:
+    for dup in reduced[1]:
+        _channels.unpass(dup)
 
 
 def _open(dup: Any) -> Channel | None:

@@ -173,7 +173,13 @@ class Queue(_Shared):
             raise
         if not self._buffer:
             sent = commit(data)  # (its blocks are the message's from now)
-            if ch.try_send(sent):
+            try:
+                went = ch.try_send(sent)
+            except BaseException:
+                ungive(sent)
+                ch.unreserve()
+                raise
+            if went:
                 return
             if sent is not data:
                 data = uncommit(sent)  # (ours again while it waits for the feeder)
@@ -334,7 +340,11 @@ class SimpleQueue(_Shared):
             return
         if sent is None:
             ch.reserve(0)
-            sent = commit(dumps(obj))
+            try:
+                sent = commit(dumps(obj))
+            except BaseException:
+                ch.unreserve()
+                raise
         try:
             ch.send(sent)
         except BaseException:

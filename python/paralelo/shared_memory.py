@@ -19,6 +19,7 @@ the last holder closes it.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
@@ -67,16 +68,25 @@ def _new_name() -> str:
 
 
 def _lock_name(name: str) -> socket.socket:
-    """Takes `name` for this process (FileExistsError if some live process has it)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        s.bind("\0" + _PREFIX + name)
-    except OSError as e:
-        s.close()
-        if e.errno == 98:  # EADDRINUSE
-            raise FileExistsError(17, "File exists", name) from None
-        raise
-    return s
+    """Takes `name` for this process (FileExistsError if a live segment has it). A name's
+    lock is an abstract socket its maker holds; after another process unlinked the
+    segment the maker still holds it until it next looks (`_sweep`) or ends, so a lock
+    with no live segment behind it is passed by: the name's next generation is taken."""
+    for generation in range(64):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            s.bind("\0" + _PREFIX + name + (f"/{generation}" if generation else ""))
+            return s
+        except OSError as e:
+            s.close()
+            if e.errno != errno.EADDRINUSE:
+                raise
+        try:
+            os.close(_find(name))
+        except FileNotFoundError:
+            continue  # (unlinked: its maker has yet to let go of the lock)
+        break
+    raise FileExistsError(17, "File exists", name)
 
 
 def _candidates(name: str) -> Iterable[int]:

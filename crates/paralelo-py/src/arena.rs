@@ -42,8 +42,23 @@ struct Held {
     count: usize,
     /// A SharedArray's: shared on purpose, never mapped privately.
     shared: bool,
+    /// Made here to go out in a message (`put`), and not viewed here: never mapped
+    /// privately either (no one here writes it after its fill, and a fork in another
+    /// thread mid-fill would send the rest of the fill to private pages).
+    outgoing: bool,
     /// Mapped privately here since a fork (see `Arena::remap`).
     private: bool,
+}
+
+/// What a reference to a block is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// A view of a received buffer: private after a fork, as all other memory is.
+    View,
+    /// A SharedArray's.
+    Shared,
+    /// A block made to send (see `Held::outgoing`).
+    Outgoing,
 }
 
 impl Local {
@@ -51,7 +66,7 @@ impl Local {
     /// write, as fork does with all other memory), but a SharedArray's block stays shared.
     fn privatise(&mut self, arena: &Arena) {
         for h in self.held.values_mut() {
-            if !h.shared && !h.private {
+            if !h.shared && !h.outgoing && !h.private {
                 h.private = arena.remap(&h.block, true).is_ok();
             }
         }
@@ -97,17 +112,18 @@ impl Shared {
         Ok(l)
     }
 
-    /// One more reference here to block `r`, which this process holds (`shared`: a
-    /// SharedArray's).
-    fn count(l: &mut Local, r: BlockRef, shared: bool) {
+    /// One more reference here to block `r`, which this process holds, for `what`.
+    fn count(l: &mut Local, r: BlockRef, what: Use) {
         let h = l.held.entry(r.offset).or_insert(Held {
             block: r,
             count: 0,
-            shared,
+            shared: false,
+            outgoing: what == Use::Outgoing,
             private: false,
         });
         h.count += 1;
-        h.shared |= shared;
+        h.shared |= what == Use::Shared;
+        h.outgoing &= what == Use::Outgoing; // (viewed here now: as any view)
     }
 
     /// One reference here to block `r` less; the last lets go of it in the arena, or, with
@@ -235,13 +251,14 @@ impl PyArena {
         }
     }
 
-    /// A new block of `len` bytes held by this process (`shared`: a SharedArray's),
-    /// filled by `fill(destination)` with the GIL released; None if the arena has no room.
+    /// A new block of `len` bytes held by this process for `what` (a SharedArray's, or
+    /// one to send), filled by `fill(destination)` with the GIL released; None if the
+    /// arena has no room.
     fn new_block(
         &self,
         py: Python<'_>,
         len: usize,
-        shared: bool,
+        what: Use,
         fill: impl Fn(usize) + Send + Sync,
     ) -> PyResult<Option<BlockRef>> {
         let arena = &self.shared.arena;
@@ -256,7 +273,7 @@ impl PyArena {
             else {
                 return Ok(None);
             };
-            Shared::count(&mut l, r, shared);
+            Shared::count(&mut l, r, what);
             r
         };
         let dst = arena.base() as usize + r.offset as usize;
@@ -316,7 +333,7 @@ impl PyArena {
         let src = buf.buf_ptr() as usize;
         // `src` is `len` readable bytes (held by `buf` while we copy, the GIL released);
         // the destination is a fresh block of at least `len` bytes no one else sees yet.
-        let Some(r) = self.new_block(py, len, false, |dst| {
+        let Some(r) = self.new_block(py, len, Use::Outgoing, |dst| {
             in_pieces(len, |at, n| {
                 // SAFETY: as above; pieces are disjoint and inside both ranges.
                 unsafe {
@@ -338,7 +355,7 @@ impl PyArena {
     /// (or any view of the block) lives; None if the arena has no room.
     fn alloc(&self, py: Python<'_>, nbytes: usize) -> PyResult<Option<PyArenaBuffer>> {
         // Reused memory holds old data: a SharedArray starts zeroed.
-        let Some(r) = self.new_block(py, nbytes, true, |dst| {
+        let Some(r) = self.new_block(py, nbytes, Use::Shared, |dst| {
             in_pieces(nbytes, |at, n| {
                 // SAFETY: a fresh block of at least `nbytes`, referenced by no one else
                 // yet; pieces are disjoint and inside it.
@@ -392,16 +409,21 @@ impl PyArena {
         let Some((r, start)) = self.shared.containing(&l, addr, nbytes) else {
             return Ok(None);
         };
-        Shared::count(&mut l, r, true);
+        Shared::count(&mut l, r, Use::Shared);
         drop(l);
         Ok(Some(self.view(r, start, nbytes as u64)))
     }
 
-    /// Marks the block `view` lies in as a SharedArray's: a fork leaves it shared.
+    /// Marks the block `view` lies in as a SharedArray's: a fork leaves it shared (and
+    /// one a fork made private since it was taken is mapped shared again).
     fn mark_shared(&self, view: &PyArenaBuffer) -> PyResult<()> {
         let mut l = self.shared.local()?;
         if let Some(h) = l.held.get_mut(&view.block.offset) {
             h.shared = true;
+            if h.private {
+                self.shared.arena.remap(&h.block, false).map_err(to_py)?;
+                h.private = false;
+            }
         }
         Ok(())
     }
@@ -439,7 +461,7 @@ impl PyArena {
                 .hold(l.slot, &block, false)
                 .map_err(to_py)?;
         }
-        Shared::count(&mut l, block, shared);
+        Shared::count(&mut l, block, if shared { Use::Shared } else { Use::View });
         drop(l);
         Ok(self.view(block, start, len))
     }

@@ -262,14 +262,22 @@ impl PyChannel {
                 }
             };
         }
-        let dumps = DUMPS.import(py, "pickle", "dumps")?;
+        // (In one pickling session: see `_pickling.standard_dumps`.)
+        let dumps = DUMPS.import(py, "paralelo._pickling", "standard_dumps")?;
         let data = match dumps.call((obj, PROTOCOL), probe_kwargs(py, obj)?.as_ref()) {
             Ok(data) => data.cast_into::<PyBytes>()?,
             Err(e) => {
                 self.inner.unreserve();
                 let refused = PICKLING_ERROR.import(py, "pickle", "PicklingError")?;
-                if e.value(py).is(big_buffer(py)?.bind(py))
-                    || e.is_instance(py, refused)
+                let big = big_buffer(py)?.bind(py);
+                if e.value(py).is(big) {
+                    // One object raised each time: the traceback it took through Python
+                    // frames would keep them (and every frame they were called from, and
+                    // those frames' locals) alive until the next big buffer.
+                    big.setattr(intern!(py, "__traceback__"), py.None())?;
+                    return Ok(None);
+                }
+                if e.is_instance(py, refused)
                     || e.is_instance_of::<PyTypeError>(py)
                     || e.is_instance_of::<PyAttributeError>(py)
                 {
