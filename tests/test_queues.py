@@ -370,16 +370,19 @@ def test_a_put_whose_fast_pickling_fails_passes_its_queues_on_once() -> None:
     # The standard pickler passes `inner` on, then fails on the lambda; the slower path
     # pickles again. The first pass is taken back: no descriptor left with the resource
     # sharer for the program's life, no fd leaked.
+    import gc
     from multiprocessing import resource_sharer
 
     q, inner = paralelo.Queue(), paralelo.Queue()
     q.put((inner, lambda: 1))
     q.get(timeout=10)
-    before = len(os.listdir("/proc/self/fd")), len(resource_sharer._resource_sharer._cache)
+    gc.collect()  # (other tests' garbage closes its descriptors meanwhile, not ours)
+    fds, shared = len(os.listdir("/proc/self/fd")), len(resource_sharer._resource_sharer._cache)
     for _ in range(10):
         q.put((inner, lambda: 1))
         q.get(timeout=10)
-    assert (len(os.listdir("/proc/self/fd")), len(resource_sharer._resource_sharer._cache)) == before
+    assert len(resource_sharer._resource_sharer._cache) == shared
+    assert len(os.listdir("/proc/self/fd")) <= fds
 
 
 def test_a_put_keeps_nothing_of_what_it_sent_alive() -> None:

@@ -95,7 +95,7 @@ if __name__ == "__main__":
         import pickle
         pickle.dumps(l)
     except RuntimeError as e:
-        print("RuntimeError", e)
+        print("RuntimeError", str(e).split(",")[0])
     c = mp.Value("i", 0)
     with mp.Pool(2, initializer=init, initargs=(c,)) as pool:
         pool.map(bump, range(200))

@@ -63,7 +63,8 @@ if TYPE_CHECKING:
     from .queues import JoinableQueue, Queue, SimpleQueue
     from .sharedarray import SharedArray
     from .sharedctypes import Array, RawArray, RawValue, Value
-    from .synchronize import Lock, RLock
+    from .synchronize import (Barrier, BoundedSemaphore, BrokenBarrierError, Condition, Event, Lock,
+                              RLock, Semaphore)
 
 # Imported on first use: a program pays only for what it uses. Modules cost milliseconds
 # to import and, in every fork after, the copying of their memory and mappings (with the
@@ -76,6 +77,8 @@ _LAZY = {
     "ThreadPoolExecutor": "concurrent.futures",
     "Process": "process", "active_children": "process", "current_process": "process",
     "parent_process": "process", "Lock": "synchronize", "RLock": "synchronize",
+    "Semaphore": "synchronize", "BoundedSemaphore": "synchronize", "Condition": "synchronize",
+    "Event": "synchronize", "Barrier": "synchronize", "BrokenBarrierError": "synchronize",
     "Value": "sharedctypes", "Array": "sharedctypes", "RawValue": "sharedctypes",
     "RawArray": "sharedctypes", "Queue": "queues", "SimpleQueue": "queues",
     "JoinableQueue": "queues", "Pipe": "connection", "SharedArray": "sharedarray",
@@ -98,6 +101,12 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Barrier",
+    "BoundedSemaphore",
+    "BrokenBarrierError",
+    "Condition",
+    "Event",
+    "Semaphore",
     "AbandonedLockError",
     "ALL_COMPLETED",
     "FIRST_COMPLETED",

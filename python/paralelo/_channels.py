@@ -10,12 +10,12 @@ leaves nothing held behind it.
 
 from __future__ import annotations
 
-import atexit
 import os
 import weakref
-from multiprocessing import reduction, util
+from multiprocessing import reduction
 from typing import Any
 
+from . import _ending
 from ._native import Channel
 from ._pickling import once
 
@@ -127,15 +127,4 @@ def let_go_all() -> None:
             pass
 
 
-def _at_child_exit(_: Any) -> None:
-    # A multiprocessing child ends with os._exit after its finalizers: one more (last).
-    util.Finalize(None, let_go_all, exitpriority=-100)
-
-
-class _Marker:
-    """What `_at_child_exit` is registered on (multiprocessing holds it weakly)."""
-
-
-_marker = _Marker()
-util.register_after_fork(_marker, _at_child_exit)
-atexit.register(let_go_all)
+_ending.at_end(let_go_all)

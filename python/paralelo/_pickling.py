@@ -148,6 +148,12 @@ def in_session(pickling: Callable[..., bytes], *args: Any) -> bytes:
         _session.made = None
 
 
+def in_pickling() -> bool:
+    """Whether this thread is pickling for one of paralelo's messages (see `in_session`),
+    which carry arena buffers out of band."""
+    return _session.made is not None
+
+
 def once(obj: Any, make: Callable[[], Any], undo: Callable[[Any], None] | None = None) -> Any:
     """What `make()` makes for `obj` (a ``__reduce__``'s side effect), made once per
     pickling (see `in_session`), and taken back by `undo(made)` if that pickling fails;

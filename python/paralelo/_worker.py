@@ -17,7 +17,7 @@ import cloudpickle
 import multiprocessing.process
 import multiprocessing.util
 
-from . import _arena, _channels, _native, _pickling
+from . import _arena, _ending, _native, _pickling
 from ._arena import GIVE, commit
 from ._broken import TaskUnpicklingError
 from ._errors import ResultPicklingError, dump_error, unpicklable_result
@@ -277,7 +277,7 @@ def main(fds: list[int], setup: Setup, slot: int, number: int) -> None:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
-            _channels.let_go_all()  # (os._exit collects nothing: see there)
+            _ending.end()  # (os._exit runs no finalizer)
             _arena.leave()  # (os._exit runs no finalizer: its views go now, not at a sweep)
         finally:
             os._exit(code)

@@ -68,7 +68,7 @@ from typing import Any, Callable, NoReturn, Sequence
 # (_arena first: its at-fork hooks are registered before this module's, so its `before`
 # runs after ours takes `_making`, in every fork: one order for the two locks.)
 from . import _arena  # noqa: F401
-from . import _channels, _native
+from . import _ending, _native
 
 # Python 3.12+ warns on every fork of a threaded process; forking one is this module's
 # design (see above), so the warning is silenced for this module's own fork only.
@@ -125,7 +125,7 @@ class Zygote:
                         _serve(theirs, parent, inherited, (entry, batch, given))
                         # (It holds the queues and pipes the parent had: it may be the
                         # last to, once its workers are gone.)
-                        _channels.let_go_all()
+                        _ending.end()
                     except BaseException:  # noqa: BLE001
                         code = 1
                     finally:

@@ -53,6 +53,36 @@ class Context:
 
         return RLock(ctx=self)
 
+    def Semaphore(self, value: int = 1) -> Any:
+        """A process-shared semaphore (``synchronize.Semaphore``)."""
+        from .synchronize import Semaphore
+
+        return Semaphore(value, ctx=self)
+
+    def BoundedSemaphore(self, value: int = 1) -> Any:
+        """A process-shared bounded semaphore (``synchronize.BoundedSemaphore``)."""
+        from .synchronize import BoundedSemaphore
+
+        return BoundedSemaphore(value, ctx=self)
+
+    def Condition(self, lock: Any = None) -> Any:
+        """A process-shared condition variable (``synchronize.Condition``)."""
+        from .synchronize import Condition
+
+        return Condition(lock, ctx=self)
+
+    def Event(self) -> Any:
+        """A process-shared event (``synchronize.Event``)."""
+        from .synchronize import Event
+
+        return Event(ctx=self)
+
+    def Barrier(self, parties: int, action: Any = None, timeout: float | None = None) -> Any:
+        """A process-shared barrier (``synchronize.Barrier``)."""
+        from .synchronize import Barrier
+
+        return Barrier(parties, action, timeout, ctx=self)
+
     @staticmethod
     def Pipe(duplex: bool = True) -> Any:
         """A pair of connected ``Connection``s (``connection.Pipe``)."""

@@ -1,55 +1,76 @@
-"""``multiprocessing.synchronize``'s Lock and RLock, on the engine's futex lock.
+"""``multiprocessing.synchronize`` on the engine: ``Lock``, ``RLock``, ``Semaphore``,
+``BoundedSemaphore``, ``Condition``, ``Event`` and ``Barrier``, with multiprocessing's
+signatures and semantics, for the threads of one process and for processes alike.
 
-Each lock is one word (and a depth) in shared memory, taken with one atomic instruction
-when free (no system call), waited on with a futex when not (the GIL released). Its
-memory comes from ``multiprocessing.heap`` (shared mappings every forked child inherits,
-passed on to spawned ones), so a lock made before a ``Process`` or ``Pool`` is shared
-with it, as multiprocessing's is, and, like multiprocessing's, is pickled only to start a
-process (`assert_spawning`): other ways to share it are inheritance.
+Each lives in a piece of the program's arena (``_slab``): futex words in shared memory,
+taken with one atomic instruction when free (no system call), waited on with the GIL
+released (Ctrl-C stops a wait on the main thread). So, beyond multiprocessing's, they
+may be passed to a pool's or an executor's tasks and through queues and pipes, not only
+inherited or given to a ``Process``.
 
-Unlike multiprocessing's, a lock whose holder died (its process killed or ended, even
-if not yet reaped, or an RLock's thread ended) is not waited on for ever: the next
-acquire raises ``AbandonedLockError`` naming the holder, and the lock is free again.
+Where multiprocessing would wait for ever, they say why instead:
+
+- a lock or semaphore whose holder died holding it (its process killed or ended, even
+  if not yet reaped, or an RLock's thread ended): the next ``acquire`` raises
+  ``AbandonedLockError`` naming it, and the lock is free again (a semaphore has the dead
+  holder's units back);
+- a ``Condition``'s lock likewise;
+- a ``Barrier`` one of whose parties (a process that waited at it before) died: its
+  waiters get ``BrokenBarrierError`` naming the dead pid.
+
+A process ending normally (any way but a kill or a crash) disowns what it holds in
+semaphores and barriers: a consumer's units it never gave back were used up, and a
+worker that is done with a barrier is not a dead party.
 """
 
 from __future__ import annotations
 
 import threading
-from multiprocessing import heap
+import time
+import weakref
 from multiprocessing import process as _mp_process
-from multiprocessing.context import assert_spawning
-from typing import Any, cast
+from threading import BrokenBarrierError
+from typing import Any, Callable, cast
 
-from ._native import SharedLock
+from . import _ending, _slab
+from ._native import SharedBarrier, SharedCondvar, SharedEvent, SharedLock, SharedSemaphore
 
-__all__ = ["Lock", "RLock"]
+__all__ = ["Barrier", "BoundedSemaphore", "BrokenBarrierError", "Condition", "Event", "Lock", "RLock",
+           "Semaphore"]
+
+#: Semaphores and barriers this process used: it disowns them as it ends normally.
+_used: weakref.WeakSet = weakref.WeakSet()
 
 
-def _rebuild(cls: type, wrapper: Any) -> Any:
-    return cls(_wrapper=wrapper)
+def _disown_all() -> None:
+    for prim in list(_used):
+        prim._native.disown()
+
+
+_ending.at_end(_disown_all)
 
 
 class _Lock(SharedLock):
     # (The native base holds the word; acquire, release, __enter__ and __exit__ are its.)
     _recursive = False
-    _wrapper: Any  # the heap block the lock lives in
+    _buf: Any  # the arena piece the lock lives in
 
-    def __new__(cls, *, ctx: Any = None, _wrapper: Any = None) -> _Lock:
-        wrapper = _wrapper
-        if wrapper is None:
-            wrapper = heap.BufferWrapper(SharedLock.SIZE)
-            wrapper.create_memoryview()[:] = bytes(SharedLock.SIZE)  # free (reused heap memory is not zeroed)
-        self = cast(_Lock, super().__new__(cls, wrapper.create_memoryview(), cls._recursive))
-        self._wrapper = wrapper
+    def __new__(cls, *, ctx: Any = None, _buf: Any = None) -> _Lock:
+        buf = _slab.piece(SharedLock.SIZE, cls.__name__) if _buf is None else _buf
+        self = cast(_Lock, super().__new__(cls, buf, cls._recursive))
+        self._buf = buf
         return self
 
     def __reduce__(self) -> tuple:
-        assert_spawning(self)  # only to start a process, as multiprocessing's
-        return _rebuild, (type(self), self._wrapper)
+        return _slab.reduce(self._buf, _rebuild_lock, (type(self),), type(self).__name__)
+
+
+def _rebuild_lock(buf: Any, cls: type) -> Any:
+    return cls(_buf=buf)
 
 
 class Lock(_Lock):
-    """A lock shared by the processes that inherit it (multiprocessing's ``Lock``):
+    """A lock shared by threads and processes (multiprocessing's ``Lock``):
     ``acquire(block=True, timeout=None)``, ``release()``, ``with``; any thread of any
     process may release it."""
 
@@ -64,8 +85,8 @@ class Lock(_Lock):
 
 
 class RLock(_Lock):
-    """A re-entrant lock shared by the processes that inherit it (multiprocessing's
-    ``RLock``): its holder thread may take it again, and only it releases it."""
+    """A re-entrant lock shared by threads and processes (multiprocessing's ``RLock``):
+    its holder thread may take it again, and only it releases it."""
 
     _recursive = True
 
@@ -80,3 +101,267 @@ class RLock(_Lock):
         else:
             owner, count = "SomeOtherThread", "nonzero"
         return f"<{type(self).__name__}({owner}, {count})>"
+
+
+class _Placed:
+    """A primitive made of one native object living in an arena piece (`_native`)."""
+
+    _native: Any
+    _buf: Any
+
+    def _place(self, kind: Any, *args: Any, buf: Any = None) -> None:
+        self._buf = _slab.piece(kind.SIZE, type(self).__name__) if buf is None else buf
+        self._native = kind(self._buf, *args)
+
+    def _reduce(self, args: tuple) -> tuple:
+        return _slab.reduce(self._buf, _rebuild, (type(self), args), type(self).__name__)
+
+
+def _rebuild(buf: Any, cls: Any, args: tuple) -> Any:
+    self = cls.__new__(cls)
+    self._rebuilt(buf, *args)
+    return self
+
+
+class Semaphore(_Placed):
+    """A counting semaphore shared by threads and processes (multiprocessing's
+    ``Semaphore(value=1)``): ``acquire(block=True, timeout=None)``, ``release()``,
+    ``get_value()``, ``with``. Any thread of any process may release it."""
+
+    _bounded = False
+
+    def __init__(self, value: int = 1, *, ctx: Any = None) -> None:
+        if not isinstance(value, int):
+            raise TypeError(f"a semaphore's value must be an int, not {type(value).__name__}")
+        if value < 0:
+            raise ValueError("semaphore initial value must be >= 0")
+        self._place(SharedSemaphore, value, self._bounded)
+        self._bind()
+
+    def _rebuilt(self, buf: Any) -> None:
+        self._place(SharedSemaphore, buf=buf)
+        self._bind()
+
+    def _bind(self) -> None:
+        n = self._native
+        # (Bound per object: a call then costs what the native one does.)
+        self.acquire, self.release, self.get_value = n.acquire, n.release, n.get_value  # type: ignore[method-assign]
+        _used.add(self)
+
+    def __enter__(self) -> bool:
+        return bool(self._native.__enter__())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._native.__exit__()
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Takes a unit, waiting for one (at most `timeout` seconds): True once taken."""
+        return bool(self._native.acquire(block, timeout))
+
+    def release(self) -> None:
+        """Gives a unit back."""
+        self._native.release()
+
+    def get_value(self) -> int:
+        """Units free now."""
+        return int(self._native.get_value())
+
+    def __reduce__(self) -> tuple:
+        return self._reduce(())
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}(value={self.get_value()})>"
+
+
+class BoundedSemaphore(Semaphore):
+    """A semaphore that refuses a release past its starting value (ValueError), as
+    multiprocessing's ``BoundedSemaphore(value=1)``."""
+
+    _bounded = True
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}(value={self.get_value()}, maxvalue={self._native.bound})>"
+
+
+class Event(_Placed):
+    """An event shared by threads and processes (multiprocessing's ``Event``): ``set``,
+    ``clear``, ``is_set``, ``wait(timeout=None)``."""
+
+    def __init__(self, *, ctx: Any = None) -> None:
+        self._rebuilt(None)
+
+    def _rebuilt(self, buf: Any) -> None:
+        self._place(SharedEvent, buf=buf)
+        n = self._native
+        self.is_set, self.set, self.clear, self.wait = n.is_set, n.set, n.clear, n.wait  # type: ignore[method-assign]
+
+    def is_set(self) -> bool:  # (bound per object in _rebuilt: these are for typing and docs)
+        """Whether it is set."""
+        return bool(self._native.is_set())
+
+    def set(self) -> None:
+        """Sets it, waking every waiter."""
+        self._native.set()
+
+    def clear(self) -> None:
+        """Clears it."""
+        self._native.clear()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits until it is set: True, or False if `timeout` seconds passed first."""
+        return bool(self._native.wait(timeout))
+
+    def __reduce__(self) -> tuple:
+        return self._reduce(())
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} at {id(self):#x} {'set' if self.is_set() else 'unset'}>"
+
+
+class Condition(_Placed):
+    """A condition variable shared by threads and processes (multiprocessing's
+    ``Condition(lock=None)``, an ``RLock`` by default; the lock must be paralelo's):
+    ``wait(timeout=None)``, ``wait_for(predicate, timeout=None)``, ``notify(n=1)``,
+    ``notify_all()``, and the lock's ``acquire``, ``release`` and ``with``. A
+    ``notify(n)`` lets exactly min(n, waiting) waiters go."""
+
+    def __init__(self, lock: Any = None, *, ctx: Any = None) -> None:
+        if lock is None:
+            lock = RLock()
+        elif not isinstance(lock, _Lock):
+            raise TypeError(f"a paralelo Condition's lock must be a paralelo Lock or RLock, not "
+                            f"{type(lock).__name__}")
+        self._rebuilt(None, lock)
+
+    def _rebuilt(self, buf: Any, lock: Any) -> None:
+        self._lock = lock
+        self._place(SharedCondvar, buf=buf)
+        self.acquire, self.release = lock.acquire, lock.release  # type: ignore[method-assign]
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:  # (bound per object)
+        """Takes the condition's lock."""
+        return bool(self._lock.acquire(block, timeout))
+
+    def release(self) -> None:
+        """Releases the condition's lock."""
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return bool(self._lock.__enter__())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.__exit__(*exc)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Releases the lock, waits to be notified (at most `timeout` seconds), takes the
+        lock again: True if notified, False if the time ran out."""
+        lock, cv = self._lock, self._native
+        assert lock._is_mine(), "must acquire() condition before using wait()"
+        cv.enter()
+        depth = lock._release_save()
+        notified = False
+        try:
+            notified = cv.wait(timeout)
+        finally:
+            lock._acquire_restore(depth)
+            if not notified:
+                notified = cv.leave_unnotified()
+        return bool(notified)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Waits until `predicate()` is true (at most `timeout` seconds): its last value."""
+        result = predicate()
+        end = None if timeout is None else time.monotonic() + timeout
+        while not result:
+            wait = None
+            if end is not None:
+                wait = end - time.monotonic()
+                if wait <= 0:
+                    break
+            self.wait(wait)
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        """Lets up to `n` waiters go (the caller holds the lock)."""
+        assert self._lock._is_mine(), "lock is not owned"
+        self._native.notify(max(0, n))
+
+    def notify_all(self) -> None:
+        """Lets every waiter go (the caller holds the lock)."""
+        self.notify(1 << 32)
+
+    def __reduce__(self) -> tuple:
+        return self._reduce((self._lock,))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}({self._lock}, {self._native.waiting()})>"
+
+
+class Barrier(_Placed):
+    """A barrier shared by threads and processes (multiprocessing's
+    ``Barrier(parties, action=None, timeout=None)``): ``wait(timeout=None)`` returns
+    each party's index in its round (``parties - 1`` for the last, which runs
+    `action`); ``abort()``, ``reset()``, ``parties``, ``n_waiting``, ``broken``;
+    ``BrokenBarrierError`` as the standard library raises it, and when a party died."""
+
+    def __init__(self, parties: int, action: Callable[[], Any] | None = None,
+                 timeout: float | None = None, *, ctx: Any = None) -> None:
+        if not isinstance(parties, int):
+            raise TypeError(f"parties must be an int, not {type(parties).__name__}")
+        self._place(SharedBarrier, parties)
+        self._action, self._timeout = action, timeout
+        _used.add(self)
+
+    def _rebuilt(self, buf: Any, action: Any, timeout: Any) -> None:
+        self._place(SharedBarrier, buf=buf)
+        self._action, self._timeout = action, timeout
+        _used.add(self)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Waits for the round to fill (at most `timeout` seconds, else the barrier's
+        own; a timeout breaks it): this party's index in the round."""
+        b = self._native
+        index, round_ = b.arrive()
+        if index + 1 == b.parties:
+            if self._action is not None:
+                try:
+                    self._action()
+                except BaseException:
+                    b.abort()
+                    raise
+            b.pass_round(round_)
+            return int(index)
+        b.wait(round_, self._timeout if timeout is None else timeout)
+        return int(index)
+
+    def abort(self) -> None:
+        """Breaks the barrier: its waiters, and later ones until a reset, get
+        BrokenBarrierError."""
+        self._native.abort()
+
+    def reset(self) -> None:
+        """Back to its first state; the waiters of the round under way get
+        BrokenBarrierError."""
+        self._native.reset()
+
+    @property
+    def parties(self) -> int:
+        return int(self._native.parties)
+
+    @property
+    def n_waiting(self) -> int:
+        return int(self._native.n_waiting)
+
+    @property
+    def broken(self) -> bool:
+        return bool(self._native.broken)
+
+    def __reduce__(self) -> tuple:
+        return self._reduce((self._action, self._timeout))
+
+    def __repr__(self) -> str:
+        if self.broken:
+            return f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: broken>"
+        return (f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: "
+                f"waiters={self.n_waiting}/{self.parties}>")

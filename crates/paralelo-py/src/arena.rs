@@ -566,6 +566,13 @@ impl PyArenaBuffer {
         PyBytes::new(py, &encode(&self.block, self.start, self.len))
     }
 
+    /// Where the view starts in this process's memory (the address `share_span` and
+    /// `give_span` take).
+    #[getter]
+    fn address(&self) -> usize {
+        self.shared.arena.base() as usize + (self.block.offset + self.start) as usize
+    }
+
     /// Where the view starts, from the arena's start: for tests.
     #[getter]
     fn offset(&self) -> u64 {

@@ -15,6 +15,7 @@ mod numbers;
 mod port;
 mod process;
 mod state;
+mod sync;
 mod value;
 
 // `gil_used`: `numbers.rs` reads lists without locking them, which only the GIL makes
@@ -26,6 +27,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hub::PyHub>()?;
     m.add_class::<port::PyPort>()?;
     m.add_class::<lock::PyLock>()?;
+    m.add_class::<sync::PySemaphore>()?;
+    m.add_class::<sync::PyEvent>()?;
+    m.add_class::<sync::PyCondvar>()?;
+    m.add_class::<sync::PyBarrier>()?;
     m.add_class::<channel::PyChannel>()?;
     m.add_class::<value::PySyncValue>()?;
     m.add_function(wrap_pyfunction!(lock::forget_lock_ids, m)?)?;

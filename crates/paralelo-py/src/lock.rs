@@ -3,30 +3,24 @@
 //! (`recursive=False`: any thread may release it) or RLock (`recursive=True`).
 use paralelo_core::sync::{caller_ids, caller_pid};
 use paralelo_core::{Error, SharedLock, Taken};
-use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyAssertionError, PyValueError};
+use pyo3::exceptions::{PyAssertionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::door;
 use crate::errors::{abandoned, to_py};
+use crate::sync::Placed;
 
 /// Subclassed in Python (`synchronize.Lock`, `RLock`), which allocates the buffer; the
 /// hot methods (`acquire`, `release`, `__enter__`, `__exit__`) stay native.
 #[pyclass(name = "SharedLock", module = "paralelo._native", frozen, subclass)]
 pub(crate) struct PyLock {
-    /// Holds the exporter (and so the mapping) alive for as long as the lock lives.
-    buf: PyBuffer<u8>,
+    lock: Placed<SharedLock>,
     recursive: bool,
 }
 
 impl PyLock {
     fn lock(&self) -> &SharedLock {
-        let ptr = self.buf.buf_ptr().cast::<SharedLock>();
-        // SAFETY: `new` checked that the buffer is writable, at least SharedLock::SIZE
-        // bytes and aligned for it; `buf` keeps it mapped while `self` lives. SharedLock
-        // is only atomics, which other processes change concurrently by design, and any
-        // bit pattern is a valid value of them.
-        unsafe { &*ptr }
+        self.lock.get()
     }
 
     /// Who takes the lock: this thread (recursive: only it may release), else this
@@ -66,25 +60,10 @@ impl PyLock {
     /// zero-filled for a free lock), which this object keeps alive.
     #[new]
     fn new(buffer: &Bound<'_, PyAny>, recursive: bool) -> PyResult<Self> {
-        let buf = PyBuffer::<u8>::get(buffer)?;
-        if buf.readonly() || !buf.is_c_contiguous() {
-            return Err(PyValueError::new_err(
-                "a lock needs a writable, contiguous buffer",
-            ));
-        }
-        if buf.len_bytes() < SharedLock::SIZE {
-            return Err(PyValueError::new_err(format!(
-                "a lock needs {} bytes, not {}",
-                SharedLock::SIZE,
-                buf.len_bytes()
-            )));
-        }
-        if !(buf.buf_ptr() as usize).is_multiple_of(std::mem::align_of::<SharedLock>()) {
-            return Err(PyValueError::new_err(
-                "a lock's buffer must be 4-byte aligned",
-            ));
-        }
-        Ok(Self { buf, recursive })
+        Ok(Self {
+            lock: Placed::new(buffer, "lock")?,
+            recursive,
+        })
     }
 
     /// Takes the lock: at once if it is free, else waiting (the GIL released) up to
@@ -153,6 +132,25 @@ impl PyLock {
         _trace: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         self.release()
+    }
+
+    /// Releases it wholly (every level of a recursive one), as a condition's wait does:
+    /// how many levels, for `_acquire_restore`.
+    fn _release_save(&self) -> PyResult<u32> {
+        match self.lock().release_all(self.me(), self.recursive) {
+            Ok(depth) => Ok(depth),
+            Err(Error::NotOwner) | Err(Error::NotHeld) => {
+                Err(PyRuntimeError::new_err("cannot release un-acquired lock"))
+            }
+            Err(e) => Err(to_py(e)),
+        }
+    }
+
+    /// Takes it again after `_release_save`, at the depth it had.
+    fn _acquire_restore(&self, py: Python<'_>, depth: u32) -> PyResult<()> {
+        self.acquire(py, true, None)?;
+        self.lock().restore_depth(self.me(), depth);
+        Ok(())
     }
 
     /// Whether the caller holds it (this thread for a recursive lock, this process else).

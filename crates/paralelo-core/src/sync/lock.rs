@@ -288,6 +288,29 @@ impl SharedLock {
         Ok(true)
     }
 
+    /// Releases every level of a recursive lock `me` holds (one of a plain one): how many
+    /// there were, for [`restore_depth`](Self::restore_depth) once it is taken again (a
+    /// condition variable's wait).
+    pub fn release_all(&self, me: u32, recursive: bool) -> Result<u32> {
+        let depth = if recursive {
+            if self.word.load(Ordering::Relaxed) & HOLDER != me {
+                return Err(Error::NotOwner);
+            }
+            self.depth.swap(1, Ordering::Relaxed).max(1)
+        } else {
+            1
+        };
+        self.release(me, recursive)?;
+        Ok(depth)
+    }
+
+    /// Sets the depth of a recursive lock `me` has just taken (see `release_all`).
+    pub fn restore_depth(&self, me: u32, depth: u32) {
+        if self.word.load(Ordering::Relaxed) & HOLDER == me {
+            self.depth.store(depth.max(1), Ordering::Relaxed);
+        }
+    }
+
     /// The holder's id, or None when free.
     pub fn holder(&self) -> Option<u32> {
         match self.word.load(Ordering::Relaxed) & HOLDER {

@@ -1,0 +1,329 @@
+"""Semaphore, BoundedSemaphore, Event, Condition and Barrier: beside multiprocessing's on
+the same programs (threads and processes), passed where multiprocessing's cannot go, a
+dead holder or party reported instead of waited for, and hammered for their invariants."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import paralelo
+from scripts import side_by_side
+
+HEAD = """
+import sys, time, threading, logging
+import numpy as np
+if sys.argv[1] == "paralelo":
+    import paralelo as mp
+else:
+    import multiprocessing as mp
+logging.basicConfig(level=logging.INFO)
+"""
+
+SAME_AS_MULTIPROCESSING = HEAD + """
+def show(f):
+    try:
+        print(f())
+    except BaseException as e:
+        print(type(e).__name__, str(e).split(",")[0])
+
+def consumer(sem, cond, items, out):
+    with cond:
+        got = cond.wait_for(lambda: items.value > 0, timeout=10)
+        items.value -= 1
+    out.put(("consumed", bool(got)))
+    sem.release()
+
+def party(bar, out):
+    out.put(bar.wait(10))
+
+if __name__ == "__main__":
+    s = mp.Semaphore(2)
+    print(repr(s), s.acquire(), s.acquire(), s.acquire(False), s.acquire(timeout=0.05), s.get_value())
+    s.release(); s.release(); s.release()
+    print(repr(s), s.get_value())
+    b = mp.BoundedSemaphore(1)
+    print(repr(b)); show(b.release)
+    with b:
+        print("inside", b.get_value())
+
+
+    e = mp.Event()
+    print(e.is_set(), e.wait(0.05), e.wait(-1))
+    threading.Timer(0.05, e.set).start()
+    print(e.wait(10), e.is_set()); e.clear(); print(e.is_set(), repr(e).split(" at ")[0])
+
+    c = mp.Condition()
+    show(c.wait); show(c.notify)
+    with c:
+        print(c.wait(0.05), c.wait_for(lambda: 0, timeout=0.05), c.wait_for(lambda: 7), repr(c))
+    items = mp.Value("i", 0)
+    done = mp.Semaphore(0)
+    out = mp.Queue()
+    ps = [mp.Process(target=consumer, args=(done, c, items, out)) for _ in range(3)]
+    for p in ps:
+        p.start()
+    for _ in range(3):
+        with c:
+            items.value += 1
+            c.notify()
+    for _ in range(3):
+        done.acquire(timeout=10)
+    print(sorted(out.get(timeout=10) for _ in range(3)), items.value)
+    for p in ps:
+        p.join(10)
+
+    bar = mp.Barrier(3, action=lambda: print("action"))
+    print(bar.parties, bar.n_waiting, bar.broken, repr(bar).split(" at ")[0].split(".")[-1])
+    ps = [mp.Process(target=party, args=(bar, out)) for _ in range(2)]
+    for p in ps:
+        p.start()
+    mine = bar.wait(10)
+    print(sorted([mine] + [out.get(timeout=10) for _ in range(2)]))
+    for p in ps:
+        p.join(10)
+    show(lambda: bar.wait(0.05))
+    print(bar.broken, repr(bar).split(" at ")[1][-7:]); show(bar.wait)
+    bar.reset(); print(bar.broken, bar.n_waiting)
+    t = threading.Thread(target=lambda: show(lambda: bar.wait(10))); t.start()
+    while bar.n_waiting == 0:
+        time.sleep(0.005)
+    bar.abort(); t.join()
+    fails = mp.Barrier(1, action=lambda: 1 / 0)
+    show(fails.wait); print(fails.broken)
+    import pickle
+    for prim in (mp.Semaphore(), mp.Event(), mp.Condition(), mp.Barrier(2)):
+        try:
+            pickle.dumps(prim)
+        except RuntimeError as e:  # (multiprocessing names the Condition inside)
+            print("refused", "only be shared between processes through inheritance" in str(e))
+"""
+
+
+def test_the_primitives_match_multiprocessing(tmp_path) -> None:
+    par, std = side_by_side(tmp_path, SAME_AS_MULTIPROCESSING, timeout=120)
+    assert par == std
+
+
+def test_bad_arguments_are_refused_up_front() -> None:
+    # (multiprocessing fails later, or never: OSError for a negative value, a barrier of
+    # no parties, a Condition on a lock its processes cannot share.)
+    with pytest.raises(ValueError, match="initial value must be >= 0"):
+        paralelo.Semaphore(-1)
+    with pytest.raises(ValueError, match="parties must be > 0"):
+        paralelo.Barrier(0)
+    with pytest.raises(TypeError, match="paralelo Lock or RLock"):
+        paralelo.Condition(threading.Lock())
+
+
+PASSED_IN_TASKS = HEAD + """
+def task(ev, sem, cond, bar, i):
+    ev.wait(10)
+    with sem:
+        pass
+    with cond:
+        cond.notify_all()
+    return i * 2, bar.parties
+
+if __name__ == "__main__":
+    ev, sem, bar = mp.Event(), mp.BoundedSemaphore(2), mp.Barrier(3)
+    cond = mp.Condition(mp.Lock())
+    with mp.Pool(2) as pool:
+        r = pool.starmap_async(task, [(ev, sem, cond, bar, i) for i in range(6)])
+        ev.set()
+        print(r.get(30))
+    with mp.ProcessPoolExecutor(2) as ex:
+        print(ex.submit(task, ev, sem, cond, bar, 5).result(30))
+    q = mp.Queue()
+    q.put((ev, sem))
+    ev2, sem2 = q.get(timeout=10)
+    ev.clear(); ev2.set(); print(ev.is_set(), sem2.get_value())
+"""
+
+
+def test_they_pass_to_pool_and_executor_tasks_and_through_queues(tmp_path) -> None:
+    # (multiprocessing refuses them in tasks: they may only be inherited.)
+    out, = side_by_side(tmp_path, PASSED_IN_TASKS, ("paralelo",), timeout=120)
+    assert out == "[(0, 3), (2, 3), (4, 3), (6, 3), (8, 3), (10, 3)]\n(10, 3)\nTrue 2"
+
+
+def _killed_while(target, *args) -> int:
+    """A process that ran `target(*args, ready)` until it set `ready`, then was killed:
+    its pid (joined, so its death is certain)."""
+    ready = paralelo.Event()
+    p = paralelo.Process(target=target, args=(*args, ready))
+    p.start()
+    assert ready.wait(30)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    return p.pid
+
+
+def _take_and_hang(sem, ready) -> None:
+    sem.acquire()
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_killed_holders_semaphore_units_come_back_with_an_error_naming_it() -> None:
+    sem = paralelo.BoundedSemaphore(1)
+    pid = _killed_while(_take_and_hang, sem)
+    with pytest.raises(paralelo.AbandonedLockError, match=f"semaphore's holder \\({pid}\\) died") as e:
+        sem.acquire(timeout=10)
+    assert e.value.holder == pid
+    assert sem.get_value() == 1
+    assert sem.acquire(timeout=1)
+    sem.release()
+
+
+def _take_and_end(sem) -> None:
+    sem.acquire()  # (a consumer's unit: used up, not abandoned)
+
+
+def test_a_unit_taken_by_a_process_that_ended_normally_is_not_abandoned() -> None:
+    sem = paralelo.Semaphore(1)
+    p = paralelo.Process(target=_take_and_end, args=(sem,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    assert not sem.acquire(timeout=0.2)  # (no error: waited for, as with multiprocessing)
+
+
+def _wait_once_then_hang(bar, ready) -> None:
+    bar.wait(30)  # took part once...
+    ready.set()
+    time.sleep(60)  # ...and dies before its next round
+
+
+def test_a_barrier_whose_party_died_breaks_naming_it() -> None:
+    bar = paralelo.Barrier(2)
+    ready = paralelo.Event()
+    p = paralelo.Process(target=_wait_once_then_hang, args=(bar, ready))
+    p.start()
+    bar.wait(30)
+    assert ready.wait(30)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    with pytest.raises(threading.BrokenBarrierError, match=f"pid {p.pid}\\) died"):
+        bar.wait(20)
+    assert bar.broken
+    bar.reset()
+    t = threading.Thread(target=bar.wait, args=(10,))
+    t.start()
+    assert bar.wait(10) in (0, 1)  # usable again by the living
+    t.join()
+
+
+def _hold_condition(cond, ready) -> None:
+    cond.acquire()
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_condition_whose_lock_holder_died_raises_instead_of_waiting() -> None:
+    cond = paralelo.Condition()
+    pid = _killed_while(_hold_condition, cond)
+    with pytest.raises(paralelo.AbandonedLockError, match=str(pid)):
+        cond.acquire(timeout=10)
+    with cond:
+        assert not cond.wait(0.01)
+
+
+def _hammer_semaphore(sem, inside, peak, n) -> None:
+    for _ in range(n):
+        with sem:
+            with inside.get_lock():
+                inside.value += 1
+                peak.value = max(peak.value, inside.value)
+            with inside.get_lock():
+                inside.value -= 1
+
+
+def test_a_hammered_semaphore_never_lets_more_in_than_it_has() -> None:
+    sem = paralelo.Semaphore(2)
+    inside, peak = paralelo.Value("i", 0), paralelo.Value("i", 0)
+    ps = [paralelo.Process(target=_hammer_semaphore, args=(sem, inside, peak, 3000)) for _ in range(3)]
+    for p in ps:
+        p.start()
+    threads = [threading.Thread(target=_hammer_semaphore, args=(sem, inside, peak, 3000)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for p in ps:
+        p.join(60)
+        assert p.exitcode == 0
+    assert peak.value == 2 and inside.value == 0 and sem.get_value() == 2
+
+
+def _produce(cond, items, n) -> None:
+    for _ in range(n):
+        with cond:
+            items.value += 1
+            cond.notify()
+
+
+def _consume(cond, items, taken, n) -> None:
+    for _ in range(n):
+        with cond:
+            assert cond.wait_for(lambda: items.value > 0, timeout=30)
+            items.value -= 1
+            taken.value += 1
+
+
+def test_a_condition_loses_no_wake_up_between_processes() -> None:
+    cond = paralelo.Condition()
+    items, taken = paralelo.Value("i", 0, lock=False), paralelo.Value("i", 0, lock=False)
+    n = 2000
+    ps = [paralelo.Process(target=_consume, args=(cond, items, taken, n)) for _ in range(2)]
+    ps += [paralelo.Process(target=_produce, args=(cond, items, n)) for _ in range(2)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(120)
+        assert p.exitcode == 0
+    assert (taken.value, items.value) == (2 * n, 0)
+
+
+def _rounds(bar, seen, n) -> None:
+    for r in range(n):
+        index = bar.wait(30)
+        with seen.get_lock():
+            seen[r * bar.parties + index] += 1
+
+
+def test_barrier_rounds_hand_out_every_index_once_across_processes() -> None:
+    parties, n = 3, 300
+    bar = paralelo.Barrier(parties)
+    seen = paralelo.Array("i", parties * n)
+    ps = [paralelo.Process(target=_rounds, args=(bar, seen, n)) for _ in range(parties - 1)]
+    for p in ps:
+        p.start()
+    _rounds(bar, seen, n)
+    for p in ps:
+        p.join(60)
+        assert p.exitcode == 0
+    assert list(seen) == [1] * (parties * n)
+
+
+def _pong(ping, pong, n) -> None:
+    for _ in range(n):
+        assert ping.wait(30)
+        ping.clear()
+        pong.set()
+
+
+def test_event_ping_pong_loses_no_wake_up() -> None:
+    ping, pong, n = paralelo.Event(), paralelo.Event(), 3000
+    p = paralelo.Process(target=_pong, args=(ping, pong, n))
+    p.start()
+    for _ in range(n):
+        ping.set()
+        assert pong.wait(30)
+        pong.clear()
+    p.join(30)
+    assert p.exitcode == 0
