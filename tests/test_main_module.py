@@ -360,7 +360,7 @@ PICKLING_FAILURES = textwrap.dedent(
 def test_pickling_failures_raise_the_standard_types_with_their_cause(tmp_path) -> None:
     [out] = side_by_side(tmp_path, PICKLING_FAILURES, ("paralelo",))
     assert out.split() == [
-        "PicklingError<TypeError>",  # the task cannot be pickled here
+        "TypeError<NoneType>",  # the task cannot be pickled here: the pickler's error, raw
         "PicklingError<SystemExit>",  # ...even by a __reduce__ that exits: never raw
         "TaskUnpicklingError<RemoteTraceback>",  # a BrokenProcessPool: cannot load there
         "ResultPicklingError<RemoteTraceback>",  # a PicklingError
@@ -969,3 +969,44 @@ def test_executor_map_sends_each_item_as_read_and_keeps_no_input(tmp_path) -> No
     outs = side_by_side(tmp_path, EXECUTOR_INPUT)
     assert outs[0] == outs[1]
     assert outs[0].splitlines()[:2] == ["[0, 1]", "3"]
+
+
+UNPICKLABLE_ARGUMENTS = textwrap.dedent(
+    """
+    import sys, threading
+    import numpy as np
+    if sys.argv[1] == "paralelo":
+        import paralelo as mp
+        from paralelo import ProcessPoolExecutor
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+    def f(v):
+        return 1
+
+    def show(fn):
+        try:
+            return fn()
+        except Exception as e:
+            return f"{type(e).__name__}: {str(e).split(',')[0]}"
+
+    if __name__ == "__main__":
+        v = mp.Value("i", 0)  # shared by inheritance only
+        with mp.Pool(2) as pool:
+            # More bad items than workers: each fails as it is shipped, and the rest
+            # still go (once, the map hung on them).
+            print(show(lambda: pool.map(f, [v] * 5)))
+            print(show(lambda: pool.starmap(f, [(threading.Lock(),)] * 5, chunksize=1)))
+            print(show(lambda: pool.apply(f, (v,))))
+            print(pool.map(f, range(3)))
+        with ProcessPoolExecutor(2) as ex:
+            print(show(lambda: ex.submit(f, threading.Lock()).result(30)))
+    """
+)
+
+
+def test_unpicklable_arguments_raise_what_the_standard_library_raises(tmp_path) -> None:
+    par, std = side_by_side(tmp_path, UNPICKLABLE_ARGUMENTS, timeout=60)
+    assert par == std
+    assert par.splitlines()[0] == "RuntimeError: Synchronized objects should only be shared between processes through inheritance"

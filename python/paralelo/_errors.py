@@ -81,10 +81,16 @@ def interrupted(e: BaseException) -> bool:
     return isinstance(e, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
 
 
-def pickling_failed(what: str, cause: BaseException) -> pickle.PicklingError:
-    """The `pickle.PicklingError` for `what` (say "the task") that could not be pickled in
-    this process, caused by `cause` (never raised raw: a ``__reduce__`` may even raise
-    SystemExit)."""
+def pickling_failed(what: str, cause: BaseException) -> BaseException:
+    """What is raised for `what` (say "the task") that could not be pickled in this
+    process: `cause` itself, as multiprocessing and concurrent.futures raise it (an
+    ``except TypeError`` written for them still catches it), with a note naming what was
+    being pickled. A cause that is no ``Exception`` (a ``__reduce__`` that raised
+    SystemExit, or KeyboardInterrupt off the main thread) is never raised raw: a
+    ``pickle.PicklingError`` caused by it instead."""
+    if isinstance(cause, Exception):
+        cause.add_note(f"(raised while pickling {what} for a worker)")
+        return cause
     err = pickle.PicklingError(f"cannot pickle {what}: {type(cause).__name__}: {cause}")
     err.__cause__ = cause
     return err

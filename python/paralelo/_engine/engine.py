@@ -117,6 +117,7 @@ class Engine:
         self.call_costs = CallCosts()
         self.item_costs = CallCosts()  # per item, of map functions
         self.timed = False  # a unit with a time limit was ever sent: the collector checks deadlines
+        self.failed_here = False  # a unit failed as it was shipped: pump again (see `_pump`)
         self.slots = [Slot(i) for i in range(processes)]
         self.closing = False  # no new jobs; workers exit once idle
         self.finish_at_exit = False  # at interpreter exit: finish pending work (executors)
@@ -369,6 +370,15 @@ class Engine:
         gives each worker one batch. Until a job's cost is measured a batch is one unit,
         so a slow unit never queues behind another while a worker idles; once measured,
         up to SHIP_UNITS (small ones travel together: see `_ship`)."""
+        # Units that fail here (arguments that cannot be pickled) are answered as they are
+        # shipped, freeing their slots: no worker will report back to pump again, so
+        # this one does, until a pass fails none.
+        self.failed_here = True
+        while self.failed_here:
+            self.failed_here = False
+            self._pump_once()
+
+    def _pump_once(self) -> None:
         if self.broken is not None or not (self.active or self.calls):
             return
         live = [s for s in self.slots if s.alive and s.corrupt is None]
@@ -531,6 +541,7 @@ class Engine:
                             self._drop_unsent(slot, job, run[k:] + units[i:], e2)
                             raise
                         self._answer(slot, [(u.seq, False, pickling_failed("the task's arguments", e2), 0)])
+                        self.failed_here = True
                 continue
             self.hub.post(slot.index, tag, job.id, seq, eager, payload, False)
 

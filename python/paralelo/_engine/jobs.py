@@ -282,7 +282,10 @@ class MapJob(Job):
         try:
             self.func_payload = function_payload((fn, star, each, self.counts_items), main)
         except BaseException as e:  # noqa: BLE001 - never raw (a __reduce__ may SystemExit)
-            raise pickling_failed("the function", e) from e
+            err = pickling_failed("the function", e)
+            if err is e:
+                raise
+            raise err from e
         #: Set by the engine for the thread that reads this job's input (`reader`): called
         #: when dispatch runs low on read items, the consumer made room, or the job ends.
         self.on_starved: Callable[[], None] | None = None
