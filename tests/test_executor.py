@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -479,3 +480,35 @@ def test_neither_a_done_call_nor_a_result_iterator_keeps_what_it_handed_over() -
                 del value
             gc.collect()
             assert all(w() is None for w in got), "a result iterator kept results it yielded"
+
+
+CTRL_C = """
+import os, signal, sys, threading, time
+import paralelo
+
+def sleeps(x):
+    time.sleep(30)
+    return x
+
+if __name__ == "__main__":
+    # A terminal's Ctrl-C: the parent gets SIGINT (its workers ignore it).
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    if sys.argv[1] == "with":
+        with paralelo.ProcessPoolExecutor(2) as ex:
+            list(ex.map(sleeps, range(4)))
+    else:
+        ex = paralelo.ProcessPoolExecutor(2)
+        list(ex.map(sleeps, range(4)))
+"""
+
+
+@pytest.mark.parametrize("how", ["with", "bare"])
+def test_ctrl_c_stops_the_executor_s_running_work(tmp_path, how) -> None:
+    # As the standard executor's workers die of the same Ctrl-C: neither the with-block's
+    # shutdown nor the exit waits for the tasks to end.
+    script = tmp_path / "script.py"
+    script.write_text(CTRL_C)
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - start < 15
+    assert out.returncode != 0 and out.stderr.rstrip().endswith("KeyboardInterrupt"), out.stderr

@@ -143,6 +143,26 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise job.input_error  # (from map(), as concurrent.futures raises it)
         return _results(it, job, self._engine, end)
 
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: the standard executor's workers die of it too (they share the
+            # terminal's process group), so its shutdown returns at once. Ours ignore it
+            # (a task never sees the parent's Ctrl-C): what they run is stopped here.
+            self._interrupt()
+            return False
+        self.shutdown(wait=True)
+        return False
+
+    def _interrupt(self) -> None:
+        with self._shutdown_lock:
+            self._shutdown = True
+        for f in list(self._pending):
+            f.cancel()
+        engine = self._started
+        if engine is not None:
+            engine.terminate(_cf.process.BrokenProcessPool("the executor was interrupted (Ctrl-C)"))
+            engine.join()
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stops accepting work; with ``cancel_futures``, cancels what has not started;
         with ``wait``, returns once everything is done and the workers have exited."""

@@ -18,6 +18,7 @@ import os
 import pickle
 import select
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -902,13 +903,19 @@ def _shutdown_all() -> None:
     # As in the standard library: executors finish their pending work at exit, pools stop.
     # Only this process's own engines: a forked child must not stop its parent's workers.
     engines = [e for e in _engines if e.pid == os.getpid() and hasattr(e, "thread")]  # made, and ours
+    # A program ended by Ctrl-C does not wait for its executors' work: the standard
+    # library's workers die of the same Ctrl-C (its process group's); ours ignore it.
+    interrupted = False
+    last = getattr(sys, "last_value", None)
+    while last is not None and not interrupted:  # (a second Ctrl-C may raise in the handling of the first)
+        interrupted, last = isinstance(last, KeyboardInterrupt), last.__context__
     for engine in engines:
-        if engine.finish_at_exit:
+        if engine.finish_at_exit and not interrupted:
             engine.close()
         else:
             engine.terminate()
     for engine in engines:
-        engine.join(None if engine.finish_at_exit else 5)
+        engine.join(None if engine.finish_at_exit and not interrupted else 5)
 
 
 def _disown_after_fork() -> None:
