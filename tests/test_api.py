@@ -165,3 +165,17 @@ def test_a_program_loads_only_what_it_uses():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["True []", "True"]
+
+
+def test_multiprocessing_s_helper_modules_are_there_under_paralelo_s_name():
+    import multiprocessing.dummy
+    import multiprocessing.reduction
+    import multiprocessing.util
+
+    import paralelo.dummy
+    import paralelo.reduction
+    import paralelo.util
+
+    assert paralelo.util is multiprocessing.util
+    assert paralelo.reduction is multiprocessing.reduction
+    assert paralelo.dummy is multiprocessing.dummy

@@ -178,3 +178,41 @@ def test_a_name_unlinked_by_another_process_can_be_made_again(tmp_path) -> None:
     # reason to refuse the name, as the standard library does not.
     par, std = side_by_side(tmp_path, RECREATE)
     assert par == std == "True\n0"
+
+
+CONSUMER_CLEANS_UP = """
+import sys
+if sys.argv[1] == "paralelo":
+    import paralelo as mp
+    from paralelo import shared_memory as shm
+else:
+    import multiprocessing as mp
+    from multiprocessing import shared_memory as shm
+
+def make(q, go):
+    s = shm.SharedMemory(create=True, size=16)
+    s.buf[:3] = b"abc"
+    q.put(s.name); go.get(); s.close()
+
+if __name__ == "__main__":
+    q, go = mp.Queue(), mp.Queue()
+    p = mp.Process(target=make, args=(q, go)); p.start()
+    s = shm.SharedMemory(name=q.get(timeout=30))  # attached while its maker lives
+    go.put(1); p.join(30)
+    print(bytes(s.buf[:3]))
+    s.close(); s.unlink()  # the usual cleanup, by the consumer, in the usual order
+    print(s.buf)
+    try:
+        s.unlink()
+    except FileNotFoundError:
+        print("unlinked already")
+    t = shm.SharedMemory("/slashed_name", create=True, size=8)
+    print(t.name, shm.SharedMemory("slashed_name").size >= 8)
+    t.close(); t.unlink()
+"""
+
+
+def test_a_consumer_unlinks_what_an_ended_maker_made(tmp_path) -> None:
+    par, std = side_by_side(tmp_path, CONSUMER_CLEANS_UP,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})  # (3.11's tracker warns)
+    assert par == std == "b'abc'\nNone\nunlinked already\n/slashed_name True"

@@ -210,3 +210,15 @@ def test_an_array_from_an_arena_this_process_does_not_map_is_refused_clearly() -
 
     with pytest.raises(RuntimeError, match="does not map"):
         _attach(b"\0" * 32, 0, (4,), (8,), np.float64, None, 12345)
+
+
+def test_what_arithmetic_makes_is_plain_memory_and_in_place_results_stay_shared():
+    a = paralelo.SharedArray(4)
+    a[:] = 1
+    assert type(a + 1) is np.ndarray and type(np.sqrt(a)) is np.ndarray
+    assert type(a.copy()) is np.ndarray
+    assert type(a.sum()) is np.float64 and a.sum() == 4.0
+    assert type(a[1:]) is paralelo.SharedArray and type(a.T) is paralelo.SharedArray  # views
+    tail = a[2:]
+    np.add(tail, 1, out=tail)
+    assert type(tail) is paralelo.SharedArray and list(a) == [1, 1, 2, 2]

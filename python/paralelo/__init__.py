@@ -75,6 +75,7 @@ _LAZY = {
     "BrokenProcessPool": "_broken", "WorkerLostError": "_broken",
     "TaskUnpicklingError": "_broken", "ResultUnpicklingError": "_broken",
     "ThreadPoolExecutor": "concurrent.futures",
+    "util": "multiprocessing.util", "reduction": "multiprocessing.reduction", "dummy": "multiprocessing.dummy",
     "Process": "process", "active_children": "process", "current_process": "process",
     "parent_process": "process", "Lock": "synchronize", "RLock": "synchronize",
     "Semaphore": "synchronize", "BoundedSemaphore": "synchronize", "Condition": "synchronize",
@@ -90,7 +91,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'paralelo' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
+    found = importlib.import_module(module if "." in module else f"{__name__}.{module}")
+    value = found if module.endswith(f".{name}") else getattr(found, name)  # (a module itself: util)
     globals()[name] = value
     return value
 

@@ -9,7 +9,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from . import _engine
 from ._imap import IMapIterator
@@ -143,7 +143,7 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise job.input_error  # (from map(), as concurrent.futures raises it)
         return _results(it, job, self._engine, end)
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             # Ctrl-C: the standard executor's workers die of it too (they share the
             # terminal's process group), so its shutdown returns at once. Ours ignore it

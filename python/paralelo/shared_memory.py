@@ -122,7 +122,10 @@ def _find(name: str) -> int:
             if _header(opened) is not None:
                 return opened
             os.close(opened)  # unlinked (or not ours): look on
-    raise FileNotFoundError(2, "No such file or directory", name)
+    err = FileNotFoundError(2, "No such file or directory", name)
+    err.add_note("(a paralelo segment lives while some process holds it: if the process that made it "
+                 "closed it and ended, nothing was left to attach to)")
+    raise err
 
 
 def _header(fd: int) -> int | None:
@@ -144,6 +147,8 @@ class SharedMemory:
     holds it, and no longer: nothing is left behind, even after SIGKILL."""
 
     _fd = -1
+    _key = ""
+    _alive_at_close = False
     _mmap: mmap.mmap | None = None
     _buf: memoryview | None = None
 
@@ -154,14 +159,16 @@ class SharedMemory:
             raise ValueError("'size' must be a positive number different from zero")
         if name is None and not create:
             raise ValueError("'name' can only be None if create=True")
+        # (The name is reported as given; leading slashes do not tell names apart, as
+        # with POSIX shared memory.)
         if create:
-            name, fd = self._create(name, size)
+            key, fd = self._create(None if name is None else name.lstrip("/"), size)
         else:
             assert name is not None
-            name = name[1:] if name.startswith("/") else name
-            fd = _find(name)
+            key = name.lstrip("/")
+            fd = _find(key)
             size = _header(fd) or 0
-        self._name, self._fd, self._size = name, fd, size
+        self._name, self._key, self._fd, self._size = key if name is None else name, key, fd, size
         try:
             self._mmap = mmap.mmap(fd, size, offset=_PAGE)
         except BaseException:
@@ -173,7 +180,7 @@ class SharedMemory:
     def _create(name: str | None, size: int) -> tuple[str, int]:
         _sweep()
         while True:
-            chosen = _new_name() if name is None else (name[1:] if name.startswith("/") else name)
+            chosen = _new_name() if name is None else name
             try:
                 lock = _lock_name(chosen)
             except FileExistsError:
@@ -217,9 +224,9 @@ class SharedMemory:
 
     @property
     def buf(self) -> memoryview:
-        """A memoryview of the block's bytes."""
-        assert self._buf is not None, "closed"
-        return self._buf
+        """A memoryview of the block's bytes (None once closed, as the standard
+        library's)."""
+        return self._buf  # type: ignore[return-value]
 
     @property
     def name(self) -> str:
@@ -246,18 +253,30 @@ class SharedMemory:
             self._mmap.close()
             self._mmap = None
         if self._fd >= 0:
+            self._alive_at_close = _header(self._fd) is not None
             os.close(self._fd)
             self._fd = -1
 
     def unlink(self) -> None:
         """Frees the name: nobody attaches to the block any more. Who holds it keeps it;
         its memory goes when the last of them closes it."""
-        made = _made.pop(self._name, None)
+        made = _made.pop(self._key, None)
         if made is not None:
             lock, fd = made
             lock.close()
+        elif self._fd >= 0 and _header(self._fd) is not None:
+            fd = os.dup(self._fd)  # (its maker may be gone: a holder unlinks it all the same)
         else:
-            fd = _find(self._name)  # (FileNotFoundError if already gone, as the stdlib)
+            try:
+                fd = _find(self._key)  # (FileNotFoundError if already gone, as the stdlib)
+            except FileNotFoundError:
+                if self._alive_at_close:
+                    # Closed here last of all (`close(); unlink()`, the usual order): the
+                    # memory went with that close, and the name with it.
+                    self._alive_at_close = False
+                    return
+                raise
+        self._alive_at_close = False
         try:
             os.pwrite(fd, _UNLINKED, _HEADER.size - len(_UNLINKED))
         finally:

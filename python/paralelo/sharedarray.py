@@ -44,6 +44,14 @@ def _rebuild(buffer: Any, first: int, shape: tuple, strides: tuple, dtype: Any) 
     return np.ndarray(shape, dtype, buffer=buffer, offset=first, strides=strides)
 
 
+def _views_arena(a: np.ndarray) -> bool:
+    """Whether `a`'s memory is an arena block's (its base chain ends in one)."""
+    base = a.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return type(base) is _native.ArenaBuffer
+
+
 def _attach(descriptor: bytes, first: int, shape: tuple, strides: tuple, dtype: Any, arena: Any,
             arena_id: int) -> SharedArray:
     _arena.adopt(arena)
@@ -88,6 +96,20 @@ class SharedArray(np.ndarray):
         out = cls(a.shape, a.dtype)
         out[...] = a
         return out
+
+    def __array_wrap__(self, array: Any, context: Any = None, return_scalar: bool = False) -> Any:
+        # What a ufunc or a reduction made is ordinary memory (a plain array, or a scalar):
+        # only results written into shared memory (``out=``) stay SharedArrays.
+        if type(array) is SharedArray and _views_arena(array):
+            return array
+        plain = array.view(np.ndarray) if isinstance(array, np.ndarray) else array
+        if return_scalar and isinstance(plain, np.ndarray) and plain.ndim == 0:
+            return plain[()]
+        return plain
+
+    def copy(self, order: Any = "C") -> np.ndarray:  # type: ignore[override]
+        """A copy, in ordinary memory (``SharedArray.from_array`` makes a shared one)."""
+        return np.array(self, order=order, copy=True, subok=False)
 
     def __reduce_ex__(self, protocol: Any) -> tuple:
         a = _arena.current()
