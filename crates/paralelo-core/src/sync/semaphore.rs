@@ -15,9 +15,11 @@ const LOOK_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Processes whose holds are tracked at once (a holder past them holds untracked units:
 /// its death is not noticed).
-pub const HOLDERS: usize = 32;
+pub const HOLDERS: usize = 16;
 
-#[repr(C)]
+/// A cache line each: two processes taking units at once write their own entries, and
+/// entries sharing a line (or the count's) would pass it back and forth at every take.
+#[repr(C, align(64))]
 #[derive(Default)]
 struct Holder {
     /// 0: the entry is free.
