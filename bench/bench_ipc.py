@@ -1,13 +1,12 @@
 """Processes and shared state: paralelo beside multiprocessing (fork), in one run.
 
     python bench/bench_ipc.py                 # every case (≈ 1 min on 2 cores)
-    python bench/bench_ipc.py value lock      # some: value lock process
+    python bench/bench_ipc.py value pipe      # some: value process queue simplequeue queue1k pipe pipe1m
     python bench/bench_ipc.py --repeats 3     # fewer fresh runs per case (default 5)
 
 Cases:
   value    two processes each add 1 to a shared Value 200,000 times under its lock
            (`with v.get_lock(): v.value += 1`): increments per second
-  lock     one process takes and releases a Lock 1,000,000 times (uncontended): per second
   process  start + join of a Process that returns at once: per second, 200 in a row
   queue, simplequeue
            one process puts 300,000 small ints, the parent gets them: messages per second
@@ -18,7 +17,8 @@ Cases:
 
 Each case runs as a script in a fresh interpreter per library, the libraries taking turns;
 the table shows medians and paralelo's ratio to multiprocessing ("x rival": above 1 means
-paralelo does more per second). Large arrays: `bench_arrays.py`.
+paralelo does more per second). Large arrays: `bench_arrays.py`; locks and the other
+primitives: `bench_sync.py`.
 """
 
 from __future__ import annotations
@@ -70,16 +70,6 @@ CASES = {
             d = T() - t
             assert v.value == 2 * N
             print(2 * N / d)
-    """),
-    "lock": ("Lock acquire + release, uncontended (per s)", """
-        N = 1_000_000
-        if __name__ == "__main__":
-            lock = mp.Lock()
-            acquire, release = lock.acquire, lock.release
-            t = T()
-            for _ in range(N):
-                acquire(); release()
-            print(N / (T() - t))
     """),
     "process": ("Process start + join, one at a time (per s)", """
         N = 200

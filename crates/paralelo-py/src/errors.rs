@@ -3,17 +3,26 @@ use paralelo_core::Error;
 use pyo3::exceptions::{PyOSError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 
-/// `paralelo.CorruptRingError(slot, detail)`: defined in Python (so it can subclass
-/// RuntimeError under abi3), raised from here.
-pub(crate) fn corrupt_ring(py: Python<'_>, slot: Option<usize>, detail: String) -> PyErr {
+/// An exception of class `name` from `paralelo._errors` (defined in Python, so it can
+/// subclass the standard library's under abi3), made with `args`.
+fn paralelo_error<'py>(
+    py: Python<'py>,
+    name: &str,
+    args: impl pyo3::call::PyCallArgs<'py>,
+) -> PyErr {
     match py
         .import("paralelo._errors")
-        .and_then(|m| m.getattr("CorruptRingError"))
-        .and_then(|cls| cls.call1((slot, detail)))
+        .and_then(|m| m.getattr(name))
+        .and_then(|cls| cls.call1(args))
     {
         Ok(exc) => PyErr::from_value(exc),
         Err(e) => e,
     }
+}
+
+/// `paralelo.CorruptRingError(slot, detail)`.
+pub(crate) fn corrupt_ring(py: Python<'_>, slot: Option<usize>, detail: String) -> PyErr {
+    paralelo_error(py, "CorruptRingError", (slot, detail))
 }
 
 /// `paralelo.AbandonedLockError`: `what` (say "the lock") lost its `holder` (a pid, or a
@@ -22,14 +31,7 @@ pub(crate) fn abandoned(py: Python<'_>, what: &str, holder: u32) -> PyErr {
     let message = format!(
         "{what}'s holder ({holder}) died holding it: it is free again, but what it guarded may be half-updated"
     );
-    match py
-        .import("paralelo._errors")
-        .and_then(|m| m.getattr("AbandonedLockError"))
-        .and_then(|cls| cls.call1((message, holder)))
-    {
-        Ok(exc) => PyErr::from_value(exc),
-        Err(e) => e,
-    }
+    paralelo_error(py, "AbandonedLockError", (message, holder))
 }
 
 pub(crate) fn to_py(e: Error) -> PyErr {

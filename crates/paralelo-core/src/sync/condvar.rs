@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use crate::primitive::{AtomicU32, Ordering};
 use crate::sync::doorbell::{Doorbell, Poll};
+use crate::sync::semaphore::take_unit;
 use crate::{Error, Result};
 
 /// Plain data: lives in shared memory; zero-initialised has no waiters.
@@ -34,17 +35,7 @@ impl SharedCondvar {
     }
 
     fn take_permit(&self) -> bool {
-        let mut p = self.permits.load(Ordering::Acquire);
-        while p > 0 {
-            match self
-                .permits
-                .compare_exchange_weak(p, p - 1, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return true,
-                Err(now) => p = now,
-            }
-        }
-        false
+        take_unit(&self.permits)
     }
 
     /// Waits (not holding the lock) for a permit: true once taken; false if `deadline`

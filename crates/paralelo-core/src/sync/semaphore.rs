@@ -40,6 +40,19 @@ pub struct SharedSemaphore {
     holders: [Holder; HOLDERS],
 }
 
+/// Takes one unit from a count (`word` - 1 if it is positive): whether it did. Acquire:
+/// pairs with the Release of whoever added the unit (what they wrote before is seen).
+pub(super) fn take_unit(word: &AtomicU32) -> bool {
+    let mut v = word.load(Ordering::Relaxed);
+    while v > 0 {
+        match word.compare_exchange_weak(v, v - 1, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(now) => v = now,
+        }
+    }
+    false
+}
+
 impl SharedSemaphore {
     /// Bytes a semaphore takes in shared memory.
     pub const SIZE: usize = std::mem::size_of::<SharedSemaphore>();
@@ -72,18 +85,7 @@ impl SharedSemaphore {
     }
 
     fn take_one(&self) -> bool {
-        let mut v = self.value.load(Ordering::Relaxed);
-        while v > 0 {
-            // Acquire: pairs with the Release in `release`.
-            match self
-                .value
-                .compare_exchange_weak(v, v - 1, Ordering::Acquire, Ordering::Relaxed)
-            {
-                Ok(_) => return true,
-                Err(now) => v = now,
-            }
-        }
-        false
+        take_unit(&self.value)
     }
 
     /// Takes a unit if one is free, for process `pid` (`hint`: where its entry was last
