@@ -15,6 +15,9 @@ Cases:
   uncontended  Lock acquire + release from Python, one thread: per second (threading.Lock
                for reference is printed after the table)
   rlock        RLock acquire + release, one thread: per second
+  threadmap    ThreadPoolExecutor(4).map over 100,000 trivial calls: calls per second
+               (1e6 / that = µs per call; concurrent.futures' executor in the
+               multiprocessing column)
 
 Each case runs as a script in a fresh interpreter per library, the libraries taking turns;
 the table shows medians and paralelo's ratio to multiprocessing (above 1: faster).
@@ -108,11 +111,24 @@ CASES = {
     """),
     "uncontended": ("Lock acquire + release, one thread (per s)", _uncontended("Lock")),
     "rlock": ("RLock acquire + release, one thread (per s)", _uncontended("RLock")),
+    "threadmap": ("ThreadPoolExecutor.map, 100,000 trivial calls (calls per s)", """
+        N = 100_000
+        if __name__ == "__main__":
+            if LIB == "paralelo":
+                from paralelo import ThreadPoolExecutor
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(4) as ex:
+                list(ex.map(abs, range(100)))
+                t = T()
+                assert sum(ex.map(abs, range(N))) == N * (N - 1) // 2
+                print(N / (T() - t))
+    """),
 }
 
 
 def main() -> None:
-    compare(CASES, LIB_HEAD, "synchronisation between processes", ",.0f")
+    compare(CASES, LIB_HEAD, "synchronisation between processes (and a thread pool)", ",.0f")
     if "uncontended" in sys.argv or len(sys.argv) == 1 or sys.argv[1].startswith("--"):
         import threading
 

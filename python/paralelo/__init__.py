@@ -52,11 +52,10 @@ from .context import (
 )
 
 if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
-
     from ._broken import BrokenProcessPool, ResultUnpicklingError, TaskUnpicklingError, WorkerLostError
     from .futures import ProcessPoolExecutor
-    from .pool import AsyncResult, Pool
+    from .pool import AsyncResult, Pool, ThreadPool
+    from .threads import BrokenThreadPool, ThreadPoolExecutor
     from .connection import Pipe
     from .managers import Manager
     from .process import Process, active_children, current_process, parent_process
@@ -74,7 +73,7 @@ _LAZY = {
     "Pool": "pool", "AsyncResult": "pool", "ProcessPoolExecutor": "futures",
     "BrokenProcessPool": "_broken", "WorkerLostError": "_broken",
     "TaskUnpicklingError": "_broken", "ResultUnpicklingError": "_broken",
-    "ThreadPoolExecutor": "concurrent.futures",
+    "ThreadPoolExecutor": "threads", "BrokenThreadPool": "threads", "ThreadPool": "pool",
     "util": "multiprocessing.util", "reduction": "multiprocessing.reduction", "dummy": "multiprocessing.dummy",
     "Process": "process", "active_children": "process", "current_process": "process",
     "parent_process": "process", "Lock": "synchronize", "RLock": "synchronize",
@@ -103,6 +102,8 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BrokenThreadPool",
+    "ThreadPool",
     "Barrier",
     "BoundedSemaphore",
     "BrokenBarrierError",

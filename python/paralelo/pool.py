@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import multiprocessing.pool
 import operator
 import threading
 import weakref
@@ -182,7 +183,52 @@ def _map_fold(map_function: Callable, reduce_function: Callable, block: list) ->
     return functools.reduce(reduce_function, map(map_function, block))
 
 
-class Pool:
+class Folding:
+    """``reduce`` and ``map_reduce`` over a pool's ``map`` (a process ``Pool``'s or a
+    ``ThreadPool``'s): the guide's ``Pool.reduce``, as parallel trees."""
+
+    # (What the pool it is mixed into provides.)
+    _processes: int
+    _check_running: Callable[[], None]
+    map: Callable[..., list]
+
+    def reduce(self, function: Callable, iterable: Iterable, initializer: Any = _MISSING) -> Any:
+        """``functools.reduce(function, iterable[, initializer])`` as a parallel tree.
+
+        ``function`` must be associative; the order of operands is kept (so string
+        concatenation comes out right), but it need not be commutative.
+        """
+        self._check_running()
+        items = list(iterable)
+        if initializer is not _MISSING:
+            items.insert(0, initializer)
+        if not items:
+            raise TypeError("reduce() of empty iterable with no initial value")
+        fold = functools.partial(_fold, function)
+        while len(items) > 1:
+            pieces = 2 * self._processes if len(items) > 4 * self._processes else self._processes
+            size = max(2, -(-len(items) // pieces))
+            blocks = [items[i:i + size] for i in range(0, len(items), size)]
+            items = self.map(fold, blocks, chunksize=1)
+        return items[0]
+
+    def map_reduce(self, map_function: Callable, reduce_function: Callable, iterable: Iterable,
+                   initializer: Any = _MISSING, chunksize: int | None = None) -> Any:
+        """``reduce(reduce_function, map(map_function, iterable)[, initializer])``: each
+        worker maps and folds its own blocks; the partial results are tree-reduced."""
+        self._check_running()
+        items = list(iterable)
+        if not items:
+            if initializer is _MISSING:
+                raise TypeError("reduce() of empty iterable with no initial value")
+            return initializer
+        size = chunksize or max(1, -(-len(items) // (4 * self._processes)))
+        blocks = [items[i:i + size] for i in range(0, len(items), size)]
+        partials = self.map(functools.partial(_map_fold, map_function, reduce_function), blocks, chunksize=1)
+        return self.reduce(reduce_function, partials, initializer)
+
+
+class Pool(Folding):
     """A pool of worker processes with the API of ``multiprocessing.Pool``.
 
     Workers are forked from a copy of this process made when the pool is made (see
@@ -312,41 +358,6 @@ class Pool:
 
     # -- reductions ---------------------------------------------------------------
 
-    def reduce(self, function: Callable, iterable: Iterable, initializer: Any = _MISSING) -> Any:
-        """``functools.reduce(function, iterable[, initializer])`` as a parallel tree.
-
-        ``function`` must be associative; the order of operands is kept (so string
-        concatenation comes out right), but it need not be commutative.
-        """
-        self._check_running()
-        items = list(iterable)
-        if initializer is not _MISSING:
-            items.insert(0, initializer)
-        if not items:
-            raise TypeError("reduce() of empty iterable with no initial value")
-        fold = functools.partial(_fold, function)
-        while len(items) > 1:
-            pieces = 2 * self._processes if len(items) > 4 * self._processes else self._processes
-            size = max(2, -(-len(items) // pieces))
-            blocks = [items[i:i + size] for i in range(0, len(items), size)]
-            items = self.map(fold, blocks, chunksize=1)
-        return items[0]
-
-    def map_reduce(self, map_function: Callable, reduce_function: Callable, iterable: Iterable,
-                   initializer: Any = _MISSING, chunksize: int | None = None) -> Any:
-        """``reduce(reduce_function, map(map_function, iterable)[, initializer])``: each
-        worker maps and folds its own blocks; the partial results are tree-reduced."""
-        self._check_running()
-        items = list(iterable)
-        if not items:
-            if initializer is _MISSING:
-                raise TypeError("reduce() of empty iterable with no initial value")
-            return initializer
-        size = chunksize or max(1, -(-len(items) // (4 * self._processes)))
-        blocks = [items[i:i + size] for i in range(0, len(items), size)]
-        partials = self.map(functools.partial(_map_fold, map_function, reduce_function), blocks, chunksize=1)
-        return self.reduce(reduce_function, partials, initializer)
-
     # -- lifetime -------------------------------------------------------------------
 
     def close(self) -> None:
@@ -376,3 +387,9 @@ class Pool:
 
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+
+class ThreadPool(Folding, multiprocessing.pool.ThreadPool):
+    """multiprocessing.pool's ``ThreadPool(processes=None, initializer=None,
+    initargs=())``: the Pool API on threads (the standard library's), with paralelo's
+    ``reduce`` and ``map_reduce``."""
