@@ -15,12 +15,14 @@ Where multiprocessing would wait for ever, they say why instead:
   ``AbandonedLockError`` naming it, and the lock is free again (a semaphore has the dead
   holder's units back);
 - a ``Condition``'s lock likewise;
-- a ``Barrier`` one of whose parties (a process that waited at it before) died: its
-  waiters get ``BrokenBarrierError`` naming the dead pid.
+- a ``Barrier`` one of whose parties died in the round under way: its waiters get
+  ``BrokenBarrierError`` naming the dead pid.
 
-A process ending normally (any way but a kill or a crash) disowns what it holds in
-semaphores and barriers: a consumer's units it never gave back were used up, and a
-worker that is done with a barrier is not a dead party.
+A process ending normally (any way but a kill or a crash), or dropping a semaphore,
+disowns the units it took and kept: a consumer's were used up, not abandoned. Only
+units below a semaphore's starting value count as held (a unit released beyond it is a
+signal, which no death gives back). A barrier watches the parties of the round under
+way only: one that died mid-round breaks it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ._native import SharedBarrier, SharedCondvar, SharedEvent, SharedLock, Shar
 __all__ = ["Barrier", "BoundedSemaphore", "BrokenBarrierError", "Condition", "Event", "Lock", "RLock",
            "Semaphore"]
 
-#: Semaphores and barriers this process used: it disowns them as it ends normally.
+#: Semaphores this process used: it disowns them as it ends normally.
 _used: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -147,6 +149,8 @@ class Semaphore(_Placed):
         # (Bound per object: a call then costs what the native one does.)
         self.acquire, self.release, self.get_value = n.acquire, n.release, n.get_value  # type: ignore[method-assign]
         _used.add(self)
+        # Dropped here before this process ends: what it took and kept was used up.
+        weakref.finalize(self, n.disown)
 
     def __enter__(self) -> bool:
         return bool(self._native.__enter__())
@@ -257,15 +261,16 @@ class Condition(_Placed):
         lock again: True if notified, False if the time ran out."""
         lock, cv = self._lock, self._native
         assert lock._is_mine(), "must acquire() condition before using wait()"
-        cv.enter()
+        entry = cv.enter()
         depth = lock._release_save()
         notified = False
         try:
-            notified = cv.wait(timeout)
+            notified = cv.wait(entry, timeout)
         finally:
-            lock._acquire_restore(depth)
-            if not notified:
-                notified = cv.leave_unnotified()
+            try:
+                lock._acquire_restore(depth)  # (held again even if its holder died meanwhile)
+            finally:
+                notified = cv.leave(entry) or notified
         return bool(notified)
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
@@ -311,16 +316,18 @@ class Barrier(_Placed):
             raise TypeError(f"parties must be an int, not {type(parties).__name__}")
         self._place(SharedBarrier, parties)
         self._action, self._timeout = action, timeout
-        _used.add(self)
 
     def _rebuilt(self, buf: Any, action: Any, timeout: Any) -> None:
         self._place(SharedBarrier, buf=buf)
         self._action, self._timeout = action, timeout
-        _used.add(self)
 
     def wait(self, timeout: float | None = None) -> int:
         """Waits for the round to fill (at most `timeout` seconds, else the barrier's
         own; a timeout breaks it): this party's index in the round."""
+        if timeout is None:
+            timeout = self._timeout
+        if timeout is not None and not timeout == timeout:  # (NaN: refused before arriving)
+            raise ValueError("timeout must be a non-negative number of seconds or None, not nan")
         b = self._native
         index, round_ = b.arrive()
         if index + 1 == b.parties:
@@ -330,9 +337,9 @@ class Barrier(_Placed):
                 except BaseException:
                     b.abort()
                     raise
-            b.pass_round(round_)
+            b.pass_round(round_)  # (BrokenBarrierError if it broke meanwhile)
             return int(index)
-        b.wait(round_, self._timeout if timeout is None else timeout)
+        b.wait(round_, timeout)  # (a timeout or Ctrl-C breaks the round, in the engine)
         return int(index)
 
     def abort(self) -> None:

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 
 use crate::door;
 use crate::errors::{abandoned, to_py};
-use crate::sync::Placed;
+use crate::sync::{at_least_zero, Looked, Placed};
 
 /// Subclassed in Python (`synchronize.Lock`, `RLock`), which allocates the buffer; the
 /// hot methods (`acquire`, `release`, `__enter__`, `__exit__`) stay native.
@@ -16,6 +16,8 @@ use crate::sync::Placed;
 pub(crate) struct PyLock {
     lock: Placed<SharedLock>,
     recursive: bool,
+    /// When a non-blocking acquire last looked whether the holder died.
+    looked: Looked,
 }
 
 impl PyLock {
@@ -63,6 +65,7 @@ impl PyLock {
         Ok(Self {
             lock: Placed::new(buffer, "lock")?,
             recursive,
+            looked: Looked::default(),
         })
     }
 
@@ -82,14 +85,16 @@ impl PyLock {
         }
         if !block {
             // No wait at all (and so no waiter's mark for the holder's release to pay for).
+            // A look at the holder costs system calls: a polling loop makes it rarely.
+            if !self.looked.due() {
+                return Ok(false);
+            }
             return match lock.try_acquire_or_recover(me, self.recursive) {
                 Some(how) => taken(py, how, self),
                 None => Ok(false),
             };
         }
-        // As multiprocessing: a negative timeout is no wait.
-        let timeout = timeout.map(|t| t.max(0.0));
-        let got = door::blocking(py, timeout, |deadline, poll| {
+        let got = door::blocking(py, at_least_zero(timeout), |deadline, poll| {
             match lock.acquire(me, self.recursive, deadline, poll) {
                 Ok(how) => Ok(Some(how)),
                 Err(Error::Timeout) => Ok(None),
@@ -146,11 +151,22 @@ impl PyLock {
         }
     }
 
-    /// Takes it again after `_release_save`, at the depth it had.
+    /// Takes it again after `_release_save`, at the depth it had. Taken from a holder
+    /// that died, it stays held (the waiter's `with` releases it) and the death is
+    /// raised (AbandonedLockError): a condition's waiter always leaves holding its lock.
     fn _acquire_restore(&self, py: Python<'_>, depth: u32) -> PyResult<()> {
-        self.acquire(py, true, None)?;
-        self.lock().restore_depth(self.me(), depth);
-        Ok(())
+        let (me, lock) = (self.me(), self.lock());
+        let how = match lock.try_acquire(me, self.recursive) {
+            Some(how) => how,
+            None => door::blocking(py, None, |deadline, poll| {
+                lock.acquire(me, self.recursive, deadline, poll)
+            })?,
+        };
+        lock.restore_depth(me, depth);
+        match how {
+            Taken::FromDead { holder } => Err(abandoned(py, "the condition's lock", holder)),
+            _ => Ok(()),
+        }
     }
 
     /// Whether the caller holds it (this thread for a recursive lock, this process else).

@@ -59,14 +59,42 @@ impl<T> Placed<T> {
     }
 }
 
-/// A negative timeout waits not at all, as the standard library's.
-fn at_least_zero(timeout: Option<f64>) -> Option<f64> {
+/// A negative timeout waits not at all, as the standard library's (NaN is left for
+/// `door::deadline` to refuse).
+pub(crate) fn at_least_zero(timeout: Option<f64>) -> Option<f64> {
     timeout.map(|t| if t.is_nan() { t } else { t.max(0.0) })
+}
+
+/// When a primitive's non-blocking acquire last looked for a dead holder: a look costs
+/// system calls (a signal-0 probe, /proc), so a loop polling a held lock makes one per
+/// `LOOK_EVERY` rather than one per call.
+#[derive(Default)]
+pub(crate) struct Looked(std::sync::atomic::AtomicU64);
+
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl Looked {
+    /// Whether a look is due now (and if so, it counts as made).
+    pub(crate) fn due(&self) -> bool {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
+            + 1;
+        let last = self.0.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < LOOK_EVERY.as_nanos() as u64 {
+            return false;
+        }
+        self.0.store(now, Relaxed);
+        true
+    }
 }
 
 #[pyclass(name = "SharedSemaphore", module = "paralelo._native", frozen)]
 pub(crate) struct PySemaphore {
     sem: Placed<SharedSemaphore>,
+    looked: Looked,
     /// Where this process's entry in the holders table was last found.
     hint: AtomicUsize,
 }
@@ -100,6 +128,7 @@ impl PySemaphore {
         }
         Ok(Self {
             sem,
+            looked: Looked::default(),
             hint: AtomicUsize::new(0),
         })
     }
@@ -117,6 +146,12 @@ impl PySemaphore {
             return Ok(true);
         }
         if !block {
+            // A holder that died with units gives them back (looked at rarely: see Looked).
+            if self.looked.due() {
+                if let Some(holder) = sem.reclaim_dead(pid, false) {
+                    return Err(abandoned(py, "the semaphore", holder));
+                }
+            }
             return Ok(false);
         }
         let got = door::blocking(py, at_least_zero(timeout), |deadline, poll| {
@@ -235,29 +270,31 @@ impl PyCondvar {
         })
     }
 
-    /// Counts the caller in as a waiter (holding the lock).
-    fn enter(&self) {
-        self.cv.get().enter();
+    /// Counts the caller in as a waiter (holding the lock): its entry.
+    fn enter(&self) -> PyResult<usize> {
+        self.cv.get().enter(caller_pid()).map_err(to_py)
     }
 
-    /// Waits (the lock released, the GIL too) to be notified: True, or False if
-    /// `timeout` passed (then call `leave_unnotified` holding the lock again).
-    #[pyo3(signature = (timeout = None))]
-    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+    /// Waits (the lock released, the GIL too) for entry `entry` to be notified: True,
+    /// or False if `timeout` passed; then call `leave` holding the lock again.
+    #[pyo3(signature = (entry, timeout = None))]
+    fn wait(&self, py: Python<'_>, entry: usize, timeout: Option<f64>) -> PyResult<bool> {
         let cv = self.cv.get();
         door::blocking(py, at_least_zero(timeout), |deadline, poll| {
-            cv.wait(deadline, poll)
+            cv.wait(entry, deadline, poll)
         })
     }
 
-    /// Settles a wait that gave up (holding the lock): True if it was notified after all.
-    fn leave_unnotified(&self) -> bool {
-        self.cv.get().leave_unnotified()
+    /// Frees entry `entry` (holding the lock): whether it was notified.
+    fn leave(&self, entry: usize) -> PyResult<bool> {
+        self.cv.get().leave(entry).map_err(to_py)
     }
 
-    /// Lets up to `n` waiters go (holding the lock): how many.
+    /// Notifies the `n` oldest waiters (holding the lock): how many.
     fn notify(&self, n: u64) -> u32 {
-        self.cv.get().notify(u32::try_from(n).unwrap_or(u32::MAX))
+        self.cv
+            .get()
+            .notify(u32::try_from(n).unwrap_or(u32::MAX), caller_pid())
     }
 
     /// Waiters counted in and not yet notified.
@@ -339,11 +376,18 @@ impl PyBarrier {
         }
     }
 
-    /// Lets the round's waiters go (its last arrival, after the action).
+    /// Lets the round's waiters go (its last arrival, after the action);
+    /// BrokenBarrierError if it broke meanwhile.
     fn pass_round(&self, py: Python<'_>, round: u32) -> PyResult<()> {
         let barrier = self.barrier.get();
-        py.detach(|| barrier.pass(caller_pid(), round))
-            .map_err(to_py)
+        if py
+            .detach(|| barrier.pass(caller_pid(), round))
+            .map_err(to_py)?
+        {
+            Ok(())
+        } else {
+            Err(broken(py, Broke::Broken))
+        }
     }
 
     /// Waits (the GIL released) for round `round` to pass; BrokenBarrierError if it
@@ -368,10 +412,5 @@ impl PyBarrier {
     fn reset(&self, py: Python<'_>) -> PyResult<()> {
         let barrier = self.barrier.get();
         py.detach(|| barrier.reset(caller_pid())).map_err(to_py)
-    }
-
-    /// This process is ending normally: its absence from later rounds is no death.
-    fn disown(&self) {
-        self.barrier.get().disown(caller_pid());
     }
 }

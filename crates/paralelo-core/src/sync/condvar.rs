@@ -1,82 +1,167 @@
 //! A condition variable's waiting in shared memory (the lock it goes with is a separate
-//! [`SharedLock`](crate::SharedLock)): waiters count themselves in, a notify turns up to
-//! n of them into permits, and whoever is waiting takes a permit and goes. Exact: at
-//! most n waiters leave a notify(n), as with the standard library's Condition.
+//! [`SharedLock`](crate::SharedLock)): each waiter takes an entry with a ticket (its
+//! turn), and `notify(n)` marks the n oldest entries notified, so exactly those waiters
+//! leave, in the order they came, as with the standard library's Condition; a waiter
+//! that comes after a notify cannot take it from the one it was for.
 //!
-//! Protocol (the caller holds the lock in `enter`, `notify` and `leave_unnotified`, and
-//! not in `wait`): `waiting` counts waiters not yet picked; `notify(n)` moves
-//! k = min(n, waiting) of them to `permits` and rings. A waiter leaves `wait` by taking a
-//! permit (whoever takes it, one of the k leaves: the count stays exact). One that gave
-//! up (timeout, Ctrl-C) settles under the lock: it takes a permit if one is left (it was
-//! notified after all), else it stops counting itself as waiting.
+//! Protocol: the caller holds the lock in `enter`, `notify` and `leave`, not in `wait`.
+//! `enter` takes an entry; `wait` sleeps until its entry is notified (or the time runs
+//! out); `leave` frees the entry and says whether it was notified (a notify that came as
+//! the time ran out counts). A waiter of another process that died is skipped by
+//! `notify` (a look costs a system call: only for other processes' waiters).
 use std::time::Instant;
 
 use crate::primitive::{AtomicU32, Ordering};
 use crate::sync::doorbell::{Doorbell, Poll};
-use crate::sync::semaphore::take_unit;
+use crate::sys::thread;
 use crate::{Error, Result};
+
+/// Waiters at once.
+pub const WAITERS: usize = 128;
+
+#[repr(C)]
+#[derive(Default)]
+struct Waiter {
+    /// 0: the entry is free; else its ticket (the order of arrival, wrapping).
+    ticket: AtomicU32,
+    /// 1 once notified.
+    notified: AtomicU32,
+    /// The waiter's process.
+    pid: AtomicU32,
+    _pad: u32,
+}
 
 /// Plain data: lives in shared memory; zero-initialised has no waiters.
 #[repr(C)]
-#[derive(Default)]
 pub struct SharedCondvar {
-    waiting: AtomicU32,
-    permits: AtomicU32,
+    /// The last ticket handed out (under the lock).
+    tickets: AtomicU32,
+    _pad: u32,
     bell: Doorbell,
+    waiters: [Waiter; WAITERS],
+}
+
+impl Default for SharedCondvar {
+    fn default() -> Self {
+        Self {
+            tickets: AtomicU32::default(),
+            _pad: 0,
+            bell: Doorbell::default(),
+            waiters: std::array::from_fn(|_| Waiter::default()),
+        }
+    }
 }
 
 impl SharedCondvar {
     /// Bytes a condition variable takes in shared memory.
     pub const SIZE: usize = std::mem::size_of::<SharedCondvar>();
 
-    /// Counts the caller in as a waiter (under the lock, before releasing it to `wait`).
-    pub fn enter(&self) {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
+    /// Counts the caller (process `pid`) in as a waiter, holding the lock: its entry.
+    pub fn enter(&self, pid: u32) -> Result<usize> {
+        let free = self.free_entry().or_else(|| {
+            // Full: entries of waiters whose process died go first.
+            for w in &self.waiters {
+                let p = w.pid.load(Ordering::Relaxed);
+                if w.ticket.load(Ordering::Relaxed) != 0 && p != pid && !thread::exists(p) {
+                    w.ticket.store(0, Ordering::Relaxed);
+                }
+            }
+            self.free_entry()
+        });
+        let Some(i) = free else {
+            return Err(Error::Invalid(format!(
+                "a paralelo Condition holds at most {WAITERS} waiters at once"
+            )));
+        };
+        let mut ticket = self.tickets.load(Ordering::Relaxed).wrapping_add(1);
+        if ticket == 0 {
+            ticket = 1;
+        }
+        self.tickets.store(ticket, Ordering::Relaxed);
+        let w = &self.waiters[i];
+        w.notified.store(0, Ordering::Relaxed);
+        w.pid.store(pid, Ordering::Relaxed);
+        w.ticket.store(ticket, Ordering::Release);
+        Ok(i)
     }
 
-    fn take_permit(&self) -> bool {
-        take_unit(&self.permits)
+    fn free_entry(&self) -> Option<usize> {
+        self.waiters
+            .iter()
+            .position(|w| w.ticket.load(Ordering::Relaxed) == 0)
     }
 
-    /// Waits (not holding the lock) for a permit: true once taken; false if `deadline`
-    /// passed first, [`Error::Interrupted`] if `poll` said stop. Either way but true,
-    /// call [`leave_unnotified`](Self::leave_unnotified) once the lock is held again.
-    pub fn wait(&self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<bool> {
-        match self.bell.wait_until(|| self.take_permit(), deadline, poll) {
+    fn entry(&self, i: usize) -> Result<&Waiter> {
+        self.waiters
+            .get(i)
+            .ok_or_else(|| Error::Invalid(format!("no condition entry {i}")))
+    }
+
+    /// Waits (not holding the lock) until entry `i` is notified: true; false if
+    /// `deadline` passed first; [`Error::Interrupted`] if `poll` said stop. Then call
+    /// [`leave`](Self::leave) holding the lock again.
+    pub fn wait(&self, i: usize, deadline: Option<Instant>, poll: Poll<'_>) -> Result<bool> {
+        let w = self.entry(i)?;
+        // Acquire: pairs with `notify`'s Release.
+        let notified = || w.notified.load(Ordering::Acquire) == 1;
+        match self.bell.wait_until(notified, deadline, poll) {
             Ok(()) => Ok(true),
             Err(Error::Timeout) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// Settles a waiter whose `wait` gave up (under the lock): true if it was notified
-    /// after all (it took a permit), false if it merely stops waiting.
-    pub fn leave_unnotified(&self) -> bool {
-        if self.take_permit() {
-            return true;
-        }
-        let _ = self
-            .waiting
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| w.checked_sub(1));
-        false
+    /// Frees entry `i` (holding the lock): whether it was notified.
+    pub fn leave(&self, i: usize) -> Result<bool> {
+        let w = self.entry(i)?;
+        let notified = w.notified.load(Ordering::Acquire) == 1;
+        w.ticket.store(0, Ordering::Relaxed);
+        Ok(notified)
     }
 
-    /// Lets up to `n` waiters go (under the lock): how many it picked.
-    pub fn notify(&self, n: u32) -> u32 {
-        let waiting = self.waiting.load(Ordering::SeqCst);
-        let k = waiting.min(n);
-        if k > 0 {
-            self.waiting.fetch_sub(k, Ordering::SeqCst);
-            // Release: pairs with `take_permit`'s Acquire.
-            self.permits.fetch_add(k, Ordering::Release);
+    /// Notifies the `n` oldest waiters (holding the lock), as process `me`: how many.
+    pub fn notify(&self, n: u32, me: u32) -> u32 {
+        let last = self.tickets.load(Ordering::Relaxed);
+        // (age, entry) of the waiters not yet notified: the oldest first.
+        let mut waiting: Vec<(u32, usize)> = self
+            .waiters
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| {
+                w.ticket.load(Ordering::Relaxed) != 0 && w.notified.load(Ordering::Relaxed) == 0
+            })
+            .map(|(i, w)| (last.wrapping_sub(w.ticket.load(Ordering::Relaxed)), i))
+            .collect();
+        waiting.sort_unstable_by(|a, b| b.cmp(a));
+        let mut picked = 0;
+        for (_, i) in waiting {
+            if picked == n {
+                break;
+            }
+            let w = &self.waiters[i];
+            let pid = w.pid.load(Ordering::Relaxed);
+            if pid != me && !thread::exists(pid) {
+                w.ticket.store(0, Ordering::Relaxed); // (died waiting: a notify is not for it)
+                continue;
+            }
+            // Release: pairs with `wait`'s Acquire (what the notifier wrote is seen).
+            w.notified.store(1, Ordering::Release);
+            picked += 1;
+        }
+        if picked > 0 {
             self.bell.ring();
         }
-        k
+        picked
     }
 
-    /// Waiters counted in and not yet picked (for diagnostics and tests).
+    /// Waiters counted in and not yet notified (for diagnostics and tests).
     pub fn waiting(&self) -> u32 {
-        self.waiting.load(Ordering::Relaxed)
+        self.waiters
+            .iter()
+            .filter(|w| {
+                w.ticket.load(Ordering::Relaxed) != 0 && w.notified.load(Ordering::Relaxed) == 0
+            })
+            .count() as u32
     }
 }
 
@@ -86,15 +171,19 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    fn me() -> u32 {
+        std::process::id()
+    }
+
     /// A waiter as a Condition's `wait` runs it: in under the lock, wait without it,
-    /// settle under it.
+    /// leave under it.
     fn wait(lock: &Mutex<()>, cv: &SharedCondvar, deadline: Option<Instant>) -> bool {
         let g = lock.lock().unwrap();
-        cv.enter();
+        let i = cv.enter(me()).unwrap();
         drop(g);
-        let got = cv.wait(deadline, &mut || true).unwrap();
+        let got = cv.wait(i, deadline, &mut || true).unwrap();
         let _g = lock.lock().unwrap();
-        got || cv.leave_unnotified()
+        cv.leave(i).unwrap() || got
     }
 
     #[test]
@@ -118,7 +207,7 @@ mod tests {
         }
         {
             let _g = lock.lock().unwrap();
-            assert_eq!(cv.notify(3), 3);
+            assert_eq!(cv.notify(3, me()), 3);
         }
         for w in waiters {
             w.join().unwrap();
@@ -128,15 +217,40 @@ mod tests {
             3,
             "three notified, one timed out"
         );
-        assert_eq!((cv.waiting(), cv.permits.load(Ordering::SeqCst)), (0, 0));
+        assert_eq!(cv.waiting(), 0);
+    }
+
+    #[test]
+    fn a_notify_goes_to_the_oldest_waiter_not_a_later_one() {
+        let cv = SharedCondvar::default();
+        let first = cv.enter(me()).unwrap();
+        assert_eq!(cv.notify(1, me()), 1);
+        let later = cv.enter(me()).unwrap(); // came after the notify: not for it
+        let soon = Some(Instant::now() + Duration::from_millis(20));
+        assert!(!cv.wait(later, soon, &mut || true).unwrap());
+        assert!(!cv.leave(later).unwrap());
+        assert!(cv.wait(first, None, &mut || true).unwrap());
+        assert!(cv.leave(first).unwrap());
     }
 
     #[test]
     fn a_notify_with_no_waiters_is_not_kept_for_later_ones() {
         let lock = Mutex::new(());
         let cv = SharedCondvar::default();
-        assert_eq!(cv.notify(1), 0);
+        assert_eq!(cv.notify(1, me()), 0);
         let soon = Instant::now() + Duration::from_millis(20);
         assert!(!wait(&lock, &cv, Some(soon)));
+    }
+
+    #[test]
+    fn a_waiter_of_a_dead_process_is_skipped() {
+        let dead = (1 << 22) + 17;
+        let cv = SharedCondvar::default();
+        let gone = cv.enter(dead).unwrap();
+        let live = cv.enter(me()).unwrap();
+        assert_eq!(cv.notify(1, me()), 1);
+        assert!(cv.leave(live).unwrap(), "the notify went to the living");
+        let _ = gone;
+        assert_eq!(cv.waiting(), 0);
     }
 }

@@ -9,11 +9,16 @@ use crate::{Error, Result};
 #[repr(C)]
 #[derive(Default)]
 pub struct SharedEvent {
-    /// 1 while set.
-    flag: AtomicU32,
+    /// Bit 0: set. The rest: how many `set`s there were, so that a waiter woken by a
+    /// set that a `clear` undid before it looked still returns true, as with the
+    /// standard library's. One word: a waiter sees a set's flag and its count at once
+    /// (two words let a waiter take one set's late count for the next).
+    word: AtomicU32,
     _pad: u32,
     bell: Doorbell,
 }
+
+const SET: u32 = 1;
 
 impl SharedEvent {
     /// Bytes an event takes in shared memory.
@@ -21,24 +26,43 @@ impl SharedEvent {
 
     pub fn is_set(&self) -> bool {
         // Acquire: pairs with `set`'s Release (what the setter wrote before is seen).
-        self.flag.load(Ordering::Acquire) == 1
+        self.word.load(Ordering::Acquire) & SET != 0
     }
 
     /// Sets the flag and wakes every waiter.
     pub fn set(&self) {
-        if self.flag.swap(1, Ordering::Release) == 0 {
+        let mut w = self.word.load(Ordering::Relaxed);
+        loop {
+            let new = (w | SET).wrapping_add(2); // (the count, above the flag bit)
+            match self
+                .word
+                .compare_exchange_weak(w, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => w = now,
+            }
+        }
+        if w & SET == 0 {
             self.bell.ring();
         }
     }
 
     pub fn clear(&self) {
-        self.flag.store(0, Ordering::Relaxed);
+        self.word.fetch_and(!SET, Ordering::Relaxed);
     }
 
-    /// Waits until the flag is set (true) or `deadline` passes (false), in slices between
-    /// which `poll` runs ([`Error::Interrupted`]).
+    /// Waits until the flag is set, or a set happened since the call (true), or
+    /// `deadline` passes (false), in slices between which `poll` runs
+    /// ([`Error::Interrupted`]).
     pub fn wait(&self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<bool> {
-        match self.bell.wait_until(|| self.is_set(), deadline, poll) {
+        let start = self.word.load(Ordering::Acquire) | SET;
+        // Set now, or set since the start (the count moved: the word differs even with
+        // the flag bit forced on).
+        let done = || {
+            let w = self.word.load(Ordering::Acquire);
+            w & SET != 0 || w | SET != start
+        };
+        match self.bell.wait_until(done, deadline, poll) {
             Ok(()) => Ok(true),
             Err(Error::Timeout) => Ok(false),
             Err(e) => Err(e),
@@ -72,5 +96,22 @@ mod tests {
         assert!(e.is_set());
         e.clear();
         assert!(!e.is_set());
+    }
+
+    #[test]
+    fn a_set_cleared_at_once_still_wakes_who_waited() {
+        let e = Arc::new(SharedEvent::default());
+        let waiter = {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                e.wait(Some(Instant::now() + Duration::from_secs(5)), &mut || true)
+            })
+        };
+        while e.bell.sleepers() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        e.set();
+        e.clear();
+        assert!(waiter.join().unwrap().unwrap(), "woken by the pulse");
     }
 }

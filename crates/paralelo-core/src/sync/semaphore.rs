@@ -13,6 +13,9 @@ use crate::{Error, Result};
 /// every contended acquire).
 const LOOK_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// An entry being reclaimed: neither free nor any process's.
+const RECLAIMING: u32 = u32::MAX;
+
 /// Processes whose holds are tracked at once (a holder past them holds untracked units:
 /// its death is not noticed).
 pub const HOLDERS: usize = 16;
@@ -34,8 +37,12 @@ struct Holder {
 pub struct SharedSemaphore {
     /// Units free to take.
     value: AtomicU32,
-    /// The most units there may be (a bounded semaphore), or 0: unbounded.
-    bound: AtomicU32,
+    /// The starting count: units below it are held (a unit released beyond it was never
+    /// taken: a signal, not a hold, and no death gives it back).
+    initial: AtomicU32,
+    /// 1: bounded (the count never exceeds `initial`).
+    bounded: AtomicU32,
+    _pad: u32,
     bell: Doorbell,
     holders: [Holder; HOLDERS],
 }
@@ -61,13 +68,8 @@ impl SharedSemaphore {
     /// `value`). Call once, on fresh (zeroed) memory, before it is shared.
     pub fn init(&self, value: u32, bounded: bool) {
         self.value.store(value, Ordering::Relaxed);
-        self.bound
-            .store(if bounded { value.max(1) } else { 0 }, Ordering::Relaxed);
-        if bounded && value == 0 {
-            // (A bound of 0 would read as "unbounded": a BoundedSemaphore(0) can never
-            // be released, so its bound is kept by `release` refusing past 0.)
-            self.bound.store(u32::MAX, Ordering::Relaxed);
-        }
+        self.initial.store(value, Ordering::Relaxed);
+        self.bounded.store(u32::from(bounded), Ordering::Relaxed);
     }
 
     /// Units free to take now.
@@ -77,11 +79,7 @@ impl SharedSemaphore {
 
     /// The bound, or None for an unbounded semaphore.
     pub fn bound(&self) -> Option<u32> {
-        match self.bound.load(Ordering::Relaxed) {
-            0 => None,
-            u32::MAX => Some(0),
-            b => Some(b),
-        }
+        (self.bounded.load(Ordering::Relaxed) == 1).then(|| self.initial.load(Ordering::Relaxed))
     }
 
     fn take_one(&self) -> bool {
@@ -119,7 +117,7 @@ impl SharedSemaphore {
             let mut look = || {
                 // (A look costs system calls: only for a wait that has lasted.)
                 if started.elapsed() >= LOOK_AFTER {
-                    dead = self.reclaim_dead(pid);
+                    dead = self.reclaim_dead(pid, false);
                 }
                 dead.is_none() && poll()
             };
@@ -132,6 +130,13 @@ impl SharedSemaphore {
                     return Err(Error::Abandoned {
                         holder: dead.unwrap_or(0),
                     })
+                }
+                // Out of time: unless a holder died (then its units are there to take).
+                Err(Error::Timeout) => {
+                    return match self.reclaim_dead(pid, false) {
+                        Some(holder) => Err(Error::Abandoned { holder }),
+                        None => Err(Error::Timeout),
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -200,7 +205,8 @@ impl SharedSemaphore {
             .map_or(0, |h| h.units.load(Ordering::Relaxed))
     }
 
-    /// `pid`'s entry (made, if `make`, in a free one), looked for at `hint` first.
+    /// `pid`'s entry (made, if `make`, in a free one: when none is, entries of dead
+    /// processes are swept first), looked for at `hint` first.
     fn entry(&self, pid: u32, hint: &mut usize, make: bool) -> Option<&Holder> {
         if let Some(h) = self.holders.get(*hint) {
             if h.pid.load(Ordering::Relaxed) == pid {
@@ -218,51 +224,72 @@ impl SharedSemaphore {
         if !make {
             return None;
         }
-        for (i, h) in self.holders.iter().enumerate() {
-            if h.pid.load(Ordering::Relaxed) == 0
-                && h.pid
-                    .compare_exchange(0, pid, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                h.units.store(0, Ordering::Relaxed);
-                *hint = i;
-                return Some(h);
+        for sweep in [false, true] {
+            if sweep {
+                self.reclaim_dead(pid, true);
+            }
+            for (i, h) in self.holders.iter().enumerate() {
+                if h.pid.load(Ordering::Relaxed) == 0
+                    && h.pid
+                        .compare_exchange(0, pid, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    h.units.store(0, Ordering::Relaxed);
+                    *hint = i;
+                    return Some(h);
+                }
             }
         }
         None
     }
 
-    /// Gives back the units of one holder that died with some (its pid), if any (`me`
-    /// is alive: not looked at).
-    fn reclaim_dead(&self, me: u32) -> Option<u32> {
+    /// Looks for holders that died (not `me`): their units below the starting count
+    /// come back (a unit they took beyond it was a signal they consumed, not a hold), and
+    /// their entries are freed. The first that had units to give back (its pid), if
+    /// any; with `all`, every dead entry is freed before returning.
+    pub fn reclaim_dead(&self, me: u32, all: bool) -> Option<u32> {
+        let mut found = None;
         for h in &self.holders {
             let pid = h.pid.load(Ordering::Relaxed);
-            if pid == 0 || pid == me || h.units.load(Ordering::Relaxed) == 0 || thread::exists(pid)
-            {
+            if pid == 0 || pid == me || pid == RECLAIMING || thread::exists(pid) {
                 continue;
             }
-            // One reclaimer per dead entry: whoever clears its pid gives its units back.
+            // One reclaimer per dead entry, and no one takes the entry meanwhile: it
+            // reads as neither free nor anyone's until its units are counted.
             if h.pid
-                .compare_exchange(pid, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(pid, RECLAIMING, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
             {
                 continue;
             }
             let units = h.units.swap(0, Ordering::Relaxed);
-            let cap = self.bound().unwrap_or(u32::MAX);
+            h.pid.store(0, Ordering::Release);
+            let initial = self.initial.load(Ordering::Relaxed);
             let mut v = self.value.load(Ordering::Relaxed);
-            while let Err(now) = self.value.compare_exchange_weak(
-                v,
-                v.saturating_add(units).min(cap.max(v)),
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                v = now;
+            let back = loop {
+                let back = units.min(initial.saturating_sub(v));
+                if back == 0 {
+                    break 0;
+                }
+                match self.value.compare_exchange_weak(
+                    v,
+                    v + back,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break back,
+                    Err(now) => v = now,
+                }
+            };
+            if back > 0 {
+                self.bell.ring();
+                found = found.or(Some(pid));
+                if !all {
+                    return found;
+                }
             }
-            self.bell.ring();
-            return Some(pid);
         }
-        None
+        found
     }
 }
 
@@ -335,6 +362,41 @@ mod tests {
         assert_eq!(s.value(), 1, "its unit is back");
         assert_eq!(s.held_by(dead), 0);
         s.acquire(me, &mut 0, None, &mut poll).unwrap();
+    }
+
+    #[test]
+    fn units_a_dead_consumer_took_beyond_the_start_are_not_given_back() {
+        // A Semaphore(0) as a signal: another process released, the dead one consumed.
+        let dead = (1 << 22) + 19;
+        let me = std::process::id();
+        let s = SharedSemaphore::default();
+        s.init(0, false);
+        for _ in 0..5 {
+            s.release(me, &mut 0).unwrap();
+        }
+        for _ in 0..5 {
+            assert!(s.try_acquire(dead, &mut 0));
+        }
+        assert_eq!(
+            s.reclaim_dead(me, true),
+            None,
+            "nothing held: no abandonment"
+        );
+        assert_eq!((s.value(), s.held_by(dead)), (0, 0));
+    }
+
+    #[test]
+    fn dead_entries_are_swept_when_the_table_is_full() {
+        let me = std::process::id();
+        let s = SharedSemaphore::default();
+        s.init(1, false);
+        for k in 0..HOLDERS as u32 {
+            let dead = (1 << 22) + 100 + k;
+            assert!(s.try_acquire(dead, &mut 0));
+            s.release(dead, &mut 0).unwrap();
+        }
+        assert!(s.try_acquire(me, &mut 0));
+        assert_eq!(s.held_by(me), 1, "an entry was found for the living");
     }
 
     #[test]
