@@ -247,8 +247,9 @@ impl SharedLock {
     /// Takes the lock from a dead holder (the word read as `cur`), with the waiters bit
     /// set (others may sleep on it, whether or not `cur` said so). A plain lock's holder
     /// is a process: one that ended holding it (killed, or gone without releasing) left
-    /// it abandoned; another process that meant to release it for it is told at its
-    /// release (`NotHeld`).
+    /// it abandoned. (Another process that meant to release it for the dead one is not
+    /// told: a plain lock's release does not look at its holder. If the lock is free by
+    /// then it gets `NotHeld`; if someone took it meanwhile, that hold is released.)
     fn take_from_dead(&self, cur: u32, me: u32, _recursive: bool) -> Option<Taken> {
         let holder = cur & HOLDER;
         if holder == 0 || holder == me || thread::exists(holder) {
