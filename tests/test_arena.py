@@ -827,3 +827,43 @@ def test_a_fork_in_another_thread_mid_copy_changes_nothing_that_arrives(tmp_path
     # received view is), so the rest of the copy went to pages the receiver never sees.
     par, std = side_by_side(tmp_path, FORK_MID_COPY, timeout=120)
     assert par == std == "corrupt 0"
+
+
+BIG_BYTES = MAIN + """
+import pickle
+def echo(c):
+    while True:
+        b = c.recv_bytes()
+        if not b:
+            break
+        c.send_bytes(b)
+
+if __name__ == "__main__":
+    a, b = mp.Pipe()
+    p = mp.Process(target=echo, args=(b,)); p.start()
+    data = bytes(range(256)) * 4096 * 8  # 8 MiB: through the arena, one block
+    a.send_bytes(memoryview(data)[1:-1]); print(a.recv_bytes() == data[1:-1])
+    a.send_bytes(data, 1000, 300_000); print(a.recv_bytes() == data[1000:301_000])
+    a.send_bytes(pickle.dumps(list(range(100_000)))); print(len(a.recv()))  # bytes read as an object
+    a.send_bytes(data); into = bytearray(len(data) + 5)
+    print(a.recv_bytes_into(into, 5), into[5:] == data)
+    a.send_bytes(b""); p.join(30)
+"""
+
+
+def test_big_send_bytes_arrive_as_with_multiprocessing_and_leave_nothing(tmp_path):
+    # Big ones go through the arena (a block each) instead of fragments through the ring.
+    par, std = side_by_side(tmp_path, BIG_BYTES, timeout=120)
+    assert par == std == "True\nTrue\n100000\n8388608 True"
+    a, b = paralelo.Pipe()
+    data = bytes(1 << 20)
+    for _ in range(5):
+        a.send_bytes(data)
+        assert b.recv_bytes() == data
+    a.send_bytes(data)
+    with pytest.raises(OSError, match="bad message length"):
+        b.recv_bytes(maxlength=1000)  # (its block goes all the same)
+    a.send_bytes(data)
+    a.close()
+    b.close()  # an unread one too
+    assert usage_settles(_arena.arena()) == (0, 0)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from typing import Any
+from typing import Any, cast
 
 from . import _native
 
@@ -31,6 +31,8 @@ from . import _native
 #: copy through the ring costs less than a block's bookkeeping).
 OOB_MIN = 1 << 17
 LEND, GIVE = 1, 2
+#: A frame of raw bytes (``send_bytes``), given like GIVE: its one block holds them.
+RAW = 3
 _DESCRIPTOR = 32
 _HEAD = 13  # mode u8, arena id u64, count u32
 
@@ -196,7 +198,7 @@ def commit(data: bytes) -> bytes:
     """A payload about to be sent, as the bytes to send: a GIVE frame's blocks are handed
     to the message now (see the module's docstring); anything else goes as it is. If the
     send then fails, `ungive` the bytes."""
-    if type(data) is not Framed or data[0] != GIVE:
+    if type(data) is not Framed or data[0] not in (GIVE, RAW):
         return data
     a = arena()
     assert a is not None  # (it made the frame)
@@ -221,7 +223,7 @@ def uncommit(data: bytes) -> Framed:
 def ungive(data: bytes) -> None:
     """A committed GIVE payload that will never be taken (its send failed, or it was read
     and could not be unpickled): its blocks are let go."""
-    if is_framed(data) and data[0] == GIVE and _ours(data):
+    if is_framed(data) and data[0] in (GIVE, RAW) and _ours(data):
         _ungive_all(_descriptors(data))
 
 
@@ -255,7 +257,7 @@ def _descriptors(data: bytes) -> list[bytes]:
 
 
 def is_framed(data: Any) -> bool:
-    return data[:1] in (b"\x01", b"\x02")
+    return data[:1] in (b"\x01", b"\x02", b"\x03")
 
 
 def unframe(data: bytes) -> Any:
@@ -264,6 +266,8 @@ def unframe(data: bytes) -> Any:
     a = _arena
     if a is None or not _ours(data):
         raise pickle.UnpicklingError("the data's large buffers are in another program's shared memory")
+    if data[0] == RAW:
+        return pickle.loads(_raw(data))  # (bytes sent with send_bytes, read with recv)
     given = data[0] == GIVE
     descriptors = _descriptors(data)
     views = []
@@ -282,8 +286,25 @@ def in_band(data: bytes) -> bytes:
     went through this program's arena, pickled whole (as multiprocessing's would be), so
     ``pickle.loads`` reads it; any other message as it is."""
     if is_framed(data) and _ours(data):
+        if data[0] == RAW:
+            return _raw(data)
         return pickle.dumps(unframe(data), pickle.HIGHEST_PROTOCOL)
     return data
+
+
+def raw_frame(data: memoryview) -> Framed | None:
+    """Bytes for ``send_bytes``, copied into a block of the arena (one copy, on several
+    threads, instead of fragments through the ring): a RAW frame to `commit` and send;
+    None if they cannot go there."""
+    return frame(b"", [data], RAW)
+
+
+def _raw(data: bytes) -> bytes:
+    """The bytes a RAW frame's block holds (copied out; the block goes)."""
+    assert _arena is not None  # (`_ours` said so)
+    (descriptor,) = _descriptors(data)
+    with memoryview(cast(Any, _arena.take(descriptor, True))) as view:
+        return bytes(view)
 
 
 def leave() -> None:

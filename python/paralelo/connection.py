@@ -194,7 +194,16 @@ class Connection:
             raise ValueError("size is negative")
         elif offset + size > n:
             raise ValueError("buffer length < offset + size")
-        out.send(m[offset:offset + size], None, self._fd, self._out_event)
+        data: Any = m[offset:offset + size]
+        if size >= _arena.OOB_MIN:
+            framed = _arena.raw_frame(data)
+            if framed is not None:
+                data = commit(framed)
+        try:
+            out.send(data, None, self._fd, self._out_event)
+        except BaseException:
+            ungive(data)  # (never sent: its block goes)
+            raise
 
     def recv(self) -> Any:
         """Receives an object the other end sent (EOFError when none is left and the

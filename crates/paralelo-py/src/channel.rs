@@ -364,8 +364,7 @@ impl PyChannel {
         }
         self.rearm(wake);
         if load {
-            // A pickle starts with PROTO (0x80); a frame with its mode (1 or 2).
-            if matches!(out.first(), Some(1 | 2)) {
+            if framed(&out) {
                 return UNFRAME
                     .import(py, "paralelo._arena", "unframe")?
                     .call1((PyBytes::new(py, &out),));
@@ -492,6 +491,12 @@ fn broken_pipe() -> PyErr {
     PyBrokenPipeError::new_err((32, "Broken pipe"))
 }
 
+/// Whether a message is an arena frame (`_arena`): a pickle starts with PROTO (0x80), a
+/// frame with its mode (1 lent, 2 given, 3 raw bytes given).
+fn framed(msg: &[u8]) -> bool {
+    matches!(msg.first(), Some(1..=3))
+}
+
 impl PyChannel {
     fn wrap(inner: Channel) -> Self {
         PyChannel {
@@ -507,14 +512,14 @@ impl PyChannel {
     /// given to the message), rather than keep it until the program ends.
     fn release(&self) {
         let left = self.inner.let_go();
-        if !left.iter().any(|m| matches!(m.first(), Some(1 | 2))) {
+        if !left.iter().any(|m| framed(m)) {
             return;
         }
         Python::attach(|py| {
             let Ok(ungive) = UNGIVE.import(py, "paralelo._arena", "ungive") else {
                 return; // (the interpreter is ending: so does the program's arena)
             };
-            for msg in left.iter().filter(|m| matches!(m.first(), Some(1 | 2))) {
+            for msg in left.iter().filter(|m| framed(m)) {
                 if let Err(e) = ungive.call1((PyBytes::new(py, msg),)) {
                     e.write_unraisable(py, None);
                 }
