@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -438,3 +440,46 @@ def test_an_event_set_and_cleared_at_once_wakes_who_waited(kind) -> None:
     e.clear()
     t.join()
     assert woke == [True]
+
+
+DEADLOCK = """
+import sys, time, logging
+import paralelo as mp
+logging.basicConfig(level=logging.WARNING, format="%(processName)s %(levelname)s %(message)s")
+
+def take_then_wait(first, second, ready, go):
+    with first:
+        ready.set(); go.wait(10)
+        if second.acquire(timeout=1.0):
+            second.release()
+
+if __name__ == "__main__":
+    mp.debug_locks(0.3)
+    l1, l2 = mp.Lock(), mp.RLock()
+    ready, go = mp.Event(), mp.Event()
+    p = mp.Process(target=take_then_wait, args=(l2, l1, ready, go)); p.start()
+    with l1:  # taken here
+        ready.wait(10); go.set()
+        l2.acquire(timeout=1.0)
+    p.join(10)
+"""
+
+
+def test_lock_debugging_names_holders_and_reports_a_deadlock_across_processes(tmp_path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(DEADLOCK)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    err = out.stderr
+    assert "MainProcess WARNING waited" in err and "Process-1 WARNING waited" in err
+    assert 'script.py", line 17, in <module>\n    with l1:  # taken here' in err  # where it was taken
+    deadlocks = [line for line in err.splitlines() if "ERROR deadlock:" in line]
+    assert deadlocks and all(line.count("waits for the lock at") == 2 for line in deadlocks)
+
+
+def test_lock_debugging_is_off_by_default() -> None:
+    from paralelo import _lockdebug
+    from paralelo.synchronize import _Lock
+
+    assert not _lockdebug.enabled()
+    assert "acquire" not in vars(_Lock)  # the native acquire, untouched

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from .futures import ProcessPoolExecutor
     from .pool import AsyncResult, Pool, ThreadPool
     from .threads import BrokenThreadPool, ThreadPoolExecutor
+    from ._lockdebug import debug_locks
     from .connection import Pipe
     from .managers import Manager
     from .process import Process, active_children, current_process, parent_process
@@ -74,6 +75,7 @@ _LAZY = {
     "BrokenProcessPool": "_broken", "WorkerLostError": "_broken",
     "TaskUnpicklingError": "_broken", "ResultUnpicklingError": "_broken",
     "ThreadPoolExecutor": "threads", "BrokenThreadPool": "threads", "ThreadPool": "pool",
+    "debug_locks": "_lockdebug",
     "util": "multiprocessing.util", "reduction": "multiprocessing.reduction", "dummy": "multiprocessing.dummy",
     "Process": "process", "active_children": "process", "current_process": "process",
     "parent_process": "process", "Lock": "synchronize", "RLock": "synchronize",
@@ -99,9 +101,13 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
+if __import__("os").environ.get("PARALELO_DEBUG_LOCKS"):
+    from . import _lockdebug  # noqa: F401  (turns lock debugging on: see there)
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "debug_locks",
     "BrokenThreadPool",
     "ThreadPool",
     "Barrier",

@@ -34,7 +34,7 @@ from multiprocessing import process as _mp_process
 from threading import BrokenBarrierError
 from typing import Any, Callable, cast
 
-from . import _ending, _slab
+from . import _ending, _lockdebug, _slab
 from ._native import SharedBarrier, SharedCondvar, SharedEvent, SharedLock, SharedSemaphore
 
 __all__ = ["Barrier", "BoundedSemaphore", "BrokenBarrierError", "Condition", "Event", "Lock", "RLock",
@@ -148,15 +148,19 @@ class Semaphore(_Placed):
         n = self._native
         # (Bound per object: a call then costs what the native one does.)
         self.acquire, self.release, self.get_value = n.acquire, n.release, n.get_value  # type: ignore[method-assign]
+        if _lockdebug.enabled():  # (watched: see _lockdebug)
+            self.acquire = lambda block=True, timeout=None: _lockdebug.acquire(  # type: ignore[method-assign]
+                self, n.acquire, block, timeout)
+            self.release = lambda: _lockdebug.release(self, n.release, False)  # type: ignore[method-assign]
         _used.add(self)
         # Dropped here before this process ends: what it took and kept was used up.
         weakref.finalize(self, n.disown)
 
     def __enter__(self) -> bool:
-        return bool(self._native.__enter__())
+        return bool(self.acquire())
 
     def __exit__(self, *exc: Any) -> None:
-        self._native.__exit__()
+        self.release()
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Takes a unit, waiting for one (at most `timeout` seconds): True once taken."""

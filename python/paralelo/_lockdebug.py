@@ -1,0 +1,198 @@
+"""Lock debugging: ``paralelo.debug_locks()`` (or ``PARALELO_DEBUG_LOCKS=<seconds>`` in
+the environment), off by default and free when off: nothing of it runs until it is
+turned on.
+
+When on, paralelo's ``Lock``, ``RLock``, ``Semaphore`` and ``BoundedSemaphore`` record
+who holds them, with the stack where they were taken, on a board in the program's arena
+(shared with the processes forked after it was turned on), and who waits for what. A
+wait that lasts longer than the threshold logs a warning (logger ``paralelo.locks``)
+naming each holder (pid, thread, and the stack where it acquired); a cycle of waits
+(this thread waits for a lock whose holder waits for another ... held by this thread),
+across processes, is logged as an error naming every lock and holder in it. The wait
+goes on either way: this reports, it does not decide.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+import traceback
+from typing import Any, cast
+
+from . import _arena
+
+log = logging.getLogger("paralelo.locks")
+
+#: (Record: used u32, pid u32, tid u32, state u32, key u64, since f64, then the stack.)
+_HEAD = struct.Struct("<IIIIQd")
+_RECORD = 1024
+_RECORDS = 512
+_HOLDS, _WAITS = 1, 2
+
+_board: Any = None
+_board_lock: Any = None
+_threshold = 1.0
+_installed = False
+
+
+def enabled() -> bool:
+    return _board is not None
+
+
+def debug_locks(threshold: float = 1.0) -> None:
+    """Turns lock debugging on (see the module's docstring): waits longer than
+    `threshold` seconds are reported. Processes forked after this share the board."""
+    global _board, _board_lock, _threshold
+    if threshold <= 0:
+        raise ValueError(f"threshold must be a positive number of seconds, not {threshold!r}")
+    _threshold = float(threshold)
+    if _board is None:
+        a = _arena.arena()
+        board = a.alloc(_RECORD * _RECORDS) if a is not None else None
+        if board is None:
+            raise MemoryError("no room for the lock-debugging board in the shared-memory arena")
+        from . import _slab
+        from ._native import SharedLock
+
+        # (The board's own lock is the engine's, not a watched one.)
+        _board_lock = SharedLock(_slab.piece(SharedLock.SIZE, "lock"), False)
+        _board = memoryview(cast(Any, board))
+        _install()
+
+
+def _key(prim: Any) -> int:
+    """A primitive's name on the board: where it lives in the arena (the same in every
+    process, wherever each maps the arena)."""
+    return int(prim._buf.offset)
+
+
+def _records() -> Any:
+    for i in range(_RECORDS):
+        yield i, _HEAD.unpack_from(_board, i * _RECORD)
+
+
+def _note(state: int, key: int) -> None:
+    """Records this thread holding or waiting for `key`, with the stack here."""
+    frames = [f for f in traceback.extract_stack() if f.filename != __file__][-8:]
+    stack = "".join(traceback.format_list(frames)).encode("utf8", "replace")[-(_RECORD - _HEAD.size):]
+    with _board_lock:
+        for i, (used, *_rest) in _records():
+            if not used:
+                at = i * _RECORD
+                _HEAD.pack_into(_board, at, 1, os.getpid(), threading.get_native_id(), state, key, time.time())
+                _board[at + _HEAD.size:at + _RECORD] = stack.ljust(_RECORD - _HEAD.size, b"\0")
+                return
+
+
+def _forget(state: int, key: int, mine: bool = True) -> None:
+    """Drops a record of `key` in `state` (this thread's, unless not `mine`: a plain lock
+    may be released by any thread)."""
+    me = (os.getpid(), threading.get_native_id())
+    with _board_lock:
+        for i, (used, pid, tid, st, k, _since) in _records():
+            if used and st == state and k == key and (not mine or (pid, tid) == me):
+                _board[i * _RECORD:i * _RECORD + 4] = b"\0\0\0\0"
+                return
+
+
+def _stack(i: int) -> str:
+    return bytes(_board[i * _RECORD + _HEAD.size:(i + 1) * _RECORD]).rstrip(b"\0").decode("utf8", "replace")
+
+
+def _report(key: int, waited: float) -> None:
+    """A wait for `key` has lasted `waited` seconds: who holds it, and any cycle."""
+    with _board_lock:
+        records = [(i, r) for i, r in _records() if r[0]]
+    holders = [(i, r) for i, r in records if r[3] == _HOLDS and r[4] == key]
+    lines = [f"waited {waited:.1f} s for a paralelo lock (at {key:#x} in the arena) held by:"]
+    for i, (_u, pid, tid, _s, _k, since) in holders:
+        lines.append(f"  pid {pid}, thread {tid}, for {time.time() - since:.1f} s, taken at:\n{_stack(i)}")
+    if not holders:
+        lines.append("  (no recorded holder: taken before debugging was on, or by a process that cannot see the board)")
+    log.warning("\n".join(lines))
+    # A cycle: follow waits-for from this thread through the holders' own waits.
+    waits = {(r[1], r[2]): r[4] for _i, r in records if r[3] == _WAITS}
+    holds: dict[int, list[tuple[int, int]]] = {}
+    for _i, r in records:
+        if r[3] == _HOLDS:
+            holds.setdefault(r[4], []).append((r[1], r[2]))
+    me = (os.getpid(), threading.get_native_id())
+    path, seen, who = [], set(), me
+    while who in waits and who not in seen:
+        seen.add(who)
+        lock = waits[who]
+        owners = holds.get(lock, [])
+        if not owners:
+            return
+        path.append((who, lock, owners[0]))
+        who = owners[0]
+    if who == me and path:
+        log.error("deadlock: " + "; ".join(
+            f"pid {w[0]} thread {w[1]} waits for the lock at {k:#x}, held by pid {o[0]} thread {o[1]}"
+            for w, k, o in path))
+
+
+def acquire(prim: Any, native_acquire: Any, block: bool = True, timeout: float | None = None) -> bool:
+    """`prim`'s acquire, watched (see the module's docstring)."""
+    key = _key(prim)
+    if native_acquire(False):
+        _note(_HOLDS, key)
+        return True
+    if not block:
+        return False
+    end = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    start = time.monotonic()
+    _note(_WAITS, key)
+    try:
+        while True:
+            step = _threshold if end is None else min(_threshold, max(0.0, end - time.monotonic()))
+            if native_acquire(True, step):
+                _note(_HOLDS, key)
+                return True
+            if end is not None and time.monotonic() >= end:
+                return False
+            _report(key, time.monotonic() - start)
+    finally:
+        _forget(_WAITS, key)
+
+
+def release(prim: Any, native_release: Any, mine: bool) -> None:
+    native_release()
+    _forget(_HOLDS, _key(prim), mine)
+
+
+def _install() -> None:
+    """Puts the watched acquire and release on the lock classes (semaphores made from now
+    on bind them too)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    from ._native import SharedLock
+    from .synchronize import _Lock
+
+    def lock_acquire(self: Any, block: bool = True, timeout: float | None = None) -> bool:
+        return acquire(self, lambda b=True, t=None: SharedLock.acquire(self, b, t), block, timeout)
+
+    def lock_release(self: Any) -> None:
+        release(self, lambda: SharedLock.release(self), self._recursive)
+
+    def lock_enter(self: Any) -> bool:
+        return lock_acquire(self)
+
+    def lock_exit(self: Any, *exc: Any) -> None:
+        lock_release(self)
+
+    _Lock.acquire, _Lock.release = lock_acquire, lock_release  # type: ignore[method-assign]
+    _Lock.__enter__, _Lock.__exit__ = lock_enter, lock_exit  # type: ignore[method-assign,assignment]
+
+
+_env = os.environ.get("PARALELO_DEBUG_LOCKS")
+if _env:
+    try:
+        debug_locks(float(_env) if _env not in ("1", "on", "yes", "true") else 1.0)
+    except ValueError:
+        debug_locks()
