@@ -483,3 +483,22 @@ def test_lock_debugging_is_off_by_default() -> None:
 
     assert not _lockdebug.enabled()
     assert "acquire" not in vars(_Lock)  # the native acquire, untouched
+
+
+def _use_condition(cond, out) -> None:
+    with cond:
+        cond.notify_all()
+    out.set()
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_condition_and_its_lock_reach_a_spawned_process(method) -> None:
+    # (Two primitives in one pickle: the lock is unpickled among the Condition's
+    # arguments, before the Condition itself; the arena must be there already.)
+    ctx = paralelo.get_context(method)
+    for cond in (ctx.Condition(), ctx.Condition(ctx.Lock())):
+        done = ctx.Event()
+        p = ctx.Process(target=_use_condition, args=(cond, done))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0 and done.is_set()

@@ -61,15 +61,35 @@ def spawning() -> bool:
 
 
 def for_spawning() -> Any:
-    """The arena's descriptor for a queue or connection pickled to a process being
-    spawned (which has none of its own yet), else None: forked processes map it already."""
+    """The arena's descriptor for what is pickled to a process being spawned (which has
+    none of its own yet), else None: forked processes map it already. Once per child:
+    unpickled there, it maps the arena at once (`_Adopting`), before anything after it
+    in the pickle needs it (a Condition's lock, unpickled among the Condition's
+    arguments, before the Condition's own rebuild runs)."""
     from multiprocessing import context, reduction
 
     popen = context.get_spawning_popen()
     if _arena is None or popen is None or getattr(popen, "_paralelo_arena", False):
-        return None  # (once per child: the first object unpickled there maps it)
+        return None
     setattr(popen, "_paralelo_arena", True)
-    return reduction.DupFd(_arena.fd)
+    return _Adopting(reduction.DupFd(_arena.fd))
+
+
+class _Adopting:
+    """The arena's descriptor in a pickle for a spawned process: unpickles as None,
+    having mapped the arena (see `for_spawning`)."""
+
+    __slots__ = ("dup",)
+
+    def __init__(self, dup: Any) -> None:
+        self.dup = dup
+
+    def __reduce__(self) -> tuple:
+        return _adopted, (self.dup,)
+
+
+def _adopted(dup: Any) -> None:
+    adopt(dup)
 
 
 def adopt(dup: Any) -> None:
