@@ -174,7 +174,7 @@ def _take_and_hang(sem, ready) -> None:
 def test_a_killed_holders_semaphore_units_come_back_with_an_error_naming_it() -> None:
     sem = paralelo.BoundedSemaphore(1)
     pid = _killed_while(_take_and_hang, sem)
-    with pytest.raises(paralelo.AbandonedLockError, match=f"semaphore's holder \\({pid}\\) died") as e:
+    with pytest.raises(paralelo.AbandonedLockError, match=f"semaphore was held by process {pid}, which ended") as e:
         sem.acquire(timeout=10)
     assert e.value.holder == pid
     assert sem.get_value() == 1
@@ -502,3 +502,50 @@ def test_a_condition_and_its_lock_reach_a_spawned_process(method) -> None:
         p.start()
         p.join(60)
         assert p.exitcode == 0 and done.is_set()
+
+
+
+def test_a_party_that_died_waiting_does_not_count_for_the_last_one() -> None:
+    bar = paralelo.Barrier(2)
+    p = paralelo.Process(target=_wait_at, args=(bar,))
+    p.start()
+    end = time.monotonic() + 30
+    while bar.n_waiting == 0:
+        assert time.monotonic() < end
+        time.sleep(0.005)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    with pytest.raises(threading.BrokenBarrierError, match=f"pid {p.pid}\\) died"):
+        bar.wait(5)  # (the round is not full: one of its two is gone)
+
+
+THREADING_NAMES = """
+import sys, threading
+if sys.argv[1] == "paralelo":
+    import paralelo as th
+else:
+    import threading as th
+
+if __name__ == "__main__":
+    for kind in ("Lock", "RLock", "Semaphore", "BoundedSemaphore"):
+        o = getattr(th, kind)()
+        print(kind, o.acquire(blocking=False), o.acquire(blocking=False))
+    lock = th.Lock()
+    print(lock.locked(), lock.acquire(), lock.locked())
+    r = th.RLock()
+    with r:
+        print(r._is_owned())
+    s = th.Semaphore(0)
+    s.release(2)
+    print(s.acquire(timeout=0), s.acquire(timeout=0), s.acquire(timeout=0))
+    c = th.Condition()
+    with c:
+        c.notifyAll()
+    print("ok")
+"""
+
+
+def test_threading_s_names_work_too(tmp_path) -> None:
+    # (Code written for threading: `blocking=`, locked(), release(n), notifyAll.)
+    par, std = side_by_side(tmp_path, THREADING_NAMES, ("paralelo", "threading"))
+    assert par == std

@@ -174,7 +174,9 @@ def _install() -> None:
     from ._native import SharedLock
     from .synchronize import _Lock
 
-    def lock_acquire(self: Any, block: bool = True, timeout: float | None = None) -> bool:
+    def lock_acquire(self: Any, block: bool = True, timeout: float | None = None, *,
+                     blocking: bool | None = None) -> bool:
+        block = block if blocking is None else blocking
         return acquire(self, lambda b=True, t=None: SharedLock.acquire(self, b, t), block, timeout)
 
     def lock_release(self: Any) -> None:
@@ -186,7 +188,7 @@ def _install() -> None:
     def lock_exit(self: Any, *exc: Any) -> None:
         lock_release(self)
 
-    _Lock.acquire, _Lock.release = lock_acquire, lock_release  # type: ignore[method-assign]
+    _Lock.acquire, _Lock.release = lock_acquire, lock_release  # type: ignore[method-assign,assignment]
     _Lock.__enter__, _Lock.__exit__ = lock_enter, lock_exit  # type: ignore[method-assign,assignment]
 
 

@@ -66,6 +66,13 @@ class _Lock(SharedLock):
     def __reduce__(self) -> tuple:
         return _slab.reduce(self._buf, _rebuild_lock, (type(self),), type(self).__name__)
 
+    def locked(self) -> bool:
+        """Whether someone holds it (threading's ``locked()``)."""
+        return self.holder() is not None
+
+    def _is_owned(self) -> bool:  # (threading's name, which some code calls)
+        return bool(self._is_mine())
+
 
 def _rebuild_lock(buf: Any, cls: type) -> Any:
     return cls(_buf=buf)
@@ -149,9 +156,14 @@ class Semaphore(_Placed):
         # (Bound per object: a call then costs what the native one does.)
         self.acquire, self.release, self.get_value = n.acquire, n.release, n.get_value  # type: ignore[method-assign]
         if _lockdebug.enabled():  # (watched: see _lockdebug)
-            self.acquire = lambda block=True, timeout=None: _lockdebug.acquire(  # type: ignore[method-assign]
-                self, n.acquire, block, timeout)
-            self.release = lambda: _lockdebug.release(self, n.release, False)  # type: ignore[method-assign]
+            def acquire(block: bool = True, timeout: float | None = None, *, blocking: bool | None = None) -> bool:
+                return _lockdebug.acquire(self, n.acquire, block if blocking is None else blocking, timeout)
+
+            def release(count: int = 1) -> None:
+                for _ in range(count):
+                    _lockdebug.release(self, n.release, False)
+
+            self.acquire, self.release = acquire, release  # type: ignore[method-assign,assignment]
         _used.add(self)
         # Dropped here before this process ends: what it took and kept was used up.
         weakref.finalize(self, n.disown)
@@ -162,13 +174,14 @@ class Semaphore(_Placed):
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        """Takes a unit, waiting for one (at most `timeout` seconds): True once taken."""
-        return bool(self._native.acquire(block, timeout))
+    def acquire(self, block: bool = True, timeout: float | None = None, *, blocking: bool | None = None) -> bool:
+        """Takes a unit, waiting for one (at most `timeout` seconds): True once taken
+        (``blocking``: threading's name for ``block``)."""
+        return bool(self._native.acquire(block, timeout, blocking=blocking))
 
-    def release(self) -> None:
-        """Gives a unit back."""
-        self._native.release()
+    def release(self, n: int = 1) -> None:
+        """Gives `n` units back (threading's ``n``)."""
+        self._native.release(n)
 
     def get_value(self) -> int:
         """Units free now."""
@@ -299,6 +312,8 @@ class Condition(_Placed):
     def notify_all(self) -> None:
         """Lets every waiter go (the caller holds the lock)."""
         self.notify(1 << 32)
+
+    notifyAll = notify_all  # (threading's old name)
 
     def __reduce__(self) -> tuple:
         return self._reduce((self._lock,))

@@ -25,11 +25,11 @@ pub(crate) fn corrupt_ring(py: Python<'_>, slot: Option<usize>, detail: String) 
     paralelo_error(py, "CorruptRingError", (slot, detail))
 }
 
-/// `paralelo.AbandonedLockError`: `what` (say "the lock") lost its `holder` (a pid, or a
-/// thread id for an RLock), which died holding it; it is free again.
-pub(crate) fn abandoned(py: Python<'_>, what: &str, holder: u32) -> PyErr {
+/// `paralelo.AbandonedLockError`: `what` (say "the lock") was held by `holder`, a
+/// `who` ("process" or "thread"), which ended without releasing it; it is free again.
+pub(crate) fn abandoned(py: Python<'_>, what: &str, who: &str, holder: u32) -> PyErr {
     let message = format!(
-        "{what}'s holder ({holder}) died holding it: it is free again, but what it guarded may be half-updated"
+        "{what} was held by {who} {holder}, which ended (or was killed) without releasing it: it is free again, but what it guarded may be half-updated"
     );
     paralelo_error(py, "AbandonedLockError", (message, holder))
 }
@@ -46,7 +46,9 @@ pub(crate) fn to_py(e: Error) -> PyErr {
         // The door replaces this with the error its poll saw; reaching here is a bug.
         Error::Interrupted => PyOSError::new_err("wait interrupted"),
         Error::NotHeld => PyValueError::new_err(e.to_string()),
-        Error::Abandoned { holder } => Python::attach(|py| abandoned(py, "the lock", holder)),
+        Error::Abandoned { holder } => {
+            Python::attach(|py| abandoned(py, "the lock", "process", holder))
+        }
         Error::NotOwner => pyo3::exceptions::PyAssertionError::new_err(e.to_string()),
         Error::Reentrant => pyo3::exceptions::PyRuntimeError::new_err(e.to_string()),
     }

@@ -25,6 +25,15 @@ impl PyLock {
         self.lock.get()
     }
 
+    /// What a holder id names: a thread for a recursive lock, a process else.
+    fn holder_kind(&self) -> &'static str {
+        if self.recursive {
+            "thread"
+        } else {
+            "process"
+        }
+    }
+
     /// Who takes the lock: this thread (recursive: only it may release), else this
     /// process (any of its threads may release; only its death abandons the lock).
     fn me(&self) -> u32 {
@@ -41,7 +50,7 @@ impl PyLock {
 fn taken(py: Python<'_>, how: Taken, lock: &PyLock) -> PyResult<bool> {
     if let Taken::FromDead { holder } = how {
         let _ = lock.lock().release(lock.me(), lock.recursive);
-        return Err(abandoned(py, "the lock", holder));
+        return Err(abandoned(py, "the lock", lock.holder_kind(), holder));
     }
     Ok(true)
 }
@@ -72,13 +81,16 @@ impl PyLock {
     /// Takes the lock: at once if it is free, else waiting (the GIL released) up to
     /// `timeout` seconds (None: for ever; with `block=False`, not at all). True once
     /// taken, False if the time ran out.
-    #[pyo3(signature = (block = true, timeout = None))]
+    /// (`blocking` is threading's name for `block`.)
+    #[pyo3(signature = (block = true, timeout = None, *, blocking = None))]
     pub(crate) fn acquire(
         &self,
         py: Python<'_>,
         block: bool,
         timeout: Option<f64>,
+        blocking: Option<bool>,
     ) -> PyResult<bool> {
+        let block = blocking.unwrap_or(block);
         let (me, lock) = (self.me(), self.lock());
         if let Some(how) = lock.try_acquire(me, self.recursive) {
             return taken(py, how, self);
@@ -125,7 +137,7 @@ impl PyLock {
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.acquire(py, true, None)
+        self.acquire(py, true, None, None)
     }
 
     // (Three plain arguments: a tuple of them would cost a third of a `with`.)
@@ -164,7 +176,12 @@ impl PyLock {
         };
         lock.restore_depth(me, depth);
         match how {
-            Taken::FromDead { holder } => Err(abandoned(py, "the condition's lock", holder)),
+            Taken::FromDead { holder } => Err(abandoned(
+                py,
+                "the condition's lock",
+                self.holder_kind(),
+                holder,
+            )),
             _ => Ok(()),
         }
     }

@@ -137,8 +137,16 @@ impl PySemaphore {
     /// `timeout` seconds (None: for ever; `block=False`: not at all). True once taken.
     /// A holder that died with units is found while waiting: its units come back and
     /// this acquire raises `paralelo.AbandonedLockError` naming it.
-    #[pyo3(signature = (block = true, timeout = None))]
-    fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
+    /// (`blocking` is threading's name for `block`.)
+    #[pyo3(signature = (block = true, timeout = None, *, blocking = None))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        block: bool,
+        timeout: Option<f64>,
+        blocking: Option<bool>,
+    ) -> PyResult<bool> {
+        let block = blocking.unwrap_or(block);
         let (sem, pid) = (self.sem.get(), caller_pid());
         let mut hint = self.hint.load(Relaxed);
         if sem.try_acquire(pid, &mut hint) {
@@ -149,7 +157,7 @@ impl PySemaphore {
             // A holder that died with units gives them back (looked at rarely: see Looked).
             if self.looked.due() {
                 if let Some(holder) = sem.reclaim_dead(pid, false) {
-                    return Err(abandoned(py, "the semaphore", holder));
+                    return Err(abandoned(py, "the semaphore", "process", holder));
                 }
             }
             return Ok(false);
@@ -163,19 +171,29 @@ impl PySemaphore {
             }
         })?;
         self.hint.store(hint, Relaxed);
-        got.map_err(|holder| abandoned(py, "the semaphore", holder))
+        got.map_err(|holder| abandoned(py, "the semaphore", "process", holder))
     }
 
-    /// Gives a unit back (ValueError past a bounded semaphore's bound).
-    fn release(&self) -> PyResult<()> {
-        let (sem, pid) = (self.sem.get(), caller_pid());
-        match self.with_hint(|h| sem.release(pid, h)) {
-            Ok(()) => Ok(()),
-            Err(Error::NotHeld) => Err(PyValueError::new_err(
-                "semaphore or lock released too many times",
-            )),
-            Err(e) => Err(to_py(e)),
+    /// Gives `n` units back (threading's `n`; ValueError past a bounded semaphore's
+    /// bound, the units before it given).
+    #[pyo3(signature = (n = 1))]
+    fn release(&self, n: i64) -> PyResult<()> {
+        if n < 1 {
+            return Err(PyValueError::new_err("n must be one or more"));
         }
+        let (sem, pid) = (self.sem.get(), caller_pid());
+        for _ in 0..n {
+            match self.with_hint(|h| sem.release(pid, h)) {
+                Ok(()) => {}
+                Err(Error::NotHeld) => {
+                    return Err(PyValueError::new_err(
+                        "semaphore or lock released too many times",
+                    ))
+                }
+                Err(e) => return Err(to_py(e)),
+            }
+        }
+        Ok(())
     }
 
     fn get_value(&self) -> u32 {
@@ -195,7 +213,7 @@ impl PySemaphore {
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.acquire(py, true, None)
+        self.acquire(py, true, None, None)
     }
 
     #[pyo3(signature = (_kind = None, _value = None, _trace = None))]
@@ -205,7 +223,7 @@ impl PySemaphore {
         _value: Option<&Bound<'_, PyAny>>,
         _trace: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        self.release()
+        self.release(1)
     }
 }
 
@@ -400,7 +418,13 @@ impl PyBarrier {
             barrier.wait(pid, round, deadline, poll)
         })? {
             Ok(()) => Ok(()),
-            Err(why) => Err(broken(py, why)),
+            Err(why) => {
+                // A Ctrl-C to the whole process group breaks the round in whichever
+                // party sees it first: the others are told of their own Ctrl-C, as
+                // with the standard library, not of the broken barrier.
+                py.check_signals()?;
+                Err(broken(py, why))
+            }
         }
     }
 

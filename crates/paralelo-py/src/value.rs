@@ -127,7 +127,7 @@ impl PySyncValue {
         f: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<T>,
     ) -> PyResult<T> {
         let lock = self.lock.get();
-        lock.acquire(py, true, None)?;
+        lock.acquire(py, true, None, None)?;
         let out = f(self.obj.bind(py));
         lock.release()?;
         out
@@ -175,7 +175,7 @@ impl PySyncValue {
     /// Takes the lock (as the lock's `acquire`).
     #[pyo3(signature = (block = true, timeout = None))]
     fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
-        self.lock.get().acquire(py, block, timeout)
+        self.lock.get().acquire(py, block, timeout, None)
     }
 
     /// Releases the lock.
@@ -184,7 +184,7 @@ impl PySyncValue {
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.lock.get().acquire(py, true, None)
+        self.lock.get().acquire(py, true, None, None)
     }
 
     // (Three plain arguments: a tuple of them would cost a third of a `with`.)

@@ -139,6 +139,12 @@ impl SharedBarrier {
                 a.store(pid, Ordering::Relaxed);
             }
             if index + 1 >= self.parties() {
+                // The last: a party that died waiting must not count as arrived (a look
+                // at each of them, once a round).
+                if let Some(dead) = self.find_dead(pid) {
+                    self.broken.store(1, Ordering::Release);
+                    return Err(Broke::Died { pid: dead });
+                }
                 self.passing.store(1, Ordering::Relaxed);
             }
             Ok((index, self.round.load(Ordering::Relaxed)))
@@ -377,6 +383,16 @@ mod tests {
         assert_eq!(b.wait(me(), round, soon, &mut || true).unwrap(), Ok(()));
         assert!(passer.join().unwrap());
         assert!(!b.broken());
+    }
+
+    #[test]
+    fn the_last_arrival_does_not_count_a_party_that_died_waiting() {
+        let dead = (1 << 22) + 21;
+        let b = SharedBarrier::default();
+        b.init(2);
+        let _ = b.arrive(dead).unwrap().unwrap();
+        assert_eq!(b.arrive(me()).unwrap(), Err(Broke::Died { pid: dead }));
+        assert!(b.broken());
     }
 
     #[test]
