@@ -139,9 +139,15 @@ impl SharedBarrier {
                 a.store(pid, Ordering::Relaxed);
             }
             if index + 1 >= self.parties() {
-                // The last: a party that died waiting must not count as arrived (a look
-                // at each of them, once a round).
-                if let Some(dead) = self.find_dead(pid) {
+                // The last: a party that died waiting (and was reaped) must not count as
+                // arrived. (A signal-0 probe of each, once a round; a killed party not yet
+                // reaped is found by the waiters' slower look instead.)
+                let count = (index as usize + 1).min(KNOWN);
+                let dead = self.arrived[..count]
+                    .iter()
+                    .map(|a| a.load(Ordering::Relaxed))
+                    .find(|&p| p != 0 && p != pid && thread::reaped(p));
+                if let Some(dead) = dead {
                     self.broken.store(1, Ordering::Release);
                     return Err(Broke::Died { pid: dead });
                 }
