@@ -216,3 +216,18 @@ def test_a_consumer_unlinks_what_an_ended_maker_made(tmp_path) -> None:
     par, std = side_by_side(tmp_path, CONSUMER_CLEANS_UP,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})  # (3.11's tracker warns)
     assert par == std == "b'abc'\nNone\nunlinked already\n/slashed_name True"
+
+
+def test_a_header_claiming_more_than_the_segment_has_is_refused() -> None:
+    import struct
+
+    s = shared_memory.SharedMemory(create=True, size=100)
+    fd = os.dup(s._fd)
+    try:
+        os.pwrite(fd, struct.pack("<Q", 1 << 30), 8)  # the size field: a lie
+        with pytest.raises(OSError, match="more than it has"):
+            shared_memory.SharedMemory(s.name)
+    finally:
+        os.close(fd)
+        s.close()
+        s.unlink()

@@ -168,6 +168,11 @@ class SharedMemory:
             key = name.lstrip("/")
             fd = _find(key)
             size = _header(fd) or 0
+            if _PAGE + size > os.fstat(fd).st_size:
+                # (A header written by another process is not trusted: a size past the
+                # memory would make reads beyond it crash the process with SIGBUS.)
+                os.close(fd)
+                raise OSError(f"shared memory {name!r} says it holds {size} bytes, more than it has")
         self._name, self._key, self._fd, self._size = key if name is None else name, key, fd, size
         try:
             self._mmap = mmap.mmap(fd, size, offset=_PAGE)
