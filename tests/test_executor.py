@@ -487,7 +487,7 @@ import os, signal, sys, threading, time
 import paralelo
 
 def sleeps(x):
-    time.sleep(30)
+    time.sleep(300)  # (never over: the program ends long before, or the test times out)
     return x
 
 if __name__ == "__main__":
@@ -508,7 +508,5 @@ def test_ctrl_c_stops_the_executor_s_running_work(tmp_path, how) -> None:
     # shutdown nor the exit waits for the tasks to end.
     script = tmp_path / "script.py"
     script.write_text(CTRL_C)
-    start = time.monotonic()
     out = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True, timeout=60)
-    assert time.monotonic() - start < 15
     assert out.returncode != 0 and out.stderr.rstrip().endswith("KeyboardInterrupt"), out.stderr

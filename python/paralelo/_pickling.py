@@ -15,7 +15,7 @@ from collections import ChainMap
 from typing import Any, Callable
 
 from ._arena import GIVE, LEND, OOB_MIN, frame, is_framed, take_buffer, unframe
-from ._native import pack_numbers, unpack_numbers
+from ._native import pack_numbers, slow_path_if_fast, unpack_numbers
 from ._wire import OK, OK_ARRAY
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -160,22 +160,12 @@ def once(obj: Any, make: Callable[[], Any], undo: Callable[[Any], None] | None =
     outside one, made each time."""
     made = _session.made
     if made is None:
+        slow_path_if_fast()  # (a queue's fast put: it goes the slow way, in a session)
         return make()
     got = made.get(id(obj))
     if got is None:
         got = made[id(obj)] = (obj, make(), undo)  # (holding `obj`: its id stays its own)
     return got[1]
-
-
-def _standard(obj: Any, protocol: int, buffer_callback: Any) -> bytes:
-    return pickle.dumps(obj, protocol, buffer_callback=buffer_callback)
-
-
-def standard_dumps(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
-    """``pickle.dumps`` as one pickling (see `in_session`): a queue's fast path, whose
-    failure (a big buffer, something only cloudpickle pickles) leaves nothing passed on
-    behind it when the slower path pickles again."""
-    return in_session(_standard, obj, protocol, buffer_callback)
 
 
 def dumps(obj: Any, main: MainNames | None = None, oob: int = 0, least: float = OOB_MIN) -> bytes:

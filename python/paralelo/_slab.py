@@ -69,6 +69,7 @@ def reduce(buf: Any, rebuild: Callable, args: tuple, what: str) -> tuple:
         descriptor = a.give_span(buf.address, len(buf))
         if descriptor is not None:
             return _from_given, (rebuild, descriptor, _arena.for_spawning(), a.id, args)
+    _native.slow_path_if_fast()  # (a queue's fast put: pickled again, the slow way)
     raise RuntimeError(
         f"{what} objects should only be shared between processes through inheritance, or passed "
         f"to paralelo's processes, pools, executors, queues and pipes (not pickled by another pickler)")

@@ -165,8 +165,9 @@ class Semaphore(_Placed):
 
             self.acquire, self.release = acquire, release  # type: ignore[method-assign,assignment]
         _used.add(self)
-        # Dropped here before this process ends: what it took and kept was used up.
-        weakref.finalize(self, n.disown)
+        # Dropped here before this process ends: what it took and kept was used up. (At
+        # the end itself, `_disown_all` does it for every one still alive.)
+        weakref.finalize(self, n.disown).atexit = False
 
     def __enter__(self) -> bool:
         return bool(self.acquire())

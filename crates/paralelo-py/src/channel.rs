@@ -50,6 +50,24 @@ fn big_buffer(py: Python<'_>) -> PyResult<&Py<PyAny>> {
     })
 }
 
+thread_local! {
+    /// Set while this thread pickles for a queue's fast path (`put`): see `slow_path_if_fast`.
+    static FAST_PUT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Called by a `__reduce__` with effects beyond its pickle (passing a descriptor on, see
+/// `_pickling.once`): in a queue's fast path it stops the pickle (`BIG_BUFFER`), before
+/// any effect, and the message takes the slow path, whose pickling session undoes what a
+/// failed pickling did. Elsewhere nothing. (So the fast path itself needs no session: one
+/// would double the cost of pickling a small message.)
+#[pyfunction]
+pub(crate) fn slow_path_if_fast(py: Python<'_>) -> PyResult<()> {
+    if FAST_PUT.with(|f| f.get()) {
+        return Err(PyErr::from_value(big_buffer(py)?.bind(py).clone()));
+    }
+    Ok(())
+}
+
 /// A pickler's `buffer_callback` for a queue's fast path: small buffers stay in the
 /// pickle; a big one stops it (`BIG_BUFFER`), and the message goes the way that frames it.
 #[pyfunction]
@@ -262,9 +280,12 @@ impl PyChannel {
                 }
             };
         }
-        // (In one pickling session: see `_pickling.standard_dumps`.)
-        let dumps = DUMPS.import(py, "paralelo._pickling", "standard_dumps")?;
-        let data = match dumps.call((obj, PROTOCOL), probe_kwargs(py, obj)?.as_ref()) {
+        let dumps = DUMPS.import(py, "pickle", "dumps")?;
+        let kwargs = probe_kwargs(py, obj)?;
+        FAST_PUT.with(|f| f.set(true));
+        let pickled = dumps.call((obj, PROTOCOL), kwargs.as_ref());
+        FAST_PUT.with(|f| f.set(false));
+        let data = match pickled {
             Ok(data) => data.cast_into::<PyBytes>()?,
             Err(e) => {
                 self.inner.unreserve();

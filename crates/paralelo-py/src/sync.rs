@@ -211,20 +211,6 @@ impl PySemaphore {
     fn disown(&self) {
         self.sem.get().disown(caller_pid());
     }
-
-    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.acquire(py, true, None, None)
-    }
-
-    #[pyo3(signature = (_kind = None, _value = None, _trace = None))]
-    fn __exit__(
-        &self,
-        _kind: Option<&Bound<'_, PyAny>>,
-        _value: Option<&Bound<'_, PyAny>>,
-        _trace: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        self.release(1)
-    }
 }
 
 #[pyclass(name = "SharedEvent", module = "paralelo._native", frozen)]

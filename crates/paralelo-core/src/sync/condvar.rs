@@ -122,23 +122,16 @@ impl SharedCondvar {
     /// Notifies the `n` oldest waiters (holding the lock), as process `me`: how many.
     pub fn notify(&self, n: u32, me: u32) -> u32 {
         let last = self.tickets.load(Ordering::Relaxed);
-        // (age, entry) of the waiters not yet notified: the oldest first.
-        let mut waiting: Vec<(u32, usize)> = self
-            .waiters
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| {
-                w.ticket.load(Ordering::Relaxed) != 0 && w.notified.load(Ordering::Relaxed) == 0
-            })
-            .map(|(i, w)| (last.wrapping_sub(w.ticket.load(Ordering::Relaxed)), i))
-            .collect();
-        waiting.sort_unstable_by(|a, b| b.cmp(a));
         let mut picked = 0;
-        for (_, i) in waiting {
-            if picked == n {
-                break;
-            }
-            let w = &self.waiters[i];
+        // The oldest waiter not yet notified, n times over (a notify is usually of one,
+        // and of few waiters: no sorting, no allocation under the caller's lock).
+        while picked < n {
+            let oldest = self
+                .waiters
+                .iter()
+                .filter(|w| self.waits(w))
+                .max_by_key(|w| last.wrapping_sub(w.ticket.load(Ordering::Relaxed)));
+            let Some(w) = oldest else { break };
             let pid = w.pid.load(Ordering::Relaxed);
             if pid != me && !thread::exists(pid) {
                 w.ticket.store(0, Ordering::Relaxed); // (died waiting: a notify is not for it)
@@ -154,14 +147,14 @@ impl SharedCondvar {
         picked
     }
 
+    /// Whether entry `w` is a waiter not yet notified.
+    fn waits(&self, w: &Waiter) -> bool {
+        w.ticket.load(Ordering::Relaxed) != 0 && w.notified.load(Ordering::Relaxed) == 0
+    }
+
     /// Waiters counted in and not yet notified (for diagnostics and tests).
     pub fn waiting(&self) -> u32 {
-        self.waiters
-            .iter()
-            .filter(|w| {
-                w.ticket.load(Ordering::Relaxed) != 0 && w.notified.load(Ordering::Relaxed) == 0
-            })
-            .count() as u32
+        self.waiters.iter().filter(|w| self.waits(w)).count() as u32
     }
 }
 
