@@ -201,6 +201,10 @@ def function_payload(obj: Any, main: MainNames | None) -> bytes:
     its workers: a SharedArray it binds (a partial's argument, a closure's variable)
     travels as its block, lent for the job's life, so every worker writes the same array;
     any other buffer stays in the pickle, a copy for each worker."""
+    if type(obj) is types.FunctionType and obj.__module__ == "__main__" and main is not None and main.has(obj):
+        # A name the workers have: the C pickler's reference (the cloudpickle pickler
+        # would make the same bytes, at several times the cost on every map).
+        return pickle.dumps(obj, PROTOCOL)
     found: list = []
     data = by_value(obj, main, lambda pb: take_buffer(pb, found, math.inf))
     if found:
