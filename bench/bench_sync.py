@@ -2,7 +2,7 @@
 in one run.
 
     python bench/bench_sync.py               # every case (≈ 1 minute on 2 cores)
-    python bench/bench_sync.py event barrier # some: contended event barrier semaphore uncontended rlock
+    python bench/bench_sync.py event barrier # some: contended event barrier semaphore waiters uncontended rlock
     python bench/bench_sync.py --repeats 3   # fresh runs per case (default 5)
 
 Cases:
@@ -12,6 +12,8 @@ Cases:
                sets the other event): round trips per second (1e6 / that = µs)
   barrier      Barrier(2) rounds between two processes: rounds per second
   semaphore    two processes each take and give back a Semaphore(1) 200,000 times: per s
+  waiters      six processes each take a Semaphore(1) 4,000 times, yielding the core while
+               they hold it (so the others sleep): per second
   uncontended  Lock acquire + release from Python, one thread: per second (threading.Lock
                for reference is printed after the table)
   rlock        RLock acquire + release, one thread: per second
@@ -108,6 +110,20 @@ CASES = {
             for p in ps: p.start()
             for p in ps: p.join()
             print(2 * N / (T() - t))
+    """),
+    "waiters": ("Semaphore(1) taken and given back, six processes, held across a yield (per s)", """
+        import time
+        N = 4_000
+        def use(sem, n):
+            for _ in range(n):
+                sem.acquire(); time.sleep(0); sem.release()
+        if __name__ == "__main__":
+            sem = mp.Semaphore(1)
+            ps = [mp.Process(target=use, args=(sem, N)) for _ in range(6)]
+            t = T()
+            for p in ps: p.start()
+            for p in ps: p.join()
+            print(6 * N / (T() - t))
     """),
     "uncontended": ("Lock acquire + release, one thread (per s)", _uncontended("Lock")),
     "rlock": ("RLock acquire + release, one thread (per s)", _uncontended("RLock")),

@@ -320,3 +320,64 @@ fn shared_lock_hands_on_a_wake_up_its_interrupted_waiter_took() {
         assert_eq!(lock.holder(), None);
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// The semaphore: a release wakes one waiter (`Doorbell::ring_one`).
+
+/// Two waiters on an empty semaphore, two units released one at a time: each release
+/// wakes one waiter, and both get their unit (a release whose wake-up went nowhere would
+/// leave one asleep: a loom deadlock).
+#[test]
+fn semaphore_releases_wake_a_waiter_each() {
+    use paralelo_core::sync::SharedSemaphore;
+
+    model(|| {
+        let sem = Arc::new(SharedSemaphore::default());
+        sem.init(0, false);
+        let waiters: Vec<_> = (2..4)
+            .map(|pid| {
+                let sem = sem.clone();
+                thread::spawn(move || {
+                    sem.acquire(pid, &mut 0, None, &mut keep_waiting).unwrap();
+                })
+            })
+            .collect();
+        for _ in 0..2 {
+            sem.release(1, &mut 0).unwrap();
+        }
+        for w in waiters {
+            w.join().unwrap();
+        }
+        assert_eq!(sem.value(), 0);
+    });
+}
+
+/// Of two waiters for one unit, one gives up (its poll says stop, as Ctrl-C would): the
+/// other still gets the unit, whichever of them the release woke.
+#[test]
+fn semaphore_hands_on_a_wake_up_its_interrupted_waiter_took() {
+    use paralelo_core::sync::SharedSemaphore;
+
+    model(|| {
+        let sem = Arc::new(SharedSemaphore::default());
+        sem.init(0, false);
+        let spawn = |pid: u32, give_up: bool| {
+            let sem = sem.clone();
+            thread::spawn(move || {
+                let mut polls = 0;
+                let mut poll = || {
+                    polls += 1;
+                    !(give_up && polls == 1)
+                };
+                sem.acquire(pid, &mut 0, None, &mut poll).is_ok()
+            })
+        };
+        let (a, b) = (spawn(2, true), spawn(3, false));
+        sem.release(1, &mut 0).unwrap();
+        let a_took = a.join().unwrap();
+        if a_took {
+            sem.release(1, &mut 0).unwrap(); // (so the other can finish)
+        }
+        assert!(b.join().unwrap());
+    });
+}

@@ -48,6 +48,20 @@ impl Doorbell {
         }
     }
 
+    /// Wakes one waiter, if any: for what only one of them can take (a semaphore's
+    /// unit), so a release does not wake every waiter for all but one to sleep again. The
+    /// futex wakes a waiter that is asleep, which then re-checks; one that leaves while
+    /// the thing is free rings on (see `SharedSemaphore::acquire`).
+    #[inline]
+    pub fn ring_one(&self) {
+        // As in `ring`.
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::Relaxed) > 0 {
+            self.seq.fetch_add(1, Ordering::Release);
+            futex::wake_one(&self.seq);
+        }
+    }
+
     /// How many waiters are registered (asleep, or about to be): for diagnostics and tests.
     pub fn sleepers(&self) -> u32 {
         self.sleepers.load(Ordering::Relaxed)

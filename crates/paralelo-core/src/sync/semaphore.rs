@@ -121,10 +121,16 @@ impl SharedSemaphore {
                 }
                 dead.is_none() && poll()
             };
-            match self
+            let waited = self
                 .bell
-                .wait_until(|| self.value() > 0, deadline, &mut look)
-            {
+                .wait_until(|| self.value() > 0, deadline, &mut look);
+            if waited.is_err() && self.value() > 0 {
+                // Leaving without a unit while one is free (it came as this waiter gave
+                // up): a release wakes one waiter only, so ring on rather than trust
+                // that its wake-up went to a waiter that stays.
+                self.bell.ring_one();
+            }
+            match waited {
                 Ok(()) => {}
                 Err(Error::Interrupted) if dead.is_some() => {
                     return Err(Error::Abandoned {
@@ -181,7 +187,7 @@ impl SharedSemaphore {
                 }
             }
         }
-        self.bell.ring();
+        self.bell.ring_one(); // one unit: one waiter can take it
         Ok(())
     }
 
