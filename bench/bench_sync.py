@@ -14,8 +14,9 @@ Cases:
   semaphore    two processes each take and give back a Semaphore(1) 200,000 times: per s
   waiters      six processes each take a Semaphore(1) 4,000 times, yielding the core while
                they hold it (so the others sleep): per second
-  uncontended  Lock acquire + release from Python, one thread: per second (threading.Lock
-               for reference is printed after the table)
+  uncontended  Lock acquire + release from Python, one thread: per second (paralelo's,
+               threading's and multiprocessing's Lock timed alike in one process are
+               printed after the table)
   rlock        RLock acquire + release, one thread: per second
   threadmap    ThreadPoolExecutor(4).map over 100,000 trivial calls: calls per second
                (1e6 / that = µs per call; concurrent.futures' executor in the
@@ -146,14 +147,22 @@ CASES = {
 def main() -> None:
     compare(CASES, LIB_HEAD, "synchronisation between processes (and a thread pool)", ",.0f")
     if "uncontended" in sys.argv or len(sys.argv) == 1 or sys.argv[1].startswith("--"):
+        # threading.Lock beside both, timed the same way in this one process (the table's
+        # scripts loop over globals: a different, slower loop than timeit's).
+        import multiprocessing
         import threading
 
-        lock = threading.Lock()
-        n = 1_000_000
-        secs = min(timeit.repeat("acquire(); release()", globals={"acquire": lock.acquire, "release": lock.release},
-                                 number=n, repeat=5))
-        print(f"\nreference: threading.Lock acquire + release, one thread: {n / secs:,.0f} per s")
+        import paralelo
 
+        n = 1_000_000
+        rates = []
+        for name, make in (("paralelo.Lock", paralelo.Lock), ("threading.Lock", threading.Lock),
+                           ("multiprocessing.Lock", multiprocessing.Lock)):
+            lock = make()
+            secs = min(timeit.repeat("acquire(); release()", number=n, repeat=5,
+                                     globals={"acquire": lock.acquire, "release": lock.release}))
+            rates.append(f"{name} {n / secs:,.0f}")
+        print("\nreference, acquire + release per s, one thread, timeit in one process: " + ", ".join(rates))
 
 if __name__ == "__main__":
     main()
