@@ -5,8 +5,8 @@
 //! that comes after a notify cannot take it from the one it was for.
 //!
 //! Protocol: the caller holds the lock in `enter`, `notify` and `leave`, not in `wait`.
-//! `enter` takes an entry; `wait` sleeps until its entry is notified (or the time runs
-//! out); `leave` frees the entry and says whether it was notified (a notify that came as
+//! `enter` takes an entry; `wait` sleeps on its entry's own doorbell until the entry is
+//! notified (or the time runs out), so a notify wakes only the waiters it picked; `leave` frees the entry and says whether it was notified (a notify that came as
 //! the time ran out counts). A waiter of another process that died is skipped by
 //! `notify` (a look costs a system call: only for other processes' waiters).
 use std::time::Instant;
@@ -29,6 +29,8 @@ struct Waiter {
     /// The waiter's process.
     pid: AtomicU32,
     _pad: u32,
+    /// What this waiter sleeps on: a notify wakes the waiters it picked, not every one.
+    bell: Doorbell,
 }
 
 /// Plain data: lives in shared memory; zero-initialised has no waiters.
@@ -37,7 +39,6 @@ pub struct SharedCondvar {
     /// The last ticket handed out (under the lock).
     tickets: AtomicU32,
     _pad: u32,
-    bell: Doorbell,
     waiters: [Waiter; WAITERS],
 }
 
@@ -46,7 +47,6 @@ impl Default for SharedCondvar {
         Self {
             tickets: AtomicU32::default(),
             _pad: 0,
-            bell: Doorbell::default(),
             waiters: std::array::from_fn(|_| Waiter::default()),
         }
     }
@@ -79,6 +79,9 @@ impl SharedCondvar {
         }
         self.tickets.store(ticket, Ordering::Relaxed);
         let w = &self.waiters[i];
+        // Whoever waited here before is gone: it left (and so stopped sleeping), or its
+        // process died, maybe asleep and still counted (every ring would pay a wake).
+        w.bell.forget_sleepers();
         w.notified.store(0, Ordering::Relaxed);
         w.pid.store(pid, Ordering::Relaxed);
         w.ticket.store(ticket, Ordering::Release);
@@ -104,7 +107,7 @@ impl SharedCondvar {
         let w = self.entry(i)?;
         // Acquire: pairs with `notify`'s Release.
         let notified = || w.notified.load(Ordering::Acquire) == 1;
-        match self.bell.wait_until(notified, deadline, poll) {
+        match w.bell.wait_until(notified, deadline, poll) {
             Ok(()) => Ok(true),
             Err(Error::Timeout) => Ok(false),
             Err(e) => Err(e),
@@ -139,10 +142,8 @@ impl SharedCondvar {
             }
             // Release: pairs with `wait`'s Acquire (what the notifier wrote is seen).
             w.notified.store(1, Ordering::Release);
+            w.bell.ring();
             picked += 1;
-        }
-        if picked > 0 {
-            self.bell.ring();
         }
         picked
     }
