@@ -444,8 +444,9 @@ def test_an_event_set_and_cleared_at_once_wakes_who_waited(kind) -> None:
 
 DEADLOCK = """
 import sys, time, logging
-import paralelo as mp
+import paralelo
 logging.basicConfig(level=logging.WARNING, format="%(processName)s %(levelname)s %(message)s")
+HOW = sys.argv[1]
 
 def take_then_wait(first, second, ready, go):
     with first:
@@ -454,27 +455,40 @@ def take_then_wait(first, second, ready, go):
             second.release()
 
 if __name__ == "__main__":
-    mp.debug_locks(0.3)
+    mp = paralelo.get_context("fork" if HOW == "pool" else HOW)
+    pool = mp.Pool(1) if HOW == "pool" else None  # (its worker forked before debugging)
+    paralelo.debug_locks(0.3)
     l1, l2 = mp.Lock(), mp.RLock()
     ready, go = mp.Event(), mp.Event()
-    p = mp.Process(target=take_then_wait, args=(l2, l1, ready, go)); p.start()
+    if pool is None:
+        p = mp.Process(target=take_then_wait, args=(l2, l1, ready, go)); p.start()
+    else:
+        p = pool.apply_async(take_then_wait, (l2, l1, ready, go))
     with l1:  # taken here
         ready.wait(10); go.set()
         l2.acquire(timeout=1.0)
-    p.join(10)
+    if pool is None:
+        p.join(10)
+    else:
+        p.get(10); pool.close(); pool.join()
 """
 
 
-def test_lock_debugging_names_holders_and_reports_a_deadlock_across_processes(tmp_path) -> None:
+@pytest.mark.parametrize("how", ["fork", "spawn", "forkserver", "pool"])
+def test_lock_debugging_names_holders_and_reports_a_deadlock_across_processes(tmp_path, how) -> None:
+    # Forked after debugging was on, or given the board with the locks passed to it (a
+    # spawned process, a pool's worker forked before).
     script = tmp_path / "script.py"
     script.write_text(DEADLOCK)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     err = out.stderr
-    assert "MainProcess WARNING waited" in err and "Process-1 WARNING waited" in err
-    assert 'script.py", line 17, in <module>\n    with l1:  # taken here' in err  # where it was taken
+    assert "MainProcess WARNING waited" in err, err
+    assert sum("WARNING waited" in line for line in err.splitlines()) >= 2, err  # the child's too
+    line = DEADLOCK.splitlines().index("    with l1:  # taken here") + 1
+    assert f'script.py", line {line}, in <module>\n    with l1:  # taken here' in err  # where it was taken
     deadlocks = [line for line in err.splitlines() if "ERROR deadlock:" in line]
-    assert deadlocks and all(line.count("waits for the lock at") == 2 for line in deadlocks)
+    assert deadlocks and all(line.count("waits for the lock at") == 2 for line in deadlocks), err
 
 
 def test_lock_debugging_is_off_by_default() -> None:

@@ -3,8 +3,11 @@ the environment), off by default and free when off: nothing of it runs until it 
 turned on.
 
 When on, paralelo's ``Lock``, ``RLock``, ``Semaphore`` and ``BoundedSemaphore`` record
-who holds them, with the stack where they were taken, on a board in the program's arena
-(shared with the processes forked after it was turned on), and who waits for what. A
+who holds them, with the stack where they were taken, on a board in the program's arena,
+and who waits for what. The board is shared with the processes forked after it was
+turned on, and travels with every primitive passed on (to a spawned process, a pool's or
+an executor's task, a queue or a pipe): a process that receives one joins the board, so
+it is watched too. A
 wait that lasts longer than the threshold logs a warning (logger ``paralelo.locks``)
 naming each holder (pid, thread, and the stack where it acquired); a cycle of waits
 (this thread waits for a lock whose holder waits for another ... held by this thread),
@@ -22,7 +25,6 @@ import time
 import traceback
 from typing import Any, cast
 
-from . import _arena
 
 log = logging.getLogger("paralelo.locks")
 
@@ -32,8 +34,12 @@ _RECORD = 1024
 _RECORDS = 512
 _HOLDS, _WAITS = 1, 2
 
+#: The board's own lock, at its start (a cache line).
+_LOCK_BYTES = 64
+
 _board: Any = None
 _board_lock: Any = None
+_board_buf: Any = None  # the board's piece of the arena: its lock, then the records
 _threshold = 1.0
 _installed = False
 
@@ -45,22 +51,62 @@ def enabled() -> bool:
 def debug_locks(threshold: float = 1.0) -> None:
     """Turns lock debugging on (see the module's docstring): waits longer than
     `threshold` seconds are reported. Processes forked after this share the board."""
-    global _board, _board_lock, _threshold
+    global _threshold
     if threshold <= 0:
         raise ValueError(f"threshold must be a positive number of seconds, not {threshold!r}")
     _threshold = float(threshold)
     if _board is None:
-        a = _arena.arena()
-        board = a.alloc(_RECORD * _RECORDS) if a is not None else None
-        if board is None:
-            raise MemoryError("no room for the lock-debugging board in the shared-memory arena")
         from . import _slab
-        from ._native import SharedLock
 
-        # (The board's own lock is the engine's, not a watched one.)
-        _board_lock = SharedLock(_slab.piece(SharedLock.SIZE, "lock"), False)
-        _board = memoryview(cast(Any, board))
-        _install()
+        _use(_slab.piece(_LOCK_BYTES + _RECORD * _RECORDS, "lock-debugging board"))
+
+
+def _use(buf: Any) -> None:
+    """Records on the board in `buf` (a piece of the arena: its lock, then the records)."""
+    global _board, _board_lock, _board_buf
+    from ._native import SharedLock
+
+    view = memoryview(cast(Any, buf))
+    # (The board's own lock is the engine's, not a watched one.)
+    _board_lock = SharedLock(view[:_LOCK_BYTES], False)
+    _board, _board_buf = view[_LOCK_BYTES:], buf
+    _install()
+
+
+class _Shared:
+    """The board, in the pickle of a primitive passed on: unpickled, the receiving
+    process joins it (see `_joined`)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple:
+        from . import _slab
+
+        return _slab.reduce(_board_buf, _joined, (_threshold,), "lock-debugging board", board=False)
+
+
+_SHARED = _Shared()
+
+
+def shared() -> _Shared | None:
+    """What a primitive's pickle carries of lock debugging: the board, when it is on."""
+    return None if _board is None else _SHARED
+
+
+def _joined(buf: Any, threshold: float) -> None:
+    """A primitive brought the board in `buf`: this process records on it from now on,
+    unless it keeps a board of its own with records on it (made from the environment,
+    say, before it got its parent's)."""
+    global _threshold
+    if _board_buf is not None and _board_buf.offset == buf.offset:
+        return  # (joined already)
+    if _board is not None:
+        with _board_lock:
+            if any(used for _i, (used, *_rest) in _records()):
+                return
+    else:
+        _threshold = threshold
+    _use(buf)
 
 
 def _key(prim: Any) -> int:

@@ -18,7 +18,7 @@ import pickle
 import threading
 from typing import Any, Callable, cast
 
-from . import _arena, _native, _pickling
+from . import _arena, _lockdebug, _native, _pickling
 
 #: A slab's size: one arena block, many pieces.
 SLAB = 1 << 16
@@ -57,25 +57,27 @@ def piece(nbytes: int, what: str) -> Any:
     return got
 
 
-def reduce(buf: Any, rebuild: Callable, args: tuple, what: str) -> tuple:
+def reduce(buf: Any, rebuild: Callable, args: tuple, what: str, board: bool = True) -> tuple:
     """How a primitive living in `buf` (a `piece`) pickles: ``rebuild(buffer, *args)``
-    in the receiver, `buffer` the same piece (see the module's docstring)."""
+    in the receiver, `buffer` the same piece (see the module's docstring). With lock
+    debugging on, the pickle carries its board too (`board`), for the receiver to join."""
     a = _arena.current()
+    joins = _lockdebug.shared() if board else None
     if a is not None and _pickling.in_pickling():
         span = a.share_span(buf.address, len(buf))
         if span is not None:
-            return _from_span, (rebuild, pickle.PickleBuffer(cast(Any, span)), args, what)
+            return _from_span, (rebuild, pickle.PickleBuffer(cast(Any, span)), args, what, joins)
     elif a is not None and _arena.spawning():
         descriptor = a.give_span(buf.address, len(buf))
         if descriptor is not None:
-            return _from_given, (rebuild, descriptor, _arena.for_spawning(), a.id, args)
+            return _from_given, (rebuild, descriptor, _arena.for_spawning(), a.id, args, joins)
     _native.slow_path_if_fast()  # (a queue's fast put: pickled again, the slow way)
     raise RuntimeError(
         f"{what} objects should only be shared between processes through inheritance, or passed "
         f"to paralelo's processes, pools, executors, queues and pipes (not pickled by another pickler)")
 
 
-def _from_span(rebuild: Callable, buffer: Any, args: tuple, what: str) -> Any:
+def _from_span(rebuild: Callable, buffer: Any, args: tuple, what: str, _board: Any = None) -> Any:
     if type(buffer) is not _native.ArenaBuffer:
         raise RuntimeError(f"this {what} was copied by a pickler that does not carry paralelo's "
                            f"shared memory: a copy of a {what} is not the {what}")
@@ -83,7 +85,8 @@ def _from_span(rebuild: Callable, buffer: Any, args: tuple, what: str) -> Any:
     return rebuild(buffer, *args)
 
 
-def _from_given(rebuild: Callable, descriptor: bytes, arena: Any, arena_id: int, args: tuple) -> Any:
+def _from_given(rebuild: Callable, descriptor: bytes, arena: Any, arena_id: int, args: tuple,
+                _board: Any = None) -> Any:
     _arena.adopt(arena)
     a = _arena.current()
     if a is None or a.id != arena_id:
