@@ -1010,3 +1010,37 @@ def test_unpicklable_arguments_raise_what_the_standard_library_raises(tmp_path) 
     par, std = side_by_side(tmp_path, UNPICKLABLE_ARGUMENTS, timeout=60)
     assert par == std
     assert par.splitlines()[0] == "RuntimeError: Synchronized objects should only be shared between processes through inheritance"
+
+
+FUNCTION_BY_NAME = textwrap.dedent(
+    """
+    import paralelo, paralelo._pickling as pk
+
+    by_value = []
+    _by_value = pk.by_value
+    def spy(obj, *args, **kwargs):
+        by_value.append(obj)
+        return _by_value(obj, *args, **kwargs)
+    pk.by_value = spy
+
+    def inc(x):
+        return x + 1
+
+    if __name__ == "__main__":
+        with paralelo.Pool(2) as pool:
+            assert pool.map(inc, range(1000)) == list(range(1, 1001))
+            assert pool.starmap(max, [(1, 2)]) == [2]
+            late = lambda x: x * 2  # made after the pool: the workers lack it
+            assert pool.map(late, range(10)) == [x * 2 for x in range(10)]
+        went = lambda fn: sum(1 for o in by_value if type(o) is tuple and o and o[0] is fn)
+        print(went(inc), went(late))
+    """
+)
+
+
+def test_a_maps_main_function_the_workers_have_goes_by_name_without_cloudpickle(tmp_path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(FUNCTION_BY_NAME)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "1"]  # the C pickler's name; the lambda by value

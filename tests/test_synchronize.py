@@ -446,7 +446,7 @@ DEADLOCK = """
 import sys, time, logging
 import paralelo
 logging.basicConfig(level=logging.WARNING, format="%(processName)s %(levelname)s %(message)s")
-HOW = sys.argv[1]
+HOW, ON = sys.argv[1], sys.argv[2]
 
 def take_then_wait(first, second, ready, go):
     with first:
@@ -457,7 +457,8 @@ def take_then_wait(first, second, ready, go):
 if __name__ == "__main__":
     mp = paralelo.get_context("fork" if HOW == "pool" else HOW)
     pool = mp.Pool(1) if HOW == "pool" else None  # (its worker forked before debugging)
-    paralelo.debug_locks(0.3)
+    if ON == "call":  # (else PARALELO_DEBUG_LOCKS: spawned children inherit it)
+        paralelo.debug_locks(0.3)
     l1, l2 = mp.Lock(), mp.RLock()
     ready, go = mp.Event(), mp.Event()
     if pool is None:
@@ -474,13 +475,17 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.parametrize("on", ["call", "env"])
 @pytest.mark.parametrize("how", ["fork", "spawn", "forkserver", "pool"])
-def test_lock_debugging_names_holders_and_reports_a_deadlock_across_processes(tmp_path, how) -> None:
+def test_lock_debugging_names_holders_and_reports_a_deadlock_across_processes(tmp_path, how, on) -> None:
     # Forked after debugging was on, or given the board with the locks passed to it (a
-    # spawned process, a pool's worker forked before).
+    # spawned process, a pool's worker forked before); turned on by a call, or by the
+    # environment (which a spawned child inherits: it must still take its parent's board).
     script = tmp_path / "script.py"
     script.write_text(DEADLOCK)
-    out = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True, timeout=60)
+    env = dict(os.environ, PARALELO_DEBUG_LOCKS="0.3") if on == "env" else None
+    out = subprocess.run([sys.executable, str(script), how, on], capture_output=True, text=True, timeout=60,
+                         env=env)
     assert out.returncode == 0, out.stderr
     err = out.stderr
     assert "MainProcess WARNING waited" in err, err
@@ -489,6 +494,31 @@ def test_lock_debugging_names_holders_and_reports_a_deadlock_across_processes(tm
     assert f'script.py", line {line}, in <module>\n    with l1:  # taken here' in err  # where it was taken
     deadlocks = [line for line in err.splitlines() if "ERROR deadlock:" in line]
     assert deadlocks and all(line.count("waits for the lock at") == 2 for line in deadlocks), err
+
+
+BOARD_HOLDER_DIES = """
+import os, paralelo
+from paralelo import _lockdebug
+
+if __name__ == "__main__":
+    paralelo.debug_locks(1.0)
+    lock = paralelo.Lock()
+    if os.fork() == 0:
+        _lockdebug._board_lock.acquire()  # as if killed while it noted a hold
+        os._exit(0)
+    os.wait()
+    with lock:  # the board's lock is taken from the dead: the user's acquire is unharmed
+        pass
+    print(lock.locked(), lock.acquire(timeout=1))
+"""
+
+
+def test_a_process_dying_while_it_notes_on_the_board_harms_no_lock(tmp_path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(BOARD_HOLDER_DIES)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
 
 
 def test_lock_debugging_is_off_by_default() -> None:

@@ -17,13 +17,17 @@ goes on either way: this reports, it does not decide.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
 import struct
 import threading
 import time
 import traceback
-from typing import Any, cast
+from typing import Any, Iterator, cast
+
+from ._errors import AbandonedLockError
 
 
 log = logging.getLogger("paralelo.locks")
@@ -42,10 +46,15 @@ _board_lock: Any = None
 _board_buf: Any = None  # the board's piece of the arena: its lock, then the records
 _threshold = 1.0
 _installed = False
+#: On, but with no board yet (see `_from_environment`): made at first use, unless a
+#: primitive brings its parent's first.
+_wanted = False
+#: Held while this process takes a board (two threads may unpickle primitives at once).
+_taking = threading.Lock()
 
 
 def enabled() -> bool:
-    return _board is not None
+    return _board is not None or _wanted
 
 
 def debug_locks(threshold: float = 1.0) -> None:
@@ -55,22 +64,51 @@ def debug_locks(threshold: float = 1.0) -> None:
     if threshold <= 0:
         raise ValueError(f"threshold must be a positive number of seconds, not {threshold!r}")
     _threshold = float(threshold)
+    _board_now()
+
+
+def _board_now() -> Any:
+    """The board, made now if this process has none yet."""
     if _board is None:
         from . import _slab
 
-        _use(_slab.piece(_LOCK_BYTES + _RECORD * _RECORDS, "lock-debugging board"))
+        with _taking:
+            if _board is None:
+                _use(_slab.piece(_LOCK_BYTES + _RECORD * _RECORDS, "lock-debugging board"))
+    return _board
 
 
 def _use(buf: Any) -> None:
-    """Records on the board in `buf` (a piece of the arena: its lock, then the records)."""
-    global _board, _board_lock, _board_buf
+    """Records on the board in `buf` (a piece of the arena: its lock, then the records),
+    for the rest of this process's life (and its forked children's): a process that
+    changed boards would hide its waits from those on the first."""
+    global _board, _board_lock, _board_buf, _wanted
     from ._native import SharedLock
 
     view = memoryview(cast(Any, buf))
     # (The board's own lock is the engine's, not a watched one.)
     _board_lock = SharedLock(view[:_LOCK_BYTES], False)
-    _board, _board_buf = view[_LOCK_BYTES:], buf
+    _board_buf = buf
+    _board = view[_LOCK_BYTES:]  # (set last: `_board` set means the rest is)
+    _wanted = False
     _install()
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Holds the board's lock. One taken from a process that died holding it (killed
+    while it noted something) is taken again: the board only informs, and nothing it
+    records is worth failing the caller's acquire or release for."""
+    while True:
+        try:
+            _board_lock.acquire()
+            break
+        except AbandonedLockError:
+            continue  # (released again by the report: free to take now)
+    try:
+        yield
+    finally:
+        _board_lock.release()
 
 
 class _Shared:
@@ -89,24 +127,21 @@ _SHARED = _Shared()
 
 
 def shared() -> _Shared | None:
-    """What a primitive's pickle carries of lock debugging: the board, when it is on."""
+    """What a primitive's pickle carries of lock debugging: the board, once there is one."""
     return None if _board is None else _SHARED
 
 
 def _joined(buf: Any, threshold: float) -> None:
     """A primitive brought the board in `buf`: this process records on it from now on,
-    unless it keeps a board of its own with records on it (made from the environment,
-    say, before it got its parent's)."""
+    if it has no board yet (a process keeps the first it has)."""
     global _threshold
-    if _board_buf is not None and _board_buf.offset == buf.offset:
-        return  # (joined already)
     if _board is not None:
-        with _board_lock:
-            if any(used for _i, (used, *_rest) in _records()):
-                return
-    else:
-        _threshold = threshold
-    _use(buf)
+        return
+    with _taking:
+        if _board is None:
+            if not _wanted:
+                _threshold = threshold
+            _use(buf)
 
 
 def _key(prim: Any) -> int:
@@ -124,7 +159,8 @@ def _note(state: int, key: int) -> None:
     """Records this thread holding or waiting for `key`, with the stack here."""
     frames = [f for f in traceback.extract_stack() if f.filename != __file__][-8:]
     stack = "".join(traceback.format_list(frames)).encode("utf8", "replace")[-(_RECORD - _HEAD.size):]
-    with _board_lock:
+    _board_now()
+    with _locked():
         for i, (used, *_rest) in _records():
             if not used:
                 at = i * _RECORD
@@ -137,7 +173,9 @@ def _forget(state: int, key: int, mine: bool = True) -> None:
     """Drops a record of `key` in `state` (this thread's, unless not `mine`: a plain lock
     may be released by any thread)."""
     me = (os.getpid(), threading.get_native_id())
-    with _board_lock:
+    if _board is None:
+        return  # (nothing noted yet)
+    with _locked():
         for i, (used, pid, tid, st, k, _since) in _records():
             if used and st == state and k == key and (not mine or (pid, tid) == me):
                 _board[i * _RECORD:i * _RECORD + 4] = b"\0\0\0\0"
@@ -150,7 +188,8 @@ def _stack(i: int) -> str:
 
 def _report(key: int, waited: float) -> None:
     """A wait for `key` has lasted `waited` seconds: who holds it, and any cycle."""
-    with _board_lock:
+    _board_now()
+    with _locked():
         records = [(i, r) for i, r in _records() if r[0]]
     holders = [(i, r) for i, r in records if r[3] == _HOLDS and r[4] == key]
     lines = [f"waited {waited:.1f} s for a paralelo lock (at {key:#x} in the arena) held by:"]
@@ -181,11 +220,12 @@ def _report(key: int, waited: float) -> None:
             for w, k, o in path))
 
 
-def acquire(prim: Any, native_acquire: Any, block: bool = True, timeout: float | None = None) -> bool:
+def acquire(prim: Any, native_acquire: Any, native_release: Any, block: bool = True,
+            timeout: float | None = None) -> bool:
     """`prim`'s acquire, watched (see the module's docstring)."""
     key = _key(prim)
     if native_acquire(False):
-        _note(_HOLDS, key)
+        _holding(key, native_release)
         return True
     if not block:
         return False
@@ -196,13 +236,23 @@ def acquire(prim: Any, native_acquire: Any, block: bool = True, timeout: float |
         while True:
             step = _threshold if end is None else min(_threshold, max(0.0, end - time.monotonic()))
             if native_acquire(True, step):
-                _note(_HOLDS, key)
+                _holding(key, native_release)
                 return True
             if end is not None and time.monotonic() >= end:
                 return False
             _report(key, time.monotonic() - start)
     finally:
         _forget(_WAITS, key)
+
+
+def _holding(key: int, native_release: Any) -> None:
+    """Notes a hold just taken; if that fails (Ctrl-C in the note), the hold is given
+    back before the failure goes on: the caller never learnt it had it."""
+    try:
+        _note(_HOLDS, key)
+    except BaseException:
+        native_release()
+        raise
 
 
 def release(prim: Any, native_release: Any, mine: bool) -> None:
@@ -223,7 +273,8 @@ def _install() -> None:
     def lock_acquire(self: Any, block: bool = True, timeout: float | None = None, *,
                      blocking: bool | None = None) -> bool:
         block = block if blocking is None else blocking
-        return acquire(self, lambda b=True, t=None: SharedLock.acquire(self, b, t), block, timeout)
+        return acquire(self, lambda b=True, t=None: SharedLock.acquire(self, b, t),
+                       lambda: SharedLock.release(self), block, timeout)
 
     def lock_release(self: Any) -> None:
         release(self, lambda: SharedLock.release(self), self._recursive)
@@ -238,9 +289,26 @@ def _install() -> None:
     _Lock.__enter__, _Lock.__exit__ = lock_enter, lock_exit  # type: ignore[method-assign,assignment]
 
 
+def _from_environment(value: str) -> None:
+    """``PARALELO_DEBUG_LOCKS``: on from the start. The main process makes its board at
+    once (its children forked later share it); a spawned one, which inherits the
+    variable, waits: the first primitive it gets brings its parent's board, and it makes
+    one of its own only if it notes something first (one made at import would also keep
+    it from taking its parent's arena)."""
+    global _threshold, _wanted
+    try:
+        threshold = float(value) if value not in ("1", "on", "yes", "true") else 1.0
+    except ValueError:
+        threshold = 1.0
+    if threshold <= 0:
+        threshold = 1.0
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        _threshold, _wanted = threshold, True
+        _install()
+    else:
+        debug_locks(threshold)
+
+
 _env = os.environ.get("PARALELO_DEBUG_LOCKS")
 if _env:
-    try:
-        debug_locks(float(_env) if _env not in ("1", "on", "yes", "true") else 1.0)
-    except ValueError:
-        debug_locks()
+    _from_environment(_env)

@@ -201,9 +201,9 @@ def function_payload(obj: Any, main: MainNames | None) -> bytes:
     its workers: a SharedArray it binds (a partial's argument, a closure's variable)
     travels as its block, lent for the job's life, so every worker writes the same array;
     any other buffer stays in the pickle, a copy for each worker."""
-    if type(obj) is types.FunctionType and obj.__module__ == "__main__" and main is not None and main.has(obj):
-        # A name the workers have: the C pickler's reference (the cloudpickle pickler
-        # would make the same bytes, at several times the cost on every map).
+    if _by_reference(obj, main):
+        # Names the workers have, and flags: the C pickler's references (the cloudpickle
+        # pickler would make the same bytes, at several times the cost on every map).
         return pickle.dumps(obj, PROTOCOL)
     found: list = []
     data = by_value(obj, main, lambda pb: take_buffer(pb, found, math.inf))
@@ -211,6 +211,15 @@ def function_payload(obj: Any, main: MainNames | None) -> bytes:
         framed = frame(data, found, LEND)
         return framed if framed is not None else by_value(obj, main)
     return data
+
+
+def _by_reference(obj: Any, main: MainNames | None) -> bool:
+    """Whether `obj`, a map's function (a ``__main__`` function, or one of those in a
+    tuple with plain flags), is only names the workers have: `by_value` would pickle
+    it by reference."""
+    fn, rest = (obj[0], obj[1:]) if type(obj) is tuple and obj else (obj, ())
+    return (type(fn) is types.FunctionType and fn.__module__ == "__main__" and main is not None
+            and all(type(x) is bool for x in rest) and main.has(fn))
 
 
 def loads(data: Any) -> Any:

@@ -157,7 +157,7 @@ class Semaphore(_Placed):
         self.acquire, self.release, self.get_value = n.acquire, n.release, n.get_value  # type: ignore[method-assign]
         if _lockdebug.enabled():  # (watched: see _lockdebug)
             def acquire(block: bool = True, timeout: float | None = None, *, blocking: bool | None = None) -> bool:
-                return _lockdebug.acquire(self, n.acquire, block if blocking is None else blocking, timeout)
+                return _lockdebug.acquire(self, n.acquire, n.release, block if blocking is None else blocking, timeout)
 
             def release(count: int = 1) -> None:
                 for _ in range(count):

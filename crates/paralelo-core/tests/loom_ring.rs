@@ -353,7 +353,9 @@ fn semaphore_releases_wake_a_waiter_each() {
 }
 
 /// Of two waiters for one unit, one gives up (its poll says stop, as Ctrl-C would): the
-/// other still gets the unit, whichever of them the release woke.
+/// other still gets the unit. (Under loom a waiter polls before it first sleeps, so the
+/// one that gives up never holds a wake-up here; the ring-on in `acquire` is not what this
+/// checks: see the comment there.)
 #[test]
 fn semaphore_hands_on_a_wake_up_its_interrupted_waiter_took() {
     use paralelo_core::sync::SharedSemaphore;

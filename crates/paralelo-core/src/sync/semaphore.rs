@@ -126,8 +126,10 @@ impl SharedSemaphore {
                 .wait_until(|| self.value() > 0, deadline, &mut look);
             if waited.is_err() && self.value() > 0 {
                 // Leaving without a unit while one is free (it came as this waiter gave
-                // up): a release wakes one waiter only, so ring on rather than trust
-                // that its wake-up went to a waiter that stays.
+                // up). A release wakes one waiter, and the futex only wakes one asleep,
+                // which re-checks, so this should never be needed: a ring costs nothing
+                // here, and makes that argument not the only thing between a unit and
+                // a sleeper.
                 self.bell.ring_one();
             }
             match waited {
