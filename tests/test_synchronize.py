@@ -401,6 +401,46 @@ def test_races_end_as_with_multiprocessing(tmp_path) -> None:
                                 "action [('first', 0), ('last', 1)] False"]
 
 
+SLOT_FREED_THEN_TAKER_KILLED = """
+import os, signal, sys, time
+import numpy as np
+LIB = sys.argv[1]
+if LIB == "paralelo":
+    import paralelo as mp
+else:
+    import multiprocessing as mp
+
+def producer(slots, q):
+    slots.acquire()
+    q.put("item")
+    time.sleep(60)
+
+if __name__ == "__main__":
+    for kind, n in (("BoundedSemaphore", 2), ("Semaphore", 1)):
+        slots, q = getattr(mp, kind)(n), mp.Queue()
+        p = mp.Process(target=producer, args=(slots, q))
+        p.start()
+        q.get(timeout=10)
+        slots.release()  # the consumer frees the slot the producer took
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+        got = []
+        for _ in range(n + 2):
+            try:
+                got.append(slots.acquire(timeout=0.3))
+            except Exception as e:
+                got.append(type(e).__name__)
+        print(kind, got)
+"""
+
+
+def test_a_unit_released_by_another_process_is_not_given_back_when_its_taker_dies(tmp_path) -> None:
+    # Not handed out twice: a BoundedSemaphore stays within its bound, a Semaphore(1)
+    # used as a mutex stays exclusive, as with multiprocessing.
+    par, std = side_by_side(tmp_path, SLOT_FREED_THEN_TAKER_KILLED, timeout=120)
+    assert par == std == "BoundedSemaphore [True, True, False, False]\nSemaphore [True, False, False]"
+
+
 def _notify_and_die(cond) -> None:
     cond.acquire()
     cond.notify()
@@ -419,6 +459,42 @@ def test_a_condition_waiter_whose_lock_holder_died_leaves_holding_it(kind) -> No
     p.join(10)
     assert lock.holder() is None  # (the with-block released it: it was held)
     assert cond._native.waiting() == 0
+
+
+def _take_and_die(cond, after: float) -> None:
+    cond.acquire()
+    time.sleep(after)
+    os._exit(3)  # dies holding the lock, never notifying
+
+
+def test_a_condition_wait_ends_when_its_locks_holder_dies_holding_it() -> None:
+    # Nobody can notify without first taking the lock over: the wait ends (where
+    # multiprocessing's waits for ever) and taking the lock back reports the death.
+    cond = paralelo.Condition()
+    start = time.monotonic()
+    with pytest.raises(paralelo.AbandonedLockError, match="condition's lock"):
+        with cond:
+            p = paralelo.Process(target=_take_and_die, args=(cond, 0.2))
+            p.start()
+            cond.wait(30)
+    assert time.monotonic() - start < 5
+    p.join(10)
+    assert cond._lock.holder() is None
+
+
+def test_ctrl_c_in_a_condition_wait_wins_over_what_taking_the_lock_back_finds() -> None:
+    import _thread
+
+    cond = paralelo.Condition()
+    threading.Timer(0.1, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with cond:
+            p = paralelo.Process(target=_take_and_die, args=(cond, 0.3))
+            p.start()
+            cond.wait(30)
+    p.join(10)
+    assert "condition's lock" in "".join(getattr(caught.value, "__notes__", []))
+    assert cond._lock.holder() is None
 
 
 def test_a_nan_timeout_is_refused_before_arriving() -> None:
@@ -493,7 +569,56 @@ def test_lock_debugging_names_holders_and_reports_a_deadlock_across_processes(tm
     line = DEADLOCK.splitlines().index("    with l1:  # taken here") + 1
     assert f'script.py", line {line}, in <module>\n    with l1:  # taken here' in err  # where it was taken
     deadlocks = [line for line in err.splitlines() if "ERROR deadlock:" in line]
-    assert deadlocks and all(line.count("waits for the lock at") == 2 for line in deadlocks), err
+    assert deadlocks and all(line.count(" waits for the ") == 2 for line in deadlocks), err
+    assert all("the Lock at" in line and "the RLock at" in line for line in deadlocks), err
+    assert len(deadlocks) <= 2, err  # once per wait, not at every threshold
+    assert "('MainThread')" in err and "paralelo/" not in err  # named threads; the user's frames only
+
+
+CONDITION_DEADLOCK = """
+import logging, threading, time
+import paralelo
+logging.basicConfig(level=logging.WARNING, format="%(threadName)s %(levelname)s %(message)s")
+
+if __name__ == "__main__":
+    paralelo.debug_locks(0.3)
+    cond, m = paralelo.Condition(paralelo.Lock()), paralelo.Lock()
+    waiting, q_holds, m_held = threading.Event(), threading.Event(), threading.Event()
+
+    def p():  # waits on the condition: it does not hold its lock meanwhile
+        with cond:
+            waiting.set()
+            cond.wait(3)
+
+    def q():  # holds the condition's lock, then wants m
+        waiting.wait(5)
+        with cond:
+            q_holds.set()
+            m_held.wait(5)
+            if m.acquire(timeout=1.5):
+                m.release()
+
+    threads = [threading.Thread(target=p, name="P"), threading.Thread(target=q, name="Q")]
+    for t in threads: t.start()
+    with m:
+        m_held.set()
+        q_holds.wait(5)
+        if cond.acquire(timeout=1.5):
+            cond.release()
+    with cond:
+        cond.notify_all()
+    for t in threads: t.join()
+"""
+
+
+def test_lock_debugging_sees_a_condition_waiter_as_not_holding_its_lock(tmp_path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(CONDITION_DEADLOCK)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    waits = out.stderr.split("MainThread WARNING waited")[1].split(" WARNING ")[0]
+    assert "('Q')" in waits and "('P')" not in waits, out.stderr  # P waits, holds nothing
+    assert "MainThread ERROR deadlock:" in out.stderr, out.stderr
 
 
 BOARD_HOLDER_DIES = """

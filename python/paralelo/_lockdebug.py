@@ -155,10 +155,40 @@ def _records() -> Any:
         yield i, _HEAD.unpack_from(_board, i * _RECORD)
 
 
+#: What a record's primitive is (its code, in the state's second byte).
+_KINDS = ("lock", "Lock", "RLock", "Semaphore", "BoundedSemaphore")
+#: Frames of paralelo itself are left out of the stacks recorded.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _kind(prim: Any) -> int:
+    name = type(prim).__name__
+    return _KINDS.index(name) if name in _KINDS else 0
+
+
+def _named(state: int, key: int) -> str:
+    return f"the {_KINDS[(state >> 8) % len(_KINDS)]} at {key:#x}"
+
+
+def _stack_here() -> bytes:
+    """This thread's name and the innermost of its caller's frames that fit a record,
+    whole."""
+    head = f"{threading.current_thread().name!r}\n"
+    room = _RECORD - _HEAD.size - len(head.encode("utf8", "replace"))
+    kept: list[str] = []
+    for frame in reversed(traceback.format_list(
+            [f for f in traceback.extract_stack() if not f.filename.startswith(_PACKAGE)])):
+        size = len(frame.encode("utf8", "replace"))
+        if size > room:
+            break
+        kept.append(frame)
+        room -= size
+    return (head + "".join(reversed(kept))).encode("utf8", "replace")[:_RECORD - _HEAD.size]
+
+
 def _note(state: int, key: int) -> None:
     """Records this thread holding or waiting for `key`, with the stack here."""
-    frames = [f for f in traceback.extract_stack() if f.filename != __file__][-8:]
-    stack = "".join(traceback.format_list(frames)).encode("utf8", "replace")[-(_RECORD - _HEAD.size):]
+    stack = _stack_here()
     _board_now()
     with _locked():
         for i, (used, *_rest) in _records():
@@ -169,87 +199,119 @@ def _note(state: int, key: int) -> None:
                 return
 
 
-def _forget(state: int, key: int, mine: bool = True) -> None:
+def _forget(state: int, key: int, mine: bool = True, every: bool = False) -> None:
     """Drops a record of `key` in `state` (this thread's, unless not `mine`: a plain lock
-    may be released by any thread)."""
+    may be released by any thread; `every`: all of them, as a condition's wait releases
+    every level of a recursive lock)."""
     me = (os.getpid(), threading.get_native_id())
     if _board is None:
         return  # (nothing noted yet)
     with _locked():
         for i, (used, pid, tid, st, k, _since) in _records():
-            if used and st == state and k == key and (not mine or (pid, tid) == me):
+            if used and st & 0xFF == state & 0xFF and k == key and (not mine or (pid, tid) == me):
                 _board[i * _RECORD:i * _RECORD + 4] = b"\0\0\0\0"
-                return
+                if not every:
+                    return
 
 
 def _stack(i: int) -> str:
     return bytes(_board[i * _RECORD + _HEAD.size:(i + 1) * _RECORD]).rstrip(b"\0").decode("utf8", "replace")
 
 
-def _report(key: int, waited: float) -> None:
-    """A wait for `key` has lasted `waited` seconds: who holds it, and any cycle."""
+def _gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # (someone else's: it exists)
+    return False
+
+
+def _report(key: int, state: int, waited: float, cycles: bool) -> bool:
+    """A wait for `key` has lasted `waited` seconds: who holds it, and (if `cycles`) any
+    cycle of waits through it. Records of processes that are gone are dropped. Whether
+    a cycle was reported."""
     _board_now()
     with _locked():
-        records = [(i, r) for i, r in _records() if r[0]]
-    holders = [(i, r) for i, r in records if r[3] == _HOLDS and r[4] == key]
-    lines = [f"waited {waited:.1f} s for a paralelo lock (at {key:#x} in the arena) held by:"]
+        records = []
+        for i, r in _records():
+            if r[0] and _gone(r[1]):
+                _board[i * _RECORD:i * _RECORD + 4] = b"\0\0\0\0"  # (it ended: nothing it noted holds)
+            elif r[0]:
+                records.append((i, r))
+    holders = [(i, r) for i, r in records if r[3] & 0xFF == _HOLDS and r[4] == key]
+    lines = [f"waited {waited:.1f} s for {_named(state, key)} (paralelo, placed in the arena) held by:"]
     for i, (_u, pid, tid, _s, _k, since) in holders:
-        lines.append(f"  pid {pid}, thread {tid}, for {time.time() - since:.1f} s, taken at:\n{_stack(i)}")
+        name, _, stack = _stack(i).partition("\n")
+        lines.append(f"  pid {pid}, thread {tid} ({name}), for {time.time() - since:.1f} s, taken at:\n{stack}")
     if not holders:
         lines.append("  (no recorded holder: taken before debugging was on, or by a process that cannot see the board)")
     log.warning("\n".join(lines))
+    if not cycles:
+        return False
     # A cycle: follow waits-for from this thread through the holders' own waits.
-    waits = {(r[1], r[2]): r[4] for _i, r in records if r[3] == _WAITS}
+    waits = {(r[1], r[2]): (r[4], r[3]) for _i, r in records if r[3] & 0xFF == _WAITS}
     holds: dict[int, list[tuple[int, int]]] = {}
     for _i, r in records:
-        if r[3] == _HOLDS:
+        if r[3] & 0xFF == _HOLDS:
             holds.setdefault(r[4], []).append((r[1], r[2]))
     me = (os.getpid(), threading.get_native_id())
     path, seen, who = [], set(), me
     while who in waits and who not in seen:
         seen.add(who)
-        lock = waits[who]
+        lock, st = waits[who]
         owners = holds.get(lock, [])
         if not owners:
-            return
-        path.append((who, lock, owners[0]))
+            return False
+        path.append((who, lock, st, owners[0]))
         who = owners[0]
     if who == me and path:
         log.error("deadlock: " + "; ".join(
-            f"pid {w[0]} thread {w[1]} waits for the lock at {k:#x}, held by pid {o[0]} thread {o[1]}"
-            for w, k, o in path))
+            f"pid {w[0]} thread {w[1]} waits for {_named(st, k)}, held by pid {o[0]} thread {o[1]}"
+            for w, k, st, o in path))
+        return True
+    return False
 
 
 def acquire(prim: Any, native_acquire: Any, native_release: Any, block: bool = True,
             timeout: float | None = None) -> bool:
-    """`prim`'s acquire, watched (see the module's docstring)."""
-    key = _key(prim)
+    """`prim`'s acquire, watched (see the module's docstring). A long wait is reported
+    at the threshold, then each time it has doubled; a deadlock it is part of, once."""
+    key, kind = _key(prim), _kind(prim) << 8
     if native_acquire(False):
-        _holding(key, native_release)
+        _holding(key, kind, native_release)
         return True
     if not block:
         return False
     end = None if timeout is None else time.monotonic() + max(0.0, timeout)
     start = time.monotonic()
-    _note(_WAITS, key)
+    report_at, cycle_told = start + _threshold, False
+    _note(_WAITS | kind, key)
     try:
         while True:
-            step = _threshold if end is None else min(_threshold, max(0.0, end - time.monotonic()))
+            now = time.monotonic()
+            step = max(0.0, report_at - now) if end is None else max(0.0, min(report_at, end) - now)
             if native_acquire(True, step):
-                _holding(key, native_release)
+                _holding(key, kind, native_release)
                 return True
-            if end is not None and time.monotonic() >= end:
+            now = time.monotonic()
+            if end is not None and now >= end:
                 return False
-            _report(key, time.monotonic() - start)
+            if now >= report_at:
+                cycle_told = _report(key, _WAITS | kind, now - start, not cycle_told) or cycle_told
+                report_at = start + 2 * (report_at - start)
     finally:
         _forget(_WAITS, key)
 
 
-def _holding(key: int, native_release: Any) -> None:
+def _holding(key: int, kind: int, native_release: Any) -> None:
     """Notes a hold just taken; if that fails (Ctrl-C in the note), the hold is given
     back before the failure goes on: the caller never learnt it had it."""
     try:
-        _note(_HOLDS, key)
+        _note(_HOLDS | kind, key)
     except BaseException:
         native_release()
         raise
@@ -285,6 +347,19 @@ def _install() -> None:
     def lock_exit(self: Any, *exc: Any) -> None:
         lock_release(self)
 
+    def lock_release_save(self: Any) -> int:
+        depth = SharedLock._release_save(self)
+        _forget(_HOLDS, _key(self), every=True)  # (a condition's wait: held no more)
+        return depth
+
+    def lock_acquire_restore(self: Any, depth: int) -> None:
+        try:
+            SharedLock._acquire_restore(self, depth)
+        finally:  # (held again even when taking it over from a dead holder raises)
+            if SharedLock._is_mine(self):
+                _note(_HOLDS | _kind(self) << 8, _key(self))
+
+    _Lock._release_save, _Lock._acquire_restore = lock_release_save, lock_acquire_restore  # type: ignore[method-assign]
     _Lock.acquire, _Lock.release = lock_acquire, lock_release  # type: ignore[method-assign,assignment]
     _Lock.__enter__, _Lock.__exit__ = lock_enter, lock_exit  # type: ignore[method-assign,assignment]
 

@@ -35,7 +35,11 @@ from threading import BrokenBarrierError
 from typing import Any, Callable, cast
 
 from . import _ending, _lockdebug, _slab
+from ._errors import AbandonedLockError
 from ._native import SharedBarrier, SharedCondvar, SharedEvent, SharedLock, SharedSemaphore
+
+#: How often a condition's waiter looks whether the lock's holder died (see `_watching`).
+_LOOK_EVERY = 0.1
 
 __all__ = ["Barrier", "BoundedSemaphore", "BrokenBarrierError", "Condition", "Event", "Lock", "RLock",
            "Semaphore"]
@@ -282,14 +286,37 @@ class Condition(_Placed):
         entry = cv.enter()
         depth = lock._release_save()
         notified = False
+        failed: BaseException | None = None
         try:
-            notified = cv.wait(entry, timeout)
+            notified = self._watching(entry, timeout)
+        except BaseException as e:  # noqa: BLE001 - raised below, once the lock is held again
+            failed = e
+        try:
+            lock._acquire_restore(depth)  # (held again even if its holder died meanwhile)
+        except AbandonedLockError as e:
+            if failed is None:
+                raise
+            # Ctrl-C (say) ended the wait: that is what the caller gets, the lock held
+            # again, with what was found taking it back said too.
+            failed.add_note(f"(and on taking the condition's lock back: {e})")
         finally:
-            try:
-                lock._acquire_restore(depth)  # (held again even if its holder died meanwhile)
-            finally:
-                notified = cv.leave(entry) or notified
+            notified = cv.leave(entry) or notified
+        if failed is not None:
+            raise failed
         return bool(notified)
+
+    def _watching(self, entry: int, timeout: float | None) -> bool:
+        """Waits on `entry`, in slices between which it looks whether the lock's holder
+        died holding it: then nobody can notify without first taking the lock over, so
+        the wait ends (and taking the lock back reports the death)."""
+        cv, lock = self._native, self._lock
+        end = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            step = _LOOK_EVERY if end is None else min(_LOOK_EVERY, max(0.0, end - time.monotonic()))
+            if cv.wait(entry, step):
+                return True
+            if (end is not None and time.monotonic() >= end) or lock._abandoned():
+                return False
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
         """Waits until `predicate()` is true (at most `timeout` seconds): its last value."""

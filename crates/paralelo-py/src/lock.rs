@@ -205,6 +205,12 @@ impl PyLock {
         self.lock().holder()
     }
 
+    /// Whether its holder died holding it (a condition's wait stops waiting then: nobody
+    /// can notify it without first taking the lock over).
+    fn _abandoned(&self) -> bool {
+        self.lock().abandoned()
+    }
+
     #[getter]
     fn recursive(&self) -> bool {
         self.recursive

@@ -312,6 +312,12 @@ impl SharedLock {
         }
     }
 
+    /// Whether it is held by a thread or process that no longer exists (the next
+    /// acquire takes it over, as abandoned). A look costs system calls.
+    pub fn abandoned(&self) -> bool {
+        self.holder().is_some_and(|h| !thread::exists(h))
+    }
+
     /// The holder's id, or None when free.
     pub fn holder(&self) -> Option<u32> {
         match self.word.load(Ordering::Relaxed) & HOLDER {

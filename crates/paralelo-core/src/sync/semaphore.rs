@@ -47,6 +47,21 @@ pub struct SharedSemaphore {
     holders: [Holder; HOLDERS],
 }
 
+/// One unit off a holder's count, if it has any: whether it had.
+fn drop_unit(h: &Holder) -> bool {
+    let mut u = h.units.load(Ordering::Relaxed);
+    while u > 0 {
+        match h
+            .units
+            .compare_exchange_weak(u, u - 1, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => return true,
+            Err(now) => u = now,
+        }
+    }
+    false
+}
+
 /// Takes one unit from a count (`word` - 1 if it is positive): whether it did. Acquire:
 /// pairs with the Release of whoever added the unit (what they wrote before is seen).
 pub(super) fn take_unit(word: &AtomicU32) -> bool {
@@ -177,17 +192,17 @@ impl SharedSemaphore {
                 }
             }
         }
-        if let Some(h) = self.entry(pid, hint, false) {
-            let mut u = h.units.load(Ordering::Relaxed);
-            while u > 0 {
-                match h
-                    .units
-                    .compare_exchange_weak(u, u - 1, Ordering::Relaxed, Ordering::Relaxed)
-                {
-                    Ok(_) => break,
-                    Err(now) => u = now,
-                }
-            }
+        // The unit comes off its taker's count: the releaser's own if it holds any, else
+        // another's (a consumer releasing what a producer took: a slot freed, a mutex
+        // handed over). Whose it was cannot be known, but the counts then still add up
+        // to what is taken, so a taker that dies later gives back only what it still
+        // holds, never a unit released already.
+        let own = self.entry(pid, hint, false).is_some_and(drop_unit);
+        if !own {
+            let _ = self.holders.iter().any(|h| {
+                let p = h.pid.load(Ordering::Relaxed);
+                p != 0 && p != RECLAIMING && drop_unit(h)
+            });
         }
         self.bell.ring_one(); // one unit: one waiter can take it
         Ok(())
@@ -273,9 +288,17 @@ impl SharedSemaphore {
             let units = h.units.swap(0, Ordering::Relaxed);
             h.pid.store(0, Ordering::Release);
             let initial = self.initial.load(Ordering::Relaxed);
+            // What the living are counted as holding is theirs: only the rest of what is
+            // taken can have been the dead one's.
+            let others: u32 = self
+                .holders
+                .iter()
+                .filter(|o| !matches!(o.pid.load(Ordering::Relaxed), 0 | RECLAIMING))
+                .map(|o| o.units.load(Ordering::Relaxed))
+                .fold(0, u32::saturating_add);
             let mut v = self.value.load(Ordering::Relaxed);
             let back = loop {
-                let back = units.min(initial.saturating_sub(v));
+                let back = units.min(initial.saturating_sub(v).saturating_sub(others));
                 if back == 0 {
                     break 0;
                 }
@@ -391,6 +414,47 @@ mod tests {
             "nothing held: no abandonment"
         );
         assert_eq!((s.value(), s.held_by(dead)), (0, 0));
+    }
+
+    #[test]
+    fn a_unit_another_process_released_is_not_given_back_at_its_takers_death() {
+        // A producer takes a slot and dies after the consumer freed it: nothing of it is
+        // given back (the bound would be passed), and a mutex handed over stays held.
+        let (me, dead) = (std::process::id(), (1 << 22) + 17);
+        let (mut hint, mut theirs) = (0, 0);
+        let s = SharedSemaphore::default();
+        s.init(2, true);
+        assert!(s.try_acquire(dead, &mut theirs));
+        s.release(me, &mut hint).unwrap(); // the consumer frees it
+        assert!(s.try_acquire(me, &mut hint) && s.try_acquire(me, &mut hint));
+        assert_eq!(s.reclaim_dead(me, false), None);
+        assert_eq!(s.value(), 0);
+        // Counted nowhere (a holder past the table): the living's counts still bound it.
+        let m = SharedSemaphore::default();
+        m.init(1, false);
+        assert!(m.try_acquire(dead, &mut theirs));
+        m.holders[0].units.store(1, Ordering::Relaxed);
+        m.value.store(0, Ordering::Relaxed);
+        let live = &m.holders[1];
+        live.pid.store(me, Ordering::Relaxed);
+        live.units.store(1, Ordering::Relaxed);
+        assert_eq!(
+            m.reclaim_dead(me, false),
+            None,
+            "the one unit taken is the living's"
+        );
+        assert_eq!(m.value(), 0);
+        // And the unit released for a live taker is off its count: a holder that dies
+        // with a unit of its own gets it back, not held back by the taker's stale count.
+        let (producer, holder) = (me, (1 << 22) + 19);
+        let b = SharedSemaphore::default();
+        b.init(2, true);
+        assert!(b.try_acquire(producer, &mut hint)); // the producer takes a slot
+        b.release(holder, &mut theirs).unwrap(); // a consumer frees it
+        assert_eq!(b.held_by(producer), 0);
+        assert!(b.try_acquire(holder, &mut theirs)); // then dies holding one
+        assert_eq!(b.reclaim_dead(me, false), Some(holder));
+        assert_eq!(b.value(), 2);
     }
 
     #[test]
