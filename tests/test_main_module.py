@@ -999,6 +999,7 @@ UNPICKLABLE_ARGUMENTS = textwrap.dedent(
             print(show(lambda: pool.map(f, [v] * 5)))
             print(show(lambda: pool.starmap(f, [(threading.Lock(),)] * 5, chunksize=1)))
             print(show(lambda: pool.apply(f, (v,))))
+            print(show(lambda: pool.apply(f, (mp.RawValue("i", 7),))))  # (its ctypes object)
             print(pool.map(f, range(3)))
         with ProcessPoolExecutor(2) as ex:
             print(show(lambda: ex.submit(f, threading.Lock()).result(30)))

@@ -109,11 +109,13 @@ def test_the_thread_pool_matches_multiprocessing(tmp_path) -> None:
     assert par == std
 
 
-def test_a_bad_chunksize_is_refused() -> None:
-    # (The standard thread executor ignores chunksize; the process one refuses this.)
-    with paralelo.ThreadPoolExecutor(1) as ex:
-        with pytest.raises(ValueError, match="chunksize must be >= 1"):
-            ex.map(abs, [1], chunksize=0)
+@pytest.mark.parametrize("chunksize", [0, -3, 2.5, "x"])
+def test_a_chunksize_the_standard_thread_executor_ignores_is_ignored(chunksize) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    for make in (paralelo.ThreadPoolExecutor, ThreadPoolExecutor):
+        with make(2) as ex:
+            assert list(ex.map(abs, [-1, -2, -3], chunksize=chunksize)) == [1, 2, 3]
 
 
 def test_the_thread_pool_reduces() -> None:
@@ -134,6 +136,39 @@ def test_a_dropped_executor_s_threads_end() -> None:
         t.join(10)
         assert not t.is_alive()
     assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("leave", ["break", "raise"])
+def test_a_map_left_part_way_starts_no_more_calls_than_the_standard_one(leave) -> None:
+    # The caller takes five results, then leaves (or the fifth raised) while the threads
+    # are in calls that wait: the standard executor cancels every call not started; so
+    # does this one, item by item inside the chunks running (here of five items).
+    from concurrent.futures import ThreadPoolExecutor
+
+    def calls(make) -> list:
+        ran, gate = [], threading.Event()
+
+        def work(i):
+            ran.append(i)
+            if i == 4 and leave == "raise":
+                raise ValueError(i)
+            if i >= 5:
+                gate.wait(5)
+            return i
+
+        with make(2) as ex:
+            it = ex.map(work, range(40), chunksize=5)
+            try:
+                for _ in range(5):
+                    next(it)
+            except ValueError:
+                pass
+            it.close()
+            gate.set()
+        return sorted(ran)
+
+    ours, theirs = calls(paralelo.ThreadPoolExecutor), calls(ThreadPoolExecutor)
+    assert len(ours) <= len(theirs), (ours, theirs)
 
 
 def test_a_map_closed_part_way_runs_no_chunk_that_had_not_started() -> None:

@@ -76,6 +76,8 @@ def _pickler() -> type:
     global _Pickler
     if _Pickler is not None:
         return _Pickler
+    from multiprocessing.reduction import ForkingPickler
+
     import cloudpickle
     from cloudpickle import cloudpickle as _cloudpickle
 
@@ -87,8 +89,12 @@ def _pickler() -> type:
         return rebuild, tuple(code.co_filename if type(a) is str and a == "<dynamic-code>" else a for a in args)
 
     class Pickler(cloudpickle.Pickler):
-        # Flat, so a type's look-up misses no more often than in cloudpickle's own table.
-        dispatch_table = ChainMap({types.CodeType: code_reduce}, *cloudpickle.Pickler.dispatch_table.maps)
+        # Flat, so a type's look-up misses no more often than in cloudpickle's own table;
+        # last, what multiprocessing registers for its own pickler (the live table): its
+        # shared ctypes objects then refuse with its message ("c_int objects should only
+        # be shared between processes through inheritance"), not as an mmap.
+        dispatch_table = ChainMap({types.CodeType: code_reduce}, *cloudpickle.Pickler.dispatch_table.maps,
+                                  ForkingPickler._extra_reducers)
 
         def __init__(self, file: io.BytesIO, main: MainNames | None, buffer_callback: Any = None) -> None:
             super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)

@@ -46,7 +46,9 @@ class _Chunk:
 
     def run(self, state: _State) -> None:
         fn, out = self.fn, self.outcomes
-        for args in () if self.cancelled else self.items:
+        for args in self.items:
+            if self.cancelled:
+                break  # (its map was left, or failed: what has not started does not)
             try:
                 out.append((True, fn(*args)))
             except BaseException as e:  # noqa: BLE001 - the caller gets it, at its item
@@ -208,9 +210,10 @@ class ThreadPoolExecutor(Executor):
             chunksize: int | None = None) -> Iterator:
         """``map(fn, *iterables)`` on the threads; results in order. The input is read
         now; `timeout` counts from this call; `chunksize` (default: growing from 1) is
-        how many items a thread runs in one go."""
-        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
-            raise ValueError("chunksize must be >= 1.")
+        how many items a thread runs in one go (anything but an int of 1 or more: the
+        default, as concurrent.futures' thread executor ignores it)."""
+        if type(chunksize) is not int or chunksize < 1:
+            chunksize = None
         end = None if timeout is None else time.monotonic() + timeout
         items = list(zip(*iterables))
         chunks = []
