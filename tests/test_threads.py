@@ -167,8 +167,10 @@ def test_a_map_left_part_way_starts_no_more_calls_than_the_standard_one(leave) -
             gate.set()
         return sorted(ran)
 
+    # Five taken, and at most what the two threads were in when the caller left (the
+    # standard one's count varies with timing: 6 or 7; this one's was 15).
     ours, theirs = calls(paralelo.ThreadPoolExecutor), calls(ThreadPoolExecutor)
-    assert len(ours) <= len(theirs), (ours, theirs)
+    assert len(ours) <= 5 + 2 and len(theirs) <= 5 + 2, (ours, theirs)
 
 
 def test_a_map_closed_part_way_runs_no_chunk_that_had_not_started() -> None:

@@ -94,7 +94,7 @@ def _pickler() -> type:
         # shared ctypes objects then refuse with its message ("c_int objects should only
         # be shared between processes through inheritance"), not as an mmap.
         dispatch_table = ChainMap({types.CodeType: code_reduce}, *cloudpickle.Pickler.dispatch_table.maps,
-                                  ForkingPickler._extra_reducers)
+                                  ForkingPickler._extra_reducers)  # type: ignore[attr-defined]
 
         def __init__(self, file: io.BytesIO, main: MainNames | None, buffer_callback: Any = None) -> None:
             super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
