@@ -7,9 +7,9 @@ who holds them, with the stack where they were taken, on a board in the program'
 and who waits for what. The board is shared with the processes forked after it was
 turned on, and travels with every primitive passed on (to a spawned process, a pool's or
 an executor's task, a queue or a pipe): a process that receives one joins the board, so
-it is watched too. A
-wait that lasts longer than the threshold logs a warning (logger ``paralelo.locks``)
-naming each holder (pid, thread, and the stack where it acquired); a cycle of waits
+it is watched too. A wait that lasts longer than the threshold logs a warning (logger
+``paralelo.locks``) naming each holder (pid, thread, and the stack where it acquired),
+again each time the wait has doubled; a cycle of waits
 (this thread waits for a lock whose holder waits for another ... held by this thread),
 across processes, is logged as an error naming every lock and holder in it. The wait
 goes on either way: this reports, it does not decide.
