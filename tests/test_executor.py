@@ -105,7 +105,9 @@ def test_is_an_executor(executor):
 def test_submit_returns_a_standard_future(executor, mp_executor):
     for ex in (executor, mp_executor):
         f = ex.submit(power, 2, 10)
-        assert type(f) is cf.Future
+        # (paralelo's is a subclass that asyncio can also await directly)
+        assert type(f) in (cf.Future, paralelo.futures.AwaitableFuture)
+        assert type(f).__mro__[1:] in ((object,), (cf.Future, object))  # cf.Future's methods, untouched
         assert f.result(T) == 1024
         assert f.done() and not f.cancelled() and not f.running()
         assert f.exception(T) is None

@@ -54,6 +54,7 @@ class IMapIterator:
         self._stopped = False
         self._job: Callable[[], MapJob | None] = lambda: None
         self._pool: Any = None
+        self._async_waiter: Callable[[], None] | None = None  # an `async for` waiting (see aio)
 
     @property
     def job(self) -> MapJob | None:
@@ -78,12 +79,20 @@ class IMapIterator:
                 for start, count, ok, values in chunks:
                     ready[start] = (count, ok, values)
                 # Only the result the consumer waits for is worth waking it for.
-                if self._waiting and self._next_start in ready:
-                    self._cond.notify()
+                if self._next_start in ready:
+                    self._wake()
             else:
                 self._arrived.extend((count, ok, values) for _, count, ok, values in chunks)
-                if self._waiting:
-                    self._cond.notify()
+                self._wake()
+
+    def _wake(self) -> None:
+        """Wakes the consumer, if it waits (holding `_cond`)."""
+        if self._waiting:
+            self._cond.notify()
+        waiter = self._async_waiter
+        if waiter is not None:
+            self._async_waiter = None
+            waiter()
 
     def expect(self, total: int) -> None:
         pass
@@ -95,18 +104,19 @@ class IMapIterator:
         with self._cond:
             self._total = total
             self._cond.notify_all()
+            self._wake()
 
     def fail(self, exc: BaseException) -> None:
         with self._cond:
             self._failure = exc
-            self._cond.notify()
+            self._wake()
 
     def input_failed(self, position: int, exc: BaseException) -> None:
         # Raised in its place: after the results of the items read before it.
         with self._cond:
             self._total = position
             self._input_failure = exc
-            self._cond.notify()
+            self._wake()
 
     def consumed_items(self) -> int:
         return self._yielded
@@ -126,6 +136,44 @@ class IMapIterator:
 
     def __next__(self) -> Any:
         return self.next()
+
+    def __aiter__(self) -> IMapIterator:
+        """``async for result in pool.imap(...)``: each result as it comes, the event loop
+        running on meanwhile (see ``paralelo.aio``); leaving the loop early, or
+        cancelling it, runs nothing more of the map."""
+        return self
+
+    async def __anext__(self) -> Any:
+        value = next(self._current, _END)
+        if value is not _END:
+            return value
+        import asyncio
+
+        from . import aio
+
+        loop = asyncio.get_running_loop()
+        post = aio.wake(loop)
+        while True:
+            fut = loop.create_future()
+            with self._cond:  # (before looking: a result that comes after it wakes us)
+                self._async_waiter = lambda: post(aio._resolve, (fut,))
+            try:
+                return self.next(timeout=0)
+            except StopIteration:
+                raise StopAsyncIteration from None
+            except PoolTimeoutError:
+                pass  # (none yet)
+            except BaseException:
+                self._async_waiter = None
+                raise
+            try:
+                await fut
+            except asyncio.CancelledError:
+                self._async_waiter = None
+                job = self.job
+                if job is not None:
+                    self._engine.cancel(job)
+                raise
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result; a ``TimeoutError`` (also a ``multiprocessing.TimeoutError``)

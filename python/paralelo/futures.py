@@ -9,11 +9,20 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Generator, Iterable, Iterator, Literal
 
-from . import _engine
+from . import _engine, aio
 from ._imap import IMapIterator
 from .context import default_workers
+
+
+class AwaitableFuture(Future):
+    """A ``concurrent.futures.Future`` that asyncio code can also ``await`` directly (see
+    ``paralelo.aio``): no thread waits for it, and cancelling the await cancels it."""
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return aio.awaiting(lambda fn: self.add_done_callback(lambda _f: fn()), self.done,
+                            self.cancel, self.result)
 
 
 def _settle(future: Future, ok: bool, value: Any) -> None:
@@ -97,7 +106,7 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _interpreter_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            future: Future = Future()
+            future: Future = AwaitableFuture()
 
             def on_done(ok: bool, value: Any) -> None:
                 # Done-callbacks are user code: never under the engine lock.

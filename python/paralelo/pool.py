@@ -7,15 +7,20 @@ import multiprocessing.pool
 import operator
 import threading
 import weakref
-from typing import Any, Callable, Iterable
+from concurrent.futures import CancelledError
+from typing import Any, Callable, Generator, Iterable
 
-from . import _engine
+from . import _engine, aio
 from ._native import unpack_numbers
 from ._errors import PoolTimeoutError, as_pool_error
 from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
 from .context import default_workers
 
 _MISSING = object()
+
+
+def _no_job() -> None:
+    return None
 
 
 class AsyncResult:
@@ -29,6 +34,8 @@ class AsyncResult:
         self._value: Any = None
         self._settled = False  # its outcome is decided (its callbacks may still be running)
         self._pool: Any = None  # keeps a temporary pool alive while its result is pending
+        self._watchers: list[Callable[[], None]] | None = []  # told once it is ready (see aio)
+        self._job: Callable[[], Any] = _no_job  # (weakly: a finished job's arguments go)
 
     def __repr__(self) -> str:
         state = "pending" if not self._settled else "ok" if self._success else "failed"
@@ -62,6 +69,28 @@ class AsyncResult:
             return self._value
         raise self._value
 
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await result``: its value (or its exception), the event loop running on
+        meanwhile (see ``paralelo.aio``); cancelling the await cancels the work if it has
+        not started, and discards its result otherwise."""
+        return aio.awaiting(self._when_ready, self.ready, self._cancel, self.get)
+
+    def _when_ready(self, fn: Callable[[], None]) -> None:
+        """Calls `fn` once the result is ready: now, or from the thread that settles it."""
+        with _settling:
+            watchers = self._watchers
+            if watchers is not None:
+                watchers.append(fn)
+                return
+        fn()
+
+    def _cancel(self) -> None:
+        """Runs nothing more of the work; a result still to come is discarded."""
+        job = self._job()
+        if job is not None and self._pool is not None:
+            self._pool._engine.cancel(job)
+        self._set_now(False, CancelledError())
+
     def _set(self, ok: bool, value: Any) -> None:
         # Callbacks are user code: never under the engine lock.
         _engine.run_or_defer(self._set_now, ok, value if ok else as_pool_error(value))
@@ -81,6 +110,10 @@ class AsyncResult:
             # Even when a callback raises (the engine logs it): the result is ready, and
             # the pool goes on.
             self._event.set()
+            with _settling:
+                watchers, self._watchers = self._watchers, None
+            for fn in watchers or ():
+                fn()
 
 
 ApplyResult = AsyncResult
@@ -290,8 +323,10 @@ class Pool(Folding):
         self._check_running()
         result = AsyncResult(callback, error_callback)
         result._pool = self  # a result keeps its pool alive, as in multiprocessing
-        self._engine.submit(self._engine.call_job(func, tuple(args), dict(kwds or {}), result._set,
-                                                  task_timeout=task_timeout, retries=retries))
+        job = self._engine.call_job(func, tuple(args), dict(kwds or {}), result._set,
+                                    task_timeout=task_timeout, retries=retries)
+        result._job = weakref.ref(job)
+        self._engine.submit(job)
         return result
 
     # -- maps -------------------------------------------------------------------
@@ -305,8 +340,10 @@ class Pool(Folding):
             iterable = list(iterable)  # as multiprocessing does: read here, on the caller's thread
         result = MapResult(callback, error_callback)
         result._pool = self
-        self._engine.submit(self._engine.map_job(func, iterable, star, chunksize, result,
-                                                 task_timeout=task_timeout, retries=retries))
+        job = self._engine.map_job(func, iterable, star, chunksize, result,
+                                   task_timeout=task_timeout, retries=retries)
+        result._job = weakref.ref(job)
+        self._engine.submit(job)
         return result
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *, task_timeout: float | None = None, retries: int | None = None) -> list:

@@ -1,0 +1,134 @@
+"""asyncio: paralelo's results awaited from a running event loop, without blocking it.
+
+``await pool.apply_async(...)``, ``await pool.map_async(...)``, ``await
+executor.submit(...)`` and ``async for x in pool.imap(...)`` suspend the awaiting task
+until the result is there; the loop goes on running everything else meanwhile.
+
+How a result reaches the loop: each loop that awaits one gets a `_Waker`, an eventfd the
+loop watches (``add_reader``). The thread that settles a result (a pool's collector)
+queues the wake-up and writes the eventfd once for all queued since the loop last read
+it; the loop reads it and completes the awaiting futures. No thread polls, and none is
+started per call or per await. A loop that is closed while results are pending drops
+them when they come (and its eventfd goes with it).
+
+Cancelling the awaiting task cancels the work if it has not started (an executor's
+Future is cancelled; a pool's call or map runs nothing more of it) and discards its
+result otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Generator
+
+if TYPE_CHECKING:  # (asyncio is imported when something is first awaited: not by a pool)
+    import asyncio
+
+__all__: list[str] = []
+
+
+class _Waker:
+    """One event loop's wake-up: an eventfd it reads, and what to run when it wakes."""
+
+    __slots__ = ("loop", "fd", "pending", "lock", "rung", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.pending: deque[tuple[Callable, tuple]] = deque()
+        self.lock = threading.Lock()
+        self.rung = False  # written since the loop last read it: no second write
+        loop.add_reader(self.fd, self._woken)
+
+    def post(self, fn: Callable, *args: Any) -> None:
+        """Runs `fn(*args)` in the loop, soon; from any thread."""
+        with self.lock:
+            if self.fd < 0:
+                return  # (the loop is gone: nothing waits there any more)
+            self.pending.append((fn, args))
+            if self.rung:
+                return
+            self.rung = True
+            fd = self.fd
+        try:
+            os.eventfd_write(fd, 1)
+        except OSError:
+            pass  # (closed meanwhile)
+
+    def _woken(self) -> None:
+        try:
+            os.eventfd_read(self.fd)
+        except OSError:
+            pass
+        with self.lock:
+            self.rung = False
+            ready, self.pending = self.pending, deque()
+        for fn, args in ready:
+            fn(*args)
+
+    def close(self) -> None:
+        with self.lock:
+            fd, self.fd = self.fd, -1
+            self.pending.clear()
+        if fd >= 0:
+            if not self.loop.is_closed():
+                self.loop.remove_reader(fd)
+            os.close(fd)
+
+
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = weakref.WeakKeyDictionary()
+_wakers_lock = threading.Lock()
+
+
+def _waker(loop: asyncio.AbstractEventLoop) -> _Waker:
+    waker = _wakers.get(loop)
+    if waker is None or waker.fd < 0:
+        with _wakers_lock:
+            waker = _wakers.get(loop)
+            if waker is None or waker.fd < 0:
+                waker = _wakers[loop] = _Waker(loop)
+                # (Gone with its loop: the eventfd is closed once the loop is collected.)
+                weakref.finalize(loop, waker.close)
+    return waker
+
+
+def wake(loop: asyncio.AbstractEventLoop) -> Callable[[Callable, tuple], None]:
+    """What completes things in `loop` from another thread: ``post(fn, args)``."""
+    waker = _waker(loop)
+    return lambda fn, args: _post_if_open(waker, fn, args)
+
+
+def _post_if_open(waker: _Waker, fn: Callable, args: tuple) -> None:
+    if waker.loop.is_closed():
+        waker.close()  # (a closed loop runs nothing: what it awaited is dropped)
+        return
+    waker.post(fn, *args)
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def awaiting(when_ready: Callable[[Callable[[], None]], None], ready: Callable[[], bool],
+             cancel: Callable[[], object], outcome: Callable[[], Any]) -> Generator[Any, None, Any]:
+    """The body of an ``__await__``: suspends until `ready()`, with `when_ready(fn)`
+    calling `fn` (from any thread) once it is; then `outcome()` (the value, or raises).
+    A cancelled await calls `cancel()` (the work not started is dropped)."""
+    if not ready():
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        post = wake(loop)
+        when_ready(lambda: post(_resolve, (fut,)))
+        try:
+            yield from fut
+        except asyncio.CancelledError:
+            cancel()
+            raise
+    return outcome()
+

@@ -1,0 +1,239 @@
+"""asyncio: paralelo's results awaited from event loops (``paralelo.aio``)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+import time
+from typing import Any, Callable
+
+import pytest
+from scripts import side_by_side
+
+import paralelo
+
+uvloop = pytest.importorskip("uvloop")
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _fails_at_five(x: int) -> int:
+    if x == 5:
+        raise ValueError("five")
+    return x
+
+
+def _touch(path: str) -> None:
+    with open(path, "a") as f:
+        f.write("ran\n")
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request) -> Callable[[Any], Any]:
+    """Runs a coroutine to its end on a fresh loop of the kind named."""
+    if request.param == "uvloop":
+        return lambda coro: uvloop.run(coro)
+    return asyncio.run
+
+
+def test_pool_results_are_awaited(run) -> None:
+    async def main() -> None:
+        with paralelo.Pool(2) as pool:
+            assert await pool.apply_async(_square, (7,)) == 49
+            assert await pool.map_async(_square, range(1000)) == [i * i for i in range(1000)]
+            many = await asyncio.gather(*(pool.apply_async(_square, (i,)) for i in range(300)))
+            assert many == [i * i for i in range(300)]
+            ready = pool.apply_async(_square, (3,))
+            ready.wait(30)
+            assert await ready == 9  # (already there: no suspension)
+
+    run(main())
+
+
+def test_imap_is_iterated_with_async_for(run) -> None:
+    async def main() -> None:
+        with paralelo.Pool(2) as pool:
+            assert [x async for x in pool.imap(_square, range(500))] == [i * i for i in range(500)]
+            unordered = [x async for x in pool.imap_unordered(_nap, [0.01] * 10)]
+            assert unordered == [0.01] * 10
+            got = []
+            with pytest.raises(ValueError, match="five"):
+                async for x in pool.imap(_fails_at_five, range(10), chunksize=1):
+                    got.append(x)
+            assert got == [0, 1, 2, 3, 4]  # in its place, as a plain for loop raises it
+
+    run(main())
+
+
+def test_errors_come_with_their_remote_tracebacks(run) -> None:
+    async def main() -> None:
+        with paralelo.Pool(1) as pool, paralelo.ProcessPoolExecutor(1) as ex:
+            for pending in (pool.apply_async(_fails_at_five, (5,)), ex.submit(_fails_at_five, 5)):
+                with pytest.raises(ValueError, match="five") as caught:
+                    await pending
+                assert "_fails_at_five" in str(caught.value.__cause__)
+
+    run(main())
+
+
+def test_an_executor_future_stays_a_future_and_is_awaited(run) -> None:
+    async def main() -> None:
+        with paralelo.ProcessPoolExecutor(2) as ex:
+            future = ex.submit(_square, 6)
+            assert isinstance(future, concurrent.futures.Future)
+            assert await future == 36
+            assert await asyncio.wrap_future(ex.submit(_square, 5)) == 25
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(ex, _square, 4) == 16
+
+    run(main())
+
+
+def test_cancelling_an_await_cancels_work_not_started(run, tmp_path) -> None:
+    marker = tmp_path / "ran"
+
+    async def cancel_queued(busy: Any, queued: Any) -> None:
+        task = asyncio.ensure_future(_awaited(queued))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _awaited(busy)  # its one worker was busy: the queued call never started
+
+    async def main() -> None:
+        with paralelo.Pool(1) as pool, paralelo.ProcessPoolExecutor(1) as ex:
+            await cancel_queued(pool.apply_async(_nap, (0.5,)), pool.apply_async(_touch, (str(marker),)))
+            await cancel_queued(ex.submit(_nap, 0.5), ex.submit(_touch, str(marker)))
+            assert await pool.apply_async(_square, (2,)) == 4  # both still work
+            assert await ex.submit(_square, 2) == 4
+
+    run(main())
+    assert not marker.exists()
+
+
+async def _awaited(pending: Any) -> Any:
+    return await pending
+
+
+def test_a_cancelled_running_call_is_discarded_and_the_pool_goes_on(run) -> None:
+    async def main() -> None:
+        with paralelo.Pool(1) as pool:
+            result = pool.apply_async(_nap, (0.2,))
+            task = asyncio.ensure_future(_awaited(result))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert result.ready() and not result.successful()  # discarded: cancelled
+            await asyncio.sleep(0.3)  # (its value comes, and goes nowhere)
+            assert await pool.apply_async(_square, (3,)) == 9
+
+    run(main())
+
+
+def test_the_loop_keeps_ticking_while_a_heavy_map_runs(run) -> None:
+    # The await suspends the task, not the loop: a heartbeat every 10 ms goes on (bench/
+    # bench_aio.py reports how late its ticks are).
+    async def main() -> int:
+        ticks = 0
+
+        async def heartbeat() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        beat = asyncio.ensure_future(heartbeat())
+        with paralelo.Pool(2) as pool:
+            start = time.monotonic()
+            await pool.map_async(_nap, [0.05] * 12)
+            took = time.monotonic() - start
+        beat.cancel()
+        return ticks, took
+
+    ticks, took = run(main())
+    assert ticks >= 0.5 * took / 0.01, (ticks, took)
+
+
+def test_loops_in_several_threads_each_get_their_results() -> None:
+    out: dict[int, int] = {}
+
+    def in_a_thread(i: int) -> None:
+        async def main() -> None:
+            with paralelo.Pool(1) as pool:
+                out[i] = await pool.apply_async(_square, (i,))
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=in_a_thread, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert out == {0: 0, 1: 1, 2: 4}
+
+
+def test_a_loop_closed_while_work_is_pending_leaks_nothing() -> None:
+    with paralelo.Pool(1) as pool:
+        pool.apply(_square, (1,))
+        before = len(os.listdir("/proc/self/fd"))
+        pending = []
+
+        async def main() -> None:
+            pending.append(pool.apply_async(_nap, (0.3,)))
+            asyncio.ensure_future(_awaited(pending[0]))
+            await asyncio.sleep(0.05)  # (the loop ends, its task still waiting)
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(main())
+        loop.close()
+        del loop
+        import gc
+
+        gc.collect()
+        assert pending[0].get(10) == 0.3  # (it came, to a loop that is gone)
+        time.sleep(0.1)
+        gc.collect()
+        assert len(os.listdir("/proc/self/fd")) <= before
+
+
+SCRIPT = """
+import asyncio, sys
+import numpy as np
+LIB = sys.argv[1]
+
+def parse(page):
+    return sum(len(w) for w in page.split())
+
+async def main():
+    pages = [" ".join(["word"] * n) for n in range(1, 40)]
+    if LIB == "paralelo":
+        import paralelo
+        with paralelo.ProcessPoolExecutor(2) as ex, paralelo.Pool(2) as pool:
+            a = await asyncio.gather(*(ex.submit(parse, p) for p in pages))
+            b = await pool.map_async(parse, pages)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(2) as ex:
+            a = await asyncio.gather(*(loop.run_in_executor(ex, parse, p) for p in pages))
+            b = list(await asyncio.gather(*(loop.run_in_executor(ex, parse, p) for p in pages)))
+    print(a == b, sum(a))
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_a_main_script_gets_what_run_in_executor_gets(tmp_path) -> None:
+    par, std = side_by_side(tmp_path, SCRIPT, timeout=120)
+    assert par == std == "True 3120"
