@@ -237,3 +237,25 @@ if __name__ == "__main__":
 def test_a_main_script_gets_what_run_in_executor_gets(tmp_path) -> None:
     par, std = side_by_side(tmp_path, SCRIPT, timeout=120)
     assert par == std == "True 3120"
+
+
+def test_a_forked_child_holds_no_loops_wake_up_fd() -> None:
+    # (Nor does a pool's zygote, forked later, or its workers.)
+    from paralelo import aio
+
+    async def main() -> None:
+        with paralelo.Pool(1) as pool:
+            assert await pool.apply_async(_square, (2,)) == 4
+            fd = aio._wakers[asyncio.get_running_loop()].fd
+            assert fd >= 0
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.fstat(fd)
+                    os._exit(1)
+                except OSError:
+                    os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+
+    asyncio.run(main())

@@ -95,6 +95,21 @@ def _waker(loop: asyncio.AbstractEventLoop) -> _Waker:
     return waker
 
 
+def _forget_after_fork() -> None:
+    # A forked child runs none of its parent's loops: their eventfds are not its to hold
+    # (nor a pool's workers', forked from it later).
+    for waker in list(_wakers.values()):
+        with waker.lock:
+            fd, waker.fd = waker.fd, -1
+            waker.pending.clear()
+        if fd >= 0:
+            os.close(fd)
+    _wakers.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def wake(loop: asyncio.AbstractEventLoop) -> Callable[[Callable, tuple], None]:
     """What completes things in `loop` from another thread: ``post(fn, args)``."""
     waker = _waker(loop)
