@@ -190,7 +190,7 @@ def _dumps(obj: Any, main: MainNames | None, oob: int, least: float) -> bytes:
     try:
         data = pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
         # A memchr-speed scan; a false hit (the string in the data) only costs a slower pickle.
-        if b"__main__" in data and not _names_a_known_function_only(obj, main):
+        if b"__main__" in data:
             found.clear()
             data = by_value(obj, main, callback)
     except Exception:
@@ -200,21 +200,6 @@ def _dumps(obj: Any, main: MainNames | None, oob: int, least: float) -> bytes:
         framed = frame(data, found, oob)
         return framed if framed is not None else _dumps(obj, main, 0, least)
     return data
-
-
-def _names_a_known_function_only(obj: Any, main: MainNames | None) -> bool:
-    """Whether `obj` is a call's ``(function, arguments...)`` whose only ``__main__``
-    name is its function, one the workers have: its C pickle is then what `by_value`
-    would make (at a quarter of the cost, on every call). The arguments are pickled
-    again to look, their buffers left out (and a ``__reduce__``'s effects made once:
-    this runs in the caller's pickling session)."""
-    if type(obj) is not tuple or not obj or not _by_reference(obj[0], main or inherited_main):
-        return False
-    return b"__main__" not in pickle.dumps(obj[1:], PROTOCOL, buffer_callback=_left_out)
-
-
-def _left_out(_buffer: Any) -> bool:
-    return False  # (out of band: not copied into a pickle only looked at)
 
 
 def function_payload(obj: Any, main: MainNames | None) -> bytes:
