@@ -259,3 +259,68 @@ def test_a_forked_child_holds_no_loops_wake_up_fd() -> None:
             assert os.waitstatus_to_exitcode(status) == 0
 
     asyncio.run(main())
+
+
+def test_loops_that_awaited_are_not_kept_nor_their_eventfds() -> None:
+    # A service that runs a loop per request must not run out of descriptors.
+    import gc
+    import weakref
+
+    from paralelo import aio
+
+    with paralelo.Pool(1) as pool:
+        pool.apply(_square, (1,))
+        gc.collect()
+        before = len(os.listdir("/proc/self/fd"))
+        loops = []
+        for i in range(50):
+            loop = asyncio.new_event_loop()
+            assert loop.run_until_complete(_awaited(pool.apply_async(_square, (i,)))) == i * i
+            loop.close()
+            loops.append(weakref.ref(loop))
+            del loop
+        gc.collect()
+        assert all(ref() is None for ref in loops)
+        assert len(aio._wakers) == 0
+        assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_tasks_sharing_one_imap_all_finish(run) -> None:
+    async def main() -> list:
+        with paralelo.Pool(2) as pool:
+            it = pool.imap(_nap, [0.02] * 12, chunksize=1)
+            got: list = []
+
+            async def consume() -> None:
+                async for x in it:
+                    got.append(x)
+
+            await asyncio.wait_for(asyncio.gather(*(consume() for _ in range(3))), 30)
+            return got
+
+    assert run(main()) == [0.02] * 12
+
+
+def test_a_fork_while_another_thread_wakes_a_loop_does_not_hang_the_child() -> None:
+    from paralelo import aio
+
+    async def main() -> None:
+        with paralelo.Pool(1) as pool:
+            await pool.apply_async(_square, (2,))
+            waker = aio._wakers[asyncio.get_running_loop()]
+            with waker.lock:  # (as the collector holds it while it wakes the loop)
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)  # (the at-fork hook has run: it must not wait for the lock)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    assert os.waitstatus_to_exitcode(status) == 0
+                    return
+                await asyncio.sleep(0.01)
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung in its at-fork hook")
+
+    asyncio.run(main())

@@ -54,7 +54,7 @@ class IMapIterator:
         self._stopped = False
         self._job: Callable[[], MapJob | None] = lambda: None
         self._pool: Any = None
-        self._async_waiter: Callable[[], None] | None = None  # an `async for` waiting (see aio)
+        self._async_waiters: list[Callable[[], None]] = []  # `async for`s waiting (see aio)
 
     @property
     def job(self) -> MapJob | None:
@@ -89,10 +89,11 @@ class IMapIterator:
         """Wakes the consumer, if it waits (holding `_cond`)."""
         if self._waiting:
             self._cond.notify()
-        waiter = self._async_waiter
-        if waiter is not None:
-            self._async_waiter = None
-            waiter()
+        waiters = self._async_waiters
+        if waiters:
+            self._async_waiters = []
+            for waiter in waiters:
+                waiter()
 
     def expect(self, total: int) -> None:
         pass
@@ -139,8 +140,9 @@ class IMapIterator:
 
     def __aiter__(self) -> IMapIterator:
         """``async for result in pool.imap(...)``: each result as it comes, the event loop
-        running on meanwhile (see ``paralelo.aio``); leaving the loop early, or
-        cancelling it, runs nothing more of the map."""
+        running on meanwhile (see ``paralelo.aio``); several tasks may share one. A task
+        cancelled while it waits runs nothing more of the map; breaking out of the loop
+        does not stop it (as with a plain ``for``)."""
         return self
 
     async def __anext__(self) -> Any:
@@ -155,25 +157,30 @@ class IMapIterator:
         post = aio.wake(loop)
         while True:
             fut = loop.create_future()
+            resolve = aio.resolver(fut)
+
+            def waiter() -> None:
+                post(*resolve)
+
             with self._cond:  # (before looking: a result that comes after it wakes us)
-                self._async_waiter = lambda: post(aio._resolve, (fut,))
+                self._async_waiters.append(waiter)
             try:
-                return self.next(timeout=0)
-            except StopIteration:
-                raise StopAsyncIteration from None
-            except PoolTimeoutError:
-                pass  # (none yet)
-            except BaseException:
-                self._async_waiter = None
-                raise
-            try:
+                try:
+                    return self.next(timeout=0)
+                except StopIteration:
+                    raise StopAsyncIteration from None
+                except PoolTimeoutError:
+                    pass  # (none yet)
                 await fut
             except asyncio.CancelledError:
-                self._async_waiter = None
                 job = self.job
                 if job is not None:
                     self._engine.cancel(job)
                 raise
+            finally:
+                with self._cond:
+                    if waiter in self._async_waiters:
+                        self._async_waiters.remove(waiter)
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result; a ``TimeoutError`` (also a ``multiprocessing.TimeoutError``)

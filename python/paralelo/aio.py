@@ -31,12 +31,14 @@ __all__: list[str] = []
 
 
 class _Waker:
-    """One event loop's wake-up: an eventfd it reads, and what to run when it wakes."""
+    """One event loop's wake-up: an eventfd it reads, and what to run when it wakes. It
+    holds its loop weakly (the loop holds it, through its reader): a loop that is gone
+    takes the waker's entry and eventfd with it."""
 
     __slots__ = ("loop", "fd", "pending", "lock", "rung", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self.loop = weakref.ref(loop)
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.pending: deque[tuple[Callable, tuple]] = deque()
         self.lock = threading.Lock()
@@ -45,25 +47,25 @@ class _Waker:
 
     def post(self, fn: Callable, *args: Any) -> None:
         """Runs `fn(*args)` in the loop, soon; from any thread."""
-        with self.lock:
+        with self.lock:  # (the write too: a close in between could hand the number on)
             if self.fd < 0:
                 return  # (the loop is gone: nothing waits there any more)
             self.pending.append((fn, args))
             if self.rung:
                 return
             self.rung = True
-            fd = self.fd
-        try:
-            os.eventfd_write(fd, 1)
-        except OSError:
-            pass  # (closed meanwhile)
+            try:
+                os.eventfd_write(self.fd, 1)
+            except OSError:
+                pass
 
     def _woken(self) -> None:
-        try:
-            os.eventfd_read(self.fd)
-        except OSError:
-            pass
         with self.lock:
+            if self.fd >= 0:
+                try:
+                    os.eventfd_read(self.fd)
+                except OSError:
+                    pass
             self.rung = False
             ready, self.pending = self.pending, deque()
         for fn, args in ready:
@@ -73,9 +75,11 @@ class _Waker:
         with self.lock:
             fd, self.fd = self.fd, -1
             self.pending.clear()
-        if fd >= 0:
-            if not self.loop.is_closed():
-                self.loop.remove_reader(fd)
+            if fd < 0:
+                return
+            loop = self.loop()
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(fd)
             os.close(fd)
 
 
@@ -90,18 +94,21 @@ def _waker(loop: asyncio.AbstractEventLoop) -> _Waker:
             waker = _wakers.get(loop)
             if waker is None or waker.fd < 0:
                 waker = _wakers[loop] = _Waker(loop)
-                # (Gone with its loop: the eventfd is closed once the loop is collected.)
+                # (Its eventfd goes when the loop does: the waker does not keep it.)
                 weakref.finalize(loop, waker.close)
     return waker
 
 
 def _forget_after_fork() -> None:
     # A forked child runs none of its parent's loops: their eventfds are not its to hold
-    # (nor a pool's workers', forked from it later).
+    # (nor a pool's workers', forked from it later). No lock is taken: another thread of
+    # the parent may have held one at the fork, and it is not here to release it.
+    global _wakers_lock
+    _wakers_lock = threading.Lock()
     for waker in list(_wakers.values()):
-        with waker.lock:
-            fd, waker.fd = waker.fd, -1
-            waker.pending.clear()
+        waker.lock = threading.Lock()
+        fd, waker.fd = waker.fd, -1
+        waker.pending.clear()
         if fd >= 0:
             os.close(fd)
     _wakers.clear()
@@ -117,14 +124,22 @@ def wake(loop: asyncio.AbstractEventLoop) -> Callable[[Callable, tuple], None]:
 
 
 def _post_if_open(waker: _Waker, fn: Callable, args: tuple) -> None:
-    if waker.loop.is_closed():
+    loop = waker.loop()
+    if loop is None or loop.is_closed():
         waker.close()  # (a closed loop runs nothing: what it awaited is dropped)
         return
     waker.post(fn, *args)
 
 
-def _resolve(fut: asyncio.Future) -> None:
-    if not fut.done():
+def resolver(fut: asyncio.Future) -> tuple[Callable, tuple]:
+    """What `post` runs to wake the task awaiting `fut`: `fut` held weakly (the task holds
+    it; a completion queued for a loop that never runs again keeps nothing alive)."""
+    return _resolve, (weakref.ref(fut),)
+
+
+def _resolve(ref: weakref.ref) -> None:
+    fut = ref()
+    if fut is not None and not fut.done():
         fut.set_result(None)
 
 
@@ -139,7 +154,7 @@ def awaiting(when_ready: Callable[[Callable[[], None]], None], ready: Callable[[
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         post = wake(loop)
-        when_ready(lambda: post(_resolve, (fut,)))
+        when_ready(lambda: post(*resolver(fut)))
         try:
             yield from fut
         except asyncio.CancelledError:
