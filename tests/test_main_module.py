@@ -1027,14 +1027,25 @@ FUNCTION_BY_NAME = textwrap.dedent(
     def inc(x):
         return x + 1
 
+    class Box:
+        def __init__(self, v):
+            self.v = v
+        def __radd__(self, other):
+            return other + self.v
+
+    def add(a, b):
+        return a + b
+
     if __name__ == "__main__":
         with paralelo.Pool(2) as pool:
             assert pool.map(inc, range(1000)) == list(range(1, 1001))
             assert pool.starmap(max, [(1, 2)]) == [2]
+            assert pool.apply(inc, (1,)) == 2 and pool.apply_async(inc, (2,)).get() == 3  # calls too
             late = lambda x: x * 2  # made after the pool: the workers lack it
             assert pool.map(late, range(10)) == [x * 2 for x in range(10)]
+            assert pool.apply(add, (1, Box(2))) == 3  # an argument naming __main__: by value
         went = lambda fn: sum(1 for o in by_value if type(o) is tuple and o and o[0] is fn)
-        print(went(inc), went(late))
+        print(went(inc), went(late), went(add))
     """
 )
 
@@ -1044,4 +1055,37 @@ def test_a_maps_main_function_the_workers_have_goes_by_name_without_cloudpickle(
     script.write_text(FUNCTION_BY_NAME)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["0", "1"]  # the C pickler's name; the lambda by value
+    assert out.stdout.split() == ["0", "1", "1"]  # the C pickler's name; the lambda, the Box by value
+
+
+STANDARD_PIPE_TO_A_TASK = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import multiprocessing
+    from multiprocessing.connection import Connection
+    if sys.argv[1] == "paralelo":
+        import paralelo as mp
+    else:
+        import multiprocessing as mp
+
+    def send_hi(c, what):
+        c.send(what)
+        return "sent"
+
+    if __name__ == "__main__":
+        with mp.Pool(1) as pool:
+            pool.apply(abs, (1,))
+            # The standard library's pipe, made after the workers, in a task's arguments.
+            r, w = multiprocessing.Pipe()
+            print(pool.apply(send_hi, (w, "from main")), r.recv())
+            pool.apply(Connection.send, (w, "from a module's function"))
+            print(r.recv())
+    """
+)
+
+
+def test_a_standard_pipe_in_a_calls_arguments_travels_as_multiprocessing_sends_it(tmp_path) -> None:
+    # (Pickled with multiprocessing's own reducers: not as a bare descriptor number.)
+    par, std = side_by_side(tmp_path, STANDARD_PIPE_TO_A_TASK, timeout=60)
+    assert par == std == "sent from main\nfrom a module's function"

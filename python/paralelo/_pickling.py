@@ -4,6 +4,7 @@ classes made at run time), machine arrays for chunks of only ints or only floats
 
 from __future__ import annotations
 
+import copyreg
 import io
 import math
 import os
@@ -13,6 +14,8 @@ import threading
 import types
 from collections import ChainMap
 from typing import Any, Callable
+
+from multiprocessing.reduction import ForkingPickler
 
 from ._arena import GIVE, LEND, OOB_MIN, frame, is_framed, take_buffer, unframe
 from ._native import pack_numbers, slow_path_if_fast, unpack_numbers
@@ -184,13 +187,35 @@ def dumps(obj: Any, main: MainNames | None = None, oob: int = 0, least: float = 
     return in_session(_dumps, obj, main, oob, least)
 
 
-def _dumps(obj: Any, main: MainNames | None, oob: int, least: float) -> bytes:
+def dumps_call(call: tuple, main: MainNames | None, oob: int = 0) -> bytes:
+    """A call's ``(function, args, kwargs)``, as `dumps` pickles it but with
+    multiprocessing's registered reducers, as the by-value pickler has them (a
+    multiprocessing Connection in the arguments then travels as multiprocessing sends
+    it, not as a bare descriptor number); and a function the workers have keeps its
+    name, with no by-value pickling of the call, when it is the call's only
+    ``__main__`` name."""
+    return in_session(_dumps, call, main, oob, OOB_MIN, True)
+
+
+class _ForkingCPickler(pickle.Pickler):
+    """The C pickler with what multiprocessing registers for its own (the live table)."""
+
+    dispatch_table = ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)  # type: ignore[attr-defined]
+
+
+def _c_dumps(obj: Any, buffer_callback: Any) -> bytes:
+    f = io.BytesIO()
+    _ForkingCPickler(f, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return f.getvalue()
+
+
+def _dumps(obj: Any, main: MainNames | None, oob: int, least: float, call: bool = False) -> bytes:
     found: list = []
     callback = (lambda pb: take_buffer(pb, found, least)) if oob else None
     try:
-        data = pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
+        data = _c_dumps(obj, callback) if call else pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
         # A memchr-speed scan; a false hit (the string in the data) only costs a slower pickle.
-        if b"__main__" in data:
+        if b"__main__" in data and not (call and _names_a_known_function_only(obj, main)):
             found.clear()
             data = by_value(obj, main, callback)
     except Exception:
@@ -198,8 +223,22 @@ def _dumps(obj: Any, main: MainNames | None, oob: int, least: float) -> bytes:
         data = by_value(obj, main, callback)
     if found:
         framed = frame(data, found, oob)
-        return framed if framed is not None else _dumps(obj, main, 0, least)
+        return framed if framed is not None else _dumps(obj, main, 0, least, call)
     return data
+
+
+def _names_a_known_function_only(call: tuple, main: MainNames | None) -> bool:
+    """Whether a call's only ``__main__`` name is its function, one the workers have:
+    its C pickle is then what `by_value` would make. The arguments are pickled again to
+    look (with multiprocessing's reducers, their buffers left out, a ``__reduce__``'s
+    effects made once: this runs in the caller's pickling session)."""
+    if not call or not _by_reference(call[0], main or inherited_main):
+        return False
+    return b"__main__" not in _c_dumps(call[1:], _left_out)
+
+
+def _left_out(_buffer: Any) -> bool:
+    return False  # (out of band: not copied into a pickle only looked at)
 
 
 def function_payload(obj: Any, main: MainNames | None) -> bytes:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from .._outcomes import Segments
 from .._errors import interrupted, pickling_failed
 from .._arena import LEND, Framed
-from .._pickling import FLAT, MainNames, cut, dumps, function_payload
+from .._pickling import FLAT, MainNames, cut, dumps, dumps_call, function_payload
 from .._wire import CALL, TASK
 from .chunking import Chunker
 from .snapshot import snapshot, snapped
@@ -240,7 +240,7 @@ class CallJob(Job):
         return Unit(self, CALL, payload)
 
     def _pickled(self) -> bytes:
-        return dumps((self.fn, self.args, self.kwargs), self.main, LEND)
+        return dumps_call((self.fn, self.args, self.kwargs), self.main, LEND)
 
     def repack(self, unit: Unit) -> None:
         """Its arguments afresh, if they were lent in arena blocks its first run may have
