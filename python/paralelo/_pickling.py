@@ -200,7 +200,7 @@ def dumps_call(call: tuple, main: MainNames | None, oob: int = 0) -> bytes:
 class _ForkingCPickler(pickle.Pickler):
     """The C pickler with what multiprocessing registers for its own (the live table)."""
 
-    dispatch_table = ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)  # type: ignore[attr-defined]
+    dispatch_table = ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)  # type: ignore[attr-defined,arg-type]
 
 
 def _c_dumps(obj: Any, buffer_callback: Any) -> bytes:
