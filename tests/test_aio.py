@@ -324,3 +324,81 @@ def test_a_fork_while_another_thread_wakes_a_loop_does_not_hang_the_child() -> N
             raise AssertionError("the forked child hung in its at-fork hook")
 
     asyncio.run(main())
+
+
+async def _slow_square(x: int) -> int:
+    await asyncio.sleep(0.002 * (x % 3))
+    return x * x
+
+
+def test_aio_map_keeps_order_or_yields_as_completed_within_its_limit(run) -> None:
+    from paralelo import aio
+
+    async def main() -> None:
+        assert [x async for x in aio.map(_slow_square, range(20), limit=3)] == [i * i for i in range(20)]
+        unordered = [x async for x in aio.map(_slow_square, range(20), limit=3, ordered=False)]
+        assert sorted(unordered) == [i * i for i in range(20)]
+        in_flight = most = 0
+
+        async def tracked(x: int) -> int:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await asyncio.sleep(0.005)
+            in_flight -= 1
+            return x
+
+        async def items():  # (an async iterable too)
+            for i in range(30):
+                yield i
+
+        assert [x async for x in aio.map(tracked, items(), limit=4)] == list(range(30))
+        assert most == 4
+        with pytest.raises(ValueError, match="limit"):
+            [x async for x in aio.map(tracked, [], limit=0)]
+
+    run(main())
+
+
+def test_aio_map_runs_plain_functions_in_a_pool_it_ends(run) -> None:
+    import multiprocessing
+
+    from paralelo import aio
+
+    async def main() -> None:
+        assert [x async for x in aio.map(_square, range(50), limit=2)] == [i * i for i in range(50)]
+        with paralelo.Pool(2) as pool:  # (or in the caller's)
+            assert [x async for x in aio.map(_square, range(5), pool=pool)] == [0, 1, 4, 9, 16]
+        with pytest.raises(ValueError, match="five"):
+            async for _ in aio.map(_fails_at_five, range(10), limit=2):
+                pass
+
+    run(main())
+    time.sleep(0.2)
+    assert not multiprocessing.active_children()
+
+
+def test_leaving_aio_map_cancels_what_is_pending(run) -> None:
+    from paralelo import aio
+
+    async def main() -> int:
+        cancelled = 0
+
+        async def long(x: int) -> int:
+            nonlocal cancelled
+            try:
+                await asyncio.sleep(0 if x == 0 else 30)
+            except asyncio.CancelledError:
+                cancelled += 1
+                raise
+            return x
+
+        mapping = aio.map(long, range(10), limit=5)
+        async for first in mapping:
+            assert first == 0
+            break
+        await mapping.aclose()
+        await asyncio.sleep(0)
+        return cancelled
+
+    assert run(main()) == 4  # the four others in flight (the rest never started)

@@ -22,12 +22,12 @@ import os
 import threading
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Generator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator
 
 if TYPE_CHECKING:  # (asyncio is imported when something is first awaited: not by a pool)
     import asyncio
 
-__all__: list[str] = []
+__all__ = ["map"]
 
 
 class _Waker:
@@ -162,3 +162,70 @@ def awaiting(when_ready: Callable[[Callable[[], None]], None], ready: Callable[[
             raise
     return outcome()
 
+
+
+async def map(fn: Callable, iterable: Any, *, limit: int = 8, ordered: bool = True,
+              pool: Any = None) -> AsyncIterator[Any]:
+    """``async for result in paralelo.aio.map(fn, items, limit=N)``: `fn` over the items
+    with at most `limit` calls in flight. A coroutine function runs in the loop; a plain
+    function runs in `pool` (a ``paralelo.Pool``; by default one of `limit` workers at
+    most, made for this map and ended with it). Results come in the items' order, or as
+    they complete with ``ordered=False``; the first failure is raised in its place.
+    Leaving the loop, or cancelling it, cancels the calls still pending. `iterable` may
+    be an async iterable."""
+    import asyncio
+
+    if type(limit) is not int or limit < 1:
+        raise ValueError(f"limit must be an int of 1 or more, not {limit!r}")
+    in_loop = asyncio.iscoroutinefunction(fn)
+    own = None
+    if not in_loop and pool is None:
+        from .context import default_workers
+        from .pool import Pool
+
+        own = pool = Pool(min(limit, default_workers()))
+
+    async def call(item: Any) -> Any:
+        return await (fn(item) if in_loop else pool.apply_async(fn, (item,)))
+
+    end = object()
+    if hasattr(iterable, "__aiter__"):
+        source: Any = iterable.__aiter__()
+
+        async def take() -> Any:
+            try:
+                return await source.__anext__()
+            except StopAsyncIteration:
+                return end
+    else:
+        items = iter(iterable)
+
+        async def take() -> Any:
+            return next(items, end)
+    pending: deque[asyncio.Future] = deque()
+    running: set[asyncio.Future] = set()
+    more = True
+    try:
+        while True:
+            while more and len(pending if ordered else running) < limit:
+                item = await take()
+                if item is end:
+                    more = False
+                    break
+                started = asyncio.ensure_future(call(item))
+                (pending.append if ordered else running.add)(started)
+            if ordered:
+                if not pending:
+                    return
+                yield await pending.popleft()
+            else:
+                if not running:
+                    return
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    yield finished.result()
+    finally:
+        for left in (*pending, *running):
+            left.cancel()
+        if own is not None:
+            own.terminate()
