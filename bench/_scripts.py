@@ -4,11 +4,40 @@ libraries taking turns, and prints one number (its last word) that the runner co
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+from typing import Any
+
+
+def run_group(args: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run(args, capture_output=True, text=True)`` in a process group of its
+    own. Past `timeout`, the whole group is ended, not only the script: SIGTERM first, so
+    that a hung rival's children die and multiprocessing's resource tracker (which
+    ignores it) sees them gone and unlinks their semaphores, then SIGKILL for what is
+    left. (A script killed alone left its pool's children, and their /dev/shm
+    semaphores, behind.)"""
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.communicate(timeout=grace)
+                    time.sleep(0.5)  # (the tracker unlinks once the last child is gone)
+                except subprocess.TimeoutExpired:
+                    pass
+            raise
+        return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def run(head: str, code: str, lib: str) -> float:
@@ -17,7 +46,7 @@ def run(head: str, code: str, lib: str) -> float:
         path = os.path.join(d, "case.py")
         with open(path, "w") as f:
             f.write(head + textwrap.dedent(code))
-        out = subprocess.run([sys.executable, path, lib], capture_output=True, text=True, timeout=300)
+        out = run_group([sys.executable, path, lib], 300)
         if out.returncode != 0:
             raise RuntimeError(f"{lib}: {out.stderr}")
         return float(out.stdout.split()[-1])

@@ -2,8 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from typing import Any
+
+
+def run_group(args: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run(args, capture_output=True, text=True)`` in a process group of its
+    own. Past `timeout`, the whole group is ended, not only the script: SIGTERM first, so
+    that a hung rival's children die and multiprocessing's resource tracker (which
+    ignores it) sees them gone and unlinks their semaphores, then SIGKILL for what is
+    left. (A script killed alone left its pool's children, and their /dev/shm
+    semaphores, behind.)"""
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.communicate(timeout=grace)
+                    time.sleep(0.5)  # (the tracker unlinks once the last child is gone)
+                except subprocess.TimeoutExpired:
+                    pass
+            raise
+        return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def side_by_side(tmp_path, code: str, libs: tuple[str, ...] = ("paralelo", "multiprocessing"),
@@ -15,8 +45,7 @@ def side_by_side(tmp_path, code: str, libs: tuple[str, ...] = ("paralelo", "mult
     script.write_text(code)
     outs = []
     for lib in libs:
-        out = subprocess.run([sys.executable, str(script), lib], capture_output=True, text=True,
-                             timeout=timeout, cwd=tmp_path, env=env)
+        out = run_group([sys.executable, str(script), lib], timeout, cwd=tmp_path, env=env)
         assert out.returncode == 0, (lib, out.stderr)
         outs.append(out.stdout.strip())
     return outs

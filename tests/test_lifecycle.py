@@ -534,3 +534,39 @@ def test_a_big_parent_leaves_even_its_first_worker_to_the_zygote(monkeypatch) ->
     with paralelo.Pool(1) as pool:
         assert not pool._engine.own_children
         assert pool.apply(abs, (-1,)) == 1
+
+
+HUNG_STDLIB_SCRIPT = """
+import multiprocessing as mp, time
+def nap():
+    time.sleep(60)
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()  # semaphores in /dev/shm, owned by the resource tracker
+    p = ctx.Process(target=nap); p.start()
+    print("started", flush=True)
+    p.join()
+"""
+
+
+def test_a_script_past_its_timeout_leaves_no_process_nor_semaphore(tmp_path) -> None:
+    # The harness that runs rivals side by side ends a hung one's whole process group.
+    import subprocess
+    import sys
+
+    from scripts import run_group
+
+    def spawned() -> set[str]:
+        found = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True)
+        return set(found.stdout.split())
+
+    before, children = set(os.listdir("/dev/shm")), spawned()
+    script = tmp_path / "hung.py"
+    script.write_text(HUNG_STDLIB_SCRIPT)
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_group([sys.executable, str(script)], 3)
+    deadline = time.monotonic() + 10
+    while set(os.listdir("/dev/shm")) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not set(os.listdir("/dev/shm")) - before
+    assert not spawned() - children
