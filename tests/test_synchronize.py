@@ -204,8 +204,8 @@ def _wait_then_idle(bar) -> None:
     time.sleep(60)
 
 
-def test_a_barrier_whose_party_died_in_its_round_breaks_naming_it() -> None:
-    bar = paralelo.Barrier(3)
+def _a_party_killed_waiting(bar) -> int:
+    """Starts a process that waits at `bar`, kills it once it arrived: its pid."""
     p = paralelo.Process(target=_wait_at, args=(bar,))
     p.start()
     end = time.monotonic() + 30
@@ -214,7 +214,13 @@ def test_a_barrier_whose_party_died_in_its_round_breaks_naming_it() -> None:
         time.sleep(0.005)
     os.kill(p.pid, signal.SIGKILL)
     p.join(30)
-    with pytest.raises(threading.BrokenBarrierError, match=f"pid {p.pid}\\) died"):
+    return p.pid
+
+
+def test_a_barrier_whose_party_died_in_its_round_breaks_naming_it() -> None:
+    bar = paralelo.Barrier(3)
+    pid = _a_party_killed_waiting(bar)
+    with pytest.raises(threading.BrokenBarrierError, match=f"pid {pid}\\) died"):
         bar.wait(20)  # (the round can never fill: one of its parties is gone)
     assert bar.broken
     bar.reset()
@@ -676,15 +682,8 @@ def test_a_condition_and_its_lock_reach_a_spawned_process(method) -> None:
 
 def test_a_party_that_died_waiting_does_not_count_for_the_last_one() -> None:
     bar = paralelo.Barrier(2)
-    p = paralelo.Process(target=_wait_at, args=(bar,))
-    p.start()
-    end = time.monotonic() + 30
-    while bar.n_waiting == 0:
-        assert time.monotonic() < end
-        time.sleep(0.005)
-    os.kill(p.pid, signal.SIGKILL)
-    p.join(30)
-    with pytest.raises(threading.BrokenBarrierError, match=f"pid {p.pid}\\) died"):
+    pid = _a_party_killed_waiting(bar)
+    with pytest.raises(threading.BrokenBarrierError, match=f"pid {pid}\\) died"):
         bar.wait(5)  # (the round is not full: one of its two is gone)
 
 

@@ -79,8 +79,6 @@ def _pickler() -> type:
     global _Pickler
     if _Pickler is not None:
         return _Pickler
-    from multiprocessing.reduction import ForkingPickler
-
     import cloudpickle
     from cloudpickle import cloudpickle as _cloudpickle
 
@@ -259,9 +257,9 @@ def function_payload(obj: Any, main: MainNames | None) -> bytes:
 
 
 def _by_reference(obj: Any, main: MainNames | None) -> bool:
-    """Whether `obj`, a map's function (a ``__main__`` function, or one of those in a
-    tuple with plain flags), is only names the workers have: `by_value` would pickle
-    it by reference."""
+    """Whether `obj` (a map's or a call's function: a ``__main__`` function, or one in a
+    tuple with plain flags) is only names the workers have: `by_value` would pickle it
+    by reference."""
     fn, rest = (obj[0], obj[1:]) if type(obj) is tuple and obj else (obj, ())
     return (type(fn) is types.FunctionType and fn.__module__ == "__main__" and main is not None
             and all(type(x) is bool for x in rest) and main.has(fn))
