@@ -84,6 +84,9 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
         # so does any unit the parent asked to hear of at once (EAGER: its cost is unknown,
         # and a slow unit after it must not hold its result back).
         nonlocal quiet
+        # What the tasks printed goes out before their results: once the parent has every
+        # result it may end the pool (terminate, `with`), and those lines must not be lost.
+        flush_stdio()
         send(rtag, job, seq, busy, commit(data), None, bool(eager) or not quiet or busy > QUICK_NS)
         quiet = True
 
@@ -106,9 +109,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
     while True:
         port.notify()  # results sent quietly in the last batch: wake the parent once
         quiet = False
-        # What the tasks printed goes out before the worker waits: it is never lost to a
-        # terminate() (a SIGKILL) or a pool ended with `with`, and shows as it comes.
-        flush_stdio()
+        flush_stdio()  # what an initializer printed shows before the worker waits
         batch = recv(None)
         batch.reverse()
         while batch:
