@@ -402,3 +402,83 @@ def test_leaving_aio_map_cancels_what_is_pending(run) -> None:
         return cancelled
 
     assert run(main()) == 4  # the four others in flight (the rest never started)
+
+
+def test_a_pool_result_is_an_asyncio_future_like_object(run) -> None:
+    # asyncio takes it as it is (no Task around each): gather, wait, wait_for, shield,
+    # as_completed, and the Future methods they call, with asyncio's meanings.
+    async def main() -> None:
+        with paralelo.Pool(2) as pool:
+            r = pool.apply_async(_square, (6,))
+            assert asyncio.isfuture(r) and asyncio.ensure_future(r) is r
+            assert r.get_loop() is asyncio.get_running_loop()
+            if not r.done():
+                with pytest.raises(asyncio.InvalidStateError):
+                    r.result()
+            assert await asyncio.wait_for(r, 30) == 36
+            assert r.done() and not r.cancelled() and r.result() == 36 and r.exception() is None
+
+            bad = pool.apply_async(_fails_at_five, (5,))
+            out = await asyncio.gather(pool.apply_async(_square, (2,)), bad, return_exceptions=True)
+            assert out[0] == 4 and isinstance(out[1], ValueError) and bad.exception() is out[1]
+            with pytest.raises(ValueError, match="five"):
+                bad.result()
+
+            done, pending = await asyncio.wait([pool.apply_async(_nap, (0.01,)), pool.apply_async(_nap, (5,))],
+                                               return_when=asyncio.FIRST_COMPLETED)
+            assert [d.result() for d in done] == [0.01] and len(pending) == 1
+            late = pending.pop()
+            assert late.cancel() and late.cancelled()  # (its worker's nap goes on, discarded)
+            with pytest.raises(asyncio.CancelledError):
+                late.result()
+            assert not late.cancel()  # done already
+
+            firsts = [await f for f in asyncio.as_completed([pool.apply_async(_square, (i,)) for i in range(5)])]
+            assert sorted(firsts) == [0, 1, 4, 9, 16]
+            assert await asyncio.shield(pool.apply_async(_square, (5,))) == 25
+            assert await pool.map_async(_square, range(3)) == [0, 1, 4]
+
+    run(main())
+
+
+def test_done_callbacks_run_in_the_loop_that_added_them(run) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        seen: list = []
+        with paralelo.Pool(1) as pool:
+            r = pool.apply_async(_nap, (0.05,))
+            r.add_done_callback(lambda f: seen.append(("a", threading.get_ident(), f.result())))
+            gone = seen.append
+            r.add_done_callback(gone)
+            assert r.remove_done_callback(gone) == 1
+            done = loop.create_future()
+            r.add_done_callback(lambda f: done.set_result(None))
+            await done
+            assert seen == [("a", threading.get_ident(), 0.05)]
+            r.add_done_callback(lambda f: seen.append("late"))  # ready already: soon, in the loop
+            assert seen[-1] != "late"
+            await asyncio.sleep(0)
+            assert seen[-1] == "late"
+
+    run(main())
+
+
+def test_gathering_cancelled_cancels_the_calls_not_started(run, tmp_path) -> None:
+    marker = tmp_path / "ran"
+
+    async def main() -> None:
+        with paralelo.Pool(1) as pool:
+            busy = pool.apply_async(_nap, (0.3,))
+            queued = [pool.apply_async(_touch, (str(marker),)) for _ in range(5)]
+            group = asyncio.gather(*queued)
+            await asyncio.sleep(0.05)
+            group.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await group
+            assert all(q.cancelled() for q in queued)
+            assert await busy == 0.3
+            assert await pool.apply_async(_square, (4,)) == 16
+
+    run(main())
+    assert not marker.exists()
+

@@ -1101,3 +1101,88 @@ def test_a_consumer_waiting_on_imap_sleeps_instead_of_spinning(pool, chunksize):
     used = time.process_time() - cpu
     assert used < 0.5, f"the parent burned {used:.2f} s of CPU waiting one second"
     assert sum(it) == sum(range(20_000))
+
+
+def test_bursts_of_calls_from_several_threads_each_get_their_own_results() -> None:
+    # Calls made while others wait for room go through the engine's inbox without taking
+    # its lock: none is lost, each gets its own result, and each thread's run in order.
+    with paralelo.Pool(2) as pool:
+        outs: dict[int, list] = {}
+
+        def burst(k: int) -> None:
+            outs[k] = [pool.apply_async(_order_probe, (k, i)) for i in range(3000)]
+
+        threads = [threading.Thread(target=burst, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for k, results in outs.items():
+            assert [r.get(60) for r in results] == [(k, i) for i in range(3000)]
+
+
+def test_a_pool_ended_during_a_burst_of_calls_leaves_none_pending() -> None:
+    for end in ("terminate", "close"):
+        pool = paralelo.Pool(2)
+        results = [pool.apply_async(_order_probe, (0, i)) for i in range(5000)]
+        getattr(pool, end)()
+        pool.join()
+        for r in results:
+            r.wait(30)
+            assert r.ready()
+        if end == "close":  # accepted before close(): all ran
+            assert [r.get() for r in results] == [(0, i) for i in range(5000)]
+
+
+def _order_probe(k: int, i: int) -> tuple[int, int]:
+    return k, i
+
+
+class _Registered:
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+
+def _rebuilt(v: int) -> tuple[str, int]:
+    return "rebuilt", v
+
+
+def _identity(x):
+    return x
+
+
+def test_a_reducer_registered_after_calls_were_pickled_is_used() -> None:
+    from multiprocessing.reduction import ForkingPickler
+
+    with paralelo.Pool(1) as pool:
+        assert pool.apply(_identity, (5,)) == 5  # (the call pickler is made, its table read)
+        ForkingPickler.register(_Registered, lambda o: (_rebuilt, (o.v,)))
+        try:
+            assert pool.apply(_identity, (_Registered(3),)) == ("rebuilt", 3)
+        finally:
+            del ForkingPickler._extra_reducers[_Registered]
+
+
+class _PicklesInside:
+    """Its pickling pickles another call (as a __reduce__ that sends something may)."""
+
+    def __reduce__(self):
+        from paralelo import _pickling
+
+        inner = _pickling.dumps_call((_identity, ("inner",), {}), None)
+        return _identity, (_pickling.loads_call(inner)[1][0],)
+
+
+def test_a_call_pickled_inside_another_pickling_leaves_the_outer_one_whole(monkeypatch) -> None:
+    from paralelo import _pickling
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the C pickling failed and fell back to by-value pickling")
+
+    with monkeypatch.context() as m:
+        m.setattr(_pickling, "by_value", no_fallback)
+        data = _pickling.dumps_call((_identity, ([1, _PicklesInside(), 2],), {}), None)
+    fn, args, kwargs = _pickling.loads_call(data)
+    assert fn(*args, **kwargs) == [1, "inner", 2]
+    with paralelo.Pool(1) as pool:
+        assert pool.apply(_identity, ([1, _PicklesInside(), 2],)) == [1, "inner", 2]

@@ -12,7 +12,6 @@ import pickle
 import sys
 import threading
 import types
-from collections import ChainMap
 from typing import Any, Callable
 
 from multiprocessing.reduction import ForkingPickler
@@ -94,10 +93,13 @@ def _pickler() -> type:
         # last, what multiprocessing registers for its own pickler (the live table): its
         # shared ctypes objects then refuse with its message ("c_int objects should only
         # be shared between processes through inheritance"), not as an mmap.
-        dispatch_table = ChainMap({types.CodeType: code_reduce}, *cloudpickle.Pickler.dispatch_table.maps,
-                                  ForkingPickler._extra_reducers)  # type: ignore[attr-defined]
+        table = _Flat({types.CodeType: code_reduce}, *cloudpickle.Pickler.dispatch_table.maps,
+                      ForkingPickler._extra_reducers)  # type: ignore[attr-defined]
 
         def __init__(self, file: io.BytesIO, main: MainNames | None, buffer_callback: Any = None) -> None:
+            # Before the C pickler's __init__, which reads it: set after, it would only
+            # shadow cloudpickle's class attribute, not reach the C pickler.
+            self.dispatch_table = self.table()
             super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
             self.main = main
 
@@ -186,34 +188,109 @@ def dumps(obj: Any, main: MainNames | None = None, oob: int = 0, least: float = 
 
 
 def dumps_call(call: tuple, main: MainNames | None, oob: int = 0) -> bytes:
-    """A call's ``(function, args, kwargs)``, as `dumps` pickles it but with
-    multiprocessing's registered reducers, as the by-value pickler has them (a
-    multiprocessing Connection in the arguments then travels as multiprocessing sends
-    it, not as a bare descriptor number); and a function the workers have keeps its
-    name, with no by-value pickling of the call, when it is the call's only
-    ``__main__`` name."""
+    """A call's ``(function, args, kwargs)`` (read back by `loads_call`), as `dumps`
+    pickles it but with multiprocessing's registered reducers, as the by-value pickler
+    has them (a multiprocessing Connection in the arguments then travels as
+    multiprocessing sends it, not as a bare descriptor number). A ``__main__`` function
+    the workers have travels as its name: the call then needs no by-value pickling unless
+    its arguments name ``__main__`` too."""
     return in_session(_dumps, call, main, oob, OOB_MIN, True)
 
 
-class _ForkingCPickler(pickle.Pickler):
-    """The C pickler with what multiprocessing registers for its own (the live table)."""
+def loads_call(data: Any) -> tuple:
+    """The ``(function, args, kwargs)`` that `dumps_call` pickled."""
+    call = loads(data)
+    if len(call) == 3:
+        return call
+    name, args, kwargs, _ = call  # a __main__ function, by its qualified name
+    fn = sys.modules["__main__"]
+    for part in name.split("."):
+        fn = getattr(fn, part)
+    return fn, args, kwargs
 
-    dispatch_table = ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)  # type: ignore[attr-defined,arg-type]
+
+class _Flat:
+    """Dispatch tables as one plain dict, the first that has a type winning (as in a
+    ChainMap), renewed when any of them grows (a late ``copyreg.pickle`` or
+    ``ForkingPickler.register``). A pickler looks every object's type up in its table,
+    and a ChainMap's look-up is Python code: it made a small call's pickling several
+    times slower."""
+
+    def __init__(self, *maps: Any) -> None:
+        self.maps = maps
+        self.size = -1
+        self.table: dict = {}
+
+    def __call__(self) -> dict:
+        size = sum(map(len, self.maps))  # (the tables only grow: nothing unregisters)
+        if size != self.size:
+            table: dict = {}
+            for m in reversed(self.maps):
+                table.update(m)
+            self.table, self.size = table, size
+        return self.table
+
+
+#: The C pickler's table with what multiprocessing registers for its own pickler.
+_forking_table = _Flat(ForkingPickler._extra_reducers, copyreg.dispatch_table)  # type: ignore[attr-defined]
+
+
+class _Reused(threading.local):
+    """This thread's forking C pickler, made once and reused (making one costs more than
+    pickling a small call); a pickling inside another (a ``__reduce__`` that pickles)
+    makes its own."""
+
+    def __init__(self) -> None:
+        self.file = io.BytesIO()
+        self.pickler: pickle.Pickler | None = None
+        self.table: dict | None = None
+        self.callback: Any = None
+        self.busy = False
+
+    def forward(self, buffer: Any) -> Any:
+        # A true answer keeps the buffer in the pickle, as no callback at all does.
+        return True if self.callback is None else self.callback(buffer)
+
+
+_reused = _Reused()
 
 
 def _c_dumps(obj: Any, buffer_callback: Any) -> bytes:
-    f = io.BytesIO()
-    _ForkingCPickler(f, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
-    return f.getvalue()
+    table, r = _forking_table(), _reused
+    if r.busy:
+        f = io.BytesIO()
+        fresh = pickle.Pickler(f, PROTOCOL, buffer_callback=buffer_callback)
+        fresh.dispatch_table = table
+        fresh.dump(obj)
+        return f.getvalue()
+    pickler = r.pickler
+    if pickler is None or r.table is not table:
+        pickler = r.pickler = pickle.Pickler(r.file, PROTOCOL, buffer_callback=r.forward)
+        pickler.dispatch_table = r.table = table
+    r.busy, r.callback, f = True, buffer_callback, r.file
+    try:
+        pickler.dump(obj)
+        return f.getvalue()
+    finally:
+        # Its memo holds what it pickled: nothing of a call outlives its pickling.
+        pickler.clear_memo()
+        f.seek(0)
+        f.truncate()
+        r.busy, r.callback = False, None
 
 
 def _dumps(obj: Any, main: MainNames | None, oob: int, least: float, call: bool = False) -> bytes:
     found: list = []
     callback = (lambda pb: take_buffer(pb, found, least)) if oob else None
     try:
-        data = _c_dumps(obj, callback) if call else pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
+        if call:
+            fn = obj[0]
+            named = _by_reference(fn, main or inherited_main)
+            data = _c_dumps((fn.__qualname__, obj[1], obj[2], None) if named else obj, callback)
+        else:
+            data = pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
         # A memchr-speed scan; a false hit (the string in the data) only costs a slower pickle.
-        if b"__main__" in data and not (call and _names_a_known_function_only(obj, main)):
+        if b"__main__" in data:
             found.clear()
             data = by_value(obj, main, callback)
     except Exception:
@@ -223,20 +300,6 @@ def _dumps(obj: Any, main: MainNames | None, oob: int, least: float, call: bool 
         framed = frame(data, found, oob)
         return framed if framed is not None else _dumps(obj, main, 0, least, call)
     return data
-
-
-def _names_a_known_function_only(call: tuple, main: MainNames | None) -> bool:
-    """Whether a call's only ``__main__`` name is its function, one the workers have:
-    its C pickle is then what `by_value` would make. The arguments are pickled again to
-    look (with multiprocessing's reducers, their buffers left out, a ``__reduce__``'s
-    effects made once: this runs in the caller's pickling session)."""
-    if not call or not _by_reference(call[0], main or inherited_main):
-        return False
-    return b"__main__" not in _c_dumps(call[1:], _left_out)
-
-
-def _left_out(_buffer: Any) -> bool:
-    return False  # (out of band: not copied into a pickle only looked at)
 
 
 def function_payload(obj: Any, main: MainNames | None) -> bytes:
@@ -260,9 +323,12 @@ def _by_reference(obj: Any, main: MainNames | None) -> bool:
     """Whether `obj` (a map's or a call's function: a ``__main__`` function, or one in a
     tuple with plain flags) is only names the workers have: `by_value` would pickle it
     by reference."""
-    fn, rest = (obj[0], obj[1:]) if type(obj) is tuple and obj else (obj, ())
-    return (type(fn) is types.FunctionType and fn.__module__ == "__main__" and main is not None
-            and all(type(x) is bool for x in rest) and main.has(fn))
+    fn = obj
+    if type(obj) is tuple and obj:
+        fn = obj[0]
+        if not all(type(x) is bool for x in obj[1:]):
+            return False
+    return type(fn) is types.FunctionType and fn.__module__ == "__main__" and main is not None and main.has(fn)
 
 
 def loads(data: Any) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 FUNC = 2  # job: payload cloudpickle((function, star, each))
 TASK = 3  # job, seq=ticket: payload pickle(items: a list, tuple or range), or with ARRAY a machine array
-CALL = 4  # job, seq=ticket: payload cloudpickle((function, args, kwargs))
+CALL = 4  # job, seq=ticket: payload _pickling.dumps_call((function, args, kwargs))
 DROP = 5  # job: forget FUNC
 EXIT = 6  # finish and exit
 TASKS = 7  # job: payload pickle(([tickets], [items per ticket: a list, tuple or range])): several small units

@@ -11,7 +11,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, Callable
 
 import cloudpickle
 import multiprocessing.process
@@ -169,7 +169,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                 running(seq)
                 t0 = perf_counter_ns()
                 try:
-                    fn, args, kwargs = _load(payload, "call")
+                    fn, args, kwargs = _load(payload, "call", _pickling.loads_call)
                     data, rtag = _pack(_give, fn(*args, **kwargs)), OK
                 except BaseException as e:  # noqa: BLE001
                     data, rtag = dump_error(e), ERR
@@ -207,10 +207,10 @@ def _give(result: Any) -> bytes:
     return dumps(result, None, GIVE)
 
 
-def _load(payload: bytes, what: str) -> Any:
+def _load(payload: bytes, what: str, load: Callable[[Any], Any] = _pickling.loads) -> Any:
     """Unpickles a task's payload; a failure (even SystemExit) is a TaskUnpicklingError."""
     try:
-        return _pickling.loads(payload)
+        return load(payload)
     except BaseException as e:  # noqa: BLE001 - reported as the task's failure
         raise _unloadable(what, e) from e
 

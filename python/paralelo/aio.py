@@ -19,6 +19,7 @@ result otherwise.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import weakref
 from collections import deque
@@ -87,7 +88,16 @@ _wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = weakref.
 _wakers_lock = threading.Lock()
 
 
+#: The waker last looked up, with its loop held weakly: a burst of awaits from one loop
+#: skips the weak dictionary.
+_recent: tuple[weakref.ref, _Waker] | None = None
+
+
 def _waker(loop: asyncio.AbstractEventLoop) -> _Waker:
+    global _recent
+    recent = _recent
+    if recent is not None and recent[0]() is loop and recent[1].fd >= 0:
+        return recent[1]
     waker = _wakers.get(loop)
     if waker is None or waker.fd < 0:
         with _wakers_lock:
@@ -96,6 +106,7 @@ def _waker(loop: asyncio.AbstractEventLoop) -> _Waker:
                 waker = _wakers[loop] = _Waker(loop)
                 # (Its eventfd goes when the loop does: the waker does not keep it.)
                 weakref.finalize(loop, waker.close)
+    _recent = (weakref.ref(loop), waker)
     return waker
 
 
@@ -103,8 +114,9 @@ def _forget_after_fork() -> None:
     # A forked child runs none of its parent's loops: their eventfds are not its to hold
     # (nor a pool's workers', forked from it later). No lock is taken: another thread of
     # the parent may have held one at the fork, and it is not here to release it.
-    global _wakers_lock
+    global _wakers_lock, _recent
     _wakers_lock = threading.Lock()
+    _recent = None
     for waker in list(_wakers.values()):
         waker.lock = threading.Lock()
         fd, waker.fd = waker.fd, -1
@@ -162,6 +174,115 @@ def awaiting(when_ready: Callable[[Callable[[], None]], None], ready: Callable[[
             raise
     return outcome()
 
+
+
+class FutureLike:
+    """What makes a result an asyncio Future-like object, the duck type asyncio documents
+    (``asyncio.isfuture``): ``asyncio.gather``, ``wait``, ``wait_for``, ``shield``,
+    ``as_completed`` and ``run_until_complete`` take it as it is, with no Task wrapped
+    around each (which costs more than the call it waits for). Its done-callbacks run in
+    the loop that added them, woken through that loop's eventfd.
+
+    A subclass provides ``ready()``, ``_when_ready(fn)`` (calls `fn` once ready, from
+    any thread), ``_cancel()`` (cancels the work, settling the result as cancelled),
+    ``_outcome()`` (``(ok, value)`` once ready) and ``_is_cancelled()``."""
+
+    _asyncio_future_blocking = False
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The running event loop (a result is bound to none: each loop that waits for
+        it is told through its own eventfd)."""
+        loop = _running_loop()
+        if loop is None:
+            import asyncio
+
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+        return loop
+
+    def add_done_callback(self, fn: Callable[[Any], object], *, context: Any = None) -> None:
+        """Calls ``fn(result)`` in the current event loop once the result is ready (soon,
+        if it is already), as an asyncio Future does."""
+        loop = self.get_loop()
+        cell = [fn, context]
+        cells = self.__dict__.setdefault("_aio_cells", [])
+        cells.append(cell)
+        if self.ready():  # type: ignore[attr-defined]
+            loop.call_soon(_run_cell, cell, self)
+            return
+        post = wake(loop)
+        self._when_ready(lambda: post(_run_cell, (cell, self)))  # type: ignore[attr-defined]
+
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
+        """Forgets `fn` where it has not run yet; how many were forgotten."""
+        removed = 0
+        for cell in self.__dict__.get("_aio_cells", ()):
+            if cell[0] == fn:
+                cell[0] = None
+                removed += 1
+        return removed
+
+    def done(self) -> bool:
+        """Whether the result is ready (as ``ready()``)."""
+        return self.ready()  # type: ignore[attr-defined]
+
+    def cancelled(self) -> bool:
+        """Whether it was cancelled (see ``cancel``)."""
+        return self.ready() and self._is_cancelled()  # type: ignore[attr-defined]
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Cancels the work if it has not started (its result is discarded otherwise), and
+        the result with it; False if it was ready already."""
+        if self.ready():  # type: ignore[attr-defined]
+            return False
+        self._cancel()  # type: ignore[attr-defined]
+        return self.cancelled()
+
+    def result(self) -> Any:
+        """The value, as an asyncio Future gives it: raises what the work raised,
+        ``asyncio.CancelledError`` if cancelled, ``asyncio.InvalidStateError`` if not
+        ready yet."""
+        ok, value = self._ready_outcome()
+        if not ok:
+            raise value
+        return value
+
+    def exception(self) -> BaseException | None:
+        """What the work raised (None if it returned), as an asyncio Future gives it."""
+        ok, value = self._ready_outcome()
+        return None if ok else value
+
+    def _ready_outcome(self) -> tuple[bool, Any]:
+        import asyncio
+
+        if not self.ready():  # type: ignore[attr-defined]
+            raise asyncio.InvalidStateError("Result is not ready.")
+        if self._is_cancelled():  # type: ignore[attr-defined]
+            raise asyncio.CancelledError()
+        return self._outcome()  # type: ignore[attr-defined]
+
+    def _make_cancelled_error(self) -> BaseException:
+        # (asyncio.gather asks a cancelled child for its error by this name.)
+        import asyncio
+
+        return asyncio.CancelledError()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    # (asyncio's own C function, looked up each time: this module does not import
+    # asyncio, and a loop that runs has imported it.)
+    events = sys.modules.get("asyncio.events")
+    return None if events is None else events._get_running_loop()
+
+
+def _run_cell(cell: list, fut: Any) -> None:
+    fn, context = cell
+    if fn is None:
+        return  # removed before it ran
+    cell[0] = None
+    if context is None:
+        fn(fut)
+    else:
+        context.run(fn, fut)
 
 
 async def map(fn: Callable, iterable: Any, *, limit: int = 8, ordered: bool = True,

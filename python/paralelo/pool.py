@@ -23,11 +23,16 @@ def _no_job() -> None:
     return None
 
 
-class AsyncResult:
-    """The result of an ``apply_async`` call, as in multiprocessing."""
+class AsyncResult(aio.FutureLike):
+    """The result of an ``apply_async`` call, as in multiprocessing; also an asyncio
+    Future-like object (``await`` it, or hand it to ``asyncio.gather``, ``wait``...)."""
 
     def __init__(self, callback: Callable | None = None, error_callback: Callable | None = None) -> None:
-        self._event = threading.Event()
+        # Made by the first thread to wait (see `wait`): most results are awaited, read
+        # once ready, or waited on by one thread, and a burst of calls would otherwise make
+        # (and the garbage collector walk) an Event, its Condition and lock for each.
+        self._event: threading.Event | None = None
+        self._ready = False  # ready: settled, its callback run
         self._callback = callback
         self._error_callback = error_callback
         self._success: bool | None = None
@@ -45,7 +50,7 @@ class AsyncResult:
 
     def ready(self) -> bool:
         """Whether the call has finished."""
-        return self._event.is_set()
+        return self._ready
 
     def successful(self) -> bool:
         """Whether the call finished without raising; ValueError if not ready yet."""
@@ -55,15 +60,21 @@ class AsyncResult:
 
     def wait(self, timeout: float | None = None) -> None:
         """Waits until the result is ready or ``timeout`` seconds pass."""
-        if not self._event.is_set():
+        if not self._ready:
             not_in_callback(self._pool)
-            self._event.wait(timeout)
+            with _settling:
+                if self._ready:
+                    return
+                event = self._event
+                if event is None:
+                    event = self._event = threading.Event()
+            event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> Any:
         """The result; re-raises the worker's exception; a ``TimeoutError`` (also a ``multiprocessing.TimeoutError``) if not
         ready within ``timeout`` seconds."""
         self.wait(timeout)
-        if not self._event.is_set():
+        if not self._ready:
             raise PoolTimeoutError
         if self._success:
             return self._value
@@ -74,6 +85,12 @@ class AsyncResult:
         meanwhile (see ``paralelo.aio``); cancelling the await cancels the work if it has
         not started, and discards its result otherwise."""
         return aio.awaiting(self._when_ready, self.ready, self._cancel, self.get)
+
+    def _outcome(self) -> tuple[bool, Any]:
+        return bool(self._success), self._value
+
+    def _is_cancelled(self) -> bool:
+        return not self._success and isinstance(self._value, CancelledError)
 
     def _when_ready(self, fn: Callable[[], None]) -> None:
         """Calls `fn` once the result is ready: now, or from the thread that settles it."""
@@ -109,9 +126,11 @@ class AsyncResult:
         finally:
             # Even when a callback raises (the engine logs it): the result is ready, and
             # the pool goes on.
-            self._event.set()
             with _settling:
-                watchers, self._watchers = self._watchers, None
+                self._ready = True
+                event, watchers, self._watchers = self._event, self._watchers, None
+            if event is not None:
+                event.set()
             for fn in watchers or ():
                 fn()
 

@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from .. import _arena, _native, _zygote
 from .._worker import ENTRY as WORKER, Setup
@@ -92,6 +92,39 @@ def run_or_defer(fn: Callable, *args: Any) -> None:
         pending.append((fn, args))
 
 
+class _Held:
+    """A hold of an engine lock (see `Engine.locked`): a class, not a generator-based
+    context manager, which costs several times more, on every call submitted."""
+
+    __slots__ = ("lock", "outer")
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.outer = False
+
+    def __enter__(self) -> None:
+        self.outer = getattr(_deferred, "pending", None) is None
+        if self.outer:
+            _deferred.pending = []
+        try:
+            self.lock.acquire()
+        except BaseException:
+            if self.outer:
+                _deferred.pending = None
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.lock.release()
+        finally:
+            if self.outer:
+                pending, _deferred.pending = _deferred.pending, None
+                if pending:
+                    interrupts = [e for e in (_complete(fn, args) for fn, args in pending) if e is not None]
+                    if interrupts:
+                        raise interrupts[0]  # Ctrl-C in a callback on the caller's thread
+
+
 class Engine:
     """Worker processes on a hub, fed by jobs. Thread-safe."""
 
@@ -115,6 +148,9 @@ class Engine:
         # Calls not sent yet, oldest first: kept apart from maps, for there may be many
         # thousands of them and dispatch looks only at the head.
         self.calls: deque[CallJob] = deque()
+        #: Calls submitted while others waited for room and the lock was busy: taken in
+        #: (`_take_inbox`) by the next holder that dispatches, the collector at the latest.
+        self.inbox: deque[CallJob] = deque()
         self.call_costs = CallCosts()
         self.item_costs = CallCosts()  # per item, of map functions
         self.timed = False  # a unit with a time limit was ever sent: the collector checks deadlines
@@ -189,21 +225,10 @@ class Engine:
             finally:
                 self.hub.wake()
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Holds the engine lock; completions found meanwhile run after it is released."""
-        outer = getattr(_deferred, "pending", None) is None
-        if outer:
-            _deferred.pending = []
-        try:
-            with self.lock:
-                yield
-        finally:
-            if outer:
-                pending, _deferred.pending = _deferred.pending, None
-                interrupts = [e for e in (_complete(fn, args) for fn, args in pending) if e is not None]
-                if interrupts:
-                    raise interrupts[0]  # Ctrl-C in a callback on the caller's thread
+    def locked(self) -> _Held:
+        """Holds the engine lock (``with engine.locked():``); completions found meanwhile
+        run after it is released."""
+        return _Held(self.lock)
 
     # -- workers -------------------------------------------------------------
 
@@ -268,17 +293,49 @@ class Engine:
     def submit(self, job: Job) -> None:
         if os.getpid() != self.pid:
             raise RuntimeError("a paralelo pool cannot be used from a child process forked after it was made")
+        if type(job) is CallJob and self.calls and self.broken is None and not self.closing:
+            if not self.lock.acquire(blocking=False):
+                # Calls wait for room already, and the lock's holder (the collector, taking
+                # answers in) is busy: this one joins them through the inbox, without
+                # waiting for the lock (and the thread switches that costs) once per call
+                # of a burst.
+                self.inbox.append(job)
+                self.hub.wake()  # (the collector takes the inbox in on its next round)
+                return
+            self.lock.release()  # (taken again below, as by any submit)
         with self.locked():
+            self._take_inbox()  # (first: calls keep the order they were made in)
             if self.broken is not None:
                 raise self.broken
             if self.closing:
                 raise ValueError("Pool not running")
             self.jobs[job.id] = job
             if isinstance(job, CallJob):
+                waiting = bool(self.calls)
                 self.calls.append(job)
+                if waiting:
+                    # Those ahead wait for room, which only answers (and deaths) free:
+                    # the collector pumps after each. A burst of calls costs its caller
+                    # no pump per call.
+                    return
             else:
                 self.active.append(job)
             self._pump()
+
+    def _take_inbox(self) -> None:
+        """Takes the calls of the inbox in, in order (under the lock). Calls that came
+        after the pool broke fail with its error; after its workers were told to exit,
+        with "Pool not running", as a submit then raises."""
+        inbox = self.inbox
+        while inbox:
+            job = inbox.popleft()
+            if self.broken is not None:
+                job.fail(self.broken)
+            elif self.exits_sent:
+                job.fail(ValueError("Pool not running"))
+            else:
+                self.jobs[job.id] = job
+                self.calls.append(job)
 
     def map_job(self, fn: Callable, iterable: Iterable, star: bool, chunksize: int | None,
                 sink: MapSink, hold: int | None = None, task_timeout: float | None = None,
@@ -627,6 +684,7 @@ class Engine:
             # Results, room for outboxes, deaths, wake() and time limits end this wait.
             msgs, events = recv(self._until_deadline())
             with self.locked():
+                self._take_inbox()
                 if self.starting:
                     # A worker that spoke must have its pid taken before it is heard.
                     self._take_first_workers(max((m[0] for m in msgs), default=-1))
@@ -815,6 +873,7 @@ class Engine:
         if self.broken is None:
             self.broken = err
         err = self.broken
+        self._take_inbox()  # (they fail with the rest)
         for job in list(self.jobs.values()):
             job.fail(err)
         self.jobs.clear()
@@ -844,6 +903,7 @@ class Engine:
         if os.getpid() != self.pid:
             return  # a forked child: the rings and workers are its parent's
         with self.locked():
+            self._take_inbox()  # (accepted before: they run before the workers exit)
             self.closing = True
             for job in self.active:
                 if isinstance(job, MapJob):
@@ -861,6 +921,7 @@ class Engine:
         if os.getpid() != self.pid:
             return
         with self.locked():
+            self._take_inbox()
             self.closing = self.terminated = True
             for job in list(self.jobs.values()):
                 if exc is not None:
