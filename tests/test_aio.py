@@ -482,3 +482,204 @@ def test_gathering_cancelled_cancels_the_calls_not_started(run, tmp_path) -> Non
     run(main())
     assert not marker.exists()
 
+
+
+# -- IPC awaited -------------------------------------------------------------------
+
+
+def _put_later(q: Any, items: list, delay: float) -> None:
+    time.sleep(delay)
+    for item in items:
+        q.put(item)
+
+
+def _send_later(conn: Any, items: list, delay: float) -> None:
+    time.sleep(delay)
+    for item in items:
+        conn.send(item)
+    conn.close()
+
+
+def _hold(lock: Any, held: Any, seconds: float) -> None:
+    with lock:
+        held.set()
+        time.sleep(seconds)
+
+
+def _set_later(event: Any, delay: float) -> None:
+    time.sleep(delay)
+    event.set()
+
+
+def _party(barrier: Any) -> None:
+    try:
+        barrier.wait(10)
+    except Exception:  # noqa: BLE001 - (a broken barrier: the test looks at it)
+        pass
+
+
+async def _ticking(work: Any) -> tuple[Any, int]:
+    """`work`'s outcome, and how many 10 ms ticks a heartbeat made meanwhile."""
+    ticks = 0
+
+    async def beat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beater = asyncio.ensure_future(beat())
+    try:
+        return await work, ticks
+    finally:
+        beater.cancel()
+
+
+def _started(target: Callable, *args: Any) -> Any:
+    p = paralelo.Process(target=target, args=args)
+    p.start()
+    return p
+
+
+def test_queues_are_awaited_without_blocking_the_loop(run) -> None:
+    async def main() -> None:
+        for q in (paralelo.Queue(), paralelo.SimpleQueue()):
+            p = _started(_put_later, q, ["a", "b"], 0.3)
+            got, ticks = await _ticking(q.get_async())
+            assert got == "a" and ticks >= 10  # the loop ran on while it waited
+            assert await q.get_async() == "b"
+            await q.put_async({"x": 1})
+            assert await q.get_async() == {"x": 1}
+            p.join(10)
+
+        q = paralelo.Queue()
+        with pytest.raises(paralelo.queues.Empty):
+            await q.get_async(timeout=0.05)
+        waiting = asyncio.ensure_future(q.get_async())
+        await asyncio.sleep(0.05)
+        waiting.cancel()  # a cancelled get takes nothing
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        q.put(7)
+        assert q.get(timeout=10) == 7
+
+        bounded = paralelo.Queue(maxsize=1)
+        await bounded.put_async(1)
+        with pytest.raises(paralelo.queues.Full):
+            await bounded.put_async(2, timeout=0.05)
+        second = asyncio.ensure_future(bounded.put_async(2))
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        assert await bounded.get_async() == 1
+        await asyncio.wait_for(second, 10)
+        assert await bounded.get_async() == 2
+
+    run(main())
+
+
+def test_connections_are_awaited_through_their_descriptor(run) -> None:
+    async def main() -> None:
+        a, b = paralelo.Pipe()
+        p = _started(_send_later, b, ["one", "two"], 0.3)
+        b.close()
+        got, ticks = await _ticking(a.recv_async())
+        assert got == "one" and ticks >= 10
+        assert await a.recv_async() == "two"
+        with pytest.raises(EOFError):
+            await a.recv_async()
+        p.join(10)
+
+        x, y = paralelo.Pipe()
+        readers = [asyncio.ensure_future(y.recv_async()) for _ in range(3)]  # one descriptor, three waiters
+        await asyncio.sleep(0.02)
+        for i in range(3):
+            await x.send_async(i)
+        assert sorted(await asyncio.wait_for(asyncio.gather(*readers), 10)) == [0, 1, 2]
+        big = b"z" * (1 << 22)  # (a thread sends what cannot go at once)
+        sending = asyncio.ensure_future(x.send_async(big))
+        assert await y.recv_async() == big
+        await sending
+        x.close()
+        y.close()
+
+    run(main())
+
+
+def test_locks_and_semaphores_are_taken_with_async_with(run) -> None:
+    async def main() -> None:
+        for lock in (paralelo.Lock(), paralelo.RLock(), paralelo.Semaphore(1), paralelo.BoundedSemaphore(1)):
+            held = paralelo.Event()
+            p = _started(_hold, lock, held, 0.3)
+            assert held.wait(10)
+            assert not await lock.acquire_async(timeout=0.05)
+
+            async def take() -> float:
+                t = time.monotonic()
+                async with lock:
+                    return time.monotonic() - t
+
+            waited, ticks = await _ticking(take())
+            assert waited > 0.1 and ticks >= 10
+            assert lock.acquire(timeout=1)  # released by `async with`
+            lock.release()
+            p.join(10)
+
+        rlock = paralelo.RLock()
+        async with rlock:  # held by the loop's thread, as with `with`
+            assert rlock._is_owned()
+            async with rlock:
+                pass
+        assert not rlock._is_owned()
+
+        cond = paralelo.Condition()
+        async with cond:
+            cond.notify_all()
+
+    run(main())
+
+
+def test_events_and_barriers_are_awaited(run) -> None:
+    async def main() -> None:
+        event = paralelo.Event()
+        assert not await event.wait_async(timeout=0.05)
+        p = _started(_set_later, event, 0.3)
+        ok, ticks = await _ticking(event.wait_async())
+        assert ok and ticks >= 10
+        assert await event.wait_async()
+        p.join(10)
+
+        barrier = paralelo.Barrier(2)
+        p = _started(_party, barrier)
+        index, ticks = await _ticking(barrier.wait_async(timeout=10))
+        assert index in (0, 1)
+        p.join(10)
+
+        lonely = paralelo.Barrier(2)
+        waiting = asyncio.ensure_future(lonely.wait_async())
+        await asyncio.sleep(0.05)
+        waiting.cancel()  # no party is left waiting for ever on it
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert lonely.broken
+
+    run(main())
+
+
+STUCK_SEND = """
+import asyncio, sys, time
+import paralelo
+
+async def main():
+    a, b = paralelo.Pipe()
+    asyncio.ensure_future(a.send_async(b"x" * (8 << 20)))  # nobody ever reads it
+    await asyncio.sleep(0.2)
+    print("leaving")
+
+if __name__ == "__main__":
+    asyncio.run(main())  # (cancels the send's task; its wait thread stays stuck)
+"""
+
+
+def test_a_wait_that_never_ends_does_not_keep_the_program_from_exiting(tmp_path) -> None:
+    out = side_by_side(tmp_path, STUCK_SEND, ("paralelo",), timeout=30)[0]
+    assert out == "leaving"

@@ -285,6 +285,194 @@ def _run_cell(cell: list, fut: Any) -> None:
         context.run(fn, fut)
 
 
+# -- IPC awaited: queues, connections, locks, events, barriers ----------------------
+
+#: How long a wait thread waits for a queue's data or an event before it hands back (a
+#: wait whose task was cancelled holds its thread no longer than this).
+SLICE = 0.25
+#: The backoff of polled attempts (a lock's acquire, a full queue's put): from the
+#: first, doubling to the last, in seconds.
+POLL_FIRST, POLL_MOST = 0.0005, 0.008
+
+class _WaitThreads:
+    """The threads that wait for IPC on the loops' behalf: made as waits need them (at
+    most `MOST`), gone after a minute idle. A pool of their own, so waits never hold the
+    threads of a loop's default executor; and daemons, so a wait that never ends (a
+    send to a reader that stopped reading) never keeps the program from exiting."""
+
+    MOST = 32
+    IDLE = 60.0
+
+    def __init__(self) -> None:
+        import queue
+
+        self.work: Any = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.threads = self.idle = 0
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in one of the threads: its ``concurrent.futures.Future``."""
+        from concurrent.futures import Future
+
+        done: Future = Future()
+        self.work.put((done, fn, args))
+        with self.lock:
+            if self.idle == 0 and self.threads < self.MOST:
+                self.threads += 1
+                threading.Thread(target=self._serve, name="paralelo-aio-wait", daemon=True).start()
+        return done
+
+    def _serve(self) -> None:
+        import queue
+
+        while True:
+            with self.lock:
+                self.idle += 1
+            try:
+                done, fn, args = self.work.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self.lock:
+                    self.idle -= 1
+                    if self.work.empty():  # (else one came just now: serve it)
+                        self.threads -= 1
+                        return
+                continue
+            with self.lock:
+                self.idle -= 1
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - the awaiting task's to handle
+                    done.set_exception(e)
+            done = fn = args = None  # (nothing of it held while idle)
+
+
+_wait_threads: _WaitThreads | None = None
+_wait_threads_lock = threading.Lock()
+
+
+def _waits() -> _WaitThreads:
+    global _wait_threads
+    if _wait_threads is None:
+        with _wait_threads_lock:
+            if _wait_threads is None:
+                _wait_threads = _WaitThreads()
+    return _wait_threads
+
+
+def _forget_wait_threads() -> None:
+    global _wait_threads, _wait_threads_lock
+    _wait_threads, _wait_threads_lock = None, threading.Lock()  # (not the child's threads)
+
+
+os.register_at_fork(after_in_child=_forget_wait_threads)
+
+
+async def waited(fn: Callable[..., Any], *args: Any, undo: Callable[[], object] | None = None) -> Any:
+    """``fn(*args)`` (a blocking wait) in a wait thread, awaited: the loop runs on.
+    Cancelling the awaiting task does not stop a call that started (its outcome is
+    dropped); `undo()` runs if `fn` raises or never runs (a send's buffers go)."""
+    import asyncio
+
+    def call() -> Any:
+        try:
+            return fn(*args)
+        except BaseException:
+            if undo is not None:
+                undo()
+            raise
+
+    started = _waits().submit(call)
+    if undo is not None:
+        started.add_done_callback(lambda f: f.cancelled() and undo())
+    return await asyncio.wrap_future(started)
+
+
+async def until(wait: Callable[[float], bool], timeout: float | None = None) -> bool:
+    """True once ``wait(seconds)`` (a blocking wait that changes nothing: for data, for
+    an event) says so, called in a wait thread a slice at a time; False when `timeout`
+    passes first. The loop runs on meanwhile."""
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    while True:
+        left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
+        if left <= 0:
+            return False
+        if await waited(wait, left):
+            return True
+
+
+async def polled(attempt: Callable[[], bool], timeout: float | None = None) -> bool:
+    """True once ``attempt()`` (which never blocks: a lock's ``acquire(False)``) succeeds,
+    tried in the loop's own thread (so a lock is its holder's, as with ``with``), backing
+    off between tries; False when `timeout` passes first."""
+    import asyncio
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    delay = POLL_FIRST
+    while not attempt():
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        await asyncio.sleep(delay if left is None else min(delay, left))
+        delay = min(2 * delay, POLL_MOST)
+    return True
+
+
+async def readable(fd: int) -> None:
+    """Returns once `fd` is readable, watched by the running loop (``add_reader``): no
+    thread. Several tasks may wait on one descriptor at once."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    waiting = _readers.setdefault(loop, {})
+    futs = waiting.get(fd)
+    if futs is None:
+        futs = waiting[fd] = []
+
+        def ready() -> None:
+            loop.remove_reader(fd)
+            for f in waiting.pop(fd, ()):
+                if not f.done():
+                    f.set_result(None)
+
+        loop.add_reader(fd, ready)
+    futs.append(fut)
+    try:
+        await fut
+    finally:
+        if not fut.done() or fut.cancelled():
+            if fut in futs:
+                futs.remove(fut)
+            if not futs and waiting.get(fd) is futs:
+                del waiting[fd]
+                loop.remove_reader(fd)
+
+
+_readers: weakref.WeakKeyDictionary[Any, dict[int, list]] = weakref.WeakKeyDictionary()
+
+
+class AsyncLock:
+    """``async with`` and ``await acquire_async()`` for a lock or semaphore whose
+    ``acquire(False)`` never blocks: tried in the loop's thread, which then holds it as
+    ``with`` would (an RLock is its thread's), backing off from 0.5 ms to 8 ms between
+    tries. A cancelled acquire holds nothing."""
+
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """Takes it, the loop running on meanwhile: True once taken; False if `timeout`
+        seconds pass first."""
+        return await polled(lambda: bool(self.acquire(False)), timeout)  # type: ignore[attr-defined]
+
+    async def __aenter__(self) -> None:
+        await self.acquire_async()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.release()  # type: ignore[attr-defined]
+
+
 async def map(fn: Callable, iterable: Any, *, limit: int = 8, ordered: bool = True,
               pool: Any = None) -> AsyncIterator[Any]:
     """``async for result in paralelo.aio.map(fn, items, limit=N)``: `fn` over the items

@@ -28,7 +28,7 @@ from multiprocessing import connection as _mp
 from multiprocessing.connection import Client, Listener, answer_challenge, deliver_challenge
 from typing import Any, Callable
 
-from . import _arena, _channels
+from . import _arena, _channels, aio
 from ._native import Channel
 from ._arena import commit, ungive
 from ._pickling import once
@@ -55,6 +55,10 @@ os.register_at_fork(after_in_child=_forget_watches_after_fork)
 def _eventfd() -> int:
     return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
+
+#: The largest message ``send_async`` tries to send in the loop's own thread: one that
+#: starts going out is sent whole, however slowly the other end reads.
+_SEND_NOW_MOST = 64 << 10
 
 class Connection:
     """One end of a ``Pipe`` (multiprocessing's ``Connection``): ``send``/``recv`` of
@@ -176,6 +180,31 @@ class Connection:
         except BaseException:
             ungive(data)  # (never sent: its blocks go)
             raise
+
+    async def send_async(self, obj: Any) -> None:
+        """``send`` from asyncio: at once when the ring has room for a small message;
+        else a wait thread sends it while the loop runs on (a cancelled send that
+        started still sends)."""
+        data = commit(dumps(obj))
+        out = self._writing()
+        if len(data) <= _SEND_NOW_MOST:
+            try:
+                out.send(data, 0.0, self._fd, self._out_event)
+                return
+            except TimeoutError:
+                pass  # (no room now: nothing went)
+            except BaseException:
+                ungive(data)
+                raise
+        await aio.waited(out.send, data, None, self._fd, self._out_event, undo=lambda: ungive(data))
+
+    async def recv_async(self) -> Any:
+        """``recv`` from asyncio: the loop watches the connection's descriptor (no
+        thread) until a receive would not block. EOFError when none is left and the
+        other end is closed."""
+        while not self.poll(0):
+            await aio.readable(self.fileno())
+        return self.recv()
 
     def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
         """Sends bytes from a bytes-like object (``offset`` and ``size`` in bytes)."""

@@ -30,7 +30,7 @@ from queue import Empty, Full
 from typing import Any
 
 from ._native import Channel, dumps_flat
-from . import _arena, _channels
+from . import _arena, _channels, aio
 from ._arena import GIVE, commit, frame, take_buffer, uncommit, ungive
 from ._pickling import FLAT, by_value, in_session
 
@@ -199,6 +199,35 @@ class Queue(_Shared):
         except TimeoutError:
             raise Empty from None
 
+    async def get_async(self, timeout: float | None = None) -> Any:
+        """``get`` from asyncio: the loop runs on while a wait thread waits for data
+        (taking none: the item is taken in the loop's thread, so a cancelled get loses
+        nothing). ``queue.Empty`` if `timeout` seconds pass first."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self.get(False)
+            except Empty:
+                pass
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0 or not await aio.until(self._ch.wait_data, left):
+                raise Empty
+
+    async def put_async(self, obj: Any, timeout: float | None = None) -> None:
+        """``put`` from asyncio: while ``maxsize`` items are in, tried again as the loop
+        runs on (backing off to 8 ms). ``queue.Full`` if `timeout` seconds pass first."""
+        if not await aio.polled(lambda: self._put_now(obj), timeout):
+            raise Full
+
+    def _put_now(self, obj: Any) -> bool:
+        try:
+            self.put(obj, False)
+        except Full:
+            return False
+        return True
+
     def put_nowait(self, obj: Any) -> None:
         return self.put(obj, False)
 
@@ -353,6 +382,32 @@ class SimpleQueue(_Shared):
 
     def get(self) -> Any:
         return self._check().recv(None, -1, -1, True)  # (no peer, no eventfd; unpickled)
+
+    async def get_async(self) -> Any:
+        """``get`` from asyncio: the loop runs on while a wait thread waits for data (the
+        item is taken in the loop's thread: a cancelled get loses nothing)."""
+        while True:
+            try:
+                return self._check().recv(0.0, -1, -1, True)
+            except TimeoutError:
+                await aio.until(self._ch.wait_data)
+
+    async def put_async(self, obj: Any) -> None:
+        """``put`` from asyncio: sent at once when the ring has room; else a wait thread
+        sends it while the loop runs on (a cancelled put whose send started still
+        sends)."""
+        ch = self._check()
+        sent = ch.put(obj, 0)
+        if sent is True:
+            return
+        if sent is None:
+            ch.reserve(0)
+            try:
+                sent = commit(dumps(obj))
+            except BaseException:
+                ch.unreserve()
+                raise
+        await aio.waited(ch.send, sent, undo=lambda: ungive(sent))
 
     def empty(self) -> bool:
         return not self._check().has_data()

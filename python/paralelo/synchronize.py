@@ -34,7 +34,7 @@ from multiprocessing import process as _mp_process
 from threading import BrokenBarrierError
 from typing import Any, Callable, cast
 
-from . import _ending, _lockdebug, _slab
+from . import _ending, _lockdebug, _slab, aio
 from ._errors import AbandonedLockError
 from ._native import SharedBarrier, SharedCondvar, SharedEvent, SharedLock, SharedSemaphore
 
@@ -56,7 +56,7 @@ def _disown_all() -> None:
 _ending.at_end(_disown_all)
 
 
-class _Lock(SharedLock):
+class _Lock(SharedLock, aio.AsyncLock):
     # (The native base holds the word; acquire, release, __enter__ and __exit__ are its.)
     _recursive = False
     _buf: Any  # the arena piece the lock lives in
@@ -85,7 +85,8 @@ def _rebuild_lock(buf: Any, cls: type) -> Any:
 class Lock(_Lock):
     """A lock shared by threads and processes (multiprocessing's ``Lock``):
     ``acquire(block=True, timeout=None)``, ``release()``, ``with``; any thread of any
-    process may release it."""
+    process may release it. From asyncio: ``async with lock`` and ``await
+    lock.acquire_async(timeout=None)``."""
 
     def __repr__(self) -> str:
         if self.holder() is None:
@@ -136,10 +137,11 @@ def _rebuild(buf: Any, cls: Any, args: tuple) -> Any:
     return self
 
 
-class Semaphore(_Placed):
+class Semaphore(_Placed, aio.AsyncLock):
     """A counting semaphore shared by threads and processes (multiprocessing's
     ``Semaphore(value=1)``): ``acquire(block=True, timeout=None)``, ``release()``,
-    ``get_value()``, ``with``. Any thread of any process may release it."""
+    ``get_value()``, ``with``, ``async with``. Any thread of any process may release
+    it."""
 
     _bounded = False
 
@@ -237,6 +239,10 @@ class Event(_Placed):
         """Waits until it is set: True, or False if `timeout` seconds passed first."""
         return bool(self._native.wait(timeout))
 
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """``wait`` from asyncio: the loop runs on while a wait thread waits."""
+        return self.is_set() or await aio.until(self.wait, timeout)
+
     def __reduce__(self) -> tuple:
         return self._reduce(())
 
@@ -244,12 +250,12 @@ class Event(_Placed):
         return f"<{type(self).__qualname__} at {id(self):#x} {'set' if self.is_set() else 'unset'}>"
 
 
-class Condition(_Placed):
+class Condition(_Placed, aio.AsyncLock):
     """A condition variable shared by threads and processes (multiprocessing's
     ``Condition(lock=None)``, an ``RLock`` by default; the lock must be paralelo's):
     ``wait(timeout=None)``, ``wait_for(predicate, timeout=None)``, ``notify(n=1)``,
-    ``notify_all()``, and the lock's ``acquire``, ``release`` and ``with``. A
-    ``notify(n)`` lets exactly min(n, waiting) waiters go."""
+    ``notify_all()``, and the lock's ``acquire``, ``release``, ``with`` and ``async
+    with``. A ``notify(n)`` lets exactly min(n, waiting) waiters go."""
 
     def __init__(self, lock: Any = None, *, ctx: Any = None) -> None:
         if lock is None:
@@ -371,23 +377,45 @@ class Barrier(_Placed):
     def wait(self, timeout: float | None = None) -> int:
         """Waits for the round to fill (at most `timeout` seconds, else the barrier's
         own; a timeout breaks it): this party's index in the round."""
+        index, round_, timeout = self._arrive(timeout)
+        if round_ is not None:
+            self._native.wait(round_, timeout)  # (a timeout or Ctrl-C breaks the round, in the engine)
+        return index
+
+    def _arrive(self, timeout: float | None) -> tuple[int, int | None, float | None]:
+        """Arrives: (this party's index, the round to wait for, or None if this party
+        filled it and let it go, the timeout to wait with)."""
         if timeout is None:
             timeout = self._timeout
         if timeout is not None and not timeout == timeout:  # (NaN: refused before arriving)
             raise ValueError("timeout must be a non-negative number of seconds or None, not nan")
         b = self._native
         index, round_ = b.arrive()
-        if index + 1 == b.parties:
-            if self._action is not None:
-                try:
-                    self._action()
-                except BaseException:
-                    b.abort()
-                    raise
-            b.pass_round(round_)  # (BrokenBarrierError if it broke meanwhile)
-            return int(index)
-        b.wait(round_, timeout)  # (a timeout or Ctrl-C breaks the round, in the engine)
-        return int(index)
+        if index + 1 != b.parties:
+            return int(index), round_, timeout
+        if self._action is not None:
+            try:
+                self._action()
+            except BaseException:
+                b.abort()
+                raise
+        b.pass_round(round_)  # (BrokenBarrierError if it broke meanwhile)
+        return int(index), None, timeout
+
+    async def wait_async(self, timeout: float | None = None) -> int:
+        """``wait`` from asyncio: the party arrives at once, and a wait thread waits for
+        the round to fill while the loop runs on. Cancelling the waiting task breaks the
+        barrier (as a timeout does): no other party waits for ever for it."""
+        import asyncio
+
+        index, round_, timeout = self._arrive(timeout)
+        if round_ is not None:
+            try:
+                await aio.waited(self._native.wait, round_, timeout)
+            except asyncio.CancelledError:
+                self._native.abort()  # (which also ends the wait thread's wait)
+                raise
+        return index
 
     def abort(self) -> None:
         """Breaks the barrier: its waiters, and later ones until a reset, get
