@@ -13,7 +13,8 @@ Cases (2 workers):
   map        one map of 10,000 tiny items awaited: µs an item. ``await pool.map_async``
              against aiomultiprocess' ``Pool.map``
   heartbeat  a coroutine ticking every 10 ms while a CPU-heavy map (2 s of work) is
-             awaited: how late its latest tick was, in ms (target: 2)
+             awaited: how late its latest tick was, in ms (target: 2); "hogs" is the
+             machine's floor, two plain processes as busy for a second (no pool)
 
 aiomultiprocess is optional (``pip install aiomultiprocess``): without it, its column
 reads "-".
@@ -96,9 +97,14 @@ CASES = {
         if __name__ == "__main__":
             asyncio.run(main())
     """),
-    "heartbeat": ("latest heartbeat tick during a CPU-heavy awaited map (ms late)", ("paralelo", "concurrent.futures"), """
+    "heartbeat": ("latest heartbeat tick during a CPU-heavy awaited map (ms late)", ("paralelo", "concurrent.futures", "hogs"), """
         def heavy(n):
             return sum(range(n))
+
+        def hog(seconds):
+            end = T() + seconds
+            while T() < end:
+                sum(range(10_000))
 
         async def main():
             late = []
@@ -114,13 +120,21 @@ CASES = {
                     pool.map(heavy, [10])
                     b = asyncio.ensure_future(beat())
                     await pool.map_async(heavy, items)
-            else:
+            elif LIB == "concurrent.futures":
                 from concurrent.futures import ProcessPoolExecutor
                 loop = asyncio.get_running_loop()
                 with ProcessPoolExecutor(2) as ex:
                     await loop.run_in_executor(ex, heavy, 10)
                     b = asyncio.ensure_future(beat())
                     await asyncio.gather(*(loop.run_in_executor(ex, heavy, n) for n in items))
+            else:  # the floor: two plain processes busy as long, no pool, no results
+                import multiprocessing
+                hogs = [multiprocessing.Process(target=hog, args=(1.0,)) for _ in range(2)]
+                for p in hogs:
+                    p.start()
+                b = asyncio.ensure_future(beat())
+                while any(p.is_alive() for p in hogs):
+                    await asyncio.sleep(0.05)
             b.cancel()
             print(max(late) * 1e3)
         if __name__ == "__main__":

@@ -45,3 +45,47 @@ def test_the_readme_demo_runs() -> None:
     assert "Suma de cuadrados: 285" in out.stdout
     assert "Queue + 2 Processes, sum of squares: 285" in out.stdout
     assert "Pipe round trip to a child process:" in out.stdout
+
+
+def test_the_asyncio_example_fetches_from_a_local_server_and_parses_in_the_pool() -> None:
+    # The guide's aiohttp example against a real HTTP server this test starts, bound to
+    # 127.0.0.1: pages fetched concurrently, parsed in worker processes, collected.
+    import http.server
+    import importlib.util
+    import threading
+
+    pytest.importorskip("aiohttp")
+    pages = {f"page{i}": "<p>" + " ".join(["uno"] * i + ["dos"] * (2 * i) + ["tres"]) + "</p>" for i in range(1, 6)}
+
+    class Pages(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = pages[self.path.strip("/")].encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        urls = [f"http://127.0.0.1:{server.server_address[1]}/{name}" for name in pages]
+        out = subprocess.run([sys.executable, str(EXAMPLES / "aio_fetch_parse.py"), *urls],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 0, out.stderr
+    spec = importlib.util.spec_from_file_location("aio_fetch_parse", EXAMPLES / "aio_fetch_parse.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    expected = "".join(
+        f"{name}: {n} palabras, la más común: {common!r} ({times})\n"
+        for name, (n, common, times) in ((name, example.parse(page)) for name, page in pages.items())
+    )
+    assert out.stdout == expected
+    assert "page5: 16 palabras, la más común: 'dos' (10)\n" in out.stdout
