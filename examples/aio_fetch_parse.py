@@ -27,7 +27,7 @@ def parse(html):
     """The CPU-bound step, in a worker process: the page's words and its commonest one."""
     text = re.sub(r"<[^>]+>", " ", html)
     words = re.findall(r"[a-záéíóúñ]+", text.lower())
-    common, times = collections.Counter(words).most_common(1)[0]
+    common, times = collections.Counter(words).most_common(1)[0] if words else ("", 0)
     return len(words), common, times
 
 

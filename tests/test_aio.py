@@ -607,7 +607,7 @@ def test_connections_are_awaited_through_their_descriptor(run) -> None:
 
 def test_locks_and_semaphores_are_taken_with_async_with(run) -> None:
     async def main() -> None:
-        for lock in (paralelo.Lock(), paralelo.RLock(), paralelo.Semaphore(1), paralelo.BoundedSemaphore(1)):
+        for lock in (paralelo.Lock(), paralelo.Semaphore(1), paralelo.BoundedSemaphore(1)):
             held = paralelo.Event()
             p = _started(_hold, lock, held, 0.3)
             assert held.wait(10)
@@ -624,18 +624,106 @@ def test_locks_and_semaphores_are_taken_with_async_with(run) -> None:
             lock.release()
             p.join(10)
 
-        rlock = paralelo.RLock()
-        async with rlock:  # held by the loop's thread, as with `with`
-            assert rlock._is_owned()
-            async with rlock:
+        # Tasks share the loop's thread, and an RLock lets its holder thread in again.
+        with pytest.raises(TypeError, match="use paralelo.Lock"):
+            async with paralelo.RLock():
                 pass
-        assert not rlock._is_owned()
 
-        cond = paralelo.Condition()
-        async with cond:
-            cond.notify_all()
+        lock = paralelo.Lock()
+        inside = []
+
+        async def exclusive(k: int) -> None:
+            async with lock:
+                inside.append(k)
+                await asyncio.sleep(0.01)
+                inside.append(-k)
+
+        await asyncio.gather(*(exclusive(k) for k in range(1, 5)))
+        assert all(inside[i] == -inside[i + 1] for i in range(0, 8, 2))  # one task at a time
 
     run(main())
+
+
+def _churn(lock: Any, stop: Any) -> None:
+    while not stop.is_set():
+        with lock:
+            time.sleep(0.01)
+
+
+def test_an_awaited_acquire_gets_its_turn_on_a_busy_lock(run) -> None:
+    # Another process takes the lock again at once after each release: an acquire that
+    # only polled would rarely find it free; the waiting thread is woken as any waiter.
+    async def main() -> None:
+        for lock in (paralelo.Lock(), paralelo.Semaphore(1)):
+            stop = paralelo.Event()
+            p = _started(_churn, lock, stop)
+            try:
+                await asyncio.sleep(0.05)
+                for _ in range(5):
+                    assert await lock.acquire_async(timeout=5)
+                    lock.release()
+            finally:
+                stop.set()
+                p.join(10)
+
+    run(main())
+
+
+def _handshake_then_barrier(q: Any, go: Any, barrier: Any) -> None:
+    time.sleep(0.2)
+    q.put("ready")
+    go.wait(10)
+    barrier.wait(10)
+
+
+def test_an_awaited_wait_never_queues_behind_another(run) -> None:
+    # The barrier's wait thread waits for the child, which waits for the handshake that a
+    # queue read makes: that read must get a thread of its own.
+    async def main() -> None:
+        q, go, barrier = paralelo.Queue(), paralelo.Event(), paralelo.Barrier(2)
+        assert not await go.wait_async(0.01)  # (a wait thread, idle again)
+        p = _started(_handshake_then_barrier, q, go, barrier)
+
+        async def handshake() -> None:
+            assert await q.get_async() == "ready"
+            go.set()
+
+        await asyncio.wait_for(asyncio.gather(barrier.wait_async(), handshake()), 10)
+        p.join(10)
+        events = [paralelo.Event() for _ in range(20)]
+        t = time.monotonic()
+        assert await asyncio.gather(*(e.wait_async(0.3) for e in events)) == [False] * 20
+        assert time.monotonic() - t < 2  # each its own thread: the timeouts run together
+        with pytest.raises(ValueError, match="NaN"):
+            await events[0].wait_async(float("nan"))
+
+    run(main())
+
+
+def test_awaiting_a_cancelled_result_raises_asyncios_cancelled_error(run) -> None:
+    async def main() -> None:
+        with paralelo.Pool(1) as pool:
+            busy = pool.apply_async(_nap, (0.2,))
+            queued = pool.apply_async(_square, (3,))
+            assert queued.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            task = asyncio.ensure_future(pool.map_async(_square, range(3)))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await busy == 0.2
+
+    run(main())
+
+
+def test_paralelo_aio_is_there_after_a_plain_import() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import paralelo; print(paralelo.aio.map.__name__)"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout == "map\n", out.stderr
 
 
 def test_events_and_barriers_are_awaited(run) -> None:
@@ -683,3 +771,104 @@ if __name__ == "__main__":
 def test_a_wait_that_never_ends_does_not_keep_the_program_from_exiting(tmp_path) -> None:
     out = side_by_side(tmp_path, STUCK_SEND, ("paralelo",), timeout=30)[0]
     assert out == "leaving"
+
+
+class _AsyncCallable:
+    async def __call__(self, x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+
+def test_aio_map_runs_an_object_with_an_async_call_in_the_loop(run) -> None:
+    async def main() -> None:
+        assert [x async for x in paralelo.aio.map(_AsyncCallable(), range(5), limit=2)] == [0, 2, 4, 6, 8]
+
+    run(main())
+
+
+def _raises_cancelled() -> None:
+    raise concurrent.futures.CancelledError("the task's own")
+
+
+def test_future_like_details_match_asyncio(run) -> None:
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def main() -> None:
+        with paralelo.Pool(1) as pool:
+            busy = pool.apply_async(_nap, (0.2,))
+            queued = pool.apply_async(_square, (2,))
+            queued.cancel("enough")
+            out = await asyncio.gather(busy, queued, return_exceptions=True)
+            assert out[0] == 0.2 and isinstance(out[1], asyncio.CancelledError) and out[1].args == ("enough",)
+
+            own = pool.apply_async(_raises_cancelled)  # the task's own error, not a cancel
+            with pytest.raises(concurrent.futures.CancelledError, match="the task's own"):
+                await own
+            assert not own.cancelled()
+
+            def boom(_f: Any) -> None:
+                raise RuntimeError("a failing callback")
+
+            seen: list = []
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(lambda _loop, context: seen.append(context["exception"]))
+            first, second = pool.apply_async(_nap, (0.05,)), pool.apply_async(_square, (5,))
+            first.add_done_callback(boom)  # (queued with the next wake-ups: they still run)
+
+            async def in_context() -> list:
+                var.set("mine")
+                got: list = []
+                done = loop.create_future()
+                second.add_done_callback(lambda f: (got.append(var.get()), done.set_result(None)))
+                await done
+                return got
+
+            assert await asyncio.wait_for(in_context(), 10) == ["mine"]
+            assert await asyncio.wait_for(first, 10) == 0.05
+            await asyncio.sleep(0.05)
+            assert any(isinstance(e, RuntimeError) for e in seen)
+
+            many = pool.apply_async(_nap, (0.3,))
+            for _ in range(100):  # polled, as asyncio.wait(..., timeout) does: nothing piles up
+                await asyncio.wait([many], timeout=0.001)
+            assert not many._watchers or len(many._watchers) <= 1
+            await many
+
+    run(main())
+
+
+def test_closing_a_connection_wakes_its_awaited_receive(run) -> None:
+    async def main() -> None:
+        a, b = paralelo.Pipe()
+        waiting = asyncio.ensure_future(a.recv_async())
+        await asyncio.sleep(0.05)
+        a.close()
+        with pytest.raises(OSError, match="closed"):
+            await asyncio.wait_for(waiting, 10)
+        b.close()
+
+    run(main())
+
+
+def _pass_and_tell(barrier: Any, passed: Any) -> None:
+    barrier.wait(10)
+    passed.set()
+
+
+def test_a_barrier_wait_cancelled_after_its_round_passed_leaves_it_whole(run) -> None:
+    async def main() -> None:
+        barrier, passed = paralelo.Barrier(2), paralelo.Event()
+        waiting = asyncio.ensure_future(barrier.wait_async())
+        await asyncio.sleep(0.05)
+        p = _started(_pass_and_tell, barrier, passed)
+        assert passed.wait(10)  # (the loop held: the round passed, the task not resumed)
+        time.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not barrier.broken
+        p.join(10)
+
+    run(main())

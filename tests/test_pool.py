@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 import pytest
 
@@ -1138,6 +1139,11 @@ def _order_probe(k: int, i: int) -> tuple[int, int]:
     return k, i
 
 
+def _nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
 class _Registered:
     def __init__(self, v: int) -> None:
         self.v = v
@@ -1159,6 +1165,8 @@ def test_a_reducer_registered_after_calls_were_pickled_is_used() -> None:
         ForkingPickler.register(_Registered, lambda o: (_rebuilt, (o.v,)))
         try:
             assert pool.apply(_identity, (_Registered(3),)) == ("rebuilt", 3)
+            ForkingPickler.register(_Registered, lambda o: (_rebuilt, (-o.v,)))  # (registered again)
+            assert pool.apply(_identity, (_Registered(3),)) == ("rebuilt", -3)
         finally:
             del ForkingPickler._extra_reducers[_Registered]
 
@@ -1186,3 +1194,58 @@ def test_a_call_pickled_inside_another_pickling_leaves_the_outer_one_whole(monke
     assert fn(*args, **kwargs) == [1, "inner", 2]
     with paralelo.Pool(1) as pool:
         assert pool.apply(_identity, ([1, _PicklesInside(), 2],)) == [1, "inner", 2]
+
+
+class _BusyLock:
+    """An engine lock whose non-blocking acquire always finds it busy (a submit then
+    goes through the inbox), running `on_busy` first if given."""
+
+    def __init__(self, lock: Any, on_busy: Any = None) -> None:
+        self.lock, self.on_busy = lock, on_busy
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not blocking:
+            if self.on_busy is not None:
+                self.on_busy()
+            return False
+        return self.lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def test_calls_through_the_inbox_run_or_fail_whatever_ends_the_pool() -> None:
+    for end in ("close", "terminate"):
+        pool = paralelo.Pool(1)
+        engine = pool._engine
+        first = pool.apply_async(_nap, (0.2,))
+        engine.lock = _BusyLock(engine.lock)
+        later = [pool.apply_async(_order_probe, (0, i)) for i in range(50)]
+        assert engine.inbox or engine.calls  # (they went in through it)
+        getattr(pool, end)()
+        pool.join()
+        for r in [first, *later]:
+            r.wait(30)
+            assert r.ready()
+        if end == "close":
+            assert [r.get() for r in later] == [(0, i) for i in range(50)]
+        assert not engine.inbox
+
+    # Stopped between a submit's look and its append: the call fails as a stopped pool's
+    # submit does, and is not left in the inbox.
+    pool = paralelo.Pool(1)
+    engine = pool._engine
+    pool.apply_async(_nap, (0.2,))
+    pool.apply_async(_nap, (0.2,))  # (one waits for room: the next call may take the inbox)
+    engine.lock = _BusyLock(engine.lock, on_busy=pool.close)
+    late = pool.apply_async(_order_probe, (1, 1))
+    with pytest.raises(ValueError, match="Pool not running"):
+        late.get(30)
+    assert not engine.inbox
+    pool.join()

@@ -52,6 +52,7 @@ from .context import (
 )
 
 if TYPE_CHECKING:
+    from . import aio
     from ._broken import BrokenProcessPool, ResultUnpicklingError, TaskUnpicklingError, WorkerLostError
     from .futures import ProcessPoolExecutor
     from .pool import AsyncResult, Pool, ThreadPool
@@ -84,7 +85,7 @@ _LAZY = {
     "Value": "sharedctypes", "Array": "sharedctypes", "RawValue": "sharedctypes",
     "RawArray": "sharedctypes", "Queue": "queues", "SimpleQueue": "queues",
     "JoinableQueue": "queues", "Pipe": "connection", "SharedArray": "sharedarray",
-    "Manager": "managers",
+    "Manager": "managers", "aio": "paralelo.aio",
 }
 
 
@@ -107,6 +108,7 @@ if __import__("os").environ.get("PARALELO_DEBUG_LOCKS"):
 __version__ = "0.1.0"
 
 __all__ = [
+    "aio",
     "debug_locks",
     "BrokenThreadPool",
     "ThreadPool",

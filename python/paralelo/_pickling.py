@@ -93,13 +93,13 @@ def _pickler() -> type:
         # last, what multiprocessing registers for its own pickler (the live table): its
         # shared ctypes objects then refuse with its message ("c_int objects should only
         # be shared between processes through inheritance"), not as an mmap.
-        table = _Flat({types.CodeType: code_reduce}, *cloudpickle.Pickler.dispatch_table.maps,
-                      ForkingPickler._extra_reducers)  # type: ignore[attr-defined]
+        maps = ({types.CodeType: code_reduce}, *cloudpickle.Pickler.dispatch_table.maps,
+                ForkingPickler._extra_reducers)  # type: ignore[attr-defined]
 
         def __init__(self, file: io.BytesIO, main: MainNames | None, buffer_callback: Any = None) -> None:
             # Before the C pickler's __init__, which reads it: set after, it would only
             # shadow cloudpickle's class attribute, not reach the C pickler.
-            self.dispatch_table = self.table()
+            self.dispatch_table = _flat(*self.maps)
             super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
             self.main = main
 
@@ -209,30 +209,22 @@ def loads_call(data: Any) -> tuple:
     return fn, args, kwargs
 
 
-class _Flat:
+def _flat(*maps: Any) -> dict:
     """Dispatch tables as one plain dict, the first that has a type winning (as in a
-    ChainMap), renewed when any of them grows (a late ``copyreg.pickle`` or
-    ``ForkingPickler.register``). A pickler looks every object's type up in its table,
-    and a ChainMap's look-up is Python code: it made a small call's pickling several
-    times slower."""
-
-    def __init__(self, *maps: Any) -> None:
-        self.maps = maps
-        self.size = -1
-        self.table: dict = {}
-
-    def __call__(self) -> dict:
-        size = sum(map(len, self.maps))  # (the tables only grow: nothing unregisters)
-        if size != self.size:
-            table: dict = {}
-            for m in reversed(self.maps):
-                table.update(m)
-            self.table, self.size = table, size
-        return self.table
+    ChainMap), read now: a registration made since (``copyreg.pickle``,
+    ``ForkingPickler.register``, a first or a second one for a type) counts, as when
+    multiprocessing's pickler copies its table at each pickling. A plain dict because a
+    pickler looks every object's type up in its table, and a ChainMap's look-up is
+    Python code: it made a small call's pickling several times slower."""
+    table: dict = {}
+    for m in reversed(maps):
+        table.update(m)
+    return table
 
 
-#: The C pickler's table with what multiprocessing registers for its own pickler.
-_forking_table = _Flat(ForkingPickler._extra_reducers, copyreg.dispatch_table)  # type: ignore[attr-defined]
+def _forking_table() -> dict:
+    """The C pickler's table with what multiprocessing registers for its own pickler."""
+    return _flat(ForkingPickler._extra_reducers, copyreg.dispatch_table)  # type: ignore[attr-defined]
 
 
 class _Reused(threading.local):
@@ -242,8 +234,7 @@ class _Reused(threading.local):
 
     def __init__(self) -> None:
         self.file = io.BytesIO()
-        self.pickler: pickle.Pickler | None = None
-        self.table: dict | None = None
+        self.pickler = pickle.Pickler(self.file, PROTOCOL, buffer_callback=self.forward)
         self.callback: Any = None
         self.busy = False
 
@@ -264,9 +255,7 @@ def _c_dumps(obj: Any, buffer_callback: Any) -> bytes:
         fresh.dump(obj)
         return f.getvalue()
     pickler = r.pickler
-    if pickler is None or r.table is not table:
-        pickler = r.pickler = pickle.Pickler(r.file, PROTOCOL, buffer_callback=r.forward)
-        pickler.dispatch_table = r.table = table
+    pickler.dispatch_table = table
     r.busy, r.callback, f = True, buffer_callback, r.file
     try:
         pickler.dump(obj)

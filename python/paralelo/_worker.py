@@ -109,7 +109,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
     while True:
         port.notify()  # results sent quietly in the last batch: wake the parent once
         quiet = False
-        flush_stdio()  # what an initializer printed shows before the worker waits
+        flush_stdio()  # (what was printed outside a task, by the initializer, shows now)
         batch = recv(None)
         batch.reverse()
         while batch:

@@ -597,9 +597,9 @@ def small_process() -> bool:
 
 def flush_stdio() -> None:
     """Flushes this process's stdout and stderr, as multiprocessing does before it forks
-    and as a worker does after each batch: text printed but still buffered is then
-    written once, not once more by every copy of the buffer (or never, by a worker that is
-    killed)."""
+    and as a worker does before each reply and each wait: text printed but still
+    buffered is then written once, not once more by every copy of the buffer (or never,
+    by a worker that is killed)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:

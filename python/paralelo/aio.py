@@ -14,6 +14,16 @@ them when they come (and its eventfd goes with it).
 Cancelling the awaiting task cancels the work if it has not started (an executor's
 Future is cancelled; a pool's call or map runs nothing more of it) and discards its
 result otherwise.
+
+A pool's results are also asyncio Future-like objects (`FutureLike`): ``gather``,
+``wait``, ``wait_for``, ``shield`` and ``as_completed`` take them without a Task each.
+
+IPC awaited (the ``*_async`` methods of queues, connections, locks, semaphores, events
+and barriers) waits in one of three ways, by what the wait commits: on a descriptor the
+loop watches (`readable`: a connection's receive); in a wait thread a slice at a time,
+taking the item in the loop's thread (`until`: a queue's data, an event); or whole in
+a wait thread (`waited`, `acquired`: a send that does not fit now, a lock, a barrier's
+round), giving back what a cancelled wait took.
 """
 
 from __future__ import annotations
@@ -70,7 +80,15 @@ class _Waker:
             self.rung = False
             ready, self.pending = self.pending, deque()
         for fn, args in ready:
-            fn(*args)
+            try:
+                fn(*args)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as e:  # noqa: BLE001 - one failing must not drop the rest
+                loop = self.loop()
+                if loop is not None:  # (reported as asyncio reports a failing callback)
+                    loop.call_exception_handler({"message": f"Exception in callback {fn!r}{args!r}",
+                                                 "exception": e})
 
     def close(self) -> None:
         with self.lock:
@@ -178,48 +196,57 @@ def awaiting(when_ready: Callable[[Callable[[], None]], None], ready: Callable[[
 
 class FutureLike:
     """What makes a result an asyncio Future-like object, the duck type asyncio documents
-    (``asyncio.isfuture``): ``asyncio.gather``, ``wait``, ``wait_for``, ``shield``,
-    ``as_completed`` and ``run_until_complete`` take it as it is, with no Task wrapped
-    around each (which costs more than the call it waits for). Its done-callbacks run in
-    the loop that added them, woken through that loop's eventfd.
+    (``asyncio.isfuture``): ``asyncio.gather``, ``wait``, ``wait_for``, ``shield`` and
+    ``as_completed`` take it as it is, with no Task wrapped around each (which costs
+    more than the call it waits for). It is bound to no loop: its done-callbacks run in
+    the loop that added them, woken through that loop's eventfd; so it is used from a
+    running loop (``get_loop()`` outside one raises: ``run_until_complete(result)``
+    cannot tell which loop it is for; a coroutine that awaits it can).
 
     A subclass provides ``ready()``, ``_when_ready(fn)`` (calls `fn` once ready, from
-    any thread), ``_cancel()`` (cancels the work, settling the result as cancelled),
-    ``_outcome()`` (``(ok, value)`` once ready) and ``_is_cancelled()``."""
+    any thread), ``_unwatch(fn)`` (forgets such an `fn`), ``_cancel()`` (cancels the
+    work, settling the result as cancelled), ``_outcome()`` (``(ok, value)`` once ready)
+    and ``_is_cancelled()``."""
 
     _asyncio_future_blocking = False
+    _cancel_message: Any = None  # (read by asyncio.gather from a cancelled child)
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
-        """The running event loop (a result is bound to none: each loop that waits for
-        it is told through its own eventfd)."""
+        """The running event loop: each loop that waits for the result is told through its
+        own eventfd. RuntimeError outside a running loop."""
         loop = _running_loop()
         if loop is None:
-            import asyncio
-
-            loop = asyncio.get_event_loop_policy().get_event_loop()
+            raise RuntimeError("a paralelo result belongs to no event loop: await it from a coroutine, "
+                               "or hand it to asyncio from one that runs")
         return loop
 
     def add_done_callback(self, fn: Callable[[Any], object], *, context: Any = None) -> None:
         """Calls ``fn(result)`` in the current event loop once the result is ready (soon,
-        if it is already), as an asyncio Future does."""
+        if it is already), in `context` (default: a copy of the current one), as an
+        asyncio Future does."""
+        import contextvars
+
         loop = self.get_loop()
-        cell = [fn, context]
+        cell: list = [fn, contextvars.copy_context() if context is None else context, None]
         cells = self.__dict__.setdefault("_aio_cells", [])
         cells.append(cell)
         if self.ready():  # type: ignore[attr-defined]
             loop.call_soon(_run_cell, cell, self)
             return
         post = wake(loop)
-        self._when_ready(lambda: post(_run_cell, (cell, self)))  # type: ignore[attr-defined]
+        cell[2] = watcher = lambda: post(_run_cell, (cell, self))
+        self._when_ready(watcher)  # type: ignore[attr-defined]
 
     def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
         """Forgets `fn` where it has not run yet; how many were forgotten."""
-        removed = 0
-        for cell in self.__dict__.get("_aio_cells", ()):
-            if cell[0] == fn:
-                cell[0] = None
-                removed += 1
-        return removed
+        cells = self.__dict__.get("_aio_cells", [])
+        gone = [cell for cell in cells if cell[0] == fn]
+        for cell in gone:
+            cells.remove(cell)
+            if cell[2] is not None:
+                self._unwatch(cell[2])  # type: ignore[attr-defined]
+            cell[:] = [None, None, None]
+        return len(gone)
 
     def done(self) -> bool:
         """Whether the result is ready (as ``ready()``)."""
@@ -234,6 +261,7 @@ class FutureLike:
         the result with it; False if it was ready already."""
         if self.ready():  # type: ignore[attr-defined]
             return False
+        self._cancel_message = msg
         self._cancel()  # type: ignore[attr-defined]
         return self.cancelled()
 
@@ -257,14 +285,14 @@ class FutureLike:
         if not self.ready():  # type: ignore[attr-defined]
             raise asyncio.InvalidStateError("Result is not ready.")
         if self._is_cancelled():  # type: ignore[attr-defined]
-            raise asyncio.CancelledError()
+            raise self._make_cancelled_error()
         return self._outcome()  # type: ignore[attr-defined]
 
     def _make_cancelled_error(self) -> BaseException:
         # (asyncio.gather asks a cancelled child for its error by this name.)
         import asyncio
 
-        return asyncio.CancelledError()
+        return asyncio.CancelledError() if self._cancel_message is None else asyncio.CancelledError(self._cancel_message)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -275,14 +303,11 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 def _run_cell(cell: list, fut: Any) -> None:
-    fn, context = cell
+    fn, context, _ = cell
     if fn is None:
         return  # removed before it ran
-    cell[0] = None
-    if context is None:
-        fn(fut)
-    else:
-        context.run(fn, fut)
+    cell[:] = [None, None, None]
+    context.run(fn, fut)
 
 
 # -- IPC awaited: queues, connections, locks, events, barriers ----------------------
@@ -295,12 +320,13 @@ SLICE = 0.25
 POLL_FIRST, POLL_MOST = 0.0005, 0.008
 
 class _WaitThreads:
-    """The threads that wait for IPC on the loops' behalf: made as waits need them (at
-    most `MOST`), gone after a minute idle. A pool of their own, so waits never hold the
-    threads of a loop's default executor; and daemons, so a wait that never ends (a
-    send to a reader that stopped reading) never keeps the program from exiting."""
+    """The threads that wait for IPC on the loops' behalf: one for each wait under way
+    (a wait never queues behind another, which may be waiting for it: a barrier's round
+    for the handshake a queue read would make), reused, gone after a minute idle. Of
+    their own, so waits never hold the threads of a loop's default executor; daemons, so
+    a wait that never ends (a send to a reader that stopped reading) never keeps the
+    program from exiting."""
 
-    MOST = 32
     IDLE = 60.0
 
     def __init__(self) -> None:
@@ -308,47 +334,55 @@ class _WaitThreads:
 
         self.work: Any = queue.SimpleQueue()
         self.lock = threading.Lock()
-        self.threads = self.idle = 0
+        #: Idle threads no submitted wait has claimed yet: each wait put in `work` claims
+        #: one, or starts a thread, so there are always as many threads taking from
+        #: `work` as waits in it.
+        self.free = 0
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` in one of the threads: its ``concurrent.futures.Future``."""
+        """``fn(*args)`` in a thread of its own: its ``concurrent.futures.Future``."""
         from concurrent.futures import Future
 
         done: Future = Future()
-        self.work.put((done, fn, args))
         with self.lock:
-            if self.idle == 0 and self.threads < self.MOST:
-                self.threads += 1
-                threading.Thread(target=self._serve, name="paralelo-aio-wait", daemon=True).start()
+            claimed = self.free > 0
+            if claimed:
+                self.free -= 1
+        self.work.put((done, fn, args))
+        if not claimed:
+            threading.Thread(target=self._serve, name="paralelo-aio-wait", daemon=True).start()
         return done
 
     def _serve(self) -> None:
         import queue
 
         while True:
-            with self.lock:
-                self.idle += 1
             try:
                 done, fn, args = self.work.get(timeout=self.IDLE)
             except queue.Empty:
                 with self.lock:
-                    self.idle -= 1
-                    if self.work.empty():  # (else one came just now: serve it)
-                        self.threads -= 1
+                    if self.free > 0:  # one idle thread unclaimed: this one can go
+                        self.free -= 1
                         return
-                continue
-            with self.lock:
-                self.idle -= 1
+                continue  # (all claimed: a wait is on its way to one of us)
             if done.set_running_or_notify_cancel():
                 try:
                     done.set_result(fn(*args))
                 except BaseException as e:  # noqa: BLE001 - the awaiting task's to handle
                     done.set_exception(e)
             done = fn = args = None  # (nothing of it held while idle)
+            with self.lock:
+                self.free += 1
 
 
 _wait_threads: _WaitThreads | None = None
 _wait_threads_lock = threading.Lock()
+
+
+def submit_wait(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` (a blocking wait) started in a wait thread: its
+    ``concurrent.futures.Future``."""
+    return _waits().submit(fn, *args)
 
 
 def _waits() -> _WaitThreads:
@@ -382,10 +416,22 @@ async def waited(fn: Callable[..., Any], *args: Any, undo: Callable[[], object] 
                 undo()
             raise
 
-    started = _waits().submit(call)
+    started = submit_wait(call)
     if undo is not None:
         started.add_done_callback(lambda f: f.cancelled() and undo())
     return await asyncio.wrap_future(started)
+
+
+def deadline_of(timeout: float | None) -> float | None:
+    """When a wait of `timeout` seconds (None: no end) ends, on ``time.monotonic()``'s
+    clock; ValueError for NaN, as the blocking waits say."""
+    import time
+
+    if timeout is None:
+        return None
+    if not timeout == timeout:
+        raise ValueError("timeout must be a non-negative number of seconds or None, not NaN")
+    return time.monotonic() + max(0.0, timeout)
 
 
 async def until(wait: Callable[[float], bool], timeout: float | None = None) -> bool:
@@ -394,7 +440,7 @@ async def until(wait: Callable[[float], bool], timeout: float | None = None) -> 
     passes first. The loop runs on meanwhile."""
     import time
 
-    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    deadline = deadline_of(timeout)
     while True:
         left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
         if left <= 0:
@@ -404,13 +450,13 @@ async def until(wait: Callable[[float], bool], timeout: float | None = None) -> 
 
 
 async def polled(attempt: Callable[[], bool], timeout: float | None = None) -> bool:
-    """True once ``attempt()`` (which never blocks: a lock's ``acquire(False)``) succeeds,
-    tried in the loop's own thread (so a lock is its holder's, as with ``with``), backing
-    off between tries; False when `timeout` passes first."""
+    """True once ``attempt()`` (which never blocks: a put into a full queue) succeeds,
+    tried in the loop's own thread, backing off between tries; False when `timeout`
+    passes first."""
     import asyncio
     import time
 
-    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    deadline = deadline_of(timeout)
     delay = POLL_FIRST
     while not attempt():
         left = None if deadline is None else deadline - time.monotonic()
@@ -432,39 +478,105 @@ async def readable(fd: int) -> None:
     futs = waiting.get(fd)
     if futs is None:
         futs = waiting[fd] = []
-
-        def ready() -> None:
-            loop.remove_reader(fd)
-            for f in waiting.pop(fd, ()):
-                if not f.done():
-                    f.set_result(None)
-
-        loop.add_reader(fd, ready)
+        loop.add_reader(fd, lambda: _release(loop, fd, waiting.pop(fd, [])))
     futs.append(fut)
     try:
         await fut
     finally:
-        if not fut.done() or fut.cancelled():
-            if fut in futs:
-                futs.remove(fut)
+        if fut.cancelled() and fut in futs:
+            futs.remove(fut)
             if not futs and waiting.get(fd) is futs:
                 del waiting[fd]
                 loop.remove_reader(fd)
 
 
+def _release(loop: Any, fd: int, futs: list) -> None:
+    loop.remove_reader(fd)
+    for f in futs:
+        if not f.done():
+            f.set_result(None)
+
+
+def drop_readers(fd: int) -> None:
+    """Wakes the tasks waiting (`readable`) on `fd`, which is about to be closed: each
+    looks again, and finds what it waited on closed. The running loop's are woken now,
+    before the number can be given to another descriptor; another loop's, through it."""
+    running = _running_loop()
+    for loop, waiting in list(_readers.items()):
+        futs = waiting.pop(fd, None)
+        if futs is None:
+            continue
+        if loop is running:
+            _release(loop, fd, futs)
+        else:
+            loop.call_soon_threadsafe(_release, loop, fd, futs)
+
+
 _readers: weakref.WeakKeyDictionary[Any, dict[int, list]] = weakref.WeakKeyDictionary()
 
 
+async def acquired(acquire: Callable[..., bool], release: Callable[[], object],
+                   timeout: float | None = None) -> bool:
+    """True once ``acquire(True, seconds)`` (a lock's or semaphore's, which any thread may
+    release) took it, in a wait thread a slice at a time: the thread sleeps on the lock
+    as any waiter does, woken by the release, so it gets its turn as they do. False when
+    `timeout` passes first. A cancelled acquire gives back what its thread took."""
+    import asyncio
+    import time
+
+    if acquire(False):
+        return True
+    deadline = deadline_of(timeout)
+    while True:
+        left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
+        if left <= 0:
+            return False
+        taken = submit_wait(acquire, True, left)
+        handover = _Handover(release)
+        taken.add_done_callback(handover.settle)
+        try:
+            if await asyncio.wrap_future(taken):
+                return True
+        except asyncio.CancelledError:
+            handover.abandon(taken)
+            raise
+
+
+class _Handover:
+    """What a wait thread took for a task that was cancelled meanwhile goes back: by the
+    thread's completion, or by the task, whichever comes second."""
+
+    __slots__ = ("release", "lock", "abandoned", "handled")
+
+    def __init__(self, release: Callable[[], object]) -> None:
+        self.release = release
+        self.lock = threading.Lock()
+        self.abandoned = self.handled = False
+
+    def settle(self, taken: Any) -> None:
+        with self.lock:
+            if not self.abandoned or self.handled:
+                return
+            self.handled = True
+        if not taken.cancelled() and taken.exception() is None and taken.result():
+            self.release()
+
+    def abandon(self, taken: Any) -> None:
+        with self.lock:
+            self.abandoned = True
+        if taken.done():
+            self.settle(taken)
+
+
 class AsyncLock:
-    """``async with`` and ``await acquire_async()`` for a lock or semaphore whose
-    ``acquire(False)`` never blocks: tried in the loop's thread, which then holds it as
-    ``with`` would (an RLock is its thread's), backing off from 0.5 ms to 8 ms between
-    tries. A cancelled acquire holds nothing."""
+    """``async with`` and ``await acquire_async()`` for a lock or semaphore that any
+    thread may release: see `acquired`. (The loop's thread does not hold it as a thread:
+    the task does, as with asyncio's own locks.)"""
 
     async def acquire_async(self, timeout: float | None = None) -> bool:
         """Takes it, the loop running on meanwhile: True once taken; False if `timeout`
         seconds pass first."""
-        return await polled(lambda: bool(self.acquire(False)), timeout)  # type: ignore[attr-defined]
+        return await acquired(self.acquire, self.release, timeout)  # type: ignore[attr-defined]
 
     async def __aenter__(self) -> None:
         await self.acquire_async()
@@ -486,7 +598,9 @@ async def map(fn: Callable, iterable: Any, *, limit: int = 8, ordered: bool = Tr
 
     if type(limit) is not int or limit < 1:
         raise ValueError(f"limit must be an int of 1 or more, not {limit!r}")
-    in_loop = asyncio.iscoroutinefunction(fn)
+    # (A callable object with an async __call__ counts: a lambda returning a coroutine
+    # cannot be told from a plain function.)
+    in_loop = asyncio.iscoroutinefunction(fn) or asyncio.iscoroutinefunction(getattr(fn, "__call__", None))
     own = None
     if not in_loop and pool is None:
         from .context import default_workers

@@ -57,7 +57,8 @@ def _eventfd() -> int:
 
 
 #: The largest message ``send_async`` tries to send in the loop's own thread: one that
-#: starts going out is sent whole, however slowly the other end reads.
+#: starts going out is sent whole, however slowly the other end reads, so it must fit
+#: in one fragment (a quarter of the ring: 256 KiB for a Pipe's).
 _SEND_NOW_MOST = 64 << 10
 
 class Connection:
@@ -81,6 +82,7 @@ class Connection:
 
     def _after_fork(self) -> None:
         if self._epoll is not None:
+            aio.drop_readers(self._epoll.fileno())  # (an awaited recv looks again: closed)
             self._epoll.close()  # (this process's copy: the parent's stays)
             self._epoll = None
             self._unwatch = None  # (the parent's registration, not ours to undo)
@@ -147,6 +149,7 @@ class Connection:
         if sock is None:
             return
         if self._epoll is not None:
+            aio.drop_readers(self._epoll.fileno())  # (an awaited recv looks again: closed)
             self._epoll.close()
             self._epoll = None
             if self._unwatch is not None:
@@ -174,9 +177,9 @@ class Connection:
 
     def send(self, obj: Any) -> None:
         """Sends a picklable object to the other end."""
-        data = commit(dumps(obj))
+        out, data = self._writing(), commit(dumps(obj))
         try:
-            self._writing().send(data, None, self._fd, self._out_event)
+            out.send(data, None, self._fd, self._out_event)
         except BaseException:
             ungive(data)  # (never sent: its blocks go)
             raise
@@ -185,8 +188,7 @@ class Connection:
         """``send`` from asyncio: at once when the ring has room for a small message;
         else a wait thread sends it while the loop runs on (a cancelled send that
         started still sends)."""
-        data = commit(dumps(obj))
-        out = self._writing()
+        out, data = self._writing(), commit(dumps(obj))
         if len(data) <= _SEND_NOW_MOST:
             try:
                 out.send(data, 0.0, self._fd, self._out_event)

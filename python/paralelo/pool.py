@@ -84,13 +84,20 @@ class AsyncResult(aio.FutureLike):
         """``await result``: its value (or its exception), the event loop running on
         meanwhile (see ``paralelo.aio``); cancelling the await cancels the work if it has
         not started, and discards its result otherwise."""
-        return aio.awaiting(self._when_ready, self.ready, self._cancel, self.get)
+        # (`result`, not `get`: a result cancelled meanwhile raises asyncio's CancelledError.)
+        return aio.awaiting(self._when_ready, self.ready, self._cancel, self.result)
 
     def _outcome(self) -> tuple[bool, Any]:
         return bool(self._success), self._value
 
     def _is_cancelled(self) -> bool:
-        return not self._success and isinstance(self._value, CancelledError)
+        # (Settled by `_cancel`: a task's own CancelledError is what it raised.)
+        return not self._success and self._value is self.__dict__.get("_cancelled_with", _MISSING)
+
+    def _unwatch(self, fn: Callable[[], None]) -> None:
+        with _settling:
+            if self._watchers is not None and fn in self._watchers:
+                self._watchers.remove(fn)
 
     def _when_ready(self, fn: Callable[[], None]) -> None:
         """Calls `fn` once the result is ready: now, or from the thread that settles it."""
@@ -106,7 +113,8 @@ class AsyncResult(aio.FutureLike):
         job = self._job()
         if job is not None and self._pool is not None:
             self._pool._engine.cancel(job)
-        self._set_now(False, CancelledError())
+        self._cancelled_with = CancelledError()
+        self._set_now(False, self._cancelled_with)
 
     def _set(self, ok: bool, value: Any) -> None:
         # Callbacks are user code: never under the engine lock.

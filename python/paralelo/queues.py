@@ -24,6 +24,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 import weakref
 from multiprocessing import reduction, util
 from queue import Empty, Full
@@ -203,9 +204,7 @@ class Queue(_Shared):
         """``get`` from asyncio: the loop runs on while a wait thread waits for data
         (taking none: the item is taken in the loop's thread, so a cancelled get loses
         nothing). ``queue.Empty`` if `timeout` seconds pass first."""
-        import time
-
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = aio.deadline_of(timeout)
         while True:
             try:
                 return self.get(False)
@@ -407,7 +406,11 @@ class SimpleQueue(_Shared):
             except BaseException:
                 ch.unreserve()
                 raise
-        await aio.waited(ch.send, sent, undo=lambda: ungive(sent))
+        def undo() -> None:  # (never sent: its blocks go, and it is counted out)
+            ungive(sent)
+            ch.unreserve()
+
+        await aio.waited(ch.send, sent, undo=undo)
 
     def empty(self) -> bool:
         return not self._check().has_data()

@@ -104,6 +104,12 @@ class RLock(_Lock):
 
     _recursive = True
 
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """Refused: an RLock is re-entrant per thread, and every task of an event loop
+        runs on the loop's one thread, so it would let them all in at once."""
+        raise TypeError("an RLock cannot be taken from asyncio: its tasks share the loop's thread, "
+                        "and an RLock lets its holder thread in again; use paralelo.Lock")
+
     def __repr__(self) -> str:
         if self.holder() is None:
             owner, count = "None", "0"
@@ -250,12 +256,12 @@ class Event(_Placed):
         return f"<{type(self).__qualname__} at {id(self):#x} {'set' if self.is_set() else 'unset'}>"
 
 
-class Condition(_Placed, aio.AsyncLock):
+class Condition(_Placed):
     """A condition variable shared by threads and processes (multiprocessing's
     ``Condition(lock=None)``, an ``RLock`` by default; the lock must be paralelo's):
     ``wait(timeout=None)``, ``wait_for(predicate, timeout=None)``, ``notify(n=1)``,
-    ``notify_all()``, and the lock's ``acquire``, ``release``, ``with`` and ``async
-    with``. A ``notify(n)`` lets exactly min(n, waiting) waiters go."""
+    ``notify_all()``, and the lock's ``acquire``, ``release`` and ``with``. A
+    ``notify(n)`` lets exactly min(n, waiting) waiters go."""
 
     def __init__(self, lock: Any = None, *, ctx: Any = None) -> None:
         if lock is None:
@@ -410,10 +416,12 @@ class Barrier(_Placed):
 
         index, round_, timeout = self._arrive(timeout)
         if round_ is not None:
+            waiting = aio.submit_wait(self._native.wait, round_, timeout)
             try:
-                await aio.waited(self._native.wait, round_, timeout)
+                await asyncio.wrap_future(waiting)
             except asyncio.CancelledError:
-                self._native.abort()  # (which also ends the wait thread's wait)
+                if not waiting.done():  # (a round that passed meanwhile stays passed)
+                    self._native.abort()  # (which also ends the wait thread's wait)
                 raise
         return index
 

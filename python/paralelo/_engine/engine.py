@@ -291,6 +291,9 @@ class Engine:
     # -- dispatch ------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
+        """Hands `job` to the workers; raises if the pool is broken or not running. A
+        call may be taken in later, by the lock's next holder (see `inbox`): it then fails
+        (through its outcome) if the pool stopped meanwhile."""
         if os.getpid() != self.pid:
             raise RuntimeError("a paralelo pool cannot be used from a child process forked after it was made")
         if type(job) is CallJob and self.calls and self.broken is None and not self.closing:
@@ -301,6 +304,12 @@ class Engine:
                 # of a burst.
                 self.inbox.append(job)
                 self.hub.wake()  # (the collector takes the inbox in on its next round)
+                if self.closing or self.broken is not None:
+                    # Stopped since the look above: its closer may have taken the inbox
+                    # in before the append, and the collector may be gone. Take it in
+                    # here (it fails there, as a stopped pool's submit does).
+                    with self.locked():
+                        self._take_inbox()
                 return
             self.lock.release()  # (taken again below, as by any submit)
         with self.locked():
@@ -320,18 +329,23 @@ class Engine:
                     return
             else:
                 self.active.append(job)
-            self._pump()
+            try:
+                self._pump()
+            except BaseException:
+                self.hub.wake()  # (cut short, by Ctrl-C: the collector pumps what is left)
+                raise
 
     def _take_inbox(self) -> None:
-        """Takes the calls of the inbox in, in order (under the lock). Calls that came
-        after the pool broke fail with its error; after its workers were told to exit,
-        with "Pool not running", as a submit then raises."""
+        """Takes the calls of the inbox in, in order (under the lock). Those that came
+        once the pool was stopping fail, as a submit then raises: with its error if it
+        broke, else with "Pool not running" (close and terminate take the inbox in
+        before they stop it, so what came before runs, or fails with the rest)."""
         inbox = self.inbox
         while inbox:
             job = inbox.popleft()
             if self.broken is not None:
                 job.fail(self.broken)
-            elif self.exits_sent:
+            elif self.closing:
                 job.fail(ValueError("Pool not running"))
             else:
                 self.jobs[job.id] = job
@@ -653,6 +667,8 @@ class Engine:
                 self.break_pool(broken(f"paralelo's collector thread failed: {e!r}", e))
         finally:
             with self.locked():
+                self.closing = True  # (whatever ended the loop: nothing more is taken)
+                self._take_inbox()
                 self._close_pidfds()
             self.started.set()  # (if it failed before the first workers were taken)
             try:
