@@ -374,6 +374,8 @@ class Engine:
 
     def _limits(self, task_timeout: float | None, retries: int | None) -> tuple[float | None, int]:
         """A job's (time limit, retries): those given, else the engine's."""
+        if task_timeout is None and retries is None:
+            return self.task_timeout, self.retries  # (checked when the engine was made)
         return check_limits(self.task_timeout if task_timeout is None else task_timeout,
                             self.retries if retries is None else retries)
 
