@@ -717,3 +717,29 @@ def test_threading_s_names_work_too(tmp_path) -> None:
     # (Code written for threading: `blocking=`, locked(), release(n), notifyAll.)
     par, std = side_by_side(tmp_path, THREADING_NAMES, ("paralelo", "threading"))
     assert par == std
+
+
+def _churn(lock, stop) -> None:
+    while not stop.is_set():
+        with lock:
+            time.sleep(0.01)
+
+
+def test_a_waiter_gets_its_turn_from_a_holder_that_takes_the_lock_again_at_once() -> None:
+    # The other process releases and takes the lock again within microseconds: the
+    # waiter its release wakes lost that race nearly every time (waits of seconds, as
+    # multiprocessing's never are); a waiter that waited long now has it handed over.
+    lock, stop = paralelo.Lock(), paralelo.Event()
+    p = paralelo.Process(target=_churn, args=(lock, stop))
+    p.start()
+    try:
+        time.sleep(0.1)
+        for _ in range(10):
+            t = time.monotonic()
+            assert lock.acquire(timeout=2), "starved for 2 s"
+            assert time.monotonic() - t < 1
+            lock.release()
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        p.join(10)

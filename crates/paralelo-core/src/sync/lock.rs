@@ -11,8 +11,22 @@ use crate::{Error, Result};
 
 /// Set in the word while a waiter may be asleep on it: the release must wake one.
 const WAITERS: u32 = 1 << 31;
+/// Set by a waiter that has waited [`STARVE_AFTER`]: the next release hands the lock
+/// to a sleeper ([`HANDOFF`]) instead of freeing it. Without it, a holder that takes the
+/// lock again at once after each release (`while True: with lock: ...`) always wins the
+/// race against the sleeper it woke, which can wait for seconds.
+const STARVING: u32 = 1 << 30;
 /// The holder's id (Linux pids and tids stay below 2^22).
-const HOLDER: u32 = !WAITERS;
+const HOLDER: u32 = STARVING - 1;
+/// The word of a lock released to its sleepers: held by no one, and taken only by a
+/// waiter that has slept on it (an acquire that comes along meanwhile waits its turn).
+const HANDOFF: u32 = WAITERS;
+/// How long a waiter waits before it asks for the lock to be handed to the sleepers.
+/// (Under loom: at once, so the models explore the hand-off.)
+#[cfg(not(loom))]
+const STARVE_AFTER: Duration = Duration::from_millis(2);
+#[cfg(loom)]
+const STARVE_AFTER: Duration = Duration::ZERO;
 /// How long a contended acquire spins before it sleeps: about what sleeping costs (a
 /// futex round trip is ≈ 21 µs here, and then every release by the holder pays a wake
 /// call until the sleeper has the lock), so spinning never costs more than twice the best.
@@ -169,15 +183,16 @@ impl SharedLock {
                 next += gap;
             }
         }
-        let mut looked = false;
+        let (mut looked, mut slept, began) = (false, false, Instant::now());
         loop {
             let cur = self.word.load(Ordering::Relaxed);
-            if cur == 0 {
-                // Taken with the waiters bit: others may be asleep, and our release must
-                // wake one of them. Acquire: as in `try_acquire`.
+            if cur == 0 || (cur == HANDOFF && slept) {
+                // Free, or handed to the sleepers and we are one: taken with the waiters
+                // bit, since others may be asleep, and our release must wake one of them.
+                // Acquire: as in `try_acquire`.
                 if self
                     .word
-                    .compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
                     self.depth.store(1, Ordering::Relaxed);
@@ -185,10 +200,14 @@ impl SharedLock {
                 }
                 continue;
             }
-            if cur & WAITERS == 0
+            let mut want = cur | WAITERS;
+            if slept && cur & HOLDER != 0 && began.elapsed() >= STARVE_AFTER {
+                want |= STARVING; // (the next release hands it to a sleeper)
+            }
+            if want != cur
                 && self
                     .word
-                    .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .compare_exchange(cur, want, Ordering::Relaxed, Ordering::Relaxed)
                     .is_err()
             {
                 continue;
@@ -199,7 +218,7 @@ impl SharedLock {
                     Some(left) if !left.is_zero() => left.min(SLICE),
                     // Out of time: unless its holder is dead (then it is ours).
                     _ => {
-                        if let Some(taken) = self.take_from_dead(cur | WAITERS, me, recursive) {
+                        if let Some(taken) = self.take_from_dead(want, me, recursive) {
                             return Ok(taken);
                         }
                         // A wake-up we may have taken is passed on to the next sleeper.
@@ -212,15 +231,16 @@ impl SharedLock {
                 // Before the first sleep: a holder that died holding it is found now, not
                 // after a whole slice.
                 looked = true;
-                if let Some(taken) = self.take_from_dead(cur | WAITERS, me, recursive) {
+                if let Some(taken) = self.take_from_dead(want, me, recursive) {
                     return Ok(taken);
                 }
             }
-            let slept = Instant::now();
-            // Sleeps only while the word still says held-with-waiters: a release in
-            // between changed it, and the wait returns at once.
-            futex::wait(&self.word, cur | WAITERS, slice);
-            if slept.elapsed() >= LOOK_AFTER.min(slice) {
+            let asleep = Instant::now();
+            // Sleeps only while the word is still what we saw: a release in between
+            // changed it, and the wait returns at once.
+            futex::wait(&self.word, want, slice);
+            slept = true;
+            if asleep.elapsed() >= LOOK_AFTER.min(slice) {
                 // Held that long: is its holder still there?
                 let now = self.word.load(Ordering::Relaxed);
                 if let Some(taken) = self.take_from_dead(now, me, recursive) {
@@ -277,11 +297,22 @@ impl SharedLock {
                 return Ok(false);
             }
         }
-        self.depth.store(0, Ordering::Relaxed);
-        // Release: pairs with the Acquire of the next acquire, publishing what we wrote.
-        let prev = self.word.swap(0, Ordering::Release);
-        if prev == 0 {
-            return Err(Error::NotHeld);
+        let mut prev = self.word.load(Ordering::Relaxed);
+        loop {
+            if prev & HOLDER == 0 {
+                return Err(Error::NotHeld); // (free, or handed to the sleepers already)
+            }
+            // A starving waiter asked for it: to the sleepers, not to whoever comes next.
+            let next = if prev & STARVING != 0 { HANDOFF } else { 0 };
+            self.depth.store(0, Ordering::Relaxed);
+            // Release: pairs with the Acquire of the next acquire, publishing what we wrote.
+            match self
+                .word
+                .compare_exchange_weak(prev, next, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => prev = now,
+            }
         }
         if prev & WAITERS != 0 {
             futex::wake_one(&self.word);
@@ -425,6 +456,25 @@ mod tests {
             &mut stop,
         );
         assert!(matches!(got, Err(Error::Interrupted)));
+    }
+
+    #[test]
+    fn a_hand_off_no_sleeper_takes_goes_to_the_next_waiter_after_a_slice() {
+        // A starving waiter that left (timed out) may leave the lock handed to sleepers
+        // that are gone: the next acquire gets it once it has slept a slice.
+        let lock = SharedLock::default();
+        lock.word.store(HANDOFF, Ordering::Relaxed);
+        assert_eq!(lock.try_acquire(5, false), None);
+        assert!(matches!(lock.release(5, false), Err(Error::NotHeld)));
+        let mut poll = never_stop;
+        let t = Instant::now();
+        assert_eq!(
+            lock.acquire(5, false, None, &mut poll).unwrap(),
+            Taken::Free
+        );
+        assert!(t.elapsed() >= SLICE);
+        assert!(lock.release(5, false).unwrap());
+        assert_eq!(lock.word.load(Ordering::Relaxed), 0);
     }
 
     #[test]
