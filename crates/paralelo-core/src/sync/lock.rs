@@ -221,8 +221,7 @@ impl SharedLock {
                         if let Some(taken) = self.take_from_dead(want, me, recursive) {
                             return Ok(taken);
                         }
-                        // A wake-up we may have taken is passed on to the next sleeper.
-                        futex::wake_one(&self.word);
+                        self.give_up();
                         return Err(Error::Timeout);
                     }
                 },
@@ -248,11 +247,23 @@ impl SharedLock {
                 }
             }
             if !poll() {
-                // A wake-up we may have taken is passed on to the next sleeper.
-                futex::wake_one(&self.word);
+                self.give_up();
                 return Err(Error::Interrupted);
             }
         }
+    }
+
+    /// A waiter leaves without the lock (its time ran out, or Ctrl-C): its ask for a
+    /// hand-off goes with it (a waiter still starving asks again at its next wake-up), a
+    /// hand-off no sleeper took yet is freed (it could be the one meant for us), and a
+    /// wake-up we may have taken is passed on to the next sleeper, which finds the lock
+    /// free or held by someone whose release will wake one.
+    fn give_up(&self) {
+        self.word.fetch_and(!STARVING, Ordering::Relaxed);
+        let _ = self
+            .word
+            .compare_exchange(HANDOFF, 0, Ordering::Relaxed, Ordering::Relaxed);
+        futex::wake_one(&self.word);
     }
 
     /// Takes the lock without waiting if it is free, ours (recursive), or a recursive
@@ -260,6 +271,18 @@ impl SharedLock {
     pub fn try_acquire_or_recover(&self, me: u32, recursive: bool) -> Option<Taken> {
         self.try_acquire(me, recursive).or_else(|| {
             let cur = self.word.load(Ordering::Relaxed);
+            // A hand-off is taken too: `acquire(False)` never finds a lock held by no one
+            // refused (one whose sleepers all left would stay so until someone blocks).
+            // Acquire: as in `try_acquire`.
+            if cur == HANDOFF
+                && self
+                    .word
+                    .compare_exchange(HANDOFF, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.depth.store(1, Ordering::Relaxed);
+                return Some(Taken::Free);
+            }
             self.take_from_dead(cur, me, recursive)
         })
     }
@@ -460,12 +483,15 @@ mod tests {
 
     #[test]
     fn a_hand_off_no_sleeper_takes_goes_to_the_next_waiter_after_a_slice() {
-        // A starving waiter that left (timed out) may leave the lock handed to sleepers
-        // that are gone: the next acquire gets it once it has slept a slice.
+        // The sleeper a hand-off was for may be gone (killed): the next acquire gets it
+        // once it has slept a slice, and a non-blocking one at once.
         let lock = SharedLock::default();
         lock.word.store(HANDOFF, Ordering::Relaxed);
         assert_eq!(lock.try_acquire(5, false), None);
         assert!(matches!(lock.release(5, false), Err(Error::NotHeld)));
+        assert_eq!(lock.try_acquire_or_recover(5, false), Some(Taken::Free));
+        assert!(lock.release(5, false).unwrap());
+        lock.word.store(HANDOFF, Ordering::Relaxed);
         let mut poll = never_stop;
         let t = Instant::now();
         assert_eq!(
@@ -475,6 +501,23 @@ mod tests {
         assert!(t.elapsed() >= SLICE);
         assert!(lock.release(5, false).unwrap());
         assert_eq!(lock.word.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_starving_waiter_that_gives_up_leaves_no_hand_off_behind() {
+        let lock = SharedLock::default();
+        assert_eq!(lock.try_acquire(7, false), Some(Taken::Free));
+        let mut poll = never_stop;
+        // Sleeps a slice (50 ms), asks for a hand-off, then runs out of time.
+        let soon = Some(Instant::now() + SLICE + Duration::from_millis(30));
+        assert!(matches!(
+            lock.acquire(8, false, soon, &mut poll),
+            Err(Error::Timeout)
+        ));
+        assert_eq!(lock.word.load(Ordering::Relaxed) & STARVING, 0);
+        assert!(lock.release(7, false).unwrap());
+        assert_eq!(lock.word.load(Ordering::Relaxed), 0); // free, not handed to no one
+        assert_eq!(lock.try_acquire(9, false), Some(Taken::Free));
     }
 
     #[test]
