@@ -143,22 +143,11 @@ def test_a_cancelled_running_call_is_discarded_and_the_pool_goes_on(run) -> None
 def test_the_loop_keeps_ticking_while_a_heavy_map_runs(run) -> None:
     # The await suspends the task, not the loop: a heartbeat every 10 ms goes on (bench/
     # bench_aio.py reports how late its ticks are).
-    async def main() -> int:
-        ticks = 0
-
-        async def heartbeat() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        beat = asyncio.ensure_future(heartbeat())
+    async def main() -> tuple[int, float]:
         with paralelo.Pool(2) as pool:
             start = time.monotonic()
-            await pool.map_async(_nap, [0.05] * 12)
-            took = time.monotonic() - start
-        beat.cancel()
-        return ticks, took
+            _, ticks = await _ticking(pool.map_async(_nap, [0.05] * 12))
+            return ticks, time.monotonic() - start
 
     ticks, took = run(main())
     assert ticks >= 0.5 * took / 0.01, (ticks, took)

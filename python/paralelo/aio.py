@@ -28,6 +28,7 @@ round), giving back what a cancelled wait took.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
 import threading
@@ -224,8 +225,6 @@ class FutureLike:
         """Calls ``fn(result)`` in the current event loop once the result is ready (soon,
         if it is already), in `context` (default: a copy of the current one), as an
         asyncio Future does."""
-        import contextvars
-
         loop = self.get_loop()
         cell: list = [fn, contextvars.copy_context() if context is None else context, None]
         cells = self.__dict__.setdefault("_aio_cells", [])

@@ -362,10 +362,22 @@ class SimpleQueue(_Shared):
         return self._ch
 
     def put(self, obj: Any) -> None:
+        ch, sent = self._check(), self._counted_in(obj)
+        if sent is None:
+            return
+        try:
+            ch.send(sent)
+        except BaseException:
+            ungive(sent)
+            raise
+
+    def _counted_in(self, obj: Any) -> Any:
+        """`obj` counted in and sent now if nothing is in the way (None), else pickled and
+        committed, for the caller to send."""
         ch = self._check()
         sent = ch.put(obj, 0)  # (counted, for no one: cheaper than a second path)
         if sent is True:
-            return
+            return None
         if sent is None:
             ch.reserve(0)
             try:
@@ -373,11 +385,7 @@ class SimpleQueue(_Shared):
             except BaseException:
                 ch.unreserve()
                 raise
-        try:
-            ch.send(sent)
-        except BaseException:
-            ungive(sent)
-            raise
+        return sent
 
     def get(self) -> Any:
         return self._check().recv(None, -1, -1, True)  # (no peer, no eventfd; unpickled)
@@ -395,17 +403,10 @@ class SimpleQueue(_Shared):
         """``put`` from asyncio: sent at once when the ring has room; else a wait thread
         sends it while the loop runs on (a cancelled put whose send started still
         sends)."""
-        ch = self._check()
-        sent = ch.put(obj, 0)
-        if sent is True:
-            return
+        ch, sent = self._check(), self._counted_in(obj)
         if sent is None:
-            ch.reserve(0)
-            try:
-                sent = commit(dumps(obj))
-            except BaseException:
-                ch.unreserve()
-                raise
+            return
+
         def undo() -> None:  # (never sent: its blocks go, and it is counted out)
             ungive(sent)
             ch.unreserve()
