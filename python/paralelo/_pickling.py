@@ -194,15 +194,37 @@ def dumps_call(call: tuple, main: MainNames | None, oob: int = 0) -> bytes:
     multiprocessing sends it, not as a bare descriptor number). A ``__main__`` function
     the workers have travels as its name: the call then needs no by-value pickling unless
     its arguments name ``__main__`` too."""
-    return in_session(_dumps, call, main, oob, OOB_MIN, True)
+    return in_session(_dumps, call, main, oob, OOB_MIN, _named_call)
+
+
+def dumps_calls(tickets: list[int], calls: list[tuple], main: MainNames | None, oob: int = 0) -> bytes:
+    """Several calls as `dumps_call` pickles one, in one pickle with their tickets (read
+    back by `loads`; each call by `resolve_call`): a burst of small calls costs one
+    pickling, and a function shared by the calls travels once."""
+    return in_session(_dumps, (tickets, calls), main, oob, OOB_MIN, _named_calls)
+
+
+def _named_call(call: tuple, main: MainNames | None) -> tuple:
+    fn = call[0]
+    return (fn.__qualname__, call[1], call[2], None) if _by_reference(fn, main or inherited_main) else call
+
+
+def _named_calls(batch: tuple, main: MainNames | None) -> tuple:
+    tickets, calls = batch
+    return tickets, [_named_call(c, main) for c in calls]
 
 
 def loads_call(data: Any) -> tuple:
     """The ``(function, args, kwargs)`` that `dumps_call` pickled."""
-    call = loads(data)
+    return resolve_call(loads(data))
+
+
+def resolve_call(call: tuple) -> tuple:
+    """A pickled call's ``(function, args, kwargs)``: a ``__main__`` function that went by
+    its qualified name is looked up."""
     if len(call) == 3:
         return call
-    name, args, kwargs, _ = call  # a __main__ function, by its qualified name
+    name, args, kwargs, _ = call
     fn = sys.modules["__main__"]
     for part in name.split("."):
         fn = getattr(fn, part)
@@ -268,14 +290,13 @@ def _c_dumps(obj: Any, buffer_callback: Any) -> bytes:
         r.busy, r.callback = False, None
 
 
-def _dumps(obj: Any, main: MainNames | None, oob: int, least: float, call: bool = False) -> bytes:
+def _dumps(obj: Any, main: MainNames | None, oob: int, least: float,
+           named: Callable[[Any, MainNames | None], Any] | None = None) -> bytes:
     found: list = []
     callback = (lambda pb: take_buffer(pb, found, least)) if oob else None
     try:
-        if call:
-            fn = obj[0]
-            named = _by_reference(fn, main or inherited_main)
-            data = _c_dumps((fn.__qualname__, obj[1], obj[2], None) if named else obj, callback)
+        if named is not None:  # calls: their __main__ functions by name, multiprocessing's reducers
+            data = _c_dumps(named(obj, main), callback)
         else:
             data = pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
         # A memchr-speed scan; a false hit (the string in the data) only costs a slower pickle.
@@ -287,7 +308,7 @@ def _dumps(obj: Any, main: MainNames | None, oob: int, least: float, call: bool 
         data = by_value(obj, main, callback)
     if found:
         framed = frame(data, found, oob)
-        return framed if framed is not None else _dumps(obj, main, 0, least, call)
+        return framed if framed is not None else _dumps(obj, main, 0, least, named)
     return data
 
 

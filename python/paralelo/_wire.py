@@ -1,8 +1,8 @@
 """The messages between the parent and its workers: tags and what each carries.
 
-Parent → worker: FUNC, TASK, TASKS, CALL, DROP, EXIT (the initializer is inherited: see
-``_worker.Setup``).
-Worker → parent: OK, OK_ARRAY, ERR, RESULTS, BYE, INIT_ERR.
+Parent → worker: FUNC, TASK, TASKS, CALL, CALLS, DROP, EXIT (the initializer is inherited:
+see ``_worker.Setup``).
+Worker → parent: OK, OK_ARRAY, ERR, RESULTS, SPLIT, BYE, INIT_ERR.
 
 Every frame carries ``(tag, job, seq, aux)`` in its header (see the engine's ring
 README); ``seq`` is a unit's *ticket*, unique in this process, which is also what a worker
@@ -22,6 +22,7 @@ CALL = 4  # job, seq=ticket: payload _pickling.dumps_call((function, args, kwarg
 DROP = 5  # job: forget FUNC
 EXIT = 6  # finish and exit
 TASKS = 7  # job: payload pickle(([tickets], [items per ticket: a list, tuple or range])): several small units
+CALLS = 8  # seq=first ticket: payload _pickling.dumps_calls(([tickets], [calls])): several calls, of any jobs
 
 #: In the `aux` of TASK/TASKS: answer each unit at once, waking the parent (the job's unit
 #: cost is not measured yet, so a slow unit may follow a quick one in the same message).
@@ -37,4 +38,5 @@ OK_ARRAY = 20  # as OK: payload the results as a machine array (_pickling.as_arr
 ERR = 17  # job, seq: payload dump_error bytes
 BYE = 18  # leaving after maxtasks; sends nothing after this
 INIT_ERR = 19  # the initializer raised: payload as ERR
+SPLIT = 22  # seq=a CALLS' first ticket: its payload did not unpickle; send its calls one by one
 RESULTS = 21  # job: payload pickle(([tickets], pickle([(ticket, ok, value, busy_ns), ...])))

@@ -23,7 +23,8 @@ from ._broken import TaskUnpicklingError
 from ._errors import ResultPicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
 from ._pickling import MainNames, array_items, dumps, pack_results
-from ._wire import ARRAY, COUNT_SHIFT, BYE, CALL, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, RESULTS, TASK, TASKS
+from ._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, RESULTS, SPLIT,
+                    TASK, TASKS)
 from ._zygote import flush_stdio
 
 
@@ -99,6 +100,18 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
             reply(RESULTS, job, 0, max(r[3] for r in replies), pickle.dumps((tickets, body), 5), eager)
             replies.clear()
 
+    def call(job: int, seq: int, data: Any, load: Callable[[Any], tuple], share: int, eager: int) -> None:
+        running(seq)
+        t0 = perf_counter_ns()
+        try:
+            fn, args, kwargs = _load(data, "call", load)
+            data = None  # (the arguments live in this frame only)
+            out, rtag = _pack(_give, fn(*args, **kwargs)), OK
+        except BaseException as e:  # noqa: BLE001
+            out, rtag = dump_error(e), ERR
+        fn = args = kwargs = None
+        reply(rtag, job, seq, perf_counter_ns() - t0 + share, out, eager)
+
     def run(fn: Any, star: Any, each: bool, items: Any) -> list:
         if star is None:  # the function itself failed to unpickle here
             raise _unloadable("function", fn) from fn
@@ -166,15 +179,28 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                     done += max(1, len(items) or aux >> COUNT_SHIFT) - 1
                 items, out, data, payload = (), [], b"", b""  # held by no one until the next task
             elif tag == CALL:
-                running(seq)
+                call(job, seq, payload, _pickling.loads_call, 0, EAGER)
+                payload = b""
+            elif tag == CALLS:
+                port.unpacking(seq)  # a death while unpickling blames the batch
                 t0 = perf_counter_ns()
                 try:
-                    fn, args, kwargs = _load(payload, "call", _pickling.loads_call)
-                    data, rtag = _pack(_give, fn(*args, **kwargs)), OK
-                except BaseException as e:  # noqa: BLE001
-                    data, rtag = dump_error(e), ERR
-                reply(rtag, job, seq, perf_counter_ns() - t0, data, EAGER)
-                fn, args, kwargs, data, payload = None, (), {}, b"", b""  # held by no one until the next task
+                    seqs, calls = loads(payload)
+                except BaseException:  # noqa: BLE001 - the parent sends them again, one by one
+                    send(SPLIT, job, seq, 0, b"", None, True)
+                    continue
+                payload = b""
+                share = (perf_counter_ns() - t0) // max(1, len(seqs))  # of the loading, per call
+                calls.reverse()
+                for s in seqs:
+                    # Popped, so that no call's arguments outlive it. Quick results ride
+                    # on one wake-up (see `reply`): these calls' cost is measured.
+                    call(job, s, calls.pop(), _pickling.resolve_call, share, 0)
+                    done += 1
+                    if maxtasks and done >= maxtasks:
+                        send(BYE, 0, 0, done, b"")  # (the calls left go to other workers)
+                        return
+                continue
             elif tag == FUNC:
                 port.loading(job)
                 try:

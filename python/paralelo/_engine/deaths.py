@@ -59,13 +59,9 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
         except OSError:
             pass  # (out of fds) then reaped at the pool's end
     slot.corrupt = None
-    batch_job = None
-    if kind == "unpacking":
-        first = next((u for u in units if u.seq == ticket), None)
-        batch_job = first.job if first is not None else None
     for unit in units:
         unit.job.outstanding -= 1
-        if batch_job is not None and unit.job is batch_job:
+        if kind == "unpacking" and unit.batch == ticket:
             unit.solo = True  # died unpickling a batch: retry its units one by one
         job = unit.job
         if slot.timed_out and unit is slot.timed:

@@ -30,8 +30,9 @@ from .._worker import ENTRY as WORKER, Setup
 from .._broken import ResultUnpicklingError, broken
 from .._errors import interrupted, load_error, pickling_failed
 from .._arena import LEND, Framed, weight
-from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps, loads
-from .._wire import ARRAY, COUNT_SHIFT, BYE, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY, RESULTS, TASK, TASKS
+from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps, dumps_call, dumps_calls, loads
+from .._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY,
+                    RESULTS, SPLIT, TASK, TASKS)
 from . import deaths
 from .jobs import CallCosts, CallJob, Job, MapJob, Unit
 from .sink import MapSink
@@ -296,12 +297,12 @@ class Engine:
         (through its outcome) if the pool stopped meanwhile."""
         if os.getpid() != self.pid:
             raise RuntimeError("a paralelo pool cannot be used from a child process forked after it was made")
-        if type(job) is CallJob and self.calls and self.broken is None and not self.closing:
+        if type(job) is CallJob and (self.calls or self._all_busy()) and self.broken is None and not self.closing:
             if not self.lock.acquire(blocking=False):
-                # Calls wait for room already, and the lock's holder (the collector, taking
-                # answers in) is busy: this one joins them through the inbox, without
-                # waiting for the lock (and the thread switches that costs) once per call
-                # of a burst.
+                # Calls wait for room already (or every worker is busy), and the lock's
+                # holder (the collector, taking answers in) is busy: this one joins them
+                # through the inbox, without waiting for the lock (and the thread
+                # switches that costs) once per call of a burst.
                 self.inbox.append(job)
                 self.hub.wake()  # (the collector takes the inbox in on its next round)
                 if self.closing or self.broken is not None:
@@ -320,12 +321,13 @@ class Engine:
                 raise ValueError("Pool not running")
             self.jobs[job.id] = job
             if isinstance(job, CallJob):
-                waiting = bool(self.calls)
+                waiting = bool(self.calls) or self._all_busy()
                 self.calls.append(job)
                 if waiting:
-                    # Those ahead wait for room, which only answers (and deaths) free:
-                    # the collector pumps after each. A burst of calls costs its caller
-                    # no pump per call.
+                    # Those ahead wait for room, or every worker is busy: only answers
+                    # (and deaths) free room, and the collector pumps after each, sending
+                    # what came meanwhile together. A burst of calls costs its caller no
+                    # pump (nor worker wake-up) per call.
                     return
             else:
                 self.active.append(job)
@@ -334,6 +336,17 @@ class Engine:
             except BaseException:
                 self.hub.wake()  # (cut short, by Ctrl-C: the collector pumps what is left)
                 raise
+
+    def _all_busy(self) -> bool:
+        """Whether every worker has work (an answer will come, and the collector pump):
+        a call submitted now waits for that rather than going out alone."""
+        busy = False
+        for s in self.slots:
+            if s.alive and s.corrupt is None:
+                if not s.inflight:
+                    return False
+                busy = True
+        return busy
 
     def _take_inbox(self) -> None:
         """Takes the calls of the inbox in, in order (under the lock). Those that came
@@ -554,9 +567,9 @@ class Engine:
         return out
 
     def _send(self, slot: Slot, unit: Unit) -> None:
-        """Commits `unit` to `slot`. Map chunks wait in `slot.outgoing` until `_pump`
-        ships them: big ones at the end of their pass, small ones at the end of the pump
-        (or SHIP_UNITS at a time), to travel several to a message."""
+        """Commits `unit` to `slot`. It waits in `slot.outgoing` until `_pump` ships it:
+        a big chunk at the end of its pass, the rest at the end of the pump (or
+        SHIP_UNITS at a time), to travel several to a message."""
         job = unit.job
         slot.inflight[unit.seq] = unit
         slot.taken += unit.count if job.counts_items else 1
@@ -566,55 +579,68 @@ class Engine:
             slot.timed, slot.timed_started = unit, True
             self.timed = True
             self.hub.wake()  # the collector's wait must end by this deadline
-        if unit.tag == TASK:
-            slot.outgoing.append(unit)
-        else:  # a call: the worker is woken once per pump (`_pump`)
-            self.hub.post(slot.index, unit.tag, job.id, unit.seq, 0, unit.payload, False)
+        slot.outgoing.append(unit)
 
     def _ship(self, slot: Slot) -> None:
-        """Sends the map chunks committed to `slot`: a chunk of ARRAY_MIN items or more in a
+        """Sends the units committed to `slot`: a map chunk of ARRAY_MIN items or more in a
         TASK of its own (its items travel as they are packed, never pickled again), smaller
-        ones of one job together in a TASKS message. Quietly: `_pump` wakes the workers
-        once per pass — one futex wake (≈ 21 µs here) per pass, not per unit."""
+        ones of one job together in a TASKS message; calls together in a CALLS message
+        (one alone in a CALL). Quietly: `_pump` wakes the workers once per pass — one
+        futex wake (≈ 21 µs here) per pass, not per unit."""
         units, slot.outgoing = slot.outgoing, []
         i = 0
         while i < len(units):
-            job = units[i].job
+            first = units[i]
+            job, call = first.job, first.tag == CALL
             j = i + 1
-            if not units[i].solo and units[i].count < ARRAY_MIN:
-                while j < len(units) and units[j].job is job and not units[j].solo and units[j].count < ARRAY_MIN:
+            if not first.solo and (call or first.count < ARRAY_MIN):
+                while j < len(units) and not units[j].solo and (
+                        units[j].tag == CALL if call else
+                        units[j].job is job and units[j].tag == TASK and units[j].count < ARRAY_MIN):
                     j += 1
             run, i = units[i:j], j
             # Until the job's cost is measured, a quick unit's result must not wait behind
             # a slow one shipped with it: the worker answers each at once.
             eager = EAGER if job.unit_seconds() is None else 0
-            if job.id not in slot.loaded:
+            if not call and job.id not in slot.loaded:
                 assert job.func_payload is not None  # map jobs always ship their function
                 self.hub.post(slot.index, FUNC, job.id, 0, 0, job.func_payload, False)
                 slot.loaded.add(job.id)
             try:
                 if len(run) == 1:
-                    tag, seq = TASK, run[0].seq
-                    eager, payload = self._pack_items(run[0], eager)
+                    tag, seq = first.tag, first.seq
+                    eager, payload = (eager, dumps_call(first.payload, self.main, LEND)) if call else \
+                        self._pack_items(first, eager)
+                elif call:
+                    tag, seq = CALLS, first.seq
+                    payload = dumps_calls([u.seq for u in run], [u.payload for u in run], self.main, LEND)
                 else:
-                    tag, seq = TASKS, run[0].seq
+                    tag, seq = TASKS, first.seq
                     payload = dumps(([u.seq for u in run], [u.payload for u in run]), self.main, LEND)
-                    if type(payload) is Framed:
-                        for u in run:
-                            u.sent = payload
-                job.weigh(True, weight(payload) + sum(u.snapped for u in run), sum(u.count for u in run))
-            except BaseException as e:  # noqa: BLE001 - find the chunk that cannot be pickled
+                lent = payload if type(payload) is Framed else None
+                for u in run:
+                    u.sent, u.batch = lent, seq
+                if not call:
+                    job.weigh(True, weight(payload) + sum(u.snapped for u in run), sum(u.count for u in run))
+            except BaseException as e:  # noqa: BLE001 - find the unit that cannot be pickled
                 if interrupted(e):
                     self._drop_unsent(slot, job, units[i - len(run):], e)
                     raise
+                what = "the task" if call else "the task's arguments"
                 for k, u in enumerate(run):
                     try:
-                        self.hub.post(slot.index, TASK, job.id, u.seq, *self._pack_items(u, eager), False)
+                        if call:
+                            aux, one = eager, dumps_call(u.payload, self.main, LEND)
+                        else:
+                            aux, one = self._pack_items(u, eager)
+                        u.sent = one if type(one) is Framed else None
+                        u.batch = u.seq
+                        self.hub.post(slot.index, u.tag, u.job.id, u.seq, aux, one, False)
                     except BaseException as e2:  # noqa: BLE001 - an argument cannot be pickled
                         if interrupted(e2):
-                            self._drop_unsent(slot, job, run[k:] + units[i:], e2)
+                            self._drop_unsent(slot, u.job, run[k:] + units[i:], e2)
                             raise
-                        self._answer(slot, [(u.seq, False, pickling_failed("the task's arguments", e2), 0)])
+                        self._answer(slot, [(u.seq, False, pickling_failed(what, e2), 0)])
                         self.failed_here = True
                 continue
             self.hub.post(slot.index, tag, job.id, seq, eager, payload, False)
@@ -626,22 +652,24 @@ class Engine:
         packed = as_array(unit.payload)
         if packed is not None:
             return aux | ARRAY, packed
-        payload = dumps(unit.payload, self.main, LEND)
-        if type(payload) is Framed:
-            unit.sent = payload
-        return aux, payload
+        return aux, dumps(unit.payload, self.main, LEND)
 
     def _drop_unsent(self, slot: Slot, job: Job, units: list[Unit], e: BaseException) -> None:
         """Ctrl-C while the main thread pickled `job`'s units for `slot`: that job fails with
         it (whoever waits on it gets it), and the units not sent are taken back: `job`'s
         dropped, other jobs' run elsewhere."""
         job.fail(e)
-        for u in units:
+        self._take_back(slot, units)
+        self.forget_if_done(job)
+
+    def _take_back(self, slot: Slot, units: Iterable[Unit]) -> None:
+        """Units committed to `slot` that its worker will not run: they go out again
+        first (those of jobs that ended since are dropped)."""
+        for u in list(units):
             if slot.inflight.pop(u.seq, None) is not None:
                 u.job.outstanding -= 1
                 slot.taken -= u.count if u.job.counts_items else 1
                 self.requeue(u)
-        self.forget_if_done(job)
 
     def forget_if_done(self, job: Job) -> None:
         """Drops a job that will send and receive nothing more (and its function in workers)."""
@@ -880,6 +908,11 @@ class Engine:
             self._answer(slot, [(seq, ok, value, aux)], weight(payload))
         elif tag == ERR:
             self._answer(slot, [(seq, False, load_error(payload), aux)])
+        elif tag == SPLIT:  # a CALLS batch did not unpickle: its calls go again, one by one
+            batch = [u for u in slot.inflight.values() if u.batch == seq]
+            for u in batch:
+                u.solo = True
+            self._take_back(slot, batch)
         elif tag == BYE:
             deaths.retire(self, slot, None)
         elif tag == INIT_ERR:

@@ -15,9 +15,9 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .._outcomes import Segments
-from .._errors import interrupted, pickling_failed
-from .._arena import LEND, Framed
-from .._pickling import FLAT, MainNames, cut, dumps, dumps_call, function_payload
+from .._errors import pickling_failed
+from .._arena import LEND
+from .._pickling import FLAT, MainNames, cut, dumps, function_payload
 from .._wire import CALL, TASK
 from .chunking import Chunker
 from .snapshot import snapshot, snapped
@@ -39,9 +39,11 @@ _tickets = itertools.count(1)
 
 class Unit:
     """One schedulable piece of work: a chunk of a map job (`payload` holds its items until
-    sent) or one call (`payload` is the pickled call). `seq` is its ticket."""
+    sent) or one call (`payload` is the call: ``(function, args, kwargs)``). `seq` is its
+    ticket."""
 
-    __slots__ = ("job", "seq", "tag", "payload", "start", "count", "solo", "tries", "deadline", "sent", "snapped")
+    __slots__ = ("job", "seq", "tag", "payload", "start", "count", "solo", "tries", "deadline", "sent", "snapped",
+                 "batch")
 
     def __init__(self, job: Job, tag: int, payload: Any, start: int = 0, count: int = 1):
         self.job, self.seq, self.tag, self.payload = job, next(_tickets), tag, payload
@@ -54,6 +56,8 @@ class Unit:
         self.sent: bytes | None = None
         #: Bytes its items' snapshots hold in the arena (see `MapJob.feed`).
         self.snapped = 0
+        #: The ticket of the batch message (TASKS, CALLS) it last went in; its own if alone.
+        self.batch = 0
 
 
 class Job:
@@ -223,30 +227,11 @@ class CallJob(Job):
         if self.on_start is not None and not self.on_start():
             self.finished = True  # cancelled before it ran
             return None
-        try:
-            payload = self._pickled()
-        except BaseException as e:  # noqa: BLE001 - reported to the caller
-            self.finished = True
-            self.args, self.kwargs = (), {}
-            if interrupted(e):  # Ctrl-C while pickling: an interrupt, not a bad argument
-                self.on_done(False, e)
-                raise
-            self.on_done(False, pickling_failed("the task", e))
-            return None
-        if not (self.retries and type(payload) is Framed):
-            # Pickled: the call holds them no longer. (Unless a retry may need them: the
-            # first run may write to the arena blocks its arguments were lent in.)
-            self.args, self.kwargs = (), {}
-        return Unit(self, CALL, payload)
-
-    def _pickled(self) -> bytes:
-        return dumps_call((self.fn, self.args, self.kwargs), self.main, LEND)
-
-    def repack(self, unit: Unit) -> None:
-        """Its arguments afresh, if they were lent in arena blocks its first run may have
-        written to."""
-        if type(unit.payload) is Framed:
-            unit.payload = self._pickled()
+        # The unit holds the call, pickled as it is shipped (with the other calls shipped
+        # to its worker at once: see `Engine._ship`), and again if it must run again.
+        unit = Unit(self, CALL, (self.fn, self.args, self.kwargs))
+        self.args, self.kwargs = (), {}
+        return unit
 
     def has_more(self) -> bool:
         return bool(self.requeued) or not self.sent

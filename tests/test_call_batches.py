@@ -1,0 +1,147 @@
+"""Calls made while every worker is busy travel together, several to a message (CALLS):
+each still gets its own result or error, in whatever mix of functions; a batch that does
+not unpickle in the worker, or kills it, costs only its culprit; a worker that reaches
+``maxtasksperchild`` halfway through a batch leaves the rest to the others."""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+
+import pytest
+
+import paralelo
+from paralelo._wire import CALL, CALLS
+
+T = 30
+
+
+def inc(x):
+    return x + 1
+
+
+def fail_on(x, bad):
+    if x == bad:
+        raise KeyError(x)
+    return -x
+
+
+def pid_of(_):
+    return os.getpid()
+
+
+def exit_now(code):
+    os._exit(code)
+
+
+def _refuse():
+    raise ValueError("refused to unpickle")
+
+
+class Unloadable:
+    """Pickles, but raises while being unpickled."""
+
+    def __reduce__(self):
+        return (_refuse, ())
+
+
+class Bomb:
+    """Kills the process that unpickles it."""
+
+    def __reduce__(self):
+        return (os._exit, (3,))
+
+
+class _Counting:
+    """Counts what the engine posts to workers, by tag."""
+
+    def __init__(self, hub):
+        self.__dict__["hub"], self.__dict__["posted"] = hub, collections.Counter()
+
+    def __getattr__(self, name):
+        attr = getattr(self.hub, name)
+        if name != "post":
+            return attr
+
+        def post(slot, tag, *args):
+            self.posted[tag] += 1
+            return attr(slot, tag, *args)
+
+        return post
+
+
+def _busy(pool, seconds=0.3):
+    """Keeps both workers busy for `seconds` (the calls made meanwhile wait, together)."""
+    pool.apply_async(inc, (0,)).get(T)  # inc's cost is measured: its calls may share a message
+    return [pool.apply_async(time.sleep, (seconds,)) for _ in range(2)]
+
+
+def test_a_burst_of_calls_travels_in_batches_and_each_gets_its_own_outcome():
+    with paralelo.Pool(2) as pool:
+        eng = pool._engine
+        with eng.lock:
+            eng.hub = spy = _Counting(eng.hub)
+        sleepers = _busy(pool)
+        results = [pool.apply_async(inc, (i,)) if i % 3 else pool.apply_async(fail_on, (i, 9)) for i in range(300)]
+        for s in sleepers:
+            s.get(T)
+        for i, r in enumerate(results):
+            if i == 9:
+                with pytest.raises(KeyError):
+                    r.get(T)
+            else:
+                assert r.get(T) == (i + 1 if i % 3 else -i)
+        assert spy.posted[CALLS] >= 1
+        assert spy.posted[CALLS] + spy.posted[CALL] < 100  # not one message per call
+
+
+def test_a_call_that_does_not_unpickle_in_its_batch_fails_alone():
+    with paralelo.Pool(2) as pool:
+        sleepers = _busy(pool)
+        results = [pool.apply_async(inc, (i,)) for i in range(50)]
+        bad = pool.apply_async(inc, (Unloadable(),))
+        results += [pool.apply_async(inc, (i,)) for i in range(50, 100)]
+        for s in sleepers:
+            s.get(T)
+        with pytest.raises(paralelo.TaskUnpicklingError, match="refused to unpickle"):
+            bad.get(T)
+        assert [r.get(T) for r in results] == list(range(1, 101))
+
+
+def test_a_call_that_kills_its_worker_while_unpickled_in_a_batch_fails_alone():
+    with paralelo.Pool(2) as pool:
+        sleepers = _busy(pool)
+        results = [pool.apply_async(inc, (i,)) for i in range(50)]
+        bomb = pool.apply_async(inc, (Bomb(),))
+        results += [pool.apply_async(inc, (i,)) for i in range(50, 100)]
+        for s in sleepers:
+            s.get(T)
+        with pytest.raises(paralelo.WorkerLostError, match="exited with code 3"):
+            bomb.get(T)
+        assert [r.get(T) for r in results] == list(range(1, 101))
+        assert pool.apply_async(inc, (1,)).get(T) == 2
+
+
+def test_a_call_that_kills_its_worker_halfway_through_a_batch_fails_alone():
+    with paralelo.Pool(2) as pool:
+        sleepers = _busy(pool)
+        results = [pool.apply_async(inc, (i,)) for i in range(50)]
+        dead = pool.apply_async(exit_now, (5,))
+        results += [pool.apply_async(inc, (i,)) for i in range(50, 100)]
+        for s in sleepers:
+            s.get(T)
+        with pytest.raises(paralelo.WorkerLostError, match="exited with code 5"):
+            dead.get(T)
+        assert [r.get(T) for r in results] == list(range(1, 101))
+
+
+def test_maxtasksperchild_counts_each_call_of_a_batch():
+    with paralelo.Pool(2, maxtasksperchild=7) as pool:
+        sleepers = _busy(pool)
+        results = [pool.apply_async(pid_of, (i,)) for i in range(200)]
+        for s in sleepers:
+            s.get(T)
+        per_worker = collections.Counter(r.get(T) for r in results)
+    assert sum(per_worker.values()) == 200
+    assert max(per_worker.values()) <= 7
