@@ -448,6 +448,13 @@ def test_done_callbacks_run_in_the_loop_that_added_them(run) -> None:
             assert seen[-1] != "late"
             await asyncio.sleep(0)
             assert seen[-1] == "late"
+            lone = pool.apply_async(_nap, (0.01,))  # its one callback, removed
+            lone.add_done_callback(gone)
+            assert lone.remove_done_callback(gone) == 1
+            assert lone.remove_done_callback(gone) == 0
+            assert await lone == 0.01
+            await asyncio.sleep(0)
+            assert seen[-1] == "late"
 
     run(main())
 

@@ -205,9 +205,9 @@ class FutureLike:
     cannot tell which loop it is for; a coroutine that awaits it can).
 
     A subclass provides ``ready()``, ``_when_ready(fn)`` (calls `fn` once ready, from
-    any thread), ``_unwatch(fn)`` (forgets such an `fn`), ``_cancel()`` (cancels the
-    work, settling the result as cancelled), ``_outcome()`` (``(ok, value)`` once ready)
-    and ``_is_cancelled()``."""
+    any thread), ``_watching()`` (those `fn` not called yet), ``_unwatch(fn)`` (forgets
+    such an `fn`), ``_cancel()`` (cancels the work, settling the result as cancelled),
+    ``_outcome()`` (``(ok, value)`` once ready) and ``_is_cancelled()``."""
 
     _asyncio_future_blocking = False
     _cancel_message: Any = None  # (read by asyncio.gather from a cancelled child)
@@ -225,26 +225,16 @@ class FutureLike:
         """Calls ``fn(result)`` in the current event loop once the result is ready (soon,
         if it is already), in `context` (default: a copy of the current one), as an
         asyncio Future does."""
-        loop = self.get_loop()
-        cell: list = [fn, contextvars.copy_context() if context is None else context, None]
-        cells = self.__dict__.setdefault("_aio_cells", [])
-        cells.append(cell)
-        if self.ready():  # type: ignore[attr-defined]
-            loop.call_soon(_run_cell, cell, self)
-            return
-        post = wake(loop)
-        cell[2] = watcher = lambda: post(_run_cell, (cell, self))
-        self._when_ready(watcher)  # type: ignore[attr-defined]
+        cell = _Cell(fn, contextvars.copy_context() if context is None else context, _waker(self.get_loop()), self)
+        self._when_ready(cell)  # type: ignore[attr-defined]
 
     def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
         """Forgets `fn` where it has not run yet; how many were forgotten."""
-        cells = self.__dict__.get("_aio_cells", [])
-        gone = [cell for cell in cells if cell[0] == fn]
+        # (Those told already are scheduled, as asyncio's are once the Future is done.)
+        gone = [w for w in self._watching() if type(w) is _Cell and w.fn == fn]  # type: ignore[attr-defined]
         for cell in gone:
-            cells.remove(cell)
-            if cell[2] is not None:
-                self._unwatch(cell[2])  # type: ignore[attr-defined]
-            cell[:] = [None, None, None]
+            self._unwatch(cell)  # type: ignore[attr-defined]
+            cell.clear()
         return len(gone)
 
     def done(self) -> bool:
@@ -301,12 +291,40 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
     return None if events is None else events._get_running_loop()
 
 
-def _run_cell(cell: list, fut: Any) -> None:
-    fn, context, _ = cell
-    if fn is None:
-        return  # removed before it ran
-    cell[:] = [None, None, None]
-    context.run(fn, fut)
+class _Cell:
+    """A done-callback of a `FutureLike`: told (from the thread that settles the result)
+    that it is ready, it runs `fn(fut)` in its loop, once, in its context. Its slots hold
+    what a lambda and its closure held: one object per callback, not six, which matters
+    when thousands of results are pending (the garbage collector walks each)."""
+
+    __slots__ = ("fn", "context", "waker", "fut")
+
+    def __init__(self, fn: Callable[[Any], object], context: Any, waker: _Waker, fut: FutureLike) -> None:
+        self.fn: Callable[[Any], object] | None = fn
+        self.context: Any = context
+        self.waker: _Waker | None = waker
+        self.fut: FutureLike | None = fut
+
+    def __call__(self) -> None:
+        # The result is ready: run soon, in the loop (from its own thread, or woken).
+        waker = self.waker
+        if waker is None:
+            return  # removed
+        loop = waker.loop()
+        if loop is not None and _running_loop() is loop:
+            loop.call_soon(self.run)
+        else:
+            _post_if_open(waker, self.run, ())
+
+    def run(self) -> None:
+        fn, context, fut = self.fn, self.context, self.fut
+        if fn is None:
+            return  # removed before it ran
+        self.clear()
+        context.run(fn, fut)
+
+    def clear(self) -> None:
+        self.fn = self.context = self.waker = self.fut = None
 
 
 # -- IPC awaited: queues, connections, locks, events, barriers ----------------------

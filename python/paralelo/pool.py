@@ -39,7 +39,8 @@ class AsyncResult(aio.FutureLike):
         self._value: Any = None
         self._settled = False  # its outcome is decided (its callbacks may still be running)
         self._pool: Any = None  # keeps a temporary pool alive while its result is pending
-        self._watchers: list[Callable[[], None]] | None = []  # told once it is ready (see aio)
+        # Told once it is ready (see aio): one, a list of them, or None.
+        self._watchers: Callable[[], None] | list[Callable[[], None]] | None = None
         self._job: Callable[[], Any] = _no_job  # (weakly: a finished job's arguments go)
 
     def __repr__(self) -> str:
@@ -94,17 +95,33 @@ class AsyncResult(aio.FutureLike):
         # (Settled by `_cancel`: a task's own CancelledError is what it raised.)
         return not self._success and self._value is self.__dict__.get("_cancelled_with", _MISSING)
 
+    def _watching(self) -> list[Callable[[], None]]:
+        """The watchers not yet told (see `_when_ready`)."""
+        with _settling:
+            return _listed(self._watchers)
+
     def _unwatch(self, fn: Callable[[], None]) -> None:
         with _settling:
-            if self._watchers is not None and fn in self._watchers:
-                self._watchers.remove(fn)
+            watchers = self._watchers
+            if isinstance(watchers, list):
+                if fn in watchers:
+                    watchers.remove(fn)
+            elif watchers is not None and watchers == fn:
+                self._watchers = None
 
     def _when_ready(self, fn: Callable[[], None]) -> None:
         """Calls `fn` once the result is ready: now, or from the thread that settles it."""
         with _settling:
-            watchers = self._watchers
-            if watchers is not None:
-                watchers.append(fn)
+            if not self._ready:
+                # One watcher (the usual: the one awaiting task, or gather) is held alone,
+                # not in a list: one object less per pending result.
+                watchers = self._watchers
+                if watchers is None:
+                    self._watchers = fn
+                elif isinstance(watchers, list):
+                    watchers.append(fn)
+                else:
+                    self._watchers = [watchers, fn]
                 return
         fn()
 
@@ -139,11 +156,18 @@ class AsyncResult(aio.FutureLike):
                 event, watchers, self._watchers = self._event, self._watchers, None
             if event is not None:
                 event.set()
-            for fn in watchers or ():
+            for fn in _listed(watchers):
                 fn()
 
 
 ApplyResult = AsyncResult
+
+
+def _listed(watchers: Callable[[], None] | list[Callable[[], None]] | None) -> list[Callable[[], None]]:
+    if watchers is None:
+        return []
+    return list(watchers) if isinstance(watchers, list) else [watchers]
+
 #: Held while a result's outcome is decided (once, whichever thread comes first).
 _settling = threading.Lock()
 

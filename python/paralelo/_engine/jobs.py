@@ -76,7 +76,9 @@ class Job:
 
     def __init__(self) -> None:
         self.id = next(_job_ids)
-        self.requeued: deque[Unit] = deque()
+        # Units to send again first (a dead worker's): made when one is, as few jobs
+        # ever have any (a burst of calls would make, and the collector walk, one each).
+        self.requeued: deque[Unit] | tuple[()] = ()
         self.finished = False
         self.func_deaths = 0  # workers that died unpickling this job's function
         self.outstanding = 0  # units sent and not yet answered (kept by the engine)
@@ -130,7 +132,7 @@ class Job:
     def stop(self) -> None:
         """Runs nothing more of this job (its consumer stopped early, or it failed)."""
         self.finished = True
-        self.requeued.clear()
+        self.requeued = ()
         self.starved()
 
     def starved(self) -> None:
@@ -217,10 +219,10 @@ class CallJob(Job):
 
     def next_unit(self, cap: int | None = None) -> Unit | None:
         if self.finished:
-            self.requeued.clear()  # failed or cancelled meanwhile: nothing more to run
+            self.requeued = ()  # failed or cancelled meanwhile: nothing more to run
             return None
         if self.requeued:
-            return self.requeued.popleft()
+            return self.requeued.popleft()  # type: ignore[union-attr]
         if self.sent:
             return None
         self.sent = True
@@ -345,10 +347,10 @@ class MapJob(Job):
 
     def next_unit(self, cap: int | None = None) -> Unit | None:
         if self.finished:
-            self.requeued.clear()  # the map failed or was stopped: nothing more to run
+            self.requeued = ()  # the map failed or was stopped: nothing more to run
             return None
         if self.requeued:
-            return self.requeued.popleft()
+            return self.requeued.popleft()  # type: ignore[union-attr]
         if self.input_done:
             return None
         if self.sliceable is not None:
