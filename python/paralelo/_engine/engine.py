@@ -298,7 +298,19 @@ class Engine:
         if os.getpid() != self.pid:
             raise RuntimeError("a paralelo pool cannot be used from a child process forked after it was made")
         if type(job) is CallJob and (self.calls or self._all_busy()) and self.broken is None and not self.closing:
-            if not self.lock.acquire(blocking=False):
+            if self.lock.acquire(blocking=False):
+                try:
+                    if self.broken is None and not self.closing:  # (else the way below raises)
+                        self._take_inbox()  # (a running pool's fails none: nothing to defer)
+                        if self.calls or self._all_busy():
+                            # It waits with those ahead, or for an answer: the collector
+                            # pumps then (see below), and no completion runs here.
+                            self.jobs[job.id] = job
+                            self.calls.append(job)
+                            return
+                finally:
+                    self.lock.release()
+            else:
                 # Calls wait for room already (or every worker is busy), and the lock's
                 # holder (the collector, taking answers in) is busy: this one joins them
                 # through the inbox, without waiting for the lock (and the thread
@@ -317,7 +329,6 @@ class Engine:
                     with self.locked():
                         self._take_inbox()
                 return
-            self.lock.release()  # (taken again below, as by any submit)
         with self.locked():
             self._take_inbox()  # (first: calls keep the order they were made in)
             if self.broken is not None:

@@ -158,44 +158,73 @@ class CallCosts:
     MOST = 1024
 
     def __init__(self) -> None:
-        self.weak: weakref.WeakKeyDictionary[Callable, float] = weakref.WeakKeyDictionary()
+        # id(function) -> [weak reference to it, seconds]: looked up (twice a call) without
+        # making a weak reference each time, as a WeakKeyDictionary does.
+        self.weak: dict[int, list] = {}
         self.strong: dict[Callable, float] = {}  # callables without weak references
 
     @staticmethod
     def _key(fn: Callable) -> Callable:
         # A bound method or a partial is a new object at every call: what it runs is not.
         while True:
-            inner = getattr(fn, "__func__", None) if type(fn) is types.MethodType else (
-                fn.func if type(fn) is functools.partial else None)
-            if inner is None:
+            kind = type(fn)
+            if kind is types.MethodType:
+                fn = fn.__func__  # type: ignore[attr-defined]
+            elif kind is functools.partial:
+                fn = fn.func  # type: ignore[attr-defined]
+            else:
                 return fn
-            fn = inner
 
-    def _table(self, fn: Callable) -> Any:
-        return self.weak if type(fn).__weakrefoffset__ else self.strong
+    def _entry(self, fn: Callable) -> list | None:
+        entry = self.weak.get(id(fn))
+        return entry if entry is not None and entry[0]() is fn else None
 
     def get(self, fn: Callable) -> float | None:
         fn = self._key(fn)
+        if type(fn).__weakrefoffset__:
+            entry = self._entry(fn)
+            return None if entry is None else entry[1]
         try:
-            return self._table(fn).get(fn)
+            return self.strong.get(fn)
         except TypeError:  # an unhashable callable: not remembered
             return None
 
     def add(self, fn: Callable, seconds: float) -> None:
         """One more measure: folded into the moving average."""
+        fn = self._key(fn)
+        entry = self._entry(fn) if type(fn).__weakrefoffset__ else None
+        if entry is not None:
+            entry[1] = 0.75 * entry[1] + 0.25 * seconds
+            return
         known = self.get(fn)
         self.remember(fn, seconds if known is None else 0.75 * known + 0.25 * seconds)
 
     def remember(self, fn: Callable, seconds: float) -> None:
         """Replaces what `fn` costs (a map's own estimate, from all its chunks)."""
         fn = self._key(fn)
-        table = self._table(fn)
-        try:
-            if fn not in table and len(table) >= self.MOST:
-                table.clear()
-            table[fn] = seconds
-        except TypeError:
-            pass
+        if not type(fn).__weakrefoffset__:
+            try:
+                if fn not in self.strong and len(self.strong) >= self.MOST:
+                    self.strong.clear()
+                self.strong[fn] = seconds
+            except TypeError:
+                pass
+            return
+        entry = self._entry(fn)
+        if entry is not None:
+            entry[1] = seconds
+            return
+        weak, key = self.weak, id(fn)
+        if len(weak) >= self.MOST:
+            weak.clear()
+
+        def gone(ref: weakref.ref, weak: dict = weak, key: int = key) -> None:
+            # (The entry's id may have gone to a new function since: only its own goes.)
+            entry = weak.get(key)
+            if entry is not None and entry[0] is ref:
+                del weak[key]
+
+        weak[key] = [weakref.ref(fn, gone), seconds]
 
 
 class CallJob(Job):
