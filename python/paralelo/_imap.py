@@ -19,6 +19,7 @@ from ._outcomes import Segments
 
 if TYPE_CHECKING:
     from ._engine import Engine, MapJob
+    from ._progress import Progress
 
 _END = object()
 
@@ -55,6 +56,7 @@ class IMapIterator:
         self._job: Callable[[], MapJob | None] = lambda: None
         self._pool: Any = None
         self._async_waiters: list[Callable[[], None]] = []  # `async for`s waiting (see aio)
+        self._progress: Progress | None = None  # the map's bar, if it has one
 
     @property
     def job(self) -> MapJob | None:
@@ -192,6 +194,7 @@ class IMapIterator:
             raise StopIteration
         job = self.job
         deadline = None if timeout is None else time.monotonic() + timeout
+        ended = False
         while True:
             with self._cond:
                 ok, values = self._take()
@@ -201,7 +204,8 @@ class IMapIterator:
                     if self._input_failure is not None:
                         failure, self._input_failure = self._input_failure, None
                         raise failure
-                    raise StopIteration
+                    ended = True
+                    break
                 if self._failure is not None:
                     failure, self._failure = self._failure, None
                     self._total = self._yielded  # nothing comes after a failed job
@@ -216,6 +220,12 @@ class IMapIterator:
                     self._cond.wait(left)
                 finally:
                     self._waiting = False
+        if ended:
+            if self._progress is not None:
+                # Every result was taken: the bar is full and closed before the loop that
+                # read them goes on (the collector's own update may come later).
+                self._progress.finish(self._yielded)
+            raise StopIteration
         # Restart a held-back input once the consumer has taken half of the read-ahead, not
         # on every result: each restart takes the engine lock from the collector.
         if job is not None and job.held and job.sent_items - self._yielded <= job.ahead_limit() // 2:

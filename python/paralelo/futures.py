@@ -13,6 +13,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Literal
 
 from . import _engine, aio
 from ._imap import IMapIterator
+from ._progress import Progress, ProgressOption, progress_bar
 from .context import default_workers
 
 
@@ -117,15 +118,18 @@ class ProcessPoolExecutor(_cf.Executor):
             return future
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int | None = None) -> Iterator:
+            chunksize: int | None = None, progress: ProgressOption = None) -> Iterator:
         """``map(fn, *iterables)`` in parallel; results in order, lazily. ``timeout``
-        counts from this call; ``chunksize=None`` picks chunk sizes adaptively."""
+        counts from this call; ``chunksize=None`` picks chunk sizes adaptively;
+        ``progress=True`` (or a dict of tqdm options) draws a tqdm bar of the items done."""
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
         if "submit" in vars(self) or type(self).submit is not ProcessPoolExecutor.submit:
             # submit was replaced (tqdm's process_map counts items that way, subclasses
             # may log or throttle): map goes through it, as concurrent.futures' map does.
-            return super().map(fn, *iterables, timeout=timeout)
+            results = super().map(fn, *iterables, timeout=timeout)
+            bar = progress_bar(progress, _shortest(iterables))
+            return results if bar is None else _counted(results, bar)
         end = None if timeout is None else time.monotonic() + timeout
         # Like the standard executor, the input is read now, and each item goes out as
         # it is read (not under our lock: the input may submit to this executor itself).
@@ -142,6 +146,7 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             it = IMapIterator(self._engine, ordered=True)
             job = self._engine.map_job(fn, items, star, chunksize, it)
+            job.progress = it._progress = progress_bar(progress, _shortest(iterables))
             job.eager = True
             it.job = job
             self._engine.submit(job)
@@ -186,6 +191,26 @@ class ProcessPoolExecutor(_cf.Executor):
         engine.close()
         if wait:
             engine.join()
+
+
+def _shortest(iterables: tuple[Iterable, ...]) -> Any:
+    """What a bar over ``zip(*iterables)`` takes as its input: the shortest, if all have a
+    length (an iterator has none: the total is then known at its end)."""
+    try:
+        return min(iterables, key=len)  # type: ignore[arg-type]
+    except TypeError:
+        return iter(())  # (no length)
+
+
+def _counted(results: Iterator, bar: Progress) -> Iterator:
+    """`results`, advancing `bar` as each is taken (a replaced ``submit``: the engine's
+    counts do not see its calls)."""
+    try:
+        for value in results:
+            bar.advance(1)
+            yield value
+    finally:
+        bar.close()
 
 
 def _results(it: IMapIterator, job: _engine.MapJob, engine: _engine.Engine, end: float | None) -> Iterator:

@@ -14,6 +14,7 @@ from . import _engine, aio
 from ._native import unpack_numbers
 from ._errors import PoolTimeoutError, as_pool_error
 from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
+from ._progress import ProgressOption, progress_bar
 from .context import default_workers
 
 _MISSING = object()
@@ -370,7 +371,9 @@ class Pool(Folding):
         Here and in every map: ``task_timeout`` (seconds) kills a task's worker if the task
         runs longer, failing it with ``TaskTimeoutError``; ``retries`` runs a task again
         that many times if its worker dies under it (never if the task raises). Both
-        default to the pool's own."""
+        default to the pool's own. Every map also takes ``progress``: ``True`` (or a dict
+        of options for ``tqdm(**options)``) draws a tqdm bar of the items done, its total
+        the input's length when it has one (tqdm must be installed)."""
         self._check_running()
         result = AsyncResult(callback, error_callback)
         result._pool = self  # a result keeps its pool alive, as in multiprocessing
@@ -384,7 +387,7 @@ class Pool(Folding):
 
     def _map_async(self, func: Callable, iterable: Iterable, star: bool, chunksize: int | None,
                    callback: Callable | None, error_callback: Callable | None,
-                   task_timeout: float | None, retries: int | None) -> MapResult:
+                   task_timeout: float | None, retries: int | None, progress: ProgressOption) -> MapResult:
         self._check_running()
         _check_chunksize(chunksize)
         if type(iterable) not in (list, tuple, range):
@@ -393,33 +396,39 @@ class Pool(Folding):
         result._pool = self
         job = self._engine.map_job(func, iterable, star, chunksize, result,
                                    task_timeout=task_timeout, retries=retries)
+        job.progress = progress_bar(progress, iterable)
         result._job = weakref.ref(job)
         self._engine.submit(job)
         return result
 
-    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *, task_timeout: float | None = None, retries: int | None = None) -> list:
+    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *, task_timeout: float | None = None,
+            retries: int | None = None, progress: ProgressOption = None) -> list:
         """``[func(x) for x in iterable]``, computed in parallel, in order."""
-        return self._map_async(func, iterable, False, chunksize, None, None, task_timeout, retries).get()
+        return self._map_async(func, iterable, False, chunksize, None, None, task_timeout, retries, progress).get()
 
     def map_async(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
                   callback: Callable | None = None, error_callback: Callable | None = None, *,
-                  task_timeout: float | None = None, retries: int | None = None) -> MapResult:
+                  task_timeout: float | None = None, retries: int | None = None,
+                  progress: ProgressOption = None) -> MapResult:
         """Like ``map``, returning an AsyncResult."""
-        return self._map_async(func, iterable, False, chunksize, callback, error_callback, task_timeout, retries)
+        return self._map_async(func, iterable, False, chunksize, callback, error_callback, task_timeout, retries,
+                               progress)
 
     def starmap(self, func: Callable, iterable: Iterable[Iterable], chunksize: int | None = None, *,
-                task_timeout: float | None = None, retries: int | None = None) -> list:
+                task_timeout: float | None = None, retries: int | None = None, progress: ProgressOption = None) -> list:
         """``[func(*args) for args in iterable]``, in parallel, in order."""
-        return self._map_async(func, iterable, True, chunksize, None, None, task_timeout, retries).get()
+        return self._map_async(func, iterable, True, chunksize, None, None, task_timeout, retries, progress).get()
 
     def starmap_async(self, func: Callable, iterable: Iterable[Iterable], chunksize: int | None = None,
                       callback: Callable | None = None, error_callback: Callable | None = None, *,
-                      task_timeout: float | None = None, retries: int | None = None) -> MapResult:
+                      task_timeout: float | None = None, retries: int | None = None,
+                      progress: ProgressOption = None) -> MapResult:
         """Like ``starmap``, returning an AsyncResult."""
-        return self._map_async(func, iterable, True, chunksize, callback, error_callback, task_timeout, retries)
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback, task_timeout, retries,
+                               progress)
 
     def _imap(self, func: Callable, iterable: Iterable, chunksize: int | None, ordered: bool,
-              task_timeout: float | None, retries: int | None) -> IMapIterator:
+              task_timeout: float | None, retries: int | None, progress: ProgressOption) -> IMapIterator:
         self._check_running()
         _check_chunksize(chunksize)
         it = (IMapIterator if ordered else IMapUnorderedIterator)(self._engine, ordered)
@@ -427,6 +436,7 @@ class Pool(Folding):
         it.stop_after_error = chunksize is not None and chunksize > 1
         hold = 4 * _engine.MAX_INFLIGHT * self._processes
         job = self._engine.map_job(func, iterable, False, chunksize, it, hold, task_timeout, retries)
+        job.progress = it._progress = progress_bar(progress, iterable)
         it.job = job
         self._engine.submit(job)
         if job.sliceable is None:
@@ -434,15 +444,17 @@ class Pool(Folding):
         return it
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *,
-             task_timeout: float | None = None, retries: int | None = None) -> IMapIterator:
+             task_timeout: float | None = None, retries: int | None = None,
+             progress: ProgressOption = None) -> IMapIterator:
         """Lazy ``map``: yields results in order as they come. Reads the input only as
         fast as results are consumed (a bounded number ahead)."""
-        return self._imap(func, iterable, chunksize, True, task_timeout, retries)
+        return self._imap(func, iterable, chunksize, True, task_timeout, retries, progress)
 
     def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *,
-                       task_timeout: float | None = None, retries: int | None = None) -> IMapIterator:
+                       task_timeout: float | None = None, retries: int | None = None,
+                       progress: ProgressOption = None) -> IMapIterator:
         """Like ``imap``, yielding results in the order they finish."""
-        return self._imap(func, iterable, chunksize, False, task_timeout, retries)
+        return self._imap(func, iterable, chunksize, False, task_timeout, retries, progress)
 
     # -- reductions ---------------------------------------------------------------
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import logging
 import operator
 import multiprocessing.process as mpp
 import os
@@ -34,6 +33,7 @@ from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps, dumps_
 from .._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY,
                     RESULTS, SPLIT, TASK, TASKS)
 from . import deaths
+from .completions import Held, deferred, run_or_defer
 from .jobs import CallCosts, CallJob, Job, MapJob, Unit
 from .sink import MapSink
 from .slot import Slot
@@ -53,78 +53,6 @@ STARTING_POLL_MAX = 0.05
 SHIP_UNITS = 64
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-# Completions that run user code (callbacks, Future done-callbacks) found while a thread
-# holds an engine lock: they run once it is released, so a callback that takes the user's
-# own lock cannot deadlock against a thread submitting while holding that lock.
-_deferred = threading.local()
-
-
-_callbacks_log = logging.getLogger("concurrent.futures")
-
-
-def _complete(fn: Callable, args: tuple) -> BaseException | None:
-    """Runs a completion (user callbacks inside): whatever it raises is logged as
-    concurrent.futures logs a failing callback, and the thread goes on. On the collector
-    that includes SystemExit and KeyboardInterrupt (user code must not stop the thread
-    that delivers results); on the caller's own thread those are returned, to re-raise."""
-    try:
-        fn(*args)
-    except BaseException as e:  # noqa: BLE001 - see above
-        if not getattr(_deferred, "collector", False) and not isinstance(e, Exception):
-            return e
-        # Named as concurrent.futures names it: the result or future whose callback failed
-        # (a completion is its bound method, or takes it first).
-        owner = getattr(fn, "__self__", None)
-        if owner is None:
-            owner = args[0] if args else fn
-        _callbacks_log.exception("exception calling callback for %r", owner)
-    return None
-
-
-def run_or_defer(fn: Callable, *args: Any) -> None:
-    """Calls `fn(*args)` now, or, inside `Engine.locked()`, right after the lock is released."""
-    pending = getattr(_deferred, "pending", None)
-    if pending is None:
-        interrupt = _complete(fn, args)
-        if interrupt is not None:
-            raise interrupt
-    else:
-        pending.append((fn, args))
-
-
-class _Held:
-    """A hold of an engine lock (see `Engine.locked`): a class, not a generator-based
-    context manager, which costs several times more, on every call submitted."""
-
-    __slots__ = ("lock", "outer")
-
-    def __init__(self, lock: Any) -> None:
-        self.lock = lock
-        self.outer = False
-
-    def __enter__(self) -> None:
-        self.outer = getattr(_deferred, "pending", None) is None
-        if self.outer:
-            _deferred.pending = []
-        try:
-            self.lock.acquire()
-        except BaseException:
-            if self.outer:
-                _deferred.pending = None
-            raise
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self.lock.release()
-        finally:
-            if self.outer:
-                pending, _deferred.pending = _deferred.pending, None
-                if pending:
-                    interrupts = [e for e in (_complete(fn, args) for fn, args in pending) if e is not None]
-                    if interrupts:
-                        raise interrupts[0]  # Ctrl-C in a callback on the caller's thread
-
 
 class Engine:
     """Worker processes on a hub, fed by jobs. Thread-safe."""
@@ -226,10 +154,10 @@ class Engine:
             finally:
                 self.hub.wake()
 
-    def locked(self) -> _Held:
+    def locked(self) -> Held:
         """Holds the engine lock (``with engine.locked():``); completions found meanwhile
         run after it is released."""
-        return _Held(self.lock)
+        return Held(self.lock)
 
     # -- workers -------------------------------------------------------------
 
@@ -423,7 +351,7 @@ class Engine:
         def read() -> None:
             # Callbacks run here are logged, whatever they raise, as on the collector: an
             # exception must not pass for the input's own.
-            _deferred.collector = True
+            deferred.collector = True
             while live():
                 if job.read_room() <= 0:
                     wanted.wait()  # set once room is made (or the job ends); then look again
@@ -707,7 +635,7 @@ class Engine:
     # -- results ---------------------------------------------------------------
 
     def _collect(self) -> None:
-        _deferred.collector = True
+        deferred.collector = True
         try:
             self._collect_loop()
         except BaseException as e:  # noqa: BLE001 - a bug here must fail callers, not hang them

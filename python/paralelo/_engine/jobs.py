@@ -284,6 +284,9 @@ class MapJob(Job):
     `hold`, at most that many items (or four chunks per worker, if more) are read beyond
     `sink.consumed_items()` (lazy imap)."""
 
+    #: A progress bar (``_progress.Progress``) its completions advance, if asked for.
+    progress: Any = None
+
     def __init__(self, processes: int, fn: Callable, iterable: Iterable, star: bool,
                  chunksize: int | None, sink: MapSink, hold: int | None = None,
                  most: int | None = None, main: MainNames | None = None,
@@ -422,9 +425,11 @@ class MapJob(Job):
         if failure is not None:
             self.input_done = True
             self.sink.input_failed(self.sent_items, failure)
+            if self.progress is not None:
+                self.progress.end(self.sent_items)
         elif len(items) < n:
             self.input_done = True
-            self.sink.end(self.sent_items)
+            self._ended(self.sent_items)
         if self.input_done:
             self.starved()
         return unit
@@ -535,8 +540,13 @@ class MapJob(Job):
         self.chunks_cut, self.sent_items = chunks, i
         if i >= total:
             self.input_done = True
-            self.sink.end(i)
+            self._ended(i)
         return out
+
+    def _ended(self, total: int) -> None:
+        if self.progress is not None:
+            self.progress.end(total)
+        self.sink.end(total)
 
     def ahead_limit(self) -> int:
         """How many items a lazy job reads ahead of its consumer: `hold`, or four chunks
@@ -575,6 +585,8 @@ class MapJob(Job):
             if elapsed_ns:  # a unit that raised measures too; a lost one (0) does not
                 self.chunker.measure(unit.count, elapsed_ns)
         self.chunker.update()
+        if self.progress is not None:  # (first: its bar is drawn before the map's result is set)
+            self.progress.advance(sum(c[1] for c in chunks))
         self.sink.chunks(chunks)
 
     def remember_cost(self) -> None:
@@ -587,7 +599,14 @@ class MapJob(Job):
         if not self.finished:
             self.finished = True
             self.sink.fail(exc)
+        if self.progress is not None:
+            self.progress.close()
         self.starved()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.progress is not None:
+            self.progress.close()
 
 
 class _Dropped:

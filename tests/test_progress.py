@@ -1,0 +1,167 @@
+"""``progress=`` on every map: a tqdm bar that the engine's completion counts advance, its
+total the input's length (a lazy map's known at its end), closed when the map ends (or
+fails, or its consumer stops); a clear error without tqdm or with a bad option."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+
+import pytest
+import tqdm.auto
+
+import paralelo
+
+from scripts import run_group
+
+T = 30
+
+
+def square(x):
+    return x * x
+
+
+def fail_on_seven(x):
+    if x == 7:
+        raise ValueError("seven")
+    return x
+
+
+class _Recorded(tqdm.auto.tqdm):
+    """A bar that remembers itself: where it got to, its total, its options."""
+
+    made: list[_Recorded] = []
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("disable", False)
+        kwargs["file"] = open("/dev/null", "w")
+        super().__init__(*args, **kwargs)
+        self.options = kwargs
+        self.closed = False
+        _Recorded.made.append(self)
+
+    def close(self):
+        self.closed = True
+        super().close()
+        self.fp.close()
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    _Recorded.made = []
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Recorded)
+    return _Recorded.made
+
+
+def _one(bars) -> _Recorded:
+    assert len(bars) == 1
+    return bars[0]
+
+
+@pytest.mark.parametrize("how", ["map", "map_async", "starmap", "starmap_async", "imap", "imap_unordered"])
+def test_every_pool_map_counts_its_items(bars, how):
+    with paralelo.Pool(2) as pool:
+        if how.startswith("starmap"):
+            out = getattr(pool, how)(pow, [(i, 2) for i in range(1000)], progress=True)
+        else:
+            out = getattr(pool, how)(square, range(1000), progress=True)
+        out = out.get(T) if how.endswith("_async") else list(out)
+    assert sorted(out) == [i * i for i in range(1000)]
+    bar = _one(bars)
+    assert (bar.n, bar.total, bar.closed) == (1000, 1000, True)
+
+
+def test_a_generator_input_gets_its_total_at_its_end(bars):
+    with paralelo.Pool(2) as pool:
+        assert list(pool.imap(square, (i for i in range(777)), progress=True)) == [i * i for i in range(777)]
+    bar = _one(bars)
+    assert (bar.n, bar.total, bar.closed) == (777, 777, True)
+
+
+def test_executor_map_counts_its_items(bars):
+    with paralelo.ProcessPoolExecutor(2) as ex:
+        assert list(ex.map(square, range(500), progress=True)) == [i * i for i in range(500)]
+        assert list(ex.map(pow, range(100), [2] * 60, progress=True)) == [i * i for i in range(60)]
+    assert [(b.n, b.total, b.closed) for b in bars] == [(500, 500, True), (60, 60, True)]
+
+
+def test_options_pass_through_to_tqdm(bars):
+    with paralelo.Pool(2) as pool:
+        pool.map(square, range(10), progress={"desc": "squares", "unit": "sq", "total": 10})
+    bar = _one(bars)
+    assert bar.options["desc"] == "squares" and bar.options["unit"] == "sq"
+    assert (bar.n, bar.closed) == (10, True)
+
+
+def test_a_failed_map_still_closes_its_bar_with_every_item_counted(bars):
+    with paralelo.Pool(2) as pool:
+        with pytest.raises(ValueError, match="seven"):
+            pool.map(fail_on_seven, range(100), chunksize=1, progress=True)
+    bar = _one(bars)
+    assert (bar.n, bar.closed) == (100, True)  # a failed map still runs its other items
+
+
+def nap(x):
+    time.sleep(0.01)
+    return x
+
+
+def test_a_map_stopped_early_closes_its_bar(bars):
+    with paralelo.ProcessPoolExecutor(2) as ex:
+        results = ex.map(nap, range(1000), progress=True)
+        assert next(results) == 0
+        results.close()  # the rest is cancelled, and the bar closes where it got to
+        bar = _one(bars)
+        assert bar.closed and bar.n < 1000
+
+
+def test_no_progress_means_no_bar(bars):
+    with paralelo.Pool(2) as pool:
+        pool.map(square, range(10))
+        pool.map(square, range(10), progress=False)
+    assert bars == []
+
+
+def test_a_bad_option_is_refused():
+    with paralelo.Pool(1) as pool:
+        with pytest.raises(TypeError, match="progress must be True, False or a dict of tqdm options"):
+            pool.map(square, range(3), progress="yes")
+
+
+def test_without_tqdm_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # (import fails, as if not installed)
+    with paralelo.Pool(1) as pool:
+        with pytest.raises(ImportError, match="pip install tqdm"):
+            pool.map(square, range(3), progress=True)
+        assert pool.map(square, range(3)) == [0, 1, 4]
+
+
+def test_a_script_with_a_bar_gives_the_standard_results(tmp_path):
+    """As users write it: the function in __main__, numpy imported first, logging set up;
+    the bar on stderr ends full before the next line is printed."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import logging, multiprocessing, sys
+        import numpy
+        import paralelo
+        logging.basicConfig(level=logging.INFO)
+
+        def work(x):
+            return int(numpy.int64(x) * 3)
+
+        if __name__ == "__main__":
+            with paralelo.Pool(2) as pool:
+                ours = pool.map(work, range(5000), progress=True)
+                lazy = list(pool.imap(work, (i for i in range(300)), progress={"desc": "lazy"}))
+                print("after", file=sys.stderr)
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                theirs = pool.map(work, range(5000))
+            print(ours == theirs, lazy == theirs[:300])
+    """))
+    out = run_group([sys.executable, str(script)], T, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
+    err = out.stderr.replace("\r", "\n")
+    assert "5000/5000" in err and "lazy: 100%" in err and "300/300" in err
+    assert err.index("300/300") < err.index("after")
