@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from ._engine.completions import run_or_defer
+from ._completions import run_or_defer
 
-__all__ = ["Progress", "progress_bar"]
+__all__ = ["Counted", "Progress", "finishing", "progress_bar"]
 
 #: What `progress=` takes.
 ProgressOption = bool | Mapping[str, Any] | None
@@ -113,3 +113,38 @@ def progress_bar(progress: ProgressOption, iterable: Any) -> Progress | None:
             options["total"] = None
     total = options["total"]
     return Progress(tqdm(**options), total if isinstance(total, int) else None)
+
+
+class Counted:
+    """`fn`, advancing `bar` by one after each call, returned or raised (a thread pool's
+    items: they run in this process, so the bar can count them where they run)."""
+
+    __slots__ = ("fn", "bar")
+
+    def __init__(self, fn: Callable, bar: Progress) -> None:
+        self.fn, self.bar = fn, bar
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.bar.advance(1)
+
+
+def finishing(results: Iterator, bar: Progress, count: bool = False) -> Iterator:
+    """`results` as they are taken; `bar` finished at their end (closed where it got to
+    if the caller stops early). With `count`, each result taken advances it (a map whose
+    items the bar cannot see run)."""
+    taken = 0
+    try:
+        for value in results:
+            taken += 1
+            if count:
+                bar.advance(1)
+            yield value
+        bar.finish(taken)
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # (a generator's own clean-up, now: what has not run is dropped)
+        bar.close()

@@ -13,7 +13,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Literal
 
 from . import _engine, aio
 from ._imap import IMapIterator
-from ._progress import Progress, ProgressOption, progress_bar
+from ._progress import ProgressOption, finishing, progress_bar
 from .context import default_workers
 
 
@@ -129,7 +129,7 @@ class ProcessPoolExecutor(_cf.Executor):
             # may log or throttle): map goes through it, as concurrent.futures' map does.
             results = super().map(fn, *iterables, timeout=timeout)
             bar = progress_bar(progress, _shortest(iterables))
-            return results if bar is None else _counted(results, bar)
+            return results if bar is None else finishing(results, bar, count=True)
         end = None if timeout is None else time.monotonic() + timeout
         # Like the standard executor, the input is read now, and each item goes out as
         # it is read (not under our lock: the input may submit to this executor itself).
@@ -200,17 +200,6 @@ def _shortest(iterables: tuple[Iterable, ...]) -> Any:
         return min(iterables, key=len)  # type: ignore[arg-type]
     except TypeError:
         return iter(())  # (no length)
-
-
-def _counted(results: Iterator, bar: Progress) -> Iterator:
-    """`results`, advancing `bar` as each is taken (a replaced ``submit``: the engine's
-    counts do not see its calls)."""
-    try:
-        for value in results:
-            bar.advance(1)
-            yield value
-    finally:
-        bar.close()
 
 
 def _results(it: IMapIterator, job: _engine.MapJob, engine: _engine.Engine, end: float | None) -> Iterator:

@@ -8,13 +8,13 @@ import operator
 import threading
 import weakref
 from concurrent.futures import CancelledError
-from typing import Any, Callable, Generator, Iterable
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 from . import _engine, aio
 from ._native import unpack_numbers
 from ._errors import PoolTimeoutError, as_pool_error
 from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
-from ._progress import ProgressOption, progress_bar
+from ._progress import Counted, ProgressOption, finishing, progress_bar
 from .context import default_workers
 
 _MISSING = object()
@@ -493,3 +493,59 @@ class ThreadPool(Folding, multiprocessing.pool.ThreadPool):
     """multiprocessing.pool's ``ThreadPool(processes=None, initializer=None,
     initargs=())``: the Pool API on threads (the standard library's), with paralelo's
     ``reduce`` and ``map_reduce``."""
+
+    # The maps take ``progress``, as a process Pool's do: each item advances the bar as
+    # it ends, on the thread that ran it.
+
+    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *,
+            progress: ProgressOption = None) -> list:
+        """``map`` on the threads; ``progress=True`` (or a dict of tqdm options) draws a
+        tqdm bar of the items done."""
+        return self._progress_map(func, iterable, False, chunksize, None, None, progress).get()
+
+    def map_async(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
+                  callback: Callable | None = None, error_callback: Callable | None = None, *,
+                  progress: ProgressOption = None) -> Any:
+        """``map_async`` on the threads, with ``progress`` as ``map``'s."""
+        return self._progress_map(func, iterable, False, chunksize, callback, error_callback, progress)
+
+    def starmap(self, func: Callable, iterable: Iterable[Iterable], chunksize: int | None = None, *,
+                progress: ProgressOption = None) -> list:
+        """``starmap`` on the threads, with ``progress`` as ``map``'s."""
+        return self._progress_map(func, iterable, True, chunksize, None, None, progress).get()
+
+    def starmap_async(self, func: Callable, iterable: Iterable[Iterable], chunksize: int | None = None,
+                      callback: Callable | None = None, error_callback: Callable | None = None, *,
+                      progress: ProgressOption = None) -> Any:
+        """``starmap_async`` on the threads, with ``progress`` as ``map``'s."""
+        return self._progress_map(func, iterable, True, chunksize, callback, error_callback, progress)
+
+    def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1, *,  # type: ignore[override]
+             progress: ProgressOption = None) -> Iterator:
+        """``imap`` on the threads, with ``progress`` as ``map``'s."""
+        return self._progress_imap(super().imap, func, iterable, chunksize, progress)
+
+    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int = 1, *,  # type: ignore[override]
+                       progress: ProgressOption = None) -> Iterator:
+        """``imap_unordered`` on the threads, with ``progress`` as ``map``'s."""
+        return self._progress_imap(super().imap_unordered, func, iterable, chunksize, progress)
+
+    def _progress_map(self, func: Callable, iterable: Iterable, star: bool, chunksize: int | None,
+                   callback: Callable | None, error_callback: Callable | None, progress: ProgressOption) -> Any:
+        run = multiprocessing.pool.ThreadPool.starmap_async if star else multiprocessing.pool.ThreadPool.map_async
+        if progress is None or progress is False:
+            return run(self, func, iterable, chunksize, callback, error_callback)
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)  # (as the standard map does: its total is then known)
+        bar = progress_bar(progress, iterable)
+        assert bar is not None
+        # Each item counts once it ended, returned or raised: the bar closes itself at
+        # the total.
+        return run(self, Counted(func, bar), iterable, chunksize, callback, error_callback)
+
+    def _progress_imap(self, imap: Callable, func: Callable, iterable: Iterable, chunksize: int,
+              progress: ProgressOption) -> Iterator:
+        bar = progress_bar(progress, iterable)
+        if bar is None:
+            return imap(func, iterable, chunksize)
+        return finishing(imap(Counted(func, bar), iterable, chunksize), bar)

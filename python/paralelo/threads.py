@@ -24,6 +24,8 @@ from concurrent.futures import Executor, Future
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, Callable, Iterable, Iterator
 
+from ._progress import Progress, ProgressOption, finishing, progress_bar
+
 
 __all__ = ["BrokenThreadPool", "ThreadPoolExecutor"]
 
@@ -36,13 +38,14 @@ _exiting = False
 class _Chunk:
     """Some of a map's items, run by one thread in one go: their outcomes, in order."""
 
-    __slots__ = ("fn", "items", "outcomes", "done", "cancelled")
+    __slots__ = ("fn", "items", "outcomes", "done", "cancelled", "progress")
 
-    def __init__(self, fn: Callable, items: list) -> None:
+    def __init__(self, fn: Callable, items: list, progress: Progress | None = None) -> None:
         self.fn, self.items = fn, items
         self.outcomes: list[tuple[bool, Any]] = []
         self.done = False
         self.cancelled = False
+        self.progress = progress
 
     def run(self, state: _State) -> None:
         fn, out = self.fn, self.outcomes
@@ -53,6 +56,8 @@ class _Chunk:
                 out.append((True, fn(*args)))
             except BaseException as e:  # noqa: BLE001 - the caller gets it, at its item
                 out.append((False, e))
+        if self.progress is not None:
+            self.progress.advance(len(out))
         with state.cond:
             self.done = True
             state.cond.notify_all()
@@ -207,28 +212,31 @@ class ThreadPoolExecutor(Executor):
         return future
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int | None = None) -> Iterator:
+            chunksize: int | None = None, progress: ProgressOption = None) -> Iterator:
         """``map(fn, *iterables)`` on the threads; results in order. The input is read
         now; `timeout` counts from this call; `chunksize` (default: growing from 1) is
         how many items a thread runs in one go (anything but an int of 1 or more: the
-        default, as concurrent.futures' thread executor ignores it)."""
+        default, as concurrent.futures' thread executor ignores it); ``progress=True``
+        (or a dict of tqdm options) draws a tqdm bar of the items done."""
         if type(chunksize) is not int or chunksize < 1:
             chunksize = None
         end = None if timeout is None else time.monotonic() + timeout
         items = list(zip(*iterables))
+        bar = progress_bar(progress, items)
         chunks = []
         at, size = 0, chunksize or 1
         # (Automatic sizes double from 1 up to a share of the threads' work: the first
         # results come at once, and a long map costs a handful of hand-offs per thread.)
         most = max(1, len(items) // (4 * self._max_workers))
         while at < len(items):
-            chunk = _Chunk(fn, items[at:at + size])
+            chunk = _Chunk(fn, items[at:at + size], bar)
             self._post(chunk)
             chunks.append(chunk)
             at += size
             if chunksize is None:
                 size = min(2 * size, most)
-        return self._results(chunks, end)
+        results = self._results(chunks, end)
+        return results if bar is None else finishing(results, bar)
 
     def _results(self, chunks: list[_Chunk], end: float | None) -> Iterator:
         cond = self._state.cond

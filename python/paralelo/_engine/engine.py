@@ -33,7 +33,7 @@ from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps, dumps_
 from .._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY,
                     RESULTS, SPLIT, TASK, TASKS)
 from . import deaths
-from .completions import Held, deferred, run_or_defer
+from .._completions import Held, deferred, run_or_defer
 from .jobs import CallCosts, CallJob, Job, MapJob, Unit
 from .sink import MapSink
 from .slot import Slot
