@@ -23,8 +23,8 @@ from ._broken import TaskUnpicklingError
 from ._errors import ResultPicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
 from ._pickling import MainNames, array_items, dumps, pack_results
-from ._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, RESULTS, SPLIT,
-                    TASK, TASKS)
+from ._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, READY, RESULTS,
+                    SPLIT, TASK, TASKS)
 from ._zygote import flush_stdio
 
 
@@ -75,6 +75,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
             send(INIT_ERR, 0, 0, 0, dump_error(e))
             return
         port.idle()
+    send(READY, 0, 0, 0, b"", None, False)  # (the parent hears it at the first wake-up below)
     quiet = False
     # Outcomes of a TASKS message's units, sent together: (seq, ok, value, busy_ns).
     replies: list[tuple] = []

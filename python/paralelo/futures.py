@@ -13,6 +13,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Literal
 
 from . import _engine, aio
 from ._imap import IMapIterator
+from ._insights import Insights, report
 from ._progress import ProgressOption, finishing, progress_bar
 from .context import default_workers
 
@@ -176,6 +177,19 @@ class ProcessPoolExecutor(_cf.Executor):
         if engine is not None:
             engine.terminate(_cf.process.BrokenProcessPool("the executor was interrupted (Ctrl-C)"))
             engine.join()
+
+    def insights(self) -> Insights:
+        """Where the executor's time went since its workers started (or since
+        ``reset_insights``), worker by worker: see ``Pool.insights``. Empty before its
+        first use."""
+        engine = self._started
+        return report([], time.monotonic()) if engine is None else engine.insights()
+
+    def reset_insights(self) -> None:
+        """Starts a new window for ``insights``."""
+        engine = self._started
+        if engine is not None:
+            engine.reset_insights()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stops accepting work; with ``cancel_futures``, cancels what has not started;

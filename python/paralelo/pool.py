@@ -14,6 +14,7 @@ from . import _engine, aio
 from ._native import unpack_numbers
 from ._errors import PoolTimeoutError, as_pool_error
 from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
+from ._insights import Insights
 from ._progress import Counted, ProgressOption, finishing, progress_bar
 from .context import default_workers
 
@@ -456,7 +457,19 @@ class Pool(Folding):
         """Like ``imap``, yielding results in the order they finish."""
         return self._imap(func, iterable, chunksize, False, task_timeout, retries, progress)
 
-    # -- reductions ---------------------------------------------------------------
+    # -- insights -------------------------------------------------------------------
+
+    def insights(self) -> Insights:
+        """Where the pool's time went since it started (or since ``reset_insights``),
+        worker by worker: tasks run, time working and waiting for work, the time spent
+        pickling each worker's tasks and unpickling its results, bytes each way, start-up
+        time; with the pool's ``imbalance`` and ``utilisation``. ``print()`` it for a
+        table."""
+        return self._engine.insights()
+
+    def reset_insights(self) -> None:
+        """Starts a new window for ``insights``."""
+        self._engine.reset_insights()
 
     # -- lifetime -------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ what it was doing when it died:
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING
 
 from .. import _arena
@@ -39,6 +40,7 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
     fail what it was running, hand back what it had not started, start another."""
     kind, ticket = engine.hub.state(slot.index) if death is not None else ("idle", 0)
     slot.alive = False
+    slot.figures.ended = time.monotonic()
     cause = slot.corrupt
     if death is not None:
         if cause is not None:

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from time import perf_counter_ns
 import weakref
 from collections import deque
 from typing import Any, Callable, Iterable
@@ -31,9 +32,10 @@ from .._errors import interrupted, load_error, pickling_failed
 from .._arena import LEND, Framed, weight
 from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps, dumps_call, dumps_calls, loads
 from .._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY,
-                    RESULTS, SPLIT, TASK, TASKS)
+                    READY, RESULTS, SPLIT, TASK, TASKS)
 from . import deaths
 from .._completions import Held, deferred, run_or_defer
+from .._insights import Figures, Insights, report
 from .jobs import CallCosts, CallJob, Job, MapJob, Unit
 from .sink import MapSink
 from .slot import Slot
@@ -112,6 +114,12 @@ class Engine:
         # `_zygote.fork_child`), the others by the zygote as soon as it runs (see
         # `Zygote`): a first task waits for one fork, not two in a row.
         first = [(i, next(mpp._process_counter)) for i in range(processes)]  # type: ignore[attr-defined]
+        self.kind = kind
+        #: Every worker's figures since `insights_since` (see `insights`).
+        self.figures: list[Figures] = []
+        self.insights_since = time.monotonic()
+        for i, number in first:
+            self._count(self.slots[i], number)
         self.zygote: _zygote.Zygote | None = None
         #: Workers this process forked itself (the others are the zygote's), by pid, each
         #: with a pidfd of its own (a slot's is closed when the worker leaves it): reaped
@@ -165,6 +173,7 @@ class Engine:
         """Starts a worker in `slot` and has the engine watch for its death."""
         number = next(mpp._process_counter)  # type: ignore[attr-defined]
         assert self.zygote is not None  # a worker died, so the zygote had started it
+        self._count(slot, number)
         pid, pidfd = self.zygote.spawn(WORKER, (slot.index, number), [self.hub.fd])
         slot.alive = True
         slot.answered = False
@@ -173,8 +182,28 @@ class Engine:
         slot.timed, slot.timed_out = None, False
         self._watch(slot, pid, pidfd)
 
+    def _count(self, slot: Slot, number: int) -> None:
+        """Gives the worker `number`, starting in `slot`, figures of its own."""
+        slot.figures = Figures(f"{self.kind}-{number}", time.monotonic())
+        self.figures.append(slot.figures)
+
+    def insights(self) -> Insights:
+        """Where the time went, worker by worker, since the pool started or the last
+        `reset_insights`."""
+        with self.locked():
+            return report(self.figures, self.insights_since)
+
+    def reset_insights(self) -> None:
+        """Starts a new window: the figures count from now, for the workers there now."""
+        with self.locked():
+            self.insights_since = time.monotonic()
+            self.figures = [f for f in self.figures if f.ended is None]
+            for f in self.figures:
+                f.restart()
+
     def _watch(self, slot: Slot, pid: int, pidfd: int) -> None:
         slot.pid, slot.pidfd = pid, pidfd
+        slot.figures.pid = pid
         self.hub.watch(slot.index, pid, pidfd)
 
     def _take_first_workers(self, upto: int = -1) -> None:
@@ -552,6 +581,7 @@ class Engine:
                 assert job.func_payload is not None  # map jobs always ship their function
                 self.hub.post(slot.index, FUNC, job.id, 0, 0, job.func_payload, False)
                 slot.loaded.add(job.id)
+            t0 = perf_counter_ns()
             try:
                 if len(run) == 1:
                     tag, seq = first.tag, first.seq
@@ -566,8 +596,12 @@ class Engine:
                 lent = payload if type(payload) is Framed else None
                 for u in run:
                     u.sent, u.batch = lent, seq
+                nbytes = weight(payload)
+                figures = slot.figures
+                figures.pickling_ns += perf_counter_ns() - t0
+                figures.bytes_out += nbytes
                 if not call:
-                    job.weigh(True, weight(payload) + sum(u.snapped for u in run), sum(u.count for u in run))
+                    job.weigh(True, nbytes + sum(u.snapped for u in run), sum(u.count for u in run))
             except BaseException as e:  # noqa: BLE001 - find the unit that cannot be pickled
                 if interrupted(e):
                     self._drop_unsent(slot, job, units[i - len(run):], e)
@@ -664,8 +698,11 @@ class Engine:
                 self.over.set()
 
     def _close_pidfds(self) -> None:
+        now = time.monotonic()
         for s in self.slots:
             s.alive = False
+            if s.figures.ended is None:
+                s.figures.ended = now  # (the pool is over: its workers wait for nothing more)
             if s.pidfd >= 0:
                 os.close(s.pidfd)
                 s.pidfd = -1
@@ -807,11 +844,18 @@ class Engine:
         requeued) are ignored."""
         inflight = slot.inflight
         answers = []
+        tasks = busy_ns = 0
         for ticket, ok, value, busy in replies:
             unit = inflight.pop(ticket, None)
             if unit is not None:
                 unit.sent = None  # (its lent blocks, if any, go)
                 answers.append((unit, ok, value, busy))
+                tasks += unit.count
+                busy_ns += busy
+        figures = slot.figures
+        figures.tasks += tasks
+        figures.busy_ns += busy_ns
+        figures.bytes_in += nbytes
         if answers:
             job = answers[0][0].job
             if nbytes:
@@ -822,9 +866,13 @@ class Engine:
                 self.forget_if_done(job)
 
     def _handle(self, slot: Slot, tag: int, job_id: int, seq: int, aux: int, payload: bytes) -> None:
+        if tag == READY:  # (not an answer: a worker that dies now is not past its start)
+            slot.figures.ready = time.monotonic()
+            return
         self.unexplained_deaths = 0
         slot.answered = True
         if tag == RESULTS:
+            t0 = perf_counter_ns()
             tickets, body = pickle.loads(payload)
             err: BaseException | None
             try:
@@ -834,6 +882,7 @@ class Engine:
                 err = _unloadable_result(e)
             else:
                 err = None
+            slot.figures.pickling_ns += perf_counter_ns() - t0
             self._answer(slot, (
                 (t, ok, value if ok else err or load_error(value), busy) for t, ok, value, busy in replies
             ), len(payload) - len(body) + weight(body))
@@ -847,10 +896,12 @@ class Engine:
                 err = _unloadable_result(ValueError(f"{unit.count} results expected, not {array_len(payload)}"))
                 self._answer(slot, [(seq, False, err, aux)])
         elif tag == OK:
+            t0 = perf_counter_ns()
             try:
                 ok, value = True, loads(payload)
             except BaseException as e:  # noqa: BLE001 - that unit fails, not the pool
                 ok, value = False, _unloadable_result(e)
+            slot.figures.pickling_ns += perf_counter_ns() - t0
             self._answer(slot, [(seq, ok, value, aux)], weight(payload))
         elif tag == ERR:
             self._answer(slot, [(seq, False, load_error(payload), aux)])

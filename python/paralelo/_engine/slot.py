@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._insights import Figures
+
 if TYPE_CHECKING:
     from .jobs import Unit
 
@@ -12,7 +14,7 @@ class Slot:
     """One worker process and what it holds."""
 
     __slots__ = ("index", "pid", "pidfd", "inflight", "loaded", "alive", "outgoing", "answered",
-                 "corrupt", "taken", "timed", "timed_started", "timed_out")
+                 "corrupt", "taken", "timed", "timed_started", "timed_out", "figures")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -28,3 +30,4 @@ class Slot:
         self.timed: Unit | None = None  # the unit with a time limit it runs, if any
         self.timed_started = True  # its clock runs (False: waiting to see the worker run it)
         self.timed_out = False  # `timed` ran past its limit: its worker is being killed
+        self.figures = Figures("", 0.0)  # its worker's (see `_insights`): a new one per worker
