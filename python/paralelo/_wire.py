@@ -2,7 +2,7 @@
 
 Parent → worker: FUNC, TASK, TASKS, CALL, CALLS, DROP, EXIT (the initializer is inherited:
 see ``_worker.Setup``).
-Worker → parent: READY, OK, OK_ARRAY, ERR, RESULTS, SPLIT, BYE, INIT_ERR.
+Worker → parent: READY, LOG, OK, OK_ARRAY, ERR, RESULTS, SPLIT, BYE, INIT_ERR.
 
 Every frame carries ``(tag, job, seq, aux)`` in its header (see the engine's ring
 README); ``seq`` is a unit's *ticket*, unique in this process, which is also what a worker
@@ -41,3 +41,4 @@ INIT_ERR = 19  # the initializer raised: payload as ERR
 SPLIT = 22  # seq=a CALLS' first ticket: its payload did not unpickle; send its calls one by one
 RESULTS = 21  # job: payload pickle(([tickets], pickle([(ticket, ok, value, busy_ns), ...])))
 READY = 23  # its initializer ran: it waits for work (its start-up time, for insights)
+LOG = 24  # aux=id of the parent's logging handler: payload a log record (_output)

@@ -17,14 +17,14 @@ import cloudpickle
 import multiprocessing.process
 import multiprocessing.util
 
-from . import _arena, _ending, _native, _pickling
+from . import _arena, _ending, _native, _output, _pickling
 from ._arena import GIVE, commit
 from ._broken import TaskUnpicklingError
 from ._errors import ResultPicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
 from ._pickling import MainNames, array_items, dumps, pack_results
-from ._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, READY, RESULTS,
-                    SPLIT, TASK, TASKS)
+from ._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, LOG, OK, READY,
+                    RESULTS, SPLIT, TASK, TASKS)
 from ._zygote import flush_stdio
 
 
@@ -51,6 +51,8 @@ class Setup:
     daemon: bool
     parent_pid: int
     parent_name: str
+    #: The parent's logging handlers (by id) when the pool was made: see `_output`.
+    handlers: frozenset[int] = frozenset()
 
 
 def serve(fd: int, slot: int, setup: Setup) -> None:
@@ -65,6 +67,9 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
     send, recv, running = port.send, port.recv, port.running
     maxtasks = setup.maxtasks
     done = 0
+    _output.whole_lines()
+    # (Before the initializer: handlers it adds are the worker's own.)
+    _output.forward_logging(setup.handlers, lambda handler, record: send(LOG, 0, 0, handler, record))
     if setup.initializer is not None:
         # Marked, so that a death here breaks the pool (as concurrent.futures does); a
         # death without an initializer (an outside kill) is no reason to.

@@ -25,14 +25,14 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Iterable
 
-from .. import _arena, _native, _zygote
+from .. import _arena, _native, _output, _zygote
 from .._worker import ENTRY as WORKER, Setup
 from .._broken import ResultUnpicklingError, broken
 from .._errors import interrupted, load_error, pickling_failed
 from .._arena import LEND, Framed, weight
 from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps, dumps_call, dumps_calls, loads
 from .._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY,
-                    READY, RESULTS, SPLIT, TASK, TASKS)
+                    LOG, READY, RESULTS, SPLIT, TASK, TASKS)
 from . import deaths
 from .._completions import Held, deferred, run_or_defer
 from .._insights import Figures, Insights, report
@@ -72,7 +72,10 @@ class Engine:
         self.main = MainNames()
         _engines.add(self)  # from here, forked children let go of its hub (and this zygote too)
         me = mpp.current_process()
-        setup = Setup(initializer, tuple(initargs), maxtasks or 0, self.main, kind, daemon, os.getpid(), me.name)
+        #: The logging handlers the workers will inherit, which their records go back to.
+        self.log_handlers = _output.handlers()
+        setup = Setup(initializer, tuple(initargs), maxtasks or 0, self.main, kind, daemon, os.getpid(), me.name,
+                      frozenset(self.log_handlers))
         self.maxtasks = maxtasks or None
         self.jobs: dict[int, Job] = {}
         self.active: deque[Job] = deque()  # map jobs with units to hand out, oldest first
@@ -866,6 +869,12 @@ class Engine:
                 self.forget_if_done(job)
 
     def _handle(self, slot: Slot, tag: int, job_id: int, seq: int, aux: int, payload: bytes) -> None:
+        if tag == LOG:  # (user handlers: run once the lock is released, before the results)
+            ref = self.log_handlers.get(aux)
+            handler = None if ref is None else ref()
+            if handler is not None:
+                run_or_defer(handler.handle, _output.record(payload))
+            return
         if tag == READY:  # (not an answer: a worker that dies now is not past its start)
             slot.figures.ready = time.monotonic()
             return

@@ -1,0 +1,104 @@
+"""What workers print and log reaches the parent as the parent would have written it.
+
+Printing: a worker's stdout and stderr write whole lines, each in one ``write`` (line
+buffered, even under ``PYTHONUNBUFFERED=1``, where ``print("a", "b")`` would otherwise be
+four writes), so lines of several workers never mix mid-line.
+
+Logging: the handlers a worker inherited from its parent (those on any logger when the
+pool was made) hand their records to the same handlers in the parent, through the
+worker's result ring: records that a parent-side handler collects (in memory, a queue,
+a rotating file only one process may roll, pytest's ``caplog``) get the workers' too,
+with the worker's ``processName`` and ``process``, in order with the task's results.
+Handlers a worker adds itself (in its initializer, say) stay its own, as with
+multiprocessing.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import sys
+import weakref
+from typing import Any, Callable
+
+__all__ = ["forward_logging", "handlers", "record", "whole_lines"]
+
+
+def whole_lines() -> None:
+    """Makes this process's stdout and stderr write each line whole, in one write."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            try:
+                stream.reconfigure(line_buffering=True, write_through=False)
+            except (ValueError, OSError):  # (closed, or detached by the program)
+                pass
+
+
+def _loggers() -> list[logging.Logger]:
+    manager = logging.Logger.manager
+    return [logging.getLogger()] + [lg for lg in list(manager.loggerDict.values()) if isinstance(lg, logging.Logger)]
+
+
+def handlers() -> dict[int, weakref.ref]:
+    """The handlers on every logger now, by ``id``: the ones a process forked now shares
+    with this one (same objects, same ids)."""
+    out: dict[int, weakref.ref] = {}
+    for logger in _loggers():
+        for h in logger.handlers:
+            out.setdefault(id(h), weakref.ref(h))
+    return out
+
+
+class _Forward(logging.Handler):
+    """In a worker: stands for one of its parent's handlers, and hands it the records."""
+
+    def __init__(self, handler: logging.Handler, send: Callable[[int, bytes], None]) -> None:
+        super().__init__(handler.level)  # (a record below it is not even sent)
+        self.of = id(handler)
+        self.send = send
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        # (The parent's handler applies its own filters, formatter and lock.)
+        try:
+            self.send(self.of, _packed(record))
+        except Exception:  # noqa: BLE001 - as a handler that cannot emit does
+            self.handleError(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.handle(record)
+
+
+def forward_logging(ids: frozenset[int], send: Callable[[int, bytes], None]) -> None:
+    """In a worker: each inherited handler whose id is in `ids` (its parent's) forwards
+    its records to the parent through `send(handler_id, payload)`."""
+    for logger in _loggers():
+        logger.handlers = [_Forward(h, send) if id(h) in ids and not isinstance(h, _Forward) else h
+                           for h in logger.handlers]
+
+
+def _packed(rec: logging.LogRecord) -> bytes:
+    """A record as a pickle its parent can always load: the message merged with its
+    arguments, an exception as its formatted text (as ``QueueHandler.prepare`` does);
+    anything else that does not pickle, as its repr."""
+    d = dict(rec.__dict__)
+    d["msg"] = rec.getMessage()
+    d["args"] = None
+    if rec.exc_info:
+        if not d.get("exc_text"):
+            d["exc_text"] = logging.Formatter().formatException(rec.exc_info)
+        d["exc_info"] = None
+    try:
+        return pickle.dumps(d, 5)
+    except Exception:  # noqa: BLE001 - an `extra` value that does not pickle
+        return pickle.dumps({k: v if _plain(v) else repr(v) for k, v in d.items()}, 5)
+
+
+def _plain(v: Any) -> bool:
+    return v is None or type(v) in (str, int, float, bool, bytes)
+
+
+def record(payload: bytes) -> logging.LogRecord:
+    """A record that `_packed` made."""
+    return logging.makeLogRecord(pickle.loads(payload))

@@ -1,0 +1,169 @@
+"""What workers log reaches the parent's own handlers, named and numbered as the worker;
+what they print arrives whole lines at a time, even unbuffered; the terminal shows the
+same lines as with multiprocessing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import textwrap
+
+import pytest
+
+import paralelo
+
+from scripts import run_group, side_by_side
+
+T = 30
+
+
+def log_and_return(x):
+    log = logging.getLogger("paralelo-tests.worker")
+    log.info("item %d", x)
+    if x == 2:
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            log.exception("failed on %s", x)
+    log.debug("not shown: below the level")
+    return os.getpid()
+
+
+class Keep(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def kept():
+    keep = Keep()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(keep)
+    root.setLevel(logging.INFO)
+    try:
+        yield keep
+    finally:
+        root.removeHandler(keep)
+        root.setLevel(level)
+
+
+@pytest.mark.parametrize("kind", ["pool", "executor"])
+def test_worker_records_reach_the_parents_handlers_with_the_workers_name_and_pid(kept, kind):
+    if kind == "pool":
+        with paralelo.Pool(2) as pool:
+            pids = pool.map(log_and_return, range(4), chunksize=1)
+    else:
+        with paralelo.ProcessPoolExecutor(2) as ex:
+            pids = list(ex.map(log_and_return, range(4)))
+    records = [r for r in kept.records if r.name == "paralelo-tests.worker"]
+    assert sorted(r.getMessage() for r in records) == ["failed on 2", "item 0", "item 1", "item 2", "item 3"]
+    for r in records:
+        assert r.process in pids and r.process != os.getpid()
+        assert r.processName.startswith("ForkPoolWorker-" if kind == "pool" else "ForkProcess-")
+    failed = next(r for r in records if r.levelno == logging.ERROR)
+    assert "ZeroDivisionError" in failed.exc_text
+    assert "ZeroDivisionError" in logging.Formatter().format(failed)
+
+
+def test_caplog_sees_what_workers_log(caplog):
+    caplog.set_level(logging.INFO)
+    with paralelo.Pool(2) as pool:
+        pool.map(log_and_return, range(3))
+    assert sorted(r.getMessage() for r in caplog.records if r.name == "paralelo-tests.worker") == [
+        "failed on 2", "item 0", "item 1", "item 2"]
+
+
+def _add_file_handler(path):
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(processName)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def test_a_handler_the_initializer_adds_stays_the_workers(kept, tmp_path):
+    path = tmp_path / "worker.log"
+    with paralelo.Pool(1, initializer=_add_file_handler, initargs=(str(path),)) as pool:
+        pool.map(log_and_return, [0, 1])
+    lines = path.read_text().splitlines()  # written by the worker's own handler
+    assert [line.split(" ", 1)[1] for line in lines] == ["item 0", "item 1"]
+    assert all(line.startswith("ForkPoolWorker-") for line in lines)
+    assert [r.getMessage() for r in kept.records if r.name == "paralelo-tests.worker"] == ["item 0", "item 1"]
+
+
+def test_the_terminal_shows_what_multiprocessing_shows(tmp_path):
+    """As users write it: logging configured, functions in __main__, numpy imported."""
+    code = textwrap.dedent("""
+        import logging, sys
+        import numpy
+        LIB = sys.argv[1]
+        if LIB == "paralelo":
+            import paralelo as mp
+        else:
+            import multiprocessing
+            mp = multiprocessing.get_context("fork")
+        logging.basicConfig(level=logging.INFO, format="%(processName)s %(levelname)s %(message)s",
+                            stream=sys.stdout)
+
+        def work(x):
+            logging.getLogger("work").info("item %d", x)
+            return x
+
+        if __name__ == "__main__":
+            with mp.Pool(2) as pool:
+                pool.map(work, range(6), chunksize=1)
+    """)
+    ours, theirs = side_by_side(tmp_path, code)
+    strip = lambda out: sorted(" ".join(line.split()[1:]) for line in out.splitlines())  # noqa: E731
+    assert strip(ours) == strip(theirs) == sorted(f"INFO item {i}" for i in range(6))
+    assert all(line.startswith("ForkPoolWorker-") for line in ours.splitlines())
+
+
+def test_prints_arrive_whole_lines_even_unbuffered(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import sys, paralelo
+
+        def shout(x):
+            for i in range(400):
+                print(str(x) * 30, str(x) * 30, str(x) * 30, str(i))  # four writes, unbuffered
+            return x
+
+        if __name__ == "__main__":
+            with paralelo.Pool(2) as pool:
+                pool.map(shout, range(1, 5), chunksize=1)
+    """))
+    out = run_group([sys.executable, str(script)], T, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1600
+    for line in lines:
+        words = line.split()
+        assert len(words) == 4 and words[0] == words[1] == words[2] and len(set(words[0])) == 1, line
+
+
+def test_a_process_prints_whole_lines_too(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import paralelo
+
+        def shout(x):
+            for i in range(400):
+                print(str(x) * 30, str(x) * 30, str(x) * 30, str(i))
+
+        if __name__ == "__main__":
+            procs = [paralelo.Process(target=shout, args=(x,)) for x in (1, 2, 3)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+    """))
+    out = run_group([sys.executable, str(script)], T, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1200
+    assert all(len(set(line.split()[:3])) == 1 and len(line.split()) == 4 for line in lines)
