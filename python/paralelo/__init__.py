@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from .threads import BrokenThreadPool, ThreadPoolExecutor
     from ._lockdebug import debug_locks
     from .connection import Pipe
+    from .amdahl import Scaling, scaling
     from .managers import Manager
     from .process import Process, active_children, current_process, parent_process
     from .queues import JoinableQueue, Queue, SimpleQueue
@@ -85,7 +86,7 @@ _LAZY = {
     "Value": "sharedctypes", "Array": "sharedctypes", "RawValue": "sharedctypes",
     "RawArray": "sharedctypes", "Queue": "queues", "SimpleQueue": "queues",
     "JoinableQueue": "queues", "Pipe": "connection", "SharedArray": "sharedarray",
-    "Manager": "managers", "aio": "paralelo.aio",
+    "Manager": "managers", "aio": "paralelo.aio", "scaling": "amdahl", "Scaling": "amdahl",
 }
 
 
@@ -145,6 +146,8 @@ __all__ = [
     "RLock",
     "RawArray",
     "RawValue",
+    "Scaling",
+    "scaling",
     "ProcessPoolExecutor",
     "RemoteError",
     "RemoteTraceback",

@@ -1,22 +1,81 @@
-"""Command line: ``python -m paralelo demo`` (or ``paralelo demo``)."""
+"""Command line: ``paralelo`` (or ``python -m paralelo``).
+
+    paralelo demo                      the guide's examples, and speed-ups, on this machine
+    paralelo scaling SCRIPT [--workers 1,2,4] [-- ARGS...]
+                                       Amdahl's law measured for a script (see paralelo.amdahl)
+    paralelo info                      this machine and what paralelo can use on it
+"""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``paralelo`` command."""
-    parser = argparse.ArgumentParser(prog="paralelo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="paralelo", description="parallel processing for Python, on a Rust engine")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the guide's pool and executor examples, then a speed-up table")
     demo.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPUs)")
+    scaling = sub.add_parser(
+        "scaling", help="run a script at several worker counts: speed-up, efficiency, Amdahl's serial fraction",
+        description="Runs SCRIPT with PARALELO_WORKERS set to each count (the default worker count of "
+                    "paralelo's pools and executors), times each run, and fits Amdahl's law "
+                    "speedup = 1 / (S + P/N) to the times.")
+    scaling.add_argument("script", help="the Python script to run")
+    scaling.add_argument("args", nargs="*", help="its arguments (after --, those that start with -)")
+    scaling.add_argument("--workers", default=None,
+                         help="worker counts, comma-separated (default: 1, 2, 4... up to the CPUs)")
+    scaling.add_argument("--repeats", type=int, default=3, help="runs per count; the median counts (default 3)")
+    scaling.add_argument("--chart", default="scaling.png",
+                         help="where to write the chart, a PNG (default scaling.png; needs matplotlib; "
+                              "'' for none)")
+    sub.add_parser("info", help="cores, start method, versions, the optional back ends and GPUs found")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    passed: list[str] = []  # after "--": the script's own, even those that start with -
+    if "--" in argv:
+        argv, passed = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = parser.parse_args(argv)
+    if passed and args.command != "scaling":
+        parser.error("arguments after -- are for a script: paralelo scaling SCRIPT -- ARGS")
+    if args.command == "scaling":
+        args.args = [*args.args, *passed]
     if args.command == "demo":
         from . import _demo
 
         _demo.run(args.workers)
+    elif args.command == "scaling":
+        return _scaling(parser, args)
+    elif args.command == "info":
+        from . import _info
+
+        print(_info.report())
+    return 0
+
+
+def _scaling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .amdahl import scaling_of_script
+
+    try:
+        counts = None if args.workers is None else [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        parser.error(f"--workers takes counts separated by commas, not {args.workers!r}")
+    print(f"timing {args.script} at each worker count, {args.repeats} runs each...", file=sys.stderr)
+    try:
+        result = scaling_of_script(args.script, args.args, counts, args.repeats)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
+    except subprocess.CalledProcessError as e:
+        print(f"paralelo scaling: {e}", file=sys.stderr)
+        return 1
+    print(result)
+    if args.chart:
+        try:
+            print(f"chart: {result.chart(args.chart)}")
+        except ImportError as e:
+            print(f"no chart: {e}", file=sys.stderr)
     return 0
 
 

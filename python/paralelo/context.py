@@ -196,7 +196,17 @@ def get_all_start_methods() -> list[str]:
 
 
 def default_workers() -> int:
-    """How many workers a pool gets by default: the CPUs this process may run on."""
+    """How many workers a pool gets by default: ``PARALELO_WORKERS`` if set (as
+    ``paralelo scaling`` sets it), else the CPUs this process may run on."""
+    given = os.environ.get("PARALELO_WORKERS")
+    if given:
+        try:
+            n = int(given)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"PARALELO_WORKERS must be a count of 1 or more, not {given!r}")
+        return n
     try:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
