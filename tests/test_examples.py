@@ -39,12 +39,19 @@ def test_example_runs(name: str) -> None:
         )
 
 
-def test_the_readme_demo_runs() -> None:
-    out = subprocess.run([sys.executable, "-m", "paralelo", "demo"], capture_output=True, text=True, timeout=120)
+def test_the_readme_demo_runs(tmp_path) -> None:
+    out = subprocess.run([sys.executable, "-m", "paralelo", "demo"], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Suma de cuadrados: 285" in out.stdout
     assert "Queue + 2 Processes, sum of squares: 285" in out.stdout
     assert "Pipe round trip to a child process:" in out.stdout
+    assert "49098 primes below 600,000" in out.stdout
+    assert "primes: 100%" in out.stderr and "600/600" in out.stderr  # the bar
+    assert "600 tasks in" in out.stdout and "ForkPoolWorker-" in out.stdout  # the insights
+    assert "Amdahl: speedup = 1 / (S + P/N) with S = " in out.stdout
+    chart = tmp_path / "paralelo-scaling.png"
+    assert f"chart: {chart}" in out.stdout and chart.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_asyncio_example_fetches_from_a_local_server_and_parses_in_the_pool() -> None:

@@ -28,7 +28,7 @@ def test_the_law_on_exact_times():
     assert r.predict(8) == pytest.approx(1 / (0.2 + 0.8 / 8))
     assert r.limit == pytest.approx(5.0)
     table = str(r)
-    assert "S = 0.200" in table and "at most 5.0x" in table and "(predicted)" in table
+    assert "S = 0.200" in table and "at most 5.0x" in table and "(predicted, on 8 CPUs)" in table
     assert Scaling((1, 2), (1.0, 0.5)).serial_fraction == 0.0  # perfect scaling
     assert Scaling((1, 2), (1.0, 1.2)).serial_fraction == 1.0  # slower with more: clamped
 

@@ -1,9 +1,12 @@
-"""The demo: the guide's Pool, executor, Queue and Pipe examples through paralelo, then a
-speed-up table against serial Python and multiprocessing on this machine."""
+"""The demo: the guide's Pool, executor, Queue and Pipe examples through paralelo; a
+speed-up table against serial Python and multiprocessing on this machine; a long map
+with its progress bar and insights; and Amdahl's law measured, with its chart."""
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
+import os
 import time
 
 import paralelo
@@ -123,3 +126,29 @@ def run(workers: int | None = None) -> None:
     print(f"|{'-' * 32}|---------:|------------------:|-----------:|-------------------:|-------------------:|")
     for name, s, m, p in rows:
         print(f"| {name:30} | {s:8.3f} | {m:17.3f} | {p:10.3f} | {s / p:17.2f}x | {m / p:17.2f}x |")
+
+    print("\n== A longer map: progress bar, then where the time went (pool.insights()) ==")
+    fine = [(i, i + 1_000) for i in range(0, 600_000, 1_000)]
+    with paralelo.Pool(workers) as pool:
+        try:
+            found = sum(pool.map(count_primes, fine, progress={"desc": "primes", "unit": "block"}))
+        except ImportError as e:  # (tqdm missing)
+            print(f"(no bar: {e})")
+            found = sum(pool.map(count_primes, fine))
+        print(f"{found} primes below 600,000")
+        print(pool.insights())
+
+    print(f"\n== Amdahl's law, measured: the same count at 1 to {workers} workers (paralelo.scaling) ==")
+    # (Up to the CPUs: past them, a count measures the machine, not the work.)
+    counts = sorted({1, workers} | {2**i for i in range(workers.bit_length()) if 2**i <= workers})
+    result = paralelo.scaling(functools.partial(_count_with, blocks=blocks), workers=counts, repeats=1)
+    print(result)
+    try:
+        print(f"chart: {os.path.abspath(result.chart('paralelo-scaling.png'))}")
+    except ImportError as e:
+        print(f"(no chart: {e})")
+
+
+def _count_with(workers: int, blocks: list) -> int:
+    with paralelo.Pool(workers) as pool:
+        return sum(pool.map(count_primes, blocks))

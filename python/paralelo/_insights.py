@@ -96,7 +96,7 @@ class Insights:
                  for r in rows]
         lines.insert(1, "  ".join("-" * n for n in widths))
         lines.append(f"{self.tasks} tasks in {self.window:.3f} s; workers busy {self.utilisation:.0%} of their "
-                     f"time; imbalance {self.imbalance:.0%} (the busiest worked that much over the mean)")
+                     f"time; imbalance {self.imbalance:.0%} (the busiest worker's time over the mean, less one)")
         return "\n".join(lines)
 
 

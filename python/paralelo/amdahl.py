@@ -91,7 +91,7 @@ class Scaling:
                          f"{self.predict(n):.2f}x"))
         most = max(self.workers)
         for n in (2 * most, 4 * most, 8 * most):
-            rows.append((str(n), "-", "-", "-", "-", f"{self.predict(n):.2f}x (predicted)"))
+            rows.append((str(n), "-", "-", "-", "-", f"{self.predict(n):.2f}x (predicted, on {n} CPUs)"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.rjust(widths[i]) for i, c in enumerate(r)) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
