@@ -17,7 +17,7 @@ import cloudpickle
 import multiprocessing.process
 import multiprocessing.util
 
-from . import _arena, _ending, _native, _output, _pickling
+from . import _arena, _breakpoint, _ending, _native, _output, _pickling
 from ._arena import GIVE, commit
 from ._broken import TaskUnpicklingError
 from ._errors import ResultPicklingError, dump_error, unpicklable_result
@@ -68,6 +68,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
     maxtasks = setup.maxtasks
     done = 0
     _output.whole_lines()
+    _breakpoint.install()
     # (Before the initializer: handlers it adds are the worker's own.)
     _output.forward_logging(setup.handlers, lambda handler, record: send(LOG, 0, 0, handler, record))
     if setup.initializer is not None:

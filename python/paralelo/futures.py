@@ -11,7 +11,7 @@ import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Generator, Iterable, Iterator, Literal
 
-from . import _engine, aio
+from . import _engine, _inline, aio
 from ._imap import IMapIterator
 from ._insights import Insights, report
 from ._progress import ProgressOption, finishing, progress_bar
@@ -57,7 +57,7 @@ class ProcessPoolExecutor(_cf.Executor):
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,
                  initializer: Callable | None = None, initargs: tuple = (), *,
                  max_tasks_per_child: int | None = None, task_timeout: float | None = None,
-                 retries: int = 0) -> None:
+                 retries: int = 0, inline: bool | None = None) -> None:
         if max_workers is None:
             max_workers = default_workers()
         max_workers = operator.index(max_workers)  # TypeError for 2.0 or "2", as the stdlib
@@ -76,6 +76,10 @@ class ProcessPoolExecutor(_cf.Executor):
             _engine.Engine, max_workers, initializer, tuple(initargs), max_tasks_per_child,
             kind="ForkProcess", daemon=False, task_timeout=task_timeout, retries=retries)
         self._started: _engine.Engine | None = None
+        # Inline (see `_inline`): tasks run here, from the first use on.
+        self._inline: _inline.Runner | None = None
+        self._make_inline = functools.partial(_inline.Runner, initializer, tuple(initargs)) \
+            if _inline.wanted(inline) else None
         self._start_lock = threading.Lock()
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
@@ -109,6 +113,11 @@ class ProcessPoolExecutor(_cf.Executor):
             if _interpreter_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future = AwaitableFuture()
+            runner = self._runner()
+            if runner is not None:
+                future.set_running_or_notify_cancel()
+                _settle(future, *runner.call(fn, args, kwargs))
+                return future
 
             def on_done(ok: bool, value: Any) -> None:
                 # Done-callbacks are user code: never under the engine lock.
@@ -143,6 +152,11 @@ class ProcessPoolExecutor(_cf.Executor):
         with self._shutdown_lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            runner = self._runner()
+            if runner is not None:  # (the input read now, as concurrent.futures reads it)
+                bar = progress_bar(progress, _shortest(iterables))
+                results = _inline.Results(runner.each(fn, list(items), star, bar), False)
+                return results if bar is None else finishing(results, bar)
             if _interpreter_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             it = IMapIterator(self._engine, ordered=True)
@@ -177,6 +191,13 @@ class ProcessPoolExecutor(_cf.Executor):
         if engine is not None:
             engine.terminate(_cf.process.BrokenProcessPool("the executor was interrupted (Ctrl-C)"))
             engine.join()
+
+    def _runner(self) -> _inline.Runner | None:
+        """The inline runner, made at the first use (its initializer runs then), if this
+        executor runs inline."""
+        if self._make_inline is not None and self._inline is None:
+            self._inline = self._make_inline()
+        return self._inline
 
     def insights(self) -> Insights:
         """Where the executor's time went since its workers started (or since

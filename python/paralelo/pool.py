@@ -6,15 +6,16 @@ import functools
 import multiprocessing.pool
 import operator
 import threading
+import time
 import weakref
 from concurrent.futures import CancelledError
 from typing import Any, Callable, Generator, Iterable, Iterator
 
-from . import _engine, aio
+from . import _engine, _inline, aio
 from ._native import unpack_numbers
 from ._errors import PoolTimeoutError, as_pool_error
 from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
-from ._insights import Insights
+from ._insights import Insights, report
 from ._progress import Counted, ProgressOption, finishing, progress_bar
 from .context import default_workers
 
@@ -256,6 +257,18 @@ class MapResult(AsyncResult):
         self._set(True, self._list())
 
 
+def _first_failure(outcomes: Iterable[tuple[bool, Any]]) -> tuple[bool, Any]:
+    """A map's outcome from its items': every item runs; the first failure in the input
+    fails it, as multiprocessing's map reports."""
+    values, failure = [], None
+    for ok, value in outcomes:
+        if ok:
+            values.append(value)
+        elif failure is None:
+            failure = value
+    return (True, values) if failure is None else (False, failure)
+
+
 def _check_chunksize(chunksize: int | None) -> None:
     if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
         raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
@@ -329,7 +342,7 @@ class Pool(Folding):
 
     def __init__(self, processes: int | None = None, initializer: Callable | None = None,
                  initargs: Iterable = (), maxtasksperchild: int | None = None, context: Any = None, *,
-                 task_timeout: float | None = None, retries: int = 0) -> None:
+                 task_timeout: float | None = None, retries: int = 0, inline: bool | None = None) -> None:
         if processes is None:
             processes = default_workers()
         processes = operator.index(processes)  # TypeError for 2.0 or "2", as multiprocessing
@@ -340,6 +353,12 @@ class Pool(Folding):
         if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
             raise ValueError("maxtasksperchild must be a positive int or None")
         self._processes = processes
+        # Inline (see `_inline`): tasks run here, and there is no engine.
+        self._inline = _inline.Runner(initializer, tuple(initargs)) if _inline.wanted(inline) else None
+        if self._inline is not None:
+            self._engine: Any = None
+            self._state = "RUN"
+            return
         self._engine = _engine.Engine(processes, initializer, tuple(initargs), maxtasksperchild,
                                       task_timeout=task_timeout, retries=retries)
         try:
@@ -378,6 +397,9 @@ class Pool(Folding):
         self._check_running()
         result = AsyncResult(callback, error_callback)
         result._pool = self  # a result keeps its pool alive, as in multiprocessing
+        if self._inline is not None:
+            result._set(*self._inline.call(func, tuple(args), dict(kwds or {})))
+            return result
         job = self._engine.call_job(func, tuple(args), dict(kwds or {}), result._set,
                                     task_timeout=task_timeout, retries=retries)
         result._job = weakref.ref(job)
@@ -395,6 +417,10 @@ class Pool(Folding):
             iterable = list(iterable)  # as multiprocessing does: read here, on the caller's thread
         result = MapResult(callback, error_callback)
         result._pool = self
+        if self._inline is not None:
+            bar = progress_bar(progress, iterable)
+            result._set(*_first_failure(self._inline.each(func, iterable, star, bar)))
+            return result
         job = self._engine.map_job(func, iterable, star, chunksize, result,
                                    task_timeout=task_timeout, retries=retries)
         job.progress = progress_bar(progress, iterable)
@@ -432,6 +458,10 @@ class Pool(Folding):
               task_timeout: float | None, retries: int | None, progress: ProgressOption) -> IMapIterator:
         self._check_running()
         _check_chunksize(chunksize)
+        if self._inline is not None:  # (each item runs as it is taken; a failed one raises in its place)
+            bar = progress_bar(progress, iterable)
+            results = _inline.Results(self._inline.each(func, iterable, False, bar), True, as_pool_error)
+            return results if bar is None else finishing(results, bar)  # type: ignore[return-value]
         it = (IMapIterator if ordered else IMapUnorderedIterator)(self._engine, ordered)
         it._pool = self
         it.stop_after_error = chunksize is not None and chunksize > 1
@@ -465,11 +495,12 @@ class Pool(Folding):
         pickling each worker's tasks and unpickling its results, bytes each way, start-up
         time; with the pool's ``imbalance`` and ``utilisation``. ``print()`` it for a
         table."""
-        return self._engine.insights()
+        return report([], time.monotonic()) if self._engine is None else self._engine.insights()
 
     def reset_insights(self) -> None:
         """Starts a new window for ``insights``."""
-        self._engine.reset_insights()
+        if self._engine is not None:
+            self._engine.reset_insights()
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -477,19 +508,22 @@ class Pool(Folding):
         """No more tasks; workers exit once the submitted ones are done."""
         if self._state == "RUN":
             self._state = "CLOSE"
-            self._engine.close()
+            if self._engine is not None:
+                self._engine.close()
 
     def terminate(self) -> None:
         """Stops the workers now; unfinished results fail with an error instead of hanging."""
         self._state = "TERMINATE"
-        self._engine.terminate(RuntimeError("the pool was terminated before this task finished"))
-        self._engine.join()
+        if self._engine is not None:
+            self._engine.terminate(RuntimeError("the pool was terminated before this task finished"))
+            self._engine.join()
 
     def join(self) -> None:
         """Waits for the workers to exit; call ``close`` or ``terminate`` first."""
         if self._state == "RUN":
             raise ValueError("Pool is still running")
-        self._engine.join()
+        if self._engine is not None:
+            self._engine.join()
 
     def __enter__(self) -> Pool:
         self._check_running()

@@ -34,7 +34,7 @@ from _signal import pthread_sigmask as _sigmask  # (signal's wrapper makes enum 
 import threading
 from typing import Any, Callable, NoReturn
 
-from . import _arena, _channels, _native, _output, _zygote
+from . import _arena, _breakpoint, _channels, _native, _output, _zygote
 from .context import get_start_method
 
 __all__ = ["Process", "active_children", "current_process", "parent_process"]
@@ -128,6 +128,7 @@ def _run(process_obj: _mp_process.BaseProcess, parent: int, mask: set, tied: boo
             os.write(2, b"paralelo: the parent of a starting process died\n")
             os._exit(1)
         _output.whole_lines()
+        _breakpoint.install()
         code = process_obj._bootstrap(parent_sentinel=sentinel)  # type: ignore[attr-defined]
     finally:
         try:

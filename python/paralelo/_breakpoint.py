@@ -1,0 +1,70 @@
+"""``breakpoint()`` in a worker or a ``paralelo.Process``: a pdb session on the terminal
+the program runs in, one process's session at a time.
+
+A worker's stdin is /dev/null (as with multiprocessing), where pdb would read an end of
+file and quit the task. Here the hook opens the controlling terminal (``/dev/tty``) for
+pdb's input and output, and takes an exclusive lock on it (``flock``) until the session
+continues or quits, so that two workers never read the same keystrokes. With no terminal
+(a service, CI), it says so on stderr, naming the process, and the task goes on.
+``PYTHONBREAKPOINT`` is honoured as Python honours it (``0`` turns breakpoints off).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pdb
+import sys
+from typing import Any
+
+__all__ = ["install"]
+
+
+class _TerminalPdb(pdb.Pdb):
+    """pdb on `tty`, holding its lock until the session continues or quits."""
+
+    def __init__(self, tty_in: Any, tty_out: Any) -> None:
+        super().__init__(stdin=tty_in, stdout=tty_out)
+        self.use_rawinput = False  # (input() would read stdin, not the terminal)
+        self.ttys: tuple[Any, ...] = (tty_in, tty_out)
+
+    def _end(self) -> None:
+        ttys, self.ttys = self.ttys, ()
+        if ttys:
+            try:
+                fcntl.flock(ttys[0].fileno(), fcntl.LOCK_UN)
+            finally:
+                for tty in ttys:
+                    tty.close()
+
+    def set_continue(self) -> None:
+        super().set_continue()
+        self._end()
+
+    def set_quit(self) -> None:
+        super().set_quit()
+        self._end()
+
+
+def _hook(*args: Any, **kwargs: Any) -> None:
+    if os.environ.get("PYTHONBREAKPOINT"):
+        return sys.__breakpointhook__(*args, **kwargs)  # (0, or the user's own hook)
+    import multiprocessing
+
+    who = f"{multiprocessing.current_process().name} (pid {os.getpid()})"
+    try:
+        tty_in, tty_out = open("/dev/tty"), open("/dev/tty", "w")
+    except OSError:
+        print(f"paralelo: breakpoint() in {who} skipped: no terminal to debug on. Run the pool "
+              f"inline (Pool(inline=True), or PARALELO_INLINE=1) to debug in the calling process.",
+              file=sys.stderr, flush=True)
+        return None
+    fcntl.flock(tty_in.fileno(), fcntl.LOCK_EX)  # one session at a time, across processes
+    print(f"\n--- pdb in {who} ---", file=tty_out, flush=True)
+    _TerminalPdb(tty_in, tty_out).set_trace(sys._getframe(1))
+    return None
+
+
+def install() -> None:
+    """In a worker or child process: ``breakpoint()`` debugs on the terminal."""
+    sys.breakpointhook = _hook

@@ -1,0 +1,113 @@
+"""Inline mode: every task runs in the calling process, in order, through the same
+pickling round trip as a worker's (the call, its result, its exception), so that pdb,
+an IDE's debugger and ``breakpoint()`` stop in the task's own code, and a task that would
+fail to pickle fails the same way.
+
+``Pool(inline=True)``, ``ProcessPoolExecutor(inline=True)``, or ``PARALELO_INLINE=1``
+for every pool and executor of a program. No process is started. The initializer runs
+once, in the calling process, when the pool is made. Calls and maps run when they are
+made (``apply_async`` returns a ready result); ``imap`` runs each item as it is taken.
+Time limits and retries do not apply: nothing can be killed but the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Iterator
+
+from ._errors import dump_error, load_error, pickling_failed, unpicklable_result
+from ._pickling import MainNames, dumps, dumps_call, loads, loads_call
+from ._progress import Progress
+
+__all__ = ["Results", "Runner", "wanted"]
+
+
+def wanted(inline: bool | None) -> bool:
+    """Whether a pool runs inline: as asked, else as ``PARALELO_INLINE`` says."""
+    if inline is not None:
+        return bool(inline)
+    return os.environ.get("PARALELO_INLINE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+class Runner:
+    """Runs tasks here as a pool's worker would, outcome for outcome."""
+
+    def __init__(self, initializer: Callable | None, initargs: tuple) -> None:
+        self.main = MainNames()  # (this process has its own __main__: its functions go by name)
+        if initializer is not None:
+            initializer(*initargs)
+
+    def call(self, fn: Callable, args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        """``fn(*args, **kwargs)`` as a worker runs it: ``(True, result)``, or ``(False,
+        exception)`` with the worker's error for it (its traceback the real one, for a
+        post-mortem). Ctrl-C is not a task's outcome: it stops the caller."""
+        from ._worker import _unloadable
+
+        try:
+            data = dumps_call((fn, args, kwargs), self.main)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - as the engine reports it
+            return False, pickling_failed("the task", e)
+        try:
+            fn, args, kwargs = loads_call(data)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - as a worker reports it
+            return False, _unloadable("call", e)
+        try:
+            value = fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - the task's outcome, as a worker's
+            return False, load_error(dump_error(e)).with_traceback(e.__traceback__)
+        try:
+            return True, loads(dumps(value))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - as a worker reports it
+            return False, unpicklable_result(value, e)
+
+    def each(self, fn: Callable, items: Iterable, star: bool, bar: Progress | None = None) -> Iterator[tuple[bool, Any]]:
+        """The outcomes of `fn` over `items`, one as each is taken (each advancing `bar`)."""
+        for item in items:
+            outcome = self.call(fn, tuple(item) if star else (item,), {})
+            if bar is not None:
+                bar.advance(1)
+            yield outcome
+
+
+class Results:
+    """A lazy map's results inline (``imap``, ``Executor.map``): each item runs as it is
+    taken; a failed item raises in its place and, with `go_on`, the next ones still come
+    (as ``imap`` with one item a chunk), else the map ends there (as ``Executor.map``)."""
+
+    def __init__(self, outcomes: Iterator[tuple[bool, Any]], go_on: bool,
+                 wrap: Callable[[BaseException], BaseException] = lambda e: e) -> None:
+        self._outcomes, self._go_on, self._wrap = outcomes, go_on, wrap
+        self._ended = False
+
+    def __iter__(self) -> Results:
+        return self
+
+    def __next__(self) -> Any:
+        if self._ended:
+            raise StopIteration
+        ok, value = next(self._outcomes)  # (StopIteration: the input ended)
+        if ok:
+            return value
+        self._ended = not self._go_on
+        raise self._wrap(value)
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next result (`timeout` is moot: it is computed now)."""
+        return self.__next__()
+
+    def __aiter__(self) -> Results:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return self.__next__()
+        except StopIteration:
+            raise StopAsyncIteration from None

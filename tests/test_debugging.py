@@ -1,0 +1,227 @@
+"""Debugging as the guide advises: inline mode runs every task in the calling process,
+with the pool's results and errors; ``breakpoint()`` in a worker opens pdb on the
+program's terminal, one worker at a time, and says why not where there is none."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pty
+import select
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import paralelo
+
+from scripts import run_group
+
+T = 30
+
+
+def square(x):
+    return x * x
+
+
+def fail_on_three(x):
+    if x == 3:
+        raise ValueError("three", x)
+    return x
+
+
+def where(_):
+    return os.getpid(), threading.get_ident()
+
+
+def return_lock():
+    return threading.Lock()
+
+
+def _outcome(fn, *args):
+    try:
+        return "ok", fn(*args)
+    except Exception as e:  # noqa: BLE001 - compared by type and args
+        return "error", type(e).__name__, e.args
+
+
+def _imap_outcomes(it):
+    out = []
+    while True:
+        try:
+            out.append(next(it))
+        except StopIteration:
+            return out
+        except Exception as e:  # noqa: BLE001
+            out.append((type(e).__name__, e.args))
+
+
+@pytest.fixture(scope="module")
+def pools():
+    with paralelo.Pool(2) as real, paralelo.Pool(2, inline=True) as inline:
+        yield real, inline
+
+
+@pytest.mark.parametrize("case", ["map", "map_fail", "starmap", "apply", "apply_fail", "imap_fail",
+                                  "imap_unordered", "unpicklable_result", "lambda", "reduce"])
+def test_inline_gives_the_pools_results_and_errors(pools, case):
+    def run(pool):
+        if case == "map":
+            return _outcome(pool.map, square, range(20))
+        if case == "map_fail":
+            return _outcome(pool.map, fail_on_three, range(6))
+        if case == "starmap":
+            return _outcome(pool.starmap, pow, [(2, i) for i in range(10)])
+        if case == "apply":
+            return _outcome(lambda: pool.apply_async(square, (7,)).get(T))
+        if case == "apply_fail":
+            return _outcome(lambda: pool.apply_async(fail_on_three, (3,)).get(T))
+        if case == "imap_fail":
+            return _imap_outcomes(pool.imap(fail_on_three, range(6)))
+        if case == "imap_unordered":
+            return sorted(pool.imap_unordered(square, range(10)))
+        if case == "unpicklable_result":
+            return _outcome(lambda: pool.apply_async(return_lock).get(T))[:2]
+        if case == "lambda":
+            return _outcome(pool.map, lambda x: x + 1, range(5))
+        return _outcome(pool.reduce, lambda a, b: a + b, list("inline"))
+
+    real, inline = pools
+    assert run(inline) == run(real)
+
+
+def test_inline_runs_in_the_calling_thread_with_no_process(pools):
+    _, inline = pools
+    before = set(multiprocessing.active_children())
+    assert inline.map(where, range(3)) == [(os.getpid(), threading.get_ident())] * 3
+    assert set(multiprocessing.active_children()) == before
+
+
+def test_inline_errors_keep_the_real_traceback_for_a_post_mortem(pools):
+    _, inline = pools
+    with pytest.raises(ValueError) as info:
+        inline.apply_async(fail_on_three, (3,)).get()
+    frames = []
+    tb = info.value.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    assert frames[-1] == "fail_on_three"  # pdb.post_mortem lands in the task's own frame
+    assert isinstance(info.value.__cause__, paralelo.RemoteTraceback)  # as from a worker
+
+
+def test_inline_arguments_go_through_pickling(pools):
+    for pool in pools:  # the same errors, from the pool and inline
+        with pytest.raises(TypeError, match="cannot pickle '_thread.lock' object") as info:
+            pool.apply_async(square, (threading.Lock(),)).get(T)
+        assert "(raised while pickling the task for a worker)" in info.value.__notes__
+        with pytest.raises(paralelo.TaskUnpicklingError, match="ValueError: no"):
+            pool.apply_async(square, (_Unloadable(),)).get(T)
+
+
+def _refuse():
+    raise ValueError("no")
+
+
+class _Unloadable:
+    def __reduce__(self):
+        return (_refuse, ())
+
+
+def test_an_inline_executor_and_its_initializer():
+    seen = []
+    with paralelo.ProcessPoolExecutor(2, initializer=seen.append, initargs=("init",), inline=True) as ex:
+        assert seen == []  # (as a process executor, it starts at its first use)
+        assert ex.submit(square, 9).result() == 81
+        assert seen == ["init"]
+        assert list(ex.map(square, range(5))) == [0, 1, 4, 9, 16]
+        results = ex.map(fail_on_three, range(6))
+        assert [next(results) for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(ValueError, match="three"):
+            next(results)
+        with pytest.raises(StopIteration):  # (concurrent.futures' map ends at a failure)
+            next(results)
+
+
+def test_the_environment_turns_every_pool_inline(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import os, paralelo
+        def pid(_):
+            return os.getpid()
+        if __name__ == "__main__":
+            with paralelo.Pool(4) as pool, paralelo.ProcessPoolExecutor(4) as ex:
+                mine = {os.getpid()}
+                print(set(pool.map(pid, range(8))) == mine, set(ex.map(pid, range(8))) == mine)
+    """))
+    out = run_group([sys.executable, str(script)], T, cwd=tmp_path, env={**os.environ, "PARALELO_INLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
+
+
+_BREAKING = textwrap.dedent("""
+    import paralelo
+
+    def f(x):
+        y = x * 6
+        breakpoint()
+        return y
+
+    if __name__ == "__main__":
+        with paralelo.Pool(2) as pool:
+            print("done", pool.map(f, [7, 1], chunksize=1), flush=True)
+""")
+
+
+def test_a_workers_breakpoint_opens_pdb_on_the_terminal_one_at_a_time(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(_BREAKING)
+    pid, fd = pty.fork()  # the script's controlling terminal: this pseudo-terminal
+    if pid == 0:
+        try:
+            os.execv(sys.executable, [sys.executable, str(script)])
+        finally:
+            os._exit(127)
+    seen = b""
+
+    def until(token: bytes) -> bytes:
+        nonlocal seen
+        deadline = time.monotonic() + T
+        while token not in seen:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no {token!r} in {seen[-800:]!r}"
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:  # (the script ended: its terminal closed)
+                raise AssertionError(f"no {token!r} in {seen[-800:]!r}") from None
+        cut = seen.index(token) + len(token)
+        got, seen = seen[:cut], seen[cut:]
+        return got
+
+    try:
+        answers = []
+        for _ in range(2):  # each worker's session in turn, never both at once
+            assert b"--- pdb in ForkPoolWorker-" in until(b"(Pdb) ")
+            os.write(fd, b"p y\n")
+            answers.append(until(b"(Pdb) ").split(b"\n")[1].strip())
+            os.write(fd, b"c\n")
+        assert sorted(answers) == [b"42", b"6"]
+        assert b"[42, 6]" in until(b"[42, 6]")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_breakpoint_with_no_terminal_says_so_and_goes_on(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(_BREAKING)
+    out = run_group([sys.executable, str(script)], T, cwd=tmp_path)  # (a session of its own: no terminal)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "done [42, 6]"
+    assert out.stderr.count("skipped: no terminal to debug on") == 2
+    assert "breakpoint() in ForkPoolWorker-" in out.stderr and "PARALELO_INLINE=1" in out.stderr
+    quiet = run_group([sys.executable, str(script)], T, cwd=tmp_path, env={**os.environ, "PYTHONBREAKPOINT": "0"})
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "done [42, 6]" and quiet.stderr == ""
