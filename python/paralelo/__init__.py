@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from ._lockdebug import debug_locks
     from .connection import Pipe
     from .amdahl import Scaling, scaling
+    from ._profiling import Profile, profile
     from .managers import Manager
     from .process import Process, active_children, current_process, parent_process
     from .queues import JoinableQueue, Queue, SimpleQueue
@@ -87,6 +88,7 @@ _LAZY = {
     "RawArray": "sharedctypes", "Queue": "queues", "SimpleQueue": "queues",
     "JoinableQueue": "queues", "Pipe": "connection", "SharedArray": "sharedarray",
     "Manager": "managers", "aio": "paralelo.aio", "scaling": "amdahl", "Scaling": "amdahl",
+    "profile": "_profiling", "Profile": "_profiling",
 }
 
 
@@ -148,6 +150,8 @@ __all__ = [
     "RawValue",
     "Scaling",
     "scaling",
+    "Profile",
+    "profile",
     "ProcessPoolExecutor",
     "RemoteError",
     "RemoteTraceback",

@@ -17,14 +17,14 @@ import cloudpickle
 import multiprocessing.process
 import multiprocessing.util
 
-from . import _arena, _breakpoint, _ending, _native, _output, _pickling
+from . import _arena, _breakpoint, _ending, _native, _output, _pickling, _profiling
 from ._arena import GIVE, commit
 from ._broken import TaskUnpicklingError
 from ._errors import ResultPicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
 from ._pickling import MainNames, array_items, dumps, pack_results
-from ._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, LOG, OK, READY,
-                    RESULTS, SPLIT, TASK, TASKS)
+from ._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, LOG, OK, PROFILE,
+                    PROFILED, READY, RESULTS, SPLIT, TASK, TASKS)
 from ._zygote import flush_stdio
 
 
@@ -107,6 +107,20 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
             reply(RESULTS, job, 0, max(r[3] for r in replies), pickle.dumps((tickets, body), 5), eager)
             replies.clear()
 
+    profiler: Any = None  # a cProfile.Profile while the parent profiles (PROFILE)
+
+    def profiled() -> None:
+        # What was profiled goes to the parent (at PROFILE off, or as the worker leaves).
+        nonlocal profiler
+        if profiler is not None:
+            profiler.disable()
+            send(PROFILED, 0, 0, 0, _profiling.dumps_stats(profiler))
+            profiler = None
+
+    def leave() -> None:
+        profiled()
+        send(BYE, 0, 0, done, b"")
+
     def call(job: int, seq: int, data: Any, load: Callable[[Any], tuple], share: int, eager: int) -> None:
         running(seq)
         t0 = perf_counter_ns()
@@ -159,7 +173,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                         flush(job, aux & EAGER)
                     if maxtasks and done >= maxtasks:
                         flush(job)
-                        send(BYE, 0, 0, done, b"")
+                        leave()
                         return
                 flush(job)
                 chunks, items, value, payload = [], (), None, b""  # held by no one until the next task
@@ -205,7 +219,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                     call(job, s, calls.pop(), _pickling.resolve_call, share, 0)
                     done += 1
                     if maxtasks and done >= maxtasks:
-                        send(BYE, 0, 0, done, b"")  # (the calls left go to other workers)
+                        leave()  # (the calls left go to other workers)
                         return
                 continue
             elif tag == FUNC:
@@ -219,7 +233,17 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
             elif tag == DROP:
                 funcs.pop(job, None)
                 continue
+            elif tag == PROFILE:
+                if aux and profiler is None:
+                    import cProfile
+
+                    profiler = cProfile.Profile()
+                    profiler.enable()
+                elif not aux:
+                    profiled()
+                continue
             elif tag == EXIT:
+                profiled()
                 return
             else:
                 raise RuntimeError(f"paralelo worker: unknown message tag {tag}")
@@ -227,7 +251,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
             # longer holds, so it blames nothing.
             done += 1
             if maxtasks and done >= maxtasks:
-                send(BYE, 0, 0, done, b"")
+                leave()
                 return
 
 

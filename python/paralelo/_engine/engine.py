@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import marshal
 import operator
 import multiprocessing.process as mpp
 import os
@@ -20,9 +21,9 @@ import signal
 import sys
 import threading
 import time
-from time import perf_counter_ns
 import weakref
 from collections import deque
+from time import perf_counter_ns
 from typing import Any, Callable, Iterable
 
 from .. import _arena, _native, _output, _zygote
@@ -32,7 +33,7 @@ from .._errors import interrupted, load_error, pickling_failed
 from .._arena import LEND, Framed, weight
 from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps, dumps_call, dumps_calls, loads
 from .._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY,
-                    LOG, READY, RESULTS, SPLIT, TASK, TASKS)
+                    LOG, PROFILE, PROFILED, READY, RESULTS, SPLIT, TASK, TASKS)
 from . import deaths
 from .._completions import Held, deferred, run_or_defer
 from .._insights import Figures, Insights, report
@@ -55,6 +56,23 @@ STARTING_POLL_MAX = 0.05
 SHIP_UNITS = 64
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+#: Whether `paralelo.profile()` runs: engines made meanwhile profile from their start,
+#: and are kept here until it ends (one may end first: its workers' profiles stay).
+_profiling = False
+_profiled: list[Engine] = []
+
+
+def profiling(on: bool) -> list[Engine]:
+    """Starts (or stops) profiling in every running engine's workers, and in those of
+    engines made while it is on; the engines that profiled (whose `profiles` to take)."""
+    global _profiling
+    _profiling = on
+    told = [engine for engine in list(_engines) if engine.profile(on)]
+    if on:
+        _profiled[:] = []
+        return told
+    made, _profiled[:] = list(_profiled), []
+    return told + [engine for engine in made if engine not in told]
 
 class Engine:
     """Worker processes on a hub, fed by jobs. Thread-safe."""
@@ -98,12 +116,23 @@ class Engine:
         self.unsettled: set[MapJob] = set()
         self.unexplained_deaths = 0  # in a row, with no task answered in between
         self.pid = os.getpid()
+        # `paralelo.profile()`: whether workers profile, the profiles they sent, and the
+        # slots whose worker's profile is still to come, which `profiles` waits for.
+        self.profiling = False
+        self.profiled: list[bytes] = []
+        self.profile_due: set[int] = set()
+        self.profile_came = threading.Condition(self.lock)
         self.terminated = False
         # The first workers are starting: dispatch may post to their slots already (each
         # reads its ring once it runs); the collector takes their pids from the zygote
         # first thing (`_take_first_workers`), and sets `started`.
         for slot in self.slots:
             slot.alive = True
+        if _profiling:  # (made inside `paralelo.profile()`: its workers profile from the start)
+            self.profiling = True
+            _profiled.append(self)
+            for slot in self.slots:
+                self.hub.post(slot.index, PROFILE, 0, 0, 1, b"")
         self.starting = deque(self.slots)
         self.starting_poll = STARTING_POLL
         self.started = threading.Event()
@@ -184,11 +213,42 @@ class Engine:
         slot.taken = 0
         slot.timed, slot.timed_out = None, False
         self._watch(slot, pid, pidfd)
+        if self.profiling:  # (a respawn while profiling profiles too)
+            self.hub.post(slot.index, PROFILE, 0, 0, 1, b"")
 
     def _count(self, slot: Slot, number: int) -> None:
         """Gives the worker `number`, starting in `slot`, figures of its own."""
         slot.figures = Figures(f"{self.kind}-{number}", time.monotonic())
         self.figures.append(slot.figures)
+
+    def profile(self, on: bool) -> bool:
+        """Tells the workers to start profiling or to stop and send what they measured;
+        False if this engine runs no more (or belongs to the parent of this process)."""
+        if os.getpid() != self.pid:
+            return False
+        with self.locked():
+            if self.closing or self.broken is not None or self.profiling == on:
+                return False
+            self.profiling = on
+            for s in self.slots:
+                if s.alive and s.corrupt is None:
+                    self.hub.post(s.index, PROFILE, 0, 0, int(on), b"")
+                    if not on:
+                        self.profile_due.add(s.index)
+            return True
+
+    def profiles(self, deadline: float) -> tuple[list[dict], int]:
+        """The profiles workers sent since profiling stopped, once every live worker's
+        came or at `deadline` (monotonic); and how many did not come."""
+        with self.profile_came:
+            while self.profile_due and not self.over.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.profile_came.wait(min(left, 0.1))  # (deaths end a wait too: see retire)
+            got, self.profiled = self.profiled, []
+            missing, self.profile_due = len(self.profile_due), set()
+        return [marshal.loads(p) for p in got], missing
 
     def insights(self) -> Insights:
         """Where the time went, worker by worker, since the pool started or the last
@@ -874,6 +934,11 @@ class Engine:
             handler = None if ref is None else ref()
             if handler is not None:
                 run_or_defer(handler.handle, _output.record(payload))
+            return
+        if tag == PROFILED:
+            self.profiled.append(payload)
+            self.profile_due.discard(slot.index)
+            self.profile_came.notify_all()
             return
         if tag == READY:  # (not an answer: a worker that dies now is not past its start)
             slot.figures.ready = time.monotonic()
