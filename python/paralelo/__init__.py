@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from .connection import Pipe
     from .amdahl import Scaling, scaling
     from ._profiling import Profile, profile
+    from ._tracing import Trace, trace
     from .managers import Manager
     from .process import Process, active_children, current_process, parent_process
     from .queues import JoinableQueue, Queue, SimpleQueue
@@ -88,7 +89,7 @@ _LAZY = {
     "RawArray": "sharedctypes", "Queue": "queues", "SimpleQueue": "queues",
     "JoinableQueue": "queues", "Pipe": "connection", "SharedArray": "sharedarray",
     "Manager": "managers", "aio": "paralelo.aio", "scaling": "amdahl", "Scaling": "amdahl",
-    "profile": "_profiling", "Profile": "_profiling",
+    "profile": "_profiling", "Profile": "_profiling", "trace": "_tracing", "Trace": "_tracing",
 }
 
 
@@ -152,6 +153,8 @@ __all__ = [
     "scaling",
     "Profile",
     "profile",
+    "Trace",
+    "trace",
     "ProcessPoolExecutor",
     "RemoteError",
     "RemoteTraceback",

@@ -3,6 +3,8 @@
     paralelo demo                      the guide's examples, and speed-ups, on this machine
     paralelo scaling SCRIPT [--workers 1,2,4] [-- ARGS...]
                                        Amdahl's law measured for a script (see paralelo.amdahl)
+    paralelo trace SCRIPT [-o FILE] [-- ARGS...]
+                                       a timeline of the script's parallel work (see paralelo.trace)
     paralelo info                      this machine and what paralelo can use on it
 """
 
@@ -32,15 +34,24 @@ def main(argv: list[str] | None = None) -> int:
     scaling.add_argument("--chart", default="scaling.png",
                          help="where to write the chart, a PNG (default scaling.png; needs matplotlib; "
                               "'' for none)")
+    tracing = sub.add_parser(
+        "trace", help="run a script and write a timeline of its parallel work (Chrome trace-event JSON)",
+        description="Runs SCRIPT in this process, as python would, under paralelo.trace(): every task of "
+                    "every paralelo worker, the parent's pickling, and the workers' births and deaths go "
+                    "to FILE, which ui.perfetto.dev and chrome://tracing open.")
+    tracing.add_argument("script", help="the Python script to run")
+    tracing.add_argument("args", nargs="*", help="its arguments (after --, those that start with -)")
+    tracing.add_argument("-o", "--output", default="paralelo-trace.json", help="the file to write "
+                         "(default paralelo-trace.json)")
     sub.add_parser("info", help="cores, start method, versions, the optional back ends and GPUs found")
     argv = sys.argv[1:] if argv is None else list(argv)
     passed: list[str] = []  # after "--": the script's own, even those that start with -
     if "--" in argv:
         argv, passed = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = parser.parse_args(argv)
-    if passed and args.command != "scaling":
+    if passed and args.command not in ("scaling", "trace"):
         parser.error("arguments after -- are for a script: paralelo scaling SCRIPT -- ARGS")
-    if args.command == "scaling":
+    if args.command in ("scaling", "trace"):
         args.args = [*args.args, *passed]
     if args.command == "demo":
         from . import _demo
@@ -48,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         _demo.run(args.workers)
     elif args.command == "scaling":
         return _scaling(parser, args)
+    elif args.command == "trace":
+        return _trace(parser, args)
     elif args.command == "info":
         from . import _info
 
@@ -77,6 +90,27 @@ def _scaling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         except ImportError as e:
             print(f"no chart: {e}", file=sys.stderr)
     return 0
+
+
+def _trace(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import os
+    import runpy
+
+    from ._tracing import trace
+
+    if not os.path.isfile(args.script):
+        parser.error(f"no script at {args.script!r}")
+    sys.argv = [args.script, *args.args]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))  # (as python puts it)
+    code = 0
+    with trace(args.output) as result:
+        try:
+            runpy.run_path(args.script, run_name="__main__")
+        except SystemExit as e:  # (the script's own exit: its status is ours, after the file)
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    print(f"paralelo trace: {result.events} events, {result.workers} workers: {os.path.abspath(result.path)} "
+          f"(open it in ui.perfetto.dev or chrome://tracing)", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -20,13 +20,9 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from ._wire import PROBE_PROFILE
+
 __all__ = ["Profile", "profile"]
-
-
-def dumps_stats(profiler: cProfile.Profile) -> bytes:
-    """A worker's profile, as it travels (the `marshal` format of ``.prof`` files)."""
-    profiler.create_stats()
-    return marshal.dumps(profiler.stats)  # type: ignore[attr-defined]
 
 
 class _Loaded:
@@ -62,24 +58,23 @@ def profile(path: str | os.PathLike[str] | None = None, timeout: float = 30.0) -
     and saved to `path` if given. Workers have `timeout` seconds from the block's end to
     send theirs (a worker busy in a long task answers when it ends); those that did not
     are counted in ``missing``."""
-    from ._engine.engine import profiling
+    from ._engine.engine import switch_probe
 
     result = Profile(None if path is None else os.fspath(path))
-    started = profiling(True)
+    started = switch_probe(PROBE_PROFILE, True)
     own = cProfile.Profile()
     own.enable()
     try:
         yield result
     finally:
         own.disable()
-        ended = profiling(False)
-        engines = ended + [engine for engine in started if engine not in ended]
+        ended = switch_probe(PROBE_PROFILE, False)
         deadline = time.monotonic() + timeout
         stats = pstats.Stats(own)
-        for engine in engines:
-            got, missing = engine.profiles(deadline)
+        for engine in ended + [engine for engine in started if engine not in ended]:
+            got, missing = engine.probes.gather(engine, PROBE_PROFILE, deadline)
             for one in got:
-                stats.add(_Loaded(one))  # type: ignore[arg-type]
+                stats.add(_Loaded(marshal.loads(one)))  # type: ignore[arg-type]
             result.workers += len(got)
             result.missing += missing
         result.stats = stats

@@ -1,8 +1,8 @@
 """The messages between the parent and its workers: tags and what each carries.
 
-Parent → worker: FUNC, TASK, TASKS, CALL, CALLS, DROP, PROFILE, EXIT (the initializer is
+Parent → worker: FUNC, TASK, TASKS, CALL, CALLS, DROP, PROBE, EXIT (the initializer is
 inherited: see ``_worker.Setup``).
-Worker → parent: READY, LOG, OK, OK_ARRAY, ERR, RESULTS, SPLIT, PROFILED, BYE, INIT_ERR.
+Worker → parent: READY, LOG, OK, OK_ARRAY, ERR, RESULTS, SPLIT, PROBED, BYE, INIT_ERR.
 
 Every frame carries ``(tag, job, seq, aux)`` in its header (see the engine's ring
 README); ``seq`` is a unit's *ticket*, unique in this process, which is also what a worker
@@ -22,7 +22,9 @@ CALL = 4  # job, seq=ticket: payload _pickling.dumps_call((function, args, kwarg
 DROP = 5  # job: forget FUNC
 EXIT = 6  # finish and exit
 TASKS = 7  # job: payload pickle(([tickets], [items per ticket: a list, tuple or range])): several small units
-PROFILE = 9  # aux=1: start profiling (cProfile) between tasks; aux=0: stop, and send PROFILED
+PROBE = 9  # aux=kind << 1 | on (_engine.probes): start a probe between tasks, or stop it and send PROBED
+#: The kinds of PROBE: cProfile (paralelo.profile), timeline spans (paralelo.trace).
+PROBE_PROFILE, PROBE_TRACE = 1, 2
 CALLS = 8  # seq=first ticket: payload _pickling.dumps_calls(([tickets], [calls])): several calls, of any jobs
 
 #: In the `aux` of TASK/TASKS: answer each unit at once, waking the parent (the job's unit
@@ -43,4 +45,4 @@ SPLIT = 22  # seq=a CALLS' first ticket: its payload did not unpickle; send its 
 RESULTS = 21  # job: payload pickle(([tickets], pickle([(ticket, ok, value, busy_ns), ...])))
 READY = 23  # its initializer ran: it waits for work (its start-up time, for insights)
 LOG = 24  # aux=id of the parent's logging handler: payload a log record (_output)
-PROFILED = 25  # payload: what it profiled since PROFILE on (_profiling.dumps_stats)
+PROBED = 25  # aux=kind: payload what the probe measured since it was switched on

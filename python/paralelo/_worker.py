@@ -17,14 +17,14 @@ import cloudpickle
 import multiprocessing.process
 import multiprocessing.util
 
-from . import _arena, _breakpoint, _ending, _native, _output, _pickling, _profiling
+from . import _arena, _breakpoint, _ending, _native, _output, _pickling, _probing
 from ._arena import GIVE, commit
 from ._broken import TaskUnpicklingError
 from ._errors import ResultPicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
 from ._pickling import MainNames, array_items, dumps, pack_results
-from ._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, LOG, OK, PROFILE,
-                    PROFILED, READY, RESULTS, SPLIT, TASK, TASKS)
+from ._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, LOG, OK, PROBE,
+                    PROBE_TRACE, PROBED, READY, RESULTS, SPLIT, TASK, TASKS)
 from ._zygote import flush_stdio
 
 
@@ -107,31 +107,42 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
             reply(RESULTS, job, 0, max(r[3] for r in replies), pickle.dumps((tickets, body), 5), eager)
             replies.clear()
 
-    profiler: Any = None  # a cProfile.Profile while the parent profiles (PROFILE)
+    # What the parent asked this worker to measure (PROBE), by kind: a cProfile.Profile
+    # (PROFILE), the spans of its tasks (TRACE: `spans`, None while it is off).
+    probes: dict[int, Any] = {}
+    spans: list | None = None
 
-    def profiled() -> None:
-        # What was profiled goes to the parent (at PROFILE off, or as the worker leaves).
-        nonlocal profiler
-        if profiler is not None:
-            profiler.disable()
-            send(PROFILED, 0, 0, 0, _profiling.dumps_stats(profiler))
-            profiler = None
+    def probed(kind: int) -> None:
+        # A probe's measures go to the parent (at its switching off, or as the worker leaves).
+        nonlocal spans
+        probe = probes.pop(kind, None)
+        if kind == PROBE_TRACE:
+            spans = None
+        if probe is not None:
+            send(PROBED, 0, 0, kind, _probing.measured(kind, probe))
 
     def leave() -> None:
-        profiled()
+        for kind in list(probes):
+            probed(kind)
         send(BYE, 0, 0, done, b"")
 
     def call(job: int, seq: int, data: Any, load: Callable[[Any], tuple], share: int, eager: int) -> None:
         running(seq)
         t0 = perf_counter_ns()
+        label = "call"
         try:
             fn, args, kwargs = _load(data, "call", load)
             data = None  # (the arguments live in this frame only)
+            if spans is not None:
+                label = _label(fn)
             out, rtag = _pack(_give, fn(*args, **kwargs)), OK
         except BaseException as e:  # noqa: BLE001
             out, rtag = dump_error(e), ERR
         fn = args = kwargs = None
-        reply(rtag, job, seq, perf_counter_ns() - t0 + share, out, eager)
+        end = perf_counter_ns()
+        reply(rtag, job, seq, end - t0 + share, out, eager)
+        if spans is not None:
+            spans.append((label, "call", t0, end, {"ticket": seq, "ok": rtag == OK}))
 
     def run(fn: Any, star: Any, each: bool, items: Any) -> list:
         if star is None:  # the function itself failed to unpickle here
@@ -166,8 +177,11 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                         ok, value = True, run(fn, star, each, items)
                     except BaseException as e:  # noqa: BLE001 - every failure goes back
                         ok, value = False, dump_error(e)
-                    busy = perf_counter_ns() - t0 + share
+                    end = perf_counter_ns()
+                    busy = end - t0 + share
                     replies.append((s, ok, value, busy))
+                    if spans is not None:
+                        spans.append((_label(fn), "map", t0, end, {"ticket": s, "items": len(items), "ok": ok}))
                     done += len(items) if per_item else 1  # what maxtasks counts
                     if busy > QUICK_NS or aux & EAGER:
                         flush(job, aux & EAGER)
@@ -195,7 +209,10 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                 except BaseException as e:  # noqa: BLE001 - every failure goes back
                     data, rtag = dump_error(e), ERR
                 # Loading and packing count: what a unit costs its worker sets how many it holds.
-                reply(rtag, job, seq, perf_counter_ns() - t0, data, aux & EAGER)
+                end = perf_counter_ns()
+                reply(rtag, job, seq, end - t0, data, aux & EAGER)
+                if spans is not None:
+                    spans.append((_label(fn), "map", t0, end, {"ticket": seq, "items": len(items), "ok": rtag != ERR}))
                 if per_item:  # and 1 below: maxtasks counts items, as the parent does
                     done += max(1, len(items) or aux >> COUNT_SHIFT) - 1
                 items, out, data, payload = (), [], b"", b""  # held by no one until the next task
@@ -233,17 +250,18 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
             elif tag == DROP:
                 funcs.pop(job, None)
                 continue
-            elif tag == PROFILE:
-                if aux and profiler is None:
-                    import cProfile
-
-                    profiler = cProfile.Profile()
-                    profiler.enable()
-                elif not aux:
-                    profiled()
+            elif tag == PROBE:
+                kind = aux >> 1
+                if aux & 1 and kind not in probes:
+                    probes[kind] = _probing.start(kind)
+                    if kind == PROBE_TRACE:
+                        spans = probes[kind]
+                elif not aux & 1:
+                    probed(kind)
                 continue
             elif tag == EXIT:
-                profiled()
+                for kind in list(probes):
+                    probed(kind)
                 return
             else:
                 raise RuntimeError(f"paralelo worker: unknown message tag {tag}")
@@ -253,6 +271,11 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
             if maxtasks and done >= maxtasks:
                 leave()
                 return
+
+
+def _label(fn: Any) -> str:
+    """A task's name on a timeline: its function's."""
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
 def _unloadable(what: str, e: BaseException) -> TaskUnpicklingError:

@@ -41,9 +41,8 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
     kind, ticket = engine.hub.state(slot.index) if death is not None else ("idle", 0)
     slot.alive = False
     slot.figures.ended = time.monotonic()
-    if slot.index in engine.profile_due:  # (its profile will not come: none waits for it)
-        engine.profile_due.discard(slot.index)
-        engine.profile_came.notify_all()
+    engine.probes.lost(slot.index)  # (what it measured will not come: none waits for it)
+    engine.mark(slot, "left (maxtasks)" if death is None else f"died: {death}")
     cause = slot.corrupt
     if death is not None:
         if cause is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import marshal
 import operator
 import multiprocessing.process as mpp
 import os
@@ -33,8 +32,8 @@ from .._errors import interrupted, load_error, pickling_failed
 from .._arena import LEND, Framed, weight
 from .._pickling import ARRAY_MIN, MainNames, array_len, as_array, dumps, dumps_call, dumps_calls, loads
 from .._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, OK, OK_ARRAY,
-                    LOG, PROFILE, PROFILED, READY, RESULTS, SPLIT, TASK, TASKS)
-from . import deaths
+                    LOG, PROBE, PROBED, READY, RESULTS, SPLIT, TASK, TASKS)
+from . import deaths, probes
 from .._completions import Held, deferred, run_or_defer
 from .._insights import Figures, Insights, report
 from .jobs import CallCosts, CallJob, Job, MapJob, Unit
@@ -52,27 +51,17 @@ CLOCK_CHECK = 0.01
 #: zygote's replies cannot wake it), backing off to STARTING_POLL_MAX while none comes.
 STARTING_POLL = 0.0003
 STARTING_POLL_MAX = 0.05
+#: How long `terminate` waits for probing workers' measures before it kills them.
+PROBE_DRAIN = 1.0
 #: Map chunks committed to one worker in one round travel together, up to this many.
 SHIP_UNITS = 64
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-#: Whether `paralelo.profile()` runs: engines made meanwhile profile from their start,
-#: and are kept here until it ends (one may end first: its workers' profiles stay).
-_profiling = False
-_profiled: list[Engine] = []
+def switch_probe(kind: int, on: bool) -> list[Engine]:
+    """Switches a probe (see `probes`) in every running engine's workers, and in those of
+    engines made while it is on; the engines to gather it from."""
+    return probes.switch(kind, on, list(_engines))
 
-
-def profiling(on: bool) -> list[Engine]:
-    """Starts (or stops) profiling in every running engine's workers, and in those of
-    engines made while it is on; the engines that profiled (whose `profiles` to take)."""
-    global _profiling
-    _profiling = on
-    told = [engine for engine in list(_engines) if engine.profile(on)]
-    if on:
-        _profiled[:] = []
-        return told
-    made, _profiled[:] = list(_profiled), []
-    return told + [engine for engine in made if engine not in told]
 
 class Engine:
     """Worker processes on a hub, fed by jobs. Thread-safe."""
@@ -116,23 +105,20 @@ class Engine:
         self.unsettled: set[MapJob] = set()
         self.unexplained_deaths = 0  # in a row, with no task answered in between
         self.pid = os.getpid()
-        # `paralelo.profile()`: whether workers profile, the profiles they sent, and the
-        # slots whose worker's profile is still to come, which `profiles` waits for.
-        self.profiling = False
-        self.profiled: list[bytes] = []
-        self.profile_due: set[int] = set()
-        self.profile_came = threading.Condition(self.lock)
+        #: What workers measure on request (`paralelo.profile()`, `paralelo.trace()`),
+        #: and the parent's own timeline spans while tracing (else None): `(name,
+        #: category, start_ns, end_ns or None for an instant, args, pid, thread id)`.
+        self.spans: list | None = None
+        self.probes = probes.Probes(self.lock)
         self.terminated = False
         # The first workers are starting: dispatch may post to their slots already (each
         # reads its ring once it runs); the collector takes their pids from the zygote
         # first thing (`_take_first_workers`), and sets `started`.
         for slot in self.slots:
             slot.alive = True
-        if _profiling:  # (made inside `paralelo.profile()`: its workers profile from the start)
-            self.profiling = True
-            _profiled.append(self)
+        for probe in self.probes.joined(self):  # (made while a probe is on: its workers run it)
             for slot in self.slots:
-                self.hub.post(slot.index, PROFILE, 0, 0, 1, b"")
+                self.hub.post(slot.index, PROBE, 0, 0, probe << 1 | 1, b"")
         self.starting = deque(self.slots)
         self.starting_poll = STARTING_POLL
         self.started = threading.Event()
@@ -213,42 +199,13 @@ class Engine:
         slot.taken = 0
         slot.timed, slot.timed_out = None, False
         self._watch(slot, pid, pidfd)
-        if self.profiling:  # (a respawn while profiling profiles too)
-            self.hub.post(slot.index, PROFILE, 0, 0, 1, b"")
+        for probe in self.probes.on:  # (a respawn runs the probes on)
+            self.hub.post(slot.index, PROBE, 0, 0, probe << 1 | 1, b"")
 
     def _count(self, slot: Slot, number: int) -> None:
         """Gives the worker `number`, starting in `slot`, figures of its own."""
         slot.figures = Figures(f"{self.kind}-{number}", time.monotonic())
         self.figures.append(slot.figures)
-
-    def profile(self, on: bool) -> bool:
-        """Tells the workers to start profiling or to stop and send what they measured;
-        False if this engine runs no more (or belongs to the parent of this process)."""
-        if os.getpid() != self.pid:
-            return False
-        with self.locked():
-            if self.closing or self.broken is not None or self.profiling == on:
-                return False
-            self.profiling = on
-            for s in self.slots:
-                if s.alive and s.corrupt is None:
-                    self.hub.post(s.index, PROFILE, 0, 0, int(on), b"")
-                    if not on:
-                        self.profile_due.add(s.index)
-            return True
-
-    def profiles(self, deadline: float) -> tuple[list[dict], int]:
-        """The profiles workers sent since profiling stopped, once every live worker's
-        came or at `deadline` (monotonic); and how many did not come."""
-        with self.profile_came:
-            while self.profile_due and not self.over.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.profile_came.wait(min(left, 0.1))  # (deaths end a wait too: see retire)
-            got, self.profiled = self.profiled, []
-            missing, self.profile_due = len(self.profile_due), set()
-        return [marshal.loads(p) for p in got], missing
 
     def insights(self) -> Insights:
         """Where the time went, worker by worker, since the pool started or the last
@@ -267,7 +224,14 @@ class Engine:
     def _watch(self, slot: Slot, pid: int, pidfd: int) -> None:
         slot.pid, slot.pidfd = pid, pidfd
         slot.figures.pid = pid
+        self.mark(slot, "started")
         self.hub.watch(slot.index, pid, pidfd)
+
+    def mark(self, slot: Slot, what: str) -> None:
+        """An instant on `slot`'s worker's timeline, while tracing (births, deaths)."""
+        if self.spans is not None:
+            self.spans.append((what, "worker", perf_counter_ns(), None, {"worker": slot.figures.name},
+                               slot.pid, slot.pid))
 
     def _take_first_workers(self, upto: int = -1) -> None:
         """Takes the pids of the first workers the zygote has started (unasked) by now, and
@@ -661,8 +625,12 @@ class Engine:
                     u.sent, u.batch = lent, seq
                 nbytes = weight(payload)
                 figures = slot.figures
-                figures.pickling_ns += perf_counter_ns() - t0
+                t1 = perf_counter_ns()
+                figures.pickling_ns += t1 - t0
                 figures.bytes_out += nbytes
+                if self.spans is not None:
+                    self.spans.append((f"pickle for {figures.name}", "pickle", t0, t1,
+                                       {"units": len(run), "bytes": nbytes}, self.pid, threading.get_native_id()))
                 if not call:
                     job.weigh(True, nbytes + sum(u.snapped for u in run), sum(u.count for u in run))
             except BaseException as e:  # noqa: BLE001 - find the unit that cannot be pickled
@@ -935,13 +903,12 @@ class Engine:
             if handler is not None:
                 run_or_defer(handler.handle, _output.record(payload))
             return
-        if tag == PROFILED:
-            self.profiled.append(payload)
-            self.profile_due.discard(slot.index)
-            self.profile_came.notify_all()
+        if tag == PROBED:
+            self.probes.answered(slot.index, aux, payload)
             return
         if tag == READY:  # (not an answer: a worker that dies now is not past its start)
             slot.figures.ready = time.monotonic()
+            self.mark(slot, "ready (initializer done)")
             return
         self.unexplained_deaths = 0
         slot.answered = True
@@ -956,7 +923,11 @@ class Engine:
                 err = _unloadable_result(e)
             else:
                 err = None
-            slot.figures.pickling_ns += perf_counter_ns() - t0
+            t1 = perf_counter_ns()
+            slot.figures.pickling_ns += t1 - t0
+            if self.spans is not None:
+                self.spans.append((f"unpickle from {slot.figures.name}", "unpickle", t0, t1,
+                                   {"units": len(tickets), "bytes": len(payload)}, self.pid, threading.get_native_id()))
             self._answer(slot, (
                 (t, ok, value if ok else err or load_error(value), busy) for t, ok, value, busy in replies
             ), len(payload) - len(body) + weight(body))
@@ -975,7 +946,11 @@ class Engine:
                 ok, value = True, loads(payload)
             except BaseException as e:  # noqa: BLE001 - that unit fails, not the pool
                 ok, value = False, _unloadable_result(e)
-            slot.figures.pickling_ns += perf_counter_ns() - t0
+            t1 = perf_counter_ns()
+            slot.figures.pickling_ns += t1 - t0
+            if self.spans is not None:
+                self.spans.append((f"unpickle from {slot.figures.name}", "unpickle", t0, t1,
+                                   {"units": 1, "bytes": len(payload)}, self.pid, threading.get_native_id()))
             self._answer(slot, [(seq, ok, value, aux)], weight(payload))
         elif tag == ERR:
             self._answer(slot, [(seq, False, load_error(payload), aux)])
@@ -1042,6 +1017,10 @@ class Engine:
         killed. In a forked child, does nothing: the workers are its parent's."""
         if os.getpid() != self.pid:
             return
+        if self.probes.on and threading.current_thread() is not self.thread:
+            # What probing workers measured comes back before they are killed (a pool
+            # ended by `with` inside `paralelo.trace()`): idle ones answer at once.
+            self.probes.drain(self, time.monotonic() + PROBE_DRAIN)
         with self.locked():
             self._take_inbox()
             self.closing = self.terminated = True

@@ -1,0 +1,124 @@
+"""``paralelo.trace()`` and ``paralelo trace SCRIPT``: a Chrome trace-event timeline with
+a track per worker (every task a span named after its function), the parent's pickling
+on its threads, workers' births and deaths; workers of pools made and ended inside the
+block too; nothing recorded outside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import paralelo
+
+T = 60
+
+
+def square(x):
+    return x * x
+
+
+def _valid(path) -> list[dict]:
+    """The events of a trace-event file, checked against the format's rules."""
+    with open(path) as f:
+        doc = json.load(f)
+    events = doc["traceEvents"]
+    assert isinstance(events, list) and events
+    for e in events:
+        assert e["ph"] in ("X", "i", "M") and isinstance(e["name"], str) and isinstance(e["pid"], int)
+        if e["ph"] == "X":
+            assert isinstance(e["ts"], (int, float)) and e["dur"] >= 0 and "tid" in e
+        if e["ph"] == "i":
+            assert e["s"] in ("t", "p", "g") and isinstance(e["ts"], (int, float))
+    return events
+
+
+def _tracks(events) -> dict[int, str]:
+    return {e["pid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
+
+
+def test_a_trace_has_a_track_per_worker_and_a_span_per_task(tmp_path):
+    path = tmp_path / "run.json"
+    with paralelo.Pool(2) as pool:
+        pids = set(pool._engine.pids())
+        pool.map(square, range(8))  # (before: not traced)
+        with paralelo.trace(path) as t:
+            assert pool.map(square, range(100), chunksize=10) == [x * x for x in range(100)]
+            assert pool.apply_async(square, (12,)).get(T) == 144
+        pool.map(square, range(8))  # (after: not traced)
+    events = _valid(path)
+    assert t.events == len(events) and t.workers == 2 and t.missing == 0
+    tracks = _tracks(events)
+    assert pids <= set(tracks) and all(tracks[p].startswith("ForkPoolWorker-") for p in pids)
+    chunks = [e for e in events if e["ph"] == "X" and e["cat"] == "map"]
+    assert len(chunks) == 10 and {e["name"] for e in chunks} == {"square"}
+    assert sum(e["args"]["items"] for e in chunks) == 100 and {e["pid"] for e in chunks} <= pids
+    calls = [e for e in events if e["ph"] == "X" and e["cat"] == "call"]
+    assert [(c["name"], c["args"]["ok"]) for c in calls] == [("square", True)]
+    me = os.getpid()
+    assert any(e["cat"] == "pickle" and e["pid"] == me for e in events if e["ph"] == "X")
+    assert any(e["cat"] == "unpickle" and e["pid"] == me for e in events if e["ph"] == "X")
+    assert tracks[me].startswith("parent")
+
+
+def test_workers_made_and_ended_inside_are_traced_with_births_and_deaths(tmp_path):
+    path = tmp_path / "run.json"
+    with paralelo.trace(path) as t:
+        with paralelo.ProcessPoolExecutor(2, max_tasks_per_child=5) as ex:
+            assert list(ex.map(square, range(20), chunksize=1)) == [x * x for x in range(20)]
+        with paralelo.Pool(2) as pool:  # ended by terminate (the `with`): its spans still come
+            pool.map(square, range(30), chunksize=3)
+    events = _valid(path)
+    tasks = [e for e in events if e["ph"] == "X" and e["cat"] == "map"]
+    assert sum(e["args"]["items"] for e in tasks) == 50
+    assert t.workers >= 6  # (the executor's workers left every 5 tasks)
+    instants = [e["name"] for e in events if e["ph"] == "i"]
+    assert instants.count("started") >= 6 and instants.count("left (maxtasks)") >= 4
+    assert "ready (initializer done)" in instants
+
+
+def test_the_engine_records_nothing_outside_a_trace():
+    with paralelo.Pool(1) as pool:
+        engine = pool._engine
+        pool.map(square, range(10))
+        assert engine.spans is None and not engine.probes.on
+        with paralelo.trace(os.devnull):
+            assert engine.spans is not None
+        assert engine.spans is None and not engine.probes.on
+
+
+def test_the_command_traces_a_script(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        import paralelo
+
+        def cube(x):
+            return x ** 3
+
+        if __name__ == "__main__":
+            with paralelo.Pool(2) as pool:
+                print(sum(pool.map(cube, range(int(sys.argv[1])), chunksize=5)))
+            sys.exit(3)
+    """))
+    out = subprocess.run([sys.executable, "-m", "paralelo", "trace", str(script), "-o", "t.json", "--", "40"],
+                         capture_output=True, text=True, timeout=T, cwd=tmp_path)
+    assert out.returncode == 3, out.stderr  # the script's own exit status
+    assert out.stdout.strip() == str(sum(x ** 3 for x in range(40)))
+    assert "2 workers" in out.stderr and "t.json" in out.stderr
+    events = _valid(tmp_path / "t.json")
+    cubes = [e for e in events if e["ph"] == "X" and e["name"] == "cube"]
+    assert sum(e["args"]["items"] for e in cubes) == 40
+
+
+@pytest.mark.parametrize("inside", ["profile", "trace"])
+def test_a_pool_ended_inside_a_probe_still_answers(inside, tmp_path):
+    probe = paralelo.profile() if inside == "profile" else paralelo.trace(tmp_path / "t.json")
+    with probe as got:
+        with paralelo.Pool(2) as pool:  # terminate() at the end of the `with`
+            pool.map(square, range(40), chunksize=4)
+    assert got.workers == 2 and got.missing == 0
