@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -167,3 +168,67 @@ def test_a_process_prints_whole_lines_too(tmp_path):
     lines = out.stdout.splitlines()
     assert len(lines) == 1200
     assert all(len(set(line.split()[:3])) == 1 and len(line.split()) == 4 for line in lines)
+
+
+def test_a_handler_that_raises_breaks_nothing(tmp_path, capfd):
+    class Boom(logging.Handler):
+        def emit(self, record):
+            raise RuntimeError("handler blew up")
+
+    boom = Boom()
+    root = logging.getLogger()
+    root.addHandler(boom)
+    try:
+        with paralelo.Pool(2) as pool:
+            assert len(pool.map(log_and_return, range(4))) == 4
+            assert len(pool.map(log_and_return, range(4))) == 4  # still running
+    finally:
+        root.removeHandler(boom)
+    assert "handler blew up" in capfd.readouterr().err  # (reported as a failing handler is)
+
+
+def _picky_record(x):
+    logging.getLogger("paralelo-tests.extra").warning("with extras", extra={
+        "user": {"id": x}, "lock": threading.Lock()})
+    try:
+        {}[x]
+    except KeyError:
+        logging.getLogger("paralelo-tests.extra").exception("lookup")
+    return x
+
+
+def test_extras_and_exceptions_arrive_as_handlers_read_them(kept):
+    with paralelo.Pool(1) as pool:
+        pool.map(_picky_record, [7])
+    extra, failed = [r for r in kept.records if r.name == "paralelo-tests.extra"]
+    assert extra.user == {"id": 7}  # a value that pickles arrives as it was
+    assert isinstance(extra.lock, str) and "lock" in extra.lock  # one that does not: its repr
+    assert failed.exc_info[0] is KeyError and failed.exc_info[1].args == (7,)
+    assert "KeyError: 7" in failed.exc_text
+
+
+def test_records_still_reach_a_handler_the_parent_replaced(tmp_path):
+    """As with multiprocessing's fork: workers keep the handlers of the pool's making."""
+    code = textwrap.dedent("""
+        import logging, sys
+        LIB = sys.argv[1]
+        if LIB == "paralelo":
+            import paralelo as mp
+        else:
+            import multiprocessing
+            mp = multiprocessing.get_context("fork")
+        logging.basicConfig(level=logging.INFO, format="OLD %(message)s", stream=sys.stdout)
+
+        def task(x):
+            logging.warning("worker says %d", x)
+            return x
+
+        if __name__ == "__main__":
+            with mp.Pool(1) as pool:
+                pool.map(task, [1])
+                logging.basicConfig(format="NEW %(message)s", stream=sys.stdout, force=True)
+                import gc; gc.collect()
+                pool.map(task, [2])
+    """)
+    ours, theirs = side_by_side(tmp_path, code)
+    assert ours.splitlines() == theirs.splitlines() == ["OLD worker says 1", "OLD worker says 2"]

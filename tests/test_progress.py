@@ -189,3 +189,50 @@ def test_thread_executor_map_counts_its_items_and_closes_when_left(bars):
     done, left = bars
     assert (done.n, done.total, done.closed) == (200, 200, True)
     assert left.closed and left.n < 1000 and left.options["desc"] == "naps"
+
+
+def test_a_loop_that_breaks_off_closes_its_bar(bars):
+    with paralelo.Pool(2) as pool:
+        for x in pool.imap(nap, range(200), progress=True):
+            if x == 3:
+                break
+        bar = _one(bars)
+        assert bar.closed and bar.n < 200  # closed as the loop ended, where it got to
+
+
+def test_an_input_that_raises_closes_the_executors_bar(bars):
+    def items():
+        yield from range(5)
+        raise OSError("input broke")
+
+    with paralelo.ProcessPoolExecutor(2) as ex:
+        with pytest.raises(OSError, match="input broke"):
+            ex.map(square, items(), progress=True)
+    assert _one(bars).closed
+
+
+def test_a_given_total_is_shown_as_given_and_the_bar_still_ends(bars):
+    with paralelo.Pool(2) as pool:
+        assert len(pool.map(square, range(10), progress={"total": 25})) == 10
+    bar = _one(bars)
+    assert (bar.total, bar.n, bar.closed) == (25, 10, True)
+
+
+def test_bool_likes_are_taken_and_a_bad_total_refused(bars):
+    import numpy
+
+    with paralelo.Pool(1) as pool:
+        pool.map(square, range(3), progress=numpy.True_)
+        pool.map(square, range(3), progress=1)
+        pool.map(square, range(3), progress=0)
+        with pytest.raises(TypeError, match="progress's total must be a count of items or None, not 'x'"):
+            pool.map(square, range(3), progress={"total": "x"})
+        assert pool.map(square, range(3), progress=True) == [0, 1, 4]  # (no bar left half made)
+    assert len(bars) == 3 and all(b.closed and b.n == 3 for b in bars)
+
+
+def test_an_empty_thread_pool_map_closes_its_bar(bars):
+    with paralelo.pool.ThreadPool(2) as pool:
+        assert pool.map(square, [], progress=True) == []
+    bar = _one(bars)
+    assert bar.closed and bar.n == 0

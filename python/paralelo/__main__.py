@@ -75,7 +75,10 @@ def _scaling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         counts = None if args.workers is None else [int(w) for w in args.workers.split(",") if w.strip()]
     except ValueError:
         parser.error(f"--workers takes counts separated by commas, not {args.workers!r}")
-    print(f"timing {args.script} at each worker count, {args.repeats} runs each...", file=sys.stderr)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be 1 or more, not {args.repeats}")
+    print(f"timing {args.script} at each worker count, {args.repeats} run{'' if args.repeats == 1 else 's'} "
+          "each...", file=sys.stderr)
     try:
         result = scaling_of_script(args.script, args.args, counts, args.repeats)
     except (ValueError, FileNotFoundError) as e:

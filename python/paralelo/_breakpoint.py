@@ -46,6 +46,9 @@ class _TerminalPdb(pdb.Pdb):
         self._end()
 
 
+_told = False  # this process said why its breakpoints are skipped
+
+
 def _hook(*args: Any, **kwargs: Any) -> None:
     if os.environ.get("PYTHONBREAKPOINT"):
         return sys.__breakpointhook__(*args, **kwargs)  # (0, or the user's own hook)
@@ -55,9 +58,13 @@ def _hook(*args: Any, **kwargs: Any) -> None:
     try:
         tty_in, tty_out = open("/dev/tty"), open("/dev/tty", "w")
     except OSError:
-        print(f"paralelo: breakpoint() in {who} skipped: no terminal to debug on. Run the pool "
-              f"inline (Pool(inline=True), or PARALELO_INLINE=1) to debug in the calling process.",
-              file=sys.stderr, flush=True)
+        global _told
+        if not _told:  # (once a process: a map's every item may hit it)
+            _told = True
+            hint = (" Run the pool inline (Pool(inline=True), or PARALELO_INLINE=1) to debug in the calling "
+                    "process." if who.startswith(("ForkPoolWorker", "ForkProcess")) else "")
+            print(f"paralelo: breakpoint() in {who} skipped (and any more in it): no terminal to debug on."
+                  f"{hint}", file=sys.stderr, flush=True)
         return None
     fcntl.flock(tty_in.fileno(), fcntl.LOCK_EX)  # one session at a time, across processes
     print(f"\n--- pdb in {who} ---", file=tty_out, flush=True)

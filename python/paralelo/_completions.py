@@ -31,7 +31,10 @@ def _complete(fn: Callable, args: tuple) -> BaseException | None:
         owner = getattr(fn, "__self__", None)
         if owner is None:
             owner = args[0] if args else fn
-        _callbacks_log.exception("exception calling callback for %r", owner)
+        try:
+            _callbacks_log.exception("exception calling callback for %r", owner)
+        except Exception:  # noqa: BLE001 - a handler that raises must not stop this thread
+            pass
     return None
 
 

@@ -58,6 +58,13 @@ class IMapIterator:
         self._async_waiters: list[Callable[[], None]] = []  # `async for`s waiting (see aio)
         self._progress: Progress | None = None  # the map's bar, if it has one
 
+    def __del__(self) -> None:
+        # Dropped before its end (a loop that broke off, or raised): its bar stops where it
+        # got to, as its loop ends (the map still runs, as multiprocessing's does).
+        progress = getattr(self, "_progress", None)
+        if progress is not None:
+            progress.close()
+
     @property
     def job(self) -> MapJob | None:
         """The map this iterator yields the results of, while it runs."""

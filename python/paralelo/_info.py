@@ -70,14 +70,14 @@ def report() -> str:
     from .context import default_workers, get_start_method
 
     try:
-        workers = str(default_workers())
+        n = default_workers()
+        workers = f"pools get {n} worker{'' if n == 1 else 's'} by default"
     except ValueError as e:
-        workers = f"invalid: {e}"
+        workers = str(e)
     lines = [
         f"paralelo {__version__} on Python {platform.python_version()} ({sys.executable})",
         f"system: {platform.system()} {platform.release()} {platform.machine()}, memory {_memory()}",
-        f"CPUs: {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable by this process); "
-        f"pools get {workers} workers by default",
+        f"CPUs: {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable by this process); {workers}",
         f"start method: {get_start_method()}",
         "",
         "optional packages:",

@@ -26,7 +26,7 @@ def wanted(inline: bool | None) -> bool:
     """Whether a pool runs inline: as asked, else as ``PARALELO_INLINE`` says."""
     if inline is not None:
         return bool(inline)
-    return os.environ.get("PARALELO_INLINE", "").strip().lower() not in ("", "0", "false", "no")
+    return os.environ.get("PARALELO_INLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 class Runner:
@@ -83,9 +83,10 @@ class Results:
     (as ``imap`` with one item a chunk), else the map ends there (as ``Executor.map``)."""
 
     def __init__(self, outcomes: Iterator[tuple[bool, Any]], go_on: bool,
-                 wrap: Callable[[BaseException], BaseException] = lambda e: e) -> None:
-        self._outcomes, self._go_on, self._wrap = outcomes, go_on, wrap
+                 wrap: Callable[[BaseException], BaseException] = lambda e: e, bar: Progress | None = None) -> None:
+        self._outcomes, self._go_on, self._wrap, self._bar = outcomes, go_on, wrap, bar
         self._ended = False
+        self._taken = 0
 
     def __iter__(self) -> Results:
         return self
@@ -93,11 +94,23 @@ class Results:
     def __next__(self) -> Any:
         if self._ended:
             raise StopIteration
-        ok, value = next(self._outcomes)  # (StopIteration: the input ended)
+        try:
+            ok, value = next(self._outcomes)
+        except StopIteration:  # the input ended
+            self._ended = True
+            if self._bar is not None:
+                self._bar.finish(self._taken)
+            raise
+        self._taken += 1
         if ok:
             return value
         self._ended = not self._go_on
         raise self._wrap(value)
+
+    def __del__(self) -> None:
+        bar = getattr(self, "_bar", None)
+        if bar is not None:
+            bar.close()  # (left before its end: the bar stays where it got to)
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result (`timeout` is moot: it is computed now)."""

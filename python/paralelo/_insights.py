@@ -72,9 +72,11 @@ class Insights:
 
     @property
     def imbalance(self) -> float:
-        """How unevenly the work fell: the busiest worker's working time over the mean,
-        less one (0.0: even; 1.0: the busiest worked twice the mean). 0.0 with no work."""
-        working = [w.working for w in self.workers]
+        """How unevenly the work fell among the workers there now: the busiest one's
+        working time over the mean, less one (0.0: even; 1.0: the busiest worked twice the
+        mean; a replaced worker's share is not the pool's imbalance). 0.0 with no work."""
+        live = [w for w in self.workers if w.alive] or list(self.workers)
+        working = [w.working for w in live]
         mean = sum(working) / len(working) if working else 0.0
         return max(working) / mean - 1.0 if mean > 0 else 0.0
 
@@ -95,7 +97,8 @@ class Insights:
         lines = ["  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
                  for r in rows]
         lines.insert(1, "  ".join("-" * n for n in widths))
-        lines.append(f"{self.tasks} tasks in {self.window:.3f} s; workers busy {self.utilisation:.0%} of their "
+        lines.append(f"{self.tasks} task{'' if self.tasks == 1 else 's'} in {self.window:.3f} s; workers busy "
+                     f"{self.utilisation:.0%} of their "
                      f"time; imbalance {self.imbalance:.0%} (the busiest worker's time over the mean, less one)")
         return "\n".join(lines)
 

@@ -19,10 +19,9 @@ import io
 import logging
 import pickle
 import sys
-import weakref
 from typing import Any, Callable
 
-__all__ = ["forward_logging", "handlers", "record", "whole_lines"]
+__all__ = ["deliver", "forward_logging", "handlers", "record", "whole_lines"]
 
 
 def whole_lines() -> None:
@@ -40,14 +39,27 @@ def _loggers() -> list[logging.Logger]:
     return [logging.getLogger()] + [lg for lg in list(manager.loggerDict.values()) if isinstance(lg, logging.Logger)]
 
 
-def handlers() -> dict[int, weakref.ref]:
+def handlers() -> dict[int, logging.Handler]:
     """The handlers on every logger now, by ``id``: the ones a process forked now shares
-    with this one (same objects, same ids)."""
-    out: dict[int, weakref.ref] = {}
+    with this one (same objects, same ids). Held for the pool's life: a handler the
+    program drops or replaces later still gets its workers' records, as a forked
+    worker's own copy would."""
+    out: dict[int, logging.Handler] = {}
     for logger in _loggers():
         for h in logger.handlers:
-            out.setdefault(id(h), weakref.ref(h))
+            out.setdefault(id(h), h)
     return out
+
+
+def deliver(handler: logging.Handler, payload: bytes) -> None:
+    """Hands a worker's record to the parent's `handler`, as the worker's own logging call
+    would; if the handler raises, it reports it as a handler that cannot emit does
+    (``handleError``: the task that logged is elsewhere)."""
+    rec = record(payload)
+    try:
+        handler.handle(rec)
+    except Exception:  # noqa: BLE001
+        handler.handleError(rec)
 
 
 class _Forward(logging.Handler):
@@ -80,23 +92,29 @@ def forward_logging(ids: frozenset[int], send: Callable[[int, bytes], None]) -> 
 
 def _packed(rec: logging.LogRecord) -> bytes:
     """A record as a pickle its parent can always load: the message merged with its
-    arguments, an exception as its formatted text (as ``QueueHandler.prepare`` does);
-    anything else that does not pickle, as its repr."""
+    arguments; an exception as its formatted text (as ``QueueHandler.prepare`` does),
+    and as ``exc_info`` without its traceback where the exception pickles (for handlers
+    that read it); an ``extra`` value that does not pickle, as its repr."""
     d = dict(rec.__dict__)
     d["msg"] = rec.getMessage()
     d["args"] = None
     if rec.exc_info:
         if not d.get("exc_text"):
             d["exc_text"] = logging.Formatter().formatException(rec.exc_info)
-        d["exc_info"] = None
+        kind, value = rec.exc_info[0], rec.exc_info[1]
+        d["exc_info"] = (kind, value, None) if _pickles((kind, value)) else None
     try:
         return pickle.dumps(d, 5)
-    except Exception:  # noqa: BLE001 - an `extra` value that does not pickle
-        return pickle.dumps({k: v if _plain(v) else repr(v) for k, v in d.items()}, 5)
+    except Exception:  # noqa: BLE001 - some value does not pickle: that one goes as its repr
+        return pickle.dumps({k: v if _pickles(v) else repr(v) for k, v in d.items()}, 5)
 
 
-def _plain(v: Any) -> bool:
-    return v is None or type(v) in (str, int, float, bool, bytes)
+def _pickles(v: Any) -> bool:
+    try:
+        pickle.dumps(v, 5)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def record(payload: bytes) -> logging.LogRecord:

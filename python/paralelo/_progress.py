@@ -10,6 +10,7 @@ engine up. tqdm itself limits how often it redraws.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
@@ -24,17 +25,25 @@ ProgressOption = bool | Mapping[str, Any] | None
 class Progress:
     """A map's bar: `advance`, `end` and `close` may be called with the engine lock held,
     from any thread; the bar is touched after the lock is released, and not after it
-    closed. It closes itself once every item of a known total is counted."""
+    closed. It draws at most every DRAW_EVERY seconds (tqdm's own update costs
+    microseconds: a thread pool advances it per item), and closes itself once every
+    item of the map (`items`, once known) is counted. A total the caller gave
+    (``{"total": n}``) is shown as given."""
 
-    __slots__ = ("bar", "counted", "total", "closed", "lock")
+    __slots__ = ("bar", "counted", "drawn", "items", "fixed", "closed", "lock", "due")
 
-    def __init__(self, bar: Any, total: int | None) -> None:
+    #: Seconds between two draws (tqdm's own `mininterval` is 0.1).
+    DRAW_EVERY = 0.05
+
+    def __init__(self, bar: Any, items: int | None, fixed: bool = False) -> None:
         self.bar = bar
-        self.counted = 0
-        self.total = total
+        self.counted = self.drawn = 0
+        self.items = items  # the map's items, once known
+        self.fixed = fixed  # the bar's total was the caller's
         self.closed = False
         # The collector advances it; the consumer of a lazy map finishes it (`finish`).
         self.lock = threading.Lock()
+        self.due = 0.0  # when the next draw may be
 
     def advance(self, items: int) -> None:
         """`items` more items are done (ran, or failed)."""
@@ -53,35 +62,42 @@ class Progress:
         now, on the consumer's thread (the collector's last `advance` may still be on its
         way, and the program's next output must not come before the bar's end)."""
         with self.lock:
-            if self.closed:
-                return
-            self.total = total
-            if self.bar.total != total:
-                self.bar.total = total
-            if self.counted < total:
-                self.bar.update(total - self.counted)
-                self.counted = total
-            self._close()
+            if not self.closed:
+                self.counted = max(self.counted, total)
+                self._total(total)
+                self._close()
 
     def _advance(self, items: int) -> None:
         with self.lock:
             if self.closed:
                 return
             self.counted += items
-            self.bar.update(items)
-            if self.total is not None and self.counted >= self.total:
+            if self.items is not None and self.counted >= self.items:
                 self._close()
+                return
+            now = time.monotonic()
+            if now >= self.due:
+                self.due = now + self.DRAW_EVERY
+                self._draw()
 
     def _end(self, total: int) -> None:
         with self.lock:
             if self.closed:
                 return
-            self.total = total
-            if self.bar.total != total:
-                self.bar.total = total
-                self.bar.refresh()
+            self._total(total)
             if self.counted >= total:
                 self._close()
+
+    def _total(self, total: int) -> None:
+        self.items = total
+        if not self.fixed and self.bar.total != total:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def _draw(self) -> None:
+        if self.counted > self.drawn:
+            self.bar.update(self.counted - self.drawn)
+            self.drawn = self.counted
 
     def _closing(self) -> None:
         with self.lock:
@@ -90,6 +106,7 @@ class Progress:
     def _close(self) -> None:
         if not self.closed:
             self.closed = True
+            self._draw()
             self.bar.close()
 
 
@@ -97,22 +114,29 @@ def progress_bar(progress: ProgressOption, iterable: Any) -> Progress | None:
     """The bar `progress` asks for over `iterable` (None for none): ``True`` for tqdm's
     defaults, or a dict of options passed to ``tqdm(**options)``. Its total is the
     input's length when it has one (an option's ``total`` wins)."""
-    if progress is None or progress is False:
+    if progress is None:
         return None
-    if progress is not True and not isinstance(progress, Mapping):
-        raise TypeError(f"progress must be True, False or a dict of tqdm options, not {type(progress).__name__}")
+    if not isinstance(progress, Mapping):
+        if isinstance(progress, str) or progress not in (True, False):  # (1 and numpy's True_ count)
+            raise TypeError(f"progress must be True, False or a dict of tqdm options, not {progress!r}")
+        if not progress:
+            return None
+    given = None if progress is True or not isinstance(progress, Mapping) else progress.get("total")
+    if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 0):
+        raise TypeError(f"progress's total must be a count of items or None, not {given!r}")
     try:
         from tqdm.auto import tqdm
     except ImportError as e:
         raise ImportError("progress bars need tqdm: pip install tqdm (or pip install 'paralelo[progress]')") from e
-    options: dict[str, Any] = {} if progress is True else dict(progress)
-    if "total" not in options:
-        try:
-            options["total"] = len(iterable)
-        except TypeError:
-            options["total"] = None
-    total = options["total"]
-    return Progress(tqdm(**options), total if isinstance(total, int) else None)
+    options: dict[str, Any] = dict(progress) if isinstance(progress, Mapping) else {}
+    try:
+        items: int | None = len(iterable)
+    except TypeError:
+        items = None  # (known at the input's end)
+    fixed = options.get("total") is not None
+    if not fixed:
+        options["total"] = items
+    return Progress(tqdm(**options), items, fixed)
 
 
 class Counted:
@@ -128,7 +152,7 @@ class Counted:
         try:
             return self.fn(*args, **kwargs)
         finally:
-            self.bar.advance(1)
+            self.bar._advance(1)  # (never under an engine lock: nothing to defer)
 
 
 def finishing(results: Iterator, bar: Progress, count: bool = False) -> Iterator:

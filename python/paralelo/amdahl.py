@@ -95,7 +95,11 @@ class Scaling:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.rjust(widths[i]) for i, c in enumerate(r)) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        limit = "no limit" if s == 0 else f"at most {self.limit:.1f}x with any number of workers"
+        if s == 0 and any(e is not None and e < 0 for e in self.karp_flatt):
+            limit = ("faster than perfect scaling was measured (noise, or caches that more workers "
+                     "share out): no serial fraction fits; measure again with more repeats")
+        else:
+            limit = "no limit" if s == 0 else f"at most {self.limit:.1f}x with any number of workers"
         lines.append(f"Amdahl: speedup = 1 / (S + P/N) with S = {s:.3f} (serial), P = {1 - s:.3f} (parallel): "
                      f"{limit}")
         return "\n".join(lines)

@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Generator, Iterable, Iterator, Literal
 
 from . import _engine, _inline, aio
+from ._broken import broken
 from ._imap import IMapIterator
 from ._insights import Insights, report
 from ._progress import ProgressOption, finishing, progress_bar
@@ -78,6 +79,8 @@ class ProcessPoolExecutor(_cf.Executor):
         self._started: _engine.Engine | None = None
         # Inline (see `_inline`): tasks run here, from the first use on.
         self._inline: _inline.Runner | None = None
+        self._inline_broken: BaseException | None = None
+        self._inline_told = False  # the broken initializer was reported through a Future
         self._make_inline = functools.partial(_inline.Runner, initializer, tuple(initargs)) \
             if _inline.wanted(inline) else None
         self._start_lock = threading.Lock()
@@ -113,7 +116,14 @@ class ProcessPoolExecutor(_cf.Executor):
             if _interpreter_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future = AwaitableFuture()
-            runner = self._runner()
+            try:
+                runner = self._runner()
+            except _cf.process.BrokenProcessPool as e:
+                if self._inline_told:
+                    raise  # (later submits raise, as a broken pool's do)
+                self._inline_told = True
+                future.set_exception(e)  # (the first call's Future fails, as a worker's death fails it)
+                return future
             if runner is not None:
                 future.set_running_or_notify_cancel()
                 _settle(future, *runner.call(fn, args, kwargs))
@@ -155,8 +165,7 @@ class ProcessPoolExecutor(_cf.Executor):
             runner = self._runner()
             if runner is not None:  # (the input read now, as concurrent.futures reads it)
                 bar = progress_bar(progress, _shortest(iterables))
-                results = _inline.Results(runner.each(fn, list(items), star, bar), False)
-                return results if bar is None else finishing(results, bar)
+                return _inline.Results(runner.each(fn, list(items), star, bar), False, bar=bar)
             if _interpreter_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             it = IMapIterator(self._engine, ordered=True)
@@ -169,6 +178,8 @@ class ProcessPoolExecutor(_cf.Executor):
             job.feed(self._engine.kick)
             self._engine.kick()  # (the last items read, or the input's end)
             if job.input_error is not None:
+                if it._progress is not None:
+                    it._progress.close()
                 raise job.input_error  # (from map(), as concurrent.futures raises it)
         return _results(it, job, self._engine, end)
 
@@ -194,9 +205,16 @@ class ProcessPoolExecutor(_cf.Executor):
 
     def _runner(self) -> _inline.Runner | None:
         """The inline runner, made at the first use (its initializer runs then), if this
-        executor runs inline."""
+        executor runs inline. An initializer that raises breaks the executor, as a
+        worker's does."""
         if self._make_inline is not None and self._inline is None:
-            self._inline = self._make_inline()
+            if self._inline_broken is not None:
+                raise self._inline_broken
+            try:
+                self._inline = self._make_inline()
+            except Exception as e:
+                self._inline_broken = broken("a worker's initializer raised an exception", e)
+                raise self._inline_broken from e
         return self._inline
 
     def insights(self) -> Insights:

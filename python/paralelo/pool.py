@@ -460,8 +460,10 @@ class Pool(Folding):
         _check_chunksize(chunksize)
         if self._inline is not None:  # (each item runs as it is taken; a failed one raises in its place)
             bar = progress_bar(progress, iterable)
-            results = _inline.Results(self._inline.each(func, iterable, False, bar), True, as_pool_error)
-            return results if bar is None else finishing(results, bar)  # type: ignore[return-value]
+            # (Nothing after a failure with chunks of several items, as a pool's imap.)
+            go_on = chunksize is None or chunksize == 1
+            return _inline.Results(self._inline.each(func, iterable, False, bar), go_on,  # type: ignore[return-value]
+                                   as_pool_error, bar)
         it = (IMapIterator if ordered else IMapUnorderedIterator)(self._engine, ordered)
         it._pool = self
         it.stop_after_error = chunksize is not None and chunksize > 1
@@ -586,6 +588,8 @@ class ThreadPool(Folding, multiprocessing.pool.ThreadPool):
             iterable = list(iterable)  # (as the standard map does: its total is then known)
         bar = progress_bar(progress, iterable)
         assert bar is not None
+        if bar.items == 0:
+            bar.finish(0)  # (no item will count: done now)
         # Each item counts once it ended, returned or raised: the bar closes itself at
         # the total.
         return run(self, Counted(func, bar), iterable, chunksize, callback, error_callback)

@@ -79,7 +79,8 @@ class Engine:
         self.main = MainNames()
         _engines.add(self)  # from here, forked children let go of its hub (and this zygote too)
         me = mpp.current_process()
-        #: The logging handlers the workers will inherit, which their records go back to.
+        #: The logging handlers the workers will inherit, which their records go back to
+        #: (held: see `_output.handlers`).
         self.log_handlers = _output.handlers()
         setup = Setup(initializer, tuple(initargs), maxtasks or 0, self.main, kind, daemon, os.getpid(), me.name,
                       frozenset(self.log_handlers))
@@ -898,10 +899,9 @@ class Engine:
 
     def _handle(self, slot: Slot, tag: int, job_id: int, seq: int, aux: int, payload: bytes) -> None:
         if tag == LOG:  # (user handlers: run once the lock is released, before the results)
-            ref = self.log_handlers.get(aux)
-            handler = None if ref is None else ref()
+            handler = self.log_handlers.get(aux)
             if handler is not None:
-                run_or_defer(handler.handle, _output.record(payload))
+                run_or_defer(_output.deliver, handler, payload)
             return
         if tag == PROBED:
             self.probes.answered(slot.index, aux, payload)
