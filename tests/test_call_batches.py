@@ -12,7 +12,8 @@ import time
 import pytest
 
 import paralelo
-from paralelo._wire import CALL, CALLS
+import paralelo._engine
+from paralelo._wire import CALL, CALLS, SPLIT
 
 T = 30
 
@@ -96,7 +97,15 @@ def test_a_burst_of_calls_travels_in_batches_and_each_gets_its_own_outcome():
         assert spy.posted[CALLS] + spy.posted[CALL] < 100  # not one message per call
 
 
-def test_a_call_that_does_not_unpickle_in_its_batch_fails_alone():
+def test_a_call_that_does_not_unpickle_in_its_batch_fails_alone(monkeypatch):
+    handled = collections.Counter()
+    handle = paralelo._engine.Engine._handle
+
+    def spy(self, slot, tag, *args):
+        handled[tag] += 1
+        return handle(self, slot, tag, *args)
+
+    monkeypatch.setattr(paralelo._engine.Engine, "_handle", spy)
     with paralelo.Pool(2) as pool:
         sleepers = _busy(pool)
         results = [pool.apply_async(inc, (i,)) for i in range(50)]
@@ -107,6 +116,7 @@ def test_a_call_that_does_not_unpickle_in_its_batch_fails_alone():
         with pytest.raises(paralelo.TaskUnpicklingError, match="refused to unpickle"):
             bad.get(T)
         assert [r.get(T) for r in results] == list(range(1, 101))
+    assert handled[SPLIT] == 1  # its batch came back once, and went again call by call
 
 
 def test_a_call_that_kills_its_worker_while_unpickled_in_a_batch_fails_alone():

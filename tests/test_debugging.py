@@ -266,3 +266,33 @@ def test_the_environment_switch_reads_as_a_flag(monkeypatch, value, inline):
     monkeypatch.setenv("PARALELO_INLINE", value)
     assert _inline.wanted(None) is inline
     assert _inline.wanted(False) is False and _inline.wanted(True) is True
+
+
+def _touch(path):
+    open(path, "w").close()
+    return path
+
+
+_EXECUTOR: list = []
+
+
+def _submit_again(x):
+    return _EXECUTOR[0].submit(square, x).result()
+
+
+def test_inline_maps_nobody_reads_still_run(tmp_path, pools):
+    _, inline = pools
+    with paralelo.ProcessPoolExecutor(inline=True) as ex:
+        ex.map(_touch, [str(tmp_path / f"ex{i}") for i in range(3)])  # (never read)
+        _EXECUTOR[:] = [ex]
+        nested = ex.submit(_submit_again, 5).result()  # a task that submits: no deadlock
+        _EXECUTOR.clear()
+    inline.imap(_touch, [str(tmp_path / f"im{i}") for i in range(3)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ex0", "ex1", "ex2", "im0", "im1", "im2"]
+    assert nested == 25
+
+
+def test_an_executor_map_of_nothing_is_empty():
+    for inline in (False, True):
+        with paralelo.ProcessPoolExecutor(1, inline=inline) as ex:
+            assert list(ex.map(square)) == []

@@ -9,6 +9,7 @@ import os
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -232,3 +233,80 @@ def test_records_still_reach_a_handler_the_parent_replaced(tmp_path):
     """)
     ours, theirs = side_by_side(tmp_path, code)
     assert ours.splitlines() == theirs.splitlines() == ["OLD worker says 1", "OLD worker says 2"]
+
+
+def _talk_after_returning(x):
+    def talk():
+        time.sleep(0.05)
+        for k in range(200):
+            logging.getLogger("paralelo-tests.late").info("late %d %d", x, k)
+
+    threading.Thread(target=talk).start()
+    return x
+
+
+def test_a_worker_that_leaves_while_its_threads_log_corrupts_nothing(kept):
+    """After maxtasksperchild, a worker's slot is its successor's: what the leaving
+    worker's threads log then goes to its own handlers, never into that slot."""
+    with paralelo.Pool(1, maxtasksperchild=1) as pool:
+        for i in range(5):
+            assert pool.apply_async(_talk_after_returning, (i,)).get(T) == i
+            assert pool.map(abs, range(-50, 0)) == list(range(50, 0, -1))  # the successor is sound
+
+
+def _fork_and_log(x):
+    import multiprocessing
+
+    def child():
+        for i in range(500):
+            logging.getLogger("paralelo-tests.grandchild").info("grandchild %d", i)
+
+    p = multiprocessing.get_context("fork").Process(target=child)
+    p.start()
+    for i in range(500):
+        logging.getLogger("paralelo-tests.worker").info("item %d", i)
+    p.join()
+    return p.exitcode
+
+
+def test_a_process_a_task_forks_logs_through_its_own_handlers(kept):
+    with paralelo.ProcessPoolExecutor(1) as ex:
+        assert [ex.submit(_fork_and_log, i).result(T) for i in range(2)] == [0, 0]
+        assert list(ex.map(abs, range(-20, 0))) == list(range(20, 0, -1))
+    names = [r.name for r in kept.records]
+    assert names.count("paralelo-tests.worker") == 1000  # the task's own records, all of them
+    assert names.count("paralelo-tests.grandchild") == 0  # (the grandchild's went to its copies)
+
+
+_PARENT = os.getpid()
+
+
+def _only_in_workers():
+    if os.getpid() == _PARENT:
+        raise RuntimeError("cannot load here")
+    return "ok"
+
+
+class _LoadsOnlyInWorkers:
+    def __reduce__(self):
+        return (_only_in_workers, ())
+
+
+def _log_odd_extra(x):
+    logging.getLogger("paralelo-tests.odd").info("odd", extra={"thing": _LoadsOnlyInWorkers()})
+    return x
+
+
+def test_a_record_that_does_not_load_in_the_parent_says_so(kept):
+    with paralelo.Pool(1) as pool:
+        assert pool.map(_log_odd_extra, range(3)) == [0, 1, 2]
+        assert pool.map(abs, [-1]) == [1]  # the pool goes on
+    told = [r.getMessage() for r in kept.records if r.name == "paralelo"]
+    assert len(told) == 3 and all("could not be unpickled here" in m for m in told)
+
+
+def test_the_parent_handlers_level_now_decides(kept):
+    with paralelo.Pool(1) as pool:
+        kept.setLevel(logging.WARNING)  # after the pool was made
+        pool.map(log_and_return, range(3))
+    assert [r.getMessage() for r in kept.records if r.name == "paralelo-tests.worker"] == ["failed on 2"]

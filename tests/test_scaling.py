@@ -67,7 +67,8 @@ def test_the_chart_is_a_png(tmp_path):
 
 
 def test_without_matplotlib_the_chart_says_what_to_install(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # (as if not installed)
     with pytest.raises(ImportError, match="pip install matplotlib"):
         Scaling((1, 2), (1.0, 0.6)).chart(tmp_path / "s.png")
 

@@ -3,8 +3,9 @@ the program runs in, one process's session at a time.
 
 A worker's stdin is /dev/null (as with multiprocessing), where pdb would read an end of
 file and quit the task. Here the hook opens the controlling terminal (``/dev/tty``) for
-pdb's input and output, and takes an exclusive lock on it (``flock``) until the session
-continues or quits, so that two workers never read the same keystrokes. With no terminal
+pdb's input and output, and takes an exclusive lock on that terminal's device (``flock``)
+until the session continues with no breakpoint set, or quits, so that two workers never
+read the same keystrokes. With no terminal
 (a service, CI), it says so on stderr, naming the process, and the task goes on.
 ``PYTHONBREAKPOINT`` is honoured as Python honours it (``0`` turns breakpoints off).
 """
@@ -23,23 +24,25 @@ __all__ = ["install"]
 class _TerminalPdb(pdb.Pdb):
     """pdb on `tty`, holding its lock until the session continues or quits."""
 
-    def __init__(self, tty_in: Any, tty_out: Any) -> None:
+    def __init__(self, tty_in: Any, tty_out: Any, lock: int) -> None:
         super().__init__(stdin=tty_in, stdout=tty_out)
         self.use_rawinput = False  # (input() would read stdin, not the terminal)
         self.ttys: tuple[Any, ...] = (tty_in, tty_out)
+        self.lock = lock
 
     def _end(self) -> None:
         ttys, self.ttys = self.ttys, ()
         if ttys:
             try:
-                fcntl.flock(ttys[0].fileno(), fcntl.LOCK_UN)
+                os.close(self.lock)  # (and its flock with it)
             finally:
                 for tty in ttys:
                     tty.close()
 
     def set_continue(self) -> None:
         super().set_continue()
-        self._end()
+        if not self.breaks:  # (with breakpoints set, the session goes on at the next)
+            self._end()
 
     def set_quit(self) -> None:
         super().set_quit()
@@ -56,8 +59,15 @@ def _hook(*args: Any, **kwargs: Any) -> None:
 
     who = f"{multiprocessing.current_process().name} (pid {os.getpid()})"
     try:
-        tty_in, tty_out = open("/dev/tty"), open("/dev/tty", "w")
+        tty_in = open("/dev/tty")
     except OSError:
+        tty_in = None
+    try:
+        tty_out = open("/dev/tty", "w") if tty_in is not None else None
+    except OSError:
+        tty_in.close()  # type: ignore[union-attr]
+        tty_out = None
+    if tty_in is None or tty_out is None:
         global _told
         if not _told:  # (once a process: a map's every item may hit it)
             _told = True
@@ -66,12 +76,20 @@ def _hook(*args: Any, **kwargs: Any) -> None:
             print(f"paralelo: breakpoint() in {who} skipped (and any more in it): no terminal to debug on."
                   f"{hint}", file=sys.stderr, flush=True)
         return None
-    fcntl.flock(tty_in.fileno(), fcntl.LOCK_EX)  # one session at a time, across processes
+    # One session at a time on this terminal: locked on the terminal's own device
+    # (/dev/tty is one node for every terminal of the machine).
+    try:
+        lock = os.open(os.ttyname(tty_in.fileno()), os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        lock = os.dup(tty_in.fileno())
+    fcntl.flock(lock, fcntl.LOCK_EX)
     print(f"\n--- pdb in {who} ---", file=tty_out, flush=True)
-    _TerminalPdb(tty_in, tty_out).set_trace(sys._getframe(1))
+    _TerminalPdb(tty_in, tty_out, lock).set_trace(sys._getframe(1))
     return None
 
 
 def install() -> None:
-    """In a worker or child process: ``breakpoint()`` debugs on the terminal."""
-    sys.breakpointhook = _hook
+    """In a worker or child process: ``breakpoint()`` debugs on the terminal, unless the
+    program (or an IDE's debugger) set a hook of its own."""
+    if sys.breakpointhook is sys.__breakpointhook__:
+        sys.breakpointhook = _hook

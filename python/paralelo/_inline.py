@@ -5,8 +5,10 @@ fail to pickle fails the same way.
 
 ``Pool(inline=True)``, ``ProcessPoolExecutor(inline=True)``, or ``PARALELO_INLINE=1``
 for every pool and executor of a program. No process is started. The initializer runs
-once, in the calling process, when the pool is made. Calls and maps run when they are
-made (``apply_async`` returns a ready result); ``imap`` runs each item as it is taken.
+once, in the calling process, when the pool is made (an executor's at its first use).
+Calls and maps run when they are made (``apply_async`` returns a ready result), as a
+pool would run them even if nobody read the results; only an ``imap`` over an input of
+no length (a generator, perhaps endless) runs each item as it is taken.
 Time limits and retries do not apply: nothing can be killed but the caller.
 """
 

@@ -113,6 +113,31 @@ def _size(n: float) -> str:
     return f"{n:.1f} {unit}"
 
 
+#: Gone workers listed one by one; past this, the oldest are summed into one row.
+GONE_SHOWN = 64
+
+
+def fold_gone(figures: list[Figures], count: int) -> list[Figures]:
+    """`figures` with its `count` oldest gone workers summed into one row ("N earlier
+    workers", the first), so a pool that replaces workers without end keeps a bounded list."""
+    gone = [f for f in figures if f.ended is not None][:count]
+    if not gone:
+        return figures
+    folded = next((f for f in gone if f.name.endswith(" earlier workers")), None)
+    base = 0 if folded is None else int(folded.name.split()[0]) - 1
+    total = Figures(f"{base + len(gone)} earlier workers", min(f.spawned for f in gone))
+    total.ready = None  # (their start-ups are theirs: the sum has none)
+    total.ended = max(f.ended for f in gone if f.ended is not None)
+    for f in gone:
+        total.tasks += f.tasks
+        total.busy_ns += f.busy_ns
+        total.pickling_ns += f.pickling_ns
+        total.bytes_out += f.bytes_out
+        total.bytes_in += f.bytes_in
+    taken = set(map(id, gone))
+    return [total] + [f for f in figures if id(f) not in taken]
+
+
 def report(figures: list[Figures], since: float, now: float | None = None) -> Insights:
     """The `Insights` of `figures` over the window from `since` to `now`."""
     now = time.monotonic() if now is None else now

@@ -8,20 +8,23 @@ Logging: the handlers a worker inherited from its parent (those on any logger wh
 pool was made) hand their records to the same handlers in the parent, through the
 worker's result ring: records that a parent-side handler collects (in memory, a queue,
 a rotating file only one process may roll, pytest's ``caplog``) get the workers' too,
-with the worker's ``processName`` and ``process``, in order with the task's results.
-Handlers a worker adds itself (in its initializer, say) stay its own, as with
-multiprocessing.
+with the worker's ``processName`` and ``process``; what a task logs reaches them before
+its result does. Handlers a worker adds itself (in its initializer, say) stay its own,
+as with multiprocessing; so do the inherited ones once the worker leaves (its slot may
+be its successor's by then) and in any process a task forks.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import pickle
 import sys
+import threading
 from typing import Any, Callable
 
-__all__ = ["deliver", "forward_logging", "handlers", "record", "whole_lines"]
+__all__ = ["deliver", "forward_logging", "handlers", "record", "stop_forwarding", "whole_lines"]
 
 
 def whole_lines() -> None:
@@ -53,33 +56,71 @@ def handlers() -> dict[int, logging.Handler]:
 
 def deliver(handler: logging.Handler, payload: bytes) -> None:
     """Hands a worker's record to the parent's `handler`, as the worker's own logging call
-    would; if the handler raises, it reports it as a handler that cannot emit does
-    (``handleError``: the task that logged is elsewhere)."""
-    rec = record(payload)
+    would: if its level lets it through (the handler's level now, not at the fork); if
+    the handler raises, it reports it as a handler that cannot emit does (``handleError``:
+    the task that logged is elsewhere). A record that does not load here arrives as a
+    warning saying so."""
+    try:
+        rec = record(payload)
+    except Exception as e:  # noqa: BLE001 - a value whose class cannot be rebuilt here
+        rec = logging.makeLogRecord({"name": "paralelo", "levelno": logging.WARNING, "levelname": "WARNING",
+                                     "msg": f"a worker's log record could not be unpickled here: {e!r}"})
+    if rec.levelno < handler.level:
+        return
     try:
         handler.handle(rec)
     except Exception:  # noqa: BLE001
         handler.handleError(rec)
 
 
+#: Held while a worker's record is sent, and to stop sending (`stop_forwarding`): once
+#: the worker said BYE, its slot may be a new worker's, and nothing more may go there.
+_sending = threading.Lock()
+_stopped = False
+
+
 class _Forward(logging.Handler):
-    """In a worker: stands for one of its parent's handlers, and hands it the records."""
+    """In a worker: stands for one of its parent's handlers, and hands it the records;
+    once the worker leaves (or in a process it forks), the handler itself writes them,
+    as a forked process's copy does."""
 
     def __init__(self, handler: logging.Handler, send: Callable[[int, bytes], None]) -> None:
         super().__init__(handler.level)  # (a record below it is not even sent)
+        self.original = handler
         self.of = id(handler)
         self.send = send
+        self.pid = os.getpid()
 
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
         # (The parent's handler applies its own filters, formatter and lock.)
-        try:
-            self.send(self.of, _packed(record))
-        except Exception:  # noqa: BLE001 - as a handler that cannot emit does
-            self.handleError(record)
-        return True
+        if os.getpid() == self.pid:
+            with _sending:
+                if not _stopped:
+                    try:
+                        self.send(self.of, _packed(record))
+                    except Exception:  # noqa: BLE001 - as a handler that cannot emit does
+                        self.handleError(record)
+                    return True
+        return self.original.handle(record)  # (a child of the worker's, or after BYE)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.handle(record)
+
+
+def stop_forwarding() -> None:
+    """In a worker about to leave (BYE, EXIT): records go to its own handlers from now
+    on; a record being sent is sent first."""
+    global _stopped
+    with _sending:
+        _stopped = True
+
+
+def _forked() -> None:
+    global _sending
+    _sending = threading.Lock()  # (a thread of the parent may have held it at the fork)
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def forward_logging(ids: frozenset[int], send: Callable[[int, bytes], None]) -> None:

@@ -78,6 +78,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
         try:
             setup.initializer(*setup.initargs)
         except BaseException as e:  # noqa: BLE001
+            _output.stop_forwarding()
             send(INIT_ERR, 0, 0, 0, dump_error(e))
             return
         port.idle()
@@ -124,6 +125,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
     def leave() -> None:
         for kind in list(probes):
             probed(kind)
+        _output.stop_forwarding()  # (after BYE the slot may be another worker's)
         send(BYE, 0, 0, done, b"")
 
     def call(job: int, seq: int, data: Any, load: Callable[[Any], tuple], share: int, eager: int) -> None:
@@ -262,6 +264,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
             elif tag == EXIT:
                 for kind in list(probes):
                     probed(kind)
+                _output.stop_forwarding()
                 return
             else:
                 raise RuntimeError(f"paralelo worker: unknown message tag {tag}")
@@ -330,8 +333,10 @@ def _take_identity(setup: Setup, number: int, parent_fd: int) -> None:
 
 
 def _leave() -> None:
-    # As a multiprocessing child ends: wait for the threads the tasks left running, then
-    # run the finalizers (an inherited Queue flushes what tasks put in it).
+    # As a multiprocessing child ends: wait for the threads the tasks left running (what
+    # they log goes to the worker's own handlers now), then run the finalizers (an
+    # inherited Queue flushes what tasks put in it).
+    _output.stop_forwarding()
     threading._shutdown()  # type: ignore[attr-defined]
     mp_util._exit_function()
 

@@ -108,31 +108,30 @@ class Scaling:
         """Draws the measured speed-ups, the fitted law and perfect scaling to a PNG at
         `path` (returned); needs matplotlib."""
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")  # (a file, never a window)
-            import matplotlib.pyplot as plt
+            # (A Figure of its own, drawn by Agg: no pyplot, so the program's backend and
+            # figures, a notebook's included, are left as they are.)
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
         except ImportError as e:
             raise ImportError("the scaling chart needs matplotlib: pip install matplotlib") from e
         most = 8 * max(self.workers)
         xs = [1 + i * (most - 1) / 200 for i in range(201)]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        try:
-            ax.plot(xs, xs, ":", color="grey", label="perfect (speed-up = N)")
-            ax.plot(xs, [self.predict(x) for x in xs], "-", label=f"Amdahl, S = {self.serial_fraction:.3f}")  # type: ignore[arg-type]
-            ax.plot(self.workers, self.speedups, "o", label="measured")
-            ax.set_xscale("log", base=2)
-            ticks = [2**i for i in range(most.bit_length())]
-            ax.set_xticks(ticks, [str(t) for t in ticks])
-            ax.set_xlabel("workers (N)")
-            ax.set_ylabel("speed-up")
-            ax.set_ylim(0, max(self.limit if self.limit != float("inf") else most, max(self.speedups)) * 1.1)
-            ax.legend()
-            ax.grid(True, alpha=0.3)
-            fig.tight_layout()
-            fig.savefig(path, dpi=100)
-        finally:
-            plt.close(fig)
+        fig = Figure(figsize=(6, 4))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot(xs, xs, ":", color="grey", label="perfect (speed-up = N)")
+        ax.plot(xs, [self.predict(x) for x in xs], "-", label=f"Amdahl, S = {self.serial_fraction:.3f}")  # type: ignore[arg-type]
+        ax.plot(self.workers, self.speedups, "o", label="measured")
+        ax.set_xscale("log", base=2)
+        ticks = [2**i for i in range(most.bit_length())]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel("workers (N)")
+        ax.set_ylabel("speed-up")
+        ax.set_ylim(0, max(self.limit if self.limit != float("inf") else most, max(self.speedups)) * 1.1)
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
         return os.fspath(path)
 
 

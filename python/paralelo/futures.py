@@ -124,18 +124,21 @@ class ProcessPoolExecutor(_cf.Executor):
                 self._inline_told = True
                 future.set_exception(e)  # (the first call's Future fails, as a worker's death fails it)
                 return future
-            if runner is not None:
-                future.set_running_or_notify_cancel()
-                _settle(future, *runner.call(fn, args, kwargs))
+            if runner is None:
+
+                def on_done(ok: bool, value: Any) -> None:
+                    # Done-callbacks are user code: never under the engine lock.
+                    _engine.run_or_defer(_settle, future, ok, value)
+
+                self._pending.add(future)
+                self._engine.submit(self._engine.call_job(fn, args, kwargs, on_done,
+                                                          future.set_running_or_notify_cancel))
                 return future
-
-            def on_done(ok: bool, value: Any) -> None:
-                # Done-callbacks are user code: never under the engine lock.
-                _engine.run_or_defer(_settle, future, ok, value)
-
-            self._pending.add(future)
-            self._engine.submit(self._engine.call_job(fn, args, kwargs, on_done, future.set_running_or_notify_cancel))
-            return future
+        # Inline: the task runs here, not under the lock (it may submit, or another thread
+        # shut down, meanwhile).
+        future.set_running_or_notify_cancel()
+        _settle(future, *runner.call(fn, args, kwargs))
+        return future
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
             chunksize: int | None = None, progress: ProgressOption = None) -> Iterator:
@@ -148,7 +151,7 @@ class ProcessPoolExecutor(_cf.Executor):
             # submit was replaced (tqdm's process_map counts items that way, subclasses
             # may log or throttle): map goes through it, as concurrent.futures' map does.
             results = super().map(fn, *iterables, timeout=timeout)
-            bar = progress_bar(progress, _shortest(iterables))
+            bar = None if progress is None else progress_bar(progress, _shortest(iterables))
             return results if bar is None else finishing(results, bar, count=True)
         end = None if timeout is None else time.monotonic() + timeout
         # Like the standard executor, the input is read now, and each item goes out as
@@ -163,14 +166,22 @@ class ProcessPoolExecutor(_cf.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             runner = self._runner()
-            if runner is not None:  # (the input read now, as concurrent.futures reads it)
-                bar = progress_bar(progress, _shortest(iterables))
-                return _inline.Results(runner.each(fn, list(items), star, bar), False, bar=bar)
+        if runner is not None:
+            # Every item runs now, as concurrent.futures submits every one at the call (a
+            # map nobody reads still runs); each failure raises in its place as read.
+            bar = None if progress is None else progress_bar(progress, _shortest(iterables))
+            outcomes = list(runner.each(fn, list(items), star, bar))
+            if bar is not None:
+                bar.finish(len(outcomes))
+            return _inline.Results(iter(outcomes), False)
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
             if _interpreter_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             it = IMapIterator(self._engine, ordered=True)
             job = self._engine.map_job(fn, items, star, chunksize, it)
-            job.progress = it._progress = progress_bar(progress, _shortest(iterables))
+            job.progress = it._progress = None if progress is None else progress_bar(progress, _shortest(iterables))
             job.eager = True
             it.job = job
             self._engine.submit(job)
@@ -250,7 +261,7 @@ def _shortest(iterables: tuple[Iterable, ...]) -> Any:
     """What a bar over ``zip(*iterables)`` takes as its input: the shortest, if all have a
     length (an iterator has none: the total is then known at its end)."""
     try:
-        return min(iterables, key=len)  # type: ignore[arg-type]
+        return min(iterables, key=len) if iterables else ()  # type: ignore[arg-type]
     except TypeError:
         return iter(())  # (no length)
 

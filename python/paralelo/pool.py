@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import multiprocessing.pool
 import operator
+import os
 import threading
 import time
 import weakref
@@ -462,8 +463,15 @@ class Pool(Folding):
             bar = progress_bar(progress, iterable)
             # (Nothing after a failure with chunks of several items, as a pool's imap.)
             go_on = chunksize is None or chunksize == 1
-            return _inline.Results(self._inline.each(func, iterable, False, bar), go_on,  # type: ignore[return-value]
-                                   as_pool_error, bar)
+            outcomes = self._inline.each(func, iterable, False, bar)
+            if hasattr(iterable, "__len__"):
+                # Run now, as a pool runs an imap nobody reads; an input of no length (a
+                # generator, perhaps endless) runs an item as each is taken.
+                outcomes = iter(list(outcomes))
+                if bar is not None:
+                    bar.finish(len(iterable))  # type: ignore[arg-type]
+                    bar = None
+            return _inline.Results(outcomes, go_on, as_pool_error, bar)  # type: ignore[return-value]
         it = (IMapIterator if ordered else IMapUnorderedIterator)(self._engine, ordered)
         it._pool = self
         it.stop_after_error = chunksize is not None and chunksize > 1
@@ -542,6 +550,12 @@ class ThreadPool(Folding, multiprocessing.pool.ThreadPool):
     """multiprocessing.pool's ``ThreadPool(processes=None, initializer=None,
     initargs=())``: the Pool API on threads (the standard library's), with paralelo's
     ``reduce`` and ``map_reduce``."""
+
+    def __init__(self, processes: int | None = None, initializer: Callable | None = None,
+                 initargs: Iterable = ()) -> None:
+        if processes is None and os.environ.get("PARALELO_WORKERS"):
+            processes = default_workers()  # (as `paralelo scaling` sets it)
+        super().__init__(processes, initializer, tuple(initargs))
 
     # The maps take ``progress``, as a process Pool's do: each item advances the bar as
     # it ends, on the thread that ran it.

@@ -25,6 +25,7 @@ from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, Callable, Iterable, Iterator
 
 from ._progress import Progress, ProgressOption, finishing, progress_bar
+from .context import default_workers
 
 
 __all__ = ["BrokenThreadPool", "ThreadPoolExecutor"]
@@ -182,7 +183,8 @@ class ThreadPoolExecutor(Executor):
     def __init__(self, max_workers: int | None = None, thread_name_prefix: str = "",
                  initializer: Callable | None = None, initargs: tuple = ()) -> None:
         if max_workers is None:
-            max_workers = min(32, (os.cpu_count() or 1) + 4)
+            # concurrent.futures' default, unless PARALELO_WORKERS says (`paralelo scaling`).
+            max_workers = default_workers() if os.environ.get("PARALELO_WORKERS") else min(32, (os.cpu_count() or 1) + 4)
         if max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):

@@ -35,7 +35,7 @@ from .._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXI
                     LOG, PROBE, PROBED, READY, RESULTS, SPLIT, TASK, TASKS)
 from . import deaths, probes
 from .._completions import Held, deferred, run_or_defer
-from .._insights import Figures, Insights, report
+from .._insights import GONE_SHOWN, Figures, Insights, fold_gone, report
 from .jobs import CallCosts, CallJob, Job, MapJob, Unit
 from .sink import MapSink
 from .slot import Slot
@@ -204,9 +204,14 @@ class Engine:
             self.hub.post(slot.index, PROBE, 0, 0, probe << 1 | 1, b"")
 
     def _count(self, slot: Slot, number: int) -> None:
-        """Gives the worker `number`, starting in `slot`, figures of its own."""
+        """Gives the worker `number`, starting in `slot`, figures of its own. Past
+        GONE_SHOWN workers gone, the oldest are summed into one row (a pool with
+        `maxtasksperchild` makes workers without end)."""
         slot.figures = Figures(f"{self.kind}-{number}", time.monotonic())
         self.figures.append(slot.figures)
+        gone = [f for f in self.figures if f.ended is not None]
+        if len(gone) > GONE_SHOWN:
+            self.figures = fold_gone(self.figures, len(gone) - GONE_SHOWN // 2)
 
     def insights(self) -> Insights:
         """Where the time went, worker by worker, since the pool started or the last
@@ -677,7 +682,7 @@ class Engine:
     def _take_back(self, slot: Slot, units: Iterable[Unit]) -> None:
         """Units committed to `slot` that its worker will not run: they go out again
         first (those of jobs that ended since are dropped)."""
-        for u in list(units):
+        for u in reversed(list(units)):  # (each goes back to the front: the first goes last)
             if slot.inflight.pop(u.seq, None) is not None:
                 u.job.outstanding -= 1
                 slot.taken -= u.count if u.job.counts_items else 1

@@ -596,11 +596,11 @@ class MapJob(Job):
             self.costs.remember(self.fn, self.chunker.per_item)
 
     def fail(self, exc: BaseException) -> None:
+        if self.progress is not None:
+            self.progress.close()  # (first: the bar ends before the failure is reported)
         if not self.finished:
             self.finished = True
             self.sink.fail(exc)
-        if self.progress is not None:
-            self.progress.close()
         self.starved()
 
     def stop(self) -> None:
