@@ -310,3 +310,30 @@ def test_the_parent_handlers_level_now_decides(kept):
         kept.setLevel(logging.WARNING)  # after the pool was made
         pool.map(log_and_return, range(3))
     assert [r.getMessage() for r in kept.records if r.name == "paralelo-tests.worker"] == ["failed on 2"]
+
+
+def _child_logs(i):
+    for k in range(100):
+        logging.getLogger("paralelo-tests.child").info("child %d record %d", i, k)
+
+
+def _child_dies():
+    logging.getLogger("paralelo-tests.child").info("about to die")
+    os.kill(os.getpid(), 9)
+
+
+def test_a_process_child_logs_to_the_parents_handlers_before_its_join_returns(kept):
+    procs = [paralelo.Process(target=_child_logs, args=(i,)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(T)
+        assert p.exitcode == 0
+    records = [r for r in kept.records if r.name == "paralelo-tests.child"]
+    assert len(records) == 300  # all there as join() returned
+    assert {r.processName for r in records} == {p.name for p in procs}
+    assert {r.process for r in records} == {p.pid for p in procs}
+    killed = paralelo.Process(target=_child_dies)
+    killed.start()
+    killed.join(T)  # (a killed child sends no end: its join does not wait for one)
+    assert killed.exitcode == -9

@@ -7,7 +7,9 @@ four writes), so lines of several workers never mix mid-line.
 Logging: the handlers a worker inherited from its parent (those on any logger when the
 pool was made) hand their records to the same handlers in the parent, through the
 worker's result ring: records that a parent-side handler collects (in memory, a queue,
-a rotating file only one process may roll, pytest's ``caplog``) get the workers' too,
+a rotating file only one process may roll, pytest's ``caplog``, a notebook's output)
+get the workers' too (a plain stream or file handler on a real descriptor writes
+itself, as a forked copy would, in order with the process's prints),
 with the worker's ``processName`` and ``process``; what a task logs reaches them before
 its result does. Handlers a worker adds itself (in its initializer, say) stay its own,
 as with multiprocessing; so do the inherited ones once the worker leaves (its slot may
@@ -24,7 +26,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-__all__ = ["deliver", "forward_logging", "handlers", "record", "stop_forwarding", "whole_lines"]
+__all__ = ["Relay", "deliver", "forward_logging", "handlers", "record", "relay", "stop_forwarding", "whole_lines"]
 
 
 def whole_lines() -> None:
@@ -43,15 +45,30 @@ def _loggers() -> list[logging.Logger]:
 
 
 def handlers() -> dict[int, logging.Handler]:
-    """The handlers on every logger now, by ``id``: the ones a process forked now shares
-    with this one (same objects, same ids). Held for the pool's life: a handler the
-    program drops or replaces later still gets its workers' records, as a forked
-    worker's own copy would."""
+    """The handlers on every logger now whose records a forked process should hand to
+    this one, by ``id`` (a process forked now has the same objects, same ids). Held for
+    the pool's life: a handler the program drops or replaces later still gets its
+    workers' records, as a forked worker's own copy would.
+
+    A plain ``StreamHandler`` or ``FileHandler`` on a real file descriptor is left out:
+    a child writes the very same bytes to the same file through its own copy, and so
+    its log lines stay in order with its prints, as with multiprocessing."""
     out: dict[int, logging.Handler] = {}
     for logger in _loggers():
         for h in logger.handlers:
-            out.setdefault(id(h), h)
+            if not _writes_itself(h):
+                out.setdefault(id(h), h)
     return out
+
+
+def _writes_itself(h: logging.Handler) -> bool:
+    if type(h) not in (logging.StreamHandler, logging.FileHandler):
+        return False  # (a subclass may keep, rotate, send or capture records)
+    stream = getattr(h, "stream", None)
+    try:
+        return stream is not None and stream.fileno() >= 0
+    except (AttributeError, ValueError, OSError):  # (a notebook's stream, a StringIO)
+        return False
 
 
 def deliver(handler: logging.Handler, payload: bytes) -> None:
@@ -118,6 +135,91 @@ def stop_forwarding() -> None:
 def _forked() -> None:
     global _sending
     _sending = threading.Lock()  # (a thread of the parent may have held it at the fork)
+
+
+class Relay:
+    """A parent's end of its ``paralelo.Process`` children's log records: one queue of
+    paralelo's (a ring in shared memory, which every child forked after it inherits) and
+    one daemon thread that hands each record to the parent's handler it stands for
+    (`deliver`). A child ends by putting its pid: `join` waits for that (briefly), so
+    what a child logged is handled before its ``join()`` returns."""
+
+    #: How long a join waits for a child's last records (a killed child sends none).
+    LAST_RECORDS = 1.0
+
+    def __init__(self) -> None:
+        from .queues import SimpleQueue
+
+        self.queue = SimpleQueue()
+        self.handlers: dict[int, logging.Handler] = {}
+        self.ended: dict[int, threading.Event] = {}
+        self.lock = threading.Lock()
+        self.owner = os.getpid()
+        threading.Thread(target=self._read, name="paralelo-process-logs", daemon=True).start()
+
+    def forking(self) -> frozenset[int]:
+        """In the parent, before a child is forked: the handlers it will have, by id."""
+        found = handlers()
+        with self.lock:
+            self.handlers.update(found)
+        return frozenset(found)
+
+    def expect(self, pid: int) -> None:
+        """In the parent: child `pid` will end by saying so."""
+        with self.lock:
+            self.ended.setdefault(pid, threading.Event())
+
+    def send(self, handler: int, payload: bytes) -> None:
+        """In a child: one record, for the parent's handler `handler`."""
+        self.queue.put((handler, payload))
+
+    def close(self) -> None:
+        """In a child, as it ends: its records were all sent."""
+        stop_forwarding()
+        self.queue.put((0, os.getpid()))
+
+    def joined(self, pid: int, killed: bool) -> None:
+        """In the parent, once child `pid` was reaped: waits for its last records."""
+        with self.lock:
+            ended = self.ended.pop(pid, None)
+        if ended is not None and not killed:
+            ended.wait(self.LAST_RECORDS)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                handler, payload = self.queue.get()
+            except Exception:  # noqa: BLE001 - the queue is gone (interpreter exit)
+                return
+            if handler == 0:
+                with self.lock:
+                    ended = self.ended.setdefault(payload, threading.Event())
+                ended.set()
+                continue
+            found = self.handlers.get(handler)
+            if found is not None:
+                try:
+                    deliver(found, payload)
+                except Exception:  # noqa: BLE001 - this thread must go on
+                    pass
+
+
+_relay: Relay | None = None
+_relay_lock = threading.Lock()
+
+
+def relay() -> Relay | None:
+    """The relay of this process's Process children (made at the first, if the program
+    has any log handler to forward to)."""
+    global _relay
+    if _relay is not None and _relay.owner == os.getpid():
+        return _relay
+    if not handlers():
+        return None
+    with _relay_lock:
+        if _relay is None or _relay.owner != os.getpid():
+            _relay = Relay()
+        return _relay
 
 
 os.register_at_fork(after_in_child=_forked)

@@ -55,8 +55,12 @@ class _ForkPopen:
             self.pid, self.sentinel = pid, pidfd
 
         tied = threading.current_thread() is threading.main_thread()
+        # What the child logs through the handlers it inherits reaches the parent's (see
+        # `_output.Relay`).
+        logs = _output.relay()
+        ids = logs.forking() if logs is not None else frozenset()
         try:
-            _zygote.fork_here(lambda _fds, parent, mask: _run(process_obj, parent, mask, tied), [], keep)
+            _zygote.fork_here(lambda _fds, parent, mask: _run(process_obj, parent, mask, tied, logs, ids), [], keep)
         except BaseException:
             # Ctrl-C as `start()` ends (raised as the signal mask is restored): the process
             # object keeps no Popen, so the child would run unwatched. It is ended instead.
@@ -67,6 +71,9 @@ class _ForkPopen:
                 finally:
                     os.close(self.sentinel)
             raise
+        self.logs = logs
+        if logs is not None:
+            logs.expect(self.pid)
         self.finalizer = _mp_util.Finalize(self, os.close, (self.sentinel,))
 
     def duplicate_for_child(self, fd: int) -> int:
@@ -82,6 +89,8 @@ class _ForkPopen:
             self.returncode = os.waitstatus_to_exitcode(status)
             if self.returncode < 0:
                 _arena.reclaim_dead()  # killed: what it held in the arena goes now
+            if self.logs is not None:
+                self.logs.joined(self.pid, self.returncode < 0)  # (its last records first)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -112,7 +121,8 @@ class _ForkPopen:
             self.finalizer()
 
 
-def _run(process_obj: _mp_process.BaseProcess, parent: int, mask: set, tied: bool) -> NoReturn:
+def _run(process_obj: _mp_process.BaseProcess, parent: int, mask: set, tied: bool,
+         logs: _output.Relay | None, ids: frozenset[int]) -> NoReturn:
     """A forked ``Process``'s whole life: it exits with ``run()``'s exit code."""
     code = 1
     try:
@@ -129,8 +139,15 @@ def _run(process_obj: _mp_process.BaseProcess, parent: int, mask: set, tied: boo
             os._exit(1)
         _output.whole_lines()
         _breakpoint.install()
+        if logs is not None:
+            _output.forward_logging(ids, logs.send)
         code = process_obj._bootstrap(parent_sentinel=sentinel)  # type: ignore[attr-defined]
     finally:
+        if logs is not None:
+            try:
+                logs.close()
+            except BaseException:  # noqa: BLE001 - (the parent then waits a moment, no more)
+                pass
         try:
             _arena.leave()  # (os._exit runs no finalizer: its views go now, not at a sweep)
         finally:
