@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -122,3 +123,36 @@ def test_a_pool_ended_inside_a_probe_still_answers(inside, tmp_path):
         with paralelo.Pool(2) as pool:  # terminate() at the end of the `with`
             pool.map(square, range(40), chunksize=4)
     assert got.workers == 2 and got.missing == 0
+
+
+_SHARED: dict = {}
+
+
+def _contend(x):
+    with _SHARED["lock"]:
+        time.sleep(0.01)
+    _SHARED["queue"].put(x)
+    return x
+
+
+def test_waits_on_paralelos_primitives_are_on_the_timeline(tmp_path):
+    import paralelo.queues
+    from paralelo.synchronize import _Lock
+
+    _SHARED.update(lock=paralelo.Lock(), queue=paralelo.Queue())
+    get = paralelo.queues.Queue.__dict__["get"]
+    path = tmp_path / "run.json"
+    with paralelo.Pool(2) as pool:
+        with paralelo.trace(path):
+            result = pool.map_async(_contend, range(8), chunksize=1)
+            got = sorted(_SHARED["queue"].get(timeout=T) for _ in range(8))  # the parent waits too
+            result.get(T)
+    assert got == list(range(8))
+    waits = [e for e in _valid(path) if e["ph"] == "X" and e["cat"] == "wait"]
+    me = os.getpid()
+    assert any(e["name"] == "wait: Lock" and e["pid"] != me for e in waits)  # workers, for the lock
+    assert any(e["name"] == "wait: Queue.get" and e["pid"] == me for e in waits)  # the parent, for results
+    assert all(e["args"]["done"] for e in waits)
+    # Put back: outside a trace nothing wraps them.
+    assert "acquire" not in _Lock.__dict__ and paralelo.queues.Queue.__dict__["get"] is get
+    _SHARED.clear()

@@ -6,11 +6,15 @@ those made meanwhile) records each task it runs: a span named after the task's f
 on the worker's own track, from the moment it took the task (unpickling it) to the moment
 its result was packed. The parent records its own side on its threads' tracks: the
 pickling of each message of tasks and the unpickling of each message of results, and the
-workers' births, readiness and deaths as instants on their tracks. At the block's end
+workers' births, readiness and deaths as instants on their tracks. Every process traced
+(the parent, the workers) also records each blocking wait on paralelo's locks, events,
+barriers and queues (``wait: Lock``, ``wait: Queue.get``...), with whether it got what
+it waited for. At the block's end
 the workers send their spans (see ``_engine.probes``) and the file is written.
 
 Off, it costs nothing: a worker looks at one local per task, the engine at one
-attribute per message.
+attribute per message, and the primitives' methods are their own (they are wrapped only
+while a trace runs).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from . import _probing
 from ._wire import PROBE_TRACE
 
 __all__ = ["Trace", "trace"]
@@ -54,9 +59,12 @@ def trace(path: str | os.PathLike[str] = "paralelo-trace.json", timeout: float =
     result = Trace(os.fspath(path))
     origin = time.perf_counter_ns()
     started = switch_probe(PROBE_TRACE, True)
+    waits: list = []
+    _probing.trace_waits(waits)  # (the parent's own waits on paralelo's primitives)
     try:
         yield result
     finally:
+        _probing.trace_waits(None)
         ended = switch_probe(PROBE_TRACE, False)
         deadline = time.monotonic() + timeout
         workers: dict[int, tuple[str, list]] = {}
@@ -68,6 +76,9 @@ def trace(path: str | os.PathLike[str] = "paralelo-trace.json", timeout: float =
                 pid, name, spans = pickle.loads(payload)
                 workers.setdefault(pid, (name, []))[1].extend(spans)
             parent.extend(engine.probes.parent())
+        me = os.getpid()
+        parent.extend((label, category, start, end, args, me, args["thread"])
+                      for label, category, start, end, args in waits)
         events = _events(origin, workers, parent)
         result.events, result.workers = len(events), len(workers)
         with open(result.path, "w") as f:
