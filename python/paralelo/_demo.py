@@ -141,7 +141,7 @@ def run(workers: int | None = None) -> None:
     print(f"\n== Amdahl's law, measured: the same count at 1 to {workers} workers (paralelo.scaling) ==")
     # (Up to the CPUs: past them, a count measures the machine, not the work.)
     counts = sorted({1, workers} | {2**i for i in range(workers.bit_length()) if 2**i <= workers})
-    result = paralelo.scaling(functools.partial(_count_with, blocks=blocks), workers=counts, repeats=1)
+    result = paralelo.scaling(functools.partial(_count_with, blocks=blocks), workers=counts, repeats=3)
     print(result)
     try:
         print(f"chart: {os.path.abspath(result.chart('paralelo-scaling.png'))}")
