@@ -236,3 +236,11 @@ def test_an_empty_thread_pool_map_closes_its_bar(bars):
         assert pool.map(square, [], progress=True) == []
     bar = _one(bars)
     assert bar.closed and bar.n == 0
+
+
+def test_a_lazy_map_with_a_bar_keeps_next_with_a_timeout(bars):
+    with paralelo.pool.ThreadPool(2) as pool:
+        it = pool.imap(square, range(5), progress=True)
+        assert it.next(T) == 0 and list(it) == [1, 4, 9, 16]
+    bar = _one(bars)
+    assert (bar.n, bar.closed) == (5, True)

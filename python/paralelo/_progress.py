@@ -155,20 +155,45 @@ class Counted:
             self.bar._advance(1)  # (never under an engine lock: nothing to defer)
 
 
-def finishing(results: Iterator, bar: Progress, count: bool = False) -> Iterator:
+class finishing:  # noqa: N801 - used as a function: finishing(results, bar)
     """`results` as they are taken; `bar` finished at their end (closed where it got to
     if the caller stops early). With `count`, each result taken advances it (a map whose
-    items the bar cannot see run)."""
-    taken = 0
-    try:
-        for value in results:
-            taken += 1
-            if count:
-                bar.advance(1)
-            yield value
-        bar.finish(taken)
-    finally:
-        close = getattr(results, "close", None)
+    items the bar cannot see run). Keeps the results' ``next(timeout)`` (an imap's)."""
+
+    def __init__(self, results: Iterator, bar: Progress, count: bool = False) -> None:
+        self._results, self._bar, self._count = results, bar, count
+        self._taken = 0
+
+    def __iter__(self) -> finishing:
+        return self
+
+    def __next__(self) -> Any:
+        return self._took(lambda: next(self._results))
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next result, within `timeout` seconds where the results allow one."""
+        step = getattr(self._results, "next", None)
+        return self._took(lambda: next(self._results) if step is None else step(timeout))
+
+    def _took(self, step: Callable[[], Any]) -> Any:
+        try:
+            value = step()
+        except StopIteration:
+            self._bar.finish(self._taken)
+            raise
+        self._taken += 1
+        if self._count:
+            self._bar.advance(1)
+        return value
+
+    def close(self) -> None:
+        """Stops early: the results' own clean-up runs now (what has not run is dropped)."""
+        close = getattr(self._results, "close", None)
         if close is not None:
-            close()  # (a generator's own clean-up, now: what has not run is dropped)
-        bar.close()
+            close()
+        self._bar.close()
+
+    def __del__(self) -> None:
+        bar = getattr(self, "_bar", None)
+        if bar is not None:
+            self.close()
