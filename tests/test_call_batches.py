@@ -155,3 +155,22 @@ def test_maxtasksperchild_counts_each_call_of_a_batch():
         per_worker = collections.Counter(r.get(T) for r in results)
     assert sum(per_worker.values()) == 200
     assert max(per_worker.values()) <= 7
+
+
+def never_timed(x):
+    return -x
+
+
+def test_an_untimed_call_goes_alone_behind_timed_ones():
+    """Its cost is unknown: it waits behind none, and its answer comes at once."""
+    with paralelo.Pool(2) as pool:
+        eng = pool._engine
+        sleepers = _busy(pool)
+        with eng.lock:
+            eng.hub = spy = _Counting(eng.hub)
+        timed = [pool.apply_async(inc, (i,)) for i in range(60)]
+        alone = pool.apply_async(never_timed, (5,))
+        for s in sleepers:
+            s.get(T)
+        assert [r.get(T) for r in timed] == list(range(1, 61)) and alone.get(T) == -5
+        assert spy.posted[CALLS] >= 1 and spy.posted[CALL] >= 1

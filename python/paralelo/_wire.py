@@ -36,6 +36,8 @@ ARRAY = 2
 #: counts toward maxtasks even when the items cannot be unpickled.
 COUNT_SHIFT = 2
 
+#: (Answers are matched by ticket, `seq`; a call answered from a CALLS batch carries the
+#: batch's job id, not its own.)
 OK = 16  # job, seq, aux=ns busy: payload pickle(results list, or the call's result)
 OK_ARRAY = 20  # as OK: payload the results as a machine array (_pickling.as_array)
 ERR = 17  # job, seq: payload dump_error bytes

@@ -565,6 +565,8 @@ class Engine:
             job = calls[0]
             if job.timeout is not None and (out or slot.inflight):
                 break  # a call with a time limit goes alone, to an idle worker
+            if out and job.unit_seconds() is None:
+                break  # an untimed call waits behind none and goes alone (answered at once)
             unit = job.next_unit()
             if not job.requeued:
                 calls.popleft()
