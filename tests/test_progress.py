@@ -244,3 +244,14 @@ def test_a_lazy_map_with_a_bar_keeps_next_with_a_timeout(bars):
         assert it.next(T) == 0 and list(it) == [1, 4, 9, 16]
     bar = _one(bars)
     assert (bar.n, bar.closed) == (5, True)
+
+
+def test_a_map_that_cannot_start_leaves_no_bar(bars):
+    import threading
+
+    with paralelo.Pool(1) as pool:
+        with pytest.raises(TypeError):
+            pool.map(threading.Lock(), range(3), progress=True)  # (the function does not pickle)
+        with pytest.raises(TypeError):
+            pool.map(threading.Lock(), range(3), progress={"desc": "x"})
+    assert all(b.closed for b in bars) and len(bars) <= 1  # (True: never made; a dict's: closed)

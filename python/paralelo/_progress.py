@@ -30,13 +30,16 @@ class Progress:
     item of the map (`items`, once known) is counted. A total the caller gave
     (``{"total": n}``) is shown as given."""
 
-    __slots__ = ("bar", "counted", "drawn", "items", "fixed", "closed", "lock", "due")
+    __slots__ = ("bar", "make", "counted", "drawn", "items", "fixed", "closed", "lock", "due")
 
     #: Seconds between two draws (tqdm's own `mininterval` is 0.1).
     DRAW_EVERY = 0.05
 
-    def __init__(self, bar: Any, items: int | None, fixed: bool = False) -> None:
+    def __init__(self, bar: Any, items: int | None, fixed: bool = False,
+                 make: Callable[[], Any] | None = None) -> None:
+        # The tqdm bar, or None until `attach` makes it with `make` (see `progress_bar`).
         self.bar = bar
+        self.make = make
         self.counted = self.drawn = 0
         self.items = items  # the map's items, once known
         self.fixed = fixed  # the bar's total was the caller's
@@ -44,6 +47,21 @@ class Progress:
         # The collector advances it; the consumer of a lazy map finishes it (`finish`).
         self.lock = threading.Lock()
         self.due = 0.0  # when the next draw may be
+
+    def attach(self) -> None:
+        """Makes the bar now (on the caller's thread, once its map was handed to the
+        workers: tqdm's making, ≈ 50 µs and more on a busy machine, then overlaps their
+        work), showing what was counted meanwhile, and closing it if the map ended."""
+        if self.make is None:
+            return
+        bar, self.make = self.make(), None
+        with self.lock:
+            self.bar = bar
+            if not self.fixed and self.items is not None and bar.total != self.items:
+                bar.total = self.items
+            self._draw()
+            if self.closed:
+                bar.close()
 
     def advance(self, items: int) -> None:
         """`items` more items are done (ran, or failed)."""
@@ -90,12 +108,12 @@ class Progress:
 
     def _total(self, total: int) -> None:
         self.items = total
-        if not self.fixed and self.bar.total != total:
+        if self.bar is not None and not self.fixed and self.bar.total != total:
             self.bar.total = total
             self.bar.refresh()
 
     def _draw(self) -> None:
-        if self.counted > self.drawn:
+        if self.bar is not None and self.counted > self.drawn:
             self.bar.update(self.counted - self.drawn)
             self.drawn = self.counted
 
@@ -106,14 +124,17 @@ class Progress:
     def _close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._draw()
-            self.bar.close()
+            if self.bar is not None:  # (else `attach` closes it as it makes it)
+                self._draw()
+                self.bar.close()
 
 
-def progress_bar(progress: ProgressOption, iterable: Any) -> Progress | None:
+def progress_bar(progress: ProgressOption, iterable: Any, later: bool = False) -> Progress | None:
     """The bar `progress` asks for over `iterable` (None for none): ``True`` for tqdm's
     defaults, or a dict of options passed to ``tqdm(**options)``. Its total is the
-    input's length when it has one (an option's ``total`` wins)."""
+    input's length when it has one (an option's ``total`` wins). With `later`, tqdm's
+    defaults are made by `Progress.attach` (options are tried now: a bad one raises
+    before any work starts)."""
     if progress is None:
         return None
     if not isinstance(progress, Mapping):
@@ -136,6 +157,8 @@ def progress_bar(progress: ProgressOption, iterable: Any) -> Progress | None:
     fixed = options.get("total") is not None
     if not fixed:
         options["total"] = items
+    if later and progress is True:
+        return Progress(None, items, fixed, make=lambda: tqdm(**options))
     return Progress(tqdm(**options), items, fixed)
 
 

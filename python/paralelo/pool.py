@@ -422,11 +422,19 @@ class Pool(Folding):
             bar = progress_bar(progress, iterable)
             result._set(*_first_failure(self._inline.each(func, iterable, star, bar)))
             return result
-        job = self._engine.map_job(func, iterable, star, chunksize, result,
-                                   task_timeout=task_timeout, retries=retries)
-        job.progress = progress_bar(progress, iterable)
-        result._job = weakref.ref(job)
-        self._engine.submit(job)
+        bar = progress_bar(progress, iterable, later=True)
+        try:
+            job = self._engine.map_job(func, iterable, star, chunksize, result,
+                                       task_timeout=task_timeout, retries=retries)
+            job.progress = bar
+            result._job = weakref.ref(job)
+            self._engine.submit(job)
+        except BaseException:
+            if bar is not None:
+                bar.close()  # (no bar is left drawn for a map that never started)
+            raise
+        if bar is not None:
+            bar.attach()  # (made while the workers start on the map)
         return result
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *, task_timeout: float | None = None,
@@ -476,10 +484,18 @@ class Pool(Folding):
         it._pool = self
         it.stop_after_error = chunksize is not None and chunksize > 1
         hold = 4 * _engine.MAX_INFLIGHT * self._processes
-        job = self._engine.map_job(func, iterable, False, chunksize, it, hold, task_timeout, retries)
-        job.progress = it._progress = progress_bar(progress, iterable)
-        it.job = job
-        self._engine.submit(job)
+        bar = progress_bar(progress, iterable, later=True)
+        try:
+            job = self._engine.map_job(func, iterable, False, chunksize, it, hold, task_timeout, retries)
+            job.progress = it._progress = bar
+            it.job = job
+            self._engine.submit(job)
+        except BaseException:
+            if bar is not None:
+                bar.close()  # (no bar is left drawn for a map that never started)
+            raise
+        if bar is not None:
+            bar.attach()  # (made while the workers start on the map)
         if job.sliceable is None:
             self._engine.stream(job)  # returns at once: a thread reads the input
         return it
