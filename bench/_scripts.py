@@ -61,6 +61,28 @@ def medians(head: str, code: str, libs: tuple[str, ...], repeats: int) -> dict[s
     return {lib: statistics.median(t) for lib, t in runs.items()}
 
 
+def against_rivals(head: str, cases: dict, title: str, optional: str | None = None, digits: int = 2) -> None:
+    """Runs the chosen `cases` (``name: (title, libs, code)``, paralelo first in `libs`)
+    and prints one table row per rival: both medians and their ratio. The rival named
+    `optional` runs only where it is installed ("-" otherwise)."""
+    import importlib.util
+
+    from _report import table
+
+    repeats, chosen = repeats_and_cases(cases)
+    installed = optional is None or importlib.util.find_spec(optional) is not None
+    rows = []
+    for name in chosen:
+        case, libs, code = cases[name]
+        got = medians(head, code, tuple(lib for lib in libs if lib != optional or installed), repeats)
+        ours = got["paralelo"]
+        for lib in libs[1:]:
+            theirs = got.get(lib)
+            rows.append((case, lib, f"{ours:.2f}", "-" if theirs is None else f"{theirs:.2f}",
+                         "-" if theirs is None else f"{ours / theirs:.{digits}f}"))
+    table(f"{title}, median of {repeats} runs", ("case", "rival", "paralelo", "rival", "x rival"), rows)
+
+
 def repeats_and_cases(cases: dict) -> tuple[int, list[str]]:
     """`--repeats N` (default 5) and the cases named on the command line (default all)."""
     args = sys.argv[1:]

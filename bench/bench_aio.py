@@ -22,14 +22,12 @@ reads "-".
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import textwrap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import table  # noqa: E402
-from _scripts import medians, repeats_and_cases  # noqa: E402
+from _scripts import against_rivals  # noqa: E402
 
 HEAD = textwrap.dedent(
     """
@@ -144,20 +142,7 @@ CASES = {
 
 
 def main() -> None:
-    repeats, chosen = repeats_and_cases(CASES)
-    have_aiomp = importlib.util.find_spec("aiomultiprocess") is not None
-    rows = []
-    for name in chosen:
-        title, libs, code = CASES[name]
-        run_libs = tuple(lib for lib in libs if lib != "aiomultiprocess" or have_aiomp)
-        got = medians(HEAD, code, run_libs, repeats)
-        ours = got["paralelo"]
-        for lib in libs[1:]:
-            theirs = got.get(lib)
-            rows.append((title, lib, f"{ours:.2f}", "-" if theirs is None else f"{theirs:.2f}",
-                         "-" if theirs is None else f"{ours / theirs:.2f}"))
-    table(f"paralelo awaited from asyncio, 2 workers, median of {repeats} runs",
-          ("case", "rival", "paralelo", "rival", "x rival"), rows)
+    against_rivals(HEAD, CASES, "paralelo awaited from asyncio, 2 workers", optional="aiomultiprocess")
 
 
 if __name__ == "__main__":

@@ -97,6 +97,21 @@ def test_a_burst_of_calls_travels_in_batches_and_each_gets_its_own_outcome():
         assert spy.posted[CALLS] + spy.posted[CALL] < 100  # not one message per call
 
 
+def _odd_one_in_a_batch(pool, fn, args, error, match):
+    """100 calls of `inc` sent while both workers are busy, `fn(*args)` amid them: it
+    fails alone with `error`, and each of the others gets its own result."""
+    sleepers = _busy(pool)
+    results = [pool.apply_async(inc, (i,)) for i in range(50)]
+    odd = pool.apply_async(fn, args)
+    results += [pool.apply_async(inc, (i,)) for i in range(50, 100)]
+    for s in sleepers:
+        s.get(T)
+    with pytest.raises(error, match=match):
+        odd.get(T)
+    assert [r.get(T) for r in results] == list(range(1, 101))
+    assert pool.apply_async(inc, (1,)).get(T) == 2  # the pool goes on
+
+
 def test_a_call_that_does_not_unpickle_in_its_batch_fails_alone(monkeypatch):
     handled = collections.Counter()
     handle = paralelo._engine.Engine._handle
@@ -107,43 +122,18 @@ def test_a_call_that_does_not_unpickle_in_its_batch_fails_alone(monkeypatch):
 
     monkeypatch.setattr(paralelo._engine.Engine, "_handle", spy)
     with paralelo.Pool(2) as pool:
-        sleepers = _busy(pool)
-        results = [pool.apply_async(inc, (i,)) for i in range(50)]
-        bad = pool.apply_async(inc, (Unloadable(),))
-        results += [pool.apply_async(inc, (i,)) for i in range(50, 100)]
-        for s in sleepers:
-            s.get(T)
-        with pytest.raises(paralelo.TaskUnpicklingError, match="refused to unpickle"):
-            bad.get(T)
-        assert [r.get(T) for r in results] == list(range(1, 101))
+        _odd_one_in_a_batch(pool, inc, (Unloadable(),), paralelo.TaskUnpicklingError, "refused to unpickle")
     assert handled[SPLIT] == 1  # its batch came back once, and went again call by call
 
 
 def test_a_call_that_kills_its_worker_while_unpickled_in_a_batch_fails_alone():
     with paralelo.Pool(2) as pool:
-        sleepers = _busy(pool)
-        results = [pool.apply_async(inc, (i,)) for i in range(50)]
-        bomb = pool.apply_async(inc, (Bomb(),))
-        results += [pool.apply_async(inc, (i,)) for i in range(50, 100)]
-        for s in sleepers:
-            s.get(T)
-        with pytest.raises(paralelo.WorkerLostError, match="exited with code 3"):
-            bomb.get(T)
-        assert [r.get(T) for r in results] == list(range(1, 101))
-        assert pool.apply_async(inc, (1,)).get(T) == 2
+        _odd_one_in_a_batch(pool, inc, (Bomb(),), paralelo.WorkerLostError, "exited with code 3")
 
 
 def test_a_call_that_kills_its_worker_halfway_through_a_batch_fails_alone():
     with paralelo.Pool(2) as pool:
-        sleepers = _busy(pool)
-        results = [pool.apply_async(inc, (i,)) for i in range(50)]
-        dead = pool.apply_async(exit_now, (5,))
-        results += [pool.apply_async(inc, (i,)) for i in range(50, 100)]
-        for s in sleepers:
-            s.get(T)
-        with pytest.raises(paralelo.WorkerLostError, match="exited with code 5"):
-            dead.get(T)
-        assert [r.get(T) for r in results] == list(range(1, 101))
+        _odd_one_in_a_batch(pool, exit_now, (5,), paralelo.WorkerLostError, "exited with code 5")
 
 
 def test_maxtasksperchild_counts_each_call_of_a_batch():

@@ -97,17 +97,22 @@ def test_a_handler_the_initializer_adds_stays_the_workers(kept, tmp_path):
     assert [r.getMessage() for r in kept.records if r.name == "paralelo-tests.worker"] == ["item 0", "item 1"]
 
 
+#: The head of a script run with paralelo and with multiprocessing's fork (see
+#: `side_by_side`): `mp` is whichever its first argument names; numpy is imported first.
+_SCRIPT_HEAD = textwrap.dedent("""
+    import logging, sys
+    import numpy
+    if sys.argv[1] == "paralelo":
+        import paralelo as mp
+    else:
+        import multiprocessing
+        mp = multiprocessing.get_context("fork")
+""")
+
+
 def test_the_terminal_shows_what_multiprocessing_shows(tmp_path):
     """As users write it: logging configured, functions in __main__, numpy imported."""
-    code = textwrap.dedent("""
-        import logging, sys
-        import numpy
-        LIB = sys.argv[1]
-        if LIB == "paralelo":
-            import paralelo as mp
-        else:
-            import multiprocessing
-            mp = multiprocessing.get_context("fork")
+    code = _SCRIPT_HEAD + textwrap.dedent("""
         logging.basicConfig(level=logging.INFO, format="%(processName)s %(levelname)s %(message)s",
                             stream=sys.stdout)
 
@@ -210,14 +215,7 @@ def test_extras_and_exceptions_arrive_as_handlers_read_them(kept):
 
 def test_records_still_reach_a_handler_the_parent_replaced(tmp_path):
     """As with multiprocessing's fork: workers keep the handlers of the pool's making."""
-    code = textwrap.dedent("""
-        import logging, sys
-        LIB = sys.argv[1]
-        if LIB == "paralelo":
-            import paralelo as mp
-        else:
-            import multiprocessing
-            mp = multiprocessing.get_context("fork")
+    code = _SCRIPT_HEAD + textwrap.dedent("""
         logging.basicConfig(level=logging.INFO, format="OLD %(message)s", stream=sys.stdout)
 
         def task(x):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,26 +22,21 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the guide's pool and executor examples, then a speed-up table")
     demo.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPUs)")
-    scaling = sub.add_parser(
-        "scaling", help="run a script at several worker counts: speed-up, efficiency, Amdahl's serial fraction",
-        description="Runs SCRIPT with PARALELO_WORKERS set to each count (the default worker count of "
-                    "paralelo's pools and executors), times each run, and fits Amdahl's law "
-                    "speedup = 1 / (S + P/N) to the times.")
-    scaling.add_argument("script", help="the Python script to run")
-    scaling.add_argument("args", nargs="*", help="its arguments (after --, those that start with -)")
+    scaling = _script_command(
+        sub, "scaling", "run a script at several worker counts: speed-up, efficiency, Amdahl's serial fraction",
+        "Runs SCRIPT with PARALELO_WORKERS set to each count (the default worker count of paralelo's pools and "
+        "executors), times each run, and fits Amdahl's law speedup = 1 / (S + P/N) to the times.")
     scaling.add_argument("--workers", default=None,
                          help="worker counts, comma-separated (default: 1, 2, 4... up to the CPUs)")
     scaling.add_argument("--repeats", type=int, default=3, help="runs per count; the median counts (default 3)")
     scaling.add_argument("--chart", default="scaling.png",
                          help="where to write the chart, a PNG (default scaling.png; needs matplotlib; "
                               "'' for none)")
-    tracing = sub.add_parser(
-        "trace", help="run a script and write a timeline of its parallel work (Chrome trace-event JSON)",
-        description="Runs SCRIPT in this process, as python would, under paralelo.trace(): every task of "
-                    "every paralelo worker, the parent's pickling, and the workers' births and deaths go "
-                    "to FILE, which ui.perfetto.dev and chrome://tracing open.")
-    tracing.add_argument("script", help="the Python script to run")
-    tracing.add_argument("args", nargs="*", help="its arguments (after --, those that start with -)")
+    tracing = _script_command(
+        sub, "trace", "run a script and write a timeline of its parallel work (Chrome trace-event JSON)",
+        "Runs SCRIPT in this process, as python would, under paralelo.trace(): every task of every paralelo "
+        "worker, the parent's pickling, and the workers' births and deaths go to FILE, which ui.perfetto.dev "
+        "and chrome://tracing open.")
     tracing.add_argument("-o", "--output", default="paralelo-trace.json", help="the file to write "
                          "(default paralelo-trace.json)")
     sub.add_parser("info", help="cores, start method, versions, the optional back ends and GPUs found")
@@ -66,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(_info.report())
     return 0
+
+
+def _script_command(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A command that runs a script: ``paralelo NAME SCRIPT [options] [-- ARGS]``."""
+    command = sub.add_parser(name, help=help, description=description)
+    command.add_argument("script", help="the Python script to run")
+    command.add_argument("args", nargs="*", help="its arguments (after --, those that start with -)")
+    return command
 
 
 def _scaling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

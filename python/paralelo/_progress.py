@@ -12,11 +12,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from ._completions import run_or_defer
 
-__all__ = ["Counted", "Progress", "finishing", "progress_bar"]
+__all__ = ["Counted", "Progress", "finishing", "progress_bar", "starting"]
 
 #: What `progress=` takes.
 ProgressOption = bool | Mapping[str, Any] | None
@@ -160,6 +161,20 @@ def progress_bar(progress: ProgressOption, iterable: Any, later: bool = False) -
     if later and progress is True:
         return Progress(None, items, fixed, make=lambda: tqdm(**options))
     return Progress(tqdm(**options), items, fixed)
+
+
+@contextmanager
+def starting(bar: Progress | None) -> Iterator[None]:
+    """Around handing a map with `bar` to the workers: if that fails, no bar is left
+    drawn; once done, the bar is made (`Progress.attach`), while the workers start."""
+    try:
+        yield
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        raise
+    if bar is not None:
+        bar.attach()
 
 
 class Counted:

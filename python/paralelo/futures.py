@@ -15,7 +15,7 @@ from . import _engine, _inline, aio
 from ._broken import broken
 from ._imap import IMapIterator
 from ._insights import Insights, report
-from ._progress import ProgressOption, finishing, progress_bar
+from ._progress import ProgressOption, finishing, progress_bar, starting
 from .context import default_workers
 
 
@@ -179,12 +179,14 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _interpreter_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            it = IMapIterator(self._engine, ordered=True)
-            job = self._engine.map_job(fn, items, star, chunksize, it)
-            job.progress = it._progress = None if progress is None else progress_bar(progress, _shortest(iterables))
-            job.eager = True
-            it.job = job
-            self._engine.submit(job)
+            bar = None if progress is None else progress_bar(progress, _shortest(iterables), later=True)
+            with starting(bar):
+                it = IMapIterator(self._engine, ordered=True)
+                job = self._engine.map_job(fn, items, star, chunksize, it)
+                job.progress = it._progress = bar
+                job.eager = True
+                it.job = job
+                self._engine.submit(job)
         if job.sliceable is None:
             job.feed(self._engine.kick)
             self._engine.kick()  # (the last items read, or the input's end)

@@ -17,7 +17,7 @@ from ._native import unpack_numbers
 from ._errors import PoolTimeoutError, as_pool_error
 from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
 from ._insights import Insights, report
-from ._progress import Counted, ProgressOption, finishing, progress_bar
+from ._progress import Counted, ProgressOption, finishing, progress_bar, starting
 from .context import default_workers
 
 _MISSING = object()
@@ -423,18 +423,12 @@ class Pool(Folding):
             result._set(*_first_failure(self._inline.each(func, iterable, star, bar)))
             return result
         bar = progress_bar(progress, iterable, later=True)
-        try:
+        with starting(bar):
             job = self._engine.map_job(func, iterable, star, chunksize, result,
                                        task_timeout=task_timeout, retries=retries)
             job.progress = bar
             result._job = weakref.ref(job)
             self._engine.submit(job)
-        except BaseException:
-            if bar is not None:
-                bar.close()  # (no bar is left drawn for a map that never started)
-            raise
-        if bar is not None:
-            bar.attach()  # (made while the workers start on the map)
         return result
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *, task_timeout: float | None = None,
@@ -485,17 +479,11 @@ class Pool(Folding):
         it.stop_after_error = chunksize is not None and chunksize > 1
         hold = 4 * _engine.MAX_INFLIGHT * self._processes
         bar = progress_bar(progress, iterable, later=True)
-        try:
+        with starting(bar):
             job = self._engine.map_job(func, iterable, False, chunksize, it, hold, task_timeout, retries)
             job.progress = it._progress = bar
             it.job = job
             self._engine.submit(job)
-        except BaseException:
-            if bar is not None:
-                bar.close()  # (no bar is left drawn for a map that never started)
-            raise
-        if bar is not None:
-            bar.attach()  # (made while the workers start on the map)
         if job.sliceable is None:
             self._engine.stream(job)  # returns at once: a thread reads the input
         return it

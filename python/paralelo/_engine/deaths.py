@@ -85,8 +85,7 @@ def retire(engine: Engine, slot: Slot, death: str | None) -> None:
                 continue
             if unit.tries < job.retries:
                 unit.tries += 1  # lost to its worker's death, not to its own exception
-                job.repack(unit)  # it ran: it may have written to its arguments
-                engine.requeue(unit)
+                engine.requeue(unit)  # (pickled afresh as it is sent again: calls and chunks alike)
                 continue
             tried = f" (tried {unit.tries + 1} times)" if unit.tries else ""
             err = WorkerLostError(f"the worker process (pid {slot.pid}) running this task died{tried}: {death}")

@@ -233,6 +233,16 @@ class Engine:
         self.mark(slot, "started")
         self.hub.watch(slot.index, pid, pidfd)
 
+    def _pickled(self, slot: Slot, what: str, t0: int, units: int, nbytes: int) -> None:
+        """The parent (un)pickled a message for `slot`'s worker since `t0`: its insights
+        count the time, a trace shows it."""
+        t1 = perf_counter_ns()
+        slot.figures.pickling_ns += t1 - t0
+        if self.spans is not None:
+            where = "for" if what == "pickle" else "from"
+            self.spans.append((f"{what} {where} {slot.figures.name}", what, t0, t1, {"units": units, "bytes": nbytes},
+                               self.pid, threading.get_native_id()))
+
     def mark(self, slot: Slot, what: str) -> None:
         """An instant on `slot`'s worker's timeline, while tracing (births, deaths)."""
         if self.spans is not None:
@@ -287,7 +297,7 @@ class Engine:
         (through its outcome) if the pool stopped meanwhile."""
         if os.getpid() != self.pid:
             raise RuntimeError("a paralelo pool cannot be used from a child process forked after it was made")
-        if type(job) is CallJob and (self.calls or self._all_busy()) and self.broken is None and not self.closing:
+        if type(job) is CallJob and self.broken is None and not self.closing:
             if self.lock.acquire(blocking=False):
                 try:
                     if self.broken is None and not self.closing:  # (else the way below raises)
@@ -300,7 +310,7 @@ class Engine:
                             return
                 finally:
                     self.lock.release()
-            else:
+            elif self.calls or self._all_busy():
                 # Calls wait for room already (or every worker is busy), and the lock's
                 # holder (the collector, taking answers in) is busy: this one joins them
                 # through the inbox, without waiting for the lock (and the thread
@@ -632,13 +642,8 @@ class Engine:
                 for u in run:
                     u.sent, u.batch = lent, seq
                 nbytes = weight(payload)
-                figures = slot.figures
-                t1 = perf_counter_ns()
-                figures.pickling_ns += t1 - t0
-                figures.bytes_out += nbytes
-                if self.spans is not None:
-                    self.spans.append((f"pickle for {figures.name}", "pickle", t0, t1,
-                                       {"units": len(run), "bytes": nbytes}, self.pid, threading.get_native_id()))
+                slot.figures.bytes_out += nbytes
+                self._pickled(slot, "pickle", t0, len(run), nbytes)
                 if not call:
                     job.weigh(True, nbytes + sum(u.snapped for u in run), sum(u.count for u in run))
             except BaseException as e:  # noqa: BLE001 - find the unit that cannot be pickled
@@ -930,11 +935,7 @@ class Engine:
                 err = _unloadable_result(e)
             else:
                 err = None
-            t1 = perf_counter_ns()
-            slot.figures.pickling_ns += t1 - t0
-            if self.spans is not None:
-                self.spans.append((f"unpickle from {slot.figures.name}", "unpickle", t0, t1,
-                                   {"units": len(tickets), "bytes": len(payload)}, self.pid, threading.get_native_id()))
+            self._pickled(slot, "unpickle", t0, len(tickets), len(payload))
             self._answer(slot, (
                 (t, ok, value if ok else err or load_error(value), busy) for t, ok, value, busy in replies
             ), len(payload) - len(body) + weight(body))
@@ -953,11 +954,7 @@ class Engine:
                 ok, value = True, loads(payload)
             except BaseException as e:  # noqa: BLE001 - that unit fails, not the pool
                 ok, value = False, _unloadable_result(e)
-            t1 = perf_counter_ns()
-            slot.figures.pickling_ns += t1 - t0
-            if self.spans is not None:
-                self.spans.append((f"unpickle from {slot.figures.name}", "unpickle", t0, t1,
-                                   {"units": 1, "bytes": len(payload)}, self.pid, threading.get_native_id()))
+            self._pickled(slot, "unpickle", t0, 1, len(payload))
             self._answer(slot, [(seq, ok, value, aux)], weight(payload))
         elif tag == ERR:
             self._answer(slot, [(seq, False, load_error(payload), aux)])

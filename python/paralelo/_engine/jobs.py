@@ -88,10 +88,6 @@ class Job:
         holds at most that many items."""
         raise NotImplementedError
 
-    def repack(self, unit: Unit) -> None:
-        """Before `unit` runs again after its worker died running it. (A map's units are
-        pickled as they are sent, so each run gets its items afresh.)"""
-
     def has_more(self) -> bool:
         """Whether units may still come (now or once a lazy consumer makes room)."""
         raise NotImplementedError
