@@ -7,9 +7,15 @@ from __future__ import annotations
 import os
 import pstats
 import signal
+import sys
+import textwrap
 import time
 
+import pytest
+
 import paralelo
+
+from scripts import run_group
 
 T = 30
 
@@ -87,3 +93,76 @@ def test_no_profile_leaves_workers_unprofiled():
         with paralelo.profile() as second:
             pool.map(work, range(7))
     assert _calls(first.stats, "work") == 5 and _calls(second.stats, "work") == 7
+
+
+def test_lines_times_the_named_functions_in_every_worker_and_the_caller(tmp_path):
+    """As users write it, the functions in a script's __main__: each worker's line counts
+    and the caller's are merged, and saved as .lprof beside the .prof."""
+    pytest.importorskip("line_profiler")
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import pickle, sys
+        import paralelo
+
+        def helper(x):
+            total = 0
+            for i in range(x):
+                total += i
+            return total
+
+        def work(x):
+            return helper(x % 10)
+
+        if __name__ == "__main__":
+            with paralelo.Pool(2) as pool:
+                with paralelo.profile(sys.argv[1], lines=[work, helper]) as prof:
+                    results = pool.map(work, range(300), chunksize=10)
+                    work(3)
+            timings = {name: {line: hits for line, hits, _ in rows}
+                       for (_, _, name), rows in prof.lines.timings.items()}
+            print(prof.workers, timings["work"], timings["helper"])
+            prof.print_lines()
+            with open(prof.lines_path, "rb") as f:
+                print(type(pickle.load(f)).__name__)
+    """))
+    out = run_group([sys.executable, str(script), str(tmp_path / "run.prof")], 60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    # 300 calls in the workers and one in the caller; helper's loop ran sum(x % 10) + 3 times.
+    loops = sum(x % 10 for x in range(300)) + 3
+    assert first == f"2 {{12: 301}} {{6: 301, 7: {loops + 301}, 8: {loops}, 9: 301}}"
+    assert "Function: work at line 11" in out.stdout and out.stdout.rstrip().endswith("LineStats")
+
+
+def test_lines_refuses_what_is_not_a_function():
+    with pytest.raises(TypeError, match="lines= takes Python functions"):
+        with paralelo.profile(lines=[len]):
+            pass
+
+
+def test_lines_finds_a_function_that_travelled_by_value(tmp_path):
+    """Made after the pool (so its workers do not have it by name): each worker times
+    the copy it was sent."""
+    pytest.importorskip("line_profiler")
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import paralelo
+
+        if __name__ == "__main__":
+            with paralelo.Pool(2) as pool:
+                def late(x):
+                    return x + 1
+                with paralelo.profile(lines=[late]) as prof:
+                    print(sum(pool.map(late, range(500), chunksize=10)))
+            print({name: rows[0][1] for (_, _, name), rows in prof.lines.timings.items()})
+    """))
+    out = run_group([sys.executable, str(script)], 60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["125250", "{'late': 500}"]
+
+
+def test_lines_without_line_profiler_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "line_profiler", None)
+    with pytest.raises(ImportError, match="pip install line_profiler"):
+        with paralelo.profile(lines=[leaf]):
+            pass

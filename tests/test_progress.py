@@ -243,3 +243,33 @@ def test_a_map_that_cannot_start_leaves_no_bar(bars):
         with pytest.raises(TypeError):
             pool.map(threading.Lock(), range(3), progress={"desc": "x"})
     assert all(b.closed for b in bars) and len(bars) <= 1  # (True: never made; a dict's: closed)
+
+
+def test_a_slow_map_shows_its_bar_before_its_first_result_and_a_fast_one_only_its_end(tmp_path):
+    """A default bar is first drawn REVEAL seconds in (by the reveal thread: no result has
+    come by then), or at its map's end: a map shorter than that draws no 0% line."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        import paralelo
+
+        def nap(x):
+            time.sleep(1.0)
+            return x
+
+        if __name__ == "__main__":
+            with paralelo.Pool(2) as pool:
+                pool.map(abs, range(5000), progress=True)
+                print("FAST DONE", file=sys.stderr, flush=True)
+                pending = pool.map_async(nap, range(2), progress=True)
+                time.sleep(0.6)
+                print("MIDWAY", file=sys.stderr, flush=True)
+                print(pending.get())
+    """))
+    out = run_group([sys.executable, str(script)], T, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[0,", "1]"]
+    err = out.stderr.replace("\r", "\n")
+    assert "5000/5000" in err and " 0/5000" not in err
+    assert err.index("5000/5000") < err.index("FAST DONE")
+    assert "FAST DONE" in err[:err.index(" 0/2")] and err.index(" 0/2") < err.index("MIDWAY") < err.index("2/2")

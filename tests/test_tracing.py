@@ -156,3 +156,36 @@ def test_waits_on_paralelos_primitives_are_on_the_timeline(tmp_path):
     # Put back: outside a trace nothing wraps them.
     assert "acquire" not in _Lock.__dict__ and paralelo.queues.Queue.__dict__["get"] is get
     _SHARED.clear()
+
+
+def _hold_then_signal(sem, cond, event):
+    with sem:
+        time.sleep(0.2)
+    time.sleep(0.1)
+    with cond:
+        cond.notify_all()
+    time.sleep(0.1)
+    event.set()
+
+
+def test_waits_on_semaphores_conditions_and_events_made_before_the_trace_are_traced(tmp_path):
+    """Their methods are bound per object: a trace binds those alive again, and its end
+    puts the native ones back."""
+    sem, cond, event = paralelo.Semaphore(1), paralelo.Condition(), paralelo.Event()
+    path = tmp_path / "run.json"
+    with paralelo.trace(path):
+        child = paralelo.Process(target=_hold_then_signal, args=(sem, cond, event))
+        child.start()
+        time.sleep(0.05)
+        with sem:
+            pass
+        with cond:
+            assert cond.wait(T)
+        assert event.wait(T)
+        child.join(T)
+    assert child.exitcode == 0
+    waits = {e["name"]: e for e in _valid(path) if e["ph"] == "X" and e["cat"] == "wait"}
+    assert {"wait: Semaphore", "wait: Condition", "wait: Event"} <= set(waits)
+    for name in ("wait: Semaphore", "wait: Condition", "wait: Event"):
+        assert waits[name]["args"]["done"] and waits[name]["dur"] > 50_000  # (µs: real waits)
+    assert sem.acquire == sem._native.acquire and event.wait == event._native.wait

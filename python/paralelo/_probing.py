@@ -3,22 +3,27 @@ and how that travels back."""
 
 from __future__ import annotations
 
+import inspect
 import marshal
 import multiprocessing
 import os
 import pickle
+import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
-from ._wire import PROBE_PROFILE, PROBE_TRACE
+from ._wire import PROBE_LINES, PROBE_PROFILE, PROBE_TRACE
 
-__all__ = ["measured", "start", "trace_waits"]
+__all__ = ["LineProbe", "measured", "start", "trace_waits"]
 
 
-def start(kind: int) -> Any:
-    """Starts probe `kind` here: a running ``cProfile.Profile``, or the list its tasks'
-    spans go to (``(name, category, start_ns, end_ns, args)``, perf_counter clock)."""
+def start(kind: int, settings: bytes = b"") -> Any:
+    """Starts probe `kind` here: a running ``cProfile.Profile``, the list its tasks'
+    spans go to (``(name, category, start_ns, end_ns, args)``, perf_counter clock), or a
+    `LineProbe` on the functions `settings` names."""
+    if kind == PROBE_LINES:
+        return LineProbe(pickle.loads(settings))
     if kind == PROBE_PROFILE:
         import cProfile
 
@@ -39,8 +44,54 @@ def measured(kind: int, probe: Any) -> bytes:
         probe.disable()
         probe.create_stats()
         return marshal.dumps(probe.stats)
+    if kind == PROBE_LINES:
+        return pickle.dumps(probe.stop(), 5)
     trace_waits(None)
     return pickle.dumps((os.getpid(), multiprocessing.current_process().name, probe), 5)
+
+
+class LineProbe:
+    """line_profiler on the functions `wanted` names (``[(module, qualname, (file, first
+    line, name))]``, see `wanted`): those this process has by those names, and any it
+    loads later with the same code's place (a task's function sent by value is a copy,
+    with code of its own). `stop` gives the timings, as ``line_profiler.LineStats``
+    keeps them."""
+
+    def __init__(self, wanted: list[tuple[str, str, tuple[str, int, str]]]) -> None:
+        from line_profiler import LineProfiler
+
+        self.profiler = LineProfiler()
+        self.places = {place for _, _, place in wanted}
+        for module, qualname, _ in wanted:
+            found: Any = sys.modules.get(module)
+            for part in qualname.split("."):
+                found = getattr(found, part, None)
+            if found is not None:
+                self.saw(found)
+        self.profiler.enable_by_count()
+
+    def saw(self, fn: Any) -> None:
+        """Profiles `fn` too if its code is one of those wanted."""
+        code = getattr(inspect.unwrap(fn), "__code__", None) if callable(fn) else None
+        if code is not None and (code.co_filename, code.co_firstlineno, code.co_name) in self.places:
+            self.profiler.add_function(fn)
+
+    def stop(self) -> tuple[dict, float]:
+        self.profiler.disable_by_count()
+        stats = self.profiler.get_stats()
+        return stats.timings, stats.unit
+
+
+def wanted(functions: Any) -> list[tuple[str, str, tuple[str, int, str]]]:
+    """The functions to line-profile, as a `LineProbe` finds them in another process; a
+    TypeError names what is not a Python function."""
+    out = []
+    for fn in functions:
+        code = getattr(inspect.unwrap(fn), "__code__", None) if callable(fn) else None
+        if code is None:
+            raise TypeError(f"lines= takes Python functions to line-profile, not {fn!r}")
+        out.append((fn.__module__, fn.__qualname__, (code.co_filename, code.co_firstlineno, code.co_name)))
+    return out
 
 
 # -- waits, while traced ----------------------------------------------------------------
@@ -57,9 +108,12 @@ def trace_waits(spans: list | None) -> None:
     """Starts recording this process's waits into `spans` (their methods are wrapped), or
     stops (None: the methods are put back)."""
     global waits
+    from . import synchronize
+
     waits = spans
     if spans is not None and not _saved:
         _wrap()
+        synchronize.rebind_all()
     elif spans is None and _saved:
         for cls, name, method in reversed(_saved):
             if method is _INHERITED:
@@ -67,6 +121,7 @@ def trace_waits(spans: list | None) -> None:
             else:
                 setattr(cls, name, method)
         _saved.clear()
+        synchronize.rebind_all()
 
 
 def _waited(what: str, start: int, done: bool) -> None:
@@ -76,11 +131,47 @@ def _waited(what: str, start: int, done: bool) -> None:
                       {"done": done, "thread": threading.get_native_id()}))
 
 
+def traced_acquire(acquire: Callable[..., Any], what: str) -> Callable[..., bool]:
+    """`acquire` (a lock's or semaphore's, bound), recording a span for each wait: taken
+    at once, it records nothing."""
+    def traced(block: bool = True, timeout: float | None = None, *, blocking: bool | None = None) -> bool:
+        if acquire(False):
+            return True  # (no wait: no span)
+        if not (block if blocking is None else blocking):
+            return False
+        start = time.perf_counter_ns()
+        got = bool(acquire(True, timeout))
+        _waited(what, start, got)
+        return got
+
+    return traced
+
+
+def traced_wait(wait: Callable[[float | None], Any], ready: Callable[[], Any], what: str) -> Callable[..., Any]:
+    """`wait(timeout)` (bound), recording a span for each wait (none when `ready()`)."""
+    def traced(timeout: float | None = None) -> Any:
+        return True if ready() else _spanned(what, lambda: wait(timeout), bool)
+
+    return traced
+
+
+def _spanned(what: str, call: Callable[[], Any], got: Callable[[Any], bool] = lambda _: True) -> Any:
+    """`call()`, recorded as a wait for `what` (done if it returned and `got` its result)."""
+    start = time.perf_counter_ns()
+    done = False
+    try:
+        result = call()
+        done = got(result)
+        return result
+    finally:
+        _waited(what, start, done)
+
+
 def _wrap() -> None:
     import queue as std_queue
 
     from .queues import Queue, SimpleQueue
-    from .synchronize import Barrier, Event, _Lock
+    from .synchronize import Barrier, Condition, _Lock
 
     def put(cls: type, name: str, method: Any) -> None:
         _saved.append((cls, name, cls.__dict__.get(name, _INHERITED)))
@@ -89,38 +180,20 @@ def _wrap() -> None:
     acquire_now = _Lock.acquire  # (the native one, or lock debugging's)
 
     def acquire(self: Any, block: bool = True, timeout: float | None = None, *, blocking: bool | None = None) -> bool:
-        if acquire_now(self, False):
-            return True  # (no wait: no span)
-        if not (block if blocking is None else blocking):
-            return False
-        start = time.perf_counter_ns()
-        got = bool(acquire_now(self, True, timeout))
-        _waited(type(self).__name__, start, got)
-        return got
+        return traced_acquire(lambda *args: acquire_now(self, *args), type(self).__name__)(block, timeout,
+                                                                                          blocking=blocking)
 
     def enter(self: Any) -> bool:
         return acquire(self)
 
-    event_wait, barrier_wait = Event.wait, Barrier.wait
+    barrier_wait, condition_wait = Barrier.wait, Condition.wait
     queue_get, simple_get = Queue.get, SimpleQueue.get
 
-    def wait_event(self: Any, timeout: float | None = None) -> bool:
-        if self.is_set():
-            return True
-        start = time.perf_counter_ns()
-        got = event_wait(self, timeout)
-        _waited("Event", start, got)
-        return got
-
     def wait_barrier(self: Any, timeout: float | None = None) -> int:
-        start = time.perf_counter_ns()
-        done = False
-        try:
-            index = barrier_wait(self, timeout)
-            done = True
-            return index
-        finally:
-            _waited("Barrier", start, done)
+        return _spanned("Barrier", lambda: barrier_wait(self, timeout))
+
+    def wait_condition(self: Any, timeout: float | None = None) -> bool:
+        return _spanned("Condition", lambda: condition_wait(self, timeout), bool)
 
     def get(self: Any, block: bool = True, timeout: float | None = None) -> Any:
         try:
@@ -128,30 +201,16 @@ def _wrap() -> None:
         except std_queue.Empty:
             if not block:
                 raise
-        start = time.perf_counter_ns()
-        done = False
-        try:
-            item = queue_get(self, True, timeout)
-            done = True
-            return item
-        finally:
-            _waited(type(self).__name__ + ".get", start, done)
+        return _spanned(type(self).__name__ + ".get", lambda: queue_get(self, True, timeout))
 
     def simple(self: Any) -> Any:
         if not self.empty():
             return simple_get(self)
-        start = time.perf_counter_ns()
-        done = False
-        try:
-            item = simple_get(self)
-            done = True
-            return item
-        finally:
-            _waited("SimpleQueue.get", start, done)
+        return _spanned("SimpleQueue.get", lambda: simple_get(self))
 
     put(_Lock, "acquire", acquire)
     put(_Lock, "__enter__", enter)
-    put(Event, "wait", wait_event)
+    put(Condition, "wait", wait_condition)
     put(Barrier, "wait", wait_barrier)
     put(Queue, "get", get)
     put(SimpleQueue, "get", simple)

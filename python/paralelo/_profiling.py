@@ -8,6 +8,12 @@ busy in a task answers once the task ends; one that leaves meanwhile, after
 ``maxtasksperchild``, sends it as it goes), and the statistics are merged into one
 ``pstats.Stats`` (``prof.stats``: print it, sort it), saved to the path given if any: a
 ``.prof`` file that snakeviz, gprof2dot and ``python -m pstats`` open.
+
+With ``lines=[f, g]`` (line_profiler installed), the same processes also time those
+functions line by line (``LINES``; named by module and qualified name, so each process
+finds its own copy), merged into ``prof.lines`` (a ``line_profiler.LineStats``: print
+it with ``prof.print_lines()``), saved beside the ``.prof`` as ``.lprof``, which
+``python -m line_profiler`` shows.
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ import cProfile
 import marshal
 import os
 import pstats
+import pickle
+import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
-from ._wire import PROBE_PROFILE
+from . import _probing
+from ._wire import PROBE_LINES, PROBE_PROFILE
 
 __all__ = ["Profile", "profile"]
 
@@ -38,13 +47,23 @@ class _Loaded:
 class Profile:
     """The outcome of ``paralelo.profile()``: ``stats`` (a ``pstats.Stats`` merging the
     caller's thread and the workers'), once the block ended; ``workers`` (how many sent
-    theirs), ``missing`` (how many did not in time), ``path`` (where it was saved)."""
+    theirs), ``missing`` (how many did not in time), ``path`` (where it was saved);
+    with ``lines=``, ``lines`` (a ``line_profiler.LineStats`` merging every process's
+    line timings) and ``lines_path`` (the ``.lprof`` saved beside ``path``)."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
         self.stats: pstats.Stats | None = None
         self.workers = 0
         self.missing = 0
+        self.lines: Any = None
+        self.lines_path: str | None = None
+
+    def print_lines(self, stream: IO[str] | None = None) -> None:
+        """Prints the line-by-line timings (``lines=``), as ``kernprof -lv`` does."""
+        if self.lines is None:
+            raise ValueError("no line timings: profile(lines=[function, ...]) collects them")
+        self.lines.print(stream=stream or sys.stdout)
 
     def __repr__(self) -> str:
         state = "running" if self.stats is None else f"{self.workers} workers merged"
@@ -52,15 +71,29 @@ class Profile:
 
 
 @contextmanager
-def profile(path: str | os.PathLike[str] | None = None, timeout: float = 30.0) -> Iterator[Profile]:
+def profile(path: str | os.PathLike[str] | None = None, timeout: float = 30.0,
+            lines: Iterable[Callable] | None = None) -> Iterator[Profile]:
     """Profiles the calling thread and every paralelo worker for the duration of the
     block; yields a `Profile` whose ``stats`` (a ``pstats.Stats``) is set at the end,
     and saved to `path` if given. Workers have `timeout` seconds from the block's end to
     send theirs (a worker busy in a long task answers when it ends); those that did not
-    are counted in ``missing``."""
+    are counted in ``missing``. `lines`: functions to time line by line as well, in the
+    caller and every worker (needs line_profiler): ``Profile.lines``."""
     from ._engine.engine import switch_probe
 
     result = Profile(None if path is None else os.fspath(path))
+    line_probe = None
+    if lines is not None:
+        lines = list(lines)
+        wanted = _probing.wanted(lines)
+        try:
+            import line_profiler  # noqa: F401
+        except ImportError as e:
+            raise ImportError("profile(lines=...) needs line_profiler: pip install line_profiler") from e
+        line_probe = _probing.LineProbe(wanted)
+        for fn in lines:
+            line_probe.saw(fn)  # (the caller's own, whatever their names)
+        line_started = switch_probe(PROBE_LINES, True, pickle.dumps(wanted, 5))
     started = switch_probe(PROBE_PROFILE, True)
     own = cProfile.Profile()
     own.enable()
@@ -71,14 +104,34 @@ def profile(path: str | os.PathLike[str] | None = None, timeout: float = 30.0) -
         ended = switch_probe(PROBE_PROFILE, False)
         deadline = time.monotonic() + timeout
         stats = pstats.Stats(own)
-        for engine in ended + [engine for engine in started if engine not in ended]:
-            got, missing = engine.probes.gather(engine, PROBE_PROFILE, deadline)
-            for one in got:
-                stats.add(_Loaded(marshal.loads(one)))  # type: ignore[arg-type]
-            result.workers += len(got)
-            result.missing += missing
+        for one in _gathered(PROBE_PROFILE, started, ended, deadline, result):
+            stats.add(_Loaded(marshal.loads(one)))  # type: ignore[arg-type]
         result.stats = stats
         if result.path is not None:
             stats.dump_stats(result.path)
+        if line_probe is not None:
+            from line_profiler import LineStats
+
+            line_ended = switch_probe(PROBE_LINES, False)
+            merged = [LineStats(*line_probe.stop())]
+            merged += [LineStats(*pickle.loads(one))
+                       for one in _gathered(PROBE_LINES, line_started, line_ended, deadline, None)]
+            result.lines = LineStats.from_stats_objects(*merged)
+            if result.path is not None:
+                result.lines_path = os.path.splitext(result.path)[0] + ".lprof"
+                result.lines.to_file(result.lines_path)
+
+
+def _gathered(kind: int, started: list, ended: list, deadline: float, counts: Profile | None) -> list[bytes]:
+    """What the workers of the engines switched (`ended`, then `started` ones that ended
+    first) sent for probe `kind` by `deadline`; counted in `counts` if given."""
+    out: list[bytes] = []
+    for engine in ended + [engine for engine in started if engine not in ended]:
+        got, missing = engine.probes.gather(engine, kind, deadline)
+        out += got
+        if counts is not None:
+            counts.workers += len(got)
+            counts.missing += missing
+    return out
 
 

@@ -5,10 +5,17 @@ The counts come from the collector, under the engine lock, a chunk at a time (no
 at a time: a map of 100,000 trivial items moves the bar a few hundred times); the bar is
 drawn once the lock is released (``run_or_defer``), so a slow terminal never holds the
 engine up. tqdm itself limits how often it redraws.
+
+A default bar (``progress=True``) is first drawn REVEAL seconds after its map starts, or
+at its end, whichever comes first: drawing is most of a bar's cost (tqdm formats its line,
+≈ 35 µs), and a map that ends sooner would show its 0% line for less than tqdm's own
+refresh interval. `_Reveals`, one thread per process, draws the ones still running then.
 """
 
 from __future__ import annotations
 
+import heapq
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -35,6 +42,8 @@ class Progress:
 
     #: Seconds between two draws (tqdm's own `mininterval` is 0.1).
     DRAW_EVERY = 0.05
+    #: Seconds before a default bar's first draw (see the module's docstring).
+    REVEAL = 0.1
 
     def __init__(self, bar: Any, items: int | None, fixed: bool = False,
                  make: Callable[[], Any] | None = None) -> None:
@@ -58,6 +67,8 @@ class Progress:
         bar, self.make = self.make(), None
         with self.lock:
             self.bar = bar
+            if not self.closed:
+                _reveals.add(self, self.REVEAL)
             if not self.fixed and self.items is not None and bar.total != self.items:
                 bar.total = self.items
             self._draw()
@@ -122,12 +133,78 @@ class Progress:
         with self.lock:
             self._close()
 
+    def reveal(self) -> None:
+        """Draws the bar now if it was not yet (tqdm's `delay` held it back)."""
+        with self.lock:
+            if not self.closed and self.bar is not None:
+                self._unveil()
+                self.bar.refresh()
+
+    def _unveil(self) -> None:
+        # From now on tqdm draws it: on updates, and at its close (which draws nothing
+        # for a bar whose `delay` has not run out).
+        self.bar.delay = 0
+
     def _close(self) -> None:
         if not self.closed:
             self.closed = True
             if self.bar is not None:  # (else `attach` closes it as it makes it)
                 self._draw()
+                self._unveil()
                 self.bar.close()
+
+
+class _Reveals:
+    """The thread that draws default bars still running REVEAL seconds after they were
+    made. It looks every DRAW_EVERY seconds while there are bars to draw, and a while
+    after (a program making bar after bar does not wake it for each); then it sleeps
+    until the next bar."""
+
+    LINGER = 2.0  # seconds it keeps looking with nothing to draw
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.due: list[tuple[float, int, Progress]] = []  # a heap
+        self.made = 0
+        self.thread: threading.Thread | None = None
+        self.looking = False  # looks again within DRAW_EVERY, without a notify
+
+    def forget(self) -> None:
+        """In a forked child: the parent's bars and thread are not its own, and the lock
+        may have been held by that thread at the fork."""
+        self.__init__()  # type: ignore[misc]
+
+    def add(self, bar: Progress, after: float) -> None:
+        with self.cond:
+            self.made += 1
+            heapq.heappush(self.due, (time.monotonic() + after, self.made, bar))
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="paralelo-progress", daemon=True)
+                self.thread.start()
+            elif not self.looking:
+                self.cond.notify()
+
+    def _run(self) -> None:
+        idle_since = None
+        while True:
+            with self.cond:
+                now = time.monotonic()
+                ready = []
+                while self.due and (self.due[0][0] <= now or self.due[0][2].closed):
+                    ready.append(heapq.heappop(self.due)[2])
+                if self.due:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = now
+                self.looking = idle_since is None or now - idle_since < self.LINGER
+                self.cond.wait(Progress.DRAW_EVERY if self.looking else None)
+            for bar in ready:
+                if not bar.closed:
+                    bar.reveal()
+
+
+_reveals = _Reveals()
+os.register_at_fork(after_in_child=_reveals.forget)
 
 
 def progress_bar(progress: ProgressOption, iterable: Any, later: bool = False) -> Progress | None:
@@ -159,7 +236,7 @@ def progress_bar(progress: ProgressOption, iterable: Any, later: bool = False) -
     if not fixed:
         options["total"] = items
     if later and progress is True:
-        return Progress(None, items, fixed, make=lambda: tqdm(**options))
+        return Progress(None, items, fixed, make=lambda: tqdm(delay=Progress.REVEAL, **options))
     return Progress(tqdm(**options), items, fixed)
 
 

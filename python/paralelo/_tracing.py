@@ -8,9 +8,9 @@ its result was packed. The parent records its own side on its threads' tracks: t
 pickling of each message of tasks and the unpickling of each message of results, and the
 workers' births, readiness and deaths as instants on their tracks. Every process traced
 (the parent, the workers) also records each blocking wait on paralelo's locks, events,
-barriers and queues (``wait: Lock``, ``wait: Queue.get``...), with whether it got what
-it waited for. At the block's end
-the workers send their spans (see ``_engine.probes``) and the file is written.
+semaphores, conditions, barriers and queues (``wait: Lock``, ``wait: Queue.get``...),
+with whether it got what it waited for. At the block's end the workers send their spans
+(see ``_engine.probes``) and the file is written.
 
 Off, it costs nothing: a worker looks at one local per task, the engine at one
 attribute per message, and the primitives' methods are their own (they are wrapped only

@@ -22,9 +22,11 @@ CALL = 4  # job, seq=ticket: payload _pickling.dumps_call((function, args, kwarg
 DROP = 5  # job: forget FUNC
 EXIT = 6  # finish and exit
 TASKS = 7  # job: payload pickle(([tickets], [items per ticket: a list, tuple or range])): several small units
-PROBE = 9  # aux=kind << 1 | on (_engine.probes): start a probe between tasks, or stop it and send PROBED
-#: The kinds of PROBE: cProfile (paralelo.profile), timeline spans (paralelo.trace).
-PROBE_PROFILE, PROBE_TRACE = 1, 2
+PROBE = 9  # aux=kind << 1 | on, payload: the probe's settings (_engine.probes): start a probe between
+#            tasks, or stop it and send PROBED
+#: The kinds of PROBE: cProfile (paralelo.profile), timeline spans (paralelo.trace), line_profiler
+#: (paralelo.profile(lines=...); settings: pickle of the functions' names, see _probing.LineProbe).
+PROBE_PROFILE, PROBE_TRACE, PROBE_LINES = 1, 2, 3
 CALLS = 8  # seq=first ticket: payload _pickling.dumps_calls(([tickets], [calls])): several calls, of any jobs
 
 #: In the `aux` of TASK/TASKS: answer each unit at once, waking the parent (the job's unit

@@ -24,7 +24,7 @@ from ._errors import ResultPicklingError, dump_error, unpicklable_result
 from ._outcomes import pack_replies, picklable_each, run_each
 from ._pickling import MainNames, array_items, dumps, pack_results
 from ._wire import (ARRAY, BYE, CALL, CALLS, COUNT_SHIFT, DROP, EAGER, ERR, EXIT, FUNC, INIT_ERR, LOG, OK, PROBE,
-                    PROBE_TRACE, PROBED, READY, RESULTS, SPLIT, TASK, TASKS)
+                    PROBE_LINES, PROBE_TRACE, PROBED, READY, RESULTS, SPLIT, TASK, TASKS)
 from ._zygote import flush_stdio
 
 
@@ -247,6 +247,8 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
                     funcs[job] = loads(payload)
                 except BaseException as e:  # noqa: BLE001 - reported by each of its tasks
                     funcs[job] = (e, None, False, False)
+                if PROBE_LINES in probes:  # (a function that came by value: its own code)
+                    probes[PROBE_LINES].saw(funcs[job][0])
                 port.idle()
                 continue
             elif tag == DROP:
@@ -255,7 +257,7 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
             elif tag == PROBE:
                 kind = aux >> 1
                 if aux & 1 and kind not in probes:
-                    probes[kind] = _probing.start(kind)
+                    probes[kind] = _probing.start(kind, payload)
                     if kind == PROBE_TRACE:
                         spans = probes[kind]
                 elif not aux & 1:

@@ -34,7 +34,7 @@ from multiprocessing import process as _mp_process
 from threading import BrokenBarrierError
 from typing import Any, Callable, cast
 
-from . import _ending, _lockdebug, _slab, aio
+from . import _ending, _lockdebug, _probing, _slab, aio
 from ._errors import AbandonedLockError
 from ._native import SharedBarrier, SharedCondvar, SharedEvent, SharedLock, SharedSemaphore
 
@@ -54,6 +54,18 @@ def _disown_all() -> None:
 
 
 _ending.at_end(_disown_all)
+
+#: Primitives whose methods are bound per object (a call then costs what the native one
+#: does): bound again when a trace starts or stops (`rebind_all`), so their waits are
+#: recorded only while it runs.
+_bound: weakref.WeakSet = weakref.WeakSet()
+
+
+def rebind_all() -> None:
+    """Binds every live Semaphore's, Event's and Condition's methods again (a trace
+    started or stopped: see ``_probing.trace_waits``)."""
+    for prim in list(_bound):
+        prim._bind()
 
 
 class _Lock(SharedLock, aio.AsyncLock):
@@ -158,10 +170,12 @@ class Semaphore(_Placed, aio.AsyncLock):
             raise ValueError("semaphore initial value must be >= 0")
         self._place(SharedSemaphore, value, self._bounded)
         self._bind()
+        self._kept()
 
     def _rebuilt(self, buf: Any) -> None:
         self._place(SharedSemaphore, buf=buf)
         self._bind()
+        self._kept()
 
     def _bind(self) -> None:
         n = self._native
@@ -176,6 +190,12 @@ class Semaphore(_Placed, aio.AsyncLock):
                     _lockdebug.release(self, n.release, False)
 
             self.acquire, self.release = acquire, release  # type: ignore[method-assign,assignment]
+        if _probing.waits is not None:
+            self.acquire = _probing.traced_acquire(self.acquire, type(self).__name__)  # type: ignore[method-assign]
+
+    def _kept(self) -> None:
+        n = self._native
+        _bound.add(self)
         _used.add(self)
         # Dropped here before this process ends: what it took and kept was used up. (At
         # the end itself, `_disown_all` does it for every one still alive.)
@@ -226,8 +246,14 @@ class Event(_Placed):
 
     def _rebuilt(self, buf: Any) -> None:
         self._place(SharedEvent, buf=buf)
+        self._bind()
+        _bound.add(self)
+
+    def _bind(self) -> None:
         n = self._native
         self.is_set, self.set, self.clear, self.wait = n.is_set, n.set, n.clear, n.wait  # type: ignore[method-assign]
+        if _probing.waits is not None:
+            self.wait = _probing.traced_wait(n.wait, n.is_set, "Event")  # type: ignore[method-assign]
 
     def is_set(self) -> bool:  # (bound per object in _rebuilt: these are for typing and docs)
         """Whether it is set."""
@@ -274,7 +300,12 @@ class Condition(_Placed):
     def _rebuilt(self, buf: Any, lock: Any) -> None:
         self._lock = lock
         self._place(SharedCondvar, buf=buf)
-        self.acquire, self.release = lock.acquire, lock.release  # type: ignore[method-assign]
+        self._bind()
+        _bound.add(self)
+
+    def _bind(self) -> None:
+        # (The lock's own methods: traced, when a trace runs, as every lock's are.)
+        self.acquire, self.release = self._lock.acquire, self._lock.release  # type: ignore[method-assign]
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:  # (bound per object)
         """Takes the condition's lock."""

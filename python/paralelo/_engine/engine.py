@@ -57,10 +57,10 @@ PROBE_DRAIN = 1.0
 SHIP_UNITS = 64
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-def switch_probe(kind: int, on: bool) -> list[Engine]:
-    """Switches a probe (see `probes`) in every running engine's workers, and in those of
-    engines made while it is on; the engines to gather it from."""
-    return probes.switch(kind, on, list(_engines))
+def switch_probe(kind: int, on: bool, settings: bytes = b"") -> list[Engine]:
+    """Switches a probe (see `probes`, with its `settings`) in every running engine's
+    workers, and in those of engines made while it is on; the engines to gather it from."""
+    return probes.switch(kind, on, list(_engines), settings)
 
 
 class Engine:
@@ -119,7 +119,7 @@ class Engine:
             slot.alive = True
         for probe in self.probes.joined(self):  # (made while a probe is on: its workers run it)
             for slot in self.slots:
-                self.hub.post(slot.index, PROBE, 0, 0, probe << 1 | 1, b"")
+                self.hub.post(slot.index, PROBE, 0, 0, probe << 1 | 1, probes.settings(probe))
         self.starting = deque(self.slots)
         self.starting_poll = STARTING_POLL
         self.started = threading.Event()
@@ -201,7 +201,7 @@ class Engine:
         slot.timed, slot.timed_out = None, False
         self._watch(slot, pid, pidfd)
         for probe in self.probes.on:  # (a respawn runs the probes on)
-            self.hub.post(slot.index, PROBE, 0, 0, probe << 1 | 1, b"")
+            self.hub.post(slot.index, PROBE, 0, 0, probe << 1 | 1, probes.settings(probe))
 
     def _count(self, slot: Slot, number: int) -> None:
         """Gives the worker `number`, starting in `slot`, figures of its own. Past

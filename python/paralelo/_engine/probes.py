@@ -1,8 +1,8 @@
 """Probes: what workers measure while the program asks (``paralelo.profile()``: cProfile;
 ``paralelo.trace()``: timeline spans), and gathering it back.
 
-Switching a probe on posts ``PROBE`` (aux: kind, on) to every live worker of every
-running engine; engines made while it is on post it to their first workers, and a
+Switching a probe on posts ``PROBE`` (aux: kind, on; payload: its settings) to every
+live worker of every running engine; engines made while it is on post it to their first workers, and a
 respawned worker gets it too. Switching it off asks each live worker for what it
 measured (``PROBED``, aux: kind); a worker that leaves meanwhile (maxtasks, EXIT) sends
 it as it goes, and a death stops the wait for its slot.
@@ -21,21 +21,27 @@ if TYPE_CHECKING:
 
 from .._wire import PROBE_PROFILE as PROFILE, PROBE_TRACE as TRACE  # noqa: F401 - the kinds
 
-#: Probes switched on now; engines made while one was on (kept until it is switched off:
-#: one may end first, and its workers' measures stay in it).
-_on: set[int] = set()
+#: Probes switched on now, with their settings; engines made while one was on (kept until
+#: it is switched off: one may end first, and its workers' measures stay in it).
+_on: dict[int, bytes] = {}
 _made: dict[int, list[Engine]] = {}
 
 
-def switch(kind: int, on: bool, engines: list[Engine]) -> list[Engine]:
-    """Switches probe `kind` in every engine of `engines` (the running ones), and in those
-    made while it is on; the engines to gather it from."""
+def settings(kind: int) -> bytes:
+    """What workers starting probe `kind` are told (PROBE's payload)."""
+    return _on.get(kind, b"")
+
+
+def switch(kind: int, on: bool, engines: list[Engine], settings: bytes = b"") -> list[Engine]:
+    """Switches probe `kind` (with its `settings`) in every engine of `engines` (the
+    running ones), and in those made while it is on; the engines to gather it from."""
+    if on:
+        _on[kind] = settings
     told = [engine for engine in engines if engine.probes.switch(engine, kind, on)]
     if on:
-        _on.add(kind)
         _made[kind] = []
         return told
-    _on.discard(kind)
+    _on.pop(kind, None)
     made = _made.pop(kind, [])
     return told + [engine for engine in made if engine not in told]
 
@@ -81,7 +87,7 @@ class Probes:
                     self.parent_spans = engine.spans
             for s in engine.slots:
                 if s.alive and s.corrupt is None:
-                    engine.hub.post(s.index, PROBE, 0, 0, kind << 1 | int(on), b"")
+                    engine.hub.post(s.index, PROBE, 0, 0, kind << 1 | int(on), settings(kind) if on else b"")
                     if not on:
                         self.due.setdefault(kind, set()).add(s.index)
             return True
