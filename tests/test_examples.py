@@ -16,6 +16,9 @@ EXPECTED = {
     "map_reduce.py": "Suma de cuadrados: 285\nmap_reduce: 285\n",
     "futures_as_completed.py": "".join(f"Resultado: {n * n}\n" for n in range(4)),
     "pipe_ping.py": "recibido: hola\nrecibido: [1, 2, 3]\n",
+    # Run plainly: a world of one rank (as mpi4py without mpiexec); `paralelo run -n 4` in test_comm.
+    "mpi_bcast_reduce.py": "Total: 0\n",
+    "mpi_scatter_gather.py": "Result: [1]\n",
 }
 
 

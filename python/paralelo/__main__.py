@@ -6,6 +6,7 @@
     paralelo trace SCRIPT [-o FILE] [-- ARGS...]
                                        a timeline of the script's parallel work (see paralelo.trace)
     paralelo info                      this machine and what paralelo can use on it
+    paralelo run -n N SCRIPT [ARGS...] N ranks of an mpi4py-style script (see paralelo.comm)
 """
 
 from __future__ import annotations
@@ -40,9 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     tracing.add_argument("-o", "--output", default="paralelo-trace.json", help="the file to write "
                          "(default paralelo-trace.json)")
     sub.add_parser("info", help="cores, start method, versions, the optional back ends and GPUs found")
+    running = sub.add_parser(
+        "run", help="run N ranks of a script that uses paralelo.comm (mpi4py's API), as mpiexec does",
+        description="Starts N processes of SCRIPT, each with paralelo.comm.COMM_WORLD set to its rank, talking "
+                    "through shared memory. A rank that fails ends the job, and the launcher says which and how.")
+    running.add_argument("-n", "-np", dest="ranks", type=int, default=None,
+                         help="how many ranks (default: the CPUs)")
+    running.add_argument("--tag-output", action="store_true", help="prefix each line of output with [rank]")
+    running.add_argument("--mpi", action="store_true",
+                         help="run under the installed MPI's mpiexec instead (paralelo.comm is then mpi4py's)")
+    running.add_argument("script", help="the Python script to run")
+    running.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     argv = sys.argv[1:] if argv is None else list(argv)
     passed: list[str] = []  # after "--": the script's own, even those that start with -
-    if "--" in argv:
+    if "--" in argv and argv[:1] != ["run"]:
         argv, passed = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = parser.parse_args(argv)
     if passed and args.command not in ("scaling", "trace"):
@@ -57,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return _scaling(parser, args)
     elif args.command == "trace":
         return _trace(parser, args)
+    elif args.command == "run":
+        return _run(parser, args)
     elif args.command == "info":
         from . import _info
 
@@ -97,6 +111,23 @@ def _scaling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         except ImportError as e:
             print(f"no chart: {e}", file=sys.stderr)
     return 0
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import os
+
+    from ._launch import run
+
+    ranks = os.cpu_count() or 1 if args.ranks is None else args.ranks
+    if ranks < 1:
+        parser.error(f"-n must be at least 1, not {ranks}")
+    if not os.path.isfile(args.script):
+        parser.error(f"no script at {args.script!r}")
+    try:
+        return run(args.script, args.args, ranks, args.tag_output, args.mpi)
+    except FileNotFoundError as e:
+        print(f"paralelo run: {e}", file=sys.stderr)
+        return 127
 
 
 def _trace(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -321,10 +321,16 @@ def raw_frame(data: memoryview) -> Framed | None:
 
 def _raw(data: bytes) -> bytes:
     """The bytes a RAW frame's block holds (copied out; the block goes)."""
-    assert _arena is not None  # (`_ours` said so)
-    (descriptor,) = _descriptors(data)
-    with memoryview(cast(Any, _arena.take(descriptor, True))) as view:
+    with memoryview(take_raw(data)) as view:
         return bytes(view)
+
+
+def take_raw(data: bytes) -> Any:
+    """A RAW frame's block, taken: a view of its bytes (the block goes with the view)."""
+    if _arena is None or not _ours(data):
+        raise pickle.UnpicklingError("the data's bytes are in another program's shared memory")
+    (descriptor,) = _descriptors(data)
+    return cast(Any, _arena.take(descriptor, True))
 
 
 def leave() -> None:

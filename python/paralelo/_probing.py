@@ -74,7 +74,7 @@ class LineProbe:
         """Profiles `fn` too if its code is one of those wanted."""
         code = getattr(inspect.unwrap(fn), "__code__", None) if callable(fn) else None
         if code is not None and (code.co_filename, code.co_firstlineno, code.co_name) in self.places:
-            self.profiler.add_function(fn)
+            self.profiler.add_function(inspect.unwrap(fn))
 
     def stop(self) -> tuple[dict, float]:
         self.profiler.disable_by_count()

@@ -101,6 +101,10 @@ def profile(path: str | os.PathLike[str] | None = None, timeout: float = 30.0,
         yield result
     finally:
         own.disable()
+        own_lines = None
+        if line_probe is not None:  # (off first: nothing after the block is timed line by line)
+            line_ended = switch_probe(PROBE_LINES, False)
+            own_lines = line_probe.stop()
         ended = switch_probe(PROBE_PROFILE, False)
         deadline = time.monotonic() + timeout
         stats = pstats.Stats(own)
@@ -109,11 +113,10 @@ def profile(path: str | os.PathLike[str] | None = None, timeout: float = 30.0,
         result.stats = stats
         if result.path is not None:
             stats.dump_stats(result.path)
-        if line_probe is not None:
+        if own_lines is not None:
             from line_profiler import LineStats
 
-            line_ended = switch_probe(PROBE_LINES, False)
-            merged = [LineStats(*line_probe.stop())]
+            merged = [LineStats(*own_lines)]
             merged += [LineStats(*pickle.loads(one))
                        for one in _gathered(PROBE_LINES, line_started, line_ended, deadline, None)]
             result.lines = LineStats.from_stats_objects(*merged)

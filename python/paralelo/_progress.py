@@ -73,6 +73,7 @@ class Progress:
                 bar.total = self.items
             self._draw()
             if self.closed:
+                self._unveil()  # (its end is drawn: the map ended while it was made)
                 bar.close()
 
     def advance(self, items: int) -> None:
@@ -236,7 +237,10 @@ def progress_bar(progress: ProgressOption, iterable: Any, later: bool = False) -
     if not fixed:
         options["total"] = items
     if later and progress is True:
-        return Progress(None, items, fixed, make=lambda: tqdm(delay=Progress.REVEAL, **options))
+        # (A notebook's widget is shown only by a first draw that `delay` held back: there
+        # the bar is drawn at once.)
+        delay = 0.0 if tqdm.__module__.startswith("tqdm.notebook") else Progress.REVEAL
+        return Progress(None, items, fixed, make=lambda: tqdm(delay=delay, **options))
     return Progress(tqdm(**options), items, fixed)
 
 

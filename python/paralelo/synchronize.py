@@ -64,8 +64,10 @@ _bound: weakref.WeakSet = weakref.WeakSet()
 def rebind_all() -> None:
     """Binds every live Semaphore's, Event's and Condition's methods again (a trace
     started or stopped: see ``_probing.trace_waits``)."""
-    for prim in list(_bound):
-        prim._bind()
+    for ref in list(_bound.data):  # (a snapshot of the weak references: threads may add meanwhile)
+        prim = ref()
+        if prim is not None:
+            prim._bind()
 
 
 class _Lock(SharedLock, aio.AsyncLock):

@@ -1,0 +1,314 @@
+"""``paralelo.comm`` and ``paralelo run``: mpi4py's API over shared memory. The same
+programs run under ``paralelo run -n N`` and, where MPICH and mpi4py are installed, under
+``mpiexec -n N`` (where paralelo.comm is mpi4py's own), and print the same lines."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from scripts import run_group
+
+T = 60
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def _has_mpi() -> bool:
+    if shutil.which("mpiexec") is None:
+        return False
+    probe = subprocess.run([sys.executable, "-c", "from mpi4py import MPI"], capture_output=True, timeout=T)
+    return probe.returncode == 0
+
+
+HAS_MPI = _has_mpi()
+
+#: Every method, as a program prints it: one line per fact, prefixed with the rank, sorted
+#: afterwards (ranks print at once).
+PROGRAM = textwrap.dedent('''
+    import sys
+    import numpy as np
+    from paralelo import comm as MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    out = []
+    say = lambda *a: out.append(" ".join(map(str, (rank,) + a)))
+
+    say("size", size, comm.rank == rank, comm.size == size)
+    say("bcast", comm.bcast({"k": [1, 2.5, 3j]} if rank == 0 else None, root=0))
+    say("bcast-last", comm.bcast(rank * 10, root=size - 1))
+    say("scatter", comm.scatter([i * i for i in range(size)] if rank == 0 else None, root=0))
+    say("gather", comm.gather(rank + 1, root=size - 1))
+    say("allgather", comm.allgather(str(rank)))
+    say("alltoall", comm.alltoall([(rank, j) for j in range(size)]))
+    for name in ("SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "REPLACE", "NO_OP"):
+        op = getattr(MPI, name)
+        say("allreduce", name, comm.allreduce(rank + 1, op=op), comm.reduce(rank + 2, op=op, root=0))
+    say("maxloc", comm.allreduce((rank % 2, rank), op=MPI.MAXLOC), comm.allreduce((rank % 2, rank), op=MPI.MINLOC))
+    concat = MPI.Op.Create(lambda x, y, datatype: x + y, commute=False)
+    say("noncommutative", comm.allreduce(str(rank), op=concat), comm.reduce([rank], op=concat, root=0))
+    say("scan", comm.scan(rank + 1), comm.exscan(rank + 1))
+    comm.barrier()
+
+    # Point to point: tags match in order; ANY_SOURCE / ANY_TAG; status.
+    right, left = (rank + 1) % size, (rank - 1) % size
+    for tag in (3, 1, 2):
+        comm.send(("tagged", rank, tag), dest=right, tag=tag)
+    got = [comm.recv(source=left, tag=tag) for tag in (1, 2, 3)]
+    say("tags", got)
+    comm.send([rank] * 3, dest=right, tag=9)
+    status = MPI.Status()
+    say("any", comm.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status), status.Get_source(), status.Get_tag())
+    for i in range(5):
+        comm.send(i, dest=right, tag=4)
+    say("order", [comm.recv(source=left, tag=4) for _ in range(5)])
+    request = comm.isend({"n": rank}, dest=right, tag=5)
+    incoming = comm.irecv(source=left, tag=5)
+    say("nonblocking", incoming.wait(), request.wait())
+    say("sendrecv", comm.sendrecv(rank, dest=right, sendtag=6, source=left, recvtag=6))
+    synced = comm.issend("sync", dest=right, tag=7)
+    status = MPI.Status()
+    comm.probe(source=left, tag=7, status=status)
+    say("probe", status.Get_source(), comm.iprobe(source=left, tag=7), comm.recv(source=left, tag=7),
+        comm.iprobe(source=left, tag=7), synced.wait())
+    if rank % 2 == 0:  # (ssend returns once received: paired, or it would wait for ever)
+        comm.ssend("ssend", dest=right, tag=13)
+        say("ssend", comm.recv(source=left, tag=13))
+    else:
+        say("ssend", comm.recv(source=left, tag=13))
+        comm.ssend("ssend", dest=right, tag=13)
+    reqs = [comm.isend(i, dest=right, tag=20 + i) for i in range(3)]
+    recvs = [comm.irecv(source=left, tag=20 + i) for i in range(3)]
+    say("waitall", MPI.Request.waitall(recvs), MPI.Request.Waitall(reqs))
+    comm.send(None, dest=right, tag=8)
+    say("empty", comm.recv(source=left, tag=8), comm.recv(source=MPI.PROC_NULL))
+    big = np.arange(2_000_000, dtype="d") + rank
+    back = comm.sendrecv(big, dest=right, sendtag=10, source=left, recvtag=10)  # (a send alone may wait)
+    say("big", back.shape, back[0], back[-1])
+
+    # Buffers.
+    a = np.full(4, rank + 1.0)
+    b = np.empty(4)
+    comm.Allreduce(a, b, op=MPI.SUM)
+    say("Allreduce", b.tolist())
+    comm.Allreduce(a, b, op=MPI.MAX)
+    say("Allreduce-max", b.tolist())
+    c = np.full(3, rank + 2, dtype="i")
+    d = np.zeros(3, dtype="i")
+    comm.Reduce(c, d, op=MPI.PROD, root=0)
+    say("Reduce", d.tolist())
+    e = np.arange(5, dtype="d") if rank == 0 else np.empty(5)
+    comm.Bcast(e, root=0)
+    say("Bcast", e.tolist())
+    f = np.arange(size * 2, dtype="q") if rank == 0 else None
+    g = np.empty(2, dtype="q")
+    comm.Scatter(f, g, root=0)
+    say("Scatter", g.tolist())
+    h = np.empty(size * 2, dtype="q") if rank == 0 else None
+    comm.Gather(g, h, root=0)
+    say("Gather", None if h is None else h.tolist())
+    k = np.empty(size * 2, dtype="q")
+    comm.Allgather(g, k)
+    say("Allgather", k.tolist())
+    m = np.arange(size, dtype="i") + 10 * rank
+    n = np.empty(size, dtype="i")
+    comm.Alltoall(m, n)
+    say("Alltoall", n.tolist())
+    p = np.full(3, float(rank))
+    q = np.empty(3)
+    comm.Sendrecv(p, dest=right, sendtag=11, recvbuf=q, source=left, recvtag=11)
+    say("Sendrecv", q.tolist())
+    comm.Send([np.full(2, rank, dtype="i"), MPI.INT], dest=right, tag=12)
+    r = np.empty(2, dtype="i")
+    status = MPI.Status()
+    comm.Recv([r, MPI.INT], source=left, tag=12, status=status)
+    say("Send", r.tolist(), status.Get_count(MPI.INT))
+    s = np.full(3, rank + 1.0)
+    comm.Allreduce(MPI.IN_PLACE, s, op=MPI.SUM)
+    say("in-place", s.tolist())
+    large = np.ones(3_000_000) * (rank + 1)
+    total = np.empty_like(large)
+    comm.Allreduce(large, total, op=MPI.SUM)
+    say("large", total[0], total[-1], float(total.sum()))
+
+    # Communicators.
+    half = comm.Split(color=rank % 2, key=-rank)
+    say("split", half.Get_rank(), half.Get_size(), half.allgather(rank))
+    dup = comm.Dup()
+    dup.send("dup", dest=right, tag=1)
+    comm.send("world", dest=right, tag=1)
+    say("dup", comm.recv(source=left, tag=1), dup.recv(source=left, tag=1))
+    dup.Free()
+    half.Free()
+    say("self", MPI.COMM_SELF.Get_size(), MPI.COMM_SELF.allreduce(rank))
+    try:
+        comm.send(1, dest=size + 3)
+    except MPI.Exception as err:
+        say("bad-rank", err.Get_error_class() == MPI.ERR_RANK)
+    comm.barrier()
+    for line in out:
+        sys.stdout.write(line + "\\n")  # (one write a line: mpiexec's output keeps lines whole then)
+        sys.stdout.flush()
+''')
+
+
+def _run(command: list[str], script: pathlib.Path) -> list[str]:
+    out = run_group([*command, sys.executable, str(script)] if command[0] == "mpiexec"
+                    else [sys.executable, "-m", "paralelo", "run", *command[1:], str(script)], T, cwd=script.parent)
+    assert out.returncode == 0, out.stderr
+    return sorted(line for line in out.stdout.splitlines() if line)
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_every_method_gives_what_mpi4py_on_mpich_gives(tmp_path, ranks):
+    script = tmp_path / "program.py"
+    script.write_text(PROGRAM)
+    ours = _run(["paralelo", "-n", str(ranks)], script)
+    assert len(ours) == ranks * 48 and f"0 size {ranks} True True" in ours
+    assert f"0 noncommutative {''.join(map(str, range(ranks)))} {list(range(ranks))}" in ours
+    if not HAS_MPI:
+        pytest.skip("MPICH's mpiexec and mpi4py are not installed: compared with nothing")
+    theirs = _run(["mpiexec", "-n", str(ranks)], script)
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("name, expected", [("mpi_bcast_reduce.py", "Total: 12\n"),
+                                            ("mpi_scatter_gather.py", "Result: [1, 4, 9, 16]\n")])
+def test_the_guides_mpi_examples_run_with_paralelo_run(name, expected):
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "4", str(EXAMPLES / name)], T)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == expected
+
+
+def _script(tmp_path, body: str) -> pathlib.Path:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body))
+    return script
+
+
+def test_a_rank_that_dies_mid_collective_ends_the_job_with_an_error_not_a_hang(tmp_path):
+    script = _script(tmp_path, """
+        import os, time
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+        if comm.rank == 1:
+            time.sleep(0.3)
+            os.kill(os.getpid(), 9)
+        try:
+            comm.allreduce(comm.rank)
+        except MPI.Exception as e:
+            print("rank", comm.rank, "got:", e, flush=True)
+    """)
+    started = time.monotonic()
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "3", str(script)], T)
+    assert out.returncode == 128 + 9
+    assert sorted(out.stdout.split("\n")[:2]) == [
+        f"rank {r} got: MPI_ERR_OTHER: rank 1 (pid {pid}) was killed by signal 9 (SIGKILL)"
+        for r, pid in zip((0, 2), [out.stderr.split("(pid ")[1].split(")")[0]] * 2)]
+    assert "paralelo run: rank 1 (pid" in out.stderr and "killed by signal 9 (SIGKILL); the job was ended" in out.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_exit_codes_and_tracebacks_are_the_ranks(tmp_path):
+    script = _script(tmp_path, """
+        import sys, time
+        from paralelo import comm as MPI
+        rank = MPI.COMM_WORLD.rank
+        if rank == 2:
+            raise SystemExit(3)
+        if rank == 1:
+            raise ValueError("rank one failed")
+        time.sleep(30)  # (ended by the launcher)
+    """)
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "3", str(script)], T)
+    assert out.returncode in (1, 3)  # the first to fail
+    assert "ValueError: rank one failed" in out.stderr and "the job was ended" in out.stderr
+    ok = _script(tmp_path, "from paralelo import comm as MPI\nMPI.COMM_WORLD.barrier()\n")
+    assert run_group([sys.executable, "-m", "paralelo", "run", "-n", "2", str(ok)], T).returncode == 0
+
+
+def test_ctrl_c_stops_every_rank_and_leaves_nothing(tmp_path):
+    script = _script(tmp_path, """
+        import os, sys
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+        print(os.getpid(), flush=True)
+        if comm.rank == 0:
+            comm.recv(source=1)  # never sent
+        else:
+            import time
+            time.sleep(60)
+    """)
+    with subprocess.Popen([sys.executable, "-m", "paralelo", "run", "-n", "2", str(script)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as launcher:
+        try:
+            pids = [int(launcher.stdout.readline()) for _ in range(2)]
+            time.sleep(0.3)
+            launcher.send_signal(signal.SIGINT)
+            assert launcher.wait(T) == 130
+            assert "interrupted (Ctrl-C)" in launcher.stderr.read()
+            for pid in pids:
+                with pytest.raises(ProcessLookupError):
+                    os.kill(pid, 0)
+        finally:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
+
+
+def test_tag_output_prefixes_each_line_with_its_rank(tmp_path):
+    script = _script(tmp_path, """
+        import sys
+        from paralelo import comm as MPI
+        rank = MPI.COMM_WORLD.rank
+        for i in range(3):
+            print(f"line {i}")
+        print("no newline at the end", end="", file=sys.stderr)
+    """)
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "2", "--tag-output", str(script), "x"], T)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == sorted(f"[{r}] line {i}" for r in range(2) for i in range(3))
+    assert sorted(out.stderr.splitlines()) == ["[0] no newline at the end", "[1] no newline at the end"]
+
+
+def test_a_plain_run_is_a_world_of_one(tmp_path):
+    script = _script(tmp_path, """
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+        comm.send("me", dest=0, tag=1)
+        print(MPI.BACKEND, comm.rank, comm.size, comm.bcast(5), comm.allreduce(2), comm.recv(source=0, tag=1))
+    """)
+    out = run_group([sys.executable, str(script)], T)
+    assert out.stdout == "shm 0 1 5 2 me\n", out.stderr
+
+
+def test_bad_arguments_raise_mpi4pys_errors():
+    from paralelo import comm as MPI
+
+    with pytest.raises(MPI.Exception, match="MPI_ERR_RANK") as e:
+        MPI.COMM_WORLD.send(1, dest=4)
+    assert e.value.Get_error_class() == MPI.ERR_RANK
+    with pytest.raises(MPI.Exception, match="MPI_ERR_TAG"):
+        MPI.COMM_WORLD.send(1, dest=0, tag=-5)
+    with pytest.raises(MPI.Exception, match="MPI_ERR_ROOT"):
+        MPI.COMM_WORLD.bcast(1, root=2)
+    with pytest.raises(MPI.Exception, match="MPI_ERR_OP"):
+        MPI.COMM_WORLD.allreduce(1, op="sum")
+    with pytest.raises(TypeError, match="buffer protocol"):
+        MPI.COMM_WORLD.Bcast(object())
+    with pytest.raises(AttributeError, match="paralelo.comm has no 'Win'"):
+        MPI.Win  # noqa: B018
+
+
+def test_run_refuses_a_missing_script():
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "2", "/nonexistent.py"], T)
+    assert out.returncode == 2 and "no script at" in out.stderr
