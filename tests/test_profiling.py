@@ -138,6 +138,9 @@ def test_lines_refuses_what_is_not_a_function():
     with pytest.raises(TypeError, match="lines= takes Python functions"):
         with paralelo.profile(lines=[len]):
             pass
+    with pytest.raises(TypeError, match=r"lines=\[work\], not lines=work"):
+        with paralelo.profile(lines=leaf):
+            pass
 
 
 def test_lines_finds_a_function_that_travelled_by_value(tmp_path):

@@ -118,7 +118,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     from ._launch import run
 
-    ranks = os.cpu_count() or 1 if args.ranks is None else args.ranks
+    ranks = (os.cpu_count() or 1) if args.ranks is None else args.ranks
     if ranks < 1:
         parser.error(f"-n must be at least 1, not {ranks}")
     if not os.path.isfile(args.script):

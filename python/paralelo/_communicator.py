@@ -341,19 +341,11 @@ class Request:
                 flag, value = r.test(status)
                 if flag:
                     return i, value
-            _progress_wait(requests)
+            _world_box().wait_message()
 
     @classmethod
     def Waitany(cls, requests: Sequence[Request], status: Status | None = None) -> int:  # noqa: N802
         return cls.waitany(requests, status)[0]
-
-
-def _progress_wait(requests: Sequence[Request]) -> None:
-    """Waits until something more comes to this rank's inbox (a request may complete)."""
-    box = _world_box()
-    message = box._receive(True, 0.05)  # (a short wait: any of the requests may be a send's)
-    if message is not None:
-        box._dispatch(message)
 
 
 # -- communicators -----------------------------------------------------------------------
@@ -761,39 +753,36 @@ class Comm:
         self._reduce_into(sendbuf, recvbuf, op, others, _ALLGATHER)
 
     def _reduce_into(self, sendbuf: Any, recvbuf: Any, op: Op, others: list[int], tag: int = _GATHER) -> None:
+        import numpy
+
         target = _Buffer(recvbuf, "receive buffer")
         own = target if sendbuf is IN_PLACE else _Buffer(sendbuf)
         if own.bytes.nbytes != target.bytes.nbytes:
             raise MPIError(ERR_COUNT, f"MPI_ERR_COUNT: the send buffer holds {own.bytes.nbytes} bytes, "
                                       f"the receive buffer {target.bytes.nbytes}")
-        out = target.array()
-        parts: dict[int, Any] = {}
-        for r in others:
-            parts[r] = self._crecv(r, tag)[3]
-        # In rank order: out = part0 op part1 op ... (own's place is its rank's).
+        out, mine = target.array(), own.array()
         order = sorted([*others, self._rank])
-        first = order[0]
-        mine_copy = own.array().copy() if (sendbuf is IN_PLACE and first != self._rank) else None
+        if sendbuf is IN_PLACE and order[0] != self._rank:
+            mine = mine.copy()  # (`out` takes lower ranks' parts before this rank's)
+        received = {r: self._crecv(r, tag)[3] for r in others}
+        # In rank order: out = part0 op part1 op ... (views into the arena: no copies).
         for i, r in enumerate(order):
-            holder, values = _values(parts.get(r), own, target.code) if r != self._rank else (
-                None, mine_copy if mine_copy is not None else own.array())
-            if i == 0:
-                if values is not out:
-                    out[...] = values
-            else:
-                _apply(op, out, values, target.code)
+            if r == self._rank:
+                _fold_into(op, out, mine, i == 0, target.code)
+                continue
+            view, holder = _mailbox.raw_view(received.pop(r))
+            _fold_into(op, out, numpy.frombuffer(view, dtype=target.code), i == 0, target.code)
             if holder is not None:
                 holder.release()
 
 
-def _values(payload: memoryview | None, own: _Buffer, code: str) -> tuple[Any, Any]:
-    """A part's values as an array over its bytes (in the arena: no copy) and what holds
-    them (released once used)."""
-    import numpy
-
-    assert payload is not None
-    view, holder = _mailbox.raw_view(payload)
-    return holder, numpy.frombuffer(view, dtype=code)
+def _fold_into(op: Op, out: Any, values: Any, first: bool, code: str) -> None:
+    """The next part of a reduction, in rank order: the first is copied into `out`."""
+    if first:
+        if values is not out:
+            out[...] = values
+    else:
+        _apply(op, out, values, code)
 
 
 def _apply(op: Op, out: Any, values: Any, code: str) -> None:

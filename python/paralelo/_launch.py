@@ -37,15 +37,11 @@ INBOX_BYTES = 1 << 20
 
 
 def run(script: str, args: list[str], ranks: int, tag_output: bool = False, mpi: bool = False) -> int:
-    """Runs `ranks` ranks of `script` with `args`; the job's exit status."""
-    if ranks < 1:
-        raise ValueError(f"-n must be at least 1, not {ranks}")
-    if not os.path.isfile(script):
-        raise FileNotFoundError(f"paralelo run: no such script: {script}")
+    """Runs `ranks` ranks of `script` (a file; 1 or more ranks: the command checked)
+    with `args`; the job's exit status."""
     if mpi:
         return _mpiexec(script, args, ranks, tag_output)
     from . import _arena
-    from ._mailbox import ABORT, HEAD
     from ._native import Channel
     from .synchronize import Event
 
@@ -74,7 +70,7 @@ def run(script: str, args: list[str], ranks: int, tag_output: bool = False, mpi:
         for fd, (r, w) in zip((1, 2), ends):
             os.close(w)
             pipes[r] = (rank, fd)
-    return _watch(pids, pipes, inboxes, aborted, lambda why: HEAD.pack(-1, -1, 0, ABORT) + why.encode())
+    return _watch(pids, pipes, inboxes, aborted)
 
 
 def _rank(script: str, args: list[str], rank: int, inboxes: list[Any], aborted: Any) -> None:
@@ -114,8 +110,7 @@ def _exit_code(code: Any) -> int:
     return 1
 
 
-def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], inboxes: list[Any], aborted: Any,
-           abort_message: Any) -> int:
+def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], inboxes: list[Any], aborted: Any) -> int:
     """Waits for every rank, ends the job at the first failure or Ctrl-C, copies tagged
     output: the job's exit status."""
     fds = {os.pidfd_open(pid): pid for pid in pids}
@@ -131,8 +126,7 @@ def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], inboxes: lis
         while fds or pipes:
             if interrupted and deadline is None:
                 failure = failure or ("interrupted (Ctrl-C): the ranks were stopped", 130)
-                deadline = _end(pids, fds, inboxes, aborted, abort_message, "the job was interrupted (Ctrl-C)",
-                                signal.SIGINT)
+                deadline = _end(pids, fds, inboxes, aborted, "the job was interrupted (Ctrl-C)", signal.SIGINT)
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             if deadline is not None and timeout == 0.0:
                 for pid in fds.values():
@@ -160,7 +154,7 @@ def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], inboxes: lis
                            f"was killed by signal {-code} ({signal.Signals(-code).name})")
                     failure = (f"rank {rank} (pid {pid}) {how}", code if code > 0 else 128 - code)
                     if fds:
-                        deadline = _end(pids, fds, inboxes, aborted, abort_message, failure[0], None)
+                        deadline = _end(pids, fds, inboxes, aborted, failure[0], None)
             if not fds and deadline is not None and deadline != float("inf"):
                 deadline = None
     finally:
@@ -178,10 +172,12 @@ def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], inboxes: lis
     return failure[1]
 
 
-def _end(pids: dict[int, int], fds: dict[int, int], inboxes: list[Any], aborted: Any, abort_message: Any,
-         why: str, sig: int | None) -> float:
+def _end(pids: dict[int, int], fds: dict[int, int], inboxes: list[Any], aborted: Any, why: str,
+         sig: int | None) -> float:
     """Tells the ranks still running that the job is over (and signals them `sig`): when
     they will be killed."""
+    from ._mailbox import abort_message
+
     aborted.set()
     message = abort_message(why)
     for pid in fds.values():

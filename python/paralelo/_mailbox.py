@@ -40,6 +40,11 @@ ANY_SOURCE, ANY_TAG = -2, -1
 _SEND_SLICE = 0.2
 
 
+def abort_message(why: str) -> bytes:
+    """What the launcher sends every rank's inbox as it ends the job: `why`."""
+    return HEAD.pack(-1, -1, 0, ABORT) + why.encode()
+
+
 class MPIError(RuntimeError):
     """An MPI error, as mpi4py's ``MPI.Exception``: ``error_class`` and ``Get_error_class()``
     say which (``ERR_RANK``, ``ERR_TAG``, ``ERR_TRUNCATE``, ``ERR_OTHER``...)."""
@@ -171,10 +176,11 @@ class Mailbox:
             message = self._receive(block, timeout)
             if message is None:
                 return None
-            if self._matches(message, context, source, tag) and not self._claim(message):
+            if self._claim(message):
+                continue  # (an earlier posted receive's)
+            if self._matches(message, context, source, tag):
                 return message[1:]
-            self._dispatch(message)
-            found = self._match(context, source, tag, remove=True)
+            self.pending.append(message)
         return found
 
     def peek(self, context: int, source: int, tag: int, block: bool = True) -> tuple[int, int, int, memoryview] | None:
@@ -205,6 +211,13 @@ class Mailbox:
                 return None
             self._dispatch(message)
         return posted.message
+
+    def wait_message(self) -> None:
+        """Waits for the next message and files it (a posted receive's, or pending): what
+        waits for any of several requests does, since only a message completes one."""
+        message = self._receive(True, None)
+        assert message is not None
+        self._dispatch(message)
 
     def _claim(self, message: tuple) -> bool:
         """Gives `message` to the first posted receive it matches: whether one took it."""

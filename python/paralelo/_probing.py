@@ -76,7 +76,7 @@ class LineProbe:
         if code is not None and (code.co_filename, code.co_firstlineno, code.co_name) in self.places:
             self.profiler.add_function(inspect.unwrap(fn))
 
-    def stop(self) -> tuple[dict, float]:
+    def stop(self) -> tuple[Any, float]:
         self.profiler.disable_by_count()
         stats = self.profiler.get_stats()
         return stats.timings, stats.unit
@@ -132,19 +132,24 @@ def _waited(what: str, start: int, done: bool) -> None:
 
 
 def traced_acquire(acquire: Callable[..., Any], what: str) -> Callable[..., bool]:
-    """`acquire` (a lock's or semaphore's, bound), recording a span for each wait: taken
-    at once, it records nothing."""
+    """`acquire` (a semaphore's, bound), recording a span for each wait (see `_acquiring`)."""
     def traced(block: bool = True, timeout: float | None = None, *, blocking: bool | None = None) -> bool:
-        if acquire(False):
-            return True  # (no wait: no span)
-        if not (block if blocking is None else blocking):
-            return False
-        start = time.perf_counter_ns()
-        got = bool(acquire(True, timeout))
-        _waited(what, start, got)
-        return got
+        return _acquiring(acquire, what, block if blocking is None else blocking, timeout)
 
     return traced
+
+
+def _acquiring(acquire: Callable[..., Any], what: str, block: bool, timeout: float | None) -> bool:
+    """``acquire(block, timeout)``, a span recorded if it had to wait: taken at once, or
+    refused without blocking, it records nothing."""
+    if acquire(False):
+        return True
+    if not block:
+        return False
+    start = time.perf_counter_ns()
+    got = bool(acquire(True, timeout))
+    _waited(what, start, got)
+    return got
 
 
 def traced_wait(wait: Callable[[float | None], Any], ready: Callable[[], Any], what: str) -> Callable[..., Any]:
@@ -180,8 +185,8 @@ def _wrap() -> None:
     acquire_now = _Lock.acquire  # (the native one, or lock debugging's)
 
     def acquire(self: Any, block: bool = True, timeout: float | None = None, *, blocking: bool | None = None) -> bool:
-        return traced_acquire(lambda *args: acquire_now(self, *args), type(self).__name__)(block, timeout,
-                                                                                          blocking=blocking)
+        return _acquiring(acquire_now.__get__(self), type(self).__name__, block if blocking is None else blocking,
+                          timeout)
 
     def enter(self: Any) -> bool:
         return acquire(self)

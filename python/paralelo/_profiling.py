@@ -84,6 +84,8 @@ def profile(path: str | os.PathLike[str] | None = None, timeout: float = 30.0,
     result = Profile(None if path is None else os.fspath(path))
     line_probe = None
     if lines is not None:
+        if callable(lines):
+            raise TypeError("lines= takes a list of functions: lines=[work], not lines=work")
         lines = list(lines)
         wanted = _probing.wanted(lines)
         try:

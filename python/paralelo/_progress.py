@@ -139,6 +139,7 @@ class Progress:
         with self.lock:
             if not self.closed and self.bar is not None:
                 self._unveil()
+                self._draw()
                 self.bar.refresh()
 
     def _unveil(self) -> None:
@@ -198,10 +199,12 @@ class _Reveals:
                 elif idle_since is None:
                     idle_since = now
                 self.looking = idle_since is None or now - idle_since < self.LINGER
-                self.cond.wait(Progress.DRAW_EVERY if self.looking else None)
-            for bar in ready:
-                if not bar.closed:
-                    bar.reveal()
+            for bar in ready:  # (drawn now, not after the wait; and not held through it)
+                bar.reveal()
+            ready.clear()
+            with self.cond:
+                # (Bars added meanwhile are in `due`: `add` notified no one while looking.)
+                self.cond.wait(Progress.DRAW_EVERY if self.due or self.looking else None)
 
 
 _reveals = _Reveals()

@@ -59,15 +59,16 @@ _ending.at_end(_disown_all)
 #: does): bound again when a trace starts or stops (`rebind_all`), so their waits are
 #: recorded only while it runs.
 _bound: weakref.WeakSet = weakref.WeakSet()
+_bound_lock = threading.Lock()  # (a thread may make one while a trace starts)
 
 
 def rebind_all() -> None:
     """Binds every live Semaphore's, Event's and Condition's methods again (a trace
     started or stopped: see ``_probing.trace_waits``)."""
-    for ref in list(_bound.data):  # (a snapshot of the weak references: threads may add meanwhile)
-        prim = ref()
-        if prim is not None:
-            prim._bind()
+    with _bound_lock:
+        alive = list(_bound)
+    for prim in alive:
+        prim._bind()
 
 
 class _Lock(SharedLock, aio.AsyncLock):
@@ -150,6 +151,15 @@ class _Placed:
     def _reduce(self, args: tuple) -> tuple:
         return _slab.reduce(self._buf, _rebuild, (type(self), args), type(self).__name__)
 
+    def _bind(self) -> None:
+        """Binds the methods a call reaches directly (traced while a trace runs)."""
+
+    def _bound_here(self) -> None:
+        """Binds its methods, and again whenever a trace starts or stops."""
+        self._bind()
+        with _bound_lock:
+            _bound.add(self)
+
 
 def _rebuild(buf: Any, cls: Any, args: tuple) -> Any:
     self = cls.__new__(cls)
@@ -171,12 +181,10 @@ class Semaphore(_Placed, aio.AsyncLock):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         self._place(SharedSemaphore, value, self._bounded)
-        self._bind()
         self._kept()
 
     def _rebuilt(self, buf: Any) -> None:
         self._place(SharedSemaphore, buf=buf)
-        self._bind()
         self._kept()
 
     def _bind(self) -> None:
@@ -197,7 +205,7 @@ class Semaphore(_Placed, aio.AsyncLock):
 
     def _kept(self) -> None:
         n = self._native
-        _bound.add(self)
+        self._bound_here()
         _used.add(self)
         # Dropped here before this process ends: what it took and kept was used up. (At
         # the end itself, `_disown_all` does it for every one still alive.)
@@ -248,8 +256,7 @@ class Event(_Placed):
 
     def _rebuilt(self, buf: Any) -> None:
         self._place(SharedEvent, buf=buf)
-        self._bind()
-        _bound.add(self)
+        self._bound_here()
 
     def _bind(self) -> None:
         n = self._native
@@ -302,8 +309,7 @@ class Condition(_Placed):
     def _rebuilt(self, buf: Any, lock: Any) -> None:
         self._lock = lock
         self._place(SharedCondvar, buf=buf)
-        self._bind()
-        _bound.add(self)
+        self._bound_here()
 
     def _bind(self) -> None:
         # (The lock's own methods: traced, when a trace runs, as every lock's are.)

@@ -2,8 +2,8 @@
 ``paralelo.trace()``: timeline spans), and gathering it back.
 
 Switching a probe on posts ``PROBE`` (aux: kind, on; payload: its settings) to every
-live worker of every running engine; engines made while it is on post it to their first workers, and a
-respawned worker gets it too. Switching it off asks each live worker for what it
+live worker of every running engine; engines made while it is on post it to their first
+workers, and a respawned worker gets it too. Switching it off asks each live worker for what it
 measured (``PROBED``, aux: kind); a worker that leaves meanwhile (maxtasks, EXIT) sends
 it as it goes, and a death stops the wait for its slot.
 """
