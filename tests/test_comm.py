@@ -326,9 +326,11 @@ def test_a_posted_receive_takes_the_first_message_before_a_later_receive():
 @pytest.mark.skipif(not HAS_MPI, reason="MPICH's mpiexec and mpi4py are not installed")
 def test_run_with_mpi_hands_the_script_to_mpiexec(tmp_path):
     script = _script(tmp_path, """
+        import sys
         from paralelo import comm as MPI
         comm = MPI.COMM_WORLD
-        print(MPI.BACKEND, comm.rank, comm.size, comm.allreduce(comm.rank), flush=True)
+        line = f"{MPI.BACKEND} {comm.rank} {comm.size} {comm.allreduce(comm.rank)}\\n"
+        sys.stdout.write(line)  # (one write: under mpiexec the ranks share a pipe)
     """)
     out = run_group([sys.executable, "-m", "paralelo", "run", "--mpi", "-n", "2", str(script)], T)
     assert out.returncode == 0, out.stderr
@@ -338,3 +340,47 @@ def test_run_with_mpi_hands_the_script_to_mpiexec(tmp_path):
 def test_run_refuses_a_missing_script():
     out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "2", "/nonexistent.py"], T)
     assert out.returncode == 2 and "no script at" in out.stderr
+
+
+@pytest.mark.parametrize("launcher", ["paralelo", "mpiexec"])
+def test_large_buffer_reductions_in_place_and_not_commutative(tmp_path, launcher):
+    """Buffers of several pieces (PIECE): IN_PLACE, a user op that does not commute
+    (folded in rank order), Bcast; checked against numpy in each rank, under both."""
+    if launcher == "mpiexec" and not HAS_MPI:
+        pytest.skip("MPICH's mpiexec and mpi4py are not installed")
+    script = _script(tmp_path, """
+        import sys
+        import numpy as np
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+        rank, size = comm.rank, comm.size
+        n = 3_000_001  # (not a multiple of the ranks: segments differ by one)
+        parts = [np.random.default_rng(r).random(n) for r in range(size)]
+        total = parts[rank].copy()
+        comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+        ok = [np.allclose(total, sum(parts), rtol=1e-12)]
+
+        def after(invec, inoutvec, datatype):  # inoutvec = 2 * invec + inoutvec
+            a = np.frombuffer(invec, dtype="d")
+            b = np.frombuffer(inoutvec, dtype="d")
+            b[:] = 2 * a + b
+
+        folded = np.empty(n)
+        comm.Allreduce(parts[rank], folded, op=MPI.Op.Create(after, commute=False))
+        expected = parts[0]
+        for p in parts[1:]:
+            expected = 2 * expected + p
+        ok.append(np.allclose(folded, expected, rtol=1e-12))
+        reduced = np.empty(n) if rank == 1 else None
+        comm.Reduce(parts[rank], reduced, op=MPI.MAX, root=1)
+        ok.append(rank != 1 or bool((reduced == np.maximum.reduce(parts)).all()))
+        shared = parts[2] if rank == 2 else np.empty(n)
+        comm.Bcast(shared, root=2)
+        ok.append(bool((shared == parts[2]).all()))
+        sys.stdout.write(f"{rank} {ok}\\n")
+    """)
+    command = (["mpiexec", "-n", "3", sys.executable] if launcher == "mpiexec"
+               else [sys.executable, "-m", "paralelo", "run", "-n", "3"])
+    out = run_group([*command, str(script)], T)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == [f"{r} [True, True, True, True]" for r in range(3)]

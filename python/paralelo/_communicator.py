@@ -35,7 +35,15 @@ Exception = MPIError  # noqa: A001 - mpi4py's name: MPI.Exception
 
 PROC_NULL, UNDEFINED, ROOT, SUCCESS = -1, -32766, -3, 0
 #: Tags collectives use on a communicator's second context.
-_BCAST, _GATHER, _SCATTER, _ALLGATHER, _ALLTOALL, _BARRIER, _ACK = range(1, 8)
+_BCAST, _GATHER, _SCATTER, _ALLGATHER, _ALLTOALL, _BARRIER, _ACK, _REDUCE_SCATTER = range(1, 9)
+#: Collectives move large buffers in pieces of this many bytes, so that the receiver
+#: copies (or folds) one while the sender writes the next: both cores at work.
+PIECE = 1 << 21
+
+
+def _pieces(nbytes: int, step: int = PIECE) -> list[slice]:
+    """A buffer of `nbytes` cut into pieces of `step` (one piece at least)."""
+    return [slice(i, min(i + step, nbytes)) for i in range(0, max(nbytes, 1), step)]
 
 
 class _InPlace:
@@ -403,6 +411,8 @@ class Comm:
         return _world_box()
 
     def _peer(self, rank: int, what: str = "rank", any_ok: bool = False) -> int:
+        if type(rank) is int and 0 <= rank < len(self._ranks):
+            return rank
         if not isinstance(rank, int) or isinstance(rank, bool):
             raise TypeError(f"a {what} is an int, not {type(rank).__name__}")
         if any_ok and rank == ANY_SOURCE:
@@ -418,6 +428,8 @@ class Comm:
 
     @staticmethod
     def _tag(tag: int, any_ok: bool = False) -> int:
+        if type(tag) is int and tag >= 0:
+            return tag
         if not isinstance(tag, int) or isinstance(tag, bool):
             raise TypeError(f"a tag is an int, not {type(tag).__name__}")
         if tag < 0 and not (any_ok and tag == ANY_TAG):
@@ -433,7 +445,8 @@ class Comm:
         """Sends `obj` (pickled) to `dest`."""
         if dest == PROC_NULL:
             return
-        self._post(self._peer(dest), self._tag(tag), OBJECT, _mailbox.dumps(obj))
+        self._box().send(self._ranks[self._peer(dest)], self._context, self._rank, self._tag(tag), OBJECT,
+                         _mailbox.dumps(obj))
 
     def ssend(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Sends `obj` and returns once `dest` received it."""
@@ -460,10 +473,11 @@ class Comm:
         source, tag, kind, payload = got
         if status is not None:
             status._set(source, tag, payload.nbytes)
-        if kind == _mailbox.SYNC:
-            self._post(source, _ACK, OBJECT, b"", self._context + 1)
-        if kind == RAW:
-            raise MPIError(ERR_TYPE, "MPI_ERR_TYPE: a buffer (Send) came where an object (send) was awaited")
+        if kind != OBJECT:
+            if kind == _mailbox.SYNC:
+                self._post(source, _ACK, OBJECT, b"", self._context + 1)
+            elif kind == RAW:
+                raise MPIError(ERR_TYPE, "MPI_ERR_TYPE: a buffer (Send) came where an object (send) was awaited")
         return _mailbox.loads(payload)
 
     def recv(self, buf: Any = None, source: int = ANY_SOURCE, tag: int = ANY_TAG,
@@ -671,12 +685,13 @@ class Comm:
         """`root`'s buffer copied into every rank's `buf`."""
         self._root(root)
         view = _Buffer(buf).bytes
-        if self._rank == root:
-            for r in range(self.size):
-                if r != root:
-                    self._csend(r, _BCAST, _raw_payload(view), RAW)
-        else:
-            _mailbox.raw_into(self._crecv(root, _BCAST)[3], view)
+        others = [r for r in range(self.size) if r != root]
+        for piece in _pieces(view.nbytes):
+            if self._rank == root:
+                for r in others:
+                    self._csend(r, _BCAST, _raw_payload(view[piece]), RAW)
+            else:
+                _mailbox.raw_into(self._crecv(root, _BCAST)[3], view[piece])
 
     def Scatter(self, sendbuf: Any, recvbuf: Any, root: int = 0) -> None:  # noqa: N802 - mpi4py's name
         """Part i of `root`'s `sendbuf` into rank i's `recvbuf`."""
@@ -745,21 +760,59 @@ class Comm:
     def Allreduce(self, sendbuf: Any, recvbuf: Any, op: Op = SUM) -> None:  # noqa: N802 - mpi4py's name
         """Every rank's `sendbuf` combined element by element with `op`, in rank order,
         into every rank's `recvbuf`."""
+        import numpy
+
         _check_op(op)
-        mine = _Buffer(recvbuf if sendbuf is IN_PLACE else sendbuf).bytes
-        others = [r for r in range(self.size) if r != self._rank]
-        for r in others:
-            self._csend(r, _ALLGATHER, _raw_payload(mine), RAW)
-        self._reduce_into(sendbuf, recvbuf, op, others, _ALLGATHER)
+        target = _Buffer(recvbuf, "receive buffer")
+        own = target if sendbuf is IN_PLACE else _Buffer(sendbuf)
+        _same_size(own, target)
+        # Reduce-scatter, then allgather: rank r folds segment r of every rank's buffer,
+        # in rank order, then hands it to the others; each rank moves (size-1)/size of
+        # its buffer each way. Both go piece by piece, each piece sent, then the same
+        # piece received and used, a folded piece sent on at once: what one rank wrote
+        # is read while still in cache.
+        out, mine = target.array(), own.array()
+        size, rank, code = self.size, self._rank, target.code
+        bounds = [len(out) * i // size for i in range(size + 1)]
+        step = max(1, PIECE // out.itemsize)
+        pieces = range(max(1, -(-(bounds[1] - bounds[0] + 1) // step)))  # (segments differ by 1 at most)
+
+        def piece(array: Any, r: int, k: int) -> Any:
+            lo = min(bounds[r] + k * step, bounds[r + 1])
+            return array[lo:min(lo + step, bounds[r + 1])]
+
+        in_place = sendbuf is IN_PLACE
+        for k in pieces:
+            for r in range(size):
+                if r != rank:
+                    self._csend(r, _REDUCE_SCATTER, _raw_payload(memoryview(piece(mine, r, k)).cast("B")), RAW)
+            parts, holders = [], []
+            for r in range(size):
+                if r == rank:
+                    # (In place, `out` is this rank's part: a copy, as lower ranks' go first.)
+                    parts.append(piece(mine, r, k).copy() if in_place and rank else piece(mine, r, k))
+                    continue
+                view, holder = _mailbox.raw_view(self._crecv(r, _REDUCE_SCATTER)[3])
+                parts.append(numpy.frombuffer(view, dtype=code))
+                holders.append(holder)
+            _fold_parts(op, piece(out, rank, k), parts, code)
+            for holder in holders:
+                if holder is not None:
+                    holder.release()
+            ours = memoryview(piece(out, rank, k)).cast("B")
+            for r in range(size):
+                if r != rank:
+                    self._csend(r, _ALLGATHER, _raw_payload(ours), RAW)
+            for r in range(size):
+                if r != rank:
+                    _mailbox.raw_into(self._crecv(r, _ALLGATHER)[3], memoryview(piece(out, r, k)).cast("B"))
 
     def _reduce_into(self, sendbuf: Any, recvbuf: Any, op: Op, others: list[int], tag: int = _GATHER) -> None:
         import numpy
 
         target = _Buffer(recvbuf, "receive buffer")
         own = target if sendbuf is IN_PLACE else _Buffer(sendbuf)
-        if own.bytes.nbytes != target.bytes.nbytes:
-            raise MPIError(ERR_COUNT, f"MPI_ERR_COUNT: the send buffer holds {own.bytes.nbytes} bytes, "
-                                      f"the receive buffer {target.bytes.nbytes}")
+        _same_size(own, target)
         out, mine = target.array(), own.array()
         order = sorted([*others, self._rank])
         if sendbuf is IN_PLACE and order[0] != self._rank:
@@ -774,6 +827,27 @@ class Comm:
             _fold_into(op, out, numpy.frombuffer(view, dtype=target.code), i == 0, target.code)
             if holder is not None:
                 holder.release()
+
+
+def _same_size(own: _Buffer, target: _Buffer) -> None:
+    if own.bytes.nbytes != target.bytes.nbytes:
+        raise MPIError(ERR_COUNT, f"MPI_ERR_COUNT: the send buffer holds {own.bytes.nbytes} bytes, "
+                                  f"the receive buffer {target.bytes.nbytes}")
+
+
+def _fold_parts(op: Op, out: Any, parts: list[Any], code: str) -> None:
+    """``out = parts[0] op parts[1] op ...`` (rank order), element by element."""
+    import numpy
+
+    if op.ufunc is not None and len(parts) > 1:
+        ufunc = getattr(numpy, op.ufunc)
+        ufunc(parts[0], parts[1], out=out)  # (no first copy)
+        rest = parts[2:]
+    else:
+        out[...] = parts[0]
+        rest = parts[1:]
+    for values in rest:
+        _apply(op, out, values, code)
 
 
 def _fold_into(op: Op, out: Any, values: Any, first: bool, code: str) -> None:

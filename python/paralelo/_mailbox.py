@@ -26,11 +26,13 @@ import struct
 from typing import Any
 
 from . import _arena
-from ._arena import commit, is_framed, ungive
+from ._arena import Framed, commit, is_framed, ungive
+from ._pickling import FLAT
 
 __all__ = ["ABORT", "ANY_SOURCE", "ANY_TAG", "Mailbox", "MPIError", "OBJECT", "Posted", "RAW", "SYNC", "is_framed"]
 
 HEAD = struct.Struct("<iiiB")  # context, source (the sender's rank in that context), tag, kind
+_unpack = HEAD.unpack_from
 #: Kinds: a pickled object; raw bytes (a buffer method's); the job is over (payload: why); a
 #: pickled object whose sender waits to hear it was received (ssend).
 OBJECT, RAW, ABORT, SYNC = 0, 1, 2, 3
@@ -38,6 +40,7 @@ OBJECT, RAW, ABORT, SYNC = 0, 1, 2, 3
 ANY_SOURCE, ANY_TAG = -2, -1
 #: Seconds between looks at the launcher's abort flag while a send waits for room.
 _SEND_SLICE = 0.2
+_PICKLE = pickle.PROTO[0]
 
 
 def abort_message(why: str) -> bytes:
@@ -71,6 +74,8 @@ ERR_ROOT, ERR_GROUP, ERR_OP, ERR_ARG, ERR_TRUNCATE, ERR_OTHER = 7, 8, 9, 12, 14,
 def dumps(obj: Any, share: bool = False) -> bytes:
     """A payload for `obj`: its large buffers given to the message through the arena
     (unless `share`: the same bytes go to several ranks, so they stay in the pickle)."""
+    if type(obj) in FLAT:  # (no buffer, nothing another pickler would do better)
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     from .queues import _dumps
 
     return _dumps(obj, not share)
@@ -78,7 +83,7 @@ def dumps(obj: Any, share: bool = False) -> bytes:
 
 def loads(payload: memoryview) -> Any:
     """The object a payload holds (its large buffers: views into the arena)."""
-    if is_framed(payload):
+    if payload[0] != _PICKLE:  # (a frame: a plain pickle starts with PROTO)
         return _arena.unframe(bytes(payload))
     return pickle.loads(payload)
 
@@ -150,7 +155,7 @@ class Mailbox:
 
     def send(self, dest: int, context: int, source: int, tag: int, kind: int, payload: bytes) -> None:
         """Sends a message to world rank `dest` (waiting for room in its inbox)."""
-        data = HEAD.pack(context, source, tag, kind) + commit(payload)
+        data = HEAD.pack(context, source, tag, kind) + (commit(payload) if type(payload) is Framed else payload)
         inbox = self.inboxes[dest]
         try:
             if inbox.try_send(data):
@@ -171,14 +176,15 @@ class Mailbox:
         """The first message matching (`context`, `source`, `tag`) that no receive posted
         before claims: (source, tag, kind, payload); None if none came (not `block`, or
         `timeout` passed)."""
-        found = self._match(context, source, tag, remove=True)
+        found = self._match(context, source, tag, remove=True) if self.pending else None
         while found is None:
             message = self._receive(block, timeout)
             if message is None:
                 return None
-            if self._claim(message):
+            if self.posted and self._claim(message):
                 continue  # (an earlier posted receive's)
-            if self._matches(message, context, source, tag):
+            if message[0] == context and (source == ANY_SOURCE or message[1] == source) and (
+                    tag == ANY_TAG or message[2] == tag):  # (`_matches`, inline: the usual path)
                 return message[1:]
             self.pending.append(message)
         return found
@@ -247,17 +253,17 @@ class Mailbox:
                 and (tag == ANY_TAG or message[2] == tag))
 
     def _receive(self, block: bool, timeout: float | None) -> tuple[int, int, int, int, memoryview] | None:
-        self._check()
+        if self.why is not None or (self.aborted is not None and self.aborted.is_set()):
+            self._check()
         try:
             data = self.inbox.recv(timeout if block else 0.0)
         except TimeoutError:
             return None
-        view = memoryview(data)
-        context, source, tag, kind = HEAD.unpack_from(view)
+        context, source, tag, kind = _unpack(data)
         if kind == ABORT:
-            self.why = bytes(view[HEAD.size:]).decode()
+            self.why = data[HEAD.size:].decode()
             self._check()
-        return context, source, tag, kind, view[HEAD.size:]
+        return context, source, tag, kind, memoryview(data)[HEAD.size:]
 
     def _check(self) -> None:
         if self.why is None and self.aborted is not None and self.aborted.is_set():
