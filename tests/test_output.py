@@ -65,6 +65,8 @@ def test_worker_records_reach_the_parents_handlers_with_the_workers_name_and_pid
             pids = list(ex.map(log_and_return, range(4)))
     records = [r for r in kept.records if r.name == "paralelo-tests.worker"]
     assert sorted(r.getMessage() for r in records) == ["failed on 2", "item 0", "item 1", "item 2", "item 3"]
+    # Plain arguments stay arguments, as a forked handler would see them.
+    assert sorted(r.args for r in records if r.msg == "item %d") == [(0,), (1,), (2,), (3,)]
     for r in records:
         assert r.process in pids and r.process != os.getpid()
         assert r.processName.startswith("ForkPoolWorker-" if kind == "pool" else "ForkProcess-")
@@ -335,3 +337,41 @@ def test_a_process_child_logs_to_the_parents_handlers_before_its_join_returns(ke
     killed.start()
     killed.join(T)  # (a killed child sends no end: its join does not wait for one)
     assert killed.exitcode == -9
+
+
+def test_each_streamed_result_comes_after_the_records_its_task_logged(tmp_path):
+    """As users write it (a script, its handler in __main__): imap, imap_unordered and an
+    executor's map yield no result before the parent's handler had its task's record."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import logging
+        import numpy
+        import paralelo
+
+        class Seen(logging.Handler):
+            def __init__(self):
+                super().__init__()
+                self.items = set()
+
+            def emit(self, record):
+                self.items.add(record.args[0])  # (plain arguments arrive as they were)
+
+        seen = Seen()
+        logging.basicConfig(level=logging.INFO, handlers=[seen])
+
+        def work(x):
+            logging.info("item %d", x)
+            return x
+
+        if __name__ == "__main__":
+            early = 0
+            with paralelo.Pool(2) as pool:
+                for results in (pool.imap(work, range(3000)), pool.imap_unordered(work, range(3000, 6000))):
+                    early += sum(r not in seen.items for r in results)
+            with paralelo.ProcessPoolExecutor(2) as ex:
+                early += sum(r not in seen.items for r in ex.map(work, range(6000, 9000), chunksize=50))
+            print(early)
+    """))
+    out = run_group([sys.executable, str(script)], T, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0"]

@@ -108,6 +108,31 @@ def nap(x):
     return x
 
 
+def nap_fail_on_five(x):
+    if x == 5:
+        raise ValueError("five")
+    return nap(x)
+
+
+@pytest.mark.parametrize("how", ["imap", "imap_unordered", "thread executor", "process executor"])
+def test_a_loop_that_raises_closes_its_bar_where_it_got_to(bars, how):
+    """As a tqdm loop does: the bar is closed when the error reaches the loop, not when
+    the rest of the map ends later (it would draw over what the program prints next)."""
+    if how.endswith("executor"):
+        make = paralelo.ThreadPoolExecutor if how.startswith("thread") else paralelo.ProcessPoolExecutor
+        with make(2) as ex:
+            with pytest.raises(ValueError, match="five"):
+                for _ in ex.map(nap_fail_on_five, range(60), progress=True):
+                    pass
+            assert _one(bars).closed and _one(bars).n < 60
+        return
+    with paralelo.Pool(2) as pool:
+        with pytest.raises(ValueError, match="five"):
+            for _ in getattr(pool, how)(nap_fail_on_five, range(60), progress=True):
+                pass
+        assert _one(bars).closed and _one(bars).n < 60
+
+
 def test_a_map_stopped_early_closes_its_bar(bars):
     with paralelo.ProcessPoolExecutor(2) as ex:
         results = ex.map(nap, range(1000), progress=True)

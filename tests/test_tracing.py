@@ -79,6 +79,7 @@ def test_workers_made_and_ended_inside_are_traced_with_births_and_deaths(tmp_pat
     assert t.workers >= 6  # (the executor's workers left every 5 tasks)
     instants = [e["name"] for e in events if e["ph"] == "i"]
     assert instants.count("started") >= 6 and instants.count("left (maxtasks)") >= 4
+    assert instants.count("left (the pool's end)") >= 1  # (the executor's shutdown)
     assert "ready (initializer done)" in instants
 
 

@@ -49,6 +49,17 @@ def run_or_defer(fn: Callable, *args: Any) -> None:
         pending.append((fn, args))
 
 
+def after_pending(fn: Callable, *args: Any) -> None:
+    """Calls `fn(*args)` now, unless completions are already deferred in this lock hold:
+    then after them, in order (a result made visible must not overtake the log records
+    its task wrote, delivered that way)."""
+    pending = getattr(deferred, "pending", None)
+    if pending:
+        pending.append((fn, args))
+    else:
+        fn(*args)
+
+
 class Held:
     """A hold of an engine lock (see `Engine.locked`): a class, not a generator-based
     context manager, which costs several times more, on every call submitted."""

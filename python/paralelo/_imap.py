@@ -13,6 +13,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from ._completions import after_pending
 from ._errors import PoolTimeoutError, as_pool_error
 from ._native import unpack_numbers
 from ._outcomes import Segments
@@ -77,8 +78,13 @@ class IMapIterator:
         # runs).
         self._job = weakref.ref(job)
 
-    # sink protocol (called by the engine with its lock held)
+    # sink protocol (called by the engine with its lock held). What it makes visible to the
+    # consumer waits, once something is deferred in the same hold (`after_pending`): the
+    # log records the workers sent before these results are handled first.
     def chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
+        after_pending(self._chunks, chunks)
+
+    def _chunks(self, chunks: list[tuple[int, int, bool, Any]]) -> None:
         chunks = [(s, n, ok, unpack_numbers(v) if type(v) is bytes else v) for s, n, ok, v in chunks]
         if any(type(c[3]) is Segments or (not c[2] and c[1] > 1) for c in chunks):
             chunks = list(_split_segments(chunks, self.stop_after_error))
@@ -111,17 +117,26 @@ class IMapIterator:
         pass  # (arrays were unpacked as they came: a consumer may be waiting for them)
 
     def end(self, total: int) -> None:
+        after_pending(self._end, total)
+
+    def _end(self, total: int) -> None:
         with self._cond:
             self._total = total
             self._cond.notify_all()
             self._wake()
 
     def fail(self, exc: BaseException) -> None:
+        after_pending(self._fail, exc)
+
+    def _fail(self, exc: BaseException) -> None:
         with self._cond:
             self._failure = exc
             self._wake()
 
     def input_failed(self, position: int, exc: BaseException) -> None:
+        after_pending(self._input_failed, position, exc)
+
+    def _input_failed(self, position: int, exc: BaseException) -> None:
         # Raised in its place: after the results of the items read before it.
         with self._cond:
             self._total = position
@@ -240,6 +255,8 @@ class IMapIterator:
         if job is not None and job.reader is not None and not job.fed_all:
             job.starved()  # room was made: the reader may read on
         if not ok:
+            if self._progress is not None:
+                self._progress.close()  # (where it got to, as a tqdm loop that raises)
             if self.stop_after_error:
                 self._stopped = True  # nothing after it, as in multiprocessing
                 if job is not None:

@@ -233,14 +233,27 @@ def forward_logging(ids: frozenset[int], send: Callable[[int, bytes], None]) -> 
                            for h in logger.handlers]
 
 
+#: Argument types a parent always loads: a record whose arguments are only these keeps
+#: them (a handler may read ``record.args``, as it can with fork), else they are merged.
+_PLAIN_ARGS = frozenset((int, float, str, bytes, bool, type(None)))
+
+
+def _plain(args: Any) -> bool:
+    if type(args) is tuple:
+        return all(type(a) in _PLAIN_ARGS for a in args)
+    return type(args) is dict and all(type(k) is str and type(v) in _PLAIN_ARGS for k, v in args.items())
+
+
 def _packed(rec: logging.LogRecord) -> bytes:
-    """A record as a pickle its parent can always load: the message merged with its
-    arguments; an exception as its formatted text (as ``QueueHandler.prepare`` does),
-    and as ``exc_info`` without its traceback where the exception pickles (for handlers
-    that read it); an ``extra`` value that does not pickle, as its repr."""
+    """A record as a pickle its parent can always load: its message and arguments as
+    they are when those are plain values, else the message merged with its arguments
+    (as ``QueueHandler.prepare`` does); an exception as its formatted text, and as
+    ``exc_info`` without its traceback where the exception pickles (for handlers that
+    read it); an ``extra`` value that does not pickle, as its repr."""
     d = dict(rec.__dict__)
-    d["msg"] = rec.getMessage()
-    d["args"] = None
+    if not (type(rec.msg) is str and (not rec.args or _plain(rec.args))):
+        d["msg"] = rec.getMessage()
+        d["args"] = None
     if rec.exc_info:
         if not d.get("exc_text"):
             d["exc_text"] = logging.Formatter().formatException(rec.exc_info)

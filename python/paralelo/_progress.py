@@ -303,6 +303,11 @@ class finishing:  # noqa: N801 - used as a function: finishing(results, bar)
         except StopIteration:
             self._bar.finish(self._taken)
             raise
+        except TimeoutError:
+            raise  # (`next(timeout)`: the caller may ask again)
+        except BaseException:
+            self._bar.close()  # (where it got to, as a tqdm loop that raises)
+            raise
         self._taken += 1
         if self._count:
             self._bar.advance(1)

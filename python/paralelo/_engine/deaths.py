@@ -35,14 +35,15 @@ if TYPE_CHECKING:
 MAX_UNEXPLAINED_DEATHS = 3
 
 
-def retire(engine: Engine, slot: Slot, death: str | None) -> None:
-    """The worker in `slot` is gone (`death` says how) or leaving after maxtasks (None):
-    fail what it was running, hand back what it had not started, start another."""
+def retire(engine: Engine, slot: Slot, death: str | None, left: str = "maxtasks") -> None:
+    """The worker in `slot` is gone (`death` says how) or leaving (None; `left` says why:
+    after maxtasks, or at the pool's end): fail what it was running, hand back what it
+    had not started, start another."""
     kind, ticket = engine.hub.state(slot.index) if death is not None else ("idle", 0)
     slot.alive = False
     slot.figures.ended = time.monotonic()
     engine.probes.lost(slot.index)  # (what it measured will not come: none waits for it)
-    engine.mark(slot, "left (maxtasks)" if death is None else f"died: {death}")
+    engine.mark(slot, f"left ({left})" if death is None else f"died: {death}")
     cause = slot.corrupt
     if death is not None:
         if cause is not None:

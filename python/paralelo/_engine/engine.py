@@ -872,7 +872,7 @@ class Engine:
                 self._kill(slot)
         elif kind == "exited":
             if self.exits_sent:
-                deaths.retire(self, slot, None)  # it was told to exit, with nothing to run
+                deaths.retire(self, slot, None, "the pool's end")  # told to exit, with nothing to run
                 return
             if not own:
                 assert self.zygote is not None  # it started the worker that died
