@@ -384,3 +384,61 @@ def test_large_buffer_reductions_in_place_and_not_commutative(tmp_path, launcher
     out = run_group([*command, str(script)], T)
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.splitlines()) == [f"{r} [True, True, True, True]" for r in range(3)]
+
+
+CODES = ["d", "f", "q", "l", "i", "h", "b", "Q", "I", "H", "B"]
+OPS = {"SUM": "add", "PROD": "multiply", "MAX": "maximum", "MIN": "minimum", "LAND": "logical_and",
+       "LOR": "logical_or", "LXOR": "logical_xor", "BAND": "bitwise_and", "BOR": "bitwise_or",
+       "BXOR": "bitwise_xor"}
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_the_engines_reductions_compute_what_numpy_computes(code):
+    """The buffer reductions run in Rust (``_native.fold``): every operator and type
+    against numpy's own ufunc, wrapping and NaNs included, into a fresh output and in
+    place."""
+    import numpy as np
+
+    from paralelo._native import fold
+
+    rng = np.random.default_rng(7)
+    if code in "df":
+        a, b = rng.normal(size=1001).astype(code), rng.normal(size=1001).astype(code)
+        a[::97] = np.nan
+        a[5::50] = 0
+    else:
+        info = np.iinfo(code)
+        a = rng.integers(info.min, info.max, size=1001, dtype=code, endpoint=True)
+        b = rng.integers(info.min, info.max, size=1001, dtype=code, endpoint=True)
+        a[::50] = 0
+    for name, ufunc in OPS.items():
+        expected = getattr(np, ufunc)(a, b) if code not in "df" or not name.startswith("B") else None
+        out = np.empty_like(a)
+        as_bytes = [memoryview(x).cast("B") for x in (out, a, b)]
+        if expected is None:
+            with pytest.raises(ValueError, match="does not apply to floating-point"):
+                fold(name, code, *as_bytes)
+            continue
+        assert fold(name, code, *as_bytes)
+        np.testing.assert_array_equal(out, expected.astype(code), err_msg=f"{name} {code}")
+        inplace = a.copy()
+        assert fold(name, code, memoryview(inplace).cast("B"), None, as_bytes[2])
+        np.testing.assert_array_equal(inplace, expected.astype(code), err_msg=f"{name} {code} in place")
+
+
+def test_the_engines_reductions_refuse_what_they_cannot_do_safely():
+    import numpy as np
+
+    from paralelo._native import fold
+
+    a, b = np.arange(8.0), np.ones(8)
+    assert not fold("MAXLOC", "d", memoryview(a).cast("B"), None, memoryview(b).cast("B"))  # (numpy's turn)
+    assert not fold("SUM", "e", memoryview(a).cast("B"), None, memoryview(b).cast("B"))
+    odd = memoryview(bytearray(65))[1:]  # (not aligned for doubles)
+    assert not fold("SUM", "d", odd, None, memoryview(b).cast("B"))
+    with pytest.raises(ValueError, match="read-only"):
+        fold("SUM", "d", memoryview(bytes(64)), None, memoryview(b).cast("B"))
+    with pytest.raises(ValueError, match="overlaps"):
+        fold("SUM", "d", memoryview(a).cast("B"), memoryview(a).cast("B"), memoryview(b).cast("B"))
+    with pytest.raises(ValueError, match="differ in length"):
+        fold("SUM", "d", memoryview(a).cast("B"), None, memoryview(b[:4]).cast("B"))

@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from . import _mailbox
+from ._native import fold
 from ._mailbox import (ANY_SOURCE, ANY_TAG, ERR_ARG, ERR_BUFFER, ERR_COMM, ERR_COUNT, ERR_GROUP, ERR_OP, ERR_OTHER,
                        ERR_RANK, ERR_ROOT, ERR_TAG, ERR_TRUNCATE, ERR_TYPE, OBJECT, RAW, Mailbox, MPIError)
 
@@ -837,11 +838,12 @@ def _same_size(own: _Buffer, target: _Buffer) -> None:
 
 def _fold_parts(op: Op, out: Any, parts: list[Any], code: str) -> None:
     """``out = parts[0] op parts[1] op ...`` (rank order), element by element."""
-    import numpy
-
     if op.ufunc is not None and len(parts) > 1:
-        ufunc = getattr(numpy, op.ufunc)
-        ufunc(parts[0], parts[1], out=out)  # (no first copy)
+        first = parts[0]
+        if first.ctypes.data == out.ctypes.data:  # (in place: this rank's part is `out`)
+            _apply(op, out, parts[1], code)
+        elif not fold(op.name, code, _bytes(out), _bytes(first), _bytes(parts[1])):
+            _ufunc(op)(first, parts[1], out=out)  # (no first copy either way)
         rest = parts[2:]
     else:
         out[...] = parts[0]
@@ -861,10 +863,9 @@ def _fold_into(op: Op, out: Any, values: Any, first: bool, code: str) -> None:
 
 def _apply(op: Op, out: Any, values: Any, code: str) -> None:
     """``out = out op values``, element by element (out: the lower ranks' result)."""
-    import numpy
-
     if op.ufunc is not None:
-        getattr(numpy, op.ufunc)(out, values, out=out)
+        if not fold(op.name, code, _bytes(out), None, _bytes(values)):
+            _ufunc(op)(out, values, out=out)  # (a type the engine's loops do not take)
     elif op.user:
         # MPI's convention: function(invec, inoutvec, datatype) leaves invec op inoutvec
         # in inoutvec; invec is the lower ranks' part.
@@ -875,6 +876,16 @@ def _apply(op: Op, out: Any, values: Any, code: str) -> None:
         out[...] = values
     elif op is not NO_OP:
         raise MPIError(ERR_OP, f"MPI_ERR_OP: {op.name} does not apply to buffers of plain values")
+
+
+def _bytes(array: Any) -> memoryview:
+    return memoryview(array).cast("B")
+
+
+def _ufunc(op: Op) -> Any:
+    import numpy
+
+    return getattr(numpy, op.ufunc)  # type: ignore[arg-type]
 
 
 def _copy(source: memoryview, target: memoryview) -> None:

@@ -5,12 +5,14 @@
 //! * [`ring`]: a single-producer single-consumer ring of framed byte messages.
 //! * [`hub`]: one segment holding a pair of rings per worker slot, as a pool uses it.
 //! * [`proc`]: the death watch on child processes' pidfds.
+//! * [`comm`]: what collectives compute: element-wise reductions.
 //!
 //! Memory another process writes is untrusted input: every index and length read from it
 //! is checked, and a violation is an [`Error::Corrupt`], never undefined behaviour.
 #![deny(unsafe_code)]
 
 pub mod channel;
+pub mod comm;
 pub mod error;
 pub mod hub;
 mod primitive;

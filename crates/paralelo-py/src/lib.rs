@@ -8,6 +8,7 @@ mod channel;
 mod door;
 mod errors;
 mod flat;
+mod fold;
 mod forklock;
 mod hub;
 mod lock;
@@ -39,6 +40,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(process::release_idle_watch, m)?)?;
     m.add_function(wrap_pyfunction!(numbers::pack_numbers, m)?)?;
     m.add_function(wrap_pyfunction!(flat::dumps_flat, m)?)?;
+    m.add_function(wrap_pyfunction!(fold::fold, m)?)?;
     m.add_function(wrap_pyfunction!(channel::slow_path_if_fast, m)?)?;
     m.add_function(wrap_pyfunction!(numbers::unpack_numbers, m)?)?;
     m.add("MAX_TAG", paralelo_core::MAX_TAG)?;
