@@ -442,3 +442,83 @@ def test_the_engines_reductions_refuse_what_they_cannot_do_safely():
         fold("SUM", "d", memoryview(a).cast("B"), memoryview(a).cast("B"), memoryview(b).cast("B"))
     with pytest.raises(ValueError, match="differ in length"):
         fold("SUM", "d", memoryview(a).cast("B"), None, memoryview(b[:4]).cast("B"))
+
+
+ORDER = '''
+import sys, time
+import numpy as np
+from paralelo import comm as MPI
+comm = MPI.COMM_WORLD
+rank, size = comm.rank, comm.size
+# Every rank but 0 sends rank 0 small objects (the fastbox, while it is free), strings
+# and arrays too big for it (the inbox), and Send buffers, all with one tag, in bursts
+# rank 0 lets pile up: rank 0 must get each sender's in the order sent.
+N = 600
+if rank:
+    for i in range(N):
+        kind = i % 5
+        if kind == 3:
+            comm.send("x" * (200 + i), dest=0, tag=7)
+        elif kind == 4:
+            comm.send(np.full(3000 + i, i), dest=0, tag=7)
+        else:
+            comm.send(i, dest=0, tag=7)
+    comm.Send(np.arange(10.0) + rank, dest=0, tag=8)
+    comm.send(None, dest=0, tag=7)
+else:
+    got = {r: [] for r in range(1, size)}
+    done = 0
+    status = MPI.Status()
+    while done < size - 1:
+        if len(got[1]) % 150 == 0:
+            time.sleep(0.02)  # (the senders run ahead)
+        item = comm.recv(source=MPI.ANY_SOURCE, tag=7, status=status)
+        if item is None:
+            done += 1
+            continue
+        got[status.Get_source()].append(item if isinstance(item, int) else
+                                        len(item) - 200 if isinstance(item, str) else int(item[0]))
+    for r in range(1, size):
+        buf = np.empty(10)
+        comm.Recv(buf, source=r, tag=8)
+        sys.stdout.write(f"{r} {got[r] == list(range(N))} {buf[0]}\\n")
+'''
+
+
+@pytest.mark.parametrize("launcher", ["paralelo", "mpiexec"])
+def test_each_senders_messages_arrive_in_order_whatever_their_size(tmp_path, launcher):
+    if launcher == "mpiexec" and not HAS_MPI:
+        pytest.skip("MPICH's mpiexec and mpi4py are not installed")
+    script = _script(tmp_path, ORDER)
+    command = (["mpiexec", "-n", "3", sys.executable] if launcher == "mpiexec"
+               else [sys.executable, "-m", "paralelo", "run", "-n", "3"])
+    out = run_group([*command, str(script)], T)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["1 True 1.0", "2 True 2.0"]
+
+
+def test_threads_of_a_rank_receive_at_once_without_blocking_each_other(tmp_path):
+    """One thread waits for a message that comes only after another thread of the same
+    rank got its own and answered: the first must not keep the second from it."""
+    script = _script(tmp_path, """
+        import sys, threading
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+        if comm.rank == 0:
+            out = {}
+            def late():
+                out["late"] = comm.recv(source=1, tag=1)
+            waiting = threading.Thread(target=late)
+            waiting.start()
+            out["early"] = comm.recv(source=1, tag=2)
+            comm.send("answer", dest=1, tag=3)
+            waiting.join(30)
+            sys.stdout.write(f"{sorted(out.items())}\\n")
+        else:
+            comm.send("early", dest=0, tag=2)
+            assert comm.recv(source=0, tag=3) == "answer"
+            comm.send("late", dest=0, tag=1)
+    """)
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "2", str(script)], T)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "[('early', 'early'), ('late', 'late')]\n"

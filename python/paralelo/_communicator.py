@@ -365,11 +365,15 @@ class Comm:
     mpi4py's ``Intracomm``."""
 
     def __init__(self, ranks: list[int], rank: int, context: int, name: str) -> None:
-        self._ranks = ranks  # world rank of each rank of this communicator
-        self._rank = rank
+        self._place(ranks, rank)
         self._context = context
         self._name = name
         self._freed = False
+
+    def _place(self, ranks: list[int], rank: int) -> None:
+        self._ranks = ranks  # world rank of each rank of this communicator
+        self._rank = rank
+        self._others = [w for r, w in enumerate(ranks) if r != rank]  # (world ranks)
 
     # -- identity --
     @property
@@ -409,7 +413,7 @@ class Comm:
     def _box(self) -> Mailbox:
         if self._freed:
             raise MPIError(ERR_COMM, "MPI_ERR_COMM: invalid communicator (it was freed)")
-        return _world_box()
+        return _box or _world_box()
 
     def _peer(self, rank: int, what: str = "rank", any_ok: bool = False) -> int:
         if type(rank) is int and 0 <= rank < len(self._ranks):
@@ -439,15 +443,16 @@ class Comm:
 
     # -- point-to-point: objects --
     def _post(self, dest: int, tag: int, kind: int, payload: bytes, context: int | None = None) -> None:
-        self._box().send(self._ranks[dest], self._context if context is None else context, self._rank, tag,
-                         kind, payload)
+        _mailbox.send(self._box(), self._ranks[dest], self._context if context is None else context, self._rank,
+                      tag, kind, payload)
 
     def send(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Sends `obj` (pickled) to `dest`."""
         if dest == PROC_NULL:
             return
-        self._box().send(self._ranks[self._peer(dest)], self._context, self._rank, self._tag(tag), OBJECT,
-                         _mailbox.dumps(obj))
+        box, world, tag = self._box(), self._ranks[self._peer(dest)], self._tag(tag)
+        if not box.send_flat([world], self._context, self._rank, tag, obj):
+            _mailbox.send(box, world, self._context, self._rank, tag, OBJECT, _mailbox.dumps(obj))
 
     def ssend(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Sends `obj` and returns once `dest` received it."""
@@ -470,10 +475,10 @@ class Comm:
 
         return Request(acked)
 
-    def _took(self, got: tuple[int, int, int, memoryview], status: Status | None) -> Any:
+    def _took(self, got: tuple[int, int, int, bytes], status: Status | None) -> Any:
         source, tag, kind, payload = got
         if status is not None:
-            status._set(source, tag, payload.nbytes)
+            status._set(source, tag, len(payload))
         if kind != OBJECT:
             if kind == _mailbox.SYNC:
                 self._post(source, _ACK, OBJECT, b"", self._context + 1)
@@ -516,14 +521,14 @@ class Comm:
         got = self._box().peek(self._context, self._peer(source, "source", True), self._tag(tag, True), True)
         assert got is not None
         if status is not None:
-            status._set(got[0], got[1], got[3].nbytes)
+            status._set(*got)
         return True
 
     def iprobe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG, status: Status | None = None) -> bool:
         """Whether a matching message came (leaving it to be received)."""
         got = self._box().peek(self._context, self._peer(source, "source", True), self._tag(tag, True), False)
         if got is not None and status is not None:
-            status._set(got[0], got[1], got[3].nbytes)
+            status._set(*got)
         return got is not None
 
     Probe, Iprobe = probe, iprobe
@@ -566,7 +571,7 @@ class Comm:
 
         return Request(finish)
 
-    def _into(self, got: tuple[int, int, int, memoryview], target: memoryview, status: Status | None) -> None:
+    def _into(self, got: tuple[int, int, int, bytes], target: memoryview, status: Status | None) -> None:
         source, tag, kind, payload = got
         if kind != RAW:
             raise MPIError(ERR_TYPE, "MPI_ERR_TYPE: an object (send) came where a buffer (Send) was awaited")
@@ -583,31 +588,34 @@ class Comm:
     def _csend(self, dest: int, tag: int, payload: bytes, kind: int = OBJECT) -> None:
         self._post(dest, tag, kind, payload, self._context + 1)
 
-    def _crecv(self, source: int, tag: int) -> tuple[int, int, int, memoryview]:
+    def _crecv(self, source: int, tag: int) -> tuple[int, int, int, bytes]:
         got = self._box().take(self._context + 1, source, tag)
         assert got is not None
         return got
 
-    def _cload(self, source: int, tag: int) -> Any:
-        return _mailbox.loads(self._crecv(source, tag)[3])
-
-    def _to_all(self, obj: Any, dests: Sequence[int], tag: int) -> None:
-        """Sends `obj` to each of `dests`: one pickle for all, unless its buffers went
+    def _to_all(self, obj: Any, tag: int) -> None:
+        """Sends `obj` to every other rank: one pickle for all, unless its buffers went
         through the arena (a given block has one receiver): then one each."""
+        box = self._box()
+        if box.send_flat(self._others, self._context + 1, self._rank, tag, obj):
+            return
         data = None
-        for dest in dests:
+        for dest in range(self.size):
+            if dest == self._rank:
+                continue
             if data is None or _mailbox.is_framed(data):
                 data = _mailbox.dumps(obj)
             self._csend(dest, tag, data)
 
+    def _to_one(self, obj: Any, dest: int, tag: int) -> None:
+        box = self._box()
+        if not box.send_flat([self._ranks[dest]], self._context + 1, self._rank, tag, obj):
+            self._csend(dest, tag, _mailbox.dumps(obj))
+
     # -- collectives: objects --
     def barrier(self) -> None:
         """Returns once every rank called it (a dissemination barrier: log2(size) rounds)."""
-        size, step = self.size, 1
-        while step < size:
-            self._csend((self._rank + step) % size, _BARRIER, b"")
-            self._crecv((self._rank - step) % size, _BARRIER)
-            step <<= 1
+        self._box().barrier(self._ranks, self._rank, self._context + 1, _BARRIER)
 
     Barrier = barrier
 
@@ -615,27 +623,27 @@ class Comm:
         """`root`'s `obj`, on every rank."""
         self._root(root)
         if self._rank == root:
-            self._to_all(obj, [r for r in range(self.size) if r != root], _BCAST)
+            self._to_all(obj, _BCAST)
             return obj
-        return self._cload(root, _BCAST)
+        return self._box().take_object(self._context + 1, root, _BCAST)
 
     def gather(self, sendobj: Any, root: int = 0) -> list | None:
         """Every rank's object, in rank order, at `root` (None elsewhere)."""
         self._root(root)
         if self._rank != root:
-            self._csend(root, _GATHER, _mailbox.dumps(sendobj))
+            self._to_one(sendobj, root, _GATHER)
             return None
-        return [sendobj if r == root else self._cload(r, _GATHER) for r in range(self.size)]
+        return self._box().collect(self._context + 1, self.size, self._rank, _GATHER, sendobj)
 
     def scatter(self, sendobj: Sequence[Any] | None, root: int = 0) -> Any:
         """`root`'s ``sendobj[i]`` on rank i."""
         self._root(root)
         if self._rank != root:
-            return self._cload(root, _SCATTER)
+            return self._box().take_object(self._context + 1, root, _SCATTER)
         items = self._per_rank(sendobj, "scatter")
         for r in range(self.size):
             if r != root:
-                self._csend(r, _SCATTER, _mailbox.dumps(items[r]))
+                self._to_one(items[r], r, _SCATTER)
         return items[root]
 
     def _per_rank(self, sendobj: Any, what: str) -> list:
@@ -648,16 +656,16 @@ class Comm:
 
     def allgather(self, sendobj: Any) -> list:
         """Every rank's object, in rank order, on every rank."""
-        self._to_all(sendobj, [r for r in range(self.size) if r != self._rank], _ALLGATHER)
-        return [sendobj if r == self._rank else self._cload(r, _ALLGATHER) for r in range(self.size)]
+        self._to_all(sendobj, _ALLGATHER)
+        return self._box().collect(self._context + 1, self.size, self._rank, _ALLGATHER, sendobj)
 
     def alltoall(self, sendobj: Sequence[Any]) -> list:
         """``sendobj[j]`` of rank i arrives as item i of rank j's result."""
         items = self._per_rank(sendobj, "alltoall")
         for r in range(self.size):
             if r != self._rank:
-                self._csend(r, _ALLTOALL, _mailbox.dumps(items[r]))
-        return [items[r] if r == self._rank else self._cload(r, _ALLTOALL) for r in range(self.size)]
+                self._to_one(items[r], r, _ALLTOALL)
+        return self._box().collect(self._context + 1, self.size, self._rank, _ALLTOALL, items[self._rank])
 
     def reduce(self, sendobj: Any, op: Op = SUM, root: int = 0) -> Any:
         """Every rank's object combined with `op` in rank order, at `root` (None elsewhere)."""
@@ -959,6 +967,8 @@ COMM_NULL: Any = _NullComm()
 # -- this process's place in the job -----------------------------------------------------
 
 _box: Mailbox | None = None
+#: Bytes of the inbox of a program run alone (messages to itself).
+_SELF_INBOX = 1 << 20
 _next_context = 4  # (0, 1: the world's; 2, 3: self's)
 COMM_WORLD = Intracomm([0], 0, 0, "MPI_COMM_WORLD")
 COMM_SELF = Intracomm([0], 0, 2, "MPI_COMM_SELF")
@@ -969,16 +979,17 @@ def _world_box() -> Mailbox:
     alone (a world of one rank, as mpi4py without mpiexec)."""
     global _box
     if _box is None:
-        from ._native import Channel
+        from ._native import PostOffice
 
-        _box = Mailbox(0, [Channel()], None)
+        _box = Mailbox(PostOffice(1, _SELF_INBOX), 0)
     return _box
 
 
-def join(rank: int, inboxes: list[Any], aborted: Any) -> None:
-    """In a rank the launcher forked: this process is `rank` of a world of
-    ``len(inboxes)``."""
+def join(rank: int, office: Any, aborted: Any) -> None:
+    """In a rank the launcher forked: this process is `rank` of the job whose transport
+    is `office` (a `PostOffice`); `aborted`: the launcher's event, set as it ends a failed
+    job."""
     global _box
-    _box = Mailbox(rank, inboxes, aborted)
-    COMM_WORLD._ranks, COMM_WORLD._rank = list(range(len(inboxes))), rank
-    COMM_SELF._ranks, COMM_SELF._rank = [rank], 0
+    _box = Mailbox(office, rank, aborted._native)
+    COMM_WORLD._place(list(range(office.ranks)), rank)
+    COMM_SELF._place([rank], 0)

@@ -182,3 +182,24 @@ class AbandonedLockError(RuntimeError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (str(self), self.holder))
+
+
+class MPIError(RuntimeError):
+    """An MPI error, as mpi4py's ``MPI.Exception``: ``error_class`` and ``Get_error_class()``
+    say which (``ERR_RANK``, ``ERR_TAG``, ``ERR_TRUNCATE``, ``ERR_OTHER``...)."""
+
+    def __init__(self, error_class: int, message: str) -> None:
+        super().__init__(message)
+        self.error_class = self.error_code = error_class
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.error_class, str(self))
+
+    def Get_error_class(self) -> int:  # noqa: N802 - mpi4py's name
+        return self.error_class
+
+    def Get_error_code(self) -> int:  # noqa: N802 - mpi4py's name
+        return self.error_code
+
+    def Get_error_string(self) -> str:  # noqa: N802 - mpi4py's name
+        return str(self)

@@ -42,11 +42,11 @@ def run(script: str, args: list[str], ranks: int, tag_output: bool = False, mpi:
     if mpi:
         return _mpiexec(script, args, ranks, tag_output)
     from . import _arena
-    from ._native import Channel
+    from ._native import PostOffice
     from .synchronize import Event
 
     _arena.arena()  # (made before the fork: every rank maps it)
-    inboxes = [Channel(INBOX_BYTES) for _ in range(ranks)]
+    office = PostOffice(ranks, INBOX_BYTES)
     aborted = Event()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
@@ -63,26 +63,26 @@ def run(script: str, args: list[str], ranks: int, tag_output: bool = False, mpi:
                     os.close(w)
                 for fd in pipes:
                     os.close(fd)
-                _rank(script, args, rank, inboxes, aborted)
+                _rank(script, args, rank, office, aborted)
             finally:
                 os._exit(70)  # (only if the rank's own exit failed)
         pids[pid] = rank
         for fd, (r, w) in zip((1, 2), ends):
             os.close(w)
             pipes[r] = (rank, fd)
-    return _watch(pids, pipes, inboxes, aborted)
+    return _watch(pids, pipes, office, aborted)
 
 
-def _rank(script: str, args: list[str], rank: int, inboxes: list[Any], aborted: Any) -> None:
+def _rank(script: str, args: list[str], rank: int, office: Any, aborted: Any) -> None:
     """A forked rank: runs the script as ``__main__``, then exits with its status."""
     from . import _communicator, _native, _output
 
     os.setpgid(0, 0)
     _native.die_with_parent()
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.environ["PARALELO_RANK"], os.environ["PARALELO_SIZE"] = str(rank), str(len(inboxes))
+    os.environ["PARALELO_RANK"], os.environ["PARALELO_SIZE"] = str(rank), str(office.ranks)
     _output.whole_lines()
-    _communicator.join(rank, inboxes, aborted)
+    _communicator.join(rank, office, aborted)
     sys.argv = [script, *args]
     sys.path[0] = os.path.dirname(os.path.abspath(script))
     code = 0
@@ -110,7 +110,7 @@ def _exit_code(code: Any) -> int:
     return 1
 
 
-def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], inboxes: list[Any], aborted: Any) -> int:
+def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], office: Any, aborted: Any) -> int:
     """Waits for every rank, ends the job at the first failure or Ctrl-C, copies tagged
     output: the job's exit status."""
     fds = {os.pidfd_open(pid): pid for pid in pids}
@@ -126,7 +126,7 @@ def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], inboxes: lis
         while fds or pipes:
             if interrupted and deadline is None:
                 failure = failure or ("interrupted (Ctrl-C): the ranks were stopped", 130)
-                deadline = _end(pids, fds, inboxes, aborted, "the job was interrupted (Ctrl-C)", signal.SIGINT)
+                deadline = _end(pids, fds, office, aborted, "the job was interrupted (Ctrl-C)", signal.SIGINT)
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             if deadline is not None and timeout == 0.0:
                 for pid in fds.values():
@@ -154,7 +154,7 @@ def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], inboxes: lis
                            f"was killed by signal {-code} ({signal.Signals(-code).name})")
                     failure = (f"rank {rank} (pid {pid}) {how}", code if code > 0 else 128 - code)
                     if fds:
-                        deadline = _end(pids, fds, inboxes, aborted, failure[0], None)
+                        deadline = _end(pids, fds, office, aborted, failure[0], None)
             if not fds and deadline is not None and deadline != float("inf"):
                 deadline = None
     finally:
@@ -172,17 +172,14 @@ def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], inboxes: lis
     return failure[1]
 
 
-def _end(pids: dict[int, int], fds: dict[int, int], inboxes: list[Any], aborted: Any, why: str,
+def _end(pids: dict[int, int], fds: dict[int, int], office: Any, aborted: Any, why: str,
          sig: int | None) -> float:
     """Tells the ranks still running that the job is over (and signals them `sig`): when
     they will be killed."""
-    from ._mailbox import abort_message
-
     aborted.set()
-    message = abort_message(why)
     for pid in fds.values():
         try:
-            inboxes[pids[pid]].try_send(message)
+            office.abort(pids[pid], why)
         except OSError:
             pass
         if sig is not None:

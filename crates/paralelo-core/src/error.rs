@@ -49,6 +49,9 @@ pub enum Error {
     /// message.
     #[error("reentrant use of a channel end: this thread is already sending or receiving on it")]
     Reentrant,
+    /// A job of ranks was ended by its launcher (one rank failed): why.
+    #[error("{0}")]
+    JobEnded(String),
 }
 
 /// How memory written by another process broke the protocol. Never undefined behaviour:

@@ -385,17 +385,7 @@ impl PyChannel {
         }
         self.rearm(wake);
         if load {
-            if framed(&out) {
-                return UNFRAME
-                    .import(py, "paralelo._arena", "unframe")?
-                    .call1((PyBytes::new(py, &out),));
-            }
-            if let Some(value) = flat::loads(py, &out) {
-                return Ok(value);
-            }
-            return LOADS
-                .import(py, "pickle", "loads")?
-                .call1((PyBytes::new(py, &out),));
+            return load_message(py, &out);
         }
         Ok(PyBytes::new(py, &out).into_any())
     }
@@ -510,6 +500,22 @@ impl PyChannel {
 /// As the kernel reports it to multiprocessing: `errno` 32, EPIPE.
 fn broken_pipe() -> PyErr {
     PyBrokenPipeError::new_err((32, "Broken pipe"))
+}
+
+/// The object a message holds: a flat value read here, another pickle `pickle.loads`
+/// reads, or an arena frame (`_arena.unframe`: its big buffers are views into the arena).
+pub(crate) fn load_message<'py>(py: Python<'py>, msg: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    if framed(msg) {
+        return UNFRAME
+            .import(py, "paralelo._arena", "unframe")?
+            .call1((PyBytes::new(py, msg),));
+    }
+    if let Some(value) = flat::loads(py, msg) {
+        return Ok(value);
+    }
+    LOADS
+        .import(py, "pickle", "loads")?
+        .call1((PyBytes::new(py, msg),))
 }
 
 /// Whether a message is an arena frame (`_arena`): a pickle starts with PROTO (0x80), a

@@ -34,6 +34,15 @@ pub(crate) fn abandoned(py: Python<'_>, what: &str, who: &str, holder: u32) -> P
     paralelo_error(py, "AbandonedLockError", (message, holder))
 }
 
+/// mpi4py's error classes under MPICH (`MPI.ERR_TYPE`, ...).
+pub(crate) const ERR_TYPE: i32 = 3;
+pub(crate) const ERR_OTHER: i32 = 15;
+
+/// `paralelo.comm.Exception` (mpi4py's `MPI.Exception`) of `error_class`.
+pub(crate) fn mpi_error(py: Python<'_>, error_class: i32, message: &str) -> PyErr {
+    paralelo_error(py, "MPIError", (error_class, message))
+}
+
 pub(crate) fn to_py(e: Error) -> PyErr {
     match e {
         Error::Os { .. } => PyOSError::new_err(e.to_string()),
@@ -51,5 +60,8 @@ pub(crate) fn to_py(e: Error) -> PyErr {
         }
         Error::NotOwner => pyo3::exceptions::PyAssertionError::new_err(e.to_string()),
         Error::Reentrant => pyo3::exceptions::PyRuntimeError::new_err(e.to_string()),
+        Error::JobEnded(why) => {
+            Python::attach(|py| mpi_error(py, ERR_OTHER, &format!("MPI_ERR_OTHER: {why}")))
+        }
     }
 }

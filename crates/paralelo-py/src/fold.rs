@@ -54,6 +54,7 @@ fn run<T: Element>(
         // above). Python threads that write these arrays meanwhile race as they would
         // with numpy's own loops, which also release the GIL.
         let out = unsafe { std::slice::from_raw_parts_mut(o.0 as *mut T, o.1) };
+        // SAFETY: as `out` (an input: read only).
         let b = unsafe { std::slice::from_raw_parts(y.0 as *const T, y.1) };
         match x {
             Some((addr, len)) => {

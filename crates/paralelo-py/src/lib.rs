@@ -12,6 +12,7 @@ mod fold;
 mod forklock;
 mod hub;
 mod lock;
+mod mailbox;
 mod numbers;
 mod port;
 mod process;
@@ -33,6 +34,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sync::PyCondvar>()?;
     m.add_class::<sync::PyBarrier>()?;
     m.add_class::<channel::PyChannel>()?;
+    m.add_class::<mailbox::PyMailbox>()?;
+    m.add_class::<mailbox::PyPostOffice>()?;
     m.add_class::<value::PySyncValue>()?;
     m.add_function(wrap_pyfunction!(lock::forget_lock_ids, m)?)?;
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;

@@ -218,6 +218,13 @@ pub(crate) struct PyEvent {
     event: Placed<SharedEvent>,
 }
 
+impl PyEvent {
+    /// The engine's event (its memory is shared: read it without the GIL).
+    pub(crate) fn shared(&self) -> &SharedEvent {
+        self.event.get()
+    }
+}
+
 #[pymethods]
 impl PyEvent {
     #[classattr]

@@ -599,6 +599,17 @@ impl Channel {
         self.probe.wait_data(deadline, poll)
     }
 
+    /// Waits until data is published or `also()` holds, taking none: for a receiver that
+    /// also takes messages from elsewhere, whose senders call [`Self::wake_receivers`].
+    pub fn wait_data_or(
+        &self,
+        also: impl Fn() -> bool,
+        deadline: Option<Instant>,
+        poll: Poll<'_>,
+    ) -> Result<()> {
+        self.probe.wait_data_or(also, deadline, poll)
+    }
+
     /// Counts one more thread waiting on a descriptor for this channel's data (`on`), or
     /// one fewer: while any does, [`Self::fd_watched`] tells senders to write a byte to it.
     /// A watcher checks for data after registering, so no message slips between.

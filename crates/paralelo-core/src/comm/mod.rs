@@ -1,4 +1,12 @@
-//! What collectives compute on the data they move: [`fold`], element-wise reductions.
+//! What `paralelo.comm` runs on: a rank's [`Mailbox`] (MPI's point-to-point matching)
+//! over the job's [`Outbox`] (inboxes and fastboxes),
+//! the collectives' algorithms over it ([`collective`]), and [`fold`], element-wise
+//! reductions on the data they move.
+pub mod collective;
+pub mod fastbox;
 pub mod fold;
+pub mod mailbox;
 
+pub use collective::{Barrier, Group};
 pub use fold::{fold, fold_into, Element, Op};
+pub use mailbox::{Envelope, Kind, Mailbox, Message, Outbox, Pattern, Wait, ANY_SOURCE, ANY_TAG};

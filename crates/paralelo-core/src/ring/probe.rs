@@ -67,6 +67,19 @@ impl Probe {
             .wait_until(|| self.has_data(), deadline, poll)
     }
 
+    /// Waits until data is published or `also()` holds: for a receiver that also takes
+    /// messages from elsewhere, whose senders ring this ring's data bell.
+    pub fn wait_data_or(
+        &self,
+        also: impl Fn() -> bool,
+        deadline: Option<Instant>,
+        poll: Poll<'_>,
+    ) -> Result<()> {
+        self.mem
+            .data_bell()
+            .wait_until(|| self.has_data() || also(), deadline, poll)
+    }
+
     /// Waits until `need` bytes are free after `head` (the producer's own copy), asking the
     /// consumer to ring while we wait. Corrupt indices end the wait: the producer's next
     /// write reports them.
