@@ -10,17 +10,20 @@ import time
 from typing import Any
 
 
-def run_group(args: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:
+def run_group(args: list[str], timeout: float, input: str | None = None,  # noqa: A002 - subprocess's name
+              **kwargs: Any) -> subprocess.CompletedProcess:
     """``subprocess.run(args, capture_output=True, text=True)`` in a process group of its
     own. Past `timeout`, the whole group is ended, not only the script: SIGTERM first, so
     that a hung rival's children die and multiprocessing's resource tracker (which
     ignores it) sees them gone and unlinks their semaphores, then SIGKILL for what is
     left. (A script killed alone left its pool's children, and their /dev/shm
-    semaphores, behind.)"""
+    semaphores, behind.) `input`: what the script reads on its standard input."""
+    if input is not None:
+        kwargs["stdin"] = subprocess.PIPE
     with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True, **kwargs) as proc:
         try:
-            out, err = proc.communicate(timeout=timeout)
+            out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
             for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
                 try:

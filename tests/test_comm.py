@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -522,3 +523,69 @@ def test_threads_of_a_rank_receive_at_once_without_blocking_each_other(tmp_path)
     out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "2", str(script)], T)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "[('early', 'early'), ('late', 'late')]\n"
+
+
+STDIN = """
+import sys
+from paralelo import comm as MPI
+if MPI.COMM_WORLD.rank == 0:
+    sys.stdout.write(f"0 {input()!r}\\n")
+else:
+    sys.stdout.write(f"{MPI.COMM_WORLD.rank} {sys.stdin.read()!r}\\n")
+"""
+
+
+def test_standard_input_goes_to_rank_0_only(tmp_path):
+    script = _script(tmp_path, STDIN)
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "3", str(script)], T, input="ana\n")
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["0 'ana'", "1 ''", "2 ''"]
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a terminal")
+def test_rank_0_reads_a_terminal_without_being_stopped(tmp_path):
+    """Rank 0 runs in a process group of its own: reading the terminal itself, the
+    terminal would stop it (SIGTTIN) and the job would hang; the launcher reads it."""
+    script = _script(tmp_path, STDIN)
+    command = f"{shlex.quote(sys.executable)} -m paralelo run -n 2 {shlex.quote(str(script))}"
+    out = run_group(["script", "-qec", command, "/dev/null"], T, input="bea\n")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.replace("\r", "").splitlines()
+    assert "0 'bea'" in lines and "1 ''" in lines, lines
+
+
+@pytest.mark.parametrize("launcher", ["paralelo", "mpiexec"])
+def test_a_cancelled_receive_completes_cancelled_and_takes_no_message(tmp_path, launcher):
+    if launcher == "mpiexec" and not HAS_MPI:
+        pytest.skip("MPICH's mpiexec and mpi4py are not installed")
+    script = _script(tmp_path, """
+        import sys
+        import numpy as np
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+        rank = comm.rank
+        status = MPI.Status()
+        lost = comm.irecv(source=MPI.ANY_SOURCE, tag=99)
+        lost.Cancel()
+        value = lost.wait(status)
+        buffer_req = comm.Irecv(np.empty(3), source=MPI.ANY_SOURCE, tag=98)
+        buffer_req.Cancel()
+        buffer_status = MPI.Status()
+        buffer_req.Wait(buffer_status)
+        comm.barrier()
+        if rank == 0:
+            comm.send("kept", dest=1, tag=99)
+        elif rank == 1:
+            got = comm.irecv(source=0, tag=99)
+            message = got.wait()
+            try:
+                got.Cancel()  # (done: no request any more)
+            except MPI.Exception as e:
+                sys.stdout.write(f"1 after {message} {e.Get_error_class() == MPI.ERR_REQUEST}\\n")
+        sys.stdout.write(f"{rank} {value} {status.Is_cancelled()} {buffer_status.Is_cancelled()}\\n")
+    """)
+    command = (["mpiexec", "-n", "2", sys.executable] if launcher == "mpiexec"
+               else [sys.executable, "-m", "paralelo", "run", "-n", "2"])
+    out = run_group([*command, str(script)], T)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["0 None True True", "1 None True True", "1 after kept True"]

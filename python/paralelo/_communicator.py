@@ -21,11 +21,13 @@ from typing import Any, Callable, Sequence
 from . import _mailbox
 from ._native import fold
 from ._mailbox import (ANY_SOURCE, ANY_TAG, ERR_ARG, ERR_BUFFER, ERR_COMM, ERR_COUNT, ERR_GROUP, ERR_OP, ERR_OTHER,
-                       ERR_RANK, ERR_ROOT, ERR_TAG, ERR_TRUNCATE, ERR_TYPE, OBJECT, RAW, Mailbox, MPIError)
+                       ERR_RANK, ERR_REQUEST, ERR_ROOT, ERR_TAG, ERR_TRUNCATE, ERR_TYPE, OBJECT, RAW, Mailbox,
+                       MPIError)
 
 __all__ = [
     "ANY_SOURCE", "ANY_TAG", "BAND", "BOR", "BXOR", "COMM_NULL", "COMM_SELF", "COMM_WORLD", "Comm", "Datatype",
-    "ERR_ARG", "ERR_BUFFER", "ERR_COMM", "ERR_COUNT", "ERR_GROUP", "ERR_OP", "ERR_OTHER", "ERR_RANK", "ERR_ROOT",
+    "ERR_ARG", "ERR_BUFFER", "ERR_COMM", "ERR_COUNT", "ERR_GROUP", "ERR_OP", "ERR_OTHER", "ERR_RANK", "ERR_REQUEST",
+    "ERR_ROOT",
     "ERR_TAG", "ERR_TRUNCATE", "ERR_TYPE", "Exception", "IN_PLACE", "Intracomm", "LAND", "LOR", "LXOR", "MAX",
     "MAXLOC", "MIN", "MINLOC", "NO_OP", "Op", "PROC_NULL", "PROD", "REPLACE", "ROOT", "Request", "SUCCESS",
     "Status", "SUM", "UNDEFINED", "Wtick", "Wtime", "Get_processor_name", "Init", "Finalize", "Is_initialized",
@@ -253,15 +255,19 @@ _raw_payload = _mailbox.raw_payload
 
 
 class Status:
-    """What a receive got: ``source``, ``tag``, ``error``, and ``Get_count()`` (bytes,
-    or elements of a datatype)."""
+    """What a receive got: ``source``, ``tag``, ``error``, ``Get_count()`` (bytes, or
+    elements of a datatype), and whether it was cancelled (``Is_cancelled()``)."""
 
     def __init__(self) -> None:
         self.source, self.tag, self.error = ANY_SOURCE, ANY_TAG, SUCCESS
         self.count = 0  # bytes
+        self.cancelled = False
 
-    def _set(self, source: int, tag: int, nbytes: int) -> None:
-        self.source, self.tag, self.count = source, tag, nbytes
+    def _set(self, source: int, tag: int, nbytes: int, cancelled: bool = False) -> None:
+        self.source, self.tag, self.count, self.cancelled = source, tag, nbytes, cancelled
+
+    def Is_cancelled(self) -> bool:  # noqa: N802 - mpi4py's name
+        return self.cancelled
 
     def Get_source(self) -> int:  # noqa: N802 - mpi4py's name
         return self.source
@@ -287,9 +293,10 @@ class Request:
     ``waitany``/``Waitany``."""
 
     def __init__(self, finish: Callable[[bool, Status | None], tuple[bool, Any]] | None = None,
-                 value: Any = None) -> None:
+                 value: Any = None, cancel: Callable[[], bool] | None = None) -> None:
         self._finish = finish  # (block, status) -> (done, value); None once done
         self._value = value
+        self._cancel = cancel  # () -> whether it was cancelled (a posted receive's)
 
     def _complete(self, block: bool, status: Status | None) -> bool:
         if self._finish is not None:
@@ -321,7 +328,20 @@ class Request:
         """Lets it complete on its own (a pending receive still takes its message)."""
 
     def Cancel(self) -> None:  # noqa: N802 - mpi4py's name
-        """Not supported: a message that was sent goes through."""
+        """Cancels a receive no message matched yet: its wait then completes at once, its
+        status ``Is_cancelled()``. A send has gone already: nothing to cancel. A request
+        that completed is no request any more (ERR_REQUEST, as mpi4py's)."""
+        if self._finish is None:
+            raise MPIError(ERR_REQUEST, "MPI_ERR_REQUEST: invalid request (it completed already)")
+        if self._cancel is None or not self._cancel():
+            return
+
+        def cancelled(block: bool, status: Status | None) -> tuple[bool, Any]:
+            if status is not None:
+                status._set(ANY_SOURCE, ANY_TAG, 0, cancelled=True)
+            return True, None
+
+        self._finish = cancelled
 
     @classmethod
     def waitall(cls, requests: Sequence[Request], statuses: list[Status] | None = None) -> list[Any]:
@@ -508,7 +528,7 @@ class Comm:
             got = self._box().finish(posted, block)
             return (False, None) if got is None else (True, self._took(got, status))
 
-        return Request(finish)
+        return Request(finish, cancel=lambda: self._box().cancel(posted))
 
     def sendrecv(self, sendobj: Any, dest: int, sendtag: int = 0, recvbuf: Any = None, source: int = ANY_SOURCE,
                  recvtag: int = ANY_TAG, status: Status | None = None) -> Any:
@@ -569,7 +589,7 @@ class Comm:
             self._into(got, target, status)
             return True, None
 
-        return Request(finish)
+        return Request(finish, cancel=lambda: self._box().cancel(posted))
 
     def _into(self, got: tuple[int, int, int, bytes], target: memoryview, status: Status | None) -> None:
         source, tag, kind, payload = got

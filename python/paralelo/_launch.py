@@ -52,6 +52,11 @@ def run(script: str, args: list[str], ranks: int, tag_output: bool = False, mpi:
         stream.flush()
     pipes: dict[int, tuple[int, int]] = {}  # read end -> (rank, 1 or 2)
     pids: dict[int, int] = {}  # pid -> rank
+    # Standard input goes to rank 0 only, as mpiexec does it. A terminal is read here and
+    # passed on through a pipe: rank 0 is in a process group of its own, which the
+    # terminal would stop (SIGTTIN) as it read.
+    terminal = _is_terminal(0)
+    feed = os.pipe() if terminal else None
     for rank in range(ranks):
         ends = [os.pipe() for _ in range(2)] if tag_output else []
         pid = os.fork()
@@ -63,6 +68,7 @@ def run(script: str, args: list[str], ranks: int, tag_output: bool = False, mpi:
                     os.close(w)
                 for fd in pipes:
                     os.close(fd)
+                _stdin(rank, feed)
                 _rank(script, args, rank, office, aborted)
             finally:
                 os._exit(70)  # (only if the rank's own exit failed)
@@ -70,7 +76,31 @@ def run(script: str, args: list[str], ranks: int, tag_output: bool = False, mpi:
         for fd, (r, w) in zip((1, 2), ends):
             os.close(w)
             pipes[r] = (rank, fd)
-    return _watch(pids, pipes, office, aborted)
+    if feed is not None:
+        os.close(feed[0])
+        os.set_blocking(feed[1], False)
+    return _watch(pids, pipes, office, aborted, feed[1] if feed is not None else None)
+
+
+def _is_terminal(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _stdin(rank: int, feed: tuple[int, int] | None) -> None:
+    """In a forked rank: rank 0 reads the job's standard input (through `feed` when the
+    launcher passes a terminal on), the others an empty one."""
+    if rank == 0 and feed is not None:
+        os.dup2(feed[0], 0)
+    if rank != 0:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    if feed is not None:
+        os.close(feed[0])
+        os.close(feed[1])
 
 
 def _rank(script: str, args: list[str], rank: int, office: Any, aborted: Any) -> None:
@@ -110,9 +140,11 @@ def _exit_code(code: Any) -> int:
     return 1
 
 
-def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], office: Any, aborted: Any) -> int:
+def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], office: Any, aborted: Any,
+           feed: int | None) -> int:
     """Waits for every rank, ends the job at the first failure or Ctrl-C, copies tagged
-    output: the job's exit status."""
+    output, passes the terminal's input on to rank 0 through `feed`: the job's exit
+    status."""
     fds = {os.pidfd_open(pid): pid for pid in pids}
     interrupted = []
     # (A signal wakes the select through this pipe: select itself resumes after handlers.)
@@ -122,6 +154,7 @@ def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], office: Any,
     failure: tuple[str, int] | None = None
     deadline = None
     partial: dict[int, bytes] = {}
+    unfed = b""  # (read from the terminal, not yet taken by rank 0's pipe)
     try:
         while fds or pipes:
             if interrupted and deadline is None:
@@ -132,14 +165,21 @@ def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], office: Any,
                 for pid in fds.values():
                     _kill(pid, signal.SIGKILL)
                 deadline = float("inf")
+            reading = [*fds, *pipes, wake_r]
+            if feed is not None and not unfed and deadline is None:
+                reading.append(0)
             try:
-                ready, _, _ = select.select([*fds, *pipes, wake_r], [], [],
-                                            None if timeout is None else min(timeout, 1.0))
+                ready, writable, _ = select.select(reading, [feed] if unfed and feed is not None else [], [],
+                                                   None if timeout is None else min(timeout, 1.0))
             except InterruptedError:
                 continue
             if wake_r in ready:
                 os.read(wake_r, 512)
                 ready.remove(wake_r)
+            if writable or 0 in ready:
+                feed, unfed = _pass_input(feed, unfed, 0 in ready)
+                if 0 in ready:
+                    ready.remove(0)
             for fd in ready:
                 if fd in pipes:
                     _copy_lines(fd, pipes, partial)
@@ -162,6 +202,8 @@ def _watch(pids: dict[int, int], pipes: dict[int, tuple[int, int]], office: Any,
         signal.set_wakeup_fd(previous_wakeup)
         os.close(wake_r)
         os.close(wake_w)
+        if feed is not None:
+            os.close(feed)
         for fd in list(fds):
             _kill(fds[fd], signal.SIGKILL)
             os.waitpid(fds[fd], 0)
@@ -192,6 +234,26 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _pass_input(feed: int | None, unfed: bytes, readable: bool) -> tuple[int | None, bytes]:
+    """Reads the terminal if `readable` and writes what it can of it to rank 0's pipe
+    `feed` (closed at the terminal's end of input, or once rank 0 closed its end): the
+    pipe still open, and what is left to write."""
+    assert feed is not None
+    if readable:
+        unfed = os.read(0, 1 << 16)
+        if not unfed:
+            os.close(feed)
+            return None, b""
+    try:
+        unfed = unfed[os.write(feed, unfed):]
+    except BlockingIOError:
+        pass
+    except BrokenPipeError:  # (rank 0 reads no more)
+        os.close(feed)
+        return None, b""
+    return feed, unfed
 
 
 def _copy_lines(fd: int, pipes: dict[int, tuple[int, int]], partial: dict[int, bytes]) -> None:

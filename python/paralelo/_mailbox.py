@@ -54,6 +54,7 @@ def send(box: Mailbox, dest: int, context: int, source: int, tag: int, kind: int
 #: MPICH's error classes, as mpi4py numbers them.
 ERR_BUFFER, ERR_COUNT, ERR_TYPE, ERR_TAG, ERR_COMM, ERR_RANK = 1, 2, 3, 4, 5, 6
 ERR_ROOT, ERR_GROUP, ERR_OP, ERR_ARG, ERR_TRUNCATE, ERR_OTHER = 7, 8, 9, 12, 14, 15
+ERR_REQUEST = 19
 
 
 def dumps(obj: Any, share: bool = False) -> bytes:

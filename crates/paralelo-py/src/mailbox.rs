@@ -424,6 +424,12 @@ impl PyMailbox {
         py.detach(|| self.turn(false).expect("a turn waited for").post(want))
     }
 
+    /// Cancels posted receive `id` if no message matched it yet: whether it did.
+    fn cancel(&self, py: Python<'_>, id: u64) -> PyResult<bool> {
+        py.detach(|| self.turn(false).expect("a turn waited for").cancel(id))
+            .map_err(to_py)
+    }
+
     /// Posted receive `id`'s message as `take` gives it, waiting for it if `block`; None
     /// if it has not come.
     fn finish<'py>(

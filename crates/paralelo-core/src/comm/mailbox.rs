@@ -390,6 +390,19 @@ impl Mailbox {
         }
     }
 
+    /// Cancels posted receive `id` if no message matched it yet: true if it did (the id
+    /// is spent), false if its message came (`finish` gives it).
+    pub fn cancel(&mut self, id: u64) -> Result<bool> {
+        let Some(i) = self.posted.iter().position(|p| p.id == id) else {
+            return Err(Error::Invalid(format!("no receive {id} is posted")));
+        };
+        if self.posted[i].message.is_some() {
+            return Ok(false);
+        }
+        self.posted.remove(i);
+        Ok(true)
+    }
+
     /// Whether posted receive `id` has its message.
     pub fn arrived(&self, id: u64) -> bool {
         self.posted
@@ -671,6 +684,40 @@ mod tests {
             b.finish(first, now(), &mut go),
             Err(Error::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_cancelled_receive_takes_nothing_and_one_that_matched_is_not_cancelled() {
+        let mut boxes = job(2);
+        let b = &mut boxes[1];
+        let first = b.post(want(0, 0, 1));
+        let second = b.post(want(0, 0, 1));
+        assert!(b.cancel(first).unwrap());
+        assert!(matches!(b.cancel(first), Err(Error::Invalid(_))));
+        boxes[0]
+            .outbox()
+            .send(1, env(0, 0, 1), b"m", soon(), &mut go)
+            .unwrap();
+        let b = &mut boxes[1];
+        assert_eq!(
+            b.finish(second, soon(), &mut go)
+                .unwrap()
+                .unwrap()
+                .payload(),
+            b"m"
+        );
+        let third = b.post(want(0, 0, 2));
+        boxes[0]
+            .outbox()
+            .send(1, env(0, 0, 2), b"n", soon(), &mut go)
+            .unwrap();
+        let b = &mut boxes[1];
+        assert!(b.wait_message(soon(), &mut go).unwrap());
+        assert!(!b.cancel(third).unwrap(), "its message came first");
+        assert_eq!(
+            b.finish(third, now(), &mut go).unwrap().unwrap().payload(),
+            b"n"
+        );
     }
 
     #[test]
