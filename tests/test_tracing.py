@@ -190,3 +190,39 @@ def test_waits_on_semaphores_conditions_and_events_made_before_the_trace_are_tra
     for name in ("wait: Semaphore", "wait: Condition", "wait: Event"):
         assert waits[name]["args"]["done"] and waits[name]["dur"] > 50_000  # (µs: real waits)
     assert sem.acquire == sem._native.acquire and event.wait == event._native.wait
+
+
+def test_a_ranks_collectives_and_receives_are_on_its_timeline(tmp_path):
+    """In a rank of ``paralelo run``, a trace shows the time spent in each collective and
+    blocking receive (rank 1 comes late: rank 0's barrier waits for it)."""
+    script = tmp_path / "ranks.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        import paralelo
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+        with paralelo.trace(sys.argv[1] + f".{comm.rank}.json"):
+            if comm.rank == 1:
+                time.sleep(0.2)
+            comm.barrier()
+            total = comm.allreduce(comm.rank)
+            if comm.rank == 0:
+                comm.send(total, dest=1)
+            else:
+                comm.recv(source=0)
+    """))
+    out = subprocess.run([sys.executable, "-m", "paralelo", "run", "-n", "2", str(script), str(tmp_path / "t")],
+                         capture_output=True, text=True, timeout=T)
+    assert out.returncode == 0, out.stderr
+    for rank in (0, 1):
+        waits = {e["name"]: e for e in _valid(tmp_path / f"t.{rank}.json") if e["ph"] == "X" and e["cat"] == "wait"}
+        assert {"wait: comm.barrier", "wait: comm.allreduce"} <= set(waits), waits
+    rank0 = {e["name"]: e for e in _valid(tmp_path / "t.0.json") if e["ph"] == "X"}
+    assert rank0["wait: comm.barrier"]["dur"] > 100_000  # (µs: it waited for rank 1)
+    assert "wait: comm.recv" in {e["name"] for e in _valid(tmp_path / "t.1.json")}
+    from paralelo._communicator import Comm
+
+    before = Comm.__dict__["barrier"]
+    with paralelo.trace(tmp_path / "here.json"):
+        assert Comm.__dict__["barrier"] is not before
+    assert Comm.__dict__["barrier"] is before  # (put back)

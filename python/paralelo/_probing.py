@@ -101,6 +101,10 @@ def wanted(functions: Any) -> list[tuple[str, str, tuple[str, int, str]]]:
 #: `paralelo.trace()`), else None: then the primitives are left exactly as they are.
 waits: list | None = None
 _saved: list[tuple[type, str, Any]] = []
+#: What a rank of ``paralelo run`` waits in: the collectives and the blocking receives.
+_COMM_WAITS = ("barrier", "Barrier", "bcast", "scatter", "gather", "allgather", "alltoall", "reduce", "allreduce",
+               "scan", "exscan", "Bcast", "Scatter", "Gather", "Allgather", "Alltoall", "Reduce", "Allreduce",
+               "recv", "Recv", "probe", "Probe", "sendrecv", "Sendrecv")
 _INHERITED = object()  # (a method the class had from a base: taken off again)
 
 
@@ -213,6 +217,16 @@ def _wrap() -> None:
             return simple_get(self)
         return _spanned("SimpleQueue.get", lambda: simple_get(self))
 
+    from ._communicator import Comm
+
+    def collective(name: str, call: Any) -> Any:
+        def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return _spanned(f"comm.{name}", lambda: call(self, *args, **kwargs))
+
+        return traced
+
+    for name in _COMM_WAITS:
+        put(Comm, name, collective(name, getattr(Comm, name)))
     put(_Lock, "acquire", acquire)
     put(_Lock, "__enter__", enter)
     put(Condition, "wait", wait_condition)
