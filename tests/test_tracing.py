@@ -226,3 +226,22 @@ def test_a_ranks_collectives_and_receives_are_on_its_timeline(tmp_path):
     with paralelo.trace(tmp_path / "here.json"):
         assert Comm.__dict__["barrier"] is not before
     assert Comm.__dict__["barrier"] is before  # (put back)
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["trace", "args.py", "--size", "3", "-v"], ["--size", "3", "-v"]),
+    (["trace", "args.py", "-o", "t.json", "--size", "3"], ["--size", "3"]),
+    (["trace", "-o", "t.json", "args.py", "a", "-o", "b"], ["a", "-o", "b"]),
+    (["trace", "args.py", "-o", "t.json", "--", "-o", "z"], ["-o", "z"]),
+    (["scaling", "args.py", "--repeats", "1", "--workers", "1", "--chart", "", "--size", "3"], ["--size", "3"]),
+])
+def test_the_commands_pass_what_follows_the_script_to_it_as_python_would(tmp_path, command, expected):
+    """``paralelo trace SCRIPT ARGS`` as ``python SCRIPT ARGS``: the command's own options
+    right after SCRIPT are its; from the first word that is not one, the script's."""
+    (tmp_path / "args.py").write_text("import sys\nopen('seen.txt', 'w').write(repr(sys.argv[1:]))\n")
+    out = subprocess.run([sys.executable, "-m", "paralelo", *command], capture_output=True, text=True,
+                         timeout=T, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "seen.txt").read_text() == repr(expected)
+    if "t.json" in command[:command.index("args.py") + 3]:
+        assert (tmp_path / "t.json").exists()

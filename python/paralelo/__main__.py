@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     running.add_argument("script", help="the Python script to run")
     running.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["scaling"] or argv[:1] == ["trace"]:
+        argv = _script_args_apart(argv, scaling if argv[0] == "scaling" else tracing)
     passed: list[str] = []  # after "--": the script's own, even those that start with -
     if "--" in argv and argv[:1] != ["run"]:
         argv, passed = argv[:argv.index("--")], argv[argv.index("--") + 1:]
@@ -78,11 +80,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _script_args_apart(argv: list[str], command: argparse.ArgumentParser) -> list[str]:
+    """``[NAME, options, SCRIPT, options, ARGS...]`` with a ``--`` put before ARGS: the
+    first word after SCRIPT that is not one of the command's options starts the script's
+    own arguments, as ``python SCRIPT ARGS`` takes them (so ``paralelo trace s.py --size 3``
+    passes ``--size 3`` to s.py). Left as it is when it has a ``--`` already."""
+    if "--" in argv:
+        return argv
+    options = command._option_string_actions  # (argparse's table of the command's options)
+
+    def option_width(word: str) -> int:
+        """How many words an option of ours takes (0: not ours)."""
+        name = word.split("=", 1)[0]
+        if name not in options:
+            return 0
+        return 1 if "=" in word or options[name].nargs == 0 else 2
+
+    i, script_seen = 1, False
+    while i < len(argv):
+        width = option_width(argv[i])
+        if width:
+            i += width
+        elif script_seen or argv[i].startswith("-"):
+            break  # (the script's first argument; or an unknown option, for argparse to refuse)
+        else:
+            script_seen = True
+            i += 1
+    if not script_seen or i >= len(argv):
+        return argv
+    return [*argv[:i], "--", *argv[i:]]
+
+
 def _script_command(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
     """A command that runs a script: ``paralelo NAME SCRIPT [options] [-- ARGS]``."""
     command = sub.add_parser(name, help=help, description=description)
     command.add_argument("script", help="the Python script to run")
-    command.add_argument("args", nargs="*", help="its arguments (after --, those that start with -)")
+    command.add_argument("args", nargs="*", help="its arguments: everything after SCRIPT that is not one of "
+                         "this command's options (after --, everything)")
     return command
 
 
