@@ -98,3 +98,22 @@ def test_an_executor_has_insights_too():
         assert all(w.name.startswith("ForkProcess-") for w in ins.workers)
         ex.reset_insights()
         assert ex.insights().tasks == 0
+
+
+@pytest.mark.parametrize("kind", ["pool", "executor"])
+def test_an_inline_pool_shows_the_caller_as_its_one_worker(kind):
+    """Inline, the calling process ran every task: it is the one row, with all of them."""
+    if kind == "pool":
+        runner = paralelo.Pool(2, inline=True)
+        run = lambda: runner.map(nap, [0.001] * 20)  # noqa: E731
+    else:
+        runner = paralelo.ProcessPoolExecutor(2, inline=True)
+        run = lambda: list(runner.map(nap, [0.001] * 20))  # noqa: E731
+    with runner:
+        run()
+        seen = runner.insights()
+        assert [w.pid for w in seen.workers] == [os.getpid()]
+        assert seen.tasks == 20 and seen.workers[0].working >= 0.02
+        assert seen.workers[0].bytes_sent > 0 and "inline" in str(seen)
+        runner.reset_insights()
+        assert runner.insights().tasks == 0

@@ -15,9 +15,11 @@ Time limits and retries do not apply: nothing can be killed but the caller.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 from ._errors import dump_error, load_error, pickling_failed, unpicklable_result
+from ._insights import Figures, Insights, report
 from ._pickling import MainNames, dumps, dumps_call, loads, loads_call
 from ._progress import Progress
 
@@ -36,21 +38,49 @@ class Runner:
 
     def __init__(self, initializer: Callable | None, initargs: tuple) -> None:
         self.main = MainNames()  # (this process has its own __main__: its functions go by name)
+        # The caller is the one worker of the pool's insights: its tasks, its time in them.
+        self.figures = Figures("inline", time.monotonic())
+        self.figures.pid = os.getpid()
+        self.since = self.figures.spawned
         if initializer is not None:
             initializer(*initargs)
+        self.figures.ready = time.monotonic()
+
+    def insights(self) -> Insights:
+        """The calling process's figures as the pool's one worker, since the pool was made
+        or `reset_insights`."""
+        return report([self.figures], self.since)
+
+    def reset_insights(self) -> None:
+        self.since = time.monotonic()
+        self.figures.restart()
 
     def call(self, fn: Callable, args: tuple, kwargs: dict) -> tuple[bool, Any]:
         """``fn(*args, **kwargs)`` as a worker runs it: ``(True, result)``, or ``(False,
         exception)`` with the worker's error for it (its traceback the real one, for a
         post-mortem). Ctrl-C is not a task's outcome: it stops the caller."""
+        figures, clock = self.figures, time.perf_counter_ns
+        start = clock()
+        figures.tasks += 1
+        try:
+            return self._call(fn, args, kwargs)
+        finally:
+            figures.busy_ns += clock() - start
+
+    def _call(self, fn: Callable, args: tuple, kwargs: dict) -> tuple[bool, Any]:
         from ._worker import _unloadable
 
+        figures, clock = self.figures, time.perf_counter_ns
+        start = clock()
         try:
             data = dumps_call((fn, args, kwargs), self.main)
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # noqa: BLE001 - as the engine reports it
             return False, pickling_failed("the task", e)
+        finally:
+            figures.pickling_ns += clock() - start
+        figures.bytes_out += len(data)
         try:
             fn, args, kwargs = loads_call(data)
         except KeyboardInterrupt:
@@ -63,12 +93,17 @@ class Runner:
             raise
         except BaseException as e:  # noqa: BLE001 - the task's outcome, as a worker's
             return False, load_error(dump_error(e)).with_traceback(e.__traceback__)
+        start = clock()
         try:
-            return True, loads(dumps(value))
+            result = dumps(value)
+            figures.bytes_in += len(result)
+            return True, loads(result)
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # noqa: BLE001 - as a worker reports it
             return False, unpicklable_result(value, e)
+        finally:
+            figures.pickling_ns += clock() - start
 
     def each(self, fn: Callable, items: Iterable, star: bool, bar: Progress | None = None) -> Iterator[tuple[bool, Any]]:
         """The outcomes of `fn` over `items`, one as each is taken (each advancing `bar`)."""

@@ -234,11 +234,15 @@ class ProcessPoolExecutor(_cf.Executor):
         """Where the executor's time went since its workers started (or since
         ``reset_insights``), worker by worker: see ``Pool.insights``. Empty before its
         first use."""
+        if self._inline is not None:
+            return self._inline.insights()
         engine = self._started
         return report([], time.monotonic()) if engine is None else engine.insights()
 
     def reset_insights(self) -> None:
         """Starts a new window for ``insights``."""
+        if self._inline is not None:
+            self._inline.reset_insights()
         engine = self._started
         if engine is not None:
             engine.reset_insights()

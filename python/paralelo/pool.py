@@ -509,10 +509,14 @@ class Pool(Folding):
         pickling each worker's tasks and unpickling its results, bytes each way, start-up
         time; with the pool's ``imbalance`` and ``utilisation``. ``print()`` it for a
         table."""
+        if self._inline is not None:
+            return self._inline.insights()
         return report([], time.monotonic()) if self._engine is None else self._engine.insights()
 
     def reset_insights(self) -> None:
         """Starts a new window for ``insights``."""
+        if self._inline is not None:
+            self._inline.reset_insights()
         if self._engine is not None:
             self._engine.reset_insights()
 
