@@ -567,7 +567,9 @@ def test_a_cancelled_receive_completes_cancelled_and_takes_no_message(tmp_path, 
         status = MPI.Status()
         lost = comm.irecv(source=MPI.ANY_SOURCE, tag=99)
         lost.Cancel()
+        lost.Cancel()  # (again: nothing more to do)
         value = lost.wait(status)
+        comm.irecv(source=MPI.PROC_NULL).Cancel()
         buffer_req = comm.Irecv(np.empty(3), source=MPI.ANY_SOURCE, tag=98)
         buffer_req.Cancel()
         buffer_status = MPI.Status()
@@ -589,3 +591,113 @@ def test_a_cancelled_receive_completes_cancelled_and_takes_no_message(tmp_path, 
     out = run_group([*command, str(script)], T)
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.splitlines()) == ["0 None True True", "1 None True True", "1 after kept True"]
+
+
+FULL = '''
+import os, sys
+from paralelo import comm as MPI
+comm = MPI.COMM_WORLD
+rank, size = comm.rank, comm.size
+# More than an inbox holds, to every rank at once, before anyone receives: a send
+# waiting for room takes in its own mail meanwhile (as MPI's eager sends let it).
+everyone = comm.allgather("x" * 600_000 + str(rank))
+assert [s[-1] for s in everyone] == [str(r) for r in range(size)]
+peer = rank ^ 1
+if peer < size:
+    for i in range(20_000):
+        comm.send([i, "abc"], dest=peer, tag=3)
+    got = [comm.recv(source=peer, tag=3)[0] for _ in range(20_000)]
+    assert got == list(range(20_000)), got[:5]
+sys.stdout.write(f"{rank} ok\\n")
+'''
+
+
+@pytest.mark.parametrize("launcher", ["paralelo", "mpiexec"])
+def test_ranks_that_all_send_more_than_an_inbox_holds_before_receiving_go_on(tmp_path, launcher):
+    if launcher == "mpiexec" and not HAS_MPI:
+        pytest.skip("MPICH's mpiexec and mpi4py are not installed")
+    script = _script(tmp_path, FULL)
+    command = (["mpiexec", "-n", "3", sys.executable] if launcher == "mpiexec"
+               else [sys.executable, "-m", "paralelo", "run", "-n", "3"])
+    out = run_group([*command, str(script)], T)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["0 ok", "1 ok", "2 ok"]
+
+
+def test_a_signal_handler_may_use_comm_while_a_receive_waits(tmp_path):
+    script = _script(tmp_path, """
+        import signal, sys, time
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+        if comm.rank == 0:
+            seen = []
+            def handler(signum, frame):
+                seen.append(comm.iprobe(source=1, tag=9))  # (the mailbox, from inside a wait)
+            signal.signal(signal.SIGALRM, handler)
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            got = comm.recv(source=1, tag=1)
+            sys.stdout.write(f"{got} {seen}\\n")
+        else:
+            time.sleep(0.5)
+            comm.send("late", dest=0, tag=1)
+    """)
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "2", str(script)], T)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "late [False]\n"
+
+
+def test_a_process_forked_from_a_rank_is_told_it_cannot_use_comm(tmp_path):
+    script = _script(tmp_path, """
+        import os, sys
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+        pid = os.fork()
+        if pid == 0:
+            try:
+                comm.send(1, dest=1 - comm.rank)
+            except MPI.Exception as e:
+                os._exit(3 if "forked" in str(e) else 4)
+            os._exit(5)
+        _, status = os.waitpid(pid, 0)
+        comm.barrier()
+        sys.stdout.write(f"{comm.rank} {os.waitstatus_to_exitcode(status)}\\n")
+    """)
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "2", str(script)], T)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["0 3", "1 3"]
+
+
+def test_threads_waiting_on_one_rank_each_get_their_own(tmp_path):
+    """Five threads of rank 0 wait at once, each for its tag; rank 1 sends the tags in
+    reverse order: every thread gets its message, whichever thread took it in."""
+    script = _script(tmp_path, """
+        import sys, threading, time
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+        if comm.rank == 0:
+            got = {}
+            def receive(tag):
+                got[tag] = comm.recv(source=1, tag=tag)
+            threads = [threading.Thread(target=receive, args=(t,)) for t in range(5)]
+            for t in threads:
+                t.start()
+            comm.send("go", dest=1, tag=99)
+            for t in threads:
+                t.join(30)
+            requests = [comm.irecv(source=1, tag=10 + i) for i in range(3)]
+            comm.send("again", dest=1, tag=99)
+            firsts = sorted(MPI.Request.waitany(requests)[1] for _ in range(1))
+            rest = [r.wait() for r in requests if not r._null]
+            sys.stdout.write(f"{sorted(got.items())} {len(firsts) + len(rest)}\\n")
+        else:
+            comm.recv(source=0, tag=99)
+            time.sleep(0.05)
+            for tag in reversed(range(5)):
+                comm.send(f"m{tag}", dest=0, tag=tag)
+            comm.recv(source=0, tag=99)
+            for i in range(3):
+                comm.send(i, dest=0, tag=10 + i)
+    """)
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "2", str(script)], T)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "[(0, 'm0'), (1, 'm1'), (2, 'm2'), (3, 'm3'), (4, 'm4')] 3\n"

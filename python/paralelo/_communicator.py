@@ -297,6 +297,7 @@ class Request:
         self._finish = finish  # (block, status) -> (done, value); None once done
         self._value = value
         self._cancel = cancel  # () -> whether it was cancelled (a posted receive's)
+        self._null = False  # waited for or tested complete: no request any more (MPI_REQUEST_NULL)
 
     def _complete(self, block: bool, status: Status | None) -> bool:
         if self._finish is not None:
@@ -304,6 +305,7 @@ class Request:
             if not done:
                 return False
             self._finish, self._value = None, value
+        self._null = True
         return True
 
     def wait(self, status: Status | None = None) -> Any:
@@ -330,10 +332,11 @@ class Request:
     def Cancel(self) -> None:  # noqa: N802 - mpi4py's name
         """Cancels a receive no message matched yet: its wait then completes at once, its
         status ``Is_cancelled()``. A send has gone already: nothing to cancel. A request
-        that completed is no request any more (ERR_REQUEST, as mpi4py's)."""
-        if self._finish is None:
-            raise MPIError(ERR_REQUEST, "MPI_ERR_REQUEST: invalid request (it completed already)")
-        if self._cancel is None or not self._cancel():
+        that was waited for or tested complete is no request any more (ERR_REQUEST, as
+        mpi4py's)."""
+        if self._null:
+            raise MPIError(ERR_REQUEST, "MPI_ERR_REQUEST: invalid request (it was completed by a wait or test)")
+        if self._finish is None or self._cancel is None or not self._cancel():
             return
 
         def cancelled(block: bool, status: Status | None) -> tuple[bool, Any]:
@@ -366,11 +369,13 @@ class Request:
     @classmethod
     def waitany(cls, requests: Sequence[Request], status: Status | None = None) -> tuple[int, Any]:
         while True:
+            box = _world_box()
+            seen = box.moved  # (before the tests: a message any thread takes in after wakes us)
             for i, r in enumerate(requests):
                 flag, value = r.test(status)
                 if flag:
                     return i, value
-            _world_box().wait_message()
+            box.wait_message(seen)
 
     @classmethod
     def Waitany(cls, requests: Sequence[Request], status: Status | None = None) -> int:  # noqa: N802
@@ -470,9 +475,20 @@ class Comm:
         """Sends `obj` (pickled) to `dest`."""
         if dest == PROC_NULL:
             return
-        box, world, tag = self._box(), self._ranks[self._peer(dest)], self._tag(tag)
-        if not box.send_flat([world], self._context, self._rank, tag, obj):
-            _mailbox.send(box, world, self._context, self._rank, tag, OBJECT, _mailbox.dumps(obj))
+        self._send_object(obj, [self._ranks[self._peer(dest)]], self._context, self._tag(tag))
+
+    def _send_object(self, obj: Any, worlds: list[int], context: int, tag: int) -> None:
+        """Sends `obj` to world ranks `worlds`: a flat value pickled once, in the engine;
+        anything else pickled here, once for all unless its buffers went through the arena
+        (a given block has one receiver): then once each."""
+        box = self._box()
+        if box.send_flat(worlds, context, self._rank, tag, obj):
+            return
+        data = None
+        for world in worlds:
+            if data is None or _mailbox.is_framed(data):
+                data = _mailbox.dumps(obj)
+            _mailbox.send(box, world, context, self._rank, tag, OBJECT, data)
 
     def ssend(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Sends `obj` and returns once `dest` received it."""
@@ -614,23 +630,11 @@ class Comm:
         return got
 
     def _to_all(self, obj: Any, tag: int) -> None:
-        """Sends `obj` to every other rank: one pickle for all, unless its buffers went
-        through the arena (a given block has one receiver): then one each."""
-        box = self._box()
-        if box.send_flat(self._others, self._context + 1, self._rank, tag, obj):
-            return
-        data = None
-        for dest in range(self.size):
-            if dest == self._rank:
-                continue
-            if data is None or _mailbox.is_framed(data):
-                data = _mailbox.dumps(obj)
-            self._csend(dest, tag, data)
+        """Sends `obj` to every other rank, on the collective context."""
+        self._send_object(obj, self._others, self._context + 1, tag)
 
     def _to_one(self, obj: Any, dest: int, tag: int) -> None:
-        box = self._box()
-        if not box.send_flat([self._ranks[dest]], self._context + 1, self._rank, tag, obj):
-            self._csend(dest, tag, _mailbox.dumps(obj))
+        self._send_object(obj, [self._ranks[dest]], self._context + 1, tag)
 
     # -- collectives: objects --
     def barrier(self) -> None:

@@ -42,7 +42,12 @@ _PICKLE = pickle.PROTO[0]
 
 def send(box: Mailbox, dest: int, context: int, source: int, tag: int, kind: int, payload: Any) -> None:
     """Sends a payload (`dumps`'s or `raw_payload`'s) to world rank `dest`; one that
-    never went out lets go of the arena blocks it was given."""
+    never went out lets go of the arena blocks it was given. A long pickle goes through
+    the arena too (one block, a RAW frame): a message longer than an inbox's largest
+    piece would hold its sender until the receiver took it whole, and two ranks doing so
+    to each other would wait for ever."""
+    if type(payload) is bytes and len(payload) >= _arena.OOB_MIN and kind != RAW:
+        payload = _arena.raw_frame(memoryview(payload)) or payload
     data = commit(payload) if type(payload) is Framed else payload
     try:
         box.send(dest, context, source, tag, kind, data)

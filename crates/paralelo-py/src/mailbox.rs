@@ -2,17 +2,23 @@
 //! `paralelo.comm`, and the collectives' hot paths: a small object goes out pickled here
 //! (`flat`) and comes back loaded here, and a barrier runs without returning to Python.
 //!
-//! A wait first spins a few microseconds holding the GIL (a peer that is already there
-//! answers in well under one, and letting go of the GIL costs about as much as a whole
-//! message), then lets go of it. Receives of several threads of one rank take turns on
-//! the mailbox, each holding it for at most `SLICE` at a time, so that one waiting for a
-//! message never keeps another from the one it wants. Sends need no turn.
+//! A receive looks first (what is already there costs no clock), then watches the inbox
+//! and fastboxes for up to `HELD` holding the GIL (a peer that is already there answers
+//! in well under a microsecond, and letting go of the GIL costs about as much as a
+//! message), then lets go of it. The rank's threads share the mailbox under a mutex held
+//! only to look, never across a wait: a waiting thread sleeps on the inbox's bell, which
+//! a thread that took messages in rings, so that each looks again for its own. A send
+//! that waits for room in another rank's inbox takes in its own rank's mail meanwhile:
+//! that rank may itself be waiting for room here.
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use paralelo_core::comm::{
-    Barrier, Envelope, Group, Kind, Mailbox, Message, Outbox, Pattern, Wait,
+    Barrier, Envelope, Group, Kind, Letter, Mailbox, Message, Outbox, Pattern, Wait, Waiter,
 };
+use paralelo_core::sync::caller_pid;
 use paralelo_core::{Error, Poll};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -20,14 +26,16 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::channel::load_message;
 use crate::door;
-use crate::errors::{mpi_error, to_py, ERR_TYPE};
+use crate::errors::{mpi_error, to_py, ERR_OTHER, ERR_TYPE};
 use crate::flat;
 use crate::sync::PyEvent;
 
-/// How long a wait spins holding the GIL before it lets go of it.
-const HELD: Duration = Duration::from_micros(5);
-/// The longest a waiting receive keeps the mailbox from the rank's other threads.
-const SLICE: Duration = Duration::from_millis(20);
+/// How long a receive watches for its message holding the GIL before it lets go of it.
+const HELD: Duration = Duration::from_micros(4);
+/// The longest a waiting thread sleeps before it looks again on its own.
+const SLICE: Duration = Duration::from_millis(5);
+/// How often a send waiting for room takes in its own rank's mail.
+const SEND_SLICE: Duration = Duration::from_millis(1);
 /// Why a rank's wait ended when its launcher set the job's `aborted` event.
 const ENDED: &str = "the job was ended by its launcher";
 
@@ -64,10 +72,19 @@ impl PyPostOffice {
 pub(crate) struct PyMailbox {
     state: Mutex<Mailbox>,
     outbox: Outbox,
+    waiter: Waiter,
+    /// The mailbox's `moved` count as last published: a change tells waiting threads to
+    /// look again.
+    moved: AtomicU64,
+    /// Threads of this process waiting on the inbox's bell.
+    waiters: AtomicUsize,
     /// The launcher's event, set as it ends a failed job: a wait for room in a dead
     /// rank's inbox (which no abort message can reach) ends on it.
     aborted: Option<Py<PyEvent>>,
     rank: usize,
+    /// The process the rank is: a process forked from it has a copy of the mailbox whose
+    /// counts are stale (see `fastbox`), so it may not use it.
+    pid: u32,
 }
 
 fn kind(k: u8) -> PyResult<Kind> {
@@ -91,7 +108,7 @@ fn past(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| d <= Instant::now())
 }
 
-/// A held wait's error: its poll stops it only when the job's `aborted` event is set.
+/// A poll for what runs holding the mailbox or the GIL: it stops only for the job's end.
 fn ended_or(e: Error) -> PyErr {
     match e {
         Error::Interrupted => to_py(Error::JobEnded(ENDED.into())),
@@ -105,6 +122,11 @@ fn message_tuple<'py>(py: Python<'py>, m: &Message) -> PyResult<Bound<'py, PyTup
     (e.source, e.tag, e.kind as u8, PyBytes::new(py, m.payload())).into_pyobject(py)
 }
 
+/// A step that never waits has no use for a poll.
+fn no_poll() -> bool {
+    true
+}
+
 impl PyMailbox {
     fn aborted(&self) -> bool {
         self.aborted
@@ -112,8 +134,32 @@ impl PyMailbox {
             .is_some_and(|e| e.get().shared().is_set())
     }
 
-    /// The mailbox, for a receive: `held` (holding the GIL), only if no other thread has
-    /// it (None then), else waiting for it.
+    /// `poll`, also stopping (and setting `ended`) once the launcher ended the job.
+    fn or_ended<'a>(&'a self, poll: Poll<'a>, ended: &'a Cell<bool>) -> impl FnMut() -> bool + 'a {
+        move || {
+            if self.aborted() {
+                ended.set(true);
+                return false;
+            }
+            poll()
+        }
+    }
+
+    fn check_process(&self, py: Python<'_>) -> PyResult<()> {
+        if caller_pid() == self.pid {
+            return Ok(());
+        }
+        Err(mpi_error(
+            py,
+            ERR_OTHER,
+            &format!(
+                "MPI_ERR_OTHER: paralelo.comm is rank {}'s (pid {}): a process forked from it cannot use it",
+                self.rank, self.pid
+            ),
+        ))
+    }
+
+    /// The mailbox: if `held` (the GIL held), only if no other thread has it now.
     fn turn(&self, held: bool) -> Option<MutexGuard<'_, Mailbox>> {
         if !held {
             return Some(self.state.lock().unwrap_or_else(PoisonError::into_inner));
@@ -125,88 +171,145 @@ impl PyMailbox {
         }
     }
 
-    /// Runs `step` until it gives a value, or once if not `block`, or until `timeout`
-    /// passes (None: for ever). `step(held, wait, poll)` says None when its `wait` ran out
-    /// first, and is called again to go on; `held`: it runs holding the GIL (so it must
-    /// not wait for a lock another thread may hold while that one waits for the GIL).
-    fn wait<T: Send>(
+    /// After a turn on the mailbox: if it took messages in, tells the threads waiting
+    /// without it to look again.
+    fn publish(&self, mailbox: &Mailbox) {
+        let moved = mailbox.moved();
+        if self.moved.swap(moved, SeqCst) != moved && self.waiters.load(SeqCst) > 0 {
+            self.waiter.wake();
+        }
+    }
+
+    /// One look: `step` on the mailbox (None: another thread has it, and `held`).
+    fn look<T>(
+        &self,
+        held: bool,
+        step: &mut impl FnMut(&mut Mailbox) -> paralelo_core::Result<Option<T>>,
+    ) -> paralelo_core::Result<Option<Option<T>>> {
+        let Some(mut mailbox) = self.turn(held) else {
+            return Ok(None);
+        };
+        let got = step(&mut mailbox);
+        self.publish(&mailbox);
+        got.map(Some)
+    }
+
+    /// Runs `step` (a look at the mailbox, which never waits) until it gives a value, or
+    /// once if not `block`, or until `timeout` passes (None: for ever).
+    fn receive<T: Send>(
         &self,
         py: Python<'_>,
         block: bool,
         timeout: Option<f64>,
-        mut step: impl FnMut(bool, Wait, Poll<'_>) -> paralelo_core::Result<Option<T>> + Send,
+        mut step: impl FnMut(&mut Mailbox) -> paralelo_core::Result<Option<T>> + Send,
     ) -> PyResult<Option<T>> {
-        let mut poll = || !self.aborted();
-        // A look first: what is already there is taken without reading a clock.
-        match step(true, Wait::Look, &mut poll) {
-            Ok(Some(v)) => return Ok(Some(v)),
-            Ok(None) if !block => return Ok(None),
-            Ok(None) => {}
-            Err(e) => return Err(ended_or(e)),
+        self.check_process(py)?;
+        if let Some(Some(v)) = self.look(true, &mut step).map_err(ended_or)? {
+            return Ok(Some(v));
+        }
+        if !block {
+            return Ok(None);
         }
         let deadline = door::deadline(timeout)?;
-        let spin = Wait::Briefly(earlier(deadline, Instant::now() + HELD));
-        match step(true, spin, &mut poll) {
-            Ok(Some(v)) => return Ok(Some(v)),
-            Ok(None) if past(deadline) => return Ok(None),
-            Ok(None) => {}
-            Err(e) => return Err(ended_or(e)),
+        // Watch, holding the GIL, for what a peer that is there already sends at once.
+        let until = earlier(deadline, Instant::now() + HELD);
+        loop {
+            if self.waiter.ready() {
+                if let Some(Some(v)) = self.look(true, &mut step).map_err(ended_or)? {
+                    return Ok(Some(v));
+                }
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            std::hint::spin_loop();
         }
         door::blocking(py, None, |_, poll| {
-            let mut ended = false;
-            let mut check = || {
-                if self.aborted() {
-                    ended = true;
-                    return false;
-                }
-                poll()
-            };
+            let ended = Cell::new(false);
+            let mut check = self.or_ended(poll, &ended);
+            let mut only_the_end = || !self.aborted();
             loop {
-                let until = Wait::Until(Some(earlier(deadline, Instant::now() + SLICE)));
-                match step(false, until, &mut check) {
-                    Ok(Some(v)) => return Ok(Some(v)),
-                    Ok(None) if past(deadline) => return Ok(None),
-                    Ok(None) => {}
-                    Err(Error::Interrupted) if ended => return Err(Error::JobEnded(ENDED.into())),
+                {
+                    let mut mailbox = self.turn(false).expect("a turn waited for");
+                    let got = step(&mut mailbox);
+                    self.publish(&mailbox);
+                    if let Some(v) = got? {
+                        return Ok(Some(v));
+                    }
+                    if mailbox.mid_message() {
+                        // (A message of several fragments: read whole, holding the mailbox.)
+                        let read = mailbox.read_whole(deadline, &mut only_the_end);
+                        self.publish(&mailbox);
+                        read?;
+                        continue;
+                    }
+                }
+                if past(deadline) {
+                    return Ok(None);
+                }
+                let seen = self.moved.load(SeqCst);
+                self.waiters.fetch_add(1, SeqCst);
+                let until = Some(earlier(deadline, Instant::now() + SLICE));
+                let waited =
+                    self.waiter
+                        .wait(|| self.moved.load(SeqCst) != seen, until, &mut check);
+                self.waiters.fetch_sub(1, SeqCst);
+                match waited {
+                    Ok(()) | Err(Error::Timeout) => {}
+                    Err(Error::Interrupted) if ended.get() => {
+                        return Err(Error::JobEnded(ENDED.into()))
+                    }
                     Err(e) => return Err(e),
                 }
             }
         })
     }
 
-    /// As `wait`, for a step on the mailbox (a receive's).
-    fn receive<T: Send>(
-        &self,
-        py: Python<'_>,
-        block: bool,
-        timeout: Option<f64>,
-        mut step: impl FnMut(&mut Mailbox, Wait, Poll<'_>) -> paralelo_core::Result<Option<T>> + Send,
-    ) -> PyResult<Option<T>> {
-        self.wait(py, block, timeout, |held, wait, poll| {
-            match self.turn(held) {
-                Some(mut mailbox) => step(&mut mailbox, wait, poll),
-                None => Ok(None),
+    /// Sends `letter` to each of `dests` (world ranks), waiting for room if need be, and
+    /// taking in this rank's own mail meanwhile.
+    fn send_all(&self, py: Python<'_>, dests: &[usize], letter: &Letter) -> PyResult<()> {
+        self.check_process(py)?;
+        for &dest in dests {
+            if self
+                .outbox
+                .post(dest, letter, Wait::Look, &mut no_poll)
+                .map_err(to_py)?
+            {
+                continue;
             }
-        })
+            door::blocking(py, None, |_, poll| {
+                let ended = Cell::new(false);
+                let mut check = self.or_ended(poll, &ended);
+                loop {
+                    let until = Wait::Until(Some(Instant::now() + SEND_SLICE));
+                    match self.outbox.post(dest, letter, until, &mut check) {
+                        Ok(true) => return Ok(()),
+                        Ok(false) => {}
+                        Err(Error::Interrupted) if ended.get() => {
+                            return Err(Error::JobEnded(ENDED.into()))
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    if let Some(mut mailbox) = self.turn(true) {
+                        let drained = mailbox.drain();
+                        self.publish(&mailbox);
+                        drained?;
+                    }
+                }
+            })?;
+        }
+        Ok(())
     }
 
-    /// Sends `payload` to each of `dests` (world ranks), waiting for room if need be.
-    fn send_all(
+    fn send_payload(
         &self,
         py: Python<'_>,
         dests: &[usize],
         e: Envelope,
         payload: &[u8],
     ) -> PyResult<()> {
-        for &dest in dests {
-            self.wait(py, true, None, |_, wait, poll| {
-                Ok(self
-                    .outbox
-                    .send(dest, e, payload, wait, poll)?
-                    .then_some(()))
-            })?;
-        }
-        Ok(())
+        let letter = self.outbox.letter(e, payload).map_err(to_py)?;
+        self.send_all(py, dests, &letter)
     }
 
     /// The next message matching `want`, waiting up to `timeout`.
@@ -217,8 +320,8 @@ impl PyMailbox {
         block: bool,
         timeout: Option<f64>,
     ) -> PyResult<Option<Message>> {
-        self.receive(py, block, timeout, |mailbox, wait, poll| {
-            mailbox.take(want, wait, poll)
+        self.receive(py, block, timeout, |mailbox| {
+            mailbox.take(want, Wait::Look, &mut no_poll)
         })
     }
 
@@ -245,9 +348,13 @@ impl PyMailbox {
         let mailbox = Mailbox::new(rank, &office.outbox).map_err(to_py)?;
         Ok(PyMailbox {
             outbox: mailbox.outbox().clone(),
+            waiter: mailbox.waiter(),
             state: Mutex::new(mailbox),
+            moved: AtomicU64::new(0),
+            waiters: AtomicUsize::new(0),
             aborted,
             rank,
+            pid: caller_pid(),
         })
     }
 
@@ -273,7 +380,7 @@ impl PyMailbox {
         kind: u8,
         payload: &[u8],
     ) -> PyResult<()> {
-        self.send_all(
+        self.send_payload(
             py,
             &[dest],
             envelope(context, source, tag, self::kind(kind)?),
@@ -295,7 +402,7 @@ impl PyMailbox {
         let Some(payload) = flat::dumps(obj) else {
             return Ok(false);
         };
-        self.send_all(
+        self.send_payload(
             py,
             &dests,
             envelope(context, source, tag, Kind::Object),
@@ -384,9 +491,9 @@ impl PyMailbox {
             context,
         };
         let mut barrier = Barrier::new();
-        self.receive(py, true, None, |mailbox, wait, poll| {
+        self.receive(py, true, None, |mailbox| {
             Ok(barrier
-                .advance(mailbox, &group, tag, wait, poll)?
+                .advance(mailbox, &group, tag, Wait::Look, &mut no_poll)?
                 .then_some(()))
         })?;
         Ok(())
@@ -407,27 +514,33 @@ impl PyMailbox {
             source,
             tag,
         };
-        let got = self.receive(py, block, None, |mailbox, wait, poll| {
-            mailbox.peek(want, wait, poll)
+        let got = self.receive(py, block, None, |mailbox| {
+            mailbox.peek(want, Wait::Look, &mut no_poll)
         })?;
         Ok(got.map(|(e, n)| (e.source, e.tag, n)))
     }
 
     /// Posts a receive (irecv): it gets the first matching message not taken yet,
     /// before any receive made after it. Its id is for `finish`.
-    fn post(&self, py: Python<'_>, context: i32, source: i32, tag: i32) -> u64 {
+    fn post(&self, py: Python<'_>, context: i32, source: i32, tag: i32) -> PyResult<u64> {
+        self.check_process(py)?;
         let want = Pattern {
             context,
             source,
             tag,
         };
-        py.detach(|| self.turn(false).expect("a turn waited for").post(want))
+        Ok(py.detach(|| self.turn(false).expect("a turn waited for").post(want)))
     }
 
-    /// Cancels posted receive `id` if no message matched it yet: whether it did.
+    /// Cancels posted receive `id` if no message matched it yet: whether it did (False
+    /// for one whose message came, or that was cancelled already).
     fn cancel(&self, py: Python<'_>, id: u64) -> PyResult<bool> {
-        py.detach(|| self.turn(false).expect("a turn waited for").cancel(id))
-            .map_err(to_py)
+        self.check_process(py)?;
+        match py.detach(|| self.turn(false).expect("a turn waited for").cancel(id)) {
+            Ok(cancelled) => Ok(cancelled),
+            Err(Error::Invalid(_)) => Ok(false), // (cancelled before, or finished)
+            Err(e) => Err(to_py(e)),
+        }
     }
 
     /// Posted receive `id`'s message as `take` gives it, waiting for it if `block`; None
@@ -438,18 +551,27 @@ impl PyMailbox {
         id: u64,
         block: bool,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        self.receive(py, block, None, |mailbox, wait, poll| {
-            mailbox.finish(id, wait, poll)
+        self.receive(py, block, None, |mailbox| {
+            mailbox.finish(id, Wait::Look, &mut no_poll)
         })?
         .map(|m| message_tuple(py, &m))
         .transpose()
     }
 
-    /// Waits for the next message and files it: what waits for any of several requests
-    /// does, since only a message completes one.
-    fn wait_message(&self, py: Python<'_>) -> PyResult<()> {
-        self.receive(py, true, None, |mailbox, wait, poll| {
-            Ok(mailbox.wait_message(wait, poll)?.then_some(()))
+    /// A count that changes whenever any thread of the rank takes messages in: read it
+    /// before looking at requests, and give it to `wait_message`.
+    #[getter]
+    fn moved(&self) -> u64 {
+        self.moved.load(SeqCst)
+    }
+
+    /// Waits until messages were taken in since `moved` was `seen` (by this thread or
+    /// another), filing them: what waits for any of several requests does, since only a
+    /// message completes one.
+    fn wait_message(&self, py: Python<'_>, seen: u64) -> PyResult<()> {
+        self.receive(py, true, None, |mailbox| {
+            mailbox.wait_message(Wait::Look, &mut no_poll)?;
+            Ok((mailbox.moved() != seen).then_some(()))
         })?;
         Ok(())
     }

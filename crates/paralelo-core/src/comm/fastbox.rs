@@ -13,7 +13,8 @@
 //! receiver, before a channel message of a sender, takes that sender's slot first.
 //!
 //! A slot's state goes EMPTY → CLAIMED (a sender's compare-and-swap: one sender thread at
-//! a time) → FULL (its bytes written, Release) → EMPTY (the receiver read them, Release).
+//! a time) → FULL (its bytes written, Release) → READING (a receiver's compare-and-swap:
+//! one reader at a time) → EMPTY (it read them, Release).
 //! A sender that dies between CLAIMED and FULL leaves the slot claimed: the job is over
 //! then (the launcher ends it), so nothing waits on it.
 use std::cell::UnsafeCell;
@@ -25,6 +26,7 @@ use crate::{Error, Result, Segment};
 const EMPTY: u32 = 0;
 const CLAIMED: u32 = 1;
 const FULL: u32 = 2;
+const READING: u32 = 3;
 /// Bytes of a slot: two cache lines, which the hardware moves together.
 const SLOT: usize = 128;
 /// Bytes of message a slot holds (what is left of it after its words).
@@ -44,7 +46,8 @@ struct Slot {
 
 const _: () = assert!(std::mem::size_of::<Slot>() == SLOT);
 
-/// The slots of a job of `ranks` ranks (slot `from * ranks + to`).
+/// The slots of a job of `ranks` ranks (slot `to * ranks + from`: a receiver's are
+/// together, for its look at all of them).
 pub struct Fastboxes {
     seg: Segment,
     base: NonNull<Slot>,
@@ -78,7 +81,7 @@ impl Fastboxes {
             "fastbox {from}->{to} of {}",
             self.ranks
         );
-        let i = from * self.ranks + to;
+        let i = to * self.ranks + from;
         debug_assert!((i + 1) * SLOT <= self.seg.len());
         // SAFETY: in bounds (i < ranks², the segment holds ranks² slots), aligned (the
         // mapping is page-aligned, slots are SLOT bytes); alive as long as `seg`. Shared
@@ -125,20 +128,30 @@ impl Fastboxes {
 
     /// Whether any slot to `to` holds a message.
     pub fn any_full(&self, to: usize) -> bool {
-        (0..self.ranks).any(|from| self.slot(from, to).state.load(Ordering::Relaxed) == FULL)
+        (0..self.ranks).any(|from| self.is_full(from, to))
+    }
+
+    /// Whether slot `from` → `to` holds a message.
+    pub fn is_full(&self, from: usize, to: usize) -> bool {
+        self.slot(from, to).state.load(Ordering::Relaxed) == FULL
     }
 
     /// Takes the message in slot `from` → `to` into `out` (appended), if there is one.
     pub fn take(&self, from: usize, to: usize, out: &mut Vec<u8>) -> bool {
         let slot = self.slot(from, to);
-        // Acquire: pairs with the sender's Release of FULL (its bytes are visible).
-        if slot.state.load(Ordering::Acquire) != FULL {
+        // Acquire: pairs with the sender's Release of FULL (its bytes are visible). One
+        // reader wins; a second (a second mailbox of the rank) finds it taken.
+        if slot
+            .state
+            .compare_exchange(FULL, READING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             return false;
         }
         // (A length past the slot can only be another process's scribble: clamped.)
         let len = (slot.len.load(Ordering::Relaxed) as usize).min(CAPACITY);
-        // SAFETY: FULL: the sender is done writing and no one writes until we store
-        // EMPTY; `len <= CAPACITY`.
+        // SAFETY: READING (ours, from FULL): the sender is done writing, no one writes
+        // until we store EMPTY, and no other reader got it; `len <= CAPACITY`.
         let data = unsafe { std::slice::from_raw_parts(slot.data.get().cast::<u8>(), len) };
         out.extend_from_slice(data);
         // Release: our read of the bytes before the sender's next claim.

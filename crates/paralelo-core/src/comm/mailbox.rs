@@ -29,11 +29,6 @@ pub enum Wait {
     /// Not at all: one look, which reads no clock (what is already there is taken
     /// without one).
     Look,
-    /// Until the instant, for a message to come, but with no commitment that may last
-    /// longer: no send that must wait for room, and no message of several fragments
-    /// begun (whose rest a receive must wait for, however long): for a caller that holds
-    /// a lock others may need meanwhile (the bindings' interpreter lock).
-    Briefly(Instant),
     /// Until the deadline (None: for ever).
     Until(Option<Instant>),
 }
@@ -150,6 +145,9 @@ impl Message {
     }
 }
 
+/// A message made to send: the sender's rank, the envelope, the payload.
+pub struct Letter(Vec<u8>);
+
 /// A receive posted ahead, and its message once one matched.
 #[derive(Debug)]
 struct Posted {
@@ -197,12 +195,13 @@ impl Outbox {
         })
     }
 
-    /// This transport, sending as rank `rank`.
+    /// This transport, sending as rank `rank` (with counts of its own).
     pub fn for_rank(&self, rank: usize) -> Result<Self> {
         self.inbox(rank)?;
         Ok(Outbox {
+            shared: self.shared.clone(),
+            sent: (0..self.ranks()).map(|_| AtomicU64::new(0)).collect(),
             me: Some(rank),
-            ..self.clone()
         })
     }
 
@@ -211,39 +210,34 @@ impl Outbox {
         self.shared.inboxes.len()
     }
 
-    /// Sends a message to world rank `dest`, waiting as `wait` says for room: false if
-    /// there was none in time (nothing sent).
-    pub fn send(
-        &self,
-        dest: usize,
-        envelope: Envelope,
-        payload: &[u8],
-        wait: Wait,
-        poll: Poll<'_>,
-    ) -> Result<bool> {
+    /// A message to send (to one rank or several): made once, however many tries and
+    /// receivers it takes.
+    pub fn letter(&self, envelope: Envelope, payload: &[u8]) -> Result<Letter> {
         let Some(me) = self.me else {
             return Err(Error::Invalid("the launcher sends no messages".into()));
         };
-        let inbox = self.inbox(dest)?;
         let from = (me as u32).to_le_bytes();
-        let envelope = envelope.encode();
+        Ok(Letter([&from[..], &envelope.encode(), payload].concat()))
+    }
+
+    /// Sends `letter` to world rank `dest`, waiting as `wait` says for room: false if
+    /// there was none in time (nothing sent). A letter longer than the inbox's largest
+    /// fragment goes out in several, and once the first is out the rest follow however
+    /// long the receiver takes: keep letters short (large data goes through the arena).
+    pub fn post(&self, dest: usize, letter: &Letter, wait: Wait, poll: Poll<'_>) -> Result<bool> {
+        let me = self.me.expect("a letter is made by a rank's outbox");
+        let inbox = self.inbox(dest)?;
         let sent = &self.sent[dest];
         if let Some(boxes) = &self.shared.boxes {
-            if boxes.try_put(
-                me,
-                dest,
-                &[&from, &envelope, payload],
-                sent.load(Ordering::Relaxed),
-            ) {
+            if boxes.try_put(me, dest, &[&letter.0], sent.load(Ordering::Relaxed)) {
                 inbox.wake_receivers();
                 return Ok(true);
             }
         }
-        let data = [&from[..], &envelope, payload].concat();
-        let went = inbox.try_send(&data)?
+        let went = inbox.try_send(&letter.0)?
             || match wait {
-                Wait::Look | Wait::Briefly(_) => false,
-                Wait::Until(deadline) => match inbox.send(&data, deadline, poll, None) {
+                Wait::Look => false,
+                Wait::Until(deadline) => match inbox.send(&letter.0, deadline, poll, None) {
                     Ok(()) => true,
                     Err(Error::Timeout) => false,
                     Err(e) => return Err(e),
@@ -253,6 +247,18 @@ impl Outbox {
             sent.fetch_add(1, Ordering::Relaxed);
         }
         Ok(went)
+    }
+
+    /// Sends a message to world rank `dest` (see [`Self::post`]).
+    pub fn send(
+        &self,
+        dest: usize,
+        envelope: Envelope,
+        payload: &[u8],
+        wait: Wait,
+        poll: Poll<'_>,
+    ) -> Result<bool> {
+        self.post(dest, &self.letter(envelope, payload)?, wait, poll)
     }
 
     /// Tells rank `rank` the job is over, if its inbox has room now: its receives then
@@ -294,6 +300,8 @@ pub struct Mailbox {
     next_id: u64,
     /// Why the job ended, once an abort message came.
     why: Option<String>,
+    /// See [`Self::moved`].
+    moved: u64,
 }
 
 impl Mailbox {
@@ -307,6 +315,7 @@ impl Mailbox {
             posted: Vec::new(),
             next_id: 0,
             why: None,
+            moved: 0,
         })
     }
 
@@ -460,31 +469,68 @@ impl Mailbox {
             if self.pull()? {
                 continue;
             }
-            let (deadline, whole) = match wait {
-                Wait::Look => return Ok(None),
-                Wait::Briefly(until) => (Some(until), false),
-                Wait::Until(deadline) => (deadline, true),
+            let Wait::Until(deadline) = wait else {
+                return Ok(None);
             };
-            let shared = self.outbox.shared.clone();
-            let (inbox, me) = (&shared.inboxes[self.rank], self.rank);
-            let boxed = || shared.boxes.as_ref().is_some_and(|b| b.any_full(me));
-            match inbox.wait_data_or(boxed, deadline, poll) {
+            if self.mid_message() {
+                if !self.read_whole(deadline, poll)? {
+                    return Ok(None);
+                }
+                continue;
+            }
+            match self.waiter().wait(|| false, deadline, poll) {
                 Ok(()) => {}
                 Err(Error::Timeout) => return Ok(None),
                 Err(e) => return Err(e),
             }
-            if !self.pull()? && inbox.has_data() {
-                if !whole {
-                    return Ok(None);
-                }
-                // (The start of a message of several fragments: read it whole.)
-                let mut bytes = Vec::new();
-                match inbox.recv(&mut bytes, deadline, poll) {
-                    Ok(()) => self.arrive_by_inbox(bytes)?,
-                    Err(Error::Timeout) => return Ok(None),
-                    Err(e) => return Err(e),
-                }
+        }
+    }
+
+    /// Moves everything that came into `arrived` (in order per sender), for the receives
+    /// to come: what a send waiting for room in another rank's inbox does, so that this
+    /// rank's own inbox never fills while it waits (that rank may be waiting for room in
+    /// it). Whether anything came.
+    pub fn drain(&mut self) -> Result<bool> {
+        let mut got = false;
+        while self.pull()? {
+            got = true;
+        }
+        Ok(got)
+    }
+
+    /// How many times messages were taken in (a count that changes whenever this mailbox
+    /// took something out of its inbox or fastboxes): for threads that wait without it.
+    pub fn moved(&self) -> u64 {
+        self.moved
+    }
+
+    /// Whether the inbox holds the start of a message of several fragments, which a
+    /// look cannot take ([`Self::read_whole`] waits for the rest).
+    pub fn mid_message(&self) -> bool {
+        self.outbox.shared.inboxes[self.rank].has_data()
+    }
+
+    /// Reads the message whose first fragments are in the inbox, waiting for the rest
+    /// (however long: a started message is read whole) or, until `deadline`, for one to
+    /// start: whether one came.
+    pub fn read_whole(&mut self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<bool> {
+        let mut bytes = Vec::new();
+        match self.outbox.shared.inboxes[self.rank].recv(&mut bytes, deadline, poll) {
+            Ok(()) => {
+                self.moved += 1;
+                self.arrive_by_inbox(bytes)?;
+                Ok(true)
             }
+            Err(Error::Timeout) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What waits for this mailbox's messages without holding it.
+    pub fn waiter(&self) -> Waiter {
+        Waiter {
+            shared: self.outbox.shared.clone(),
+            rank: self.rank,
         }
     }
 
@@ -501,20 +547,24 @@ impl Mailbox {
         // (A look at the indices first: an empty inbox costs no lock.)
         let inbox = &shared.inboxes[self.rank];
         let mut bytes = Vec::new();
-        if inbox.has_data() && inbox.try_recv(&mut bytes)? {
-            self.arrive_by_inbox(bytes)?;
-            got = true;
+        let from_inbox = inbox.has_data() && inbox.try_recv(&mut bytes)?;
+        if got || from_inbox {
+            self.moved += 1;
         }
-        Ok(got)
+        if from_inbox {
+            self.arrive_by_inbox(bytes)?;
+        }
+        Ok(got || from_inbox)
     }
 
     /// Files a message taken from the inbox, after its sender's fastbox message (older).
+    /// The launcher's abort message ends the job (the messages that came before it are
+    /// still received).
     fn arrive_by_inbox(&mut self, bytes: Vec<u8>) -> Result<()> {
         let (from, message) = Message::read(bytes)?;
         if from == LAUNCHER && message.envelope.kind == Kind::Abort {
-            let why = String::from_utf8_lossy(message.payload()).into_owned();
-            self.why = Some(why.clone());
-            return Err(Error::JobEnded(why));
+            self.why = Some(String::from_utf8_lossy(message.payload()).into_owned());
+            return Ok(());
         }
         let from = from as usize;
         if from >= self.outbox.ranks() {
@@ -532,6 +582,41 @@ impl Mailbox {
     }
 }
 
+/// Waits for a rank's messages without holding its mailbox: for its threads, which take
+/// turns on the mailbox only to look.
+#[derive(Clone)]
+pub struct Waiter {
+    shared: Arc<Shared>,
+    rank: usize,
+}
+
+impl Waiter {
+    /// Whether a message is in the inbox or a fastbox.
+    pub fn ready(&self) -> bool {
+        let shared = &*self.shared;
+        shared.inboxes[self.rank].has_data()
+            || shared.boxes.as_ref().is_some_and(|b| b.any_full(self.rank))
+    }
+
+    /// Waits until a message is in the inbox or a fastbox, or `also()` holds (what
+    /// another thread changes before it calls [`Self::wake`]).
+    pub fn wait(
+        &self,
+        also: impl Fn() -> bool,
+        deadline: Option<Instant>,
+        poll: Poll<'_>,
+    ) -> Result<()> {
+        let shared = &*self.shared;
+        let boxed = || shared.boxes.as_ref().is_some_and(|b| b.any_full(self.rank)) || also();
+        shared.inboxes[self.rank].wait_data_or(boxed, deadline, poll)
+    }
+
+    /// Wakes this rank's threads waiting in [`Self::wait`], to look again.
+    pub fn wake(&self) {
+        self.shared.inboxes[self.rank].wake_receivers();
+    }
+}
+
 /// Moves the message in fastbox `from` → `to`, if any, to `arrived`.
 fn take_box(
     boxes: &Fastboxes,
@@ -539,6 +624,9 @@ fn take_box(
     to: usize,
     arrived: &mut VecDeque<Message>,
 ) -> Result<bool> {
+    if !boxes.is_full(from, to) {
+        return Ok(false); // (the usual look: no allocation)
+    }
     let mut bytes = Vec::with_capacity(fastbox::CAPACITY);
     if !boxes.take(from, to, &mut bytes) {
         return Ok(false);
@@ -579,7 +667,11 @@ mod tests {
     }
 
     fn soon() -> Wait {
-        Wait::Until(Some(Instant::now() + Duration::from_secs(10)))
+        Wait::Until(soon_instant())
+    }
+
+    fn soon_instant() -> Option<Instant> {
+        Some(Instant::now() + Duration::from_secs(10))
     }
 
     fn go() -> bool {
@@ -848,42 +940,110 @@ mod tests {
     }
 
     #[test]
-    fn a_brief_wait_begins_no_message_longer_than_the_inbox() {
+    fn a_look_begins_no_message_longer_than_the_inbox_and_read_whole_does() {
         let mut boxes = job(2);
-        let receiver = boxes.pop().unwrap();
+        let mut receiver = boxes.pop().unwrap();
         let sender = boxes.pop().unwrap();
         let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
         let t = std::thread::spawn({
             let big = big.clone();
             move || {
+                let letter = sender.outbox().letter(env(0, 0, 0), &big).unwrap();
                 assert!(!sender
                     .outbox()
-                    .send(1, env(0, 0, 0), &big, Wait::Look, &mut go)
+                    .post(1, &letter, Wait::Look, &mut go)
                     .unwrap());
-                let brief = Wait::Briefly(Instant::now() + Duration::from_millis(1));
-                assert!(!sender
-                    .outbox()
-                    .send(1, env(0, 0, 0), &big, brief, &mut go)
-                    .unwrap());
-                assert!(sender
-                    .outbox()
-                    .send(1, env(0, 0, 0), &big, soon(), &mut go)
-                    .unwrap());
+                assert!(sender.outbox().post(1, &letter, soon(), &mut go).unwrap());
             }
         });
-        let mut receiver = receiver;
-        std::thread::sleep(Duration::from_millis(20)); // (its first fragments are in)
-        let brief = Wait::Briefly(Instant::now() + Duration::from_millis(1));
+        while !receiver.mid_message() {
+            std::thread::sleep(Duration::from_millis(1)); // (its first fragments come)
+        }
         assert!(receiver
-            .take(want(0, 0, 0), brief, &mut go)
+            .take(want(0, 0, 0), Wait::Look, &mut go)
             .unwrap()
             .is_none());
+        assert!(receiver.mid_message());
+        assert!(receiver.read_whole(None, &mut go).unwrap());
         let m = receiver
-            .take(want(0, 0, 0), soon(), &mut go)
+            .take(want(0, 0, 0), Wait::Look, &mut go)
             .unwrap()
             .unwrap();
         assert_eq!(m.payload(), &big[..]);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn a_waiting_sender_drains_its_own_inbox_so_two_full_ranks_go_on() {
+        // Both ranks send more than an inbox holds before receiving: each, waiting for
+        // room, takes in its own mail, as MPI's eager sends let them.
+        let boxes = job(2);
+        let handles: Vec<_> = boxes
+            .into_iter()
+            .map(|mut b| {
+                std::thread::spawn(move || {
+                    let me = b.rank();
+                    let peer = 1 - me;
+                    let body = [7u8; 1000];
+                    for i in 0..400u32 {
+                        let letter = b
+                            .outbox()
+                            .letter(
+                                env(0, me as i32, 0),
+                                &[&i.to_le_bytes()[..], &body].concat(),
+                            )
+                            .unwrap();
+                        loop {
+                            let until =
+                                Wait::Until(Some(Instant::now() + Duration::from_millis(1)));
+                            if b.outbox().post(peer, &letter, until, &mut go).unwrap() {
+                                break;
+                            }
+                            b.drain().unwrap();
+                        }
+                    }
+                    for i in 0..400u32 {
+                        let m = b
+                            .take(want(0, peer as i32, 0), soon(), &mut go)
+                            .unwrap()
+                            .unwrap();
+                        assert_eq!(m.payload()[..4], i.to_le_bytes());
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_waiter_wakes_for_mail_or_when_told() {
+        let boxes = job(2);
+        let waiter = boxes[1].waiter();
+        assert!(!waiter.ready());
+        let t = std::thread::spawn({
+            let waiter = waiter.clone();
+            move || waiter.wait(|| false, soon_instant(), &mut go)
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        boxes[0]
+            .outbox()
+            .send(1, env(0, 0, 0), b"x", soon(), &mut go)
+            .unwrap();
+        t.join().unwrap().unwrap();
+        assert!(waiter.ready());
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut boxes = boxes;
+        assert!(boxes[1].drain().unwrap() && !waiter.ready());
+        let t = std::thread::spawn({
+            let (waiter, flag) = (waiter.clone(), flag.clone());
+            move || waiter.wait(|| flag.load(Ordering::SeqCst), soon_instant(), &mut go)
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        flag.store(true, Ordering::SeqCst);
+        waiter.wake();
+        t.join().unwrap().unwrap();
     }
 
     #[test]

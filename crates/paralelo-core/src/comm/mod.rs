@@ -9,4 +9,6 @@ pub mod mailbox;
 
 pub use collective::{Barrier, Group};
 pub use fold::{fold, fold_into, Element, Op};
-pub use mailbox::{Envelope, Kind, Mailbox, Message, Outbox, Pattern, Wait, ANY_SOURCE, ANY_TAG};
+pub use mailbox::{
+    Envelope, Kind, Letter, Mailbox, Message, Outbox, Pattern, Wait, Waiter, ANY_SOURCE, ANY_TAG,
+};

@@ -95,7 +95,11 @@ impl Doorbell {
         {
             let start = Instant::now();
             loop {
-                let spent = start.elapsed();
+                let now = Instant::now();
+                if deadline.is_some_and(|d| d <= now) {
+                    return Err(Error::Timeout); // (a short deadline bounds the spin too)
+                }
+                let spent = now - start;
                 if spent >= SPIN + YIELD {
                     break;
                 }
