@@ -701,3 +701,80 @@ def test_threads_waiting_on_one_rank_each_get_their_own(tmp_path):
     out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "2", str(script)], T)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "[(0, 'm0'), (1, 'm1'), (2, 'm2'), (3, 'm3'), (4, 'm4')] 3\n"
+
+
+MPI4PY_WAYS = '''
+import sys
+import numpy as np
+from paralelo import comm as MPI
+comm = MPI.COMM_WORLD
+rank, other = comm.rank, 1 - comm.rank
+out = []
+# The waitany idiom: each completed request is inactive after, then UNDEFINED.
+requests = [comm.irecv(source=other, tag=t) for t in range(3)]
+sends = [comm.isend(t * 100, dest=other, tag=t) for t in range(3)]
+while True:
+    index, value = MPI.Request.waitany(requests)
+    if index == MPI.UNDEFINED:
+        break
+    out.append((index, value))
+out.append(requests[0].wait())  # (inactive: nothing again)
+MPI.Request.waitall(sends)
+# A plain function as an object reduction's op.
+out.append(comm.allreduce(rank + 1, op=lambda a, b: a + b))
+out.append(comm.allreduce(rank + 1, op=max))
+# Buffers whose sizes do not fit: ValueError, as mpi4py's.
+# (Each rank sees it before sending anything; a root's misfit Scatter would leave the
+# others waiting, under MPI too.)
+for name, call in [("Allreduce", lambda: comm.Allreduce(np.ones(4), np.empty(3))),
+                   ("Allgather", lambda: comm.Allgather(np.ones(3), np.empty(7)))]:
+    try:
+        call()
+        out.append(name + " ok")
+    except ValueError:
+        out.append(name + " ValueError")
+comm.barrier()
+sys.stdout.write(f"{rank} {sorted(out[:3])} {out[3:]}\\n")
+'''
+
+
+@pytest.mark.parametrize("launcher", ["paralelo", "mpiexec"])
+def test_waitany_plain_function_ops_and_misfit_buffers_as_mpi4py(tmp_path, launcher):
+    if launcher == "mpiexec" and not HAS_MPI:
+        pytest.skip("MPICH's mpiexec and mpi4py are not installed")
+    script = _script(tmp_path, MPI4PY_WAYS)
+    command = (["mpiexec", "-n", "2", sys.executable] if launcher == "mpiexec"
+               else [sys.executable, "-m", "paralelo", "run", "-n", "2"])
+    out = run_group([*command, str(script)], T)
+    assert out.returncode == 0, out.stderr
+    expected = "[(0, 0), (1, 100), (2, 200)] [None, 3, 2, 'Allreduce ValueError', 'Allgather ValueError']"
+    assert sorted(out.stdout.splitlines()) == [f"0 {expected}", f"1 {expected}"]
+
+
+def test_a_bcast_into_a_larger_buffer_is_an_error_and_a_missing_method_says_so(tmp_path):
+    script = _script(tmp_path, """
+        import sys
+        import numpy as np
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+        try:
+            comm.Bcast(np.ones(4) if comm.rank == 0 else np.zeros(6), root=0)
+            got = "ok"
+        except MPI.Exception as e:
+            got = "the buffers differ" in str(e)
+        try:
+            comm.Ineighbor_alltoall
+        except AttributeError as e:
+            hint = "does not offer" in str(e)
+        sys.stdout.write(f"{comm.rank} {got} {hint}\\n")
+    """)
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "2", str(script)], T)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["0 ok True", "1 True True"]
+
+
+def test_run_passes_everything_after_the_script_to_it_as_mpiexec_does(tmp_path):
+    script = _script(tmp_path, "import sys\nsys.stdout.write(repr(sys.argv[1:]) + chr(10))\n")
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "1", str(script), "--", "-v", "x"], T)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "['--', '-v', 'x']\n"

@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["scaling"] or argv[:1] == ["trace"]:
         argv = _script_args_apart(argv, scaling if argv[0] == "scaling" else tracing)
+    script_args: list[str] | None = None  # (run: all that follows SCRIPT, as mpiexec passes it, "--" too)
+    if argv[:1] == ["run"]:
+        at = _script_at(argv, running)
+        if at is not None:
+            argv, script_args = argv[:at + 1], argv[at + 1:]
     passed: list[str] = []  # after "--": the script's own, even those that start with -
     if "--" in argv and argv[:1] != ["run"]:
         argv, passed = argv[:argv.index("--")], argv[argv.index("--") + 1:]
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("arguments after -- are for a script: paralelo scaling SCRIPT -- ARGS")
     if args.command in ("scaling", "trace"):
         args.args = [*args.args, *passed]
+    if script_args is not None:
+        args.args = script_args
     if args.command == "demo":
         from . import _demo
 
@@ -87,28 +94,41 @@ def _script_args_apart(argv: list[str], command: argparse.ArgumentParser) -> lis
     passes ``--size 3`` to s.py). Left as it is when it has a ``--`` already."""
     if "--" in argv:
         return argv
-    options = command._option_string_actions  # (argparse's table of the command's options)
-
-    def option_width(word: str) -> int:
-        """How many words an option of ours takes (0: not ours)."""
-        name = word.split("=", 1)[0]
-        if name not in options:
-            return 0
-        return 1 if "=" in word or options[name].nargs == 0 else 2
-
-    i, script_seen = 1, False
-    while i < len(argv):
-        width = option_width(argv[i])
-        if width:
-            i += width
-        elif script_seen or argv[i].startswith("-"):
-            break  # (the script's first argument; or an unknown option, for argparse to refuse)
-        else:
-            script_seen = True
-            i += 1
-    if not script_seen or i >= len(argv):
+    at = _script_at(argv, command)
+    if at is None:
+        return argv
+    i = at + 1
+    while i < len(argv) and _option_width(argv[i], command):
+        i += _option_width(argv[i], command)
+    if i >= len(argv):
         return argv
     return [*argv[:i], "--", *argv[i:]]
+
+
+def _option_width(word: str, command: argparse.ArgumentParser) -> int:
+    """How many words `word`, an option of `command`, takes (0: not one of its options)."""
+    options = command._option_string_actions  # (argparse's table of the command's options)
+    name = word.split("=", 1)[0]
+    if name not in options:
+        return 0
+    return 1 if "=" in word or options[name].nargs == 0 else 2
+
+
+def _script_at(argv: list[str], command: argparse.ArgumentParser) -> int | None:
+    """Where SCRIPT is in ``[NAME, options, SCRIPT, ...]`` (None: not there, or after an
+    option the command does not know, for argparse to refuse)."""
+    i = 1
+    while i < len(argv):
+        width = _option_width(argv[i], command)
+        if width:
+            i += width
+        elif argv[i] == "--" and i + 1 < len(argv):
+            return i + 1
+        elif argv[i].startswith("-"):
+            return None
+        else:
+            return i
+    return None
 
 
 def _script_command(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:

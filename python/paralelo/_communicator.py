@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from . import _mailbox
 from ._native import fold
@@ -195,9 +195,8 @@ REPLACE = Op("REPLACE", lambda x, y: y, False)
 NO_OP = Op("NO_OP", lambda x, y: x, False)
 
 
-def _fold(items: Sequence[Any], op: Op) -> Any:
-    if not isinstance(op, Op):
-        raise MPIError(ERR_OP, f"MPI_ERR_OP: invalid reduce operation {op!r}")
+def _fold(items: Sequence[Any], op: Callable[[Any, Any], Any]) -> Any:
+    """``items[0] op items[1] op ...``, in rank order."""
     result = items[0]
     for item in items[1:]:
         result = op(result, item)
@@ -244,6 +243,9 @@ class _Buffer:
         return numpy.frombuffer(self.bytes, dtype=self.code)
 
     def part(self, i: int, parts: int) -> memoryview:
+        if self.count % parts:
+            raise ValueError(f"message: cannot infer count, number of entries {self.count} is not a multiple "
+                             f"of required number of blocks {parts}")  # (mpi4py's words)
         each = self.bytes.nbytes // parts
         return self.bytes[i * each:(i + 1) * each]
 
@@ -300,6 +302,11 @@ class Request:
         self._null = False  # waited for or tested complete: no request any more (MPI_REQUEST_NULL)
 
     def _complete(self, block: bool, status: Status | None) -> bool:
+        if self._null:  # (no request any more: done, with nothing)
+            if status is not None:
+                status._set(ANY_SOURCE, ANY_TAG, 0)
+            self._value = None
+            return True
         if self._finish is not None:
             done, value = self._finish(block, status)
             if not done:
@@ -309,7 +316,8 @@ class Request:
         return True
 
     def wait(self, status: Status | None = None) -> Any:
-        """Waits until it completes: the object received (None for a send)."""
+        """Waits until it completes: the object received (None for a send). The request
+        is then inactive (mpi4py's ``REQUEST_NULL``): waited for again, it gives None."""
         self._complete(True, status)
         return self._value
 
@@ -367,19 +375,60 @@ class Request:
         return cls.testall(requests, statuses)[0]
 
     @classmethod
+    def testany(cls, requests: Sequence[Request], status: Status | None = None) -> tuple[int, bool, Any]:
+        """``(index, True, object)`` of a request that completed (it is then inactive);
+        ``(UNDEFINED, False, None)`` if none did; ``(UNDEFINED, True, None)`` if every one
+        is inactive already. Never waits."""
+        active = [i for i, r in enumerate(requests) if not r._null]
+        if not active:
+            return UNDEFINED, True, None
+        for i in active:
+            flag, value = requests[i].test(status)
+            if flag:
+                return i, True, value
+        return UNDEFINED, False, None
+
+    @classmethod
+    def Testany(cls, requests: Sequence[Request], status: Status | None = None) -> tuple[int, bool]:  # noqa: N802
+        index, flag, _ = cls.testany(requests, status)
+        return index, flag
+
+    @classmethod
     def waitany(cls, requests: Sequence[Request], status: Status | None = None) -> tuple[int, Any]:
+        """``(index, object)`` of the first request to complete (it is then inactive);
+        ``(UNDEFINED, None)`` if every one is inactive already."""
         while True:
             box = _world_box()
             seen = box.moved  # (before the tests: a message any thread takes in after wakes us)
-            for i, r in enumerate(requests):
-                flag, value = r.test(status)
-                if flag:
-                    return i, value
+            index, flag, value = cls.testany(requests, status)
+            if flag:
+                return index, value
             box.wait_message(seen)
 
     @classmethod
     def Waitany(cls, requests: Sequence[Request], status: Status | None = None) -> int:  # noqa: N802
         return cls.waitany(requests, status)[0]
+
+    @classmethod
+    def waitsome(cls, requests: Sequence[Request],
+                 statuses: list[Status] | None = None) -> tuple[list[int] | None, list[Any] | None]:
+        """The indices and objects of the requests that completed, once one at least
+        did (each is then inactive); ``(None, None)`` if every one is inactive already."""
+        index, value = cls.waitany(requests, None if statuses is None else statuses[0])
+        if index == UNDEFINED:
+            return None, None
+        indices, values = [index], [value]
+        for i, r in enumerate(requests):
+            if not r._null:
+                flag, got = r.test(None if statuses is None else statuses[len(indices)])
+                if flag:
+                    indices.append(i)
+                    values.append(got)
+        return indices, values
+
+    @classmethod
+    def Waitsome(cls, requests: Sequence[Request], statuses: list[Status] | None = None) -> list[int] | None:  # noqa: N802
+        return cls.waitsome(requests, statuses)[0]
 
 
 # -- communicators -----------------------------------------------------------------------
@@ -394,6 +443,15 @@ class Comm:
         self._context = context
         self._name = name
         self._freed = False
+
+    if not TYPE_CHECKING:  # (the type checker still sees a misspelt name here as one)
+        def __getattr__(self, name: str) -> Any:
+            # (Only for names the class lacks: mpi4py's methods paralelo.comm leaves out.)
+            if name.startswith("_"):
+                raise AttributeError(name)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}: an mpi4py method "
+                                 "paralelo.comm does not offer; under mpiexec (or paralelo run --mpi) "
+                                 "paralelo.comm is mpi4py's own, which has it")
 
     def _place(self, ranks: list[int], rank: int) -> None:
         self._ranks = ranks  # world rank of each rank of this communicator
@@ -692,24 +750,25 @@ class Comm:
         return self._box().collect(self._context + 1, self.size, self._rank, _ALLTOALL, items[self._rank])
 
     def reduce(self, sendobj: Any, op: Op = SUM, root: int = 0) -> Any:
-        """Every rank's object combined with `op` in rank order, at `root` (None elsewhere)."""
-        _check_op(op)
+        """Every rank's object combined with `op` in rank order, at `root` (None elsewhere);
+        `op` an `Op`, or any function of two objects (as mpi4py takes it)."""
+        _check_object_op(op)
         items = self.gather(sendobj, root)
         return None if items is None else _fold(items, op)
 
     def allreduce(self, sendobj: Any, op: Op = SUM) -> Any:
         """Every rank's object combined with `op` in rank order, on every rank."""
-        _check_op(op)
+        _check_object_op(op)
         return _fold(self.allgather(sendobj), op)
 
     def scan(self, sendobj: Any, op: Op = SUM) -> Any:
         """Ranks 0..rank's objects combined (an inclusive prefix)."""
-        _check_op(op)
+        _check_object_op(op)
         return _fold(self.allgather(sendobj)[:self._rank + 1], op)
 
     def exscan(self, sendobj: Any, op: Op = SUM) -> Any:
         """Ranks 0..rank-1's objects combined (None on rank 0)."""
-        _check_op(op)
+        _check_object_op(op)
         items = self.allgather(sendobj)[:self._rank]
         return _fold(items, op) if items else None
 
@@ -724,7 +783,10 @@ class Comm:
                 for r in others:
                     self._csend(r, _BCAST, _raw_payload(view[piece]), RAW)
             else:
-                _mailbox.raw_into(self._crecv(root, _BCAST)[3], view[piece])
+                n = _mailbox.raw_into(self._crecv(root, _BCAST)[3], view[piece])
+                if n != piece.stop - piece.start:
+                    raise MPIError(ERR_OTHER, f"MPI_ERR_OTHER: Bcast: the root sent {n} bytes where this rank's "
+                                              f"buffer holds {piece.stop - piece.start}: the buffers differ")
 
     def Scatter(self, sendbuf: Any, recvbuf: Any, root: int = 0) -> None:  # noqa: N802 - mpi4py's name
         """Part i of `root`'s `sendbuf` into rank i's `recvbuf`."""
@@ -759,12 +821,13 @@ class Comm:
     def Allgather(self, sendbuf: Any, recvbuf: Any) -> None:  # noqa: N802 - mpi4py's name
         """Every rank's `sendbuf`, in rank order, into every rank's `recvbuf`."""
         target = _Buffer(recvbuf, "receive buffer")
-        mine = target.part(self._rank, self.size) if sendbuf is IN_PLACE else _Buffer(sendbuf).bytes
+        own = target.part(self._rank, self.size)
+        mine = own if sendbuf is IN_PLACE else _Buffer(sendbuf).bytes
+        if sendbuf is not IN_PLACE:
+            _copy(mine, own)  # (first: buffers that do not fit fail before anything is sent)
         for r in range(self.size):
             if r != self._rank:
                 self._csend(r, _ALLGATHER, _raw_payload(mine), RAW)
-        if sendbuf is not IN_PLACE:
-            _copy(mine, target.part(self._rank, self.size))
         for r in range(self.size):
             if r != self._rank:
                 _mailbox.raw_into(self._crecv(r, _ALLGATHER)[3], target.part(r, self.size))
@@ -772,10 +835,10 @@ class Comm:
     def Alltoall(self, sendbuf: Any, recvbuf: Any) -> None:  # noqa: N802 - mpi4py's name
         """Part j of rank i's `sendbuf` into part i of rank j's `recvbuf`."""
         source, target = _Buffer(sendbuf), _Buffer(recvbuf, "receive buffer")
+        _copy(source.part(self._rank, self.size), target.part(self._rank, self.size))  # (first: see Allgather)
         for r in range(self.size):
             if r != self._rank:
                 self._csend(r, _ALLTOALL, _raw_payload(source.part(r, self.size)), RAW)
-        _copy(source.part(self._rank, self.size), target.part(self._rank, self.size))
         for r in range(self.size):
             if r != self._rank:
                 _mailbox.raw_into(self._crecv(r, _ALLTOALL)[3], target.part(r, self.size))
@@ -864,8 +927,7 @@ class Comm:
 
 def _same_size(own: _Buffer, target: _Buffer) -> None:
     if own.bytes.nbytes != target.bytes.nbytes:
-        raise MPIError(ERR_COUNT, f"MPI_ERR_COUNT: the send buffer holds {own.bytes.nbytes} bytes, "
-                                  f"the receive buffer {target.bytes.nbytes}")
+        raise ValueError(f"mismatch in send count {own.count} and receive count {target.count}")  # (mpi4py's)
 
 
 def _fold_parts(op: Op, out: Any, parts: list[Any], code: str) -> None:
@@ -922,12 +984,19 @@ def _ufunc(op: Op) -> Any:
 
 def _copy(source: memoryview, target: memoryview) -> None:
     if source.nbytes != target.nbytes:
-        raise MPIError(ERR_COUNT, f"MPI_ERR_COUNT: {source.nbytes} bytes for a part of {target.nbytes}")
+        raise ValueError(f"mismatch in send count and receive count: {source.nbytes} bytes for a part of "
+                         f"{target.nbytes}")
     target[:] = source
 
 
 def _check_op(op: Any) -> None:
     if not isinstance(op, Op):
+        raise MPIError(ERR_OP, f"MPI_ERR_OP: invalid reduce operation {op!r}")
+
+
+def _check_object_op(op: Any) -> None:
+    """An object reduction's `op`: an `Op`, or a function of two objects."""
+    if not callable(op):
         raise MPIError(ERR_OP, f"MPI_ERR_OP: invalid reduce operation {op!r}")
 
 
