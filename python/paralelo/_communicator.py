@@ -574,11 +574,16 @@ class Comm:
         if status is not None:
             status._set(source, tag, len(payload))
         if kind != OBJECT:
-            if kind == _mailbox.SYNC:
-                self._post(source, _ACK, OBJECT, b"", self._context + 1)
-            elif kind == RAW:
-                raise MPIError(ERR_TYPE, "MPI_ERR_TYPE: a buffer (Send) came where an object (send) was awaited")
+            self._not_plain(source, kind)
         return _mailbox.loads(payload)
+
+    def _not_plain(self, source: int, kind: int) -> None:
+        """A received message that is not a plain object's: an ssend's is acknowledged;
+        a buffer's is an error."""
+        if kind == _mailbox.SYNC:
+            self._post(source, _ACK, OBJECT, b"", self._context + 1)
+        elif kind == RAW:
+            raise MPIError(ERR_TYPE, "MPI_ERR_TYPE: a buffer (Send) came where an object (send) was awaited")
 
     def recv(self, buf: Any = None, source: int = ANY_SOURCE, tag: int = ANY_TAG,
              status: Status | None = None) -> Any:
@@ -587,9 +592,13 @@ class Comm:
             if status is not None:
                 status._set(PROC_NULL, ANY_TAG, 0)
             return None
-        got = self._box().take(self._context, self._peer(source, "source", True), self._tag(tag, True))
-        assert got is not None
-        return self._took(got, status)
+        came, tag, kind, nbytes, value = self._box().take_loaded(self._context, self._peer(source, "source", True),
+                                                                 self._tag(tag, True))
+        if status is not None:
+            status._set(came, tag, nbytes)
+        if kind != OBJECT:
+            self._not_plain(came, kind)
+        return value
 
     def irecv(self, buf: Any = None, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Request:
         """Posts a receive: it takes the first matching message, before any receive posted

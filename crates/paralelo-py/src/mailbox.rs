@@ -434,6 +434,32 @@ impl PyMailbox {
             .transpose()
     }
 
+    /// As `take` (waiting for ever), with the payload of an object (`OBJECT` or `SYNC`)
+    /// loaded here: `(source, tag, kind, nbytes, object or payload)`, for `recv`.
+    fn take_loaded<'py>(
+        &self,
+        py: Python<'py>,
+        context: i32,
+        source: i32,
+        tag: i32,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let want = Pattern {
+            context,
+            source,
+            tag,
+        };
+        let m = self
+            .take_message(py, want, true, None)?
+            .expect("a wait for ever");
+        let e = m.envelope;
+        let payload = m.payload();
+        let value = match e.kind {
+            Kind::Object | Kind::Sync => load_message(py, payload)?,
+            _ => PyBytes::new(py, payload).into_any(),
+        };
+        (e.source, e.tag, e.kind as u8, payload.len(), value).into_pyobject(py)
+    }
+
     /// The object a collective's message from `source` with `tag` holds (waiting for it).
     fn take_object<'py>(
         &self,
