@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import _mailbox
 from ._native import fold
@@ -444,14 +444,6 @@ class Comm:
         self._name = name
         self._freed = False
 
-    if not TYPE_CHECKING:  # (the type checker still sees a misspelt name here as one)
-        def __getattr__(self, name: str) -> Any:
-            # (Only for names the class lacks: mpi4py's methods paralelo.comm leaves out.)
-            if name.startswith("_"):
-                raise AttributeError(name)
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}: an mpi4py method "
-                                 "paralelo.comm does not offer; under mpiexec (or paralelo run --mpi) "
-                                 "paralelo.comm is mpi4py's own, which has it")
 
     def _place(self, ranks: list[int], rank: int) -> None:
         self._ranks = ranks  # world rank of each rank of this communicator
@@ -1054,6 +1046,28 @@ class Intracomm(Comm):
 
     def Create(self, group: Any) -> Intracomm:  # noqa: N802 - mpi4py's name
         raise NotImplementedError("groups are not supported: use Split")
+
+
+class _Missing:
+    """An mpi4py method paralelo.comm leaves out: reading it raises AttributeError saying
+    so (``hasattr`` is False), at no cost to the names that are there."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        raise AttributeError(f"{(owner or type(obj)).__name__!r} object has no attribute {self.name!r}: an mpi4py "
+                             "method paralelo.comm does not offer; under mpiexec (or paralelo run --mpi) "
+                             "paralelo.comm is mpi4py's own, which has it")
+
+
+for _name in ("Gatherv", "Scatterv", "Allgatherv", "Alltoallv", "Alltoallw", "Reduce_scatter",
+              "Reduce_scatter_block", "Scan", "Exscan", "Ibcast", "Igather", "Iscatter", "Iallgather", "Ialltoall",
+              "Ireduce", "Iallreduce", "Iscan", "Iexscan", "Ibarrier", "Ineighbor_alltoall", "Issend", "Irsend",
+              "Ibsend", "Mprobe", "Improbe", "Get_group", "Create_group", "Create_cart", "Create_graph",
+              "Create_dist_graph", "Create_intercomm", "Split_type", "Get_topology", "Get_parent", "Spawn",
+              "Accept", "Connect", "Win"):
+    setattr(Intracomm, _name, _Missing(_name))
 
 
 class _NullComm:
