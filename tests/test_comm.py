@@ -778,3 +778,21 @@ def test_run_passes_everything_after_the_script_to_it_as_mpiexec_does(tmp_path):
     out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "1", str(script), "--", "-v", "x"], T)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "['--', '-v', 'x']\n"
+
+
+def test_ranks_ended_by_anothers_failure_say_so_in_one_line_under_its_traceback(tmp_path):
+    script = _script(tmp_path, """
+        import time
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+        if comm.rank == 1:
+            time.sleep(0.2)
+            raise ValueError("the real problem")
+        comm.allreduce(comm.rank)
+    """)
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "3", str(script)], T)
+    assert out.returncode == 1
+    assert out.stderr.count("Traceback") == 1 and "ValueError: the real problem" in out.stderr, out.stderr
+    assert "_launch.py" not in out.stderr and "runpy" not in out.stderr  # (the script's frames, as python shows)
+    for rank in (0, 2):
+        assert f"paralelo run: rank {rank} stopped: MPI_ERR_OTHER: rank 1 (pid" in out.stderr, out.stderr

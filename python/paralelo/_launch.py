@@ -106,6 +106,7 @@ def _stdin(rank: int, feed: tuple[int, int] | None) -> None:
 def _rank(script: str, args: list[str], rank: int, office: Any, aborted: Any) -> None:
     """A forked rank: runs the script as ``__main__``, then exits with its status."""
     from . import _communicator, _native, _output
+    from ._errors import MPIError
 
     os.setpgid(0, 0)
     _native.die_with_parent()
@@ -120,8 +121,13 @@ def _rank(script: str, args: list[str], rank: int, office: Any, aborted: Any) ->
         runpy.run_path(script, run_name="__main__")
     except SystemExit as e:
         code = _exit_code(e.code)
-    except BaseException:  # noqa: BLE001 - the rank's end: reported, as python would
-        traceback.print_exc()
+    except BaseException as e:  # noqa: BLE001 - the rank's end: reported, as python would
+        if aborted.is_set() and isinstance(e, MPIError):
+            # (Ended because another rank failed: one line, so that the failing rank's own
+            # traceback is the one that stands out.)
+            print(f"paralelo run: rank {rank} stopped: {e}", file=sys.stderr)
+        else:
+            traceback.print_exception(type(e), e, _from_script(e.__traceback__, script))
         code = 1
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -129,6 +135,15 @@ def _rank(script: str, args: list[str], rank: int, office: Any, aborted: Any) ->
         except (OSError, ValueError):
             code = code or 120
     os._exit(code)
+
+
+def _from_script(tb: Any, script: str) -> Any:
+    """`tb` from the script's own first frame on, as ``python script.py`` shows it (not
+    the launcher's and runpy's); all of it if the script's frame is not in it."""
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename != script:
+        first = first.tb_next
+    return first or tb
 
 
 def _exit_code(code: Any) -> int:
