@@ -233,13 +233,15 @@ def _end(pids: dict[int, int], fds: dict[int, int], office: Any, aborted: Any, w
          sig: int | None) -> float:
     """Tells the ranks still running that the job is over (and signals them `sig`): when
     they will be killed."""
-    aborted.set()
     for pid in fds.values():
         try:
             office.abort(pids[pid], why)
         except OSError:
             pass
-        if sig is not None:
+    # (After the messages: a rank's wait that the event ends finds why in its inbox.)
+    aborted.set()
+    if sig is not None:
+        for pid in fds.values():
             _kill(pid, sig)
     return time.monotonic() + GRACE
 

@@ -116,6 +116,15 @@ fn ended_or(e: Error) -> PyErr {
     }
 }
 
+/// Why the job ended, as the launcher's message says (taken in now, after what came
+/// before it), or as its event does if the message could not reach the inbox.
+fn ended_with(mailbox: &mut Mailbox) -> Error {
+    if let Err(e) = mailbox.drain() {
+        return e;
+    }
+    Error::JobEnded(mailbox.ended().unwrap_or(ENDED).to_string())
+}
+
 /// `(source, tag, kind, payload)`, as the Python side takes a message.
 fn message_tuple<'py>(py: Python<'py>, m: &Message) -> PyResult<Bound<'py, PyTuple>> {
     let e = m.envelope;
@@ -240,7 +249,10 @@ impl PyMailbox {
                         // (A message of several fragments: read whole, holding the mailbox.)
                         let read = mailbox.read_whole(deadline, &mut only_the_end);
                         self.publish(&mailbox);
-                        read?;
+                        match read {
+                            Err(Error::Interrupted) => return Err(ended_with(&mut mailbox)),
+                            read => read?,
+                        };
                         continue;
                     }
                 }
@@ -256,13 +268,19 @@ impl PyMailbox {
                 self.waiters.fetch_sub(1, SeqCst);
                 match waited {
                     Ok(()) | Err(Error::Timeout) => {}
-                    Err(Error::Interrupted) if ended.get() => {
-                        return Err(Error::JobEnded(ENDED.into()))
-                    }
+                    Err(Error::Interrupted) if ended.get() => return Err(self.ended()),
                     Err(e) => return Err(e),
                 }
             }
         })
+    }
+
+    /// The error of a wait the launcher's event ended: why, if its message came.
+    fn ended(&self) -> Error {
+        let mut mailbox = self.turn(false).expect("a turn waited for");
+        let error = ended_with(&mut mailbox);
+        self.publish(&mailbox);
+        error
     }
 
     /// Sends `letter` to each of `dests` (world ranks), waiting for room if need be, and
@@ -285,9 +303,7 @@ impl PyMailbox {
                     match self.outbox.post(dest, letter, until, &mut check) {
                         Ok(true) => return Ok(()),
                         Ok(false) => {}
-                        Err(Error::Interrupted) if ended.get() => {
-                            return Err(Error::JobEnded(ENDED.into()))
-                        }
+                        Err(Error::Interrupted) if ended.get() => return Err(self.ended()),
                         Err(e) => return Err(e),
                     }
                     if let Some(mut mailbox) = self.turn(true) {
