@@ -796,3 +796,32 @@ def test_ranks_ended_by_anothers_failure_say_so_in_one_line_under_its_traceback(
     assert "_launch.py" not in out.stderr and "runpy" not in out.stderr  # (the script's frames, as python shows)
     for rank in (0, 2):
         assert f"paralelo run: rank {rank} stopped: MPI_ERR_OTHER: rank 1 (pid" in out.stderr, out.stderr
+
+
+def test_an_ssend_whose_object_cannot_be_read_still_returns(tmp_path):
+    """The receiver gets the unpickling error; the sender, waiting for the receipt,
+    hears of it all the same instead of waiting for ever."""
+    script = _script(tmp_path, """
+        import sys
+        from paralelo import comm as MPI
+        comm = MPI.COMM_WORLD
+
+        def refuse():
+            raise RuntimeError("cannot be read here")
+
+        class Unreadable:
+            def __reduce__(self):
+                return (refuse, ())
+
+        if comm.rank == 0:
+            comm.ssend(Unreadable(), dest=1)
+            sys.stdout.write("0 sent\\n")
+        else:
+            try:
+                comm.recv(source=0)
+            except RuntimeError as e:
+                sys.stdout.write(f"1 {e}\\n")
+    """)
+    out = run_group([sys.executable, "-m", "paralelo", "run", "-n", "2", str(script)], T)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["0 sent", "1 cannot be read here"]

@@ -584,12 +584,14 @@ class Comm:
             if status is not None:
                 status._set(PROC_NULL, ANY_TAG, 0)
             return None
-        came, tag, kind, nbytes, value = self._box().take_loaded(self._context, self._peer(source, "source", True),
-                                                                 self._tag(tag, True))
+        came, tag, kind, nbytes, value, loaded = self._box().take_loaded(
+            self._context, self._peer(source, "source", True), self._tag(tag, True))
         if status is not None:
             status._set(came, tag, nbytes)
         if kind != OBJECT:
-            self._not_plain(came, kind)
+            self._not_plain(came, kind)  # (an ssend's sender hears of it even if it cannot be read)
+        if not loaded:
+            raise value
         return value
 
     def irecv(self, buf: Any = None, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Request:

@@ -451,7 +451,9 @@ impl PyMailbox {
     }
 
     /// As `take` (waiting for ever), with the payload of an object (`OBJECT` or `SYNC`)
-    /// loaded here: `(source, tag, kind, nbytes, object or payload)`, for `recv`.
+    /// loaded here: `(source, tag, kind, nbytes, object or payload, loaded)`, for `recv`;
+    /// if unpickling failed, `loaded` is False and the object is the error (for the
+    /// caller to raise once it acknowledged an `ssend`, whose sender waits for that).
     fn take_loaded<'py>(
         &self,
         py: Python<'py>,
@@ -469,11 +471,14 @@ impl PyMailbox {
             .expect("a wait for ever");
         let e = m.envelope;
         let payload = m.payload();
-        let value = match e.kind {
-            Kind::Object | Kind::Sync => load_message(py, payload)?,
-            _ => PyBytes::new(py, payload).into_any(),
+        let (value, loaded) = match e.kind {
+            Kind::Object | Kind::Sync => match load_message(py, payload) {
+                Ok(value) => (value, true),
+                Err(error) => (error.into_value(py).into_bound(py).into_any(), false),
+            },
+            _ => (PyBytes::new(py, payload).into_any(), true),
         };
-        (e.source, e.tag, e.kind as u8, payload.len(), value).into_pyobject(py)
+        (e.source, e.tag, e.kind as u8, payload.len(), value, loaded).into_pyobject(py)
     }
 
     /// The object a collective's message from `source` with `tag` holds (waiting for it).
