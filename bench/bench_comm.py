@@ -4,8 +4,8 @@
     python bench/bench_comm.py                 # every case, 3 runs each (median)
     python bench/bench_comm.py --repeats 5
 
-Cases (2 ranks): a small object's bcast, reduce, allreduce and barrier (µs an operation,
-rank 0's mean over 20,000); a 100 MB float64 array's Bcast and Allreduce (GB/s: 100 MB
+Cases (2 ranks): a small object's bcast, reduce, allreduce, barrier and send/recv round
+trip (µs an operation, rank 0's mean over 20,000); a 100 MB float64 array's Bcast and Allreduce (GB/s: 100 MB
 over the median time of 7). The issue's targets: at most mpi4py's time on every small
 op; Bcast ≥ 10 GB/s; Allreduce ≥ 5 GB/s.
 
@@ -51,6 +51,17 @@ PROGRAM = textwrap.dedent(
     per_op("reduce", lambda: comm.reduce(rank, op=MPI.SUM, root=0))
     per_op("allreduce", lambda: comm.allreduce(rank, op=MPI.SUM))
     per_op("barrier", comm.barrier)
+    other = 1 - rank
+
+    def pingpong():
+        if rank == 0:
+            comm.send(1, dest=other)
+            comm.recv(source=other)
+        else:
+            comm.recv(source=other)
+            comm.send(1, dest=other)
+
+    per_op("pingpong", pingpong)
 
     def bandwidth(name, op, nbytes):
         times = []
@@ -76,6 +87,7 @@ CASES = {
     "reduce": ("small object reduce (µs)", "us"),
     "allreduce": ("small object allreduce (µs)", "us"),
     "barrier": ("barrier (µs)", "us"),
+    "pingpong": ("small object send + recv, round trip (µs)", "us"),
     "Bcast": ("100 MB float64 Bcast (GB/s)", "GB/s"),
     "Allreduce": ("100 MB float64 Allreduce (GB/s)", "GB/s"),
 }

@@ -190,6 +190,16 @@ def test_the_guides_mpi_examples_run_with_paralelo_run(name, expected):
     assert out.stdout == expected
 
 
+def _launcher(launcher: str, ranks: int) -> list[str]:
+    """The command that starts `ranks` ranks of a script: ``paralelo run``, or MPICH's
+    ``mpiexec`` (the test is skipped where that is not installed)."""
+    if launcher == "paralelo":
+        return [sys.executable, "-m", "paralelo", "run", "-n", str(ranks)]
+    if not HAS_MPI:
+        pytest.skip("MPICH's mpiexec and mpi4py are not installed")
+    return ["mpiexec", "-n", str(ranks), sys.executable]
+
+
 def _script(tmp_path, body: str) -> pathlib.Path:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(body))
@@ -347,8 +357,6 @@ def test_run_refuses_a_missing_script():
 def test_large_buffer_reductions_in_place_and_not_commutative(tmp_path, launcher):
     """Buffers of several pieces (PIECE): IN_PLACE, a user op that does not commute
     (folded in rank order), Bcast; checked against numpy in each rank, under both."""
-    if launcher == "mpiexec" and not HAS_MPI:
-        pytest.skip("MPICH's mpiexec and mpi4py are not installed")
     script = _script(tmp_path, """
         import sys
         import numpy as np
@@ -380,8 +388,7 @@ def test_large_buffer_reductions_in_place_and_not_commutative(tmp_path, launcher
         ok.append(bool((shared == parts[2]).all()))
         sys.stdout.write(f"{rank} {ok}\\n")
     """)
-    command = (["mpiexec", "-n", "3", sys.executable] if launcher == "mpiexec"
-               else [sys.executable, "-m", "paralelo", "run", "-n", "3"])
+    command = _launcher(launcher, 3)
     out = run_group([*command, str(script)], T)
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.splitlines()) == [f"{r} [True, True, True, True]" for r in range(3)]
@@ -488,11 +495,8 @@ else:
 
 @pytest.mark.parametrize("launcher", ["paralelo", "mpiexec"])
 def test_each_senders_messages_arrive_in_order_whatever_their_size(tmp_path, launcher):
-    if launcher == "mpiexec" and not HAS_MPI:
-        pytest.skip("MPICH's mpiexec and mpi4py are not installed")
     script = _script(tmp_path, ORDER)
-    command = (["mpiexec", "-n", "3", sys.executable] if launcher == "mpiexec"
-               else [sys.executable, "-m", "paralelo", "run", "-n", "3"])
+    command = _launcher(launcher, 3)
     out = run_group([*command, str(script)], T)
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.splitlines()) == ["1 True 1.0", "2 True 2.0"]
@@ -556,8 +560,6 @@ def test_rank_0_reads_a_terminal_without_being_stopped(tmp_path):
 
 @pytest.mark.parametrize("launcher", ["paralelo", "mpiexec"])
 def test_a_cancelled_receive_completes_cancelled_and_takes_no_message(tmp_path, launcher):
-    if launcher == "mpiexec" and not HAS_MPI:
-        pytest.skip("MPICH's mpiexec and mpi4py are not installed")
     script = _script(tmp_path, """
         import sys
         import numpy as np
@@ -586,8 +588,7 @@ def test_a_cancelled_receive_completes_cancelled_and_takes_no_message(tmp_path, 
                 sys.stdout.write(f"1 after {message} {e.Get_error_class() == MPI.ERR_REQUEST}\\n")
         sys.stdout.write(f"{rank} {value} {status.Is_cancelled()} {buffer_status.Is_cancelled()}\\n")
     """)
-    command = (["mpiexec", "-n", "2", sys.executable] if launcher == "mpiexec"
-               else [sys.executable, "-m", "paralelo", "run", "-n", "2"])
+    command = _launcher(launcher, 2)
     out = run_group([*command, str(script)], T)
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.splitlines()) == ["0 None True True", "1 None True True", "1 after kept True"]
@@ -614,11 +615,8 @@ sys.stdout.write(f"{rank} ok\\n")
 
 @pytest.mark.parametrize("launcher", ["paralelo", "mpiexec"])
 def test_ranks_that_all_send_more_than_an_inbox_holds_before_receiving_go_on(tmp_path, launcher):
-    if launcher == "mpiexec" and not HAS_MPI:
-        pytest.skip("MPICH's mpiexec and mpi4py are not installed")
     script = _script(tmp_path, FULL)
-    command = (["mpiexec", "-n", "3", sys.executable] if launcher == "mpiexec"
-               else [sys.executable, "-m", "paralelo", "run", "-n", "3"])
+    command = _launcher(launcher, 3)
     out = run_group([*command, str(script)], T)
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.splitlines()) == ["0 ok", "1 ok", "2 ok"]
@@ -740,11 +738,8 @@ sys.stdout.write(f"{rank} {sorted(out[:3])} {out[3:]}\\n")
 
 @pytest.mark.parametrize("launcher", ["paralelo", "mpiexec"])
 def test_waitany_plain_function_ops_and_misfit_buffers_as_mpi4py(tmp_path, launcher):
-    if launcher == "mpiexec" and not HAS_MPI:
-        pytest.skip("MPICH's mpiexec and mpi4py are not installed")
     script = _script(tmp_path, MPI4PY_WAYS)
-    command = (["mpiexec", "-n", "2", sys.executable] if launcher == "mpiexec"
-               else [sys.executable, "-m", "paralelo", "run", "-n", "2"])
+    command = _launcher(launcher, 2)
     out = run_group([*command, str(script)], T)
     assert out.returncode == 0, out.stderr
     expected = "[(0, 0), (1, 100), (2, 200)] [None, 3, 2, 'Allreduce ValueError', 'Allgather ValueError']"

@@ -341,6 +341,24 @@ impl PyMailbox {
         })
     }
 
+    /// The next message from `source` with `tag` on `context`, waiting for it.
+    fn next_message(
+        &self,
+        py: Python<'_>,
+        context: i32,
+        source: i32,
+        tag: i32,
+    ) -> PyResult<Message> {
+        let want = Pattern {
+            context,
+            source,
+            tag,
+        };
+        Ok(self
+            .take_message(py, want, true, None)?
+            .expect("a wait for ever"))
+    }
+
     /// The object in `m`, which a collective sent.
     fn object<'py>(py: Python<'py>, m: &Message) -> PyResult<Bound<'py, PyAny>> {
         if m.envelope.kind != Kind::Object {
@@ -461,14 +479,7 @@ impl PyMailbox {
         source: i32,
         tag: i32,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let want = Pattern {
-            context,
-            source,
-            tag,
-        };
-        let m = self
-            .take_message(py, want, true, None)?
-            .expect("a wait for ever");
+        let m = self.next_message(py, context, source, tag)?;
         let e = m.envelope;
         let payload = m.payload();
         let (value, loaded) = match e.kind {
@@ -489,14 +500,7 @@ impl PyMailbox {
         source: i32,
         tag: i32,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let want = Pattern {
-            context,
-            source,
-            tag,
-        };
-        let m = self
-            .take_message(py, want, true, None)?
-            .expect("a wait for ever");
+        let m = self.next_message(py, context, source, tag)?;
         Self::object(py, &m)
     }
 

@@ -62,9 +62,7 @@ impl Probe {
 
     /// Waits until data is published (see [`crate::Doorbell::wait_until`]).
     pub fn wait_data(&self, deadline: Option<Instant>, poll: Poll<'_>) -> Result<()> {
-        self.mem
-            .data_bell()
-            .wait_until(|| self.has_data(), deadline, poll)
+        self.wait_data_or(|| false, deadline, poll)
     }
 
     /// Waits until data is published or `also()` holds: for a receiver that also takes
