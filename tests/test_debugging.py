@@ -8,10 +8,12 @@ import multiprocessing
 import os
 import pty
 import select
+import signal
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -186,6 +188,95 @@ def test_a_workers_breakpoint_opens_pdb_on_the_terminal_one_at_a_time(tmp_path):
             os.execv(sys.executable, [sys.executable, str(script)])
         finally:
             os._exit(127)
+    until = _reader(fd)
+
+    try:
+        answers = []
+        for _ in range(2):  # each worker's session in turn, never both at once
+            assert b"--- pdb in ForkPoolWorker-" in until(b"(Pdb) ")
+            os.write(fd, b"p y\n")
+            answers.append(until(b"(Pdb) ").split(b"\n")[1].strip())
+            os.write(fd, b"c\n")
+        assert sorted(answers) == [b"42", b"6"]
+        assert b"[42, 6]" in until(b"[42, 6]")
+    finally:
+        status = _ended(pid)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+_BREAKS_SET = textwrap.dedent("""
+    import os, time
+    import paralelo
+
+    def g(x):
+        return x + 1
+
+    def f(x):
+        if x == 7:
+            breakpoint()  # (the session sets a breakpoint on g, then continues)
+            deadline = time.monotonic() + 10
+            while not os.path.exists("other") and time.monotonic() < deadline:
+                time.sleep(0.01)  # the other worker's session, while this one runs on
+            return g(x * 6)
+        open("other", "w").close()
+        breakpoint()
+        return x * 6
+
+    if __name__ == "__main__":
+        with paralelo.Pool(2) as pool:
+            print("done", pool.map(f, [7, 1], chunksize=1), flush=True)
+""")
+
+
+def test_a_session_that_continues_with_breakpoints_set_lets_others_debug(tmp_path):
+    """It lets go of the terminal until a breakpoint is hit, then takes it again."""
+    script = tmp_path / "script.py"
+    script.write_text(_BREAKS_SET)
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.chdir(tmp_path)
+            os.execv(sys.executable, [sys.executable, str(script)])
+        finally:
+            os._exit(127)
+    until = _reader(fd)
+    try:
+        assert b"--- pdb in ForkPoolWorker-" in until(b"(Pdb) ")
+        os.write(fd, b"p x\n")
+        assert until(b"(Pdb) ").split(b"\n")[1].strip() == b"7"
+        os.write(fd, b"b g\n")
+        until(b"(Pdb) ")
+        os.write(fd, b"c\n")
+        answers = []
+        for _ in range(2):  # the other worker's session, and the breakpoint on g: each in turn
+            assert b"--- pdb in ForkPoolWorker-" in until(b"(Pdb) ")
+            os.write(fd, b"p x\n")
+            answers.append(until(b"(Pdb) ").split(b"\n")[1].strip())
+            os.write(fd, b"c\n")
+        assert sorted(answers) == [b"1", b"42"]
+        assert b"[43, 6]" in until(b"[43, 6]")
+    finally:
+        status = _ended(pid)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _ended(pid: int) -> int:
+    """The wait status of the script `pid`, killed with its process group if it has not
+    ended within T seconds (a test that failed half-way leaves it waiting on its terminal)."""
+    deadline = time.monotonic() + T
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.02)
+    os.killpg(pid, signal.SIGKILL)  # (pty.fork made it a session leader: its workers are in its group)
+    return os.waitpid(pid, 0)[1]
+
+
+def _reader(fd: int) -> Callable[[bytes], bytes]:
+    """`until(token)`: what the terminal `fd` shows up to `token` (failing after T seconds)."""
     seen = b""
 
     def until(token: bytes) -> bytes:
@@ -202,19 +293,7 @@ def test_a_workers_breakpoint_opens_pdb_on_the_terminal_one_at_a_time(tmp_path):
         got, seen = seen[:cut], seen[cut:]
         return got
 
-    try:
-        answers = []
-        for _ in range(2):  # each worker's session in turn, never both at once
-            assert b"--- pdb in ForkPoolWorker-" in until(b"(Pdb) ")
-            os.write(fd, b"p y\n")
-            answers.append(until(b"(Pdb) ").split(b"\n")[1].strip())
-            os.write(fd, b"c\n")
-        assert sorted(answers) == [b"42", b"6"]
-        assert b"[42, 6]" in until(b"[42, 6]")
-    finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 0
+    return until
 
 
 def test_a_breakpoint_with_no_terminal_says_so_and_goes_on(tmp_path):

@@ -54,6 +54,52 @@ def test_the_merged_profile_counts_every_workers_calls(tmp_path):
     assert _calls(saved, "work") == 350
 
 
+_THREADS = textwrap.dedent("""
+    import threading, time
+    from concurrent.futures import wait
+    import paralelo
+
+    def leaf(n):
+        return sum(range(n))
+
+    def work(x):
+        return leaf(100) + x
+
+    def slow(x):
+        time.sleep(0.3)
+        return leaf(100)
+
+    if __name__ == "__main__":
+        tp, ex = paralelo.ThreadPool(3), paralelo.ThreadPoolExecutor(2)
+        tp.map(work, range(5))  # (before: not profiled)
+        with paralelo.profile() as prof:
+            assert tp.map(work, range(30), chunksize=4) == [leaf(100) + x for x in range(30)]
+            assert tp.apply_async(work, (1,)).get() == leaf(100) + 1
+            assert sorted(tp.imap_unordered(work, range(10))) == [leaf(100) + x for x in range(10)]
+            wait([ex.submit(work, i) for i in range(7)])
+            assert list(ex.map(work, range(5))) == [leaf(100) + x for x in range(5)]
+            late = ex.submit(slow, 0)  # still running as the block ends: waited for
+            time.sleep(0.05)
+        assert late.done()
+        tp.map(work, range(5))  # (after: not profiled)
+        list(ex.map(work, range(5)))
+        tp.close(); tp.join(); ex.shutdown()
+        calls = {name: sum(v[1] for f, v in prof.stats.stats.items() if f[2] == name) for name in ("work", "leaf", "slow")}
+        assert calls == {"work": 53, "leaf": 54 + 46, "slow": 1}, calls  # (46: the asserts, in the caller)
+        assert 1 <= prof.threads <= 5 and prof.missing == 0, (prof.threads, prof.missing)
+        print("ok")
+""")
+
+
+def test_thread_pools_tasks_are_profiled_on_their_threads(tmp_path):
+    """cProfile (before 3.12) sees one thread: each pool thread runs its tasks under its
+    own profile, merged with the rest; a task running as the block ends is waited for."""
+    script = tmp_path / "script.py"
+    script.write_text(_THREADS)
+    out = run_group([sys.executable, str(script)], T, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
 def test_workers_that_leave_or_are_replaced_still_count():
     with paralelo.Pool(2, maxtasksperchild=5) as pool:  # (5 chunks of 5 a worker)
         with paralelo.profile() as prof:
@@ -152,16 +198,18 @@ def test_lines_finds_a_function_that_travelled_by_value(tmp_path):
         import paralelo
 
         if __name__ == "__main__":
-            with paralelo.Pool(2) as pool:
+            with paralelo.Pool(2) as pool, paralelo.ProcessPoolExecutor(2) as ex:
                 def late(x):
                     return x + 1
                 with paralelo.profile(lines=[late]) as prof:
                     print(sum(pool.map(late, range(500), chunksize=10)))
+                    print(sum(pool.apply_async(late, (i,)).get() for i in range(20)))  # calls, each by value
+                    print(sum(ex.submit(late, i).result() for i in range(20)))
             print({name: rows[0][1] for (_, _, name), rows in prof.lines.timings.items()})
     """))
     out = run_group([sys.executable, str(script)], 60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["125250", "{'late': 500}"]
+    assert out.stdout.split("\n")[:4] == ["125250", "210", "210", "{'late': 540}"]
 
 
 def test_lines_without_line_profiler_says_what_to_install(monkeypatch):

@@ -4,8 +4,9 @@ the program runs in, one process's session at a time.
 A worker's stdin is /dev/null (as with multiprocessing), where pdb would read an end of
 file and quit the task. Here the hook opens the controlling terminal (``/dev/tty``) for
 pdb's input and output, and takes an exclusive lock on that terminal's device (``flock``)
-until the session continues with no breakpoint set, or quits, so that two workers never
-read the same keystrokes. With no terminal
+while the session stops the process, so that two workers never read the same keystrokes.
+A session that continues with breakpoints set lets go of the lock until one of them is
+hit: another worker's session may run meanwhile. With no terminal
 (a service, CI), it says so on stderr, naming the process, and the task goes on.
 ``PYTHONBREAKPOINT`` is honoured as Python honours it (``0`` turns breakpoints off).
 """
@@ -22,13 +23,22 @@ __all__ = ["install"]
 
 
 class _TerminalPdb(pdb.Pdb):
-    """pdb on `tty`, holding its lock until the session continues or quits."""
+    """pdb on `tty`, holding its lock (taken by the caller) while it stops the process."""
 
-    def __init__(self, tty_in: Any, tty_out: Any, lock: int) -> None:
+    def __init__(self, tty_in: Any, tty_out: Any, lock: int, who: str) -> None:
         super().__init__(stdin=tty_in, stdout=tty_out)
         self.use_rawinput = False  # (input() would read stdin, not the terminal)
         self.ttys: tuple[Any, ...] = (tty_in, tty_out)
         self.lock = lock
+        self.who = who
+        self.held = True
+
+    def interaction(self, frame: Any, tb: Any) -> None:
+        if self.ttys and not self.held:  # a breakpoint hit after a `continue`
+            fcntl.flock(self.lock, fcntl.LOCK_EX)
+            self.held = True
+            print(f"\n--- pdb in {self.who} ---", file=self.ttys[1], flush=True)
+        super().interaction(frame, tb)
 
     def _end(self) -> None:
         ttys, self.ttys = self.ttys, ()
@@ -41,8 +51,11 @@ class _TerminalPdb(pdb.Pdb):
 
     def set_continue(self) -> None:
         super().set_continue()
-        if not self.breaks:  # (with breakpoints set, the session goes on at the next)
+        if not self.breaks:
             self._end()
+        elif self.held:  # (the session goes on at the next breakpoint: the terminal is free till then)
+            self.held = False
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
 
     def set_quit(self) -> None:
         super().set_quit()
@@ -84,7 +97,7 @@ def _hook(*args: Any, **kwargs: Any) -> None:
         lock = os.dup(tty_in.fileno())
     fcntl.flock(lock, fcntl.LOCK_EX)
     print(f"\n--- pdb in {who} ---", file=tty_out, flush=True)
-    _TerminalPdb(tty_in, tty_out, lock).set_trace(sys._getframe(1))
+    _TerminalPdb(tty_in, tty_out, lock, who).set_trace(sys._getframe(1))
     return None
 
 

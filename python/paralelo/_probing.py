@@ -3,6 +3,7 @@ and how that travels back."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import marshal
 import multiprocessing
@@ -15,7 +16,7 @@ from typing import Any, Callable
 
 from ._wire import PROBE_LINES, PROBE_PROFILE, PROBE_TRACE
 
-__all__ = ["LineProbe", "measured", "start", "trace_waits"]
+__all__ = ["LineProbe", "ThreadProfiles", "in_thread_pool", "measured", "start", "trace_waits"]
 
 
 def start(kind: int, settings: bytes = b"") -> Any:
@@ -48,6 +49,76 @@ def measured(kind: int, probe: Any) -> bytes:
         return pickle.dumps(probe.stop(), 5)
     trace_waits(None)
     return pickle.dumps((os.getpid(), multiprocessing.current_process().name, probe), 5)
+
+
+class ThreadProfiles:
+    """cProfile in thread-pool threads while ``paralelo.profile()`` runs (``threads``).
+
+    cProfile (before Python 3.12) profiles only the thread that enables it, so each pool
+    thread runs its tasks under a ``cProfile.Profile`` of its own, enabled for the task
+    alone; `end` collects them once none is running one. A thread already profiled (the
+    caller's own, running a task inline) is left as it is."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.on = True
+        self.mine = threading.local()
+        self.idle: list[Any] = []  # (profiles not running a task)
+        self.busy = 0
+
+    def run(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, profiled on this thread's own profile."""
+        if not self.on or sys.getprofile() is not None:
+            return fn(*args, **kwargs)
+        with self.cond:
+            profiler = None
+            if self.on:  # (else ended meanwhile: its profiles are being read)
+                profiler = getattr(self.mine, "profiler", None)
+                if profiler is None:
+                    import cProfile
+
+                    profiler = self.mine.profiler = cProfile.Profile()
+                else:
+                    self.idle.remove(profiler)
+                self.busy += 1
+        if profiler is None:
+            return fn(*args, **kwargs)
+        profiler.enable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            profiler.disable()
+            with self.cond:
+                self.idle.append(profiler)
+                self.busy -= 1
+                self.cond.notify_all()
+
+    def end(self, deadline: float) -> tuple[list[bytes], int]:
+        """Stops profiling new tasks; what the threads measured (``marshal``-ed stats, as
+        `measured` gives) once their running tasks ended, or by `deadline`, and how many
+        were still running then."""
+        with self.cond:
+            self.on = False
+            self.cond.wait_for(lambda: not self.busy, max(0.0, deadline - time.monotonic()))
+            done, busy = list(self.idle), self.busy
+        out = []
+        for profiler in done:
+            profiler.create_stats()
+            out.append(marshal.dumps(profiler.stats))
+        return out, busy
+
+
+#: The thread-pool profiles of the running ``paralelo.profile()`` block, if any.
+threads: ThreadProfiles | None = None
+
+
+def in_thread_pool(fn: Callable) -> Callable:
+    """`fn` as a thread pool runs it: profiled, while a ``paralelo.profile()`` block
+    that was running when it was handed over still is."""
+    profiles = threads
+    if profiles is None:
+        return fn
+    return functools.partial(profiles.run, fn)
 
 
 class LineProbe:

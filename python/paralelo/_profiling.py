@@ -1,8 +1,10 @@
 """``paralelo.profile()``: cProfile across the parent and every worker, merged.
 
 Inside ``with paralelo.profile("run.prof") as prof:``, the calling thread is profiled,
-and so is every worker of every paralelo pool and executor (those alive, and those that
-start meanwhile): each is told to start (``PROFILE``) and runs its tasks under its own
+and so are the tasks handed meanwhile to paralelo's thread pools (``ThreadPool``,
+``ThreadPoolExecutor``: each thread under a profile of its own, see
+``_probing.ThreadProfiles``), and every worker of every paralelo pool and executor
+(those alive, and those that start meanwhile): each is told to start (``PROFILE``) and runs its tasks under its own
 ``cProfile.Profile``. At the end each sends what it measured (``PROFILED``: a worker
 busy in a task answers once the task ends; one that leaves meanwhile, after
 ``maxtasksperchild``, sends it as it goes), and the statistics are merged into one
@@ -46,8 +48,10 @@ class _Loaded:
 
 class Profile:
     """The outcome of ``paralelo.profile()``: ``stats`` (a ``pstats.Stats`` merging the
-    caller's thread and the workers'), once the block ended; ``workers`` (how many sent
-    theirs), ``missing`` (how many did not in time), ``path`` (where it was saved);
+    caller's thread, the thread pools' threads and the workers'), once the block ended;
+    ``workers`` (how many worker processes sent theirs), ``threads`` (how many thread-pool
+    threads ran tasks), ``missing`` (how many of either did not end in time), ``path``
+    (where it was saved);
     with ``lines=``, ``lines`` (a ``line_profiler.LineStats`` merging every process's
     line timings) and ``lines_path`` (the ``.lprof`` saved beside ``path``)."""
 
@@ -55,6 +59,7 @@ class Profile:
         self.path = path
         self.stats: pstats.Stats | None = None
         self.workers = 0
+        self.threads = 0
         self.missing = 0
         self.lines: Any = None
         self.lines_path: str | None = None
@@ -73,8 +78,8 @@ class Profile:
 @contextmanager
 def profile(path: str | os.PathLike[str] | None = None, timeout: float = 30.0,
             lines: Iterable[Callable] | None = None) -> Iterator[Profile]:
-    """Profiles the calling thread and every paralelo worker for the duration of the
-    block; yields a `Profile` whose ``stats`` (a ``pstats.Stats``) is set at the end,
+    """Profiles the calling thread, the tasks handed to paralelo's thread pools, and
+    every paralelo worker process for the duration of the block; yields a `Profile` whose ``stats`` (a ``pstats.Stats``) is set at the end,
     and saved to `path` if given. Workers have `timeout` seconds from the block's end to
     send theirs (a worker busy in a long task answers when it ends); those that did not
     are counted in ``missing``. `lines`: functions to time line by line as well, in the
@@ -97,12 +102,15 @@ def profile(path: str | os.PathLike[str] | None = None, timeout: float = 30.0,
             line_probe.saw(fn)  # (the caller's own, whatever their names)
         line_started = switch_probe(PROBE_LINES, True, pickle.dumps(wanted, 5))
     started = switch_probe(PROBE_PROFILE, True)
+    outer, in_threads = _probing.threads, _probing.ThreadProfiles()
+    _probing.threads = in_threads
     own = cProfile.Profile()
     own.enable()
     try:
         yield result
     finally:
         own.disable()
+        _probing.threads = outer
         own_lines = None
         if line_probe is not None:  # (off first: nothing after the block is timed line by line)
             line_ended = switch_probe(PROBE_LINES, False)
@@ -110,6 +118,10 @@ def profile(path: str | os.PathLike[str] | None = None, timeout: float = 30.0,
         ended = switch_probe(PROBE_PROFILE, False)
         deadline = time.monotonic() + timeout
         stats = pstats.Stats(own)
+        threads, result.missing = in_threads.end(deadline)
+        for one in threads:
+            stats.add(_Loaded(marshal.loads(one)))  # type: ignore[arg-type]
+        result.threads = len(threads)
         for one in _gathered(PROBE_PROFILE, started, ended, deadline, result):
             stats.add(_Loaded(marshal.loads(one)))  # type: ignore[arg-type]
         result.stats = stats

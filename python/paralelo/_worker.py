@@ -137,6 +137,8 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
             data = None  # (the arguments live in this frame only)
             if spans is not None:
                 label = _label(fn)
+            if probes and PROBE_LINES in probes:  # (a function that came by value: its own code)
+                probes[PROBE_LINES].saw(fn)
             out, rtag = _pack(_give, fn(*args, **kwargs)), OK
         except BaseException as e:  # noqa: BLE001
             out, rtag = dump_error(e), ERR

@@ -10,9 +10,9 @@ import threading
 import time
 import weakref
 from concurrent.futures import CancelledError
-from typing import Any, Callable, Generator, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator, Mapping
 
-from . import _engine, _inline, aio
+from . import _engine, _inline, _probing, aio
 from ._native import unpack_numbers
 from ._errors import PoolTimeoutError, as_pool_error
 from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
@@ -566,7 +566,13 @@ class ThreadPool(Folding, multiprocessing.pool.ThreadPool):
         super().__init__(processes, initializer, tuple(initargs))
 
     # The maps take ``progress``, as a process Pool's do: each item advances the bar as
-    # it ends, on the thread that ran it.
+    # it ends, on the thread that ran it. Calls handed over inside ``paralelo.profile()``
+    # run profiled (`_probing.in_thread_pool`).
+
+    def apply_async(self, func: Callable, args: Iterable = (), kwds: Mapping[str, Any] | None = None,
+                    callback: Callable | None = None, error_callback: Callable | None = None) -> Any:
+        """``apply_async`` on the threads."""
+        return super().apply_async(_probing.in_thread_pool(func), args, kwds or {}, callback, error_callback)
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *,
             progress: ProgressOption = None) -> list:
@@ -604,6 +610,7 @@ class ThreadPool(Folding, multiprocessing.pool.ThreadPool):
     def _progress_map(self, func: Callable, iterable: Iterable, star: bool, chunksize: int | None,
                    callback: Callable | None, error_callback: Callable | None, progress: ProgressOption) -> Any:
         run = multiprocessing.pool.ThreadPool.starmap_async if star else multiprocessing.pool.ThreadPool.map_async
+        func = _probing.in_thread_pool(func)
         if progress is None or progress is False:
             return run(self, func, iterable, chunksize, callback, error_callback)
         if not hasattr(iterable, "__len__"):
@@ -618,6 +625,7 @@ class ThreadPool(Folding, multiprocessing.pool.ThreadPool):
 
     def _progress_imap(self, imap: Callable, func: Callable, iterable: Iterable, chunksize: int,
               progress: ProgressOption) -> Iterator:
+        func = _probing.in_thread_pool(func)
         bar = progress_bar(progress, iterable)
         if bar is None:
             return imap(func, iterable, chunksize)

@@ -24,6 +24,7 @@ from concurrent.futures import Executor, Future
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, Callable, Iterable, Iterator
 
+from . import _probing
 from ._progress import Progress, ProgressOption, finishing, progress_bar
 from .context import default_workers
 
@@ -134,8 +135,12 @@ class _State:
                 if not work or self.broken is not None:
                     return
                 item = work.popleft()
-            item.run(self)
-            item = None
+            profiles = _probing.threads  # (inside paralelo.profile(): each task under this thread's profile)
+            if profiles is None:
+                item.run(self)
+            else:
+                profiles.run(item.run, self)
+            item = profiles = None
 
     def _break(self, why: str) -> None:
         with self.cond:
