@@ -87,11 +87,26 @@ def no_leaked_processes():
     yield
     deadline = time.monotonic() + LEAK_GRACE_SECONDS
     while True:
-        leaked = descendants() - before - _long_lived_helpers()
+        leaked = _started_by_us(descendants() - before - _long_lived_helpers(), before)
         if not leaked or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
     assert not leaked, f"processes left running after the test: {sorted(leaked)}"
+
+
+def _started_by_us(pids: set[int], before: set[int]) -> set[int]:
+    """Those of `pids` whose parent chain does not pass through a process that was there
+    before the test: a module-scoped cluster's processes (Ray's raylet, a Dask nanny)
+    start workers of their own when they please."""
+    parents = {child: ppid for ppid, children in _live_processes().items() for child in children}
+    out = set()
+    for pid in pids:
+        up = parents.get(pid)
+        while up is not None and up != os.getpid() and up not in before:
+            up = parents.get(up)
+        if up is None or up == os.getpid():
+            out.add(pid)
+    return out
 
 
 @pytest.fixture

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from .amdahl import Scaling, scaling
     from ._profiling import Profile, profile
     from ._tracing import Trace, trace
+    from ._cluster import set_backend
     from .managers import Manager
     from .process import Process, active_children, current_process, parent_process
     from .queues import JoinableQueue, Queue, SimpleQueue
@@ -90,6 +91,7 @@ _LAZY = {
     "JoinableQueue": "queues", "Pipe": "connection", "SharedArray": "sharedarray",
     "Manager": "managers", "aio": "paralelo.aio", "scaling": "amdahl", "Scaling": "amdahl",
     "profile": "_profiling", "Profile": "_profiling", "trace": "_tracing", "Trace": "_tracing",
+    "set_backend": "_cluster",
 }
 
 
@@ -113,6 +115,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "aio",
+    "set_backend",
     "debug_locks",
     "BrokenThreadPool",
     "ThreadPool",
@@ -185,3 +188,8 @@ __all__ = [
     "set_start_method",
     "wait",
 ]
+
+# joblib's "paralelo" back end: registered once joblib is imported too (see `_joblib`).
+from . import _joblib as _joblib_backend  # noqa: E402
+
+_joblib_backend.install()

@@ -64,6 +64,32 @@ def _memory() -> str:
         return "unknown"
 
 
+def _backends() -> list[str]:
+    """Where pools can run: the back ends, whether each can, and the default."""
+    from ._cluster import choice
+
+    lines = ["back ends (Pool(backend=...), ProcessPoolExecutor(backend=...)):"]
+    for name, ready in choice.available().items():
+        if name == "local":
+            state = "ready: paralelo's own engine, on this machine"
+        elif ready:
+            state = "ready: a local cluster on 127.0.0.1, or address=... / PARALELO_BACKEND=" \
+                    f"{name}://host:port"
+        else:
+            state = f"not installed: {choice.missing(name)}"
+        lines.append(f"  {name:<6} {state}")
+    joblib = importlib.util.find_spec("joblib") is not None
+    lines.append(f"  joblib {'ready: ' if joblib else 'not installed: '}"
+                 + ("joblib.parallel_config(backend='paralelo')" if joblib else "pip install joblib"))
+    try:
+        default = choice.chosen(None, None)
+        shown = default.backend + ("" if default.address is None else f" at {default.address}")
+    except ValueError as e:
+        shown = f"none: {e}"
+    lines.append(f"  default: {shown}" + (" (PARALELO_BACKEND)" if os.environ.get("PARALELO_BACKEND") else ""))
+    return lines
+
+
 def report() -> str:
     """What ``paralelo info`` prints."""
     from . import __version__
@@ -90,6 +116,7 @@ def report() -> str:
         lines.append(f"  {name.ljust(width)}  {state:<15} {use}")
     mpiexec = shutil.which("mpiexec") or shutil.which("mpirun")
     lines.append(f"  {'MPI runtime'.ljust(width)}  {mpiexec or 'not found'}")
+    lines += ["", *_backends()]
     gpus = _gpus()
     lines += ["", "GPUs: " + ("; ".join(gpus) if gpus else "none visible")]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Generator, Iterable, Iterator, Literal
 
 from . import _engine, _inline, aio
+from ._cluster import choice as _cluster
 from ._broken import broken
 from ._imap import IMapIterator
 from ._insights import Insights, report
@@ -53,12 +54,27 @@ class ProcessPoolExecutor(_cf.Executor):
     Beyond the standard library: ``task_timeout`` (seconds) kills the worker of a task
     that runs longer and fails that task with ``TaskTimeoutError``; ``retries`` runs a
     task again, that many times, when its worker dies under it (never when it raises).
+
+    ``backend="dask"`` or ``"ray"`` (and ``address=``) runs the calls on a cluster, as
+    ``Pool``'s do; ``paralelo.set_backend()`` and ``PARALELO_BACKEND`` set the default.
     """
+
+    def __new__(cls, *args: Any, backend: str | None = None, address: str | None = None,
+                **kwargs: Any) -> ProcessPoolExecutor:
+        if _cluster.chosen(backend, address).local:
+            return super().__new__(cls)
+        from ._cluster.executor import ClusterExecutor
+
+        if not issubclass(ClusterExecutor, cls):
+            raise TypeError(f"a subclass of ProcessPoolExecutor ({cls.__qualname__}) runs on the local engine "
+                            "only, not with a backend= or PARALELO_BACKEND naming a cluster")
+        return super().__new__(ClusterExecutor)
 
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,
                  initializer: Callable | None = None, initargs: tuple = (), *,
                  max_tasks_per_child: int | None = None, task_timeout: float | None = None,
-                 retries: int = 0, inline: bool | None = None) -> None:
+                 retries: int = 0, inline: bool | None = None, backend: str | None = None,
+                 address: str | None = None) -> None:
         if max_workers is None:
             max_workers = default_workers()
         max_workers = operator.index(max_workers)  # TypeError for 2.0 or "2", as the stdlib

@@ -13,6 +13,7 @@ from concurrent.futures import CancelledError
 from typing import Any, Callable, Generator, Iterable, Iterator, Mapping
 
 from . import _engine, _inline, _probing, aio
+from ._cluster import choice as _cluster
 from ._native import unpack_numbers
 from ._errors import PoolTimeoutError, as_pool_error
 from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
@@ -339,11 +340,31 @@ class Pool(Folding):
     ``chunksize=None`` (the default everywhere) picks chunk sizes from measured task
     durations. Adds ``reduce`` and ``map_reduce``, per-task time limits
     (``task_timeout``) and ``retries`` for tasks whose worker died.
+
+    ``backend="dask"`` or ``"ray"`` runs the same calls on a cluster instead: the one at
+    ``address=`` (or named in the backend, ``"dask://host:8786"``, ``"ray://host:10001"``),
+    else one the pool starts on this machine (127.0.0.1) with ``processes`` workers and
+    stops when it ends. With no ``backend=``, ``paralelo.set_backend()`` or the
+    ``PARALELO_BACKEND`` environment variable decides (the local engine if neither says).
+    The initializer runs once per cluster worker process, before its first task of the
+    pool; large numpy arrays in the arguments go to the cluster's object store once;
+    ``maxtasksperchild``, ``task_timeout`` and ``inline`` are the local engine's only.
     """
+
+    def __new__(cls, *args: Any, backend: str | None = None, address: str | None = None, **kwargs: Any) -> Pool:
+        if _cluster.chosen(backend, address).local:
+            return super().__new__(cls)
+        from ._cluster.pool import ClusterPool
+
+        if not issubclass(ClusterPool, cls):
+            raise TypeError(f"a subclass of Pool ({cls.__qualname__}) runs on the local engine only, "
+                            "not with a backend= or PARALELO_BACKEND naming a cluster")
+        return super().__new__(ClusterPool)
 
     def __init__(self, processes: int | None = None, initializer: Callable | None = None,
                  initargs: Iterable = (), maxtasksperchild: int | None = None, context: Any = None, *,
-                 task_timeout: float | None = None, retries: int = 0, inline: bool | None = None) -> None:
+                 task_timeout: float | None = None, retries: int = 0, inline: bool | None = None,
+                 backend: str | None = None, address: str | None = None) -> None:
         if processes is None:
             processes = default_workers()
         processes = operator.index(processes)  # TypeError for 2.0 or "2", as multiprocessing

@@ -1,0 +1,385 @@
+"""A pool's connection to a cluster: the tasks it sends (`task.run_chunk`,
+`task.run_call`), the large arrays it stores once (``client.scatter``, ``ray.put``) and
+names in the tasks' arguments, and what it learns of the cluster's workers (their
+insights). `DaskCluster` and `RayCluster` speak to the two engines; the pool and the
+executor above them (`_cluster.pool`, `_cluster.executor`) are the same for both."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import threading
+import time
+import uuid
+import weakref
+from concurrent.futures import Future
+from typing import Any, Callable, Iterator
+
+from .._broken import WorkerLostError
+from .._insights import Figures, Insights, report
+from . import task
+from . import choice as _choice
+from .choice import Choice
+
+__all__ = ["Cluster", "connect"]
+
+#: Arrays of at least this many bytes go to the cluster's store, once per pool.
+STORE_MIN_BYTES = 1 << 20
+#: How deep `externalize` looks into a task's arguments (chunk, item, argument, element).
+_DEPTH = 4
+
+
+class Cluster:
+    """What a pool or executor needs of a cluster (see the module)."""
+
+    backend = ""
+
+    def __init__(self, choice: Choice, retries: int) -> None:
+        self.choice = choice
+        self.retries = retries
+        #: Names this pool's initializer runs under on the workers (see `task`).
+        self.token = uuid.uuid4().hex
+        self.lock = threading.Lock()
+        #: id(array) -> (a weak reference to it, its handle in the store).
+        self.stored: dict[int, tuple[Any, Any]] = {}
+        self.figures: dict[str, Figures] = {}
+        self.since = time.monotonic()
+        self.closed = False
+
+    # -- what each engine provides ----------------------------------------------------
+
+    def workers(self) -> int:
+        """How many tasks the cluster runs at once."""
+        raise NotImplementedError
+
+    def _submit(self, fn: Callable, args: tuple, handles: list) -> Future:
+        """Runs ``fn(*args, *handles)`` on the cluster (each handle given as the object it
+        stands for); a Future of its value, whose ``remote`` is the engine's own."""
+        raise NotImplementedError
+
+    def _put(self, obj: Any) -> Any:
+        """`obj` in the cluster's store: a handle to pass to `_submit`."""
+        raise NotImplementedError
+
+    def _cancel(self, remote: Any) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    # -- the same for both ----------------------------------------------------------
+
+    def chunk(self, setup: tuple | None, fn: Callable, star: bool, items: list) -> Future:
+        """A Future of ``(outcomes, where, busy_ns)`` for `fn` over `items` (see
+        `task.run_chunk`)."""
+        handles: list = []
+        seen: dict[int, int] = {}
+        fn, items = self.externalize(fn, handles, seen), self.externalize(items, handles, seen)
+        return self._counted(self._submit(task.run_chunk, (self.token, setup, fn, star, items), handles))
+
+    def call(self, setup: tuple | None, fn: Callable, args: tuple, kwargs: dict) -> Future:
+        """A Future of ``(outcomes, where, busy_ns)`` for ``fn(*args, **kwargs)``."""
+        handles: list = []
+        seen: dict[int, int] = {}
+        fn, args, kwargs = (self.externalize(x, handles, seen) for x in (fn, args, kwargs))
+        return self._counted(self._submit(task.run_call, (self.token, setup, fn, args, kwargs), handles))
+
+    def cancel(self, future: Future) -> None:
+        """Cancels the cluster's task behind `future` (from `chunk` or `call`)."""
+        remote = getattr(future, "remote", None)
+        if remote is not None and not self.closed:
+            try:
+                self._cancel(remote)
+            except Exception:  # noqa: BLE001 - (finished, or the cluster is going)
+                pass
+
+    def externalize(self, obj: Any, handles: list, seen: dict[int, int], depth: int = 0) -> Any:
+        """`obj` with each large numpy array in it replaced by a `task.Stored` naming its
+        place in `handles` (the array put in the cluster's store once per pool: a map
+        over ``[(big, i) for i in ...]`` sends it once, not with every task)."""
+        numpy = sys.modules.get("numpy")
+        if numpy is None or depth > _DEPTH:
+            return obj
+        kind = type(obj)
+        if kind is numpy.ndarray:
+            if obj.nbytes < STORE_MIN_BYTES:
+                return obj
+            key = id(obj)
+            if key not in seen:
+                seen[key] = len(handles)
+                handles.append(self._stored_handle(obj))
+            return task.Stored(seen[key])
+        if kind is tuple or kind is list:
+            out = [self.externalize(x, handles, seen, depth + 1) for x in obj]
+            return obj if all(a is b for a, b in zip(out, obj)) else kind(out)
+        if kind is dict:
+            new = {k: self.externalize(v, handles, seen, depth + 1) for k, v in obj.items()}
+            return obj if all(new[k] is v for k, v in obj.items()) else new
+        if kind is functools.partial:
+            func = self.externalize(obj.func, handles, seen, depth + 1)
+            args = self.externalize(obj.args, handles, seen, depth + 1)
+            keywords = self.externalize(obj.keywords, handles, seen, depth + 1)
+            if func is obj.func and args is obj.args and keywords is obj.keywords:
+                return obj
+            return functools.partial(func, *args, **keywords)
+        return obj
+
+    def _stored_handle(self, array: Any) -> Any:
+        key = id(array)
+        with self.lock:
+            held = self.stored.get(key)
+            if held is not None and held[0]() is array:
+                return held[1]
+        handle = self._put(array)
+
+        def forget(_ref: Any, key: int = key) -> None:
+            with self.lock:
+                self.stored.pop(key, None)  # (the store lets go of it with its handle)
+
+        with self.lock:
+            self.stored[key] = (weakref.ref(array, forget), handle)
+        return handle
+
+    def _counted(self, future: Future) -> Future:
+        """`future`, its outcome counted in the workers' figures when it comes, and a
+        worker lost under it turned into paralelo's `WorkerLostError`."""
+        out: Future = Future()
+        out.remote = getattr(future, "remote", None)  # type: ignore[attr-defined]
+
+        def done(f: Future) -> None:
+            try:
+                outcomes, where, busy = f.result()
+            except BaseException as e:  # noqa: BLE001 - the cluster's own failure
+                error = self.lost(e)
+                if not out.set_running_or_notify_cancel():
+                    return
+                out.set_exception(error)
+                return
+            with self.lock:
+                figures = self.figures.get(where)
+                if figures is None:
+                    # (First seen now: when it started, and its start-up, are the cluster's.)
+                    figures = self.figures[where] = Figures(f"{self.backend} {where}", self.since)
+                    figures.pid = int(where.rpartition(":")[2] or 0)
+                figures.tasks += len(outcomes)
+                figures.busy_ns += busy
+            if out.set_running_or_notify_cancel():
+                out.set_result(outcomes)
+
+        future.add_done_callback(done)
+        return out
+
+    def lost(self, e: BaseException) -> BaseException:
+        """The error a task's caller gets when the cluster failed to run it: a worker that
+        died is a `WorkerLostError`, as with the local engine; anything else as it is."""
+        if type(e).__name__ in ("KilledWorker", "WorkerCrashedError", "NodeDiedError", "ActorDiedError"):
+            err = WorkerLostError(f"the {self.backend} worker running this task died: {e}")
+            err.__cause__ = e
+            return err
+        return e
+
+    def insights(self) -> Insights:
+        with self.lock:
+            return report(list(self.figures.values()), self.since)
+
+    def reset_insights(self) -> None:
+        with self.lock:
+            self.since = time.monotonic()
+            for figures in self.figures.values():
+                figures.restart()
+
+    def close(self) -> None:
+        """Lets go of the cluster (stops it if the pool started it)."""
+        if self.closed:
+            return
+        self.closed = True
+        with self.lock:
+            self.stored.clear()
+        self._close()
+
+
+class DaskCluster(Cluster):
+    """A Dask distributed cluster: the scheduler at the address (or Dask's own
+    ``DASK_SCHEDULER_ADDRESS``), else a ``LocalCluster`` of `workers` processes (one
+    thread each) on 127.0.0.1, stopped at `close`: no dashboard (the scheduler's HTTP
+    routes on a free port of 127.0.0.1, not on 8787, which another cluster may hold)."""
+
+    backend = "dask"
+
+    def __init__(self, choice: Choice, workers: int | None, retries: int) -> None:
+        super().__init__(choice, retries)
+        from distributed import Client, LocalCluster
+
+        import dask
+
+        self.local: Any = None
+        address = choice.address or dask.config.get("scheduler-address", None)  # (DASK_SCHEDULER_ADDRESS)
+        if address is None:
+            self.local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                      dashboard_address="127.0.0.1:0", worker_dashboard_address=None,
+                                      scheduler_kwargs={"dashboard": False})
+            try:
+                self.client = Client(self.local, set_as_default=False)
+            except BaseException:
+                self.local.close()
+                raise
+        else:
+            self.client = Client(address, set_as_default=False)
+
+    def workers(self) -> int:
+        info = self.client.scheduler_info(n_workers=-1) if _takes_n_workers(self.client) else self.client.scheduler_info()
+        return max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
+
+    def _submit(self, fn: Callable, args: tuple, handles: list) -> Future:
+        remote = self.client.submit(fn, *args, *handles, pure=False, retries=self.retries or None)
+        out: Future = Future()
+        out.remote = remote  # type: ignore[attr-defined]
+
+        def done(f: Any) -> None:
+            try:
+                out.set_result(f.result())
+            except BaseException as e:  # noqa: BLE001 - (KilledWorker, CancelledError...)
+                out.set_exception(e)
+
+        remote.add_done_callback(done)
+        return out
+
+    def _put(self, obj: Any) -> Any:
+        return self.client.scatter(obj, hash=False)
+
+    def _cancel(self, remote: Any) -> None:
+        remote.cancel()
+
+    def _close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.local is not None:
+                self.local.close()
+
+
+def _takes_n_workers(client: Any) -> bool:
+    import inspect
+
+    return "n_workers" in inspect.signature(client.scheduler_info).parameters
+
+
+class RayCluster(Cluster):
+    """A Ray cluster: the one this process is connected to already, the one at the
+    address (or Ray's own ``RAY_ADDRESS``), else a local one of `workers` CPUs on
+    127.0.0.1 (`loopback_only`, dashboard off), stopped when the last pool that uses it
+    closes."""
+
+    backend = "ray"
+    #: Pools using a Ray runtime that paralelo started in this process.
+    _users = 0
+    _lock = threading.Lock()
+
+    def __init__(self, choice: Choice, workers: int | None, retries: int) -> None:
+        super().__init__(choice, retries)
+        import logging
+
+        import ray
+
+        self.ray = ray
+        with RayCluster._lock:
+            self.owned = False
+            if not ray.is_initialized():
+                if choice.address is None and not os.environ.get("RAY_ADDRESS"):
+                    # Its workers import what this process imports: the same machine, the
+                    # same module path (a test's or a project's own modules).
+                    path = os.pathsep.join(p for p in sys.path if p)
+                    with loopback_only(ray):
+                        ray.init(num_cpus=workers, _node_ip_address="127.0.0.1", include_dashboard=False,
+                                 logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": path}})
+                    self.owned = True
+                else:  # (no address: Ray's own RAY_ADDRESS)
+                    address = choice.address or os.environ["RAY_ADDRESS"]
+                    with loopback_only(ray) if _on_loopback(address) else contextlib.nullcontext():
+                        ray.init(address=choice.address, logging_level=logging.WARNING)
+            if self.owned or RayCluster._users:
+                RayCluster._users += 1
+                self.owned = True
+        self.remote_chunk = ray.remote(num_cpus=1, max_retries=retries)(task.run_chunk)
+        self.remote_call = ray.remote(num_cpus=1, max_retries=retries)(task.run_call)
+
+    def workers(self) -> int:
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+
+    def _submit(self, fn: Callable, args: tuple, handles: list) -> Future:
+        remote_fn = self.remote_chunk if fn is task.run_chunk else self.remote_call
+        ref = remote_fn.remote(*args, *handles)
+        out = ref.future()
+        out.remote = ref  # type: ignore[attr-defined]
+        return out
+
+    def _put(self, obj: Any) -> Any:
+        return self.ray.put(obj)
+
+    def _cancel(self, remote: Any) -> None:
+        self.ray.cancel(remote)
+
+    def _close(self) -> None:
+        with RayCluster._lock:
+            if self.owned:
+                RayCluster._users -= 1
+                if RayCluster._users == 0:
+                    self.ray.shutdown()
+
+
+#: Ray's switch for clusters of several machines (off by default on macOS and Windows,
+#: where a node is at 127.0.0.1 and its servers listen there only).
+_RAY_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only(ray: Any) -> Iterator[None]:
+    """Starts Ray as one machine's: its node at 127.0.0.1 and every server it starts (GCS,
+    raylet, workers' gRPC, agents) listening on 127.0.0.1 only. On Linux Ray takes a
+    node at 127.0.0.1 for the machine's outward address, and listens on every interface:
+    only its single-machine mode keeps to the loopback. (Its processes inherit the
+    variable as they start; the constant is what this process's Ray reads.)"""
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    saved = os.environ.get(_RAY_CLUSTERS), getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_RAY_CLUSTERS] = "0"
+    if saved[1] is not None:
+        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(_RAY_CLUSTERS, None)
+        else:
+            os.environ[_RAY_CLUSTERS] = saved[0]
+        if saved[1] is not None:
+            constants.ENABLE_RAY_CLUSTER = saved[1]  # type: ignore[union-attr]
+
+
+def _on_loopback(address: str) -> bool:
+    """Whether a Ray address (``host:port``, ``ray://host:port``) is this machine's
+    loopback: a cluster that `loopback_only` started, which a driver joins only in that
+    mode too."""
+    import ipaddress
+
+    host = address.rpartition("://")[2].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def connect(choice: Choice, workers: int | None, retries: int = 0) -> Cluster:
+    """A connection to the cluster `choice` names (see `_cluster.choice`)."""
+    install = _choice.missing(choice.backend)
+    if install is not None:
+        raise ImportError(f"backend={choice.backend!r} needs {choice.backend.capitalize()}, which is not installed: "
+                          f"{install}")
+    if choice.backend == "dask":
+        return DaskCluster(choice, workers, retries)
+    if choice.backend == "ray":
+        return RayCluster(choice, workers, retries)
+    raise ValueError(f"no cluster for backend {choice.backend!r}")

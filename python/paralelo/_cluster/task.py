@@ -1,0 +1,146 @@
+"""What a cluster worker runs for paralelo: a map's chunk or one call, with the pool's
+initializer run first (once per worker process and pool), large arrays taken from the
+cluster's object store, and every exception returned, pickled as the local engine's
+workers pickle it (`_errors.dump_error`), rather than raised: so a failure reaches the
+caller as the same exception, with the same remote traceback, whatever the back end,
+and the cluster never retries a task that raised (only one whose worker died).
+
+Functions of the caller's ``__main__`` (a script's, a notebook's) reach a worker by
+value, each pickle with its own copy of the globals it uses; here they share one
+namespace per pool and worker process, as they would in a forked worker's ``__main__``:
+what the initializer sets in a global, a later task reads (`_bound`).
+
+This module is imported on the cluster's workers: paralelo must be installed there.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import sys
+import time
+import types
+from typing import Any, Callable
+
+__all__ = ["Stored", "resolve", "run_call", "run_chunk"]
+
+#: Pools whose initializer already ran in this process (by the pool's token).
+_ready: set[str] = set()
+#: Each pool's ``__main__`` namespace in this process (by the pool's token).
+_namespaces: dict[str, dict] = {}
+
+
+class Stored:
+    """Stands, in a task's arguments, for the object passed as its `index`-th stored
+    argument (one the cluster's store holds: ``client.scatter``, ``ray.put``)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple:
+        return Stored, (self.index,)
+
+
+def resolve(obj: Any, stored: tuple) -> Any:
+    """`obj` with every `Stored` in it (in tuples, lists, dict values and a
+    ``functools.partial``'s arguments, as `Cluster.externalize` puts them) replaced by
+    its object."""
+    kind = type(obj)
+    if kind is Stored:
+        return stored[obj.index]
+    if kind is tuple or kind is list:
+        return kind(resolve(x, stored) for x in obj)
+    if kind is dict:
+        return {k: resolve(v, stored) for k, v in obj.items()}
+    if kind is functools.partial:
+        return functools.partial(resolve(obj.func, stored), *resolve(obj.args, stored),
+                                 **resolve(obj.keywords, stored))
+    return obj
+
+
+def _where() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _bound(fn: Any, token: str) -> Any:
+    """`fn` (or the function of a ``functools.partial``) with the pool's one ``__main__``
+    namespace as its globals, if it came by value from the caller's ``__main__``; the
+    other functions of its copy of the globals are moved there too."""
+    if type(fn) is functools.partial:
+        func = _bound(fn.func, token)
+        return fn if func is fn.func else functools.partial(func, *fn.args, **fn.keywords)
+    if type(fn) is not types.FunctionType or fn.__module__ != "__main__":
+        return fn
+    space = _namespaces.setdefault(token, {})
+    given = fn.__globals__
+    if given is space or given is getattr(sys.modules.get("__main__"), "__dict__", None):
+        return fn
+    moved = {}
+    for name, value in given.items():
+        if name not in space:
+            moved[name] = value
+    space.update(moved)
+    for name, value in moved.items():  # (the functions of the same pickle: one namespace for all)
+        if type(value) is types.FunctionType and value.__globals__ is given:
+            space[name] = _rebound(value, space)
+    return _rebound(fn, space)
+
+
+def _rebound(fn: types.FunctionType, space: dict) -> types.FunctionType:
+    new = types.FunctionType(fn.__code__, space, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    new.__qualname__ = fn.__qualname__
+    new.__dict__.update(fn.__dict__)
+    new.__module__ = fn.__module__
+    return new
+
+
+def _set_up(token: str, setup: tuple[Callable, tuple] | None) -> None:
+    if setup is not None and token not in _ready:
+        initializer, initargs = setup
+        _bound(initializer, token)(*initargs)
+        _ready.add(token)
+
+
+def run_chunk(token: str, setup: tuple[Callable, tuple] | None, fn: Callable, star: bool, items: list,
+              *stored: Any) -> tuple[list[tuple[bool, Any]], str, int]:
+    """Runs `fn` over `items` (each unpacked with `star`): each item's ``(ok, value or
+    pickled exception)``, where it ran, and how long it took (ns)."""
+    from .._errors import dump_error
+
+    start = time.perf_counter_ns()
+    out: list[tuple[bool, Any]] = []
+    try:
+        _set_up(token, setup)
+        if stored:
+            fn, items = resolve(fn, stored), resolve(items, stored)
+        fn = _bound(fn, token)
+    except BaseException as e:  # noqa: BLE001 - every item of the chunk fails with it
+        error = dump_error(e)
+        return [(False, error)] * len(items), _where(), time.perf_counter_ns() - start
+    for item in items:
+        try:
+            out.append((True, fn(*item) if star else fn(item)))
+        except BaseException as e:  # noqa: BLE001 - the caller gets it, at its item
+            out.append((False, dump_error(e)))
+    return out, _where(), time.perf_counter_ns() - start
+
+
+def run_call(token: str, setup: tuple[Callable, tuple] | None, fn: Callable, args: tuple, kwargs: dict,
+             *stored: Any) -> tuple[list[tuple[bool, Any]], str, int]:
+    """Runs ``fn(*args, **kwargs)``: as `run_chunk` does a chunk of one item."""
+    from .._errors import dump_error
+
+    start = time.perf_counter_ns()
+    try:
+        _set_up(token, setup)
+        if stored:
+            fn, args, kwargs = resolve(fn, stored), resolve(args, stored), resolve(kwargs, stored)
+        fn = _bound(fn, token)
+        outcome: tuple[bool, Any] = (True, fn(*args, **kwargs))
+    except BaseException as e:  # noqa: BLE001
+        outcome = (False, dump_error(e))
+    return [outcome], _where(), time.perf_counter_ns() - start

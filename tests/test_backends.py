@@ -1,0 +1,417 @@
+"""``Pool`` and ``ProcessPoolExecutor`` on Dask and Ray clusters: the same test bodies
+run on the local engine, on a Dask ``LocalCluster`` and on a local Ray runtime (each
+started once for the module, bound to 127.0.0.1); a user's ``__main__`` script moves to
+a cluster through ``PARALELO_BACKEND`` alone and prints what it prints locally and with
+multiprocessing."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import FIRST_COMPLETED, as_completed, wait
+
+import pytest
+
+import paralelo
+from paralelo._cluster import choice
+
+from scripts import run_group
+
+T = 120
+
+
+def square(x):
+    return x * x
+
+
+def fail_on(x, bad=3):
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def total(array, i):
+    return float(array.sum()) + i
+
+
+# -- the clusters -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dask_address():
+    pytest.importorskip("distributed", reason="Dask's distributed is not installed: pip install 'paralelo[dask]'")
+    from distributed import LocalCluster
+
+    try:
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", worker_dashboard_address=None,
+                               scheduler_kwargs={"dashboard": False})
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"a Dask LocalCluster cannot start on this machine: {e!r}")
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'paralelo[ray]'")
+    from paralelo._cluster.cluster import loopback_only
+
+    try:
+        with loopback_only(ray):  # (as a pool starts Ray: see there)
+            ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, logging_level="warning",
+                     runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"Ray cannot start on this machine: {e!r}")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module", params=["local", "dask", "ray"])
+def backend(request) -> dict:
+    """What a pool is made with to run on each back end."""
+    if request.param == "dask":
+        return {"backend": "dask", "address": request.getfixturevalue("dask_address")}
+    if request.param == "ray":
+        request.getfixturevalue("ray_runtime")
+        return {"backend": "ray"}
+    return {}
+
+
+# -- the same calls, the same results ---------------------------------------------------
+
+
+def test_every_pool_call_gives_the_local_results(backend):
+    with paralelo.Pool(2, **backend) as pool:
+        assert pool.map(square, range(50)) == [x * x for x in range(50)]
+        assert pool.map(square, []) == []
+        assert pool.starmap(pow, [(2, 5), (3, 2)]) == [32, 9]
+        assert pool.map_async(square, range(5)).get(T) == [0, 1, 4, 9, 16]
+        assert pool.starmap_async(pow, [(2, 3)]).get(T) == [8]
+        assert list(pool.imap(square, range(30), chunksize=4)) == [x * x for x in range(30)]
+        assert list(pool.imap(square, (x for x in range(30)))) == [x * x for x in range(30)]
+        assert sorted(pool.imap_unordered(square, (x for x in range(30)))) == [x * x for x in range(30)]
+        assert pool.apply(square, (7,)) == 49
+        assert pool.apply_async(pow, (2,), {"exp": 10}).get(T) == 1024
+        assert pool.reduce(lambda a, b: a + b, ["a", "b", "c", "d", "e"]) == "abcde"
+        assert pool.map_reduce(square, lambda a, b: a + b, range(100)) == sum(x * x for x in range(100))
+        got = []
+        pool.apply_async(square, (4,), callback=got.append).wait(T)
+        assert got == [16]
+
+
+def test_a_tasks_exception_comes_back_with_its_remote_traceback(backend):
+    with paralelo.Pool(2, **backend) as pool:
+        with pytest.raises(ValueError, match="bad item 3") as info:
+            pool.map(fail_on, range(10))
+        assert "fail_on" in str(info.value.__cause__) and "Traceback" in str(info.value.__cause__)
+        # imap, one item a task: the failed item raises in its place, the others still come.
+        it, out = pool.imap(fail_on, range(6), chunksize=1), []
+        for _ in range(6):
+            try:
+                out.append(next(it))
+            except ValueError as e:
+                out.append(str(e))
+        assert out == [0, 1, 2, "bad item 3", 4, 5]
+        errors = []
+        result = pool.apply_async(fail_on, (3,), error_callback=errors.append)
+        result.wait(T)
+        assert not result.successful() and isinstance(errors[0], ValueError)
+
+
+def test_the_executor_gives_the_local_futures(backend):
+    with paralelo.ProcessPoolExecutor(2, **backend) as ex:
+        futures = [ex.submit(square, i) for i in range(10)]
+        assert sorted(f.result(T) for f in as_completed(futures, timeout=T)) == [x * x for x in range(10)]
+        done, _ = wait([ex.submit(nap, 0.01), ex.submit(nap, 5)], timeout=T, return_when=FIRST_COMPLETED)
+        assert [f.result() for f in done] == [0.01]
+        assert list(ex.map(square, range(20))) == [x * x for x in range(20)]
+        assert list(ex.map(pow, [2, 3], [3, 2])) == [8, 9]
+        assert isinstance(ex.submit(fail_on, 3).exception(T), ValueError)
+        results = ex.map(fail_on, range(6))
+        assert [next(results) for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(ValueError, match="bad item 3"):
+            next(results)
+        with pytest.raises(TimeoutError):
+            list(ex.map(nap, [3], timeout=0.2))
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(square, 1)
+
+
+def test_a_bar_counts_every_item(backend):
+    pytest.importorskip("tqdm")
+    with paralelo.Pool(2, **backend) as pool:
+        shown = io.StringIO()
+        assert pool.map(square, range(40), progress={"file": shown, "mininterval": 0}) == [x * x for x in range(40)]
+        assert "40/40" in shown.getvalue()
+        shown = io.StringIO()
+        assert len(list(pool.imap(square, (x for x in range(25)), progress={"file": shown}))) == 25
+        assert "25/25" in shown.getvalue() or "25it" in shown.getvalue()
+
+
+def test_a_big_array_goes_to_the_store_once(backend):
+    """Many tasks naming the same large array: the cluster's object store holds it once."""
+    np = pytest.importorskip("numpy")
+    big = np.ones(2 << 20 >> 3)  # 2 MiB
+    with paralelo.Pool(2, **backend) as pool:
+        expected = [float(big.size) + i for i in range(8)]
+        assert pool.starmap(total, [(big, i) for i in range(8)], chunksize=1) == expected
+        assert pool.map(functools.partial(total, big), range(8)) == expected
+        assert pool.apply_async(total, (big, 1)).get(T) == expected[1]
+        if backend:
+            assert len(pool._cluster.stored) == 1
+
+
+def test_insights_count_the_clusters_tasks(backend):
+    with paralelo.Pool(2, **backend) as pool:
+        pool.map(square, range(40), chunksize=5)
+        shown = pool.insights()
+        assert sum(w.tasks for w in shown.workers) >= 40
+        assert "tasks" in str(shown)
+        pool.reset_insights()
+        assert sum(w.tasks for w in pool.insights().workers) == 0
+
+
+def test_terminate_fails_what_is_still_running(backend):
+    pool = paralelo.Pool(2, **backend)
+    try:
+        slow = pool.apply_async(nap, (30,))
+        time.sleep(0.2)
+    finally:
+        pool.terminate()
+    with pytest.raises(RuntimeError, match="terminated"):
+        slow.get(T)
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.map(square, [1])
+
+
+# -- choosing a back end -------------------------------------------------------------
+
+
+def test_backends_are_named_clearly(monkeypatch):
+    assert choice.parse("dask://10.0.0.5:8786") == choice.Choice("dask", "tcp://10.0.0.5:8786")
+    assert choice.parse("ray://head:10001") == choice.Choice("ray", "ray://head:10001")
+    assert choice.parse("Ray") == choice.Choice("ray") and choice.parse("paralelo").local
+    for bad, message in [("spark", "unknown backend 'spark'"), ("local://x:1", "an address goes with"),
+                         ("dask://", "an address goes with")]:
+        with pytest.raises(ValueError, match=message):
+            paralelo.Pool(2, backend=bad)
+    with pytest.raises(ValueError, match="address= needs backend="):
+        paralelo.ProcessPoolExecutor(2, address="tcp://127.0.0.1:1")
+    with pytest.raises(TypeError, match="backend must be a string"):
+        paralelo.Pool(2, backend=3)  # type: ignore[arg-type]
+    monkeypatch.setenv("PARALELO_BACKEND", "hadoop")
+    with pytest.raises(ValueError, match="PARALELO_BACKEND: unknown backend 'hadoop'"):
+        paralelo.Pool(2)
+    monkeypatch.setenv("PARALELO_BACKEND", "local")
+    with paralelo.Pool(1) as pool:
+        assert type(pool) is paralelo.Pool
+
+
+def test_set_backend_is_the_default_until_reset(dask_address):
+    paralelo.set_backend("dask", address=dask_address)
+    try:
+        with paralelo.Pool(2) as pool, paralelo.ProcessPoolExecutor() as ex:
+            assert pool._cluster.backend == "dask" and isinstance(pool, paralelo.Pool)
+            assert isinstance(ex, paralelo.ProcessPoolExecutor) and ex.submit(square, 3).result(T) == 9
+            with paralelo.Pool(2, backend="local") as here:
+                assert here.map(square, [3]) == [9] and here._engine is not None
+    finally:
+        paralelo.set_backend(None)
+    with paralelo.Pool(1) as pool:
+        assert pool._engine is not None
+
+
+def test_a_missing_engine_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(choice, "missing", lambda name: f"pip install 'paralelo[{name}]'")
+    for name in ("dask", "ray"):
+        with pytest.raises(ImportError, match=rf"backend='{name}' needs .*pip install 'paralelo\[{name}\]'"):
+            paralelo.Pool(2, backend=name)
+
+
+def test_what_only_the_local_engine_has_is_refused_by_name(dask_address):
+    for option in ({"task_timeout": 1.0}, {"maxtasksperchild": 3}, {"inline": True}):
+        with pytest.raises(ValueError, match=f"{next(iter(option))}= is not offered with backend='dask'"):
+            paralelo.Pool(2, backend="dask", address=dask_address, **option)
+    with pytest.raises(ValueError, match="max_tasks_per_child= is not offered"):
+        paralelo.ProcessPoolExecutor(2, backend="dask", address=dask_address, max_tasks_per_child=2)
+
+    class Mine(paralelo.Pool):
+        pass
+
+    with pytest.raises(TypeError, match="runs on the local engine only"):
+        Mine(2, backend="dask", address=dask_address)
+
+
+def test_info_lists_the_back_ends():
+    out = subprocess.run([sys.executable, "-m", "paralelo", "info"], capture_output=True, text=True, timeout=T,
+                         env={**os.environ, "PARALELO_BACKEND": "ray://head:10001"})
+    assert out.returncode == 0, out.stderr
+    for name in ("local", "dask", "ray", "joblib"):
+        assert f"\n  {name} " in out.stdout
+    assert "default: ray at ray://head:10001 (PARALELO_BACKEND)" in out.stdout
+
+
+# -- a user's script, unchanged, on each back end ---------------------------------------
+
+_SCRIPT = textwrap.dedent("""
+    import logging
+    import sys
+    import numpy as np
+    import paralelo
+
+    logging.basicConfig(level=logging.INFO)
+    _conn = None
+    SCALE = 3
+
+    def init(name):
+        global _conn
+        _conn = f"connection-{name}"
+
+    def work(x):
+        return (_conn, x * SCALE)
+
+    def fails(x):
+        if x == 2:
+            raise KeyError(x)
+        return x
+
+    def slow_numbers():
+        for i in range(6):
+            yield i
+
+    if __name__ == "__main__":
+        with paralelo.Pool(2, initializer=init, initargs=("db",)) as pool:
+            print(pool.map(work, range(6)))
+            print(list(pool.imap(work, slow_numbers())))
+            print(pool.apply_async(work, (10,)).get())
+            try:
+                pool.map(fails, range(5))
+            except KeyError as e:
+                print("KeyError", e, type(e.__cause__).__name__)
+        with paralelo.ProcessPoolExecutor(2, initializer=init, initargs=("ex",)) as ex:
+            print(ex.submit(work, 1).result(), list(ex.map(work, [4, 5])))
+        print("on", getattr(getattr(pool, "_cluster", None), "backend", "local"))
+""")
+
+
+def test_a_main_script_moves_to_a_cluster_through_the_environment(tmp_path, dask_address, ray_runtime):
+    """The script's functions, its initializer's global, its exceptions: as locally, and
+    as with multiprocessing (the script with ``import multiprocessing as paralelo``)."""
+    script = tmp_path / "script.py"
+    script.write_text(_SCRIPT)
+    stdlib = tmp_path / "stdlib.py"
+    stdlib.write_text(_SCRIPT.replace("import paralelo", "import multiprocessing as paralelo\n"
+                                                         "import concurrent.futures\n"
+                                                         "paralelo.ProcessPoolExecutor = "
+                                                         "concurrent.futures.ProcessPoolExecutor"))
+    runs = {}
+    for name, path, env in [("multiprocessing", stdlib, {}), ("local", script, {}),
+                            ("dask", script, {"PARALELO_BACKEND": f"dask://{dask_address.split('://')[1]}"}),
+                            ("ray", script, {"PARALELO_BACKEND": "ray", "RAY_ADDRESS": ray_runtime})]:
+        out = run_group([sys.executable, str(path)], T, cwd=tmp_path, env={**os.environ, **env})
+        assert out.returncode == 0, (name, out.stderr[-3000:])
+        runs[name] = out.stdout.splitlines()
+    expected = runs["multiprocessing"][:-1]
+    assert expected[0] == str([("connection-db", 3 * x) for x in range(6)])
+    assert expected[3] == "KeyError 2 RemoteTraceback"
+    for name in ("local", "dask", "ray"):
+        assert runs[name][:-1] == expected, name
+        assert runs[name][-1] == f"on {name}"
+
+
+def test_a_pool_with_no_address_starts_its_own_cluster_and_stops_it(tmp_path):
+    """On 127.0.0.1 only (every server of the cluster), and nothing of it outlives the
+    pool: no process, no listening port."""
+    pytest.importorskip("distributed")
+    pytest.importorskip("ray")
+    script = tmp_path / "own.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        import paralelo
+
+        def square(x):
+            return x * x
+
+        def children():
+            out = []
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        with open(f"/proc/{pid}/stat") as f:
+                            fields = f.read().rsplit(")", 1)[1].split()
+                    except OSError:
+                        continue
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        helper = b"resource_tracker" in f.read()  # (the stdlib's, until the program ends)
+                    if int(fields[1]) == os.getpid() and fields[0] != "Z" and not helper:
+                        out.append(int(pid))
+            return out
+
+        def tree():
+            out, todo = {os.getpid()}, [os.getpid()]
+            while todo:
+                me = todo.pop()
+                for pid in os.listdir("/proc"):
+                    if pid.isdigit() and int(pid) not in out:
+                        try:
+                            with open(f"/proc/{pid}/stat") as f:
+                                if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                                    out.add(int(pid)); todo.append(int(pid))
+                        except OSError:
+                            pass
+            return out
+
+        def all_on_loopback():
+            inodes = set()
+            for pid in tree():
+                try:
+                    for fd in os.listdir(f"/proc/{pid}/fd"):
+                        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                        if link.startswith("socket:["):
+                            inodes.add(link[8:-1])
+                except OSError:
+                    pass
+            found = 0
+            for table, loopback in (("tcp", ("0100007F",)),
+                                    ("tcp6", ("00000000000000000000000001000000",  # ::1
+                                              "0000000000000000FFFF00000100007F"))):  # ::ffff:127.0.0.1
+                for line in open(f"/proc/net/{table}").read().splitlines()[1:]:
+                    f = line.split()
+                    if f[3] == "0A" and f[9] in inodes:  # listening, ours
+                        found += 1
+                        if not f[1].startswith(loopback):
+                            return f"no: {table} {f[1]}"
+            return found > 0
+
+        if __name__ == "__main__":
+            backend = sys.argv[1]
+            with paralelo.Pool(2, backend=backend) as pool:
+                print(pool.map(square, range(5)))
+                print("listening on 127.0.0.1 only:", all_on_loopback())
+            print("left:", children())
+            if backend == "ray":
+                import ray
+                print("ray running:", ray.is_initialized())
+    """))
+    for backend in ("dask", "ray"):
+        out = run_group([sys.executable, str(script), backend], T, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        lines = out.stdout.splitlines()
+        assert lines[:3] == ["[0, 1, 4, 9, 16]", "listening on 127.0.0.1 only: True", "left: []"], (backend, out.stdout)
+        if backend == "ray":
+            assert lines[3] == "ray running: False"
