@@ -154,3 +154,13 @@ class Isolated:
 @pytest.fixture
 def isolated() -> Isolated:
     return Isolated()
+
+
+#: Modules that start clusters (Dask, Ray) and import their libraries into this process,
+#: which changes it for good (``distributed`` installs tblib's exception pickling): run
+#: last, so that every other test sees a process as a user's plain program is.
+_LAST = ("test_backends.py", "test_joblib.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    items.sort(key=lambda item: item.fspath.basename in _LAST)

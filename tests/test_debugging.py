@@ -212,13 +212,18 @@ _BREAKS_SET = textwrap.dedent("""
     def g(x):
         return x + 1
 
+    def after(name):
+        deadline = time.monotonic() + 10
+        while not os.path.exists(name) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def f(x):
         if x == 7:
+            open("first", "w").close()
             breakpoint()  # (the session sets a breakpoint on g, then continues)
-            deadline = time.monotonic() + 10
-            while not os.path.exists("other") and time.monotonic() < deadline:
-                time.sleep(0.01)  # the other worker's session, while this one runs on
+            after("other")  # the other worker's session, while this one runs on
             return g(x * 6)
+        after("first")  # (this session comes second, whichever worker starts first)
         open("other", "w").close()
         breakpoint()
         return x * 6

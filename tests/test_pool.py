@@ -12,6 +12,7 @@ import os
 import pickle
 import signal
 import sys
+import textwrap
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
@@ -20,6 +21,8 @@ from typing import Any
 import pytest
 
 import paralelo
+
+from scripts import run_group
 
 #: Every blocking call in these tests gets this timeout, so a bug shows up as a failure
 #: rather than a hang.
@@ -82,17 +85,6 @@ def raise_custom(x):
 
 def raise_value_error(*args):
     raise ValueError("nope", len(args))
-
-
-class TwoArgError(Exception):
-    """Pickles, but cannot be unpickled: its __init__ needs two arguments, args has one."""
-
-    def __init__(self, a, b):
-        super().__init__(a)
-
-
-def raise_two_arg_error():
-    raise TwoArgError(1, 2)
 
 
 def return_lock():
@@ -676,21 +668,44 @@ def test_exception_from_a_lambda_names_it_in_the_traceback(pool):
     _assert_remote(exc_info.value, paralelo.RemoteTraceback, "explode")
 
 
-def test_exception_that_cannot_be_rebuilt_is_reported(pool):
-    with pytest.raises(Exception) as exc_info:
-        pool.apply_async(raise_two_arg_error).get(T)
-    assert isinstance(exc_info.value, paralelo.RemoteError)
-    assert "TwoArgError" in str(exc_info.value)
-    assert isinstance(exc_info.value.__cause__, paralelo.RemoteTraceback)
-    with pytest.raises(paralelo.RemoteError):
-        pool.map(lambda x: raise_two_arg_error(), range(3))
-    assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+_UNREBUILDABLE = textwrap.dedent("""
+    import paralelo
+
+    class TwoArgError(Exception):
+        \"\"\"Pickles, but cannot be unpickled: its __init__ needs two arguments, args has one.\"\"\"
+
+        def __init__(self, a, b):
+            super().__init__(a)
+
+    def raise_two_arg_error(_=None):
+        raise TwoArgError(1, 2)
+
+    def square(x):
+        return x * x
+
+    if __name__ == "__main__":
+        with paralelo.Pool(2) as pool:
+            try:
+                pool.apply_async(raise_two_arg_error).get(30)
+            except Exception as e:
+                print(type(e).__name__, "TwoArgError" in str(e), type(e.__cause__).__name__,
+                      "raise_two_arg_error" in str(e.__cause__))
+            try:
+                pool.map(lambda x: raise_two_arg_error(), range(3))
+            except paralelo.RemoteError as e:
+                print("map", type(e).__name__)
+            print(pool.map(square, range(5)))
+""")
 
 
-def test_exception_that_cannot_be_rebuilt_keeps_the_worker_traceback(pool):
-    with pytest.raises(paralelo.RemoteError) as exc_info:
-        pool.apply_async(raise_two_arg_error).get(T)
-    _assert_remote(exc_info.value, paralelo.RemoteTraceback, "raise_two_arg_error")
+def test_exception_that_cannot_be_rebuilt_is_reported_with_the_worker_traceback(tmp_path):
+    """(A script of its own: a library that changes how exceptions pickle, tblib's
+    ``pickling_support``, which ``distributed`` installs on import, rebuilds it.)"""
+    script = tmp_path / "script.py"
+    script.write_text(_UNREBUILDABLE)
+    out = run_group([sys.executable, str(script)], T, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["RemoteError True RemoteTraceback True", "map RemoteError", "[0, 1, 4, 9, 16]"]
 
 
 def test_unpicklable_result_raises_instead_of_hanging(pool, mp_pool):

@@ -273,9 +273,12 @@ class RayCluster(Cluster):
     closes."""
 
     backend = "ray"
-    #: Pools using a Ray runtime that paralelo started in this process.
+    #: Pools using a Ray runtime (or connection) that paralelo started in this process.
     _users = 0
     _lock = threading.Lock()
+    #: ``PYTHONBREAKPOINT`` before Ray set its own (in this process, for good): put back
+    #: when paralelo stops the Ray it started.
+    _breakpoint_before: str | None = None
 
     def __init__(self, choice: Choice, workers: int | None, retries: int) -> None:
         super().__init__(choice, retries)
@@ -287,6 +290,8 @@ class RayCluster(Cluster):
         with RayCluster._lock:
             self.owned = False
             if not ray.is_initialized():
+                RayCluster._breakpoint_before = os.environ.get("PYTHONBREAKPOINT")
+                self.owned = True  # (a runtime or a connection of paralelo's: ended with its last pool)
                 if choice.address is None and not os.environ.get("RAY_ADDRESS"):
                     # Its workers import what this process imports: the same machine, the
                     # same module path (a test's or a project's own modules).
@@ -294,7 +299,6 @@ class RayCluster(Cluster):
                     with loopback_only(ray):
                         ray.init(num_cpus=workers, _node_ip_address="127.0.0.1", include_dashboard=False,
                                  logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": path}})
-                    self.owned = True
                 else:  # (no address: Ray's own RAY_ADDRESS)
                     address = choice.address or os.environ["RAY_ADDRESS"]
                     with loopback_only(ray) if _on_loopback(address) else contextlib.nullcontext():
@@ -327,11 +331,19 @@ class RayCluster(Cluster):
                 RayCluster._users -= 1
                 if RayCluster._users == 0:
                     self.ray.shutdown()
+                    _restore_env("PYTHONBREAKPOINT", RayCluster._breakpoint_before)
 
 
 #: Ray's switch for clusters of several machines (off by default on macOS and Windows,
 #: where a node is at 127.0.0.1 and its servers listen there only).
 _RAY_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -349,10 +361,7 @@ def loopback_only(ray: Any) -> Iterator[None]:
     try:
         yield
     finally:
-        if saved[0] is None:
-            os.environ.pop(_RAY_CLUSTERS, None)
-        else:
-            os.environ[_RAY_CLUSTERS] = saved[0]
+        _restore_env(_RAY_CLUSTERS, saved[0])
         if saved[1] is not None:
             constants.ENABLE_RAY_CLUSTER = saved[1]  # type: ignore[union-attr]
 
