@@ -270,6 +270,7 @@ def test_info_lists_the_back_ends():
 # -- a user's script, unchanged, on each back end ---------------------------------------
 
 _SCRIPT = textwrap.dedent("""
+    import dataclasses
     import logging
     import sys
     import numpy as np
@@ -291,6 +292,20 @@ _SCRIPT = textwrap.dedent("""
             raise KeyError(x)
         return x
 
+    class Refused(Exception):
+        pass
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+        y: int
+
+    def refuse(x):
+        raise Refused(f"no {x}")
+
+    def point(x):
+        return Point(x, -x)
+
     def slow_numbers():
         for i in range(6):
             yield i
@@ -304,6 +319,11 @@ _SCRIPT = textwrap.dedent("""
                 pool.map(fails, range(5))
             except KeyError as e:
                 print("KeyError", e, type(e.__cause__).__name__)
+            try:  # (the script's own classes come back as themselves, not as copies)
+                pool.apply_async(refuse, (1,)).get()
+            except Refused as e:
+                print("Refused", e)
+            print(pool.map(point, range(3)) == [Point(0, 0), Point(1, -1), Point(2, -2)])
         with paralelo.ProcessPoolExecutor(2, initializer=init, initargs=("ex",)) as ex:
             print(ex.submit(work, 1).result(), list(ex.map(work, [4, 5])))
         print("on", getattr(getattr(pool, "_cluster", None), "backend", "local"))

@@ -23,6 +23,8 @@ import time
 import types
 from typing import Any, Callable
 
+from .. import _pickling
+
 __all__ = ["Stored", "resolve", "run_call", "run_chunk"]
 
 #: Pools whose initializer already ran in this process (by the pool's token).
@@ -83,9 +85,21 @@ def _bound(fn: Any, token: str) -> Any:
         if name not in space:
             moved[name] = value
     space.update(moved)
+    main = sys.modules.get("__main__")
     for name, value in moved.items():  # (the functions of the same pickle: one namespace for all)
         if type(value) is types.FunctionType and value.__globals__ is given:
             space[name] = _rebound(value, space)
+        elif isinstance(value, type) and value.__module__ == "__main__" and value.__qualname__ == name \
+                and main is not None and not hasattr(main, name):
+            # A class of the caller's script (an exception it raises, a result's type) is
+            # then pickled by name on its way back, by the cluster's pickler and by
+            # paralelo's (`_pickling.MainNames`), and is the caller's own class there (not
+            # a copy that ``except`` and ``isinstance`` would not recognise).
+            setattr(main, name, value)
+            known = _pickling.inherited_main
+            if known is None:
+                known = _pickling.inherited_main = _pickling.MainNames()
+            known.names[name] = value
     return _rebound(fn, space)
 
 
