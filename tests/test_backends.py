@@ -164,17 +164,25 @@ def test_a_bar_counts_every_item(backend):
         assert "25/25" in shown.getvalue() or "25it" in shown.getvalue()
 
 
-def test_a_big_array_goes_to_the_store_once(backend):
-    """Many tasks naming the same large array: the cluster's object store holds it once."""
+def test_a_big_array_goes_to_the_store_once_a_map(backend):
+    """Many tasks of one map naming the same large array: the cluster's object store
+    holds it once; the next call stores it afresh (it may have changed in place since,
+    as a local pool would see)."""
     np = pytest.importorskip("numpy")
     big = np.ones(2 << 20 >> 3)  # 2 MiB
     with paralelo.Pool(2, **backend) as pool:
+        puts = []
+        if backend:
+            put = pool._cluster._put
+            pool._cluster._put = lambda obj: (puts.append(obj.nbytes), put(obj))[1]
         expected = [float(big.size) + i for i in range(8)]
         assert pool.starmap(total, [(big, i) for i in range(8)], chunksize=1) == expected
         assert pool.map(functools.partial(total, big), range(8)) == expected
+        assert list(pool.imap(functools.partial(total, big), iter(range(8)))) == expected
         assert pool.apply_async(total, (big, 1)).get(T) == expected[1]
-        if backend:
-            assert len(pool._cluster.stored) == 1
+        big[:] = 2.0  # changed in place: the next call sees it
+        assert pool.apply_async(total, (big, 1)).get(T) == 2 * big.size + 1
+        assert puts == ([big.nbytes] * 5 if backend else [])
 
 
 def test_insights_count_the_clusters_tasks(backend):
@@ -185,6 +193,21 @@ def test_insights_count_the_clusters_tasks(backend):
         assert "tasks" in str(shown)
         pool.reset_insights()
         assert sum(w.tasks for w in pool.insights().workers) == 0
+
+
+def test_waiting_inside_a_callback_raises_instead_of_hanging(backend):
+    with paralelo.Pool(2, **backend) as pool:
+        seen = []
+
+        def callback(value):
+            try:
+                pool.apply(square, (2,))
+            except RuntimeError as e:
+                seen.append(str(e))
+
+        pool.apply_async(square, (3,), callback=callback).wait(T)
+        assert seen == ["cannot wait for a pool's results inside one of its callbacks"]
+        assert pool.apply(square, (4,)) == 16  # (and the pool goes on)
 
 
 def test_terminate_fails_what_is_still_running(backend):
@@ -198,6 +221,24 @@ def test_terminate_fails_what_is_still_running(backend):
         slow.get(T)
     with pytest.raises(ValueError, match="Pool not running"):
         pool.map(square, [1])
+
+
+def _log_pid(path):
+    time.sleep(0.3)  # (long enough for the worker's other threads to start tasks meanwhile)
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def test_the_initializer_runs_once_per_worker_process_whatever_its_threads(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    log = tmp_path / "init.log"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=4, processes=True, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False}) as cluster:
+        with paralelo.Pool(backend="dask", address=cluster.scheduler_address, initializer=_log_pid,
+                           initargs=(str(log),)) as pool:
+            assert pool._processes == 4
+            assert pool.map(nap, [0.05] * 8, chunksize=1) == [0.05] * 8
+    assert len(log.read_text().split()) == 1
 
 
 # -- choosing a back end -------------------------------------------------------------
@@ -353,6 +394,33 @@ def test_a_main_script_moves_to_a_cluster_through_the_environment(tmp_path, dask
     for name in ("local", "dask", "ray"):
         assert runs[name][:-1] == expected, name
         assert runs[name][-1] == f"on {name}"
+
+
+_LATE = textwrap.dedent("""
+    import paralelo
+
+    if __name__ == "__main__":
+        with paralelo.Pool(2) as pool:
+            scale = 2
+            def later(x):  # (made after the pool, as in a notebook: it carries its own globals)
+                return x * scale
+            first = pool.map(later, [1, 2])
+            scale = 5
+            def later(x):  # (the cell run again, with a new value)
+                return x * scale
+            print(first, pool.map(later, [1, 2]))
+""")
+
+
+def test_a_function_made_after_the_pool_carries_its_own_globals(tmp_path, dask_address, ray_runtime):
+    """As on the local engine (where multiprocessing's workers would not know it at all)."""
+    script = tmp_path / "late.py"
+    script.write_text(_LATE)
+    for env in ({}, {"PARALELO_BACKEND": f"dask://{dask_address.split('://')[1]}"},
+                {"PARALELO_BACKEND": "ray", "RAY_ADDRESS": ray_runtime}):
+        out = run_group([sys.executable, str(script)], T, cwd=tmp_path, env={**os.environ, **env})
+        assert out.returncode == 0, (env, out.stderr[-3000:])
+        assert out.stdout.strip() == "[2, 4] [5, 10]", env
 
 
 def test_a_pool_with_no_address_starts_its_own_cluster_and_stops_it(tmp_path):

@@ -29,7 +29,11 @@ def not_in_callback(pool: Any) -> None:
     """Raises if called on a pool's collector thread (inside one of its callbacks)."""
     # Callbacks run on the pool's collector thread, the one that delivers results: waiting
     # there for another result would wait for ever.
-    if pool is not None and pool._engine is not None and threading.current_thread() is pool._engine.thread:
+    if pool is None:
+        return
+    engine = pool._engine
+    delivering = engine.thread if engine is not None else getattr(pool, "_delivery_thread", None)
+    if delivering is not None and threading.current_thread() is delivering:
         raise RuntimeError("cannot wait for a pool's results inside one of its callbacks")
 
 

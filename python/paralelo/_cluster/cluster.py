@@ -12,13 +12,14 @@ import os
 import sys
 import threading
 import time
+import queue
 import uuid
-import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Iterator
 
 from .._broken import WorkerLostError
 from .._insights import Figures, Insights, report
+from .._pickling import MainNames
 from . import task
 from . import choice as _choice
 from .choice import Choice
@@ -42,8 +43,10 @@ class Cluster:
         #: Names this pool's initializer runs under on the workers (see `task`).
         self.token = uuid.uuid4().hex
         self.lock = threading.Lock()
-        #: id(array) -> (a weak reference to it, its handle in the store).
-        self.stored: dict[int, tuple[Any, Any]] = {}
+        #: The caller's ``__main__`` functions as they are now: a task's function among
+        #: them shares the pool's namespace on the workers (see `task`); one made or
+        #: changed since carries its own globals, as with a local pool.
+        self.main = MainNames()
         self.figures: dict[str, Figures] = {}
         self.since = time.monotonic()
         self.closed = False
@@ -71,20 +74,26 @@ class Cluster:
 
     # -- the same for both ----------------------------------------------------------
 
-    def chunk(self, setup: tuple | None, fn: Callable, star: bool, items: list) -> Future:
+    def chunk(self, setup: tuple | None, fn: Callable, star: bool, items: list,
+              stored: dict[int, Any] | None = None) -> Future:
         """A Future of ``(outcomes, where, busy_ns)`` for `fn` over `items` (see
-        `task.run_chunk`)."""
+        `task.run_chunk`). `stored`: the large arrays this map put in the store already
+        (`externalize`), shared by its chunks."""
         handles: list = []
         seen: dict[int, int] = {}
-        fn, items = self.externalize(fn, handles, seen), self.externalize(items, handles, seen)
-        return self._counted(self._submit(task.run_chunk, (self.token, setup, fn, star, items), handles))
+        stored = {} if stored is None else stored
+        fn, items = self.externalize(fn, handles, seen, stored), self.externalize(items, handles, seen, stored)
+        shared = self.main.has(fn.func if type(fn) is functools.partial else fn)
+        return self._counted(self._submit(task.run_chunk, (self.token, setup, fn, shared, star, items), handles))
 
     def call(self, setup: tuple | None, fn: Callable, args: tuple, kwargs: dict) -> Future:
         """A Future of ``(outcomes, where, busy_ns)`` for ``fn(*args, **kwargs)``."""
         handles: list = []
         seen: dict[int, int] = {}
-        fn, args, kwargs = (self.externalize(x, handles, seen) for x in (fn, args, kwargs))
-        return self._counted(self._submit(task.run_call, (self.token, setup, fn, args, kwargs), handles))
+        stored: dict[int, Any] = {}
+        fn, args, kwargs = (self.externalize(x, handles, seen, stored) for x in (fn, args, kwargs))
+        shared = self.main.has(fn.func if type(fn) is functools.partial else fn)
+        return self._counted(self._submit(task.run_call, (self.token, setup, fn, shared, args, kwargs), handles))
 
     def cancel(self, future: Future) -> None:
         """Cancels the cluster's task behind `future` (from `chunk` or `call`)."""
@@ -95,10 +104,14 @@ class Cluster:
             except Exception:  # noqa: BLE001 - (finished, or the cluster is going)
                 pass
 
-    def externalize(self, obj: Any, handles: list, seen: dict[int, int], depth: int = 0) -> Any:
+    def externalize(self, obj: Any, handles: list, seen: dict[int, int], stored: dict[int, Any],
+                    depth: int = 0) -> Any:
         """`obj` with each large numpy array in it replaced by a `task.Stored` naming its
-        place in `handles` (the array put in the cluster's store once per pool: a map
-        over ``[(big, i) for i in ...]`` sends it once, not with every task)."""
+        place in `handles`, the array put in the cluster's store once per map or call
+        (`stored`, by the array's identity: a map over ``[(big, i) for i in ...]`` sends
+        it once, not with every task). Each map or call stores its arrays afresh, as a
+        local pool pickles them when they are handed over: one changed in place since
+        is seen changed."""
         numpy = sys.modules.get("numpy")
         if numpy is None or depth > _DEPTH:
             return obj
@@ -108,39 +121,26 @@ class Cluster:
                 return obj
             key = id(obj)
             if key not in seen:
+                held = stored.get(key)
+                if held is None:
+                    held = stored[key] = (obj, self._put(obj))  # (holding it: its id stays its own)
                 seen[key] = len(handles)
-                handles.append(self._stored_handle(obj))
+                handles.append(held[1])
             return task.Stored(seen[key])
         if kind is tuple or kind is list:
-            out = [self.externalize(x, handles, seen, depth + 1) for x in obj]
+            out = [self.externalize(x, handles, seen, stored, depth + 1) for x in obj]
             return obj if all(a is b for a, b in zip(out, obj)) else kind(out)
         if kind is dict:
-            new = {k: self.externalize(v, handles, seen, depth + 1) for k, v in obj.items()}
+            new = {k: self.externalize(v, handles, seen, stored, depth + 1) for k, v in obj.items()}
             return obj if all(new[k] is v for k, v in obj.items()) else new
         if kind is functools.partial:
-            func = self.externalize(obj.func, handles, seen, depth + 1)
-            args = self.externalize(obj.args, handles, seen, depth + 1)
-            keywords = self.externalize(obj.keywords, handles, seen, depth + 1)
+            func = self.externalize(obj.func, handles, seen, stored, depth + 1)
+            args = self.externalize(obj.args, handles, seen, stored, depth + 1)
+            keywords = self.externalize(obj.keywords, handles, seen, stored, depth + 1)
             if func is obj.func and args is obj.args and keywords is obj.keywords:
                 return obj
             return functools.partial(func, *args, **keywords)
         return obj
-
-    def _stored_handle(self, array: Any) -> Any:
-        key = id(array)
-        with self.lock:
-            held = self.stored.get(key)
-            if held is not None and held[0]() is array:
-                return held[1]
-        handle = self._put(array)
-
-        def forget(_ref: Any, key: int = key) -> None:
-            with self.lock:
-                self.stored.pop(key, None)  # (the store lets go of it with its handle)
-
-        with self.lock:
-            self.stored[key] = (weakref.ref(array, forget), handle)
-        return handle
 
     def _counted(self, future: Future) -> Future:
         """`future`, its outcome counted in the workers' figures when it comes, and a
@@ -149,6 +149,9 @@ class Cluster:
         out.remote = getattr(future, "remote", None)  # type: ignore[attr-defined]
 
         def done(f: Future) -> None:
+            deliver(settle, f)
+
+        def settle(f: Future) -> None:
             try:
                 outcomes, where, busy = f.result()
             except BaseException as e:  # noqa: BLE001 - the cluster's own failure
@@ -195,9 +198,51 @@ class Cluster:
         if self.closed:
             return
         self.closed = True
-        with self.lock:
-            self.stored.clear()
         self._close()
+
+
+class _Delivery:
+    """The one thread of this process that settles what the clusters' tasks return: a
+    result's callbacks, a future's done-callbacks, a lazy map's next item. Never the
+    engine's own threads (Dask runs its callbacks one at a time on one thread, Ray on
+    its core worker's), which a callback that waits would stall; a wait on this thread
+    for another result raises instead (`paralelo._imap.not_in_callback`)."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self, fn: Callable, *args: Any) -> None:
+        self.queue.put((fn, args))
+        if self.thread is None or not self.thread.is_alive():
+            with self.lock:
+                if self.thread is None or not self.thread.is_alive():
+                    self.thread = threading.Thread(target=self._run, name="paralelo-cluster-results", daemon=True)
+                    self.thread.start()
+
+    def _run(self) -> None:
+        import logging
+
+        while True:
+            fn, args = self.queue.get()
+            try:
+                fn(*args)
+            except BaseException:  # noqa: BLE001 - a callback's failure is the callback's
+                logging.getLogger("paralelo").exception("a cluster result's callback raised")
+            fn = args = None
+
+
+#: The results' thread (see `_Delivery`).
+deliver = _Delivery()
+
+
+def _forget_delivery_after_fork() -> None:
+    global deliver
+    deliver = _Delivery()  # (the parent's thread and queue are not the child's)
+
+
+os.register_at_fork(after_in_child=_forget_delivery_after_fork)
 
 
 class DaskCluster(Cluster):

@@ -103,8 +103,10 @@ class ClusterExecutor(ProcessPoolExecutor):
         return _results(stream, end)
 
     def _send(self, fn: Callable, star: bool) -> Callable[[list], Future]:
+        stored: dict = {}  # (the map's large arrays, stored once for all its chunks)
+
         def send(chunk: list) -> Future:
-            inner = self._cluster.chunk(self._setup, fn, star, chunk)
+            inner = self._cluster.chunk(self._setup, fn, star, chunk, stored)
             with self._shutdown_lock:
                 self._out.add(inner)
             inner.add_done_callback(self._forget)

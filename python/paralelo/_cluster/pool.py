@@ -70,6 +70,13 @@ class ClusterPool(Pool):
         self._state = "RUN"
         self._finalizer = weakref.finalize(self, self._cluster.close)
 
+    @property
+    def _delivery_thread(self) -> Any:
+        """The thread its results' callbacks run on (see `cluster._Delivery`)."""
+        from . import cluster
+
+        return cluster.deliver.thread
+
     def __repr__(self) -> str:
         return (f"<paralelo.Pool backend={self._cluster.backend!r} state={self._state} "
                 f"pool_size={self._processes}>")
@@ -144,8 +151,9 @@ class ClusterPool(Pool):
                 result._set(True, [v for chunk in outcomes for _, v in chunk])  # type: ignore[union-attr]
             self._untrack(f)
 
+        stored: dict = {}  # (the map's large arrays, stored once for all its chunks)
         for i, chunk in enumerate(chunks):
-            inner = self._cluster.chunk(self._setup, func, star, chunk)
+            inner = self._cluster.chunk(self._setup, func, star, chunk, stored)
             self._track(inner, result)
             inner.add_done_callback(functools.partial(settle, i))
         return result
@@ -159,8 +167,10 @@ class ClusterPool(Pool):
         size = chunksize or (chunk_size(len(iterable), self._processes) if sized else 1)  # type: ignore[arg-type]
         bar = progress_bar(progress, iterable)
 
+        stored: dict = {}  # (the map's large arrays, stored once for all its chunks)
+
         def send(chunk: list) -> Future:
-            inner = self._cluster.chunk(self._setup, func, False, chunk)
+            inner = self._cluster.chunk(self._setup, func, False, chunk, stored)
             with self._lock:
                 self._out[inner] = None  # type: ignore[assignment]
             inner.add_done_callback(self._untrack)

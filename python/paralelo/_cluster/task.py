@@ -6,9 +6,13 @@ caller as the same exception, with the same remote traceback, whatever the back 
 and the cluster never retries a task that raised (only one whose worker died).
 
 Functions of the caller's ``__main__`` (a script's, a notebook's) reach a worker by
-value, each pickle with its own copy of the globals it uses; here they share one
-namespace per pool and worker process, as they would in a forked worker's ``__main__``:
-what the initializer sets in a global, a later task reads (`_bound`).
+value, each pickle with its own copy of the globals it uses. Those the caller had when
+the pool was made (`shared`) share one namespace per pool and worker process here, as
+they would share a forked worker's ``__main__``: what the initializer sets in a global,
+a later task reads (`_bound`). One made or changed since keeps the globals it came with,
+as it does on a local pool (a notebook cell run again with a new value is seen anew).
+The script's classes are made the worker's ``__main__``'s too, so that they go back by
+name (`_register`).
 
 This module is imported on the cluster's workers: paralelo must be installed there.
 """
@@ -19,6 +23,7 @@ import functools
 import os
 import socket
 import sys
+import threading
 import time
 import types
 from typing import Any, Callable
@@ -67,6 +72,11 @@ def _where() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+#: Held while a pool's initializer runs and its namespace changes: a worker process may
+#: run several tasks at once (a Dask worker's threads).
+_lock = threading.RLock()
+
+
 def _bound(fn: Any, token: str) -> Any:
     """`fn` (or the function of a ``functools.partial``) with the pool's one ``__main__``
     namespace as its globals, if it came by value from the caller's ``__main__``; the
@@ -85,22 +95,40 @@ def _bound(fn: Any, token: str) -> Any:
         if name not in space:
             moved[name] = value
     space.update(moved)
-    main = sys.modules.get("__main__")
     for name, value in moved.items():  # (the functions of the same pickle: one namespace for all)
         if type(value) is types.FunctionType and value.__globals__ is given:
             space[name] = _rebound(value, space)
-        elif isinstance(value, type) and value.__module__ == "__main__" and value.__qualname__ == name \
-                and main is not None and not hasattr(main, name):
-            # A class of the caller's script (an exception it raises, a result's type) is
-            # then pickled by name on its way back, by the cluster's pickler and by
-            # paralelo's (`_pickling.MainNames`), and is the caller's own class there (not
-            # a copy that ``except`` and ``isinstance`` would not recognise).
+    return _rebound(fn, space)
+
+
+def _register(fn: Any) -> None:
+    """Makes the classes of the caller's script that `fn`'s globals name (an exception it
+    raises, a result's type) this process's ``__main__``'s, if it has none by their
+    names: they are then pickled by name on their way back, by the cluster's pickler and
+    by paralelo's (`_pickling.MainNames`), and are the caller's own classes there, not
+    copies that ``except`` and ``isinstance`` would not recognise."""
+    if type(fn) is functools.partial:
+        fn = fn.func
+    given = getattr(fn, "__globals__", None)
+    main = sys.modules.get("__main__")
+    if type(fn) is not types.FunctionType or fn.__module__ != "__main__" or main is None or given is None:
+        return
+    for name, value in given.items():
+        if isinstance(value, type) and value.__module__ == "__main__" and value.__qualname__ == name \
+                and not hasattr(main, name):
             setattr(main, name, value)
             known = _pickling.inherited_main
             if known is None:
                 known = _pickling.inherited_main = _pickling.MainNames()
             known.names[name] = value
-    return _rebound(fn, space)
+
+
+def _prepared(token: str, setup: tuple[Callable, tuple] | None, fn: Any, shared: bool) -> Any:
+    """The pool's initializer run here if it has not been yet; `fn` as it runs here."""
+    with _lock:
+        _set_up(token, setup)
+        _register(fn)
+        return _bound(fn, token) if shared else fn
 
 
 def _rebound(fn: types.FunctionType, space: dict) -> types.FunctionType:
@@ -119,19 +147,19 @@ def _set_up(token: str, setup: tuple[Callable, tuple] | None) -> None:
         _ready.add(token)
 
 
-def run_chunk(token: str, setup: tuple[Callable, tuple] | None, fn: Callable, star: bool, items: list,
-              *stored: Any) -> tuple[list[tuple[bool, Any]], str, int]:
+def run_chunk(token: str, setup: tuple[Callable, tuple] | None, fn: Callable, shared: bool, star: bool,
+              items: list, *stored: Any) -> tuple[list[tuple[bool, Any]], str, int]:
     """Runs `fn` over `items` (each unpacked with `star`): each item's ``(ok, value or
-    pickled exception)``, where it ran, and how long it took (ns)."""
+    pickled exception)``, where it ran, and how long it took (ns). `shared`: `fn` is
+    one of the caller's ``__main__`` functions of when the pool was made."""
     from .._errors import dump_error
 
     start = time.perf_counter_ns()
     out: list[tuple[bool, Any]] = []
     try:
-        _set_up(token, setup)
         if stored:
             fn, items = resolve(fn, stored), resolve(items, stored)
-        fn = _bound(fn, token)
+        fn = _prepared(token, setup, fn, shared)
     except BaseException as e:  # noqa: BLE001 - every item of the chunk fails with it
         error = dump_error(e)
         return [(False, error)] * len(items), _where(), time.perf_counter_ns() - start
@@ -143,17 +171,16 @@ def run_chunk(token: str, setup: tuple[Callable, tuple] | None, fn: Callable, st
     return out, _where(), time.perf_counter_ns() - start
 
 
-def run_call(token: str, setup: tuple[Callable, tuple] | None, fn: Callable, args: tuple, kwargs: dict,
-             *stored: Any) -> tuple[list[tuple[bool, Any]], str, int]:
+def run_call(token: str, setup: tuple[Callable, tuple] | None, fn: Callable, shared: bool, args: tuple,
+             kwargs: dict, *stored: Any) -> tuple[list[tuple[bool, Any]], str, int]:
     """Runs ``fn(*args, **kwargs)``: as `run_chunk` does a chunk of one item."""
     from .._errors import dump_error
 
     start = time.perf_counter_ns()
     try:
-        _set_up(token, setup)
         if stored:
             fn, args, kwargs = resolve(fn, stored), resolve(args, stored), resolve(kwargs, stored)
-        fn = _bound(fn, token)
+        fn = _prepared(token, setup, fn, shared)
         outcome: tuple[bool, Any] = (True, fn(*args, **kwargs))
     except BaseException as e:  # noqa: BLE001
         outcome = (False, dump_error(e))
