@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from concurrent.futures import FIRST_COMPLETED, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, as_completed, wait
 
 import pytest
 
@@ -195,6 +195,68 @@ def test_insights_count_the_clusters_tasks(backend):
         assert sum(w.tasks for w in pool.insights().workers) == 0
 
 
+def _touch(path):
+    time.sleep(0.02)
+    open(path, "w").close()
+    return path
+
+
+def _lock_result(_):
+    import threading
+
+    return threading.Lock()
+
+
+def test_a_dropped_lazy_map_still_runs_every_item_and_join_waits_for_it(backend, tmp_path):
+    """As multiprocessing's imap and concurrent.futures' map: nobody reads the results,
+    the work is still done; join() returns once it is."""
+    with paralelo.Pool(2, **backend) as pool:
+        it = pool.imap(_touch, (str(tmp_path / f"i{i}") for i in range(12)))
+        del it
+        with paralelo.ProcessPoolExecutor(2, **backend) as ex:
+            ex.map(_touch, [str(tmp_path / f"m{i}") for i in range(6)])
+        pool.close()
+        pool.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"i{i}" for i in range(12)] + [f"m{i}" for i in range(6)])
+
+
+def test_an_unpicklable_result_fails_with_the_local_engines_error(backend):
+    from multiprocessing.pool import MaybeEncodingError
+
+    with paralelo.Pool(2, **backend) as pool:
+        with pytest.raises(MaybeEncodingError, match="lock"):
+            next(pool.imap(_lock_result, range(2), chunksize=1))
+        with pytest.raises(MaybeEncodingError, match="lock"):
+            pool.apply_async(_lock_result, (1,)).get(T)
+        with pytest.raises(MaybeEncodingError, match="lock"):
+            pool.map(_lock_result, range(3))
+        assert pool.map(square, range(3)) == [0, 1, 4]
+
+
+def test_cancelled_futures_read_as_cancelled(backend):
+    with paralelo.ProcessPoolExecutor(2, **backend) as ex:
+        running = [ex.submit(nap, 2) for _ in range(4)]
+        time.sleep(0.3)
+        ex.shutdown(wait=True, cancel_futures=True)
+    for f in running:
+        assert f.done()
+        if f.cancelled():
+            with pytest.raises(CancelledError):
+                f.result()
+        else:
+            assert f.result() == 2
+    assert any(f.cancelled() for f in running)
+
+
+def test_terminate_ends_a_lazy_map_with_the_pools_error(backend):
+    pool = paralelo.Pool(2, **backend)
+    it = pool.imap(nap, (x for x in [0.01] + [5] * 6))
+    assert next(it) == 0.01
+    pool.terminate()
+    with pytest.raises(RuntimeError, match="terminated"):
+        it.next(T)
+
+
 def test_waiting_inside_a_callback_raises_instead_of_hanging(backend):
     with paralelo.Pool(2, **backend) as pool:
         seen = []
@@ -248,6 +310,7 @@ def test_backends_are_named_clearly(monkeypatch):
     assert choice.parse("dask://10.0.0.5:8786") == choice.Choice("dask", "tcp://10.0.0.5:8786")
     assert choice.parse("ray://head:10001") == choice.Choice("ray", "ray://head:10001")
     assert choice.parse("Ray") == choice.Choice("ray") and choice.parse("paralelo").local
+    assert choice.parse("dask://tls://10.0.0.5:8786") == choice.Choice("dask", "tls://10.0.0.5:8786")
     for bad, message in [("spark", "unknown backend 'spark'"), ("local://x:1", "an address goes with"),
                          ("dask://", "an address goes with")]:
         with pytest.raises(ValueError, match=message):
@@ -276,6 +339,21 @@ def test_set_backend_is_the_default_until_reset(dask_address):
         paralelo.set_backend(None)
     with paralelo.Pool(1) as pool:
         assert pool._engine is not None
+
+
+def test_inline_mode_wins_over_a_default_cluster(monkeypatch):
+    """PARALELO_INLINE=1 is for debugging: the tasks run in the caller, cluster or not."""
+    monkeypatch.setenv("PARALELO_BACKEND", "dask")
+    monkeypatch.setenv("PARALELO_INLINE", "1")
+    with paralelo.Pool(2) as pool:
+        assert pool._inline is not None and pool.map(square, [3]) == [9]
+
+
+def test_ray_joins_one_cluster_a_process(ray_runtime):
+    with pytest.raises(ValueError, match="connected to a Ray cluster already"):
+        paralelo.Pool(2, backend="ray", address="ray://192.0.2.1:10001")
+    with paralelo.Pool(7, backend="ray") as pool:
+        assert pool._processes == 2  # (the running cluster's size, not what was asked)
 
 
 def test_a_missing_engine_says_what_to_install(monkeypatch):

@@ -14,7 +14,6 @@ to files.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import threading
 import weakref
@@ -50,8 +49,10 @@ def _backend_class() -> type:
                 raise ValueError("n_jobs == 0 in Parallel has no meaning")
             if n_jobs is None:
                 return 1
-            if n_jobs < 0:
-                return max((os.cpu_count() or 1) + 1 + n_jobs, 1)
+            if n_jobs < 0:  # (the CPUs this process may use, as joblib counts them: affinity, cgroups)
+                from joblib import cpu_count
+
+                return max(cpu_count() + 1 + n_jobs, 1)
             return n_jobs
 
         def configure(self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None,
@@ -100,7 +101,8 @@ def _executor(workers: int) -> Any:
             for other in _executors.values():
                 other.shutdown(wait=False)  # (another worker count: its workers go)
             _executors.clear()
-            executor = _executors[workers] = ProcessPoolExecutor(workers)
+            # (The local engine whatever PARALELO_BACKEND says: joblib's batches are its own.)
+            executor = _executors[workers] = ProcessPoolExecutor(workers, backend="local")
         return executor
 
 
@@ -142,7 +144,7 @@ class _Registering:
         # (joblib's module names its own loader, as if never wrapped.)
         module.__loader__ = module.__spec__.loader = self.inner
         self.inner.exec_module(module)
-        register()
+        _register_or_warn()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -162,10 +164,20 @@ class _WhenJoblib:
         return spec
 
 
+def _register_or_warn() -> None:
+    # A joblib whose API changed must not break ``import joblib`` (or paralelo's).
+    try:
+        register()
+    except Exception as e:  # noqa: BLE001
+        import warnings
+
+        warnings.warn(f"paralelo could not register its joblib back end: {e!r}", RuntimeWarning, stacklevel=2)
+
+
 def install() -> None:
     """Registers the back end now if joblib is loaded, else as soon as it is."""
     if "joblib" in sys.modules:
         if hasattr(sys.modules["joblib"], "register_parallel_backend"):  # (not half-imported)
-            register()
+            _register_or_warn()
     elif not any(isinstance(f, _WhenJoblib) for f in sys.meta_path):
         sys.meta_path.insert(0, _WhenJoblib())

@@ -83,11 +83,16 @@ class ThreadProfiles:
                 self.busy += 1
         if profiler is None:
             return fn(*args, **kwargs)
-        profiler.enable()
         try:
-            return fn(*args, **kwargs)
+            try:
+                profiler.enable()
+            except ValueError:  # (Python 3.12+: one profiler a process, the caller's)
+                return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                profiler.disable()
         finally:
-            profiler.disable()
             with self.cond:
                 self.idle.append(profiler)
                 self.busy -= 1

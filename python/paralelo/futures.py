@@ -61,8 +61,8 @@ class ProcessPoolExecutor(_cf.Executor):
 
     def __new__(cls, *args: Any, backend: str | None = None, address: str | None = None,
                 **kwargs: Any) -> ProcessPoolExecutor:
-        if _cluster.chosen(backend, address).local:
-            return super().__new__(cls)
+        if _cluster.chosen(backend, address).local or (backend is None and _inline.wanted(kwargs.get("inline"))):
+            return super().__new__(cls)  # (inline mode, for debugging, wins over a default cluster)
         from ._cluster.executor import ClusterExecutor
 
         if not issubclass(ClusterExecutor, cls):

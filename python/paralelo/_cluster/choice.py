@@ -61,7 +61,10 @@ def parse(backend: str, address: str | None = None) -> Choice:
                              "as 'dask://host:8786' or 'ray://host:10001'")
         if address is not None:
             raise ValueError(f"backend {backend!r} names its address already; address={address!r} is one too many")
-        address = f"tcp://{rest}" if name == "dask" else f"ray://{rest}"
+        if name == "dask":  # (a scheme of its own, "dask://tls://host:8786", is Dask's)
+            address = rest if "://" in rest else f"tcp://{rest}"
+        else:
+            address = f"ray://{rest}"
     if name == "local" and address is not None:
         raise ValueError("address= goes with backend='dask' or 'ray', not with the local engine")
     if address is not None and not address.strip():

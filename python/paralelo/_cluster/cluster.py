@@ -32,6 +32,11 @@ STORE_MIN_BYTES = 1 << 20
 _DEPTH = 4
 
 
+#: The engines' errors for a task whose worker (or what held its data) was lost.
+_LOST = frozenset(("KilledWorker", "WorkerCrashedError", "NodeDiedError", "ActorDiedError", "OutOfMemoryError",
+                   "ObjectLostError", "OwnerDiedError", "ObjectReconstructionFailedError"))
+
+
 class Cluster:
     """What a pool or executor needs of a cluster (see the module)."""
 
@@ -53,6 +58,9 @@ class Cluster:
 
     # -- what each engine provides ----------------------------------------------------
 
+    #: Joined as it was (a Ray runtime this process had): its size is its own.
+    attached = False
+
     def workers(self) -> int:
         """How many tasks the cluster runs at once."""
         raise NotImplementedError
@@ -66,7 +74,8 @@ class Cluster:
         """`obj` in the cluster's store: a handle to pass to `_submit`."""
         raise NotImplementedError
 
-    def _cancel(self, remote: Any) -> None:
+    def _cancel(self, remotes: list) -> None:
+        """Cancels the engine's tasks `remotes` (those not finished)."""
         raise NotImplementedError
 
     def _close(self) -> None:
@@ -95,12 +104,13 @@ class Cluster:
         shared = self.main.has(fn.func if type(fn) is functools.partial else fn)
         return self._counted(self._submit(task.run_call, (self.token, setup, fn, shared, args, kwargs), handles))
 
-    def cancel(self, future: Future) -> None:
-        """Cancels the cluster's task behind `future` (from `chunk` or `call`)."""
-        remote = getattr(future, "remote", None)
-        if remote is not None and not self.closed:
+    def cancel(self, futures: list[Future]) -> None:
+        """Cancels the cluster's tasks behind `futures` (from `chunk` or `call`), in one
+        request; those already finished are left as they are."""
+        remotes = [r for r in (getattr(f, "remote", None) for f in futures) if r is not None]
+        if remotes and not self.closed:
             try:
-                self._cancel(remote)
+                self._cancel(remotes)
             except Exception:  # noqa: BLE001 - (finished, or the cluster is going)
                 pass
 
@@ -152,6 +162,9 @@ class Cluster:
             deliver(settle, f)
 
         def settle(f: Future) -> None:
+            # The engine's own future goes: it would hold the result in the cluster's
+            # memory for as long as the caller holds ours.
+            f.remote = out.remote = None  # type: ignore[attr-defined]
             try:
                 outcomes, where, busy = f.result()
             except BaseException as e:  # noqa: BLE001 - the cluster's own failure
@@ -177,7 +190,7 @@ class Cluster:
     def lost(self, e: BaseException) -> BaseException:
         """The error a task's caller gets when the cluster failed to run it: a worker that
         died is a `WorkerLostError`, as with the local engine; anything else as it is."""
-        if type(e).__name__ in ("KilledWorker", "WorkerCrashedError", "NodeDiedError", "ActorDiedError"):
+        if type(e).__name__ in _LOST:
             err = WorkerLostError(f"the {self.backend} worker running this task died: {e}")
             err.__cause__ = e
             return err
@@ -262,9 +275,12 @@ class DaskCluster(Cluster):
         self.local: Any = None
         address = choice.address or dask.config.get("scheduler-address", None)  # (DASK_SCHEDULER_ADDRESS)
         if address is None:
-            self.local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                      dashboard_address="127.0.0.1:0", worker_dashboard_address=None,
-                                      scheduler_kwargs={"dashboard": False})
+            # A task whose worker died runs again `retries` times, no more (Dask's
+            # default is 3); a scheduler elsewhere keeps its own setting.
+            with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
+                self.local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                          host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                          worker_dashboard_address=None, scheduler_kwargs={"dashboard": False})
             try:
                 self.client = Client(self.local, set_as_default=False)
             except BaseException:
@@ -278,7 +294,9 @@ class DaskCluster(Cluster):
         return max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
 
     def _submit(self, fn: Callable, args: tuple, handles: list) -> Future:
-        remote = self.client.submit(fn, *args, *handles, pure=False, retries=self.retries or None)
+        # (No `retries=`: Dask retries a task that raised, and ours never raise; a task
+        # whose worker died is run again up to the scheduler's allowed-failures.)
+        remote = self.client.submit(fn, *args, *handles, pure=False)
         out: Future = Future()
         out.remote = remote  # type: ignore[attr-defined]
 
@@ -294,8 +312,8 @@ class DaskCluster(Cluster):
     def _put(self, obj: Any) -> Any:
         return self.client.scatter(obj, hash=False)
 
-    def _cancel(self, remote: Any) -> None:
-        remote.cancel()
+    def _cancel(self, remotes: list) -> None:
+        self.client.cancel(remotes)
 
     def _close(self) -> None:
         try:
@@ -334,6 +352,11 @@ class RayCluster(Cluster):
         self.ray = ray
         with RayCluster._lock:
             self.owned = False
+            self.attached = ray.is_initialized()  # (its size is the cluster's, whatever the pool asked)
+            if self.attached and choice.address is not None:
+                raise ValueError(f"this process is connected to a Ray cluster already "
+                                 f"({ray.get_runtime_context().gcs_address}), and Ray allows one a process: "
+                                 f"address={choice.address!r} cannot be joined too")
             if not ray.is_initialized():
                 RayCluster._breakpoint_before = os.environ.get("PYTHONBREAKPOINT")
                 self.owned = True  # (a runtime or a connection of paralelo's: ended with its last pool)
@@ -367,8 +390,9 @@ class RayCluster(Cluster):
     def _put(self, obj: Any) -> Any:
         return self.ray.put(obj)
 
-    def _cancel(self, remote: Any) -> None:
-        self.ray.cancel(remote)
+    def _cancel(self, remotes: list) -> None:
+        for ref in remotes:
+            self.ray.cancel(ref)
 
     def _close(self) -> None:
         with RayCluster._lock:

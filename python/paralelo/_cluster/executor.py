@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator, Literal
 
+from .. import futures as _futures
 from .._progress import ProgressOption, progress_bar
 from ..futures import AwaitableFuture, ProcessPoolExecutor, _settle, _shortest
 from .choice import chosen
@@ -40,10 +42,11 @@ class ClusterExecutor(ProcessPoolExecutor):
                                        "inline": inline or None}, retries)
         self._setup = None if initializer is None else (initializer, tuple(initargs))
         self._cluster: Cluster = connect(choice, max_workers, retries)
-        self._max_workers = max_workers or self._cluster.workers()
+        self._max_workers = self._cluster.workers() if self._cluster.attached else max_workers or self._cluster.workers()
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._out: set[Future] = set()  # (the cluster tasks not finished)
+        self._futures: weakref.WeakSet[Future] = weakref.WeakSet()  # (the callers' futures, for cancel_futures)
         self._idle = threading.Condition(self._shutdown_lock)
         self._started = None
         self._inline = None
@@ -56,9 +59,12 @@ class ClusterExecutor(ProcessPoolExecutor):
         with self._shutdown_lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if _futures._interpreter_shutdown:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future = AwaitableFuture()
             inner = self._cluster.call(self._setup, fn, args, kwargs)
             self._out.add(inner)
+            self._futures.add(future)
 
         def done(f: Future) -> None:
             self._forget(f)
@@ -71,7 +77,7 @@ class ClusterExecutor(ProcessPoolExecutor):
 
         def cancelled(f: Future) -> None:
             if f.cancelled():
-                self._cluster.cancel(inner)
+                self._cluster.cancel([inner])
 
         inner.add_done_callback(done)
         future.add_done_callback(cancelled)
@@ -130,8 +136,9 @@ class ClusterExecutor(ProcessPoolExecutor):
             self._shutdown = True
             pending = list(self._out)
         if cancel_futures:
-            for f in pending:
-                self._cluster.cancel(f)
+            for f in list(self._futures):
+                f.cancel()  # (the caller's future: cancelled() is True, its result raises CancelledError)
+            self._cluster.cancel(pending)
         if wait:
             self._close_when_idle()
         else:

@@ -61,11 +61,13 @@ class ClusterPool(Pool):
         if processes is None and choice.address is None:
             processes = default_workers()
         self._cluster: Cluster = connect(choice, processes, retries)
-        self._processes = processes or self._cluster.workers()
+        self._processes = self._cluster.workers() if self._cluster.attached else processes or self._cluster.workers()
         self._inline = None
         self._engine = None
         self._lock = threading.Lock()
         self._out: dict[Future, AsyncResult] = {}  # tasks on the cluster, and the results they settle
+        self._feeding = 0  # lazy maps still reading their input
+        self._flows: weakref.WeakSet = weakref.WeakSet()  # lazy maps, to end at terminate()
         self._idle = threading.Condition(self._lock)
         self._state = "RUN"
         self._finalizer = weakref.finalize(self, self._cluster.close)
@@ -90,6 +92,11 @@ class ClusterPool(Pool):
             self._out.pop(inner, None)
             if not self._out:
                 self._idle.notify_all()
+
+    def _fed(self) -> None:
+        with self._lock:
+            self._feeding -= 1
+            self._idle.notify_all()
 
     def apply_async(self, func: Callable, args: tuple = (), kwds: dict | None = None,
                     callback: Callable | None = None, error_callback: Callable | None = None, *,
@@ -176,8 +183,13 @@ class ClusterPool(Pool):
             inner.add_done_callback(self._untrack)
             return inner
 
-        return Stream(send, chunked(iter(iterable), size), sized, ordered, 2 * self._processes,
-                      chunksize is not None and chunksize > 1, bar, self._cluster.cancel, as_pool_error)
+        with self._lock:
+            self._feeding += 1  # (join waits for the input's end: see `_fed`)
+        stream = Stream(send, chunked(iter(iterable), size), sized, ordered, 2 * self._processes,
+                        chunksize is not None and chunksize > 1, bar, self._cluster.cancel, as_pool_error,
+                        self._fed)
+        self._flows.add(stream._flow)
+        return stream
 
     def insights(self) -> Any:
         """What the cluster's workers ran for this pool, worker by worker (see
@@ -204,10 +216,12 @@ class ClusterPool(Pool):
             self._out.clear()
             self._idle.notify_all()
         error = RuntimeError("the pool was terminated before this task finished")
-        for inner, result in out.items():
-            self._cluster.cancel(inner)
+        for result in out.values():
             if result is not None:
                 result._set_now(False, error)
+        for flow in list(self._flows):
+            flow.fail(error)
+        self._cluster.cancel(list(out))
         self._finalizer()
 
     def join(self) -> None:
@@ -216,7 +230,7 @@ class ClusterPool(Pool):
         if self._state == "RUN":
             raise ValueError("Pool is still running")
         with self._lock:
-            self._idle.wait_for(lambda: not self._out)
+            self._idle.wait_for(lambda: not self._out and not self._feeding)
         self._finalizer()
 
     def __enter__(self) -> ClusterPool:

@@ -42,12 +42,14 @@ class _Flow:
     each chunk of `chunks`. `ordered`: in the input's order, else as chunks finish. A
     failed item raises in its place; with `stop_after_error`, the iteration ends there
     (as ``Executor.map`` and multiprocessing's ``imap`` with chunks of several items do).
-    `cancel` is called with each Future still out when the iteration is abandoned."""
+    `cancel` is called with the Futures still out when the iteration is abandoned
+    (`finish`); `fed` once the whole input has gone out (or failed, or was cancelled)."""
 
     def __init__(self, send: Callable[[list], Future], chunks: Iterator[list], sized: bool, ordered: bool,
                  window: int, stop_after_error: bool, bar: Progress | None,
-                 cancel: Callable[[Future], None], wrap: Callable[[BaseException], BaseException] = lambda e: e) -> None:
-        self._send, self._ordered, self._window = send, ordered, window
+                 cancel: Callable[[list[Future]], None], wrap: Callable[[BaseException], BaseException] = lambda e: e,
+                 fed: Callable[[], None] = lambda: None) -> None:
+        self._send, self._ordered, self._window, self._fed = send, ordered, window, fed
         self._stop_after_error, self._bar, self._cancel, self._wrap = stop_after_error, bar, cancel, wrap
         self._cond = threading.Condition(threading.Lock())
         self._out: dict[int, Future] = {}  # chunks sent and not yet yielded, by number
@@ -59,10 +61,14 @@ class _Flow:
         self._input_error: BaseException | None = None
         self._current: deque[tuple[bool, Any]] = deque()
         self._finished = False
+        self._failure: BaseException | None = None  # (the pool's end: `fail`)
         if sized:
-            for chunk in chunks:
-                self._post(chunk)
-            self._ended = True
+            try:
+                for chunk in chunks:
+                    self._post(chunk)
+            finally:
+                self._ended = True
+                fed()
         else:
             self._chunks = chunks
             threading.Thread(target=self._feed, name="paralelo-cluster-feeder", daemon=True).start()
@@ -101,10 +107,13 @@ class _Flow:
                 self._ended = True
                 self._cond.notify_all()
             self._chunks = iter(())
+            self._fed()
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result; ``TimeoutError`` if none comes within `timeout` seconds."""
         while not self._current:
+            if self._failure is not None:
+                raise self._failure
             if self._finished:
                 raise StopIteration
             future = self._take(timeout)
@@ -131,6 +140,8 @@ class _Flow:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
+                if self._failure is not None:
+                    raise self._failure
                 if self._ordered:
                     future = self._out.get(self._taken)
                     if future is not None and future.done():
@@ -158,19 +169,34 @@ class _Flow:
             left = list(self._out.values())
             self._out.clear()
             self._cond.notify_all()
-        for future in left:
-            self._cancel(future)
+        if left:
+            self._cancel(left)
         if self._bar is not None:
             if self._input_error is None and self._ended:
                 self._bar.finish(self._items)
             else:
                 self._bar.close()
 
+    def release(self) -> None:
+        """Nobody will take the results (the iterator was dropped): the rest of the input
+        goes out with no window, so every item still runs, as with multiprocessing."""
+        with self._cond:
+            self._window = float("inf")  # type: ignore[assignment]
+            self._cond.notify_all()
+        if self._bar is not None:
+            self._bar.close()  # (left where it got to, as a loop left early leaves it)
+
+    def fail(self, error: BaseException) -> None:
+        """Ends the iteration with `error` (the pool was terminated)."""
+        with self._cond:
+            self._failure = error
+            self._cond.notify_all()
+        self._finish()
 
 
 class Stream:
     """The iterator a lazy map returns (see `_Flow`, which its feeder thread holds: so
-    dropping this one, a loop left early, cancels what is still out)."""
+    dropping this one lets the map run on to its end, as multiprocessing's does)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._flow = _Flow(*args, **kwargs)
@@ -191,7 +217,7 @@ class Stream:
 
     def __del__(self) -> None:
         flow = getattr(self, "_flow", None)
-        if flow is not None:
-            flow._finish()
+        if flow is not None and not flow._finished:
+            flow.release()
 
 

@@ -166,9 +166,11 @@ def run_chunk(token: str, setup: tuple[Callable, tuple] | None, fn: Callable, sh
     for item in items:
         try:
             out.append((True, fn(*item) if star else fn(item)))
+        except KeyboardInterrupt:
+            raise  # (the engine cancelling the task: Ray's cancel, not the task's outcome)
         except BaseException as e:  # noqa: BLE001 - the caller gets it, at its item
             out.append((False, dump_error(e)))
-    return out, _where(), time.perf_counter_ns() - start
+    return _sendable(out), _where(), time.perf_counter_ns() - start
 
 
 def run_call(token: str, setup: tuple[Callable, tuple] | None, fn: Callable, shared: bool, args: tuple,
@@ -182,6 +184,34 @@ def run_call(token: str, setup: tuple[Callable, tuple] | None, fn: Callable, sha
             fn, args, kwargs = resolve(fn, stored), resolve(args, stored), resolve(kwargs, stored)
         fn = _prepared(token, setup, fn, shared)
         outcome: tuple[bool, Any] = (True, fn(*args, **kwargs))
+    except KeyboardInterrupt:
+        raise  # (see run_chunk)
     except BaseException as e:  # noqa: BLE001
         outcome = (False, dump_error(e))
-    return [outcome], _where(), time.perf_counter_ns() - start
+    return _sendable([outcome]), _where(), time.perf_counter_ns() - start
+
+
+def _sendable(outcomes: list[tuple[bool, Any]]) -> list[tuple[bool, Any]]:
+    """`outcomes`, each value that cannot be pickled replaced by the local engine's error
+    for it (`ResultPicklingError`, naming it): only that item fails, not its whole chunk,
+    and with paralelo's error, not the cluster's. (Pickled without copying buffers: a
+    large array costs nothing here.)"""
+    from .._errors import dump_error, unpicklable_result
+
+    try:
+        _pickling.by_value(outcomes, None, _drop)
+        return outcomes
+    except Exception:  # noqa: BLE001 - found item by item below
+        pass
+    checked = []
+    for ok, value in outcomes:
+        try:
+            _pickling.by_value(value, None, _drop)
+            checked.append((ok, value))
+        except Exception as e:  # noqa: BLE001
+            checked.append((False, dump_error(unpicklable_result(value, e))))
+    return checked
+
+
+def _drop(_buffer: Any) -> None:
+    """A pickle buffer left out of band (not copied): only whether it pickles matters."""
