@@ -253,7 +253,8 @@ def test_terminate_ends_a_lazy_map_with_the_pools_error(backend):
     it = pool.imap(nap, (x for x in [0.01] + [5] * 6))
     assert next(it) == 0.01
     pool.terminate()
-    with pytest.raises(RuntimeError, match="terminated"):
+    # (The local engine may tell of the killed worker first: a RuntimeError too.)
+    with pytest.raises(RuntimeError, match="terminated|died"):
         it.next(T)
 
 

@@ -20,7 +20,7 @@ __all__ = ["Choice", "available", "chosen", "set_backend"]
 #: What each cluster back end needs installed: (modules, what to install).
 NEEDS = {
     "dask": (("dask", "distributed"), "pip install 'paralelo[dask]' (dask and distributed)"),
-    "ray": (("ray",), "pip install 'paralelo[ray]'"),
+    "ray": (("ray",), "pip install 'paralelo[ray]' (ray, with its client for ray:// addresses)"),
 }
 NAMES = ("local", "dask", "ray")
 

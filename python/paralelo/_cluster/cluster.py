@@ -106,9 +106,15 @@ class Cluster:
 
     def cancel(self, futures: list[Future]) -> None:
         """Cancels the cluster's tasks behind `futures` (from `chunk` or `call`), in one
-        request; those already finished are left as they are."""
-        remotes = [r for r in (getattr(f, "remote", None) for f in futures) if r is not None]
+        request, from the results' thread: never from the caller's, which may be the
+        garbage collector's anywhere (inside the engine's own calls: Dask's cancel then
+        waits on its event loop for ever). Those already finished are left alone."""
+        remotes = [r for r in (getattr(f, "remote", None) for f in futures if not f.done()) if r is not None]
         if remotes and not self.closed:
+            deliver(self._cancel_now, remotes)
+
+    def _cancel_now(self, remotes: list) -> None:
+        if not self.closed:
             try:
                 self._cancel(remotes)
             except Exception:  # noqa: BLE001 - (finished, or the cluster is going)

@@ -50,6 +50,8 @@ class ClusterExecutor(ProcessPoolExecutor):
         self._idle = threading.Condition(self._shutdown_lock)
         self._started = None
         self._inline = None
+        # Dropped without shutdown, or still open at exit: the cluster is let go of.
+        weakref.finalize(self, self._cluster.close)
 
     def __repr__(self) -> str:
         return f"<paralelo.ProcessPoolExecutor backend={self._cluster.backend!r} max_workers={self._max_workers}>"
@@ -153,10 +155,6 @@ class ClusterExecutor(ProcessPoolExecutor):
         self.shutdown(wait=True, cancel_futures=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
         return False
 
-    def __del__(self) -> None:
-        cluster = getattr(self, "_cluster", None)
-        if cluster is not None and not cluster.closed and not self._out:
-            cluster.close()
 
 
 def _results(stream: Stream, end: float | None) -> Iterator:

@@ -186,7 +186,7 @@ class ClusterPool(Pool):
         with self._lock:
             self._feeding += 1  # (join waits for the input's end: see `_fed`)
         stream = Stream(send, chunked(iter(iterable), size), sized, ordered, 2 * self._processes,
-                        chunksize is not None and chunksize > 1, bar, self._cluster.cancel, as_pool_error,
+                        ordered and chunksize is not None and chunksize > 1, bar, self._cluster.cancel, as_pool_error,
                         self._fed)
         self._flows.add(stream._flow)
         return stream
