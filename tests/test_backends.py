@@ -292,7 +292,7 @@ def _log_pid(path):
         f.write(f"{os.getpid()}\n")
 
 
-def test_the_initializer_runs_once_per_worker_process_whatever_its_threads(tmp_path):
+def test_the_initializer_runs_once_per_worker_process_whatever_its_threads(tmp_path, dask_address):
     distributed = pytest.importorskip("distributed")
     log = tmp_path / "init.log"
     with distributed.LocalCluster(n_workers=1, threads_per_worker=4, processes=True, host="127.0.0.1",
@@ -502,11 +502,10 @@ def test_a_function_made_after_the_pool_carries_its_own_globals(tmp_path, dask_a
         assert out.stdout.strip() == "[2, 4] [5, 10]", env
 
 
-def test_a_pool_with_no_address_starts_its_own_cluster_and_stops_it(tmp_path):
+def test_a_pool_with_no_address_starts_its_own_cluster_and_stops_it(tmp_path, dask_address, ray_runtime):
     """On 127.0.0.1 only (every server of the cluster), and nothing of it outlives the
-    pool: no process, no listening port."""
-    pytest.importorskip("distributed")
-    pytest.importorskip("ray")
+    pool: no process, no listening port. (The module's clusters are asked for only so
+    that a machine where one cannot start skips this too.)"""
     script = tmp_path / "own.py"
     script.write_text(textwrap.dedent("""
         import os, sys
