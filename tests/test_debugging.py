@@ -191,13 +191,8 @@ def test_a_workers_breakpoint_opens_pdb_on_the_terminal_one_at_a_time(tmp_path):
     until = _reader(fd)
 
     try:
-        answers = []
-        for _ in range(2):  # each worker's session in turn, never both at once
-            assert b"--- pdb in ForkPoolWorker-" in until(b"(Pdb) ")
-            os.write(fd, b"p y\n")
-            answers.append(until(b"(Pdb) ").split(b"\n")[1].strip())
-            os.write(fd, b"c\n")
-        assert sorted(answers) == [b"42", b"6"]
+        # Each worker's session in turn, never both at once.
+        assert sorted(_sessions(fd, until, b"p y\n", 2)) == [b"42", b"6"]
         assert b"[42, 6]" in until(b"[42, 6]")
     finally:
         status = _ended(pid)
@@ -253,18 +248,24 @@ def test_a_session_that_continues_with_breakpoints_set_lets_others_debug(tmp_pat
         os.write(fd, b"b g\n")
         until(b"(Pdb) ")
         os.write(fd, b"c\n")
-        answers = []
-        for _ in range(2):  # the other worker's session, and the breakpoint on g: each in turn
-            assert b"--- pdb in ForkPoolWorker-" in until(b"(Pdb) ")
-            os.write(fd, b"p x\n")
-            answers.append(until(b"(Pdb) ").split(b"\n")[1].strip())
-            os.write(fd, b"c\n")
-        assert sorted(answers) == [b"1", b"42"]
+        # The other worker's session, and the breakpoint on g: each in turn.
+        assert sorted(_sessions(fd, until, b"p x\n", 2)) == [b"1", b"42"]
         assert b"[43, 6]" in until(b"[43, 6]")
     finally:
         status = _ended(pid)
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _sessions(fd: int, until: Callable[[bytes], bytes], ask: bytes, count: int) -> list[bytes]:
+    """What `ask` prints in each of the next `count` pdb sessions (each then continued)."""
+    answers = []
+    for _ in range(count):
+        assert b"--- pdb in ForkPoolWorker-" in until(b"(Pdb) ")
+        os.write(fd, ask)
+        answers.append(until(b"(Pdb) ").split(b"\n")[1].strip())
+        os.write(fd, b"c\n")
+    return answers
 
 
 def _ended(pid: int) -> int:

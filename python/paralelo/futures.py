@@ -40,6 +40,12 @@ def _settle(future: Future, ok: bool, value: Any) -> None:
         pass  # cancelled (or failed by a broken pool) meanwhile
 
 
+def _cluster_executor() -> type:
+    from ._cluster.executor import ClusterExecutor
+
+    return ClusterExecutor
+
+
 class ProcessPoolExecutor(_cf.Executor):
     """A ``concurrent.futures.Executor`` running calls in worker processes.
 
@@ -61,14 +67,7 @@ class ProcessPoolExecutor(_cf.Executor):
 
     def __new__(cls, *args: Any, backend: str | None = None, address: str | None = None,
                 **kwargs: Any) -> ProcessPoolExecutor:
-        if _cluster.chosen(backend, address).local or (backend is None and _inline.wanted(kwargs.get("inline"))):
-            return super().__new__(cls)  # (inline mode, for debugging, wins over a default cluster)
-        from ._cluster.executor import ClusterExecutor
-
-        if not issubclass(ClusterExecutor, cls):
-            raise TypeError(f"a subclass of ProcessPoolExecutor ({cls.__qualname__}) runs on the local engine "
-                            "only, not with a backend= or PARALELO_BACKEND naming a cluster")
-        return super().__new__(ClusterExecutor)
+        return super().__new__(_cluster.pool_class(cls, backend, address, kwargs.get("inline"), _cluster_executor))
 
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,
                  initializer: Callable | None = None, initargs: tuple = (), *,

@@ -329,6 +329,12 @@ class Folding:
         return self.reduce(reduce_function, partials, initializer)
 
 
+def _cluster_pool() -> type:
+    from ._cluster.pool import ClusterPool
+
+    return ClusterPool
+
+
 class Pool(Folding):
     """A pool of worker processes with the API of ``multiprocessing.Pool``.
 
@@ -352,14 +358,7 @@ class Pool(Folding):
     """
 
     def __new__(cls, *args: Any, backend: str | None = None, address: str | None = None, **kwargs: Any) -> Pool:
-        if _cluster.chosen(backend, address).local or (backend is None and _inline.wanted(kwargs.get("inline"))):
-            return super().__new__(cls)  # (inline mode, for debugging, wins over a default cluster)
-        from ._cluster.pool import ClusterPool
-
-        if not issubclass(ClusterPool, cls):
-            raise TypeError(f"a subclass of Pool ({cls.__qualname__}) runs on the local engine only, "
-                            "not with a backend= or PARALELO_BACKEND naming a cluster")
-        return super().__new__(ClusterPool)
+        return super().__new__(_cluster.pool_class(cls, backend, address, kwargs.get("inline"), _cluster_pool))
 
     def __init__(self, processes: int | None = None, initializer: Callable | None = None,
                  initargs: Iterable = (), maxtasksperchild: int | None = None, context: Any = None, *,

@@ -14,8 +14,9 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
+from typing import Callable
 
-__all__ = ["Choice", "available", "chosen", "set_backend"]
+__all__ = ["Choice", "available", "chosen", "pool_class", "set_backend"]
 
 #: What each cluster back end needs installed: (modules, what to install).
 NEEDS = {
@@ -96,6 +97,22 @@ def chosen(backend: str | None, address: str | None) -> Choice:
         except ValueError as e:
             raise ValueError(f"PARALELO_BACKEND: {e}") from None
     return Choice("local")
+
+
+def pool_class(cls: type, backend: str | None, address: str | None, inline: bool | None,
+               load: Callable[[], type]) -> type:
+    """The class that ``cls(..., backend=, address=, inline=)`` makes: `cls` itself on the
+    local engine (or inline: debugging wins over a default cluster), else the cluster
+    class `load()` gives, which a user's own subclass of `cls` cannot be."""
+    from .. import _inline
+
+    if chosen(backend, address).local or (backend is None and _inline.wanted(inline)):
+        return cls
+    cluster = load()
+    if not issubclass(cluster, cls):
+        raise TypeError(f"a subclass of {cluster.__mro__[1].__name__} ({cls.__qualname__}) runs on the local "
+                        "engine only, not with a backend= or PARALELO_BACKEND naming a cluster")
+    return cluster
 
 
 def missing(backend: str) -> str | None:

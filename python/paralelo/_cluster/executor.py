@@ -15,7 +15,7 @@ from ..futures import AwaitableFuture, ProcessPoolExecutor, _settle, _shortest
 from .choice import chosen
 from .cluster import Cluster, connect
 from .pool import check_options, chunk_size
-from .stream import Stream, chunked, outcome_error
+from .stream import Stream, call_outcome, chunked
 
 __all__ = ["ClusterExecutor"]
 
@@ -70,12 +70,8 @@ class ClusterExecutor(ProcessPoolExecutor):
 
         def done(f: Future) -> None:
             self._forget(f)
-            try:
-                [(ok, value)] = f.result()
-            except BaseException as e:  # noqa: BLE001 - the cluster lost it
-                ok, value = False, e
             if future.set_running_or_notify_cancel():
-                _settle(future, ok, value if ok else outcome_error(value))
+                _settle(future, *call_outcome(f))
 
         def cancelled(f: Future) -> None:
             if f.cancelled():

@@ -16,7 +16,7 @@ from ..context import default_workers
 from ..pool import AsyncResult, MapResult, Pool, _check_chunksize
 from .choice import chosen
 from .cluster import Cluster, connect
-from .stream import Stream, chunked, outcome_error
+from .stream import Stream, call_outcome, chunked, outcome_error
 
 __all__ = ["ClusterPool", "check_options", "chunk_size"]
 
@@ -110,11 +110,7 @@ class ClusterPool(Pool):
         self._track(inner, result)
 
         def done(f: Future) -> None:
-            try:
-                [(ok, value)] = f.result()
-            except BaseException as e:  # noqa: BLE001 - the cluster lost it
-                ok, value = False, e
-            result._set(ok, value if ok else outcome_error(value))
+            result._set(*call_outcome(f))
             self._untrack(f)
 
         inner.add_done_callback(done)

@@ -14,12 +14,22 @@ from typing import Any, Callable, Iterable, Iterator
 from .._errors import PoolTimeoutError, load_error
 from .._progress import Progress
 
-__all__ = ["Stream", "chunked", "outcome_error"]
+__all__ = ["Stream", "call_outcome", "chunked", "outcome_error"]
 
 
 def outcome_error(value: Any) -> BaseException:
     """A failed item's exception, rebuilt from what the worker sent (see `task`)."""
     return load_error(value) if isinstance(value, bytes) else value
+
+
+def call_outcome(future: Future) -> tuple[bool, Any]:
+    """A call's ``(ok, value)`` from its cluster Future (see `Cluster.call`): its value,
+    or the exception the task raised (rebuilt) or the cluster's, if it lost the task."""
+    try:
+        [(ok, value)] = future.result()
+    except BaseException as e:  # noqa: BLE001 - the cluster lost it
+        return False, e
+    return ok, value if ok else outcome_error(value)
 
 
 def chunked(items: Iterator, size: int) -> Iterator[list]:
