@@ -95,10 +95,13 @@ def _adopted(dup: Any) -> None:
 def adopt(dup: Any) -> None:
     """Maps the arena a queue, connection or SharedArray brought (see `for_spawning`) as
     this process's own, if it has none yet or holds nothing in the one it has."""
+    if dup is not None:
+        adopt_fd(dup.detach())
+
+
+def adopt_fd(fd: int) -> None:
+    """`adopt` for the arena's descriptor itself, which this closes."""
     global _arena
-    if dup is None:
-        return
-    fd = dup.detach()
     try:
         if _arena is None or _arena.holds() == 0:
             # (One this process made before it got its parent's, at import time, say,

@@ -34,11 +34,13 @@ class MainNames:
 
     __slots__ = ("names",)
 
-    def __init__(self) -> None:
+    def __init__(self, only: dict[str, tuple] | None = None) -> None:
+        """With `only` (`main_objects()` of a fresh interpreter that imported the script,
+        see `_fresh`): just those of ours that are the same definitions as its."""
         main = sys.modules.get("__main__")
         self.names = {
             k: v for k, v in (vars(main).items() if main is not None else ())
-            if isinstance(v, (type, types.FunctionType))
+            if isinstance(v, (type, types.FunctionType)) and (only is None or only.get(k) == _definition(v))
         }
 
     def has(self, obj: Any) -> bool:
@@ -54,6 +56,19 @@ class MainNames:
         for part in rest.split(".") if rest else ():
             known = getattr(known, part, None)
         return known is obj
+
+
+def _definition(obj: type | types.FunctionType) -> tuple:
+    """Where a function or class was defined: its name and first line, as two processes
+    that ran the same script both see it."""
+    code = getattr(obj, "__code__", None)
+    return obj.__qualname__, code.co_firstlineno if code is not None else 0
+
+
+def main_objects() -> dict[str, tuple]:
+    """This process's ``__main__`` functions and classes by name, each with its
+    `_definition`."""
+    return {k: _definition(v) for k, v in MainNames().names.items()}
 
 
 def _renew_locks_after_fork() -> None:

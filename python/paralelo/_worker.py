@@ -44,8 +44,9 @@ class Setup:
     initializer: Any
     initargs: tuple
     maxtasks: int
-    #: What ``__main__`` held at the fork: those objects travel by reference.
-    main: MainNames
+    #: What ``__main__`` held at the fork: those objects travel by reference. (None
+    #: while it travels to a fresh zygote, which puts its own: see `_fresh`.)
+    main: MainNames | None
     #: The workers' names, as multiprocessing's: "ForkPoolWorker" (Pool), "ForkProcess".
     kind: str
     daemon: bool

@@ -103,11 +103,8 @@ class Zygote:
     (on two cores, about a millisecond each)."""
 
     def __init__(self, inherited: Any = None, first: tuple[str, list[tuple], list[int]] | None = None) -> None:
-        self._lock = threading.Lock()
         entry, batch, fds = first or ("", [], [])
-        self._next_id = len(batch)
-        self._first = list(range(1, len(batch) + 1))  # replies to come unasked, in order
-        self._early: dict[int, tuple[int, int, int, bytes, list[int]]] = {}  # read by another request
+        self._expect(len(batch))
         parent = os.getpid()
         flush_stdio()
         with _making:
@@ -134,11 +131,22 @@ class Zygote:
                 for fd in given:
                     os.close(fd)
             theirs.close()
-            self.pid = pid
-            # Reaped through this, never by pid: a user's waitpid(-1) may have taken it,
-            # and its pid be another child's by then.
-            self.pidfd = os.pidfd_open(pid)
-            _zygotes.add(self)
+            self._took(pid)
+
+    def _expect(self, first: int) -> None:
+        """Readies the handle for the replies to the zygote's `first` processes."""
+        self._lock = threading.Lock()
+        self._next_id = first
+        self._first = list(range(1, first + 1))  # replies to come unasked, in order
+        self._early: dict[int, tuple[int, int, int, bytes, list[int]]] = {}  # read by another request
+
+    def _took(self, pid: int) -> None:
+        """The zygote is process `pid`, and `sock` is its socket: called under `_making`."""
+        self.pid = pid
+        # Reaped through this, never by pid: a user's waitpid(-1) may have taken it,
+        # and its pid be another child's by then.
+        self.pidfd = os.pidfd_open(pid)
+        _zygotes.add(self)
 
     def close(self, wait: bool = True) -> None:
         """Ends the zygote (and any child it still has); with `wait`, reaps it too."""

@@ -1,10 +1,12 @@
 """multiprocessing's context functions, for code written against multiprocessing.
 
-paralelo has one way to start pool workers: each pool forks a copy of the parent when it
-is made, and that copy forks the workers (see ``_zygote``), so they see the parent as
-multiprocessing's ``fork`` shows it, whatever the start method. A ``Process`` follows the
-start method: forked by paralelo with 'fork' (the default), started the standard
-library's way with 'spawn' or 'forkserver' (see ``process``).
+A pool's workers are forked from its zygote (see ``_zygote``). With 'fork' (the default)
+the zygote is a copy of the parent made with the pool, so workers see the parent as
+multiprocessing's fork shows it; with 'spawn' or 'forkserver' it is a fresh interpreter
+that imported the script as a spawned child does (see ``_fresh``), so they see what a
+spawned worker sees, and are named as multiprocessing names them (``SpawnPoolWorker-N``).
+A ``Process`` follows the start method too: forked by paralelo with 'fork', started the
+standard library's way with 'spawn' or 'forkserver' (see ``process``).
 """
 
 from __future__ import annotations
@@ -175,8 +177,8 @@ def get_context(method: str | None = None) -> Context:
 
 
 def get_start_method(allow_none: bool = False) -> str | None:
-    """The start method set with ``set_start_method``, else 'fork' (what workers see is
-    what fork gives); with ``allow_none``, None if none was set."""
+    """The start method set with ``set_start_method``, else 'fork'; with ``allow_none``,
+    None if none was set."""
     if _method is None and allow_none:
         return None
     return _method or "fork"
@@ -189,6 +191,25 @@ def set_start_method(method: str | None, force: bool = False) -> None:
         raise RuntimeError("context has already been set")
     _check(method)
     _method = method
+
+
+#: What multiprocessing names a pool's workers, and an executor's processes, by start method.
+POOL_WORKER = {"fork": "ForkPoolWorker", "spawn": "SpawnPoolWorker", "forkserver": "ForkServerPoolWorker"}
+PROCESS = {"fork": "ForkProcess", "spawn": "SpawnProcess", "forkserver": "ForkServerProcess"}
+
+
+def start_method_of(context: Any) -> str:
+    """The start method of a pool made with `context`: a paralelo or multiprocessing
+    context's, else (None, or a default context) the one set with ``set_start_method``,
+    else 'fork'."""
+    if context is None:
+        return get_start_method() or "fork"
+    get = getattr(context, "get_start_method", None)
+    if not callable(get):
+        raise TypeError(f"context must be a multiprocessing or paralelo context, not {type(context).__name__}")
+    method = get(allow_none=True) or get_start_method() or "fork"
+    _check(method)
+    return method
 
 
 def get_all_start_methods() -> list[str]:

@@ -17,7 +17,7 @@ from ._broken import broken
 from ._imap import IMapIterator
 from ._insights import Insights, report
 from ._progress import ProgressOption, finishing, progress_bar, starting
-from .context import default_workers
+from .context import PROCESS, default_workers, start_method_of
 
 
 class AwaitableFuture(Future):
@@ -88,9 +88,10 @@ class ProcessPoolExecutor(_cf.Executor):
                 raise ValueError("max_tasks_per_child must be >= 1")
         self._max_workers = max_workers
         _engine.check_limits(task_timeout, retries)
+        start = start_method_of(mp_context)
         self._make_engine = functools.partial(
             _engine.Engine, max_workers, initializer, tuple(initargs), max_tasks_per_child,
-            kind="ForkProcess", daemon=False, task_timeout=task_timeout, retries=retries)
+            kind=PROCESS[start], daemon=False, task_timeout=task_timeout, retries=retries, start=start)
         self._started: _engine.Engine | None = None
         # Inline (see `_inline`): tasks run here, from the first use on.
         self._inline: _inline.Runner | None = None

@@ -19,7 +19,7 @@ from ._errors import PoolTimeoutError, as_pool_error
 from ._imap import IMapIterator, IMapUnorderedIterator, not_in_callback
 from ._insights import Insights, report
 from ._progress import Counted, ProgressOption, finishing, progress_bar, starting
-from .context import default_workers
+from .context import POOL_WORKER, default_workers, start_method_of
 
 _MISSING = object()
 
@@ -380,8 +380,10 @@ class Pool(Folding):
             self._engine: Any = None
             self._state = "RUN"
             return
+        start = start_method_of(context)
         self._engine = _engine.Engine(processes, initializer, tuple(initargs), maxtasksperchild,
-                                      task_timeout=task_timeout, retries=retries)
+                                      kind=POOL_WORKER[start], task_timeout=task_timeout, retries=retries,
+                                      start=start)
         try:
             self._engine.wait_started()  # its workers exist once it is made, as multiprocessing's do
         except BaseException:  # Ctrl-C in Pool(): no pool is left behind

@@ -25,7 +25,7 @@ from collections import deque
 from time import perf_counter_ns
 from typing import Any, Callable, Iterable
 
-from .. import _arena, _native, _output, _zygote
+from .. import _arena, _fresh, _native, _output, _zygote
 from .._worker import ENTRY as WORKER, Setup
 from .._broken import ResultUnpicklingError, broken
 from .._errors import interrupted, load_error, pickling_failed
@@ -68,22 +68,31 @@ class Engine:
 
     def __init__(self, processes: int, initializer: Callable | None = None, initargs: tuple = (),
                  maxtasks: int | None = None, kind: str = "ForkPoolWorker", daemon: bool = True,
-                 task_timeout: float | None = None, retries: int = 0) -> None:
+                 task_timeout: float | None = None, retries: int = 0, start: str = "fork") -> None:
         self.task_timeout, self.retries = check_limits(task_timeout, retries)
         self.processes = processes
         self.lock = threading.RLock()
-        self.hub = _native.Hub(processes, RING_BYTES)
+        # The 'spawn' and 'forkserver' start methods: the pool's zygote is a fresh
+        # interpreter, ready (the script imported) before anything else is made.
+        fresh = _fresh.FreshZygote(start) if start != "fork" else None
+        try:
+            self.hub = _native.Hub(processes, RING_BYTES)
+        except BaseException:
+            if fresh is not None:
+                fresh.close()
+            raise
         _arena.arena()  # made before the zygote forks, so every worker maps it too
         # The pool's zygote: the parent as it is now, which every worker will see (see
-        # `_zygote`). Functions of __main__ it has travel by reference from now on.
-        self.main = MainNames()
+        # `_zygote`), or a fresh interpreter's likeness of it. Functions of __main__ it
+        # has travel by reference from now on.
+        self.main = MainNames() if fresh is None else MainNames(fresh.names)
         _engines.add(self)  # from here, forked children let go of its hub (and this zygote too)
         me = mpp.current_process()
         #: The logging handlers the workers will inherit, which their records go back to
-        #: (held: see `_output.handlers`).
-        self.log_handlers = _output.handlers()
-        setup = Setup(initializer, tuple(initargs), maxtasks or 0, self.main, kind, daemon, os.getpid(), me.name,
-                      frozenset(self.log_handlers))
+        #: (held: see `_output.handlers`). A fresh interpreter's inherit none.
+        self.log_handlers = _output.handlers() if fresh is None else {}
+        setup = Setup(initializer, tuple(initargs), maxtasks or 0, self.main if fresh is None else None, kind,
+                      daemon, os.getpid(), me.name, frozenset(self.log_handlers))
         self.maxtasks = maxtasks or None
         self.jobs: dict[int, Job] = {}
         self.active: deque[Job] = deque()  # map jobs with units to hand out, oldest first
@@ -147,7 +156,8 @@ class Engine:
         with self.lock:
             try:
                 own: list[int] = []
-                if first and threading.current_thread() is threading.main_thread() and _zygote.small_process():
+                if fresh is None and first and threading.current_thread() is threading.main_thread() \
+                        and _zygote.small_process():
 
                     def keep(pid: int, pidfd: int) -> None:
                         slot = self.starting.popleft()
@@ -160,7 +170,11 @@ class Engine:
                 # zygote's fork: just after one, a new thread waits milliseconds for the pages
                 # it touches to be copied. It waits for this lock.
                 self.thread.start()
-                self.zygote = _zygote.Zygote(setup, (WORKER, first, [self.hub.fd]))
+                if fresh is None:
+                    self.zygote = _zygote.Zygote(setup, (WORKER, first, [self.hub.fd]))
+                else:
+                    self.zygote = fresh
+                    fresh.begin(setup, self.main, (WORKER, first, [self.hub.fd]))
                 if own:
                     # Watched once the zygote is forked: the watch's thread and fds, started
                     # by the first watch, are then none of the zygote's.
