@@ -1,7 +1,7 @@
 """joblib on paralelo's engine: ``joblib.parallel_config(backend="paralelo")``, compared
 with loky (joblib's default) on the same ``__main__`` scripts: results, generators,
 exceptions with their tracebacks, ``n_jobs=-1``, timeouts, large arrays, a failure
-that stops the rest; and the back end registered whichever of the two is imported
+that stops the rest, the workers' BLAS threads; and the back end registered whichever of the two is imported
 first."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from scripts import run_group
 
 pytest.importorskip("joblib")
 pytest.importorskip("loky")
+pytest.importorskip("threadpoolctl")
 
 T = 120
 
@@ -40,6 +41,11 @@ _PROGRAM = textwrap.dedent("""
 
     def total(array, i):
         return float(array.sum()) + i
+
+    def threads(_):
+        import os
+        from threadpoolctl import threadpool_info
+        return os.environ.get("OMP_NUM_THREADS"), sorted({{p["num_threads"] for p in threadpool_info()}})
 
     def where(_):
         import multiprocessing
@@ -69,6 +75,10 @@ _PROGRAM = textwrap.dedent("""
             big = np.ones(8 << 20 >> 3)  # 8 MiB: loky memory-maps it, paralelo sends it through its arena
             print(Parallel()(delayed(total)(big, i) for i in range(4)))
             print(Parallel(n_jobs=-1)(delayed(work)(i) for i in range(5)))
+            # BLAS and OpenMP pools limited to the workers' share of the CPUs, as loky's.
+            print(Parallel()(delayed(threads)(i) for i in range(2)))
+            with joblib.parallel_config(backend=backend, n_jobs=2, inner_max_num_threads=1):
+                print(Parallel()(delayed(threads)(i) for i in range(2)))
             print(set(Parallel()(delayed(where)(i) for i in range(4))))
 """)
 
@@ -105,9 +115,9 @@ def test_the_backend_is_usable_after_a_failure_and_between_calls():
     try:
         with joblib.parallel_config(backend="paralelo", n_jobs=2):
             Parallel()(delayed(_pid)(i) for i in range(8))
-            workers = _joblib._executors[2]
+            [workers] = _joblib._executors.values()
             assert len(set(Parallel()(delayed(_pid)(i) for i in range(8))) - set(workers._engine.pids())) == 0
-            assert _joblib._executors[2] is workers  # the same workers, kept between calls
+            assert list(_joblib._executors.values()) == [workers]  # the same workers, kept between calls
             with pytest.raises(ZeroDivisionError):
                 Parallel()(delayed(_divide)(i) for i in range(6))
             assert Parallel()(delayed(abs)(-i) for i in range(5)) == [0, 1, 2, 3, 4]

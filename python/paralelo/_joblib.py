@@ -24,7 +24,7 @@ __all__ = ["install", "register", "shutdown"]
 
 NAME = "paralelo"
 
-_executors: dict[int, Any] = {}  # by worker count: reused by the next Parallel call
+_executors: dict[tuple, Any] = {}  # by worker count and limits: reused by the next Parallel call
 _lock = threading.Lock()
 
 
@@ -36,7 +36,7 @@ def _backend_class() -> type:
         """joblib's back end on paralelo's process pool (see `paralelo._joblib`)."""
 
         supports_retrieve_callback = True
-        supports_inner_max_num_threads = False
+        supports_inner_max_num_threads = True
         default_n_jobs = 1
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -60,7 +60,7 @@ def _backend_class() -> type:
             n = self.effective_n_jobs(n_jobs)
             if n == 1:
                 raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
-            self._executor = _executor(n)
+            self._executor = _executor(n, self._prepare_worker_env(n_jobs=n))
             self.parallel = parallel
             return n
 
@@ -91,19 +91,41 @@ def _backend_class() -> type:
     return ParaleloBackend
 
 
-def _executor(workers: int) -> Any:
-    """The executor of `workers` processes that joblib calls share (made on first use)."""
+def _executor(workers: int, env: dict[str, str]) -> Any:
+    """The executor of `workers` processes, their thread pools limited by `env`, that
+    joblib calls share (made on first use)."""
     from .futures import ProcessPoolExecutor
 
+    key = (workers, tuple(sorted(env.items())))
     with _lock:
-        executor = _executors.get(workers)
+        executor = _executors.get(key)
         if executor is None or executor._shutdown:
             for other in _executors.values():
-                other.shutdown(wait=False)  # (another worker count: its workers go)
+                other.shutdown(wait=False)  # (other settings: its workers go)
             _executors.clear()
             # (The local engine whatever PARALELO_BACKEND says: joblib's batches are its own.)
-            executor = _executors[workers] = ProcessPoolExecutor(workers, backend="local")
+            executor = _executors[key] = ProcessPoolExecutor(workers, backend="local", initializer=_limit_threads,
+                                                             initargs=(env,))
         return executor
+
+
+def _limit_threads(env: dict[str, str]) -> None:
+    """In a worker: limits the thread pools of BLAS, OpenMP and the like to joblib's
+    share of the CPUs (``OMP_NUM_THREADS`` and its kin, from joblib's
+    ``_prepare_worker_env``), as loky does, so that n workers do not each run a pool the
+    size of the machine. loky sets the variables before its workers start; a forked
+    worker has numpy's BLAS loaded already, so its pools are limited through
+    threadpoolctl, and the variables serve what loads later."""
+    import os
+
+    os.environ.update(env)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # (`paralelo[joblib]` brings it)
+        return
+    threads = env.get("OMP_NUM_THREADS")
+    if threads is not None and threads.isdigit():
+        threadpool_limits(limits=int(threads))
 
 
 def _discard(executor: Any) -> None:
