@@ -98,20 +98,128 @@ def test_workers_see_what_a_fresh_interpreter_sees(tmp_path, method: str) -> Non
     assert "'connection-db', 'as imported'" in ours and "set by the main block" not in ours
 
 
-def test_the_script_is_imported_once_per_pool_and_objects_go_by_value_where_it_lacks_them(tmp_path) -> None:
+@pytest.mark.parametrize(("method", "imports"), [("spawn", 4), ("forkserver", 1)])
+def test_what_a_worker_lacks_goes_by_value_and_the_script_is_imported_as_multiprocessing_does(
+        tmp_path, method: str, imports: int) -> None:
     # What a fresh interpreter lacks (functions made in the main block, lambdas) goes by
-    # value, where the standard library fails; the script runs once in the pool's zygote.
-    [out] = side_by_side(tmp_path, HEAD + textwrap.dedent("""
-        print("imported as", __name__, flush=True)
+    # value, where the standard library fails. 'spawn' imports the script in every
+    # worker, respawns too (3 workers, then one more for the 8 tasks at 2 a worker, from
+    # the first worker to finish: 4 at least); 'forkserver' once, in the pool's zygote.
+    [out] = side_by_side(tmp_path, HEAD + textwrap.dedent(f"""
+        os.write(1, f"imported as {{__name__}}\\n".encode())  # (one write: workers print at once)
         if __name__ == "__main__":
             def cube(x):
                 return x ** 3
-            ctx = mp.get_context("spawn")
+            ctx = mp.get_context("{method}")
             with ctx.Pool(3, maxtasksperchild=2) as p:
                 print(p.map(cube, range(8), chunksize=1), p.apply(lambda: 42))
     """), libs=("paralelo",))
-    assert out.splitlines() == ["imported as __main__", "imported as __mp_main__",
-                                "[0, 1, 8, 27, 64, 125, 216, 343] 42"]
+    lines = out.splitlines()
+    assert lines[0] == "imported as __main__" and lines[-1] == "[0, 1, 8, 27, 64, 125, 216, 343] 42"
+    assert set(lines[1:-1]) == {"imported as __mp_main__"}
+    assert len(lines) - 2 >= imports if method == "spawn" else len(lines) - 2 == imports
+
+
+def test_spawn_workers_build_their_own_module_state(tmp_path) -> None:
+    # Threads started and random numbers drawn while the script is imported are each
+    # worker's own, as with multiprocessing's spawn (a fork of one import would share
+    # the draws and lose the threads).
+    ours, theirs = side_by_side(tmp_path, HEAD + textwrap.dedent("""
+        import random, threading, time
+        import numpy as np
+        beats = []
+        threading.Thread(target=lambda: [(beats.append(1), time.sleep(0.01)) for _ in iter(int, 1)],
+                         daemon=True).start()
+        def probe(_):
+            n = len(beats)
+            time.sleep(0.2)
+            return threading.active_count(), len(beats) > n, float(np.random.rand()), random.random()
+        if __name__ == "__main__":
+            with mp.get_context("spawn").Pool(3) as p:
+                rows = p.map(probe, range(3), chunksize=1)
+            print([r[:2] for r in rows], len({r[2] for r in rows}), len({r[3] for r in rows}))
+    """))
+    assert ours == theirs == "[(2, True), (2, True), (2, True)] 3 3"
+
+
+SHARED = HEAD + textwrap.dedent("""
+    from multiprocessing import shared_memory
+    import helper
+    if __name__ == "__main__":
+        method, kind = sys.argv[2], sys.argv[3]
+        ctx = mp.get_context(method)
+        # multiprocessing's queue or pipe, or the library's own, handed to an initializer
+        # from an importable module (so the setup names no __main__ at all).
+        if kind == "queue":
+            obj = reader = ctx.Queue()
+        else:
+            reader, obj = ctx.Pipe()
+        seg = shared_memory.SharedMemory(create=True, size=16)
+        with ctx.Pool(2, initializer=helper.keep, initargs=(obj,)) as p:
+            print(sorted(p.map(helper.use, [kind] * 2, chunksize=1)))
+            got = sorted(reader.get(timeout=10) if kind == "queue" else reader.recv() for _ in range(2))
+            print(got)
+            print(p.map(helper.touch, [seg.name] * 2, chunksize=1))
+        # The workers' exits leave the parent's segment alone (they share its resource
+        # tracker, as spawned children do).
+        again = shared_memory.SharedMemory(name=seg.name)
+        print("segment", again.buf[0])
+        again.close()
+        seg.close()
+        seg.unlink()
+""")
+
+HELPER = textwrap.dedent("""
+    from multiprocessing import shared_memory
+    HELD = None
+    def keep(obj):
+        global HELD
+        HELD = obj
+    def use(kind):
+        (HELD.put if kind == "queue" else HELD.send)(kind)
+        return "sent"
+    def touch(name):
+        s = shared_memory.SharedMemory(name=name)
+        s.buf[0] += 1
+        s.close()
+        return "touched"
+""")
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+@pytest.mark.parametrize("kind", ["queue", "pipe"])
+@pytest.mark.parametrize("lib", ["paralelo", "multiprocessing"])
+def test_queues_pipes_and_shared_memory_reach_fresh_workers(tmp_path, method: str, kind: str, lib: str) -> None:
+    (tmp_path / "helper.py").write_text(HELPER)
+    script = tmp_path / "script.py"
+    script.write_text(SHARED)
+    # `lib` is whose queue or pipe the paralelo pool is given; the standard library's
+    # own pool runs the same script for comparison.
+    runs = []
+    for pool in ("paralelo", "multiprocessing"):
+        code = SHARED if pool == lib else SHARED.replace("ctx.Queue()", "OTHER.Queue()").replace("ctx.Pipe()",
+                                                                                                  "OTHER.Pipe()")
+        script.write_text(code.replace("import helper", f"import helper\nimport {lib} as _lib\n"
+                                                        f"OTHER = _lib.get_context(sys.argv[2])"))
+        out = run_group([sys.executable, str(script), pool, method, kind], 120, cwd=tmp_path)
+        assert out.returncode == 0, (pool, out.stderr)
+        runs.append(out.stdout.strip())
+    assert runs[0] == runs[1] == f"['sent', 'sent']\n['{kind}', '{kind}']\n['touched', 'touched']\nsegment 2"
+
+
+def test_multiprocessing_set_start_method_chooses_the_method(tmp_path) -> None:
+    # As torch.multiprocessing.set_start_method("spawn") does: paralelo's pools follow.
+    ours, theirs = side_by_side(tmp_path, HEAD + textwrap.dedent("""
+        def name(_):
+            return mp.current_process().name.rsplit("-", 1)[0]
+        if __name__ == "__main__":
+            multiprocessing.set_start_method("spawn")
+            with mp.Pool(1) as p:
+                print(p.apply(name, (0,)))
+            with ProcessPoolExecutor(1) as ex:
+                print(ex.submit(name, 0).result())
+    """))
+    assert ours == theirs == "SpawnPoolWorker\nSpawnProcess"
 
 
 SCRIPT_FAILS = HEAD + """
@@ -119,32 +227,36 @@ def f(x):
     return x
 {module_level}
 if __name__ == "__main__":
+    mp.set_start_method("{method}")
     try:
-        with mp.get_context("spawn").Pool(2) as p:
+        with mp.Pool(2) as p:
             print(p.map(f, range(3)))
     except Exception as e:
+        import traceback
         print(type(e).__name__)
-        print(e)
-        print(e.__cause__)
+        print("".join(traceback.format_exception(e)))
 """
 
 
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
 @pytest.mark.parametrize(("module_level", "says"), [
-    # No main guard: the zygote's import makes a pool too, as a spawned child's would.
+    # No main guard: the import makes a pool too, as a spawned child's would.
     ("if __name__ != '__main__':\n    mp.get_context('spawn').Pool(2)",
      "current process has finished its bootstrapping phase"),
+    # The same with the method set in the main block, which the import runs with.
+    ("if __name__ != '__main__':\n    mp.Pool(2)", "current process has finished its bootstrapping phase"),
     ("if __name__ != '__main__':\n    1 / 0", "ZeroDivisionError: division by zero"),
-    ("if __name__ != '__main__':\n    os._exit(3)", "(it exited with code 3)"),
+    ("if __name__ != '__main__':\n    os._exit(3)", "exited with code 3"),
 ])
-def test_a_script_that_cannot_be_imported_fails_the_pool_with_its_traceback(tmp_path, module_level: str,
-                                                                           says: str) -> None:
+def test_a_script_that_cannot_be_imported_breaks_the_pool_with_its_traceback(tmp_path, method: str,
+                                                                             module_level: str, says: str) -> None:
+    # multiprocessing's spawn pool starts workers for ever; this one stops, saying why.
     script = tmp_path / "script.py"
-    script.write_text(SCRIPT_FAILS.format(module_level=module_level))
+    script.write_text(SCRIPT_FAILS.format(module_level=module_level, method=method))
     out = run_group([sys.executable, str(script), "paralelo"], 60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "BrokenProcessPool", out.stdout
-    assert "fresh interpreter of the 'spawn' start method" in lines[1]
     assert says in out.stdout
 
 
@@ -200,14 +312,20 @@ def test_ctrl_c_while_the_script_is_imported_ends_the_zygote(tmp_path) -> None:
             threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
             t = time.monotonic()
             try:
-                mp.get_context("spawn").Pool(2)
+                mp.get_context("forkserver").Pool(2)  # (it waits for the zygote's import)
             except KeyboardInterrupt:
                 me = os.getpid()
                 with open(f"/proc/{me}/task/{me}/children") as f:
-                    print("interrupted", time.monotonic() - t < 10, repr(f.read().strip()))
+                    kids = f.read().split()
+                zygotes = []  # (multiprocessing's resource tracker, which it started, stays)
+                for kid in kids:
+                    with open(f"/proc/{kid}/cmdline", "rb") as f:
+                        if b"paralelo._fresh" in f.read():
+                            zygotes.append(kid)
+                print("interrupted", time.monotonic() - t < 10, repr(zygotes))
     """))
     out = run_group([sys.executable, str(script)], 60, cwd=tmp_path)
-    assert out.stdout.strip() == "interrupted True ''", out.stderr
+    assert out.stdout.strip() == "interrupted True []", out.stderr
 
 
 def test_bad_contexts_are_refused() -> None:

@@ -3,79 +3,106 @@
 A program asks for those when its workers must not inherit its memory: CUDA or another
 library that breaks in a forked child, threads holding locks, a large parent. The pool's
 zygote is then a new interpreter, started as multiprocessing starts a spawned process
-(``multiprocessing.util.spawnv_passfds``: only the zygote's socket passes), which readies
-itself as a spawned multiprocessing child does (``multiprocessing.spawn.prepare``: the
-parent's ``sys.path``, ``sys.argv``, working directory and authkey, then the script
-imported as ``__mp_main__``, its ``if __name__ == "__main__":`` block left out). From
-then on it serves like any zygote (see ``_zygote``): every worker, first or replacement,
-is forked from it. So the script is imported once per pool rather than once per worker,
-and a worker starts in a millisecond: multiprocessing's forkserver, one per pool. Workers
-are named as multiprocessing names them (``SpawnPoolWorker-N``, ``ForkServerProcess-N``).
+(``multiprocessing.util.spawnv_passfds``: stdio and the zygote's socket pass, nothing
+else), which imports paralelo alone and forks the pool's workers as every zygote does
+(see ``_zygote``). The script follows multiprocessing:
 
-Before it serves, the zygote and its parent speak twice over its socket, each message one
-blob in a memfd (an initializer's arguments may be large) with descriptors after it:
+* 'spawn': each worker readies itself as a spawned multiprocessing child does
+  (``multiprocessing.spawn.prepare``: the parent's ``sys.path``, ``sys.argv``, working
+  directory and authkey, then the script imported as ``__mp_main__``, its
+  ``if __name__ == "__main__":`` block left out), then loads the pool's initializer and
+  its arguments. So each has the script's module-level state of its own (threads, random
+  seeds, CUDA, connections made at import), as a spawned worker does, and a respawn
+  imports the script again.
+* 'forkserver': the zygote readies itself so, once, when the pool is made (as
+  multiprocessing's forkserver preloads ``__main__``), and loads the initializer and its
+  arguments; the workers are forked with the script imported. One zygote per pool, where
+  multiprocessing keeps one server per program.
 
-    parent  PREPARE  pickle(preparation data)                 fds: the arena, if any
-    zygote           pickle((True, main_objects()) or (False, traceback text))
-    parent  BEGIN    u32 n, then the setup's pickle          fds: n for the first workers,
-                     (setup, entry, first workers' args)       then those the setup took
-    zygote           pickle((True, None) or (False, traceback text))
+The parent knows which of the script's functions and classes a worker will have from the
+script's source (`script_definitions`: those defined outside its main block, with their
+first lines), without importing it: its own that match go by reference
+(`_pickling.MainNames(only=)`), the rest (made in the main block, lambdas) by value,
+where multiprocessing fails.
 
-The parent pickles the setup (the initializer and its arguments) as for a spawned child:
-``__main__`` functions and classes by reference where the zygote has the same definition
-(`_pickling.MainNames` with `only`), the others by value; multiprocessing's locks and
-paralelo's primitives pickle as they do for a spawned process, their descriptors passed
-along (`_Spawning`).
+One message from the parent starts the zygote's pool, and one reply answers it, each a
+blob in a memfd (the setup may be large: an initializer's arguments):
+
+    parent  BEGIN   header, then three pickles: multiprocessing's preparation data, the
+                    setup without the initializer (with the first workers' entry and
+                    arguments), the initializer and its arguments
+                    fds: the resource tracker's, the arena's, the first workers', then
+                    those the initializer's arguments took along
+    zygote  answer  pickle((True, None) or (False, traceback text)): at once for
+                    'spawn', once the script is imported and the setup loaded for
+                    'forkserver'
+
+The initializer and its arguments are pickled as for a spawned child: with
+multiprocessing's reducers, while a stand-in for its spawning Popen is current
+(`_Spawning`), so the locks, queues and pipes of both libraries pickle, their
+descriptors passed with the message; big buffers and paralelo's primitives go through
+the arena, lent by the parent for the pool's life (each 'spawn' worker loads them).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import multiprocessing.context
+import multiprocessing.process
+import multiprocessing.resource_tracker
+import multiprocessing.spawn
+import multiprocessing.util
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
+import sys
+import threading
 import traceback
-from array import array
-import multiprocessing.context
-import multiprocessing.process
-import multiprocessing.spawn
-import multiprocessing.util
+import warnings
 from typing import Any, NoReturn
 
-from . import _arena, _ending, _pickling
+from . import _arena, _channels, _ending, _pickling
 from ._broken import broken
 from ._errors import RemoteTraceback
-from ._zygote import Zygote, _making, _serve, describe_exit, flush_stdio, reap
+from ._zygote import Zygote, _making, _serve, describe_exit, flush_stdio, reap, receive
 
 # multiprocessing's private spawning machinery, which the zygote follows (typed loosely).
 mp_context: Any = multiprocessing.context
 mp_process: Any = multiprocessing.process
+mp_tracker: Any = multiprocessing.resource_tracker
 mp_spawn: Any = multiprocessing.spawn
 mp_util: Any = multiprocessing.util
 
-#: The most descriptors one handshake message carries (the kernel's own limit).
-_MAX_PASSED = 253
-_COUNT = struct.Struct("<I")
+#: The most descriptors a message carries (the kernel's own limit).
+MAX_PASSED = 253
+#: BEGIN's header: the three pickles' sizes, then how many of its descriptors are the
+#: first workers' and how many the initializer's arguments took.
+_HEADER = struct.Struct("<QQQII")
 #: What a fresh zygote calls itself (its workers take their own names).
 _NAME = "ParaleloZygote"
-#: The preparation data's key for paralelo's own start method.
-_METHOD = "paralelo_start_method"
-#: The preparation data's key for the pid of the zygote's parent.
-_PARENT = "paralelo_parent"
+#: The preparation data's keys for paralelo's own: its start method, the pool's method,
+#: and the pid of the zygote's parent.
+_SET_METHOD, _POOL_METHOD, _PARENT = "paralelo_set_method", "paralelo_pool_method", "paralelo_parent"
 
 
 class FreshZygote(Zygote):
-    """The parent's handle on a zygote that is a fresh interpreter (see the module), started
-    now and ready once this returns: it has imported the script, and `names` holds its
-    ``__main__`` functions and classes (`_pickling.main_objects`). `begin` then hands it
-    the pool's setup and its first workers. Raises ``BrokenProcessPool`` (its cause the
-    zygote's traceback) if the script cannot be imported there."""
+    """The parent's handle on a pool's zygote that is a fresh interpreter (see the
+    module), started now with the pool's `setup` (pickled with `main`) and its `first`
+    workers, as `Zygote` starts them. With 'forkserver', ready once this returns (the
+    script imported): if it cannot be, raises ``BrokenProcessPool``, its cause the
+    zygote's traceback."""
 
-    def __init__(self, method: str) -> None:
-        self._expect(0)
+    def __init__(self, method: str, setup: Any, main: _pickling.MainNames,
+                 first: tuple[str, list[tuple], list[int]]) -> None:
+        entry, batch, fds = first
+        self._expect(len(batch))
         self.method = method
+        self._lent: bytes = b""
+        self._kept: tuple | None = None
         # (First: in a process that is itself importing the script, this raises
         # multiprocessing's RuntimeError about `if __name__ == "__main__":`.)
         prep = _preparation(method)
@@ -83,6 +110,7 @@ class FreshZygote(Zygote):
         # The interpreter finds paralelo where this one did (the script may have put it
         # on sys.path itself); the parent's own sys.path replaces it once prepared.
         home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        tracker = mp_tracker.getfd()  # (its processes share the parent's, as spawned ones do)
         flush_stdio()
         with _making:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -95,71 +123,76 @@ class FreshZygote(Zygote):
             finally:
                 theirs.close()
             self._took(pid)
+        spawning = _Spawning()
         try:
+            plain = pickle.dumps((dataclasses.replace(setup, initializer=None, initargs=(), main=None), entry, batch),
+                                 pickle.HIGHEST_PROTOCOL)
+            # Kept for the pool's life, as multiprocessing's Pool keeps them: each 'spawn'
+            # worker loads them anew, so what they stand for must last (a manager's
+            # proxy's referent, say); big buffers and paralelo's primitives go through
+            # the arena, lent.
+            self._kept = (setup.initializer, setup.initargs)
+            with spawning:
+                self._lent = _pickling.dumps_forking(self._kept, main, _arena.LEND)
             arena = _arena.arena()
-            _send(self.sock, [prep], [arena.fd] if arena is not None else [])
-            self.names: dict[str, tuple] = self._answer("importing the main module")
-        except BaseException:
-            self._abandon()
-            raise
-
-    def begin(self, setup: Any, main: _pickling.MainNames, first: tuple[str, list[tuple], list[int]]) -> None:
-        """Hands the zygote the pool's `setup` (pickled with `main`) and has it start the
-        `first` workers, as `Zygote` does with its own `first`."""
-        entry, batch, fds = first
-        self._expect(len(batch))
-        try:
-            # (Big buffers and paralelo's primitives go through the arena, given to the
-            # zygote with the message.)
-            data, passed = _for_child(_pickling.dumps, (setup, entry, batch), main, _arena.GIVE)
-            data = _arena.commit(data)
+            passed = [tracker, *([arena.fd] if arena is not None else []), *fds]
+            if len(passed) + len(spawning.fds) > MAX_PASSED:
+                raise ValueError(f"the pool's initializer arguments take {len(spawning.fds)} descriptors along "
+                                 f"(queues, pipes, locks): a fresh interpreter can be given {MAX_PASSED - len(passed)}")
             try:
-                _send(self.sock, [_COUNT.pack(len(fds)), data], [*fds, *passed])
-            except BaseException:
-                _arena.ungive(data)
-                raise
-            self._answer("loading the pool's initializer and its arguments")
-        except BaseException:
-            self._abandon()
-            raise
-
-    def _abandon(self) -> None:
-        """Ends a zygote that is not serving yet: killed, as it may be busy importing the
-        script for a long while (Ctrl-C in ``Pool()``), and reaped."""
-        if self.pidfd >= 0:
-            try:
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                _send(self.sock, [_HEADER.pack(len(prep), len(plain), len(self._lent), len(fds), len(spawning.fds)),
+                                  prep, plain, self._lent], [*passed, *spawning.fds])
             except OSError:
-                pass
-        self.close()
+                pass  # (the zygote is gone: its answer says how)
+            self._answer()
+        except BaseException:
+            self._end()
+            raise
+        finally:
+            _channels.close_passed(spawning)
 
-    def _answer(self, doing: str) -> Any:
-        """The zygote's answer to the last message: its value, or the error it reported."""
+    def close(self, wait: bool = True) -> None:
+        super().close(wait)
+        self._lent, self._kept = b"", None  # (its workers are ending: those still running hold what they map)
+
+    def _answer(self) -> None:
+        """Reads the zygote's answer to BEGIN; raises the failure it reports, or its end."""
         got = _receive(self.sock)
         if got is None:
-            self.close(wait=False)
-            fd, self.pidfd = self.pidfd, -1
-            try:
-                status = reap(fd, wait=True)
-            finally:
-                os.close(fd)
             raise broken(f"cannot start the pool's workers: the fresh interpreter of the {self.method!r} start "
-                         f"method ended while {doing} ({describe_exit(status)})")
+                         f"method ended before it was ready ({describe_exit(self._end())})")
         data, fds = got
         for fd in fds:
             os.close(fd)
         ok, value = pickle.loads(data)
         if not ok:
             raise broken(f"cannot start the pool's workers: the fresh interpreter of the {self.method!r} start "
-                         f"method failed while {doing}", RemoteTraceback(value))
-        return value
+                         f"method failed while importing the main module or loading the pool's initializer",
+                         RemoteTraceback(value))
+
+    def _end(self) -> int | None:
+        """Ends a zygote that is not serving: killed (it may be busy importing the script
+        for a long while: Ctrl-C in ``Pool()``) and reaped; its wait status."""
+        status = None
+        if self.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+            fd, self.pidfd = self.pidfd, -1
+            try:
+                status = reap(fd, wait=True)
+            finally:
+                os.close(fd)
+        self.close(wait=False)
+        return status
 
 
 def _preparation(method: str) -> bytes:
     """What a spawned multiprocessing child is given to become its parent's likeness
-    (``multiprocessing.spawn.get_preparation_data``), with paralelo's start method,
-    pickled (for a child: the authkey pickles only so). The standard library's own start
-    method is passed on only if the program set it: asking for it would fix its default."""
+    (``multiprocessing.spawn.get_preparation_data``), with paralelo's own, pickled as for
+    a child (the authkey pickles only so). multiprocessing's start method is passed on
+    only if the program set it: asking for it would fix its default."""
     from . import context
 
     default = mp_context._default_context
@@ -170,34 +203,88 @@ def _preparation(method: str) -> bytes:
         default._actual_context = chosen
     if chosen is None:
         data.pop("start_method", None)
-    data[_METHOD] = context.get_start_method(allow_none=True)
+    data[_SET_METHOD] = context.get_start_method(allow_none=True)
+    data[_POOL_METHOD] = method
     data[_PARENT] = os.getpid()
-    return _for_child(pickle.dumps, data, pickle.HIGHEST_PROTOCOL)[0]
+    with _Spawning():
+        return pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
 
 
-def _for_child(dumps: Any, *args: Any) -> tuple[bytes, list[int]]:
-    """``dumps(*args)`` as for a spawned child (see `_Spawning`), and the descriptors
-    the pickle takes along."""
-    spawning = _Spawning()
-    mp_context.set_spawning_popen(spawning)
+def script_definitions() -> dict[str, tuple]:
+    """The functions and classes a worker that imports the script as ``__mp_main__`` will
+    have (those defined outside its main block), by name, each with its
+    `_pickling.definition`: read from the script's source. None where the worker imports
+    no script (an interactive session, ``python -c``, a package's ``__main__``), as
+    ``multiprocessing.spawn.prepare`` decides."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if name is not None:
+        path = None if name == "__main__" or name.endswith(".__main__") else getattr(spec, "origin", None)
+    else:
+        path = getattr(main, "__file__", None)
+    if not path or os.path.splitext(os.path.basename(path))[0] == "ipython":
+        return {}
     try:
-        return dumps(*args), spawning.fds
-    finally:
-        mp_context.set_spawning_popen(None)
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    found: dict[str, tuple] = {}
+    _definitions(tree.body, found)
+    return found
+
+
+def _definitions(body: list[ast.stmt], found: dict[str, tuple]) -> None:
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            # (A decorated function's code starts at its first decorator.)
+            found[node.name] = (node.name, min([d.lineno for d in node.decorator_list] + [node.lineno]))
+        elif isinstance(node, ast.ClassDef):
+            found[node.name] = (node.name, 0)
+        elif isinstance(node, ast.If):
+            if not _is_main_test(node.test):
+                _definitions(node.body, found)
+            _definitions(node.orelse, found)
+        elif isinstance(node, ast.Try):
+            for part in (node.body, *(h.body for h in node.handlers), node.orelse, node.finalbody):
+                _definitions(part, found)
+        elif isinstance(node, (ast.With, ast.For, ast.While)):
+            _definitions(node.body, found)
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    """Whether an ``if`` tests ``__name__ == "__main__"`` (either way round)."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides) and \
+        any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides)
 
 
 class _Spawning:
-    """Stands in for the Popen of a process being spawned while the setup is pickled
-    (multiprocessing's ``get_spawning_popen``), as its forkserver's does: multiprocessing's
-    locks and queues and paralelo's primitives then pickle for a child, and the
-    descriptors they take along (``reduction.DupFd``) go with the setup, by index."""
+    """Stands in for the Popen of a process being spawned while its arguments are pickled
+    (``with`` it: multiprocessing's ``get_spawning_popen``), as its forkserver's does:
+    multiprocessing's locks and queues and paralelo's primitives then pickle for a child,
+    and the descriptors they take along (``reduction.DupFd``) go with the setup, by index.
+    Those paralelo's channels hold for passing are closed by `_channels.close_passed`."""
 
-    _paralelo_arena = True  # (the zygote maps the arena from the handshake: see `_arena.for_spawning`)
+    _paralelo_arena = True  # (the zygote is given the arena with the setup: see `_arena.for_spawning`)
 
     def __init__(self) -> None:
         self.fds: list[int] = []
 
+    def __enter__(self) -> _Spawning:
+        mp_context.set_spawning_popen(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        mp_context.set_spawning_popen(None)
+
     def duplicate_for_child(self, fd: int) -> int:
+        # (A pickle made twice, by the C pickler then by value, names each once.)
+        if fd in self.fds:
+            return self.fds.index(fd)
         self.fds.append(fd)
         return len(self.fds) - 1
 
@@ -206,22 +293,26 @@ class _Spawning:
         return _Passed(index)
 
 
-#: In a fresh zygote, while it unpickles the setup: the descriptors that came with it.
+#: In a fresh zygote or worker, while it loads the initializer and its arguments: the
+#: descriptors that came with them.
 _passed: list[int] = []
 
 
 class _Passed:
-    """A descriptor the setup took along (see `_Spawning`), as the zygote got it."""
+    """A descriptor the initializer's arguments took along (see `_Spawning`), as the
+    zygote got it."""
 
     def __init__(self, index: int) -> None:
         self.index = index
 
     def detach(self) -> int:
+        if self.index >= len(_passed):
+            raise RuntimeError("a descriptor passed to a fresh interpreter can be taken only while its pool starts")
         return os.dup(_passed[self.index])
 
 
 def _send(sock: socket.socket, parts: list[bytes], fds: list[int]) -> None:
-    """One handshake message: `parts` in a memfd, then `fds`."""
+    """One message: `parts` in a memfd, then `fds`."""
     blob = os.memfd_create("paralelo-zygote", os.MFD_CLOEXEC)
     try:
         with open(blob, "wb", closefd=False) as f:
@@ -233,33 +324,50 @@ def _send(sock: socket.socket, parts: list[bytes], fds: list[int]) -> None:
 
 
 def _receive(sock: socket.socket) -> tuple[bytes, list[int]] | None:
-    """The next handshake message (its blob and its descriptors, close-on-exec); None if
-    the other side closed its end."""
-    msg, ancillary, _flags, _addr = sock.recvmsg(16, socket.CMSG_SPACE(_MAX_PASSED * 4), socket.MSG_CMSG_CLOEXEC)
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.extend(array("i", data[:len(data) - len(data) % 4]))
-    if not msg or not fds:
+    """The next message (its blob and its descriptors, close-on-exec); None if the other
+    side closed its end."""
+    msg, fds, dropped = receive(sock, 16, MAX_PASSED + 1)
+    if not msg or not fds or dropped:
         for fd in fds:
             os.close(fd)
+        if dropped:
+            raise OSError("cannot receive the message's descriptors (too many open files?)")
         return None
-    with open(fds[0], "rb") as f:  # (the sender's file position: it wrote the blob)
+    with open(fds[0], "rb") as f:  # (at the sender's file position: it wrote the blob)
         f.seek(0)
         return f.read(), fds[1:]
 
 
-def _answered(sock: socket.socket, value: Any = None, error: str | None = None) -> None:
-    _send(sock, [pickle.dumps((error is None, value if error is None else error), pickle.HIGHEST_PROTOCOL)], [])
+def _answered(sock: socket.socket, error: str | None = None) -> None:
+    _send(sock, [pickle.dumps((error is None, error), pickle.HIGHEST_PROTOCOL)], [])
+
+
+@dataclasses.dataclass
+class Unprepared:
+    """A 'spawn' worker's setup, as its zygote holds it: the worker readies itself
+    (`ready`) before it loads the initializer and its arguments."""
+
+    #: The setup, its initializer and arguments left out.
+    setup: Any
+    prep: dict
+    given: bytes
+    passed: list[int]
+
+    def ready(self) -> Any:
+        """Imports the script as a spawned child does, then loads the initializer and its
+        arguments: the whole setup."""
+        _prepare(self.prep)
+        return _loaded(self.setup, self.given, self.passed)
 
 
 def serve(fd: int) -> NoReturn:
     """The fresh zygote's entry point (its socket is `fd`): readies itself, then serves
     its pool; never returns."""
+    os.set_inheritable(fd, False)  # (not the script's children's)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to decide
     code = 0
     try:
-        _ready_and_serve(socket.socket(fileno=fd))
+        _begin(socket.socket(fileno=fd))
     except BaseException:  # noqa: BLE001
         traceback.print_exc()
         code = 1
@@ -268,52 +376,56 @@ def serve(fd: int) -> NoReturn:
         os._exit(code)
 
 
-def _ready_and_serve(sock: socket.socket) -> None:
-    """The zygote's two handshakes (see the module), then its serving."""
+def _begin(sock: socket.socket) -> None:
+    """Takes BEGIN (see the module), answers it, then serves the pool."""
     got = _receive(sock)
     if got is None:
         return
     data, fds = got
-    for arena_fd in fds:
+    prep_n, plain_n, given_n, first_n, passed_n = _HEADER.unpack_from(data)
+    at = _HEADER.size
+    prep = pickle.loads(data[at:at + prep_n])
+    setup, entry, batch = pickle.loads(data[at + prep_n:at + prep_n + plain_n])
+    given = data[at + prep_n + plain_n:at + prep_n + plain_n + given_n]
+    specials = len(fds) - first_n - passed_n
+    tracker, arena = fds[0], fds[1:specials]
+    first, passed = fds[specials:specials + first_n], fds[specials + first_n:]
+    mp_tracker._resource_tracker._fd = tracker  # as multiprocessing's spawned children have it
+    for arena_fd in arena:
         _arena.adopt_fd(arena_fd)
-    prep = pickle.loads(data)
     parent = prep.pop(_PARENT)
-    try:
-        names = _prepare(prep)
-    except BaseException:  # noqa: BLE001 - the parent reports it
-        _answered(sock, error=traceback.format_exc())
-        return
-    _answered(sock, names)
-    got = _receive(sock)
-    if got is None:
-        return
-    data, fds = got
-    (count,) = _COUNT.unpack_from(data)
-    first_fds, _passed[:] = fds[:count], fds[count:]
-    try:
-        setup, entry, batch = _pickling.loads(data[_COUNT.size:])
-    except BaseException:  # noqa: BLE001 - the parent reports it
-        _answered(sock, error=traceback.format_exc())
-        return
-    finally:
-        for passed in _passed:
-            os.close(passed)
-        _passed.clear()
+    inherited: Any
+    if prep[_POOL_METHOD] == "spawn":
+        inherited = Unprepared(setup, prep, given, passed)  # each worker readies itself
+    else:
+        try:
+            with _Watch(parent):  # (a parent killed meanwhile ends the import)
+                _prepare(prep)
+                inherited = _loaded(setup, given, passed)
+        except BaseException:  # noqa: BLE001 - the parent reports it
+            _answered(sock, traceback.format_exc())
+            return
+        finally:
+            for fd in passed:
+                os.close(fd)
+        if threading.active_count() > 1:
+            warnings.warn("the script started threads while it was imported; the 'forkserver' pool's workers are "
+                          "forked from it without them", RuntimeWarning, stacklevel=1)
     _answered(sock)
-    # Its workers see this interpreter's __main__: what they pickle by reference is
-    # what it holds.
-    setup = dataclasses.replace(setup, main=_pickling.MainNames())
-    _serve(sock, parent, setup, (entry, batch, first_fds))
+    _serve(sock, parent, inherited, (entry, batch, first))
     _ending.end()
 
 
-def _prepare(prep: dict) -> dict[str, tuple]:
-    """Becomes the parent's likeness as a spawned multiprocessing child does (the script
-    imported as ``__mp_main__``); what ``__main__`` then holds (`main_objects`)."""
+def _prepare(prep: dict) -> None:
+    """Becomes the parent's likeness as a spawned multiprocessing child does: the script
+    imported as ``__mp_main__``, with paralelo's start method set first (a pool the
+    script makes while imported then raises as multiprocessing's would)."""
     from . import context
 
     me: Any = mp_process.current_process()
-    method = prep.pop(_METHOD, None)
+    prep = dict(prep)
+    context.set_start_method(prep.pop(_SET_METHOD), force=True)
+    prep.pop(_POOL_METHOD)
     # (Set while the script is imported: a pool it makes outside its main block raises
     # multiprocessing's own RuntimeError about the missing `if __name__ == "__main__":`.)
     me._inheriting = True
@@ -321,10 +433,45 @@ def _prepare(prep: dict) -> dict[str, tuple]:
         mp_spawn.prepare(prep)
     finally:
         me._inheriting = False
-    context.set_start_method(method, force=True)
     from . import _worker  # noqa: F401 - loaded once here rather than in every worker
 
-    return _pickling.main_objects()
+
+def _loaded(setup: Any, given: bytes, passed: list[int]) -> Any:
+    """The whole setup: `setup` with the initializer and arguments `given` loaded (with
+    the descriptors `passed`), and what this process's ``__main__`` holds."""
+    _passed[:] = passed
+    try:
+        initializer, initargs = _pickling.loads(given)
+    finally:
+        _passed.clear()
+    return dataclasses.replace(setup, initializer=initializer, initargs=initargs, main=_pickling.MainNames())
 
 
-__all__ = ["FreshZygote", "serve"]
+class _Watch:
+    """While the zygote imports the script (``with`` it): a thread that ends the process
+    if its parent dies meanwhile, stopped before the zygote forks anything."""
+
+    def __init__(self, parent: int) -> None:
+        self.parent = os.pidfd_open(parent)
+        self.stop_r, self.stop_w = os.pipe()
+        self.thread = threading.Thread(target=self._run, name="paralelo-zygote-watch", daemon=True)
+
+    def _run(self) -> None:
+        waiter = select.poll()
+        waiter.register(self.parent, select.POLLIN)
+        waiter.register(self.stop_r, select.POLLIN)
+        if self.stop_r not in dict(waiter.poll()):
+            os._exit(1)  # the parent is gone: nobody waits for this pool
+
+    def __enter__(self) -> _Watch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.write(self.stop_w, b"x")
+        self.thread.join()
+        for fd in (self.parent, self.stop_r, self.stop_w):
+            os.close(fd)
+
+
+__all__ = ["FreshZygote", "MAX_PASSED", "Unprepared", "script_definitions", "serve"]

@@ -35,12 +35,13 @@ class MainNames:
     __slots__ = ("names",)
 
     def __init__(self, only: dict[str, tuple] | None = None) -> None:
-        """With `only` (`main_objects()` of a fresh interpreter that imported the script,
-        see `_fresh`): just those of ours that are the same definitions as its."""
+        """With `only` (the script's definitions by name, as a fresh interpreter that
+        imports it gets them: see `_fresh`): just those of ours that are the same
+        `definition`."""
         main = sys.modules.get("__main__")
         self.names = {
             k: v for k, v in (vars(main).items() if main is not None else ())
-            if isinstance(v, (type, types.FunctionType)) and (only is None or only.get(k) == _definition(v))
+            if isinstance(v, (type, types.FunctionType)) and (only is None or only.get(k) == definition(v))
         }
 
     def has(self, obj: Any) -> bool:
@@ -58,17 +59,11 @@ class MainNames:
         return known is obj
 
 
-def _definition(obj: type | types.FunctionType) -> tuple:
-    """Where a function or class was defined: its name and first line, as two processes
-    that ran the same script both see it."""
+def definition(obj: type | types.FunctionType) -> tuple:
+    """Which definition a function or class is: its qualified name and, for a function,
+    its first line (a class's is not kept before Python 3.13: 0)."""
     code = getattr(obj, "__code__", None)
     return obj.__qualname__, code.co_firstlineno if code is not None else 0
-
-
-def main_objects() -> dict[str, tuple]:
-    """This process's ``__main__`` functions and classes by name, each with its
-    `_definition`."""
-    return {k: _definition(v) for k, v in MainNames().names.items()}
 
 
 def _renew_locks_after_fork() -> None:
@@ -210,6 +205,16 @@ def dumps_call(call: tuple, main: MainNames | None, oob: int = 0) -> bytes:
     the workers have travels as its name: the call then needs no by-value pickling unless
     its arguments name ``__main__`` too."""
     return in_session(_dumps, call, main, oob, OOB_MIN, _named_call)
+
+
+def dumps_forking(obj: Any, main: MainNames | None, oob: int = 0) -> bytes:
+    """`dumps` with multiprocessing's registered reducers, as `dumps_call` (its
+    connections, queues and locks then pickle as multiprocessing pickles them)."""
+    return in_session(_dumps, obj, main, oob, OOB_MIN, _as_it_is)
+
+
+def _as_it_is(obj: Any, main: MainNames | None) -> Any:
+    return obj
 
 
 def dumps_calls(tickets: list[int], calls: list[tuple], main: MainNames | None, oob: int = 0) -> bytes:

@@ -45,7 +45,7 @@ class Setup:
     initargs: tuple
     maxtasks: int
     #: What ``__main__`` held at the fork: those objects travel by reference. (None
-    #: while it travels to a fresh zygote, which puts its own: see `_fresh`.)
+    #: while it travels to a fresh interpreter, which puts its own: see `_fresh`.)
     main: MainNames | None
     #: The workers' names, as multiprocessing's: "ForkPoolWorker" (Pool), "ForkProcess".
     kind: str
@@ -56,9 +56,14 @@ class Setup:
     handlers: frozenset[int] = frozenset()
 
 
-def serve(fd: int, slot: int, setup: Setup) -> None:
-    """Attaches to ``slot`` of the hub in memfd ``fd``, runs the initializer, then runs
-    messages until EXIT."""
+#: INIT_ERR's job: the worker could not ready itself ('spawn': importing the script, or
+#: loading the initializer and its arguments), rather than its initializer raised.
+STARTING = 1
+
+
+def serve(fd: int, slot: int, setup: Setup, ready: Callable[[], Setup] | None = None) -> None:
+    """Attaches to ``slot`` of the hub in memfd ``fd``, readies itself with `ready`
+    (a 'spawn' worker: see `main`), runs the initializer, then runs messages until EXIT."""
     # Ctrl-C goes to the whole process group; the parent decides what happens to workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     port = _native.Port(fd, slot)
@@ -66,6 +71,14 @@ def serve(fd: int, slot: int, setup: Setup) -> None:
     funcs: dict[int, tuple] = {}
     loads = _pickling.loads
     send, recv, running = port.send, port.recv, port.running
+    if ready is not None:
+        port.initializing()  # (a death here breaks the pool, as in the initializer)
+        try:
+            setup = ready()
+        except BaseException as e:  # noqa: BLE001
+            send(INIT_ERR, STARTING, 0, 0, dump_error(e))
+            return
+        port.idle()
     maxtasks = setup.maxtasks
     done = 0
     _output.whole_lines()
@@ -355,9 +368,20 @@ def main(fds: list[int], setup: Setup, slot: int, number: int) -> None:
     the pool's owner); never returns."""
     code = 0
     try:
-        _pickling.inherited_main = setup.main
-        _take_identity(setup, number, fds[1])
-        serve(fds[0], slot, setup)
+        if type(setup) is Setup:
+            _pickling.inherited_main = setup.main
+            _take_identity(setup, number, fds[1])
+            serve(fds[0], slot, setup)
+        else:  # a 'spawn' worker, which readies itself first (`_fresh.Unprepared`)
+            unprepared: Any = setup
+
+            def ready() -> Setup:
+                whole = unprepared.ready()  # (the script imported: its identity is ours next)
+                _pickling.inherited_main = whole.main
+                _take_identity(whole, number, fds[1])
+                return whole
+
+            serve(fds[0], slot, unprepared.setup, ready)
         _leave()
     except BaseException:  # noqa: BLE001
         import traceback
@@ -375,4 +399,4 @@ def main(fds: list[int], setup: Setup, slot: int, number: int) -> None:
 
 
 # cloudpickle is imported here so forked workers have it loaded already.
-__all__ = ["ENTRY", "Setup", "main", "serve", "cloudpickle"]
+__all__ = ["ENTRY", "STARTING", "Setup", "main", "serve", "cloudpickle"]

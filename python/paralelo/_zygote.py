@@ -246,20 +246,28 @@ class Zygote:
         """The next reply, parsed, with the fds it carries (close-on-exec); None if none
         came yet (with MSG_DONTWAIT: `socket.recv_fds` ignores its flags before 3.13)."""
         try:
-            msg, ancillary, _flags, _addr = self.sock.recvmsg(
-                _MAX_MESSAGE, socket.CMSG_SPACE(_FD.itemsize), flags | socket.MSG_CMSG_CLOEXEC)
+            msg, got, _dropped = receive(self.sock, _MAX_MESSAGE, 1, flags)  # (no pidfd: see `_pid_of`)
         except BlockingIOError:
             return None
-        got: list[int] = []
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                got.extend(array(_FD.typecode, data[:len(data) - len(data) % _FD.itemsize]))
         if len(msg) < _REPLY.size:
             for fd in got:
                 os.close(fd)
             raise OSError("paralelo's zygote process exited; cannot start processes")
         kind, answered, value = _REPLY.unpack_from(msg)
         return kind, answered, value, msg[_REPLY.size:], got
+
+
+def receive(sock: socket.socket, size: int, most_fds: int, flags: int = 0) -> tuple[bytes, list[int], bool]:
+    """One message of at most `size` bytes from `sock`, with the descriptors it carries
+    (at most `most_fds`, close-on-exec), and whether some were dropped (this process is
+    out of descriptors, or more came)."""
+    msg, ancillary, got_flags, _addr = sock.recvmsg(size, socket.CMSG_SPACE(most_fds * _FD.itemsize),
+                                                    flags | socket.MSG_CMSG_CLOEXEC)
+    got: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got.extend(array(_FD.typecode, data[:len(data) - len(data) % _FD.itemsize]))
+    return msg, got, bool(got_flags & socket.MSG_CTRUNC)
 
 
 def _dispose(kind: int, fds: list[int]) -> None:
@@ -275,7 +283,7 @@ def _dispose(kind: int, fds: list[int]) -> None:
 
 def describe_exit(status: int | None) -> str:
     """Words for a wait status: 'killed by SIGKILL', 'exited with code 3'."""
-    if status is None:
+    if status is None or status == REAPED_ELSEWHERE:
         return "it exited or was killed unexpectedly"
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)

@@ -200,14 +200,19 @@ PROCESS = {"fork": "ForkProcess", "spawn": "SpawnProcess", "forkserver": "ForkSe
 
 def start_method_of(context: Any) -> str:
     """The start method of a pool made with `context`: a paralelo or multiprocessing
-    context's, else (None, or a default context) the one set with ``set_start_method``,
-    else 'fork'."""
-    if context is None:
-        return get_start_method() or "fork"
-    get = getattr(context, "get_start_method", None)
-    if not callable(get):
-        raise TypeError(f"context must be a multiprocessing or paralelo context, not {type(context).__name__}")
-    method = get(allow_none=True) or get_start_method() or "fork"
+    context's, else (None, or a default context) the one set with paralelo's
+    ``set_start_method``, else multiprocessing's (``torch.multiprocessing`` sets that
+    one), else 'fork'."""
+    method = None
+    if context is not None:
+        get = getattr(context, "get_start_method", None)
+        if not callable(get):
+            raise TypeError(f"context must be a multiprocessing or paralelo context, not {type(context).__name__}")
+        method = get(allow_none=True)
+    if method is None:
+        import multiprocessing
+
+        method = _method or multiprocessing.get_start_method(allow_none=True) or "fork"
     _check(method)
     return method
 

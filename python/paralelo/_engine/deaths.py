@@ -105,7 +105,9 @@ def retire(engine: Engine, slot: Slot, death: str | None, left: str = "maxtasks"
 def _explain(engine: Engine, slot: Slot, kind: str, ticket: int, death: str) -> None:
     """Deaths outside a task: see the module's docstring."""
     if kind == "initializing":
-        engine.break_pool(broken(f"a worker process (pid {slot.pid}) died in the pool's initializer: {death}"))
+        where = "while importing the main module or in the pool's initializer" if engine.start_method == "spawn" \
+            else "in the pool's initializer"
+        engine.break_pool(broken(f"a worker process (pid {slot.pid}) died {where}: {death}"))
     elif kind == "loading" and ticket in engine.jobs:
         job = engine.jobs[ticket]
         job.func_deaths += 1

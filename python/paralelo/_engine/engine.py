@@ -26,7 +26,7 @@ from time import perf_counter_ns
 from typing import Any, Callable, Iterable
 
 from .. import _arena, _fresh, _native, _output, _zygote
-from .._worker import ENTRY as WORKER, Setup
+from .._worker import ENTRY as WORKER, STARTING, Setup
 from .._broken import ResultUnpicklingError, broken
 from .._errors import interrupted, load_error, pickling_failed
 from .._arena import LEND, Framed, weight
@@ -72,27 +72,23 @@ class Engine:
         self.task_timeout, self.retries = check_limits(task_timeout, retries)
         self.processes = processes
         self.lock = threading.RLock()
-        # The 'spawn' and 'forkserver' start methods: the pool's zygote is a fresh
-        # interpreter, ready (the script imported) before anything else is made.
-        fresh = _fresh.FreshZygote(start) if start != "fork" else None
-        try:
-            self.hub = _native.Hub(processes, RING_BYTES)
-        except BaseException:
-            if fresh is not None:
-                fresh.close()
-            raise
+        #: 'fork', or 'spawn' and 'forkserver', whose pool's zygote is a fresh interpreter
+        #: (see `_fresh`).
+        self.start_method = start
+        fresh = start != "fork"
+        self.hub = _native.Hub(processes, RING_BYTES)
         _arena.arena()  # made before the zygote forks, so every worker maps it too
         # The pool's zygote: the parent as it is now, which every worker will see (see
-        # `_zygote`), or a fresh interpreter's likeness of it. Functions of __main__ it
-        # has travel by reference from now on.
-        self.main = MainNames() if fresh is None else MainNames(fresh.names)
+        # `_zygote`), or a fresh interpreter (`_fresh`). Functions of __main__ its workers
+        # have travel by reference from now on.
+        self.main = MainNames(_fresh.script_definitions()) if fresh else MainNames()
         _engines.add(self)  # from here, forked children let go of its hub (and this zygote too)
         me = mpp.current_process()
         #: The logging handlers the workers will inherit, which their records go back to
         #: (held: see `_output.handlers`). A fresh interpreter's inherit none.
-        self.log_handlers = _output.handlers() if fresh is None else {}
-        setup = Setup(initializer, tuple(initargs), maxtasks or 0, self.main if fresh is None else None, kind,
-                      daemon, os.getpid(), me.name, frozenset(self.log_handlers))
+        self.log_handlers = {} if fresh else _output.handlers()
+        setup = Setup(initializer, tuple(initargs), maxtasks or 0, self.main, kind, daemon, os.getpid(), me.name,
+                      frozenset(self.log_handlers))
         self.maxtasks = maxtasks or None
         self.jobs: dict[int, Job] = {}
         self.active: deque[Job] = deque()  # map jobs with units to hand out, oldest first
@@ -156,7 +152,7 @@ class Engine:
         with self.lock:
             try:
                 own: list[int] = []
-                if fresh is None and first and threading.current_thread() is threading.main_thread() \
+                if not fresh and first and threading.current_thread() is threading.main_thread() \
                         and _zygote.small_process():
 
                     def keep(pid: int, pidfd: int) -> None:
@@ -170,11 +166,10 @@ class Engine:
                 # zygote's fork: just after one, a new thread waits milliseconds for the pages
                 # it touches to be copied. It waits for this lock.
                 self.thread.start()
-                if fresh is None:
-                    self.zygote = _zygote.Zygote(setup, (WORKER, first, [self.hub.fd]))
+                if fresh:
+                    self.zygote = _fresh.FreshZygote(start, setup, self.main, (WORKER, first, [self.hub.fd]))
                 else:
-                    self.zygote = fresh
-                    fresh.begin(setup, self.main, (WORKER, first, [self.hub.fd]))
+                    self.zygote = _zygote.Zygote(setup, (WORKER, first, [self.hub.fd]))
                 if own:
                     # Watched once the zygote is forked: the watch's thread and fds, started
                     # by the first watch, are then none of the zygote's.
@@ -276,8 +271,16 @@ class Engine:
                 if got is None:
                     self.starting_poll = min(2 * self.starting_poll, STARTING_POLL_MAX)
                     return
+                try:
+                    self._watch(slot, *got)
+                except OSError:
+                    # (Out of descriptors for the watch: the worker must not run unwatched,
+                    # and its slot is failed with the others below.)
+                    signal.pidfd_send_signal(got[1], signal.SIGKILL)
+                    os.close(got[1])
+                    slot.pidfd = -1
+                    raise
                 self.starting.popleft()
-                self._watch(slot, *got)
                 if self.terminated:
                     self._kill(slot)
         except OSError as e:
@@ -980,7 +983,9 @@ class Engine:
         elif tag == BYE:
             deaths.retire(self, slot, None)
         elif tag == INIT_ERR:
-            self.break_pool(broken("a worker's initializer raised an exception", load_error(payload)))
+            what = "a worker could not import the main module or load the pool's initializer" \
+                if job_id == STARTING else "a worker's initializer raised an exception"
+            self.break_pool(broken(what, load_error(payload)))
 
     def break_pool(self, err: BaseException) -> None:
         """Fails every job with `err` and stops every worker: nothing more can run. The
