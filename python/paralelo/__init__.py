@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from ._profiling import Profile, profile
     from ._tracing import Trace, trace
     from ._cluster import set_backend
+    from .expressions import evaluate, re_evaluate, validate
     from .managers import Manager
     from .process import Process, active_children, current_process, parent_process
     from .queues import JoinableQueue, Queue, SimpleQueue
@@ -91,7 +92,7 @@ _LAZY = {
     "JoinableQueue": "queues", "Pipe": "connection", "SharedArray": "sharedarray",
     "Manager": "managers", "aio": "paralelo.aio", "scaling": "amdahl", "Scaling": "amdahl",
     "profile": "_profiling", "Profile": "_profiling", "trace": "_tracing", "Trace": "_tracing",
-    "set_backend": "_cluster",
+    "set_backend": "_cluster", "evaluate": "expressions", "re_evaluate": "expressions", "validate": "expressions",
 }
 
 
@@ -116,6 +117,9 @@ __version__ = "0.1.0"
 __all__ = [
     "aio",
     "set_backend",
+    "evaluate",
+    "re_evaluate",
+    "validate",
     "debug_locks",
     "BrokenThreadPool",
     "ThreadPool",

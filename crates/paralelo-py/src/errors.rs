@@ -1,6 +1,10 @@
 //! The one place where engine errors become Python exceptions.
 use paralelo_core::Error;
-use pyo3::exceptions::{PyOSError, PyTimeoutError, PyValueError};
+use paralelo_expr::ExprError;
+use pyo3::exceptions::{
+    PyAttributeError, PyNotImplementedError, PyOSError, PyRuntimeError, PySyntaxError,
+    PyTimeoutError, PyTypeError, PyValueError, PyZeroDivisionError,
+};
 use pyo3::prelude::*;
 
 /// An exception of class `name` from `paralelo._errors` (defined in Python, so it can
@@ -63,5 +67,19 @@ pub(crate) fn to_py(e: Error) -> PyErr {
         Error::JobEnded(why) => {
             Python::attach(|py| mpi_error(py, ERR_OTHER, &format!("MPI_ERR_OTHER: {why}")))
         }
+    }
+}
+
+/// An expression's error as the exception numexpr raises in the same case.
+pub(crate) fn expr_to_py(e: ExprError) -> PyErr {
+    let message = e.to_string();
+    match e {
+        ExprError::Syntax(_) => PySyntaxError::new_err(message),
+        ExprError::Type(_) => PyTypeError::new_err(message),
+        ExprError::NotImplemented(_) => PyNotImplementedError::new_err(message),
+        ExprError::Value(_) => PyValueError::new_err(message),
+        ExprError::Runtime(_) => PyRuntimeError::new_err(message),
+        ExprError::ZeroDivision(_) => PyZeroDivisionError::new_err(message),
+        ExprError::Attribute(_) => PyAttributeError::new_err(message),
     }
 }

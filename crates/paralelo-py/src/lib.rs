@@ -7,6 +7,7 @@ mod arena;
 mod channel;
 mod door;
 mod errors;
+mod expr;
 mod flat;
 mod fold;
 mod forklock;
@@ -37,6 +38,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<mailbox::PyMailbox>()?;
     m.add_class::<mailbox::PyPostOffice>()?;
     m.add_class::<value::PySyncValue>()?;
+    m.add_class::<expr::Expression>()?;
+    m.add_function(wrap_pyfunction!(expr::expression_names, m)?)?;
     m.add_function(wrap_pyfunction!(lock::forget_lock_ids, m)?)?;
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(process::forget_inherited_watch, m)?)?;

@@ -1,0 +1,1 @@
+//! CUDA kernels from programs: to come (the default build needs no CUDA).

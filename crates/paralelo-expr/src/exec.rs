@@ -1,0 +1,642 @@
+//! Running a program over arrays: the iteration space cut into chunks that rayon spreads
+//! over every core, each chunk walked in blocks small enough that a block's registers
+//! stay in the core's cache, each block through the whole program. Contiguous operands
+//! are read and written in place; strided ones go through a register; a broadcast one
+//! (stride 0 along the walk) is a scalar. A reduction folds each block as it comes, and
+//! the chunks' partial results are combined in order, so a result does not depend on
+//! how many threads ran.
+
+use num_complex::Complex64 as C64;
+use rayon::prelude::*;
+
+use crate::dtype::DType;
+use crate::error::{ExprError, Result};
+use crate::kernels::{run, Arg, Col, Out};
+use crate::ops::Reduce;
+use crate::program::{Operand, Program};
+use crate::view::{self, Addr};
+
+/// Elements in a block: the registers of a block (a few of them, 8 KiB each for
+/// doubles) stay in a core's first-level cache.
+pub const BLOCK: usize = 1024;
+/// Elements a parallel task takes at least.
+const CHUNK: usize = 32 * BLOCK;
+
+/// An array of the caller's: its first element's address, its kind, and its strides in
+/// bytes along each dimension of the iteration shape (0 where it is broadcast).
+#[derive(Clone, Copy, Debug)]
+pub struct ArrayArg<'a> {
+    pub addr: usize,
+    pub dtype: DType,
+    pub strides: &'a [isize],
+}
+
+/// Runs `program` over `inputs` (in `program.inputs`' order), all of `shape`, into `out`.
+/// Without a reduction `out` has `shape` too; with one, `out`'s strides are 0 along
+/// what is reduced: along every dimension for `axis=None`, along the last for a
+/// reduction over one axis (the caller moves that axis last).
+///
+/// # Safety
+/// Every address with its strides must stay inside a live allocation of valid elements
+/// of its kind for every index of `shape`; `out` must be written by nobody else, and
+/// read by nobody else (no input overlaps it), for the call.
+pub unsafe fn evaluate(
+    program: &Program,
+    inputs: &[ArrayArg],
+    shape: &[usize],
+    out: ArrayArg,
+) -> Result<()> {
+    if inputs.len() != program.inputs.len() {
+        return Err(ExprError::Value(format!(
+            "the program takes {} inputs, {} were given",
+            program.inputs.len(),
+            inputs.len()
+        )));
+    }
+    for (a, (name, want)) in inputs.iter().zip(&program.inputs) {
+        if a.dtype != *want || a.strides.len() != shape.len() {
+            return Err(ExprError::Value(format!(
+                "input '{name}' is not a {} array of the shape given",
+                want.name()
+            )));
+        }
+    }
+    if out.dtype != program.out || out.strides.len() != shape.len() {
+        return Err(ExprError::Value(format!(
+            "the output is not a {} array of the shape given",
+            program.out.name()
+        )));
+    }
+    let layout = Layout::new(shape, inputs, out);
+    let total: usize = layout.shape.iter().product();
+    match program.reduce {
+        None => {
+            let chunks = chunks(total);
+            let work = |regs: &mut Regs, (start, end): (usize, usize)| {
+                layout.walk(start, end, |at, n| {
+                    regs.block(program, &layout, at, n, Some(layout.out))
+                });
+            };
+            if chunks.len() == 1 {
+                work(&mut Regs::new(program), chunks[0]);
+            } else {
+                chunks
+                    .into_par_iter()
+                    .for_each_init(|| Regs::new(program), work);
+            }
+            Ok(())
+        }
+        Some((red, _)) if layout.reduces_rows() => {
+            // One result per row (the reduced axis is the last): rows spread over the cores.
+            let rows = total / layout.row_len();
+            let row_len = layout.row_len();
+            let work = |regs: &mut Regs, row: usize| -> Result<()> {
+                let mut acc = Acc::start(red, program.out);
+                let mut first = None;
+                layout.walk(row * row_len, (row + 1) * row_len, |at, n| {
+                    first.get_or_insert(at[at.len() - 1]);
+                    regs.block(program, &layout, at, n, None);
+                    acc.fold(red, regs.result(program, n));
+                });
+                // SAFETY: the row's output element, in bounds as `evaluate`'s caller promised.
+                unsafe {
+                    acc.finish(red, program.out, row_len)?
+                        .write(first.unwrap_or(layout.out))
+                };
+                Ok(())
+            };
+            if rows * row_len < CHUNK {
+                let mut regs = Regs::new(program);
+                (0..rows).try_for_each(|r| work(&mut regs, r))
+            } else {
+                (0..rows)
+                    .into_par_iter()
+                    .try_for_each_init(|| Regs::new(program), work)
+            }
+        }
+        Some((red, _)) => {
+            let part = |regs: &mut Regs, (start, end): (usize, usize)| {
+                let mut acc = Acc::start(red, program.out);
+                layout.walk(start, end, |at, n| {
+                    regs.block(program, &layout, at, n, None);
+                    acc.fold(red, regs.result(program, n));
+                });
+                acc
+            };
+            let chunks = chunks(total);
+            let parts: Vec<Acc> = if chunks.len() == 1 {
+                vec![part(&mut Regs::new(program), chunks[0])]
+            } else {
+                chunks
+                    .into_par_iter()
+                    .map_init(|| Regs::new(program), part)
+                    .collect()
+            };
+            let acc = parts
+                .into_iter()
+                .reduce(|a, b| a.merge(red, b))
+                .unwrap_or(Acc::start(red, program.out));
+            // SAFETY: the one output element, as `evaluate`'s caller promised.
+            unsafe { acc.finish(red, program.out, total)?.write(layout.out) };
+            Ok(())
+        }
+    }
+}
+
+/// `[start, end)` ranges covering `total` elements, at least `CHUNK` each but the last,
+/// about four per thread where there is that much.
+fn chunks(total: usize) -> Vec<(usize, usize)> {
+    let threads = rayon::current_num_threads().max(1);
+    let size = (total / (4 * threads)).max(CHUNK).div_ceil(BLOCK) * BLOCK;
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < total {
+        out.push((start, (start + size).min(total)));
+        start += size;
+    }
+    if out.is_empty() {
+        out.push((0, 0));
+    }
+    out
+}
+
+/// The iteration space with its dimensions merged where every operand allows it.
+struct Layout {
+    shape: Vec<usize>,
+    /// Per operand (the inputs, then the output): its base address and strides.
+    bases: Vec<Addr>,
+    strides: Vec<Vec<isize>>,
+    kinds: Vec<DType>,
+    out: Addr,
+}
+
+impl Layout {
+    fn new(shape: &[usize], inputs: &[ArrayArg], out: ArrayArg) -> Layout {
+        let operands: Vec<&ArrayArg> = inputs.iter().chain(std::iter::once(&out)).collect();
+        // Dimensions of length 1 say nothing; the rest are merged right to left.
+        let keep: Vec<usize> = (0..shape.len()).filter(|&d| shape[d] != 1).collect();
+        let mut dims: Vec<usize> = Vec::new();
+        let mut strides: Vec<Vec<isize>> = vec![Vec::new(); operands.len()];
+        for &d in &keep {
+            let mergeable = !dims.is_empty()
+                && operands.iter().enumerate().all(|(k, a)| {
+                    a.strides[d] * shape[d] as isize
+                        == *strides[k].last().expect("a dimension was kept")
+                });
+            if mergeable {
+                // (the previous dimension, `d` of them at a time, walks on as one)
+                let n = dims.len() - 1;
+                for (k, a) in operands.iter().enumerate() {
+                    strides[k][n] = a.strides[d];
+                }
+                dims[n] *= shape[d];
+            } else {
+                dims.push(shape[d]);
+                for (k, a) in operands.iter().enumerate() {
+                    strides[k].push(a.strides[d]);
+                }
+            }
+        }
+        if dims.is_empty() || shape.contains(&0) {
+            let total = shape.iter().product();
+            dims = vec![total];
+            strides = vec![vec![0]; operands.len()];
+        }
+        Layout {
+            shape: dims,
+            bases: operands.iter().map(|a| Addr(a.addr)).collect(),
+            strides,
+            kinds: operands.iter().map(|a| a.dtype).collect(),
+            out: Addr(out.addr),
+        }
+    }
+
+    fn row_len(&self) -> usize {
+        *self.shape.last().expect("at least one dimension")
+    }
+
+    /// Whether the output is one element per row (a reduction over the last axis), not
+    /// one for all.
+    fn reduces_rows(&self) -> bool {
+        let out = self.strides.last().expect("the output");
+        out.iter().any(|s| *s != 0) && out[out.len() - 1] == 0
+    }
+
+    /// Calls `block(addresses, n)` for the elements `[start, end)` in blocks of at most
+    /// `BLOCK` within a row: each operand's address of the block's first element.
+    fn walk(&self, start: usize, end: usize, mut block: impl FnMut(&[Addr], usize)) {
+        let len = self.row_len();
+        let mut at = vec![Addr(0); self.bases.len()];
+        let mut i = start;
+        while i < end {
+            let (row, col) = (i / len, i % len);
+            let stop = end.min(i - col + len);
+            // The row's offset in each operand, from its index along the outer dimensions.
+            let mut rest = row;
+            for (k, base) in self.bases.iter().enumerate() {
+                at[k] = base.offset(self.strides[k][self.shape.len() - 1] * col as isize);
+            }
+            for d in (0..self.shape.len() - 1).rev() {
+                let idx = rest % self.shape[d];
+                rest /= self.shape[d];
+                for (k, slot) in at.iter_mut().enumerate() {
+                    *slot = slot.offset(self.strides[k][d] * idx as isize);
+                }
+            }
+            while i < stop {
+                let n = (stop - i).min(BLOCK);
+                block(&at, n);
+                for (k, slot) in at.iter_mut().enumerate() {
+                    *slot = slot.offset(self.strides[k][self.shape.len() - 1] * n as isize);
+                }
+                i += n;
+            }
+        }
+    }
+
+    fn inner_stride(&self, operand: usize) -> isize {
+        self.strides[operand][self.shape.len() - 1]
+    }
+}
+
+/// A block-sized buffer of one kind.
+enum Buf {
+    B(Vec<u8>),
+    I(Vec<i32>),
+    L(Vec<i64>),
+    F(Vec<f32>),
+    D(Vec<f64>),
+    C(Vec<C64>),
+    /// Lent out while an instruction writes it.
+    Taken,
+}
+
+impl Buf {
+    fn new(kind: DType) -> Buf {
+        match kind {
+            DType::Bool => Buf::B(vec![0; BLOCK]),
+            DType::Int => Buf::I(vec![0; BLOCK]),
+            DType::Long => Buf::L(vec![0; BLOCK]),
+            DType::Float => Buf::F(vec![0.0; BLOCK]),
+            DType::Double => Buf::D(vec![0.0; BLOCK]),
+            DType::Complex => Buf::C(vec![C64::new(0.0, 0.0); BLOCK]),
+        }
+    }
+
+    fn col(&self, n: usize) -> Col<'_> {
+        match self {
+            Buf::B(v) => Col::B(Arg::V(&v[..n])),
+            Buf::I(v) => Col::I(Arg::V(&v[..n])),
+            Buf::L(v) => Col::L(Arg::V(&v[..n])),
+            Buf::F(v) => Col::F(Arg::V(&v[..n])),
+            Buf::D(v) => Col::D(Arg::V(&v[..n])),
+            Buf::C(v) => Col::C(Arg::V(&v[..n])),
+            Buf::Taken => unreachable!("a register is read while written"),
+        }
+    }
+
+    fn out(&mut self, n: usize) -> Out<'_> {
+        match self {
+            Buf::B(v) => Out::B(&mut v[..n]),
+            Buf::I(v) => Out::I(&mut v[..n]),
+            Buf::L(v) => Out::L(&mut v[..n]),
+            Buf::F(v) => Out::F(&mut v[..n]),
+            Buf::D(v) => Out::D(&mut v[..n]),
+            Buf::C(v) => Out::C(&mut v[..n]),
+            Buf::Taken => unreachable!("a register is written twice at once"),
+        }
+    }
+}
+
+/// A thread's registers, and a buffer per input for gathering strided blocks.
+struct Regs {
+    regs: Vec<Buf>,
+    gathered: Vec<Buf>,
+}
+
+macro_rules! by_kind {
+    ($kind:expr, $t:ident => $body:expr) => {
+        match $kind {
+            DType::Bool => {
+                type $t = u8;
+                $body
+            }
+            DType::Int => {
+                type $t = i32;
+                $body
+            }
+            DType::Long => {
+                type $t = i64;
+                $body
+            }
+            DType::Float => {
+                type $t = f32;
+                $body
+            }
+            DType::Double => {
+                type $t = f64;
+                $body
+            }
+            DType::Complex => {
+                type $t = C64;
+                $body
+            }
+        }
+    };
+}
+
+/// Wraps a typed operand as a `Col` of its kind.
+trait Wrap: Copy + 'static {
+    fn col(a: Arg<'_, Self>) -> Col<'_>;
+    fn out(v: &mut [Self]) -> Out<'_>;
+    fn buf(b: &mut Buf) -> &mut Vec<Self>;
+}
+macro_rules! wrap {
+    ($t:ty, $v:ident) => {
+        impl Wrap for $t {
+            fn col(a: Arg<'_, Self>) -> Col<'_> {
+                Col::$v(a)
+            }
+            fn out(v: &mut [Self]) -> Out<'_> {
+                Out::$v(v)
+            }
+            fn buf(b: &mut Buf) -> &mut Vec<Self> {
+                match b {
+                    Buf::$v(v) => v,
+                    _ => unreachable!("a buffer of another kind"),
+                }
+            }
+        }
+    };
+}
+wrap!(u8, B);
+wrap!(i32, I);
+wrap!(i64, L);
+wrap!(f32, F);
+wrap!(f64, D);
+wrap!(C64, C);
+
+/// An input's block: in place, a scalar (stride 0), or gathered into `buf`.
+///
+/// # Safety
+/// `n` elements from `at`, `stride` apart, are valid (see `evaluate`).
+unsafe fn input<'a, T: Wrap>(at: Addr, stride: isize, n: usize, buf: &'a mut Buf) -> Col<'a> {
+    if stride == 0 {
+        // SAFETY: the one element, valid as promised.
+        return T::col(Arg::S(unsafe { view::read::<T>(at) }));
+    }
+    if view::is_slice::<T>(at, stride) {
+        // SAFETY: contiguous, aligned and valid as promised; nothing writes inputs.
+        return T::col(Arg::V(unsafe { view::slice::<T>(at, n) }));
+    }
+    let v = &mut T::buf(buf)[..n];
+    // SAFETY: each element valid as promised.
+    unsafe { view::gather(at, stride, v) };
+    T::col(Arg::V(v))
+}
+
+impl Regs {
+    fn new(program: &Program) -> Regs {
+        Regs {
+            regs: program.regs.iter().map(|k| Buf::new(*k)).collect(),
+            gathered: program.inputs.iter().map(|(_, k)| Buf::new(*k)).collect(),
+        }
+    }
+
+    fn result(&self, program: &Program, n: usize) -> Col<'_> {
+        self.regs[program.result].col(n)
+    }
+
+    /// Runs the program over one block of `n` elements at `at` (per operand); with
+    /// `out`, writes the result there (the output's base: its address is `at`'s last).
+    fn block(
+        &mut self,
+        program: &Program,
+        layout: &Layout,
+        at: &[Addr],
+        n: usize,
+        out: Option<Addr>,
+    ) {
+        let Regs { regs, gathered } = self;
+        let mut cols: Vec<Col> = Vec::with_capacity(at.len() - 1);
+        for ((k, buf), kind) in gathered.iter_mut().enumerate().zip(&layout.kinds) {
+            let stride = layout.inner_stride(k);
+            // SAFETY: the block's elements of input `k`, valid as `evaluate`'s caller promised.
+            cols.push(by_kind!(kind, T => unsafe { input::<T>(at[k], stride, n, buf) }));
+        }
+        let out_at = out.map(|_| at[at.len() - 1]);
+        let out_stride = layout.inner_stride(at.len() - 1);
+        let direct =
+            out_at.is_some_and(|a| by_kind!(program.out, T => view::is_slice::<T>(a, out_stride)));
+        let last = program.instrs.len() - 1;
+        for (i, ins) in program.instrs.iter().enumerate() {
+            let mut dst = std::mem::replace(&mut regs[ins.dst], Buf::Taken);
+            {
+                let mut args = [Col::B(Arg::S(0)); 3];
+                for (slot, a) in args.iter_mut().zip(&ins.args) {
+                    *slot = match a {
+                        Operand::Input(k) => cols[*k],
+                        Operand::Reg(r) => regs[*r].col(n),
+                        Operand::Scalar(s) => Col::scalar(*s),
+                    };
+                }
+                let target = match out_at {
+                    Some(a) if direct && i == last => {
+                        // SAFETY: the block's output elements: contiguous, aligned, ours alone.
+                        by_kind!(program.out, T => T::out(unsafe { view::slice_mut::<T>(a, n) }))
+                    }
+                    _ => dst.out(n),
+                };
+                run(ins.op, ins.kind, &args[..ins.args.len()], target);
+            }
+            regs[ins.dst] = dst;
+        }
+        if let (Some(a), false) = (out_at, direct) {
+            let r = &mut regs[program.result];
+            // SAFETY: the block's output elements, ours alone as promised.
+            by_kind!(program.out, T => unsafe { view::scatter(&T::buf(r)[..n], a, out_stride) });
+        }
+    }
+}
+
+/// A reduction's running value: floats summed in double.
+#[derive(Clone, Copy, Debug)]
+enum Acc {
+    I(i32),
+    L(i64),
+    F(f32),
+    D(f64),
+    C(C64),
+    /// Nothing folded yet (min and max have no identity).
+    Empty,
+}
+
+impl Acc {
+    fn start(red: Reduce, kind: DType) -> Acc {
+        let one = red == Reduce::Prod;
+        match (red, kind) {
+            (Reduce::Min | Reduce::Max, _) => Acc::Empty,
+            (_, DType::Int) => Acc::I(i32::from(one)),
+            (_, DType::Long) => Acc::L(i64::from(one)),
+            (_, DType::Float | DType::Double) => Acc::D(if one { 1.0 } else { 0.0 }),
+            (_, DType::Complex) => Acc::C(C64::new(if one { 1.0 } else { 0.0 }, 0.0)),
+            (_, DType::Bool) => unreachable!("refused when typed"),
+        }
+    }
+
+    fn fold(&mut self, red: Reduce, col: Col) {
+        let part = match col {
+            Col::I(Arg::V(x)) => fold_ints(red, x.iter().map(|v| i64::from(*v)), true),
+            Col::L(Arg::V(x)) => fold_ints(red, x.iter().copied(), false),
+            Col::F(Arg::V(x)) => match red {
+                Reduce::Sum | Reduce::Prod => Acc::D(lanes(x, red)),
+                _ => x
+                    .iter()
+                    .copied()
+                    .fold(Acc::Empty, |a, v| a.merge(red, Acc::F(v))),
+            },
+            Col::D(Arg::V(x)) => match red {
+                Reduce::Sum | Reduce::Prod => Acc::D(lanes(x, red)),
+                _ => x
+                    .iter()
+                    .copied()
+                    .fold(Acc::Empty, |a, v| a.merge(red, Acc::D(v))),
+            },
+            Col::C(Arg::V(x)) => Acc::C(match red {
+                Reduce::Sum => x.iter().sum(),
+                _ => x.iter().product(),
+            }),
+            _ => unreachable!("a result is a register"),
+        };
+        *self = self.merge(red, part);
+    }
+
+    fn merge(self, red: Reduce, other: Acc) -> Acc {
+        use Acc::*;
+        match (self, other) {
+            (Empty, x) | (x, Empty) => x,
+            (I(a), I(b)) => I(if red == Reduce::Sum {
+                a.wrapping_add(b)
+            } else if red == Reduce::Prod {
+                a.wrapping_mul(b)
+            } else {
+                pick(red, a, b)
+            }),
+            (L(a), L(b)) => L(if red == Reduce::Sum {
+                a.wrapping_add(b)
+            } else if red == Reduce::Prod {
+                a.wrapping_mul(b)
+            } else {
+                pick(red, a, b)
+            }),
+            (F(a), F(b)) => F(pick_float(red, a, b)),
+            (D(a), D(b)) => D(match red {
+                Reduce::Sum => a + b,
+                Reduce::Prod => a * b,
+                _ => pick_float(red, a, b),
+            }),
+            (C(a), C(b)) => C(if red == Reduce::Sum { a + b } else { a * b }),
+            (a, b) => unreachable!("partial results of one kind: {a:?} and {b:?}"),
+        }
+    }
+
+    /// The final value, of `kind`, over `count` elements.
+    fn finish(self, red: Reduce, kind: DType, count: usize) -> Result<Acc> {
+        Ok(match (self, kind) {
+            (Acc::Empty, _) => {
+                let name = if red == Reduce::Min {
+                    "minimum"
+                } else {
+                    "maximum"
+                };
+                debug_assert_eq!(count, 0);
+                return Err(ExprError::Value(format!(
+                    "zero-size array to reduction operation {name} which has no identity"
+                )));
+            }
+            (Acc::D(v), DType::Float) => Acc::F(v as f32),
+            (acc, _) => acc,
+        })
+    }
+
+    /// Writes the value at `at`.
+    ///
+    /// # Safety
+    /// `at` is an output element of the value's kind, ours alone.
+    unsafe fn write(self, at: Addr) {
+        // SAFETY: as the caller promised.
+        unsafe {
+            match self {
+                Acc::I(v) => view::write(at, v),
+                Acc::L(v) => view::write(at, v),
+                Acc::F(v) => view::write(at, v),
+                Acc::D(v) => view::write(at, v),
+                Acc::C(v) => view::write(at, v),
+                Acc::Empty => unreachable!("finished first"),
+            }
+        }
+    }
+}
+
+fn pick<T: PartialOrd>(red: Reduce, a: T, b: T) -> T {
+    if (red == Reduce::Min) == (b < a) {
+        b
+    } else {
+        a
+    }
+}
+
+fn pick_float<T: PartialOrd + Copy>(red: Reduce, a: T, b: T) -> T {
+    // NaN wins, as in numpy's min and max.
+    #[allow(clippy::eq_op)]
+    if a != a {
+        return a;
+    }
+    #[allow(clippy::eq_op)]
+    if b != b {
+        return b;
+    }
+    pick(red, a, b)
+}
+
+fn fold_ints(red: Reduce, x: impl Iterator<Item = i64>, narrow: bool) -> Acc {
+    let wrap = |v: i64| if narrow { Acc::I(v as i32) } else { Acc::L(v) };
+    match red {
+        // (in the element's own width, wrapping, as numexpr's integer sums do)
+        Reduce::Sum if narrow => Acc::I(x.fold(0i32, |a, v| a.wrapping_add(v as i32))),
+        Reduce::Sum => Acc::L(x.fold(0i64, i64::wrapping_add)),
+        Reduce::Prod if narrow => Acc::I(x.fold(1i32, |a, v| a.wrapping_mul(v as i32))),
+        Reduce::Prod => Acc::L(x.fold(1i64, i64::wrapping_mul)),
+        _ => x.fold(Acc::Empty, |a, v| a.merge(red, wrap(v))),
+    }
+}
+
+/// A block's sum or product in eight lanes (vectorised, and pairwise enough that long
+/// sums lose less than a running one).
+fn lanes<T: Copy + Into<f64>>(x: &[T], red: Reduce) -> f64 {
+    let sum = red == Reduce::Sum;
+    let mut acc = [if sum { 0.0 } else { 1.0 }; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (slot, v) in acc.iter_mut().zip(c) {
+            if sum {
+                *slot += (*v).into();
+            } else {
+                *slot *= (*v).into();
+            }
+        }
+    }
+    for (slot, v) in acc.iter_mut().zip(rest) {
+        if sum {
+            *slot += (*v).into();
+        } else {
+            *slot *= (*v).into();
+        }
+    }
+    if sum {
+        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    } else {
+        acc.iter().product()
+    }
+}

@@ -1,0 +1,234 @@
+//! A typed tree lowered to straight-line code over registers, each a block of elements:
+//! what every core runs, block after block.
+
+use crate::ast::Expr;
+use crate::dtype::{DType, Scalar};
+use crate::error::Result;
+use crate::ops::{Op, Reduce};
+use crate::parser::parse;
+use crate::typing::{literal_scalar, Node, Optimization, Typer};
+
+/// Where an instruction reads an operand.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Operand {
+    Input(usize),
+    Reg(usize),
+    Scalar(Scalar),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instr {
+    pub op: Op,
+    /// The kind its operands are in (a `Where`'s condition is `Bool` whatever this says).
+    pub kind: DType,
+    pub out: DType,
+    pub args: Vec<Operand>,
+    pub dst: usize,
+}
+
+/// A compiled expression.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    /// The inputs' names (sorted, as numexpr orders them) and kinds.
+    pub inputs: Vec<(String, DType)>,
+    pub instrs: Vec<Instr>,
+    /// Each register's kind.
+    pub regs: Vec<DType>,
+    /// The register holding the result of the elementwise part.
+    pub result: usize,
+    /// The kind of the result.
+    pub out: DType,
+    /// The reduction applied last, and its axis (None: all of them).
+    pub reduce: Option<(Reduce, Option<usize>)>,
+}
+
+impl Program {
+    /// Whether the program reads input `index` (folding may leave one unread:
+    /// `where(1 > 0, 2, x)`), which then plays no part in the result's shape.
+    pub fn reads(&self, index: usize) -> bool {
+        self.instrs
+            .iter()
+            .any(|i| i.args.contains(&Operand::Input(index)))
+    }
+}
+
+/// The names an expression reads, sorted: the inputs `compile` wants kinds for.
+pub fn names(src: &str) -> Result<Vec<String>> {
+    Ok(parse(src)?.names())
+}
+
+/// Parses, types and lowers `src`, its inputs' kinds given by name (`names(src)`).
+pub fn compile(
+    src: &str,
+    inputs: &[(String, DType)],
+    optimization: Optimization,
+) -> Result<Program> {
+    let expr: Expr = parse(src)?;
+    let typed = Typer {
+        inputs,
+        optimization,
+    }
+    .typed(&expr)?;
+    let mut uses = Vec::new();
+    count_uses(&typed.root, &mut uses);
+    let mut lower = Lower {
+        instrs: Vec::new(),
+        regs: Vec::new(),
+        free: Vec::new(),
+        uses,
+        done: Vec::new(),
+        left: Vec::new(),
+    };
+    let root = lower.node(&typed.root)?;
+    // The result lives in a register (an input or a constant alone is copied there).
+    let result = match root {
+        Operand::Reg(r) => r,
+        other => {
+            let kind = typed.root.dtype();
+            lower.emit(Op::Func(crate::ops::Func::Copy), kind, kind, vec![other])
+        }
+    };
+    Ok(Program {
+        inputs: inputs.to_vec(),
+        instrs: lower.instrs,
+        out: lower.regs[result],
+        regs: lower.regs,
+        result,
+        reduce: typed.reduce,
+    })
+}
+
+/// How many times each distinct operation is used (an operation that appears twice, as
+/// `sin(a)` in `sin(a)**2` once powers become products, is computed once, as numexpr's
+/// compiler merges duplicate subtrees).
+fn count_uses<'t>(node: &'t Node, uses: &mut Vec<(&'t Node, usize)>) {
+    if let Node::Op { args, .. } = node {
+        if let Some(seen) = uses.iter_mut().find(|(n, _)| *n == node) {
+            seen.1 += 1;
+            return;
+        }
+        uses.push((node, 1));
+        for a in args {
+            count_uses(a, uses);
+        }
+    }
+}
+
+struct Lower<'t> {
+    instrs: Vec<Instr>,
+    regs: Vec<DType>,
+    /// Registers whose value is no longer needed, to be reused.
+    free: Vec<usize>,
+    uses: Vec<(&'t Node, usize)>,
+    /// Operations computed already, and their registers.
+    done: Vec<(&'t Node, usize)>,
+    /// Per register, the reads still to come before it can be reused.
+    left: Vec<usize>,
+}
+
+impl<'t> Lower<'t> {
+    fn node(&mut self, node: &'t Node) -> Result<Operand> {
+        Ok(match node {
+            Node::Input { index, .. } => Operand::Input(*index),
+            Node::Const(lit) => Operand::Scalar(literal_scalar(*lit)),
+            Node::Scalar(s) => Operand::Scalar(*s),
+            Node::Op {
+                op,
+                kind,
+                out,
+                args,
+            } => {
+                if let Some((_, r)) = self.done.iter().find(|(n, _)| *n == node) {
+                    return Ok(Operand::Reg(*r));
+                }
+                let mut operands = Vec::with_capacity(args.len());
+                for (i, a) in args.iter().enumerate() {
+                    let operand = self.node(a)?;
+                    let want = if *op == Op::Where && i == 0 {
+                        DType::Bool
+                    } else {
+                        *kind
+                    };
+                    operands.push(self.cast(operand, a.dtype(), want));
+                }
+                let dst = self.emit(*op, *kind, *out, operands);
+                let reads = self
+                    .uses
+                    .iter()
+                    .find(|(n, _)| *n == node)
+                    .map_or(1, |(_, c)| *c);
+                self.left[dst] = reads;
+                self.done.push((node, dst));
+                Operand::Reg(dst)
+            }
+        })
+    }
+
+    /// `operand` (of kind `have`) in kind `want`: a constant converted now, anything else
+    /// by a `Cast` instruction.
+    fn cast(&mut self, operand: Operand, have: DType, want: DType) -> Operand {
+        if have == want {
+            return operand;
+        }
+        match operand {
+            Operand::Scalar(s) => Operand::Scalar(s.cast(want)),
+            other => Operand::Reg(self.emit(Op::Cast, want, want, vec![other])),
+        }
+    }
+
+    fn emit(&mut self, op: Op, kind: DType, out: DType, args: Vec<Operand>) -> usize {
+        // The operands' registers are free once this has read them; the destination is
+        // picked first so that it is never one of them (an instruction reads and writes
+        // a block in one pass, but a kernel may write before it has read all).
+        let dst = match self.free.iter().position(|r| self.regs[*r] == out) {
+            Some(i) => self.free.swap_remove(i),
+            None => {
+                self.regs.push(out);
+                self.left.push(0);
+                self.regs.len() - 1
+            }
+        };
+        self.left[dst] = 1;
+        for a in &args {
+            if let Operand::Reg(r) = a {
+                self.left[*r] = self.left[*r].saturating_sub(1);
+                if self.left[*r] == 0 && !self.free.contains(r) {
+                    self.free.push(*r);
+                }
+            }
+        }
+        self.instrs.push(Instr {
+            op,
+            kind,
+            out,
+            args,
+            dst,
+        });
+        dst
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_are_reused_and_casts_inserted() {
+        let inputs = vec![
+            ("a".to_string(), DType::Int),
+            ("b".to_string(), DType::Double),
+        ];
+        let p = compile("2*a + 3*b", &inputs, Optimization::Aggressive).unwrap();
+        // 2*a in int, cast to double, 3*b, add.
+        assert_eq!(p.instrs.len(), 4);
+        assert_eq!(p.instrs[1].op, Op::Cast);
+        assert_eq!(p.out, DType::Double);
+        assert!(p.regs.len() <= 4, "{:?}", p.regs);
+        // sin(b)**2 is sin(b)*sin(b): one sine, read twice.
+        let squared = compile("sin(b)**2", &inputs, Optimization::Aggressive).unwrap();
+        assert_eq!(squared.instrs.len(), 2);
+        let alone = compile("a", &inputs, Optimization::Aggressive).unwrap();
+        assert_eq!(alone.instrs.len(), 1);
+        assert_eq!(names("sum(b * a + b)").unwrap(), vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,759 @@
+//! From the parsed expression to a typed tree, as numexpr builds its own: constants
+//! folded with Python's arithmetic, operations typed by `ops::typed`, `optimization`'s
+//! rewrites (powers into products, division by a constant into a product), and the one
+//! reduction allowed, last.
+
+use num_complex::Complex64;
+
+use crate::ast::{BinaryOp, CompareOp, Expr, Literal, UnaryOp};
+use crate::dtype::{DType, Scalar};
+use crate::error::{ExprError, Result};
+use crate::ops::{self, Func, Op, Reduce};
+
+/// numexpr's `optimization` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Optimization {
+    None,
+    Moderate,
+    Aggressive,
+}
+
+/// A typed node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node {
+    Input {
+        index: usize,
+        dtype: DType,
+    },
+    /// A Python constant; its kind is numexpr's best for it (`literal_kind`).
+    Const(Literal),
+    /// A constant of a set kind: a function of constants, folded as numpy computes it
+    /// (`abs(2)` is numpy's int64, so numexpr's `long`).
+    Scalar(Scalar),
+    /// `op` on `args`, cast to `kind`, giving `out`.
+    Op {
+        op: Op,
+        kind: DType,
+        out: DType,
+        args: Vec<Node>,
+    },
+}
+
+impl Node {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Node::Input { dtype, .. } => *dtype,
+            Node::Const(lit) => literal_kind(*lit),
+            Node::Scalar(s) => s.dtype(),
+            Node::Op { out, .. } => *out,
+        }
+    }
+}
+
+/// The whole expression typed: its tree, and its reduction (with its axis) if any.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Typed {
+    pub root: Node,
+    pub reduce: Option<(Reduce, Option<usize>)>,
+}
+
+/// numexpr's kind for a Python constant: ints that fit 32 bits are `int`, others `long`;
+/// Python floats are `double`.
+pub fn literal_kind(lit: Literal) -> DType {
+    match lit {
+        Literal::Bool(_) => DType::Bool,
+        Literal::Int(v) if i32::try_from(v).is_ok() => DType::Int,
+        Literal::Int(_) => DType::Long,
+        Literal::Float(_) => DType::Double,
+        Literal::Complex(_) => DType::Complex,
+    }
+}
+
+/// The constant as a scalar of its own kind.
+pub fn literal_scalar(lit: Literal) -> Scalar {
+    match lit {
+        Literal::Bool(b) => Scalar::Bool(b),
+        Literal::Int(v) => i32::try_from(v).map_or(Scalar::Long(v), Scalar::Int),
+        Literal::Float(v) => Scalar::Double(v),
+        Literal::Complex(v) => Scalar::Complex(v),
+    }
+}
+
+const BOOLEAN_OPERATORS: &str = "You can't use Python's standard boolean operators in NumExpr expressions. You \
+                                 should use their bitwise counterparts instead: '&' instead of 'and', '|' instead \
+                                 of 'or', and '~' instead of 'not'.";
+
+pub struct Typer<'a> {
+    /// The expression's inputs, in order (`Expr::names`), with their kinds.
+    pub inputs: &'a [(String, DType)],
+    pub optimization: Optimization,
+}
+
+impl Typer<'_> {
+    pub fn typed(&self, e: &Expr) -> Result<Typed> {
+        if let Expr::Call { func, args, kwargs } = e {
+            if let Some(red) = Reduce::by_name(func) {
+                let (arg, axis) = reduction_arguments(func, args, kwargs)?;
+                let node = self.node(arg)?;
+                let node = match node {
+                    // (numexpr reduces a constant to itself)
+                    Node::Const(_) => {
+                        return Ok(Typed {
+                            root: node,
+                            reduce: None,
+                        })
+                    }
+                    n => n,
+                };
+                red.typed(node.dtype())?;
+                return Ok(Typed {
+                    root: node,
+                    reduce: Some((red, axis)),
+                });
+            }
+        }
+        Ok(Typed {
+            root: self.node(e)?,
+            reduce: None,
+        })
+    }
+
+    fn node(&self, e: &Expr) -> Result<Node> {
+        match e {
+            Expr::Literal(lit) => Ok(Node::Const(*lit)),
+            Expr::Unsupported(what) => Err(ExprError::Value(format!(
+                "{what} are not supported in expressions"
+            ))),
+            Expr::Logical | Expr::Unary(UnaryOp::Not, _) => {
+                Err(ExprError::Type(BOOLEAN_OPERATORS.into()))
+            }
+            Expr::Name(name) => match self.inputs.iter().position(|(n, _)| n == name) {
+                Some(index) => Ok(Node::Input {
+                    index,
+                    dtype: self.inputs[index].1,
+                }),
+                None => Err(ExprError::Type(format!("no value was given for '{name}'"))),
+            },
+            Expr::Unary(UnaryOp::Pos, a) => self.node(a),
+            Expr::Unary(op, a) => {
+                let a = self.node(a)?;
+                let op = if *op == UnaryOp::Neg {
+                    Op::Neg
+                } else {
+                    Op::Invert
+                };
+                match a {
+                    Node::Const(lit) => Ok(Node::Const(fold_unary(op, lit)?)),
+                    a => apply(op, vec![a]),
+                }
+            }
+            Expr::Binary(op, a, b) => {
+                let (a, b) = (self.node(a)?, self.node(b)?);
+                self.binary(*op, a, b)
+            }
+            Expr::Compare(first, rest) => {
+                if rest.len() > 1 {
+                    return Err(ExprError::Type(BOOLEAN_OPERATORS.into()));
+                }
+                let (op, second) = &rest[0];
+                let (a, b) = (self.node(first)?, self.node(second)?);
+                // numexpr has only > and >=: a < b is b > a.
+                let (op, a, b) = match op {
+                    CompareOp::Lt => (Op::Gt, b, a),
+                    CompareOp::Le => (Op::Ge, b, a),
+                    CompareOp::Gt => (Op::Gt, a, b),
+                    CompareOp::Ge => (Op::Ge, a, b),
+                    CompareOp::Eq => (Op::Eq, a, b),
+                    CompareOp::Ne => (Op::Ne, a, b),
+                    CompareOp::Other => {
+                        return Err(ExprError::Type(
+                            "'in' and 'is' are not supported in expressions".into(),
+                        ));
+                    }
+                };
+                if let (Node::Const(x), Node::Const(y)) = (&a, &b) {
+                    return Ok(Node::Const(fold_compare(op, *x, *y)?));
+                }
+                apply(op, vec![a, b])
+            }
+            Expr::Attribute(a, attr) => {
+                let f = match attr.as_str() {
+                    "real" => Func::Real,
+                    "imag" => Func::Imag,
+                    other => {
+                        return Err(ExprError::Attribute(format!(
+                            "expressions have no attribute '{other}'"
+                        )))
+                    }
+                };
+                match self.node(a)? {
+                    Node::Const(lit) => {
+                        let z = complex_of(lit);
+                        Ok(Node::Const(Literal::Float(if f == Func::Real {
+                            z.re
+                        } else {
+                            z.im
+                        })))
+                    }
+                    a => apply(Op::Func(f), vec![a]),
+                }
+            }
+            Expr::Call { func, args, kwargs } => self.call(func, args, kwargs),
+        }
+    }
+
+    fn call(&self, name: &str, args: &[Expr], kwargs: &[(String, Expr)]) -> Result<Node> {
+        if Reduce::by_name(name).is_some() {
+            return Err(ExprError::Runtime(format!(
+                "a reduction ({name}) must be the expression's last operation, as in numexpr"
+            )));
+        }
+        if !kwargs.is_empty() {
+            return Err(ExprError::Type(format!(
+                "{name}() takes no keyword arguments"
+            )));
+        }
+        if name == "where" {
+            if args.len() != 3 {
+                return Err(ExprError::Type(format!(
+                    "where() takes 3 arguments ({} given)",
+                    args.len()
+                )));
+            }
+            let nodes = args
+                .iter()
+                .map(|a| self.node(a))
+                .collect::<Result<Vec<_>>>()?;
+            if let Node::Const(c) = &nodes[0] {
+                // (numexpr picks the branch of a constant condition)
+                let pick = complex_of(*c) != Complex64::new(0.0, 0.0);
+                return Ok(nodes
+                    .into_iter()
+                    .nth(if pick { 1 } else { 2 })
+                    .expect("three arguments"));
+            }
+            return apply(Op::Where, nodes);
+        }
+        let f = Func::by_name(name).ok_or_else(|| {
+            ExprError::Type(format!(
+                "'{name}' is not a function numexpr expressions know"
+            ))
+        })?;
+        if args.len() != f.arity() {
+            return Err(ExprError::Type(format!(
+                "{name}() takes {} argument(s) ({} given)",
+                f.arity(),
+                args.len()
+            )));
+        }
+        let nodes = args
+            .iter()
+            .map(|a| self.node(a))
+            .collect::<Result<Vec<_>>>()?;
+        let constants: Vec<Literal> = nodes
+            .iter()
+            .filter_map(|n| match n {
+                Node::Const(c) => Some(*c),
+                Node::Scalar(Scalar::Long(v)) => Some(Literal::Int(*v)), // (numpy's int64 from a fold)
+                _ => None,
+            })
+            .collect();
+        if constants.len() == nodes.len() {
+            if let Some(folded) = fold_func(f, &constants) {
+                // (a float, complex or boolean is a Python constant again, as numpy's
+                // float64 and bool_ are to numexpr; an integer stays numpy's int64)
+                return Ok(match folded {
+                    Scalar::Double(v) => Node::Const(Literal::Float(v)),
+                    Scalar::Complex(v) => Node::Const(Literal::Complex(v)),
+                    Scalar::Bool(v) => Node::Const(Literal::Bool(v)),
+                    other => Node::Scalar(other),
+                });
+            }
+        }
+        apply(Op::Func(f), nodes)
+    }
+
+    fn binary(&self, op: BinaryOp, a: Node, b: Node) -> Result<Node> {
+        if let (Node::Const(x), Node::Const(y)) = (&a, &b) {
+            return Ok(Node::Const(fold_binary(op, *x, *y)?));
+        }
+        let opt = self.optimization;
+        match op {
+            BinaryOp::Div => {
+                // x / c is x * (1/c) where both are the same float kind (numexpr's rewrite).
+                if let Node::Const(c) = b {
+                    let same = literal_kind(c) == a.dtype() && a.dtype() >= DType::Float;
+                    if opt != Optimization::None && same {
+                        return apply(
+                            Op::Mul,
+                            vec![
+                                a,
+                                Node::Const(fold_binary(BinaryOp::Div, Literal::Float(1.0), c)?),
+                            ],
+                        );
+                    }
+                }
+                apply(Op::Div, vec![a, b])
+            }
+            BinaryOp::Pow => self.power(a, b),
+            BinaryOp::MatMul => Err(ExprError::Type(
+                "the @ operator is not supported in expressions".into(),
+            )),
+            _ => {
+                let kernel = match op {
+                    BinaryOp::Add => Op::Add,
+                    BinaryOp::Sub => Op::Sub,
+                    BinaryOp::Mul => Op::Mul,
+                    BinaryOp::FloorDiv => Op::FloorDiv,
+                    BinaryOp::Mod => Op::Mod,
+                    BinaryOp::LShift => Op::LShift,
+                    BinaryOp::RShift => Op::RShift,
+                    BinaryOp::BitAnd => Op::And,
+                    BinaryOp::BitOr => Op::Or,
+                    BinaryOp::BitXor => Op::Xor,
+                    BinaryOp::Div | BinaryOp::Pow | BinaryOp::MatMul => {
+                        unreachable!("handled above")
+                    }
+                };
+                // bool + bool is |, bool * bool is & (numexpr's rule).
+                let both_bool = a.dtype() == DType::Bool && b.dtype() == DType::Bool;
+                let kernel = match kernel {
+                    Op::Add if both_bool => Op::Or,
+                    Op::Mul if both_bool => Op::And,
+                    k => k,
+                };
+                apply(kernel, vec![a, b])
+            }
+        }
+    }
+
+    /// `a ** b`, with numexpr's rewrites of constant exponents.
+    fn power(&self, a: Node, b: Node) -> Result<Node> {
+        let Node::Const(c) = b else {
+            return apply(Op::Pow, vec![a, b]);
+        };
+        let x = match c {
+            Literal::Bool(v) => f64::from(u8::from(v)),
+            Literal::Int(v) => v as f64,
+            Literal::Float(v) => v,
+            Literal::Complex(_) => return apply(Op::Pow, vec![a, b]),
+        };
+        if a.dtype().is_integer() && literal_kind(c).is_integer() && x < 0.0 {
+            return Err(ExprError::Value(
+                "Integers to negative integer powers are not allowed.".into(),
+            ));
+        }
+        let float_of = |node: &Node| {
+            if node.dtype().is_integer() {
+                DType::Double
+            } else {
+                node.dtype()
+            }
+        };
+        match self.optimization {
+            Optimization::Aggressive if (2.0 * x).fract() == 0.0 && x.abs() <= 50.0 => {
+                // Binary powering with products, a square root for a half power.
+                let mut n = x.abs() as u32;
+                let half = (2.0 * x.abs()) as u32 % 2 == 1;
+                let mut r: Option<Node> = None;
+                let mut p = a.clone();
+                loop {
+                    if n & 1 == 1 {
+                        r = Some(match r {
+                            None => p.clone(),
+                            Some(r) => apply(Op::Mul, vec![r, p.clone()])?,
+                        });
+                    }
+                    n >>= 1;
+                    if n == 0 {
+                        break;
+                    }
+                    p = apply(Op::Mul, vec![p.clone(), p])?;
+                }
+                if half {
+                    let kind = float_of(&a);
+                    let root = Node::Op {
+                        op: Op::Func(Func::Sqrt),
+                        kind,
+                        out: kind,
+                        args: vec![a.clone()],
+                    };
+                    r = Some(match r {
+                        None => root,
+                        Some(r) => apply(Op::Mul, vec![r, root])?,
+                    });
+                }
+                let r = match r {
+                    Some(r) => r,
+                    None => apply(Op::Func(Func::OnesLike), vec![a])?,
+                };
+                if x < 0.0 {
+                    return apply(Op::Div, vec![Node::Const(Literal::Int(1)), r]);
+                }
+                Ok(r)
+            }
+            Optimization::Moderate | Optimization::Aggressive => match x {
+                -1.0 => apply(Op::Div, vec![Node::Const(Literal::Int(1)), a]),
+                0.0 => apply(Op::Func(Func::OnesLike), vec![a]),
+                0.5 => {
+                    let kind = float_of(&a);
+                    Ok(Node::Op {
+                        op: Op::Func(Func::Sqrt),
+                        kind,
+                        out: kind,
+                        args: vec![a],
+                    })
+                }
+                1.0 => Ok(a),
+                2.0 => apply(Op::Mul, vec![a.clone(), a]),
+                _ => apply(Op::Pow, vec![a, b]),
+            },
+            Optimization::None => apply(Op::Pow, vec![a, b]),
+        }
+    }
+}
+
+/// A function of constants, as numexpr folds it (with numpy: integer results are numpy's
+/// int64, real ones float64); None where it is left to run.
+fn fold_func(f: Func, args: &[Literal]) -> Option<Scalar> {
+    let ints = args
+        .iter()
+        .all(|a| matches!(a, Literal::Int(_) | Literal::Bool(_)));
+    let complex = args.iter().any(|a| matches!(a, Literal::Complex(_)));
+    let x = complex_of(args[0]);
+    if ints && !args.iter().any(|a| matches!(a, Literal::Bool(_))) {
+        let v = as_int(args[0])?;
+        return Some(match f {
+            Func::Abs => Scalar::Long(v.checked_abs()?),
+            Func::Round | Func::Copy | Func::Conj | Func::Floor | Func::Ceil | Func::Trunc => {
+                Scalar::Long(v)
+            }
+            Func::Sign => Scalar::Long(v.signum()),
+            Func::OnesLike => Scalar::Long(1),
+            Func::Maximum => Scalar::Long(v.max(as_int(args[1])?)),
+            Func::Minimum => Scalar::Long(v.min(as_int(args[1])?)),
+            _ => return fold_real(f, args),
+        });
+    }
+    if complex {
+        return match f {
+            Func::Abs => Some(Scalar::Double(x.norm())),
+            Func::Real => Some(Scalar::Double(x.re)),
+            Func::Imag => Some(Scalar::Double(x.im)),
+            _ => None, // (complex functions of constants run as they would on arrays)
+        };
+    }
+    fold_real(f, args)
+}
+
+fn fold_real(f: Func, args: &[Literal]) -> Option<Scalar> {
+    use crate::kernels::Real;
+    let x = complex_of(args[0]).re;
+    Some(match f {
+        Func::IsNan | Func::IsFinite | Func::IsInf | Func::SignBit => Scalar::Bool(x.test(f)),
+        Func::Complex => Scalar::Complex(Complex64::new(x, complex_of(args[1]).re)),
+        Func::Copy | Func::OnesLike | Func::Conj | Func::Real | Func::Imag => return None,
+        _ if f.arity() == 2 => Scalar::Double(x.call2(complex_of(args[1]).re, f)),
+        _ => Scalar::Double(x.call(f)),
+    })
+}
+
+/// `op` on `args`, typed.
+fn apply(op: Op, args: Vec<Node>) -> Result<Node> {
+    let kinds: Vec<DType> = args.iter().map(Node::dtype).collect();
+    let (kind, out) = ops::typed(op, &kinds)?;
+    Ok(Node::Op {
+        op,
+        kind,
+        out,
+        args,
+    })
+}
+
+fn reduction_arguments<'e>(
+    name: &str,
+    args: &'e [Expr],
+    kwargs: &'e [(String, Expr)],
+) -> Result<(&'e Expr, Option<usize>)> {
+    let mut axis_expr = None;
+    for (k, v) in kwargs {
+        if k != "axis" || axis_expr.is_some() {
+            return Err(ExprError::Type(format!(
+                "{name}() got an unexpected keyword argument '{k}'"
+            )));
+        }
+        axis_expr = Some(v);
+    }
+    let arg = match args {
+        [a] => a,
+        [a, axis] if axis_expr.is_none() => {
+            axis_expr = Some(axis);
+            a
+        }
+        _ => {
+            return Err(ExprError::Type(format!(
+                "{name}() takes an expression and an optional axis"
+            )))
+        }
+    };
+    let axis = match axis_expr {
+        None | Some(Expr::Unsupported("None")) => None,
+        Some(Expr::Literal(Literal::Int(v))) if *v >= 0 => {
+            if *v > 254 {
+                return Err(ExprError::Value("cannot encode axis".into()));
+            }
+            Some(*v as usize)
+        }
+        Some(Expr::Unary(UnaryOp::Neg, _)) => {
+            return Err(ExprError::Value("negative axis are not supported".into()))
+        }
+        Some(_) => {
+            return Err(ExprError::Type(format!(
+                "{name}()'s axis must be a constant integer"
+            )))
+        }
+    };
+    Ok((arg, axis))
+}
+
+fn complex_of(lit: Literal) -> Complex64 {
+    match lit {
+        Literal::Bool(b) => Complex64::new(f64::from(u8::from(b)), 0.0),
+        Literal::Int(v) => Complex64::new(v as f64, 0.0),
+        Literal::Float(v) => Complex64::new(v, 0.0),
+        Literal::Complex(v) => v,
+    }
+}
+
+fn overflow() -> ExprError {
+    ExprError::Value("an integer constant in the expression does not fit in 64 bits".into())
+}
+
+/// Python's unary `-` and `~` on a constant.
+fn fold_unary(op: Op, lit: Literal) -> Result<Literal> {
+    Ok(match (op, lit) {
+        (Op::Neg, Literal::Bool(b)) => Literal::Int(-i64::from(b)),
+        (Op::Neg, Literal::Int(v)) => Literal::Int(v.checked_neg().ok_or_else(overflow)?),
+        (Op::Neg, Literal::Float(v)) => Literal::Float(-v),
+        (Op::Neg, Literal::Complex(v)) => Literal::Complex(-v),
+        (Op::Invert, Literal::Bool(b)) => Literal::Int(!i64::from(b)),
+        (Op::Invert, Literal::Int(v)) => Literal::Int(!v),
+        _ => return Err(ExprError::Type("bad operand type for unary ~".into())),
+    })
+}
+
+/// Python's comparison of two constants.
+fn fold_compare(op: Op, a: Literal, b: Literal) -> Result<Literal> {
+    let (x, y) = (complex_of(a), complex_of(b));
+    Ok(Literal::Bool(match op {
+        Op::Eq => x == y,
+        Op::Ne => x != y,
+        _ if x.im != 0.0 || y.im != 0.0 => {
+            return Err(ExprError::Type(
+                "'>' not supported between instances of 'complex' and 'complex'".into(),
+            ));
+        }
+        Op::Gt => x.re > y.re,
+        _ => x.re >= y.re,
+    }))
+}
+
+fn as_int(lit: Literal) -> Option<i64> {
+    match lit {
+        Literal::Bool(b) => Some(i64::from(b)),
+        Literal::Int(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// Python's arithmetic on two constants (ints exact within 64 bits, floats as floats).
+fn fold_binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
+    let zero = |what: &str| ExprError::ZeroDivision(what.to_string());
+    if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
+        let both_bool = matches!((a, b), (Literal::Bool(_), Literal::Bool(_)));
+        return Ok(match op {
+            BinaryOp::Add => Literal::Int(x.checked_add(y).ok_or_else(overflow)?),
+            BinaryOp::Sub => Literal::Int(x.checked_sub(y).ok_or_else(overflow)?),
+            BinaryOp::Mul => Literal::Int(x.checked_mul(y).ok_or_else(overflow)?),
+            BinaryOp::Div if y == 0 => return Err(zero("division by zero")),
+            BinaryOp::Div => Literal::Float(x as f64 / y as f64),
+            BinaryOp::FloorDiv | BinaryOp::Mod if y == 0 => {
+                return Err(zero("integer division or modulo by zero"))
+            }
+            BinaryOp::FloorDiv => {
+                Literal::Int(x.div_euclid(y) - i64::from(y < 0 && x.rem_euclid(y) != 0))
+            }
+            BinaryOp::Mod => Literal::Int({
+                let r = x.rem_euclid(y);
+                if y < 0 && r != 0 {
+                    r + y
+                } else {
+                    r
+                }
+            }),
+            BinaryOp::Pow if y < 0 => Literal::Float((x as f64).powf(y as f64)),
+            BinaryOp::Pow => Literal::Int(
+                u32::try_from(y)
+                    .ok()
+                    .and_then(|e| x.checked_pow(e))
+                    .ok_or_else(overflow)?,
+            ),
+            BinaryOp::LShift if y < 0 => {
+                return Err(ExprError::Value("negative shift count".into()))
+            }
+            BinaryOp::LShift => Literal::Int(
+                u32::try_from(y)
+                    .ok()
+                    .and_then(|s| x.checked_shl(s))
+                    .filter(|v| v >> y.min(63) == x)
+                    .ok_or_else(overflow)?,
+            ),
+            BinaryOp::RShift if y < 0 => {
+                return Err(ExprError::Value("negative shift count".into()))
+            }
+            BinaryOp::RShift => Literal::Int(x >> y.min(63)),
+            BinaryOp::BitAnd if both_bool => Literal::Bool(x & y != 0),
+            BinaryOp::BitOr if both_bool => Literal::Bool(x | y != 0),
+            BinaryOp::BitXor if both_bool => Literal::Bool(x ^ y != 0),
+            BinaryOp::BitAnd => Literal::Int(x & y),
+            BinaryOp::BitOr => Literal::Int(x | y),
+            BinaryOp::BitXor => Literal::Int(x ^ y),
+            BinaryOp::MatMul => {
+                return Err(ExprError::Type(
+                    "the @ operator is not supported in expressions".into(),
+                ))
+            }
+        });
+    }
+    if matches!(a, Literal::Complex(_)) || matches!(b, Literal::Complex(_)) {
+        let (x, y) = (complex_of(a), complex_of(b));
+        return Ok(Literal::Complex(match op {
+            BinaryOp::Add => x + y,
+            BinaryOp::Sub => x - y,
+            BinaryOp::Mul => x * y,
+            BinaryOp::Div if y == Complex64::new(0.0, 0.0) => {
+                return Err(zero("complex division by zero"))
+            }
+            BinaryOp::Div => x / y,
+            BinaryOp::Pow => x.powc(y),
+            _ => {
+                return Err(ExprError::Type(
+                    "unsupported operand type(s) for complex numbers".into(),
+                ))
+            }
+        }));
+    }
+    let (x, y) = (complex_of(a).re, complex_of(b).re);
+    Ok(Literal::Float(match op {
+        BinaryOp::Add => x + y,
+        BinaryOp::Sub => x - y,
+        BinaryOp::Mul => x * y,
+        BinaryOp::Div if y == 0.0 => return Err(zero("float division by zero")),
+        BinaryOp::Div => x / y,
+        BinaryOp::FloorDiv if y == 0.0 => return Err(zero("float floor division by zero")),
+        BinaryOp::FloorDiv => (x / y).floor(),
+        BinaryOp::Mod if y == 0.0 => return Err(zero("float modulo")),
+        BinaryOp::Mod => {
+            let r = x % y;
+            if r != 0.0 && (r < 0.0) != (y < 0.0) {
+                r + y
+            } else {
+                r
+            }
+        }
+        BinaryOp::Pow => x.powf(y),
+        _ => {
+            return Err(ExprError::Type(
+                "unsupported operand type(s) for float".into(),
+            ))
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parser::parse;
+
+    fn typed(src: &str, inputs: &[(&str, DType)]) -> Result<Typed> {
+        let inputs: Vec<(String, DType)> =
+            inputs.iter().map(|(n, d)| (n.to_string(), *d)).collect();
+        Typer {
+            inputs: &inputs,
+            optimization: Optimization::Aggressive,
+        }
+        .typed(&parse(src)?)
+    }
+
+    #[test]
+    fn kinds_follow_numexpr() {
+        use DType::*;
+        let t = |src: &str, k: DType| typed(src, &[("x", k), ("y", k)]).map(|t| t.root.dtype());
+        assert_eq!(t("x + y", Int), Ok(Int));
+        assert_eq!(t("x / y", Int), Ok(Double));
+        assert_eq!(t("x + y", Bool), Ok(Bool)); // (an or)
+        assert!(matches!(
+            t("x - y", Bool),
+            Err(ExprError::NotImplemented(_))
+        ));
+        assert_eq!(t("x * 2", Float), Ok(Float));
+        assert_eq!(t("x * 2.0", Float), Ok(Double));
+        assert_eq!(t("x * 2**40", Int), Ok(Long));
+        assert_eq!(t("sin(x)", Int), Ok(Double));
+        assert_eq!(t("sin(x)", Bool), Ok(Float));
+        assert_eq!(t("x < y", Complex).is_err(), true);
+        assert_eq!(t("x == y", Complex), Ok(Bool));
+        assert_eq!(t("round(x)", Int), Ok(Int));
+        assert_eq!(t("conj(x)", Int), Ok(Double));
+        assert_eq!(t("conj(x)", Double), Ok(Complex));
+        assert_eq!(t("x.real", Complex), Ok(Double));
+        let mixed = typed("x + y", &[("x", Long), ("y", Float)]).unwrap();
+        assert_eq!(mixed.root.dtype(), Float);
+    }
+
+    #[test]
+    fn folding_and_refusals() {
+        assert_eq!(
+            typed("2 * 3 + 1", &[]).unwrap().root,
+            Node::Const(Literal::Int(7))
+        );
+        assert_eq!(
+            typed("-7 // 2", &[]).unwrap().root,
+            Node::Const(Literal::Int(-4))
+        );
+        assert_eq!(
+            typed("7 % -2", &[]).unwrap().root,
+            Node::Const(Literal::Int(-1))
+        );
+        assert_eq!(
+            typed("2 ** -1", &[]).unwrap().root,
+            Node::Const(Literal::Float(0.5))
+        );
+        assert!(matches!(
+            typed("1 // 0", &[]),
+            Err(ExprError::ZeroDivision(_))
+        ));
+        assert!(matches!(
+            typed("x ** -1", &[("x", DType::Int)]),
+            Err(ExprError::Value(_))
+        ));
+        assert!(matches!(
+            typed("x and x", &[("x", DType::Bool)]),
+            Err(ExprError::Type(_))
+        ));
+        assert!(matches!(
+            typed("sum(x) + 1", &[("x", DType::Double)]),
+            Err(ExprError::Runtime(_))
+        ));
+        assert!(matches!(
+            typed("sum(x, axis=-1)", &[("x", DType::Double)]),
+            Err(ExprError::Value(_))
+        ));
+        assert!(matches!(
+            typed("x.foo", &[("x", DType::Double)]),
+            Err(ExprError::Attribute(_))
+        ));
+        let r = typed("sum(x * x, axis=1)", &[("x", DType::Double)]).unwrap();
+        assert_eq!(r.reduce, Some((Reduce::Sum, Some(1))));
+    }
+}

@@ -1,0 +1,290 @@
+"""``paralelo.evaluate``: numexpr's array expressions, compiled in paralelo's Rust engine
+and run on every core with the GIL released.
+
+    import numpy as np, paralelo
+    x = np.random.rand(10_000_000)
+    paralelo.evaluate("sum(x*x)")                      # the guide's sum of squares
+    paralelo.evaluate("where(a > 0.5, sin(a)**2, cos(b))")
+
+The language is numexpr's: arithmetic (``+ - * / // % **``), comparisons, ``& | ^ ~``
+(logical on booleans, bitwise on integers), ``<< >>``, ``where(c, a, b)``, numexpr's math
+functions (``sin`` … ``arctan2``, ``log1p``, ``expm1``, ``abs``, ``round``, ``real``,
+``imag``, ``conj``, ``complex``, ``isnan`` …), complex numbers, and one reduction
+(``sum``, ``prod``, ``min``, ``max``, with ``axis``) as the last operation. Types follow
+numexpr's rules (bool, int32, int64, float32, float64, complex128; smaller integers widen
+to int32, uint32 to int64, float16 to float32, complex64 to complex128), and so do its
+errors. Names are read from the caller's frame unless ``local_dict``/``global_dict``
+say otherwise. Expressions are parsed and typed once per expression and input kinds,
+then cached. Inputs broadcast, may be strided, non-contiguous or unaligned.
+
+Where it differs from numexpr: a reduction over an empty array gives numpy's identity
+(``sum``: 0) rather than an empty array, and ``min``/``max`` of one raise numpy's
+ValueError; float32 sums accumulate in double; strings are not supported; expressions
+are never passed to Python's ``eval``, whatever ``sanitize`` says.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from collections import OrderedDict
+from typing import Any
+
+__all__ = ["evaluate", "re_evaluate", "validate"]
+
+#: numexpr's keyword arguments and what they may be.
+_OPTIONS = {"optimization": ("none", "moderate", "aggressive"), "truediv": (False, True, "auto")}
+_DEFAULTS = {"optimization": "aggressive", "truediv": "auto"}
+_ORDERS = ("C", "F", "A", "K")
+_CASTINGS = ("no", "equiv", "safe", "same_kind", "unsafe")
+#: Compiled expressions kept, most recently used last.
+_CACHE_SIZE = 256
+
+_lock = threading.Lock()
+_names: OrderedDict[str, list[str]] = OrderedDict()
+_compiled: OrderedDict[tuple, Any] = OrderedDict()
+
+
+class _Last(threading.local):
+    """What this thread's last `evaluate` or `validate` compiled, for `re_evaluate`."""
+
+    compiled: Any = None
+    names: list[str] = []
+    kwargs: dict = {}
+
+
+_last = _Last()
+
+# What numexpr's sanitizer refuses: statement separators, subscripts and slices, dunder
+# names, and attribute access other than .real and .imag (a digit after the dot is a
+# number: 1.5, 1.j).
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_FORBIDDEN = re.compile(r"[;\[:]|(?<![\w])__\w+__(?![\w])|\.(?!(real|imag)\b)(?=[A-Za-z_])")
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError:
+        raise ImportError("paralelo.evaluate needs numpy: pip install numpy") from None
+    return numpy
+
+
+def _cached(cache: OrderedDict, key: Any, make: Any) -> Any:
+    with _lock:
+        hit = cache.get(key)
+        if hit is not None:
+            cache.move_to_end(key)
+            return hit
+    value = make()
+    with _lock:
+        cache[key] = value
+        if len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+    return value
+
+
+def _names_of(ex: str, sanitize: bool) -> list[str]:
+    from ._native import expression_names
+
+    if not isinstance(ex, str):
+        raise ValueError("must specify expression as a string")
+    if sanitize and _FORBIDDEN.search(_QUOTED.sub("", re.sub(r"\s+", "", ex))):
+        raise ValueError(f"Expression {ex} has forbidden control characters.")
+    return _cached(_names, ex, lambda: expression_names(ex))
+
+
+def _kind(np: Any, a: Any) -> str:
+    """The kernel kind for an array's dtype, as numexpr widens dtypes it lacks."""
+    dt = a.dtype
+    size = dt.itemsize
+    if dt.kind == "b":
+        return "bool"
+    if dt.kind == "i" and size <= 8:
+        return "int32" if size <= 4 else "int64"
+    if dt.kind == "u" and size <= 8:
+        return "int32" if size <= 2 else "int64"
+    if dt.kind == "f" and size <= 8:
+        return "float32" if size <= 4 else "float64"
+    if dt.kind == "c" and size <= 16:
+        return "complex128"
+    raise TypeError(f"paralelo.evaluate has no kernels for {dt} arrays")
+
+
+def _context(kwargs: dict) -> dict:
+    context = dict(_DEFAULTS)
+    for name, value in kwargs.items():
+        if name not in _OPTIONS:
+            raise ValueError(f"Unknown keyword argument '{name}'")
+        if value not in _OPTIONS[name]:
+            raise ValueError(f"'{name}' must be one of {_OPTIONS[name]}")
+        context[name] = value
+    return context
+
+
+def _arguments(np: Any, names: list[str], local_dict: Any, global_dict: Any, depth: int) -> list:
+    frame = sys._getframe(depth)
+    local_dict = frame.f_locals if local_dict is None else local_dict
+    global_dict = frame.f_globals if global_dict is None else global_dict
+    out = []
+    for name in names:
+        try:
+            value = local_dict[name]
+        except KeyError:
+            value = global_dict[name]  # (KeyError naming it, as numexpr)
+        out.append(np.asarray(value))
+    return out
+
+
+def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, casting: str, sanitize: Any,
+             kwargs: dict, depth: int) -> tuple:
+    np = _numpy()
+    if sanitize is None:
+        import os
+
+        sanitize = os.environ.get("NUMEXPR_SANITIZE", "1") != "0"
+    context = _context(kwargs)
+    if order not in _ORDERS:
+        raise ValueError(f"order must be one of {_ORDERS}, not {order!r}")
+    if casting not in _CASTINGS:
+        raise ValueError(f"casting must be one of {_CASTINGS}, not {casting!r}")
+    names = _names_of(ex, bool(sanitize))
+    arrays = _arguments(np, names, local_dict, global_dict, depth + 1)
+    compiled = _compile(np, ex, names, arrays, context["optimization"])
+    return compiled, names, arrays, {"out": out, "order": order, "casting": casting}
+
+
+def _compile(np: Any, ex: str, names: list[str], arrays: list, optimization: str) -> Any:
+    from ._native import Expression
+
+    kinds = tuple(zip(names, (_kind(np, a) for a in arrays)))
+    return _cached(_compiled, (ex, optimization, kinds), lambda: Expression(ex, list(kinds), optimization))
+
+
+def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None = None, out: Any = None,
+             order: str = "K", casting: str = "same_kind", sanitize: bool | None = None, _frame_depth: int = 1,
+             device: str = "cpu", **kwargs: Any) -> Any:
+    """Evaluates the array expression `ex` (numexpr's ``evaluate``), on every core.
+
+    Names in `ex` are looked up in `local_dict`, then `global_dict` (by default the
+    caller's locals and globals). `out`: an array to write the result into (its shape
+    the result's; its dtype one the result casts to under `casting`). `order`: 'K'
+    keeps the inputs' memory order (a Fortran-ordered input gives a Fortran-ordered
+    result), 'C' and 'F' force one. `optimization` ('none', 'moderate', 'aggressive',
+    the default) and `truediv` are numexpr's. `device`: 'cpu'."""
+    if device != "cpu":
+        raise NotImplementedError(f"device={device!r}: paralelo.evaluate runs on 'cpu' in this build")
+    compiled, names, arrays, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize, kwargs,
+                                                _frame_depth + 1)
+    _last.compiled, _last.names, _last.kwargs = compiled, names, options
+    return _run(compiled, arrays, **options)
+
+
+def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None = None, out: Any = None,
+             order: str = "K", casting: str = "safe", _frame_depth: int = 1, sanitize: bool | None = None,
+             **kwargs: Any) -> Exception | None:
+    """Checks and compiles `ex` as `evaluate` would, for `re_evaluate`; returns None, or
+    the exception `evaluate` would raise (numexpr's ``validate``)."""
+    try:
+        compiled, names, _, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize, kwargs,
+                                               _frame_depth + 1)
+    except Exception as e:  # noqa: BLE001 - returned, as numexpr's validate does
+        return e
+    _last.compiled, _last.names, _last.kwargs = compiled, names, options
+    return None
+
+
+def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None, _frame_depth: int = 1) -> Any:
+    """Evaluates again the expression this thread last evaluated or validated, with the
+    operands' current values (numexpr's ``re_evaluate``)."""
+    if _last.compiled is None:
+        raise RuntimeError("A previous evaluate() execution was not found, please call `validate` or `evaluate` "
+                           "once before `re_evaluate`")
+    np = _numpy()
+    arrays = _arguments(np, _last.names, local_dict, global_dict, _frame_depth + 1)
+    return _run(_last.compiled, arrays, **_last.kwargs)
+
+
+def _described(np: Any, a: Any) -> tuple:
+    return a.__array_interface__["data"][0], a.dtype.name, a.strides
+
+
+def _run(compiled: Any, arrays: list, out: Any, order: str, casting: str) -> Any:
+    np = _numpy()
+    kinds = [_kind(np, a) for a in arrays]
+    # Arrays of a dtype the kernels lack, or not in native byte order, are converted.
+    arrays = [a if a.dtype.name == k and a.dtype.isnative else a.astype(k) for a, k in zip(arrays, kinds)]
+    # An input the expression folded away (`where(1 > 0, 2, x)`) plays no part in the
+    # shape, as in numexpr; it is passed as one element, never read.
+    reads = compiled.reads
+    arrays = [a if used else a.reshape(-1)[:1].reshape(()) if a.size else np.zeros((), a.dtype)
+              for a, used in zip(arrays, reads)]
+    shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
+    views = [np.broadcast_to(a, shape) for a in arrays]
+    result_dtype = np.dtype(compiled.out)
+    reduction = compiled.reduction
+    ndim = len(shape)
+    if reduction is None:
+        out_shape = shape
+        # 'K' and 'A' keep Fortran order when every input with dimensions has it.
+        fortran = order == "F" or (order in "KA" and ndim > 1 and any(a.ndim > 1 for a in arrays)
+                                   and all(a.flags.f_contiguous and not a.flags.c_contiguous
+                                           for a in arrays if a.ndim > 1))
+    else:
+        name, axis = reduction
+        fortran = False
+        if axis is not None and axis >= ndim:
+            raise ValueError("reduction axis is out of bounds")
+        out_shape = () if axis is None else shape[:axis] + shape[axis + 1:]
+        if axis is not None:
+            views = [np.moveaxis(v, axis, -1) for v in views]
+        if 0 in shape:
+            return _empty_reduction(np, name, out_shape, result_dtype, out, casting)
+    target = _target(np, out, out_shape, result_dtype, casting, arrays, fortran)
+    run_on = target.T if fortran else target
+    iteration = run_on.shape if reduction is None else (views[0].shape if views else shape)
+    if reduction is None:
+        out_strides = run_on.strides
+        views = [v.T for v in views] if fortran else views
+    elif reduction[1] is None:
+        out_strides = (0,) * len(iteration)
+    else:
+        out_strides = run_on.strides + (0,)
+    compiled.run([_described(np, v) for v in views], list(iteration),
+                 (target.__array_interface__["data"][0], target.dtype.name, out_strides))
+    if out is not None and target is not out:
+        np.copyto(out, target, casting="unsafe")
+        return out
+    return target
+
+
+def _target(np: Any, out: Any, shape: tuple, dtype: Any, casting: str, arrays: list, fortran: bool) -> Any:
+    """The array the engine writes: `out` itself when it can, else a new one (copied into
+    `out` afterwards)."""
+    if out is None:
+        return np.empty(shape, dtype, order="F" if fortran else "C")
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array, not {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"output array has shape {out.shape}, the result has {tuple(shape)}")
+    if not out.flags.writeable:
+        raise ValueError("output array is read-only")
+    if not np.can_cast(dtype, out.dtype, casting=casting):
+        raise TypeError(f"Iterator requested dtype could not be cast from dtype('{dtype}') to dtype('{out.dtype}'), "
+                        f"the operand 0 dtype, according to the rule '{casting}'")
+    if out.dtype != dtype or not out.dtype.isnative or any(np.may_share_memory(out, a) for a in arrays):
+        # (an output that is also an input is written once the result is whole)
+        return np.empty(shape, dtype, order="F" if fortran else "C")
+    return out
+
+
+def _empty_reduction(np: Any, name: str, shape: tuple, dtype: Any, out: Any, casting: str) -> Any:
+    if name in ("min", "max"):
+        raise ValueError(f"zero-size array to reduction operation {name}imum which has no identity")
+    result = (np.zeros if name == "sum" else np.ones)(shape, dtype)
+    if out is None:
+        return result
+    _target(np, out, shape, dtype, casting, [], False)
+    np.copyto(out, result, casting="unsafe")
+    return out
