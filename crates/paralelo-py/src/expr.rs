@@ -36,9 +36,11 @@ impl Expression {
             "none" => Optimization::None,
             "moderate" => Optimization::Moderate,
             "aggressive" => Optimization::Aggressive,
-            other => return Err(PyValueError::new_err(format!(
+            other => {
+                return Err(PyValueError::new_err(format!(
                 "'optimization' must be one of ('none', 'moderate', 'aggressive'), not {other:?}"
-            ))),
+            )))
+            }
         };
         let inputs = inputs
             .into_iter()
