@@ -1,0 +1,117 @@
+"""paralelo.evaluate beside numexpr, numba (prange, with and without fastmath) and numpy,
+on the guide's data-parallel cases, in one run.
+
+    python bench/bench_expressions.py              # 10 M elements, best of 15 runs each
+    python bench/bench_expressions.py --n 1000000 --runs 30
+
+Each case runs warm (compiled, cached) in this process; the table shows the best time
+of the runs and paralelo's speed-up over each rival ("x faster": above 1 means paralelo
+is faster). The memory floor is one pass over the inputs and the output (`np.copyto`
+timed on the same arrays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _report import table  # noqa: E402
+
+import paralelo  # noqa: E402
+
+
+def best(f, runs: int) -> float:
+    f()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def numba_kernels():
+    try:
+        import numba
+    except ImportError:
+        return {}
+    out = {}
+    for fast in (False, True):
+        jit = numba.njit(parallel=True, fastmath=fast)
+
+        @jit
+        def sumsq(x):
+            s = 0.0
+            for i in numba.prange(x.shape[0]):
+                s += x[i] * x[i]
+            return s
+
+        @jit
+        def lin(a, b, o):
+            for i in numba.prange(a.shape[0]):
+                o[i] = 2 * a[i] + 3 * b[i]
+            return o
+
+        @jit
+        def branch(a, b, o):
+            for i in numba.prange(a.shape[0]):
+                o[i] = np.sin(a[i]) ** 2 if a[i] > 0.5 else np.cos(b[i])
+            return o
+
+        @jit
+        def fma32(a, b, c, o):
+            for i in numba.prange(a.shape[0]):
+                o[i] = a[i] * b[i] + c[i]
+            return o
+
+        out["numba fastmath" if fast else "numba prange"] = (sumsq, lin, branch, fma32)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    n, runs = args.n, args.runs
+    rng = np.random.default_rng(0)
+    x, a, b = rng.random(n), rng.random(n), rng.random(n)
+    a32, b32, c32 = (rng.random(n, dtype=np.float32) for _ in range(3))
+    o, o32 = np.empty(n), np.empty(n, np.float32)
+    try:
+        import numexpr as ne
+    except ImportError:
+        ne = None
+    kernels = numba_kernels()
+    cases = {
+        "sum(x*x), float64": ("sum(x*x)", lambda: np.dot(x, x), "np.dot", 0, (x,)),
+        "2*a + 3*b, float64": ("2*a + 3*b", lambda: 2 * a + 3 * b, "numpy", 1, (a, b, o)),
+        "where(a > 0.5, sin(a)**2, cos(b))": ("where(a > 0.5, sin(a)**2, cos(b))",
+                                               lambda: np.where(a > 0.5, np.sin(a) ** 2, np.cos(b)), "numpy", 2,
+                                               (a, b, o)),
+        "a*b + c, float32": ("a32*b32 + c32", lambda: a32 * b32 + c32, "numpy", 3, (a32, b32, c32, o32)),
+    }
+    rows = []
+    env = {"x": x, "a": a, "b": b, "a32": a32, "b32": b32, "c32": c32}
+    for title, (ex, numpy_way, numpy_name, k, numba_args) in cases.items():
+        ours = best(lambda: paralelo.evaluate(ex, local_dict=env), runs)
+        rivals = {numpy_name: best(numpy_way, runs)}
+        if ne is not None:
+            rivals["numexpr"] = best(lambda: ne.evaluate(ex, local_dict=env), runs)
+        for name, fns in kernels.items():
+            rivals[name] = best(lambda: fns[k](*numba_args), runs)
+        for name, secs in rivals.items():
+            rows.append((title, name, f"{ours * 1e3:.2f}", f"{secs * 1e3:.2f}", f"{secs / ours:.2f}"))
+    floor = best(lambda: np.copyto(o, x), runs)
+    rows.append(("memory floor: copy 10 M float64", "np.copyto", "", f"{floor * 1e3:.2f}", ""))
+    table(f"paralelo.evaluate, {n:,} elements, {os.cpu_count()} CPUs, best of {runs}",
+          ("case", "rival", "paralelo ms", "rival ms", "x faster"), rows)
+
+
+if __name__ == "__main__":
+    main()
