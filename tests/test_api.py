@@ -179,3 +179,11 @@ def test_multiprocessing_s_helper_modules_are_there_under_paralelo_s_name():
     assert paralelo.util is multiprocessing.util
     assert paralelo.reduction is multiprocessing.reduction
     assert paralelo.dummy is multiprocessing.dummy
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_contexts_have_every_name_multiprocessings_have(method):
+    ours, theirs = paralelo.get_context(method), multiprocessing.get_context(method)
+    assert [n for n in dir(theirs) if not n.startswith("_") and not hasattr(ours, n)] == []
+    assert ours.get_context("spawn").get_start_method() == "spawn"
+    assert ours.ProcessError is multiprocessing.ProcessError

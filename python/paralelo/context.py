@@ -11,6 +11,7 @@ standard library's way with 'spawn' or 'forkserver' (see ``process``).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from typing import Any
 
@@ -169,6 +170,51 @@ class Context:
         from ._errors import TimeoutError
 
         return TimeoutError
+
+    # The rest of multiprocessing's context API, as the library's module has it.
+    ProcessError = multiprocessing.ProcessError
+    BufferTooShort = multiprocessing.BufferTooShort
+    AuthenticationError = multiprocessing.AuthenticationError
+
+    @staticmethod
+    def get_context(method: str | None = None) -> Context:
+        return get_context(method)
+
+    @staticmethod
+    def set_start_method(method: str | None, force: bool = False) -> None:
+        set_start_method(method, force)
+
+    @staticmethod
+    def get_all_start_methods() -> list[str]:
+        return get_all_start_methods()
+
+    @staticmethod
+    def get_logger() -> Any:
+        return multiprocessing.get_logger()
+
+    @staticmethod
+    def log_to_stderr(level: Any = None) -> Any:
+        return multiprocessing.log_to_stderr(level)
+
+    @staticmethod
+    def freeze_support() -> None:
+        multiprocessing.freeze_support()
+
+    @staticmethod
+    def set_executable(executable: str) -> None:
+        multiprocessing.set_executable(executable)
+
+    @staticmethod
+    def set_forkserver_preload(module_names: list[str]) -> None:
+        multiprocessing.set_forkserver_preload(module_names)
+
+    @staticmethod
+    def allow_connection_pickling() -> None:
+        multiprocessing.allow_connection_pickling()
+
+    @property
+    def reducer(self) -> Any:
+        return multiprocessing.reducer
 
 
 def get_context(method: str | None = None) -> Context:
