@@ -203,6 +203,7 @@ impl Consumer {
                         max: MAX_MESSAGE as u64,
                     });
                 } else {
+                    room(&mut self.partial, len);
                     self.mem.append_to(body, len, &mut self.partial);
                 }
                 self.in_partial = fh.tag & FRAG_MORE != 0;
@@ -278,5 +279,18 @@ impl Consumer {
         if self.partial.capacity() > KEEP_PARTIAL {
             self.partial = Vec::new();
         }
+    }
+}
+
+/// Makes room for `more` bytes in a message being put together. Past 1 MiB it grows to at
+/// least 64 MiB at once: so large an allocation is mapped afresh by malloc and unmapped
+/// when freed, where the doublings in between would be left in the collector thread's
+/// malloc arena, resident even after `malloc_trim`, in a program that once freed a large
+/// array (glibc then raises its mmap threshold up to 32 MiB). Pages never written cost
+/// nothing.
+fn room(buf: &mut Vec<u8>, more: usize) {
+    let need = buf.len() + more;
+    if need > buf.capacity() && need > 1 << 20 {
+        buf.reserve_exact(need.next_power_of_two().max(64 << 20) - buf.len());
     }
 }
