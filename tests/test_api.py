@@ -187,3 +187,25 @@ def test_contexts_have_every_name_multiprocessings_have(method):
     assert [n for n in dir(theirs) if not n.startswith("_") and not hasattr(ours, n)] == []
     assert ours.get_context("spawn").get_start_method() == "spawn"
     assert ours.ProcessError is multiprocessing.ProcessError
+
+
+def test_the_standard_librarys_pools_run_on_a_paralelo_context(tmp_path):
+    # A half-migrated program (or tqdm's process_map with mp_context=): the standard
+    # library's executor and Pool given paralelo's context (they hung, or failed, on
+    # paralelo's primitives, whose private parts they reach into).
+    from scripts import side_by_side
+
+    [out] = side_by_side(tmp_path, textwrap.dedent("""
+        import concurrent.futures, multiprocessing.pool, sys
+        import paralelo
+        def sq(x):
+            return x * x
+        if __name__ == "__main__":
+            for method in ("fork", "spawn"):
+                ctx = paralelo.get_context(method)
+                with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+                    print(list(ex.map(sq, range(5))))
+                with multiprocessing.pool.Pool(2, context=ctx) as p:
+                    print(p.map(sq, range(5)))
+    """), libs=("paralelo",), timeout=120)
+    assert out.splitlines() == ["[0, 1, 4, 9, 16]"] * 4

@@ -11,8 +11,10 @@ standard library's way with 'spawn' or 'forkserver' (see ``process``).
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
+import sys
 from typing import Any
 
 _METHODS = ("fork", "spawn", "forkserver")
@@ -22,6 +24,26 @@ _method: str | None = None
 def _check(method: str | None) -> None:
     if method is not None and method not in _METHODS:
         raise ValueError(f"cannot find context for {method!r}")
+
+
+#: Modules whose pools and queues reach into their primitives' private parts
+#: (``_semlock``, ``_reader``): given a paralelo context, they get the standard library's.
+_STDLIB = ("multiprocessing.", "concurrent.futures.")
+
+
+def _standard_for_stdlib(method: Any) -> Any:
+    """`method`, except that the standard library's own code calling it (its
+    ProcessPoolExecutor or Pool given a paralelo context) gets the standard library's
+    object of the same start method."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self: Context, *args: Any, **kwargs: Any) -> Any:
+        if sys._getframe(1).f_globals.get("__name__", "").startswith(_STDLIB):
+            return getattr(multiprocessing.get_context(self.get_start_method()), name)(*args, **kwargs)
+        return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Context:
@@ -44,42 +66,49 @@ class Context:
 
         return PROCESS_FOR_METHOD[self._method] if self._method else Process
 
+    @_standard_for_stdlib
     def Lock(self) -> Any:
         """A process-shared lock (``synchronize.Lock``)."""
         from .synchronize import Lock
 
         return Lock(ctx=self)
 
+    @_standard_for_stdlib
     def RLock(self) -> Any:
         """A process-shared re-entrant lock (``synchronize.RLock``)."""
         from .synchronize import RLock
 
         return RLock(ctx=self)
 
+    @_standard_for_stdlib
     def Semaphore(self, value: int = 1) -> Any:
         """A process-shared semaphore (``synchronize.Semaphore``)."""
         from .synchronize import Semaphore
 
         return Semaphore(value, ctx=self)
 
+    @_standard_for_stdlib
     def BoundedSemaphore(self, value: int = 1) -> Any:
         """A process-shared bounded semaphore (``synchronize.BoundedSemaphore``)."""
         from .synchronize import BoundedSemaphore
 
         return BoundedSemaphore(value, ctx=self)
 
+    @_standard_for_stdlib
     def Condition(self, lock: Any = None) -> Any:
         """A process-shared condition variable (``synchronize.Condition``)."""
         from .synchronize import Condition
 
         return Condition(lock, ctx=self)
 
+    @_standard_for_stdlib
     def Event(self) -> Any:
         """A process-shared event (``synchronize.Event``)."""
         from .synchronize import Event
 
         return Event(ctx=self)
 
+    @_standard_for_stdlib
     def Barrier(self, parties: int, action: Any = None, timeout: float | None = None) -> Any:
         """A process-shared barrier (``synchronize.Barrier``)."""
         from .synchronize import Barrier
@@ -93,30 +122,35 @@ class Context:
 
         return Pipe(duplex)
 
+    @_standard_for_stdlib
     def Queue(self, maxsize: int = 0) -> Any:
         """A process-shared queue (``queues.Queue``)."""
         from .queues import Queue
 
         return Queue(maxsize, ctx=self)
 
+    @_standard_for_stdlib
     def JoinableQueue(self, maxsize: int = 0) -> Any:
         """A process-shared queue with ``task_done`` and ``join`` (``queues.JoinableQueue``)."""
         from .queues import JoinableQueue
 
         return JoinableQueue(maxsize, ctx=self)
 
+    @_standard_for_stdlib
     def SimpleQueue(self) -> Any:
         """A simplified process-shared queue (``queues.SimpleQueue``)."""
         from .queues import SimpleQueue
 
         return SimpleQueue(ctx=self)
 
+    @_standard_for_stdlib
     def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
         """A shared ctypes object behind a lock (``sharedctypes.Value``)."""
         from .sharedctypes import Value
 
         return Value(typecode_or_type, *args, lock=lock, ctx=self)
 
+    @_standard_for_stdlib
     def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
         """A shared ctypes array behind a lock (``sharedctypes.Array``)."""
         from .sharedctypes import Array
