@@ -16,9 +16,14 @@ use crate::ops::Reduce;
 use crate::program::{Operand, Program};
 use crate::view::{self, Addr};
 
-/// Elements in a block: the registers of a block (a few of them, 8 KiB each for
-/// doubles) stay in a core's first-level cache.
-pub const BLOCK: usize = 1024;
+/// Elements in a block of an elementwise program: long enough runs over each operand
+/// that the hardware's prefetching keeps streaming (4,096: 32 KiB for doubles, measured
+/// 20% faster than 1,024 on `2*a + 3*b`).
+pub const BLOCK: usize = 4096;
+/// Elements in a block of a reduction: its result register is folded at once, and stays
+/// in the first-level cache at this size (1,024 measured up to twice as fast as 4,096 on
+/// `sum(x*x)`).
+pub const REDUCTION_BLOCK: usize = 1024;
 /// Elements a parallel task takes at least.
 const CHUNK: usize = 32 * BLOCK;
 
@@ -67,7 +72,10 @@ pub unsafe fn evaluate(
             program.out.name()
         )));
     }
-    let layout = Layout::new(shape, inputs, out);
+    let mut layout = Layout::new(shape, inputs, out);
+    if program.reduce.is_some() {
+        layout.block = REDUCTION_BLOCK;
+    }
     let total: usize = layout.shape.iter().product();
     match program.reduce {
         None => {
@@ -168,6 +176,8 @@ struct Layout {
     strides: Vec<Vec<isize>>,
     kinds: Vec<DType>,
     out: Addr,
+    /// Elements a block takes (`BLOCK`, or `REDUCTION_BLOCK`).
+    block: usize,
 }
 
 impl Layout {
@@ -208,6 +218,7 @@ impl Layout {
             strides,
             kinds: operands.iter().map(|a| a.dtype).collect(),
             out: Addr(out.addr),
+            block: BLOCK,
         }
     }
 
@@ -223,7 +234,7 @@ impl Layout {
     }
 
     /// Calls `block(addresses, n)` for the elements `[start, end)` in blocks of at most
-    /// `BLOCK` within a row: each operand's address of the block's first element.
+    /// `block` within a row: each operand's address of the block's first element.
     fn walk(&self, start: usize, end: usize, mut block: impl FnMut(&[Addr], usize)) {
         let len = self.row_len();
         let mut at = vec![Addr(0); self.bases.len()];
@@ -244,7 +255,7 @@ impl Layout {
                 }
             }
             while i < stop {
-                let n = (stop - i).min(BLOCK);
+                let n = (stop - i).min(self.block);
                 block(&at, n);
                 for (k, slot) in at.iter_mut().enumerate() {
                     *slot = slot.offset(self.strides[k][self.shape.len() - 1] * n as isize);
