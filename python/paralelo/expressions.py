@@ -25,6 +25,7 @@ are never passed to Python's ``eval``, whatever ``sanitize`` says.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -42,7 +43,9 @@ _CASTINGS = ("no", "equiv", "safe", "same_kind", "unsafe")
 _CACHE_SIZE = 256
 
 _lock = threading.Lock()
-_names: OrderedDict[str, list[str]] = OrderedDict()
+#: numexpr's NUMEXPR_SANITIZE, read when the module is imported, as numexpr documents it.
+_SANITIZE = os.environ.get("NUMEXPR_SANITIZE", "1") != "0"
+_names: OrderedDict[tuple, list[str]] = OrderedDict()
 _compiled: OrderedDict[tuple, Any] = OrderedDict()
 
 
@@ -72,11 +75,13 @@ def _numpy() -> Any:
 
 
 def _cached(cache: OrderedDict, key: Any, make: Any) -> Any:
-    with _lock:
-        hit = cache.get(key)
-        if hit is not None:
+    hit = cache.get(key)  # (a dict lookup is atomic: no lock on a hit)
+    if hit is not None:
+        try:
             cache.move_to_end(key)
-            return hit
+        except KeyError:
+            pass  # (evicted meanwhile by another thread: it is still ours to use)
+        return hit
     value = make()
     with _lock:
         cache[key] = value
@@ -86,18 +91,39 @@ def _cached(cache: OrderedDict, key: Any, make: Any) -> Any:
 
 
 def _names_of(ex: str, sanitize: bool) -> list[str]:
-    from ._native import expression_names
-
     if not isinstance(ex, str):
         raise ValueError("must specify expression as a string")
+    return _cached(_names, (ex, sanitize), lambda: _parsed_names(ex, sanitize))
+
+
+def _parsed_names(ex: str, sanitize: bool) -> list[str]:
+    from ._native import expression_names
+
     if sanitize and _FORBIDDEN.search(_QUOTED.sub("", re.sub(r"\s+", "", ex))):
         raise ValueError(f"Expression {ex} has forbidden control characters.")
-    return _cached(_names, ex, lambda: expression_names(ex))
+    return expression_names(ex)
+
+
+#: Per dtype: its kernel kind, and whether the array can be used as it is (else it is
+#: converted: a widened dtype, or not in native byte order). (`dtype.name` costs
+#: microseconds a call.)
+_kinds: dict[Any, tuple[str, bool]] = {}
 
 
 def _kind(np: Any, a: Any) -> str:
     """The kernel kind for an array's dtype, as numexpr widens dtypes it lacks."""
-    dt = a.dtype
+    return _kind_of(np, a.dtype)[0]
+
+
+def _kind_of(np: Any, dt: Any) -> tuple[str, bool]:
+    known = _kinds.get(dt)
+    if known is None:
+        kind = _widened(dt)
+        known = _kinds[dt] = (kind, dt == np.dtype(kind) and dt.isnative)
+    return known
+
+
+def _widened(dt: Any) -> str:
     size = dt.itemsize
     if dt.kind == "b":
         return "bool"
@@ -141,10 +167,8 @@ def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, c
              kwargs: dict, depth: int) -> tuple:
     np = _numpy()
     if sanitize is None:
-        import os
-
-        sanitize = os.environ.get("NUMEXPR_SANITIZE", "1") != "0"
-    context = _context(kwargs)
+        sanitize = _SANITIZE
+    context = _context(kwargs) if kwargs else _DEFAULTS
     if order not in _ORDERS:
         raise ValueError(f"order must be one of {_ORDERS}, not {order!r}")
     if casting not in _CASTINGS:
@@ -206,22 +230,30 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
     return _run(_last.compiled, arrays, **_last.kwargs)
 
 
-def _described(np: Any, a: Any) -> tuple:
-    return a.__array_interface__["data"][0], a.dtype.name, a.strides
+def _described(a: Any, kind: str) -> tuple:
+    return a.__array_interface__["data"][0], kind, a.strides
 
 
 def _run(compiled: Any, arrays: list, out: Any, order: str, casting: str) -> Any:
     np = _numpy()
-    kinds = [_kind(np, a) for a in arrays]
-    # Arrays of a dtype the kernels lack, or not in native byte order, are converted.
-    arrays = [a if a.dtype.name == k and a.dtype.isnative else a.astype(k) for a, k in zip(arrays, kinds)]
+    kinds = []
+    for i, a in enumerate(arrays):
+        kind, usable = _kind_of(np, a.dtype)
+        kinds.append(kind)
+        if not usable:  # (a dtype the kernels lack, or not in native byte order)
+            arrays[i] = a.astype(kind)
     # An input the expression folded away (`where(1 > 0, 2, x)`) plays no part in the
     # shape, as in numexpr; it is passed as one element, never read.
     reads = compiled.reads
-    arrays = [a if used else a.reshape(-1)[:1].reshape(()) if a.size else np.zeros((), a.dtype)
-              for a, used in zip(arrays, reads)]
-    shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
-    views = [np.broadcast_to(a, shape) for a in arrays]
+    if not all(reads):
+        arrays = [a if used else a.reshape(-1)[:1].reshape(()) if a.size else np.zeros((), a.dtype)
+                  for a, used in zip(arrays, reads)]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) == 1:
+        shape, views = shapes.pop(), arrays
+    else:
+        shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
+        views = [np.broadcast_to(a, shape) for a in arrays]
     result_dtype = np.dtype(compiled.out)
     reduction = compiled.reduction
     ndim = len(shape)
@@ -251,8 +283,8 @@ def _run(compiled: Any, arrays: list, out: Any, order: str, casting: str) -> Any
         out_strides = (0,) * len(iteration)
     else:
         out_strides = run_on.strides + (0,)
-    compiled.run([_described(np, v) for v in views], list(iteration),
-                 (target.__array_interface__["data"][0], target.dtype.name, out_strides))
+    compiled.run([_described(v, k) for v, k in zip(views, kinds)], list(iteration),
+                 (target.__array_interface__["data"][0], compiled.out, out_strides))
     if out is not None and target is not out:
         np.copyto(out, target, casting="unsafe")
         return out
