@@ -319,10 +319,21 @@ impl Buf {
     }
 }
 
-/// A thread's registers, and a buffer per input for gathering strided blocks.
+/// A thread's registers, a buffer per input for gathering strided blocks, and what a
+/// lazy `where` gathers (`Compact`).
 struct Regs {
     regs: Vec<Buf>,
     gathered: Vec<Buf>,
+    compact: Compact,
+}
+
+/// A lazy `where`'s scratch: the positions each branch takes, and, per input and per
+/// register, its values at those positions.
+struct Compact {
+    picked: Vec<u32>,
+    other: Vec<u32>,
+    inputs: Vec<Buf>,
+    regs: Vec<Buf>,
 }
 
 macro_rules! by_kind {
@@ -408,9 +419,23 @@ unsafe fn input<'a, T: Wrap>(at: Addr, stride: isize, n: usize, buf: &'a mut Buf
 
 impl Regs {
     fn new(program: &Program) -> Regs {
+        let lazy = !program.lazy.is_empty();
+        let kinds = |ks: Vec<DType>| {
+            if lazy {
+                ks.into_iter().map(Buf::new).collect()
+            } else {
+                Vec::new()
+            }
+        };
         Regs {
             regs: program.regs.iter().map(|k| Buf::new(*k)).collect(),
             gathered: program.inputs.iter().map(|(_, k)| Buf::new(*k)).collect(),
+            compact: Compact {
+                picked: Vec::with_capacity(if lazy { BLOCK } else { 0 }),
+                other: Vec::with_capacity(if lazy { BLOCK } else { 0 }),
+                inputs: kinds(program.inputs.iter().map(|(_, k)| *k).collect()),
+                regs: kinds(program.regs.clone()),
+            },
         }
     }
 
@@ -428,7 +453,11 @@ impl Regs {
         n: usize,
         out: Option<Addr>,
     ) {
-        let Regs { regs, gathered } = self;
+        let Regs {
+            regs,
+            gathered,
+            compact,
+        } = self;
         let mut cols: Vec<Col> = Vec::with_capacity(at.len() - 1);
         for ((k, buf), kind) in gathered.iter_mut().enumerate().zip(&layout.kinds) {
             let stride = layout.inner_stride(k);
@@ -440,7 +469,30 @@ impl Regs {
         let direct =
             out_at.is_some_and(|a| by_kind!(program.out, T => view::is_slice::<T>(a, out_stride)));
         let last = program.instrs.len() - 1;
-        for (i, ins) in program.instrs.iter().enumerate() {
+        let target = |i: usize| match out_at {
+            // (the last instruction writes the output in place when it can)
+            Some(a) if direct && i == last => Some(a),
+            _ => None,
+        };
+        let mut lazy = program.lazy.iter().peekable();
+        let mut i = 0;
+        while i < program.instrs.len() {
+            if let Some(lz) = lazy.next_if(|lz| lz.a.start.min(lz.b.start) == i) {
+                if lazy_where(
+                    program,
+                    lz,
+                    regs,
+                    compact,
+                    &cols,
+                    n,
+                    target(lz.end),
+                    program.out,
+                ) {
+                    i = lz.end + 1;
+                    continue;
+                }
+            }
+            let ins = &program.instrs[i];
             let mut dst = std::mem::replace(&mut regs[ins.dst], Buf::Taken);
             {
                 let mut args = [Col::B(Arg::S(0)); 3];
@@ -451,16 +503,17 @@ impl Regs {
                         Operand::Scalar(s) => Col::scalar(*s),
                     };
                 }
-                let target = match out_at {
-                    Some(a) if direct && i == last => {
+                let out = match target(i) {
+                    Some(a) => {
                         // SAFETY: the block's output elements: contiguous, aligned, ours alone.
                         by_kind!(program.out, T => T::out(unsafe { view::slice_mut::<T>(a, n) }))
                     }
-                    _ => dst.out(n),
+                    None => dst.out(n),
                 };
-                run(ins.op, ins.kind, &args[..ins.args.len()], target);
+                run(ins.op, ins.kind, &args[..ins.args.len()], out);
             }
             regs[ins.dst] = dst;
+            i += 1;
         }
         if let (Some(a), false) = (out_at, direct) {
             let r = &mut regs[program.result];
@@ -468,6 +521,163 @@ impl Regs {
             by_kind!(program.out, T => unsafe { view::scatter(&T::buf(r)[..n], a, out_stride) });
         }
     }
+}
+
+/// Runs the lazy `where` `lz` over a block of `n`: its condition (computed already) splits
+/// the block's positions; each branch's instructions run over its positions alone, their
+/// operands from outside the branch gathered there; the `where` then places each
+/// branch's results. Writes `out_at` when given (the program's output, in place), else
+/// the `where`'s register. False (nothing done) for a constant condition.
+#[allow(clippy::too_many_arguments)]
+fn lazy_where(
+    program: &Program,
+    lz: &crate::program::LazyWhere,
+    regs: &mut [Buf],
+    compact: &mut Compact,
+    cols: &[Col],
+    n: usize,
+    out_at: Option<Addr>,
+    out_kind: DType,
+) -> bool {
+    let at_end = &program.instrs[lz.end];
+    fn full<'a>(op: &Operand, regs: &'a [Buf], cols: &[Col<'a>], n: usize) -> Col<'a> {
+        match op {
+            Operand::Input(k) => cols[*k],
+            Operand::Reg(r) => regs[*r].col(n),
+            Operand::Scalar(s) => Col::scalar(*s),
+        }
+    }
+    {
+        let Col::B(Arg::V(cond)) = full(&at_end.args[0], regs, cols, n) else {
+            return false;
+        };
+        // Branch-free: each position is written to both lists, and kept by one (a
+        // condition true half the time would mispredict every other branch).
+        compact.picked.resize(n, 0);
+        compact.other.resize(n, 0);
+        let (mut t, mut f) = (0, 0);
+        for (p, c) in cond.iter().enumerate() {
+            compact.picked[t] = p as u32;
+            compact.other[f] = p as u32;
+            let taken = usize::from(*c != 0);
+            t += taken;
+            f += 1 - taken;
+        }
+        compact.picked.truncate(t);
+        compact.other.truncate(f);
+    }
+    let Compact {
+        picked,
+        other,
+        inputs,
+        regs: gathered,
+    } = compact;
+    for (range, positions) in [(lz.a.clone(), &*picked), (lz.b.clone(), &*other)] {
+        let k = positions.len();
+        if k == 0 {
+            continue;
+        }
+        let mut written: Vec<usize> = Vec::with_capacity(range.len());
+        for ins in &program.instrs[range] {
+            let mut dst = std::mem::replace(&mut regs[ins.dst], Buf::Taken);
+            for a in &ins.args {
+                match a {
+                    Operand::Reg(r) if !written.contains(r) => {
+                        gather_into(regs[*r].col(n), positions, &mut gathered[*r])
+                    }
+                    Operand::Input(i) => gather_into(cols[*i], positions, &mut inputs[*i]),
+                    _ => {}
+                }
+            }
+            let mut args = [Col::B(Arg::S(0)); 3];
+            for (slot, a) in args.iter_mut().zip(&ins.args) {
+                *slot = match a {
+                    Operand::Reg(r) if written.contains(r) => regs[*r].col(k),
+                    Operand::Reg(r) => gathered[*r].col(k),
+                    Operand::Input(i)
+                        if matches!(
+                            cols[*i],
+                            Col::B(Arg::S(_))
+                                | Col::I(Arg::S(_))
+                                | Col::L(Arg::S(_))
+                                | Col::F(Arg::S(_))
+                                | Col::D(Arg::S(_))
+                                | Col::C(Arg::S(_))
+                        ) =>
+                    {
+                        cols[*i]
+                    }
+                    Operand::Input(i) => inputs[*i].col(k),
+                    Operand::Scalar(s) => Col::scalar(*s),
+                };
+            }
+            run(ins.op, ins.kind, &args[..ins.args.len()], dst.out(k));
+            regs[ins.dst] = dst;
+            written.push(ins.dst);
+        }
+    }
+    // The `where`: each position from its branch, computed compactly or read in full.
+    let mut dst = std::mem::replace(&mut regs[at_end.dst], Buf::Taken);
+    {
+        let out = match out_at {
+            // SAFETY: the block's output elements: contiguous, aligned, ours alone.
+            Some(a) => by_kind!(out_kind, T => T::out(unsafe { view::slice_mut::<T>(a, n) })),
+            None => dst.out(n),
+        };
+        let regs = &*regs;
+        let branch = |op: &Operand, range: &std::ops::Range<usize>, k: usize| match op {
+            Operand::Reg(r) if program.instrs[range.clone()].iter().any(|i| i.dst == *r) => {
+                (regs[*r].col(k), true)
+            }
+            other => (full(other, regs, cols, n), false),
+        };
+        let (a, a_compact) = branch(&at_end.args[1], &lz.a, picked.len());
+        let (b, b_compact) = branch(&at_end.args[2], &lz.b, other.len());
+        place(out, picked, a, a_compact, other, b, b_compact);
+    }
+    regs[at_end.dst] = dst;
+    true
+}
+
+/// `col` at `positions`, gathered into `buf` (a scalar is left alone: it is read as it is).
+fn gather_into(col: Col<'_>, positions: &[u32], buf: &mut Buf) {
+    fn pick<T: Wrap>(a: Arg<'_, T>, positions: &[u32], buf: &mut Buf) {
+        if let Arg::V(v) = a {
+            for (slot, p) in T::buf(buf)[..positions.len()].iter_mut().zip(positions) {
+                *slot = v[*p as usize];
+            }
+        }
+    }
+    match col {
+        Col::B(a) => pick(a, positions, buf),
+        Col::I(a) => pick(a, positions, buf),
+        Col::L(a) => pick(a, positions, buf),
+        Col::F(a) => pick(a, positions, buf),
+        Col::D(a) => pick(a, positions, buf),
+        Col::C(a) => pick(a, positions, buf),
+    }
+}
+
+/// Writes `out` from two branches: position `pa[j]` from `a` (its `j`th value if
+/// `a_compact`, else its value there), `pb[j]` likewise from `b`.
+fn place(out: Out, pa: &[u32], a: Col, a_compact: bool, pb: &[u32], b: Col, b_compact: bool) {
+    fn fill<T: Copy>(o: &mut [T], positions: &[u32], src: Arg<T>, compact: bool) {
+        for (j, p) in positions.iter().enumerate() {
+            o[*p as usize] = match src {
+                Arg::S(s) => s,
+                Arg::V(v) => v[if compact { j } else { *p as usize }],
+            };
+        }
+    }
+    match (out, a, b) {
+        (Out::B(o), Col::B(a), Col::B(b)) => (fill(o, pa, a, a_compact), fill(o, pb, b, b_compact)),
+        (Out::I(o), Col::I(a), Col::I(b)) => (fill(o, pa, a, a_compact), fill(o, pb, b, b_compact)),
+        (Out::L(o), Col::L(a), Col::L(b)) => (fill(o, pa, a, a_compact), fill(o, pb, b, b_compact)),
+        (Out::F(o), Col::F(a), Col::F(b)) => (fill(o, pa, a, a_compact), fill(o, pb, b, b_compact)),
+        (Out::D(o), Col::D(a), Col::D(b)) => (fill(o, pa, a, a_compact), fill(o, pb, b, b_compact)),
+        (Out::C(o), Col::C(a), Col::C(b)) => (fill(o, pa, a, a_compact), fill(o, pb, b, b_compact)),
+        _ => unreachable!("where's branches and result are of one kind"),
+    };
 }
 
 /// A reduction's running value: floats summed in double.

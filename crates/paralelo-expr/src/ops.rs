@@ -101,6 +101,33 @@ impl Func {
         })
     }
 
+    /// Whether a call costs more than a few arithmetic operations (a lazy `where` skips
+    /// it where it is not picked).
+    pub fn is_costly(self) -> bool {
+        use Func::*;
+        !matches!(
+            self,
+            Abs | Ceil
+                | Floor
+                | Round
+                | Trunc
+                | Sign
+                | Real
+                | Imag
+                | Conj
+                | IsNan
+                | IsFinite
+                | IsInf
+                | SignBit
+                | Copy
+                | OnesLike
+                | Copysign
+                | Maximum
+                | Minimum
+                | Complex
+        )
+    }
+
     pub fn arity(self) -> usize {
         use Func::*;
         match self {

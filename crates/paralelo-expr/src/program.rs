@@ -26,6 +26,18 @@ pub struct Instr {
     pub dst: usize,
 }
 
+/// A `where` whose branches run only where they are picked: per block, the positions
+/// its condition picks for each branch are gathered, and each branch's own instructions
+/// run over those alone (numexpr, like numpy, computes both branches everywhere).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LazyWhere {
+    /// The instructions of the first branch, then of the second (each computes nothing
+    /// any other instruction reads), then the `where` itself, at `end`.
+    pub a: std::ops::Range<usize>,
+    pub b: std::ops::Range<usize>,
+    pub end: usize,
+}
+
 /// A compiled expression.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Program {
@@ -40,6 +52,8 @@ pub struct Program {
     pub out: DType,
     /// The reduction applied last, and its axis (None: all of them).
     pub reduce: Option<(Reduce, Option<usize>)>,
+    /// The `where`s run lazily, in order (none inside another).
+    pub lazy: Vec<LazyWhere>,
 }
 
 impl Program {
@@ -78,6 +92,7 @@ pub fn compile(
         uses,
         done: Vec::new(),
         left: Vec::new(),
+        branches: Vec::new(),
     };
     let root = lower.node(&typed.root)?;
     // The result lives in a register (an input or a constant alone is copied there).
@@ -88,6 +103,7 @@ pub fn compile(
             lower.emit(Op::Func(crate::ops::Func::Copy), kind, kind, vec![other])
         }
     };
+    let lazy = lazy_wheres(&lower.instrs, std::mem::take(&mut lower.branches));
     Ok(Program {
         inputs: inputs.to_vec(),
         instrs: lower.instrs,
@@ -95,7 +111,41 @@ pub fn compile(
         regs: lower.regs,
         result,
         reduce: typed.reduce,
+        lazy,
     })
+}
+
+/// The `where`s worth running lazily: a branch calls a function or a power (skipping
+/// arithmetic saves less than gathering costs), no branch holds another `where`, and no
+/// instruction outside a branch reads a register the branch writes.
+fn lazy_wheres(instrs: &[Instr], branches: Vec<LazyWhere>) -> Vec<LazyWhere> {
+    let costly = |r: &std::ops::Range<usize>| {
+        instrs[r.clone()]
+            .iter()
+            .any(|i| i.op == Op::Pow || matches!(i.op, Op::Func(f) if f.is_costly()))
+    };
+    let own = |lz: &LazyWhere, r: &std::ops::Range<usize>| {
+        // Each register the branch writes is read, until something else writes it, only
+        // inside the branch or by the `where`.
+        instrs[r.clone()].iter().all(|w| {
+            instrs[r.end..]
+                .iter()
+                .enumerate()
+                .map(|(j, ins)| (r.end + j, ins))
+                .take_while(|(k, ins)| *k == lz.end || ins.dst != w.dst || r.contains(k))
+                .all(|(k, ins)| k == lz.end || !ins.args.contains(&Operand::Reg(w.dst)))
+        })
+    };
+    let mut out: Vec<LazyWhere> = Vec::new();
+    for lz in branches {
+        let start = lz.a.start.min(lz.b.start);
+        let nested = instrs[start..lz.end].iter().any(|i| i.op == Op::Where);
+        if !nested && (costly(&lz.a) || costly(&lz.b)) && own(&lz, &lz.a) && own(&lz, &lz.b) {
+            out.push(lz);
+        }
+    }
+    out.sort_by_key(|lz| lz.a.start.min(lz.b.start));
+    out
 }
 
 /// How many times each distinct operation is used (an operation that appears twice, as
@@ -124,6 +174,8 @@ struct Lower<'t> {
     done: Vec<(&'t Node, usize)>,
     /// Per register, the reads still to come before it can be reused.
     left: Vec<usize>,
+    /// Every `where`'s branches, as lowered.
+    branches: Vec<LazyWhere>,
 }
 
 impl<'t> Lower<'t> {
@@ -142,7 +194,9 @@ impl<'t> Lower<'t> {
                     return Ok(Operand::Reg(*r));
                 }
                 let mut operands = Vec::with_capacity(args.len());
+                let mut spans = Vec::with_capacity(args.len());
                 for (i, a) in args.iter().enumerate() {
+                    let start = self.instrs.len();
                     let operand = self.node(a)?;
                     let want = if *op == Op::Where && i == 0 {
                         DType::Bool
@@ -150,8 +204,17 @@ impl<'t> Lower<'t> {
                         *kind
                     };
                     operands.push(self.cast(operand, a.dtype(), want));
+                    spans.push(start..self.instrs.len());
                 }
                 let dst = self.emit(*op, *kind, *out, operands);
+                if *op == Op::Where {
+                    let end = self.instrs.len() - 1;
+                    self.branches.push(LazyWhere {
+                        a: spans[1].clone(),
+                        b: spans[2].clone(),
+                        end,
+                    });
+                }
                 let reads = self
                     .uses
                     .iter()

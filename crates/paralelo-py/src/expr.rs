@@ -72,6 +72,12 @@ impl Expression {
             .collect()
     }
 
+    /// How many of its `where`s run each branch only where it is picked.
+    #[getter]
+    fn lazy_wheres(&self) -> usize {
+        self.program.lazy.len()
+    }
+
     /// How many instructions it runs per block (for tests and `explain`).
     #[getter]
     fn instructions(&self) -> usize {
