@@ -351,3 +351,25 @@ def test_a_script_gets_numexprs_results(tmp_path):
     """), libs=("paralelo", "numexpr"))
     assert ours.split()[1:] == theirs.split()[1:]
     assert float(ours.split()[0]) == pytest.approx(float(theirs.split()[0]), rel=1e-12)
+
+
+def test_a_forked_child_evaluates_after_its_parent_did(tmp_path):
+    # The parent's threads are not the child's: a pool worker (or any forked child)
+    # evaluating after its parent did gets threads of its own instead of waiting for ever.
+    [out] = side_by_side(tmp_path, textwrap.dedent("""
+        import os, sys
+        import numpy as np
+        import paralelo
+        x = np.arange(1_000_000, dtype=np.float64)
+        def work(i):
+            return float(paralelo.evaluate("sum(x * 2)")) + i
+        if __name__ == "__main__":
+            first = float(paralelo.evaluate("sum(x * 2)"))
+            with paralelo.Pool(2) as p:
+                print(p.map(work, range(2)) == [first, first + 1])
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if float(paralelo.evaluate("sum(x * 2)")) == first else 1)
+            print(os.waitpid(pid, 0)[1] == 0)
+    """), libs=("paralelo",), timeout=60)
+    assert out.split() == ["True", "True"]

@@ -77,12 +77,16 @@ pub unsafe fn evaluate(
         layout.block = REDUCTION_BLOCK;
     }
     let total: usize = layout.shape.iter().product();
+    crate::pool::threads().install(|| run_program(program, &layout, total))
+}
+
+fn run_program(program: &Program, layout: &Layout, total: usize) -> Result<()> {
     match program.reduce {
         None => {
             let chunks = chunks(total);
             let work = |regs: &mut Regs, (start, end): (usize, usize)| {
                 layout.walk(start, end, |at, n| {
-                    regs.block(program, &layout, at, n, Some(layout.out))
+                    regs.block(program, layout, at, n, Some(layout.out))
                 });
             };
             if chunks.len() == 1 {
@@ -103,7 +107,7 @@ pub unsafe fn evaluate(
                 let mut first = None;
                 layout.walk(row * row_len, (row + 1) * row_len, |at, n| {
                     first.get_or_insert(at[at.len() - 1]);
-                    regs.block(program, &layout, at, n, None);
+                    regs.block(program, layout, at, n, None);
                     acc.fold(red, regs.result(program, n));
                 });
                 // SAFETY: the row's output element, in bounds as `evaluate`'s caller promised.
@@ -126,7 +130,7 @@ pub unsafe fn evaluate(
             let part = |regs: &mut Regs, (start, end): (usize, usize)| {
                 let mut acc = Acc::start(red, program.out);
                 layout.walk(start, end, |at, n| {
-                    regs.block(program, &layout, at, n, None);
+                    regs.block(program, layout, at, n, None);
                     acc.fold(red, regs.result(program, n));
                 });
                 acc

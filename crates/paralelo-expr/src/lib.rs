@@ -15,6 +15,7 @@ pub mod lexer;
 mod libm;
 pub mod ops;
 pub mod parser;
+mod pool;
 pub mod program;
 pub mod typing;
 mod view;
