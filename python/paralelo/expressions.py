@@ -43,6 +43,15 @@ _CASTINGS = ("no", "equiv", "safe", "same_kind", "unsafe")
 _CACHE_SIZE = 256
 
 _lock = threading.Lock()
+
+
+def _renew_lock() -> None:
+    # A forked child must not inherit the lock held (another thread compiling at the fork).
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_lock)
 #: numexpr's NUMEXPR_SANITIZE, read when the module is imported, as numexpr documents it.
 _SANITIZE = os.environ.get("NUMEXPR_SANITIZE", "1") != "0"
 _names: OrderedDict[tuple, list[str]] = OrderedDict()

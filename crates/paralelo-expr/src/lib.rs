@@ -2,11 +2,10 @@
 //! its math functions, complex numbers, a final `sum`/`prod`/`min`/`max`) parsed
 //! ([`parser`]), typed by numexpr's rules ([`typing`], [`ops`]), lowered to code over
 //! block registers ([`program`]) and run over strided, broadcast arrays on every core
-//! ([`exec`], rayon), or turned into a CUDA kernel's source ([`cuda`]). It knows
-//! nothing of Python: the bindings hand it addresses, kinds and strides.
+//! ([`exec`], rayon). It knows nothing of Python: the bindings hand it addresses, kinds
+//! and strides.
 
 pub mod ast;
-pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod exec;

@@ -1,1 +1,0 @@
-//! CUDA kernels from programs: to come (the default build needs no CUDA).
