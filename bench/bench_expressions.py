@@ -114,6 +114,13 @@ def main() -> None:
         if ne is not None:
             theirs = best(lambda: ne.evaluate(ex, local_dict=env, out=out), runs)
             rows.append((f"{ex}, out=", "numexpr", f"{ours * 1e3:.2f}", f"{theirs * 1e3:.2f}", f"{theirs / ours:.2f}"))
+    # The cost of a call on small arrays (µs): mostly Python, each side.
+    small = {"a": a[:100].copy(), "b": b[:100].copy()}
+    ours = best(lambda: paralelo.evaluate("2*a + 3*b", local_dict=small), 2000)
+    if ne is not None:
+        theirs = best(lambda: ne.evaluate("2*a + 3*b", local_dict=small), 2000)
+        rows.append(("2*a + 3*b on 100 elements (µs a call)", "numexpr", f"{ours * 1e6:.1f}", f"{theirs * 1e6:.1f}",
+                     f"{theirs / ours:.2f}"))
     floor = best(lambda: np.copyto(o, x), runs)
     rows.append(("memory floor: copy 10 M float64", "np.copyto", "", f"{floor * 1e3:.2f}", ""))
     table(f"paralelo.evaluate, {n:,} elements, {os.cpu_count()} CPUs, best of {runs}",

@@ -119,9 +119,16 @@ def _parsed_names(ex: str, sanitize: bool) -> list[str]:
 _kinds: dict[Any, tuple[str, bool]] = {}
 
 
-def _kind(np: Any, a: Any) -> str:
-    """The kernel kind for an array's dtype, as numexpr widens dtypes it lacks."""
-    return _kind_of(np, a.dtype)[0]
+def _as_kernels_take(np: Any, arrays: list) -> list[str]:
+    """The kernel kind of each array, as numexpr widens dtypes it lacks; an array of such a
+    dtype, or not in native byte order, is replaced in `arrays` by its conversion."""
+    kinds = []
+    for i, a in enumerate(arrays):
+        kind, usable = _kind_of(np, a.dtype)
+        kinds.append(kind)
+        if not usable:
+            arrays[i] = a.astype(kind)
+    return kinds
 
 
 def _kind_of(np: Any, dt: Any) -> tuple[str, bool]:
@@ -184,15 +191,16 @@ def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, c
         raise ValueError(f"casting must be one of {_CASTINGS}, not {casting!r}")
     names = _names_of(ex, bool(sanitize))
     arrays = _arguments(np, names, local_dict, global_dict, depth + 1)
-    compiled = _compile(np, ex, names, arrays, context["optimization"])
-    return compiled, names, arrays, {"out": out, "order": order, "casting": casting}
+    kinds = _as_kernels_take(np, arrays)
+    compiled = _compile(ex, names, kinds, context["optimization"])
+    return compiled, names, arrays, kinds, {"out": out, "order": order, "casting": casting}
 
 
-def _compile(np: Any, ex: str, names: list[str], arrays: list, optimization: str) -> Any:
+def _compile(ex: str, names: list[str], kinds: list[str], optimization: str) -> Any:
     from ._native import Expression
 
-    kinds = tuple(zip(names, (_kind(np, a) for a in arrays)))
-    return _cached(_compiled, (ex, optimization, kinds), lambda: Expression(ex, list(kinds), optimization))
+    typed = tuple(zip(names, kinds))
+    return _cached(_compiled, (ex, optimization, typed), lambda: Expression(ex, list(typed), optimization))
 
 
 def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None = None, out: Any = None,
@@ -208,10 +216,10 @@ def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     the default) and `truediv` are numexpr's. `device`: 'cpu'."""
     if device != "cpu":
         raise NotImplementedError(f"device={device!r}: paralelo.evaluate runs on 'cpu' in this build")
-    compiled, names, arrays, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize, kwargs,
-                                                _frame_depth + 1)
+    compiled, names, arrays, kinds, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
+                                                       kwargs, _frame_depth + 1)
     _last.compiled, _last.names, _last.kwargs = compiled, names, options
-    return _run(compiled, arrays, **options)
+    return _run(compiled, arrays, kinds, **options)
 
 
 def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None = None, out: Any = None,
@@ -220,8 +228,8 @@ def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     """Checks and compiles `ex` as `evaluate` would, for `re_evaluate`; returns None, or
     the exception `evaluate` would raise (numexpr's ``validate``)."""
     try:
-        compiled, names, _, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize, kwargs,
-                                               _frame_depth + 1)
+        compiled, names, _, _, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
+                                                  kwargs, _frame_depth + 1)
     except Exception as e:  # noqa: BLE001 - returned, as numexpr's validate does
         return e
     _last.compiled, _last.names, _last.kwargs = compiled, names, options
@@ -236,21 +244,16 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
                            "once before `re_evaluate`")
     np = _numpy()
     arrays = _arguments(np, _last.names, local_dict, global_dict, _frame_depth + 1)
-    return _run(_last.compiled, arrays, **_last.kwargs)
+    return _run(_last.compiled, arrays, _as_kernels_take(np, arrays), **_last.kwargs)
 
 
 def _described(a: Any, kind: str) -> tuple:
     return a.__array_interface__["data"][0], kind, a.strides
 
 
-def _run(compiled: Any, arrays: list, out: Any, order: str, casting: str) -> Any:
+def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, casting: str) -> Any:
+    """Runs `compiled` over `arrays` (of the kernel `kinds`: `_as_kernels_take`)."""
     np = _numpy()
-    kinds = []
-    for i, a in enumerate(arrays):
-        kind, usable = _kind_of(np, a.dtype)
-        kinds.append(kind)
-        if not usable:  # (a dtype the kernels lack, or not in native byte order)
-            arrays[i] = a.astype(kind)
     # An input the expression folded away (`where(1 > 0, 2, x)`) plays no part in the
     # shape, as in numexpr; it is passed as one element, never read.
     reads = compiled.reads

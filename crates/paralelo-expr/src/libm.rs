@@ -19,32 +19,24 @@ pub trait Hyperbolic: Sized {
     fn c_atanh(self) -> Self;
 }
 
-impl Hyperbolic for f64 {
-    fn c_asinh(self) -> f64 {
-        // SAFETY: a pure C function of a double (defined for every input; NaN out of domain).
-        unsafe { asinh(self) }
-    }
-    fn c_acosh(self) -> f64 {
-        // SAFETY: as above.
-        unsafe { acosh(self) }
-    }
-    fn c_atanh(self) -> f64 {
-        // SAFETY: as above.
-        unsafe { atanh(self) }
-    }
+macro_rules! hyperbolic {
+    ($t:ty, $asinh:ident, $acosh:ident, $atanh:ident) => {
+        impl Hyperbolic for $t {
+            fn c_asinh(self) -> $t {
+                // SAFETY: a pure C function of one number, defined for every input (NaN
+                // out of its domain).
+                unsafe { $asinh(self) }
+            }
+            fn c_acosh(self) -> $t {
+                // SAFETY: as above.
+                unsafe { $acosh(self) }
+            }
+            fn c_atanh(self) -> $t {
+                // SAFETY: as above.
+                unsafe { $atanh(self) }
+            }
+        }
+    };
 }
-
-impl Hyperbolic for f32 {
-    fn c_asinh(self) -> f32 {
-        // SAFETY: a pure C function of a float (defined for every input; NaN out of domain).
-        unsafe { asinhf(self) }
-    }
-    fn c_acosh(self) -> f32 {
-        // SAFETY: as above.
-        unsafe { acoshf(self) }
-    }
-    fn c_atanh(self) -> f32 {
-        // SAFETY: as above.
-        unsafe { atanhf(self) }
-    }
-}
+hyperbolic!(f64, asinh, acosh, atanh);
+hyperbolic!(f32, asinhf, acoshf, atanhf);
