@@ -165,7 +165,9 @@ def _context(kwargs: dict) -> dict:
     return context
 
 
-def _arguments(np: Any, names: list[str], local_dict: Any, global_dict: Any, depth: int) -> list:
+def _arguments(np: Any, names: list[str], local_dict: Any, global_dict: Any, depth: int,
+               device: int | None = None) -> list:
+    """The operands, as numpy arrays (device arrays as `_device.Input`s for a device)."""
     frame = sys._getframe(depth)
     local_dict = frame.f_locals if local_dict is None else local_dict
     global_dict = frame.f_globals if global_dict is None else global_dict
@@ -175,12 +177,22 @@ def _arguments(np: Any, names: list[str], local_dict: Any, global_dict: Any, dep
             value = local_dict[name]
         except KeyError:
             value = global_dict[name]  # (KeyError naming it, as numexpr)
-        out.append(np.asarray(value))
+        if device is not None and hasattr(value, "__cuda_array_interface__"):
+            from ._device import Input
+
+            out.append(Input.of(np, value))
+            continue
+        try:
+            out.append(np.asarray(value))
+        except TypeError as e:
+            if hasattr(value, "__cuda_array_interface__"):
+                raise TypeError(f"'{name}' is a GPU array: evaluate with device='cuda'") from e
+            raise
     return out
 
 
 def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, casting: str, sanitize: Any,
-             kwargs: dict, depth: int) -> tuple:
+             kwargs: dict, depth: int, device: int | None = None) -> tuple:
     np = _numpy()
     if sanitize is None:
         sanitize = _SANITIZE
@@ -190,7 +202,7 @@ def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, c
     if casting not in _CASTINGS:
         raise ValueError(f"casting must be one of {_CASTINGS}, not {casting!r}")
     names = _names_of(ex, bool(sanitize))
-    arrays = _arguments(np, names, local_dict, global_dict, depth + 1)
+    arrays = _arguments(np, names, local_dict, global_dict, depth + 1, device)
     kinds = _as_kernels_take(np, arrays)
     compiled = _compile(ex, names, kinds, context["optimization"])
     return compiled, names, arrays, kinds, {"out": out, "order": order, "casting": casting}
@@ -205,21 +217,42 @@ def _compile(ex: str, names: list[str], kinds: list[str], optimization: str) -> 
 
 def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None = None, out: Any = None,
              order: str = "K", casting: str = "same_kind", sanitize: bool | None = None, _frame_depth: int = 1,
-             device: str = "cpu", **kwargs: Any) -> Any:
-    """Evaluates the array expression `ex` (numexpr's ``evaluate``), on every core.
+             device: str = "cpu", returns: str | None = None, **kwargs: Any) -> Any:
+    """Evaluates the array expression `ex` (numexpr's ``evaluate``), on every core or a GPU.
 
     Names in `ex` are looked up in `local_dict`, then `global_dict` (by default the
     caller's locals and globals). `out`: an array to write the result into (its shape
     the result's; its dtype one the result casts to under `casting`). `order`: 'K'
     keeps the inputs' memory order (a Fortran-ordered input gives a Fortran-ordered
     result), 'C' and 'F' force one. `optimization` ('none', 'moderate', 'aggressive',
-    the default) and `truediv` are numexpr's. `device`: 'cpu'."""
-    if device != "cpu":
-        raise NotImplementedError(f"device={device!r}: paralelo.evaluate runs on 'cpu' in this build")
+    the default) and `truediv` are numexpr's.
+
+    `device`: 'cpu', or 'cuda' / 'cuda:N' to compile the expression into CUDA kernels and
+    run it on that GPU. Inputs may then be numpy arrays (copied) or device arrays (cupy,
+    torch, anything with ``__cuda_array_interface__``: read in place). `returns`:
+    'numpy' or 'device'; by default a device array when an input is one, else numpy."""
+    on = None if device == "cpu" else _device_ordinal(device)
     compiled, names, arrays, kinds, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
-                                                       kwargs, _frame_depth + 1)
-    _last.compiled, _last.names, _last.kwargs = compiled, names, options
-    return _run(compiled, arrays, kinds, **options)
+                                                       kwargs, _frame_depth + 1, on)
+    _last.compiled, _last.names, _last.kwargs = compiled, names, dict(options, device=on, returns=returns)
+    return _dispatch(compiled, arrays, kinds, options, on, returns)
+
+
+def _device_ordinal(device: str) -> int | None:
+    from ._device import ordinal
+
+    return ordinal(device)
+
+
+def _dispatch(compiled: Any, arrays: list, kinds: list[str], options: dict, device: int | None,
+              returns: str | None) -> Any:
+    if device is None:
+        if returns not in (None, "numpy"):
+            raise ValueError(f"returns={returns!r} needs a device: device='cuda'")
+        return _run(compiled, arrays, kinds, **options)
+    from . import _device
+
+    return _device.run(_numpy(), compiled, arrays, kinds, returns=returns, device=device, **options)
 
 
 def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None = None, out: Any = None,
@@ -232,7 +265,7 @@ def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
                                                   kwargs, _frame_depth + 1)
     except Exception as e:  # noqa: BLE001 - returned, as numexpr's validate does
         return e
-    _last.compiled, _last.names, _last.kwargs = compiled, names, options
+    _last.compiled, _last.names, _last.kwargs = compiled, names, dict(options, device=None, returns=None)
     return None
 
 
@@ -243,8 +276,10 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
         raise RuntimeError("A previous evaluate() execution was not found, please call `validate` or `evaluate` "
                            "once before `re_evaluate`")
     np = _numpy()
-    arrays = _arguments(np, _last.names, local_dict, global_dict, _frame_depth + 1)
-    return _run(_last.compiled, arrays, _as_kernels_take(np, arrays), **_last.kwargs)
+    options = dict(_last.kwargs)
+    device, returns = options.pop("device"), options.pop("returns")
+    arrays = _arguments(np, _last.names, local_dict, global_dict, _frame_depth + 1, device)
+    return _dispatch(_last.compiled, arrays, _as_kernels_take(np, arrays), options, device, returns)
 
 
 def _described(a: Any, kind: str) -> tuple:

@@ -28,6 +28,9 @@ pub enum ExprError {
     /// An attribute other than `.real` and `.imag` (`AttributeError`).
     #[error("{0}")]
     Attribute(String),
+    /// No GPU, driver or NVRTC, or one that failed (`RuntimeError`).
+    #[error("{0}")]
+    Device(String),
 }
 
 pub type Result<T> = std::result::Result<T, ExprError>;

@@ -51,6 +51,24 @@ pub unsafe fn evaluate(
     shape: &[usize],
     out: ArrayArg,
 ) -> Result<()> {
+    check_operands(program, inputs, shape, &out)?;
+    let rows = matches!(program.reduce, Some((_, Some(_))));
+    let mut layout = Layout::new(shape, inputs, out, rows);
+    if program.reduce.is_some() {
+        layout.block = REDUCTION_BLOCK;
+    }
+    let total: usize = layout.shape.iter().product();
+    crate::pool::threads().install(|| run_program(program, &layout, total))
+}
+
+/// That `inputs` and `out` are what `program` takes: as many inputs, each of its kind, each
+/// with a stride per dimension of `shape`.
+pub(crate) fn check_operands(
+    program: &Program,
+    inputs: &[ArrayArg],
+    shape: &[usize],
+    out: &ArrayArg,
+) -> Result<()> {
     if inputs.len() != program.inputs.len() {
         return Err(ExprError::Value(format!(
             "the program takes {} inputs, {} were given",
@@ -72,12 +90,7 @@ pub unsafe fn evaluate(
             program.out.name()
         )));
     }
-    let mut layout = Layout::new(shape, inputs, out);
-    if program.reduce.is_some() {
-        layout.block = REDUCTION_BLOCK;
-    }
-    let total: usize = layout.shape.iter().product();
-    crate::pool::threads().install(|| run_program(program, &layout, total))
+    Ok(())
 }
 
 fn run_program(program: &Program, layout: &Layout, total: usize) -> Result<()> {
@@ -185,37 +198,11 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(shape: &[usize], inputs: &[ArrayArg], out: ArrayArg) -> Layout {
+    /// `rows`: a reduction over the last axis (which then stays a dimension of its own).
+    fn new(shape: &[usize], inputs: &[ArrayArg], out: ArrayArg, rows: bool) -> Layout {
         let operands: Vec<&ArrayArg> = inputs.iter().chain(std::iter::once(&out)).collect();
-        // Dimensions of length 1 say nothing; the rest are merged right to left.
-        let keep: Vec<usize> = (0..shape.len()).filter(|&d| shape[d] != 1).collect();
-        let mut dims: Vec<usize> = Vec::new();
-        let mut strides: Vec<Vec<isize>> = vec![Vec::new(); operands.len()];
-        for &d in &keep {
-            let mergeable = !dims.is_empty()
-                && operands.iter().enumerate().all(|(k, a)| {
-                    a.strides[d] * shape[d] as isize
-                        == *strides[k].last().expect("a dimension was kept")
-                });
-            if mergeable {
-                // (the previous dimension, `d` of them at a time, walks on as one)
-                let n = dims.len() - 1;
-                for (k, a) in operands.iter().enumerate() {
-                    strides[k][n] = a.strides[d];
-                }
-                dims[n] *= shape[d];
-            } else {
-                dims.push(shape[d]);
-                for (k, a) in operands.iter().enumerate() {
-                    strides[k].push(a.strides[d]);
-                }
-            }
-        }
-        if dims.is_empty() || shape.contains(&0) {
-            let total = shape.iter().product();
-            dims = vec![total];
-            strides = vec![vec![0]; operands.len()];
-        }
+        let strides: Vec<&[isize]> = operands.iter().map(|a| a.strides).collect();
+        let (dims, strides) = crate::dims::merged(shape, &strides, rows);
         Layout {
             shape: dims,
             bases: operands.iter().map(|a| Addr(a.addr)).collect(),

@@ -688,6 +688,6 @@ mod tests {
         assert_eq!((7.5f64).floordiv(-2.0), -4.0);
         assert_eq!(2.5f64.call(Func::Round), 2.0);
         assert_eq!(1.0f64.call2(2.0, Func::Nextafter), 1.0 + f64::EPSILON);
-        assert_eq!(f64::NAN.call2(1.0, Func::Maximum).is_nan(), true);
+        assert!(f64::NAN.call2(1.0, Func::Maximum).is_nan());
     }
 }

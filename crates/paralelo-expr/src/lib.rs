@@ -6,6 +6,8 @@
 //! and strides.
 
 pub mod ast;
+pub mod cuda;
+pub mod dims;
 pub mod dtype;
 pub mod error;
 pub mod exec;

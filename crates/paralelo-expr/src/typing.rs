@@ -701,7 +701,7 @@ mod tests {
         assert_eq!(t("x * 2**40", Int), Ok(Long));
         assert_eq!(t("sin(x)", Int), Ok(Double));
         assert_eq!(t("sin(x)", Bool), Ok(Float));
-        assert_eq!(t("x < y", Complex).is_err(), true);
+        assert!(t("x < y", Complex).is_err());
         assert_eq!(t("x == y", Complex), Ok(Bool));
         assert_eq!(t("round(x)", Int), Ok(Int));
         assert_eq!(t("conj(x)", Int), Ok(Double));

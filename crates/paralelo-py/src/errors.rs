@@ -78,7 +78,7 @@ pub(crate) fn expr_to_py(e: ExprError) -> PyErr {
         ExprError::Type(_) => PyTypeError::new_err(message),
         ExprError::NotImplemented(_) => PyNotImplementedError::new_err(message),
         ExprError::Value(_) => PyValueError::new_err(message),
-        ExprError::Runtime(_) => PyRuntimeError::new_err(message),
+        ExprError::Runtime(_) | ExprError::Device(_) => PyRuntimeError::new_err(message),
         ExprError::ZeroDivision(_) => PyZeroDivisionError::new_err(message),
         ExprError::Attribute(_) => PyAttributeError::new_err(message),
     }

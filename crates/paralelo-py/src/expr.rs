@@ -21,6 +21,9 @@ fn dtype(name: &str) -> PyResult<DType> {
 #[pyclass(frozen, module = "paralelo._native")]
 pub(crate) struct Expression {
     program: Program,
+    /// Its kernels loaded per (device, merged dimensions).
+    #[cfg(feature = "cuda")]
+    kernels: gpu::Loaded,
 }
 
 /// An array as Python describes it: (address, numpy kind name, strides in bytes).
@@ -47,7 +50,11 @@ impl Expression {
             .map(|(n, k)| Ok((n, dtype(&k)?)))
             .collect::<PyResult<Vec<_>>>()?;
         let program = compile(src, &inputs, optimization).map_err(expr_to_py)?;
-        Ok(Expression { program })
+        Ok(Expression {
+            program,
+            #[cfg(feature = "cuda")]
+            kernels: Default::default(),
+        })
     }
 
     /// The result's numpy kind name.
@@ -84,6 +91,31 @@ impl Expression {
         self.program.instrs.len()
     }
 
+    /// The CUDA C++ source of its kernels over `ndim` merged dimensions.
+    fn cuda_source(&self, ndim: usize) -> String {
+        paralelo_expr::cuda::kernel_source(&self.program, ndim.max(1))
+    }
+
+    /// Runs on CUDA device `ordinal` as `run` does, the addresses device memory.
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        py: Python<'_>,
+        ordinal: usize,
+        inputs: Vec<Described>,
+        shape: Vec<usize>,
+        out: Described,
+    ) -> PyResult<()> {
+        let (args, out) = arrays(&inputs, &out)?;
+        let program = &self.program;
+        let loaded = &self.kernels;
+        // SAFETY: `paralelo._device` passes device arrays it holds for the call (uploaded
+        // copies, the caller's own, a fresh or checked output), every index of `shape`
+        // inside them.
+        py.detach(|| unsafe { gpu::run(loaded, program, ordinal, &args, &shape, out) })
+            .map_err(expr_to_py)
+    }
+
     /// Runs over `inputs` (each `(address, kind, strides)`, of `shape`) into `out`
     /// (`(address, kind, strides)`: 0 strides along what a reduction folds).
     fn run(
@@ -93,29 +125,214 @@ impl Expression {
         shape: Vec<usize>,
         out: Described,
     ) -> PyResult<()> {
-        let kinds = inputs
-            .iter()
-            .map(|(_, k, _)| dtype(k))
-            .collect::<PyResult<Vec<_>>>()?;
-        let args: Vec<ArrayArg> = inputs
-            .iter()
-            .zip(&kinds)
-            .map(|((addr, _, strides), kind)| ArrayArg {
-                addr: *addr,
-                dtype: *kind,
-                strides,
-            })
-            .collect();
-        let out = ArrayArg {
-            addr: out.0,
-            dtype: dtype(&out.1)?,
-            strides: &out.2,
-        };
+        let (args, out) = arrays(&inputs, &out)?;
         let program = &self.program;
         // SAFETY: `paralelo.expr` passes the addresses and strides of numpy arrays it holds
         // for the call (broadcast views and a fresh or checked output, never overlapping an
         // input), every index of `shape` inside them.
         py.detach(|| unsafe { evaluate(program, &args, &shape, out) })
             .map_err(expr_to_py)
+    }
+}
+
+/// The engine's view of described arrays.
+fn arrays<'a>(
+    inputs: &'a [Described],
+    out: &'a Described,
+) -> PyResult<(Vec<ArrayArg<'a>>, ArrayArg<'a>)> {
+    let args = inputs
+        .iter()
+        .map(|(addr, kind, strides)| {
+            Ok(ArrayArg {
+                addr: *addr,
+                dtype: dtype(kind)?,
+                strides,
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let out = ArrayArg {
+        addr: out.0,
+        dtype: dtype(&out.1)?,
+        strides: &out.2,
+    };
+    Ok((args, out))
+}
+
+/// Why `device="cuda"` cannot run here (None: it can be tried).
+#[pyfunction]
+pub(crate) fn cuda_missing() -> Option<String> {
+    #[cfg(feature = "cuda")]
+    return paralelo_expr::cuda::device::driver_missing();
+    #[cfg(not(feature = "cuda"))]
+    Some("this build of paralelo has no CUDA support (built without the 'cuda' feature)".into())
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) mod gpu {
+    //! Device memory and kernels for `paralelo._device`.
+    use std::sync::{Arc, Mutex};
+
+    use paralelo_expr::cuda::device::{self, Buffer, Device, Kernels};
+    use paralelo_expr::cuda::{plan, BLOCK};
+    use paralelo_expr::{ArrayArg, Program, Result};
+    use pyo3::prelude::*;
+
+    use crate::errors::expr_to_py;
+
+    /// Kernels loaded, per (device, merged dimensions).
+    pub(crate) type Loaded = Mutex<Vec<((usize, usize), Arc<Kernels>)>>;
+
+    /// # Safety
+    /// As `Device::run`: device addresses valid for what their strides reach.
+    pub(super) unsafe fn run(
+        loaded: &Loaded,
+        program: &Program,
+        ordinal: usize,
+        inputs: &[ArrayArg],
+        shape: &[usize],
+        out: ArrayArg,
+    ) -> Result<()> {
+        let dev = device::device(ordinal)?;
+        let mut launch = plan(program, inputs, shape, out, BLOCK, dev.max_blocks())?;
+        let key = (ordinal, launch.ndim);
+        let found = loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, k)| k.clone());
+        let kernels = match found {
+            Some(k) => k,
+            None => {
+                // (compiled unlocked: two threads may both compile once; either serves)
+                let k = Arc::new(dev.kernels(program, launch.ndim)?);
+                loaded
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((key, k.clone()));
+                k
+            }
+        };
+        // SAFETY: as the caller promised.
+        unsafe { dev.run(&kernels, &mut launch) }
+    }
+
+    /// Device memory paralelo allocated, freed when the last reference goes.
+    #[pyclass(frozen, module = "paralelo._native")]
+    pub(crate) struct DeviceBuffer {
+        buffer: Buffer,
+        ordinal: usize,
+        _device: Arc<Device>,
+    }
+
+    #[pymethods]
+    impl DeviceBuffer {
+        /// `nbytes` of uninitialised memory on device `ordinal`.
+        #[staticmethod]
+        fn empty(py: Python<'_>, ordinal: usize, nbytes: usize) -> PyResult<Self> {
+            py.detach(|| {
+                let dev = device::device(ordinal)?;
+                Ok(DeviceBuffer {
+                    buffer: dev.alloc(nbytes)?,
+                    ordinal,
+                    _device: dev,
+                })
+            })
+            .map_err(expr_to_py)
+        }
+
+        #[getter]
+        fn ptr(&self) -> u64 {
+            self.buffer.addr()
+        }
+
+        #[getter]
+        fn nbytes(&self) -> usize {
+            self.buffer.len()
+        }
+
+        #[getter]
+        fn device(&self) -> usize {
+            self.ordinal
+        }
+    }
+
+    /// Host memory lent for a call (an address and a length that cross `detach`).
+    #[derive(Clone, Copy)]
+    struct HostBytes(usize, usize);
+
+    impl HostBytes {
+        /// # Safety
+        /// The memory is valid for the call (readable; writable for `slice_mut`).
+        unsafe fn slice<'a>(self) -> &'a [u8] {
+            if self.1 == 0 {
+                return &[];
+            }
+            // SAFETY: as the caller promised.
+            unsafe { std::slice::from_raw_parts(self.0 as *const u8, self.1) }
+        }
+
+        /// # Safety
+        /// As `slice`, and nobody else uses the memory meanwhile.
+        unsafe fn slice_mut<'a>(self) -> &'a mut [u8] {
+            if self.1 == 0 {
+                return &mut [];
+            }
+            // SAFETY: as the caller promised.
+            unsafe { std::slice::from_raw_parts_mut(self.0 as *mut u8, self.1) }
+        }
+    }
+
+    /// PTX for CUDA C++ `source` (for GPU architecture `arch`, e.g. "sm_90"; None: NVRTC's
+    /// default), as the kernels are compiled.
+    #[pyfunction]
+    #[pyo3(signature = (source, arch=None))]
+    pub(crate) fn cuda_compile(
+        py: Python<'_>,
+        source: &str,
+        arch: Option<String>,
+    ) -> PyResult<String> {
+        // (NVRTC wants a `&'static str`: one leaked per architecture asked for)
+        let arch: Option<&'static str> = arch.map(|a| &*Box::leak(a.into_boxed_str()));
+        py.detach(|| device::compile(source, arch))
+            .map_err(expr_to_py)
+    }
+
+    /// Copies `nbytes` from host address `src` (a numpy array the caller holds) to device
+    /// address `dst` (on device `ordinal`).
+    #[pyfunction]
+    pub(crate) fn cuda_upload(
+        py: Python<'_>,
+        ordinal: usize,
+        dst: u64,
+        src: usize,
+        nbytes: usize,
+    ) -> PyResult<()> {
+        let host = HostBytes(src, nbytes);
+        py.detach(move || {
+            let dev = device::device(ordinal)?;
+            // SAFETY: the caller holds both arrays for the call.
+            unsafe { dev.upload_into(dst, host.slice()) }
+        })
+        .map_err(expr_to_py)
+    }
+
+    /// Copies `nbytes` from device address `src` (on device `ordinal`) to host address
+    /// `dst` (a numpy array the caller holds, written by nothing else meanwhile).
+    #[pyfunction]
+    pub(crate) fn cuda_download(
+        py: Python<'_>,
+        ordinal: usize,
+        src: u64,
+        dst: usize,
+        nbytes: usize,
+    ) -> PyResult<()> {
+        let host = HostBytes(dst, nbytes);
+        py.detach(move || {
+            let dev = device::device(ordinal)?;
+            // SAFETY: the caller holds both arrays for the call.
+            unsafe { dev.download(src, host.slice_mut()) }
+        })
+        .map_err(expr_to_py)
     }
 }

@@ -40,6 +40,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<value::PySyncValue>()?;
     m.add_class::<expr::Expression>()?;
     m.add_function(wrap_pyfunction!(expr::expression_names, m)?)?;
+    m.add_function(wrap_pyfunction!(expr::cuda_missing, m)?)?;
+    #[cfg(feature = "cuda")]
+    {
+        m.add_class::<expr::gpu::DeviceBuffer>()?;
+        m.add_function(wrap_pyfunction!(expr::gpu::cuda_download, m)?)?;
+        m.add_function(wrap_pyfunction!(expr::gpu::cuda_upload, m)?)?;
+        m.add_function(wrap_pyfunction!(expr::gpu::cuda_compile, m)?)?;
+    }
     m.add_function(wrap_pyfunction!(lock::forget_lock_ids, m)?)?;
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(process::forget_inherited_watch, m)?)?;
