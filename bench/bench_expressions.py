@@ -3,11 +3,14 @@ on the guide's data-parallel cases, in one run.
 
     python bench/bench_expressions.py              # 10 M elements, best of 15 runs each
     python bench/bench_expressions.py --n 1000000 --runs 30
+    python bench/bench_expressions.py --gpu        # also device="cuda", beside cupy
 
 Each case runs warm (compiled, cached) in this process; the table shows the best time
 of the runs and paralelo's speed-up over each rival ("x faster": above 1 means paralelo
 is faster). The memory floor is one pass over the inputs and the output (`np.copyto`
-timed on the same arrays).
+timed on the same arrays). On a GPU (`--gpu`, with cupy), `sum(x*x)` on a cupy array is
+timed beside cupy's own, and as a share of the device's memory bandwidth measured in the
+same run (a device-to-device copy of the same array: bytes read and written per second).
 """
 
 from __future__ import annotations
@@ -33,6 +36,35 @@ def best(f, runs: int) -> float:
         f()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def gpu_rows(n: int, runs: int) -> list:
+    """`sum(x*x)` on the GPU: paralelo and cupy, and paralelo's share of the bandwidth."""
+    try:
+        import cupy
+    except ImportError:
+        print("--gpu: cupy is not installed; no GPU rows")
+        return []
+
+    def timed(f):
+        def run():
+            f()
+            cupy.cuda.runtime.deviceSynchronize()
+        return best(run, runs)
+
+    x = cupy.random.random(n)
+    y = cupy.empty_like(x)
+    ours = timed(lambda: paralelo.evaluate("sum(x*x)", local_dict={"x": x}, device="cuda"))
+    theirs = timed(lambda: (x * x).sum())
+    dot = timed(lambda: cupy.dot(x, x))
+    copy = timed(lambda: y.__setitem__(Ellipsis, x))
+    bandwidth = 2 * x.nbytes / copy
+    share = x.nbytes / ours / bandwidth
+    rows = [("GPU sum(x*x), float64", "cupy (x*x).sum()", f"{ours * 1e3:.3f}", f"{theirs * 1e3:.3f}",
+             f"{theirs / ours:.2f}"),
+            ("GPU sum(x*x), float64", "cupy.dot", f"{ours * 1e3:.3f}", f"{dot * 1e3:.3f}", f"{dot / ours:.2f}"),
+            (f"GPU bandwidth {bandwidth / 1e9:.0f} GB/s (copy)", "share paralelo reaches", "", "", f"{share:.0%}")]
+    return rows
 
 
 def numba_kernels():
@@ -77,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--gpu", action="store_true", help="also device='cuda' beside cupy")
     args = parser.parse_args()
     n, runs = args.n, args.runs
     rng = np.random.default_rng(0)
@@ -121,6 +154,8 @@ def main() -> None:
         theirs = best(lambda: ne.evaluate("2*a + 3*b", local_dict=small), 2000)
         rows.append(("2*a + 3*b on 100 elements (µs a call)", "numexpr", f"{ours * 1e6:.1f}", f"{theirs * 1e6:.1f}",
                      f"{theirs / ours:.2f}"))
+    if args.gpu:
+        rows.extend(gpu_rows(n, runs))
     floor = best(lambda: np.copyto(o, x), runs)
     rows.append(("memory floor: copy 10 M float64", "np.copyto", "", f"{floor * 1e3:.2f}", ""))
     table(f"paralelo.evaluate, {n:,} elements, {os.cpu_count()} CPUs, best of {runs}",

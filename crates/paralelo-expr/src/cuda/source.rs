@@ -153,6 +153,8 @@ const MAP: &str = r#"
 extern "C" __global__ void px_map(const px_args a) {
   const px_l n = a.v[PX_COUNT];
   px_l off[PX_NOPS];
+  // (unrolled: more loads in flight per thread, which memory-bound kernels want)
+  #pragma unroll 4
   for (px_l i = (px_l)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (px_l)gridDim.x * blockDim.x) {
     px_offsets(a, i, off);
     *($STORED*)((char*)(px_ul)a.v[PX_NIN] + off[PX_NIN]) = ($STORED)px_value(a, off);
@@ -180,6 +182,7 @@ extern "C" __global__ void px_partial(const px_args a) {
   const px_l n = a.v[PX_COUNT];
   px_l off[PX_NOPS];
   px_acc acc = $START;
+  #pragma unroll 4
   for (px_l i = (px_l)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (px_l)gridDim.x * blockDim.x) {
     px_offsets(a, i, off);
     acc = px_fold(acc, (px_acc)px_value(a, off));
