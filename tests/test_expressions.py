@@ -275,6 +275,21 @@ def test_large_reductions_and_maps_use_every_chunk():
     np.testing.assert_allclose(paralelo.evaluate("sum(big, axis=0)"), big.sum(axis=0), rtol=1e-13)
 
 
+def test_large_outputs_streamed_past_the_caches_are_whole():
+    # Outputs of 16 MiB and more are written with non-temporal stores from 16-byte
+    # boundaries: a bool, an output 8 bytes off such a boundary, complex elements.
+    n = 17_000_001
+    x = np.arange(n, dtype=np.float64)
+    np.testing.assert_array_equal(paralelo.evaluate("x % 3 > 1"), x % 3 > 1)
+    raw = np.empty(n + 1)
+    out = raw[1:] if raw[1:].ctypes.data % 16 else raw[:-1]
+    assert out.ctypes.data % 16 == 8
+    paralelo.evaluate("where(x > 5, x, -x)", out=out)
+    np.testing.assert_array_equal(out, np.where(x > 5, x, -x))
+    z = paralelo.evaluate("complex(x, 1) * 2", local_dict={"x": x[: n // 8]})
+    np.testing.assert_array_equal(z, (x[: n // 8] + 1j) * 2)
+
+
 def test_empty_inputs():
     e = np.ones((0, 3))
     assert paralelo.evaluate("e * 2").shape == (0, 3)

@@ -54,7 +54,8 @@ def test_device_names_and_returns_are_checked():
     with pytest.raises(ValueError, match="needs a device"):
         paralelo.evaluate("x * 2", returns="device")
     assert paralelo.evaluate("x * 2", returns="numpy").tolist() == [2.0, 2.0, 2.0]
-    assert _device.ordinal("cuda") == 0 and _device.ordinal("cuda:3") == 3 and _device.ordinal("cpu") is None
+    assert _device.ordinal("cuda") == _device.INPUTS_DEVICE and _device.ordinal("cuda:3") == 3
+    assert _device.ordinal("cpu") is None
 
 
 def test_a_gpu_array_given_to_the_cpu_names_the_device_keyword():
@@ -88,6 +89,9 @@ def test_nvrtc_from_a_pip_wheel_compiles_the_kernels(ex, kind):
         ptx = _native.cuda_compile(compiled.cuda_source(ndim), "sm_80")
         entry = "px_map" if compiled.reduction is None else "px_partial"
         assert f".entry {entry}" in ptx
+        # What a GPU loads: machine code, which any driver of CUDA 12 runs (PTX from a
+        # newer NVRTC than the driver would be refused).
+        assert _native.cuda_compile_cubin(compiled.cuda_source(ndim), "sm_90")[:4] == b"\x7fELF"
 
 
 @pytest.mark.skipif(not hasattr(_native, "cuda_compile"), reason="built without CUDA")
@@ -120,8 +124,22 @@ class _HostBuffer:
 
 
 class _HostNative:
+    """The native module's device functions, on host memory: every pointer on device 0
+    but those `elsewhere` names; streams waited for are recorded."""
+
+    elsewhere: dict = {}
+    waited: list = []
+
     class DeviceBuffer:
         empty = staticmethod(_HostBuffer)
+
+    @classmethod
+    def cuda_pointer_device(cls, ptr: int) -> int:
+        return cls.elsewhere.get(ptr, 0)
+
+    @classmethod
+    def cuda_wait_stream(cls, device: int, stream: int) -> None:
+        cls.waited.append((device, stream))
 
     @staticmethod
     def cuda_upload(device: int, dst: int, src: int, nbytes: int) -> None:
@@ -135,15 +153,16 @@ class _HostNative:
 class FakeDeviceArray:
     """A 'device' array (host memory behind ``__cuda_array_interface__``)."""
 
-    def __init__(self, array: np.ndarray, readonly: bool = False) -> None:
+    def __init__(self, array: np.ndarray, readonly: bool = False, **extra) -> None:
         self.array = array
         self.readonly = readonly
+        self.extra = extra
 
     @property
     def __cuda_array_interface__(self) -> dict:
         a = self.array
         return {"shape": a.shape, "typestr": a.dtype.str, "data": (a.__array_interface__["data"][0], self.readonly),
-                "strides": None if a.flags.c_contiguous else a.strides, "version": 3}
+                "strides": None if a.flags.c_contiguous else a.strides, "version": 3, **self.extra}
 
 
 @pytest.fixture
@@ -157,6 +176,8 @@ def host_gpu(monkeypatch):
 
     monkeypatch.setattr(_device, "_native_cuda", lambda: _HostNative)
     monkeypatch.setattr(_device, "_launch", launch)
+    monkeypatch.setattr(_HostNative, "elsewhere", {})
+    monkeypatch.setattr(_HostNative, "waited", [])
     return launches
 
 
@@ -189,6 +210,7 @@ def test_numpy_inputs_give_numexprs_results(host_gpu, ex, layout):
 @pytest.mark.parametrize("ex", EXPRESSIONS)
 def test_device_inputs_give_a_device_array(host_gpu, ex):
     a, b = FakeDeviceArray(A), FakeDeviceArray(np.asfortranarray(B))
+    _HostNative.elsewhere = {a.array.ctypes.data: 1, b.array.ctypes.data: 1}
     got = paralelo.evaluate(ex, local_dict={"a": a, "b": b}, device="cuda:1")
     want = numexpr.evaluate(ex, local_dict={"a": A, "b": B})
     assert isinstance(got, _device.DeviceArray)
@@ -263,6 +285,46 @@ def test_empty_reductions_scalars_and_folded_inputs(host_gpu):
     np.testing.assert_array_equal(got, A)
     with pytest.raises(ValueError, match="axis is out of bounds"):
         paralelo.evaluate("sum(a, axis=2)", local_dict={"a": A}, device="cuda")
+
+
+def test_the_device_is_the_inputs_and_must_be_theirs(host_gpu):
+    a, b = FakeDeviceArray(A), FakeDeviceArray(B)
+    _HostNative.elsewhere = {a.array.ctypes.data: 2, b.array.ctypes.data: 2}
+    paralelo.evaluate("a + b", device="cuda")
+    assert host_gpu[-1][0] == 2  # ('cuda': where the inputs are)
+    with pytest.raises(ValueError, match="on cuda:2, not cuda:0"):
+        paralelo.evaluate("a + b", device="cuda:0")
+    _HostNative.elsewhere = {a.array.ctypes.data: 1, b.array.ctypes.data: 2}
+    with pytest.raises(ValueError, match="different GPUs"):
+        paralelo.evaluate("a + b", device="cuda")
+
+
+def test_work_on_another_librarys_stream_is_waited_for(host_gpu):
+    a = FakeDeviceArray(A, stream=0xBEEF)
+    b = FakeDeviceArray(B, stream=1)  # (the legacy default stream: ordered with ours)
+    paralelo.evaluate("a + b", device="cuda")
+    assert _HostNative.waited == [(0, 0xBEEF)]
+
+
+def test_masks_repeated_outputs_and_contradictions_are_refused(host_gpu):
+    with pytest.raises(ValueError, match="masked"):
+        paralelo.evaluate("a + 1", local_dict={"a": FakeDeviceArray(A, mask=(0, False))}, device="cuda")
+    repeated = FakeDeviceArray(np.broadcast_to(np.zeros(5), (6, 5)))
+    with pytest.raises(ValueError, match="repeats elements"):
+        paralelo.evaluate("a + 1", local_dict={"a": A}, out=repeated, device="cuda")
+    with pytest.raises(ValueError, match="returns='numpy' with a device out="):
+        paralelo.evaluate("a + 1", local_dict={"a": A}, out=FakeDeviceArray(np.empty((6, 5))), device="cuda",
+                          returns="numpy")
+
+
+def test_order_k_keeps_fortran_order_as_on_the_cpu(host_gpu):
+    fa, fb = np.asfortranarray(A), np.asfortranarray(B)
+    for inputs in ({"a": fa, "b": fb}, {"a": FakeDeviceArray(fa), "b": FakeDeviceArray(fb)}):
+        got = paralelo.evaluate("a * b", local_dict=inputs, device="cuda", returns="numpy")
+        assert got.flags.f_contiguous and not got.flags.c_contiguous
+        np.testing.assert_array_equal(got, A * B)
+    c = paralelo.evaluate("a * b", local_dict={"a": fa, "b": fb}, device="cuda", order="C")
+    assert c.flags.c_contiguous
 
 
 def test_re_evaluate_runs_on_the_device_again(host_gpu):

@@ -25,25 +25,35 @@ _nvrtc_lock = threading.Lock()
 _nvrtc_tried = False
 
 
+#: `ordinal("cuda")`: the device the inputs are on, or the first.
+INPUTS_DEVICE = -1
+
+
 def ordinal(device: str) -> int | None:
-    """The CUDA device `device` names ('cuda', 'cuda:N'); None for 'cpu'."""
+    """The CUDA device `device` names ('cuda:N'; 'cuda': `INPUTS_DEVICE`); None for 'cpu'."""
     if device == "cpu":
         return None
     m = re.fullmatch(r"cuda(?::(\d+))?", device) if isinstance(device, str) else None
     if m is None:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {device!r}")
-    return int(m.group(1) or 0)
+    return INPUTS_DEVICE if m.group(1) is None else int(m.group(1))
+
+
+_ready: Any = None
 
 
 def _native_cuda() -> Any:
     """The native module, once CUDA is known usable here (else a clear RuntimeError)."""
-    from . import _native
+    global _ready
+    if _ready is None:
+        from . import _native
 
-    missing = _native.cuda_missing()
-    if missing is not None:
-        raise RuntimeError(missing)
-    _preload_nvrtc()
-    return _native
+        missing = _native.cuda_missing()
+        if missing is not None:
+            raise RuntimeError(missing)
+        _preload_nvrtc()
+        _ready = _native
+    return _ready
 
 
 def _preload_nvrtc() -> None:
@@ -119,7 +129,8 @@ class DeviceArray:
         """A numpy copy, on the host."""
         import numpy as np
 
-        host = np.empty(self.shape, self.dtype)
+        fortran = self.ndim > 1 and self.strides == _contiguous_strides(self.shape, self.dtype.itemsize, True)
+        host = np.empty(self.shape, self.dtype, order="F" if fortran else "C")
         _download(self._buffer.device, self._buffer.ptr, host)
         return host
 
@@ -150,14 +161,17 @@ class Input:
     """A device array given to ``evaluate``: where its elements are, read from its
     ``__cuda_array_interface__``; `owner` keeps it alive for the call."""
 
-    __slots__ = ("owner", "ptr", "shape", "strides", "dtype")
+    __slots__ = ("owner", "ptr", "shape", "strides", "dtype", "stream")
 
-    def __init__(self, owner: Any, ptr: int, shape: tuple, strides: tuple, dtype: Any) -> None:
+    def __init__(self, owner: Any, ptr: int, shape: tuple, strides: tuple, dtype: Any, stream: Any = None) -> None:
         self.owner, self.ptr, self.shape, self.strides, self.dtype = owner, ptr, shape, strides, dtype
+        self.stream = stream
 
     @classmethod
     def of(cls, np: Any, obj: Any) -> Input:
         iface = obj.__cuda_array_interface__
+        if iface.get("mask") is not None:
+            raise ValueError("masked device arrays are not supported: fill the masked elements first")
         dtype = np.dtype(iface["typestr"])
         shape = tuple(iface["shape"])
         strides = iface.get("strides")
@@ -167,11 +181,18 @@ class Input:
         if ptr % dtype.alignment or any(s % dtype.alignment for s in strides):
             raise ValueError(f"a device array of {dtype} is not aligned: paralelo's GPU kernels read aligned "
                              f"elements (copy it first)")
-        return cls(obj, ptr, shape, tuple(strides), dtype)
+        return cls(obj, ptr, shape, tuple(strides), dtype, iface.get("stream"))
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    @property
+    def fortran_only(self) -> bool:
+        """Whether its layout is Fortran's and not C's (as numpy's flags say)."""
+        size = self.dtype.itemsize
+        return (self.strides == _contiguous_strides(self.shape, size, True)
+                and self.strides != _contiguous_strides(self.shape, size))
 
     def astype(self, kind: str) -> Any:
         raise TypeError(f"paralelo's GPU kernels take bool, int32, int64, float32, float64 and complex128 device "
@@ -215,8 +236,12 @@ def run(np: Any, compiled: Any, arrays: list, kinds: list[str], out: Any, order:
     if returns not in _RETURNS:
         raise ValueError(f"returns must be 'numpy' or 'device', not {returns!r}")
     native = _native_cuda()
-    on_device = any(isinstance(a, Input) for a in arrays) or hasattr(out, "__cuda_array_interface__")
+    device_out = hasattr(out, "__cuda_array_interface__")
+    if device_out and returns == "numpy":
+        raise ValueError("returns='numpy' with a device out=: the result is written into out")
+    on_device = any(isinstance(a, Input) for a in arrays) or device_out
     to_device = returns == "device" or (returns is None and on_device)
+    device = _device_of(np, native, arrays, out if device_out else None, device)
     reads = compiled.reads
     shape = np.broadcast_shapes(*(a.shape for a, used in zip(arrays, reads) if used)) if any(reads) else ()
     result_dtype = np.dtype(compiled.out)
@@ -239,13 +264,22 @@ def run(np: Any, compiled: Any, arrays: list, kinds: list[str], out: Any, order:
         if isinstance(a, Input):
             ptr, a_shape, a_strides = a.ptr, a.shape, a.strides
         else:
-            host = np.ascontiguousarray(a) if used else np.zeros((), a.dtype)
+            # (uploaded as it lies when it is one block of memory, C's or Fortran's order)
+            whole = a.flags.c_contiguous or a.flags.f_contiguous
+            host = (a if whole else np.ascontiguousarray(a)) if used else np.zeros((), a.dtype)
             buffer = _upload(native, device, host)
             keep.append(buffer)
             ptr, a_shape, a_strides = buffer.ptr, host.shape, host.strides
         strides = _broadcast_strides(a_shape, a_strides, shape) if used else (0,) * len(shape)
         described.append([ptr, kind, strides])
-    fortran = order == "F"
+    fortran = order == "F" or (order in "KA" and len(out_shape) > 1 and reduction is None
+                                and any(a.ndim > 1 for a in arrays)
+                                and all(_fortran_only(a) for a in arrays if a.ndim > 1))
+    for a in arrays:
+        # (work queued on another library's stream is waited for; the legacy and per-thread
+        # default streams, 1 and 2, are ordered with ours already)
+        if isinstance(a, Input) and isinstance(a.stream, int) and a.stream > 2:
+            native.cuda_wait_stream(device, a.stream)
     target, target_ptr, target_strides = _device_target(np, native, out, out_shape, result_dtype, fortran, device,
                                                         arrays, described, reduction is None)
     iteration = list(shape)
@@ -271,6 +305,30 @@ def run(np: Any, compiled: Any, arrays: list, kinds: list[str], out: Any, order:
     return _wrapped(result, arrays, device) if to_device else result.get()
 
 
+def _fortran_only(a: Any) -> bool:
+    if isinstance(a, Input):
+        return a.fortran_only
+    return bool(a.flags.f_contiguous and not a.flags.c_contiguous)
+
+
+def _device_of(np: Any, native: Any, arrays: list, out: Any, device: int) -> int:
+    """The device to run on: the one asked for, which every device array must be on; for
+    plain 'cuda', theirs (or the first device)."""
+    where: dict[int, Input] = {}
+    for a in [*arrays, *([Input.of(np, out)] if out is not None else [])]:
+        if isinstance(a, Input) and a.ptr:
+            where.setdefault(native.cuda_pointer_device(a.ptr), a)
+    if device == INPUTS_DEVICE:
+        if len(where) > 1:
+            raise ValueError(f"the device arrays are on different GPUs ({sorted(where)}): copy them to one")
+        return next(iter(where), 0)
+    for d in where:
+        if d != device:
+            raise ValueError(f"a device array is on cuda:{d}, not cuda:{device}: pass device='cuda:{d}' or "
+                             f"copy it")
+    return device
+
+
 def _launch(compiled: Any, device: int, inputs: list, shape: list, out: tuple) -> None:
     """Runs the kernels (the one step the tests' host stand-in for a GPU replaces)."""
     compiled.run_cuda(device, inputs, shape, out)
@@ -288,6 +346,8 @@ def _device_target(np: Any, native: Any, out: Any, shape: tuple, dtype: Any, for
             raise TypeError(f"a device out= must have the result's dtype {dtype}, not {target.dtype}")
         if iface_readonly(out):
             raise ValueError("output array is read-only")
+        if any(s == 0 and n > 1 for s, n in zip(target.strides, target.shape)):
+            raise ValueError("output array repeats elements (a stride of 0): give one with its own memory")
         lo, hi = _span(target.ptr, target.shape, target.strides, dtype.itemsize)
         for a in arrays:
             if isinstance(a, Input):

@@ -26,6 +26,10 @@ pub const BLOCK: usize = 4096;
 pub const REDUCTION_BLOCK: usize = 1024;
 /// Elements a parallel task takes at least.
 const CHUNK: usize = 32 * BLOCK;
+/// Output bytes from which an elementwise program streams its results past the caches
+/// (`view::stream`): more than the caches hold, so none of it would be read from there
+/// anyway. (2*a + 3*b over 10 M doubles: 9.2 ms into a given array with plain stores.)
+const STREAM_BYTES: usize = 16 << 20;
 
 /// An array of the caller's: its first element's address, its kind, and its strides in
 /// bytes along each dimension of the iteration shape (0 where it is broadcast).
@@ -54,10 +58,15 @@ pub unsafe fn evaluate(
     check_operands(program, inputs, shape, &out)?;
     let rows = matches!(program.reduce, Some((_, Some(_))));
     let mut layout = Layout::new(shape, inputs, out, rows);
+    let total: usize = layout.shape.iter().product();
     if program.reduce.is_some() {
         layout.block = REDUCTION_BLOCK;
+    } else {
+        layout.stream = total * program.out.size() >= STREAM_BYTES;
     }
-    let total: usize = layout.shape.iter().product();
+    layout.prefetch = program.instrs.iter().any(|i| {
+        i.op == crate::ops::Op::Pow || matches!(i.op, crate::ops::Op::Func(f) if f.is_costly())
+    });
     crate::pool::threads().install(|| run_program(program, &layout, total))
 }
 
@@ -101,6 +110,9 @@ fn run_program(program: &Program, layout: &Layout, total: usize) -> Result<()> {
                 layout.walk(start, end, |at, n| {
                     regs.block(program, layout, at, n, Some(layout.out))
                 });
+                if layout.stream {
+                    view::fence();
+                }
             };
             if chunks.len() == 1 {
                 work(&mut Regs::new(program), chunks[0]);
@@ -195,6 +207,12 @@ struct Layout {
     out: Addr,
     /// Elements a block takes (`BLOCK`, or `REDUCTION_BLOCK`).
     block: usize,
+    /// Whether contiguous results are streamed past the caches (`STREAM_BYTES`).
+    stream: bool,
+    /// Whether each block asks for the next one's inputs while it computes (a program
+    /// that calls costly functions: its memory traffic then overlaps its arithmetic, as a
+    /// plain loop's does with the hardware's own prefetching).
+    prefetch: bool,
 }
 
 impl Layout {
@@ -210,6 +228,8 @@ impl Layout {
             kinds: operands.iter().map(|a| a.dtype).collect(),
             out: Addr(out.addr),
             block: BLOCK,
+            stream: false,
+            prefetch: false,
         }
     }
 
@@ -452,13 +472,24 @@ impl Regs {
         let mut cols: Vec<Col> = Vec::with_capacity(at.len() - 1);
         for ((k, buf), kind) in gathered.iter_mut().enumerate().zip(&layout.kinds) {
             let stride = layout.inner_stride(k);
+            if layout.prefetch && stride != 0 {
+                let bytes = n * stride.unsigned_abs();
+                let ahead = if stride > 0 {
+                    bytes as isize
+                } else {
+                    -2 * bytes as isize
+                };
+                view::prefetch(at[k].offset(ahead), bytes);
+            }
             // SAFETY: the block's elements of input `k`, valid as `evaluate`'s caller promised.
             cols.push(by_kind!(kind, T => unsafe { input::<T>(at[k], stride, n, buf) }));
         }
         let out_at = out.map(|_| at[at.len() - 1]);
         let out_stride = layout.inner_stride(at.len() - 1);
-        let direct =
+        let contiguous =
             out_at.is_some_and(|a| by_kind!(program.out, T => view::is_slice::<T>(a, out_stride)));
+        // (a streamed result is computed into its register, then streamed out)
+        let direct = contiguous && !layout.stream;
         let last = program.instrs.len() - 1;
         let target = |i: usize| match out_at {
             // (the last instruction writes the output in place when it can)
@@ -508,8 +539,15 @@ impl Regs {
         }
         if let (Some(a), false) = (out_at, direct) {
             let r = &mut regs[program.result];
-            // SAFETY: the block's output elements, ours alone as promised.
-            by_kind!(program.out, T => unsafe { view::scatter(&T::buf(r)[..n], a, out_stride) });
+            // SAFETY: the block's output elements, ours alone as promised (contiguous and
+            // aligned when streamed).
+            by_kind!(program.out, T => unsafe {
+                if contiguous {
+                    view::stream(&T::buf(r)[..n], a)
+                } else {
+                    view::scatter(&T::buf(r)[..n], a, out_stride)
+                }
+            });
         }
     }
 }
@@ -653,11 +691,16 @@ fn gather_into(col: Col<'_>, positions: &[u32], buf: &mut Buf) {
 /// `a_compact`, else its value there), `pb[j]` likewise from `b`.
 fn place(out: Out, pa: &[u32], a: Col, a_compact: bool, pb: &[u32], b: Col, b_compact: bool) {
     fn fill<T: Copy>(o: &mut [T], positions: &[u32], src: Arg<T>, compact: bool) {
-        for (j, p) in positions.iter().enumerate() {
-            o[*p as usize] = match src {
-                Arg::S(s) => s,
-                Arg::V(v) => v[if compact { j } else { *p as usize }],
-            };
+        match src {
+            Arg::S(s) => positions.iter().for_each(|p| o[*p as usize] = s),
+            Arg::V(v) if compact => {
+                for (p, x) in positions.iter().zip(v) {
+                    o[*p as usize] = *x;
+                }
+            }
+            Arg::V(v) => positions
+                .iter()
+                .for_each(|p| o[*p as usize] = v[*p as usize]),
         }
     }
     match (out, a, b) {

@@ -85,19 +85,30 @@ fn map2<A: Copy, B: Copy, R: Copy>(a: Arg<A>, b: Arg<B>, o: &mut [R], f: impl Fn
 
 #[inline(always)]
 fn map3<T: Copy>(c: Arg<u8>, a: Arg<T>, b: Arg<T>, o: &mut [T]) {
-    let at = |arg: &Arg<T>, i: usize| match arg {
-        Arg::V(v) => v[i],
-        Arg::S(s) => *s,
-    };
-    match c {
-        Arg::V(c) => {
-            for (i, (o, &c)) in o.iter_mut().zip(c).enumerate() {
-                *o = if c != 0 { at(&a, i) } else { at(&b, i) };
+    // Both values read, then one picked: a select, not a branch (a condition true half
+    // the time would mispredict every other element).
+    let pick = |c: u8, x: T, y: T| std::hint::select_unpredictable(c != 0, x, y);
+    match (c, a, b) {
+        (Arg::S(c), a, b) => map1(if c != 0 { a } else { b }, o, |x| x),
+        (Arg::V(c), Arg::V(x), Arg::V(y)) => {
+            for (((o, &c), &x), &y) in o.iter_mut().zip(c).zip(x).zip(y) {
+                *o = pick(c, x, y);
             }
         }
-        Arg::S(c) => {
-            let pick = if c != 0 { a } else { b };
-            map1(pick, o, |x| x);
+        (Arg::V(c), x, y) => {
+            let at = |arg: &Arg<T>, i: usize| match arg {
+                Arg::V(v) => v[i],
+                Arg::S(s) => *s,
+            };
+            match (x, y) {
+                (Arg::V(x), Arg::S(y)) => map2(Arg::V(c), Arg::V(x), o, |c, x| pick(c, x, y)),
+                (Arg::S(x), Arg::V(y)) => map2(Arg::V(c), Arg::V(y), o, |c, y| pick(c, x, y)),
+                _ => {
+                    for (i, (o, &c)) in o.iter_mut().zip(c).enumerate() {
+                        *o = pick(c, at(&x, i), at(&y, i));
+                    }
+                }
+            }
         }
     }
 }

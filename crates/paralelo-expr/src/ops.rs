@@ -244,8 +244,10 @@ pub enum Op {
 }
 
 impl Op {
+    /// numexpr's name for it (as in its opcodes: "sqrt", "ones_like", "add").
     pub fn name(self) -> String {
         match self {
+            Op::Func(Func::OnesLike) => "ones_like".into(),
             Op::Func(f) => format!("{f:?}").to_lowercase(),
             other => format!("{other:?}").to_lowercase(),
         }

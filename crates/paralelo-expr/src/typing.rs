@@ -350,6 +350,28 @@ impl Typer<'_> {
                 node.dtype()
             }
         };
+        // (powers of booleans as numexpr makes them: products are `&`, and there is no
+        // boolean square root)
+        let product = |x: Node, y: Node| {
+            let op = if x.dtype() == DType::Bool && y.dtype() == DType::Bool {
+                Op::And
+            } else {
+                Op::Mul
+            };
+            apply(op, vec![x, y])
+        };
+        let root = |a: Node| {
+            let kind = float_of(&a);
+            if kind == DType::Bool {
+                return Err(ops::no_kernel("sqrt", &[kind], kind));
+            }
+            Ok(Node::Op {
+                op: Op::Func(Func::Sqrt),
+                kind,
+                out: kind,
+                args: vec![a],
+            })
+        };
         match self.optimization {
             Optimization::Aggressive if (2.0 * x).fract() == 0.0 && x.abs() <= 50.0 => {
                 // Binary powering with products, a square root for a half power.
@@ -361,26 +383,20 @@ impl Typer<'_> {
                     if n & 1 == 1 {
                         r = Some(match r {
                             None => p.clone(),
-                            Some(r) => apply(Op::Mul, vec![r, p.clone()])?,
+                            Some(r) => product(r, p.clone())?,
                         });
                     }
                     n >>= 1;
                     if n == 0 {
                         break;
                     }
-                    p = apply(Op::Mul, vec![p.clone(), p])?;
+                    p = product(p.clone(), p)?;
                 }
                 if half {
-                    let kind = float_of(&a);
-                    let root = Node::Op {
-                        op: Op::Func(Func::Sqrt),
-                        kind,
-                        out: kind,
-                        args: vec![a.clone()],
-                    };
+                    let root = root(a.clone())?;
                     r = Some(match r {
                         None => root,
-                        Some(r) => apply(Op::Mul, vec![r, root])?,
+                        Some(r) => product(r, root)?,
                     });
                 }
                 let r = match r {
@@ -395,17 +411,9 @@ impl Typer<'_> {
             Optimization::Moderate | Optimization::Aggressive => match x {
                 -1.0 => apply(Op::Div, vec![Node::Const(Literal::Int(1)), a]),
                 0.0 => apply(Op::Func(Func::OnesLike), vec![a]),
-                0.5 => {
-                    let kind = float_of(&a);
-                    Ok(Node::Op {
-                        op: Op::Func(Func::Sqrt),
-                        kind,
-                        out: kind,
-                        args: vec![a],
-                    })
-                }
+                0.5 => root(a),
                 1.0 => Ok(a),
-                2.0 => apply(Op::Mul, vec![a.clone(), a]),
+                2.0 => product(a.clone(), a),
                 _ => apply(Op::Pow, vec![a, b]),
             },
             Optimization::None => apply(Op::Pow, vec![a, b]),

@@ -86,12 +86,28 @@ enum Layout {
     /// The first input every other element, the second broadcast along the rows, the
     /// third transposed.
     Mixed,
+    /// Every input read backwards (negative strides), the third transposed too.
+    Reversed,
 }
 
-/// An input: its bytes, and its strides over the `ROWS x COLS` iteration.
+impl Layout {
+    /// Most blocks a grid takes: few (every thread strides far), many (more partial
+    /// results than `px_finish` has threads; `px_rows` rather than `px_row_threads`).
+    fn max_blocks(self) -> u32 {
+        match self {
+            Layout::Contiguous => 5,
+            Layout::Mixed => 64,
+            Layout::Reversed => 37,
+        }
+    }
+}
+
+/// An input: its bytes, its strides over the `ROWS x COLS` iteration, and where its first
+/// element is among the bytes.
 struct Input {
     bytes: Vec<u8>,
     strides: Vec<isize>,
+    first: usize,
 }
 
 fn inputs(program: &Program, layout: Layout, draw: &mut Draw) -> Vec<Input> {
@@ -106,10 +122,18 @@ fn inputs(program: &Program, layout: Layout, draw: &mut Draw) -> Vec<Input> {
                 (Layout::Mixed, 0) => (2 * ROWS * COLS, vec![2 * COLS as isize * s, 2 * s]),
                 (Layout::Mixed, 1) => (COLS, vec![0, s]),
                 (Layout::Mixed, _) => (ROWS * COLS, vec![s, ROWS as isize * s]),
+                (Layout::Reversed, 2) => (ROWS * COLS, vec![-s, -(ROWS as isize) * s]),
+                (Layout::Reversed, _) => (ROWS * COLS, vec![-(COLS as isize) * s, -s]),
+            };
+            let first = if layout == Layout::Reversed {
+                (len - 1) * s as usize
+            } else {
+                0
             };
             Input {
                 bytes: random(*kind, len, draw, program.reduce.is_none()),
                 strides,
+                first,
             }
         })
         .collect()
@@ -163,7 +187,7 @@ fn args<'a>(program: &Program, inputs: &[Input], strides: &'a [Vec<isize>]) -> V
         .zip(inputs)
         .zip(strides)
         .map(|(((_, kind), input), s)| ArrayArg {
-            addr: input.bytes.as_ptr() as usize,
+            addr: input.bytes.as_ptr() as usize + input.first,
             dtype: *kind,
             strides: s,
         })
@@ -177,7 +201,7 @@ fn translation_unit(index: usize, program: &Program, ndim: usize) -> String {
     let own = &source[PRELUDE.len()..];
     let own = own.replace("extern \"C\" __global__", "__global__");
     let kernels: &[&str] = if program.reduce.is_some() {
-        &["px_partial", "px_finish", "px_rows"]
+        &["px_partial", "px_finish", "px_rows", "px_row_threads"]
     } else {
         &["px_map"]
     };
@@ -403,7 +427,7 @@ fn kernels_emulated_on_the_cpu_compute_what_the_cpu_engine_computes() {
     let mut units = Vec::new();
     for (src, kind) in &cases {
         let program = compile_program(src, *kind);
-        for layout in [Layout::Contiguous, Layout::Mixed] {
+        for layout in [Layout::Contiguous, Layout::Mixed, Layout::Reversed] {
             let ins = inputs(&program, layout, &mut draw);
             let c = case(&program, &ins);
             let index = units.len();
@@ -417,7 +441,7 @@ fn kernels_emulated_on_the_cpu_compute_what_the_cpu_engine_computes() {
                     strides: &c.out_strides,
                 },
                 8,
-                5,
+                layout.max_blocks(),
             )
             .unwrap();
             units.push(translation_unit(index, &program, probe.ndim));
@@ -430,6 +454,7 @@ fn kernels_emulated_on_the_cpu_compute_what_the_cpu_engine_computes() {
     // SAFETY: a library this test just built, whose initialisers do nothing.
     let lib = unsafe { libloading::Library::new(&lib_path).unwrap() };
     let mut failures = Vec::new();
+    let mut launched = std::collections::BTreeSet::new();
     for (src, kind, layout, program, ins, c, index) in runs {
         let size = program.out.size();
         let mut got = vec![0u8; c.out_len * size];
@@ -440,7 +465,16 @@ fn kernels_emulated_on_the_cpu_compute_what_the_cpu_engine_computes() {
             dtype: program.out,
             strides: &c.out_strides,
         };
-        let mut l = plan(&program, &arrays, &c.shape, out(&mut got), 8, 5).unwrap();
+        let mut l = plan(
+            &program,
+            &arrays,
+            &c.shape,
+            out(&mut got),
+            8,
+            layout.max_blocks(),
+        )
+        .unwrap();
+        launched.extend(l.steps.iter().map(|s| s.kernel));
         launch(&lib, index, &mut l);
         // SAFETY: the inputs and output are this test's buffers, sized for their strides.
         unsafe { evaluate(&program, &arrays, &c.shape, out(&mut want)).unwrap() };
@@ -449,6 +483,16 @@ fn kernels_emulated_on_the_cpu_compute_what_the_cpu_engine_computes() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        launched.into_iter().collect::<Vec<_>>(),
+        [
+            "px_finish",
+            "px_map",
+            "px_partial",
+            "px_row_threads",
+            "px_rows"
+        ]
+    );
     assert!(
         failures.is_empty(),
         "{} cases differ:\n{}",

@@ -292,10 +292,37 @@ pub(crate) mod gpu {
         source: &str,
         arch: Option<String>,
     ) -> PyResult<String> {
-        // (NVRTC wants a `&'static str`: one leaked per architecture asked for)
-        let arch: Option<&'static str> = arch.map(|a| &*Box::leak(a.into_boxed_str()));
-        py.detach(|| device::compile(source, arch))
+        py.detach(|| device::compile(source, arch.as_deref()))
             .map_err(expr_to_py)
+    }
+
+    /// The device that device memory at `addr` belongs to.
+    #[pyfunction]
+    pub(crate) fn cuda_pointer_device(py: Python<'_>, addr: u64) -> PyResult<usize> {
+        py.detach(|| device::pointer_device(addr))
+            .map_err(expr_to_py)
+    }
+
+    /// Waits on device `ordinal` for the work queued on `stream` (a handle from an
+    /// array's `__cuda_array_interface__`).
+    #[pyfunction]
+    pub(crate) fn cuda_wait_stream(py: Python<'_>, ordinal: usize, stream: u64) -> PyResult<()> {
+        py.detach(|| device::device(ordinal)?.wait_for(stream))
+            .map_err(expr_to_py)
+    }
+
+    /// Machine code for CUDA C++ `source` on GPU architecture `arch` ("sm_90"), as the
+    /// kernels are loaded.
+    #[pyfunction]
+    pub(crate) fn cuda_compile_cubin<'py>(
+        py: Python<'py>,
+        source: &str,
+        arch: &str,
+    ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let cubin = py
+            .detach(|| device::compile_cubin(source, arch))
+            .map_err(expr_to_py)?;
+        Ok(pyo3::types::PyBytes::new(py, &cubin))
     }
 
     /// Copies `nbytes` from host address `src` (a numpy array the caller holds) to device

@@ -47,6 +47,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add_function(wrap_pyfunction!(expr::gpu::cuda_download, m)?)?;
         m.add_function(wrap_pyfunction!(expr::gpu::cuda_upload, m)?)?;
         m.add_function(wrap_pyfunction!(expr::gpu::cuda_compile, m)?)?;
+        m.add_function(wrap_pyfunction!(expr::gpu::cuda_compile_cubin, m)?)?;
+        m.add_function(wrap_pyfunction!(expr::gpu::cuda_pointer_device, m)?)?;
+        m.add_function(wrap_pyfunction!(expr::gpu::cuda_wait_stream, m)?)?;
     }
     m.add_function(wrap_pyfunction!(lock::forget_lock_ids, m)?)?;
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;

@@ -6,12 +6,18 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{
-    result as driver, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    DriverError, LaunchConfig, PushKernelArg,
+use std::ffi::CString;
+
+use cudarc::driver::sys::{
+    self as driver_sys, CUcontext, CUdevice_attribute, CUmemPool_attribute, CUstream,
 };
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use cudarc::driver::{
+    result as driver, CudaContext, CudaFunction, CudaStream, DeviceRepr, DriverError, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::result::{self as nvrtc_result, NvrtcError};
+use cudarc::nvrtc::sys as nvrtc_sys;
+use cudarc::nvrtc::Ptx;
 
 use super::plan::{Args, Launch};
 use super::source::kernel_source;
@@ -26,57 +32,156 @@ fn driver_error(what: &str, e: DriverError) -> ExprError {
     ExprError::Device(format!("CUDA {what}: {e}"))
 }
 
+/// Whether a library cudarc loads is there: found once, it stays (each look opens it).
+fn present(found: &OnceLock<()>, look: unsafe fn() -> bool) -> bool {
+    // SAFETY: `look` is cudarc's check, which only tries to load the library.
+    if found.get().is_none() && unsafe { look() } {
+        let _ = found.set(());
+    }
+    found.get().is_some()
+}
+
 /// Why the CUDA driver cannot be used here, if it cannot.
 pub fn driver_missing() -> Option<String> {
-    // SAFETY: only tries to load the library (cudarc's documented check).
-    let present = unsafe { cudarc::driver::sys::is_culib_present() };
-    (!present).then(|| {
+    static FOUND: OnceLock<()> = OnceLock::new();
+    (!present(&FOUND, cudarc::driver::sys::is_culib_present)).then(|| {
         "device='cuda' needs an NVIDIA GPU and its driver: libcuda.so was not found".to_string()
     })
 }
 
 /// Why NVRTC cannot be used here, if it cannot.
 pub fn nvrtc_missing() -> Option<String> {
-    // SAFETY: as `driver_missing`.
-    let present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
-    (!present).then(|| {
+    static FOUND: OnceLock<()> = OnceLock::new();
+    (!present(&FOUND, cudarc::nvrtc::sys::is_culib_present)).then(|| {
         "device='cuda' compiles its kernels with NVRTC, which was not found (libnvrtc.so.12): \
          pip install nvidia-cuda-nvrtc-cu12, or put the CUDA toolkit's lib64 on LD_LIBRARY_PATH"
             .to_string()
     })
 }
 
-/// PTX for `source`, for architecture `arch` ("sm_90"; None: NVRTC's default, which the
-/// driver compiles on for any newer GPU). Arithmetic is not contracted into fused
-/// multiply-adds, so that results round as on the CPU.
-pub fn compile(source: &str, arch: Option<&'static str>) -> Result<String> {
+/// The options every kernel compiles with: no fused multiply-adds, so that products and
+/// sums round as on the CPU.
+fn options(arch: Option<&str>) -> Vec<String> {
+    let mut o = vec!["--fmad=false".to_string()];
+    if let Some(a) = arch {
+        o.push(format!("--gpu-architecture={a}"));
+    }
+    o
+}
+
+/// Compiles `source` with NVRTC, then reads what `get` makes of the program (PTX or
+/// machine code).
+fn nvrtc<T>(
+    source: &str,
+    arch: Option<&str>,
+    get: impl FnOnce(nvrtc_sys::nvrtcProgram) -> std::result::Result<T, NvrtcError>,
+) -> Result<T> {
     if let Some(why) = nvrtc_missing() {
         return Err(ExprError::Device(why));
     }
-    let options = CompileOptions {
-        fmad: Some(false),
-        arch,
-        name: Some("paralelo_expression.cu".into()),
-        ..Default::default()
+    let src = CString::new(source).map_err(|_| ExprError::Value("a NUL in the source".into()))?;
+    let fail = |e: NvrtcError| ExprError::Device(format!("NVRTC failed: {e:?}"));
+    let prog = nvrtc_result::create_program(&src, Some(c"paralelo_expression.cu")).map_err(fail)?;
+    // SAFETY: `prog` was just created from `src`, which outlives it, and is destroyed once,
+    // below.
+    let out = unsafe {
+        match nvrtc_result::compile_program(prog, &options(arch)) {
+            Ok(()) => get(prog).map_err(fail),
+            Err(e) => {
+                let log = nvrtc_result::get_program_log(prog).unwrap_or_default();
+                let log: Vec<u8> = log
+                    .iter()
+                    .map(|c| *c as u8)
+                    .take_while(|c| *c != 0)
+                    .collect();
+                Err(ExprError::Device(format!(
+                    "NVRTC could not compile the kernel ({e:?}):\n{}",
+                    String::from_utf8_lossy(&log)
+                )))
+            }
+        }
     };
-    compile_ptx_with_opts(source, options)
-        .map(|ptx| ptx.to_src())
-        .map_err(|e| ExprError::Device(format!("NVRTC could not compile the kernel: {e:?}")))
+    // SAFETY: as above.
+    let _ = unsafe { nvrtc_result::destroy_program(prog) };
+    out
+}
+
+/// PTX for `source`, for architecture `arch` ("sm_90"; None: NVRTC's default).
+pub fn compile(source: &str, arch: Option<&str>) -> Result<String> {
+    nvrtc(source, arch, |prog| {
+        // SAFETY: `prog` is compiled and alive for the call.
+        let ptx = unsafe { nvrtc_result::get_ptx(prog) }?;
+        let bytes: Vec<u8> = ptx
+            .iter()
+            .map(|c| *c as u8)
+            .take_while(|c| *c != 0)
+            .collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    })
+}
+
+/// Machine code (a cubin) for `source` on architecture `arch` ("sm_90"). Unlike PTX, which
+/// the driver compiles on and refuses from an NVRTC newer than itself, a cubin runs on
+/// any driver of the same major CUDA version.
+pub fn compile_cubin(source: &str, arch: &str) -> Result<Vec<u8>> {
+    nvrtc(source, Some(arch), |prog| {
+        let mut size = 0usize;
+        // SAFETY: `prog` is compiled and alive; `size` and then `cubin` are written by NVRTC
+        // within the size it reports.
+        unsafe {
+            nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size).result()?;
+            let mut cubin = vec![0u8; size];
+            nvrtc_sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut std::ffi::c_char).result()?;
+            Ok(cubin)
+        }
+    })
 }
 
 /// One GPU.
 pub struct Device {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    arch: &'static str,
+    arch: String,
     /// Blocks a grid takes at most: a few per multiprocessor, each thread striding on.
     max_blocks: u32,
+    /// Whether memory comes from the device's stream-ordered pool.
+    pooled: bool,
+    /// The partial results of reductions, kept from call to call (each call waits for its
+    /// kernels, holding this meanwhile).
+    scratch: Mutex<Option<Buffer>>,
     /// The process that opened it (a forked child cannot use its parent's CUDA).
     pid: u32,
 }
 
 /// The devices opened, by ordinal.
 static DEVICES: OnceLock<Mutex<Vec<Option<Arc<Device>>>>> = OnceLock::new();
+
+/// Bytes a device's memory pool keeps when freed, rather than return them to the driver
+/// at each synchronisation (its default keeps none: each call would map its output
+/// anew).
+const POOL_KEEPS: u64 = 1 << 30;
+
+/// The thread's current CUDA context while one of ours is bound, restored when dropped:
+/// cupy and torch take the current context for their current device, which a call here
+/// must not change.
+struct Bound(Option<CUcontext>);
+
+impl Bound {
+    fn to(ctx: &CudaContext) -> Result<Bound> {
+        let previous = driver::ctx::get_current().map_err(|e| driver_error("failed", e))?;
+        ctx.bind_to_thread()
+            .map_err(|e| driver_error("could not use the device", e))?;
+        Ok(Bound(previous))
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        // SAFETY: the context was current on this thread (or none was), and contexts live
+        // for the process: setting it back is what the thread had.
+        let _ = unsafe { driver::ctx::set_current(self.0.unwrap_or(std::ptr::null_mut())) };
+    }
+}
 
 /// Device `ordinal`, opened (its primary context, which cupy and torch share) when first
 /// asked.
@@ -104,20 +209,43 @@ pub fn device(ordinal: usize) -> Result<Arc<Device>> {
             "there is no CUDA device {ordinal}: this machine has {count}"
         )));
     }
-    let ctx =
-        CudaContext::new(ordinal).map_err(|e| driver_error("could not open the device", e))?;
-    let (major, minor) = ctx
-        .compute_capability()
-        .map_err(|e| driver_error("could not read the device", e))?;
-    let sms = ctx
-        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .map_err(|e| driver_error("could not read the device", e))?;
+    let previous = driver::ctx::get_current().map_err(|e| driver_error("failed", e))?;
+    let ctx = CudaContext::new(ordinal).map_err(|e| driver_error("could not open the device", e));
+    // (opening binds the new context: the thread's own goes back)
+    let _restore = Bound(previous);
+    let ctx = ctx?;
+    let read = |a| {
+        ctx.attribute(a)
+            .map_err(|e| driver_error("could not read the device", e))
+    };
+    let (major, minor) = (
+        read(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+        read(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+    );
+    let sms = read(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let pooled = read(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)? != 0;
+    if pooled {
+        let mut keep = POOL_KEEPS;
+        // SAFETY: the device exists (counted above); the attribute takes a u64.
+        unsafe {
+            let dev = driver::device::get(ordinal as i32)
+                .map_err(|e| driver_error("could not read the device", e))?;
+            let pool = driver::device::get_default_mem_pool(dev)
+                .map_err(|e| driver_error("could not read the device", e))?;
+            let _ = driver::mem_pool::set_attribute(
+                pool,
+                CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut keep as *mut u64 as *mut std::ffi::c_void,
+            );
+        }
+    }
     let d = Arc::new(Device {
         stream: ctx.default_stream(),
         ctx,
-        // (one string per device opened, for NVRTC's `&'static str`)
-        arch: Box::leak(format!("sm_{major}{minor}").into_boxed_str()),
+        arch: format!("sm_{major}{minor}"),
         max_blocks: (sms.max(1) as u32) * 8,
+        pooled,
+        scratch: Mutex::new(None),
         pid: std::process::id(),
     });
     if devices.len() <= ordinal {
@@ -127,15 +255,37 @@ pub fn device(ordinal: usize) -> Result<Arc<Device>> {
     Ok(d)
 }
 
+/// The device that device memory at `addr` belongs to.
+pub fn pointer_device(addr: u64) -> Result<usize> {
+    if let Some(why) = driver_missing() {
+        return Err(ExprError::Device(why));
+    }
+    driver::init().map_err(|e| driver_error("could not start", e))?;
+    let mut ordinal: i32 = -1;
+    // SAFETY: the attribute writes one int, into `ordinal`.
+    unsafe {
+        driver_sys::cuPointerGetAttribute(
+            &mut ordinal as *mut i32 as *mut std::ffi::c_void,
+            driver_sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+            addr,
+        )
+    }
+    .result()
+    .map_err(|e| ExprError::Value(format!("address {addr:#x} is not device memory ({e})")))?;
+    Ok(ordinal.max(0) as usize)
+}
+
 /// A program's kernels, loaded on one device.
 pub struct Kernels {
     functions: Vec<(&'static str, CudaFunction)>,
 }
 
-/// Device memory paralelo allocated: freed when dropped.
+/// Device memory paralelo allocated: freed when dropped (from any thread).
 pub struct Buffer {
-    slice: CudaSlice<u8>,
     addr: u64,
+    len: usize,
+    pooled: bool,
+    ctx: Arc<CudaContext>,
 }
 
 impl Buffer {
@@ -143,10 +293,28 @@ impl Buffer {
         self.addr
     }
     pub fn len(&self) -> usize {
-        self.slice.len()
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.slice.is_empty()
+        self.len == 0
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // (a buffer may go on any thread, with any context current, or none)
+        let Ok(_bound) = Bound::to(&self.ctx) else {
+            return;
+        };
+        // SAFETY: `addr` was allocated by `Device::alloc` in this context, the same way, and
+        // is freed once; every kernel that used it was waited for.
+        let _ = unsafe {
+            if self.pooled {
+                driver::free_async(self.addr, std::ptr::null_mut())
+            } else {
+                driver::free_sync(self.addr)
+            }
+        };
     }
 }
 
@@ -155,18 +323,22 @@ impl Device {
         self.max_blocks
     }
 
-    /// Compiles and loads `program`'s kernels for `ndim` merged dimensions.
+    /// Compiles and loads `program`'s kernels for `ndim` merged dimensions: machine code
+    /// for this GPU, or PTX where NVRTC does not know it (a GPU newer than NVRTC, whose
+    /// driver is newer too and compiles the PTX on).
     pub fn kernels(&self, program: &Program, ndim: usize) -> Result<Kernels> {
         let source = kernel_source(program, ndim);
-        // An NVRTC older than the GPU does not know its architecture: PTX for its default
-        // one, which the driver compiles on, serves.
-        let ptx = compile(&source, Some(self.arch)).or_else(|_| compile(&source, None))?;
+        let image = match compile_cubin(&source, &self.arch) {
+            Ok(cubin) => Ptx::from_binary(cubin),
+            Err(_) => Ptx::from_src(compile(&source, None)?),
+        };
+        let _bound = Bound::to(&self.ctx)?;
         let module = self
             .ctx
-            .load_module(Ptx::from_src(ptx))
+            .load_module(image)
             .map_err(|e| driver_error("could not load the kernels", e))?;
         let names: &[&'static str] = if program.reduce.is_some() {
-            &["px_partial", "px_finish", "px_rows"]
+            &["px_partial", "px_finish", "px_rows", "px_row_threads"]
         } else {
             &["px_map"]
         };
@@ -188,13 +360,15 @@ impl Device {
     /// The addresses in `launch` are device memory of this device, valid for every
     /// element its strides reach, the output written by nothing else meanwhile.
     pub unsafe fn run(&self, kernels: &Kernels, launch: &mut Launch) -> Result<()> {
-        let scratch = if launch.scratch > 0 {
-            let b = self.alloc(launch.scratch)?;
-            launch.set_scratch(b.addr());
-            Some(b)
-        } else {
-            None
-        };
+        let _bound = Bound::to(&self.ctx)?;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if launch.scratch > 0 {
+            if scratch.as_ref().is_none_or(|b| b.len() < launch.scratch) {
+                *scratch = None;
+                *scratch = Some(self.alloc(launch.scratch.max(64 << 10))?);
+            }
+            launch.set_scratch(scratch.as_ref().expect("allocated").addr());
+        }
         for step in &launch.steps {
             let (_, f) = kernels
                 .functions
@@ -212,12 +386,10 @@ impl Device {
             // reaches is valid as the caller promised.
             unsafe { builder.launch(config) }.map_err(|e| driver_error("kernel failed", e))?;
         }
-        self.synchronize()?;
-        drop(scratch);
-        Ok(())
+        self.synchronize()
     }
 
-    pub fn synchronize(&self) -> Result<()> {
+    fn synchronize(&self) -> Result<()> {
         self.stream
             .synchronize()
             .map_err(|e| driver_error("kernel failed", e))
@@ -225,11 +397,31 @@ impl Device {
 
     /// `bytes` of uninitialised device memory.
     pub fn alloc(&self, bytes: usize) -> Result<Buffer> {
-        // SAFETY: bytes, every pattern valid; the caller writes before anything reads.
-        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }
-            .map_err(|e| driver_error("could not allocate device memory", e))?;
-        let addr = slice.device_ptr(&self.stream).0;
-        Ok(Buffer { slice, addr })
+        let _bound = Bound::to(&self.ctx)?;
+        // SAFETY: plain bytes, every pattern valid; the caller writes before anything reads.
+        let addr = unsafe {
+            if self.pooled {
+                driver::malloc_async(std::ptr::null_mut(), bytes.max(1))
+            } else {
+                driver::malloc_sync(bytes.max(1))
+            }
+        }
+        .map_err(|e| driver_error("could not allocate device memory", e))?;
+        Ok(Buffer {
+            addr,
+            len: bytes,
+            pooled: self.pooled,
+            ctx: self.ctx.clone(),
+        })
+    }
+
+    /// Makes what follows wait for the work queued on `stream` (a handle another library
+    /// gave with its array), by waiting for it here.
+    pub fn wait_for(&self, stream: u64) -> Result<()> {
+        let _bound = Bound::to(&self.ctx)?;
+        // SAFETY: a stream handle of this context, as `__cuda_array_interface__` promises.
+        unsafe { driver::stream::synchronize(stream as CUstream) }
+            .map_err(|e| driver_error("could not wait for the array's stream", e))
     }
 
     /// Copies `host` to device address `addr`, and waits.
@@ -238,9 +430,7 @@ impl Device {
     /// `addr` is device memory of this device, valid for `host.len()` bytes, used by
     /// nothing else meanwhile.
     pub unsafe fn upload_into(&self, addr: u64, host: &[u8]) -> Result<()> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| driver_error("could not use the device", e))?;
+        let _bound = Bound::to(&self.ctx)?;
         // SAFETY: as the caller promised; `host` is borrowed for the call, which waits.
         unsafe { driver::memcpy_htod_async(addr, host, self.stream.cu_stream()) }
             .map_err(|e| driver_error("could not copy to the device", e))?;
@@ -252,9 +442,7 @@ impl Device {
     /// # Safety
     /// `addr` is device memory of this device, valid for `host.len()` bytes.
     pub unsafe fn download(&self, addr: u64, host: &mut [u8]) -> Result<()> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| driver_error("could not use the device", e))?;
+        let _bound = Bound::to(&self.ctx)?;
         // SAFETY: as the caller promised; `host` is ours for the call, which waits.
         unsafe { driver::memcpy_dtoh_async(host, addr, self.stream.cu_stream()) }
             .map_err(|e| driver_error("could not copy from the device", e))?;

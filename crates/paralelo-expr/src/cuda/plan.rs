@@ -88,8 +88,9 @@ pub fn accumulator(red: Reduce, out: DType) -> DType {
 }
 
 /// The launches that run `program` over `inputs` (device addresses; strides as
-/// `exec::evaluate` takes them) into `out`, `block` threads a block and at most
-/// `max_blocks` blocks a grid (a few per multiprocessor: each thread strides on).
+/// `exec::evaluate` takes them) into `out`, `block` threads a block (the source's
+/// `PX_BLOCK`: `BLOCK` unless the source is built otherwise) and at most `max_blocks`
+/// blocks a grid (a few per multiprocessor: each thread strides on).
 pub fn plan(
     program: &Program,
     inputs: &[ArrayArg],
@@ -99,6 +100,11 @@ pub fn plan(
     max_blocks: u32,
 ) -> Result<Launch> {
     check_operands(program, inputs, shape, &out)?;
+    if !block.is_power_of_two() {
+        return Err(ExprError::Value(format!(
+            "{block} threads a block: the kernels' folds want a power of two"
+        )));
+    }
     let rows = matches!(program.reduce, Some((_, Some(_))));
     let operands: Vec<&[isize]> = inputs
         .iter()
@@ -137,10 +143,16 @@ pub fn plan(
     let (steps, scratch) = match program.reduce {
         None => (vec![step("px_map", grid(total), block)], 0),
         Some(_) if rows && out_strides.iter().any(|s| *s != 0) => {
-            // A block per row: the rows are few or many, the threads share each.
-            let rows = total / args[slots.row()].max(1) as usize;
-            let blocks = rows.clamp(1, max_blocks as usize) as u32;
-            (vec![step("px_rows", blocks, block)], 0)
+            let len = args[slots.row()].max(1) as usize;
+            let rows = total / len;
+            if len < block as usize || rows >= max_blocks as usize * block as usize / 8 {
+                // A row per thread: short rows, or enough of them to busy the device.
+                (vec![step("px_row_threads", grid(rows), block)], 0)
+            } else {
+                // A block per row: few long rows, the block's threads share each.
+                let blocks = rows.clamp(1, max_blocks as usize) as u32;
+                (vec![step("px_rows", blocks, block)], 0)
+            }
         }
         Some((red, _)) => {
             let parts = grid(total);

@@ -59,7 +59,7 @@ PX_F px_c px_cx(double re, double im) { px_c z; z.re = re; z.im = im; return z; 
   }                                                                                       \
   PX_F T px_round(T a) { return a; }                                                     \
   PX_F T px_sign(T a) { return (T)((a > 0) - (a < 0)); }                                 \
-  PX_F T px_oneslike(T) { return 1; }
+  PX_F T px_ones_like(T) { return 1; }
 PX_INTS(int, unsigned, (int)0x80000000)
 PX_INTS(px_l, px_ul, (px_l)0x8000000000000000ULL)
 
@@ -100,7 +100,7 @@ PX_INTS(px_l, px_ul, (px_l)0x8000000000000000ULL)
   PX_F T px_real(T a) { return a; }                                                      \
   PX_F T px_imag(T) { return 0; }                                                        \
   PX_F T px_conj(T a) { return a; }                                                      \
-  PX_F T px_oneslike(T) { return 1; }                                                   \
+  PX_F T px_ones_like(T) { return 1; }                                                   \
   PX_F bool px_isnan(T a) { return a != a; }                                             \
   PX_F bool px_isinf(T a) { return a == (T)PX_INF || a == -(T)PX_INF; }                  \
   PX_F bool px_isfinite(T a) { return !px_isnan(a) && !px_isinf(a); }                    \
@@ -240,7 +240,7 @@ PX_F px_c px_sign(px_c z) {
   double n = px_norm(z);
   return n == 0 ? px_cx(0, 0) : px_unscale(z, n);
 }
-PX_F px_c px_oneslike(px_c) { return px_cx(1, 0); }
+PX_F px_c px_ones_like(px_c) { return px_cx(1, 0); }
 PX_F double px_real(px_c z) { return z.re; }
 PX_F double px_imag(px_c z) { return z.im; }
 PX_F bool px_isnan(px_c z) { return z.re != z.re || z.im != z.im; }
@@ -272,4 +272,5 @@ PX_F px_c px_to_complex128(px_c a) { return a; }
 
 // Reductions: what each folds in, its start, and how two partial results meet -------------
 template <class T> PX_F T px_lesser(T a, T b) { return a != a ? a : b != b ? b : (b < a ? b : a); }
-template <class T> PX_F T px_greater(T a, T b) { return a != a ? a : b != b ? b : (b > a ? b : a); }
+// (ties: the later of two equal values for max, the earlier for min, as the CPU's fold)
+template <class T> PX_F T px_greater(T a, T b) { return a != a ? a : b != b ? b : (b < a ? a : b); }

@@ -162,7 +162,10 @@ extern "C" __global__ void px_map(const px_args a) {
 }
 "#;
 
-/// Folding: each block's threads fold a stride of elements, then each other's results.
+/// Folding: each block's threads fold a stride of elements, then each other's results
+/// (`px_partial`, then `px_finish` over the blocks' results); a row per block
+/// (`px_rows`: long rows), or a row per thread (`px_row_threads`: many or short rows,
+/// neighbouring threads reading neighbouring rows' elements).
 const FOLD: &str = r#"
 typedef $ACC px_acc;
 PX_F px_acc px_fold(px_acc x, px_acc y) { return $FOLD(x, y); }
@@ -214,6 +217,20 @@ extern "C" __global__ void px_rows(const px_args a) {
     if (threadIdx.x == 0) *($OUT*)((char*)(px_ul)a.v[PX_NIN] + base[PX_NIN]) = ($OUT)acc;
   }
 }
+extern "C" __global__ void px_row_threads(const px_args a) {
+  const px_l len = a.v[PX_ROW];
+  const px_l rows = len == 0 ? 0 : a.v[PX_COUNT] / len;
+  px_l base[PX_NOPS], off[PX_NOPS];
+  for (px_l r = (px_l)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += (px_l)gridDim.x * blockDim.x) {
+    px_offsets(a, r * len, base);
+    px_acc acc = $START;
+    for (px_l k = 0; k < len; k++) {
+      for (int o = 0; o < PX_NOPS; o++) off[o] = base[o] + k * a.v[PX_STRIDES + o * PX_NDIM + PX_NDIM - 1];
+      acc = px_fold(acc, (px_acc)px_value(a, off));
+    }
+    *($OUT*)((char*)(px_ul)a.v[PX_NIN] + base[PX_NIN]) = ($OUT)acc;
+  }
+}
 "#;
 
 /// The value a reduction starts from (min and max: the kind's top or bottom, which any
@@ -238,7 +255,8 @@ fn start(red: Reduce, acc: DType) -> String {
 }
 
 /// The whole source for `program` over `ndim` merged dimensions (`Launch::ndim`): the
-/// kernels `px_map`, or `px_partial`, `px_finish` and `px_rows` for a reduction.
+/// kernels `px_map`, or `px_partial`, `px_finish`, `px_rows` and `px_row_threads` for a
+/// reduction.
 pub fn kernel_source(program: &Program, ndim: usize) -> String {
     let slots = Slots {
         nin: program.inputs.len(),
