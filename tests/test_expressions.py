@@ -56,6 +56,19 @@ def same(ours, theirs, exact=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
+@pytest.mark.parametrize("power", ["0.5", "2", "3", "1", "0", "-1", "1.5", "2.5", "-2"])
+@pytest.mark.parametrize("optimization", ["aggressive", "moderate", "none"])
+def test_constant_powers_of_booleans_as_numexpr(power, optimization):
+    # numexpr rewrites them into products (`&` for booleans) and square roots, which it has
+    # no boolean kernel for (a square root of booleans once panicked here).
+    env = {"a": np.array([True, False, True])}
+    ex = f"a ** {power}"
+    ours = outcome(lambda e, local_dict: paralelo.evaluate(e, local_dict=local_dict, optimization=optimization),
+                   ex, env)
+    theirs = outcome(lambda e, local_dict: ne.evaluate(e, local_dict=local_dict, optimization=optimization), ex, env)
+    same(ours, theirs)
+
+
 @pytest.mark.parametrize("op", BINARY)
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_operators_type_and_compute_as_numexpr(op, kind):

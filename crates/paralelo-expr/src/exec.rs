@@ -64,9 +64,6 @@ pub unsafe fn evaluate(
     } else {
         layout.stream = total * program.out.size() >= STREAM_BYTES;
     }
-    layout.prefetch = program.instrs.iter().any(|i| {
-        i.op == crate::ops::Op::Pow || matches!(i.op, crate::ops::Op::Func(f) if f.is_costly())
-    });
     crate::pool::threads().install(|| run_program(program, &layout, total))
 }
 
@@ -209,10 +206,6 @@ struct Layout {
     block: usize,
     /// Whether contiguous results are streamed past the caches (`STREAM_BYTES`).
     stream: bool,
-    /// Whether each block asks for the next one's inputs while it computes (a program
-    /// that calls costly functions: its memory traffic then overlaps its arithmetic, as a
-    /// plain loop's does with the hardware's own prefetching).
-    prefetch: bool,
 }
 
 impl Layout {
@@ -229,7 +222,6 @@ impl Layout {
             out: Addr(out.addr),
             block: BLOCK,
             stream: false,
-            prefetch: false,
         }
     }
 
@@ -472,15 +464,6 @@ impl Regs {
         let mut cols: Vec<Col> = Vec::with_capacity(at.len() - 1);
         for ((k, buf), kind) in gathered.iter_mut().enumerate().zip(&layout.kinds) {
             let stride = layout.inner_stride(k);
-            if layout.prefetch && stride != 0 {
-                let bytes = n * stride.unsigned_abs();
-                let ahead = if stride > 0 {
-                    bytes as isize
-                } else {
-                    -2 * bytes as isize
-                };
-                view::prefetch(at[k].offset(ahead), bytes);
-            }
             // SAFETY: the block's elements of input `k`, valid as `evaluate`'s caller promised.
             cols.push(by_kind!(kind, T => unsafe { input::<T>(at[k], stride, n, buf) }));
         }

@@ -409,6 +409,13 @@ impl Typer<'_> {
                 Ok(r)
             }
             Optimization::Moderate | Optimization::Aggressive => match x {
+                // (numexpr's plain `div` here, not true division: 1 / a boolean is an int32)
+                -1.0 if a.dtype() == DType::Bool => Ok(Node::Op {
+                    op: Op::Div,
+                    kind: DType::Int,
+                    out: DType::Int,
+                    args: vec![Node::Const(Literal::Int(1)), a],
+                }),
                 -1.0 => apply(Op::Div, vec![Node::Const(Literal::Int(1)), a]),
                 0.0 => apply(Op::Func(Func::OnesLike), vec![a]),
                 0.5 => root(a),

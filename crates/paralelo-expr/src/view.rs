@@ -127,20 +127,3 @@ pub fn fence() {
         std::arch::x86_64::_mm_sfence()
     }
 }
-
-/// Asks the hardware to bring `bytes` from `at` into the second-level cache, without
-/// waiting for them (a hint: addresses outside any allocation are allowed and ignored).
-pub fn prefetch(at: Addr, bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for line in (0..bytes).step_by(64) {
-        // SAFETY: a prefetch reads nothing the program sees and never faults, whatever
-        // the address.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
-                at.offset(line as isize).0 as *const i8,
-            )
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (at, bytes);
-}
