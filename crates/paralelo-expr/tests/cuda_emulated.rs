@@ -197,9 +197,7 @@ fn args<'a>(program: &Program, inputs: &[Input], strides: &'a [Vec<isize>]) -> V
 /// The C++ for one program: its source, but the prelude, in a namespace of its own, and
 /// a C function launching its kernels by name.
 fn translation_unit(index: usize, program: &Program, ndim: usize) -> String {
-    let source = kernel_source(program, ndim);
-    let own = &source[PRELUDE.len()..];
-    let own = own.replace("extern \"C\" __global__", "__global__");
+    let mut unit = namespaced(index, program, ndim);
     let kernels: &[&str] = if program.reduce.is_some() {
         &["px_partial", "px_finish", "px_rows", "px_row_threads"]
     } else {
@@ -211,11 +209,21 @@ fn translation_unit(index: usize, program: &Program, ndim: usize) -> String {
             "  if (!strcmp(kernel, \"{k}\")) px_launch(p{index}::{k}, grid, block, (const p{index}::px_args*)args);\n"
         ));
     }
+    unit.push_str(&format!(
+        "extern \"C\" void run{index}(const char* kernel, unsigned grid, unsigned block, const void* args) {{\n\
+         {dispatch}}}\n"
+    ));
+    unit
+}
+
+/// A program's source but the prelude, in namespace `p{index}` (its kernels of C++
+/// linkage there), its macros undefined after it: many programs in one compilation.
+fn namespaced(index: usize, program: &Program, ndim: usize) -> String {
+    let source = kernel_source(program, ndim);
+    let own = source[PRELUDE.len()..].replace("extern \"C\" __global__", "__global__");
     format!(
         "namespace p{index} {{\n{own}\n}}\n#undef PX_NIN\n#undef PX_NOPS\n#undef PX_NDIM\n#undef PX_SCRATCH\n\
-         #undef PX_COUNT\n#undef PX_ROW\n#undef PX_PARTS\n#undef PX_DIMS\n#undef PX_STRIDES\n\
-         extern \"C\" void run{index}(const char* kernel, unsigned grid, unsigned block, const void* args) {{\n\
-         {dispatch}}}\n"
+         #undef PX_COUNT\n#undef PX_ROW\n#undef PX_PARTS\n#undef PX_DIMS\n#undef PX_STRIDES\n"
     )
 }
 
@@ -527,6 +535,98 @@ fn nvrtc_compiles_every_kernel() {
             );
         }
     }
+}
+
+/// Every operation the language has, over every kind numexpr has a kernel for (a
+/// scalar operand too), as NVRTC compiles them: one compilation of them all, so that an
+/// overload missing from the prelude for some kind is found.
+#[cfg(feature = "cuda")]
+#[test]
+fn nvrtc_compiles_every_operation_over_every_kind() {
+    use paralelo_expr::cuda::device::{compile as nvrtc_compile, nvrtc_missing};
+    if let Some(why) = nvrtc_missing() {
+        eprintln!("{why}: the kernels were not compiled for a GPU");
+        return;
+    }
+    const FUNCS: &[&str] = &[
+        "sqrt",
+        "sin",
+        "cos",
+        "tan",
+        "arcsin",
+        "arccos",
+        "arctan",
+        "sinh",
+        "cosh",
+        "tanh",
+        "arcsinh",
+        "arccosh",
+        "arctanh",
+        "log",
+        "log1p",
+        "log10",
+        "log2",
+        "exp",
+        "expm1",
+        "abs",
+        "ceil",
+        "floor",
+        "round",
+        "trunc",
+        "sign",
+        "real",
+        "imag",
+        "conj",
+        "isnan",
+        "isfinite",
+        "isinf",
+        "signbit",
+        "copy",
+        "ones_like",
+    ];
+    const FUNCS2: &[&str] = &[
+        "arctan2",
+        "fmod",
+        "hypot",
+        "nextafter",
+        "copysign",
+        "maximum",
+        "minimum",
+        "complex",
+    ];
+    const BINARY: &[&str] = &[
+        "+", "-", "*", "/", "//", "%", "**", ">", ">=", "<", "<=", "==", "!=", "&", "|", "^", "<<",
+        ">>",
+    ];
+    let mut sources: Vec<String> = Vec::new();
+    sources.extend(FUNCS.iter().map(|f| format!("{f}(a)")));
+    sources.extend(FUNCS2.iter().map(|f| format!("{f}(a, b)")));
+    sources.extend(FUNCS2.iter().map(|f| format!("{f}(a, 2)")));
+    sources.extend(BINARY.iter().map(|op| format!("a {op} b")));
+    sources.extend(BINARY.iter().map(|op| format!("a {op} 3")));
+    sources.extend(["-a", "~a", "where(a > b, a, b)", "where(a != b, 1, a)"].map(String::from));
+    sources.extend(["sum", "prod", "min", "max"].map(|r| format!("{r}(a * 1)")));
+    let kinds = [
+        DType::Bool,
+        DType::Int,
+        DType::Long,
+        DType::Float,
+        DType::Double,
+        DType::Complex,
+    ];
+    let mut text = String::from(PRELUDE);
+    let mut count = 0;
+    for src in &sources {
+        for kind in kinds {
+            // (what numexpr refuses for a kind is refused before any source is made)
+            if let Ok(program) = compile(src, &typed(src, kind), Optimization::Aggressive) {
+                text.push_str(&namespaced(count, &program, 2));
+                count += 1;
+            }
+        }
+    }
+    assert!(count > 300, "only {count} programs typed");
+    nvrtc_compile(&text, Some("sm_80")).unwrap_or_else(|e| panic!("{count} programs: {e}"));
 }
 
 fn compile_program(src: &str, kind: DType) -> Program {
