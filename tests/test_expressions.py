@@ -303,6 +303,64 @@ def test_large_outputs_streamed_past_the_caches_are_whole():
     np.testing.assert_array_equal(z, (x[: n // 8] + 1j) * 2)
 
 
+def test_deep_and_long_expressions_compile_quickly_and_never_crash():
+    # Nesting and chains as a generator writes them: each once overflowed the stack (a
+    # segmentation fault), and a sum of a thousand terms took 1.6 s to compile.
+    x = np.arange(3.0)
+    np.testing.assert_array_equal(paralelo.evaluate("(" * 3000 + "x" + ")" * 3000), x)
+    np.testing.assert_array_equal(paralelo.evaluate("-" * 5001 + "x"), -x)
+    np.testing.assert_array_equal(paralelo.evaluate("+".join(["x"] * 20_000)), x * 20_000)
+    names = [f"v{i}" for i in range(300)]
+    env = {n: np.full(2, i, dtype=np.int64) for i, n in enumerate(names)}
+    np.testing.assert_array_equal(paralelo.evaluate("+".join(names), local_dict=env), [sum(range(300))] * 2)
+    with pytest.raises(SyntaxError, match="at most 100000"):
+        paralelo.evaluate("+".join(["x"] * 60_000))
+
+
+def test_complex_tan_and_tanh_of_large_arguments_as_numpy():
+    # (num-complex's formula divides an overflowed cosh by itself: NaN)
+    z = np.array([360 + 0j, -1000 + 2j, 25 - 1j, 3 + 0.5j, 0.5 + 400j, 1 - 1000j])
+    np.testing.assert_allclose(paralelo.evaluate("tanh(z)"), np.tanh(z), rtol=1e-14, atol=1e-300)
+    np.testing.assert_allclose(paralelo.evaluate("tan(z)"), np.tan(z), rtol=1e-14, atol=1e-300)
+    assert paralelo.evaluate("tanh(z)")[3] == ne.evaluate("tanh(z)")[3]
+
+
+def test_re_evaluate_casts_new_inputs_to_the_compiled_kinds_as_numexpr():
+    a = np.arange(4.0)
+    paralelo.evaluate("a * 2")
+    got = paralelo.re_evaluate(local_dict={"a": np.ones(2, np.int32)})
+    ne.evaluate("a * 2")
+    want = ne.re_evaluate(local_dict={"a": np.ones(2, np.int32)})
+    assert got.dtype == want.dtype and got.tolist() == want.tolist()
+    i = np.arange(3, dtype=np.int32)
+    paralelo.evaluate("i + 1")
+    with pytest.raises(TypeError, match="Cannot cast array data from dtype\\('float64'\\) to dtype\\('int32'\\)"):
+        paralelo.re_evaluate(local_dict={"i": np.ones(3)})
+
+
+@pytest.mark.parametrize("ex", ["1.e3*a", "1.E-3*a", "3.e+2+a", "2.j*a", "a.real*2.j", "a # a comment",
+                                "0.0**-1", "0**-1.5", "0j**-1", "2**-1"])
+def test_literals_comments_and_folded_powers_as_numexpr(ex):
+    env = {"a": np.arange(3.0)}
+    same(outcome(paralelo.evaluate, ex, env), outcome(ne.evaluate, ex, env))
+
+
+def test_order_k_keeps_fortran_order_beside_columns_and_through_axis_reductions():
+    f = np.asfortranarray(np.arange(12.0).reshape(3, 4))
+    f3 = np.asfortranarray(np.arange(60.0).reshape(3, 4, 5))
+    for ex, env in [("f + col", {"f": f, "col": np.ones((3, 1))}), ("sum(f3, axis=0)", {"f3": f3}),
+                    ("prod(f3 / 50, axis=2)", {"f3": f3}), ("f + c", {"f": f, "c": np.ones((3, 4))})]:
+        ours, theirs = paralelo.evaluate(ex, local_dict=env), ne.evaluate(ex, local_dict=env)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-14)
+        assert (ours.flags.f_contiguous, ours.flags.c_contiguous) == (theirs.flags.f_contiguous,
+                                                                      theirs.flags.c_contiguous), ex
+
+
+def test_long_doubles_are_cut_to_doubles_as_numexpr():
+    x = np.arange(3, dtype=np.longdouble)
+    assert paralelo.evaluate("x * 2").dtype == ne.evaluate("x * 2").dtype == np.float64
+
+
 def test_empty_inputs():
     e = np.ones((0, 3))
     assert paralelo.evaluate("e * 2").shape == (0, 3)

@@ -58,6 +58,23 @@ def test_device_names_and_returns_are_checked():
     assert _device.ordinal("cpu") is None
 
 
+def test_returns_validate_and_cuda_available():
+    x = np.ones(3)
+    with pytest.raises(ValueError, match="returns must be 'numpy' or 'device', not 'bogus'"):
+        paralelo.evaluate("x * 2", returns="bogus")
+    assert paralelo.validate("x * 2", device="cpu") is None
+    assert isinstance(paralelo.validate("x * 2", device="gpu"), ValueError)
+    assert paralelo.cuda_available() is (_NO_GPU is None)
+
+
+def test_a_plain_object_with_a_device_interface_on_the_cpu_names_the_device_keyword():
+    class Plain:
+        __cuda_array_interface__ = {"shape": (2,), "typestr": "<f8", "data": (0, False), "version": 3}
+
+    with pytest.raises(TypeError, match="'g' is a GPU array: evaluate with device='cuda'"):
+        paralelo.evaluate("g + 1", local_dict={"g": Plain()})
+
+
 def test_a_gpu_array_given_to_the_cpu_names_the_device_keyword():
     class Unconvertible:
         __cuda_array_interface__ = {"shape": (2,), "typestr": "<f8", "data": (0, False), "version": 3}

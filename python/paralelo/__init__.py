@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from ._profiling import Profile, profile
     from ._tracing import Trace, trace
     from ._cluster import set_backend
-    from .expressions import evaluate, re_evaluate, validate
+    from .expressions import cuda_available, evaluate, re_evaluate, validate
     from .managers import Manager
     from .process import Process, active_children, current_process, parent_process
     from .queues import JoinableQueue, Queue, SimpleQueue
@@ -93,6 +93,7 @@ _LAZY = {
     "Manager": "managers", "aio": "paralelo.aio", "scaling": "amdahl", "Scaling": "amdahl",
     "profile": "_profiling", "Profile": "_profiling", "trace": "_tracing", "Trace": "_tracing",
     "set_backend": "_cluster", "evaluate": "expressions", "re_evaluate": "expressions", "validate": "expressions",
+    "cuda_available": "expressions",
 }
 
 
@@ -119,6 +120,7 @@ __all__ = [
     "set_backend",
     "evaluate",
     "re_evaluate",
+    "cuda_available",
     "validate",
     "debug_locks",
     "BrokenThreadPool",

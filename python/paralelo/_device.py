@@ -188,11 +188,13 @@ class Input:
         return len(self.shape)
 
     @property
-    def fortran_only(self) -> bool:
-        """Whether its layout is Fortran's and not C's (as numpy's flags say)."""
+    def layout_vote(self) -> int:
+        """1 if it lies in Fortran's order only, -1 in C's only, 0 both or neither (as
+        numpy's flags would say)."""
         size = self.dtype.itemsize
-        return (self.strides == _contiguous_strides(self.shape, size, True)
-                and self.strides != _contiguous_strides(self.shape, size))
+        f = self.strides == _contiguous_strides(self.shape, size, True)
+        c = self.strides == _contiguous_strides(self.shape, size)
+        return int(f) - int(c)
 
     def astype(self, kind: str) -> Any:
         raise TypeError(f"paralelo's GPU kernels take bool, int32, int64, float32, float64 and complex128 device "
@@ -272,9 +274,9 @@ def run(np: Any, compiled: Any, arrays: list, kinds: list[str], out: Any, order:
             ptr, a_shape, a_strides = buffer.ptr, host.shape, host.strides
         strides = _broadcast_strides(a_shape, a_strides, shape) if used else (0,) * len(shape)
         described.append([ptr, kind, strides])
-    fortran = order == "F" or (order in "KA" and len(out_shape) > 1 and reduction is None
-                                and any(a.ndim > 1 for a in arrays)
-                                and all(_fortran_only(a) for a in arrays if a.ndim > 1))
+    from .expressions import keeps_fortran
+
+    fortran = keeps_fortran(arrays, order, len(out_shape))
     for a in arrays:
         # (work queued on another library's stream is waited for; the legacy and per-thread
         # default streams, 1 and 2, are ordered with ours already)
@@ -303,12 +305,6 @@ def run(np: Any, compiled: Any, arrays: list, kinds: list[str], out: Any, order:
         _copy_into(np, result.get(), out, casting)
         return out
     return _wrapped(result, arrays, device) if to_device else result.get()
-
-
-def _fortran_only(a: Any) -> bool:
-    if isinstance(a, Input):
-        return a.fortran_only
-    return bool(a.flags.f_contiguous and not a.flags.c_contiguous)
 
 
 def _device_of(np: Any, native: Any, arrays: list, out: Any, device: int) -> int:

@@ -19,8 +19,13 @@ then cached. Inputs broadcast, may be strided, non-contiguous or unaligned.
 
 Where it differs from numexpr: a reduction over an empty array gives numpy's identity
 (``sum``: 0) rather than an empty array, and ``min``/``max`` of one raise numpy's
-ValueError; float32 sums accumulate in double; strings are not supported; expressions
-are never passed to Python's ``eval``, whatever ``sanitize`` says.
+ValueError; ``min``/``max`` return NaN when an element is NaN, as numpy's do; float32
+sums accumulate in double; integer powers wrap as numpy's do; strings are not
+supported; expressions longer than 100,000 characters are refused; expressions are
+never passed to Python's ``eval``, whatever ``sanitize`` says.
+
+``device="cuda"`` runs the same expression on an NVIDIA GPU (see ``_device``);
+``cuda_available()`` says whether it can here.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["evaluate", "re_evaluate", "validate"]
+__all__ = ["cuda_available", "evaluate", "re_evaluate", "validate"]
 
 #: numexpr's keyword arguments and what they may be.
 _OPTIONS = {"optimization": ("none", "moderate", "aggressive"), "truediv": (False, True, "auto")}
@@ -69,10 +74,10 @@ class _Last(threading.local):
 _last = _Last()
 
 # What numexpr's sanitizer refuses: statement separators, subscripts and slices, dunder
-# names, and attribute access other than .real and .imag (a digit after the dot is a
-# number: 1.5, 1.j).
+# names, and attribute access other than .real and .imag (a dot in a number is no
+# attribute: 1.5, 1.e3, 1.E-3, 2.j).
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
-_FORBIDDEN = re.compile(r"[;\[:]|(?<![\w])__\w+__(?![\w])|\.(?!(real|imag)\b)(?=[A-Za-z_])")
+_FORBIDDEN = re.compile(r"[;\[:]|(?<![\w])__\w+__(?![\w])|\.(?!(real|imag)\b)(?![eE][+-]?\d)(?!j\b)(?=[A-Za-z_])")
 
 
 def _numpy() -> Any:
@@ -147,9 +152,9 @@ def _widened(dt: Any) -> str:
         return "int32" if size <= 4 else "int64"
     if dt.kind == "u" and size <= 8:
         return "int32" if size <= 2 else "int64"
-    if dt.kind == "f" and size <= 8:
+    if dt.kind == "f":  # (a long double is cut to a double, as numexpr does)
         return "float32" if size <= 4 else "float64"
-    if dt.kind == "c" and size <= 16:
+    if dt.kind == "c":
         return "complex128"
     raise TypeError(f"paralelo.evaluate has no kernels for {dt} arrays")
 
@@ -183,11 +188,14 @@ def _arguments(np: Any, names: list[str], local_dict: Any, global_dict: Any, dep
             out.append(Input.of(np, value))
             continue
         try:
-            out.append(np.asarray(value))
+            array = np.asarray(value)
         except TypeError as e:
             if hasattr(value, "__cuda_array_interface__"):
                 raise TypeError(f"'{name}' is a GPU array: evaluate with device='cuda'") from e
             raise
+        if array.dtype == object and hasattr(value, "__cuda_array_interface__"):
+            raise TypeError(f"'{name}' is a GPU array: evaluate with device='cuda'")
+        out.append(array)
     return out
 
 
@@ -244,8 +252,14 @@ def _device_ordinal(device: str) -> int | None:
     return ordinal(device)
 
 
+def _check_returns(returns: Any) -> None:
+    if returns not in (None, "numpy", "device"):
+        raise ValueError(f"returns must be 'numpy' or 'device', not {returns!r}")
+
+
 def _dispatch(compiled: Any, arrays: list, kinds: list[str], options: dict, device: int | None,
               returns: str | None) -> Any:
+    _check_returns(returns)
     if device is None:
         if returns not in (None, "numpy"):
             raise ValueError(f"returns={returns!r} needs a device: device='cuda'")
@@ -257,16 +271,32 @@ def _dispatch(compiled: Any, arrays: list, kinds: list[str], options: dict, devi
 
 def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None = None, out: Any = None,
              order: str = "K", casting: str = "safe", _frame_depth: int = 1, sanitize: bool | None = None,
-             **kwargs: Any) -> Exception | None:
+             device: str = "cpu", returns: str | None = None, **kwargs: Any) -> Exception | None:
     """Checks and compiles `ex` as `evaluate` would, for `re_evaluate`; returns None, or
     the exception `evaluate` would raise (numexpr's ``validate``)."""
     try:
+        _check_returns(returns)
+        on = None if device == "cpu" else _device_ordinal(device)
         compiled, names, _, _, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
-                                                  kwargs, _frame_depth + 1)
+                                                  kwargs, _frame_depth + 1, on)
     except Exception as e:  # noqa: BLE001 - returned, as numexpr's validate does
         return e
-    _last.compiled, _last.names, _last.kwargs = compiled, names, dict(options, device=None, returns=None)
+    _last.compiled, _last.names, _last.kwargs = compiled, names, dict(options, device=on, returns=returns)
     return None
+
+
+def cuda_available() -> bool:
+    """Whether ``evaluate(..., device="cuda")`` can run here: this build has CUDA support,
+    the NVIDIA driver loads and it sees a GPU. (NVRTC is looked for when a kernel is first
+    compiled; ``pip install paralelo[cuda]`` brings one.)"""
+    from . import _native
+
+    if _native.cuda_missing() is not None:
+        return False
+    try:
+        return _native.cuda_device_count() > 0
+    except RuntimeError:
+        return False
 
 
 def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None, _frame_depth: int = 1) -> Any:
@@ -279,7 +309,19 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
     options = dict(_last.kwargs)
     device, returns = options.pop("device"), options.pop("returns")
     arrays = _arguments(np, _last.names, local_dict, global_dict, _frame_depth + 1, device)
-    return _dispatch(_last.compiled, arrays, _as_kernels_take(np, arrays), options, device, returns)
+    kinds = _as_kernels_take(np, arrays)
+    compiled_for = _last.compiled.kinds
+    if kinds != compiled_for:
+        # The program stays as compiled: inputs of other dtypes are cast to its own, where
+        # that is safe, as numexpr's re_evaluate casts them.
+        for i, (have, want) in enumerate(zip(kinds, compiled_for)):
+            if have != want:
+                if not np.can_cast(have, want, casting="safe"):
+                    raise TypeError(f"Cannot cast array data from dtype('{have}') to dtype('{want}') according to "
+                                    f"the rule 'safe'")
+                arrays[i] = arrays[i].astype(want)
+        kinds = list(compiled_for)
+    return _dispatch(_last.compiled, arrays, kinds, options, device, returns)
 
 
 def _described(a: Any, kind: str) -> tuple:
@@ -306,13 +348,8 @@ def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, ca
     ndim = len(shape)
     if reduction is None:
         out_shape = shape
-        # 'K' and 'A' keep Fortran order when every input with dimensions has it.
-        fortran = order == "F" or (order in "KA" and ndim > 1 and any(a.ndim > 1 for a in arrays)
-                                   and all(a.flags.f_contiguous and not a.flags.c_contiguous
-                                           for a in arrays if a.ndim > 1))
     else:
         name, axis = reduction
-        fortran = False
         if axis is not None and axis >= ndim:
             raise ValueError("reduction axis is out of bounds")
         out_shape = () if axis is None else shape[:axis] + shape[axis + 1:]
@@ -320,8 +357,11 @@ def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, ca
             views = [np.moveaxis(v, axis, -1) for v in views]
         if 0 in shape:
             return _empty_reduction(np, name, out_shape, result_dtype, out, casting)
+    fortran = keeps_fortran(arrays, order, len(out_shape))
     target = _target(np, out, out_shape, result_dtype, casting, arrays, fortran)
-    run_on = target.T if fortran else target
+    # (an elementwise program walks a Fortran-ordered result transposed, so that its inner
+    # loop runs along memory; a reduction writes through the result's strides as they are)
+    run_on = target.T if fortran and reduction is None else target
     iteration = run_on.shape if reduction is None else (views[0].shape if views else shape)
     if reduction is None:
         out_strides = run_on.strides
@@ -336,6 +376,27 @@ def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, ca
         np.copyto(out, target, casting="unsafe")
         return out
     return target
+
+
+def _layout(a: Any) -> int:
+    """1 if `a` lies in Fortran's order only, -1 in C's only, 0 both or neither."""
+    vote = getattr(a, "layout_vote", None)  # (a device array's)
+    if vote is not None:
+        return int(vote)
+    flags = a.flags
+    return int(flags.f_contiguous) - int(flags.c_contiguous)
+
+
+def keeps_fortran(arrays: list, order: str, ndim: int) -> bool:
+    """Whether a result of `ndim` dimensions is made in Fortran's order: asked for, or
+    ('K', 'A') some input with dimensions lies in it and none in C's (an input that is
+    both, a column, has no say), as numpy's order 'K' keeps it."""
+    if order == "F":
+        return True
+    if order not in "KA" or ndim < 2:
+        return False
+    votes = {_layout(a) for a in arrays if a.ndim > 1}
+    return 1 in votes and -1 not in votes
 
 
 def _target(np: Any, out: Any, shape: tuple, dtype: Any, casting: str, arrays: list, fortran: bool) -> Any:

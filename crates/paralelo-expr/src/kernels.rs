@@ -390,18 +390,36 @@ macro_rules! real {
 real!(f32);
 real!(f64);
 
+/// Past this |re|, cosh(2 re) dwarfs cos(2 im) in tanh's quotient (and past 355 it
+/// overflows: num-complex's formula then gives NaN).
+const TANH_LIMIT: f64 = 20.0;
+
+/// The complex tanh: num-complex's formula, and its limit where that overflows.
+fn tanh(z: C64) -> C64 {
+    if z.re.abs() > TANH_LIMIT {
+        // (sinh 2x + i sin 2y) / (cosh 2x + cos 2y) -> sign(x) + i 2 sin(2y) e^(-2|x|)
+        let fade = (-2.0 * z.re.abs()).exp();
+        return C64::new(1f64.copysign(z.re), 2.0 * (2.0 * z.im).sin() * fade);
+    }
+    z.tanh()
+}
+
 fn complex_call(z: C64, f: Func) -> C64 {
     match f {
         Func::Sqrt => z.sqrt(),
         Func::Sin => z.sin(),
         Func::Cos => z.cos(),
-        Func::Tan => z.tan(),
+        Func::Tan => {
+            // tan(z) = -i tanh(iz)
+            let t = tanh(C64::new(-z.im, z.re));
+            C64::new(t.im, -t.re)
+        }
         Func::Arcsin => z.asin(),
         Func::Arccos => z.acos(),
         Func::Arctan => z.atan(),
         Func::Sinh => z.sinh(),
         Func::Cosh => z.cosh(),
-        Func::Tanh => z.tanh(),
+        Func::Tanh => tanh(z),
         Func::Arcsinh => z.asinh(),
         Func::Arccosh => z.acosh(),
         Func::Arctanh => z.atanh(),

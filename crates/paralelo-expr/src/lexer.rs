@@ -29,6 +29,11 @@ pub fn tokens(src: &str) -> Result<Vec<Token>> {
         let c = chars[i];
         if c.is_whitespace() || c == '\\' {
             i += 1;
+        } else if c == '#' {
+            // A comment, to the end of its line (Python's, which numexpr compiles with).
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
         } else if c.is_ascii_digit()
             || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
         {

@@ -1,9 +1,12 @@
 //! A typed tree lowered to straight-line code over registers, each a block of elements:
 //! what every core runs, block after block.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
 use crate::ast::Expr;
 use crate::dtype::{DType, Scalar};
-use crate::error::Result;
+use crate::error::{ExprError, Result};
 use crate::ops::{Op, Reduce};
 use crate::parser::parse;
 use crate::typing::{literal_scalar, Node, Optimization, Typer};
@@ -68,7 +71,39 @@ impl Program {
 
 /// The names an expression reads, sorted: the inputs `compile` wants kinds for.
 pub fn names(src: &str) -> Result<Vec<String>> {
-    Ok(parse(src)?.names())
+    with_stack_for(src, || Ok(parse(src)?.names()))
+}
+
+/// The longest expression taken, in bytes.
+pub const MAX_SOURCE: usize = 100_000;
+
+/// Runs `f` (which parses `src` and walks its tree, recursively) where the stack is deep
+/// enough for it: on this thread for a short expression, else on a thread of its own
+/// with a deep stack (a caller's thread may have a small one; 3,000 nested parentheses
+/// took 8 MiB). Longer than `MAX_SOURCE`, it is refused.
+fn with_stack_for<T: Send>(src: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    /// Bytes of source below which any thread's stack is enough.
+    const SHORT: usize = 1_000;
+    /// Reserved, not used: only the pages a walk reaches are ever touched.
+    const DEEP_STACK: usize = 1 << 30;
+    if src.len() <= SHORT {
+        return f();
+    }
+    if src.len() > MAX_SOURCE {
+        return Err(ExprError::Syntax(format!(
+            "the expression is {} bytes long: at most {MAX_SOURCE} are taken",
+            src.len()
+        )));
+    }
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("paralelo-expr-compile".into())
+            .stack_size(DEEP_STACK)
+            .spawn_scoped(scope, f)
+            .map_err(|e| ExprError::Runtime(format!("cannot start a thread to compile: {e}")))?
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Parses, types and lowers `src`, its inputs' kinds given by name (`names(src)`).
@@ -77,20 +112,24 @@ pub fn compile(
     inputs: &[(String, DType)],
     optimization: Optimization,
 ) -> Result<Program> {
+    with_stack_for(src, || lowered(src, inputs, optimization))
+}
+
+fn lowered(src: &str, inputs: &[(String, DType)], optimization: Optimization) -> Result<Program> {
     let expr: Expr = parse(src)?;
     let typed = Typer {
         inputs,
         optimization,
     }
     .typed(&expr)?;
-    let mut uses = Vec::new();
+    let mut uses = Seen::default();
     count_uses(&typed.root, &mut uses);
     let mut lower = Lower {
         instrs: Vec::new(),
         regs: Vec::new(),
         free: Vec::new(),
         uses,
-        done: Vec::new(),
+        done: Seen::default(),
         left: Vec::new(),
         branches: Vec::new(),
     };
@@ -151,16 +190,75 @@ fn lazy_wheres(instrs: &[Instr], branches: Vec<LazyWhere>) -> Vec<LazyWhere> {
 /// How many times each distinct operation is used (an operation that appears twice, as
 /// `sin(a)` in `sin(a)**2` once powers become products, is computed once, as numexpr's
 /// compiler merges duplicate subtrees).
-fn count_uses<'t>(node: &'t Node, uses: &mut Vec<(&'t Node, usize)>) {
+fn count_uses<'t>(node: &'t Node, uses: &mut Seen<'t>) {
     if let Node::Op { args, .. } = node {
-        if let Some(seen) = uses.iter_mut().find(|(n, _)| *n == node) {
-            seen.1 += 1;
+        if let Some(seen) = uses.get_mut(node) {
+            *seen += 1;
             return;
         }
-        uses.push((node, 1));
+        uses.insert(node, 1);
         for a in args {
             count_uses(a, uses);
         }
+    }
+}
+
+/// Operations of a typed tree, each with a number, found by structure: equal subtrees
+/// are one entry. Each node's structural hash is computed once (a tree of n nodes is
+/// looked up in about n steps, not the n² of comparing whole subtrees one by one; an
+/// expression of a thousand terms compiled in 1.6 s that way).
+#[derive(Default)]
+struct Seen<'t> {
+    /// Per structural hash, the distinct subtrees that have it, and their numbers.
+    buckets: HashMap<u64, Vec<(&'t Node, usize)>>,
+    /// Each node's hash, by address (the tree outlives this).
+    hashes: HashMap<*const Node, u64>,
+}
+
+impl<'t> Seen<'t> {
+    fn hash(&mut self, node: &'t Node) -> u64 {
+        if let Some(h) = self.hashes.get(&(node as *const Node)) {
+            return *h;
+        }
+        let mut s = std::collections::hash_map::DefaultHasher::new();
+        match node {
+            Node::Op {
+                op,
+                kind,
+                out,
+                args,
+            } => {
+                (op, kind, out).hash(&mut s);
+                for a in args {
+                    self.hash(a).hash(&mut s);
+                }
+            }
+            // (leaves are small: their printed form is their identity)
+            leaf => format!("{leaf:?}").hash(&mut s),
+        }
+        let h = s.finish();
+        self.hashes.insert(node as *const Node, h);
+        h
+    }
+
+    fn get_mut(&mut self, node: &'t Node) -> Option<&mut usize> {
+        let h = self.hash(node);
+        self.buckets
+            .get_mut(&h)?
+            .iter_mut()
+            // (the same node is found by its address: comparing it with itself would walk
+            // its whole subtree)
+            .find(|(n, _)| std::ptr::eq(*n, node) || *n == node)
+            .map(|(_, v)| v)
+    }
+
+    fn get(&mut self, node: &'t Node) -> Option<usize> {
+        self.get_mut(node).map(|v| *v)
+    }
+
+    fn insert(&mut self, node: &'t Node, value: usize) {
+        let h = self.hash(node);
+        self.buckets.entry(h).or_default().push((node, value));
     }
 }
 
@@ -169,9 +267,9 @@ struct Lower<'t> {
     regs: Vec<DType>,
     /// Registers whose value is no longer needed, to be reused.
     free: Vec<usize>,
-    uses: Vec<(&'t Node, usize)>,
+    uses: Seen<'t>,
     /// Operations computed already, and their registers.
-    done: Vec<(&'t Node, usize)>,
+    done: Seen<'t>,
     /// Per register, the reads still to come before it can be reused.
     left: Vec<usize>,
     /// Every `where`'s branches, as lowered.
@@ -190,8 +288,8 @@ impl<'t> Lower<'t> {
                 out,
                 args,
             } => {
-                if let Some((_, r)) = self.done.iter().find(|(n, _)| *n == node) {
-                    return Ok(Operand::Reg(*r));
+                if let Some(r) = self.done.get(node) {
+                    return Ok(Operand::Reg(r));
                 }
                 let mut operands = Vec::with_capacity(args.len());
                 let mut spans = Vec::with_capacity(args.len());
@@ -215,13 +313,9 @@ impl<'t> Lower<'t> {
                         end,
                     });
                 }
-                let reads = self
-                    .uses
-                    .iter()
-                    .find(|(n, _)| *n == node)
-                    .map_or(1, |(_, c)| *c);
+                let reads = self.uses.get(node).unwrap_or(1);
                 self.left[dst] = reads;
-                self.done.push((node, dst));
+                self.done.insert(node, dst);
                 Operand::Reg(dst)
             }
         })

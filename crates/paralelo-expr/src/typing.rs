@@ -606,6 +606,9 @@ fn fold_binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
                     r
                 }
             }),
+            BinaryOp::Pow if y < 0 && x == 0 => {
+                return Err(zero("0.0 cannot be raised to a negative power"))
+            }
             BinaryOp::Pow if y < 0 => Literal::Float((x as f64).powf(y as f64)),
             BinaryOp::Pow => Literal::Int(
                 u32::try_from(y)
@@ -650,6 +653,9 @@ fn fold_binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
                 return Err(zero("complex division by zero"))
             }
             BinaryOp::Div => x / y,
+            BinaryOp::Pow if x == Complex64::new(0.0, 0.0) && (y.re < 0.0 || y.im != 0.0) => {
+                return Err(zero("0.0 to a negative or complex power"))
+            }
             BinaryOp::Pow => x.powc(y),
             _ => {
                 return Err(ExprError::Type(
@@ -675,6 +681,9 @@ fn fold_binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
             } else {
                 r
             }
+        }
+        BinaryOp::Pow if x == 0.0 && y < 0.0 => {
+            return Err(zero("0.0 cannot be raised to a negative power"))
         }
         BinaryOp::Pow => x.powf(y),
         _ => {

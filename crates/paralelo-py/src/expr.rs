@@ -57,6 +57,12 @@ impl Expression {
         })
     }
 
+    /// The inputs' numpy kind names, in order (what it was compiled for).
+    #[getter]
+    fn kinds(&self) -> Vec<&'static str> {
+        self.program.inputs.iter().map(|(_, k)| k.name()).collect()
+    }
+
     /// The result's numpy kind name.
     #[getter]
     fn out(&self) -> &'static str {
@@ -156,6 +162,20 @@ fn arrays<'a>(
         strides: &out.2,
     };
     Ok((args, out))
+}
+
+/// How many CUDA devices the driver sees (0 in a build without CUDA support).
+#[pyfunction]
+pub(crate) fn cuda_device_count(py: Python<'_>) -> PyResult<usize> {
+    #[cfg(feature = "cuda")]
+    return py
+        .detach(paralelo_expr::cuda::device::count)
+        .map_err(expr_to_py);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = py;
+        Ok(0)
+    }
 }
 
 /// Why `device="cuda"` cannot run here (None: it can be tried).

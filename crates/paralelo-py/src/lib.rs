@@ -41,6 +41,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<expr::Expression>()?;
     m.add_function(wrap_pyfunction!(expr::expression_names, m)?)?;
     m.add_function(wrap_pyfunction!(expr::cuda_missing, m)?)?;
+    m.add_function(wrap_pyfunction!(expr::cuda_device_count, m)?)?;
     #[cfg(feature = "cuda")]
     {
         m.add_class::<expr::gpu::DeviceBuffer>()?;

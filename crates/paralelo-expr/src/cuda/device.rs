@@ -255,6 +255,16 @@ pub fn device(ordinal: usize) -> Result<Arc<Device>> {
     Ok(d)
 }
 
+/// How many devices the driver sees (0 without a driver).
+pub fn count() -> Result<usize> {
+    if driver_missing().is_some() {
+        return Ok(0);
+    }
+    CudaContext::device_count()
+        .map(|n| n.max(0) as usize)
+        .map_err(|e| driver_error("found no device", e))
+}
+
 /// The device that device memory at `addr` belongs to.
 pub fn pointer_device(addr: u64) -> Result<usize> {
     if let Some(why) = driver_missing() {

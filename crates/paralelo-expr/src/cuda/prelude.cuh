@@ -182,15 +182,19 @@ PX_F px_c px_pow(px_c a, px_c b) {
 }
 PX_F px_c px_sin(px_c z) { return px_cx(sin(z.re) * cosh(z.im), cos(z.re) * sinh(z.im)); }
 PX_F px_c px_cos(px_c z) { return px_cx(cos(z.re) * cosh(z.im), -sin(z.re) * sinh(z.im)); }
-PX_F px_c px_tan(px_c z) {
-  double r = z.re + z.re, i = z.im + z.im;
-  return px_unscale(px_cx(sin(r), sinh(i)), cos(r) + cosh(i));
-}
+
 PX_F px_c px_sinh(px_c z) { return px_cx(sinh(z.re) * cos(z.im), cosh(z.re) * sin(z.im)); }
 PX_F px_c px_cosh(px_c z) { return px_cx(cosh(z.re) * cos(z.im), sinh(z.re) * sin(z.im)); }
 PX_F px_c px_tanh(px_c z) {
+  if (fabs(z.re) > 20) {  // (cosh 2x dwarfs cos 2y, and overflows past 355)
+    return px_cx(copysign(1.0, z.re), 2 * sin(z.im + z.im) * exp(-2 * fabs(z.re)));
+  }
   double r = z.re + z.re, i = z.im + z.im;
   return px_unscale(px_cx(sinh(r), sin(i)), cosh(r) + cos(i));
+}
+PX_F px_c px_tan(px_c z) {  // -i tanh(iz)
+  px_c t = px_tanh(px_cx(-z.im, z.re));
+  return px_cx(t.im, -t.re);
 }
 PX_F px_c px_times_i(px_c z) { return px_mul(px_cx(0, 1), z); }  // (signed zeros as num-complex's)
 PX_F px_c px_one_minus_square(px_c z) { return px_sub(px_cx(1, 0), px_mul(z, z)); }
