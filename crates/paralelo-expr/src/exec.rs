@@ -868,11 +868,12 @@ fn extreme<T: Copy + PartialOrd>(x: &[T], red: Reduce) -> Option<T> {
     let first = *x.first()?;
     #[allow(clippy::eq_op)]
     let step = |lane: T, v: T| {
-        // Keep a NaN lane; take a NaN value; else the smaller (larger: the later of equals).
+        // Keep a NaN lane; take a NaN value; else the smaller (larger: the later of equals;
+        // `better` is only read when neither is NaN).
         let better = if red == Reduce::Min {
             v < lane
         } else {
-            !(v < lane)
+            v >= lane
         };
         std::hint::select_unpredictable(lane == lane && (v != v || better), v, lane)
     };
