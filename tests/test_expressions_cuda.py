@@ -159,12 +159,11 @@ class _HostNative:
         cls.waited.append((device, stream))
 
     @staticmethod
-    def cuda_upload(device: int, dst: int, src: int, nbytes: int) -> None:
-        ctypes.memmove(dst, src, nbytes)
-
-    @staticmethod
-    def cuda_download(device: int, src: int, dst: int, nbytes: int) -> None:
-        ctypes.memmove(dst, src, nbytes)
+    def cuda_copy(device: int, device_addr: int, host: int, nbytes: int, upload: bool) -> None:
+        if upload:
+            ctypes.memmove(device_addr, host, nbytes)
+        else:
+            ctypes.memmove(host, device_addr, nbytes)
 
 
 class FakeDeviceArray:

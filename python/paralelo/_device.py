@@ -145,7 +145,7 @@ class DeviceArray:
 def _download(device: int, ptr: int, host: Any) -> None:
     """Copies device memory at `ptr` into the contiguous numpy array `host`."""
     if host.nbytes:
-        _native_cuda().cuda_download(device, ptr, host.__array_interface__["data"][0], host.nbytes)
+        _native_cuda().cuda_copy(device, ptr, host.__array_interface__["data"][0], host.nbytes, False)
 
 
 def _upload(native: Any, device: int, host: Any, buffer: Any = None) -> Any:
@@ -153,7 +153,7 @@ def _upload(native: Any, device: int, host: Any, buffer: Any = None) -> Any:
     if buffer is None:
         buffer = native.DeviceBuffer.empty(device, host.nbytes)
     if host.nbytes:
-        native.cuda_upload(device, buffer.ptr, host.__array_interface__["data"][0], host.nbytes)
+        native.cuda_copy(device, buffer.ptr, host.__array_interface__["data"][0], host.nbytes, True)
     return buffer
 
 

@@ -345,40 +345,29 @@ pub(crate) mod gpu {
         Ok(pyo3::types::PyBytes::new(py, &cubin))
     }
 
-    /// Copies `nbytes` from host address `src` (a numpy array the caller holds) to device
-    /// address `dst` (on device `ordinal`).
+    /// Copies `nbytes` between device address `device_addr` (on device `ordinal`) and host
+    /// address `host` (a numpy array the caller holds, written by nothing else meanwhile):
+    /// to the device if `upload`, else from it.
     #[pyfunction]
-    pub(crate) fn cuda_upload(
+    pub(crate) fn cuda_copy(
         py: Python<'_>,
         ordinal: usize,
-        dst: u64,
-        src: usize,
+        device_addr: u64,
+        host: usize,
         nbytes: usize,
+        upload: bool,
     ) -> PyResult<()> {
-        let host = HostBytes(src, nbytes);
+        let host = HostBytes(host, nbytes);
         py.detach(move || {
             let dev = device::device(ordinal)?;
             // SAFETY: the caller holds both arrays for the call.
-            unsafe { dev.upload_into(dst, host.slice()) }
-        })
-        .map_err(expr_to_py)
-    }
-
-    /// Copies `nbytes` from device address `src` (on device `ordinal`) to host address
-    /// `dst` (a numpy array the caller holds, written by nothing else meanwhile).
-    #[pyfunction]
-    pub(crate) fn cuda_download(
-        py: Python<'_>,
-        ordinal: usize,
-        src: u64,
-        dst: usize,
-        nbytes: usize,
-    ) -> PyResult<()> {
-        let host = HostBytes(dst, nbytes);
-        py.detach(move || {
-            let dev = device::device(ordinal)?;
-            // SAFETY: the caller holds both arrays for the call.
-            unsafe { dev.download(src, host.slice_mut()) }
+            unsafe {
+                if upload {
+                    dev.upload_into(device_addr, host.slice())
+                } else {
+                    dev.download(device_addr, host.slice_mut())
+                }
+            }
         })
         .map_err(expr_to_py)
     }

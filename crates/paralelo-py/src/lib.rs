@@ -45,8 +45,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     #[cfg(feature = "cuda")]
     {
         m.add_class::<expr::gpu::DeviceBuffer>()?;
-        m.add_function(wrap_pyfunction!(expr::gpu::cuda_download, m)?)?;
-        m.add_function(wrap_pyfunction!(expr::gpu::cuda_upload, m)?)?;
+        m.add_function(wrap_pyfunction!(expr::gpu::cuda_copy, m)?)?;
         m.add_function(wrap_pyfunction!(expr::gpu::cuda_compile, m)?)?;
         m.add_function(wrap_pyfunction!(expr::gpu::cuda_compile_cubin, m)?)?;
         m.add_function(wrap_pyfunction!(expr::gpu::cuda_pointer_device, m)?)?;
