@@ -288,33 +288,51 @@ def test_large_reductions_and_maps_use_every_chunk():
     np.testing.assert_allclose(paralelo.evaluate("sum(big, axis=0)"), big.sum(axis=0), rtol=1e-13)
 
 
+def isolated(script: str) -> None:
+    """Runs `script` (numpy as np and paralelo imported) in an interpreter of its own: the
+    C library keeps the memory of large freed arrays and of a compile thread's heap, and
+    the test process must stay small for the pool tests that fork from it."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", "import numpy as np, paralelo\n" + textwrap.dedent(script)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
 def test_large_outputs_streamed_past_the_caches_are_whole():
     # Outputs of 16 MiB and more are written with non-temporal stores from 16-byte
     # boundaries: a bool, an output 8 bytes off such a boundary, complex elements.
-    n = 17_000_001
-    x = np.arange(n, dtype=np.float64)
-    np.testing.assert_array_equal(paralelo.evaluate("x % 3 > 1"), x % 3 > 1)
-    raw = np.empty(n + 1)
-    out = raw[1:] if raw[1:].ctypes.data % 16 else raw[:-1]
-    assert out.ctypes.data % 16 == 8
-    paralelo.evaluate("where(x > 5, x, -x)", out=out)
-    np.testing.assert_array_equal(out, np.where(x > 5, x, -x))
-    z = paralelo.evaluate("complex(x, 1) * 2", local_dict={"x": x[: n // 8]})
-    np.testing.assert_array_equal(z, (x[: n // 8] + 1j) * 2)
+    isolated("""
+        n = 17_000_001
+        x = np.arange(n, dtype=np.float64)
+        np.testing.assert_array_equal(paralelo.evaluate("x % 3 > 1"), x % 3 > 1)
+        raw = np.empty(n + 1)
+        out = raw[1:] if raw[1:].ctypes.data % 16 else raw[:-1]
+        assert out.ctypes.data % 16 == 8
+        paralelo.evaluate("where(x > 5, x, -x)", out=out)
+        np.testing.assert_array_equal(out, np.where(x > 5, x, -x))
+        z = paralelo.evaluate("complex(x, 1) * 2", local_dict={"x": x[: n // 8]})
+        np.testing.assert_array_equal(z, (x[: n // 8] + 1j) * 2)
+    """)
 
 
 def test_deep_and_long_expressions_compile_quickly_and_never_crash():
     # Nesting and chains as a generator writes them: each once overflowed the stack (a
     # segmentation fault), and a sum of a thousand terms took 1.6 s to compile.
-    x = np.arange(3.0)
-    np.testing.assert_array_equal(paralelo.evaluate("(" * 3000 + "x" + ")" * 3000), x)
-    np.testing.assert_array_equal(paralelo.evaluate("-" * 5001 + "x"), -x)
-    np.testing.assert_array_equal(paralelo.evaluate("+".join(["x"] * 20_000)), x * 20_000)
-    names = [f"v{i}" for i in range(300)]
-    env = {n: np.full(2, i, dtype=np.int64) for i, n in enumerate(names)}
-    np.testing.assert_array_equal(paralelo.evaluate("+".join(names), local_dict=env), [sum(range(300))] * 2)
-    with pytest.raises(SyntaxError, match="at most 100000"):
-        paralelo.evaluate("+".join(["x"] * 60_000))
+    isolated("""
+        import pytest
+        x = np.arange(3.0)
+        np.testing.assert_array_equal(paralelo.evaluate("(" * 3000 + "x" + ")" * 3000), x)
+        np.testing.assert_array_equal(paralelo.evaluate("-" * 5001 + "x"), -x)
+        np.testing.assert_array_equal(paralelo.evaluate("+".join(["x"] * 20_000)), x * 20_000)
+        names = [f"v{i}" for i in range(300)]
+        env = {n: np.full(2, i, dtype=np.int64) for i, n in enumerate(names)}
+        got = paralelo.evaluate("+".join(names), local_dict=env)
+        np.testing.assert_array_equal(got, [sum(range(300))] * 2)
+        with pytest.raises(SyntaxError, match="at most 100000"):
+            paralelo.evaluate("+".join(["x"] * 60_000))
+    """)
 
 
 def test_complex_tan_and_tanh_of_large_arguments_as_numpy():
