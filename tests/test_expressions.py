@@ -300,9 +300,9 @@ def isolated(script: str) -> None:
     assert run.returncode == 0, run.stderr
 
 
-def test_large_outputs_streamed_past_the_caches_are_whole():
-    # Outputs of 16 MiB and more are written with non-temporal stores from 16-byte
-    # boundaries: a bool, an output 8 bytes off such a boundary, complex elements.
+def test_large_outputs_are_whole():
+    # Outputs past the caches, in every chunk: a bool, an output 8 bytes off a 16-byte
+    # boundary, complex elements.
     isolated("""
         n = 17_000_001
         x = np.arange(n, dtype=np.float64)
