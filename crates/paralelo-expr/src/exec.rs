@@ -120,11 +120,11 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
                 });
             };
             if chunks.len() == 1 {
-                work(&mut Regs::new(program), chunks[0]);
+                work(&mut Regs::new(program, layout.block.min(total)), chunks[0]);
             } else {
                 chunks
                     .into_par_iter()
-                    .for_each_init(|| Regs::new(program), work);
+                    .for_each_init(|| Regs::new(program, layout.block.min(total)), work);
             }
             Ok(())
         }
@@ -148,12 +148,12 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
                 Ok(())
             };
             if rows * row_len < CHUNK {
-                let mut regs = Regs::new(program);
+                let mut regs = Regs::new(program, layout.block.min(total));
                 (0..rows).try_for_each(|r| work(&mut regs, r))
             } else {
                 (0..rows)
                     .into_par_iter()
-                    .try_for_each_init(|| Regs::new(program), work)
+                    .try_for_each_init(|| Regs::new(program, layout.block.min(total)), work)
             }
         }
         Some((red, _)) => {
@@ -167,11 +167,14 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
             };
             let chunks = chunks(total, threads);
             let parts: Vec<Acc> = if chunks.len() == 1 {
-                vec![part(&mut Regs::new(program), chunks[0])]
+                vec![part(
+                    &mut Regs::new(program, layout.block.min(total)),
+                    chunks[0],
+                )]
             } else {
                 chunks
                     .into_par_iter()
-                    .map_init(|| Regs::new(program), part)
+                    .map_init(|| Regs::new(program, layout.block.min(total)), part)
                     .collect()
             };
             let acc = parts
@@ -291,14 +294,15 @@ enum Buf {
 }
 
 impl Buf {
-    fn new(kind: DType) -> Buf {
+    /// Room for `len` elements.
+    fn new(kind: DType, len: usize) -> Buf {
         match kind {
-            DType::Bool => Buf::B(vec![0; BLOCK]),
-            DType::Int => Buf::I(vec![0; BLOCK]),
-            DType::Long => Buf::L(vec![0; BLOCK]),
-            DType::Float => Buf::F(vec![0.0; BLOCK]),
-            DType::Double => Buf::D(vec![0.0; BLOCK]),
-            DType::Complex => Buf::C(vec![C64::new(0.0, 0.0); BLOCK]),
+            DType::Bool => Buf::B(vec![0; len]),
+            DType::Int => Buf::I(vec![0; len]),
+            DType::Long => Buf::L(vec![0; len]),
+            DType::Float => Buf::F(vec![0.0; len]),
+            DType::Double => Buf::D(vec![0.0; len]),
+            DType::Complex => Buf::C(vec![C64::new(0.0, 0.0); len]),
         }
     }
 
@@ -426,21 +430,27 @@ unsafe fn input<'a, T: Wrap>(at: Addr, stride: isize, n: usize, buf: &'a mut Buf
 }
 
 impl Regs {
-    fn new(program: &Program) -> Regs {
+    /// Registers for blocks of at most `len` elements (a block's length, or fewer for a
+    /// small call: zeroing whole blocks' registers cost a 100-element call microseconds).
+    fn new(program: &Program, len: usize) -> Regs {
         let lazy = !program.lazy.is_empty();
         let kinds = |ks: Vec<DType>| {
             if lazy {
-                ks.into_iter().map(Buf::new).collect()
+                ks.into_iter().map(|k| Buf::new(k, len)).collect()
             } else {
                 Vec::new()
             }
         };
         Regs {
-            regs: program.regs.iter().map(|k| Buf::new(*k)).collect(),
-            gathered: program.inputs.iter().map(|(_, k)| Buf::new(*k)).collect(),
+            regs: program.regs.iter().map(|k| Buf::new(*k, len)).collect(),
+            gathered: program
+                .inputs
+                .iter()
+                .map(|(_, k)| Buf::new(*k, len))
+                .collect(),
             compact: Compact {
-                picked: Vec::with_capacity(if lazy { BLOCK } else { 0 }),
-                other: Vec::with_capacity(if lazy { BLOCK } else { 0 }),
+                picked: Vec::with_capacity(if lazy { len } else { 0 }),
+                other: Vec::with_capacity(if lazy { len } else { 0 }),
                 inputs: kinds(program.inputs.iter().map(|(_, k)| *k).collect()),
                 regs: kinds(program.regs.clone()),
             },
