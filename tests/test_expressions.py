@@ -343,6 +343,43 @@ def test_complex_tan_and_tanh_of_large_arguments_as_numpy():
     assert paralelo.evaluate("tanh(z)")[3] == ne.evaluate("tanh(z)")[3]
 
 
+def test_re_evaluate_casts_under_the_calls_casting_as_numexpr():
+    # evaluate's default casting is 'same_kind': a float64 array may come back for a
+    # program compiled for float32.
+    a = np.arange(3, dtype=np.float32)
+    b = np.ones(3, np.float32)
+    paralelo.evaluate("a * 2 + b")
+    ne.evaluate("a * 2 + b")
+    a = np.arange(3.0)
+    got, want = paralelo.re_evaluate(), ne.re_evaluate()
+    assert got.dtype == want.dtype and got.tolist() == want.tolist()
+
+
+def test_a_long_expression_on_a_thread_with_a_small_stack():
+    isolated("""
+        import threading
+        threading.stack_size(512 << 10)
+        a = np.arange(3.0)
+        results = []
+        def work():
+            results.append(paralelo.evaluate("(" * 499 + "a" + ")" * 499))
+            results.append(paralelo.evaluate("-" * 999 + "a"))
+            results.append(paralelo.evaluate("+".join(["a"] * 600)))
+        t = threading.Thread(target=work)
+        t.start(); t.join()
+        assert [r.tolist() for r in results] == [[0.0, 1.0, 2.0], [-0.0, -1.0, -2.0], [0.0, 600.0, 1200.0]], results
+    """)
+
+
+def test_constants_equal_but_for_their_sign_are_not_merged():
+    # 0.0 and -0.0 compare equal, but 1/(a*0.0) and 1/(a*-0.0) are infinities of opposite
+    # signs (numexpr merges the two and gives inf; numpy gives nan, as here).
+    a = np.array([1.0, 2.0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = 1 / (a * 0.0) + 1 / (a * -0.0)
+    np.testing.assert_array_equal(paralelo.evaluate("1/(a*0.0) + 1/(a*-0.0)"), want)
+
+
 def test_re_evaluate_casts_new_inputs_to_the_compiled_kinds_as_numexpr():
     a = np.arange(4.0)
     paralelo.evaluate("a * 2")
@@ -352,7 +389,8 @@ def test_re_evaluate_casts_new_inputs_to_the_compiled_kinds_as_numexpr():
     assert got.dtype == want.dtype and got.tolist() == want.tolist()
     i = np.arange(3, dtype=np.int32)
     paralelo.evaluate("i + 1")
-    with pytest.raises(TypeError, match="Cannot cast array data from dtype\\('float64'\\) to dtype\\('int32'\\)"):
+    with pytest.raises(TypeError, match="Cannot cast array data from dtype\\('float64'\\) to dtype\\('int32'\\) "
+                                        "according to the rule 'same_kind'"):
         paralelo.re_evaluate(local_dict={"i": np.ones(3)})
 
 

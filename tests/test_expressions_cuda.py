@@ -63,6 +63,7 @@ def test_returns_validate_and_cuda_available():
     with pytest.raises(ValueError, match="returns must be 'numpy' or 'device', not 'bogus'"):
         paralelo.evaluate("x * 2", returns="bogus")
     assert paralelo.validate("x * 2", device="cpu") is None
+    assert isinstance(paralelo.validate("x * 2", returns="device"), ValueError)
     assert isinstance(paralelo.validate("x * 2", device="gpu"), ValueError)
     assert paralelo.cuda_available() is (_NO_GPU is None)
 
@@ -334,6 +335,9 @@ def test_work_on_another_librarys_stream_is_waited_for(host_gpu):
     b = FakeDeviceArray(B, stream=1)  # (the legacy default stream: ordered with ours)
     paralelo.evaluate("a + b", device="cuda")
     assert _HostNative.waited == [(0, 0xBEEF)]
+    out = FakeDeviceArray(np.empty((6, 5)), stream=0xCAFE)
+    paralelo.evaluate("a + b", device="cuda", out=out)
+    assert _HostNative.waited[1:] == [(0, 0xBEEF), (0, 0xCAFE)]
 
 
 def test_masks_repeated_outputs_and_contradictions_are_refused(host_gpu):
@@ -355,6 +359,11 @@ def test_order_k_keeps_fortran_order_as_on_the_cpu(host_gpu):
         np.testing.assert_array_equal(got, A * B)
     c = paralelo.evaluate("a * b", local_dict={"a": fa, "b": fb}, device="cuda", order="C")
     assert c.flags.c_contiguous
+    # A column is both C's and Fortran's order, on the device as on the host.
+    col = np.ones((6, 1))
+    for inputs in ({"a": fa, "b": col}, {"a": FakeDeviceArray(fa), "b": FakeDeviceArray(col)}):
+        got = paralelo.evaluate("a + b", local_dict=inputs, device="cuda", returns="numpy")
+        assert got.flags.f_contiguous and not got.flags.c_contiguous
 
 
 def test_re_evaluate_runs_on_the_device_again(host_gpu):

@@ -192,8 +192,13 @@ class Input:
         """1 if it lies in Fortran's order only, -1 in C's only, 0 both or neither (as
         numpy's flags would say)."""
         size = self.dtype.itemsize
-        f = self.strides == _contiguous_strides(self.shape, size, True)
-        c = self.strides == _contiguous_strides(self.shape, size)
+
+        def matches(want: tuple) -> bool:
+            # (a dimension of one element has no say, as in numpy's relaxed strides)
+            return all(n == 1 or s == w for n, s, w in zip(self.shape, self.strides, want))
+
+        f = matches(_contiguous_strides(self.shape, size, True))
+        c = matches(_contiguous_strides(self.shape, size))
         return int(f) - int(c)
 
     def astype(self, kind: str) -> Any:
@@ -277,11 +282,12 @@ def run(np: Any, compiled: Any, arrays: list, kinds: list[str], out: Any, order:
     from .expressions import keeps_fortran
 
     fortran = keeps_fortran(arrays, order, len(out_shape))
-    for a in arrays:
-        # (work queued on another library's stream is waited for; the legacy and per-thread
-        # default streams, 1 and 2, are ordered with ours already)
-        if isinstance(a, Input) and isinstance(a.stream, int) and a.stream > 2:
-            native.cuda_wait_stream(device, a.stream)
+    # Work queued on another library's stream, on an input or on `out`, is waited for (the
+    # legacy and per-thread default streams, 1 and 2, are ordered with ours already).
+    streams = {a.stream for a in [*arrays, *([Input.of(np, out)] if device_out else [])]
+               if isinstance(a, Input) and isinstance(a.stream, int) and a.stream > 2}
+    for stream in sorted(streams):
+        native.cuda_wait_stream(device, stream)
     target, target_ptr, target_strides = _device_target(np, native, out, out_shape, result_dtype, fortran, device,
                                                         arrays, described, reduction is None)
     iteration = list(shape)

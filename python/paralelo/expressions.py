@@ -277,6 +277,8 @@ def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     try:
         _check_returns(returns)
         on = None if device == "cpu" else _device_ordinal(device)
+        if on is None and returns == "device":
+            raise ValueError("returns='device' needs a device: device='cuda'")
         compiled, names, _, _, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
                                                   kwargs, _frame_depth + 1, on)
     except Exception as e:  # noqa: BLE001 - returned, as numexpr's validate does
@@ -312,13 +314,14 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
     kinds = _as_kernels_take(np, arrays)
     compiled_for = _last.compiled.kinds
     if kinds != compiled_for:
-        # The program stays as compiled: inputs of other dtypes are cast to its own, where
-        # that is safe, as numexpr's re_evaluate casts them.
+        # The program stays as compiled: inputs of other dtypes are cast to its own under
+        # the call's `casting`, as numexpr's re_evaluate casts them.
+        casting = options["casting"]
         for i, (have, want) in enumerate(zip(kinds, compiled_for)):
             if have != want:
-                if not np.can_cast(have, want, casting="safe"):
+                if not np.can_cast(have, want, casting=casting):
                     raise TypeError(f"Cannot cast array data from dtype('{have}') to dtype('{want}') according to "
-                                    f"the rule 'safe'")
+                                    f"the rule '{casting}'")
                 arrays[i] = arrays[i].astype(want)
         kinds = list(compiled_for)
     return _dispatch(_last.compiled, arrays, kinds, options, device, returns)

@@ -857,8 +857,9 @@ fn extreme<T: Copy + PartialOrd>(x: &[T], red: Reduce) -> Option<T> {
     let first = *x.first()?;
     #[allow(clippy::eq_op)]
     let step = |lane: T, v: T| {
-        // Keep a NaN lane; take a NaN value; else the smaller (larger: the later of equals;
-        // `better` is only read when neither is NaN).
+        // Keep a NaN lane; take a NaN value; else the smaller (the larger). (`better` is
+        // only read when neither is NaN; of equal values, only 0.0 and -0.0 differ, and
+        // which of them wins depends on the lanes, as in numpy's own vectorised max.)
         let better = if red == Reduce::Min {
             v < lane
         } else {

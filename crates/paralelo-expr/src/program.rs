@@ -82,10 +82,14 @@ pub const MAX_SOURCE: usize = 100_000;
 /// with a deep stack (a caller's thread may have a small one; 3,000 nested parentheses
 /// took 8 MiB). Longer than `MAX_SOURCE`, it is refused.
 fn with_stack_for<T: Send>(src: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    /// Bytes of source below which any thread's stack is enough.
-    const SHORT: usize = 1_000;
-    /// Reserved, not used: only the pages a walk reaches are ever touched.
-    const DEEP_STACK: usize = 1 << 30;
+    /// Bytes of source below which any thread's stack is enough (a level of nesting takes
+    /// about 2 KiB; a secondary thread may have 512 KiB, or less).
+    const SHORT: usize = 100;
+    /// Stack reserved per byte of source (a level of nesting takes a byte or two), and
+    /// at least: only the pages a walk reaches are touched, but the reservation itself
+    /// must fit a process's address-space limit.
+    const PER_BYTE: usize = 4 << 10;
+    const BASE: usize = 1 << 20;
     if src.len() <= SHORT {
         return f();
     }
@@ -98,7 +102,7 @@ fn with_stack_for<T: Send>(src: &str, f: impl FnOnce() -> Result<T> + Send) -> R
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("paralelo-expr-compile".into())
-            .stack_size(DEEP_STACK)
+            .stack_size(BASE + PER_BYTE * src.len())
             .spawn_scoped(scope, f)
             .map_err(|e| ExprError::Runtime(format!("cannot start a thread to compile: {e}")))?
             .join()
@@ -248,7 +252,7 @@ impl<'t> Seen<'t> {
             .iter_mut()
             // (the same node is found by its address: comparing it with itself would walk
             // its whole subtree)
-            .find(|(n, _)| std::ptr::eq(*n, node) || *n == node)
+            .find(|(n, _)| std::ptr::eq(*n, node) || same(n, node))
             .map(|(_, v)| v)
     }
 
@@ -259,6 +263,33 @@ impl<'t> Seen<'t> {
     fn insert(&mut self, node: &'t Node, value: usize) {
         let h = self.hash(node);
         self.buckets.entry(h).or_default().push((node, value));
+    }
+}
+
+/// Whether two subtrees are one operation, as `Seen::hash` sees them: constants by their
+/// bits (0.0 and -0.0 differ; a NaN is itself), so that equal subtrees hash alike.
+fn same(a: &Node, b: &Node) -> bool {
+    match (a, b) {
+        (
+            Node::Op {
+                op,
+                kind,
+                out,
+                args,
+            },
+            Node::Op {
+                op: op2,
+                kind: kind2,
+                out: out2,
+                args: args2,
+            },
+        ) => {
+            (op, kind, out) == (op2, kind2, out2)
+                && args.len() == args2.len()
+                && args.iter().zip(args2).all(|(x, y)| same(x, y))
+        }
+        (Node::Op { .. }, _) | (_, Node::Op { .. }) => false,
+        (x, y) => format!("{x:?}") == format!("{y:?}"),
     }
 }
 

@@ -276,5 +276,5 @@ PX_F px_c px_to_complex128(px_c a) { return a; }
 
 // Reductions: what each folds in, its start, and how two partial results meet -------------
 template <class T> PX_F T px_lesser(T a, T b) { return a != a ? a : b != b ? b : (b < a ? b : a); }
-// (ties: the later of two equal values for max, the earlier for min, as the CPU's fold)
+// (of equal values only 0.0 and -0.0 differ: which wins depends on the fold's order)
 template <class T> PX_F T px_greater(T a, T b) { return a != a ? a : b != b ? b : (b < a ? a : b); }
