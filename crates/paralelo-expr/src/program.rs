@@ -85,11 +85,17 @@ fn with_stack_for<T: Send>(src: &str, f: impl FnOnce() -> Result<T> + Send) -> R
     /// Bytes of source below which any thread's stack is enough (a level of nesting takes
     /// about 2 KiB; a secondary thread may have 512 KiB, or less).
     const SHORT: usize = 100;
-    /// Stack reserved per byte of source (a level of nesting takes a byte or two), and
+    /// Stack reserved per byte of source (a level of nesting takes a byte or two, and
+    /// about 2 KiB of stack; an unoptimised build's frames are some ten times larger), and
     /// at least: only the pages a walk reaches are touched, but the reservation itself
     /// must fit a process's address-space limit.
-    const PER_BYTE: usize = 4 << 10;
+    const PER_BYTE: usize = if cfg!(debug_assertions) {
+        48 << 10
+    } else {
+        4 << 10
+    };
     const BASE: usize = 1 << 20;
+    const MOST: usize = 4 << 30;
     if src.len() <= SHORT {
         return f();
     }
@@ -102,7 +108,7 @@ fn with_stack_for<T: Send>(src: &str, f: impl FnOnce() -> Result<T> + Send) -> R
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("paralelo-expr-compile".into())
-            .stack_size(BASE + PER_BYTE * src.len())
+            .stack_size((BASE + PER_BYTE * src.len()).min(MOST))
             .spawn_scoped(scope, f)
             .map_err(|e| ExprError::Runtime(format!("cannot start a thread to compile: {e}")))?
             .join()
