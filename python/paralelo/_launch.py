@@ -122,7 +122,9 @@ def _rank(script: str, args: list[str], rank: int, office: Any, aborted: Any) ->
     except SystemExit as e:
         code = _exit_code(e.code)
     except BaseException as e:  # noqa: BLE001 - the rank's end: reported, as python would
-        if aborted.is_set() and isinstance(e, MPIError):
+        # A rank may hear of another's death (its death watch) just before the launcher,
+        # reaping that rank, ends the job: an MPI error waits a moment for that verdict.
+        if isinstance(e, MPIError) and aborted.wait(GRACE / 4):
             # (Ended because another rank failed: one line, so that the failing rank's own
             # traceback is the one that stands out.)
             print(f"paralelo run: rank {rank} stopped: {e}", file=sys.stderr)
