@@ -161,11 +161,12 @@ class Input:
     """A device array given to ``evaluate``: where its elements are, read from its
     ``__cuda_array_interface__``; `owner` keeps it alive for the call."""
 
-    __slots__ = ("owner", "ptr", "shape", "strides", "dtype", "stream")
+    __slots__ = ("owner", "ptr", "shape", "strides", "dtype", "stream", "readonly")
 
-    def __init__(self, owner: Any, ptr: int, shape: tuple, strides: tuple, dtype: Any, stream: Any = None) -> None:
+    def __init__(self, owner: Any, ptr: int, shape: tuple, strides: tuple, dtype: Any, stream: Any = None,
+                 readonly: bool = False) -> None:
         self.owner, self.ptr, self.shape, self.strides, self.dtype = owner, ptr, shape, strides, dtype
-        self.stream = stream
+        self.stream, self.readonly = stream, readonly
 
     @classmethod
     def of(cls, np: Any, obj: Any) -> Input:
@@ -181,7 +182,7 @@ class Input:
         if ptr % dtype.alignment or any(s % dtype.alignment for s in strides):
             raise ValueError(f"a device array of {dtype} is not aligned: paralelo's GPU kernels read aligned "
                              f"elements (copy it first)")
-        return cls(obj, ptr, shape, tuple(strides), dtype, iface.get("stream"))
+        return cls(obj, ptr, shape, tuple(strides), dtype, iface.get("stream"), bool(iface["data"][1]))
 
     @property
     def ndim(self) -> int:
@@ -243,12 +244,14 @@ def run(np: Any, compiled: Any, arrays: list, kinds: list[str], out: Any, order:
     if returns not in _RETURNS:
         raise ValueError(f"returns must be 'numpy' or 'device', not {returns!r}")
     native = _native_cuda()
-    device_out = hasattr(out, "__cuda_array_interface__")
-    if device_out and returns == "numpy":
+    # `out` read once, as a device array, if it is one.
+    out_input = Input.of(np, out) if hasattr(out, "__cuda_array_interface__") else None
+    if out_input is not None and returns == "numpy":
         raise ValueError("returns='numpy' with a device out=: the result is written into out")
-    on_device = any(isinstance(a, Input) for a in arrays) or device_out
+    on_device = out_input is not None or any(isinstance(a, Input) for a in arrays)
     to_device = returns == "device" or (returns is None and on_device)
-    device = _device_of(np, native, arrays, out if device_out else None, device)
+    device_arrays = [a for a in [*arrays, out_input] if isinstance(a, Input)]
+    device = _device_of(native, device_arrays, device)
     reads = compiled.reads
     shape = np.broadcast_shapes(*(a.shape for a, used in zip(arrays, reads) if used)) if any(reads) else ()
     result_dtype = np.dtype(compiled.out)
@@ -263,7 +266,7 @@ def run(np: Any, compiled: Any, arrays: list, kinds: list[str], out: Any, order:
             from .expressions import _empty_reduction
 
             host = _empty_reduction(np, reduction[0], out_shape, result_dtype, None, casting)
-            return _deliver_host(np, native, host, out, casting, to_device, arrays, device)
+            return _deliver_host(np, native, host, out, out_input, casting, to_device, arrays, device)
     # Each input on the device: its address, and its strides over the iteration shape.
     keep = []
     described: list[list] = []
@@ -284,12 +287,11 @@ def run(np: Any, compiled: Any, arrays: list, kinds: list[str], out: Any, order:
     fortran = keeps_fortran(arrays, order, len(out_shape))
     # Work queued on another library's stream, on an input or on `out`, is waited for (the
     # legacy and per-thread default streams, 1 and 2, are ordered with ours already).
-    streams = {a.stream for a in [*arrays, *([Input.of(np, out)] if device_out else [])]
-               if isinstance(a, Input) and isinstance(a.stream, int) and a.stream > 2}
+    streams = {a.stream for a in device_arrays if isinstance(a.stream, int) and a.stream > 2}
     for stream in sorted(streams):
         native.cuda_wait_stream(device, stream)
-    target, target_ptr, target_strides = _device_target(np, native, out, out_shape, result_dtype, fortran, device,
-                                                        arrays, described, reduction is None)
+    target, target_ptr, target_strides = _device_target(np, native, out, out_input, out_shape, result_dtype,
+                                                        fortran, device, arrays, reduction is None)
     iteration = list(shape)
     if reduction is None:
         out_strides = target_strides
@@ -313,12 +315,12 @@ def run(np: Any, compiled: Any, arrays: list, kinds: list[str], out: Any, order:
     return _wrapped(result, arrays, device) if to_device else result.get()
 
 
-def _device_of(np: Any, native: Any, arrays: list, out: Any, device: int) -> int:
-    """The device to run on: the one asked for, which every device array must be on; for
-    plain 'cuda', theirs (or the first device)."""
+def _device_of(native: Any, device_arrays: list, device: int) -> int:
+    """The device to run on: the one asked for, which every device array (inputs and
+    `out`) must be on; for plain 'cuda', theirs (or the first device)."""
     where: dict[int, Input] = {}
-    for a in [*arrays, *([Input.of(np, out)] if out is not None else [])]:
-        if isinstance(a, Input) and a.ptr:
+    for a in device_arrays:
+        if a.ptr:
             where.setdefault(native.cuda_pointer_device(a.ptr), a)
     if device == INPUTS_DEVICE:
         if len(where) > 1:
@@ -336,17 +338,16 @@ def _launch(compiled: Any, device: int, inputs: list, shape: list, out: tuple) -
     compiled.run_cuda(device, inputs, shape, out)
 
 
-def _device_target(np: Any, native: Any, out: Any, shape: tuple, dtype: Any, fortran: bool, device: int,
-                   arrays: list, described: list, elementwise: bool) -> tuple:
-    """The device memory the kernels write: `out` itself when it is a device array (its
-    dtype the result's), else a new buffer; with its address and strides."""
-    if out is not None and hasattr(out, "__cuda_array_interface__"):
-        target = Input.of(np, out)
+def _device_target(np: Any, native: Any, out: Any, target: Input | None, shape: tuple, dtype: Any, fortran: bool,
+                   device: int, arrays: list, elementwise: bool) -> tuple:
+    """The device memory the kernels write: `out` itself when it is a device array
+    (`target`, its dtype the result's), else a new buffer; with its address and strides."""
+    if target is not None:
         if target.shape != tuple(shape):
             raise ValueError(f"output array has shape {target.shape}, the result has {tuple(shape)}")
         if target.dtype != dtype:
             raise TypeError(f"a device out= must have the result's dtype {dtype}, not {target.dtype}")
-        if iface_readonly(out):
+        if target.readonly:
             raise ValueError("output array is read-only")
         if any(s == 0 and n > 1 for s, n in zip(target.strides, target.shape)):
             raise ValueError("output array repeats elements (a stride of 0): give one with its own memory")
@@ -371,10 +372,6 @@ def _device_target(np: Any, native: Any, out: Any, shape: tuple, dtype: Any, for
     return buffer, buffer.ptr, strides
 
 
-def iface_readonly(obj: Any) -> bool:
-    return bool(obj.__cuda_array_interface__["data"][1])
-
-
 def _copy_into(np: Any, result: Any, out: Any, casting: str) -> None:
     from .expressions import _target
 
@@ -382,10 +379,11 @@ def _copy_into(np: Any, result: Any, out: Any, casting: str) -> None:
     np.copyto(out, result, casting="unsafe")
 
 
-def _deliver_host(np: Any, native: Any, host: Any, out: Any, casting: str, to_device: bool, arrays: list,
-                  device: int) -> Any:
-    """A result computed on the host (an empty reduction) where the call wants it."""
-    if out is not None and not hasattr(out, "__cuda_array_interface__"):
+def _deliver_host(np: Any, native: Any, host: Any, out: Any, target: Input | None, casting: str, to_device: bool,
+                  arrays: list, device: int) -> Any:
+    """A result computed on the host (an empty reduction) where the call wants it (`target`:
+    `out` as a device array, if it is one)."""
+    if out is not None and target is None:
         _copy_into(np, host, out, casting)
         return out
     if out is None and not to_device:
@@ -394,13 +392,13 @@ def _deliver_host(np: Any, native: Any, host: Any, out: Any, casting: str, to_de
     if out is None:
         return _wrapped(DeviceArray(_upload(native, device, host), host.shape, host.dtype, host.strides), arrays,
                         device)
-    target = Input.of(np, out)
+    assert target is not None  # (out is a device array)
     if target.shape != host.shape or target.dtype != host.dtype:
         raise ValueError(f"output array has shape {target.shape} and dtype {target.dtype}, the result has "
                          f"{host.shape} and {host.dtype}")
     if target.strides != host.strides:
         raise ValueError("an empty reduction into a device out= array needs a C-contiguous one")
-    _upload(native, device, host, Input.of(np, out))
+    _upload(native, device, host, target)
     return out
 
 

@@ -193,7 +193,7 @@ def _arguments(np: Any, names: list[str], local_dict: Any, global_dict: Any, dep
             if hasattr(value, "__cuda_array_interface__"):
                 raise TypeError(f"'{name}' is a GPU array: evaluate with device='cuda'") from e
             raise
-        if array.dtype == object and hasattr(value, "__cuda_array_interface__"):
+        if array.dtype.kind == "O" and hasattr(value, "__cuda_array_interface__"):
             raise TypeError(f"'{name}' is a GPU array: evaluate with device='cuda'")
         out.append(array)
     return out
