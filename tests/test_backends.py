@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, CancelledError, as_completed, wait
 
@@ -302,6 +303,28 @@ def test_the_initializer_runs_once_per_worker_process_whatever_its_threads(tmp_p
             assert pool._processes == 4
             assert pool.map(nap, [0.05] * 8, chunksize=1) == [0.05] * 8
     assert len(log.read_text().split()) == 1
+
+
+def test_results_come_while_dasks_callback_thread_is_held(dask_address):
+    """Dask runs every client's done-callbacks on one thread of the process: a pool's
+    results must not wait for it (a user's callback may hold it; a stalled fetch held it
+    for every later test)."""
+    distributed = pytest.importorskip("distributed")
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_):
+        held.set()
+        release.wait(T)
+
+    with distributed.Client(dask_address, set_as_default=False) as client:
+        try:
+            client.submit(square, 2, pure=False).add_done_callback(hold)
+            assert held.wait(T)
+            with paralelo.Pool(2, backend="dask", address=dask_address) as pool:
+                assert pool.map_async(square, range(6), chunksize=1).get(30) == [x * x for x in range(6)]
+                assert pool.apply_async(square, (7,)).get(30) == 49
+        finally:
+            release.set()
 
 
 # -- choosing a back end -------------------------------------------------------------

@@ -306,13 +306,19 @@ class DaskCluster(Cluster):
         out: Future = Future()
         out.remote = remote  # type: ignore[attr-defined]
 
-        def done(f: Any) -> None:
+        async def fetch() -> None:
             try:
-                out.set_result(f.result())
+                value = (await self.client.gather([remote], asynchronous=True))[0]
             except BaseException as e:  # noqa: BLE001 - (KilledWorker, CancelledError...)
                 out.set_exception(e)
+            else:
+                out.set_result(value)
 
-        remote.add_done_callback(done)
+        # Awaited on the client's event loop, not in a done-callback: Dask runs every
+        # client's callbacks on one thread of the process, so a user's callback that waits
+        # there, or a fetch that stalls there (a key cancelled mid-gather is waited for
+        # again, for ever), would hold back every later result of every pool on Dask.
+        self.client.loop.add_callback(fetch)
         return out
 
     def _put(self, obj: Any) -> Any:
