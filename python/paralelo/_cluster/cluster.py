@@ -318,7 +318,11 @@ class DaskCluster(Cluster):
         # client's callbacks on one thread of the process, so a user's callback that waits
         # there, or a fetch that stalls there (a key cancelled mid-gather is waited for
         # again, for ever), would hold back every later result of every pool on Dask.
-        self.client.loop.add_callback(fetch)
+        loop = self.client.loop
+        if loop is None:  # (a client that closed under the call has none)
+            out.set_exception(RuntimeError("the Dask client closed before the task was sent"))
+        else:
+            loop.add_callback(fetch)
         return out
 
     def _put(self, obj: Any) -> Any:
