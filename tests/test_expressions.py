@@ -317,6 +317,42 @@ def test_large_outputs_are_whole():
     """)
 
 
+def test_a_large_dropped_result_lends_its_memory_to_the_next_and_never_while_in_use():
+    isolated("""
+        import os, pickle
+        from paralelo import _recycled
+        n = 5_000_000  # (40 MB: past the C library's 32 MiB, which maps each afresh)
+        x = np.arange(n, dtype=np.float64)
+        first = paralelo.evaluate("x * 2", local_dict={"x": x})
+        address = first.ctypes.data
+        view = first[10:20]
+        del first
+        second = paralelo.evaluate("x * 3", local_dict={"x": x})
+        assert second.ctypes.data != address  # (a view holds the memory)
+        np.testing.assert_array_equal(view, x[10:20] * 2)
+        del view
+        third = paralelo.evaluate("x + 1", local_dict={"x": x})
+        assert third.ctypes.data == address  # (the memory came back: reused)
+        np.testing.assert_array_equal(third, x + 1)
+        np.testing.assert_array_equal(second, x * 3)
+        assert third.flags.writeable and third.flags.c_contiguous
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(third)), x + 1)
+        f = paralelo.evaluate("a * 2", local_dict={"a": np.asfortranarray(x.reshape(2500, 2000))})
+        assert f.flags.f_contiguous and not f.flags.c_contiguous
+        # Kept memory is bounded; a forked child has none of its parent's.
+        del second, third, f
+        assert _recycled._kept <= _recycled.KEEP
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if _recycled._kept == 0 else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+        _recycled.release()
+        assert _recycled._kept == 0
+        small = paralelo.evaluate("x * 2", local_dict={"x": x[:1000]})
+        assert small.flags.owndata  # (small results are numpy's own)
+    """)
+
+
 def test_deep_and_long_expressions_compile_quickly_and_never_crash():
     # Nesting and chains as a generator writes them: each once overflowed the stack (a
     # segmentation fault), and a sum of a thousand terms took 1.6 s to compile.

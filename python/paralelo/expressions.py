@@ -37,6 +37,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from . import _recycled
+
 __all__ = ["cuda_available", "evaluate", "re_evaluate", "validate"]
 
 #: numexpr's keyword arguments and what they may be.
@@ -406,7 +408,7 @@ def _target(np: Any, out: Any, shape: tuple, dtype: Any, casting: str, arrays: l
     """The array the engine writes: `out` itself when it can, else a new one (copied into
     `out` afterwards)."""
     if out is None:
-        return np.empty(shape, dtype, order="F" if fortran else "C")
+        return _recycled.empty(np, shape, dtype, "F" if fortran else "C")
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array, not {type(out).__name__}")
     if out.shape != tuple(shape):
@@ -418,7 +420,7 @@ def _target(np: Any, out: Any, shape: tuple, dtype: Any, casting: str, arrays: l
                         f"the operand 0 dtype, according to the rule '{casting}'")
     if out.dtype != dtype or not out.dtype.isnative or any(np.may_share_memory(out, a) for a in arrays):
         # (an output that is also an input is written once the result is whole)
-        return np.empty(shape, dtype, order="F" if fortran else "C")
+        return _recycled.empty(np, shape, dtype, "F" if fortran else "C")
     return out
 
 
