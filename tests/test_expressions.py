@@ -339,15 +339,36 @@ def test_a_large_dropped_result_lends_its_memory_to_the_next_and_never_while_in_
         np.testing.assert_array_equal(pickle.loads(pickle.dumps(third)), x + 1)
         f = paralelo.evaluate("a * 2", local_dict={"a": np.asfortranarray(x.reshape(2500, 2000))})
         assert f.flags.f_contiguous and not f.flags.c_contiguous
-        # Kept memory is bounded; a forked child has none of its parent's.
-        del second, third, f
-        assert _recycled._kept <= _recycled.KEEP
+        # Whatever still reaches the memory holds it: the result's base, a result
+        # revived by a finalizer of the reference cycle it was collected with.
+        base = third.base
+        del third
+        again = paralelo.evaluate("x - 1", local_dict={"x": x})
+        assert again.ctypes.data != address
+        del base, again
+        import gc
+        class Holder:
+            def __init__(self, r):
+                self.r, self.me = r, self
+            def __del__(self):
+                revived.append(self.r)
+        revived = []
+        Holder(paralelo.evaluate("x * 5", local_dict={"x": x}))
+        gc.collect()
+        fresh = paralelo.evaluate("x * 7", local_dict={"x": x})
+        np.testing.assert_array_equal(revived[0], x * 5)
+        # A forked child's writes are its own; kept memory is bounded; a child keeps
+        # none of its parent's.
         pid = os.fork()
         if pid == 0:
-            os._exit(0 if _recycled._kept == 0 else 1)
+            fresh[:] = 0
+            os._exit(0 if _recycled.kept() == 0 else 1)
         assert os.waitpid(pid, 0)[1] == 0
+        np.testing.assert_array_equal(fresh, x * 7)
+        del second, f, fresh, revived
+        assert 0 < _recycled.kept() <= _recycled.KEEP
         _recycled.release()
-        assert _recycled._kept == 0
+        assert _recycled.kept() == 0
         small = paralelo.evaluate("x * 2", local_dict={"x": x[:1000]})
         assert small.flags.owndata  # (small results are numpy's own)
     """)

@@ -6,6 +6,7 @@ executor above them (`_cluster.pool`, `_cluster.executor`) are the same for both
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -14,7 +15,7 @@ import threading
 import time
 import queue
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, Callable, Iterator
 
 from .._broken import WorkerLostError
@@ -279,6 +280,8 @@ class DaskCluster(Cluster):
         import dask
 
         self.local: Any = None
+        #: Results still to be fetched (settled by `_close` if the loop drops them).
+        self.pending: set[Future] = set()
         address = choice.address or dask.config.get("scheduler-address", None)  # (DASK_SCHEDULER_ADDRESS)
         if address is None:
             # A task whose worker died runs again `retries` times, no more (Dask's
@@ -310,19 +313,25 @@ class DaskCluster(Cluster):
             try:
                 value = (await self.client.gather([remote], asynchronous=True))[0]
             except BaseException as e:  # noqa: BLE001 - (KilledWorker, CancelledError...)
-                out.set_exception(e)
+                _settle(out, error=e)
             else:
-                out.set_result(value)
+                _settle(out, value)
+            finally:
+                self.pending.discard(out)
 
         # Awaited on the client's event loop, not in a done-callback: Dask runs every
         # client's callbacks on one thread of the process, so a user's callback that waits
         # there, or a fetch that stalls there (a key cancelled mid-gather is waited for
         # again, for ever), would hold back every later result of every pool on Dask.
-        loop = self.client.loop
-        if loop is None:  # (a client that closed under the call has none)
-            out.set_exception(RuntimeError("the Dask client closed before the task was sent"))
-        else:
-            loop.add_callback(fetch)
+        self.pending.add(out)
+        coroutine = fetch()
+        loop: Any = self.client.loop
+        try:
+            asyncio.run_coroutine_threadsafe(coroutine, loop.asyncio_loop)
+        except RuntimeError:  # (its loop closed)
+            coroutine.close()
+            self.pending.discard(out)
+            _settle(out, error=RuntimeError("the Dask client closed before the task was sent"))
         return out
 
     def _put(self, obj: Any) -> Any:
@@ -337,6 +346,20 @@ class DaskCluster(Cluster):
         finally:
             if self.local is not None:
                 self.local.close()
+            # (A fetch the closing loop dropped would leave its task waiting for ever.)
+            for out in list(self.pending):
+                _settle(out, error=RuntimeError("the Dask cluster closed before the task's result came"))
+
+
+def _settle(out: Future, value: Any = None, error: BaseException | None = None) -> None:
+    """Gives `out` its outcome unless it has one (from `_close`, or cancelled)."""
+    try:
+        if error is None:
+            out.set_result(value)
+        else:
+            out.set_exception(error)
+    except InvalidStateError:
+        pass
 
 
 def _takes_n_workers(client: Any) -> bool:
