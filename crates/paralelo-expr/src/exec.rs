@@ -573,32 +573,23 @@ fn lazy_where(
             Operand::Scalar(s) => Col::scalar(*s),
         }
     }
-    {
-        let Col::B(Arg::V(cond)) = full(&at_end.args[0], regs, cols, n) else {
-            return false;
-        };
-        // Branch-free: each position is written to both lists, and kept by one (a
-        // condition true half the time would mispredict every other branch).
+    let Col::B(Arg::V(cond)) = full(&at_end.args[0], regs, cols, n) else {
+        return false;
+    };
+    if compact.picked.len() < n {
+        // (Kept at full length after: zeroing them again each block cost a pass.)
         compact.picked.resize(n, 0);
         compact.other.resize(n, 0);
-        let (mut t, mut f) = (0, 0);
-        for (p, c) in cond.iter().enumerate() {
-            compact.picked[t] = p as u32;
-            compact.other[f] = p as u32;
-            let taken = usize::from(*c != 0);
-            t += taken;
-            f += 1 - taken;
-        }
-        compact.picked.truncate(t);
-        compact.other.truncate(f);
     }
+    let (t, f) = split(cond, &mut compact.picked[..n], &mut compact.other[..n]);
     let Compact {
         picked,
         other,
         inputs,
         regs: gathered,
     } = compact;
-    for (range, positions) in [(lz.a.clone(), &*picked), (lz.b.clone(), &*other)] {
+    let (picked, other) = (&picked[..t], &other[..f]);
+    for (range, positions) in [(lz.a.clone(), picked), (lz.b.clone(), other)] {
         let k = positions.len();
         if k == 0 {
             continue;
@@ -665,12 +656,35 @@ fn lazy_where(
     true
 }
 
+/// Splits the positions `0..cond.len()` into those where `cond` holds (the first of the
+/// two counts returned, written to `picked`) and the others. Branch-free: each position
+/// is written to both lists and kept by one (a condition true half the time would
+/// mispredict every other branch).
+fn split(cond: &[u8], picked: &mut [u32], other: &mut [u32]) -> (usize, usize) {
+    assert!(picked.len() >= cond.len() && other.len() >= cond.len());
+    let (mut t, mut f) = (0, 0);
+    for (p, c) in cond.iter().enumerate() {
+        // SAFETY: `t` and `f` count positions before `p`, so both are at most
+        // `p < cond.len()`, which both lists hold (asserted above).
+        unsafe {
+            *picked.get_unchecked_mut(t) = p as u32;
+            *other.get_unchecked_mut(f) = p as u32;
+        }
+        let taken = usize::from(*c != 0);
+        t += taken;
+        f += 1 - taken;
+    }
+    (t, f)
+}
+
 /// `col` at `positions`, gathered into `buf` (a scalar is left alone: it is read as it is).
 fn gather_into(col: Col<'_>, positions: &[u32], buf: &mut Buf) {
     fn pick<T: Wrap>(a: Arg<'_, T>, positions: &[u32], buf: &mut Buf) {
         if let Arg::V(v) = a {
+            assert!(positions.last().is_none_or(|p| (*p as usize) < v.len()));
             for (slot, p) in T::buf(buf)[..positions.len()].iter_mut().zip(positions) {
-                *slot = v[*p as usize];
+                // SAFETY: positions ascend (`split`), and the last is in bounds (asserted).
+                *slot = unsafe { *v.get_unchecked(*p as usize) };
             }
         }
     }
@@ -688,16 +702,27 @@ fn gather_into(col: Col<'_>, positions: &[u32], buf: &mut Buf) {
 /// `a_compact`, else its value there), `pb[j]` likewise from `b`.
 fn place(out: Out, pa: &[u32], a: Col, a_compact: bool, pb: &[u32], b: Col, b_compact: bool) {
     fn fill<T: Copy>(o: &mut [T], positions: &[u32], src: Arg<T>, compact: bool) {
-        match src {
-            Arg::S(s) => positions.iter().for_each(|p| o[*p as usize] = s),
-            Arg::V(v) if compact => {
-                for (p, x) in positions.iter().zip(v) {
-                    o[*p as usize] = *x;
+        assert!(positions.last().is_none_or(|p| (*p as usize) < o.len()));
+        assert!(
+            compact || matches!(src, Arg::V(v) if v.len() >= o.len()) || matches!(src, Arg::S(_))
+        );
+        // SAFETY: every index is a position, and positions ascend (`split`) with the last
+        // in bounds of `o` (asserted), and of `v` where `v` is read at positions (it is
+        // at least as long as `o`: asserted).
+        unsafe {
+            match src {
+                Arg::S(s) => positions
+                    .iter()
+                    .for_each(|p| *o.get_unchecked_mut(*p as usize) = s),
+                Arg::V(v) if compact => {
+                    for (p, x) in positions.iter().zip(v) {
+                        *o.get_unchecked_mut(*p as usize) = *x;
+                    }
                 }
+                Arg::V(v) => positions.iter().for_each(|p| {
+                    *o.get_unchecked_mut(*p as usize) = *v.get_unchecked(*p as usize)
+                }),
             }
-            Arg::V(v) => positions
-                .iter()
-                .for_each(|p| o[*p as usize] = v[*p as usize]),
         }
     }
     match (out, a, b) {
