@@ -24,14 +24,15 @@ use crate::view::{self, Addr};
 pub const BLOCK: usize = 256;
 /// Elements in a block of a program with a lazy `where`: splitting a block's positions,
 /// gathering and placing cost per block (the guide's `where(a > 0.5, sin(a)**2, cos(b))`
-/// 62 ms at 4,096, 68 at 256).
-pub const LAZY_BLOCK: usize = 4096;
+/// 68 ms at 256, 62.8 at 1,024, 56.8 at 4,096, 56.4 at 8,192).
+pub const LAZY_BLOCK: usize = 8192;
 /// Elements in a block of a reduction: its result register is folded at once, and stays
 /// in the first-level cache at this size (1,024 measured up to twice as fast as 4,096 on
 /// `sum(x*x)`, and faster than 256).
 pub const REDUCTION_BLOCK: usize = 1024;
-/// Elements a parallel task takes at least (whole blocks of every size).
-const CHUNK: usize = 32 * LAZY_BLOCK;
+/// Elements a parallel task takes at least (whole blocks of every size); a call on fewer
+/// runs on the caller's thread.
+const CHUNK: usize = 16 * LAZY_BLOCK;
 
 /// An array of the caller's: its first element's address, its kind, and its strides in
 /// bytes along each dimension of the iteration shape (0 where it is broadcast).
