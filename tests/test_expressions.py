@@ -119,6 +119,14 @@ def test_constant_expressions_as_numexpr(ex):
     same(outcome(paralelo.evaluate, ex, {}), outcome(ne.evaluate, ex, {}))
 
 
+@pytest.mark.parametrize("ex", ["x + 99999999999999999999", "x * 2 ** 70", "x - 3 ** 50 + 1", "x + -(2 ** 62) * 4",
+                                "x + (9223372036854775807 + 1)"])
+def test_integer_constants_past_64_bits_are_doubles_as_in_numexpr(ex):
+    # (Alone, without an array, numexpr fails on them: OverflowError; paralelo gives the double.)
+    env = {"x": KINDS["d"], "i": KINDS["i"]}
+    same(outcome(paralelo.evaluate, ex, env), outcome(ne.evaluate, ex, env))
+
+
 @pytest.mark.parametrize(("ex", "error"), [
     ("x +", SyntaxError), ("x y", SyntaxError), ("", SyntaxError),
     ("x and y", TypeError), ("not x", TypeError), ("x if y else x", TypeError), ("x < y < x", TypeError),
@@ -127,6 +135,8 @@ def test_constant_expressions_as_numexpr(ex):
     ("sum(x, axis=-1)", ValueError), ("i ** -1", ValueError), ("1 // 0", ZeroDivisionError),
     ("sum(x) + 1", RuntimeError), ("b - b", NotImplementedError), ("x < 1j", NotImplementedError),
     ("where(x, x, x)", NotImplementedError), ("z + 1", KeyError),
+    ("sin(x, x)", NotImplementedError), ("arctan2(x)", NotImplementedError), ("sin()", TypeError),
+    ("where(x)", TypeError), ("contains(x, y)", NotImplementedError),
 ])
 def test_bad_expressions_raise_what_numexpr_raises(ex, error):
     env = {"x": KINDS["d"], "y": KINDS["d"], "b": KINDS["b"], "i": KINDS["i"]}
@@ -145,8 +155,11 @@ def test_bad_options_raise_what_numexpr_raises():
             paralelo.evaluate("x + 1", **kwargs)
     with pytest.raises(ValueError, match="broadcast"):
         paralelo.evaluate("x + y", local_dict={"x": np.ones(3), "y": np.ones(4)})
-    with pytest.raises(TypeError, match="no kernels"):
-        paralelo.evaluate("x + 1", local_dict={"x": np.array(["a"])})
+    for odd in (np.array(["a"]), np.array([object()]), np.arange(3).astype("datetime64[s]")):
+        with pytest.raises(ValueError):
+            ne.evaluate("x + 1", local_dict={"x": odd})
+        with pytest.raises(ValueError, match="no kernels"):
+            paralelo.evaluate("x + 1", local_dict={"x": odd})
     with pytest.raises(ValueError, match="device must be"):
         paralelo.evaluate("x + 1", device="tpu")
 
@@ -245,6 +258,22 @@ def test_out_as_numexpr():
             paralelo.evaluate("a + 1", out=bad)
     with pytest.raises(TypeError):
         ne.evaluate("a + 1", out=np.empty((3, 4), np.int32))
+    # A larger out= takes the result broadcast into it; one it cannot broadcast to fails.
+    row = np.arange(4.0)
+    for wide in (np.empty((3, 4)), np.empty((2, 3, 4)), np.empty((3, 4), order="F")):
+        theirs = np.empty_like(wide)
+        ne.evaluate("row * 2 + a", local_dict={"row": row, "a": a}, out=theirs)
+        assert paralelo.evaluate("row * 2", local_dict={"row": row}, out=wide) is wide
+        np.testing.assert_array_equal(wide, np.broadcast_to(row * 2, wide.shape))
+    mine, theirs = np.empty((3, 4)), np.empty((3, 4))
+    ne.evaluate("row * 2", local_dict={"row": row}, out=theirs)
+    paralelo.evaluate("row * 2", local_dict={"row": row}, out=mine)
+    np.testing.assert_array_equal(mine, theirs)
+    for bad in (np.empty((3, 1)), np.empty((4, 3))):
+        with pytest.raises(ValueError):
+            ne.evaluate("row * 2", local_dict={"row": row}, out=bad)
+        with pytest.raises(ValueError):
+            paralelo.evaluate("row * 2", local_dict={"row": row}, out=bad)
 
 
 @pytest.mark.parametrize("red", ["sum", "prod", "min", "max"])

@@ -158,7 +158,7 @@ def _widened(dt: Any) -> str:
         return "float32" if size <= 4 else "float64"
     if dt.kind == "c":
         return "complex128"
-    raise TypeError(f"paralelo.evaluate has no kernels for {dt} arrays")
+    raise ValueError(f"unknown type {dt}: paralelo.evaluate has no kernels for {dt} arrays")  # (as numexpr)
 
 
 def _context(kwargs: dict) -> dict:
@@ -232,7 +232,11 @@ def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
 
     Names in `ex` are looked up in `local_dict`, then `global_dict` (by default the
     caller's locals and globals). `out`: an array to write the result into (its shape
-    the result's; its dtype one the result casts to under `casting`). `order`: 'K'
+    the result's, or one the result broadcasts to; its dtype one the result casts to
+    under `casting`). A new result of 32 MiB or more lives in memory that is reused for
+    a later result once it and its views are dropped (its ``base`` is that memory, not
+    ``None``); up to ``PARALELO_KEEP_RESULTS_MB`` (256) MiB of it is kept, 0 turns this
+    off. `order`: 'K'
     keeps the inputs' memory order (a Fortran-ordered input gives a Fortran-ordered
     result), 'C' and 'F' force one. `optimization` ('none', 'moderate', 'aggressive',
     the default) and `truediv` are numexpr's.
@@ -350,6 +354,15 @@ def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, ca
         views = [np.broadcast_to(a, shape) for a in arrays]
     result_dtype = np.dtype(compiled.out)
     reduction = compiled.reduction
+    if reduction is None and isinstance(out, np.ndarray) and out.shape != shape:
+        # A larger out= takes the result broadcast to its shape, as numexpr writes it.
+        try:
+            wider = np.broadcast_shapes(shape, out.shape)
+        except ValueError:
+            wider = None
+        if wider == out.shape:
+            shape = wider
+            views = [np.broadcast_to(a, shape) for a in arrays]
     ndim = len(shape)
     if reduction is None:
         out_shape = shape

@@ -153,9 +153,12 @@ fn number(chars: &[char], start: usize) -> Result<(Literal, usize)> {
     }
     match text.parse::<i64>() {
         Ok(v) => Ok((Literal::Int(v), i)),
-        Err(_) => Err(ExprError::Value(format!(
-            "the integer constant {whole} does not fit in 64 bits"
-        ))),
+        // Past 64 bits a constant is a double, rounded as Python's float(int) rounds it
+        // (numexpr's constants are Python's numbers).
+        Err(_) => Ok((
+            Literal::Float(text.parse::<f64>().map_err(|_| bad(&whole))?),
+            i,
+        )),
     }
 }
 
@@ -183,10 +186,10 @@ mod tests {
             ]
         );
         assert!(matches!(tokens("012"), Err(ExprError::Syntax(_))));
-        assert!(matches!(
-            tokens("99999999999999999999"),
-            Err(ExprError::Value(_))
-        ));
+        assert_eq!(
+            tokens("99999999999999999999").unwrap(),
+            vec![Token::Number(Literal::Float(1e20)), Token::End]
+        );
     }
 
     #[test]

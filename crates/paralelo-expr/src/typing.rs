@@ -235,16 +235,32 @@ impl Typer<'_> {
             return apply(Op::Where, nodes);
         }
         let f = Func::by_name(name).ok_or_else(|| {
-            ExprError::Type(format!(
-                "'{name}' is not a function numexpr expressions know"
-            ))
+            if name == "contains" {
+                // (numexpr's, for strings: on numbers it has no kernel either)
+                ExprError::NotImplemented(
+                    "contains() looks for strings in strings, and paralelo.evaluate takes no \
+                     string arrays"
+                        .into(),
+                )
+            } else {
+                ExprError::Type(format!(
+                    "'{name}' is not a function numexpr expressions know"
+                ))
+            }
         })?;
         if args.len() != f.arity() {
-            return Err(ExprError::Type(format!(
+            let message = format!(
                 "{name}() takes {} argument(s) ({} given)",
                 f.arity(),
                 args.len()
-            )));
+            );
+            // numexpr calls any function with one or two operands, and finds no kernel
+            // for the wrong count; other counts its Python signature refuses.
+            return Err(if (1..=2).contains(&args.len()) {
+                ExprError::NotImplemented(message)
+            } else {
+                ExprError::Type(message)
+            });
         }
         let nodes = args
             .iter()
@@ -540,6 +556,12 @@ fn complex_of(lit: Literal) -> Complex64 {
     }
 }
 
+/// A constant past 64 bits: a double, as numexpr makes Python's big integers (rounded as
+/// `float(int)` rounds).
+fn wide(v: i128) -> Literal {
+    Literal::Float(v as f64)
+}
+
 fn overflow() -> ExprError {
     ExprError::Value("an integer constant in the expression does not fit in 64 bits".into())
 }
@@ -587,9 +609,15 @@ fn fold_binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
     if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
         let both_bool = matches!((a, b), (Literal::Bool(_), Literal::Bool(_)));
         return Ok(match op {
-            BinaryOp::Add => Literal::Int(x.checked_add(y).ok_or_else(overflow)?),
-            BinaryOp::Sub => Literal::Int(x.checked_sub(y).ok_or_else(overflow)?),
-            BinaryOp::Mul => Literal::Int(x.checked_mul(y).ok_or_else(overflow)?),
+            BinaryOp::Add => x
+                .checked_add(y)
+                .map_or_else(|| wide(x as i128 + y as i128), Literal::Int),
+            BinaryOp::Sub => x
+                .checked_sub(y)
+                .map_or_else(|| wide(x as i128 - y as i128), Literal::Int),
+            BinaryOp::Mul => x
+                .checked_mul(y)
+                .map_or_else(|| wide(x as i128 * y as i128), Literal::Int),
             BinaryOp::Div if y == 0 => return Err(zero("division by zero")),
             BinaryOp::Div => Literal::Float(x as f64 / y as f64),
             BinaryOp::FloorDiv | BinaryOp::Mod if y == 0 => {
@@ -610,12 +638,15 @@ fn fold_binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
                 return Err(zero("0.0 cannot be raised to a negative power"))
             }
             BinaryOp::Pow if y < 0 => Literal::Float((x as f64).powf(y as f64)),
-            BinaryOp::Pow => Literal::Int(
-                u32::try_from(y)
-                    .ok()
-                    .and_then(|e| x.checked_pow(e))
-                    .ok_or_else(overflow)?,
-            ),
+            BinaryOp::Pow => match u32::try_from(y).ok().and_then(|e| x.checked_pow(e)) {
+                Some(v) => Literal::Int(v),
+                None => wide(
+                    u32::try_from(y)
+                        .ok()
+                        .and_then(|e| (x as i128).checked_pow(e))
+                        .ok_or_else(overflow)?,
+                ),
+            },
             BinaryOp::LShift if y < 0 => {
                 return Err(ExprError::Value("negative shift count".into()))
             }
