@@ -37,7 +37,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from . import _recycled
+from . import _native, _recycled
 
 __all__ = ["cuda_available", "evaluate", "re_evaluate", "validate"]
 
@@ -113,11 +113,9 @@ def _names_of(ex: str, sanitize: bool) -> list[str]:
 
 
 def _parsed_names(ex: str, sanitize: bool) -> list[str]:
-    from ._native import expression_names
-
     if sanitize and _FORBIDDEN.search(_QUOTED.sub("", re.sub(r"\s+", "", ex))):
         raise ValueError(f"Expression {ex} has forbidden control characters.")
-    return expression_names(ex)
+    return _native.expression_names(ex)
 
 
 #: Per dtype: its kernel kind, and whether the array can be used as it is (else it is
@@ -219,10 +217,8 @@ def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, c
 
 
 def _compile(ex: str, names: list[str], kinds: list[str], optimization: str) -> Any:
-    from ._native import Expression
-
     typed = tuple(zip(names, kinds))
-    return _cached(_compiled, (ex, optimization, typed), lambda: Expression(ex, list(typed), optimization))
+    return _cached(_compiled, (ex, optimization, typed), lambda: _native.Expression(ex, list(typed), optimization))
 
 
 def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None = None, out: Any = None,
@@ -297,8 +293,6 @@ def cuda_available() -> bool:
     """Whether ``evaluate(..., device="cuda")`` can run here: this build has CUDA support,
     the NVIDIA driver loads and it sees a GPU. (NVRTC is looked for when a kernel is first
     compiled; ``pip install paralelo[cuda]`` brings one.)"""
-    from . import _native
-
     if _native.cuda_missing() is not None:
         return False
     try:
@@ -331,10 +325,6 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
                 arrays[i] = arrays[i].astype(want)
         kinds = list(compiled_for)
     return _dispatch(_last.compiled, arrays, kinds, options, device, returns)
-
-
-def _described(a: Any, kind: str) -> tuple:
-    return a.__array_interface__["data"][0], kind, a.strides
 
 
 def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, casting: str) -> Any:
@@ -388,8 +378,7 @@ def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, ca
         out_strides = (0,) * len(iteration)
     else:
         out_strides = run_on.strides + (0,)
-    compiled.run([_described(v, k) for v, k in zip(views, kinds)], list(iteration),
-                 (target.__array_interface__["data"][0], compiled.out, out_strides))
+    compiled.run_arrays(list(zip(views, kinds)), list(iteration), (target, compiled.out, out_strides))
     if out is not None and target is not out:
         np.copyto(out, target, casting="unsafe")
         return out
