@@ -119,14 +119,6 @@ def test_constant_expressions_as_numexpr(ex):
     same(outcome(paralelo.evaluate, ex, {}), outcome(ne.evaluate, ex, {}))
 
 
-@pytest.mark.parametrize("ex", ["x + 99999999999999999999", "x * 2 ** 70", "x - 3 ** 50 + 1", "x + -(2 ** 62) * 4",
-                                "x + (9223372036854775807 + 1)"])
-def test_integer_constants_past_64_bits_are_doubles_as_in_numexpr(ex):
-    # (Alone, without an array, numexpr fails on them: OverflowError; paralelo gives the double.)
-    env = {"x": KINDS["d"], "i": KINDS["i"]}
-    same(outcome(paralelo.evaluate, ex, env), outcome(ne.evaluate, ex, env))
-
-
 @pytest.mark.parametrize(("ex", "error"), [
     ("x +", SyntaxError), ("x y", SyntaxError), ("", SyntaxError),
     ("x and y", TypeError), ("not x", TypeError), ("x if y else x", TypeError), ("x < y < x", TypeError),
@@ -136,7 +128,8 @@ def test_integer_constants_past_64_bits_are_doubles_as_in_numexpr(ex):
     ("sum(x) + 1", RuntimeError), ("b - b", NotImplementedError), ("x < 1j", NotImplementedError),
     ("where(x, x, x)", NotImplementedError), ("z + 1", KeyError),
     ("sin(x, x)", NotImplementedError), ("arctan2(x)", NotImplementedError), ("sin()", TypeError),
-    ("where(x)", TypeError), ("contains(x, y)", NotImplementedError),
+    ("sin(x, x, x)", NotImplementedError), ("sin(1, 2)", TypeError), ("where(x)", TypeError),
+    ("contains(x, y)", NotImplementedError), ("contains(x)", TypeError),
 ])
 def test_bad_expressions_raise_what_numexpr_raises(ex, error):
     env = {"x": KINDS["d"], "y": KINDS["d"], "b": KINDS["b"], "i": KINDS["i"]}
@@ -209,7 +202,10 @@ def test_layouts_as_numexpr(ex):
 
 @pytest.mark.parametrize("ex", ["where(a > 0.5, sin(a)**2, cos(b))", "where(c, exp(a), b)", "where(c, 2.0, log(b))",
                                 "where(a > b, a ** b, sqrt(b) + a)", "sum(where(a < 0.3, tanh(a), arctan(b)))",
-                                "where(a > 0.5, where(b > 0.5, sin(a), a), cos(b))", "where(a > 0.2, sin(a), a) * sin(a)"])
+                                "where(a > 0.5, where(b > 0.5, sin(a), a), cos(b))", "where(a > 0.2, sin(a), a) * sin(a)",
+                                # (a subtree both branches share, computed once)
+                                "where(a > 0.5, sin(a)*2, sin(a))", "where(c, sin(a), sin(a))",
+                                "where(c, exp(b), exp(b) + sin(a))", "where(c, cos(a) + 1, cos(a))"])
 @pytest.mark.parametrize("kind", ["float64", "float32", "complex128"])
 def test_where_runs_each_branch_where_it_is_picked(ex, kind):
     # A branch with a function runs only at the positions its condition picks (numexpr

@@ -682,6 +682,7 @@ fn split(cond: &[u8], picked: &mut [u32], other: &mut [u32]) -> (usize, usize) {
 fn gather_into(col: Col<'_>, positions: &[u32], buf: &mut Buf) {
     fn pick<T: Wrap>(a: Arg<'_, T>, positions: &[u32], buf: &mut Buf) {
         if let Arg::V(v) = a {
+            debug_assert!(positions.is_sorted());
             assert!(positions.last().is_none_or(|p| (*p as usize) < v.len()));
             for (slot, p) in T::buf(buf)[..positions.len()].iter_mut().zip(positions) {
                 // SAFETY: positions ascend (`split`), and the last is in bounds (asserted).
@@ -703,6 +704,7 @@ fn gather_into(col: Col<'_>, positions: &[u32], buf: &mut Buf) {
 /// `a_compact`, else its value there), `pb[j]` likewise from `b`.
 fn place(out: Out, pa: &[u32], a: Col, a_compact: bool, pb: &[u32], b: Col, b_compact: bool) {
     fn fill<T: Copy>(o: &mut [T], positions: &[u32], src: Arg<T>, compact: bool) {
+        debug_assert!(positions.is_sorted());
         assert!(positions.last().is_none_or(|p| (*p as usize) < o.len()));
         assert!(
             compact || matches!(src, Arg::V(v) if v.len() >= o.len()) || matches!(src, Arg::S(_))

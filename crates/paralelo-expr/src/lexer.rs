@@ -153,12 +153,9 @@ fn number(chars: &[char], start: usize) -> Result<(Literal, usize)> {
     }
     match text.parse::<i64>() {
         Ok(v) => Ok((Literal::Int(v), i)),
-        // Past 64 bits a constant is a double, rounded as Python's float(int) rounds it
-        // (numexpr's constants are Python's numbers).
-        Err(_) => Ok((
-            Literal::Float(text.parse::<f64>().map_err(|_| bad(&whole))?),
-            i,
-        )),
+        Err(_) => Err(ExprError::Value(format!(
+            "the integer constant {whole} does not fit in 64 bits"
+        ))),
     }
 }
 
@@ -186,10 +183,10 @@ mod tests {
             ]
         );
         assert!(matches!(tokens("012"), Err(ExprError::Syntax(_))));
-        assert_eq!(
-            tokens("99999999999999999999").unwrap(),
-            vec![Token::Number(Literal::Float(1e20)), Token::End]
-        );
+        assert!(matches!(
+            tokens("99999999999999999999"),
+            Err(ExprError::Value(_))
+        ));
     }
 
     #[test]

@@ -173,23 +173,35 @@ fn lazy_wheres(instrs: &[Instr], branches: Vec<LazyWhere>) -> Vec<LazyWhere> {
             .iter()
             .any(|i| i.op == Op::Pow || matches!(i.op, Op::Func(f) if f.is_costly()))
     };
-    let own = |lz: &LazyWhere, r: &std::ops::Range<usize>| {
+    let own = |lz: &LazyWhere, r: &std::ops::Range<usize>, side: usize| {
         // Each register the branch writes is read, until something else writes it, only
-        // inside the branch or by the `where`.
+        // inside the branch or by the `where` as this branch's value (`side`): a subtree
+        // both branches share is computed in one, and the other may not read it there
+        // (`where(c, sin(a), sin(a))` read the other branch's compacted values).
         instrs[r.clone()].iter().all(|w| {
+            let reg = Operand::Reg(w.dst);
             instrs[r.end..]
                 .iter()
                 .enumerate()
                 .map(|(j, ins)| (r.end + j, ins))
                 .take_while(|(k, ins)| *k == lz.end || ins.dst != w.dst || r.contains(k))
-                .all(|(k, ins)| k == lz.end || !ins.args.contains(&Operand::Reg(w.dst)))
+                .all(|(k, ins)| {
+                    if k == lz.end {
+                        ins.args
+                            .iter()
+                            .enumerate()
+                            .all(|(i, a)| i == side || *a != reg)
+                    } else {
+                        !ins.args.contains(&reg)
+                    }
+                })
         })
     };
     let mut out: Vec<LazyWhere> = Vec::new();
     for lz in branches {
         let start = lz.a.start.min(lz.b.start);
         let nested = instrs[start..lz.end].iter().any(|i| i.op == Op::Where);
-        if !nested && (costly(&lz.a) || costly(&lz.b)) && own(&lz, &lz.a) && own(&lz, &lz.b) {
+        if !nested && (costly(&lz.a) || costly(&lz.b)) && own(&lz, &lz.a, 1) && own(&lz, &lz.b, 2) {
             out.push(lz);
         }
     }

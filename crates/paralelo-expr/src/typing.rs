@@ -234,38 +234,47 @@ impl Typer<'_> {
             }
             return apply(Op::Where, nodes);
         }
-        let f = Func::by_name(name).ok_or_else(|| {
-            if name == "contains" {
-                // (numexpr's, for strings: on numbers it has no kernel either)
+        if name == "contains" {
+            // (numexpr's, for strings: on numbers it has no kernel either)
+            return Err(if args.len() == 2 {
                 ExprError::NotImplemented(
-                    "contains() looks for strings in strings, and paralelo.evaluate takes no \
-                     string arrays"
+                    "contains() looks for strings in strings, and paralelo.evaluate takes \
+                     no string arrays"
                         .into(),
                 )
             } else {
                 ExprError::Type(format!(
-                    "'{name}' is not a function numexpr expressions know"
+                    "contains() takes 2 arguments ({} given)",
+                    args.len()
                 ))
-            }
-        })?;
-        if args.len() != f.arity() {
-            let message = format!(
-                "{name}() takes {} argument(s) ({} given)",
-                f.arity(),
-                args.len()
-            );
-            // numexpr calls any function with one or two operands, and finds no kernel
-            // for the wrong count; other counts its Python signature refuses.
-            return Err(if (1..=2).contains(&args.len()) {
-                ExprError::NotImplemented(message)
-            } else {
-                ExprError::Type(message)
             });
         }
+        let f = Func::by_name(name).ok_or_else(|| {
+            ExprError::Type(format!(
+                "'{name}' is not a function numexpr expressions know"
+            ))
+        })?;
         let nodes = args
             .iter()
             .map(|a| self.node(a))
             .collect::<Result<Vec<_>>>()?;
+        if nodes.len() != f.arity() {
+            let message = format!(
+                "{name}() takes {} argument(s) ({} given)",
+                f.arity(),
+                nodes.len()
+            );
+            // numexpr takes any count of operands and finds no kernel for a wrong one;
+            // only constants alone go to numpy's function, which refuses them.
+            let all_constant = nodes
+                .iter()
+                .all(|n| matches!(n, Node::Const(_) | Node::Scalar(_)));
+            return Err(if all_constant {
+                ExprError::Type(message)
+            } else {
+                ExprError::NotImplemented(message)
+            });
+        }
         let constants: Vec<Literal> = nodes
             .iter()
             .filter_map(|n| match n {
@@ -556,12 +565,6 @@ fn complex_of(lit: Literal) -> Complex64 {
     }
 }
 
-/// A constant past 64 bits: a double, as numexpr makes Python's big integers (rounded as
-/// `float(int)` rounds).
-fn wide(v: i128) -> Literal {
-    Literal::Float(v as f64)
-}
-
 fn overflow() -> ExprError {
     ExprError::Value("an integer constant in the expression does not fit in 64 bits".into())
 }
@@ -609,15 +612,9 @@ fn fold_binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
     if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
         let both_bool = matches!((a, b), (Literal::Bool(_), Literal::Bool(_)));
         return Ok(match op {
-            BinaryOp::Add => x
-                .checked_add(y)
-                .map_or_else(|| wide(x as i128 + y as i128), Literal::Int),
-            BinaryOp::Sub => x
-                .checked_sub(y)
-                .map_or_else(|| wide(x as i128 - y as i128), Literal::Int),
-            BinaryOp::Mul => x
-                .checked_mul(y)
-                .map_or_else(|| wide(x as i128 * y as i128), Literal::Int),
+            BinaryOp::Add => Literal::Int(x.checked_add(y).ok_or_else(overflow)?),
+            BinaryOp::Sub => Literal::Int(x.checked_sub(y).ok_or_else(overflow)?),
+            BinaryOp::Mul => Literal::Int(x.checked_mul(y).ok_or_else(overflow)?),
             BinaryOp::Div if y == 0 => return Err(zero("division by zero")),
             BinaryOp::Div => Literal::Float(x as f64 / y as f64),
             BinaryOp::FloorDiv | BinaryOp::Mod if y == 0 => {
@@ -638,15 +635,12 @@ fn fold_binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
                 return Err(zero("0.0 cannot be raised to a negative power"))
             }
             BinaryOp::Pow if y < 0 => Literal::Float((x as f64).powf(y as f64)),
-            BinaryOp::Pow => match u32::try_from(y).ok().and_then(|e| x.checked_pow(e)) {
-                Some(v) => Literal::Int(v),
-                None => wide(
-                    u32::try_from(y)
-                        .ok()
-                        .and_then(|e| (x as i128).checked_pow(e))
-                        .ok_or_else(overflow)?,
-                ),
-            },
+            BinaryOp::Pow => Literal::Int(
+                u32::try_from(y)
+                    .ok()
+                    .and_then(|e| x.checked_pow(e))
+                    .ok_or_else(overflow)?,
+            ),
             BinaryOp::LShift if y < 0 => {
                 return Err(ExprError::Value("negative shift count".into()))
             }
