@@ -338,7 +338,14 @@ class DaskCluster(Cluster):
         return self.client.scatter(obj, hash=False)
 
     def _cancel(self, remotes: list) -> None:
-        self.client.cancel(remotes)
+        # Sent from the client's loop, not waited for: a blocking cancel on the results'
+        # thread waits for ever if the loop stops under it (a closing client).
+        coroutine = self.client.cancel(remotes, asynchronous=True)
+        loop: Any = self.client.loop
+        try:
+            asyncio.run_coroutine_threadsafe(coroutine, loop.asyncio_loop)
+        except RuntimeError:  # (its loop closed: nothing runs there any more)
+            coroutine.close()
 
     def _close(self) -> None:
         try:
