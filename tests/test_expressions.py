@@ -591,6 +591,33 @@ def test_a_script_gets_numexprs_results(tmp_path):
     assert float(ours.split()[0]) == pytest.approx(float(theirs.split()[0]), rel=1e-12)
 
 
+def test_a_script_looping_over_large_results_gets_numexprs(tmp_path):
+    # A loop as users write one: results dropped and made again (paralelo reuses their
+    # memory), a view of each kept, one result kept whole, a larger out= broadcast into.
+    ours, theirs = side_by_side(tmp_path, textwrap.dedent("""
+        import logging, sys
+        import numpy as np
+        logging.basicConfig(level=logging.INFO)
+        if sys.argv[1] == "paralelo":
+            from paralelo import evaluate
+        else:
+            from numexpr import evaluate
+        a = np.linspace(0, 1, 5_000_001)  # (40 MB results)
+        b = a[::-1].copy()
+        heads, kept = [], None
+        for step in range(6):
+            r = evaluate("where(a > 0.5, sin(a)**2, cos(b)) + step")
+            heads.append(r[:3])
+            if step == 2:
+                kept = r
+        grid = np.empty((3, 4))
+        evaluate("row * 2", local_dict={"row": np.arange(4.0)}, out=grid)
+        if __name__ == "__main__":
+            print(repr([h.tolist() for h in heads]), repr(float(kept.sum())), grid.tolist())
+    """), libs=("paralelo", "numexpr"), timeout=60)
+    assert ours == theirs
+
+
 def test_a_forked_child_evaluates_after_its_parent_did(tmp_path):
     # The parent's threads are not the child's: a pool worker (or any forked child)
     # evaluating after its parent did gets threads of its own instead of waiting for ever.

@@ -95,7 +95,6 @@ def _take(size: int) -> mmap.mmap | None:
 
 
 def _give_back(memory: mmap.mmap, pid: int) -> None:
-    size = len(memory)
     if pid != os.getpid():
         return  # (a forked child's copy of its parent's result)
     with _lock:

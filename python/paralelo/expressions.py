@@ -337,22 +337,17 @@ def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, ca
         arrays = [a if used else a.reshape(-1)[:1].reshape(()) if a.size else np.zeros((), a.dtype)
                   for a, used in zip(arrays, reads)]
     shapes = {a.shape for a in arrays}
-    if len(shapes) == 1:
-        shape, views = shapes.pop(), arrays
-    else:
-        shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
-        views = [np.broadcast_to(a, shape) for a in arrays]
+    shape = shapes.pop() if len(shapes) == 1 else np.broadcast_shapes(*shapes) if shapes else ()
     result_dtype = np.dtype(compiled.out)
     reduction = compiled.reduction
     if reduction is None and isinstance(out, np.ndarray) and out.shape != shape:
         # A larger out= takes the result broadcast to its shape, as numexpr writes it.
         try:
-            wider = np.broadcast_shapes(shape, out.shape)
+            if np.broadcast_shapes(shape, out.shape) == out.shape:
+                shape = out.shape
         except ValueError:
-            wider = None
-        if wider == out.shape:
-            shape = wider
-            views = [np.broadcast_to(a, shape) for a in arrays]
+            pass  # (refused by `_target`, naming both shapes)
+    views = arrays if all(a.shape == shape for a in arrays) else [np.broadcast_to(a, shape) for a in arrays]
     ndim = len(shape)
     if reduction is None:
         out_shape = shape

@@ -324,15 +324,21 @@ class DaskCluster(Cluster):
         # there, or a fetch that stalls there (a key cancelled mid-gather is waited for
         # again, for ever), would hold back every later result of every pool on Dask.
         self.pending.add(out)
-        coroutine = fetch()
-        loop: Any = self.client.loop
-        try:
-            asyncio.run_coroutine_threadsafe(coroutine, loop.asyncio_loop)
-        except RuntimeError:  # (its loop closed)
-            coroutine.close()
+        if not self._on_loop(fetch()):
             self.pending.discard(out)
             _settle(out, error=RuntimeError("the Dask client closed before the task was sent"))
         return out
+
+    def _on_loop(self, coroutine: Any) -> bool:
+        """Runs `coroutine` on the client's event loop, not waiting for it; False (and
+        the coroutine closed) if that loop has closed."""
+        loop: Any = self.client.loop
+        try:
+            asyncio.run_coroutine_threadsafe(coroutine, loop.asyncio_loop)
+        except RuntimeError:
+            coroutine.close()
+            return False
+        return True
 
     def _put(self, obj: Any) -> Any:
         return self.client.scatter(obj, hash=False)
@@ -340,12 +346,7 @@ class DaskCluster(Cluster):
     def _cancel(self, remotes: list) -> None:
         # Sent from the client's loop, not waited for: a blocking cancel on the results'
         # thread waits for ever if the loop stops under it (a closing client).
-        coroutine = self.client.cancel(remotes, asynchronous=True)
-        loop: Any = self.client.loop
-        try:
-            asyncio.run_coroutine_threadsafe(coroutine, loop.asyncio_loop)
-        except RuntimeError:  # (its loop closed: nothing runs there any more)
-            coroutine.close()
+        self._on_loop(self.client.cancel(remotes, asynchronous=True))
 
     def _close(self) -> None:
         try:
