@@ -5,8 +5,8 @@ on the guide's data-parallel cases, in one run.
     python bench/bench_expressions.py --n 1000000 --runs 30
     python bench/bench_expressions.py --gpu        # also device="cuda", beside cupy
 
-Each case runs warm (compiled, cached) in this process; the table shows the best time
-of the runs and paralelo's speed-up over each rival ("x faster": above 1 means paralelo
+Each case runs warm (compiled, cached) in this process, its contestants taking turns;
+the table shows the best time of the runs and paralelo's speed-up over each rival ("x faster": above 1 means paralelo
 is faster). The memory floor is one pass over the inputs and the output (`np.copyto`
 timed on the same arrays). On a GPU (`--gpu`, with cupy), `sum(x*x)` on a cupy array is
 timed beside cupy's own, and as a share of the device's memory bandwidth measured in the
@@ -29,13 +29,23 @@ import paralelo  # noqa: E402
 
 
 def best(f, runs: int) -> float:
-    f()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return race({"": f}, runs)[""]
+
+
+def race(contestants: dict, runs: int, turn: int = 3) -> dict:
+    """Each contestant's best time of `runs`, taken `turn` at a time in turns: this
+    machine's memory bandwidth drifts from one second to the next, and turns give each
+    contestant the same. The first run of a turn may meet the last contestant's threads
+    still spinning (OpenBLAS's, OpenMP's); the others run as they would alone."""
+    times: dict = {name: [] for name in contestants}
+    for _ in range(-(-runs // turn)):
+        for name, f in contestants.items():
+            f()  # (warm: the first turn's compiles, the later turns' spinning neighbours)
+            for _ in range(turn):
+                t = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t)
+    return {name: min(ts) for name, ts in times.items()}
 
 
 def gpu_rows(n: int, runs: int) -> list:
@@ -135,26 +145,29 @@ def main() -> None:
     rows = []
     env = {"x": x, "a": a, "b": b, "a32": a32, "b32": b32, "c32": c32}
     for title, (ex, numpy_way, numpy_name, k, numba_args) in cases.items():
-        ours = best(lambda: paralelo.evaluate(ex, local_dict=env), runs)
-        rivals = {numpy_name: best(numpy_way, runs)}
+        contestants = {"paralelo": lambda: paralelo.evaluate(ex, local_dict=env), numpy_name: numpy_way}
         if ne is not None:
-            rivals["numexpr"] = best(lambda: ne.evaluate(ex, local_dict=env), runs)
+            contestants["numexpr"] = lambda: ne.evaluate(ex, local_dict=env)
         for name, fns in kernels.items():
-            rivals[name] = best(lambda: fns[k](*numba_args), runs)
+            contestants[name] = lambda fn=fns[k]: fn(*numba_args)
+        rivals = race(contestants, runs)
+        ours = rivals.pop("paralelo")
         for name, secs in rivals.items():
             rows.append((title, name, f"{ours * 1e3:.2f}", f"{secs * 1e3:.2f}", f"{secs / ours:.2f}"))
     # Into a given array, as the numba kernels write: no fresh output's pages to fault in.
     into = {"2*a + 3*b": o, "a32*b32 + c32": o32}
     for ex, out in into.items():
-        ours = best(lambda: paralelo.evaluate(ex, local_dict=env, out=out), runs)
         if ne is not None:
-            theirs = best(lambda: ne.evaluate(ex, local_dict=env, out=out), runs)
+            timed = race({"paralelo": lambda: paralelo.evaluate(ex, local_dict=env, out=out),
+                          "numexpr": lambda: ne.evaluate(ex, local_dict=env, out=out)}, runs)
+            ours, theirs = timed["paralelo"], timed["numexpr"]
             rows.append((f"{ex}, out=", "numexpr", f"{ours * 1e3:.2f}", f"{theirs * 1e3:.2f}", f"{theirs / ours:.2f}"))
     # The cost of a call on small arrays (µs): mostly Python, each side.
     small = {"a": a[:100].copy(), "b": b[:100].copy()}
-    ours = best(lambda: paralelo.evaluate("2*a + 3*b", local_dict=small), 2000)
     if ne is not None:
-        theirs = best(lambda: ne.evaluate("2*a + 3*b", local_dict=small), 2000)
+        timed = race({"paralelo": lambda: paralelo.evaluate("2*a + 3*b", local_dict=small),
+                      "numexpr": lambda: ne.evaluate("2*a + 3*b", local_dict=small)}, 2000)
+        ours, theirs = timed["paralelo"], timed["numexpr"]
         rows.append(("2*a + 3*b on 100 elements (µs a call)", "numexpr", f"{ours * 1e6:.1f}", f"{theirs * 1e6:.1f}",
                      f"{theirs / ours:.2f}"))
     if args.gpu:
