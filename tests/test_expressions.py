@@ -113,6 +113,25 @@ def test_other_dtypes_widen_as_in_numexpr(dtype):
     same(outcome(paralelo.evaluate, "x + x", env), outcome(ne.evaluate, "x + x", env))
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_integer_constants_past_64_bits_as_numexpr(kind):
+    # Folded exactly, as Python does; a double, float or complex beside floats, refused
+    # (OverflowError) beside integers; -2**63 and 2**64 - 1 - 2**63 still fit.
+    env = {"x": KINDS[kind]}
+    for ex in ("x + 18446744073709551616", "x - 2**70", "x * 0x10000000000000000", "x + (2**64 - 1)",
+               "x + -9223372036854775808", "x + (2**63 - 1)", "x > 2**70", "x + (2**100 // 3)",
+               f"x + {2**60 + 2**36 + 1}", "x + (2**70 + 1 == 2**70)", "where(x > 1, 2**70, x)",
+               "x + abs(-2**70)", "x + (2**64 % 7)", "x + (1 << 70)", "x + 123456789012345678901234567890"):
+        same(outcome(paralelo.evaluate, ex, env), outcome(ne.evaluate, ex, env))
+
+
+def test_integer_constants_past_128_bits_are_refused_by_name():
+    with pytest.raises(OverflowError, match="1" * 45):
+        paralelo.evaluate("x + " + "1" * 45, local_dict={"x": KINDS["d"]})
+    with pytest.raises(OverflowError):
+        paralelo.evaluate("2**70 + 1")  # (a constant alone is an integer: numexpr's error)
+
+
 @pytest.mark.parametrize("ex", ["1 + 2", "2 ** 40", "1 / 2", "-7 // 2", "7 % -2", "3.5 * 2", "1j * 1j", "True & False",
                                 "where(1, 2, 3)", "sin(1.0)", "2 ** -1", "~5", "(1 + 2j).real"])
 def test_constant_expressions_as_numexpr(ex):

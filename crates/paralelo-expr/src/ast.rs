@@ -6,7 +6,9 @@ use num_complex::Complex64;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Literal {
     Bool(bool),
-    Int(i64),
+    /// Exact, as Python's ints are, within 128 bits: numexpr folds constants with
+    /// Python's arithmetic, and an int past 64 bits is still a double beside doubles.
+    Int(i128),
     Float(f64),
     Complex(Complex64),
 }

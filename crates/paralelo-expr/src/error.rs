@@ -22,6 +22,9 @@ pub enum ExprError {
     /// A reduction that is not the expression's last operation (`RuntimeError`).
     #[error("{0}")]
     Runtime(String),
+    /// An integer constant too large for the kind it is used in (`OverflowError`).
+    #[error("{0}")]
+    Overflow(String),
     /// A constant division by zero (`ZeroDivisionError`).
     #[error("{0}")]
     ZeroDivision(String),

@@ -109,7 +109,10 @@ fn number(chars: &[char], start: usize) -> Result<(Literal, usize)> {
             .filter(|c| **c != '_')
             .collect();
         let whole: String = chars[start..i].iter().collect();
-        let value = i64::from_str_radix(&text, radix).map_err(|_| bad(&whole))?;
+        if text.is_empty() {
+            return Err(bad(&whole));
+        }
+        let value = i128::from_str_radix(&text, radix).map_err(|_| too_large(&whole))?;
         return Ok((Literal::Int(value), i));
     }
     let mut is_float = false;
@@ -151,12 +154,16 @@ fn number(chars: &[char], start: usize) -> Result<(Literal, usize)> {
     if text.len() > 1 && text.starts_with('0') && text.chars().any(|c| c != '0') {
         return Err(bad(&whole)); // (Python refuses leading zeros: 012)
     }
-    match text.parse::<i64>() {
+    match text.parse::<i128>() {
         Ok(v) => Ok((Literal::Int(v), i)),
-        Err(_) => Err(ExprError::Value(format!(
-            "the integer constant {whole} does not fit in 64 bits"
-        ))),
+        Err(_) => Err(too_large(&whole)),
     }
+}
+
+fn too_large(whole: &str) -> ExprError {
+    ExprError::Overflow(format!(
+        "the integer constant {whole} is too large (constants hold 128 bits)"
+    ))
 }
 
 #[cfg(test)]
@@ -183,10 +190,18 @@ mod tests {
             ]
         );
         assert!(matches!(tokens("012"), Err(ExprError::Syntax(_))));
+        assert_eq!(
+            tokens("99999999999999999999 0x10000000000000000").unwrap()[..2],
+            [
+                Token::Number(Literal::Int(99_999_999_999_999_999_999)),
+                Token::Number(Literal::Int(1 << 64))
+            ]
+        );
         assert!(matches!(
-            tokens("99999999999999999999"),
-            Err(ExprError::Value(_))
+            tokens("999999999999999999999999999999999999999999"),
+            Err(ExprError::Overflow(_))
         ));
+        assert!(matches!(tokens("0x"), Err(ExprError::Syntax(_))));
     }
 
     #[test]

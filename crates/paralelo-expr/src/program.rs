@@ -9,7 +9,7 @@ use crate::dtype::{DType, Scalar};
 use crate::error::{ExprError, Result};
 use crate::ops::{Op, Reduce};
 use crate::parser::parse;
-use crate::typing::{literal_scalar, Node, Optimization, Typer};
+use crate::typing::{literal_kind, literal_scalar, Node, Optimization, Typer};
 
 /// Where an instruction reads an operand.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -329,7 +329,7 @@ impl<'t> Lower<'t> {
     fn node(&mut self, node: &'t Node) -> Result<Operand> {
         Ok(match node {
             Node::Input { index, .. } => Operand::Input(*index),
-            Node::Const(lit) => Operand::Scalar(literal_scalar(*lit)),
+            Node::Const(lit) => Operand::Scalar(literal_scalar(*lit, literal_kind(*lit))?),
             Node::Scalar(s) => Operand::Scalar(*s),
             Node::Op {
                 op,
@@ -344,13 +344,19 @@ impl<'t> Lower<'t> {
                 let mut spans = Vec::with_capacity(args.len());
                 for (i, a) in args.iter().enumerate() {
                     let start = self.instrs.len();
-                    let operand = self.node(a)?;
                     let want = if *op == Op::Where && i == 0 {
                         DType::Bool
                     } else {
                         *kind
                     };
-                    operands.push(self.cast(operand, a.dtype(), want));
+                    operands.push(match a {
+                        // (from its exact value: an int past 64 bits may be a double)
+                        Node::Const(lit) => Operand::Scalar(literal_scalar(*lit, want)?),
+                        a => {
+                            let operand = self.node(a)?;
+                            self.cast(operand, a.dtype(), want)
+                        }
+                    });
                     spans.push(start..self.instrs.len());
                 }
                 let dst = self.emit(*op, *kind, *out, operands);

@@ -57,8 +57,9 @@ pub struct Typed {
     pub reduce: Option<(Reduce, Option<usize>)>,
 }
 
-/// numexpr's kind for a Python constant: ints that fit 32 bits are `int`, others `long`;
-/// Python floats are `double`.
+/// numexpr's kind for a Python constant: ints that fit 32 bits are `int`, others `long`
+/// (those past 64 bits too: numexpr converts them when it knows their use); Python floats
+/// are `double`.
 pub fn literal_kind(lit: Literal) -> DType {
     match lit {
         Literal::Bool(_) => DType::Bool,
@@ -69,14 +70,26 @@ pub fn literal_kind(lit: Literal) -> DType {
     }
 }
 
-/// The constant as a scalar of its own kind.
-pub fn literal_scalar(lit: Literal) -> Scalar {
-    match lit {
-        Literal::Bool(b) => Scalar::Bool(b),
-        Literal::Int(v) => i32::try_from(v).map_or(Scalar::Long(v), Scalar::Int),
-        Literal::Float(v) => Scalar::Double(v),
-        Literal::Complex(v) => Scalar::Complex(v),
-    }
+/// The constant as a scalar of kind `to` (its own or one it is cast to). An int past 64
+/// bits is converted from its exact value, so it may be a double or a complex but no
+/// integer (numexpr's OverflowError).
+pub fn literal_scalar(lit: Literal, to: DType) -> Result<Scalar> {
+    Ok(match lit {
+        Literal::Bool(b) => Scalar::Bool(b).cast(to),
+        // (i128 to f64 rounds once, to nearest, as Python's float(int); numpy makes a
+        // float32 of a Python int through that double)
+        Literal::Int(v) => match (i64::try_from(v), to) {
+            (_, DType::Float) => Scalar::Float(v as f64 as f32),
+            (_, DType::Double) => Scalar::Double(v as f64),
+            (_, DType::Complex) => Scalar::Complex(Complex64::new(v as f64, 0.0)),
+            (Ok(v), to) => i32::try_from(v)
+                .map_or(Scalar::Long(v), Scalar::Int)
+                .cast(to),
+            (Err(_), _) => return Err(overflow()),
+        },
+        Literal::Float(v) => Scalar::Double(v).cast(to),
+        Literal::Complex(v) => Scalar::Complex(v).cast(to),
+    })
 }
 
 const BOOLEAN_OPERATORS: &str = "You can't use Python's standard boolean operators in NumExpr expressions. You \
@@ -279,20 +292,13 @@ impl Typer<'_> {
             .iter()
             .filter_map(|n| match n {
                 Node::Const(c) => Some(*c),
-                Node::Scalar(Scalar::Long(v)) => Some(Literal::Int(*v)), // (numpy's int64 from a fold)
+                Node::Scalar(Scalar::Long(v)) => Some(Literal::Int((*v).into())), // (numpy's int64 from a fold)
                 _ => None,
             })
             .collect();
         if constants.len() == nodes.len() {
             if let Some(folded) = fold_func(f, &constants) {
-                // (a float, complex or boolean is a Python constant again, as numpy's
-                // float64 and bool_ are to numexpr; an integer stays numpy's int64)
-                return Ok(match folded {
-                    Scalar::Double(v) => Node::Const(Literal::Float(v)),
-                    Scalar::Complex(v) => Node::Const(Literal::Complex(v)),
-                    Scalar::Bool(v) => Node::Const(Literal::Bool(v)),
-                    other => Node::Scalar(other),
-                });
+                return Ok(folded);
             }
         }
         apply(Op::Func(f), nodes)
@@ -454,26 +460,33 @@ impl Typer<'_> {
 }
 
 /// A function of constants, as numexpr folds it (with numpy: integer results are numpy's
-/// int64, real ones float64); None where it is left to run.
-fn fold_func(f: Func, args: &[Literal]) -> Option<Scalar> {
+/// int64, real ones float64); None where it is left to run. A float, complex or boolean
+/// is a Python constant again, as numpy's float64 and bool_ are to numexpr; an integer
+/// stays numpy's int64, or, past 64 bits, the Python int numpy gives then.
+fn fold_func(f: Func, args: &[Literal]) -> Option<Node> {
     let ints = args
         .iter()
         .all(|a| matches!(a, Literal::Int(_) | Literal::Bool(_)));
     let complex = args.iter().any(|a| matches!(a, Literal::Complex(_)));
     let x = complex_of(args[0]);
     if ints && !args.iter().any(|a| matches!(a, Literal::Bool(_))) {
+        let long = |v: i128| {
+            Some(i64::try_from(v).map_or(Node::Const(Literal::Int(v)), |v| {
+                Node::Scalar(Scalar::Long(v))
+            }))
+        };
         let v = as_int(args[0])?;
-        return Some(match f {
-            Func::Abs => Scalar::Long(v.checked_abs()?),
+        return match f {
+            Func::Abs => long(v.abs()),
             Func::Round | Func::Copy | Func::Conj | Func::Floor | Func::Ceil | Func::Trunc => {
-                Scalar::Long(v)
+                long(v)
             }
-            Func::Sign => Scalar::Long(v.signum()),
-            Func::OnesLike => Scalar::Long(1),
-            Func::Maximum => Scalar::Long(v.max(as_int(args[1])?)),
-            Func::Minimum => Scalar::Long(v.min(as_int(args[1])?)),
-            _ => return fold_real(f, args),
-        });
+            Func::Sign => long(v.signum()),
+            Func::OnesLike => long(1),
+            Func::Maximum => long(v.max(as_int(args[1])?)),
+            Func::Minimum => long(v.min(as_int(args[1])?)),
+            _ => fold_real(f, args).map(python),
+        };
     }
     if complex {
         return match f {
@@ -481,9 +494,20 @@ fn fold_func(f: Func, args: &[Literal]) -> Option<Scalar> {
             Func::Real => Some(Scalar::Double(x.re)),
             Func::Imag => Some(Scalar::Double(x.im)),
             _ => None, // (complex functions of constants run as they would on arrays)
-        };
+        }
+        .map(python);
     }
-    fold_real(f, args)
+    fold_real(f, args).map(python)
+}
+
+/// numpy's float64, complex128 or bool_ as numexpr takes them: Python constants again.
+fn python(s: Scalar) -> Node {
+    match s {
+        Scalar::Double(v) => Node::Const(Literal::Float(v)),
+        Scalar::Complex(v) => Node::Const(Literal::Complex(v)),
+        Scalar::Bool(v) => Node::Const(Literal::Bool(v)),
+        other => Node::Scalar(other),
+    }
 }
 
 fn fold_real(f: Func, args: &[Literal]) -> Option<Scalar> {
@@ -566,17 +590,17 @@ fn complex_of(lit: Literal) -> Complex64 {
 }
 
 fn overflow() -> ExprError {
-    ExprError::Value("an integer constant in the expression does not fit in 64 bits".into())
+    ExprError::Overflow("Python int too large to convert to C long".into())
 }
 
 /// Python's unary `-` and `~` on a constant.
 fn fold_unary(op: Op, lit: Literal) -> Result<Literal> {
     Ok(match (op, lit) {
-        (Op::Neg, Literal::Bool(b)) => Literal::Int(-i64::from(b)),
+        (Op::Neg, Literal::Bool(b)) => Literal::Int(-i128::from(b)),
         (Op::Neg, Literal::Int(v)) => Literal::Int(v.checked_neg().ok_or_else(overflow)?),
         (Op::Neg, Literal::Float(v)) => Literal::Float(-v),
         (Op::Neg, Literal::Complex(v)) => Literal::Complex(-v),
-        (Op::Invert, Literal::Bool(b)) => Literal::Int(!i64::from(b)),
+        (Op::Invert, Literal::Bool(b)) => Literal::Int(!i128::from(b)),
         (Op::Invert, Literal::Int(v)) => Literal::Int(!v),
         _ => return Err(ExprError::Type("bad operand type for unary ~".into())),
     })
@@ -584,6 +608,15 @@ fn fold_unary(op: Op, lit: Literal) -> Result<Literal> {
 
 /// Python's comparison of two constants.
 fn fold_compare(op: Op, a: Literal, b: Literal) -> Result<Literal> {
+    if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
+        // (exactly: past 53 bits, ints that differ may be the same double)
+        return Ok(Literal::Bool(match op {
+            Op::Eq => x == y,
+            Op::Ne => x != y,
+            Op::Gt => x > y,
+            _ => x >= y,
+        }));
+    }
     let (x, y) = (complex_of(a), complex_of(b));
     Ok(Literal::Bool(match op {
         Op::Eq => x == y,
@@ -598,15 +631,15 @@ fn fold_compare(op: Op, a: Literal, b: Literal) -> Result<Literal> {
     }))
 }
 
-fn as_int(lit: Literal) -> Option<i64> {
+fn as_int(lit: Literal) -> Option<i128> {
     match lit {
-        Literal::Bool(b) => Some(i64::from(b)),
+        Literal::Bool(b) => Some(i128::from(b)),
         Literal::Int(v) => Some(v),
         _ => None,
     }
 }
 
-/// Python's arithmetic on two constants (ints exact within 64 bits, floats as floats).
+/// Python's arithmetic on two constants (ints exact within 128 bits, floats as floats).
 fn fold_binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
     let zero = |what: &str| ExprError::ZeroDivision(what.to_string());
     if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
@@ -621,7 +654,7 @@ fn fold_binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
                 return Err(zero("integer division or modulo by zero"))
             }
             BinaryOp::FloorDiv => {
-                Literal::Int(x.div_euclid(y) - i64::from(y < 0 && x.rem_euclid(y) != 0))
+                Literal::Int(x.div_euclid(y) - i128::from(y < 0 && x.rem_euclid(y) != 0))
             }
             BinaryOp::Mod => Literal::Int({
                 let r = x.rem_euclid(y);
@@ -648,13 +681,13 @@ fn fold_binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
                 u32::try_from(y)
                     .ok()
                     .and_then(|s| x.checked_shl(s))
-                    .filter(|v| v >> y.min(63) == x)
+                    .filter(|v| v >> y.min(127) == x)
                     .ok_or_else(overflow)?,
             ),
             BinaryOp::RShift if y < 0 => {
                 return Err(ExprError::Value("negative shift count".into()))
             }
-            BinaryOp::RShift => Literal::Int(x >> y.min(63)),
+            BinaryOp::RShift => Literal::Int(x >> y.min(127)),
             BinaryOp::BitAnd if both_bool => Literal::Bool(x & y != 0),
             BinaryOp::BitOr if both_bool => Literal::Bool(x | y != 0),
             BinaryOp::BitXor if both_bool => Literal::Bool(x ^ y != 0),
@@ -758,6 +791,36 @@ mod tests {
         assert_eq!(t("x.real", Complex), Ok(Double));
         let mixed = typed("x + y", &[("x", Long), ("y", Float)]).unwrap();
         assert_eq!(mixed.root.dtype(), Float);
+    }
+
+    #[test]
+    fn ints_past_64_bits_fold_exactly_and_are_floats_only() {
+        let two_70 = 1i128 << 70;
+        assert_eq!(
+            typed("2**70 + 1 - 1", &[]).unwrap().root,
+            Node::Const(Literal::Int(two_70))
+        );
+        assert_eq!(
+            typed("2**70 + 1 == 2**70", &[]).unwrap().root,
+            Node::Const(Literal::Bool(false))
+        );
+        let lit = Literal::Int(two_70 + 1);
+        assert_eq!(literal_kind(lit), DType::Long);
+        assert_eq!(
+            literal_scalar(lit, DType::Double),
+            Ok(Scalar::Double(1.1805916207174113e21))
+        );
+        assert!(matches!(
+            literal_scalar(lit, DType::Long),
+            Err(ExprError::Overflow(_))
+        ));
+        // (a float32 through the double, as numpy makes one of a Python int)
+        let v = (1i128 << 60) + (1 << 36) + 1;
+        assert_eq!(
+            literal_scalar(Literal::Int(v), DType::Float),
+            Ok(Scalar::Float((1u64 << 60) as f32))
+        );
+        assert!(matches!(typed("2**127", &[]), Err(ExprError::Overflow(_))));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 use paralelo_core::Error;
 use paralelo_expr::ExprError;
 use pyo3::exceptions::{
-    PyAttributeError, PyNotImplementedError, PyOSError, PyRuntimeError, PySyntaxError,
-    PyTimeoutError, PyTypeError, PyValueError, PyZeroDivisionError,
+    PyAttributeError, PyNotImplementedError, PyOSError, PyOverflowError, PyRuntimeError,
+    PySyntaxError, PyTimeoutError, PyTypeError, PyValueError, PyZeroDivisionError,
 };
 use pyo3::prelude::*;
 
@@ -80,6 +80,7 @@ pub(crate) fn expr_to_py(e: ExprError) -> PyErr {
         ExprError::Value(_) => PyValueError::new_err(message),
         ExprError::Runtime(_) | ExprError::Device(_) => PyRuntimeError::new_err(message),
         ExprError::ZeroDivision(_) => PyZeroDivisionError::new_err(message),
+        ExprError::Overflow(_) => PyOverflowError::new_err(message),
         ExprError::Attribute(_) => PyAttributeError::new_err(message),
     }
 }
