@@ -116,18 +116,26 @@ def test_other_dtypes_widen_as_in_numexpr(dtype):
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_integer_constants_past_64_bits_as_numexpr(kind):
     # Folded exactly, as Python does; a double, float or complex beside floats, refused
-    # (OverflowError) beside integers; -2**63 and 2**64 - 1 - 2**63 still fit.
+    # (OverflowError) beside integers; -2**63 and 2**63 - 1 still fit. Functions of
+    # constants as numpy computes them (int64 wraps; past 64 bits, Python ints).
     env = {"x": KINDS[kind]}
     for ex in ("x + 18446744073709551616", "x - 2**70", "x * 0x10000000000000000", "x + (2**64 - 1)",
                "x + -9223372036854775808", "x + (2**63 - 1)", "x > 2**70", "x + (2**100 // 3)",
                f"x + {2**60 + 2**36 + 1}", "x + (2**70 + 1 == 2**70)", "where(x > 1, 2**70, x)",
-               "x + abs(-2**70)", "x + (2**64 % 7)", "x + (1 << 70)", "x + 123456789012345678901234567890"):
+               "x + abs(-2**70)", "x + (2**64 % 7)", "x + (1 << 70)", "x + 123456789012345678901234567890",
+               "x + (-2**126*2)%-1", "x + abs(-2**126)", "abs(-2**63)", "x + abs(-2**63)", "x + sign(2**70)",
+               "x + (2**70 + 1 > 2.0**70)", "x + (2**53 + 1 == 2.0**53)", "x + (2.5 > 2)", "x + (2 >= 2.5)",
+               "x + 9007199254740993/3", "x + 810363810364860548331533/4971", "x + (0 << 200)", "x + 1**(2**40)",
+               "x + (-1)**(2**70+1)", "x + maximum(3, 2**40)", "x + (-7 // 2)", "x + (-7 % 3)"):
         same(outcome(paralelo.evaluate, ex, env), outcome(ne.evaluate, ex, env))
 
 
 def test_integer_constants_past_128_bits_are_refused_by_name():
     with pytest.raises(OverflowError, match="1" * 45):
         paralelo.evaluate("x + " + "1" * 45, local_dict={"x": KINDS["d"]})
+    for folded in ("2**127", "(-2**126*2)//-1", "-(-2**126*2)"):
+        with pytest.raises(OverflowError, match="past 128 bits.*write it as a float"):
+            paralelo.evaluate(f"x + {folded}", local_dict={"x": KINDS["d"]})
     with pytest.raises(OverflowError):
         paralelo.evaluate("2**70 + 1")  # (a constant alone is an integer: numexpr's error)
 
@@ -415,6 +423,43 @@ def test_a_large_dropped_result_lends_its_memory_to_the_next_and_never_while_in_
         assert _recycled.kept() == 0
         small = paralelo.evaluate("x * 2", local_dict={"x": x[:1000]})
         assert small.flags.owndata  # (small results are numpy's own)
+    """)
+
+
+def test_kept_memory_is_not_copied_by_a_fork_but_memory_still_held_is():
+    isolated("""
+        import os
+        from paralelo import _recycled
+        def vm_flags(address):
+            inside = False
+            with open("/proc/self/smaps") as f:
+                for line in f:
+                    head = line.split()[0]
+                    if not head.endswith(":"):
+                        low, high = (int(v, 16) for v in head.split("-"))
+                        inside = low <= address < high
+                    elif inside and head == "VmFlags:":
+                        return line.split()[1:]
+            raise AssertionError(f"nothing mapped at {address:#x}")
+        n = 5_000_000
+        x = np.arange(n, dtype=np.float64)
+        dropped = paralelo.evaluate("x * 2", local_dict={"x": x})
+        held = paralelo.evaluate("x * 3", local_dict={"x": x})
+        address, kept_address, base = dropped.ctypes.data, held.ctypes.data, held.base
+        del dropped, held
+        assert _recycled.spared_at_fork() >= 8 * n  # (the dropped one: resident, alone)
+        pid = os.fork()
+        if pid == 0:  # (memory still reached from a result's base comes whole)
+            os._exit(0 if np.frombuffer(base, np.float64)[n - 1] == 3 * (n - 1) else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert "wf" in vm_flags(address)  # (zeroed in the child: no page copied)
+        assert "wf" not in vm_flags(kept_address)
+        again = paralelo.evaluate("x + 1", local_dict={"x": x})
+        assert again.ctypes.data == address and "wf" not in vm_flags(address)
+        pid = os.fork()
+        if pid == 0:  # (a result taken from the pool is a child's to read again)
+            os._exit(0 if again[n - 1] == n else 1)
+        assert os.waitpid(pid, 0)[1] == 0
     """)
 
 

@@ -608,11 +608,11 @@ def small_process() -> bool:
             resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return False
-    # Dropped large results kept for reuse are no working set of the parent's: huge
-    # pages, cheap to fork (≈ 0.3 ms for 256 MiB), and a child lets go of them at once.
+    # Dropped large results kept for reuse are no working set of the parent's, and a
+    # fork does not copy them.
     recycled = sys.modules.get("paralelo._recycled")
     if recycled is not None:
-        resident -= recycled.kept()
+        resident -= recycled.spared_at_fork()
     return resident <= DIRECT_FORK_MAX_RSS
 
 

@@ -11,6 +11,7 @@ pub mod dims;
 pub mod dtype;
 pub mod error;
 pub mod exec;
+mod fold;
 pub mod kernels;
 pub mod lexer;
 mod libm;

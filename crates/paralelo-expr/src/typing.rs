@@ -8,6 +8,7 @@ use num_complex::Complex64;
 use crate::ast::{BinaryOp, CompareOp, Expr, Literal, UnaryOp};
 use crate::dtype::{DType, Scalar};
 use crate::error::{ExprError, Result};
+use crate::fold::{self, as_int, complex_of};
 use crate::ops::{self, Func, Op, Reduce};
 
 /// numexpr's `optimization` setting.
@@ -156,7 +157,7 @@ impl Typer<'_> {
                     Op::Invert
                 };
                 match a {
-                    Node::Const(lit) => Ok(Node::Const(fold_unary(op, lit)?)),
+                    Node::Const(lit) => Ok(Node::Const(fold::unary(op, lit)?)),
                     a => apply(op, vec![a]),
                 }
             }
@@ -185,7 +186,7 @@ impl Typer<'_> {
                     }
                 };
                 if let (Node::Const(x), Node::Const(y)) = (&a, &b) {
-                    return Ok(Node::Const(fold_compare(op, *x, *y)?));
+                    return Ok(Node::Const(fold::compare(op, *x, *y)?));
                 }
                 apply(op, vec![a, b])
             }
@@ -306,7 +307,7 @@ impl Typer<'_> {
 
     fn binary(&self, op: BinaryOp, a: Node, b: Node) -> Result<Node> {
         if let (Node::Const(x), Node::Const(y)) = (&a, &b) {
-            return Ok(Node::Const(fold_binary(op, *x, *y)?));
+            return Ok(Node::Const(fold::binary(op, *x, *y)?));
         }
         let opt = self.optimization;
         match op {
@@ -319,7 +320,7 @@ impl Typer<'_> {
                             Op::Mul,
                             vec![
                                 a,
-                                Node::Const(fold_binary(BinaryOp::Div, Literal::Float(1.0), c)?),
+                                Node::Const(fold::binary(BinaryOp::Div, Literal::Float(1.0), c)?),
                             ],
                         );
                     }
@@ -470,23 +471,33 @@ fn fold_func(f: Func, args: &[Literal]) -> Option<Node> {
     let complex = args.iter().any(|a| matches!(a, Literal::Complex(_)));
     let x = complex_of(args[0]);
     if ints && !args.iter().any(|a| matches!(a, Literal::Bool(_))) {
-        let long = |v: i128| {
-            Some(i64::try_from(v).map_or(Node::Const(Literal::Int(v)), |v| {
-                Node::Scalar(Scalar::Long(v))
-            }))
-        };
         let v = as_int(args[0])?;
-        return match f {
-            Func::Abs => long(v.abs()),
-            Func::Round | Func::Copy | Func::Conj | Func::Floor | Func::Ceil | Func::Trunc => {
-                long(v)
-            }
-            Func::Sign => long(v.signum()),
-            Func::OnesLike => long(1),
-            Func::Maximum => long(v.max(as_int(args[1])?)),
-            Func::Minimum => long(v.min(as_int(args[1])?)),
-            _ => fold_real(f, args).map(python),
-        };
+        if args
+            .iter()
+            .any(|a| as_int(*a).is_some_and(|v| i64::try_from(v).is_err()))
+        {
+            // numpy works on Python ints past 64 bits: abs and sign give Python ints; the
+            // rest numexpr refuses (left to run, and refused there).
+            return match f {
+                Func::Abs => v.checked_abs().map(|v| Node::Const(Literal::Int(v))),
+                Func::Sign => Some(Node::Const(Literal::Int(v.signum()))),
+                _ => fold_real(f, args).map(python),
+            };
+        }
+        // numpy's int64, wrapping as it does (abs(-2**63) is -2**63).
+        let (v, other) = (
+            v as i64,
+            args.get(1).and_then(|a| as_int(*a)).map(|w| w as i64),
+        );
+        return Some(Node::Scalar(Scalar::Long(match f {
+            Func::Abs => v.wrapping_abs(),
+            Func::Round | Func::Copy | Func::Conj | Func::Floor | Func::Ceil | Func::Trunc => v,
+            Func::Sign => v.signum(),
+            Func::OnesLike => 1,
+            Func::Maximum => v.max(other?),
+            Func::Minimum => v.min(other?),
+            _ => return fold_real(f, args).map(python),
+        })));
     }
     if complex {
         return match f {
@@ -580,176 +591,9 @@ fn reduction_arguments<'e>(
     Ok((arg, axis))
 }
 
-fn complex_of(lit: Literal) -> Complex64 {
-    match lit {
-        Literal::Bool(b) => Complex64::new(f64::from(u8::from(b)), 0.0),
-        Literal::Int(v) => Complex64::new(v as f64, 0.0),
-        Literal::Float(v) => Complex64::new(v, 0.0),
-        Literal::Complex(v) => v,
-    }
-}
-
+/// numexpr's error for an int past 64 bits used as an integer.
 fn overflow() -> ExprError {
     ExprError::Overflow("Python int too large to convert to C long".into())
-}
-
-/// Python's unary `-` and `~` on a constant.
-fn fold_unary(op: Op, lit: Literal) -> Result<Literal> {
-    Ok(match (op, lit) {
-        (Op::Neg, Literal::Bool(b)) => Literal::Int(-i128::from(b)),
-        (Op::Neg, Literal::Int(v)) => Literal::Int(v.checked_neg().ok_or_else(overflow)?),
-        (Op::Neg, Literal::Float(v)) => Literal::Float(-v),
-        (Op::Neg, Literal::Complex(v)) => Literal::Complex(-v),
-        (Op::Invert, Literal::Bool(b)) => Literal::Int(!i128::from(b)),
-        (Op::Invert, Literal::Int(v)) => Literal::Int(!v),
-        _ => return Err(ExprError::Type("bad operand type for unary ~".into())),
-    })
-}
-
-/// Python's comparison of two constants.
-fn fold_compare(op: Op, a: Literal, b: Literal) -> Result<Literal> {
-    if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
-        // (exactly: past 53 bits, ints that differ may be the same double)
-        return Ok(Literal::Bool(match op {
-            Op::Eq => x == y,
-            Op::Ne => x != y,
-            Op::Gt => x > y,
-            _ => x >= y,
-        }));
-    }
-    let (x, y) = (complex_of(a), complex_of(b));
-    Ok(Literal::Bool(match op {
-        Op::Eq => x == y,
-        Op::Ne => x != y,
-        _ if x.im != 0.0 || y.im != 0.0 => {
-            return Err(ExprError::Type(
-                "'>' not supported between instances of 'complex' and 'complex'".into(),
-            ));
-        }
-        Op::Gt => x.re > y.re,
-        _ => x.re >= y.re,
-    }))
-}
-
-fn as_int(lit: Literal) -> Option<i128> {
-    match lit {
-        Literal::Bool(b) => Some(i128::from(b)),
-        Literal::Int(v) => Some(v),
-        _ => None,
-    }
-}
-
-/// Python's arithmetic on two constants (ints exact within 128 bits, floats as floats).
-fn fold_binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
-    let zero = |what: &str| ExprError::ZeroDivision(what.to_string());
-    if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
-        let both_bool = matches!((a, b), (Literal::Bool(_), Literal::Bool(_)));
-        return Ok(match op {
-            BinaryOp::Add => Literal::Int(x.checked_add(y).ok_or_else(overflow)?),
-            BinaryOp::Sub => Literal::Int(x.checked_sub(y).ok_or_else(overflow)?),
-            BinaryOp::Mul => Literal::Int(x.checked_mul(y).ok_or_else(overflow)?),
-            BinaryOp::Div if y == 0 => return Err(zero("division by zero")),
-            BinaryOp::Div => Literal::Float(x as f64 / y as f64),
-            BinaryOp::FloorDiv | BinaryOp::Mod if y == 0 => {
-                return Err(zero("integer division or modulo by zero"))
-            }
-            BinaryOp::FloorDiv => {
-                Literal::Int(x.div_euclid(y) - i128::from(y < 0 && x.rem_euclid(y) != 0))
-            }
-            BinaryOp::Mod => Literal::Int({
-                let r = x.rem_euclid(y);
-                if y < 0 && r != 0 {
-                    r + y
-                } else {
-                    r
-                }
-            }),
-            BinaryOp::Pow if y < 0 && x == 0 => {
-                return Err(zero("0.0 cannot be raised to a negative power"))
-            }
-            BinaryOp::Pow if y < 0 => Literal::Float((x as f64).powf(y as f64)),
-            BinaryOp::Pow => Literal::Int(
-                u32::try_from(y)
-                    .ok()
-                    .and_then(|e| x.checked_pow(e))
-                    .ok_or_else(overflow)?,
-            ),
-            BinaryOp::LShift if y < 0 => {
-                return Err(ExprError::Value("negative shift count".into()))
-            }
-            BinaryOp::LShift => Literal::Int(
-                u32::try_from(y)
-                    .ok()
-                    .and_then(|s| x.checked_shl(s))
-                    .filter(|v| v >> y.min(127) == x)
-                    .ok_or_else(overflow)?,
-            ),
-            BinaryOp::RShift if y < 0 => {
-                return Err(ExprError::Value("negative shift count".into()))
-            }
-            BinaryOp::RShift => Literal::Int(x >> y.min(127)),
-            BinaryOp::BitAnd if both_bool => Literal::Bool(x & y != 0),
-            BinaryOp::BitOr if both_bool => Literal::Bool(x | y != 0),
-            BinaryOp::BitXor if both_bool => Literal::Bool(x ^ y != 0),
-            BinaryOp::BitAnd => Literal::Int(x & y),
-            BinaryOp::BitOr => Literal::Int(x | y),
-            BinaryOp::BitXor => Literal::Int(x ^ y),
-            BinaryOp::MatMul => {
-                return Err(ExprError::Type(
-                    "the @ operator is not supported in expressions".into(),
-                ))
-            }
-        });
-    }
-    if matches!(a, Literal::Complex(_)) || matches!(b, Literal::Complex(_)) {
-        let (x, y) = (complex_of(a), complex_of(b));
-        return Ok(Literal::Complex(match op {
-            BinaryOp::Add => x + y,
-            BinaryOp::Sub => x - y,
-            BinaryOp::Mul => x * y,
-            BinaryOp::Div if y == Complex64::new(0.0, 0.0) => {
-                return Err(zero("complex division by zero"))
-            }
-            BinaryOp::Div => x / y,
-            BinaryOp::Pow if x == Complex64::new(0.0, 0.0) && (y.re < 0.0 || y.im != 0.0) => {
-                return Err(zero("0.0 to a negative or complex power"))
-            }
-            BinaryOp::Pow => x.powc(y),
-            _ => {
-                return Err(ExprError::Type(
-                    "unsupported operand type(s) for complex numbers".into(),
-                ))
-            }
-        }));
-    }
-    let (x, y) = (complex_of(a).re, complex_of(b).re);
-    Ok(Literal::Float(match op {
-        BinaryOp::Add => x + y,
-        BinaryOp::Sub => x - y,
-        BinaryOp::Mul => x * y,
-        BinaryOp::Div if y == 0.0 => return Err(zero("float division by zero")),
-        BinaryOp::Div => x / y,
-        BinaryOp::FloorDiv if y == 0.0 => return Err(zero("float floor division by zero")),
-        BinaryOp::FloorDiv => (x / y).floor(),
-        BinaryOp::Mod if y == 0.0 => return Err(zero("float modulo")),
-        BinaryOp::Mod => {
-            let r = x % y;
-            if r != 0.0 && (r < 0.0) != (y < 0.0) {
-                r + y
-            } else {
-                r
-            }
-        }
-        BinaryOp::Pow if x == 0.0 && y < 0.0 => {
-            return Err(zero("0.0 cannot be raised to a negative power"))
-        }
-        BinaryOp::Pow => x.powf(y),
-        _ => {
-            return Err(ExprError::Type(
-                "unsupported operand type(s) for float".into(),
-            ))
-        }
-    }))
 }
 
 #[cfg(test)]
