@@ -157,13 +157,73 @@ def test_constant_expressions_as_numexpr(ex):
     ("sin(x, x)", NotImplementedError), ("arctan2(x)", NotImplementedError), ("sin()", TypeError),
     ("sin(x, x, x)", NotImplementedError), ("sin(1, 2)", TypeError), ("where(x)", TypeError),
     ("contains(x, y)", NotImplementedError), ("contains(x)", TypeError),
+    ("x + None", TypeError), ("None", TypeError), ("x + 'abc'", TypeError), ("x + s", TypeError), ("'abc'", ValueError),
+    ("sum(2.5, axis=0)", ValueError),
 ])
 def test_bad_expressions_raise_what_numexpr_raises(ex, error):
-    env = {"x": KINDS["d"], "y": KINDS["d"], "b": KINDS["b"], "i": KINDS["i"]}
+    env = {"x": KINDS["d"], "y": KINDS["d"], "b": KINDS["b"], "i": KINDS["i"], "s": np.array([b"abc"])}
     with pytest.raises(error):
         ne.evaluate(ex, local_dict=env)
     with pytest.raises(error):
         paralelo.evaluate(ex, local_dict=env)
+
+
+@pytest.mark.parametrize("casting", ["no", "equiv", "safe", "same_kind", "unsafe"])
+@pytest.mark.parametrize("dtype", ["int8", "uint64", ">f8", "float16", "complex64", "uint32"])
+def test_inputs_are_widened_under_the_calls_casting_as_numexpr(casting, dtype):
+    env = {"x": np.array([2**63 + 5 if dtype == "uint64" else 3]).astype(dtype)}
+    for ex in ("x + 1", "x"):
+        ours = outcome(lambda e, **kw: paralelo.evaluate(e, casting=casting, **kw), ex, env)
+        theirs = outcome(lambda e, **kw: ne.evaluate(e, casting=casting, **kw), ex, env)
+        same(ours, theirs)
+
+
+def test_order_takes_numpys_letters_in_either_case():
+    x = np.arange(6.0).reshape(2, 3)
+    for order in "cfak":
+        r = paralelo.evaluate("x * 2", order=order)
+        np.testing.assert_array_equal(r, ne.evaluate("x * 2", order=order))
+        assert r.flags.f_contiguous == (order == "f")
+
+
+def test_a_functions_deleted_arrays_are_not_kept_alive_by_its_frame():
+    import gc
+    import weakref
+
+    def work():
+        a = np.ones(10)
+        gone = weakref.ref(a)
+        paralelo.evaluate("a * 2")
+        del a
+        gc.collect()
+        return gone() is None
+
+    assert work()
+
+    class Body:  # (a class body's namespace is the real one: left alone)
+        y = np.arange(3.0)
+        z = paralelo.evaluate("y * 2")
+
+    np.testing.assert_array_equal(Body.z, [0, 2, 4])
+    np.testing.assert_array_equal(Body.y, [0, 1, 2])
+
+
+def _wrapped(module, ex):
+    return module.evaluate(ex, _frame_depth=4)  # (numexpr's count: the wrapper's caller)
+
+
+def test_frame_depth_counts_as_numexprs_so_its_wrappers_work():
+    x = np.arange(3.0)
+    np.testing.assert_array_equal(_wrapped(paralelo, "x * 2"), _wrapped(ne, "x * 2"))
+
+    def validated(module):
+        x = np.arange(3.0)  # noqa: F841 - read by name
+        assert module.validate("x + 1", _frame_depth=2) is None
+        return module.re_evaluate(_frame_depth=2)
+
+    np.testing.assert_array_equal(validated(paralelo), [1, 2, 3])
+    with pytest.raises(ValueError, match="_frame_depth"):
+        paralelo.evaluate("x", _frame_depth=2)
 
 
 def test_bad_options_raise_what_numexpr_raises():

@@ -45,6 +45,7 @@ __all__ = ["cuda_available", "evaluate", "re_evaluate", "validate"]
 _OPTIONS = {"optimization": ("none", "moderate", "aggressive"), "truediv": (False, True, "auto")}
 _DEFAULTS = {"optimization": "aggressive", "truediv": "auto"}
 _ORDERS = ("C", "F", "A", "K")
+_OPTIMIZED = 0x1  # (inspect.CO_OPTIMIZED: a function's frame, whose f_locals is a snapshot)
 _CASTINGS = ("no", "equiv", "safe", "same_kind", "unsafe")
 #: Compiled expressions kept, most recently used last.
 _CACHE_SIZE = 256
@@ -124,14 +125,18 @@ def _parsed_names(ex: str, sanitize: bool) -> list[str]:
 _kinds: dict[Any, tuple[str, bool]] = {}
 
 
-def _as_kernels_take(np: Any, arrays: list) -> list[str]:
+def _as_kernels_take(np: Any, arrays: list, casting: str) -> list[str]:
     """The kernel kind of each array, as numexpr widens dtypes it lacks; an array of such a
-    dtype, or not in native byte order, is replaced in `arrays` by its conversion."""
+    dtype, or not in native byte order, is replaced in `arrays` by its conversion, which
+    `casting` must allow (as numexpr casts its inputs: uint64 to int64 is not 'safe')."""
     kinds = []
     for i, a in enumerate(arrays):
         kind, usable = _kind_of(np, a.dtype)
         kinds.append(kind)
         if not usable:
+            if not np.can_cast(a.dtype, kind, casting):
+                raise TypeError(f"Cannot cast array data from {a.dtype!r} to {np.dtype(kind)!r} according to the "
+                                f"rule {casting!r}")
             arrays[i] = a.astype(kind)
     return kinds
 
@@ -156,6 +161,8 @@ def _widened(dt: Any) -> str:
         return "float32" if size <= 4 else "float64"
     if dt.kind == "c":
         return "complex128"
+    if dt.kind == "S":  # (numexpr computes on byte strings with byte strings alone)
+        raise TypeError(f"strings can only be operated with strings: paralelo.evaluate takes no {dt} arrays")
     raise ValueError(f"unknown type {dt}: paralelo.evaluate has no kernels for {dt} arrays")  # (as numexpr)
 
 
@@ -174,8 +181,22 @@ def _arguments(np: Any, names: list[str], local_dict: Any, global_dict: Any, dep
                device: int | None = None) -> list:
     """The operands, as numpy arrays (device arrays as `_device.Input`s for a device)."""
     frame = sys._getframe(depth)
+    # A function's f_locals (before Python 3.13) is a snapshot the frame keeps until it
+    # returns: every array the function had, even one it deleted since, stays alive
+    # through it. Emptied after the read, as numexpr does (not a class body's namespace,
+    # nor a module's, which are the real ones).
+    snapshot = local_dict is None and bool(frame.f_code.co_flags & _OPTIMIZED)
     local_dict = frame.f_locals if local_dict is None else local_dict
     global_dict = frame.f_globals if global_dict is None else global_dict
+    del frame
+    try:
+        return _values(np, names, local_dict, global_dict, device)
+    finally:
+        if snapshot and type(local_dict) is dict:
+            local_dict.clear()
+
+
+def _values(np: Any, names: list[str], local_dict: Any, global_dict: Any, device: int | None) -> list:
     out = []
     for name in names:
         try:
@@ -206,12 +227,14 @@ def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, c
         sanitize = _SANITIZE
     context = _context(kwargs) if kwargs else _DEFAULTS
     if order not in _ORDERS:
-        raise ValueError(f"order must be one of {_ORDERS}, not {order!r}")
+        if not (isinstance(order, str) and order.upper() in _ORDERS):
+            raise ValueError(f"order must be one of {_ORDERS}, not {order!r}")
+        order = order.upper()  # (as numpy, numexpr takes 'c')
     if casting not in _CASTINGS:
         raise ValueError(f"casting must be one of {_CASTINGS}, not {casting!r}")
     names = _names_of(ex, bool(sanitize))
     arrays = _arguments(np, names, local_dict, global_dict, depth + 1, device)
-    kinds = _as_kernels_take(np, arrays)
+    kinds = _as_kernels_take(np, arrays, casting)
     compiled = _compile(ex, names, kinds, context["optimization"])
     return compiled, names, arrays, kinds, {"out": out, "order": order, "casting": casting}
 
@@ -222,7 +245,7 @@ def _compile(ex: str, names: list[str], kinds: list[str], optimization: str) -> 
 
 
 def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None = None, out: Any = None,
-             order: str = "K", casting: str = "same_kind", sanitize: bool | None = None, _frame_depth: int = 1,
+             order: str = "K", casting: str = "same_kind", sanitize: bool | None = None, _frame_depth: int = 3,
              device: str = "cpu", returns: str | None = None, **kwargs: Any) -> Any:
     """Evaluates the array expression `ex` (numexpr's ``evaluate``), on every core or a GPU.
 
@@ -243,9 +266,18 @@ def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     'numpy' or 'device'; by default a device array when an input is one, else numpy."""
     on = None if device == "cpu" else _device_ordinal(device)
     compiled, names, arrays, kinds, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
-                                                       kwargs, _frame_depth + 1, on)
+                                                       kwargs, _frames_up(_frame_depth, 3) + 1, on)
     _last.compiled, _last.names, _last.kwargs = compiled, names, dict(options, device=on, returns=returns)
     return _dispatch(compiled, arrays, kinds, options, on, returns)
+
+
+def _frames_up(depth: int, caller: int) -> int:
+    """numexpr's `_frame_depth` (`caller` for the function's own caller, one more per
+    wrapper between) as frames above the function: wrappers written for numexpr pass
+    their own count."""
+    if type(depth) is not int or depth < caller:
+        raise ValueError(f"_frame_depth counts as numexpr's: at least {caller} (the caller), not {depth!r}")
+    return depth - caller + 1
 
 
 def _device_ordinal(device: str) -> int | None:
@@ -272,7 +304,7 @@ def _dispatch(compiled: Any, arrays: list, kinds: list[str], options: dict, devi
 
 
 def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None = None, out: Any = None,
-             order: str = "K", casting: str = "safe", _frame_depth: int = 1, sanitize: bool | None = None,
+             order: str = "K", casting: str = "safe", _frame_depth: int = 2, sanitize: bool | None = None,
              device: str = "cpu", returns: str | None = None, **kwargs: Any) -> Exception | None:
     """Checks and compiles `ex` as `evaluate` would, for `re_evaluate`; returns None, or
     the exception `evaluate` would raise (numexpr's ``validate``)."""
@@ -282,7 +314,7 @@ def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
         if on is None and returns == "device":
             raise ValueError("returns='device' needs a device: device='cuda'")
         compiled, names, _, _, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
-                                                  kwargs, _frame_depth + 1, on)
+                                                  kwargs, _frames_up(_frame_depth, 2) + 1, on)
     except Exception as e:  # noqa: BLE001 - returned, as numexpr's validate does
         return e
     _last.compiled, _last.names, _last.kwargs = compiled, names, dict(options, device=on, returns=returns)
@@ -301,7 +333,7 @@ def cuda_available() -> bool:
         return False
 
 
-def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None, _frame_depth: int = 1) -> Any:
+def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None, _frame_depth: int = 2) -> Any:
     """Evaluates again the expression this thread last evaluated or validated, with the
     operands' current values (numexpr's ``re_evaluate``)."""
     if _last.compiled is None:
@@ -310,8 +342,8 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
     np = _numpy()
     options = dict(_last.kwargs)
     device, returns = options.pop("device"), options.pop("returns")
-    arrays = _arguments(np, _last.names, local_dict, global_dict, _frame_depth + 1, device)
-    kinds = _as_kernels_take(np, arrays)
+    arrays = _arguments(np, _last.names, local_dict, global_dict, _frames_up(_frame_depth, 2) + 1, device)
+    kinds = _as_kernels_take(np, arrays, options["casting"])
     compiled_for = _last.compiled.kinds
     if kinds != compiled_for:
         # The program stays as compiled: inputs of other dtypes are cast to its own under

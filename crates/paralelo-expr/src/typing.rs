@@ -105,11 +105,21 @@ pub struct Typer<'a> {
 
 impl Typer<'_> {
     pub fn typed(&self, e: &Expr) -> Result<Typed> {
+        if let Expr::Unsupported("strings") = e {
+            // (numexpr makes an array of a string alone, and numpy refuses its itemsize)
+            return Err(ExprError::Value(
+                "a string alone is not an expression paralelo.evaluate can compute".into(),
+            ));
+        }
         if let Expr::Call { func, args, kwargs } = e {
             if let Some(red) = Reduce::by_name(func) {
                 let (arg, axis) = reduction_arguments(func, args, kwargs)?;
                 let node = self.node(arg)?;
                 let node = match node {
+                    // (a constant has no axis to reduce along)
+                    Node::Const(_) if axis.is_some() => {
+                        return Err(ExprError::Value("reduction axis is out of bounds".into()))
+                    }
                     // (numexpr reduces a constant to itself)
                     Node::Const(_) => {
                         return Ok(Typed {
@@ -135,7 +145,7 @@ impl Typer<'_> {
     fn node(&self, e: &Expr) -> Result<Node> {
         match e {
             Expr::Literal(lit) => Ok(Node::Const(*lit)),
-            Expr::Unsupported(what) => Err(ExprError::Value(format!(
+            Expr::Unsupported(what) => Err(ExprError::Type(format!(
                 "{what} are not supported in expressions"
             ))),
             Expr::Logical | Expr::Unary(UnaryOp::Not, _) => {
