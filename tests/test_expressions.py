@@ -226,6 +226,38 @@ def test_frame_depth_counts_as_numexprs_so_its_wrappers_work():
         paralelo.evaluate("x", _frame_depth=2)
 
 
+@pytest.mark.parametrize("shape", [(5, 1), (3000, 2), (1025, 3), (2, 700, 3), (40, 33, 16), (300_000, 3), (4, 17)])
+def test_short_rows_are_walked_in_tiles_with_the_same_results(shape):
+    # Rows of 16 or fewer go down a tile's columns (across rows, across the next
+    # dimension up, across the threads' chunks): values as numexpr's, reductions along
+    # the short axis as a row folded alone (bit for bit: ints, NaN and -0.0 included).
+    rng = np.random.default_rng(len(shape) * 1000 + shape[-1])
+    p = rng.random(shape)
+    p.reshape(-1)[::7] = np.nan
+    p.reshape(-1)[::11] = -0.0
+    s = rng.random(shape[-1])
+    i = rng.integers(-50, 50, shape)
+    env = {"p": p, "s": s, "i": i, "f": p.astype(np.float32), "z": p + 1j * s, "t": np.swapaxes(p, -1, -2)}
+    for ex in ("p * s", "where(p > 0.5, sin(p), p * s)", "i * 3 - 1", "f * 2"):
+        np.testing.assert_array_equal(paralelo.evaluate(ex, local_dict=env), ne.evaluate(ex, local_dict=env))
+    axis = len(shape) - 1
+    rows = p.size // shape[-1]
+    # (every row of the small ones; of the large, those about tiles' and chunks' edges)
+    edges = {e + d for e in (0, 1024, 8192, 65536, 131072, rows - 1) for d in (-1, 0, 1)}
+    picked = sorted(r for r in (range(rows) if rows <= 3000 else edges) if 0 <= r < rows)
+    for red in ("sum", "prod", "min", "max"):
+        for name in ("p", "i", "f", "z"):
+            if name == "z" and red in ("min", "max"):
+                continue
+            ours = paralelo.evaluate(f"{red}({name}, axis={axis})", local_dict=env)
+            flat, by_row = ours.reshape(-1), env[name].reshape(rows, shape[-1])
+            alone = [paralelo.evaluate(f"{red}(r)", local_dict={"r": by_row[k]}) for k in picked]
+            np.testing.assert_array_equal(flat[picked], alone)
+            assert ours.dtype == alone[0].dtype
+        np.testing.assert_allclose(paralelo.evaluate(f"{red}(t, axis={axis - 1})", local_dict=env),
+                                   getattr(np, red)(env["t"], axis=axis - 1), rtol=1e-12)
+
+
 def test_bad_options_raise_what_numexpr_raises():
     x = KINDS["d"]
     for kwargs in ({"foo": 1}, {"optimization": "max"}, {"truediv": 3}):

@@ -33,6 +33,11 @@ pub const REDUCTION_BLOCK: usize = 1024;
 /// Elements a parallel task takes at least (whole blocks of every size); a call on fewer
 /// runs on the caller's thread.
 const CHUNK: usize = 16 * LAZY_BLOCK;
+/// Rows this short (an (N, 3) array of points, a reduction along a short axis) are
+/// walked in tiles: a block goes down each column of a tile of rows, so that a row's
+/// few elements do not each pay a block's fixed costs (`p * s` over (1 M, 3) with s of
+/// (3,): 25 ms a row at a time, numexpr 5.3).
+const SHORT_ROW: usize = 16;
 
 /// An array of the caller's: its first element's address, its kind, and its strides in
 /// bytes along each dimension of the iteration shape (0 where it is broadcast).
@@ -122,7 +127,7 @@ pub(crate) fn check_operands(
 fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize) -> Result<()> {
     match program.reduce {
         None => {
-            let chunks = chunks(total, threads);
+            let chunks = chunks(total, threads, layout.align());
             let work = |regs: &mut Regs, (start, end): (usize, usize)| {
                 layout.walk(start, end, |at, n| {
                     regs.block(program, layout, at, n, Some(layout.out))
@@ -136,6 +141,42 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
                     .for_each_init(|| Regs::new(program, layout.block.min(total)), work);
             }
             Ok(())
+        }
+        Some((red, _)) if layout.reduces_rows() && layout.tiled => {
+            // Short rows: each column of a tile of rows is a block, kept in the tile; each
+            // row is then folded from the tile, as a row of its own would be.
+            let row_len = layout.row_len();
+            let work = |(regs, tile): &mut (Regs, Buf),
+                        (start, end): (usize, usize)|
+             -> Result<()> {
+                let mut done = Ok(());
+                layout.walk_tiles(start / row_len, end / row_len, |at, n, c| match c {
+                    Some(c) => {
+                        regs.block(program, layout, at, n, None);
+                        tile.put_column(regs.result(program, n), c, row_len);
+                    }
+                    None => {
+                        let (out, stride) = (at[at.len() - 1], layout.row_stride(at.len() - 1));
+                        if let Err(e) = fold_rows(red, program.out, tile, n, row_len, out, stride) {
+                            done = Err(e);
+                        }
+                    }
+                });
+                done
+            };
+            let state = || {
+                let rows = layout.block.min(total / row_len);
+                (
+                    Regs::new(program, rows),
+                    Buf::new(program.out, rows * row_len),
+                )
+            };
+            let chunks = chunks(total, threads, layout.align());
+            if chunks.len() == 1 {
+                work(&mut state(), chunks[0])
+            } else {
+                chunks.into_par_iter().try_for_each_init(state, work)
+            }
         }
         Some((red, _)) if layout.reduces_rows() => {
             // One result per row (the reduced axis is the last): rows spread over the cores.
@@ -174,7 +215,7 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
                 });
                 acc
             };
-            let chunks = chunks(total, threads);
+            let chunks = chunks(total, threads, layout.align());
             let parts: Vec<Acc> = if chunks.len() == 1 {
                 vec![part(
                     &mut Regs::new(program, layout.block.min(total)),
@@ -198,10 +239,10 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
 }
 
 /// `[start, end)` ranges covering `total` elements, at least `CHUNK` each but the last,
-/// about four per thread where there is that much.
-fn chunks(total: usize, threads: usize) -> Vec<(usize, usize)> {
+/// about four per thread where there is that much, each a multiple of `align` long.
+fn chunks(total: usize, threads: usize, align: usize) -> Vec<(usize, usize)> {
     let threads = threads.max(1);
-    let size = (total / (4 * threads)).max(CHUNK).div_ceil(LAZY_BLOCK) * LAZY_BLOCK;
+    let size = (total / (4 * threads)).max(CHUNK).div_ceil(align) * align;
     let mut out = Vec::new();
     let mut start = 0;
     while start < total {
@@ -222,8 +263,11 @@ struct Layout {
     strides: Vec<Vec<isize>>,
     kinds: Vec<DType>,
     out: Addr,
-    /// Elements a block takes (`BLOCK`, `LAZY_BLOCK` or `REDUCTION_BLOCK`).
+    /// Elements a block takes (`BLOCK`, `LAZY_BLOCK` or `REDUCTION_BLOCK`); rows a tile
+    /// takes when `tiled`.
     block: usize,
+    /// Whether rows are short (`SHORT_ROW`) and walked in tiles (`walk_tiles`).
+    tiled: bool,
 }
 
 impl Layout {
@@ -232,7 +276,10 @@ impl Layout {
         let operands: Vec<&ArrayArg> = inputs.iter().chain(std::iter::once(&out)).collect();
         let strides: Vec<&[isize]> = operands.iter().map(|a| a.strides).collect();
         let (dims, strides) = crate::dims::merged(shape, &strides, rows);
+        let tiled =
+            dims.len() >= 2 && dims[dims.len() - 1] <= SHORT_ROW && dims[dims.len() - 2] > 1;
         Layout {
+            tiled,
             shape: dims,
             bases: operands.iter().map(|a| Addr(a.addr)).collect(),
             strides,
@@ -253,9 +300,28 @@ impl Layout {
         out.iter().any(|s| *s != 0) && out[out.len() - 1] == 0
     }
 
-    /// Calls `block(addresses, n)` for the elements `[start, end)` in blocks of at most
-    /// `block` within a row: each operand's address of the block's first element.
+    /// What chunks' lengths are multiples of: whole blocks, and whole rows when tiled.
+    fn align(&self) -> usize {
+        if self.tiled {
+            LAZY_BLOCK * self.row_len()
+        } else {
+            LAZY_BLOCK
+        }
+    }
+
+    /// Calls `block(addresses, n)` for the elements `[start, end)` (whole rows when
+    /// `tiled`) in blocks of at most `block`: each operand's address of the block's first
+    /// element; its next ones are `inner_stride` apart.
     fn walk(&self, start: usize, end: usize, mut block: impl FnMut(&[Addr], usize)) {
+        if self.tiled {
+            let len = self.row_len();
+            debug_assert!(start.is_multiple_of(len) && end.is_multiple_of(len));
+            return self.walk_tiles(start / len, end / len, |at, n, c| {
+                if c.is_some() {
+                    block(at, n)
+                }
+            });
+        }
         let len = self.row_len();
         let mut at = vec![Addr(0); self.bases.len()];
         let mut i = start;
@@ -285,8 +351,54 @@ impl Layout {
         }
     }
 
+    /// Tiled: for the rows `[start, end)`, a tile of at most `block` rows at a time
+    /// (never across the next dimension up), calls `step(addresses, n, Some(c))` for
+    /// each column `c` of the tile, then `step(addresses, n, None)`: each operand's
+    /// address of the tile's first element (of column `c`); a column's elements are a
+    /// row's stride apart (`inner_stride`).
+    fn walk_tiles(
+        &self,
+        start: usize,
+        end: usize,
+        mut step: impl FnMut(&[Addr], usize, Option<usize>),
+    ) {
+        let dims = self.shape.len();
+        let (len, height) = (self.shape[dims - 1], self.shape[dims - 2]);
+        let mut at = vec![Addr(0); self.bases.len()];
+        let mut col_at = at.clone();
+        let mut row = start;
+        while row < end {
+            let n = self.block.min(end - row).min(height - row % height);
+            // The tile's offset in each operand, from its row's index along each dimension.
+            let mut rest = row;
+            at.copy_from_slice(&self.bases);
+            for d in (0..dims - 1).rev() {
+                let idx = rest % self.shape[d];
+                rest /= self.shape[d];
+                for (k, slot) in at.iter_mut().enumerate() {
+                    *slot = slot.offset(self.strides[k][d] * idx as isize);
+                }
+            }
+            for c in 0..len {
+                for (k, slot) in col_at.iter_mut().enumerate() {
+                    *slot = at[k].offset(self.strides[k][dims - 1] * c as isize);
+                }
+                step(&col_at, n, Some(c));
+            }
+            step(&at, n, None);
+            row += n;
+        }
+    }
+
+    /// The stride between a block's elements: along a row, or down a column when tiled.
     fn inner_stride(&self, operand: usize) -> isize {
-        self.strides[operand][self.shape.len() - 1]
+        let dims = self.shape.len();
+        self.strides[operand][if self.tiled { dims - 2 } else { dims - 1 }]
+    }
+
+    /// The stride between rows (tiled).
+    fn row_stride(&self, operand: usize) -> isize {
+        self.strides[operand][self.shape.len() - 2]
     }
 }
 
@@ -324,6 +436,27 @@ impl Buf {
             Buf::D(v) => Col::D(Arg::V(&v[..n])),
             Buf::C(v) => Col::C(Arg::V(&v[..n])),
             Buf::Taken => unreachable!("a register is read while written"),
+        }
+    }
+
+    /// Writes `values` as column `c` of this tile of rows `len` long.
+    fn put_column(&mut self, values: Col, c: usize, len: usize) {
+        fn put<T: Copy>(tile: &mut [T], values: Arg<T>, c: usize, len: usize) {
+            let Arg::V(v) = values else {
+                unreachable!("a result is a register")
+            };
+            for (slot, x) in tile[c..].iter_mut().step_by(len).zip(v) {
+                *slot = *x;
+            }
+        }
+        match (self, values) {
+            (Buf::B(t), Col::B(v)) => put(t, v, c, len),
+            (Buf::I(t), Col::I(v)) => put(t, v, c, len),
+            (Buf::L(t), Col::L(v)) => put(t, v, c, len),
+            (Buf::F(t), Col::F(v)) => put(t, v, c, len),
+            (Buf::D(t), Col::D(v)) => put(t, v, c, len),
+            (Buf::C(t), Col::C(v)) => put(t, v, c, len),
+            _ => unreachable!("a tile of the result's kind"),
         }
     }
 
@@ -393,6 +526,7 @@ trait Wrap: Copy + 'static {
     fn col(a: Arg<'_, Self>) -> Col<'_>;
     fn out(v: &mut [Self]) -> Out<'_>;
     fn buf(b: &mut Buf) -> &mut Vec<Self>;
+    fn items(b: &Buf) -> &[Self];
 }
 macro_rules! wrap {
     ($t:ty, $v:ident) => {
@@ -404,6 +538,12 @@ macro_rules! wrap {
                 Out::$v(v)
             }
             fn buf(b: &mut Buf) -> &mut Vec<Self> {
+                match b {
+                    Buf::$v(v) => v,
+                    _ => unreachable!("a buffer of another kind"),
+                }
+            }
+            fn items(b: &Buf) -> &[Self] {
                 match b {
                     Buf::$v(v) => v,
                     _ => unreachable!("a buffer of another kind"),
@@ -739,6 +879,30 @@ fn place(out: Out, pa: &[u32], a: Col, a_compact: bool, pb: &[u32], b: Col, b_co
     };
 }
 
+/// Folds each of `tile`'s first `n` rows (`len` long, of `kind`) as a row of its own is
+/// folded, writing row `r`'s value at `out` + `r` × `stride`: per kind, so that each row's
+/// fold is that kind's code alone (through `Acc`'s matches, a row cost 28 ns).
+fn fold_rows(
+    red: Reduce,
+    kind: DType,
+    tile: &Buf,
+    n: usize,
+    len: usize,
+    out: Addr,
+    stride: isize,
+) -> Result<()> {
+    by_kind!(kind, T => {
+        for (r, row) in T::items(tile).chunks_exact(len).take(n).enumerate() {
+            let mut acc = Acc::start(red, kind);
+            acc.fold(red, T::col(Arg::V(row)));
+            let value = acc.finish(red, kind, len)?;
+            // SAFETY: row `r`'s output element, in bounds as `evaluate`'s caller promised.
+            unsafe { value.write(out.offset(stride * r as isize)) };
+        }
+    });
+    Ok(())
+}
+
 /// A reduction's running value: floats summed in double.
 #[derive(Clone, Copy, Debug)]
 enum Acc {
@@ -752,6 +916,8 @@ enum Acc {
 }
 
 impl Acc {
+    // (inlined into each kind's loop over short rows: the matches on kinds fold away)
+    #[inline(always)]
     fn start(red: Reduce, kind: DType) -> Acc {
         let one = red == Reduce::Prod;
         match (red, kind) {
@@ -764,6 +930,7 @@ impl Acc {
         }
     }
 
+    #[inline(always)]
     fn fold(&mut self, red: Reduce, col: Col) {
         let part = match col {
             Col::I(Arg::V(x)) => fold_ints(red, x.iter().map(|v| i64::from(*v)), true),
@@ -785,6 +952,7 @@ impl Acc {
         *self = self.merge(red, part);
     }
 
+    #[inline(always)]
     fn merge(self, red: Reduce, other: Acc) -> Acc {
         use Acc::*;
         match (self, other) {
@@ -815,6 +983,7 @@ impl Acc {
     }
 
     /// The final value, of `kind`, over `count` elements.
+    #[inline(always)]
     fn finish(self, red: Reduce, kind: DType, count: usize) -> Result<Acc> {
         Ok(match (self, kind) {
             (Acc::Empty, _) => {
@@ -837,6 +1006,7 @@ impl Acc {
     ///
     /// # Safety
     /// `at` is an output element of the value's kind, ours alone.
+    #[inline(always)]
     unsafe fn write(self, at: Addr) {
         // SAFETY: as the caller promised.
         unsafe {
@@ -853,11 +1023,8 @@ impl Acc {
 }
 
 fn pick<T: PartialOrd>(red: Reduce, a: T, b: T) -> T {
-    if (red == Reduce::Min) == (b < a) {
-        b
-    } else {
-        a
-    }
+    // (a select: which of two values wins is a coin toss on data in no order)
+    std::hint::select_unpredictable((red == Reduce::Min) == (b < a), b, a)
 }
 
 fn pick_float<T: PartialOrd + Copy>(red: Reduce, a: T, b: T) -> T {
@@ -889,6 +1056,7 @@ fn fold_ints(red: Reduce, x: impl Iterator<Item = i64>, narrow: bool) -> Acc {
 /// A block's minimum or maximum (NaN wins, as numpy's), in eight lanes: branch-free, so
 /// vectorised (an element at a time through `Acc::merge` ran at a third of numexpr's
 /// speed).
+#[inline]
 fn extreme<T: Copy + PartialOrd>(x: &[T], red: Reduce) -> Option<T> {
     let first = *x.first()?;
     #[allow(clippy::eq_op)]
@@ -903,6 +1071,11 @@ fn extreme<T: Copy + PartialOrd>(x: &[T], red: Reduce) -> Option<T> {
         };
         std::hint::select_unpredictable(lane == lane && (v != v || better), v, lane)
     };
+    if x.len() <= 8 {
+        // (a short row's: the same lanes, without their array, as `lanes` does)
+        let lane = |j: usize| x.get(j).map_or(first, |v| step(first, *v));
+        return Some((0..8).map(lane).fold(first, |a, b| pick_float(red, a, b)));
+    }
     let mut acc = [first; 8];
     let chunks = x.chunks_exact(8);
     let rest = chunks.remainder();
@@ -921,6 +1094,25 @@ fn extreme<T: Copy + PartialOrd>(x: &[T], red: Reduce) -> Option<T> {
 /// sums lose less than a running one).
 fn lanes<T: Copy + Into<f64>>(x: &[T], red: Reduce) -> f64 {
     let sum = red == Reduce::Sum;
+    if x.len() <= 8 {
+        // (a short row's: the same sums, without the lanes' array, whose element-wise
+        // stores then paired reads stalled each row as long as the row's whole fold)
+        let lane = |j: usize| {
+            x.get(j).map_or(if sum { 0.0 } else { 1.0 }, |v| {
+                if sum {
+                    0.0 + (*v).into()
+                } else {
+                    1.0 * (*v).into()
+                }
+            })
+        };
+        return if sum {
+            ((lane(0) + lane(4)) + (lane(1) + lane(5)))
+                + ((lane(2) + lane(6)) + (lane(3) + lane(7)))
+        } else {
+            (0..8).map(lane).product()
+        };
+    }
     let mut acc = [if sum { 0.0 } else { 1.0 }; 8];
     let chunks = x.chunks_exact(8);
     let rest = chunks.remainder();
