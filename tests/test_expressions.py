@@ -109,8 +109,26 @@ def test_mixed_kinds_meet_as_in_numexpr(left, right):
 @pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "uint32", "uint64", "float16", "complex64",
                                    ">f8", ">i4"])
 def test_other_dtypes_widen_as_in_numexpr(dtype):
-    env = {"x": np.arange(5).astype(dtype)}
-    same(outcome(paralelo.evaluate, "x + x", env), outcome(ne.evaluate, "x + x", env))
+    x = (np.arange(-40, 60) * (3 if "f" in dtype or "c" in dtype else 1)).astype(dtype)
+    for env in ({"x": x}, {"x": x[::-3]}, {"x": x[7].reshape(())}, {"x": np.broadcast_to(x, (4, 100))},
+                {"x": x.reshape(25, 4)}, {"x": x.reshape(4, 25).T}):
+        for ex in ("x + x", "x * 3 - 1", "sum(x)", "where(x > 3, x, -x)", "x", "sum(x, axis=0)"):
+            if "axis" in ex and env["x"].ndim == 0:
+                continue
+            same(outcome(paralelo.evaluate, ex, env), outcome(ne.evaluate, ex, env))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "float16", ">f8", "complex64"])
+def test_other_dtypes_are_converted_a_block_at_a_time_not_copied(dtype):
+    import tracemalloc
+
+    x = np.ones(4_000_000, dtype)  # (a whole conversion would take 16 MB or more)
+    tracemalloc.start()
+    try:
+        assert paralelo.evaluate("sum(where(x != 0, 1, 0))") == x.size
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

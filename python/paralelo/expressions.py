@@ -122,31 +122,43 @@ def _parsed_names(ex: str, sanitize: bool) -> list[str]:
 #: Per dtype: its kernel kind, and whether the array can be used as it is (else it is
 #: converted: a widened dtype, or not in native byte order). (`dtype.name` costs
 #: microseconds a call.)
-_kinds: dict[Any, tuple[str, bool]] = {}
+_kinds: dict[Any, tuple[str, str | None]] = {}
 
 
-def _as_kernels_take(np: Any, arrays: list, casting: str) -> list[str]:
-    """The kernel kind of each array, as numexpr widens dtypes it lacks; an array of such a
-    dtype, or not in native byte order, is replaced in `arrays` by its conversion, which
-    `casting` must allow (as numexpr casts its inputs: uint64 to int64 is not 'safe')."""
+def _as_kernels_take(np: Any, arrays: list, casting: str, convert: bool) -> list[str]:
+    """The kernel kind of each array, as numexpr widens dtypes it lacks, which `casting`
+    must allow (as numexpr casts its inputs: uint64 to int64 is not 'safe'). With
+    `convert` (for a device), an array of such a dtype, or not in native byte order, is
+    replaced in `arrays` by its conversion; the CPU converts a block at a time as it
+    reads (given each array's numpy type string: `_kind_of`)."""
     kinds = []
     for i, a in enumerate(arrays):
-        kind, usable = _kind_of(np, a.dtype)
+        kind, stored = _kind_of(np, a.dtype)
         kinds.append(kind)
-        if not usable:
+        if stored is not None:
             if not np.can_cast(a.dtype, kind, casting):
                 raise TypeError(f"Cannot cast array data from {a.dtype!r} to {np.dtype(kind)!r} according to the "
                                 f"rule {casting!r}")
-            arrays[i] = a.astype(kind)
+            if convert or stored == _ASTYPE:
+                arrays[i] = a.astype(kind)
     return kinds
 
 
-def _kind_of(np: Any, dt: Any) -> tuple[str, bool]:
+
+def _kind_of(np: Any, dt: Any) -> tuple[str, str | None]:
     known = _kinds.get(dt)
     if known is None:
         kind = _widened(dt)
-        known = _kinds[dt] = (kind, dt == np.dtype(kind) and dt.isnative)
+        usable = dt == np.dtype(kind) and dt.isnative
+        how = None if usable else dt.str if dt.str[1:] in _ENGINE_READS else _ASTYPE
+        known = _kinds[dt] = (kind, how)
     return known
+
+
+#: The numpy types the engine reads and converts itself, in either byte order; others
+#: (a long double) are converted whole first.
+_ENGINE_READS = frozenset(("b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"))
+_ASTYPE = "astype"
 
 
 def _widened(dt: Any) -> str:
@@ -234,7 +246,7 @@ def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, c
         raise ValueError(f"casting must be one of {_CASTINGS}, not {casting!r}")
     names = _names_of(ex, bool(sanitize))
     arrays = _arguments(np, names, local_dict, global_dict, depth + 1, device)
-    kinds = _as_kernels_take(np, arrays, casting)
+    kinds = _as_kernels_take(np, arrays, casting, device is not None)
     compiled = _compile(ex, names, kinds, context["optimization"])
     return compiled, names, arrays, kinds, {"out": out, "order": order, "casting": casting}
 
@@ -343,7 +355,7 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
     options = dict(_last.kwargs)
     device, returns = options.pop("device"), options.pop("returns")
     arrays = _arguments(np, _last.names, local_dict, global_dict, _frames_up(_frame_depth, 2) + 1, device)
-    kinds = _as_kernels_take(np, arrays, options["casting"])
+    kinds = _as_kernels_take(np, arrays, options["casting"], device is not None)
     compiled_for = _last.compiled.kinds
     if kinds != compiled_for:
         # The program stays as compiled: inputs of other dtypes are cast to its own under
@@ -405,7 +417,9 @@ def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, ca
         out_strides = (0,) * len(iteration)
     else:
         out_strides = run_on.strides + (0,)
-    compiled.run_arrays(list(zip(views, kinds)), list(iteration), (target, compiled.out, out_strides))
+    # (each dtype's kind was looked up already, by `_as_kernels_take`)
+    inputs = [(v, k, _kinds[v.dtype][1]) for v, k in zip(views, kinds)]
+    compiled.run_arrays(inputs, list(iteration), (target, compiled.out, out_strides))
     if out is not None and target is not out:
         np.copyto(out, target, casting="unsafe")
         return out

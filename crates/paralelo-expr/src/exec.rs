@@ -14,6 +14,7 @@ use crate::error::{ExprError, Result};
 use crate::kernels::{run, Arg, Col, Out};
 use crate::ops::Reduce;
 use crate::program::{Operand, Program};
+use crate::stored::{Elem, Stored, Swap};
 use crate::view::{self, Addr};
 
 /// Elements in a block of an elementwise program: every register of the block stays in
@@ -46,6 +47,9 @@ pub struct ArrayArg<'a> {
     pub addr: usize,
     pub dtype: DType,
     pub strides: &'a [isize],
+    /// How its elements sit in memory, where not as `dtype`'s (an input only; the CPU
+    /// converts a block at a time, a device takes `dtype`'s alone).
+    pub stored: Stored,
 }
 
 /// Runs `program` over `inputs` (in `program.inputs`' order), all of `shape`, into `out`.
@@ -98,6 +102,7 @@ pub(crate) fn check_operands(
         )));
     }
     for (a, (name, want)) in inputs.iter().zip(&program.inputs) {
+        a.stored.check(a.dtype)?;
         if a.dtype != *want {
             return Err(ExprError::Value(format!(
                 "input '{name}' is a {} array: the program was compiled for {}",
@@ -262,6 +267,8 @@ struct Layout {
     bases: Vec<Addr>,
     strides: Vec<Vec<isize>>,
     kinds: Vec<DType>,
+    /// Per input, how its elements are stored.
+    stored: Vec<Stored>,
     out: Addr,
     /// Elements a block takes (`BLOCK`, `LAZY_BLOCK` or `REDUCTION_BLOCK`); rows a tile
     /// takes when `tiled`.
@@ -284,6 +291,7 @@ impl Layout {
             bases: operands.iter().map(|a| Addr(a.addr)).collect(),
             strides,
             kinds: operands.iter().map(|a| a.dtype).collect(),
+            stored: inputs.iter().map(|a| a.stored).collect(),
             out: Addr(out.addr),
             block: BLOCK,
         }
@@ -578,6 +586,66 @@ unsafe fn input<'a, T: Wrap>(at: Addr, stride: isize, n: usize, buf: &'a mut Buf
     T::col(Arg::V(v))
 }
 
+/// An input's block read from elements stored as `stored` (`Stored::check`ed against
+/// `kind`), converted into `buf` as numpy's `astype` converts them; a scalar for stride 0.
+///
+/// # Safety
+/// `n` elements from `at`, `stride` apart, are valid elements as `stored` says.
+unsafe fn converted<'a>(
+    stored: Stored,
+    kind: DType,
+    at: Addr,
+    stride: isize,
+    n: usize,
+    buf: &'a mut Buf,
+) -> Col<'a> {
+    /// # Safety
+    /// As `converted`'s.
+    unsafe fn read<'a, S: Swap, T: Wrap>(
+        swapped: bool,
+        at: Addr,
+        stride: isize,
+        n: usize,
+        buf: &'a mut Buf,
+        widen: impl Fn(S) -> T,
+    ) -> Col<'a> {
+        let one = |s: S| widen(if swapped { s.swap() } else { s });
+        if stride == 0 {
+            // SAFETY: the one element, valid as promised.
+            return T::col(Arg::S(one(unsafe { view::read::<S>(at) })));
+        }
+        let v = &mut T::buf(buf)[..n];
+        // SAFETY: each element valid as promised.
+        unsafe { view::gather_with(at, stride, v, one) };
+        T::col(Arg::V(v))
+    }
+    let s = stored.swapped;
+    // SAFETY: each arm reads elements of the type `stored` names, as the caller promised.
+    unsafe {
+        match (stored.elem, kind) {
+            (Elem::I8, DType::Int) => read(s, at, stride, n, buf, |x: i8| i32::from(x)),
+            (Elem::U8, DType::Int) => read(s, at, stride, n, buf, |x: u8| i32::from(x)),
+            (Elem::I16, DType::Int) => read(s, at, stride, n, buf, |x: i16| i32::from(x)),
+            (Elem::U16, DType::Int) => read(s, at, stride, n, buf, |x: u16| i32::from(x)),
+            (Elem::U32, DType::Long) => read(s, at, stride, n, buf, |x: u32| i64::from(x)),
+            (Elem::U64, DType::Long) => read(s, at, stride, n, buf, |x: u64| x as i64),
+            (Elem::F16, DType::Float) => read(s, at, stride, n, buf, |x: u16| {
+                half::f16::from_bits(x).to_f32()
+            }),
+            (Elem::C64, DType::Complex) => read(s, at, stride, n, buf, |[re, im]: [f32; 2]| {
+                C64::new(re.into(), im.into())
+            }),
+            (Elem::Kind, DType::Bool) => read(s, at, stride, n, buf, |x: u8| x),
+            (Elem::Kind, DType::Int) => read(s, at, stride, n, buf, |x: i32| x),
+            (Elem::Kind, DType::Long) => read(s, at, stride, n, buf, |x: i64| x),
+            (Elem::Kind, DType::Float) => read(s, at, stride, n, buf, |x: f32| x),
+            (Elem::Kind, DType::Double) => read(s, at, stride, n, buf, |x: f64| x),
+            (Elem::Kind, DType::Complex) => read(s, at, stride, n, buf, |x: C64| x),
+            (elem, kind) => unreachable!("{elem:?} read as {kind:?}: refused by check_operands"),
+        }
+    }
+}
+
 impl Regs {
     /// Registers for blocks of at most `len` elements (a block's length, or fewer for a
     /// small call: zeroing whole blocks' registers cost a 100-element call microseconds).
@@ -627,9 +695,15 @@ impl Regs {
         } = self;
         let mut cols: Vec<Col> = Vec::with_capacity(at.len() - 1);
         for ((k, buf), kind) in gathered.iter_mut().enumerate().zip(&layout.kinds) {
-            let stride = layout.inner_stride(k);
-            // SAFETY: the block's elements of input `k`, valid as `evaluate`'s caller promised.
-            cols.push(by_kind!(kind, T => unsafe { input::<T>(at[k], stride, n, buf) }));
+            let (stride, stored) = (layout.inner_stride(k), layout.stored[k]);
+            cols.push(if stored.is_kind() {
+                // SAFETY: the block's elements of input `k`, valid as `evaluate`'s caller
+                // promised.
+                by_kind!(kind, T => unsafe { input::<T>(at[k], stride, n, buf) })
+            } else {
+                // SAFETY: as above, stored as `stored` says (checked by `check_operands`).
+                unsafe { converted(stored, *kind, at[k], stride, n, buf) }
+            });
         }
         let out_at = out.map(|_| at[at.len() - 1]);
         let out_stride = layout.inner_stride(at.len() - 1);

@@ -19,6 +19,7 @@ pub mod ops;
 pub mod parser;
 mod pool;
 pub mod program;
+pub mod stored;
 pub mod typing;
 mod view;
 
@@ -27,4 +28,5 @@ pub use error::{ExprError, Result};
 pub use exec::{evaluate, ArrayArg};
 pub use ops::Reduce;
 pub use program::{compile, names, Program};
+pub use stored::{Elem, Stored};
 pub use typing::Optimization;

@@ -43,10 +43,21 @@ pub unsafe fn slice_mut<'a, T>(at: Addr, n: usize) -> &'a mut [T] {
 /// # Safety
 /// Each element is a valid `T` inside a live allocation.
 pub unsafe fn gather<T: Copy>(at: Addr, stride: isize, into: &mut [T]) {
+    // SAFETY: as the caller promised.
+    unsafe { gather_with(at, stride, into, |x: T| x) }
+}
+
+/// Reads `into.len()` elements of `S` from `at`, `stride` bytes apart (any alignment),
+/// each through `f`.
+///
+/// # Safety
+/// Each element is a valid `S` inside a live allocation.
+pub unsafe fn gather_with<S: Copy, T>(at: Addr, stride: isize, into: &mut [T], f: impl Fn(S) -> T) {
     for (i, slot) in into.iter_mut().enumerate() {
         // SAFETY: element `i` is in bounds, as the caller promised; unaligned reads are
         // allowed by `read_unaligned`.
-        *slot = unsafe { std::ptr::read_unaligned(at.offset(stride * i as isize).0 as *const T) };
+        *slot =
+            f(unsafe { std::ptr::read_unaligned(at.offset(stride * i as isize).0 as *const S) });
     }
 }
 

@@ -190,6 +190,7 @@ fn args<'a>(program: &Program, inputs: &[Input], strides: &'a [Vec<isize>]) -> V
             addr: input.bytes.as_ptr() as usize + input.first,
             dtype: *kind,
             strides: s,
+            stored: Default::default(),
         })
         .collect()
 }
@@ -447,6 +448,7 @@ fn kernels_emulated_on_the_cpu_compute_what_the_cpu_engine_computes() {
                     addr: 0,
                     dtype: program.out,
                     strides: &c.out_strides,
+                    stored: Default::default(),
                 },
                 8,
                 layout.max_blocks(),
@@ -472,6 +474,7 @@ fn kernels_emulated_on_the_cpu_compute_what_the_cpu_engine_computes() {
             addr: buf.as_mut_ptr() as usize,
             dtype: program.out,
             strides: &c.out_strides,
+            stored: Default::default(),
         };
         let mut l = plan(
             &program,

@@ -1,7 +1,9 @@
 //! `paralelo.evaluate`'s engine: expressions compiled once (`Expression`) and run over
 //! the Python side's arrays (read through the buffer protocol) or arrays it describes by
 //! address, kind and strides, with the GIL released.
-use paralelo_expr::{compile, evaluate, names, ArrayArg, DType, Optimization, Program};
+use paralelo_expr::{
+    compile, evaluate, names, ArrayArg, DType, Elem, Optimization, Program, Stored,
+};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -124,26 +126,34 @@ impl Expression {
             .map_err(expr_to_py)
     }
 
-    /// Runs over `inputs` (each `(array, kind)`, of `shape`) into `out` (`(array, kind,
-    /// strides)`: 0 strides along what a reduction folds): `run` with each array's address
-    /// and strides read through the buffer protocol.
+    /// Runs over `inputs` (each `(array, kind, stored)`, of `shape`; `stored` the
+    /// array's numpy type string where its elements are not the kind's own, as `'|u1'` or
+    /// `'>f8'`, else None) into `out` (`(array, kind, strides)`: 0 strides along what a
+    /// reduction folds), each array's address and strides read through the buffer
+    /// protocol.
     fn run_arrays(
         &self,
         py: Python<'_>,
-        inputs: Vec<(Bound<'_, PyAny>, String)>,
+        inputs: Vec<(Bound<'_, PyAny>, String, Option<String>)>,
         shape: Vec<usize>,
         out: (Bound<'_, PyAny>, String, Vec<isize>),
     ) -> PyResult<()> {
         // (The arrays stay alive, held by the caller, for the whole call.)
+        let mut stored = Vec::with_capacity(inputs.len());
         let inputs = inputs
             .iter()
-            .map(|(array, kind)| {
+            .map(|(array, kind, how)| {
                 let (addr, strides) = address_and_strides(array)?;
+                stored.push(how.as_deref().map_or(Ok(Stored::default()), stored_as)?);
                 Ok((addr, kind.clone(), strides))
             })
             .collect::<PyResult<Vec<Described>>>()?;
         let out = (address_and_strides(&out.0)?.0, out.1, out.2);
-        self.run(py, inputs, shape, out)
+        let (mut args, out) = arrays(&inputs, &out)?;
+        for (a, s) in args.iter_mut().zip(stored) {
+            a.stored = s;
+        }
+        self.evaluate(py, &args, &shape, out)
     }
 
     /// Runs over `inputs` (each `(address, kind, strides)`, of `shape`) into `out`
@@ -156,13 +166,50 @@ impl Expression {
         out: Described,
     ) -> PyResult<()> {
         let (args, out) = arrays(&inputs, &out)?;
+        self.evaluate(py, &args, &shape, out)
+    }
+}
+
+impl Expression {
+    fn evaluate(
+        &self,
+        py: Python<'_>,
+        args: &[ArrayArg],
+        shape: &[usize],
+        out: ArrayArg,
+    ) -> PyResult<()> {
         let program = &self.program;
         // SAFETY: `paralelo.expr` passes the addresses and strides of numpy arrays it holds
         // for the call (broadcast views and a fresh or checked output, never overlapping an
-        // input), every index of `shape` inside them.
-        py.detach(|| unsafe { evaluate(program, &args, &shape, out) })
+        // input), every index of `shape` inside them, of the types their `stored` says.
+        py.detach(|| unsafe { evaluate(program, args, shape, out) })
             .map_err(expr_to_py)
     }
+}
+
+/// A numpy type string (`'|u1'`, `'>f8'`, `'<c8'`) as the engine reads such elements.
+fn stored_as(code: &str) -> PyResult<Stored> {
+    let bad = || PyValueError::new_err(format!("no conversion is read from dtype '{code}'"));
+    let (order, elem) = code.split_at_checked(1).ok_or_else(bad)?;
+    let native = if cfg!(target_endian = "little") {
+        '<'
+    } else {
+        '>'
+    };
+    let swapped = !matches!(order.chars().next(), Some('|' | '=')) && !order.starts_with(native);
+    let elem = match elem {
+        "i1" => Elem::I8,
+        "u1" => Elem::U8,
+        "i2" => Elem::I16,
+        "u2" => Elem::U16,
+        "u4" => Elem::U32,
+        "u8" => Elem::U64,
+        "f2" => Elem::F16,
+        "c8" => Elem::C64,
+        "b1" | "i4" | "i8" | "f4" | "f8" | "c16" => Elem::Kind,
+        _ => return Err(bad()),
+    };
+    Ok(Stored { elem, swapped })
 }
 
 /// `array`'s first element's address and its strides in bytes, read through the buffer
@@ -191,6 +238,7 @@ fn arrays<'a>(
                 addr: *addr,
                 dtype: dtype(kind)?,
                 strides,
+                stored: Stored::default(),
             })
         })
         .collect::<PyResult<Vec<_>>>()?;
@@ -198,6 +246,7 @@ fn arrays<'a>(
         addr: out.0,
         dtype: dtype(&out.1)?,
         strides: &out.2,
+        stored: Stored::default(),
     };
     Ok((args, out))
 }

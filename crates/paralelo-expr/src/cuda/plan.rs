@@ -100,6 +100,11 @@ pub fn plan(
     max_blocks: u32,
 ) -> Result<Launch> {
     check_operands(program, inputs, shape, &out)?;
+    if inputs.iter().any(|a| !a.stored.is_kind()) {
+        return Err(ExprError::Value(
+            "a device reads inputs of their kernel kinds alone: convert them first".into(),
+        ));
+    }
     if !block.is_power_of_two() {
         return Err(ExprError::Value(format!(
             "{block} threads a block: the kernels' folds want a power of two"
