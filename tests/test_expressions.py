@@ -276,6 +276,41 @@ def test_short_rows_are_walked_in_tiles_with_the_same_results(shape):
                                    getattr(np, red)(env["t"], axis=axis - 1), rtol=1e-12)
 
 
+def test_the_engines_threads_are_set_as_numexprs():
+    import os
+
+    x = np.random.default_rng(3).random(3_000_000)
+    before = paralelo.get_num_threads()
+    try:
+        assert paralelo.set_num_threads(1) == before and paralelo.get_num_threads() == 1
+        one = paralelo.evaluate("sum(x * 2)")
+        assert paralelo.set_num_threads(2) == 1
+        assert paralelo.evaluate("sum(x * 2)") == one  # (the same sum whatever the threads)
+        for bad in (0, -1):
+            with pytest.raises(ValueError, match="at least 1"):
+                paralelo.set_num_threads(bad)
+        with pytest.raises(TypeError):
+            paralelo.set_num_threads(1.5)  # type: ignore[arg-type]
+    finally:
+        paralelo.set_num_threads(before)
+    assert paralelo.ncores == paralelo.detect_number_of_cores() == os.cpu_count()
+
+
+def test_numexprs_thread_variables_are_honoured():
+    import os
+    import subprocess
+    import sys
+
+    script = ("import os, numpy as np, paralelo\n"
+              "paralelo.evaluate('sum(x * 2)', local_dict={'x': np.ones(3_000_000)})\n"
+              "names = [open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')]\n"
+              "print(paralelo.get_num_threads(), sum(n.startswith('paralelo-expr') for n in names))\n")
+    for env, want in (({"NUMEXPR_NUM_THREADS": "1"}, "1 1"), ({"OMP_NUM_THREADS": "1"}, "1 1")):
+        done = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env}, capture_output=True,
+                              text=True, timeout=60)
+        assert done.stdout.split() == want.split(), done.stderr
+
+
 def test_bad_options_raise_what_numexpr_raises():
     x = KINDS["d"]
     for kwargs in ({"foo": 1}, {"optimization": "max"}, {"truediv": 3}):

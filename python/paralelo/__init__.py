@@ -63,7 +63,8 @@ if TYPE_CHECKING:
     from ._profiling import Profile, profile
     from ._tracing import Trace, trace
     from ._cluster import set_backend
-    from .expressions import cuda_available, evaluate, re_evaluate, validate
+    from .expressions import (cuda_available, detect_number_of_cores, evaluate, get_num_threads, ncores, re_evaluate,
+                              set_num_threads, validate)
     from .managers import Manager
     from .process import Process, active_children, current_process, parent_process
     from .queues import JoinableQueue, Queue, SimpleQueue
@@ -93,7 +94,8 @@ _LAZY = {
     "Manager": "managers", "aio": "paralelo.aio", "scaling": "amdahl", "Scaling": "amdahl",
     "profile": "_profiling", "Profile": "_profiling", "trace": "_tracing", "Trace": "_tracing",
     "set_backend": "_cluster", "evaluate": "expressions", "re_evaluate": "expressions", "validate": "expressions",
-    "cuda_available": "expressions",
+    "cuda_available": "expressions", "set_num_threads": "expressions", "get_num_threads": "expressions",
+    "detect_number_of_cores": "expressions", "ncores": "expressions",
 }
 
 
@@ -122,6 +124,10 @@ __all__ = [
     "re_evaluate",
     "cuda_available",
     "validate",
+    "set_num_threads",
+    "get_num_threads",
+    "detect_number_of_cores",
+    "ncores",
     "debug_locks",
     "BrokenThreadPool",
     "ThreadPool",

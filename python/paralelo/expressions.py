@@ -333,6 +333,47 @@ def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     return None
 
 
+def set_num_threads(nthreads: int) -> int:
+    """Runs `evaluate` on `nthreads` threads from now on; returns how many it ran on
+    (numexpr's ``set_num_threads``). By default, one per CPU this process may run on
+    (``NUMEXPR_NUM_THREADS`` or ``OMP_NUM_THREADS`` set at import say otherwise, as for
+    numexpr)."""
+    import operator
+
+    n = operator.index(nthreads)
+    if n < 1:
+        raise ValueError(f"the number of threads must be at least 1, not {n}")
+    return _native.set_expression_threads(n)
+
+
+def get_num_threads() -> int:
+    """How many threads `evaluate` runs on (numexpr's ``get_num_threads``)."""
+    return _native.expression_threads()
+
+
+def detect_number_of_cores() -> int:
+    """The CPUs of this machine (numexpr's ``detect_number_of_cores``)."""
+    return os.cpu_count() or 1
+
+
+#: This machine's CPUs (numexpr's ``ncores``).
+ncores = detect_number_of_cores()
+
+
+def _threads_from_environment() -> None:
+    for name in ("NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                set_num_threads(int(value))
+            except ValueError as e:
+                raise ValueError(f"{name}={value!r}: {e}") from None
+            return
+
+
+_threads_from_environment()
+
+
 def cuda_available() -> bool:
     """Whether ``evaluate(..., device="cuda")`` can run here: this build has CUDA support,
     the NVIDIA driver loads and it sees a GPU. (NVRTC is looked for when a kernel is first

@@ -34,6 +34,11 @@ pub const REDUCTION_BLOCK: usize = 1024;
 /// Elements a parallel task takes at least (whole blocks of every size); a call on fewer
 /// runs on the caller's thread.
 const CHUNK: usize = 16 * LAZY_BLOCK;
+/// The parts a reduction is cut into, whatever the threads: its chunks' partial results
+/// combine in order, so their bounds, not the threads, set the order of the sums (cut
+/// by the threads, `sum(x * 2)` over 3 M doubles differed in its last bit between 1
+/// thread and 2).
+const REDUCTION_PARTS: usize = 64;
 /// Rows this short (an (N, 3) array of points, a reduction along a short axis) are
 /// walked in tiles: a block goes down each column of a tile of rows, so that a row's
 /// few elements do not each pay a block's fixed costs (`p * s` over (1 M, 3) with s of
@@ -132,7 +137,7 @@ pub(crate) fn check_operands(
 fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize) -> Result<()> {
     match program.reduce {
         None => {
-            let chunks = chunks(total, threads, layout.align());
+            let chunks = chunks(total, 4 * threads, layout.align());
             let work = |regs: &mut Regs, (start, end): (usize, usize)| {
                 layout.walk(start, end, |at, n| {
                     regs.block(program, layout, at, n, Some(layout.out))
@@ -176,7 +181,7 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
                     Buf::new(program.out, rows * row_len),
                 )
             };
-            let chunks = chunks(total, threads, layout.align());
+            let chunks = chunks(total, REDUCTION_PARTS, layout.align());
             if chunks.len() == 1 {
                 work(&mut state(), chunks[0])
             } else {
@@ -220,7 +225,7 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
                 });
                 acc
             };
-            let chunks = chunks(total, threads, layout.align());
+            let chunks = chunks(total, REDUCTION_PARTS, layout.align());
             let parts: Vec<Acc> = if chunks.len() == 1 {
                 vec![part(
                     &mut Regs::new(program, layout.block.min(total)),
@@ -244,10 +249,9 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
 }
 
 /// `[start, end)` ranges covering `total` elements, at least `CHUNK` each but the last,
-/// about four per thread where there is that much, each a multiple of `align` long.
-fn chunks(total: usize, threads: usize, align: usize) -> Vec<(usize, usize)> {
-    let threads = threads.max(1);
-    let size = (total / (4 * threads)).max(CHUNK).div_ceil(align) * align;
+/// about `parts` of them where there is that much, each a multiple of `align` long.
+fn chunks(total: usize, parts: usize, align: usize) -> Vec<(usize, usize)> {
+    let size = (total / parts.max(1)).max(CHUNK).div_ceil(align) * align;
     let mut out = Vec::new();
     let mut start = 0;
     while start < total {

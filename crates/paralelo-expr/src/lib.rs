@@ -27,6 +27,7 @@ pub use dtype::DType;
 pub use error::{ExprError, Result};
 pub use exec::{evaluate, ArrayArg};
 pub use ops::Reduce;
+pub use pool::{current_threads, set_threads};
 pub use program::{compile, names, Program};
 pub use stored::{Elem, Stored};
 pub use typing::Optimization;

@@ -251,6 +251,18 @@ fn arrays<'a>(
     Ok((args, out))
 }
 
+/// Runs expressions on `n` threads from now on (0: one per CPU); the number they ran on.
+#[pyfunction]
+pub(crate) fn set_expression_threads(n: usize) -> usize {
+    paralelo_expr::set_threads(n)
+}
+
+/// How many threads expressions run on.
+#[pyfunction]
+pub(crate) fn expression_threads() -> usize {
+    paralelo_expr::current_threads()
+}
+
 /// How many CUDA devices the driver sees (0 in a build without CUDA support).
 #[pyfunction]
 pub(crate) fn cuda_device_count(py: Python<'_>) -> PyResult<usize> {

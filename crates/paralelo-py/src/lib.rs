@@ -42,6 +42,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(expr::expression_names, m)?)?;
     m.add_function(wrap_pyfunction!(expr::cuda_missing, m)?)?;
     m.add_function(wrap_pyfunction!(expr::cuda_device_count, m)?)?;
+    m.add_function(wrap_pyfunction!(expr::set_expression_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(expr::expression_threads, m)?)?;
     #[cfg(feature = "cuda")]
     {
         m.add_class::<expr::gpu::DeviceBuffer>()?;
