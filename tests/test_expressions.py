@@ -276,6 +276,44 @@ def test_short_rows_are_walked_in_tiles_with_the_same_results(shape):
                                    getattr(np, red)(env["t"], axis=axis - 1), rtol=1e-12)
 
 
+def test_dtypes_met_for_the_first_time_after_a_conversion_run():
+    # In a fresh interpreter: a dtype first seen as what an input was converted to (a
+    # long double cut to a double, re_evaluate casting to the compiled kind).
+    isolated("""
+        r = paralelo.evaluate("a * 2", local_dict={"a": np.ones(3, np.longdouble)})
+        assert r.dtype == np.float64 and r.tolist() == [2, 2, 2]
+    """)
+    isolated("""
+        a = np.arange(3, dtype=">f8")
+        assert paralelo.validate("a * 2", local_dict={"a": a}) is None
+        assert paralelo.re_evaluate({"a": np.arange(3, dtype=np.float32)}).tolist() == [0, 2, 4]
+    """)
+
+
+def test_float16_nans_keep_their_bits_as_astype_keeps_them():
+    h = np.array([0x7C01, 0xFE01, 0x7E00, 0x3C00, 0x0001, 0xFC00], np.uint16).view(np.float16)
+    ours = paralelo.evaluate("a", local_dict={"a": h})
+    np.testing.assert_array_equal(ours.view(np.uint32), h.astype(np.float32).view(np.uint32))
+    swapped = h.astype(">f2")
+    np.testing.assert_array_equal(paralelo.evaluate("a", local_dict={"a": swapped}).view(np.uint32),
+                                  h.astype(np.float32).view(np.uint32))
+
+
+def test_a_folded_constant_reduced_along_an_axis_is_itself_as_in_numexpr():
+    x = np.ones((4, 5))
+    for ex in ("sum(where(1 > 0, 2.5, x), axis=1)", "max(where(1 < 0, x, 3), axis=0)"):
+        same(outcome(paralelo.evaluate, ex, {"x": x}), outcome(ne.evaluate, ex, {"x": x}))
+
+
+def test_the_engine_refuses_elements_of_another_size_than_it_is_told():
+    from paralelo import _native
+
+    compiled = _native.Expression("a * 2", [("a", "complex128")], "aggressive")
+    a, out = np.ones(4, np.uint8), np.empty(4, np.complex128)
+    with pytest.raises(ValueError, match="1 bytes, not the 8"):
+        compiled.run_arrays([(a, "complex128", "<c8")], [4], (out, "complex128", out.strides))
+
+
 def test_the_engines_threads_are_set_as_numexprs():
     import os
 

@@ -3,7 +3,7 @@ built module by tests/test_stubs.py (mypy.stubtest)."""
 
 from typing import Any, Literal, final, overload
 
-__all__ = ["Hub", "Port", "SharedLock", "MAX_TAG", "__version__", "die_with_parent", "forget_inherited_watch", "release_idle_watch", "pack_numbers", "unpack_numbers", "dumps_flat", "fold", "slow_path_if_fast", "forget_lock_ids", "Channel", "Mailbox", "PostOffice", "SyncValue", "Arena", "ArenaBuffer", "SharedSemaphore", "SharedEvent", "SharedCondvar", "SharedBarrier", "Expression", "expression_names", "cuda_missing", "cuda_device_count", "DeviceBuffer", "cuda_copy", "cuda_compile", "cuda_compile_cubin", "cuda_pointer_device", "cuda_wait_stream"]
+__all__ = ["Hub", "Port", "SharedLock", "MAX_TAG", "__version__", "die_with_parent", "forget_inherited_watch", "release_idle_watch", "pack_numbers", "unpack_numbers", "dumps_flat", "fold", "slow_path_if_fast", "forget_lock_ids", "Channel", "Mailbox", "PostOffice", "SyncValue", "Arena", "ArenaBuffer", "SharedSemaphore", "SharedEvent", "SharedCondvar", "SharedBarrier", "Expression", "expression_names", "cuda_missing", "cuda_device_count", "set_expression_threads", "expression_threads", "DeviceBuffer", "cuda_copy", "cuda_compile", "cuda_compile_cubin", "cuda_pointer_device", "cuda_wait_stream"]
 
 MAX_TAG: int
 __version__: str

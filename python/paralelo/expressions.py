@@ -173,8 +173,9 @@ def _widened(dt: Any) -> str:
         return "float32" if size <= 4 else "float64"
     if dt.kind == "c":
         return "complex128"
-    if dt.kind == "S":  # (numexpr computes on byte strings with byte strings alone)
-        raise TypeError(f"strings can only be operated with strings: paralelo.evaluate takes no {dt} arrays")
+    if dt.kind == "S":  # (a TypeError, as numexpr's when strings meet numbers)
+        raise TypeError(f"paralelo.evaluate takes no byte-string arrays ({dt}): numexpr's string comparisons "
+                        f"are not supported")
     raise ValueError(f"unknown type {dt}: paralelo.evaluate has no kernels for {dt} arrays")  # (as numexpr)
 
 
@@ -458,8 +459,7 @@ def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, ca
         out_strides = (0,) * len(iteration)
     else:
         out_strides = run_on.strides + (0,)
-    # (each dtype's kind was looked up already, by `_as_kernels_take`)
-    inputs = [(v, k, _kinds[v.dtype][1]) for v, k in zip(views, kinds)]
+    inputs = [(v, k, _kind_of(np, v.dtype)[1]) for v, k in zip(views, kinds)]
     compiled.run_arrays(inputs, list(iteration), (target, compiled.out, out_strides))
     if out is not None and target is not out:
         np.copyto(out, target, casting="unsafe")

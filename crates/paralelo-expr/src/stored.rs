@@ -52,6 +52,17 @@ impl Stored {
         }
     }
 
+    /// Bytes an element stored so takes, read as `kind`.
+    pub fn size(self, kind: DType) -> usize {
+        match self.elem {
+            Elem::Kind => kind.size(),
+            Elem::I8 | Elem::U8 => 1,
+            Elem::I16 | Elem::U16 | Elem::F16 => 2,
+            Elem::U32 => 4,
+            Elem::U64 | Elem::C64 => 8,
+        }
+    }
+
     /// Whether elements are read as they are (no conversion, native order).
     pub fn is_kind(self) -> bool {
         self == Stored::default()

@@ -116,8 +116,9 @@ impl Typer<'_> {
                 let (arg, axis) = reduction_arguments(func, args, kwargs)?;
                 let node = self.node(arg)?;
                 let node = match node {
-                    // (a constant has no axis to reduce along)
-                    Node::Const(_) if axis.is_some() => {
+                    // (a number written there has no axis to reduce along; a constant
+                    // folded from an expression is reduced to itself, as in numexpr)
+                    Node::Const(_) if axis.is_some() && matches!(arg, Expr::Literal(_)) => {
                         return Err(ExprError::Value("reduction axis is out of bounds".into()))
                     }
                     // (numexpr reduces a constant to itself)

@@ -143,8 +143,17 @@ impl Expression {
         let inputs = inputs
             .iter()
             .map(|(array, kind, how)| {
-                let (addr, strides) = address_and_strides(array)?;
-                stored.push(how.as_deref().map_or(Ok(Stored::default()), stored_as)?);
+                let (addr, strides, size) = address_and_strides(array)?;
+                let how = how.as_deref().map_or(Ok(Stored::default()), stored_as)?;
+                // (what the engine reads must be what the buffer holds)
+                let want = how.size(dtype(kind)?);
+                if let Some(size) = size.filter(|size| *size != want) {
+                    return Err(PyValueError::new_err(format!(
+                        "an input's elements are {size} bytes, not the {want} of {kind} stored as \
+                         {how:?}"
+                    )));
+                }
+                stored.push(how);
                 Ok((addr, kind.clone(), strides))
             })
             .collect::<PyResult<Vec<Described>>>()?;
@@ -214,16 +223,18 @@ fn stored_as(code: &str) -> PyResult<Stored> {
 
 /// `array`'s first element's address and its strides in bytes, read through the buffer
 /// protocol (reading `__array_interface__` cost a 100-element call 1.3 µs an array), or
-/// through its interface where it exports no strided buffer (a 0-d array).
-fn address_and_strides(array: &Bound<'_, PyAny>) -> PyResult<(usize, Vec<isize>)> {
+/// through its interface where it exports no strided buffer (a 0-d array); with its
+/// elements' size where the buffer tells it.
+fn address_and_strides(array: &Bound<'_, PyAny>) -> PyResult<(usize, Vec<isize>, Option<usize>)> {
     if let Ok(buffer) = PyUntypedBuffer::get(array) {
-        return Ok((buffer.buf_ptr() as usize, buffer.strides().to_vec()));
+        let size = Some(buffer.item_size());
+        return Ok((buffer.buf_ptr() as usize, buffer.strides().to_vec(), size));
     }
     let (address, _): (usize, bool) = array
         .getattr("__array_interface__")?
         .get_item("data")?
         .extract()?;
-    Ok((address, array.getattr("strides")?.extract()?))
+    Ok((address, array.getattr("strides")?.extract()?, None))
 }
 
 /// The engine's view of described arrays.
