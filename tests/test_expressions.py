@@ -349,6 +349,68 @@ def test_numexprs_thread_variables_are_honoured():
         assert done.stdout.split() == want.split(), done.stderr
 
 
+def test_thread_counts_are_bounded_and_switching_them_leaves_no_threads_behind():
+    isolated("""
+        import os, time, warnings
+        def engine_threads():
+            names = [open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task")]
+            return sum(n.startswith("paralelo-expr") for n in names)
+        for bad in (3000, 2**63):
+            try:
+                paralelo.set_num_threads(bad)
+                raise AssertionError("accepted")
+            except ValueError as e:
+                assert "NUMEXPR_MAX_THREADS" in str(e)
+        x = np.random.default_rng(0).random(2_000_000)
+        first = paralelo.evaluate("sum(x * x)")
+        for n in range(1, 9):
+            paralelo.set_num_threads(n)
+            assert paralelo.evaluate("sum(x * x)") == first
+        paralelo.set_num_threads(2)
+        paralelo.evaluate("sum(x * x)")
+        deadline = time.monotonic() + 10
+        while engine_threads() > 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine_threads() == 2, engine_threads()
+        # A forked worker reads its own environment at its first call (joblib's
+        # OMP_NUM_THREADS=1), whatever its parent ran on.
+        pid = os.fork()
+        if pid == 0:
+            os.environ["OMP_NUM_THREADS"] = "1"
+            paralelo.evaluate("sum(x * x)")
+            os._exit(paralelo.get_num_threads())
+        assert os.waitpid(pid, 0)[1] >> 8 == 1
+        assert paralelo.get_num_threads() == 2
+    """)
+
+
+def test_a_bad_thread_variable_is_ignored_with_a_warning():
+    import os
+    import subprocess
+    import sys
+
+    script = "import paralelo; print(paralelo.evaluate('1 + 1'), paralelo.get_num_threads() >= 1)"
+    for value in ("0", "-1", "abc"):
+        done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": value},
+                              capture_output=True, text=True, timeout=60)
+        assert done.stdout.split() == ["2", "True"] and "OMP_NUM_THREADS" in done.stderr, done.stderr
+
+
+def test_re_evaluate_after_a_refused_validate_raises_its_error():
+    a, u, f = np.ones(3), np.array([2**63 + 5], np.uint64), np.ones(1)  # noqa: F841 - read by name
+    paralelo.evaluate("a + 1")
+    assert isinstance(paralelo.validate("u * f"), TypeError)
+    with pytest.raises(TypeError):
+        paralelo.re_evaluate()
+
+
+def test_sign_of_negative_zero_is_zero_as_numpys():
+    x = np.array([-0.0, 0.0, -2.0, 3.0, np.nan])
+    ours = paralelo.evaluate("sign(x)")
+    np.testing.assert_array_equal(ours, np.sign(x))
+    assert not np.signbit(ours[0])
+
+
 def test_bad_options_raise_what_numexpr_raises():
     x = KINDS["d"]
     for kwargs in ({"foo": 1}, {"optimization": "max"}, {"truediv": 3}):

@@ -72,6 +72,9 @@ class _Last(threading.local):
     compiled: Any = None
     names: list[str] = []
     kwargs: dict = {}
+    #: What the last `validate` refused, raised by `re_evaluate` (not the expression
+    #: before it, run again).
+    refused: Exception | None = None
 
 
 _last = _Last()
@@ -236,6 +239,8 @@ def _values(np: Any, names: list[str], local_dict: Any, global_dict: Any, device
 def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, casting: str, sanitize: Any,
              kwargs: dict, depth: int, device: int | None = None) -> tuple:
     np = _numpy()
+    if _threads_set_in != os.getpid():
+        _threads_from_environment()
     if sanitize is None:
         sanitize = _SANITIZE
     context = _context(kwargs) if kwargs else _DEFAULTS
@@ -281,6 +286,7 @@ def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     compiled, names, arrays, kinds, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
                                                        kwargs, _frames_up(_frame_depth, 3) + 1, on)
     _last.compiled, _last.names, _last.kwargs = compiled, names, dict(options, device=on, returns=returns)
+    _last.refused = None
     return _dispatch(compiled, arrays, kinds, options, on, returns)
 
 
@@ -329,26 +335,41 @@ def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
         compiled, names, _, _, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
                                                   kwargs, _frames_up(_frame_depth, 2) + 1, on)
     except Exception as e:  # noqa: BLE001 - returned, as numexpr's validate does
+        _last.compiled, _last.refused = None, e
         return e
     _last.compiled, _last.names, _last.kwargs = compiled, names, dict(options, device=on, returns=returns)
+    _last.refused = None
     return None
 
 
 def set_num_threads(nthreads: int) -> int:
     """Runs `evaluate` on `nthreads` threads from now on; returns how many it ran on
-    (numexpr's ``set_num_threads``). By default, one per CPU this process may run on
-    (``NUMEXPR_NUM_THREADS`` or ``OMP_NUM_THREADS`` set at import say otherwise, as for
-    numexpr)."""
+    (numexpr's ``set_num_threads``). By default, one per CPU this process may run on;
+    ``NUMEXPR_NUM_THREADS`` or ``OMP_NUM_THREADS`` say otherwise, read in each process
+    at its first `evaluate`, as numexpr reads them at import. At most
+    ``NUMEXPR_MAX_THREADS`` (64, or the CPUs where there are more)."""
     import operator
 
     n = operator.index(nthreads)
     if n < 1:
         raise ValueError(f"the number of threads must be at least 1, not {n}")
+    most = _most_threads()
+    if n > most:
+        raise ValueError(f"at most {most} threads (NUMEXPR_MAX_THREADS), not {n}")
+    global _threads_set_in
+    _threads_set_in = os.getpid()  # (set here: the environment no longer decides)
     return _native.set_expression_threads(n)
+
+
+def _most_threads() -> int:
+    value = os.environ.get("NUMEXPR_MAX_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else max(64, os.cpu_count() or 1)
 
 
 def get_num_threads() -> int:
     """How many threads `evaluate` runs on (numexpr's ``get_num_threads``)."""
+    if _threads_set_in != os.getpid():
+        _threads_from_environment()
     return _native.expression_threads()
 
 
@@ -361,18 +382,24 @@ def detect_number_of_cores() -> int:
 ncores = detect_number_of_cores()
 
 
+#: The process whose environment set the threads (a forked worker reads its own: a
+#: joblib worker's OMP_NUM_THREADS=1, whatever its parent ran on).
+_threads_set_in = 0
+
+
 def _threads_from_environment() -> None:
+    global _threads_set_in
+    _threads_set_in = os.getpid()
     for name in ("NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(name, "").strip()
         if value:
             try:
                 set_num_threads(int(value))
-            except ValueError as e:
-                raise ValueError(f"{name}={value!r}: {e}") from None
+            except (ValueError, TypeError) as e:
+                import warnings
+
+                warnings.warn(f"{name}={value!r} ignored: {e}", RuntimeWarning, stacklevel=3)
             return
-
-
-_threads_from_environment()
 
 
 def cuda_available() -> bool:
@@ -391,6 +418,8 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
     """Evaluates again the expression this thread last evaluated or validated, with the
     operands' current values (numexpr's ``re_evaluate``)."""
     if _last.compiled is None:
+        if _last.refused is not None:
+            raise _last.refused
         raise RuntimeError("A previous evaluate() execution was not found, please call `validate` or `evaluate` "
                            "once before `re_evaluate`")
     np = _numpy()

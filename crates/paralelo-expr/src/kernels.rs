@@ -317,8 +317,10 @@ macro_rules! real {
                             1.0
                         } else if self < 0.0 {
                             -1.0
+                        } else if self == 0.0 {
+                            0.0 // (-0.0 too, as numpy's)
                         } else {
-                            self // (0 and NaN as they are)
+                            self // (NaN)
                         }
                     }
                     Func::Real | Func::Copy | Func::Conj => self,

@@ -3,42 +3,59 @@
 //! parallel call would wait on them for ever (a pool's worker calling `evaluate` after
 //! its parent did); a pool made by another process is left alone and a new one made.
 //! Its size is one thread per CPU the process may run on unless set (`set_threads`,
-//! numexpr's `set_num_threads`); a pool of each size asked for is made once and kept,
-//! so that a caller switching sizes back and forth starts no threads each time.
+//! numexpr's `set_num_threads`). A pool replaced by one of another size ends its
+//! threads once the calls running on it return.
 
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-static OWNER: AtomicU32 = AtomicU32::new(0);
-static POOL: AtomicPtr<rayon::ThreadPool> = AtomicPtr::new(std::ptr::null_mut());
+use arc_swap::ArcSwapOption;
+
+/// The current pool, the process that made it and the size asked for.
+struct Current {
+    pid: u32,
+    want: usize,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+static CURRENT: ArcSwapOption<Current> = ArcSwapOption::const_empty();
 /// Threads asked for; 0 for one per CPU.
 static WANT: AtomicUsize = AtomicUsize::new(0);
-/// Pools made, by the process that made them and the size asked for.
-static MADE: Mutex<Vec<(u32, usize, &'static rayon::ThreadPool)>> = Mutex::new(Vec::new());
 
-/// This process's pool, made on first use.
-pub fn threads() -> &'static rayon::ThreadPool {
-    let me = std::process::id();
-    let current = POOL.load(Ordering::Acquire);
-    if OWNER.load(Ordering::Acquire) == me && !current.is_null() {
-        // SAFETY: a pool stored by this process is one of `MADE`'s, leaked: it lives for
-        // ever.
-        return unsafe { &*current };
+/// This process's pool, made on first use and anew after its size is set.
+pub fn threads() -> Arc<rayon::ThreadPool> {
+    let (me, want) = (std::process::id(), WANT.load(Ordering::Acquire));
+    if let Some(current) = &*CURRENT.load() {
+        if current.pid == me && current.want == want {
+            return current.pool.clone();
+        }
     }
-    let want = WANT.load(Ordering::Acquire);
-    let pool = made(me, want);
-    // (two threads racing here store the same pool, or one of two sizes being set)
-    POOL.store(pool as *const _ as *mut _, Ordering::Release);
-    OWNER.store(me, Ordering::Release);
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(want)
+            .thread_name(|i| format!("paralelo-expr-{i}"))
+            .build()
+            .expect("cannot start the expression engine's threads"),
+    );
+    let made = Arc::new(Current {
+        pid: me,
+        want,
+        pool: pool.clone(),
+    });
+    if let Some(old) = CURRENT.swap(Some(made)) {
+        if old.pid != me {
+            // (a parent's, before a fork: its threads are not ours to end, nor its memory
+            // ours to free under them)
+            std::mem::forget(old);
+        }
+    }
     pool
 }
 
-/// Runs expressions on `n` threads from now on (0: one per CPU); the number it ran on.
+/// Runs expressions on `n` threads from now on (0: one per CPU); the number they ran on.
 pub fn set_threads(n: usize) -> usize {
     let before = current_threads();
     WANT.store(n, Ordering::Release);
-    // (made, or taken again from `MADE`, when next needed)
-    POOL.store(std::ptr::null_mut(), Ordering::Release);
     before
 }
 
@@ -53,29 +70,4 @@ pub fn current_threads() -> usize {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         n => n,
     }
-}
-
-/// The pool of `want` threads this process made, made now if there is none: leaked, as
-/// a pool another process made (before a fork) is never dropped here, its threads not
-/// being ours.
-fn made(me: u32, want: usize) -> &'static rayon::ThreadPool {
-    // (Tried, not waited for: a child forked while another of its parent's threads held
-    // the list would wait for ever. Whoever fails to take it makes a pool uncounted.)
-    let mut made = MADE.try_lock().ok();
-    if let Some(made) = &made {
-        if let Some((_, _, pool)) = made.iter().find(|(pid, n, _)| *pid == me && *n == want) {
-            return pool;
-        }
-    }
-    let pool: &'static rayon::ThreadPool = Box::leak(Box::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(want)
-            .thread_name(|i| format!("paralelo-expr-{i}"))
-            .build()
-            .expect("cannot start the expression engine's threads"),
-    ));
-    if let Some(made) = &mut made {
-        made.push((me, want, pool));
-    }
-    pool
 }
