@@ -404,6 +404,20 @@ def test_re_evaluate_after_a_refused_validate_raises_its_error():
         paralelo.re_evaluate()
 
 
+def test_a_whole_reduction_walks_fortran_inputs_in_their_memory_order():
+    rng = np.random.default_rng(5)
+    v = np.asfortranarray(rng.random((300, 700)))
+    w = np.asfortranarray(rng.random((300, 700)))
+    for ex in ("sum(v * w)", "prod(v / w + 0.5)", "max(v - w)", "min(v)"):
+        ours = paralelo.evaluate(ex, local_dict={"v": v, "w": w})
+        # (bit for bit the reduction of the same memory seen in C's order)
+        np.testing.assert_array_equal(ours, paralelo.evaluate(ex, local_dict={"v": v.T, "w": w.T}))
+        np.testing.assert_allclose(ours, ne.evaluate(ex, local_dict={"v": v, "w": w}), rtol=1e-12)
+    mixed = {"v": v, "c": np.ascontiguousarray(w)}
+    np.testing.assert_allclose(paralelo.evaluate("sum(v * c)", local_dict=mixed),
+                               ne.evaluate("sum(v * c)", local_dict=mixed), rtol=1e-12)
+
+
 def test_sign_of_negative_zero_is_zero_as_numpys():
     x = np.array([-0.0, 0.0, -2.0, 3.0, np.nan])
     ours = paralelo.evaluate("sign(x)")

@@ -476,6 +476,10 @@ def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, ca
         if 0 in shape:
             return _empty_reduction(np, name, out_shape, result_dtype, out, casting)
     fortran = keeps_fortran(arrays, order, len(out_shape))
+    if reduction is not None and reduction[1] is None and keeps_fortran(arrays, "K", ndim):
+        # (a whole reduction walks Fortran-ordered inputs in their memory order: their
+        # dimensions then merge into one; in C's order each element was a stride away)
+        views = [v.T for v in views]
     target = _target(np, out, out_shape, result_dtype, casting, arrays, fortran)
     # (an elementwise program walks a Fortran-ordered result transposed, so that its inner
     # loop runs along memory; a reduction writes through the result's strides as they are)
