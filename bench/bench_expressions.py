@@ -11,7 +11,9 @@ faster": above 1 means paralelo is faster). A case's memory floor is the time it
 take to move (inputs read once, the output written once and, as any plain store does,
 read first) at the speed a copy of 10 M doubles on every core moves them in the same
 turns (numba's `prange`; `np.copyto`, one core, without numba); its "x faster" is the
-share of it paralelo reaches, near 1 for a case bound by memory. On a GPU (`--gpu`, with cupy), `sum(x*x)` on a cupy array is
+share of it paralelo reaches, near 1 for a case bound by memory. Then shapes and
+dtypes as data comes, beside numexpr: (N, 3) points, a Fortran-ordered matrix, a uint8
+image. On a GPU (`--gpu`, with cupy), `sum(x*x)` on a cupy array is
 timed beside cupy's own, and as a share of the device's memory bandwidth measured in the
 same run (a device-to-device copy of the same array: bytes read and written per second).
 """
@@ -189,6 +191,22 @@ def main() -> None:
             rows.append((f"{ex}, out=", "numexpr", f"{ours * 1e3:.2f}", f"{theirs * 1e3:.2f}", f"{theirs / ours:.2f}"))
             operands = (a, b) if out is o else (a32, b32, c32)
             rows.append(floor_row(f"{ex}, out=", ours, timed["copy"], operands, out))
+    # Shapes and dtypes as data comes: (N, 3) points scaled per axis and summed per point,
+    # a Fortran-ordered matrix, a uint8 image (converted as read, never copied whole).
+    points, scale = a[: n // 3 * 3].reshape(-1, 3), np.array([1.0, 2.0, 3.0])
+    shaped = {
+        "p * s, (N, 3) * (3,)": ("p * s", {"p": points, "s": scale}),
+        "sum(p, axis=1), (N, 3)": ("sum(p, axis=1)", {"p": points}),
+        "sum(f * f), Fortran (N/1000, 1000)": ("sum(f * f)", {"f": np.asfortranarray(a[: n // 1000 * 1000].reshape(-1, 1000))}),
+        "sum(where(img > 100, 1, 0)), uint8": ("sum(where(img > 100, 1, 0))",
+                                               {"img": (a * 255).astype(np.uint8)}),
+    }
+    if ne is not None:
+        for title, (ex, data) in shaped.items():
+            timed = race({"paralelo": lambda: paralelo.evaluate(ex, local_dict=data),
+                          "numexpr": lambda: ne.evaluate(ex, local_dict=data)}, runs)
+            ours, theirs = timed["paralelo"], timed["numexpr"]
+            rows.append((title, "numexpr", f"{ours * 1e3:.2f}", f"{theirs * 1e3:.2f}", f"{theirs / ours:.2f}"))
     # The cost of a call on small arrays (µs): mostly Python, each side.
     small = {"a": a[:100].copy(), "b": b[:100].copy()}
     if ne is not None:

@@ -204,20 +204,8 @@ def test_order_takes_numpys_letters_in_either_case():
         assert r.flags.f_contiguous == (order == "f")
 
 
-def test_a_functions_deleted_arrays_are_not_kept_alive_by_its_frame():
-    import gc
-    import weakref
-
-    def work():
-        a = np.ones(10)
-        gone = weakref.ref(a)
-        paralelo.evaluate("a * 2")
-        del a
-        gc.collect()
-        return gone() is None
-
-    assert work()
-
+def test_a_class_bodys_namespace_is_not_emptied_as_a_functions_frame_is():
+    # (a function's own arrays, dropped: the __main__ script beside numexpr below)
     class Body:  # (a class body's namespace is the real one: left alone)
         y = np.arange(3.0)
         z = paralelo.evaluate("y * 2")
@@ -353,8 +341,13 @@ def test_thread_counts_are_bounded_and_switching_them_leaves_no_threads_behind()
     isolated("""
         import os, time, warnings
         def engine_threads():
-            names = [open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task")]
-            return sum(n.startswith("paralelo-expr") for n in names)
+            count = 0
+            for t in os.listdir("/proc/self/task"):
+                try:
+                    count += open(f"/proc/self/task/{t}/comm").read().startswith("paralelo-expr")
+                except FileNotFoundError:
+                    pass  # (a thread ending as it is counted)
+            return count
         for bad in (3000, 2**63):
             try:
                 paralelo.set_num_threads(bad)
@@ -937,6 +930,50 @@ def test_a_script_looping_over_large_results_gets_numexprs(tmp_path):
         evaluate("row * 2", local_dict={"row": np.arange(4.0)}, out=grid)
         if __name__ == "__main__":
             print(repr([h.tolist() for h in heads]), repr(float(kept.sum())), grid.tolist())
+    """), libs=("paralelo", "numexpr"), timeout=60)
+    assert ours == theirs
+
+
+def test_a_script_on_points_images_and_big_constants_gets_numexprs(tmp_path):
+    # As users write one: numpy first, logging on, functions in __main__ that drop their
+    # arrays, the thread settings, (N, 3) points, a uint8 image, a constant past 2**64,
+    # validate then re_evaluate.
+    ours, theirs = side_by_side(tmp_path, textwrap.dedent("""
+        import gc, logging, sys, weakref
+        import numpy as np
+        logging.basicConfig(level=logging.INFO)
+        if sys.argv[1] == "paralelo":
+            import paralelo as ne
+        else:
+            import numexpr as ne
+
+        def scaled_norms(points, scale):
+            return ne.evaluate("sum((p * s)**2, axis=1)", local_dict={"p": points, "s": scale})
+
+        def bright(img):
+            return int(ne.evaluate("sum(where(img > 100, 1, 0))"))
+
+        def dropped():
+            a = np.ones(1000)
+            gone = weakref.ref(a)
+            ne.evaluate("a * 2")
+            del a
+            gc.collect()
+            return gone() is None
+
+        if __name__ == "__main__":
+            rng = np.random.default_rng(1)
+            before = ne.set_num_threads(1)
+            pts = rng.random((300_000, 3))
+            norms = scaled_norms(pts, np.array([1.0, 2.0, 3.0]))
+            img = (rng.random(3_000_000) * 255).astype(np.uint8)
+            x = rng.random(5)
+            big = ne.evaluate("x + 18446744073709551616")
+            ne.validate("x * 2")
+            x = x + 1
+            again = ne.re_evaluate()
+            print(ne.get_num_threads(), ne.ncores > 0, norms[:3].round(12).tolist(), bright(img),
+                  big.tolist(), again.tolist(), dropped())
     """), libs=("paralelo", "numexpr"), timeout=60)
     assert ours == theirs
 

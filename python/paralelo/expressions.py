@@ -30,6 +30,7 @@ never passed to Python's ``eval``, whatever ``sanitize`` says.
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import sys
@@ -51,15 +52,20 @@ _CASTINGS = ("no", "equiv", "safe", "same_kind", "unsafe")
 _CACHE_SIZE = 256
 
 _lock = threading.Lock()
+#: Whether this process's threads were set, or read from its environment: a forked
+#: worker reads its own (a joblib worker's OMP_NUM_THREADS=1), whatever its parent ran on.
+_threads_read = False
 
 
-def _renew_lock() -> None:
-    # A forked child must not inherit the lock held (another thread compiling at the fork).
-    global _lock
+def _after_fork() -> None:
+    # A forked child must not inherit the lock held (another thread compiling at the
+    # fork), and reads its own environment for its threads.
+    global _lock, _threads_read
     _lock = threading.Lock()
+    _threads_read = False
 
 
-os.register_at_fork(after_in_child=_renew_lock)
+os.register_at_fork(after_in_child=_after_fork)
 #: numexpr's NUMEXPR_SANITIZE, read when the module is imported, as numexpr documents it.
 _SANITIZE = os.environ.get("NUMEXPR_SANITIZE", "1") != "0"
 _names: OrderedDict[tuple, list[str]] = OrderedDict()
@@ -128,23 +134,24 @@ def _parsed_names(ex: str, sanitize: bool) -> list[str]:
 _kinds: dict[Any, tuple[str, str | None]] = {}
 
 
-def _as_kernels_take(np: Any, arrays: list, casting: str, convert: bool) -> list[str]:
+def _as_kernels_take(np: Any, arrays: list, casting: str, convert: bool) -> tuple[list[str], list[str | None]]:
     """The kernel kind of each array, as numexpr widens dtypes it lacks, which `casting`
-    must allow (as numexpr casts its inputs: uint64 to int64 is not 'safe'). With
-    `convert` (for a device), an array of such a dtype, or not in native byte order, is
-    replaced in `arrays` by its conversion; the CPU converts a block at a time as it
-    reads (given each array's numpy type string: `_kind_of`)."""
-    kinds = []
+    must allow (as numexpr casts its inputs: uint64 to int64 is not 'safe'), and how the
+    engine reads it: None as it is, else its numpy type string ('|u1', '>f8') for the
+    engine to convert a block at a time. With `convert` (for a device), or for a type the
+    engine does not read, the array is replaced in `arrays` by its conversion instead."""
+    kinds, stored = [], []
     for i, a in enumerate(arrays):
-        kind, stored = _kind_of(np, a.dtype)
-        kinds.append(kind)
-        if stored is not None:
+        kind, how = _kind_of(np, a.dtype)
+        if how is not None:
             if not np.can_cast(a.dtype, kind, casting):
                 raise TypeError(f"Cannot cast array data from {a.dtype!r} to {np.dtype(kind)!r} according to the "
                                 f"rule {casting!r}")
-            if convert or stored == _ASTYPE:
-                arrays[i] = a.astype(kind)
-    return kinds
+            if convert or how == _ASTYPE:
+                arrays[i], how = a.astype(kind), None
+        kinds.append(kind)
+        stored.append(how)
+    return kinds, stored
 
 
 
@@ -239,7 +246,7 @@ def _values(np: Any, names: list[str], local_dict: Any, global_dict: Any, device
 def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, casting: str, sanitize: Any,
              kwargs: dict, depth: int, device: int | None = None) -> tuple:
     np = _numpy()
-    if _threads_set_in != os.getpid():
+    if not _threads_read:
         _threads_from_environment()
     if sanitize is None:
         sanitize = _SANITIZE
@@ -252,9 +259,9 @@ def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, c
         raise ValueError(f"casting must be one of {_CASTINGS}, not {casting!r}")
     names = _names_of(ex, bool(sanitize))
     arrays = _arguments(np, names, local_dict, global_dict, depth + 1, device)
-    kinds = _as_kernels_take(np, arrays, casting, device is not None)
+    kinds, stored = _as_kernels_take(np, arrays, casting, device is not None)
     compiled = _compile(ex, names, kinds, context["optimization"])
-    return compiled, names, arrays, kinds, {"out": out, "order": order, "casting": casting}
+    return compiled, names, arrays, kinds, stored, {"out": out, "order": order, "casting": casting}
 
 
 def _compile(ex: str, names: list[str], kinds: list[str], optimization: str) -> Any:
@@ -283,11 +290,11 @@ def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     torch, anything with ``__cuda_array_interface__``: read in place). `returns`:
     'numpy' or 'device'; by default a device array when an input is one, else numpy."""
     on = None if device == "cpu" else _device_ordinal(device)
-    compiled, names, arrays, kinds, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
+    compiled, names, arrays, kinds, stored, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
                                                        kwargs, _frames_up(_frame_depth, 3) + 1, on)
     _last.compiled, _last.names, _last.kwargs = compiled, names, dict(options, device=on, returns=returns)
     _last.refused = None
-    return _dispatch(compiled, arrays, kinds, options, on, returns)
+    return _dispatch(compiled, arrays, kinds, stored, options, on, returns)
 
 
 def _frames_up(depth: int, caller: int) -> int:
@@ -310,13 +317,13 @@ def _check_returns(returns: Any) -> None:
         raise ValueError(f"returns must be 'numpy' or 'device', not {returns!r}")
 
 
-def _dispatch(compiled: Any, arrays: list, kinds: list[str], options: dict, device: int | None,
-              returns: str | None) -> Any:
+def _dispatch(compiled: Any, arrays: list, kinds: list[str], stored: list[str | None], options: dict,
+              device: int | None, returns: str | None) -> Any:
     _check_returns(returns)
     if device is None:
         if returns not in (None, "numpy"):
             raise ValueError(f"returns={returns!r} needs a device: device='cuda'")
-        return _run(compiled, arrays, kinds, **options)
+        return _run(compiled, arrays, kinds, stored, **options)
     from . import _device
 
     return _device.run(_numpy(), compiled, arrays, kinds, returns=returns, device=device, **options)
@@ -332,7 +339,7 @@ def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
         on = None if device == "cpu" else _device_ordinal(device)
         if on is None and returns == "device":
             raise ValueError("returns='device' needs a device: device='cuda'")
-        compiled, names, _, _, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
+        compiled, names, _, _, _, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
                                                   kwargs, _frames_up(_frame_depth, 2) + 1, on)
     except Exception as e:  # noqa: BLE001 - returned, as numexpr's validate does
         _last.compiled, _last.refused = None, e
@@ -348,16 +355,14 @@ def set_num_threads(nthreads: int) -> int:
     ``NUMEXPR_NUM_THREADS`` or ``OMP_NUM_THREADS`` say otherwise, read in each process
     at its first `evaluate`, as numexpr reads them at import. At most
     ``NUMEXPR_MAX_THREADS`` (64, or the CPUs where there are more)."""
-    import operator
-
     n = operator.index(nthreads)
     if n < 1:
         raise ValueError(f"the number of threads must be at least 1, not {n}")
     most = _most_threads()
     if n > most:
         raise ValueError(f"at most {most} threads (NUMEXPR_MAX_THREADS), not {n}")
-    global _threads_set_in
-    _threads_set_in = os.getpid()  # (set here: the environment no longer decides)
+    global _threads_read
+    _threads_read = True  # (set here: the environment no longer decides)
     return _native.set_expression_threads(n)
 
 
@@ -368,7 +373,7 @@ def _most_threads() -> int:
 
 def get_num_threads() -> int:
     """How many threads `evaluate` runs on (numexpr's ``get_num_threads``)."""
-    if _threads_set_in != os.getpid():
+    if not _threads_read:
         _threads_from_environment()
     return _native.expression_threads()
 
@@ -382,14 +387,9 @@ def detect_number_of_cores() -> int:
 ncores = detect_number_of_cores()
 
 
-#: The process whose environment set the threads (a forked worker reads its own: a
-#: joblib worker's OMP_NUM_THREADS=1, whatever its parent ran on).
-_threads_set_in = 0
-
-
 def _threads_from_environment() -> None:
-    global _threads_set_in
-    _threads_set_in = os.getpid()
+    global _threads_read
+    _threads_read = True
     for name in ("NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(name, "").strip()
         if value:
@@ -426,7 +426,7 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
     options = dict(_last.kwargs)
     device, returns = options.pop("device"), options.pop("returns")
     arrays = _arguments(np, _last.names, local_dict, global_dict, _frames_up(_frame_depth, 2) + 1, device)
-    kinds = _as_kernels_take(np, arrays, options["casting"], device is not None)
+    kinds, stored = _as_kernels_take(np, arrays, options["casting"], device is not None)
     compiled_for = _last.compiled.kinds
     if kinds != compiled_for:
         # The program stays as compiled: inputs of other dtypes are cast to its own under
@@ -437,13 +437,15 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
                 if not np.can_cast(have, want, casting=casting):
                     raise TypeError(f"Cannot cast array data from dtype('{have}') to dtype('{want}') according to "
                                     f"the rule '{casting}'")
-                arrays[i] = arrays[i].astype(want)
+                arrays[i], stored[i] = arrays[i].astype(want), None
         kinds = list(compiled_for)
-    return _dispatch(_last.compiled, arrays, kinds, options, device, returns)
+    return _dispatch(_last.compiled, arrays, kinds, stored, options, device, returns)
 
 
-def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, casting: str) -> Any:
-    """Runs `compiled` over `arrays` (of the kernel `kinds`: `_as_kernels_take`)."""
+def _run(compiled: Any, arrays: list, kinds: list[str], stored: list[str | None], out: Any, order: str,
+         casting: str) -> Any:
+    """Runs `compiled` over `arrays` (of the kernel `kinds`, read as `stored` says:
+    `_as_kernels_take`)."""
     np = _numpy()
     # An input the expression folded away (`where(1 > 0, 2, x)`) plays no part in the
     # shape, as in numexpr; it is passed as one element, never read.
@@ -492,8 +494,7 @@ def _run(compiled: Any, arrays: list, kinds: list[str], out: Any, order: str, ca
         out_strides = (0,) * len(iteration)
     else:
         out_strides = run_on.strides + (0,)
-    inputs = [(v, k, _kind_of(np, v.dtype)[1]) for v, k in zip(views, kinds)]
-    compiled.run_arrays(inputs, list(iteration), (target, compiled.out, out_strides))
+    compiled.run_arrays(list(zip(views, kinds, stored)), list(iteration), (target, compiled.out, out_strides))
     if out is not None and target is not out:
         np.copyto(out, target, casting="unsafe")
         return out

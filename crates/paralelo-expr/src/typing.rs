@@ -488,7 +488,8 @@ fn fold_func(f: Func, args: &[Literal]) -> Option<Node> {
             .any(|a| as_int(*a).is_some_and(|v| i64::try_from(v).is_err()))
         {
             // numpy works on Python ints past 64 bits: abs and sign give Python ints; the
-            // rest numexpr refuses (left to run, and refused there).
+            // real functions fold to floats (numexpr refuses them: numpy's object arrays),
+            // the rest is left to run, and refused there as an integer.
             return match f {
                 Func::Abs => v.checked_abs().map(|v| Node::Const(Literal::Int(v))),
                 Func::Sign => Some(Node::Const(Literal::Int(v.signum()))),
