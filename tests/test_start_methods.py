@@ -159,11 +159,11 @@ SHARED = HEAD + textwrap.dedent("""
             print(sorted(p.map(helper.use, [kind] * 2, chunksize=1)))
             got = sorted(reader.get(timeout=10) if kind == "queue" else reader.recv() for _ in range(2))
             print(got)
-            print(p.map(helper.touch, [seg.name] * 2, chunksize=1))
+            print(p.starmap(helper.touch, [(seg.name, 0), (seg.name, 1)], chunksize=1))
         # The workers' exits leave the parent's segment alone (they share its resource
         # tracker, as spawned children do).
         again = shared_memory.SharedMemory(name=seg.name)
-        print("segment", again.buf[0])
+        print("segment", again.buf[0] + again.buf[1])
         again.close()
         seg.close()
         seg.unlink()
@@ -178,9 +178,10 @@ HELPER = textwrap.dedent("""
     def use(kind):
         (HELD.put if kind == "queue" else HELD.send)(kind)
         return "sent"
-    def touch(name):
+    def touch(name, i):
+        # (a byte each: two workers adding to one byte at once may both read 0)
         s = shared_memory.SharedMemory(name=name)
-        s.buf[0] += 1
+        s.buf[i] = 1
         s.close()
         return "touched"
 """)
