@@ -978,6 +978,54 @@ def test_a_script_on_points_images_and_big_constants_gets_numexprs(tmp_path):
     assert ours == theirs
 
 
+def test_one_expression_called_again_follows_its_inputs_as_numexpr(tmp_path):
+    # A call like the last one takes a shorter path: it must still see each call's own
+    # inputs (another dtype, shape, layout, a scalar, a subclass), set what re_evaluate
+    # runs, and drop a function's arrays as the first call does.
+    ours, theirs = side_by_side(tmp_path, textwrap.dedent("""
+        import gc, sys, weakref
+        import numpy as np
+        if sys.argv[1] == "paralelo":
+            import paralelo as ne
+        else:
+            import numexpr as ne
+
+        def twice(a, b):
+            return ne.evaluate("2*a + b")
+
+        def sums(a):
+            return ne.evaluate("sum(a * 2, axis=1)"), ne.evaluate("sum(a * a)"), ne.evaluate("prod(a, axis=0)")
+
+        def dropped():
+            a = np.ones(1000)
+            gone = weakref.ref(a)
+            for _ in range(3):
+                ne.evaluate("a * 2")
+            del a
+            gc.collect()
+            return gone() is None
+
+        if __name__ == "__main__":
+            d = np.arange(6.0)
+            inputs = [(d, d), (d, d), (d.astype(np.float32), d.astype(np.float32)), (d, d.astype(np.int32)),
+                      (d.reshape(2, 3), d.reshape(2, 3)), (np.asfortranarray(d.reshape(2, 3)),) * 2,
+                      (d, 1.5), (np.float64(2.0), d), (np.array(3.0), np.array(1.0)), (d[:0], d[:0]),
+                      (np.ma.masked_array(d), d), (d[::2], d[1::2]), (d, d), (d.reshape(3, 2), d[:2])]
+            for a, b in inputs:
+                r = twice(a, b)
+                print(type(r).__name__, r.dtype, r.shape, r.flags.f_contiguous, np.asarray(r).tolist())
+            m = np.arange(1.0, 13.0).reshape(4, 3)
+            for a in (m, m, m.astype(np.int32), np.asfortranarray(m), m[::2], m[:, :2], m.T, m[None], m):
+                print([(r.dtype, r.shape, np.asarray(r).tolist()) for r in sums(a)])
+            x = d
+            ne.evaluate("x * 3")
+            ne.evaluate("x * 3")
+            x = d + 1
+            print(ne.re_evaluate().tolist(), dropped())
+    """), libs=("paralelo", "numexpr"), timeout=60)
+    assert ours == theirs
+
+
 def test_a_forked_child_evaluates_after_its_parent_did(tmp_path):
     # The parent's threads are not the child's: a pool worker (or any forked child)
     # evaluating after its parent did gets threads of its own instead of waiting for ever.

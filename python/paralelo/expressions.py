@@ -70,6 +70,12 @@ os.register_at_fork(after_in_child=_after_fork)
 _SANITIZE = os.environ.get("NUMEXPR_SANITIZE", "1") != "0"
 _names: OrderedDict[tuple, list[str]] = OrderedDict()
 _compiled: OrderedDict[tuple, Any] = OrderedDict()
+#: Per expression, its names and, per tuple of its inputs' dtypes, what the common call
+#: needs (`_quickly`): a program run over numpy arrays of one shape, each read as it is,
+#: into a new result, every option at its default.
+_quick: dict[str, tuple[list[str], dict[tuple, tuple]]] = {}
+#: What `re_evaluate` runs with after such a call.
+_QUICK_OPTIONS = {"out": None, "order": "K", "casting": "same_kind", "device": None, "returns": None}
 
 
 class _Last(threading.local):
@@ -93,11 +99,16 @@ _FORBIDDEN = re.compile(r"[;\[:]|(?<![\w])__\w+__(?![\w])|\.(?!(real|imag)\b)(?!
 
 
 def _numpy() -> Any:
+    global _np
     try:
         import numpy
     except ImportError:
         raise ImportError("paralelo.evaluate needs numpy: pip install numpy") from None
+    _np = numpy
     return numpy
+
+
+_np: Any = None
 
 
 def _cached(cache: OrderedDict, key: Any, make: Any) -> Any:
@@ -200,9 +211,9 @@ def _context(kwargs: dict) -> dict:
     return context
 
 
-def _arguments(np: Any, names: list[str], local_dict: Any, global_dict: Any, depth: int,
-               device: int | None = None) -> list:
-    """The operands, as numpy arrays (device arrays as `_device.Input`s for a device)."""
+def _looked_up(names: list[str], local_dict: Any, global_dict: Any, depth: int) -> list:
+    """The values `names` have: in `local_dict`, else `global_dict` (by default those of
+    the frame `depth` up)."""
     frame = sys._getframe(depth)
     # A function's f_locals (before Python 3.13) is a snapshot the frame keeps until it
     # returns: every array the function had, even one it deleted since, stays alive
@@ -213,19 +224,22 @@ def _arguments(np: Any, names: list[str], local_dict: Any, global_dict: Any, dep
     global_dict = frame.f_globals if global_dict is None else global_dict
     del frame
     try:
-        return _values(np, names, local_dict, global_dict, device)
+        values = []
+        for name in names:
+            try:
+                values.append(local_dict[name])
+            except KeyError:
+                values.append(global_dict[name])  # (KeyError naming it, as numexpr)
+        return values
     finally:
         if snapshot and type(local_dict) is dict:
             local_dict.clear()
 
 
-def _values(np: Any, names: list[str], local_dict: Any, global_dict: Any, device: int | None) -> list:
+def _values(np: Any, names: list[str], values: list, device: int | None) -> list:
+    """The operands, as numpy arrays (device arrays as `_device.Input`s for a device)."""
     out = []
-    for name in names:
-        try:
-            value = local_dict[name]
-        except KeyError:
-            value = global_dict[name]  # (KeyError naming it, as numexpr)
+    for name, value in zip(names, values):
         if device is not None and hasattr(value, "__cuda_array_interface__"):
             from ._device import Input
 
@@ -244,7 +258,7 @@ def _values(np: Any, names: list[str], local_dict: Any, global_dict: Any, device
 
 
 def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, casting: str, sanitize: Any,
-             kwargs: dict, depth: int, device: int | None = None) -> tuple:
+             kwargs: dict, depth: int, device: int | None = None, values: list | None = None) -> tuple:
     np = _numpy()
     if not _threads_read:
         _threads_from_environment()
@@ -258,7 +272,9 @@ def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, c
     if casting not in _CASTINGS:
         raise ValueError(f"casting must be one of {_CASTINGS}, not {casting!r}")
     names = _names_of(ex, bool(sanitize))
-    arrays = _arguments(np, names, local_dict, global_dict, depth + 1, device)
+    if values is None:
+        values = _looked_up(names, local_dict, global_dict, depth + 1)
+    arrays = _values(np, names, values, device)
     kinds, stored = _as_kernels_take(np, arrays, casting, device is not None)
     compiled = _compile(ex, names, kinds, context["optimization"])
     return compiled, names, arrays, kinds, stored, {"out": out, "order": order, "casting": casting}
@@ -289,12 +305,79 @@ def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     run it on that GPU. Inputs may then be numpy arrays (copied) or device arrays (cupy,
     torch, anything with ``__cuda_array_interface__``: read in place). `returns`:
     'numpy' or 'device'; by default a device array when an input is one, else numpy."""
+    values = None
+    common = (out is None and device == "cpu" and returns is None and not kwargs and sanitize is None
+              and order == "K" and casting == "same_kind" and _threads_read)
+    if common:
+        known = _quick.get(ex)
+        if known is not None:
+            values = _looked_up(known[0], local_dict, global_dict, _frames_up(_frame_depth, 3) + 1)
+            result = _quickly(ex, known, values)
+            if result is not None:
+                return result
     on = None if device == "cpu" else _device_ordinal(device)
     compiled, names, arrays, kinds, stored, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
-                                                       kwargs, _frames_up(_frame_depth, 3) + 1, on)
+                                                       kwargs, _frames_up(_frame_depth, 3) + 1, on, values)
     _last.compiled, _last.names, _last.kwargs = compiled, names, dict(options, device=on, returns=returns)
     _last.refused = None
-    return _dispatch(compiled, arrays, kinds, stored, options, on, returns)
+    result = _dispatch(compiled, arrays, kinds, stored, options, on, returns)
+    if common and not any(stored) and all(compiled.reads):
+        _remember_quick(ex, names, arrays, compiled)
+    return result
+
+
+def _quickly(ex: str, known: tuple, values: list) -> Any:
+    """`evaluate`'s result for the common call (`_quick`), or None where the call is not
+    that (a scalar, another shape, a Fortran-ordered input, dtypes not seen yet, an empty
+    reduction or one along another axis than the last): the general path then takes it."""
+    np = _np or _numpy()
+    ndarray = np.ndarray
+    shape = values[0].shape if values and type(values[0]) is ndarray else ()
+    for v in values:
+        if type(v) is not ndarray or v.shape != shape:
+            return None
+    plan = known[1].get(tuple([v.dtype for v in values]))
+    if plan is None or (len(shape) > 1 and keeps_fortran(values, "K", len(shape))):
+        return None
+    compiled, takes, dtype, kind, reduction = plan
+    if reduction is None:
+        target = _recycled.empty(np, shape, dtype, "C")
+        strides = target.strides
+    elif 0 in shape:
+        return None
+    elif reduction[1] is None:
+        target = np.empty((), dtype)
+        strides = (0,) * len(shape)
+    elif reduction[1] == len(shape) - 1:
+        target = np.empty(shape[:-1], dtype)
+        strides = target.strides + (0,)
+    else:
+        return None
+    _last.compiled, _last.names, _last.kwargs, _last.refused = compiled, known[0], _QUICK_OPTIONS, None
+    compiled.run_arrays(list(zip(values, takes, _NOTHING_STORED)), list(shape), (target, kind, strides))
+    return target
+
+
+_NOTHING_STORED = (None,) * 256  # (`zip` stops at the inputs: none is converted)
+
+
+def _remember_quick(ex: str, names: list[str], arrays: list, compiled: Any) -> None:
+    np = _np or _numpy()
+    if len(names) > len(_NOTHING_STORED):
+        return
+    if len(_quick) >= _CACHE_SIZE and ex not in _quick:
+        try:
+            del _quick[next(iter(_quick))]  # (the first remembered)
+        except (KeyError, RuntimeError, StopIteration):
+            pass  # (another thread's change: the next call tries again)
+    known = _quick.setdefault(ex, (names, {}))
+    if known[0] == names and len(known[1]) < _QUICK_DTYPES:
+        known[1][tuple([a.dtype for a in arrays])] = (compiled, compiled.kinds, np.dtype(compiled.out), compiled.out,
+                                                      compiled.reduction)
+
+
+#: Combinations of dtypes remembered per expression for `_quickly`.
+_QUICK_DTYPES = 8
 
 
 def _frames_up(depth: int, caller: int) -> int:
@@ -425,7 +508,8 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
     np = _numpy()
     options = dict(_last.kwargs)
     device, returns = options.pop("device"), options.pop("returns")
-    arrays = _arguments(np, _last.names, local_dict, global_dict, _frames_up(_frame_depth, 2) + 1, device)
+    names = _last.names
+    arrays = _values(np, names, _looked_up(names, local_dict, global_dict, _frames_up(_frame_depth, 2) + 1), device)
     kinds, stored = _as_kernels_take(np, arrays, options["casting"], device is not None)
     compiled_for = _last.compiled.kinds
     if kinds != compiled_for:

@@ -81,13 +81,13 @@ pub unsafe fn evaluate(
     } else if !program.lazy.is_empty() {
         layout.block = LAZY_BLOCK;
     }
-    let pool = crate::pool::threads();
-    let threads = pool.current_num_threads();
     if total < CHUNK {
         // One chunk: run here (handing it to a pool thread and waiting cost more than the
         // work: 20 µs of a 30 µs call on 100 elements).
-        return run_program(program, &layout, total, threads);
+        return run_program(program, &layout, total, 1);
     }
+    let pool = crate::pool::threads();
+    let threads = pool.current_num_threads();
     pool.install(|| run_program(program, &layout, total, threads))
 }
 
