@@ -260,6 +260,7 @@ def test_short_rows_are_walked_in_tiles_with_the_same_results(shape):
             alone = [paralelo.evaluate(f"{red}(r)", local_dict={"r": by_row[k]}) for k in picked]
             np.testing.assert_array_equal(flat[picked], alone)
             assert ours.dtype == alone[0].dtype
+            assert flat[picked].tobytes() == np.array(alone).tobytes()  # (the signs of zeros too)
         np.testing.assert_allclose(paralelo.evaluate(f"{red}(t, axis={axis - 1})", local_dict=env),
                                    getattr(np, red)(env["t"], axis=axis - 1), rtol=1e-12)
 

@@ -163,7 +163,7 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
                 layout.walk_tiles(start / row_len, end / row_len, |at, n, c| match c {
                     Some(c) => {
                         regs.block(program, layout, at, n, None);
-                        tile.put_column(regs.result(program, n), c, row_len);
+                        tile.put_column(regs.result(program, n), c, n);
                     }
                     None => {
                         let (out, stride) = (at[at.len() - 1], layout.row_stride(at.len() - 1));
@@ -455,22 +455,22 @@ impl Buf {
     }
 
     /// Writes `values` as column `c` of this tile of rows `len` long.
-    fn put_column(&mut self, values: Col, c: usize, len: usize) {
-        fn put<T: Copy>(tile: &mut [T], values: Arg<T>, c: usize, len: usize) {
+    /// Stores column `c` of a tile of `n` rows (a tile is kept column after column, so
+    /// that its rows fold across the columns a stretch of rows at a time).
+    fn put_column(&mut self, values: Col, c: usize, n: usize) {
+        fn put<T: Copy>(tile: &mut [T], values: Arg<T>, c: usize, n: usize) {
             let Arg::V(v) = values else {
                 unreachable!("a result is a register")
             };
-            for (slot, x) in tile[c..].iter_mut().step_by(len).zip(v) {
-                *slot = *x;
-            }
+            tile[c * n..(c + 1) * n].copy_from_slice(&v[..n]);
         }
         match (self, values) {
-            (Buf::B(t), Col::B(v)) => put(t, v, c, len),
-            (Buf::I(t), Col::I(v)) => put(t, v, c, len),
-            (Buf::L(t), Col::L(v)) => put(t, v, c, len),
-            (Buf::F(t), Col::F(v)) => put(t, v, c, len),
-            (Buf::D(t), Col::D(v)) => put(t, v, c, len),
-            (Buf::C(t), Col::C(v)) => put(t, v, c, len),
+            (Buf::B(t), Col::B(v)) => put(t, v, c, n),
+            (Buf::I(t), Col::I(v)) => put(t, v, c, n),
+            (Buf::L(t), Col::L(v)) => put(t, v, c, n),
+            (Buf::F(t), Col::F(v)) => put(t, v, c, n),
+            (Buf::D(t), Col::D(v)) => put(t, v, c, n),
+            (Buf::C(t), Col::C(v)) => put(t, v, c, n),
             _ => unreachable!("a tile of the result's kind"),
         }
     }
@@ -541,7 +541,6 @@ trait Wrap: Copy + 'static {
     fn col(a: Arg<'_, Self>) -> Col<'_>;
     fn out(v: &mut [Self]) -> Out<'_>;
     fn buf(b: &mut Buf) -> &mut Vec<Self>;
-    fn items(b: &Buf) -> &[Self];
 }
 macro_rules! wrap {
     ($t:ty, $v:ident) => {
@@ -553,12 +552,6 @@ macro_rules! wrap {
                 Out::$v(v)
             }
             fn buf(b: &mut Buf) -> &mut Vec<Self> {
-                match b {
-                    Buf::$v(v) => v,
-                    _ => unreachable!("a buffer of another kind"),
-                }
-            }
-            fn items(b: &Buf) -> &[Self] {
                 match b {
                     Buf::$v(v) => v,
                     _ => unreachable!("a buffer of another kind"),
@@ -968,9 +961,10 @@ fn place(out: Out, pa: &[u32], a: Col, a_compact: bool, pb: &[u32], b: Col, b_co
     };
 }
 
-/// Folds each of `tile`'s first `n` rows (`len` long, of `kind`) as a row of its own is
-/// folded, writing row `r`'s value at `out` + `r` × `stride`: per kind, so that each row's
-/// fold is that kind's code alone (through `Acc`'s matches, a row cost 28 ns).
+/// Folds each of a tile's `n` rows of `len` (kept column after column: `put_column`)
+/// and writes its value, row `r`'s at `out` + `r` × `stride`: bit for bit what the row
+/// alone gives (`Acc::fold` over it: `lanes`, `extreme`, `fold_ints`, the complex sums),
+/// but across the columns, a stretch of rows at a time, so that it is vectorised.
 fn fold_rows(
     red: Reduce,
     kind: DType,
@@ -980,16 +974,150 @@ fn fold_rows(
     out: Addr,
     stride: isize,
 ) -> Result<()> {
-    by_kind!(kind, T => {
-        for (r, row) in T::items(tile).chunks_exact(len).take(n).enumerate() {
-            let mut acc = Acc::start(red, kind);
-            acc.fold(red, T::col(Arg::V(row)));
-            let value = acc.finish(red, kind, len)?;
+    if len == 0 {
+        // (no elements: the identity, or min and max's error)
+        for r in 0..n {
+            let value = Acc::start(red, kind).finish(red, kind, 0)?;
             // SAFETY: row `r`'s output element, in bounds as `evaluate`'s caller promised.
             unsafe { value.write(out.offset(stride * r as isize)) };
         }
-    });
+        return Ok(());
+    }
+    // Row `r`'s value, as `Acc::finish` gives it after `Acc::start` took in the row's
+    // (an integer's identity, and min and max's nothing, change nothing).
+    fn writer<T: Copy>(out: Addr, stride: isize) -> impl Fn(usize, T) {
+        move |r, value| {
+            // SAFETY: row `r`'s output element, of the result's kind, in bounds as
+            // `evaluate`'s caller promised.
+            unsafe { view::write(out.offset(stride * r as isize), value) }
+        }
+    }
+    let (sum, extreme) = (red == Reduce::Sum, matches!(red, Reduce::Min | Reduce::Max));
+    let identity = if sum { 0.0 } else { 1.0 };
+    let start = |v: f64| if sum { identity + v } else { identity * v };
+    match tile {
+        Buf::F(t) if !extreme => {
+            let put = writer::<f32>(out, stride);
+            lane_columns(t, n, len, sum, |r, v| put(r, start(v) as f32))
+        }
+        Buf::D(t) if !extreme => {
+            let put = writer::<f64>(out, stride);
+            lane_columns(t, n, len, sum, |r, v| put(r, start(v)))
+        }
+        Buf::F(t) => {
+            let step = |a, v| extreme_step(red, a, v);
+            fold_columns(t, n, len, None, step, writer::<f32>(out, stride))
+        }
+        Buf::D(t) => {
+            let step = |a, v| extreme_step(red, a, v);
+            fold_columns(t, n, len, None, step, writer::<f64>(out, stride))
+        }
+        Buf::I(t) => {
+            let step = |a, v| int_step(red, a, v, i32::wrapping_add, i32::wrapping_mul);
+            fold_columns(t, n, len, None, step, writer::<i32>(out, stride))
+        }
+        Buf::L(t) => {
+            let step = |a, v| int_step(red, a, v, i64::wrapping_add, i64::wrapping_mul);
+            fold_columns(t, n, len, None, step, writer::<i64>(out, stride))
+        }
+        Buf::C(t) => {
+            let one = C64::new(identity, 0.0);
+            let step = |a: C64, v: C64| if sum { a + v } else { a * v };
+            let put = writer::<C64>(out, stride);
+            fold_columns(t, n, len, Some(one), step, |r, v| put(r, step(one, v)))
+        }
+        Buf::B(_) | Buf::Taken => unreachable!("no reduction of booleans"),
+    }
     Ok(())
+}
+
+/// Rows a column-wise fold takes at a time (its accumulators live on the stack).
+const FOLD_ROWS: usize = 64;
+
+#[inline(always)]
+/// Each row of a column-major tile folded by `step`, from `start` (else from its first
+/// element) and through its elements in order; `put(row, value)`.
+fn fold_columns<T: Copy>(
+    tile: &[T],
+    n: usize,
+    len: usize,
+    start: Option<T>,
+    step: impl Fn(T, T) -> T,
+    put: impl Fn(usize, T),
+) {
+    for first in (0..n).step_by(FOLD_ROWS) {
+        let g = FOLD_ROWS.min(n - first);
+        let column = |c: usize| &tile[c * n + first..][..g];
+        let mut acc = [tile[first]; FOLD_ROWS];
+        let from = match start {
+            Some(v) => {
+                acc[..g].fill(v);
+                0
+            }
+            None => {
+                acc[..g].copy_from_slice(column(0));
+                1
+            }
+        };
+        for c in from..len {
+            for (a, v) in acc[..g].iter_mut().zip(column(c)) {
+                *a = step(*a, *v);
+            }
+        }
+        for (i, v) in acc[..g].iter().enumerate() {
+            put(first + i, *v);
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // (row `i` of each of eight lanes)
+/// Each row of a column-major tile summed (multiplied) as `lanes` does a row: element `c`
+/// into lane `c` mod 8, the lanes then combined; `put(row, value)`.
+fn lane_columns<T: Copy + Into<f64>>(
+    tile: &[T],
+    n: usize,
+    len: usize,
+    sum: bool,
+    put: impl Fn(usize, f64),
+) {
+    let identity = if sum { 0.0 } else { 1.0 };
+    // (rows of up to 8: one element a lane, read from the columns as they are; the
+    // lanes' arrays cost such rows more than their sums)
+    match len {
+        1 => return short_lanes::<T, 1>(tile, n, sum, put),
+        2 => return short_lanes::<T, 2>(tile, n, sum, put),
+        3 => return short_lanes::<T, 3>(tile, n, sum, put),
+        4 => return short_lanes::<T, 4>(tile, n, sum, put),
+        5 => return short_lanes::<T, 5>(tile, n, sum, put),
+        6 => return short_lanes::<T, 6>(tile, n, sum, put),
+        7 => return short_lanes::<T, 7>(tile, n, sum, put),
+        8 => return short_lanes::<T, 8>(tile, n, sum, put),
+        _ => {}
+    }
+    for first in (0..n).step_by(FOLD_ROWS) {
+        let g = FOLD_ROWS.min(n - first);
+        let mut lane = [[identity; FOLD_ROWS]; 8];
+        for c in 0..len {
+            let column = &tile[c * n + first..][..g];
+            for (a, v) in lane[c % 8][..g].iter_mut().zip(column) {
+                if sum {
+                    *a += (*v).into();
+                } else {
+                    *a *= (*v).into();
+                }
+            }
+        }
+        for i in 0..g {
+            let l = |j: usize| lane[j][i];
+            let value = if sum {
+                ((l(0) + l(4)) + (l(1) + l(5))) + ((l(2) + l(6)) + (l(3) + l(7)))
+            } else {
+                (0..8).map(l).product()
+            };
+            put(first + i, value);
+        }
+    }
 }
 
 /// A reduction's running value: floats summed in double.
@@ -1148,22 +1276,12 @@ fn fold_ints(red: Reduce, x: impl Iterator<Item = i64>, narrow: bool) -> Acc {
 #[inline]
 fn extreme<T: Copy + PartialOrd>(x: &[T], red: Reduce) -> Option<T> {
     let first = *x.first()?;
-    #[allow(clippy::eq_op)]
-    let step = |lane: T, v: T| {
-        // Keep a NaN lane; take a NaN value; else the smaller (the larger). (`better` is
-        // only read when neither is NaN; of equal values, only 0.0 and -0.0 differ, and
-        // which of them wins depends on the lanes, as in numpy's own vectorised max.)
-        let better = if red == Reduce::Min {
-            v < lane
-        } else {
-            v >= lane
-        };
-        std::hint::select_unpredictable(lane == lane && (v != v || better), v, lane)
-    };
-    if x.len() <= 8 {
-        // (a short row's: the same lanes, without their array, as `lanes` does)
-        let lane = |j: usize| x.get(j).map_or(first, |v| step(first, *v));
-        return Some((0..8).map(lane).fold(first, |a, b| pick_float(red, a, b)));
+    let step = |lane: T, v: T| extreme_step(red, lane, v);
+    if x.len() <= SHORT_ROW {
+        // (a short row's: one lane, element after element, as `fold_rows` folds a tile's
+        // rows; eight lanes, most of them empty, then their NaN-checked fold, cost an
+        // (N, 3) array's rows twice numexpr's)
+        return Some(x[1..].iter().fold(first, |lane, v| step(lane, *v)));
     }
     let mut acc = [first; 8];
     let chunks = x.chunks_exact(8);
@@ -1177,6 +1295,71 @@ fn extreme<T: Copy + PartialOrd>(x: &[T], red: Reduce) -> Option<T> {
         *slot = step(*slot, *v);
     }
     Some(acc.into_iter().fold(first, |a, b| pick_float(red, a, b)))
+}
+
+/// One step of a minimum (maximum): keeps a NaN `lane`; takes a NaN `v`; else the
+/// smaller (the larger). (`better` is only read when neither is NaN; of equal values,
+/// only 0.0 and -0.0 differ, and which of them wins depends on the lanes, as in numpy's
+/// own vectorised max.)
+#[inline(always)]
+fn extreme_step<T: Copy + PartialOrd>(red: Reduce, lane: T, v: T) -> T {
+    let better = if red == Reduce::Min {
+        v < lane
+    } else {
+        v >= lane
+    };
+    #[allow(clippy::eq_op)]
+    std::hint::select_unpredictable(lane == lane && (v != v || better), v, lane)
+}
+
+/// One step of an integer reduction, wrapping as `fold_ints` does.
+#[inline(always)]
+fn int_step<T: Copy + PartialOrd>(
+    red: Reduce,
+    a: T,
+    v: T,
+    add: fn(T, T) -> T,
+    mul: fn(T, T) -> T,
+) -> T {
+    match red {
+        Reduce::Sum => add(a, v),
+        Reduce::Prod => mul(a, v),
+        _ => pick(red, a, v),
+    }
+}
+
+/// `lane_columns` for rows of `L` ≤ 8 elements: each its own lane, as in `lanes`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // (row `r` of each of `L` columns)
+fn short_lanes<T: Copy + Into<f64>, const L: usize>(
+    tile: &[T],
+    n: usize,
+    sum: bool,
+    put: impl Fn(usize, f64),
+) {
+    let columns: [&[T]; L] = std::array::from_fn(|c| &tile[c * n..(c + 1) * n]);
+    for r in 0..n {
+        let l = |j: usize| {
+            if j < L {
+                let v: f64 = columns[j][r].into();
+                if sum {
+                    0.0 + v
+                } else {
+                    1.0 * v
+                }
+            } else if sum {
+                0.0
+            } else {
+                1.0
+            }
+        };
+        let value = if sum {
+            ((l(0) + l(4)) + (l(1) + l(5))) + ((l(2) + l(6)) + (l(3) + l(7)))
+        } else {
+            (0..8).map(l).product()
+        };
+        put(r, value);
+    }
 }
 
 /// A block's sum or product in eight lanes (vectorised, and pairwise enough that long
