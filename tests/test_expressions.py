@@ -1047,3 +1047,105 @@ def test_a_forked_child_evaluates_after_its_parent_did(tmp_path):
             print(os.waitpid(pid, 0)[1] == 0)
     """), libs=("paralelo",), timeout=60)
     assert out.split() == ["True", "True"]
+
+
+def test_numexpr_calls_found_in_use_run_as_numexprs():
+    # disable_cache (numexpr's ninth argument), order=None, a whole reduction into an
+    # array of shape (1,), a float floor division of constants folded as Python's.
+    x = np.arange(3.0)
+    for f in (paralelo.evaluate, ne.evaluate):
+        assert f("x + 1", {"x": x}, None, None, "K", "same_kind", None, 3, True).tolist() == [1, 2, 3]
+    for call in (lambda f: f("x + 1", local_dict={"x": x}, order=None),
+                 lambda f: f("sum(x)", local_dict={"x": x}, out=np.zeros(1)),
+                 lambda f: f("x * 0 + 1 // 0.1", local_dict={"x": x})):
+        ours, theirs = call(paralelo.evaluate), call(ne.evaluate)
+        assert ours.dtype == theirs.dtype and ours.tolist() == theirs.tolist()
+
+
+def test_an_output_is_not_kept_alive_for_re_evaluate():
+    # As numexpr keeps it: by a weak reference (a function's dropped output once stayed
+    # alive until its thread's next call); re_evaluate writes it while it lives.
+    import gc
+    import weakref
+
+    def job():
+        x = np.ones(1000)
+        out = np.empty_like(x)
+        paralelo.evaluate("x * 2", out=out)
+        return weakref.ref(out)
+
+    gone = job()
+    gc.collect()
+    assert gone() is None
+    x, out = np.arange(3.0), np.zeros(3)
+    paralelo.evaluate("x * 2", out=out)
+    x = x + 10  # noqa: F841 - read by name
+    assert paralelo.re_evaluate() is out and out.tolist() == [20, 22, 24]
+    paralelo.evaluate("x * 2", disable_cache=True)  # (keeps nothing: the last is as it was)
+    assert paralelo.re_evaluate() is out
+
+
+def test_integer_powers_and_remainders_past_half_the_range_as_numpy():
+    # A power over the whole 64-bit exponent (once cut to 32 bits: an odd power), a
+    # remainder whose sum with the divisor overflows (numexpr's is wrong there too).
+    a = np.array([-1, 3, -1, 7], np.int64)
+    e = np.array([2**40, 2**40, 2**32, 2**33 + 1], np.int64)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(paralelo.evaluate("a ** e"), a ** e)
+    for t in (np.int32, np.int64):
+        top = np.iinfo(t).max
+        m = np.array([top - 1, -(top - 1), top - 1, 5], t)
+        d = np.array([top, top, -top, -3], t)
+        np.testing.assert_array_equal(paralelo.evaluate("m % d"), m % d)
+
+
+def test_complex_abs_is_numexprs_and_does_not_overflow():
+    rng = np.random.default_rng(5)
+    c = (rng.random(1000) - 0.5) * 10 + 1j * (rng.random(1000) - 0.5)
+    assert paralelo.evaluate("abs(c)").tobytes() == ne.evaluate("abs(c)").tobytes()
+    edge = np.array([1e300 + 1e300j, 1e-300 + 1e-300j, complex(np.inf, np.nan), 0j])
+    np.testing.assert_allclose(paralelo.evaluate("abs(edge)").real, np.abs(edge), rtol=1e-15)  # (no inf, no 0)
+
+
+def test_outputs_whose_elements_coincide_and_inputs_folded_away():
+    # An out= with a stride of 0 is written once the result is whole (not by threads at
+    # once); an input the expression folds away is not copied, however it is laid out.
+    import tracemalloc
+
+    from numpy.lib.stride_tricks import as_strided
+
+    x = np.arange(300_000.0)
+    one = np.zeros(1)
+    paralelo.evaluate("x * 2", out=as_strided(one, x.shape, (0,)))
+    assert one[0] == x[-1] * 2
+    big = np.ones((2000, 4000))[:, :2000]
+    tracemalloc.start()
+    try:
+        assert paralelo.evaluate("where(1 > 0, 2.0, big)").tolist() == 2.0
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_engine_refuses_a_shape_its_arrays_do_not_span():
+    a = np.arange(4.0)
+    paralelo.evaluate("a * 2")
+    compiled = paralelo.expressions._last.compiled
+    with pytest.raises(ValueError, match="do not span"):
+        compiled.run_arrays([(a, "float64", None)], [64], (np.empty(64), "float64", (8,)))
+    with pytest.raises(ValueError, match="do not span"):
+        compiled.run_arrays([(a, "float64", None)], [4], (np.empty(2), "float64", (8,)))
+
+
+def test_environment_settings_with_bad_or_capping_values():
+    # NUMEXPR_MAX_THREADS below the CPUs caps the default, as numexpr's; a bad
+    # PARALELO_KEEP_RESULTS_MB is ignored with a warning instead of breaking every call.
+    import os
+    import subprocess
+    import sys
+
+    code = "import numpy as np, paralelo; paralelo.evaluate('x + 1', {'x': np.ones(2)}); print(paralelo.get_num_threads())"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, NUMEXPR_MAX_THREADS="1", PARALELO_KEEP_RESULTS_MB="abc"))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1"] and "PARALELO_KEEP_RESULTS_MB='abc' ignored" in run.stderr

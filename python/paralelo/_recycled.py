@@ -25,8 +25,25 @@ from typing import Any
 
 #: Results smaller than this come from numpy (the C library's heap reuses their memory).
 MIN_BYTES = 32 << 20
+
+
+def _keep() -> int:
+    value = os.environ.get("PARALELO_KEEP_RESULTS_MB", "").strip() or "256"
+    try:
+        mb = float(value)
+        if not mb >= 0:
+            raise ValueError("not a number of MiB, 0 or more")
+        return int(min(mb, 1 << 40) * (1 << 20))
+    except ValueError as e:
+        import warnings
+
+        warnings.warn(f"PARALELO_KEEP_RESULTS_MB={value!r} ignored ({e}): 256 MiB are kept", RuntimeWarning,
+                      stacklevel=2)
+        return 256 << 20
+
+
 #: Bytes of dropped results kept for reuse, at most.
-KEEP = int(float(os.environ.get("PARALELO_KEEP_RESULTS_MB", "256")) * (1 << 20))
+KEEP = _keep()
 #: Mappings are sized in whole huge pages, so that near sizes share them.
 _GRAIN = 2 << 20
 #: Linux's advice that a child gets a range zeroed rather than copied, and its undoing

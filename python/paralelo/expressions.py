@@ -35,6 +35,7 @@ import os
 import re
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any
 
@@ -265,7 +266,9 @@ def _prepare(ex: str, local_dict: Any, global_dict: Any, out: Any, order: str, c
     if sanitize is None:
         sanitize = _SANITIZE
     context = _context(kwargs) if kwargs else _DEFAULTS
-    if order not in _ORDERS:
+    if order is None:
+        order = "K"  # (as numexpr takes it)
+    elif order not in _ORDERS:
         if not (isinstance(order, str) and order.upper() in _ORDERS):
             raise ValueError(f"order must be one of {_ORDERS}, not {order!r}")
         order = order.upper()  # (as numpy, numexpr takes 'c')
@@ -287,7 +290,7 @@ def _compile(ex: str, names: list[str], kinds: list[str], optimization: str) -> 
 
 def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None = None, out: Any = None,
              order: str = "K", casting: str = "same_kind", sanitize: bool | None = None, _frame_depth: int = 3,
-             device: str = "cpu", returns: str | None = None, **kwargs: Any) -> Any:
+             disable_cache: bool = False, device: str = "cpu", returns: str | None = None, **kwargs: Any) -> Any:
     """Evaluates the array expression `ex` (numexpr's ``evaluate``), on every core or a GPU.
 
     Names in `ex` are looked up in `local_dict`, then `global_dict` (by default the
@@ -299,7 +302,9 @@ def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     off. `order`: 'K'
     keeps the inputs' memory order (a Fortran-ordered input gives a Fortran-ordered
     result), 'C' and 'F' force one. `optimization` ('none', 'moderate', 'aggressive',
-    the default) and `truediv` are numexpr's.
+    the default) and `truediv` are numexpr's. `disable_cache`: as numexpr's, keeps
+    nothing of the call for `re_evaluate` (compiled programs, which hold no arrays, are
+    still cached).
 
     `device`: 'cpu', or 'cuda' / 'cuda:N' to compile the expression into CUDA kernels and
     run it on that GPU. Inputs may then be numpy arrays (copied) or device arrays (cupy,
@@ -307,7 +312,7 @@ def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     'numpy' or 'device'; by default a device array when an input is one, else numpy."""
     values = None
     common = (out is None and device == "cpu" and returns is None and not kwargs and sanitize is None
-              and order == "K" and casting == "same_kind" and _threads_read)
+              and order == "K" and casting == "same_kind" and _threads_read and not disable_cache)
     if common:
         known = _quick.get(ex)
         if known is not None:
@@ -318,10 +323,10 @@ def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     on = None if device == "cpu" else _device_ordinal(device)
     compiled, names, arrays, kinds, stored, options = _prepare(ex, local_dict, global_dict, out, order, casting, sanitize,
                                                        kwargs, _frames_up(_frame_depth, 3) + 1, on, values)
-    _last.compiled, _last.names, _last.kwargs = compiled, names, dict(options, device=on, returns=returns)
-    _last.refused = None
+    if not disable_cache:
+        _remember(compiled, names, options, on, returns)
     result = _dispatch(compiled, arrays, kinds, stored, options, on, returns)
-    if common and not any(stored) and all(compiled.reads):
+    if common and not disable_cache and not any(stored) and all(compiled.reads):
         _remember_quick(ex, names, arrays, compiled)
     return result
 
@@ -427,9 +432,16 @@ def validate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     except Exception as e:  # noqa: BLE001 - returned, as numexpr's validate does
         _last.compiled, _last.refused = None, e
         return e
-    _last.compiled, _last.names, _last.kwargs = compiled, names, dict(options, device=on, returns=returns)
-    _last.refused = None
+    _remember(compiled, names, options, on, returns)
     return None
+
+
+def _remember(compiled: Any, names: list[str], options: dict, device: int | None, returns: str | None) -> None:
+    """Keeps what `re_evaluate` runs: `out` by a weak reference, as numexpr keeps it (a
+    dropped output is not held alive until the thread's next call)."""
+    out = options["out"]
+    kwargs = dict(options, out=None if out is None else weakref.ref(out), device=device, returns=returns)
+    _last.compiled, _last.names, _last.kwargs, _last.refused = compiled, names, kwargs, None
 
 
 def set_num_threads(nthreads: int) -> int:
@@ -437,7 +449,8 @@ def set_num_threads(nthreads: int) -> int:
     (numexpr's ``set_num_threads``). By default, one per CPU this process may run on;
     ``NUMEXPR_NUM_THREADS`` or ``OMP_NUM_THREADS`` say otherwise, read in each process
     at its first `evaluate`, as numexpr reads them at import. At most
-    ``NUMEXPR_MAX_THREADS`` (64, or the CPUs where there are more)."""
+    ``NUMEXPR_MAX_THREADS`` (64, or the CPUs where there are more), which caps the
+    default too."""
     n = operator.index(nthreads)
     if n < 1:
         raise ValueError(f"the number of threads must be at least 1, not {n}")
@@ -483,6 +496,11 @@ def _threads_from_environment() -> None:
 
                 warnings.warn(f"{name}={value!r} ignored: {e}", RuntimeWarning, stacklevel=3)
             return
+    if os.environ.get("NUMEXPR_MAX_THREADS", "").strip():
+        # (a cap below this process's CPUs caps the default too, as in numexpr)
+        most = _most_threads()
+        if most < _native.expression_threads():
+            set_num_threads(most)
 
 
 def cuda_available() -> bool:
@@ -508,6 +526,8 @@ def re_evaluate(local_dict: dict | None = None, global_dict: dict | None = None,
     np = _numpy()
     options = dict(_last.kwargs)
     device, returns = options.pop("device"), options.pop("returns")
+    if options["out"] is not None:
+        options["out"] = options["out"]()  # (None once dropped: a new result, as numexpr's)
     names = _last.names
     arrays = _values(np, names, _looked_up(names, local_dict, global_dict, _frames_up(_frame_depth, 2) + 1), device)
     kinds, stored = _as_kernels_take(np, arrays, options["casting"], device is not None)
@@ -535,7 +555,7 @@ def _run(compiled: Any, arrays: list, kinds: list[str], stored: list[str | None]
     # shape, as in numexpr; it is passed as one element, never read.
     reads = compiled.reads
     if not all(reads):
-        arrays = [a if used else a.reshape(-1)[:1].reshape(()) if a.size else np.zeros((), a.dtype)
+        arrays = [a if used else a[(slice(0, 1),) * a.ndim].reshape(()) if a.size else np.zeros((), a.dtype)
                   for a, used in zip(arrays, reads)]
     shapes = {a.shape for a in arrays}
     shape = shapes.pop() if len(shapes) == 1 else np.broadcast_shapes(*shapes) if shapes else ()
@@ -543,11 +563,8 @@ def _run(compiled: Any, arrays: list, kinds: list[str], stored: list[str | None]
     reduction = compiled.reduction
     if reduction is None and isinstance(out, np.ndarray) and out.shape != shape:
         # A larger out= takes the result broadcast to its shape, as numexpr writes it.
-        try:
-            if np.broadcast_shapes(shape, out.shape) == out.shape:
-                shape = out.shape
-        except ValueError:
-            pass  # (refused by `_target`, naming both shapes)
+        if _broadcasts(np, shape, out.shape):
+            shape = out.shape  # (else refused by `_target`, naming both shapes)
     views = arrays if all(a.shape == shape for a in arrays) else [np.broadcast_to(a, shape) for a in arrays]
     ndim = len(shape)
     if reduction is None:
@@ -561,6 +578,11 @@ def _run(compiled: Any, arrays: list, kinds: list[str], stored: list[str | None]
             views = [np.moveaxis(v, axis, -1) for v in views]
         if 0 in shape:
             return _empty_reduction(np, name, out_shape, result_dtype, out, casting)
+        if isinstance(out, np.ndarray) and out.shape != out_shape and _broadcasts(np, out_shape, out.shape):
+            # (`sum(x)` into an array of shape (1,), as numexpr writes it)
+            _target(np, out, out.shape, result_dtype, casting, [], False)
+            np.copyto(out, _run(compiled, arrays, kinds, stored, None, order, casting), casting="unsafe")
+            return out
     fortran = keeps_fortran(arrays, order, len(out_shape))
     if reduction is not None and reduction[1] is None and keeps_fortran(arrays, "K", ndim):
         # (a whole reduction walks Fortran-ordered inputs in their memory order: their
@@ -583,6 +605,13 @@ def _run(compiled: Any, arrays: list, kinds: list[str], stored: list[str | None]
         np.copyto(out, target, casting="unsafe")
         return out
     return target
+
+
+def _broadcasts(np: Any, shape: tuple, to: tuple) -> bool:
+    try:
+        return np.broadcast_shapes(shape, to) == to
+    except ValueError:
+        return False
 
 
 def _layout(a: Any) -> int:
@@ -620,8 +649,10 @@ def _target(np: Any, out: Any, shape: tuple, dtype: Any, casting: str, arrays: l
     if not np.can_cast(dtype, out.dtype, casting=casting):
         raise TypeError(f"Iterator requested dtype could not be cast from dtype('{dtype}') to dtype('{out.dtype}'), "
                         f"the operand 0 dtype, according to the rule '{casting}'")
-    if out.dtype != dtype or not out.dtype.isnative or any(np.may_share_memory(out, a) for a in arrays):
-        # (an output that is also an input is written once the result is whole)
+    if (out.dtype != dtype or not out.dtype.isnative or any(np.may_share_memory(out, a) for a in arrays)
+            or any(s == 0 and n > 1 for s, n in zip(out.strides, out.shape))):
+        # (an output that is also an input, or whose elements are one another (a stride of
+        # 0: threads would write them at once), is written once the result is whole)
         return _recycled.empty(np, shape, dtype, "F" if fortran else "C")
     return out
 

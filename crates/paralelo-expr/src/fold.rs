@@ -168,7 +168,7 @@ pub(crate) fn binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
         BinaryOp::Div if y == 0.0 => return Err(zero("float division by zero")),
         BinaryOp::Div => x / y,
         BinaryOp::FloorDiv if y == 0.0 => return Err(zero("float floor division by zero")),
-        BinaryOp::FloorDiv => (x / y).floor(),
+        BinaryOp::FloorDiv => python_floordiv(x, y),
         BinaryOp::Mod if y == 0.0 => return Err(zero("float modulo")),
         BinaryOp::Mod => {
             let r = x % y;
@@ -245,6 +245,25 @@ fn true_div(x: i128, y: i128) -> f64 {
     }
 }
 
+/// Python's `x // y` on floats (its `divmod`: `1 // 0.1` is 9.0, where `floor(1 / 0.1)`
+/// is 10.0), as numexpr folds constants through Python.
+fn python_floordiv(x: f64, y: f64) -> f64 {
+    let m = x % y;
+    let mut div = (x - m) / y;
+    if m != 0.0 && (y < 0.0) != (m < 0.0) {
+        div -= 1.0;
+    }
+    if div == 0.0 {
+        return 0.0_f64.copysign(x / y);
+    }
+    let floor = div.floor();
+    if div - floor > 0.5 {
+        floor + 1.0
+    } else {
+        floor
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +284,17 @@ mod tests {
         assert_eq!(true_div(i128::MIN, -1), 2f64.powi(127));
         assert_eq!(true_div(0, -(1 << 60)), -0.0);
         assert!(true_div(0, -(1 << 60)).is_sign_negative());
+    }
+
+    #[test]
+    fn float_floor_division_as_python() {
+        // (values from Python)
+        assert_eq!(python_floordiv(1.0, 0.1), 9.0);
+        assert_eq!(python_floordiv(-1.0, 0.1), -10.0);
+        assert_eq!(python_floordiv(7.0, -2.0), -4.0);
+        assert_eq!(python_floordiv(1e308, 1e-308), f64::INFINITY);
+        assert!(python_floordiv(-0.0, 5.0).is_sign_negative());
+        assert!(python_floordiv(0.5, -2.0) == -1.0);
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub fn literal_scalar(lit: Literal, to: DType) -> Result<Scalar> {
 
 const BOOLEAN_OPERATORS: &str = "You can't use Python's standard boolean operators in NumExpr expressions. You \
                                  should use their bitwise counterparts instead: '&' instead of 'and', '|' instead \
-                                 of 'or', and '~' instead of 'not'.";
+                                 of 'or', and '~' instead of 'not'; `where(c, a, b)` instead of `a if c else b`.";
 
 pub struct Typer<'a> {
     /// The expression's inputs, in order (`Expr::names`), with their kinds.
@@ -513,7 +513,7 @@ fn fold_func(f: Func, args: &[Literal]) -> Option<Node> {
     }
     if complex {
         return match f {
-            Func::Abs => Some(Scalar::Double(x.norm())),
+            Func::Abs => Some(Scalar::Double(crate::kernels::modulus(x))),
             Func::Real => Some(Scalar::Double(x.re)),
             Func::Imag => Some(Scalar::Double(x.im)),
             _ => None, // (complex functions of constants run as they would on arrays)

@@ -143,7 +143,7 @@ impl Expression {
         let inputs = inputs
             .iter()
             .map(|(array, kind, how)| {
-                let (addr, strides, size) = address_and_strides(array)?;
+                let (addr, strides, size, own) = address_and_strides(array)?;
                 let how = how.as_deref().map_or(Ok(Stored::default()), stored_as)?;
                 // (what the engine reads must be what the buffer holds)
                 let want = how.size(dtype(kind)?);
@@ -153,11 +153,14 @@ impl Expression {
                          {how:?}"
                     )));
                 }
+                inside(&shape, &strides, want, own, "an input")?;
                 stored.push(how);
                 Ok((addr, kind.clone(), strides))
             })
             .collect::<PyResult<Vec<Described>>>()?;
-        let out = (address_and_strides(&out.0)?.0, out.1, out.2);
+        let (addr, _, _, own) = address_and_strides(&out.0)?;
+        inside(&shape, &out.2, dtype(&out.1)?.size(), own, "the output")?;
+        let out = (addr, out.1, out.2);
         let (mut args, out) = arrays(&inputs, &out)?;
         for (a, s) in args.iter_mut().zip(stored) {
             a.stored = s;
@@ -188,7 +191,7 @@ impl Expression {
         out: ArrayArg,
     ) -> PyResult<()> {
         let program = &self.program;
-        // SAFETY: `paralelo.expr` passes the addresses and strides of numpy arrays it holds
+        // SAFETY: `paralelo.expressions` passes the addresses and strides of numpy arrays it holds
         // for the call (broadcast views and a fresh or checked output, never overlapping an
         // input), every index of `shape` inside them, of the types their `stored` says.
         py.detach(|| unsafe { evaluate(program, args, shape, out) })
@@ -225,16 +228,63 @@ fn stored_as(code: &str) -> PyResult<Stored> {
 /// protocol (reading `__array_interface__` cost a 100-element call 1.3 µs an array), or
 /// through its interface where it exports no strided buffer (a 0-d array); with its
 /// elements' size where the buffer tells it.
-fn address_and_strides(array: &Bound<'_, PyAny>) -> PyResult<(usize, Vec<isize>, Option<usize>)> {
+/// An array's address, strides, element size and the bytes its elements span (from
+/// its address: `extent`), the last two where it has the buffer protocol.
+type Located = (usize, Vec<isize>, Option<usize>, Option<Extent>);
+
+fn address_and_strides(array: &Bound<'_, PyAny>) -> PyResult<Located> {
     if let Ok(buffer) = PyUntypedBuffer::get(array) {
-        let size = Some(buffer.item_size());
-        return Ok((buffer.buf_ptr() as usize, buffer.strides().to_vec(), size));
+        let (size, strides) = (buffer.item_size(), buffer.strides().to_vec());
+        let own = extent(buffer.shape(), &strides, size);
+        return Ok((buffer.buf_ptr() as usize, strides, Some(size), Some(own)));
     }
     let (address, _): (usize, bool) = array
         .getattr("__array_interface__")?
         .get_item("data")?
         .extract()?;
-    Ok((address, array.getattr("strides")?.extract()?, None))
+    Ok((address, array.getattr("strides")?.extract()?, None, None))
+}
+
+/// The bytes from an address that `shape` elements of `size` at `strides` span:
+/// `[low, high)`, or None for no element.
+type Extent = Option<(isize, isize)>;
+
+fn extent(shape: &[usize], strides: &[isize], size: usize) -> Extent {
+    if shape.contains(&0) {
+        return None;
+    }
+    let reach = |pick: fn(isize, isize) -> isize| -> isize {
+        shape
+            .iter()
+            .zip(strides)
+            .map(|(n, s)| pick(0, (*n as isize - 1) * s))
+            .sum()
+    };
+    Some((reach(isize::min), reach(isize::max) + size as isize))
+}
+
+/// That the engine, walking `shape` at `strides`, stays inside the array's own
+/// elements (`own`, where known): a shape or strides the array does not have would
+/// read or write past it.
+fn inside(
+    shape: &[usize],
+    strides: &[isize],
+    size: usize,
+    own: Option<Extent>,
+    what: &str,
+) -> PyResult<()> {
+    let (Some(own), true) = (own, strides.len() == shape.len()) else {
+        return Ok(()); // (refused by `check_operands` where the lengths differ)
+    };
+    match (extent(shape, strides, size), own) {
+        (None, _) => Ok(()),
+        (Some((low, high)), Some((own_low, own_high))) if own_low <= low && high <= own_high => {
+            Ok(())
+        }
+        _ => Err(PyValueError::new_err(format!(
+            "{what}'s elements do not span the shape {shape:?} at strides {strides:?}"
+        ))),
+    }
 }
 
 /// The engine's view of described arrays.

@@ -38,11 +38,14 @@ PX_F px_c px_cx(double re, double im) { px_c z; z.re = re; z.im = im; return z; 
     T q = px_wdiv(a, b);                                                                  \
     return q - (T)((px_wrem(a, b) != 0) && ((a < 0) != (b < 0)));                         \
   }                                                                                       \
-  PX_F T px_mod(T a, T b) { return b == 0 ? 0 : px_wrem(px_add(px_wrem(a, b), b), b); }  \
+  PX_F T px_mod(T a, T b) {                                                              \
+    if (b == 0) return 0;                                                                 \
+    T r = px_wrem(a, b);                                                                  \
+    return (r != 0 && ((r < 0) != (b < 0))) ? px_add(r, b) : r;                           \
+  }                                                                                       \
   PX_F T px_pow(T a, T b) {                                                              \
     if (b < 0) return a == 0 ? 0 : px_wdiv((T)1, a);                                         \
     U e = (U)b; T acc = 1;                                                                \
-    if (e > 0xFFFFFFFFull) e = (U)0xFFFFFFFFull; /* (the CPU's u32 exponent) */           \
     while (e) { if (e & 1) acc = px_mul(acc, a); a = px_mul(a, a); e >>= 1; }             \
     return acc;                                                                           \
   }                                                                                       \
@@ -96,7 +99,7 @@ PX_INTS(px_l, px_ul, (px_l)0x8000000000000000ULL)
   PX_F T px_floor(T a) { return floor##S(a); }                                           \
   PX_F T px_round(T a) { return rint##S(a); }                                            \
   PX_F T px_trunc(T a) { return trunc##S(a); }                                           \
-  PX_F T px_sign(T a) { return a > 0 ? (T)1 : a < 0 ? (T)-1 : a; }                       \
+  PX_F T px_sign(T a) { return a > 0 ? (T)1 : a < 0 ? (T)-1 : a == 0 ? (T)0 : a; }        \
   PX_F T px_real(T a) { return a; }                                                      \
   PX_F T px_imag(T) { return 0; }                                                        \
   PX_F T px_conj(T a) { return a; }                                                      \
@@ -237,7 +240,11 @@ PX_F px_c px_expm1(px_c z) {
   double h = sin(z.im / 2);
   return px_cx(expm1(z.re) * cos(z.im) - 2 * (h * h), exp(z.re) * sin(z.im));
 }
-PX_F px_c px_abs(px_c z) { return px_cx(px_norm(z), 0); }
+PX_F px_c px_abs(px_c z) {  // (kernels.rs: `modulus`)
+  double s = z.re * z.re + z.im * z.im;
+  bool normal = s >= 2.2250738585072014e-308 && s <= 1.7976931348623157e308;  // (not NaN)
+  return px_cx(normal ? sqrt(s) : hypot(z.re, z.im), 0);
+}
 PX_F px_c px_conj(px_c z) { return px_cx(z.re, -z.im); }
 PX_F px_c px_round(px_c z) { return px_cx(rint(z.re), rint(z.im)); }
 PX_F px_c px_sign(px_c z) {
