@@ -265,6 +265,34 @@ def test_short_rows_are_walked_in_tiles_with_the_same_results(shape):
                                    getattr(np, red)(env["t"], axis=axis - 1), rtol=1e-12)
 
 
+@pytest.mark.parametrize("shape, axis", [((20, 5000), 0), ((17, 300), 0), ((1000, 40), 0), ((3, 7, 200), 0),
+                                         ((40, 30, 9), 1), ((600, 1100), 0)])
+def test_reductions_across_rows_far_apart_are_the_rows_own(shape, axis):
+    # A reduction along an axis whose elements lie farther apart in memory than the
+    # rows do (axis 0 of a C-ordered array) goes down tiles of rows: each result as the
+    # row folded alone, bit for bit, and as numpy's within rounding.
+    rng = np.random.default_rng(sum(shape))
+    p = rng.random(shape) - 0.5
+    p.reshape(-1)[::13] = np.nan
+    p.reshape(-1)[::17] = -0.0
+    env = {"p": p, "i": rng.integers(-50, 50, shape), "f": p.astype(np.float32), "z": p + 1j * p[::-1]}
+    for red in ("sum", "prod", "min", "max"):
+        for name in ("p", "i", "f", "z"):
+            if name == "z" and red in ("min", "max"):
+                continue
+            a = env[name]
+            ours = paralelo.evaluate(f"{red}({name}, axis={axis})", local_dict=env)
+            rows = np.moveaxis(a, axis, -1).reshape(-1, shape[axis])
+            picked = sorted({0, 1, 7, 8, 63, 64, 65, len(rows) // 2, len(rows) - 1} & set(range(len(rows))))
+            alone = [paralelo.evaluate(f"{red}(r)", local_dict={"r": np.ascontiguousarray(rows[k])}) for k in picked]
+            assert ours.reshape(-1)[picked].tobytes() == np.array(alone).tobytes(), (red, name)
+            with np.errstate(all="ignore"):
+                want = getattr(np, red)(a, axis=axis)
+            # (numpy sums float32 in float32: near 0 its sum is off by its ulps)
+            np.testing.assert_allclose(ours, want, rtol=1e-5 if name == "f" else 1e-12,
+                                       atol=1e-5 if name == "f" else 0, equal_nan=True)
+
+
 def test_dtypes_met_for_the_first_time_after_a_conversion_run():
     # In a fresh interpreter: a dtype first seen as what an input was converted to (a
     # long double cut to a double, re_evaluate casting to the compiled kind).
@@ -1149,3 +1177,20 @@ def test_environment_settings_with_bad_or_capping_values():
                          env=dict(os.environ, NUMEXPR_MAX_THREADS="1", PARALELO_KEEP_RESULTS_MB="abc"))
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["1"] and "PARALELO_KEEP_RESULTS_MB='abc' ignored" in run.stderr
+
+
+def test_order_k_lays_results_out_as_the_inputs_lie_as_numexpr():
+    # A new result lies in memory as the inputs do, axis by axis (numpy's iterator's
+    # rule), transposed and permuted views included, where they agree; else C's order.
+    a = np.arange(120.0).reshape(4, 5, 6)
+    m = np.arange(30.0).reshape(5, 6)
+    cases = [{"x": a.transpose(2, 0, 1), "y": 1.0}, {"x": a.transpose(1, 2, 0)[::2], "y": 2.0},
+             {"x": np.asfortranarray(a), "y": a.T.T}, {"x": a.T, "y": a.T}, {"x": a.transpose(0, 2, 1), "y": a[0, :, 0]},
+             {"x": m.T[::2], "y": m.T[::2]}, {"x": a[:, ::2].transpose(2, 1, 0), "y": a[:, ::2].transpose(2, 1, 0).copy()}]
+    for env in cases:
+        for ex in ("x * 2 + y", "where(x > 3, x, y)"):
+            ours, theirs = paralelo.evaluate(ex, local_dict=env), ne.evaluate(ex, local_dict=env)
+            np.testing.assert_array_equal(ours, theirs)
+            assert ours.strides == theirs.strides, (ex, [v.strides for v in env.values() if hasattr(v, "strides")])
+        ours, theirs = paralelo.evaluate("sum(x * 2)", local_dict=env), ne.evaluate("sum(x * 2)", local_dict=env)
+        assert float(ours) == float(theirs)

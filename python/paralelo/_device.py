@@ -375,7 +375,7 @@ def _device_target(np: Any, native: Any, out: Any, target: Input | None, shape: 
 def _copy_into(np: Any, result: Any, out: Any, casting: str) -> None:
     from .expressions import _target
 
-    _target(np, out, result.shape, result.dtype, casting, [], False)
+    _target(np, out, result.shape, result.dtype, casting, [], None)
     np.copyto(out, result, casting="unsafe")
 
 

@@ -342,7 +342,7 @@ def _quickly(ex: str, known: tuple, values: list) -> Any:
         if type(v) is not ndarray or v.shape != shape:
             return None
     plan = known[1].get(tuple([v.dtype for v in values]))
-    if plan is None or (len(shape) > 1 and keeps_fortran(values, "K", len(shape))):
+    if plan is None or (len(shape) > 1 and walk_order(values, "K", len(shape)) is not None):
         return None
     compiled, takes, dtype, kind, reduction = plan
     if reduction is None:
@@ -580,26 +580,30 @@ def _run(compiled: Any, arrays: list, kinds: list[str], stored: list[str | None]
             return _empty_reduction(np, name, out_shape, result_dtype, out, casting)
         if isinstance(out, np.ndarray) and out.shape != out_shape and _broadcasts(np, out_shape, out.shape):
             # (`sum(x)` into an array of shape (1,), as numexpr writes it)
-            _target(np, out, out.shape, result_dtype, casting, [], False)
+            _target(np, out, out.shape, result_dtype, casting, [], None)
             np.copyto(out, _run(compiled, arrays, kinds, stored, None, order, casting), casting="unsafe")
             return out
-    fortran = keeps_fortran(arrays, order, len(out_shape))
-    if reduction is not None and reduction[1] is None and keeps_fortran(arrays, "K", ndim):
-        # (a whole reduction walks Fortran-ordered inputs in their memory order: their
-        # dimensions then merge into one; in C's order each element was a stride away)
-        views = [v.T for v in views]
-    target = _target(np, out, out_shape, result_dtype, casting, arrays, fortran)
-    # (an elementwise program walks a Fortran-ordered result transposed, so that its inner
-    # loop runs along memory; a reduction writes through the result's strides as they are)
-    run_on = target.T if fortran and reduction is None else target
-    iteration = run_on.shape if reduction is None else (views[0].shape if views else shape)
     if reduction is None:
-        out_strides = run_on.strides
-        views = [v.T for v in views] if fortran else views
-    elif reduction[1] is None:
-        out_strides = (0,) * len(iteration)
+        # A new result lies in memory as the inputs do (numpy's order 'K'), and the walk
+        # goes in that order, the result's and the inputs' dimensions then merging (a
+        # transposed input once cost twice numexpr's time, walked in C's order).
+        perm = walk_order(views, order, ndim)
+        target = _target(np, out, out_shape, result_dtype, casting, arrays, perm)
+        run_on = target if perm is None else target.transpose(perm)
+        views = views if perm is None else [v.transpose(perm) for v in views]
+        iteration, out_strides = run_on.shape, run_on.strides
     else:
-        out_strides = run_on.strides + (0,)
+        if reduction[1] is None:
+            # (a whole reduction walks its inputs in their memory order too)
+            perm = walk_order(views, "K", ndim)
+            views = views if perm is None else [v.transpose(perm) for v in views]
+            perm = None
+        else:
+            perm = _reversed(len(out_shape)) if keeps_fortran(arrays, order, len(out_shape)) else None
+        target = _target(np, out, out_shape, result_dtype, casting, arrays, perm)
+        # (a reduction writes through the result's strides as they are)
+        iteration = views[0].shape if views else shape
+        out_strides = (0,) * len(iteration) if reduction[1] is None else target.strides + (0,)
     compiled.run_arrays(list(zip(views, kinds, stored)), list(iteration), (target, compiled.out, out_strides))
     if out is not None and target is not out:
         np.copyto(out, target, casting="unsafe")
@@ -612,6 +616,43 @@ def _broadcasts(np: Any, shape: tuple, to: tuple) -> bool:
         return np.broadcast_shapes(shape, to) == to
     except ValueError:
         return False
+
+
+def walk_order(views: list, order: str, ndim: int) -> tuple | None:
+    """The axes of `views` (arrays of one shape, of `ndim` dimensions), outermost first,
+    in the order a new result lies in memory: `order`'s, and for 'K' (and 'A') the
+    inputs' own where every input that tells agrees (an axis lies outside another where
+    its stride is the larger, of axes longer than 1, neither broadcast), else C's, as
+    numpy's iterator orders them; None for C's order."""
+    if ndim < 2 or order == "C":
+        return None
+    if order == "F":
+        return _reversed(ndim)
+    if all(v.flags.c_contiguous for v in views):
+        return None
+    shape = views[0].shape
+    strides = [[abs(s) if n > 1 else 0 for s, n in zip(v.strides, shape)] for v in views]
+
+    def outside(a: int, b: int) -> bool:
+        told = False
+        for st in strides:
+            if st[a] and st[b]:
+                if st[a] <= st[b]:
+                    return False
+                told = True
+        return told
+
+    axes = list(range(ndim))
+    for i in range(1, ndim):
+        ax, at = axes[i], i
+        while at > 0 and outside(ax, axes[at - 1]):
+            at -= 1
+        axes.insert(at, axes.pop(i))
+    return None if axes == list(range(ndim)) else tuple(axes)
+
+
+def _reversed(ndim: int) -> tuple:
+    return tuple(range(ndim - 1, -1, -1))
 
 
 def _layout(a: Any) -> int:
@@ -635,11 +676,11 @@ def keeps_fortran(arrays: list, order: str, ndim: int) -> bool:
     return 1 in votes and -1 not in votes
 
 
-def _target(np: Any, out: Any, shape: tuple, dtype: Any, casting: str, arrays: list, fortran: bool) -> Any:
+def _target(np: Any, out: Any, shape: tuple, dtype: Any, casting: str, arrays: list, perm: tuple | None) -> Any:
     """The array the engine writes: `out` itself when it can, else a new one (copied into
-    `out` afterwards)."""
+    `out` afterwards), its axes in memory in `perm`'s order (outermost first; None: C's)."""
     if out is None:
-        return _recycled.empty(np, shape, dtype, "F" if fortran else "C")
+        return _new(np, shape, dtype, perm)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array, not {type(out).__name__}")
     if out.shape != tuple(shape):
@@ -653,8 +694,17 @@ def _target(np: Any, out: Any, shape: tuple, dtype: Any, casting: str, arrays: l
             or any(s == 0 and n > 1 for s, n in zip(out.strides, out.shape))):
         # (an output that is also an input, or whose elements are one another (a stride of
         # 0: threads would write them at once), is written once the result is whole)
-        return _recycled.empty(np, shape, dtype, "F" if fortran else "C")
+        return _new(np, shape, dtype, perm)
     return out
+
+
+def _new(np: Any, shape: tuple, dtype: Any, perm: tuple | None) -> Any:
+    if perm is None:
+        return _recycled.empty(np, shape, dtype, "C")
+    back = [0] * len(perm)
+    for i, axis in enumerate(perm):
+        back[axis] = i
+    return _recycled.empty(np, tuple(shape[axis] for axis in perm), dtype, "C").transpose(back)
 
 
 def _empty_reduction(np: Any, name: str, shape: tuple, dtype: Any, out: Any, casting: str) -> Any:
@@ -663,6 +713,6 @@ def _empty_reduction(np: Any, name: str, shape: tuple, dtype: Any, out: Any, cas
     result = (np.zeros if name == "sum" else np.ones)(shape, dtype)
     if out is None:
         return result
-    _target(np, out, shape, dtype, casting, [], False)
+    _target(np, out, shape, dtype, casting, [], None)
     np.copyto(out, result, casting="unsafe")
     return out

@@ -44,6 +44,10 @@ const REDUCTION_PARTS: usize = 64;
 /// few elements do not each pay a block's fixed costs (`p * s` over (1 M, 3) with s of
 /// (3,): 25 ms a row at a time, numexpr 5.3).
 const SHORT_ROW: usize = 16;
+/// Elements a reduction's tile keeps at most (a row of up to `REDUCTION_BLOCK` elements
+/// far apart in memory is tiled too, fewer rows a tile the longer it is: `sum(a,
+/// axis=0)` over (20, 1 M), each row's elements 8 MB apart, 47 ms a row at a time).
+const TILE: usize = 16 * REDUCTION_BLOCK;
 
 /// An array of the caller's: its first element's address, its kind, and its strides in
 /// bytes along each dimension of the iteration shape (0 where it is broadcast).
@@ -77,7 +81,11 @@ pub unsafe fn evaluate(
     let mut layout = Layout::new(shape, inputs, out, rows);
     let total: usize = layout.shape.iter().product();
     if program.reduce.is_some() {
-        layout.block = REDUCTION_BLOCK;
+        layout.block = if layout.tiled {
+            (TILE / layout.row_len()).clamp(8, REDUCTION_BLOCK) // (rows a tile)
+        } else {
+            REDUCTION_BLOCK
+        };
     } else if !program.lazy.is_empty() {
         layout.block = LAZY_BLOCK;
     }
@@ -248,6 +256,22 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
     }
 }
 
+/// Whether, in every input that moves along both of the last two dimensions, a row's
+/// elements lie farther apart than its rows do (and some input moves along both).
+fn runs_down_columns(inputs: &[Vec<isize>], n: usize) -> bool {
+    let mut told = false;
+    for s in inputs {
+        let (along, down) = (s[n - 1].unsigned_abs(), s[n - 2].unsigned_abs());
+        if along != 0 && down != 0 {
+            if along <= down {
+                return false;
+            }
+            told = true;
+        }
+    }
+    told
+}
+
 /// `[start, end)` ranges covering `total` elements, at least `CHUNK` each but the last,
 /// about `parts` of them where there is that much, each a multiple of `align` long.
 fn chunks(total: usize, parts: usize, align: usize) -> Vec<(usize, usize)> {
@@ -291,7 +315,16 @@ impl Layout {
         // where that is well longer than a row; (N, 2, 16) * (N, 1, 16) took 4 to 7
         // times longer tiled, 2 rows a tile)
         let n = dims.len();
-        let tiled = n >= 2 && dims[n - 1] <= SHORT_ROW && dims[n - 2] >= (2 * dims[n - 1]).max(8);
+        let short = n >= 2 && dims[n - 1] <= SHORT_ROW && dims[n - 2] >= (2 * dims[n - 1]).max(8);
+        // (a reduction's rows whose elements lie farther apart than the rows do, as
+        // `sum(a, axis=0)` over a C-ordered `a` makes them: down a tile's columns, memory
+        // is read in runs; along the rows, an element a cache line or a page)
+        let across = rows
+            && n >= 2
+            && dims[n - 1] <= REDUCTION_BLOCK
+            && dims[n - 2] >= 8
+            && runs_down_columns(&strides[..inputs.len()], n);
+        let tiled = short || across;
         Layout {
             tiled,
             shape: dims,
@@ -315,10 +348,10 @@ impl Layout {
         out.iter().any(|s| *s != 0) && out[out.len() - 1] == 0
     }
 
-    /// What chunks' lengths are multiples of: whole blocks, and whole rows when tiled.
+    /// What chunks' lengths are multiples of: whole blocks, and whole tiles when tiled.
     fn align(&self) -> usize {
         if self.tiled {
-            LAZY_BLOCK * self.row_len()
+            self.block * self.row_len()
         } else {
             LAZY_BLOCK
         }
@@ -1004,14 +1037,8 @@ fn fold_rows(
             let put = writer::<f64>(out, stride);
             lane_columns(t, n, len, sum, |r, v| put(r, start(v)))
         }
-        Buf::F(t) => {
-            let step = |a, v| extreme_step(red, a, v);
-            fold_columns(t, n, len, None, step, writer::<f32>(out, stride))
-        }
-        Buf::D(t) => {
-            let step = |a, v| extreme_step(red, a, v);
-            fold_columns(t, n, len, None, step, writer::<f64>(out, stride))
-        }
+        Buf::F(t) => extreme_columns(t, n, len, red, writer::<f32>(out, stride)),
+        Buf::D(t) => extreme_columns(t, n, len, red, writer::<f64>(out, stride)),
         Buf::I(t) => {
             let step = |a, v| int_step(red, a, v, i32::wrapping_add, i32::wrapping_mul);
             fold_columns(t, n, len, None, step, writer::<i32>(out, stride))
@@ -1325,6 +1352,44 @@ fn int_step<T: Copy + PartialOrd>(
         Reduce::Sum => add(a, v),
         Reduce::Prod => mul(a, v),
         _ => pick(red, a, v),
+    }
+}
+
+/// Each row of a column-major tile's minimum (maximum) as `extreme` finds a row's:
+/// element after element up to `SHORT_ROW` elements, else in eight lanes (element `c`
+/// into lane `c` mod 8, each lane from the row's first) folded in order; `put(row, value)`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // (row `i` of each of eight lanes)
+fn extreme_columns<T: Copy + PartialOrd>(
+    tile: &[T],
+    n: usize,
+    len: usize,
+    red: Reduce,
+    put: impl Fn(usize, T),
+) {
+    let step = |a, v| extreme_step(red, a, v);
+    if len <= SHORT_ROW {
+        return fold_columns(tile, n, len, None, step, put);
+    }
+    for first in (0..n).step_by(FOLD_ROWS) {
+        let g = FOLD_ROWS.min(n - first);
+        let column = |c: usize| &tile[c * n + first..][..g];
+        let mut lane = [[tile[first]; FOLD_ROWS]; 8];
+        for l in lane.iter_mut() {
+            l[..g].copy_from_slice(column(0));
+        }
+        for c in 0..len {
+            for (a, v) in lane[c % 8][..g].iter_mut().zip(column(c)) {
+                *a = step(*a, *v);
+            }
+        }
+        let firsts = column(0);
+        for i in 0..g {
+            put(
+                first + i,
+                (0..8).fold(firsts[i], |a, j| pick_float(red, a, lane[j][i])),
+            );
+        }
     }
 }
 
