@@ -200,6 +200,32 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
             // One result per row (the reduced axis is the last): rows spread over the cores.
             let rows = total / layout.row_len();
             let row_len = layout.row_len();
+            if row_len >= CHUNK {
+                // Long rows: each folded as the row alone is (`sum(r)`: in chunks of it,
+                // combined in order), every row's chunks spread over the cores (a row a
+                // core left all but four idle for `sum(a, axis=1)` over (4, 50 M)).
+                let cut = chunks(row_len, REDUCTION_PARTS, layout.align());
+                let k = cut.len();
+                let parts: Vec<Acc> = (0..rows * k)
+                    .into_par_iter()
+                    .map_init(
+                        || Regs::new(program, layout.block),
+                        |regs, t| {
+                            let (base, (start, end)) = ((t / k) * row_len, cut[t % k]);
+                            fold_part(program, layout, red, regs, base + start, base + end)
+                        },
+                    )
+                    .collect();
+                for (row, accs) in parts.chunks(k).enumerate() {
+                    let acc = accs.iter().fold(Acc::Empty, |a, b| a.merge(red, *b));
+                    let mut at = layout.out;
+                    layout.walk(row * row_len, row * row_len + 1, |a, _| at = a[a.len() - 1]);
+                    // SAFETY: the row's output element, in bounds as `evaluate`'s caller
+                    // promised.
+                    unsafe { acc.finish(red, program.out, row_len)?.write(at) };
+                }
+                return Ok(());
+            }
             let work = |regs: &mut Regs, row: usize| -> Result<()> {
                 let mut acc = Acc::start(red, program.out);
                 let mut first = None;
@@ -226,12 +252,7 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
         }
         Some((red, _)) => {
             let part = |regs: &mut Regs, (start, end): (usize, usize)| {
-                let mut acc = Acc::start(red, program.out);
-                layout.walk(start, end, |at, n| {
-                    regs.block(program, layout, at, n, None);
-                    acc.fold(red, regs.result(program, n));
-                });
-                acc
+                fold_part(program, layout, red, regs, start, end)
             };
             let chunks = chunks(total, REDUCTION_PARTS, layout.align());
             let parts: Vec<Acc> = if chunks.len() == 1 {
@@ -254,6 +275,23 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
             Ok(())
         }
     }
+}
+
+/// The elements `[start, end)` folded, from the reduction's start, a block at a time.
+fn fold_part(
+    program: &Program,
+    layout: &Layout,
+    red: Reduce,
+    regs: &mut Regs,
+    start: usize,
+    end: usize,
+) -> Acc {
+    let mut acc = Acc::start(red, program.out);
+    layout.walk(start, end, |at, n| {
+        regs.block(program, layout, at, n, None);
+        acc.fold(red, regs.result(program, n));
+    });
+    acc
 }
 
 /// Whether, in every input that moves along both of the last two dimensions, a row's
