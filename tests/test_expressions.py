@@ -1194,3 +1194,15 @@ def test_order_k_lays_results_out_as_the_inputs_lie_as_numexpr():
             assert ours.strides == theirs.strides, (ex, [v.strides for v in env.values() if hasattr(v, "strides")])
         ours, theirs = paralelo.evaluate("sum(x * 2)", local_dict=env), ne.evaluate("sum(x * 2)", local_dict=env)
         assert float(ours) == float(theirs)
+
+
+def test_constants_fold_as_numexpr_folds_them_through_python():
+    # A negative base to a fractional power is complex; a float power past the doubles
+    # overflows; minimum of an int and a boolean is an int; numbers' underscores as
+    # Python's.
+    env = {"x": np.arange(3.0)}
+    for ex in ("(-8)**(1/3) + x", "(-1)**0.5", "x * (-2.0)**0.25", "minimum(-1, False) & 3", "maximum(4, True) + x",
+               "2.0**1024 + x", "x + 10.0**-400", "1_ + x", "1__0 + x", "x + 0x_1f", "x + 1_e5", "x + 0x1_"):
+        same(outcome(paralelo.evaluate, ex, env), outcome(ne.evaluate, ex, env))
+    for number in ("1_000.000_1", "1e1_0", "0b1_0", "0o_7"):  # (numexpr refuses some Python takes)
+        assert paralelo.evaluate(number) == eval(number)

@@ -181,11 +181,36 @@ pub(crate) fn binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
         BinaryOp::Pow if x == 0.0 && y < 0.0 => {
             return Err(zero("0.0 cannot be raised to a negative power"))
         }
-        BinaryOp::Pow => x.powf(y),
+        BinaryOp::Pow if x < 0.0 && y.is_finite() && y != y.floor() => {
+            // (Python's: a negative base to a fractional power is complex)
+            let (len, phase) = ((-x).powf(y), std::f64::consts::PI * y);
+            return Ok(Literal::Complex(Complex64::new(
+                len * phase.cos(),
+                len * phase.sin(),
+            )));
+        }
+        BinaryOp::Pow => {
+            let r = x.powf(y);
+            if r.is_infinite() && x.is_finite() && y.is_finite() {
+                // (as Python's float power, which numexpr folds constants with)
+                return Err(ExprError::Overflow(format!(
+                    "(34, 'Numerical result out of range'): {x:?} ** {y:?}"
+                )));
+            }
+            r
+        }
         _ => {
-            return Err(ExprError::Type(
-                "unsupported operand type(s) for float".into(),
-            ))
+            return Err(ExprError::Type(format!(
+                "unsupported operand type(s) for {}: 'float' constants",
+                match op {
+                    BinaryOp::LShift => "<<",
+                    BinaryOp::RShift => ">>",
+                    BinaryOp::BitAnd => "&",
+                    BinaryOp::BitOr => "|",
+                    BinaryOp::BitXor => "^",
+                    _ => "@",
+                }
+            )))
         }
     }))
 }

@@ -109,7 +109,8 @@ fn number(chars: &[char], start: usize) -> Result<(Literal, usize)> {
             .filter(|c| **c != '_')
             .collect();
         let whole: String = chars[start..i].iter().collect();
-        if text.is_empty() {
+        let digits: String = chars[start + 1..i].iter().collect();
+        if text.is_empty() || misplaced_underscore(&digits, true) {
             return Err(bad(&whole));
         }
         let value = i128::from_str_radix(&text, radix).map_err(|_| too_large(&whole))?;
@@ -140,6 +141,9 @@ fn number(chars: &[char], start: usize) -> Result<(Literal, usize)> {
         }
     }
     let whole: String = chars[start..i].iter().collect();
+    if misplaced_underscore(&whole, false) {
+        return Err(bad(&whole));
+    }
     let text: String = whole.chars().filter(|c| *c != '_').collect();
     if i < chars.len() && (chars[i] == 'j' || chars[i] == 'J') {
         let value: f64 = text.parse().map_err(|_| bad(&whole))?;
@@ -158,6 +162,23 @@ fn number(chars: &[char], start: usize) -> Result<(Literal, usize)> {
         Ok(v) => Ok((Literal::Int(v), i)),
         Err(_) => Err(too_large(&whole)),
     }
+}
+
+/// Whether underscores in a number are other than Python's: each between two digits
+/// (with a `radix` prefix, the first may follow its letter: `0x_1f`).
+fn misplaced_underscore(number: &str, radix: bool) -> bool {
+    let c: Vec<char> = number.chars().collect();
+    (0..c.len()).any(|k| {
+        let before = k.checked_sub(1).map(|j| c[j]);
+        let after = c.get(k + 1);
+        let fits = if radix {
+            before.is_some_and(|b| b.is_ascii_alphanumeric())
+                && after.is_some_and(char::is_ascii_hexdigit)
+        } else {
+            before.is_some_and(|b| b.is_ascii_digit()) && after.is_some_and(char::is_ascii_digit)
+        };
+        c[k] == '_' && !fits
+    })
 }
 
 fn too_large(whole: &str) -> ExprError {

@@ -481,7 +481,12 @@ fn fold_func(f: Func, args: &[Literal]) -> Option<Node> {
         .all(|a| matches!(a, Literal::Int(_) | Literal::Bool(_)));
     let complex = args.iter().any(|a| matches!(a, Literal::Complex(_)));
     let x = complex_of(args[0]);
-    if ints && !args.iter().any(|a| matches!(a, Literal::Bool(_))) {
+    // (numpy's integer functions of ints, and its maximum and minimum of an int and a
+    // boolean: `minimum(-1, False)` is int64 -1)
+    let extreme = matches!(f, Func::Maximum | Func::Minimum);
+    let with_bool = args.iter().any(|a| matches!(a, Literal::Bool(_)));
+    let with_int = args.iter().any(|a| matches!(a, Literal::Int(_)));
+    if ints && (!with_bool || extreme && with_int) {
         let v = as_int(args[0])?;
         if args
             .iter()
