@@ -14,7 +14,6 @@ and a forked child starts with an empty pool.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import mmap
 import os
@@ -80,7 +79,7 @@ def empty(np: Any, shape: tuple, dtype: Any, order: str) -> Any:
                 pass
     # The array's base holds the mapping open (its `close` cannot unmap it under the
     # array) and is not the mapping itself.
-    holder = (ctypes.c_char * size).from_buffer(memory)
+    holder = (_ctypes().c_char * size).from_buffer(memory)
     array = np.ndarray(shape, dtype, buffer=holder, order=order)
     # (A view of the result keeps the result alive, so the memory waits for the views too.)
     weakref.finalize(array, _give_back, memory, os.getpid()).atexit = False
@@ -145,6 +144,7 @@ def _advise(memory: mmap.mmap, advice: int) -> None:
 
 def _resident(memory: mmap.mmap) -> int:
     """Bytes of `memory` in RAM (mincore), 0 where that cannot be told."""
+    ctypes = _ctypes()
     pages = -(-len(memory) // mmap.PAGESIZE)
     found = (ctypes.c_ubyte * pages)()
     start = ctypes.c_char.from_buffer(memory)
@@ -155,8 +155,20 @@ def _resident(memory: mmap.mmap) -> int:
     return 0 if failed else (pages - bytes(found).count(0)) * mmap.PAGESIZE
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+_libc: Any = None
+
+
+def _ctypes() -> Any:
+    """ctypes, with the C library's mincore, loaded when a large result first needs them
+    (importing ctypes cost a process's first `evaluate` a millisecond)."""
+    global _libc
+    import ctypes
+
+    if _libc is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+        _libc = libc
+    return ctypes
 
 
 def _before_fork() -> None:
