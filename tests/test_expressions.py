@@ -1206,3 +1206,45 @@ def test_constants_fold_as_numexpr_folds_them_through_python():
         same(outcome(paralelo.evaluate, ex, env), outcome(ne.evaluate, ex, env))
     for number in ("1_000.000_1", "1e1_0", "0b1_0", "0o_7"):  # (numexpr refuses some Python takes)
         assert paralelo.evaluate(number) == eval(number)
+
+
+def test_results_of_reductions_and_orders_lie_as_numexprs():
+    # A reduction over an axis lies as its inputs do, that axis aside; an axis of length
+    # 1 does not stop the inputs' order; 'A' is Fortran's only where every input is; a
+    # whole reduction's out has one element or is refused, as numexpr refuses it.
+    a = np.arange(60.0).reshape(3, 4, 5)
+    f = np.asfortranarray(np.arange(7 * 9 * 11.0).reshape(7, 9, 11))
+    for x, ex in ((a.transpose(1, 2, 0), "sum(x, axis=0)"), (a.transpose(1, 2, 0), "max(x, axis=1)"),
+                  (f[1:, :, 2:], "sum(x, axis=1)"), (f, "prod(x * 0 + 1, axis=2)")):
+        ours, theirs = paralelo.evaluate(ex, local_dict={"x": x}), ne.evaluate(ex, local_dict={"x": x})
+        np.testing.assert_array_equal(ours, theirs)
+        assert ours.strides == theirs.strides, ex
+    unit = np.asfortranarray(np.arange(2000.0).reshape(20, 1, 100))
+    for x, order in ((unit, "K"), (unit[:, :1, :].T, "K"), (np.arange(35.0).reshape(5, 7)[:, ::-1].T, "A"),
+                     (np.asfortranarray(a), "A")):
+        ours = paralelo.evaluate("x * 2", local_dict={"x": x}, order=order)
+        theirs = ne.evaluate("x * 2", local_dict={"x": x}, order=order)
+        np.testing.assert_array_equal(ours, theirs)
+        assert ours.flags.c_contiguous == theirs.flags.c_contiguous and ours.flags.f_contiguous == theirs.flags.f_contiguous
+    for f_ in (paralelo.evaluate, ne.evaluate):
+        with pytest.raises(ValueError, match="size 1"):
+            f_("sum(x)", local_dict={"x": a}, out=np.zeros(2))
+
+
+def test_complex_sqrt_and_float_extremes_are_numpys_to_the_bit():
+    # C99's square root (numpy's): infinities, NaNs, tiny and huge values, and every other
+    # element to the bit; maximum and minimum give the second of two equal values (0.0
+    # and -0.0) as numpy's do.
+    rng = np.random.default_rng(11)
+    c = (rng.random(2000) - 0.5) * 10 + 1j * (rng.random(2000) - 0.5) * 10
+    specials = [complex(np.inf, 1), complex(np.nan, 0), 5e-324 + 5e-324j, -4 + 0j, complex(-4, -0.0),
+                complex(-np.inf, np.nan), complex(np.inf, np.nan), complex(1, np.inf), complex(np.nan, -np.inf),
+                complex(-0.0, 0), 0j, complex(0, -2), complex(-np.inf, 2)]
+    c = np.concatenate([c, c * 1e-310, c * 1e300, specials])
+    ours, want = paralelo.evaluate("sqrt(c)"), np.sqrt(c)
+    assert paralelo.evaluate("c ** 0.5").tobytes() == ours.tobytes()
+    nan = np.isnan(ours) & np.isnan(want)
+    np.testing.assert_array_equal(np.where(nan, 0, ours).view(np.uint64), np.where(nan, 0, want).view(np.uint64))
+    a, b = np.array([-0.0, 0.0, 1.0, np.nan, 2.0]), np.array([0.0, -0.0, np.nan, 1.0, 2.0])
+    for f in ("maximum", "minimum"):
+        assert paralelo.evaluate(f"{f}(a, b)").tobytes() == getattr(np, f)(a, b).tobytes()

@@ -578,8 +578,10 @@ def _run(compiled: Any, arrays: list, kinds: list[str], stored: list[str | None]
             views = [np.moveaxis(v, axis, -1) for v in views]
         if 0 in shape:
             return _empty_reduction(np, name, out_shape, result_dtype, out, casting)
-        if isinstance(out, np.ndarray) and out.shape != out_shape and _broadcasts(np, out_shape, out.shape):
+        if isinstance(out, np.ndarray) and out.shape != out_shape and axis is None:
             # (`sum(x)` into an array of shape (1,), as numexpr writes it)
+            if out.size != 1:
+                raise ValueError("out argument must have size 1 for a full reduction")  # (as numexpr)
             _target(np, out, out.shape, result_dtype, casting, [], None)
             np.copyto(out, _run(compiled, arrays, kinds, stored, None, order, casting), casting="unsafe")
             return out
@@ -599,7 +601,8 @@ def _run(compiled: Any, arrays: list, kinds: list[str], stored: list[str | None]
             views = views if perm is None else [v.transpose(perm) for v in views]
             perm = None
         else:
-            perm = _reversed(len(out_shape)) if keeps_fortran(arrays, order, len(out_shape)) else None
+            # (the result of a reduction over an axis lies as its inputs do, that axis aside)
+            perm = walk_order([v[..., 0] for v in views], order, ndim - 1)
         target = _target(np, out, out_shape, result_dtype, casting, arrays, perm)
         # (a reduction writes through the result's strides as they are)
         iteration = views[0].shape if views else shape
@@ -620,16 +623,19 @@ def _broadcasts(np: Any, shape: tuple, to: tuple) -> bool:
 
 def walk_order(views: list, order: str, ndim: int) -> tuple | None:
     """The axes of `views` (arrays of one shape, of `ndim` dimensions), outermost first,
-    in the order a new result lies in memory: `order`'s, and for 'K' (and 'A') the
-    inputs' own where every input that tells agrees (an axis lies outside another where
-    its stride is the larger, of axes longer than 1, neither broadcast), else C's, as
-    numpy's iterator orders them; None for C's order."""
-    if ndim < 2 or order == "C":
+    in the order a new result lies in memory: `order`'s; for 'A' Fortran's where every
+    input lies in it, else C's; for 'K' the inputs' own where every input that tells
+    agrees (an axis lies outside another where its stride is the larger, of axes longer
+    than 1, neither broadcast), else C's, as numpy's iterator orders them (axes of
+    length 1, which tell nothing, outermost); None for C's order."""
+    if ndim < 2 or order == "C" or not views:
         return None
     if order == "F":
         return _reversed(ndim)
     if all(v.flags.c_contiguous for v in views):
         return None
+    if order == "A":
+        return _reversed(ndim) if all(v.flags.f_contiguous for v in views) else None
     shape = views[0].shape
     strides = [[abs(s) if n > 1 else 0 for s, n in zip(v.strides, shape)] for v in views]
 
@@ -642,13 +648,15 @@ def walk_order(views: list, order: str, ndim: int) -> tuple | None:
                 told = True
         return told
 
-    axes = list(range(ndim))
-    for i in range(1, ndim):
+    axes = [d for d in range(ndim) if shape[d] != 1]
+    for i in range(1, len(axes)):
         ax, at = axes[i], i
         while at > 0 and outside(ax, axes[at - 1]):
             at -= 1
         axes.insert(at, axes.pop(i))
-    return None if axes == list(range(ndim)) else tuple(axes)
+    if axes == sorted(axes):
+        return None
+    return tuple(d for d in range(ndim) if shape[d] == 1) + tuple(axes)
 
 
 def _reversed(ndim: int) -> tuple:

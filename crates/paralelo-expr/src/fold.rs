@@ -31,8 +31,9 @@ pub(crate) fn as_int(lit: Literal) -> Option<i128> {
 
 fn too_wide() -> ExprError {
     ExprError::Overflow(
-        "an integer among the expression's constants is past 128 bits (numexpr takes such \
-         an int only beside floats: write it as a float there, as 2.0**127)"
+        "an integer among the expression's constants is past 128 bits, which paralelo's \
+         constants do not hold (numexpr computes with it beside floats): write it as a \
+         float, as 2.0**127"
             .into(),
     )
 }

@@ -374,16 +374,17 @@ macro_rules! real {
                             })
                         }
                     }
-                    // (NaN wins, as numpy's maximum and minimum)
+                    // (NaN wins, and of equal values (0.0 and -0.0) the second, as numpy's
+                    // maximum and minimum)
                     Func::Maximum => {
-                        if self.is_nan() || self >= o {
+                        if self.is_nan() || self > o {
                             self
                         } else {
                             o
                         }
                     }
                     Func::Minimum => {
-                        if self.is_nan() || self <= o {
+                        if self.is_nan() || self < o {
                             self
                         } else {
                             o
@@ -424,7 +425,7 @@ fn tanh(z: C64) -> C64 {
 
 fn complex_call(z: C64, f: Func) -> C64 {
     match f {
-        Func::Sqrt => z.sqrt(),
+        Func::Sqrt => sqrt(z),
         Func::Sin => z.sin(),
         Func::Cos => z.cos(),
         Func::Tan => {
@@ -710,6 +711,55 @@ fn cast(a: Col, out: Out) {
         (A::D(a), O::C(o)) => map1(a, o, Widen::widen),
         _ => unreachable!("numexpr only widens"),
     }
+}
+
+/// The principal square root as C99 has it (numpy's `sqrt`, which numexpr matches):
+/// `r = sqrt((|z| + re) / 2)` and `im / 2r` (or the other way round for a negative real
+/// part, so that nothing cancels), scaled where `|z|` would overflow or lose precision,
+/// with C99's infinities and NaNs (num-complex's polar form was an ulp off numpy in most
+/// elements, and gave `sqrt(inf + 1j)` a NaN).
+pub(crate) fn sqrt(z: C64) -> C64 {
+    let (x, y) = (z.re, z.im);
+    if y.is_infinite() {
+        return C64::new(f64::INFINITY, y);
+    }
+    if x.is_infinite() {
+        let nan = y.is_nan();
+        return if x < 0.0 {
+            C64::new(if nan { f64::NAN } else { 0.0 }, f64::INFINITY.copysign(y))
+        } else {
+            C64::new(x, if nan { y } else { 0.0f64.copysign(y) })
+        };
+    }
+    if x.is_nan() || y.is_nan() {
+        return C64::new(f64::NAN, f64::NAN);
+    }
+    if y == 0.0 {
+        return if x < 0.0 {
+            C64::new(0.0, (-x).sqrt().copysign(y))
+        } else {
+            C64::new(x.sqrt().abs(), y)
+        };
+    }
+    // (a quarter of the largest, or past the smallest normal: scaled by a power of two,
+    // exactly, and the root scaled back by its square root)
+    let (big, tiny) = (f64::MAX / 4.0, 2.0 * f64::MIN_POSITIVE);
+    let (x, y, back) = if x.abs() > big || y.abs() > big {
+        (x * 0.25, y * 0.25, 2.0)
+    } else if x.abs() < tiny && y.abs() < tiny {
+        (x * 2f64.powi(54), y * 2f64.powi(54), 2f64.powi(-27))
+    } else {
+        (x, y, 1.0)
+    };
+    let d = x.hypot(y);
+    let (r, s) = if x > 0.0 {
+        let r = (0.5 * (d + x)).sqrt();
+        (r, 0.5 * (y / r))
+    } else {
+        let s = (0.5 * (d - x)).sqrt();
+        ((0.5 * (y / s)).abs(), s)
+    };
+    C64::new(r * back, (s * back).copysign(y))
 }
 
 /// `|z|`: `sqrt(re² + im²)`, as numexpr computes it, where that sum is a normal number

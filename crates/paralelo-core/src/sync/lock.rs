@@ -239,7 +239,9 @@ impl SharedLock {
             // changed it, and the wait returns at once.
             futex::wait(&self.word, want, slice);
             slept = true;
-            if asleep.elapsed() >= LOOK_AFTER.min(slice) {
+            // (never under loom, where every holder lives: a model must replay the same
+            // steps each time, whatever the machine's speed)
+            if !cfg!(loom) && asleep.elapsed() >= LOOK_AFTER.min(slice) {
                 // Held that long: is its holder still there?
                 let now = self.word.load(Ordering::Relaxed);
                 if let Some(taken) = self.take_from_dead(now, me, recursive) {

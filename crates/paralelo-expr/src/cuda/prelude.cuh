@@ -113,8 +113,8 @@ PX_INTS(px_l, px_ul, (px_l)0x8000000000000000ULL)
   PX_F T px_hypot(T a, T b) { return hypot##S(a, b); }                                   \
   PX_F T px_nextafter(T a, T b) { return nextafter##S(a, b); }                           \
   PX_F T px_copysign(T a, T b) { return copysign##S(a, b); }                             \
-  PX_F T px_maximum(T a, T b) { return (a != a || a >= b) ? a : b; }                     \
-  PX_F T px_minimum(T a, T b) { return (a != a || a <= b) ? a : b; }
+  PX_F T px_maximum(T a, T b) { return (a != a || a > b) ? a : b; }                      \
+  PX_F T px_minimum(T a, T b) { return (a != a || a < b) ? a : b; }
 PX_REALS(float, f)
 PX_REALS(double, )
 
@@ -148,7 +148,8 @@ PX_F px_c px_exp(px_c z) {
   return px_polar(exp(re), im);
 }
 PX_F px_c px_log(px_c z) { return px_cx(log(px_norm(z)), atan2(z.im, z.re)); }
-PX_F px_c px_sqrt(px_c z) {
+// num-complex's square root, which its asin, acos, asinh and acosh take (the CPU's).
+PX_F px_c px_polar_sqrt(px_c z) {
   if (z.im == 0) {
     if (!signbit(z.re)) return px_cx(sqrt(z.re), z.im);
     double im = sqrt(-z.re);
@@ -159,6 +160,34 @@ PX_F px_c px_sqrt(px_c z) {
     return px_cx(x, signbit(z.im) ? -x : x);
   }
   return px_polar(sqrt(px_norm(z)), atan2(z.im, z.re) / 2);
+}
+PX_F px_c px_sqrt(px_c z) {  // (kernels.rs: `sqrt`, C99's)
+  double x = z.re, y = z.im;
+  if (isinf(y)) return px_cx(PX_INF, y);
+  if (isinf(x)) {
+    bool nan = y != y;
+    if (x < 0) return px_cx(nan ? px_d(0x7ff8000000000000ull) : 0.0, copysign(PX_INF, y));
+    return px_cx(x, nan ? y : copysign(0.0, y));
+  }
+  if (x != x || y != y) return px_cx(px_d(0x7ff8000000000000ull), px_d(0x7ff8000000000000ull));
+  if (y == 0) {
+    if (x < 0) return px_cx(0.0, copysign(sqrt(-x), y));
+    return px_cx(fabs(sqrt(x)), y);
+  }
+  const double big = 1.7976931348623157e308 / 4, tiny = 2 * 2.2250738585072014e-308;
+  double back = 1;
+  if (fabs(x) > big || fabs(y) > big) {
+    x *= 0.25; y *= 0.25; back = 2;
+  } else if (fabs(x) < tiny && fabs(y) < tiny) {
+    x *= 18014398509481984.0; y *= 18014398509481984.0; back = 7.450580596923828125e-9;  // (2^54, 2^-27)
+  }
+  double d = hypot(x, y), r, s;
+  if (x > 0) {
+    r = sqrt(0.5 * (d + x)); s = 0.5 * (y / r);
+  } else {
+    s = sqrt(0.5 * (d - x)); r = fabs(0.5 * (y / s));
+  }
+  return px_cx(r * back, copysign(s * back, y));
 }
 PX_F px_c px_powi(px_c b, int e) {
   if (e == 0) return px_cx(1, 0);
@@ -203,12 +232,12 @@ PX_F px_c px_times_i(px_c z) { return px_mul(px_cx(0, 1), z); }  // (signed zero
 PX_F px_c px_one_minus_square(px_c z) { return px_sub(px_cx(1, 0), px_mul(z, z)); }
 PX_F px_c px_arcsin(px_c z) {
   // -i ln(sqrt(1 - z^2) + iz)
-  px_c l = px_log(px_add(px_sqrt(px_one_minus_square(z)), px_times_i(z)));
+  px_c l = px_log(px_add(px_polar_sqrt(px_one_minus_square(z)), px_times_i(z)));
   return px_mul(px_cx(-0.0, -1), l);
 }
 PX_F px_c px_arccos(px_c z) {
   // -i ln(i sqrt(1 - z^2) + z)
-  px_c l = px_log(px_add(px_times_i(px_sqrt(px_one_minus_square(z))), z));
+  px_c l = px_log(px_add(px_times_i(px_polar_sqrt(px_one_minus_square(z))), z));
   return px_mul(px_cx(-0.0, -1), l);
 }
 PX_F px_c px_arctan(px_c z) {
@@ -219,12 +248,12 @@ PX_F px_c px_arctan(px_c z) {
   return px_div(d, px_cx(0, 2));
 }
 PX_F px_c px_arcsinh(px_c z) {
-  return px_log(px_add(z, px_sqrt(px_add(px_cx(1, 0), px_mul(z, z)))));
+  return px_log(px_add(z, px_polar_sqrt(px_add(px_cx(1, 0), px_mul(z, z)))));
 }
 PX_F px_c px_arccosh(px_c z) {
   px_c two = px_cx(2, 0);
-  px_c s = px_add(px_sqrt(px_div(px_add(z, px_cx(1, 0)), two)),
-                  px_sqrt(px_div(px_sub(z, px_cx(1, 0)), two)));
+  px_c s = px_add(px_polar_sqrt(px_div(px_add(z, px_cx(1, 0)), two)),
+                  px_polar_sqrt(px_div(px_sub(z, px_cx(1, 0)), two)));
   return px_mul(two, px_log(s));
 }
 PX_F px_c px_arctanh(px_c z) {
