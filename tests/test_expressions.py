@@ -1163,6 +1163,14 @@ def test_the_engine_refuses_a_shape_its_arrays_do_not_span():
         compiled.run_arrays([(a, "float64", None)], [64], (np.empty(64), "float64", (8,)))
     with pytest.raises(ValueError, match="do not span"):
         compiled.run_arrays([(a, "float64", None)], [4], (np.empty(2), "float64", (8,)))
+    with pytest.raises(ValueError, match="do not span"):  # (a 0-d output, a reduction's)
+        paralelo.evaluate("sum(a)")
+        whole = paralelo.expressions._last.compiled
+        whole.run_arrays([(np.ones((3, 4)), "float64", None)], [3, 4], (np.zeros(4)[:1].reshape(()), "float64", (8, 0)))
+    with pytest.raises(ValueError, match="do not span"):  # (a reach past any address)
+        compiled.run_arrays([(a, "float64", None)], [2**61 + 2], (np.empty(4), "float64", (8,)))
+    with pytest.raises(ValueError, match="read-only"):
+        compiled.run_arrays([(a, "float64", None)], [3], (np.frombuffer(bytes(24)), "float64", (8,)))
 
 
 def test_environment_settings_with_bad_or_capping_values():
@@ -1202,7 +1210,9 @@ def test_constants_fold_as_numexpr_folds_them_through_python():
     # Python's.
     env = {"x": np.arange(3.0)}
     for ex in ("(-8)**(1/3) + x", "(-1)**0.5", "x * (-2.0)**0.25", "minimum(-1, False) & 3", "maximum(4, True) + x",
-               "2.0**1024 + x", "x + 10.0**-400", "1_ + x", "1__0 + x", "x + 0x_1f", "x + 1_e5", "x + 0x1_"):
+               "2.0**1024 + x", "x + 10.0**-400", "1_ + x", "1__0 + x", "x + 0x_1f", "x + 1_e5", "x + 0x1_",
+               "minimum(True, False) | (x > 1)", "maximum(True, False) & (x > 1)", "(-10.0)**308.5 + x",
+               "(-1e309)**0.5 + x", "(-1e300)**1.5 * x", "x * (-0.5)**-1500.5"):
         same(outcome(paralelo.evaluate, ex, env), outcome(ne.evaluate, ex, env))
     for number in ("1_000.000_1", "1e1_0", "0b1_0", "0o_7"):  # (numexpr refuses some Python takes)
         assert paralelo.evaluate(number) == eval(number)

@@ -311,7 +311,7 @@ def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     torch, anything with ``__cuda_array_interface__``: read in place). `returns`:
     'numpy' or 'device'; by default a device array when an input is one, else numpy."""
     values = None
-    common = (out is None and device == "cpu" and returns is None and not kwargs and sanitize is None
+    common = (type(ex) is str and out is None and device == "cpu" and returns is None and not kwargs and sanitize is None
               and order == "K" and casting == "same_kind" and _threads_read and not disable_cache)
     if common:
         known = _quick.get(ex)

@@ -182,13 +182,14 @@ pub(crate) fn binary(op: BinaryOp, a: Literal, b: Literal) -> Result<Literal> {
         BinaryOp::Pow if x == 0.0 && y < 0.0 => {
             return Err(zero("0.0 cannot be raised to a negative power"))
         }
-        BinaryOp::Pow if x < 0.0 && y.is_finite() && y != y.floor() => {
+        BinaryOp::Pow if x < 0.0 && x.is_finite() && y.is_finite() && y != y.floor() => {
             // (Python's: a negative base to a fractional power is complex)
             let (len, phase) = ((-x).powf(y), std::f64::consts::PI * y);
-            return Ok(Literal::Complex(Complex64::new(
-                len * phase.cos(),
-                len * phase.sin(),
-            )));
+            let z = Complex64::new(len * phase.cos(), len * phase.sin());
+            if !z.is_finite() {
+                return Err(ExprError::Overflow("complex exponentiation".into()));
+            }
+            return Ok(Literal::Complex(z));
         }
         BinaryOp::Pow => {
             let r = x.powf(y);

@@ -486,6 +486,15 @@ fn fold_func(f: Func, args: &[Literal]) -> Option<Node> {
     let extreme = matches!(f, Func::Maximum | Func::Minimum);
     let with_bool = args.iter().any(|a| matches!(a, Literal::Bool(_)));
     let with_int = args.iter().any(|a| matches!(a, Literal::Int(_)));
+    if ints && extreme && !with_int {
+        // (numpy's maximum and minimum of booleans are booleans)
+        let (a, b) = (as_int(args[0])? != 0, as_int(*args.get(1)?)? != 0);
+        return Some(Node::Const(Literal::Bool(if f == Func::Maximum {
+            a | b
+        } else {
+            a & b
+        })));
+    }
     if ints && (!with_bool || extreme && with_int) {
         let v = as_int(args[0])?;
         if args

@@ -143,11 +143,17 @@ impl Expression {
         let inputs = inputs
             .iter()
             .map(|(array, kind, how)| {
-                let (addr, strides, size, own) = address_and_strides(array)?;
+                let Located {
+                    addr,
+                    strides,
+                    size,
+                    own,
+                    ..
+                } = locate(array)?;
                 let how = how.as_deref().map_or(Ok(Stored::default()), stored_as)?;
                 // (what the engine reads must be what the buffer holds)
                 let want = how.size(dtype(kind)?);
-                if let Some(size) = size.filter(|size| *size != want) {
+                if size != want {
                     return Err(PyValueError::new_err(format!(
                         "an input's elements are {size} bytes, not the {want} of {kind} stored as \
                          {how:?}"
@@ -158,9 +164,19 @@ impl Expression {
                 Ok((addr, kind.clone(), strides))
             })
             .collect::<PyResult<Vec<Described>>>()?;
-        let (addr, _, _, own) = address_and_strides(&out.0)?;
-        inside(&shape, &out.2, dtype(&out.1)?.size(), own, "the output")?;
-        let out = (addr, out.1, out.2);
+        let target = locate(&out.0)?;
+        if target.readonly {
+            return Err(PyValueError::new_err("output array is read-only"));
+        }
+        let want = dtype(&out.1)?.size();
+        if target.size != want {
+            return Err(PyValueError::new_err(format!(
+                "the output's elements are {} bytes, not the {want} of {}",
+                target.size, out.1
+            )));
+        }
+        inside(&shape, &out.2, want, target.own, "the output")?;
+        let out = (target.addr, out.1, out.2);
         let (mut args, out) = arrays(&inputs, &out)?;
         for (a, s) in args.iter_mut().zip(stored) {
             a.stored = s;
@@ -228,57 +244,85 @@ fn stored_as(code: &str) -> PyResult<Stored> {
 /// protocol (reading `__array_interface__` cost a 100-element call 1.3 µs an array), or
 /// through its interface where it exports no strided buffer (a 0-d array); with its
 /// elements' size where the buffer tells it.
-/// An array's address, strides, element size and the bytes its elements span (from
-/// its address: `extent`), the last two where it has the buffer protocol.
-type Located = (usize, Vec<isize>, Option<usize>, Option<Extent>);
+/// An array as the engine is to walk it.
+struct Located {
+    addr: usize,
+    strides: Vec<isize>,
+    /// Bytes an element.
+    size: usize,
+    /// The bytes from `addr` its own elements span.
+    own: Extent,
+    readonly: bool,
+}
 
-fn address_and_strides(array: &Bound<'_, PyAny>) -> PyResult<Located> {
+/// An array's address, strides, element size and extent: through the buffer protocol,
+/// else (a 0-d array) its `__array_interface__` and attributes.
+fn locate(array: &Bound<'_, PyAny>) -> PyResult<Located> {
     if let Ok(buffer) = PyUntypedBuffer::get(array) {
         let (size, strides) = (buffer.item_size(), buffer.strides().to_vec());
-        let own = extent(buffer.shape(), &strides, size);
-        return Ok((buffer.buf_ptr() as usize, strides, Some(size), Some(own)));
+        return Ok(Located {
+            addr: buffer.buf_ptr() as usize,
+            own: extent(buffer.shape(), &strides, size),
+            strides,
+            size,
+            readonly: buffer.readonly(),
+        });
     }
-    let (address, _): (usize, bool) = array
+    let (addr, readonly): (usize, bool) = array
         .getattr("__array_interface__")?
         .get_item("data")?
         .extract()?;
-    Ok((address, array.getattr("strides")?.extract()?, None, None))
+    let shape: Vec<usize> = array.getattr("shape")?.extract()?;
+    let strides: Vec<isize> = array.getattr("strides")?.extract()?;
+    let size: usize = array.getattr("itemsize")?.extract()?;
+    Ok(Located {
+        addr,
+        own: extent(&shape, &strides, size),
+        strides,
+        size,
+        readonly,
+    })
 }
 
 /// The bytes from an address that `shape` elements of `size` at `strides` span:
-/// `[low, high)`, or None for no element.
-type Extent = Option<(isize, isize)>;
+/// `Some(Some([low, high)))`, `Some(None)` for no element, None past what an address
+/// can reach (refused).
+type Extent = Option<Option<(i128, i128)>>;
 
 fn extent(shape: &[usize], strides: &[isize], size: usize) -> Extent {
     if shape.contains(&0) {
-        return None;
+        return Some(None);
     }
-    let reach = |pick: fn(isize, isize) -> isize| -> isize {
-        shape
-            .iter()
-            .zip(strides)
-            .map(|(n, s)| pick(0, (*n as isize - 1) * s))
-            .sum()
-    };
-    Some((reach(isize::min), reach(isize::max) + size as isize))
+    let (mut low, mut high) = (0i128, i128::try_from(size).ok()?);
+    for (n, s) in shape.iter().zip(strides) {
+        let reach = (i128::try_from(*n).ok()? - 1).checked_mul(i128::from(*s as i64))?;
+        if reach < 0 {
+            low = low.checked_add(reach)?;
+        } else {
+            high = high.checked_add(reach)?;
+        }
+    }
+    Some(Some((low, high)))
 }
 
 /// That the engine, walking `shape` at `strides`, stays inside the array's own
-/// elements (`own`, where known): a shape or strides the array does not have would
-/// read or write past it.
+/// elements (`own`): a shape or strides the array does not have would read or write
+/// past it.
 fn inside(
     shape: &[usize],
     strides: &[isize],
     size: usize,
-    own: Option<Extent>,
+    own: Extent,
     what: &str,
 ) -> PyResult<()> {
-    let (Some(own), true) = (own, strides.len() == shape.len()) else {
-        return Ok(()); // (refused by `check_operands` where the lengths differ)
-    };
+    if strides.len() != shape.len() {
+        return Ok(()); // (refused by `check_operands`, before anything is read)
+    }
     match (extent(shape, strides, size), own) {
-        (None, _) => Ok(()),
-        (Some((low, high)), Some((own_low, own_high))) if own_low <= low && high <= own_high => {
+        (Some(None), _) => Ok(()),
+        (Some(Some((low, high))), Some(Some((own_low, own_high))))
+            if own_low <= low && high <= own_high =>
+        {
             Ok(())
         }
         _ => Err(PyValueError::new_err(format!(
