@@ -266,7 +266,8 @@ def test_short_rows_are_walked_in_tiles_with_the_same_results(shape):
 
 
 @pytest.mark.parametrize("shape, axis", [((20, 5000), 0), ((17, 300), 0), ((1000, 40), 0), ((3, 7, 200), 0),
-                                         ((40, 30, 9), 1), ((600, 1100), 0), ((3, 300_000), 1), ((300_000, 2), 0)])
+                                         ((40, 30, 9), 1), ((600, 1100), 0), ((3, 300_000), 1), ((300_000, 2), 0),
+                                         ((2000, 50), 0), ((1030, 40), 0), ((140_000, 9), 0)])
 def test_reductions_across_rows_far_apart_are_the_rows_own(shape, axis):
     # A reduction along an axis whose elements lie farther apart in memory than the
     # rows do (axis 0 of a C-ordered array) goes down tiles of rows, and rows past a
@@ -1258,3 +1259,22 @@ def test_complex_sqrt_and_float_extremes_are_numpys_to_the_bit():
     a, b = np.array([-0.0, 0.0, 1.0, np.nan, 2.0]), np.array([0.0, -0.0, np.nan, 1.0, 2.0])
     for f in ("maximum", "minimum"):
         assert paralelo.evaluate(f"{f}(a, b)").tobytes() == getattr(np, f)(a, b).tobytes()
+
+
+def test_long_rows_far_apart_fold_chunk_by_chunk_as_the_row_alone():
+    # Rows past a parallel chunk whose elements lie farther apart than the rows: every
+    # tile's chunks fold in parallel and merge in order, each row bit for bit its own.
+    isolated("""
+        rng = np.random.default_rng(3)
+        a = rng.random((131_200, 64)) - 0.5
+        a[::7, ::3] = -0.0
+        env = {"a": a, "i": (a * 1000).astype(np.int32), "z": a[:, :16] + 1j}
+        for red, name in [(r, "a") for r in ("sum", "prod", "min", "max")] + [("sum", "i"), ("max", "i"), ("sum", "z")]:
+            ours = paralelo.evaluate(f"{red}({name}, axis=0)", local_dict=env)
+            for k in (0, 1, 15):
+                r = np.ascontiguousarray(env[name][:, k])
+                alone = paralelo.evaluate(f"{red}(r)", local_dict={"r": r})
+                assert ours[k:k + 1].tobytes() == np.asarray(alone).reshape(1).tobytes(), (red, name, k)
+            want = getattr(np, red)(env[name], axis=0)
+            assert np.allclose(ours, want, rtol=1e-9, atol=1e-9) or red == "prod", (red, name)
+    """)

@@ -14,6 +14,7 @@ use crate::error::{ExprError, Result};
 use crate::kernels::{run, Arg, Col, Out};
 use crate::ops::Reduce;
 use crate::program::{Operand, Program};
+use crate::rowfold::{Partial, RowFold};
 use crate::stored::{Elem, Stored, Swap};
 use crate::view::{self, Addr};
 
@@ -43,11 +44,17 @@ const REDUCTION_PARTS: usize = 64;
 /// walked in tiles: a block goes down each column of a tile of rows, so that a row's
 /// few elements do not each pay a block's fixed costs (`p * s` over (1 M, 3) with s of
 /// (3,): 25 ms a row at a time, numexpr 5.3).
-const SHORT_ROW: usize = 16;
-/// Elements a reduction's tile keeps at most (a row of up to `REDUCTION_BLOCK` elements
-/// far apart in memory is tiled too, fewer rows a tile the longer it is: `sum(a,
-/// axis=0)` over (20, 1 M), each row's elements 8 MB apart, 47 ms a row at a time).
+pub(crate) const SHORT_ROW: usize = 16;
+/// Elements a reduction's tile of rows spans, about: rows of up to a block's length are
+/// tiled by the block, longer ones by fewer rows (at least `MIN_TILE_ROWS`), so that tiles
+/// spread over the cores (`sum(a, axis=0)` over (5000, 2000) made two tiles of 1,024 rows).
 const TILE: usize = 16 * REDUCTION_BLOCK;
+/// Rows a reduction needs, at least, to be tiled for its rows' elements lying farther
+/// apart than its rows.
+const ACROSS_ROWS: usize = 64;
+/// Rows a reduction's tile takes at least: a column of a tile is a block, whose fixed
+/// costs fewer rows would pay more often.
+const MIN_TILE_ROWS: usize = 256;
 
 /// An array of the caller's: its first element's address, its kind, and its strides in
 /// bytes along each dimension of the iteration shape (0 where it is broadcast).
@@ -82,7 +89,7 @@ pub unsafe fn evaluate(
     let total: usize = layout.shape.iter().product();
     if program.reduce.is_some() {
         layout.block = if layout.tiled {
-            (TILE / layout.row_len()).clamp(8, REDUCTION_BLOCK) // (rows a tile)
+            (TILE / layout.row_len()).clamp(MIN_TILE_ROWS, REDUCTION_BLOCK) // (rows a tile)
         } else {
             REDUCTION_BLOCK
         };
@@ -161,40 +168,91 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
             Ok(())
         }
         Some((red, _)) if layout.reduces_rows() && layout.tiled => {
-            // Short rows: each column of a tile of rows is a block, kept in the tile; each
-            // row is then folded from the tile, as a row of its own would be.
+            // Rows walked in tiles: each column of a tile of rows is a block, folded into
+            // the rows' running values (`rowfold.rs`) as each row alone folds. Rows long
+            // enough to be cut into chunks are folded a chunk of every tile at a time, in
+            // parallel, the chunks' values then merged in order: a single tile of long
+            // rows still spreads over the cores.
             let row_len = layout.row_len();
-            let work = |(regs, tile): &mut (Regs, Buf),
-                        (start, end): (usize, usize)|
+            let cut = reduction_chunks(row_len);
+            let ranges = chunks(total, REDUCTION_PARTS, layout.align());
+            let rows_in = |(start, end): (usize, usize)| (end - start) / row_len;
+            let state = || {
+                let rows = layout.block.min(total / row_len);
+                (
+                    Regs::new(program, rows),
+                    RowFold::new(red, program.out, rows, row_len),
+                )
+            };
+            // (a range's rows, a tile after another, over the columns `cols`; `tile`
+            // takes each tile's output address and row stride once its columns are in)
+            let fold = |(regs, fold): &mut (Regs, RowFold),
+                        range: (usize, usize),
+                        cols: (usize, usize),
+                        tile: &mut dyn FnMut(&mut RowFold, Addr, isize) -> Result<()>|
              -> Result<()> {
                 let mut done = Ok(());
-                layout.walk_tiles(start / row_len, end / row_len, |at, n, c| match c {
+                let (start, end) = (range.0 / row_len, range.1 / row_len);
+                layout.walk_tile_columns(start, end, cols, |at, n, c| match c {
                     Some(c) => {
+                        if c == cols.0 {
+                            fold.start(n, c);
+                        }
                         regs.block(program, layout, at, n, None);
-                        tile.put_column(regs.result(program, n), c, n);
+                        fold.column(c, regs.result(program, n));
                     }
                     None => {
+                        if cols.0 == cols.1 {
+                            fold.start(n, cols.0); // (no columns: the tile's rows alone)
+                        }
                         let (out, stride) = (at[at.len() - 1], layout.row_stride(at.len() - 1));
-                        if let Err(e) = fold_rows(red, program.out, tile, n, row_len, out, stride) {
-                            done = Err(e);
+                        if done.is_ok() {
+                            done = tile(fold, out, stride);
                         }
                     }
                 });
                 done
             };
-            let state = || {
-                let rows = layout.block.min(total / row_len);
-                (
-                    Regs::new(program, rows),
-                    Buf::new(program.out, rows * row_len),
-                )
+            let write = |fold: &mut RowFold, out: Addr, stride: isize| {
+                // SAFETY: the tile's rows' output elements, in bounds as `evaluate`'s
+                // caller promised, each row in one tile only.
+                unsafe { fold.finish(out, stride) }
             };
-            let chunks = chunks(total, REDUCTION_PARTS, layout.align());
-            if chunks.len() == 1 {
-                work(&mut state(), chunks[0])
-            } else {
-                chunks.into_par_iter().try_for_each_init(state, work)
+            if cut.len() == 1 {
+                let work = |s: &mut (Regs, RowFold), range| fold(s, range, cut[0], &mut { write });
+                return if ranges.len() == 1 {
+                    work(&mut state(), ranges[0])
+                } else {
+                    ranges.into_par_iter().try_for_each_init(state, work)
+                };
             }
+            let k = cut.len();
+            let parts: Vec<Partial> = (0..ranges.len() * k)
+                .into_par_iter()
+                .map_init(state, |s, t| {
+                    let mut part = Partial::new(program.out, rows_in(ranges[t / k]));
+                    let mut keep = |fold: &mut RowFold, _: Addr, _: isize| {
+                        part.extend(fold);
+                        Ok(())
+                    };
+                    fold(s, ranges[t / k], cut[t % k], &mut keep).map(|()| part)
+                })
+                .collect::<Result<_>>()?;
+            (0..ranges.len())
+                .into_par_iter()
+                .try_for_each_init(state, |s, i| {
+                    let mut row = 0;
+                    let mut merged = |fold: &mut RowFold, out: Addr, stride: isize| {
+                        let n = fold.rows();
+                        for part in &parts[i * k..(i + 1) * k] {
+                            fold.merge(part, row, n);
+                        }
+                        row += n;
+                        write(fold, out, stride)
+                    };
+                    // (no columns: each tile's rows and output, and the chunks' values)
+                    fold(s, ranges[i], (0, 0), &mut merged)
+                })
         }
         Some((red, _)) if layout.reduces_rows() => {
             // One result per row (the reduced axis is the last): rows spread over the cores.
@@ -204,7 +262,7 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
                 // Long rows: each folded as the row alone is (`sum(r)`: in chunks of it,
                 // combined in order), every row's chunks spread over the cores (a row a
                 // core left all but four idle for `sum(a, axis=1)` over (4, 50 M)).
-                let cut = chunks(row_len, REDUCTION_PARTS, layout.align());
+                let cut = reduction_chunks(row_len);
                 let k = cut.len();
                 let parts: Vec<Acc> = (0..rows * k)
                     .into_par_iter()
@@ -254,7 +312,7 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
             let part = |regs: &mut Regs, (start, end): (usize, usize)| {
                 fold_part(program, layout, red, regs, start, end)
             };
-            let chunks = chunks(total, REDUCTION_PARTS, layout.align());
+            let chunks = reduction_chunks(total);
             let parts: Vec<Acc> = if chunks.len() == 1 {
                 vec![part(
                     &mut Regs::new(program, layout.block.min(total)),
@@ -310,6 +368,12 @@ fn runs_down_columns(inputs: &[Vec<isize>], n: usize) -> bool {
     told
 }
 
+/// The parts a whole reduction of `len` elements is cut into (a row alone, and so each
+/// row of a reduction over an axis: `rowfold.rs`).
+pub(crate) fn reduction_chunks(len: usize) -> Vec<(usize, usize)> {
+    chunks(len, REDUCTION_PARTS, LAZY_BLOCK)
+}
+
 /// `[start, end)` ranges covering `total` elements, at least `CHUNK` each but the last,
 /// about `parts` of them where there is that much, each a multiple of `align` long.
 fn chunks(total: usize, parts: usize, align: usize) -> Vec<(usize, usize)> {
@@ -357,10 +421,11 @@ impl Layout {
         // (a reduction's rows whose elements lie farther apart than the rows do, as
         // `sum(a, axis=0)` over a C-ordered `a` makes them: down a tile's columns, memory
         // is read in runs; along the rows, an element a cache line or a page)
+        // (and rows enough for a tile's columns to be blocks worth their fixed costs: (1 M,
+        // 10) reduced over its first axis, 10 rows, took 53 ms tiled, 20 a row at a time)
         let across = rows
             && n >= 2
-            && dims[n - 1] <= REDUCTION_BLOCK
-            && dims[n - 2] >= 8
+            && dims[n - 2] >= ACROSS_ROWS
             && runs_down_columns(&strides[..inputs.len()], n);
         let tiled = short || across;
         Layout {
@@ -446,10 +511,21 @@ impl Layout {
         &self,
         start: usize,
         end: usize,
+        step: impl FnMut(&[Addr], usize, Option<usize>),
+    ) {
+        self.walk_tile_columns(start, end, (0, self.row_len()), step);
+    }
+
+    /// `walk_tiles` over the columns `[first, last)` of each tile only.
+    fn walk_tile_columns(
+        &self,
+        start: usize,
+        end: usize,
+        (first, last): (usize, usize),
         mut step: impl FnMut(&[Addr], usize, Option<usize>),
     ) {
         let dims = self.shape.len();
-        let (len, height) = (self.shape[dims - 1], self.shape[dims - 2]);
+        let height = self.shape[dims - 2];
         let mut at = vec![Addr(0); self.bases.len()];
         let mut col_at = at.clone();
         let mut row = start;
@@ -465,7 +541,7 @@ impl Layout {
                     *slot = slot.offset(self.strides[k][d] * idx as isize);
                 }
             }
-            for c in 0..len {
+            for c in first..last {
                 for (k, slot) in col_at.iter_mut().enumerate() {
                     *slot = at[k].offset(self.strides[k][dims - 1] * c as isize);
                 }
@@ -526,26 +602,6 @@ impl Buf {
     }
 
     /// Writes `values` as column `c` of this tile of rows `len` long.
-    /// Stores column `c` of a tile of `n` rows (a tile is kept column after column, so
-    /// that its rows fold across the columns a stretch of rows at a time).
-    fn put_column(&mut self, values: Col, c: usize, n: usize) {
-        fn put<T: Copy>(tile: &mut [T], values: Arg<T>, c: usize, n: usize) {
-            let Arg::V(v) = values else {
-                unreachable!("a result is a register")
-            };
-            tile[c * n..(c + 1) * n].copy_from_slice(&v[..n]);
-        }
-        match (self, values) {
-            (Buf::B(t), Col::B(v)) => put(t, v, c, n),
-            (Buf::I(t), Col::I(v)) => put(t, v, c, n),
-            (Buf::L(t), Col::L(v)) => put(t, v, c, n),
-            (Buf::F(t), Col::F(v)) => put(t, v, c, n),
-            (Buf::D(t), Col::D(v)) => put(t, v, c, n),
-            (Buf::C(t), Col::C(v)) => put(t, v, c, n),
-            _ => unreachable!("a tile of the result's kind"),
-        }
-    }
-
     fn out(&mut self, n: usize) -> Out<'_> {
         match self {
             Buf::B(v) => Out::B(&mut v[..n]),
@@ -1032,159 +1088,6 @@ fn place(out: Out, pa: &[u32], a: Col, a_compact: bool, pb: &[u32], b: Col, b_co
     };
 }
 
-/// Folds each of a tile's `n` rows of `len` (kept column after column: `put_column`)
-/// and writes its value, row `r`'s at `out` + `r` × `stride`: bit for bit what the row
-/// alone gives (`Acc::fold` over it: `lanes`, `extreme`, `fold_ints`, the complex sums),
-/// but across the columns, a stretch of rows at a time, so that it is vectorised.
-fn fold_rows(
-    red: Reduce,
-    kind: DType,
-    tile: &Buf,
-    n: usize,
-    len: usize,
-    out: Addr,
-    stride: isize,
-) -> Result<()> {
-    if len == 0 {
-        // (no elements: the identity, or min and max's error)
-        for r in 0..n {
-            let value = Acc::start(red, kind).finish(red, kind, 0)?;
-            // SAFETY: row `r`'s output element, in bounds as `evaluate`'s caller promised.
-            unsafe { value.write(out.offset(stride * r as isize)) };
-        }
-        return Ok(());
-    }
-    // Row `r`'s value, as `Acc::finish` gives it after `Acc::start` took in the row's
-    // (an integer's identity, and min and max's nothing, change nothing).
-    fn writer<T: Copy>(out: Addr, stride: isize) -> impl Fn(usize, T) {
-        move |r, value| {
-            // SAFETY: row `r`'s output element, of the result's kind, in bounds as
-            // `evaluate`'s caller promised.
-            unsafe { view::write(out.offset(stride * r as isize), value) }
-        }
-    }
-    let (sum, extreme) = (red == Reduce::Sum, matches!(red, Reduce::Min | Reduce::Max));
-    let identity = if sum { 0.0 } else { 1.0 };
-    let start = |v: f64| if sum { identity + v } else { identity * v };
-    match tile {
-        Buf::F(t) if !extreme => {
-            let put = writer::<f32>(out, stride);
-            lane_columns(t, n, len, sum, |r, v| put(r, start(v) as f32))
-        }
-        Buf::D(t) if !extreme => {
-            let put = writer::<f64>(out, stride);
-            lane_columns(t, n, len, sum, |r, v| put(r, start(v)))
-        }
-        Buf::F(t) => extreme_columns(t, n, len, red, writer::<f32>(out, stride)),
-        Buf::D(t) => extreme_columns(t, n, len, red, writer::<f64>(out, stride)),
-        Buf::I(t) => {
-            let step = |a, v| int_step(red, a, v, i32::wrapping_add, i32::wrapping_mul);
-            fold_columns(t, n, len, None, step, writer::<i32>(out, stride))
-        }
-        Buf::L(t) => {
-            let step = |a, v| int_step(red, a, v, i64::wrapping_add, i64::wrapping_mul);
-            fold_columns(t, n, len, None, step, writer::<i64>(out, stride))
-        }
-        Buf::C(t) => {
-            let one = C64::new(identity, 0.0);
-            let step = |a: C64, v: C64| if sum { a + v } else { a * v };
-            let put = writer::<C64>(out, stride);
-            fold_columns(t, n, len, Some(one), step, |r, v| put(r, step(one, v)))
-        }
-        Buf::B(_) | Buf::Taken => unreachable!("no reduction of booleans"),
-    }
-    Ok(())
-}
-
-/// Rows a column-wise fold takes at a time (its accumulators live on the stack).
-const FOLD_ROWS: usize = 64;
-
-#[inline(always)]
-/// Each row of a column-major tile folded by `step`, from `start` (else from its first
-/// element) and through its elements in order; `put(row, value)`.
-fn fold_columns<T: Copy>(
-    tile: &[T],
-    n: usize,
-    len: usize,
-    start: Option<T>,
-    step: impl Fn(T, T) -> T,
-    put: impl Fn(usize, T),
-) {
-    for first in (0..n).step_by(FOLD_ROWS) {
-        let g = FOLD_ROWS.min(n - first);
-        let column = |c: usize| &tile[c * n + first..][..g];
-        let mut acc = [tile[first]; FOLD_ROWS];
-        let from = match start {
-            Some(v) => {
-                acc[..g].fill(v);
-                0
-            }
-            None => {
-                acc[..g].copy_from_slice(column(0));
-                1
-            }
-        };
-        for c in from..len {
-            for (a, v) in acc[..g].iter_mut().zip(column(c)) {
-                *a = step(*a, *v);
-            }
-        }
-        for (i, v) in acc[..g].iter().enumerate() {
-            put(first + i, *v);
-        }
-    }
-}
-
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // (row `i` of each of eight lanes)
-/// Each row of a column-major tile summed (multiplied) as `lanes` does a row: element `c`
-/// into lane `c` mod 8, the lanes then combined; `put(row, value)`.
-fn lane_columns<T: Copy + Into<f64>>(
-    tile: &[T],
-    n: usize,
-    len: usize,
-    sum: bool,
-    put: impl Fn(usize, f64),
-) {
-    let identity = if sum { 0.0 } else { 1.0 };
-    // (rows of up to 8: one element a lane, read from the columns as they are; the
-    // lanes' arrays cost such rows more than their sums)
-    match len {
-        1 => return short_lanes::<T, 1>(tile, n, sum, put),
-        2 => return short_lanes::<T, 2>(tile, n, sum, put),
-        3 => return short_lanes::<T, 3>(tile, n, sum, put),
-        4 => return short_lanes::<T, 4>(tile, n, sum, put),
-        5 => return short_lanes::<T, 5>(tile, n, sum, put),
-        6 => return short_lanes::<T, 6>(tile, n, sum, put),
-        7 => return short_lanes::<T, 7>(tile, n, sum, put),
-        8 => return short_lanes::<T, 8>(tile, n, sum, put),
-        _ => {}
-    }
-    for first in (0..n).step_by(FOLD_ROWS) {
-        let g = FOLD_ROWS.min(n - first);
-        let mut lane = [[identity; FOLD_ROWS]; 8];
-        for c in 0..len {
-            let column = &tile[c * n + first..][..g];
-            for (a, v) in lane[c % 8][..g].iter_mut().zip(column) {
-                if sum {
-                    *a += (*v).into();
-                } else {
-                    *a *= (*v).into();
-                }
-            }
-        }
-        for i in 0..g {
-            let l = |j: usize| lane[j][i];
-            let value = if sum {
-                ((l(0) + l(4)) + (l(1) + l(5))) + ((l(2) + l(6)) + (l(3) + l(7)))
-            } else {
-                (0..8).map(l).product()
-            };
-            put(first + i, value);
-        }
-    }
-}
-
 /// A reduction's running value: floats summed in double.
 #[derive(Clone, Copy, Debug)]
 enum Acc {
@@ -1309,7 +1212,7 @@ fn pick<T: PartialOrd>(red: Reduce, a: T, b: T) -> T {
     std::hint::select_unpredictable((red == Reduce::Min) == (b < a), b, a)
 }
 
-fn pick_float<T: PartialOrd + Copy>(red: Reduce, a: T, b: T) -> T {
+pub(crate) fn pick_float<T: PartialOrd + Copy>(red: Reduce, a: T, b: T) -> T {
     // NaN wins, as in numpy's min and max.
     #[allow(clippy::eq_op)]
     if a != a {
@@ -1367,7 +1270,7 @@ fn extreme<T: Copy + PartialOrd>(x: &[T], red: Reduce) -> Option<T> {
 /// only 0.0 and -0.0 differ, and which of them wins depends on the lanes, as in numpy's
 /// own vectorised max.)
 #[inline(always)]
-fn extreme_step<T: Copy + PartialOrd>(red: Reduce, lane: T, v: T) -> T {
+pub(crate) fn extreme_step<T: Copy + PartialOrd>(red: Reduce, lane: T, v: T) -> T {
     let better = if red == Reduce::Min {
         v < lane
     } else {
@@ -1375,94 +1278,6 @@ fn extreme_step<T: Copy + PartialOrd>(red: Reduce, lane: T, v: T) -> T {
     };
     #[allow(clippy::eq_op)]
     std::hint::select_unpredictable(lane == lane && (v != v || better), v, lane)
-}
-
-/// One step of an integer reduction, wrapping as `fold_ints` does.
-#[inline(always)]
-fn int_step<T: Copy + PartialOrd>(
-    red: Reduce,
-    a: T,
-    v: T,
-    add: fn(T, T) -> T,
-    mul: fn(T, T) -> T,
-) -> T {
-    match red {
-        Reduce::Sum => add(a, v),
-        Reduce::Prod => mul(a, v),
-        _ => pick(red, a, v),
-    }
-}
-
-/// Each row of a column-major tile's minimum (maximum) as `extreme` finds a row's:
-/// element after element up to `SHORT_ROW` elements, else in eight lanes (element `c`
-/// into lane `c` mod 8, each lane from the row's first) folded in order; `put(row, value)`.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // (row `i` of each of eight lanes)
-fn extreme_columns<T: Copy + PartialOrd>(
-    tile: &[T],
-    n: usize,
-    len: usize,
-    red: Reduce,
-    put: impl Fn(usize, T),
-) {
-    let step = |a, v| extreme_step(red, a, v);
-    if len <= SHORT_ROW {
-        return fold_columns(tile, n, len, None, step, put);
-    }
-    for first in (0..n).step_by(FOLD_ROWS) {
-        let g = FOLD_ROWS.min(n - first);
-        let column = |c: usize| &tile[c * n + first..][..g];
-        let mut lane = [[tile[first]; FOLD_ROWS]; 8];
-        for l in lane.iter_mut() {
-            l[..g].copy_from_slice(column(0));
-        }
-        for c in 0..len {
-            for (a, v) in lane[c % 8][..g].iter_mut().zip(column(c)) {
-                *a = step(*a, *v);
-            }
-        }
-        let firsts = column(0);
-        for i in 0..g {
-            put(
-                first + i,
-                (0..8).fold(firsts[i], |a, j| pick_float(red, a, lane[j][i])),
-            );
-        }
-    }
-}
-
-/// `lane_columns` for rows of `L` ≤ 8 elements: each its own lane, as in `lanes`.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // (row `r` of each of `L` columns)
-fn short_lanes<T: Copy + Into<f64>, const L: usize>(
-    tile: &[T],
-    n: usize,
-    sum: bool,
-    put: impl Fn(usize, f64),
-) {
-    let columns: [&[T]; L] = std::array::from_fn(|c| &tile[c * n..(c + 1) * n]);
-    for r in 0..n {
-        let l = |j: usize| {
-            if j < L {
-                let v: f64 = columns[j][r].into();
-                if sum {
-                    0.0 + v
-                } else {
-                    1.0 * v
-                }
-            } else if sum {
-                0.0
-            } else {
-                1.0
-            }
-        };
-        let value = if sum {
-            ((l(0) + l(4)) + (l(1) + l(5))) + ((l(2) + l(6)) + (l(3) + l(7)))
-        } else {
-            (0..8).map(l).product()
-        };
-        put(r, value);
-    }
 }
 
 /// A block's sum or product in eight lanes (vectorised, and pairwise enough that long

@@ -19,6 +19,7 @@ pub mod ops;
 pub mod parser;
 mod pool;
 pub mod program;
+mod rowfold;
 pub mod stored;
 pub mod typing;
 mod view;
