@@ -155,29 +155,25 @@ impl RowFold {
         match red {
             Reduce::Sum | Reduce::Prod => {
                 let identity = if sum { 0.0 } else { 1.0 };
-                if at == 0 {
-                    lanes[..LANES * cap].fill(identity);
-                }
                 let lane = &mut lanes[(at % LANES) * cap..][..n];
+                // (a lane's first element starts it: no lanes to clear first)
+                let fresh = at < LANES;
                 for (a, x) in lane.iter_mut().zip(v) {
-                    if sum {
-                        *a += x;
-                    } else {
-                        *a *= x;
-                    }
+                    let before = if fresh { identity } else { *a };
+                    *a = if sum { before + x } else { before * x };
                 }
                 if at + 1 == block_len {
-                    let l = |j: usize, r: usize| lanes[j * cap + r];
-                    let (part, open) = (&mut self.part, self.chunk_open);
-                    for (r, p) in part[..n].iter_mut().enumerate() {
-                        let value = if sum {
-                            ((l(0, r) + l(4, r)) + (l(1, r) + l(5, r)))
-                                + ((l(2, r) + l(6, r)) + (l(3, r) + l(7, r)))
-                        } else {
-                            (0..LANES).map(|j| l(j, r)).product()
-                        };
-                        let before = if open { *p } else { identity };
-                        *p = if sum { before + value } else { before * value };
+                    let (part, open) = (&mut self.part[..n], self.chunk_open);
+                    // (lanes the block did not reach are the identity, never read)
+                    match block_len.min(LANES) {
+                        1 => close_lanes::<1>(lanes, cap, part, open, sum),
+                        2 => close_lanes::<2>(lanes, cap, part, open, sum),
+                        3 => close_lanes::<3>(lanes, cap, part, open, sum),
+                        4 => close_lanes::<4>(lanes, cap, part, open, sum),
+                        5 => close_lanes::<5>(lanes, cap, part, open, sum),
+                        6 => close_lanes::<6>(lanes, cap, part, open, sum),
+                        7 => close_lanes::<7>(lanes, cap, part, open, sum),
+                        _ => close_lanes::<8>(lanes, cap, part, open, sum),
                     }
                     self.chunk_open = true;
                 }
@@ -322,45 +318,57 @@ impl RowFold {
                 )));
             }
         }
-        let at = |r: usize| out.offset(stride * r as isize);
-        let identity = i64::from(self.red == Reduce::Prod);
-        for r in 0..self.n {
-            // SAFETY: row `r`'s output element, as the caller promised.
-            unsafe {
-                match self.kind {
-                    DType::Float => view::write(at(r), self.float(r) as f32),
-                    DType::Double => view::write(at(r), self.float(r)),
-                    DType::Int => view::write(at(r), self.int(r, identity) as i32),
-                    DType::Long => view::write(at(r), self.int(r, identity)),
-                    DType::Complex => view::write(
-                        at(r),
-                        if self.total_open {
-                            self.c_total[r]
-                        } else {
-                            C64::new(identity as f64, 0.0)
-                        },
-                    ),
-                    DType::Bool => unreachable!("no reduction of booleans"),
+        /// Writes row `r`'s value at `out` + `r` × `stride`, for each row.
+        ///
+        /// # Safety
+        /// As `finish`'s.
+        unsafe fn put<T: Copy>(out: Addr, stride: isize, values: impl Iterator<Item = T>) {
+            for (r, v) in values.enumerate() {
+                // SAFETY: row `r`'s output element, as the caller promised.
+                unsafe { view::write(out.offset(stride * r as isize), v) };
+            }
+        }
+        let (n, open) = (self.n, self.total_open);
+        let one = self.red == Reduce::Prod;
+        let (fi, ii) = (f64::from(u8::from(one)), i64::from(one));
+        // SAFETY: the tile's rows' output elements, as the caller promised.
+        unsafe {
+            match (self.kind, open) {
+                (DType::Float, true) => put(out, stride, self.total[..n].iter().map(|v| *v as f32)),
+                (DType::Float, false) => put(out, stride, std::iter::repeat_n(fi as f32, n)),
+                (DType::Double, true) => put(out, stride, self.total[..n].iter().copied()),
+                (DType::Double, false) => put(out, stride, std::iter::repeat_n(fi, n)),
+                (DType::Int, true) => {
+                    put(out, stride, self.int_total[..n].iter().map(|v| *v as i32))
                 }
+                (DType::Int, false) => put(out, stride, std::iter::repeat_n(ii as i32, n)),
+                (DType::Long, true) => put(out, stride, self.int_total[..n].iter().copied()),
+                (DType::Long, false) => put(out, stride, std::iter::repeat_n(ii, n)),
+                (DType::Complex, true) => put(out, stride, self.c_total[..n].iter().copied()),
+                (DType::Complex, false) => {
+                    put(out, stride, std::iter::repeat_n(C64::new(fi, 0.0), n))
+                }
+                (DType::Bool, _) => unreachable!("no reduction of booleans"),
             }
         }
         Ok(())
     }
+}
 
-    fn float(&self, r: usize) -> f64 {
-        match (self.total_open, self.red) {
-            (true, _) => self.total[r],
-            (false, Reduce::Prod) => 1.0,
-            (false, _) => 0.0,
-        }
-    }
-
-    fn int(&self, r: usize, identity: i64) -> i64 {
-        if self.total_open {
-            self.int_total[r]
+/// A block's lanes (`U` of them reached) combined as `exec::lanes` combines them, into
+/// each row's chunk value `part` (from the identity where the chunk is not `open`).
+#[inline(always)]
+fn close_lanes<const U: usize>(lanes: &[f64], cap: usize, part: &mut [f64], open: bool, sum: bool) {
+    let identity = if sum { 0.0 } else { 1.0 };
+    for (r, p) in part.iter_mut().enumerate() {
+        let l = |j: usize| if j < U { lanes[j * cap + r] } else { identity };
+        let value = if sum {
+            ((l(0) + l(4)) + (l(1) + l(5))) + ((l(2) + l(6)) + (l(3) + l(7)))
         } else {
-            identity
-        }
+            (0..LANES).map(l).product()
+        };
+        let before = if open { *p } else { identity };
+        *p = if sum { before + value } else { before * value };
     }
 }
 
