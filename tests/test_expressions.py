@@ -267,7 +267,7 @@ def test_short_rows_are_walked_in_tiles_with_the_same_results(shape):
 
 @pytest.mark.parametrize("shape, axis", [((20, 5000), 0), ((17, 300), 0), ((1000, 40), 0), ((3, 7, 200), 0),
                                          ((40, 30, 9), 1), ((600, 1100), 0), ((3, 300_000), 1), ((300_000, 2), 0),
-                                         ((2000, 50), 0), ((1030, 40), 0), ((140_000, 9), 0)])
+                                         ((2000, 50), 0), ((1030, 40), 0), ((140_000, 9), 0), ((131_100, 16), 0)])
 def test_reductions_across_rows_far_apart_are_the_rows_own(shape, axis):
     # A reduction along an axis whose elements lie farther apart in memory than the
     # rows do (axis 0 of a C-ordered array) goes down tiles of rows, and rows past a

@@ -50,8 +50,13 @@ pub(crate) const SHORT_ROW: usize = 16;
 /// spread over the cores (`sum(a, axis=0)` over (5000, 2000) made two tiles of 1,024 rows).
 const TILE: usize = 16 * REDUCTION_BLOCK;
 /// Rows a reduction needs, at least, to be tiled for its rows' elements lying farther
-/// apart than its rows.
+/// apart than its rows; rows cut into chunks need `FEW_ACROSS_ROWS`. A tile's column
+/// of few rows is a block that pays its fixed costs (some 60 ns) for little; a row
+/// alone pays a cache line an element once its elements are 128 bytes apart. Measured
+/// `sum(a, axis=0)`: (1 M, 10) 34 ms tiled, 20 a row at a time; (1 M, 16) 28.5, 56;
+/// (200,000, 63) 9.5, 24; (20,000, 20), one chunk a row, 1.2, 0.3.
 const ACROSS_ROWS: usize = 64;
+const FEW_ACROSS_ROWS: usize = 16;
 /// Rows a reduction's tile takes at least: a column of a tile is a block, whose fixed
 /// costs fewer rows would pay more often.
 const MIN_TILE_ROWS: usize = 256;
@@ -312,7 +317,9 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
             let part = |regs: &mut Regs, (start, end): (usize, usize)| {
                 fold_part(program, layout, red, regs, start, end)
             };
-            let chunks = reduction_chunks(total);
+            // (whole rows of a tiled layout: a multiple of its tiles; of any other, the
+            // chunks a row alone is cut into, `reduction_chunks`)
+            let chunks = chunks(total, REDUCTION_PARTS, layout.align());
             let parts: Vec<Acc> = if chunks.len() == 1 {
                 vec![part(
                     &mut Regs::new(program, layout.block.min(total)),
@@ -421,11 +428,11 @@ impl Layout {
         // (a reduction's rows whose elements lie farther apart than the rows do, as
         // `sum(a, axis=0)` over a C-ordered `a` makes them: down a tile's columns, memory
         // is read in runs; along the rows, an element a cache line or a page)
-        // (and rows enough for a tile's columns to be blocks worth their fixed costs: (1 M,
-        // 10) reduced over its first axis, 10 rows, took 53 ms tiled, 20 a row at a time)
+        // (and rows enough for a tile's columns to be blocks worth their fixed costs)
         let across = rows
             && n >= 2
-            && dims[n - 2] >= ACROSS_ROWS
+            && (dims[n - 2] >= ACROSS_ROWS
+                || dims[n - 2] >= FEW_ACROSS_ROWS && dims[n - 1] >= CHUNK)
             && runs_down_columns(&strides[..inputs.len()], n);
         let tiled = short || across;
         Layout {

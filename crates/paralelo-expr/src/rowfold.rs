@@ -4,7 +4,8 @@
 //! folds bit for bit as the row alone does as a whole reduction (`exec::fold_part` over
 //! its chunks, merged in order): the same chunks, the same blocks within them, the same
 //! lanes within a block, merged in the same order. (A NaN's sign aside: which of two
-//! NaNs a sum keeps is the compiler's order of operands.)
+//! NaNs a sum keeps is the compiler's order of operands; and a float32 minimum or
+//! maximum, folded in double, keeps a signalling NaN as a quiet one.)
 
 use num_complex::Complex64 as C64;
 
