@@ -1278,3 +1278,12 @@ def test_long_rows_far_apart_fold_chunk_by_chunk_as_the_row_alone():
             want = getattr(np, red)(env[name], axis=0)
             assert np.allclose(ours, want, rtol=1e-9, atol=1e-9) or red == "prod", (red, name)
     """)
+
+
+def test_whole_reductions_of_short_rows_cut_at_whole_rows():
+    # A whole reduction of rows walked in tiles is cut into chunks of whole tiles (a
+    # chunk ending inside a row tripped the walk's own check).
+    a = np.random.default_rng(4).random((300_000, 10))[:, :3]
+    for red in ("sum", "max", "min"):
+        np.testing.assert_allclose(paralelo.evaluate(f"{red}(a)"), getattr(np, red)(a), rtol=1e-12)
+    np.testing.assert_allclose(paralelo.evaluate("sum(a * 2 + 1)"), (a * 2 + 1).sum(), rtol=1e-12)
