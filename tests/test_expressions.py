@@ -1213,7 +1213,8 @@ def test_constants_fold_as_numexpr_folds_them_through_python():
     for ex in ("(-8)**(1/3) + x", "(-1)**0.5", "x * (-2.0)**0.25", "minimum(-1, False) & 3", "maximum(4, True) + x",
                "2.0**1024 + x", "x + 10.0**-400", "1_ + x", "1__0 + x", "x + 0x_1f", "x + 1_e5", "x + 0x1_",
                "minimum(True, False) | (x > 1)", "maximum(True, False) & (x > 1)", "(-10.0)**308.5 + x",
-               "(-1e309)**0.5 + x", "(-1e300)**1.5 * x", "x * (-0.5)**-1500.5"):
+               "(-1e309)**0.5 + x", "(-1e300)**1.5 * x", "x * (-0.5)**-1500.5", "-where(True > -1, 0.5, -(x > 1))",
+               "where(1 < 0, -(x > 1), x)"):
         same(outcome(paralelo.evaluate, ex, env), outcome(ne.evaluate, ex, env))
     for number in ("1_000.000_1", "1e1_0", "0b1_0", "0o_7"):  # (numexpr refuses some Python takes)
         assert paralelo.evaluate(number) == eval(number)

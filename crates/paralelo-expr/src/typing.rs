@@ -245,18 +245,14 @@ impl Typer<'_> {
                     args.len()
                 )));
             }
-            let nodes = args
-                .iter()
-                .map(|a| self.node(a))
-                .collect::<Result<Vec<_>>>()?;
-            if let Node::Const(c) = &nodes[0] {
-                // (numexpr picks the branch of a constant condition)
+            let condition = self.node(&args[0])?;
+            if let Node::Const(c) = &condition {
+                // (numexpr picks the branch of a constant condition, and never types the
+                // other: `-where(True, 0.5, -b)` of a boolean `b` is -0.5)
                 let pick = complex_of(*c) != Complex64::new(0.0, 0.0);
-                return Ok(nodes
-                    .into_iter()
-                    .nth(if pick { 1 } else { 2 })
-                    .expect("three arguments"));
+                return self.node(&args[if pick { 1 } else { 2 }]);
             }
+            let nodes = vec![condition, self.node(&args[1])?, self.node(&args[2])?];
             return apply(Op::Where, nodes);
         }
         if name == "contains" {
