@@ -192,7 +192,8 @@ def main() -> None:
             operands = (a, b) if out is o else (a32, b32, c32)
             rows.append(floor_row(f"{ex}, out=", ours, timed["copy"], operands, out))
     # Shapes and dtypes as data comes: (N, 3) points scaled per axis and summed per point,
-    # a Fortran-ordered matrix, a uint8 image (converted as read, never copied whole).
+    # a Fortran-ordered matrix, a uint8 image (converted as read, never copied whole), a
+    # matrix's column sums (a reduction over its first axis), a transposed 3-D view.
     points, scale = a[: n // 3 * 3].reshape(-1, 3), np.array([1.0, 2.0, 3.0])
     shaped = {
         "p * s, (N, 3) * (3,)": ("p * s", {"p": points, "s": scale}),
@@ -200,6 +201,9 @@ def main() -> None:
         "sum(f * f), Fortran (N/1000, 1000)": ("sum(f * f)", {"f": np.asfortranarray(a[: n // 1000 * 1000].reshape(-1, 1000))}),
         "sum(where(img > 100, 1, 0)), uint8": ("sum(where(img > 100, 1, 0))",
                                                {"img": (a * 255).astype(np.uint8)}),
+        "sum(m, axis=0), (N/2000, 2000)": ("sum(m, axis=0)", {"m": a[: n // 2000 * 2000].reshape(-1, 2000)}),
+        "t * 2, (N/100000, 200, 500) transposed (2, 0, 1)": ("t * 2", {"t": a[: n // 100_000 * 100_000].reshape(-1, 200, 500)
+                                                            .transpose(2, 0, 1)}),
     }
     if ne is not None:
         for title, (ex, data) in shaped.items():

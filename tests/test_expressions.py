@@ -1047,6 +1047,10 @@ def test_one_expression_called_again_follows_its_inputs_as_numexpr(tmp_path):
             m = np.arange(1.0, 13.0).reshape(4, 3)
             for a in (m, m, m.astype(np.int32), np.asfortranarray(m), m[::2], m[:, :2], m.T, m[None], m):
                 print([(r.dtype, r.shape, np.asarray(r).tolist()) for r in sums(a)])
+            t = np.arange(120.0).reshape(4, 5, 6).transpose(2, 0, 1)
+            for _ in range(2):  # (the layouts a result takes, and an axis-0 reduction's)
+                print(ne.evaluate("t * 2").strides, ne.evaluate("sum(t, axis=0)").strides,
+                      ne.evaluate("sum(w, axis=0)", local_dict={"w": m.reshape(-1, 2)}).tolist())
             x = d
             ne.evaluate("x * 3")
             ne.evaluate("x * 3")

@@ -282,9 +282,7 @@ def run(np: Any, compiled: Any, arrays: list, kinds: list[str], out: Any, order:
             ptr, a_shape, a_strides = buffer.ptr, host.shape, host.strides
         strides = _broadcast_strides(a_shape, a_strides, shape) if used else (0,) * len(shape)
         described.append([ptr, kind, strides])
-    from .expressions import keeps_fortran
-
-    fortran = keeps_fortran(arrays, order, len(out_shape))
+    fortran = _keeps_fortran(arrays, order, len(out_shape))
     # Work queued on another library's stream, on an input or on `out`, is waited for (the
     # legacy and per-thread default streams, 1 and 2, are ordered with ours already).
     streams = {a.stream for a in device_arrays if isinstance(a.stream, int) and a.stream > 2}
@@ -417,3 +415,25 @@ def _wrapped(result: DeviceArray, arrays: list, device: int) -> Any:
 
             return torch.as_tensor(result, device=f"cuda:{device}")
     return result
+
+
+def _layout(a: Any) -> int:
+    """1 if `a` lies in Fortran's order only, -1 in C's only, 0 both or neither."""
+    vote = getattr(a, "layout_vote", None)  # (a device array's)
+    if vote is not None:
+        return int(vote)
+    flags = a.flags
+    return int(flags.f_contiguous) - int(flags.c_contiguous)
+
+
+def _keeps_fortran(arrays: list, order: str, ndim: int) -> bool:
+    """Whether a device result of `ndim` dimensions is made in Fortran's order: asked
+    for, or ('K', 'A') some input with dimensions lies in it and none in C's (an input
+    that is both, a column, has no say). (A device array tells its layout by a vote, not
+    by strides the host's `expressions.walk_order` could sort.)"""
+    if order == "F":
+        return True
+    if order not in "KA" or ndim < 2:
+        return False
+    votes = {_layout(a) for a in arrays if a.ndim > 1}
+    return 1 in votes and -1 not in votes

@@ -30,6 +30,7 @@ never passed to Python's ``eval``, whatever ``sanitize`` says.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import os
 import re
@@ -164,7 +165,6 @@ def _as_kernels_take(np: Any, arrays: list, casting: str, convert: bool) -> tupl
         kinds.append(kind)
         stored.append(how)
     return kinds, stored
-
 
 
 def _kind_of(np: Any, dt: Any) -> tuple[str, str | None]:
@@ -317,7 +317,7 @@ def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
         known = _quick.get(ex)
         if known is not None:
             values = _looked_up(known[0], local_dict, global_dict, _frames_up(_frame_depth, 3) + 1)
-            result = _quickly(ex, known, values)
+            result = _quickly(known, values)
             if result is not None:
                 return result
     on = None if device == "cpu" else _device_ordinal(device)
@@ -331,7 +331,7 @@ def evaluate(ex: str, local_dict: dict | None = None, global_dict: dict | None =
     return result
 
 
-def _quickly(ex: str, known: tuple, values: list) -> Any:
+def _quickly(known: tuple, values: list) -> Any:
     """`evaluate`'s result for the common call (`_quick`), or None where the call is not
     that (a scalar, another shape, a Fortran-ordered input, dtypes not seen yet, an empty
     reduction or one along another axis than the last): the general path then takes it."""
@@ -351,25 +351,21 @@ def _quickly(ex: str, known: tuple, values: list) -> Any:
     elif 0 in shape:
         return None
     elif reduction[1] is None:
-        target = np.empty((), dtype)
+        target = _new(np, (), dtype, None)
         strides = (0,) * len(shape)
     elif reduction[1] == len(shape) - 1:
-        target = np.empty(shape[:-1], dtype)
+        target = _new(np, shape[:-1], dtype, None)  # (in recycled memory when large, as `_run`'s)
         strides = target.strides + (0,)
     else:
         return None
     _last.compiled, _last.names, _last.kwargs, _last.refused = compiled, known[0], _QUICK_OPTIONS, None
-    compiled.run_arrays(list(zip(values, takes, _NOTHING_STORED)), list(shape), (target, kind, strides))
+    # (none is converted: each is read as it is)
+    compiled.run_arrays(list(zip(values, takes, itertools.repeat(None))), list(shape), (target, kind, strides))
     return target
-
-
-_NOTHING_STORED = (None,) * 256  # (`zip` stops at the inputs: none is converted)
 
 
 def _remember_quick(ex: str, names: list[str], arrays: list, compiled: Any) -> None:
     np = _np or _numpy()
-    if len(names) > len(_NOTHING_STORED):
-        return
     if len(_quick) >= _CACHE_SIZE and ex not in _quick:
         try:
             del _quick[next(iter(_quick))]  # (the first remembered)
@@ -661,27 +657,6 @@ def walk_order(views: list, order: str, ndim: int) -> tuple | None:
 
 def _reversed(ndim: int) -> tuple:
     return tuple(range(ndim - 1, -1, -1))
-
-
-def _layout(a: Any) -> int:
-    """1 if `a` lies in Fortran's order only, -1 in C's only, 0 both or neither."""
-    vote = getattr(a, "layout_vote", None)  # (a device array's)
-    if vote is not None:
-        return int(vote)
-    flags = a.flags
-    return int(flags.f_contiguous) - int(flags.c_contiguous)
-
-
-def keeps_fortran(arrays: list, order: str, ndim: int) -> bool:
-    """Whether a result of `ndim` dimensions is made in Fortran's order: asked for, or
-    ('K', 'A') some input with dimensions lies in it and none in C's (an input that is
-    both, a column, has no say), as numpy's order 'K' keeps it."""
-    if order == "F":
-        return True
-    if order not in "KA" or ndim < 2:
-        return False
-    votes = {_layout(a) for a in arrays if a.ndim > 1}
-    return 1 in votes and -1 not in votes
 
 
 def _target(np: Any, out: Any, shape: tuple, dtype: Any, casting: str, arrays: list, perm: tuple | None) -> Any:

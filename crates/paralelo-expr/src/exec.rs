@@ -280,7 +280,7 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
                     )
                     .collect();
                 for (row, accs) in parts.chunks(k).enumerate() {
-                    let acc = accs.iter().fold(Acc::Empty, |a, b| a.merge(red, *b));
+                    let acc = merged(red, accs);
                     let mut at = layout.out;
                     layout.walk(row * row_len, row * row_len + 1, |a, _| at = a[a.len() - 1]);
                     // SAFETY: the row's output element, in bounds as `evaluate`'s caller
@@ -331,10 +331,7 @@ fn run_program(program: &Program, layout: &Layout, total: usize, threads: usize)
                     .map_init(|| Regs::new(program, layout.block.min(total)), part)
                     .collect()
             };
-            let acc = parts
-                .into_iter()
-                .reduce(|a, b| a.merge(red, b))
-                .unwrap_or(Acc::start(red, program.out));
+            let acc = merged(red, &parts);
             // SAFETY: the one output element, as `evaluate`'s caller promised.
             unsafe { acc.finish(red, program.out, total)?.write(layout.out) };
             Ok(())
@@ -357,6 +354,11 @@ fn fold_part(
         acc.fold(red, regs.result(program, n));
     });
     acc
+}
+
+/// A reduction's chunks' values merged in order (`chunks` gives at least one).
+fn merged(red: Reduce, parts: &[Acc]) -> Acc {
+    parts.iter().fold(Acc::Empty, |a, b| a.merge(red, *b))
 }
 
 /// Whether, in every input that moves along both of the last two dimensions, a row's
